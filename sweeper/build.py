@@ -1,0 +1,38 @@
+"""Builds the run's objects from the config: the only module that calls Hydra's instantiate.
+
+Static knobs come from conf/<group>/*.yaml (`_target_` names the class or function); runtime
+values (the data's shape, the model's parameters, steps per epoch) are passed here, where the
+objects are built. Keys that are not constructor arguments (`name`, `l1`, `warmup_epochs`) are
+read by the training loop and dropped before instantiation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sweeper import schedules
+
+NOT_ARGUMENTS = {"name", "l1", "warmup_epochs"}
+
+
+def _arguments(node: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in NOT_ARGUMENTS}
+
+
+def model(cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    return instantiate(_arguments(cfg.model), in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+
+
+def optimizer(cfg: DictConfig, parameters):
+    return instantiate(_arguments(cfg.optim), parameters, lr=cfg.lr)
+
+
+def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int):
+    """step -> learning rate, with the schedule's knobs and the run's lr bound in."""
+    fn = instantiate(_arguments(cfg.schedule))
+    bound = partial(fn, lr=cfg.lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    return schedules.with_warmup(bound, cfg.schedule.warmup_epochs, steps_per_epoch)

@@ -1,0 +1,328 @@
+"""Data sets as uint8 tensors resident on the training device, and the batches drawn from them.
+
+Two sources:
+- `cifar10`: the real data set, from torchvision's download, a local copy in the standard
+  python-batches format (`cifar-10-batches-py/`), an ImageFolder tree (`train/<class>/*.jpg`,
+  `test/...`) or a `.tar.gz` of such a tree. Decoding happens once; the uint8 arrays are cached
+  as a tensor file so the jobs of a sweep do not decode 60k images each.
+- `synthetic`: a CIFAR-shaped, 10-class set generated from a seed in a second, with no download.
+  It is learnable but not trivially (class textures shifted, blended with a distractor class,
+  noisy, and a fraction of training labels wrong), so a convnet overfits it the way the lecture's
+  net overfits CIFAR-10: train loss collapses, test loss turns up, per-sample losses split.
+
+The hot path (`train_batches`) indexes a device-side permutation and augments whole batches on
+the device: no per-sample Python, no host-device copies per step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SIZE = 32  # both sources are CIFAR-shaped: 3x32x32
+
+
+class DataError(RuntimeError):
+    """The data cannot be found or read; the message says where to put it."""
+
+
+@dataclass
+class Data:
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: torch.Tensor  # (1, C, 1, 1) float32, in [0, 255] units
+    std: torch.Tensor
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+    def to(self, device) -> Data:
+        move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "mean", "std")}
+        return Data(classes=self.classes, **move)
+
+
+def dataset_size(cfg) -> int:
+    """Number of training images before any subset: what data.train_size is checked against."""
+    return CIFAR10_SIZES["train"] if cfg.name == "cifar10" else int(cfg.n_train)
+
+
+def load(cfg) -> Data:
+    """The data set named by the `data` config group, on the CPU, subset and statistics applied."""
+    if cfg.name == "synthetic":
+        train_x, train_y, test_x, test_y = synthetic(cfg.n_train, cfg.n_test, cfg.seed, cfg.label_noise)
+        classes = [f"class{i}" for i in range(10)]
+    else:
+        train_x, train_y, test_x, test_y = cifar10(cfg.root, cfg.download, cfg.cache_dir)
+        classes = CIFAR10_CLASSES
+    if cfg.train_size is not None and cfg.train_size < len(train_y):
+        # A seeded random subset: CIFAR copies are often sorted by class.
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        keep = torch.randperm(len(train_y), generator=g)[: int(cfg.train_size)].sort().values
+        train_x, train_y = train_x[keep], train_y[keep]
+    if cfg.normalize:
+        pixels = train_x.float()
+        mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
+        std = pixels.std(dim=(0, 2, 3), keepdim=True)
+    else:  # scale to [0, 1] only
+        mean = torch.zeros(1, train_x.shape[1], 1, 1)
+        std = torch.full((1, train_x.shape[1], 1, 1), 255.0)
+    return Data(train_x, train_y, test_x, test_y, classes, mean, std)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def prepare(x_uint8: torch.Tensor, data: Data, dtype=torch.float32) -> torch.Tensor:
+    return ((x_uint8.to(dtype) - data.mean.to(dtype)) / data.std.to(dtype)).contiguous()
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding of `pad` px) and horizontal flip, for a whole batch at once."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    cropped = padded[batch, chans, rows, cols]
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
+
+
+def train_batches(data: Data, batch_size: int, generator: torch.Generator, do_augment: bool, dtype=torch.float32):
+    """One epoch of (x, y) training batches in a fresh random order; the last batch may be short."""
+    n = len(data.train_y)
+    order = torch.randperm(n, device=data.train_y.device, generator=generator)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        x = prepare(data.train_x[idx], data, dtype)
+        if do_augment:
+            x = augment(x, generator)
+        yield x, data.train_y[idx]
+
+
+def eval_batches(x_uint8: torch.Tensor, y: torch.Tensor, data: Data, batch_size: int, dtype=torch.float32):
+    for start in range(0, len(y), batch_size):
+        yield prepare(x_uint8[start : start + batch_size], data, dtype), y[start : start + batch_size]
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def _smooth_field(g: torch.Generator, n: int, channels: int, low: int, size: int) -> torch.Tensor:
+    """Random low-resolution noise upsampled bilinearly: blobs of colour at scale size/low."""
+    field = torch.randn(n, channels, low, low, generator=g)
+    return F.interpolate(field, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: int = IMAGE_SIZE):
+    """A learnable 10-class data set of CIFAR's shape, generated deterministically from `seed`.
+
+    Each class has a prototype (smooth colour blobs plus an oriented grating). An image is its
+    class prototype, randomly shifted and scaled, blended with a random other class's prototype,
+    plus smooth and pixel noise. A `label_noise` fraction of the training labels is replaced by
+    random classes: a net that fits those has memorised, which is what makes test loss rise.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    k = 10
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    angles = torch.rand(k, generator=g) * torch.pi
+    freqs = 2 * torch.pi * (0.08 + 0.12 * torch.rand(k, generator=g))
+    colours = torch.randn(k, 3, 1, 1, generator=g)
+    grating = torch.sin(freqs[:, None, None] * (xx * torch.cos(angles)[:, None, None] + yy * torch.sin(angles)[:, None, None]))
+    protos = 0.8 * _smooth_field(g, k, 3, 4, size) + 0.6 * colours * grating[:, None]
+
+    def images(n: int):
+        y = torch.randint(0, k, (n,), generator=g)
+        other = (y + torch.randint(1, k, (n,), generator=g)) % k
+        # Tuned so the lecture's convnet reaches ~0.6 test accuracy and then overfits.
+        blend = 0.8 * torch.rand(n, 1, 1, 1, generator=g)
+        scale = 0.35 + 0.5 * torch.rand(n, 1, 1, 1, generator=g)
+        x = scale * protos[y] + blend * protos[other]
+        shifts = torch.randint(-4, 5, (n, 2), generator=g)
+        # Roll each image by its own shift: one gather over precomputed index grids.
+        rows = (torch.arange(size)[None, :] - shifts[:, :1]) % size
+        cols = (torch.arange(size)[None, :] - shifts[:, 1:]) % size
+        x = x[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        x = x + 0.8 * _smooth_field(g, n, 3, 8, size) + 0.6 * torch.randn(n, 3, size, size, generator=g)
+        pixels = (128 + 45 * x).round().clamp(0, 255).to(torch.uint8)
+        return pixels, y
+
+    train_x, train_y = images(int(n_train))
+    test_x, test_y = images(int(n_test))
+    wrong = torch.rand(len(train_y), generator=g) < label_noise
+    train_y = torch.where(wrong, torch.randint(0, k, train_y.shape, generator=g), train_y)
+    return train_x, train_y, test_x, test_y
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def cifar10(root: str, download: bool, cache_dir: str):
+    """(train_x, train_y, test_x, test_y) as uint8/int64 tensors, decoded once and cached."""
+    src = Path(os.path.expanduser(str(root)))
+    if not src.exists() or not _find_format(src):
+        if not download:
+            raise DataError(
+                f"data.root={root}: no CIFAR-10 there. Put the python batches (cifar-10-batches-py/) or an "
+                "ImageFolder tree (train/<class>/*.png, test/...) or its .tar.gz there, set data.download=true, "
+                "or use data=synthetic"
+            )
+        _download(src, root)
+    cache = _cache_path(src, cache_dir)
+    if cache is not None and cache.exists():
+        arrays = torch.load(cache, weights_only=True)
+    else:
+        # One job decodes while the others of a sweep wait for its cache file.
+        lock = _lock(cache)
+        try:
+            if cache is not None and cache.exists():
+                arrays = torch.load(cache, weights_only=True)
+            else:
+                arrays = _decode(src)
+                if cache is not None:
+                    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+                    torch.save(arrays, tmp)
+                    os.replace(tmp, cache)
+        finally:
+            if lock is not None:
+                lock.close()
+    return arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"]
+
+
+def _find_format(src: Path) -> str | None:
+    if src.is_file() and src.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    if (src / "cifar-10-batches-py" / "data_batch_1").exists() or (src / "data_batch_1").exists():
+        return "batches"
+    if (src / "train").is_dir() and (src / "test").is_dir():
+        return "folder"
+    return None
+
+
+def _download(src: Path, root: str) -> None:
+    import torchvision
+
+    try:
+        torchvision.datasets.CIFAR10(root=str(src), train=True, download=True)
+    except Exception as e:  # no network, proxy, disk full: one line says what and where
+        raise DataError(
+            f"data.root={root}: CIFAR-10 is not there and the download failed ({type(e).__name__}: {e}). "
+            "Put the python batches (cifar-10-batches-py/) or an ImageFolder tree (train/<class>/*.png, test/...) "
+            "or its .tar.gz at data.root, or use data=synthetic"
+        ) from None
+
+
+def _cache_path(src: Path, cache_dir: str) -> Path | None:
+    """A cache file keyed by the source's path, size and modification time; None if not writable."""
+    stat = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    directory = Path(os.path.expanduser(str(cache_dir)))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory / f"cifar10-{key}.pt" if os.access(directory, os.W_OK) else None
+
+
+def _lock(cache: Path | None):
+    if cache is None:
+        return None
+    handle = open(cache.with_suffix(".lock"), "w")  # noqa: SIM115 - held until decoding ends
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _decode(src: Path) -> dict[str, torch.Tensor]:
+    kind = _find_format(src)
+    if kind == "batches":
+        base = src / "cifar-10-batches-py" if (src / "cifar-10-batches-py").is_dir() else src
+        train = [_read_batch(base / f"data_batch_{i}") for i in range(1, 6)]
+        test = [_read_batch(base / "test_batch")]
+    elif kind == "folder":
+        train = [_read_folder(src / "train")]
+        test = [_read_folder(src / "test")]
+    else:
+        train, test = _read_tar(src)
+    out = {}
+    for split, parts in (("train", train), ("test", test)):
+        out[f"{split}_x"] = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        out[f"{split}_y"] = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
+    return out
+
+
+def _read_batch(path: Path):
+    """One file of the python-batches format, read the way torchvision reads it.
+
+    That format is a pickle by definition; it is only ever read from the user's own data path.
+    """
+    if not path.exists():
+        raise DataError(f"data.root: {path} is missing from the CIFAR-10 python batches")
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    y = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    return x, y
+
+
+def _decode_image(data) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(data) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _read_folder(split_dir: Path):
+    """An ImageFolder split, enumerated by torchvision (class = sorted sub-directory index)."""
+    import torchvision
+
+    folder = torchvision.datasets.ImageFolder(str(split_dir), loader=lambda p: p)
+    x = np.stack([_decode_image(path) for path, _ in folder.samples])
+    y = np.array([label for _, label in folder.samples], dtype=np.int64)
+    return x, y
+
+
+def _read_tar(src: Path):
+    """train/<class>/<file> and test/<class>/<file> read straight from a tarball (any top folder)."""
+    found: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    with tarfile.open(src) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+                continue
+            split, cls = parts[-3], parts[-2]
+            if split in found:
+                found[split].append((cls, member.name, tar.extractfile(member).read()))
+    if not found["train"] or not found["test"]:
+        raise DataError(f"data.root={src}: the archive has no train/<class>/<image> and test/<class>/<image> files")
+    classes = sorted({cls for cls, _, _ in found["train"]})
+    result = []
+    for split in ("train", "test"):
+        items = sorted(found[split])
+        x = np.stack([_decode_image(io.BytesIO(blob)) for _, _, blob in items])
+        y = np.array([classes.index(cls) for cls, _, _ in items], dtype=np.int64)
+        result.append([(x, y)])
+    return result[0], result[1]

@@ -1,0 +1,211 @@
+"""The networks, built as a feature extractor followed by a classifier head.
+
+The lecture splits a net into feature extraction (convolutions) and inference (fully connected
+layers) and modulates the capacity of each part. Both models here expose that split as
+`model.features` and `model.head`, and every capacity knob is a constructor argument so a Hydra
+config group can set it. Geometry (feature-map sizes, receptive field) is computed by pure
+functions so that `validate.py` can refuse a bad combination before anything is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class GeometryError(ValueError):
+    """A combination of knobs whose feature map shrinks to nothing."""
+
+
+def per_layer(value, n: int, key: str) -> list[int]:
+    """One value per conv layer: a scalar applies to every layer, a list must have n entries."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+        if len(values) != n:
+            raise GeometryError(
+                f"{key} has {len(values)} entries but model.conv_layers={n}; give {n} entries or one number"
+            )
+        return [int(v) for v in values]
+    return [int(value)] * n
+
+
+def conv_widths(channels, growth: float, n: int) -> list[int]:
+    """Per-layer widths: an explicit list, or a base width multiplied by `growth` at each layer."""
+    if isinstance(channels, Sequence) and not isinstance(channels, str):
+        return per_layer(channels, n, "model.channels")
+    return [max(1, round(int(channels) * growth**i)) for i in range(n)]
+
+
+def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int], padding: str) -> list[int]:
+    """Spatial size after each (conv, pool) stage; raises GeometryError when a map vanishes."""
+    size, sizes = image_size, []
+    for i, (k, p) in enumerate(zip(kernel_sizes, pools, strict=True)):
+        if padding == "valid":
+            if k > size:
+                raise GeometryError(
+                    f"model.kernel_size={k} at conv layer {i + 1} is larger than its {size}x{size} input "
+                    f"(image {image_size}px, model.pool={pools}, model.padding=valid); "
+                    "use fewer model.conv_layers, a smaller model.kernel_size or model.pool, or model.padding=same"
+                )
+            size = size - k + 1
+        if p > size:
+            raise GeometryError(
+                f"model.pool={p} at conv layer {i + 1} is larger than its {size}x{size} feature map "
+                f"(image {image_size}px, model.kernel_size={kernel_sizes}, model.padding={padding}); "
+                "use fewer model.conv_layers or smaller model.pool"
+            )
+        size //= p
+        sizes.append(size)
+    return sizes
+
+
+def receptive_field(layers: list[tuple[int, int]]) -> int:
+    """Receptive field in input pixels of a chain of (kernel, stride) layers.
+
+    Each layer widens the field by (kernel - 1) times the product of the strides before it.
+    """
+    field, jump = 1, 1
+    for kernel, stride in layers:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+def mlp_head(in_features: int, units: Sequence[int], num_classes: int, dropout: float) -> nn.Sequential:
+    """The classifier: hidden fc layers with ReLU (and dropout), then the output layer."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for u in units:
+        layers += [nn.Linear(width, int(u)), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = int(u)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class ConvNet(nn.Module):
+    """The lecture's small convnet, generalised.
+
+    Defaults (conf/model/convnet.yaml) give exactly the lecture's net:
+    conv 3→32 k5, maxpool 3, relu; conv 32→64 k5, maxpool 2, relu; fc 256→200, relu; fc 200→10.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        conv_layers: int = 2,
+        channels: int | Sequence[int] = 32,
+        growth: float = 2.0,
+        kernel_size: int | Sequence[int] = 5,
+        pool: int | Sequence[int] = (3, 2),
+        padding: str = "valid",
+        units: Sequence[int] = (200,),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ):
+        super().__init__()
+        widths = conv_widths(channels, growth, conv_layers)
+        kernels = per_layer(kernel_size, conv_layers, "model.kernel_size")
+        pools = per_layer(pool, conv_layers, "model.pool")
+        sizes = convnet_geometry(image_size, kernels, pools, padding)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for width, k, p in zip(widths, kernels, pools, strict=True):
+            # Batch norm makes the conv bias redundant.
+            layers.append(nn.Conv2d(c_in, width, k, padding=padding, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            if p > 1:
+                layers.append(nn.MaxPool2d(p))
+            layers.append(nn.ReLU())  # the lecture's order: conv, pool, relu
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.head = mlp_head(c_in * sizes[-1] ** 2, units, num_classes, dropout)
+        rf_layers: list[tuple[int, int]] = []
+        for k, p in zip(kernels, pools, strict=True):
+            rf_layers += [(k, 1), (p, p)]
+        self.receptive_field_px = min(receptive_field(rf_layers), image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel_size: int, batch_norm: bool):
+        super().__init__()
+        norm = nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size, stride, pad, bias=not batch_norm)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size, 1, pad, bias=not batch_norm)
+        self.bn2 = norm(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=not batch_norm), norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """The well-known net that works: He et al.'s CIFAR ResNet (depth 6*blocks+2; blocks=3 is ResNet-20).
+
+    Three stages of `blocks` residual blocks with widths channels, 2*channels, 4*channels, the last
+    two downsampling by 2, then global average pooling and the classifier head.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        image_size: int,
+        num_classes: int,
+        channels: int = 16,
+        blocks: int = 3,
+        kernel_size: int = 3,
+        units: Sequence[int] = (),
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+    ):
+        super().__init__()
+        norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+        pad = kernel_size // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, kernel_size, 1, pad, bias=not batch_norm),
+            norm,
+            nn.ReLU(),
+        ]
+        rf_layers = [(kernel_size, 1)]
+        c_in = channels
+        for stage in range(3):
+            width = channels * 2**stage
+            for b in range(blocks):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                layers.append(BasicBlock(c_in, width, stride, kernel_size, batch_norm))
+                rf_layers += [(kernel_size, stride), (kernel_size, 1)]
+                c_in = width
+        layers += [nn.AdaptiveAvgPool2d(1)]
+        self.features = nn.Sequential(*layers)
+        self.head = mlp_head(c_in, units, num_classes, dropout)
+        self.receptive_field_px = min(receptive_field(rf_layers), image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weight_l1(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over weight matrices and kernels (not biases or norms): the sparsity penalty."""
+    return sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)

@@ -1,0 +1,183 @@
+"""The run record: what every run leaves in its output dir (docs/run-record.md is the format).
+
+config.json once; job.json at each (re)start; metrics.jsonl one line per epoch, flushed at once;
+losses.npz rewritten atomically at each kept epoch; summary.json written atomically, last. A
+reader never sees a half-written JSON object or archive, and the presence of summary.json means
+the run ended. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Per-sample loss histograms: 10 log bins per decade over 1e-8..1e3; zeros, underflow and
+# overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
+BIN_EDGES = np.logspace(-8, 3, 111)
+QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finite_or_none(value):
+    """JSON has no NaN/Infinity: a diverged metric is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+
+
+def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
+    """Histogram, quantiles and mean of one split's per-sample losses (computed on their device)."""
+    losses = losses.float()
+    finite = torch.isfinite(losses)
+    zero = (losses == 0).sum()
+    positive = losses[finite & (losses > 0)]
+    log = torch.log10(positive.double())
+    lo, hi = math.log10(BIN_EDGES[0]), math.log10(BIN_EDGES[-1])
+    under = (log < lo).sum()
+    over = (log >= hi).sum() + (~finite).sum()
+    inside = log[(log >= lo) & (log < hi)]
+    n_bins = len(BIN_EDGES) - 1
+    idx = ((inside - lo) / (hi - lo) * n_bins).floor().long().clamp_(0, n_bins - 1)
+    hist = torch.bincount(idx, minlength=n_bins)
+    values = losses[finite].double()
+    quantiles = (
+        torch.quantile(values, torch.tensor(QUANTILE_LEVELS, dtype=torch.float64, device=values.device))
+        if len(values)
+        else torch.full((len(QUANTILE_LEVELS),), float("nan"), dtype=torch.float64)
+    )
+    mean = values.mean() if len(values) else torch.tensor(float("nan"))
+    return {
+        "hist": hist.cpu().numpy().astype(np.int64),
+        "zero": int(zero),
+        "under": int(under),
+        "over": int(over),
+        "quantiles": quantiles.cpu().numpy(),
+        "mean": float(mean),
+    }
+
+
+class RunLog:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.losses_path = self.dir / "losses.npz"
+        self.summary_path = self.dir / "summary.json"
+        self.checkpoint_path = self.dir / "checkpoint.pt"
+        self._losses: dict[int, dict] = {}
+
+    # -- start
+    def write_config(self, config: dict) -> None:
+        atomic_write(self.dir / "config.json", to_json(config))
+
+    def write_job(self, job: dict) -> None:
+        atomic_write(self.dir / "job.json", to_json(job))
+
+    def read_json(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.dir / name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    # -- per epoch
+    def read_metrics(self) -> list[dict]:
+        """The complete lines of metrics.jsonl; a truncated last line (a crash mid-write) is dropped."""
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return rows
+
+    def keep_epochs_up_to(self, epoch: int) -> list[dict]:
+        """Truncate the record to epochs <= `epoch` (resume from a checkpoint of that epoch)."""
+        rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
+        atomic_write(self.metrics_path, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+        if self.losses_path.exists():
+            with np.load(self.losses_path, allow_pickle=False) as z:
+                for i, e in enumerate(z["epochs"]):
+                    if e <= epoch:
+                        self._losses[int(e)] = {
+                            split: {
+                                "hist": z[f"{split}_hist"][i],
+                                "zero": int(z[f"{split}_zero"][i]),
+                                "under": int(z[f"{split}_under"][i]),
+                                "over": int(z[f"{split}_over"][i]),
+                                "quantiles": z[f"{split}_quantiles"][i],
+                                "mean": float(z[f"{split}_mean"][i]),
+                            }
+                            for split in ("train", "test")
+                        }
+            self._write_losses()
+        return rows
+
+    def append_metrics(self, row: dict) -> None:
+        line = json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n"
+        with open(self.metrics_path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_losses(self, epoch: int, train: torch.Tensor, test: torch.Tensor, keep_raw: bool) -> None:
+        self._losses[epoch] = {"train": loss_histogram(train), "test": loss_histogram(test)}
+        self._write_losses()
+        if keep_raw:
+            raw_dir = self.dir / "sample_losses"
+            raw_dir.mkdir(exist_ok=True)
+            buf = io.BytesIO()
+            np.savez_compressed(buf, train=train.float().cpu().numpy(), test=test.float().cpu().numpy())
+            atomic_write(raw_dir / f"epoch_{epoch:03d}.npz", buf.getvalue())
+
+    def _write_losses(self) -> None:
+        epochs = sorted(self._losses)
+        arrays = {
+            "epochs": np.array(epochs, dtype=np.int64),
+            "bin_edges": BIN_EDGES,
+            "quantile_levels": QUANTILE_LEVELS,
+        }
+        for split in ("train", "test"):
+            stats = [self._losses[e][split] for e in epochs]
+            arrays[f"{split}_hist"] = np.stack([s["hist"] for s in stats]).astype(np.int64)
+            arrays[f"{split}_quantiles"] = np.stack([s["quantiles"] for s in stats]).astype(np.float64)
+            for key in ("zero", "under", "over"):
+                arrays[f"{split}_{key}"] = np.array([s[key] for s in stats], dtype=np.int64)
+            arrays[f"{split}_mean"] = np.array([s["mean"] for s in stats], dtype=np.float64)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(self.losses_path, buf.getvalue())
+
+    # -- end
+    def write_summary(self, summary: dict) -> None:
+        atomic_write(self.summary_path, to_json({k: finite_or_none(v) for k, v in summary.items()}))
+
+    def save_checkpoint(self, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        if not self.checkpoint_path.exists():
+            return None
+        # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)

@@ -1,0 +1,115 @@
+"""What a `-m` sweep does around its jobs: validate them all first, summarise them all last.
+
+Hydra calls these hooks on the submitting machine, whatever the launcher (basic, submitit_local,
+submitit_slurm), so a bad value never reaches a queue and the final count reads the run records,
+which are the truth wherever the jobs ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.runlog import atomic_write, to_json
+from sweeper.validate import ConfigError, check
+
+STATES = ("completed", "diverged", "failed", "running", "missing")
+
+
+def expand(config: DictConfig) -> list[list[str]]:
+    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives them."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        jobs = expand(config)
+        for num, overrides in enumerate(jobs):
+            try:
+                check(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+            except ConfigError as e:
+                fail(f"job {num} ({' '.join(overrides)}): {e}")
+            except Exception as e:  # a composition error (unknown key or option) from Hydra
+                fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
+        known = _read_sweep(sweep_dir)
+        if known is not None and [j["overrides"] for j in known["jobs"]] != jobs:
+            fail(
+                f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
+                "resume it with the same overrides, or choose another hydra.sweep.dir"
+            )
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        launcher = config.hydra.launcher.get("_target_", "").rsplit(".", 1)[-1]
+        if known is None:
+            atomic_write(
+                sweep_dir / "sweep.json",
+                to_json({
+                    "argv": sys.argv,
+                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "launcher": launcher,
+                    "jobs": listing,
+                }),
+            )
+        print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        known = _read_sweep(sweep_dir)
+        if known is None:
+            return
+        counts = dict.fromkeys(STATES, 0)
+        lines = []
+        for job in known["jobs"]:
+            state, detail = job_state(sweep_dir / job["dir"])
+            counts[state] += 1
+            if state != "completed":
+                lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
+        total = len(known["jobs"])
+        print(f"\nsweep {sweep_dir}: {total} jobs: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed"))
+        for line in lines[:20]:
+            print(line)
+        if len(lines) > 20:
+            print(f"  ... and {len(lines) - 20} more (python -m analysis status {sweep_dir})")
+        print(f"report: python -m analysis {sweep_dir}")
+        if counts["completed"] != total:
+            raise SystemExit(1)
+
+
+def _read_sweep(sweep_dir: Path) -> dict | None:
+    try:
+        return json.loads((sweep_dir / "sweep.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def job_state(run_dir: Path) -> tuple[str, str]:
+    """(state, one-line detail) of a run dir from its record alone."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        return ("running", "no summary yet") if (run_dir / "config.json").exists() else ("missing", "no record")
+    except json.JSONDecodeError:
+        return "failed", "unreadable summary.json"
+    state = summary.get("status", "failed")
+    if state == "completed":
+        return state, f"test_acc {summary.get('final_test_acc')}"
+    return state, summary.get("error") or f"after {summary.get('epochs_done')} epochs"

@@ -1,0 +1,339 @@
+"""One training run: a flat epoch loop that writes the run record as it goes.
+
+    python -m sweeper                         # the lecture's protocol, one run
+    python -m sweeper data=synthetic trainer.epochs=5
+
+Read `train()` top to bottom: set up, (resume), then per epoch: train on shuffled batches,
+evaluate the full train and test sets, keep per-sample loss histograms, append one metrics line,
+checkpoint. `run()` wraps it so that whatever happens -- completion, divergence, an exception --
+the run dir ends with a summary.json that says so, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper import build, models
+from sweeper import data as data_module
+from sweeper.runlog import RunLog
+from sweeper.validate import ConfigError
+
+log = logging.getLogger("sweeper")
+
+RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "losses.npz", "checkpoint.pt", "summary.json", "sample_losses")
+ENDED = ("completed", "diverged")  # a rerun of the same config would end the same way
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def kept_epochs(cfg: DictConfig) -> set[int]:
+    """Epochs whose per-sample losses are kept: the configured ones that occur, and the last."""
+    epochs = cfg.trainer.epochs
+    return {int(e) for e in cfg.trainer.sample_loss_epochs if 1 <= e <= epochs} | {epochs}
+
+
+@torch.no_grad()
+def evaluate(model, x, y, data, batch_size, autocast):
+    """Per-sample losses (float32, on the device), mean loss and accuracy over a whole split."""
+    model.eval()
+    losses, correct = [], torch.zeros((), device=y.device)
+    for xb, yb in data_module.eval_batches(x, y, data, batch_size):
+        with autocast():
+            logits = model(xb)
+        losses.append(F.cross_entropy(logits.float(), yb, reduction="none"))
+        correct += (logits.argmax(1) == yb).sum()
+    losses = torch.cat(losses)
+    return losses, losses.mean(), correct / len(y)
+
+
+def train(cfg: DictConfig, record: RunLog) -> dict:
+    device = pick_device(cfg.trainer.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.trainer.seed)
+    data = data_module.load(cfg.data).to(device)
+    model = build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(device)
+    optimizer = build.optimizer(cfg, model.parameters())
+    n_train, batch_size, epochs = len(data.train_y), cfg.trainer.batch_size, cfg.trainer.epochs
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    lr_at = build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs)
+    # LambdaLR multiplies the optimizer's lr (= cfg.lr) by the factor: lr_at(step) / lr.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s) / cfg.lr)
+    # One generator drives batch order and augmentation, so its state is all a resume needs.
+    generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
+    if cfg.trainer.precision == "bf16":
+
+        def autocast():
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
+    l1 = float(cfg.model.l1)
+    keep = kept_epochs(cfg)
+    info = {
+        "n_params": models.n_params(model),
+        "receptive_field_px": model.receptive_field_px,
+        "n_train": n_train,
+        "n_test": len(data.test_y),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+    }
+    log.info(
+        "%s: %d params, receptive field %d px, %d train / %d test images on %s",
+        cfg.model.name, info["n_params"], info["receptive_field_px"], n_train, info["n_test"], info["device"],
+    )
+
+    # Resume from the last finished epoch, dropping any record written after that checkpoint.
+    start_epoch, step, samples, time_offset = 0, 0, 0, 0.0
+    checkpoint = record.load_checkpoint()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["cpu_rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
+        start_epoch = int(checkpoint["epoch"])
+        rows = record.keep_epochs_up_to(start_epoch)
+        if rows:
+            step, samples, time_offset = rows[-1]["step"], rows[-1]["samples"], rows[-1]["time_s"]
+        log.info("resuming after epoch %d from %s", start_epoch, record.checkpoint_path)
+    else:
+        record.keep_epochs_up_to(0)
+
+    status, t_start = "completed", time.perf_counter()
+    progress = Progress(epochs, steps_per_epoch)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        t_epoch = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(data_module.train_batches(data, batch_size, generator, cfg.data.augment)):
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if l1 > 0:
+                loss = loss + l1 * models.weight_l1(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            # Accumulate on the device; reading it back every step would stall a GPU.
+            loss_sum += loss.detach()
+            step, samples = step + 1, samples + len(y)
+            if i % 50 == 49 and not torch.isfinite(loss_sum):
+                break  # diverged: no point finishing the epoch
+            progress.update(epoch, i + 1, loss_sum, i + 1)
+
+        train_losses, train_loss, train_acc = evaluate(
+            model, data.train_x, data.train_y, data, cfg.trainer.eval_batch_size, autocast
+        )
+        test_losses, test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, cfg.trainer.eval_batch_size, autocast)
+        now = time.perf_counter()
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "lr": lr,
+            "train_loss": train_loss.item(),
+            "train_acc": train_acc.item(),
+            "test_loss": test_loss.item(),
+            "test_acc": test_acc.item(),
+            "samples": samples,
+            "time_s": round(time_offset + now - t_start, 4),
+            "epoch_time_s": round(now - t_epoch, 4),
+        }
+        diverged = not (torch.isfinite(loss_sum) and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]))
+        if epoch in keep or diverged:
+            record.write_losses(epoch, train_losses, test_losses, cfg.trainer.keep_sample_losses)
+        record.append_metrics(row)
+        progress.epoch_done(row)
+        if diverged:
+            status = "diverged"
+            log.warning("epoch %d: non-finite loss, stopping this run (status diverged)", epoch)
+            break
+        if cfg.trainer.checkpoint:
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "cpu_rng": torch.get_rng_state(),
+            }
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            record.save_checkpoint(state)
+    return {"status": status, **info}
+
+
+class Progress:
+    """A live in-epoch line on a terminal; one log line per epoch everywhere (SLURM, CI, files)."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        self.epochs, self.steps = epochs, steps_per_epoch
+        self.live = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, epoch, step, loss_sum, n):
+        if not self.live or time.perf_counter() - self.last < 0.25:
+            return
+        self.last = time.perf_counter()
+        bar = "#" * (20 * step // self.steps)
+        sys.stderr.write(f"\repoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} loss {loss_sum.item() / n:.4f}")
+        sys.stderr.flush()
+
+    def epoch_done(self, row):
+        if self.live:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+        log.info(
+            "epoch %d/%d lr %.4g train_loss %.4g train_acc %.4f test_loss %.4g test_acc %.4f (%.1fs)",
+            row["epoch"], self.epochs, row["lr"], row["train_loss"], row["train_acc"],
+            row["test_loss"], row["test_acc"], row["epoch_time_s"],
+        )
+
+
+def summarize(rows: list[dict]) -> dict:
+    """final, best and minimum metrics with their epochs, from the metrics lines."""
+    out = {"epochs_done": len(rows)}
+    last = rows[-1] if rows else {}
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        out[f"final_{key}"] = last.get(key)
+    for key, best, name in (
+        ("test_acc", max, "best_test_acc"),
+        ("test_loss", min, "min_test_loss"),
+        ("train_loss", min, "min_train_loss"),
+    ):
+        valid = [r for r in rows if r.get(key) is not None]
+        top = best(valid, key=lambda r: r[key]) if valid else None
+        out[name] = top[key] if top else None
+        out[f"{name}_epoch"] = top["epoch"] if top else None
+    out["time_s"] = last.get("time_s")
+    return out
+
+
+def versions() -> dict:
+    import hydra
+    import numpy
+    import omegaconf
+    import torchvision
+
+    from sweeper import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "numpy": numpy.__version__,
+        "sweeper": __version__,
+    }
+
+
+def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
+    env = os.environ
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+        "overrides": list(overrides),
+        "job_num": job_num,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "restarts": restarts,
+    }
+
+
+def _config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    diffs = []
+    for k in keys:
+        name = f"{prefix}{k}"
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_difference(a, b, name + ".")
+        elif a != b and name != "trainer.resume":
+            diffs.append(f"{name}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _set_aside(record: RunLog) -> Path:
+    """Move an earlier attempt's record into attempts/N/: nothing a run produced is deleted."""
+    attempts = record.dir / "attempts"
+    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+    target = attempts / str(n)
+    target.mkdir(parents=True)
+    for name in RECORD_FILES:
+        if (record.dir / name).exists():
+            shutil.move(str(record.dir / name), target / name)
+    return target
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int | None = None) -> dict:
+    """Train (or resume, or skip) the run in `run_dir`; always leaves a summary.json when it ends.
+
+    A run dir that already holds a record of the same config: `completed`/`diverged` is skipped,
+    an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
+    `trainer.resume=false` sets any earlier record aside and starts over. A different config is
+    refused (ConfigError) so that results never mix.
+    """
+    record = RunLog(run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    previous = record.read_json("config.json")
+    old_job = record.read_json("job.json") or {}
+    if previous is not None and cfg.trainer.resume:
+        diff = _config_difference(previous, config)
+        if diff:
+            raise ConfigError(
+                f"{run_dir} already holds a run of another config ({'; '.join(diff[:3])}); "
+                "use another output dir, or trainer.resume=false to set the old record aside"
+            )
+        summary = record.read_json("summary.json")
+        if summary is not None and summary.get("status") in ENDED:
+            log.info("%s: already %s, skipping", run_dir, summary["status"])
+            return summary
+        if summary is not None or not record.checkpoint_path.exists():
+            log.info("%s: earlier attempt set aside in %s", run_dir, _set_aside(record))
+    elif previous is not None:
+        log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record))
+
+    record.write_config(config)
+    record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
+    try:
+        outcome = train(cfg, record)
+        error = trace = None
+    except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
+        outcome, error, trace = {"status": "failed"}, f"{type(e).__name__}: {e}", traceback.format_exc()
+        log.error("run failed: %s\n%s", error, trace)
+    summary = {
+        **outcome,
+        **summarize(record.read_metrics()),
+        "epochs": cfg.trainer.epochs,
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "versions": versions(),
+        "error": error,
+        "traceback": trace,
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.write_summary(summary)
+    return summary

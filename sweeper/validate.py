@@ -1,0 +1,197 @@
+"""Every user mistake becomes one clear line, before any training starts.
+
+`check(cfg)` raises ConfigError naming the key, the value and what is allowed. It is called for
+a single run before training, and by the sweep callback for every job of a `-m` grid before the
+first job is launched, so a bad value never reaches a queue.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweeper import data as data_module
+from sweeper import models
+
+SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+MODELS = ("convnet", "resnet")
+DATASETS = ("cifar10", "synthetic")
+PRECISIONS = ("fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _get(cfg, key):
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, integer=False):
+    v = _get(cfg, key)
+    kind = "an integer" if integer else "a number"
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    allowed = " and ".join(s for s in (lo, hi) if s)
+    wanted = f"{kind}{' ' + allowed if allowed else ''}"
+    if not (_is_int(v) if integer else _is_number(v)):
+        raise ConfigError(f"{key}={v!r} is invalid: must be {wanted}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ConfigError(f"{key}={v} is invalid: must be {wanted}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ConfigError(f"{key}={v} is invalid: must be {wanted}")
+    return v
+
+
+def choice(cfg, key, allowed: Sequence):
+    v = _get(cfg, key)
+    if v not in allowed:
+        raise ConfigError(f"{key}={v!r} is invalid: allowed values are {', '.join(map(str, allowed))}")
+    return v
+
+
+def boolean(cfg, key):
+    v = _get(cfg, key)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}={v!r} is invalid: must be true or false")
+    return v
+
+
+def int_list(cfg, key, *, low=1, allow_scalar=True, allow_empty=False):
+    v = _get(cfg, key)
+    if allow_scalar and _is_int(v):
+        values = [v]
+    elif isinstance(v, ListConfig | list) and all(_is_int(x) for x in v) and (allow_empty or len(v) > 0):
+        values = list(v)
+    else:
+        form = "an integer or a list of integers" if allow_scalar else "a list of integers"
+        raise ConfigError(f"{key}={v!r} is invalid: must be {form} (e.g. [32,64])")
+    if any(x < low for x in values):
+        raise ConfigError(f"{key}={list(values)} is invalid: every entry must be >= {low}")
+    return v
+
+
+def check(cfg: DictConfig) -> None:
+    epochs = number(cfg, "trainer.epochs", low=1, integer=True)
+    number(cfg, "lr", low=0, low_open=True)
+    _check_optim(cfg)
+    _check_schedule(cfg, epochs)
+    n_train = _check_data(cfg)
+    _check_model(cfg)
+    _check_trainer(cfg, n_train)
+
+
+def _check_optim(cfg) -> None:
+    name = choice(cfg, "optim.name", OPTIMIZERS)
+    number(cfg, "optim.weight_decay", low=0)
+    if name == "sgd":
+        momentum = number(cfg, "optim.momentum", low=0, high=1, high_open=True)
+        if boolean(cfg, "optim.nesterov") and momentum == 0:
+            raise ConfigError("optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0")
+    else:
+        betas = _get(cfg, "optim.betas")
+        if not (isinstance(betas, ListConfig) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optim.betas={betas!r} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]")
+        number(cfg, "optim.eps", low=0, low_open=True)
+
+
+def _check_schedule(cfg, epochs: int) -> None:
+    name = choice(cfg, "schedule.name", SCHEDULES)
+    number(cfg, "schedule.warmup_epochs", low=0, high=epochs, high_open=True)
+    if name == "step":
+        number(cfg, "schedule.lr2", low=0, low_open=True)
+        e = number(cfg, "schedule.epoch", low=1, integer=True)
+        if e >= epochs:
+            raise ConfigError(
+                f"schedule.epoch={e} is invalid: the switch to schedule.lr2 must come before the end, "
+                f"1 <= schedule.epoch < trainer.epochs={epochs}"
+            )
+    elif name == "multistep":
+        milestones = int_list(cfg, "schedule.milestones", allow_scalar=False)
+        if list(milestones) != sorted(set(milestones)) or milestones[-1] >= epochs:
+            raise ConfigError(
+                f"schedule.milestones={list(milestones)} is invalid: must be increasing epochs "
+                f"between 1 and trainer.epochs-1={epochs - 1}"
+            )
+        number(cfg, "schedule.gamma", low=0, high=1, low_open=True)
+    elif name == "geometric":
+        number(cfg, "schedule.decay", low=0, high=1, low_open=True)
+    elif name == "cosine":
+        lr_min = number(cfg, "schedule.lr_min", low=0)
+        if lr_min > cfg.lr:
+            raise ConfigError(f"schedule.lr_min={lr_min} is invalid: must be <= lr={cfg.lr}")
+
+
+def _check_data(cfg) -> int:
+    name = choice(cfg, "data.name", DATASETS)
+    boolean(cfg, "data.normalize")
+    boolean(cfg, "data.augment")
+    number(cfg, "data.seed", low=0, integer=True)
+    if name == "synthetic":
+        number(cfg, "data.n_train", low=1, integer=True)
+        number(cfg, "data.n_test", low=1, integer=True)
+        number(cfg, "data.label_noise", low=0, high=1)
+    else:
+        root = Path(os.path.expanduser(str(_get(cfg, "data.root"))))
+        download = boolean(cfg, "data.download")
+        if not download and (not root.exists() or data_module._find_format(root) is None):
+            raise ConfigError(
+                f"data.root={_get(cfg, 'data.root')} is invalid: no CIFAR-10 there (python batches, ImageFolder "
+                "train/ and test/, or a .tar.gz of them) and data.download=false"
+            )
+    size = data_module.dataset_size(cfg.data)
+    if _get(cfg, "data.train_size") is not None:
+        return number(cfg, "data.train_size", low=1, high=size, integer=True)
+    return size
+
+
+def _check_model(cfg) -> None:
+    name = choice(cfg, "model.name", MODELS)
+    number(cfg, "model.dropout", low=0, high=1, high_open=True)
+    number(cfg, "model.l1", low=0)
+    boolean(cfg, "model.batch_norm")
+    int_list(cfg, "model.units", low=1, allow_scalar=False, allow_empty=True)
+    if name == "resnet":
+        number(cfg, "model.channels", low=1, integer=True)
+        number(cfg, "model.blocks", low=1, integer=True)
+        number(cfg, "model.kernel_size", low=1, integer=True)
+        return
+    layers = number(cfg, "model.conv_layers", low=1, integer=True)
+    int_list(cfg, "model.channels")
+    number(cfg, "model.growth", low=0, low_open=True)
+    kernels = int_list(cfg, "model.kernel_size")
+    pools = int_list(cfg, "model.pool")
+    padding = choice(cfg, "model.padding", ("valid", "same"))
+    try:
+        models.conv_widths(_get(cfg, "model.channels"), cfg.model.growth, layers)
+        models.convnet_geometry(
+            data_module.IMAGE_SIZE, models.per_layer(kernels, layers, "model.kernel_size"), models.per_layer(pools, layers, "model.pool"), padding
+        )
+    except models.GeometryError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_trainer(cfg, n_train: int) -> None:
+    number(cfg, "trainer.batch_size", low=1, high=n_train, integer=True)
+    number(cfg, "trainer.eval_batch_size", low=1, integer=True)
+    number(cfg, "trainer.seed", low=0, integer=True)
+    device = _get(cfg, "trainer.device")
+    if not (device in ("auto", "cpu", "cuda", "mps") or (isinstance(device, str) and device.startswith("cuda:"))):
+        raise ConfigError(f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps")
+    choice(cfg, "trainer.precision", PRECISIONS)
+    int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
+    for key in ("keep_sample_losses", "checkpoint", "resume"):
+        boolean(cfg, f"trainer.{key}")
