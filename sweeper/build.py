@@ -24,7 +24,9 @@ def _arguments(node: DictConfig) -> dict:
 
 
 def model(cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    return instantiate(_arguments(cfg.model), in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    return instantiate(
+        _arguments(cfg.model), in_channels=in_channels, image_size=image_size, num_classes=num_classes
+    )
 
 
 def optimizer(cfg: DictConfig, parameters):

@@ -58,7 +58,9 @@ class Data:
         return self.train_x.shape[-1]
 
     def to(self, device) -> Data:
-        move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "mean", "std")}
+        move = {
+            k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y", "mean", "std")
+        }
         return Data(classes=self.classes, **move)
 
 
@@ -112,7 +114,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
 
 
-def train_batches(data: Data, batch_size: int, generator: torch.Generator, do_augment: bool, dtype=torch.float32):
+def train_batches(
+    data: Data, batch_size: int, generator: torch.Generator, do_augment: bool, dtype=torch.float32
+):
     """One epoch of (x, y) training batches in a fresh random order; the last batch may be short."""
     n = len(data.train_y)
     order = torch.randperm(n, device=data.train_y.device, generator=generator)
@@ -148,11 +152,15 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
     """
     g = torch.Generator().manual_seed(int(seed))
     k = 10
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     angles = torch.rand(k, generator=g) * torch.pi
     freqs = 2 * torch.pi * (0.08 + 0.12 * torch.rand(k, generator=g))
     colours = torch.randn(k, 3, 1, 1, generator=g)
-    grating = torch.sin(freqs[:, None, None] * (xx * torch.cos(angles)[:, None, None] + yy * torch.sin(angles)[:, None, None]))
+    grating = torch.sin(
+        freqs[:, None, None] * (xx * torch.cos(angles)[:, None, None] + yy * torch.sin(angles)[:, None, None])
+    )
     protos = 0.8 * _smooth_field(g, k, 3, 4, size) + 0.6 * colours * grating[:, None]
 
     def images(n: int):
@@ -166,7 +174,12 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
         # Roll each image by its own shift: one gather over precomputed index grids.
         rows = (torch.arange(size)[None, :] - shifts[:, :1]) % size
         cols = (torch.arange(size)[None, :] - shifts[:, 1:]) % size
-        x = x[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        x = x[
+            torch.arange(n)[:, None, None, None],
+            torch.arange(3)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
         x = x + 0.8 * _smooth_field(g, n, 3, 8, size) + 0.6 * torch.randn(n, 3, size, size, generator=g)
         pixels = (128 + 45 * x).round().clamp(0, 255).to(torch.uint8)
         return pixels, y
@@ -317,7 +330,9 @@ def _read_tar(src: Path):
             if split in found:
                 found[split].append((cls, member.name, tar.extractfile(member).read()))
     if not found["train"] or not found["test"]:
-        raise DataError(f"data.root={src}: the archive has no train/<class>/<image> and test/<class>/<image> files")
+        raise DataError(
+            f"data.root={src}: the archive has no train/<class>/<image> and test/<class>/<image> files"
+        )
     classes = sorted({cls for cls, _, _ in found["train"]})
     result = []
     for split in ("train", "test"):

@@ -62,12 +62,14 @@ class SweepCallback(Callback):
         if known is None:
             atomic_write(
                 sweep_dir / "sweep.json",
-                to_json({
-                    "argv": sys.argv,
-                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "launcher": launcher,
-                    "jobs": listing,
-                }),
+                to_json(
+                    {
+                        "argv": sys.argv,
+                        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "launcher": launcher,
+                        "jobs": listing,
+                    }
+                ),
             )
         print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
 
@@ -84,7 +86,10 @@ class SweepCallback(Callback):
             if state != "completed":
                 lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
         total = len(known["jobs"])
-        print(f"\nsweep {sweep_dir}: {total} jobs: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed"))
+        print(
+            f"\nsweep {sweep_dir}: {total} jobs: "
+            + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed")
+        )
         for line in lines[:20]:
             print(line)
         if len(lines) > 20:
@@ -106,7 +111,9 @@ def job_state(run_dir: Path) -> tuple[str, str]:
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except FileNotFoundError:
-        return ("running", "no summary yet") if (run_dir / "config.json").exists() else ("missing", "no record")
+        return (
+            ("running", "no summary yet") if (run_dir / "config.json").exists() else ("missing", "no record")
+        )
     except json.JSONDecodeError:
         return "failed", "unreadable summary.json"
     state = summary.get("status", "failed")

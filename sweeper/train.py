@@ -35,7 +35,15 @@ from sweeper.validate import ConfigError
 
 log = logging.getLogger("sweeper")
 
-RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "losses.npz", "checkpoint.pt", "summary.json", "sample_losses")
+RECORD_FILES = (
+    "config.json",
+    "job.json",
+    "metrics.jsonl",
+    "losses.npz",
+    "checkpoint.pt",
+    "summary.json",
+    "sample_losses",
+)
 ENDED = ("completed", "diverged")  # a rerun of the same config would end the same way
 
 
@@ -97,7 +105,12 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     }
     log.info(
         "%s: %d params, receptive field %d px, %d train / %d test images on %s",
-        cfg.model.name, info["n_params"], info["receptive_field_px"], n_train, info["n_test"], info["device"],
+        cfg.model.name,
+        info["n_params"],
+        info["receptive_field_px"],
+        n_train,
+        info["n_test"],
+        info["device"],
     )
 
     # Resume from the last finished epoch, dropping any record written after that checkpoint.
@@ -146,7 +159,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         train_losses, train_loss, train_acc = evaluate(
             model, data.train_x, data.train_y, data, cfg.trainer.eval_batch_size, autocast
         )
-        test_losses, test_loss, test_acc = evaluate(model, data.test_x, data.test_y, data, cfg.trainer.eval_batch_size, autocast)
+        test_losses, test_loss, test_acc = evaluate(
+            model, data.test_x, data.test_y, data, cfg.trainer.eval_batch_size, autocast
+        )
         now = time.perf_counter()
         row = {
             "epoch": epoch,
@@ -160,7 +175,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             "time_s": round(time_offset + now - t_start, 4),
             "epoch_time_s": round(now - t_epoch, 4),
         }
-        diverged = not (torch.isfinite(loss_sum) and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]))
+        diverged = not (
+            torch.isfinite(loss_sum) and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+        )
         if epoch in keep or diverged:
             record.write_losses(epoch, train_losses, test_losses, cfg.trainer.keep_sample_losses)
         record.append_metrics(row)
@@ -197,7 +214,9 @@ class Progress:
             return
         self.last = time.perf_counter()
         bar = "#" * (20 * step // self.steps)
-        sys.stderr.write(f"\repoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} loss {loss_sum.item() / n:.4f}")
+        sys.stderr.write(
+            f"\repoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} loss {loss_sum.item() / n:.4f}"
+        )
         sys.stderr.flush()
 
     def epoch_done(self, row):
@@ -205,8 +224,14 @@ class Progress:
             sys.stderr.write("\r" + " " * 70 + "\r")
         log.info(
             "epoch %d/%d lr %.4g train_loss %.4g train_acc %.4f test_loss %.4g test_acc %.4f (%.1fs)",
-            row["epoch"], self.epochs, row["lr"], row["train_loss"], row["train_acc"],
-            row["test_loss"], row["test_acc"], row["epoch_time_s"],
+            row["epoch"],
+            self.epochs,
+            row["lr"],
+            row["train_loss"],
+            row["train_acc"],
+            row["test_loss"],
+            row["test_acc"],
+            row["epoch_time_s"],
         )
 
 
@@ -323,7 +348,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int 
         error = trace = None
     except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
         outcome, error, trace = {"status": "failed"}, f"{type(e).__name__}: {e}", traceback.format_exc()
-        log.error("run failed: %s\n%s", error, trace)
+        # A missing data set is the user's to fix: one line. Anything else: the whole traceback.
+        log.error("run failed: %s", error if isinstance(e, data_module.DataError) else f"{error}\n{trace}")
     summary = {
         **outcome,
         **summarize(record.read_metrics()),

@@ -100,11 +100,19 @@ def _check_optim(cfg) -> None:
     if name == "sgd":
         momentum = number(cfg, "optim.momentum", low=0, high=1, high_open=True)
         if boolean(cfg, "optim.nesterov") and momentum == 0:
-            raise ConfigError("optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0")
+            raise ConfigError(
+                "optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0"
+            )
     else:
         betas = _get(cfg, "optim.betas")
-        if not (isinstance(betas, ListConfig) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
-            raise ConfigError(f"optim.betas={betas!r} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]")
+        if not (
+            isinstance(betas, ListConfig)
+            and len(betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in betas)
+        ):
+            raise ConfigError(
+                f"optim.betas={betas!r} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]"
+            )
         number(cfg, "optim.eps", low=0, low_open=True)
 
 
@@ -178,7 +186,10 @@ def _check_model(cfg) -> None:
     try:
         models.conv_widths(_get(cfg, "model.channels"), cfg.model.growth, layers)
         models.convnet_geometry(
-            data_module.IMAGE_SIZE, models.per_layer(kernels, layers, "model.kernel_size"), models.per_layer(pools, layers, "model.pool"), padding
+            data_module.IMAGE_SIZE,
+            models.per_layer(kernels, layers, "model.kernel_size"),
+            models.per_layer(pools, layers, "model.pool"),
+            padding,
         )
     except models.GeometryError as e:
         raise ConfigError(str(e)) from None
@@ -189,9 +200,72 @@ def _check_trainer(cfg, n_train: int) -> None:
     number(cfg, "trainer.eval_batch_size", low=1, integer=True)
     number(cfg, "trainer.seed", low=0, integer=True)
     device = _get(cfg, "trainer.device")
-    if not (device in ("auto", "cpu", "cuda", "mps") or (isinstance(device, str) and device.startswith("cuda:"))):
-        raise ConfigError(f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps")
+    if not (
+        device in ("auto", "cpu", "cuda", "mps") or (isinstance(device, str) and device.startswith("cuda:"))
+    ):
+        raise ConfigError(
+            f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
+        )
     choice(cfg, "trainer.precision", PRECISIONS)
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume"):
         boolean(cfg, f"trainer.{key}")
+
+
+def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
+    """Refuse an unknown group option or a misspelt key on the command line, in one line.
+
+    Hydra would say so too, over several lines; this names the key and the allowed values.
+    Sweep values (`a,b,c`) are each checked. Keys under `hydra` and appended keys (`+key=`) are
+    left to Hydra.
+    """
+    from difflib import get_close_matches
+
+    from hydra import compose, initialize_config_dir
+
+    groups = {
+        p.name: sorted(f.stem for f in p.glob("*.yaml"))
+        for p in Path(conf_dir).iterdir()
+        if p.is_dir() and p.name != "hydra"
+    }
+    selections, keys = [], []
+    for arg in arguments:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or key.startswith("hydra"):
+            continue
+        if key in groups:
+            allowed = groups[key] + (["null"] if key == "experiment" else [])
+            for v in (s.strip() for s in value.split(",")):
+                if v not in allowed:
+                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
+            selections.append(f"{key}={value.split(',')[0].strip()}")
+        else:
+            keys.append(key)
+    if not keys:
+        return
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        base = compose(config_name=config_name, overrides=selections)
+    known = _dotted_keys(OmegaConf.to_container(base))
+    for key in keys:
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            close = get_close_matches(key, known, n=1, cutoff=0.6)
+            group = key.split(".")[0]
+            siblings = [k for k in known if k.startswith(group + ".")]
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else f"the keys of {group} are {', '.join(siblings)}"
+                if siblings
+                else f"top-level keys are {', '.join(sorted({k.split('.')[0] for k in known}))}"
+            )
+            raise ConfigError(f"{key} is not a config key: {hint}")
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+_MISSING = object()

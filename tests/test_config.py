@@ -1,0 +1,133 @@
+"""Composition of every config option, and refusal of invalid values with one line, before training."""
+
+from pathlib import Path
+
+import pytest
+
+from sweeper import validate
+from tests.conftest import CONF, TINY, compose_cfg, run_cli
+
+GROUP_OPTIONS = [
+    (g.name, f.stem)
+    for g in sorted(CONF.iterdir())
+    if g.is_dir() and g.name not in ("hydra", "experiment")
+    for f in sorted(g.glob("*.yaml"))
+]
+EXPERIMENTS = sorted(f.stem for f in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_defaults_are_the_lecture_protocol():
+    cfg = compose_cfg(tiny=False)
+    assert (cfg.model.name, cfg.optim.name, cfg.schedule.name, cfg.data.name) == (
+        "convnet",
+        "sgd",
+        "constant",
+        "cifar10",
+    )
+    assert cfg.lr == 0.1 and cfg.trainer.epochs == 50 and cfg.trainer.batch_size == 100
+    assert (cfg.optim.momentum, cfg.optim.weight_decay) == (0.0, 0.0)  # plain SGD
+    assert list(cfg.trainer.sample_loss_epochs) == [*range(1, 11), *range(15, 51, 5)]
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose_cfg(f"{group}={option}", "trainer.epochs=50")
+    assert group == "trainer" or cfg[group].name == option
+    validate.check(cfg)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name):
+    cfg = compose_cfg(f"experiment={name}", tiny=False)
+    validate.check(cfg)
+
+
+def test_experiments_hold_the_lecture_protocols():
+    lr2 = compose_cfg("experiment=lecture_lr2", tiny=False)
+    assert (lr2.schedule.name, lr2.lr, lr2.schedule.epoch, lr2.trainer.epochs) == ("step", 0.1, 25, 50)
+    text = (CONF / "experiment" / "lecture_lr2.yaml").read_text()
+    assert "schedule.lr2: 0.07,0.05,0.02" in text
+    assert "lr: 0.2,0.1,0.01" in (CONF / "experiment" / "lecture_lr.yaml").read_text()
+    assert compose_cfg("experiment=lecture_overfit_subset", tiny=False).data.train_size == 1000
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["lr=-0.1"], "lr=-0.1 is invalid: must be a number > 0"),
+        (["lr=abc"], "lr='abc' is invalid: must be a number > 0"),
+        (
+            ["schedule=step", "schedule.epoch=2"],
+            "schedule.epoch=2 is invalid: the switch to schedule.lr2 must come before the end",
+        ),
+        (["schedule=multistep", "schedule.milestones=[3,1]"], "schedule.milestones=[3, 1] is invalid"),
+        (
+            ["schedule=geometric", "schedule.decay=1.5"],
+            "schedule.decay=1.5 is invalid: must be a number > 0 and <= 1",
+        ),
+        (["model.kernel_size=40"], "model.kernel_size=40 at conv layer 1 is larger than its 32x32 input"),
+        (["model.conv_layers=3"], "model.pool has 2 entries but model.conv_layers=3"),
+        (["model.padding=full"], "model.padding='full' is invalid: allowed values are valid, same"),
+        (["model.dropout=1.0"], "model.dropout=1.0 is invalid: must be a number >= 0 and < 1"),
+        (["data.train_size=100000"], "data.train_size=100000 is invalid: must be an integer >= 1 and <= 300"),
+        (
+            ["data=cifar10", "data.root=/no/such/dir", "data.download=false"],
+            "data.root=/no/such/dir is invalid: no CIFAR-10 there",
+        ),
+        (["optim.momentum=1.5"], "optim.momentum=1.5 is invalid: must be a number >= 0 and < 1"),
+        (["optim.nesterov=true"], "optim.nesterov=true is invalid with optim.momentum=0"),
+        (["trainer.precision=fp16"], "trainer.precision='fp16' is invalid: allowed values are fp32, bf16"),
+        (
+            ["trainer.device=tpu"],
+            "trainer.device='tpu' is invalid: allowed values are auto, cpu, cuda, cuda:N, mps",
+        ),
+        (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be an integer >= 1 and <= 300"),
+    ],
+)
+def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (
+            "schedule=foo",
+            "schedule=foo is invalid: allowed values are constant, cosine, geometric, multistep, step",
+        ),
+        ("trainer.epoch=3", "trainer.epoch is not a config key: did you mean trainer.epochs?"),
+        ("modle.channels=8", "modle.channels is not a config key: did you mean model.channels?"),
+    ],
+)
+def test_unknown_options_and_keys_are_refused_in_one_line(argument, message):
+    with pytest.raises(validate.ConfigError, match=message.replace("?", r"\?")):
+        validate.check_overrides([argument], str(CONF))
+
+
+def test_cli_refuses_a_bad_value_with_one_line_and_no_run(tmp_path: Path):
+    result = run_cli(*TINY, "lr=-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: lr=-1 is invalid: must be a number > 0"
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list(tmp_path.glob("outputs/runs/*/*/metrics.jsonl"))
+
+
+def test_cli_refuses_a_bad_grid_before_its_first_job(tmp_path: Path):
+    result = run_cli("-m", *TINY, "lr=0.1,-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: job 1 (" + " ".join(TINY) + " lr=-1): lr=-1 is invalid: must be a number > 0"
+    ]
+    assert not (tmp_path / "outputs").exists()  # no job started, not even the valid one
+
+
+def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
+    result = run_cli("-m", "schedule=step,cosne", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "error: schedule=cosne is invalid: allowed values are constant, cosine, geometric, multistep, step"
+    )

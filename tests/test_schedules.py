@@ -1,0 +1,87 @@
+"""Each schedule's values at its boundaries, warmup, and that LambdaLR applies them exactly."""
+
+import math
+
+import pytest
+import torch
+
+from sweeper import build, schedules
+from tests.conftest import compose_cfg
+
+SPE = 10  # steps per epoch
+
+
+def test_constant_is_lr_everywhere():
+    assert {schedules.constant(s, lr=0.1, steps_per_epoch=SPE, total_steps=100) for s in range(100)} == {0.1}
+
+
+def test_step_switches_after_epoch_k():
+    # "0.1 for 25 epochs, then lr2": the last step of epoch 25 still runs at 0.1.
+    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, lr2=0.05, epoch=25)
+    assert schedules.step(25 * SPE - 1, **kw) == 0.1
+    assert schedules.step(25 * SPE, **kw) == 0.05
+    assert schedules.step(0, **kw) == 0.1
+    assert schedules.step(499, **kw) == 0.05
+
+
+def test_multistep_multiplies_by_gamma_at_each_milestone():
+    kw = dict(lr=1.0, steps_per_epoch=SPE, total_steps=500, milestones=[10, 20], gamma=0.1)
+    assert schedules.multistep(10 * SPE - 1, **kw) == 1.0
+    assert schedules.multistep(10 * SPE, **kw) == pytest.approx(0.1)
+    assert schedules.multistep(20 * SPE - 1, **kw) == pytest.approx(0.1)
+    assert schedules.multistep(20 * SPE, **kw) == pytest.approx(0.01)
+
+
+def test_geometric_decays_once_per_epoch():
+    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, decay=0.5)
+    assert schedules.geometric(SPE - 1, **kw) == 0.1
+    assert schedules.geometric(SPE, **kw) == pytest.approx(0.05)
+    assert schedules.geometric(3 * SPE + 5, **kw) == pytest.approx(0.1 * 0.5**3)
+
+
+def test_cosine_runs_from_lr_to_lr_min():
+    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=101, lr_min=0.001)
+    assert schedules.cosine(0, **kw) == pytest.approx(0.1)
+    assert schedules.cosine(50, **kw) == pytest.approx((0.1 + 0.001) / 2)
+    assert schedules.cosine(100, **kw) == pytest.approx(0.001)
+
+
+def test_warmup_ramps_linearly_then_hands_over():
+    fn = schedules.with_warmup(lambda s: 0.1, warmup_epochs=2, steps_per_epoch=SPE)
+    assert fn(0) == pytest.approx(0.1 / 20)
+    assert fn(9) == pytest.approx(0.1 * 10 / 20)
+    assert fn(19) == pytest.approx(0.1)
+    assert fn(200) == pytest.approx(0.1)
+    assert schedules.with_warmup(math.sqrt, 0, SPE) is math.sqrt
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["schedule=step", "trainer.epochs=4", "schedule.epoch=2", "schedule.lr2=0.02"],
+            [0.1] * 20 + [0.02] * 20,
+        ),
+        (
+            ["schedule=geometric", "trainer.epochs=3", "schedule.decay=0.5"],
+            [0.1] * 10 + [0.05] * 10 + [0.025] * 10,
+        ),
+        (
+            ["schedule=multistep", "trainer.epochs=3", "schedule.milestones=[1,2]", "schedule.gamma=0.1"],
+            [0.1] * 10 + [0.01] * 10 + [0.001] * 10,
+        ),
+    ],
+)
+def test_optimizer_sees_the_configured_rate_at_every_step(overrides, expected):
+    # The path train.py uses: config -> build.schedule -> LambdaLR on the real optimizer.
+    cfg = compose_cfg(*overrides)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build.optimizer(cfg, model.parameters())
+    lr_at = build.schedule(cfg, steps_per_epoch=SPE, total_steps=SPE * cfg.trainer.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s) / cfg.lr)
+    seen = []
+    for _ in range(len(expected)):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx(expected)

@@ -1,0 +1,103 @@
+"""Grids through `python -m sweeper -m`, as a user types them: records, failure isolation, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONF, TINY, run_cli
+from tests.test_data import write_image_folder
+
+FAST = [o for o in TINY if o.startswith("data")] + [
+    "data.n_train=200",
+    "trainer.epochs=1",
+    "model.units=[16]",
+]
+RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
+
+
+def sweep(tmp_path: Path, *args: str, name="sweep"):
+    return run_cli("-m", *args, f"hydra.sweep.dir={tmp_path / name}", cwd=tmp_path), tmp_path / name
+
+
+def test_the_card_command_gives_nine_complete_runs(tmp_path):
+    result, sweep_dir = sweep(tmp_path, *FAST, "model.channels=16,32,64", "lr=0.2,0.1,0.01")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(listing["jobs"]) == 9
+    seen = set()
+    for job in listing["jobs"]:
+        run = sweep_dir / job["dir"]
+        assert {p.name for p in run.iterdir()} >= RECORD
+        summary = json.loads((run / "summary.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        assert summary["status"] == "completed"
+        seen.add((config["model"]["channels"], config["lr"]))
+        assert f"lr={config['lr']}" in job["overrides"]
+    assert seen == {(c, lr) for c in (16, 32, 64) for lr in (0.2, 0.1, 0.01)}
+    assert "9 jobs: 9 completed" in result.stdout
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    broken = tmp_path / "broken"
+    for split in ("train", "test"):
+        (broken / split / "cat").mkdir(parents=True)
+        (broken / split / "cat" / "0.png").write_bytes(b"garbage")
+    write_image_folder(tmp_path / "good")
+    # job 0 raises while decoding the corrupt folder; job 1 trains on the good one
+    result, sweep_dir = sweep(
+        tmp_path, "data=cifar10", "trainer.epochs=1", "model.channels=4", f"data.root={broken},{tmp_path / 'good'}",
+        "data.download=false", f"data.cache_dir={tmp_path}/cache",
+    )  # fmt: skip
+    assert result.returncode == 1
+    failed = json.loads((sweep_dir / "0" / "summary.json").read_text())
+    assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
+    assert json.loads((sweep_dir / "1" / "summary.json").read_text())["status"] == "completed"
+    assert "2 jobs: 1 completed, 1 failed" in result.stdout
+    assert "UnidentifiedImageError" in result.stdout
+
+
+def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
+    result, sweep_dir = sweep(tmp_path, *FAST, "lr=1e20,0.1")
+    assert result.returncode == 1
+    states = [json.loads((sweep_dir / d / "summary.json").read_text())["status"] for d in ("0", "1")]
+    assert states == ["diverged", "completed"]
+    assert "2 jobs: 1 completed, 1 diverged" in result.stdout
+
+
+def test_rerunning_a_sweep_skips_completed_runs_and_refuses_another_grid(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/*") if p.name in RECORD}
+    again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert again.returncode == 0
+    assert "already completed, skipping" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the run records are untouched
+    other, _ = sweep(tmp_path, *FAST, "lr=0.1,0.01")
+    assert other.returncode == 2
+    assert "holds a sweep of another grid" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "name", sorted(f.stem for f in (CONF / "experiment").glob("lecture_*.yaml")) + ["demo"]
+)
+def test_every_experiment_runs_shrunk(tmp_path, name):
+    # The experiments' own grids and protocol, on tiny synthetic data for one or two epochs.
+    shrink = [
+        "data=synthetic",
+        "data.n_train=100",
+        "data.n_test=50",
+        "trainer.epochs=2",
+        "trainer.batch_size=50",
+    ]
+    if name == "lecture_lr2":
+        shrink.append("schedule.epoch=1")
+    if name == "lecture_overfit_subset":
+        shrink.append("data.train_size=60")
+    result, sweep_dir = sweep(tmp_path, f"experiment={name}", *shrink)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    assert len(jobs) >= 1
+    assert all(
+        json.loads((sweep_dir / j["dir"] / "summary.json").read_text())["status"] == "completed" for j in jobs
+    )

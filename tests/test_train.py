@@ -1,0 +1,182 @@
+"""A real short training run on CPU and the record it leaves; determinism, divergence, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sweeper import train
+from sweeper.runlog import BIN_EDGES, RunLog
+from sweeper.validate import ConfigError
+from tests.conftest import REPO, compose_cfg
+
+METRIC_KEYS = {
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "samples",
+    "time_s",
+    "epoch_time_s",
+}
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]
+
+
+def test_a_short_run_leaves_a_complete_record(tmp_path):
+    cfg = compose_cfg(
+        "trainer.epochs=3", "trainer.sample_loss_epochs=[1,2]", "trainer.keep_sample_losses=true"
+    )
+    summary = train.run(cfg, tmp_path, overrides=["trainer.epochs=3"])
+
+    assert summary["status"] == "completed"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["trainer"]["epochs"] == 3 and config["lr"] == 0.1 and "hydra" not in config
+    assert json.loads((tmp_path / "job.json").read_text())["overrides"] == ["trainer.epochs=3"]
+
+    rows = metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(set(r) == METRIC_KEYS for r in rows)
+    assert [r["samples"] for r in rows] == [300, 600, 900]
+    assert [r["step"] for r in rows] == [6, 12, 18]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)
+
+    with np.load(tmp_path / "losses.npz", allow_pickle=False) as z:
+        assert z["epochs"].tolist() == [1, 2, 3]  # kept epochs plus the last
+        assert np.array_equal(z["bin_edges"], BIN_EDGES)
+        for split, n in (("train", 300), ("test", 100)):
+            counted = (
+                z[f"{split}_hist"].sum(1) + z[f"{split}_zero"] + z[f"{split}_under"] + z[f"{split}_over"]
+            )
+            assert counted.tolist() == [n, n, n]
+            assert np.all(np.diff(z[f"{split}_quantiles"], axis=1) >= 0)
+        # the histogram mean agrees with the logged mean loss
+        assert z["test_mean"][-1] == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
+    with np.load(tmp_path / "sample_losses" / "epoch_003.npz", allow_pickle=False) as raw:
+        assert raw["train"].shape == (300,) and raw["train"].dtype == np.float32
+        assert float(raw["test"].mean()) == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
+
+    done = json.loads((tmp_path / "summary.json").read_text())
+    assert done["n_params"] > 0 and done["receptive_field_px"] == 22
+    assert done["final_test_acc"] == rows[-1]["test_acc"]
+    assert done["best_test_acc"] == max(r["test_acc"] for r in rows)
+    assert done["min_test_loss_epoch"] == min(rows, key=lambda r: r["test_loss"])["epoch"]
+    assert done["versions"]["torch"] and done["host"] and done["error"] is None
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train.run(
+            compose_cfg(f"trainer.seed={seed}", "data.augment=true", "model.dropout=0.2"), tmp_path / name
+        )
+        runs[name] = without_times(metrics(tmp_path / name))
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_a_non_finite_loss_stops_the_run_as_diverged(tmp_path):
+    summary = train.run(compose_cfg("lr=1e20", "trainer.epochs=5"), tmp_path)
+    assert summary["status"] == "diverged"
+    rows = metrics(tmp_path)
+    assert len(rows) == 1 and rows[0]["train_loss"] is None  # stopped at once, NaN written as null
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_an_exception_is_recorded_as_failed_with_its_traceback(tmp_path):
+    bad = tmp_path / "data"
+    (bad / "train" / "cat").mkdir(parents=True)
+    (bad / "test" / "cat").mkdir(parents=True)
+    (bad / "train" / "cat" / "0.png").write_bytes(b"not a png")
+    summary = train.run(
+        compose_cfg(
+            "data=cifar10", f"data.root={bad}", "data.download=false", f"data.cache_dir={tmp_path}/c"
+        ),
+        tmp_path / "run",
+    )
+    assert summary["status"] == "failed"
+    assert "UnidentifiedImageError" in summary["error"] and "Traceback" in summary["traceback"]
+    assert summary["epochs_done"] == 0 and summary["final_test_acc"] is None
+
+
+def test_rerun_of_a_completed_run_is_skipped_untouched(tmp_path):
+    cfg = compose_cfg()
+    train.run(cfg, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+def test_a_run_dir_of_another_config_is_refused(tmp_path):
+    train.run(compose_cfg(), tmp_path)
+    with pytest.raises(ConfigError, match="another config.*lr: 0.1 -> 0.2"):
+        train.run(compose_cfg("lr=0.2"), tmp_path)
+
+
+def test_a_failed_run_is_set_aside_and_rerun(tmp_path):
+    cfg = compose_cfg()
+    log = RunLog(tmp_path)
+    log.write_config(__import__("omegaconf").OmegaConf.to_container(cfg, resolve=True))
+    log.write_summary({"status": "failed", "error": "boom"})
+    assert train.run(cfg, tmp_path)["status"] == "completed"
+    assert json.loads((tmp_path / "attempts" / "1" / "summary.json").read_text())["error"] == "boom"
+
+
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    args = [
+        "data=synthetic",
+        "data.n_train=1000",
+        "data.n_test=200",
+        "trainer.epochs=5",
+        "model.channels=8",
+        "data.augment=true",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(
+        [sys.executable, "-m", "sweeper", *args, f"hydra.run.dir={tmp_path}/straight"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", *args, f"hydra.run.dir={killed}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((killed / "metrics.jsonl").exists() and len(metrics(killed)) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(metrics(killed))
+    assert 2 <= done_before < 5 and not (killed / "summary.json").exists()
+
+    subprocess.run(
+        [sys.executable, "-m", "sweeper", *args, f"hydra.run.dir={killed}"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    resumed = metrics(killed)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5]  # no gap, no duplicate
+    assert without_times(resumed) == without_times(metrics(tmp_path / "straight"))
+    assert json.loads((killed / "job.json").read_text())["restarts"] == 1
