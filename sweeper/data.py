@@ -96,7 +96,7 @@ def load(cfg) -> Data:
 
 
 def prepare(x_uint8: torch.Tensor, data: Data, dtype=torch.float32) -> torch.Tensor:
-    return ((x_uint8.to(dtype) - data.mean.to(dtype)) / data.std.to(dtype)).contiguous()
+    return (x_uint8.to(dtype) - data.mean.to(dtype)) / data.std.to(dtype)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -115,22 +115,25 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
 
 def train_batches(
-    data: Data, batch_size: int, generator: torch.Generator, do_augment: bool, dtype=torch.float32
+    data: Data, batch_size: int, generator, do_augment: bool, memory_format=torch.contiguous_format
 ):
     """One epoch of (x, y) training batches in a fresh random order; the last batch may be short."""
     n = len(data.train_y)
     order = torch.randperm(n, device=data.train_y.device, generator=generator)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        x = prepare(data.train_x[idx], data, dtype)
+        x = prepare(data.train_x[idx], data)
         if do_augment:
             x = augment(x, generator)
-        yield x, data.train_y[idx]
+        yield x.contiguous(memory_format=memory_format), data.train_y[idx]
 
 
-def eval_batches(x_uint8: torch.Tensor, y: torch.Tensor, data: Data, batch_size: int, dtype=torch.float32):
+def eval_batches(
+    x_uint8: torch.Tensor, y: torch.Tensor, data: Data, batch_size: int, memory_format=torch.contiguous_format
+):
     for start in range(0, len(y), batch_size):
-        yield prepare(x_uint8[start : start + batch_size], data, dtype), y[start : start + batch_size]
+        x = prepare(x_uint8[start : start + batch_size], data)
+        yield x.contiguous(memory_format=memory_format), y[start : start + batch_size]
 
 
 # ----------------------------------------------------------------------------- synthetic

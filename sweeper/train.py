@@ -59,12 +59,21 @@ def kept_epochs(cfg: DictConfig) -> set[int]:
     return {int(e) for e in cfg.trainer.sample_loss_epochs if 1 <= e <= epochs} | {epochs}
 
 
-@torch.no_grad()
-def evaluate(model, x, y, data, batch_size, autocast):
+def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) where it pays: on CPU it halves a convnet step (docs/benchmarks.md);
+    on CUDA it pays with bf16 tensor cores. It changes the layout, not the arithmetic."""
+    choice = cfg.trainer.channels_last
+    if choice == "auto":
+        choice = device.type == "cpu" or cfg.trainer.precision == "bf16"
+    return torch.channels_last if choice else torch.contiguous_format
+
+
+@torch.inference_mode()
+def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_format):
     """Per-sample losses (float32, on the device), mean loss and accuracy over a whole split."""
     model.eval()
     losses, correct = [], torch.zeros((), device=y.device)
-    for xb, yb in data_module.eval_batches(x, y, data, batch_size):
+    for xb, yb in data_module.eval_batches(x, y, data, batch_size, layout):
         with autocast():
             logits = model(xb)
         losses.append(F.cross_entropy(logits.float(), yb, reduction="none"))
@@ -79,7 +88,10 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.trainer.seed)
     data = data_module.load(cfg.data).to(device)
-    model = build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(device)
+    layout = memory_format(cfg, device)
+    model = build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(
+        device, memory_format=layout
+    )
     optimizer = build.optimizer(cfg, model.parameters())
     n_train, batch_size, epochs = len(data.train_y), cfg.trainer.batch_size, cfg.trainer.epochs
     steps_per_epoch = math.ceil(n_train / batch_size)
@@ -138,7 +150,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(data_module.train_batches(data, batch_size, generator, cfg.data.augment)):
+        for i, (x, y) in enumerate(
+            data_module.train_batches(data, batch_size, generator, cfg.data.augment, layout)
+        ):
             with autocast():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -156,11 +170,12 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
                 break  # diverged: no point finishing the epoch
             progress.update(epoch, i + 1, loss_sum, i + 1)
 
+        eval_size = cfg.trainer.eval_batch_size
         train_losses, train_loss, train_acc = evaluate(
-            model, data.train_x, data.train_y, data, cfg.trainer.eval_batch_size, autocast
+            model, data.train_x, data.train_y, data, eval_size, autocast, layout
         )
         test_losses, test_loss, test_acc = evaluate(
-            model, data.test_x, data.test_y, data, cfg.trainer.eval_batch_size, autocast
+            model, data.test_x, data.test_y, data, eval_size, autocast, layout
         )
         now = time.perf_counter()
         row = {

@@ -207,6 +207,7 @@ def _check_trainer(cfg, n_train: int) -> None:
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
         )
     choice(cfg, "trainer.precision", PRECISIONS)
+    choice(cfg, "trainer.channels_last", ("auto", True, False))
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume"):
         boolean(cfg, f"trainer.{key}")

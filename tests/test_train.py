@@ -180,3 +180,16 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5]  # no gap, no duplicate
     assert without_times(resumed) == without_times(metrics(tmp_path / "straight"))
     assert json.loads((killed / "job.json").read_text())["restarts"] == 1
+
+
+def test_channels_last_computes_what_the_plain_layout_computes(tmp_path):
+    # The CPU default (channels_last=auto) changes the memory layout only: same seed, same curves
+    # up to float32 summation order.
+    rows = {}
+    for layout in ("true", "false"):
+        train.run(compose_cfg(f"trainer.channels_last={layout}", "trainer.epochs=2"), tmp_path / layout)
+        rows[layout] = without_times(metrics(tmp_path / layout))
+    for a, b in zip(rows["true"], rows["false"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
