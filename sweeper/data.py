@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
@@ -69,8 +71,23 @@ def dataset_size(cfg) -> int:
     return CIFAR10_SIZES["train"] if cfg.name == "cifar10" else int(cfg.n_train)
 
 
+_MEMO: dict[str, Data] = {}
+
+
 def load(cfg) -> Data:
-    """The data set named by the `data` config group, on the CPU, subset and statistics applied."""
+    """The data set named by the `data` config group, on the CPU, subset and statistics applied.
+
+    Memoised per process (the last data config only): the jobs of a sweep that run in one
+    process -- the basic launcher, or a pool worker -- decode or generate it once.
+    """
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    if key not in _MEMO:
+        _MEMO.clear()
+        _MEMO[key] = _load(cfg)
+    return _MEMO[key]
+
+
+def _load(cfg) -> Data:
     if cfg.name == "synthetic":
         train_x, train_y, test_x, test_y = synthetic(cfg.n_train, cfg.n_test, cfg.seed, cfg.label_noise)
         classes = [f"class{i}" for i in range(10)]

@@ -296,6 +296,7 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
         "slurm_job_id": env.get("SLURM_JOB_ID"),
         "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
         "overrides": list(overrides),
         "job_num": job_num,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,1 @@
+"""A local launcher of long-lived worker processes with device slots; see launcher.py."""

@@ -1,0 +1,44 @@
+"""The pool launcher: long-lived workers pinned to device slots, each job a complete, independent record."""
+
+import json
+
+from hydra_plugins.sweeper_pool.launcher import resolve_devices
+from tests.conftest import TINY, run_cli
+
+RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
+
+
+def without_times(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]
+
+
+def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
+    grid = ["lr=0.2,0.1,0.05,0.02"]
+    pooled = run_cli(
+        "-m", "hydra/launcher=pool", "hydra.launcher.devices=[0,1]", "hydra.launcher.slots_per_device=1",
+        *TINY, *grid, f"hydra.sweep.dir={tmp_path / 'pool'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    jobs = [json.loads((tmp_path / "pool" / str(n) / "job.json").read_text()) for n in range(4)]
+    assert {j["cuda_visible_devices"] for j in jobs} == {"0", "1"}  # both devices used
+    assert len({j["pid"] for j in jobs}) == 2  # two workers, each ran two jobs: start-up paid once
+    for n in range(4):
+        assert {p.name for p in (tmp_path / "pool" / str(n)).iterdir()} >= RECORD
+        assert json.loads((tmp_path / "pool" / str(n) / "summary.json").read_text())["status"] == "completed"
+
+    # a pooled job computes exactly what the same job computes under the basic launcher
+    basic = run_cli("-m", *TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    assert basic.returncode == 0
+    for n in range(4):
+        assert without_times(tmp_path / "pool" / str(n) / "metrics.jsonl") == without_times(
+            tmp_path / "basic" / str(n) / "metrics.jsonl"
+        )
+
+
+def test_auto_devices_fall_back_to_the_cpu_without_a_gpu():
+    import torch
+
+    expected = [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    assert resolve_devices(["auto"]) == expected
+    assert resolve_devices([2, 3]) == ["2", "3"]
