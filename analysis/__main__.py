@@ -1,0 +1,109 @@
+"""Analyse sweeps from the command line.
+
+    python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--metric final_test_acc]
+        figures (PNG), report.md and the tidy tables (CSV + parquet); --out defaults to
+        SWEEP_DIR/report/ (of the first SWEEP_DIR). A single run dir is a valid SWEEP_DIR.
+
+    python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
+        a one-screen table of the jobs: completed, running, stalled, failed, diverged, missing.
+
+Bad input (no such dir, no runs, unknown metric, unwritable --out) prints one line on stderr
+and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.load import NoRunsFound, load_sweep
+from analysis.status import format_job_table, job_table
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we want one line
+        raise UsageError(f"{message} (see --help)")
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m analysis", description="Figures, tables and report.md for sweeps. "
+                     "Use `python -m analysis status SWEEP_DIR` for the job table.")
+    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep dir(s) or run dir(s)")
+    parser.add_argument("--out", type=Path, help="output dir (default: SWEEP_DIR/report/)")
+    parser.add_argument("--metric", default="final_test_acc", help="run column to rank by (default: %(default)s)")
+    return parser
+
+
+def _status_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m analysis status", description="Status of a sweep's jobs.")
+    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    parser.add_argument("--all", action="store_true", help="list every job even if it does not fit the screen")
+    return parser
+
+
+def _check_dirs(paths: list[str]) -> None:
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UsageError(f"{path}: no such directory")
+
+
+def run_status(argv: list[str]) -> int:
+    args = _status_parser().parse_args(argv)
+    _check_dirs(args.sweep_dirs)
+    table = job_table(args.sweep_dirs)
+    if table.empty:
+        raise UsageError(f"no runs or sweep jobs under {', '.join(args.sweep_dirs)}")
+    print(format_job_table(table, show_all=args.all))
+    return 0
+
+
+def run_report(argv: list[str]) -> int:
+    args = _report_parser().parse_args(argv)
+    _check_dirs(args.sweep_dirs)
+    try:
+        sweep = load_sweep(args.sweep_dirs)
+    except NoRunsFound as err:
+        raise UsageError(str(err)) from None
+    if sweep.runs.empty:
+        first = sweep.problems[0] if sweep.problems else ("", "")
+        raise UsageError(f"no readable run under {', '.join(args.sweep_dirs)} ({first[0]}: {first[1]})")
+    if args.metric not in sweep.runs or sweep.runs[args.metric].dtype.kind != "f":
+        choices = ", ".join(c for c in sweep.runs.columns if c.startswith(("final_", "best_", "min_"))
+                            and not c.endswith("_epoch"))
+        raise UsageError(f"unknown metric {args.metric!r}; choose one of {choices}")
+    out = args.out or Path(args.sweep_dirs[0]) / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot write to {out}: {err.strerror}") from None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window (imported here: `status` needs no plotting)
+    from analysis.report import write_report
+
+    path = write_report(sweep, out, args.metric, sources=args.sweep_dirs)
+    counts = sweep.runs["status"].value_counts()
+    print(f"{len(sweep.runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+          f"{len(sweep.problems)} problems")
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "status":
+            return run_status(argv[1:])
+        return run_report(argv)
+    except UsageError as err:
+        print(f"analysis: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Reducers and diagnostics on the tidy tables of analysis.load.
+
+Every function takes `curves` (one row per run x epoch) or `runs` (one row per run) and
+returns a DataFrame, so they work the same on a loaded sweep and on hand-built frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+# --------------------------------------------------------------------------- metric direction
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses, gaps and times go down, accuracies go up; anything else must be said explicitly."""
+    name = metric.lower()
+    if "acc" in name:
+        return False
+    if "loss" in name or "gap" in name or name.endswith("_s"):
+        return True
+    raise ValueError(f"cannot tell whether {metric!r} should be high or low: pass higher_is_better")
+
+
+def best_name(metric: str) -> str:
+    """`min_test_loss` for a loss, `best_test_acc` for an accuracy (summary.json's names)."""
+    return f"min_{metric}" if lower_is_better(metric) else f"best_{metric}"
+
+
+# --------------------------------------------------------------------------- confidence intervals
+
+
+def _t_coverage(t: float, dof: int) -> float:
+    """P(|T| < t) for Student's t with an integer number of degrees of freedom.
+
+    Exact finite series of Abramowitz & Stegun 26.7.3 (odd dof) and 26.7.4 (even dof).
+    """
+    theta = math.atan(t / math.sqrt(dof))
+    cos2, sin = math.cos(theta) ** 2, math.sin(theta)
+    if dof % 2 == 0:
+        term = total = 1.0
+        for k in range(1, (dof - 2) // 2 + 1):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            total += term
+        return sin * total
+    if dof == 1:
+        return 2 * theta / math.pi
+    term = total = math.cos(theta)
+    for k in range(1, (dof - 3) // 2 + 1):
+        term *= cos2 * (2 * k) / (2 * k + 1)
+        total += term
+    return 2 / math.pi * (theta + sin * total)
+
+
+@functools.lru_cache(maxsize=512)
+def t_critical(level: float, dof: int) -> float:
+    """The t with P(|T| < t) = level: the half-width of a `level` CI is t * std / sqrt(n)."""
+    if dof < 1:
+        return math.nan
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    if dof > 1000:  # first Cornish-Fisher term: error < 1e-6 here, and the series gets long
+        return z + (z**3 + z) / (4 * dof)
+    lo, hi = 0.0, 2 * z
+    while _t_coverage(hi, dof) < level:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_coverage(mid, dof) < level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_aggregate(frame: pd.DataFrame, values: str | Sequence[str], by: Sequence[str],
+                   level: float = 0.95) -> pd.DataFrame:
+    """Mean, std, N and a `level` t-interval of `values` over the rows sharing `by`.
+
+    Pass the varied keys minus the seed as `by` (plus "epoch" for curves): each group is then
+    one configuration and its rows are its seeds. Columns: by..., then for each value
+    `<value>_mean`, `<value>_std`, `<value>_n`, `<value>_ci_lo`, `<value>_ci_hi`.
+    The interval is NaN for N = 1 (no spread to measure).
+    """
+    values = [values] if isinstance(values, str) else list(values)
+    by = list(by)
+    keys = by if by else np.zeros(len(frame), dtype=int)
+    stats = frame.groupby(keys, dropna=False, sort=False, observed=True)[values].agg(["mean", "std", "count"])
+    out = stats.index.to_frame(index=False) if by else pd.DataFrame(index=range(len(stats)))
+    for value in values:
+        mean, std = stats[(value, "mean")].to_numpy(), stats[(value, "std")].to_numpy()
+        n = stats[(value, "count")].to_numpy().astype("int64")
+        t = np.array([t_critical(level, int(k) - 1) for k in n], dtype=float)
+        half = t * std / np.sqrt(np.maximum(n, 1))
+        out[f"{value}_mean"], out[f"{value}_std"], out[f"{value}_n"] = mean, std, n
+        out[f"{value}_ci_lo"], out[f"{value}_ci_hi"] = mean - half, mean + half
+    return out
+
+
+# --------------------------------------------------------------------------- per-run reducers
+
+
+def add_gaps(curves: pd.DataFrame) -> pd.DataFrame:
+    """Generalisation gaps per epoch: gen_gap_loss = test - train loss, gen_gap_acc = train - test acc."""
+    extra = {}
+    if {"test_loss", "train_loss"} <= set(curves.columns):
+        extra["gen_gap_loss"] = curves["test_loss"] - curves["train_loss"]
+    if {"test_acc", "train_acc"} <= set(curves.columns):
+        extra["gen_gap_acc"] = curves["train_acc"] - curves["test_acc"]
+    return curves.assign(**extra)
+
+
+def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Per run (index `run`): epochs_done, and for each metric its final value, its best value
+    (min for a loss, max for an accuracy) and the first epoch reaching it; final gaps.
+
+    `final_*` is the last logged epoch, even if it is NaN (a diverged run's last line).
+    """
+    by_run = curves.groupby("run", sort=False)
+    out = pd.DataFrame({"epochs_done": by_run["epoch"].max()})
+    last = curves.loc[by_run["epoch"].idxmax().to_numpy()].set_index("run") if len(curves) else curves
+    for metric in [m for m in metrics if m in curves]:
+        out[f"final_{metric}"] = last[metric].astype("float64")
+        finite = curves.loc[curves[metric].notna(), ["run", "epoch", metric]]
+        group = finite.groupby("run", sort=False)[metric]
+        # idxmin/idxmax return the first occurrence: the earliest epoch reaching the best value.
+        at = group.idxmin() if lower_is_better(metric) else group.idxmax()
+        best = finite.loc[at.to_numpy()].set_index("run")
+        name = best_name(metric)
+        out[name] = best[metric].astype("float64")
+        out[f"{name}_epoch"] = best["epoch"].astype("Int64")
+    if {"final_test_loss", "final_train_loss"} <= set(out.columns):
+        out["final_gen_gap_loss"] = out["final_test_loss"] - out["final_train_loss"]
+    if {"final_test_acc", "final_train_acc"} <= set(out.columns):
+        out["final_gen_gap_acc"] = out["final_train_acc"] - out["final_test_acc"]
+    out.index = out.index.astype("str")
+    return out
+
+
+def _value_at(curves: pd.DataFrame, epochs: pd.Series, metric: str) -> pd.Series:
+    """curves[metric] of each run at the epoch given per run by `epochs` (index run)."""
+    table = curves.set_index(["run", "epoch"])[metric]
+    keys = [(run, int(e)) for run, e in epochs.dropna().items()]
+    values = table.reindex(pd.MultiIndex.from_tuples(keys, names=["run", "epoch"])) if keys else table.iloc[:0]
+    return pd.Series(values.to_numpy(), index=[k[0] for k in keys], dtype="float64").reindex(epochs.index)
+
+
+def loss_acc_decoupling(curves: pd.DataFrame, min_acc_gain: float = 0.005,
+                        min_loss_rise: float = 0.02) -> pd.DataFrame:
+    """The lecture's "test loss goes up while test accuracy still improves", per run.
+
+    `decoupled` is True when test accuracy peaks after test loss bottoms out, gaining at least
+    `min_acc_gain` (absolute) after the loss minimum while the test loss at the accuracy peak is at
+    least `min_loss_rise` (relative) above its minimum: the model keeps getting more samples right
+    while growing over-confident on the ones it gets wrong.
+    """
+    reduced = reduce_curves(curves, ("test_loss", "test_acc"))
+    out = reduced[["min_test_loss", "min_test_loss_epoch", "best_test_acc", "best_test_acc_epoch"]].copy()
+    out["test_acc_at_min_loss"] = _value_at(curves, out["min_test_loss_epoch"], "test_acc")
+    out["test_loss_at_best_acc"] = _value_at(curves, out["best_test_acc_epoch"], "test_loss")
+    out["epochs_apart"] = out["best_test_acc_epoch"] - out["min_test_loss_epoch"]
+    out["acc_gain_after_min_loss"] = out["best_test_acc"] - out["test_acc_at_min_loss"]
+    out["loss_rise_at_best_acc"] = out["test_loss_at_best_acc"] / out["min_test_loss"] - 1
+    out["decoupled"] = ((out["epochs_apart"] > 0) & (out["acc_gain_after_min_loss"] >= min_acc_gain)
+                        & (out["loss_rise_at_best_acc"] >= min_loss_rise)).fillna(False).astype(bool)
+    return out
+
+
+def capacity_verdict(curves: pd.DataFrame, max_train_loss: float = 0.01,
+                     min_train_acc: float = 0.999) -> pd.DataFrame:
+    """Did each run overfit its training set (train loss <= max_train_loss and train acc >=
+    min_train_acc), and from which epoch? The lecture's capacity check on a small subset: a model
+    that cannot memorise a few hundred images is too small (or its optimiser is broken)."""
+    fit = (curves["train_loss"] <= max_train_loss) & (curves["train_acc"] >= min_train_acc)
+    by_run = curves.groupby("run", sort=False)
+    out = pd.DataFrame({
+        "min_train_loss": by_run["train_loss"].min(),
+        "best_train_acc": by_run["train_acc"].max(),
+        "epochs_done": by_run["epoch"].max(),
+    })
+    first_fit = curves[fit.fillna(False).astype(bool)].groupby("run", sort=False)["epoch"].min()
+    out["fit_epoch"] = first_fit.reindex(out.index).astype("Int64")
+    out["fits"] = out["fit_epoch"].notna().astype(bool)
+    out["verdict"] = [
+        f"fits its training set from epoch {int(row.fit_epoch)}" if row.fits
+        else f"does not fit in {int(row.epochs_done)} epochs "
+             f"(min train loss {row.min_train_loss:.3g}, best train acc {row.best_train_acc:.1%})"
+        for row in out.itertuples()
+    ]
+    out.index = out.index.astype("str")
+    return out
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank_configs(runs: pd.DataFrame, metric: str, by: Sequence[str], statuses: Sequence[str] | None = ("completed",),
+                 higher_is_better: bool | None = None, level: float = 0.95) -> pd.DataFrame:
+    """Configurations (rows sharing `by`, i.e. the seeds of one config) ranked by mean `metric`.
+
+    Two configurations whose means differ by less than the larger of their seed std are a tie:
+    a difference smaller than the seed-to-seed spread is not evidence. Ties are grouped around
+    the better configuration of the group and share its rank (1, 1, 3, ...); `tied` marks them.
+    Only runs whose status is in `statuses` count (a diverged seed has no final accuracy).
+    """
+    pool = runs if statuses is None else runs[runs["status"].isin(list(statuses))]
+    pool = pool[pool[metric].notna()]
+    higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
+    stats = seed_aggregate(pool, metric, by, level)
+    stats = stats.rename(columns={f"{metric}_{s}": s for s in ("mean", "std", "n", "ci_lo", "ci_hi")})
+    stats = stats.sort_values("mean", ascending=not higher, kind="stable").reset_index(drop=True)
+    ranks, leader = [], None
+    spread = stats["std"].fillna(0.0).to_numpy()
+    means = stats["mean"].to_numpy()
+    for i in range(len(stats)):
+        if leader is None or abs(means[i] - means[leader]) > max(spread[i], spread[leader]):
+            leader = i
+        ranks.append(leader + 1)
+    stats.insert(0, "rank", np.array(ranks, dtype="int64"))
+    stats.insert(1, "tied", stats["rank"].duplicated(keep=False))
+    stats.insert(2, "metric", metric)
+    return stats

@@ -1,0 +1,696 @@
+"""Read run records (docs/run-record.md) into tidy pandas DataFrames.
+
+    from analysis import load_sweep
+    sweep = load_sweep("outputs/multirun/2026-11-26/23-59-00")
+    sweep.runs       # one row per run: dotted config keys, status, summary metrics, run_dir
+    sweep.curves     # one row per run x epoch: the varied keys and every logged metric
+    sweep.varied     # dotted config keys that differ between runs
+    sweep.problems   # [(run_dir, reason)] for runs that are missing, broken, failed, ...
+    sweep.distributions()   # per-sample loss histograms, run x epoch x split x bin (lazy)
+
+Only the run-record files are read; `.npz` files are loaded with `allow_pickle=False`.
+Column names are the dotted config names as written on the command line (`lr`, `model.channels`).
+The per-epoch learning rate logged in metrics.jsonl is called `epoch_lr` in `curves`, because
+`lr` is the config knob (the initial rate) and one name must mean one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import diagnostics
+from analysis.cache import read_cache, write_cache
+from analysis.losses import empty_distributions, read_losses
+
+RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
+# losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
+CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
+HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+# Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
+SKIP_DIRS = frozenset({"report", "sample_losses"})
+SEED_KEY = "trainer.seed"
+# Columns of `curves` that are not metrics.
+CURVE_ID_COLUMNS = ("run", "epoch")
+# metrics.jsonl names that clash with config knobs get this prefix in `curves`.
+METRIC_PREFIX = "epoch_"
+# A run without summary.json that has written nothing for this long is `stalled`.
+STALE_AFTER_S = 3600.0
+STALE_EPOCHS = 5  # ... or for this many of its slowest epochs, whichever is longer
+
+
+class NoRunsFound(ValueError):
+    """None of the given paths holds a run record."""
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run dir found on disk, with what its sweep says about it."""
+
+    run_dir: Path
+    sweep_dir: Path | None
+    job_num: int | None
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MissingJob:
+    """A job listed in sweep.json whose run dir is absent or holds no record."""
+
+    sweep_dir: Path
+    job_num: int | None
+    run_dir: Path
+    overrides: tuple[str, ...]
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in RECORD_FILES)
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / "sweep.json").is_file() or (path / "multirun.yaml").is_file()
+
+
+def read_sweep_jobs(sweep_dir: Path) -> list[dict]:
+    """The job list of sweep.json ([] when there is none or it is unreadable)."""
+    data, _ = read_json(sweep_dir / "sweep.json")
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    return [job for job in jobs or [] if isinstance(job, dict)]
+
+
+def _child_dirs(path: Path) -> list[Path]:
+    children = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted((p for p in children if p.name not in SKIP_DIRS), key=_dir_sort_key)
+
+
+def _dir_sort_key(path: Path) -> tuple:
+    # Job dirs are numbers: 2 before 10.
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def _job_num(name: str) -> int | None:
+    return int(name) if name.isdigit() else None
+
+
+def _scan_sweep(sweep_dir: Path) -> tuple[list[RunRef], list[MissingJob]]:
+    listed = {}
+    for job in read_sweep_jobs(sweep_dir):
+        name = str(job.get("dir", job.get("num", "")))
+        listed[name] = job
+    refs, missing = [], []
+    seen = set()
+    for child in _child_dirs(sweep_dir):
+        if not is_run_dir(child):
+            continue
+        job = listed.get(child.name, {})
+        num = job.get("num") if isinstance(job.get("num"), int) else _job_num(child.name)
+        refs.append(RunRef(child, sweep_dir, num, tuple(job.get("overrides") or ())))
+        seen.add(child.name)
+    for name, job in listed.items():
+        if name not in seen:
+            num = job.get("num") if isinstance(job.get("num"), int) else _job_num(name)
+            missing.append(MissingJob(sweep_dir, num, sweep_dir / name, tuple(job.get("overrides") or ())))
+    return refs, missing
+
+
+def _scan(path: Path, depth: int) -> tuple[list[RunRef], list[MissingJob]]:
+    if is_run_dir(path):
+        parent = path.parent
+        if is_sweep_dir(parent):
+            refs, _ = _scan_sweep(parent)
+            return [r for r in refs if r.run_dir == path], []
+        return [RunRef(path, None, None)], []
+    if is_sweep_dir(path):
+        return _scan_sweep(path)
+    refs, missing = [], []
+    if depth > 0:  # e.g. outputs/multirun/ or outputs/multirun/<date>/
+        for child in _child_dirs(path):
+            more_refs, more_missing = _scan(child, depth - 1)
+            refs += more_refs
+            missing += more_missing
+    return refs, missing
+
+
+def discover(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[RunRef], list[MissingJob]]:
+    """Find the run dirs under run dirs, sweep dirs or folders of them (up to 3 levels down).
+
+    Raises FileNotFoundError for a path that is not a directory.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    refs, missing = {}, {}
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{raw}: no such directory")
+        found_refs, found_missing = _scan(path, depth=3)
+        refs.update((r.run_dir, r) for r in found_refs)
+        missing.update((m.run_dir, m) for m in found_missing)
+    return list(refs.values()), list(missing.values())
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_json(path: Path) -> tuple[object | None, str | None]:
+    """(value, None), or (None, reason) when the file is missing or not valid JSON."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, f"{path.name} missing"
+    except OSError as err:
+        return None, f"{path.name} unreadable: {err.strerror}"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
+    """Parse metrics.jsonl: (rows, notes, truncated).
+
+    A crash (or a read racing the writer) can leave a partial last line: it is dropped and
+    `truncated` is True. A bad line elsewhere is dropped with a note.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], [], False
+    except OSError as err:
+        return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
+    lines = data.split(b"\n")
+    rows, notes, truncated = [], [], False
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        elif i == last:
+            truncated = True
+        else:
+            notes.append(f"metrics.jsonl line {i + 1} unreadable, dropped")
+    return rows, notes, truncated
+
+
+@dataclass
+class RunRecord:
+    """The parsed files of one run dir (metrics kept as rows until the curves are built)."""
+
+    config: dict | None
+    job: dict | None
+    summary: dict | None
+    metrics: list[dict]
+    notes: list[str]
+    truncated: bool = False
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    notes = []
+    config, note = read_json(run_dir / "config.json")
+    if note or not isinstance(config, dict):
+        notes.append(note or "config.json is not an object")
+        config = None
+    job, note = read_json(run_dir / "job.json")
+    if note or not isinstance(job, dict):
+        notes.append(note or "job.json is not an object")
+        job = None
+    summary, note = read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict):
+        # Absent means still running; a broken summary is reported and treated as absent.
+        if note and "missing" not in note:
+            notes.append(note)
+        summary = None
+    rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
+    return RunRecord(config, job, summary, rows, notes + metric_notes, truncated)
+
+
+def fingerprint(run_dir: Path) -> tuple[str, float]:
+    """(size and mtime of each record file, newest mtime): the cache key and a sign of life."""
+    parts, newest = [], 0.0
+    for name in CACHED_FILES:
+        try:
+            st = os.stat(run_dir / name)
+        except OSError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        newest = max(newest, st.st_mtime)
+    return "|".join(parts), newest
+
+
+# --------------------------------------------------------------------------- config flattening
+
+
+def _freeze(value):
+    """Lists become tuples (hashable, comparable, ordered like numbers); dicts in lists JSON."""
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
+    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; `_target_` dropped."""
+    flat = {}
+    for key, value in config.items():
+        if key in HYDRA_SPECIAL_KEYS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = _freeze(value)
+    return flat
+
+
+def merged_key_order(key_lists: Iterable[list[str]]) -> list[str]:
+    """All keys, in config order: a key first seen in a later run goes right after the key that
+    precedes it there (schedule.lr2 next to schedule.name, not after trainer.*)."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for keys in key_lists:
+        if seen.issuperset(keys):  # the common case: nothing new, no list surgery
+            continue
+        at = 0
+        for key in keys:
+            if key in seen:
+                at = order.index(key) + 1
+            else:
+                order.insert(at, key)
+                seen.add(key)
+                at += 1
+    return order
+
+
+def typed_column(values: Sequence) -> pd.Series:
+    """A column with the dtype the JSON values really have; None marks a missing value.
+
+    ints stay int64 (Int64 if some are missing), floats float64, bools bool, strings str,
+    tuples (list-valued knobs) object. Mixed ints and floats are floats (`lr=1` vs `lr=0.5`).
+    """
+    present = [v for v in values if v is not None]
+    kinds = {type(v) for v in present}
+    missing = len(present) < len(values)
+    if not present:
+        return pd.Series(list(values), dtype=object)
+    if kinds == {bool}:
+        return pd.Series(list(values), dtype="boolean" if missing else bool)
+    if kinds == {int}:
+        return pd.Series(list(values), dtype="Int64" if missing else "int64")
+    if kinds <= {int, float}:
+        return pd.Series([np.nan if v is None else float(v) for v in values], dtype="float64")
+    if kinds == {str}:
+        return pd.Series(list(values), dtype="str")
+    return pd.Series(list(values), dtype=object)
+
+
+def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
+    """The keys whose value is not the same in every row (a key absent in some rows counts)."""
+    return [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
+
+
+def is_missing(value) -> bool:
+    """None, NaN and pd.NA: how a config key absent from a run shows in a frame."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def format_value(value) -> str:
+    """How a config value is written on the command line: [200], 0.1, none."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if is_missing(value):
+        return "none"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def process_gone(job: dict | None) -> bool:
+    """True when job.json names a process on this host that no longer exists."""
+    if not job or job.get("host") != socket.gethostname() or not isinstance(job.get("pid"), int):
+        return False
+    try:
+        os.kill(job["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is not ours
+        return False
+    return False
+
+
+def run_status(summary: dict | None, job: dict | None, last_write: float, slowest_epoch_s: float,
+               now: float | None = None) -> str:
+    """completed / diverged / failed from summary.json; without it running, or stalled when
+    its process is gone or it has written nothing for max(1 h, 5 slowest epochs)."""
+    if summary is not None:
+        return str(summary.get("status") or "unknown")
+    now = time.time() if now is None else now
+    quiet_s = now - last_write
+    limit_s = max(STALE_AFTER_S, STALE_EPOCHS * (slowest_epoch_s if math.isfinite(slowest_epoch_s) else 0))
+    if process_gone(job) or quiet_s > limit_s:
+        return "stalled"
+    return "running"
+
+
+def _dumps(value) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _loads(text) -> object | None:
+    # Parquet gives a missing string back as NaN.
+    return json.loads(text) if isinstance(text, str) else None
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+@dataclass
+class _Loaded:
+    ref: RunRef
+    record: RunRecord
+    last_write: float
+
+
+def _metrics_frame(rows: list[dict], key: str, ids: list[str]) -> pd.DataFrame:
+    """Rows of several runs -> one frame; `key` names the run each row came from."""
+    if not rows:
+        return pd.DataFrame({key: pd.Series([], dtype="str"), "epoch": pd.Series([], dtype="int64")})
+    frame = pd.DataFrame.from_records(rows)
+    frame[key] = pd.Series(ids, dtype="str")
+    return frame
+
+
+def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[list[_Loaded], pd.DataFrame]:
+    """Read the runs of one sweep, reusing the cache for runs whose files did not change.
+
+    Returns the records and their curves, keyed by run dir name in column `_name`.
+    """
+    cached, cached_curves = read_cache(sweep_dir) if sweep_dir else ({}, None)
+    loaded, cache_rows, fresh_rows, fresh_ids, hits = [], [], [], [], []
+    for ref in refs:
+        name = _cache_name(ref)
+        key, last_write = fingerprint(ref.run_dir)
+        hit = cached.get(name)
+        if hit is not None and hit["fingerprint"] == key and cached_curves is not None:
+            record = RunRecord(_loads(hit["config"]), _loads(hit["job"]), _loads(hit["summary"]), [],
+                               json.loads(hit["notes"]), bool(hit["truncated"]))
+            hits.append(name)
+            cache_rows.append(hit)
+        else:
+            record = read_run(ref.run_dir)
+            fresh_rows += record.metrics
+            fresh_ids += [name] * len(record.metrics)
+            cache_rows.append({"name": name, "fingerprint": key, "config": _dumps(record.config),
+                               "job": _dumps(record.job), "summary": _dumps(record.summary),
+                               "notes": json.dumps(record.notes), "truncated": record.truncated})
+        loaded.append(_Loaded(ref, record, last_write))
+    # Empty frames would turn int columns into floats in concat: leave them out.
+    frames = [_metrics_frame(fresh_rows, "_name", fresh_ids)] if fresh_rows or not hits else []
+    if hits:
+        frames.append(cached_curves[cached_curves["_name"].isin(hits)])
+    curves = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    changed = len(hits) != len(refs) or len(cached) != len(refs)
+    if sweep_dir is not None and changed and _is_whole_sweep(sweep_dir, refs):
+        write_cache(sweep_dir, pd.DataFrame(cache_rows), curves)
+    return loaded, curves
+
+
+def _cache_name(ref: RunRef) -> str:
+    """How the cache (and the curves, until they get run ids) name a run: its dir within the sweep."""
+    return ref.run_dir.name if ref.sweep_dir else str(ref.run_dir)
+
+
+def _is_whole_sweep(sweep_dir: Path, refs: list[RunRef]) -> bool:
+    # Loading one job of a sweep must not shrink the sweep's cache to that job.
+    on_disk = {child.name for child in _child_dirs(sweep_dir) if is_run_dir(child)}
+    return on_disk <= {ref.run_dir.name for ref in refs}
+
+
+def _run_ids(run_dirs: list[Path]) -> list[str]:
+    """Short unique names: the job dir name within one sweep, else the path below the common root."""
+    if len(run_dirs) == 1:
+        return [run_dirs[0].name]
+    root = Path(os.path.commonpath([str(p.parent) for p in run_dirs]))
+    return [str(p.relative_to(root)) for p in run_dirs]
+
+
+def _clean_curves(curves: pd.DataFrame, config_keys: set[str]) -> pd.DataFrame:
+    rename = {c: f"{METRIC_PREFIX}{c}" for c in curves.columns
+              if c == "lr" or (c in config_keys and c not in CURVE_ID_COLUMNS)}
+    curves = curves.rename(columns=rename)
+    # A restart from a checkpoint can log an epoch twice: the later line is the one continued.
+    curves = curves.drop_duplicates(["run", "epoch"], keep="last")
+    numeric = [c for c in curves.columns if c not in CURVE_ID_COLUMNS and pd.api.types.is_float_dtype(curves[c])]
+    # The spec writes non-finite values as null; treat a stray inf the same way.
+    curves[numeric] = curves[numeric].where(np.isfinite(curves[numeric]))
+    return curves
+
+
+def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
+    record, reasons = item.record, list(item.record.notes)
+    if record.truncated and status != "running":
+        reasons.append("metrics.jsonl: truncated last line dropped")
+    if not (item.ref.run_dir / "metrics.jsonl").exists() and (record.summary or {}).get("epochs_done"):
+        reasons.append("metrics.jsonl missing")
+    if status == "failed":
+        reasons.append(f"failed: {(record.summary or {}).get('error') or 'no error message'}")
+    elif status == "diverged":
+        reasons.append(f"diverged at epoch {epochs_done}")
+    elif status == "stalled":
+        reasons.append("stalled: no summary.json and no sign of life (killed or hung)")
+    elif status not in ("completed", "running"):
+        reasons.append(f"unknown status {status!r} in summary.json")
+    return reasons
+
+
+def _meta_row(item: _Loaded, status: str) -> dict:
+    job, summary = item.record.job or {}, item.record.summary or {}
+    overrides = job.get("overrides") or list(item.ref.overrides)
+    row = {
+        "status": status,
+        "job_num": job.get("job_num") if isinstance(job.get("job_num"), int) else item.ref.job_num,
+        "overrides": " ".join(overrides),
+        "epochs": summary.get("epochs"),
+        "n_params": summary.get("n_params"),
+        "receptive_field_px": summary.get("receptive_field_px"),
+        "time_s": summary.get("time_s"),
+        "error": summary.get("error"),
+        "host": summary.get("host") or job.get("host"),
+        "slurm_job_id": job.get("slurm_job_id") or summary.get("slurm_job_id"),
+        "slurm_array_job_id": job.get("slurm_array_job_id"),
+        "slurm_array_task_id": job.get("slurm_array_task_id"),
+        "restarts": job.get("restarts"),
+        "started_at": job.get("started_at"),
+        "finished_at": summary.get("finished_at"),
+        "device": summary.get("device"),
+    }
+    for name, version in (summary.get("versions") or {}).items():
+        row[f"versions.{name}"] = version
+    return row
+
+
+SUMMARY_METRICS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
+                   "best_test_acc", "best_test_acc_epoch", "min_test_loss", "min_test_loss_epoch",
+                   "min_train_loss", "min_train_loss_epoch")
+
+
+def _fill_from_summary(runs: pd.DataFrame, loaded: list[_Loaded], ids: list[str]) -> pd.DataFrame:
+    """Runs without readable curves (metrics.jsonl lost) still get summary.json's numbers."""
+    by_id = dict(zip(ids, loaded, strict=True))
+    for column in SUMMARY_METRICS:
+        values = [(by_id[r].record.summary or {}).get(column) for r in runs["run"]]
+        dtype = "Int64" if column.endswith("_epoch") else "float64"
+        from_summary = pd.Series([np.nan if v is None else v for v in values], index=runs.index).astype(dtype)
+        runs[column] = from_summary if column not in runs else runs[column].astype(dtype).fillna(from_summary)
+    return runs
+
+
+def _order_columns(runs: pd.DataFrame, varied: list[str], config_keys: list[str]) -> pd.DataFrame:
+    """run, status, the varied keys, the reduced metrics, run metadata, constant config, paths."""
+    first = ["run", "status", *varied, "epochs_done"]
+    metrics = sorted((c for c in runs.columns if c.startswith(("final_", "best_", "min_"))),
+                     key=lambda c: (not c.startswith("final_"), c))
+    rest_config = [k for k in config_keys if k not in varied]
+    last = ["run_dir", "sweep_dir"]
+    placed = set(first) | set(metrics) | set(rest_config) | set(last)
+    middle = [c for c in runs.columns if c not in placed]
+    return runs[first + metrics + middle + rest_config + last]
+
+
+# --------------------------------------------------------------------------- the Sweep
+
+
+@dataclass(eq=False)  # frames do not compare with ==
+class Sweep:
+    """What load_sweep returns. `runs` and `curves` are plain DataFrames: filter them freely."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    varied: list[str]
+    config_keys: list[str]
+    problems: list[tuple[str, str]]
+    seed_key: str = SEED_KEY
+    _npz_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def group_keys(self) -> list[str]:
+        """The varied keys that define a configuration: all but the seed."""
+        return [k for k in self.varied if k != self.seed_key]
+
+    def subset(self, where: dict) -> Sweep:
+        """The runs whose config matches `where`, e.g. {"model.channels": 32, "lr": 0.1}."""
+        runs = select_rows(self.runs, where)
+        curves = self.curves[self.curves["run"].isin(runs["run"])]
+        return Sweep(runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache)
+
+    def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = ("completed",)) -> pd.DataFrame:
+        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs."""
+        return diagnostics.rank_configs(self.runs, metric, self.group_keys, statuses=statuses)
+
+    def distributions(self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+        """Per-sample loss histograms (run x epoch x split x bin) from losses.npz, read on demand.
+
+        Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
+        log-spaced bins, last = >= 1e3), kind (zero/under/hist/over), lo, hi, count, fraction.
+        """
+        frames = [self._npz(run)[0] for run in self._run_list(runs)]
+        frames = [f for f in frames if f is not None]
+        if not frames:
+            return empty_distributions()
+        dists = pd.concat(frames, ignore_index=True)
+        if epochs is not None:
+            dists = dists[dists["epoch"].isin(list(epochs))]
+        return dists.reset_index(drop=True)
+
+    def loss_quantiles(self, runs: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per-sample loss quantiles and mean: run, epoch, split, mean, q0.01 ... q0.99."""
+        frames = [self._npz(run)[1] for run in self._run_list(runs)]
+        frames = [f for f in frames if f is not None]
+        if not frames:
+            return pd.DataFrame(columns=["run", "epoch", "split", "mean"])
+        return pd.concat(frames, ignore_index=True)
+
+    def _run_list(self, runs: Iterable[str] | None) -> list[str]:
+        return list(self.runs["run"]) if runs is None else [str(r) for r in runs]
+
+    def _npz(self, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+        if run not in self._npz_cache:
+            run_dir = self.runs.loc[self.runs["run"] == run, "run_dir"]
+            if run_dir.empty:
+                raise KeyError(f"no run {run!r} in this sweep")
+            hist, quantiles, reason = read_losses(Path(run_dir.iloc[0]) / "losses.npz", run)
+            if reason:
+                warnings.warn(f"run {run}: {reason}", stacklevel=3)
+            self._npz_cache[run] = (hist, quantiles)
+        return self._npz_cache[run]
+
+
+def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    """Rows whose columns equal the given values; a missing value (None/NaN) matches missing."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in where.items():
+        column = frame[key]
+        if is_missing(value):
+            mask &= column.isna()
+        elif isinstance(value, tuple):  # `column == tuple` would compare element-wise
+            mask &= column.map(lambda v, value=value: v == value).astype(bool)
+        else:
+            mask &= (column == value).fillna(False).astype(bool)
+    return frame[mask]
+
+
+# --------------------------------------------------------------------------- load_sweep
+
+
+def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
+    """Load one or several run dirs / sweep dirs into a Sweep.
+
+    Broken, failed, diverged, stalled and missing runs are listed in `Sweep.problems`; runs
+    without a readable config.json cannot be placed in the sweep and are left out of `runs`.
+    Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
+    """
+    refs, missing = discover(paths)
+    if not refs:
+        shown = paths if isinstance(paths, (str, os.PathLike)) else ", ".join(map(str, paths))
+        raise NoRunsFound(f"no run records under {shown}")
+    by_sweep: dict[Path | None, list[RunRef]] = {}
+    for ref in refs:
+        by_sweep.setdefault(ref.sweep_dir, []).append(ref)
+    loaded, curve_frames = [], {}
+    for sweep_dir, sweep_refs in by_sweep.items():
+        items, curve_frames[sweep_dir] = _load_sweep_records(sweep_dir, sweep_refs)
+        loaded += items
+    loaded.sort(key=lambda it: (str(it.ref.sweep_dir), *_dir_sort_key(it.ref.run_dir)))
+    ids = _run_ids([it.ref.run_dir for it in loaded])
+    # The curves know a run by its dir name within its sweep (the cache's key): give them run ids.
+    for sweep_dir, frame in curve_frames.items():
+        names = {_cache_name(it.ref): run for it, run in zip(loaded, ids, strict=True) if it.ref.sweep_dir == sweep_dir}
+        frame.insert(0, "run", frame.pop("_name").map(names).astype("str"))
+    return _assemble(loaded, ids, pd.concat(curve_frames.values(), ignore_index=True), missing, seed_key)
+
+
+def _assemble(loaded: list[_Loaded], ids: list[str], curves: pd.DataFrame, missing: list[MissingJob],
+              seed_key: str) -> Sweep:
+    problems = []
+    placed = [(it, run) for it, run in zip(loaded, ids, strict=True) if it.record.config is not None]
+    flat = [flatten_config(it.record.config) for it, _ in placed]
+    config_keys = merged_key_order(list(row) for row in flat)
+    curves = curves[curves["run"].isin([run for _, run in placed])]
+    curves = _clean_curves(curves, set(config_keys))
+
+    order = {run: i for i, run in enumerate(ids)}
+    curves = curves.sort_values(["run", "epoch"], key=lambda s: s.map(order) if s.name == "run" else s)
+    curves = diagnostics.add_gaps(curves.reset_index(drop=True))
+    reduced = diagnostics.reduce_curves(curves)
+
+    epoch_time = curves.groupby("run")["epoch_time_s"].max() if "epoch_time_s" in curves else pd.Series(dtype=float)
+    rows, keep = [], []
+    for item, run in zip(loaded, ids, strict=True):
+        done = int(reduced.loc[run, "epochs_done"]) if run in reduced.index else 0
+        status = run_status(item.record.summary, item.record.job, item.last_write,
+                            float(epoch_time.get(run, math.nan)))
+        reasons = _problem_reasons(item, status, done)
+        problems += [(str(item.ref.run_dir), reason) for reason in reasons]
+        if item.record.config is not None:
+            rows.append({"run": run, **_meta_row(item, status), "run_dir": str(item.ref.run_dir),
+                         "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None})
+            keep.append(run)
+    for job in missing:
+        shown = " ".join(job.overrides)
+        problems.append((str(job.run_dir), f"missing: listed in sweep.json ({shown}) but no run record"))
+
+    runs = pd.DataFrame({k: typed_column([r.get(k) for r in rows]) for k in dict.fromkeys(k for r in rows for k in r)})
+    if runs.empty:  # no run has a readable config: an empty table, the reasons are in problems
+        runs = pd.DataFrame({c: pd.Series([], dtype="str") for c in ("run", "status", "run_dir", "sweep_dir")})
+    for key in config_keys:
+        runs[key] = typed_column([row.get(key) for row in flat])
+    runs = runs.merge(reduced, left_on="run", right_index=True, how="left")
+    runs["epochs_done"] = runs["epochs_done"].fillna(0).astype("int64")
+    runs = _fill_from_summary(runs, [it for it, _ in placed], keep)
+    varied = varied_keys(runs, config_keys)
+    runs = _order_columns(runs, varied, config_keys).reset_index(drop=True)
+    curves = curves.merge(runs[["run", *varied]], on="run", how="left")
+    curves = curves[["run", *varied, *[c for c in curves.columns if c not in varied and c != "run"]]]
+    return Sweep(runs, curves, varied, config_keys, problems, seed_key)

@@ -1,0 +1,68 @@
+"""Read losses.npz (per-sample loss histograms, docs/run-record.md) into long DataFrames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def empty_distributions() -> pd.DataFrame:
+    return pd.DataFrame({"run": pd.Series([], dtype="str"), "epoch": pd.Series([], dtype="int64"),
+                         "split": pd.Series([], dtype="str"), "bin": pd.Series([], dtype="int64"),
+                         "kind": pd.Series([], dtype="str"), "lo": pd.Series([], dtype="float64"),
+                         "hi": pd.Series([], dtype="float64"), "count": pd.Series([], dtype="int64"),
+                         "fraction": pd.Series([], dtype="float64")})
+
+
+def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
+    """(histograms, quantiles, None) of one losses.npz in long form, or (None, None, reason).
+
+    A missing file is normal (a run before its first kept epoch): its reason is None.
+    """
+    if not path.exists():
+        return None, None, None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        return _hist_frame(arrays, run), _quantile_frame(arrays, run), None
+    except (OSError, ValueError, EOFError, KeyError) as err:  # truncated zip, pickled object, missing array
+        return None, None, f"losses.npz unreadable ({type(err).__name__}: {err})"
+
+
+def _hist_frame(a: dict, run: str) -> pd.DataFrame:
+    """Columns: run, epoch, split, bin, kind, lo, hi, count, fraction (of that split's samples)."""
+    epochs, edges = a["epochs"].astype("int64"), a["bin_edges"].astype("float64")
+    k = len(edges) - 1
+    # Bin layout: 0 = exact zeros, 1 = (0, edges[0]), 2..k+1 = the histogram, k+2 = >= edges[-1].
+    lo = np.concatenate([[0.0, 0.0], edges[:-1], [edges[-1]]])
+    hi = np.concatenate([[0.0, edges[0]], edges[1:], [np.inf]])
+    kind = np.array(["zero", "under"] + ["hist"] * k + ["over"])
+    frames = []
+    for split in ("train", "test"):
+        counts = np.column_stack([a[f"{split}_zero"], a[f"{split}_under"], a[f"{split}_hist"], a[f"{split}_over"]])
+        totals = counts.sum(axis=1, keepdims=True)
+        fraction = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+        n_bins = counts.shape[1]
+        frames.append(pd.DataFrame({
+            "run": run, "epoch": np.repeat(epochs, n_bins), "split": split,
+            "bin": np.tile(np.arange(n_bins), len(epochs)), "kind": np.tile(kind, len(epochs)),
+            "lo": np.tile(lo, len(epochs)), "hi": np.tile(hi, len(epochs)),
+            "count": counts.ravel().astype("int64"), "fraction": fraction.ravel(),
+        }))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.astype({"run": "str", "split": "str", "kind": "str"})
+
+
+def _quantile_frame(a: dict, run: str) -> pd.DataFrame:
+    levels = a["quantile_levels"]
+    frames = []
+    for split in ("train", "test"):
+        frame = pd.DataFrame(a[f"{split}_quantiles"], columns=[f"q{q:g}" for q in levels])
+        frame.insert(0, "mean", a[f"{split}_mean"])
+        frame.insert(0, "split", split)
+        frame.insert(0, "epoch", a["epochs"].astype("int64"))
+        frame.insert(0, "run", run)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True).astype({"run": "str", "split": "str"})

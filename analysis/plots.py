@@ -1,0 +1,437 @@
+"""The lecture's figures, drawn from the tidy tables of analysis.load.
+
+Every function takes DataFrames and returns a matplotlib Figure; none writes a file. Figures
+are built with `matplotlib.figure.Figure`, not pyplot, so they work under any backend (Agg in
+scripts, inline in notebooks) and are freed as soon as they are dropped.
+
+Seeds are replicates: lines are the mean over the runs sharing the mapped keys, with a t-interval
+band and N in the legend. Slice the sweep to one value of the other knobs first
+(`sweep.subset({...})`), or name them in `keys=` to draw one thin line per configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from analysis.diagnostics import lower_is_better, seed_aggregate
+from analysis.load import SEED_KEY, format_value, is_missing
+
+LINESTYLES = ("-", "--", ":", "-.")
+METRIC_LABELS = {"train_loss": "train loss", "test_loss": "test loss", "train_acc": "train accuracy",
+                 "test_acc": "test accuracy", "gen_gap_loss": "test - train loss",
+                 "gen_gap_acc": "train - test accuracy"}
+
+
+class NothingToPlot(ValueError):
+    """The data cannot make this figure (a key that does not vary, no such runs, ...)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _rank(value) -> tuple:
+    """Sort key of a config value: numbers by size, then tuples, strings, missing last."""
+    if is_missing(value):
+        return (3, 0)
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (0, float(value))
+    return (1, value) if isinstance(value, tuple) else (2, str(value))
+
+
+def _sorted(items: list, key) -> list:
+    try:
+        return sorted(items, key=key)
+    except TypeError:  # tuples of mixed types: fall back to their written form
+        return sorted(items, key=lambda item: str([format_value(v) for v in key(item)]))
+
+
+def ordered_values(values) -> list:
+    """Distinct values in a natural order: numbers by size, then tuples, strings, missing last."""
+    distinct = list(dict.fromkeys(None if is_missing(v) else v for v in values))
+    return _sorted(distinct, _rank)
+
+
+def _palette(values: list) -> dict:
+    numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values if v is not None)
+    if numeric and len(values) > 1:
+        # ordered: small values light, large dark; spread over the whole map so two values contrast
+        cmap = sns.color_palette("flare", as_cmap=True)
+        colors = [cmap(x) for x in np.linspace(0.0, 1.0, len(values))]
+    else:
+        colors = sns.color_palette("deep" if len(values) <= 10 else "husl", len(values))
+    return dict(zip(values, colors, strict=True))
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _log_scale(metric: str) -> bool:
+    return "loss" in metric and "gap" not in metric
+
+
+def _check_replicates(frame: pd.DataFrame, keys: list[str], seed_key: str, what: str) -> None:
+    """Warn when rows averaged together are not just seeds of one configuration."""
+    replicate = [*keys, seed_key] if seed_key in frame else keys
+    if frame.duplicated(subset=replicate).any():
+        warnings.warn(f"{what}: some averaged runs differ in more than {seed_key}; slice the sweep "
+                      "first (sweep.subset) or pass keys=", stacklevel=3)
+
+
+def _n_label(n: pd.Series) -> str:
+    lo, hi = int(n.min()), int(n.max())
+    return f"N={hi}" if lo == hi else f"N={lo}-{hi}"
+
+
+def _line_keys(frame: pd.DataFrame, mapped: list[str], keys: Sequence[str] | None, seed_key: str) -> list[str]:
+    """The keys drawn as separate lines: the mapped ones plus any of `keys` varying in `frame`."""
+    units = [k for k in (keys or ()) if k not in mapped and k != seed_key and k in frame
+             and frame[k].nunique(dropna=False) > 1]
+    return [*mapped, *units]
+
+
+def _draw_lines(ax, frame: pd.DataFrame, y: str, x: str, line_keys: list[str], hue: str | None,
+                style: str | None, colors: dict, styles: dict, level: float, default_color=None) -> dict:
+    """Mean line and band per group of `line_keys`; returns {legend label: handle} for hue/style."""
+    stats = seed_aggregate(frame, y, [*line_keys, x], level)
+    handles = {}
+    groups = list(stats.groupby(line_keys, dropna=False, sort=False)) if line_keys else [((), stats)]
+    groups = [(v if isinstance(v, tuple) else (v,), line) for v, line in groups]
+    for values, line in _sorted(groups, lambda group: tuple(_rank(v) for v in group[0])):
+        by_key = dict(zip(line_keys, values, strict=True))
+        hue_value = None if hue is None or is_missing(by_key[hue]) else by_key[hue]
+        color = colors.get(hue_value, default_color) if hue else default_color
+        linestyle = styles.get(None if is_missing(by_key.get(style)) else by_key.get(style), "-") if style else "-"
+        is_unit = len(line_keys) > len([k for k in (hue, style) if k])
+        line = line.sort_values(x)
+        (handle,) = ax.plot(line[x], line[f"{y}_mean"], color=color, linestyle=linestyle,
+                            lw=1.0 if is_unit else 1.8)
+        if (line[f"{y}_n"] > 1).any():
+            ax.fill_between(line[x], line[f"{y}_ci_lo"], line[f"{y}_ci_hi"], color=color, alpha=0.18, lw=0)
+        label = ", ".join(f"{k}={format_value(by_key[k])}" for k in (hue, style) if k)
+        label = f"{label} ({_n_label(line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
+        handles.setdefault(label, handle)
+    return handles
+
+
+def _new_figure(nrows: int, ncols: int, width: float, height: float, **kw) -> tuple[Figure, np.ndarray]:
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _legend(fig: Figure, handles: dict) -> None:
+    """Below the panels: it never covers a curve or the title, whatever the number of entries."""
+    longest = max(len(label) for label in handles)
+    fits = max(1, int(fig.get_figwidth() * 14 / (longest + 4)))  # ~14 small characters per inch
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
+               ncols=min(len(handles), fits), frameon=False)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """A title wrapped to the figure's width (config descriptions get long)."""
+    chars = max(30, int(fig.get_figwidth() * 11))
+    fig.suptitle(textwrap.fill(text, chars))
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> None:
+    if frame.empty:
+        raise NothingToPlot(f"{what}: no data")
+    missing = [c for c in columns if c is not None and c not in frame]
+    if missing:
+        raise NothingToPlot(f"{what}: no column {', '.join(missing)} (not a varied key of this sweep?)")
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def plot_curves(curves: pd.DataFrame, metrics: Sequence[str] = ("train_loss", "test_acc"), hue: str | None = None,
+                col: str | None = None, style: str | None = None, keys: Sequence[str] | None = None,
+                seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None) -> Figure:
+    """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`.
+
+    With metrics=("train_loss", "test_acc") and hue="lr" this is the lecture's learning-rate
+    figure: losses are on a log scale. Bands are `level` t-intervals over seeds.
+    """
+    _require(curves, ["epoch", *metrics, hue, col, style], "curves")
+    col_values = ordered_values(curves[col]) if col else [None]
+    colors = _palette(ordered_values(curves[hue])) if hue else {}
+    styles = dict(zip(ordered_values(curves[style]), LINESTYLES * 8, strict=False)) if style else {}
+    width = 4.2 if len(col_values) > 1 else 5.6
+    fig, axes = _new_figure(len(metrics), len(col_values), width, 3.0, sharex=True, sharey="row")
+    mapped = [k for k in (hue, style) if k]
+    handles = {}
+    for j, col_value in enumerate(col_values):
+        part = curves if col is None else curves[curves[col].map(lambda v, c=col_value: v == c or
+                                                                 (is_missing(v) and c is None))]
+        line_keys = _line_keys(part, mapped, keys, seed_key)
+        if keys is None:
+            _check_replicates(part, [*line_keys, "epoch"], seed_key, "plot_curves")
+        for i, metric in enumerate(metrics):
+            ax = axes[i, j]
+            handles.update(_draw_lines(ax, part, metric, "epoch", line_keys, hue, style, colors, styles, level,
+                                       default_color="C0"))
+            if _log_scale(metric):
+                ax.set_yscale("log")
+            ax.set_ylabel(metric_label(metric) if j == 0 else "")
+            ax.set_xlabel("epoch" if i == len(metrics) - 1 else "")
+            if col and i == 0:
+                ax.set_title(f"{col}={format_value(col_value)}")
+    if handles and (hue or style):
+        _legend(fig, handles)
+    if title:
+        _suptitle(fig, title)
+    return fig
+
+
+def plot_lr_switch(curves: pd.DataFrame, runs: pd.DataFrame, hue: str = "schedule.lr2",
+                   metrics: Sequence[str] = ("train_loss", "test_acc"), keys: Sequence[str] | None = None,
+                   seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None) -> Figure:
+    """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
+
+    x is epochs since the switch (`schedule.epoch` epochs at `lr`, then `schedule.lr2`); colour is
+    `hue`, line style the switch epoch when several. Runs with another schedule in `runs` are drawn
+    in grey as the no-switch reference, aligned at each switch epoch.
+    """
+    name_key, switch_key = "schedule.name", "schedule.epoch"
+    _require(runs, [name_key, switch_key, hue, "run"], "plot_lr_switch")
+    is_step = runs[name_key] == "step"
+    step_runs = runs[is_step.fillna(False).astype(bool) & runs[switch_key].notna()]
+    if step_runs.empty:
+        raise NothingToPlot("plot_lr_switch: no runs with schedule.name=step")
+    # Run-level keys come from `runs` (curves hold only the varied ones); drop curves' copies first.
+    needed = [k for k in dict.fromkeys([switch_key, hue, *(keys or ())]) if k in runs]
+    step = curves.drop(columns=[k for k in needed if k in curves]).merge(step_runs[["run", *needed]], on="run")
+    step["epochs_since_switch"] = step["epoch"] - step[switch_key].astype("float64")
+    switches = ordered_values(step_runs[switch_key])
+    style = switch_key if len(switches) > 1 else None
+    colors = _palette(ordered_values(step[hue]))
+    styles = dict(zip(switches, LINESTYLES * 8, strict=False))
+    mapped = [k for k in (hue, style) if k]
+    line_keys = _line_keys(step, mapped, keys, seed_key)
+    if keys is None:
+        _check_replicates(step, [*line_keys, "epoch"], seed_key, "plot_lr_switch")
+    reference = curves[curves["run"].isin(runs.loc[~is_step.fillna(False).astype(bool), "run"])]
+    if not reference.empty:
+        _check_replicates(reference, ["epoch"], seed_key, "plot_lr_switch reference")
+
+    fig, axes = _new_figure(1, len(metrics), 4.6, 3.4, sharex=True)
+    handles = {}
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for switch in switches if not reference.empty else []:
+            ref = reference.assign(epochs_since_switch=reference["epoch"] - float(switch))
+            ref_handles = _draw_lines(ax, ref, metric, "epochs_since_switch", [], None, None, {}, {}, level,
+                                      default_color="0.55")
+            for label, handle in ref_handles.items():
+                handle.set_linestyle(styles.get(switch, "-"))
+                handles.setdefault(f"no switch ({label})", handle)
+        handles.update(_draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles,
+                                   level))
+        ax.axvline(0, color="0.2", lw=0.8, ls=":")
+        if _log_scale(metric):
+            ax.set_yscale("log")
+        ax.set_ylabel(metric_label(metric))
+        ax.set_xlabel("epochs since the switch to lr2")
+    _legend(fig, handles)
+    _suptitle(fig, title or "lr, then lr2: aligned at the switch")
+    return fig
+
+
+def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, level: float = 0.95,
+                          title: str | None = None) -> Figure:
+    """Train loss, test loss and test accuracy of one configuration on one figure.
+
+    The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
+    improves. Dotted lines mark the epoch of minimum test loss and of best test accuracy.
+    """
+    _require(curves, ["epoch", "train_loss", "test_loss", "test_acc"], "plot_loss_vs_accuracy")
+    _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
+    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"], level).sort_values("epoch")
+    fig, axes = _new_figure(1, 1, 6.4, 4.0)
+    ax = axes[0, 0]
+    acc_ax = ax.twinx()
+    acc_ax.grid(False)
+    lines = []
+    for axis, metric, color in ((ax, "train_loss", "C0"), (ax, "test_loss", "C3"), (acc_ax, "test_acc", "C2")):
+        (line,) = axis.plot(stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric))
+        if (stats[f"{metric}_n"] > 1).any():
+            axis.fill_between(stats["epoch"], stats[f"{metric}_ci_lo"], stats[f"{metric}_ci_hi"], color=color,
+                              alpha=0.18, lw=0)
+        lines.append(line)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    acc_ax.set_ylabel("test accuracy")
+    finite = stats.dropna(subset=["test_loss_mean", "test_acc_mean"])
+    if not finite.empty:
+        loss_epoch = finite.loc[finite["test_loss_mean"].idxmin(), "epoch"]
+        acc_epoch = finite.loc[finite["test_acc_mean"].idxmax(), "epoch"]
+        lines.append(ax.axvline(loss_epoch, color="C3", ls=":", lw=1.2, label=f"min test loss: epoch {loss_epoch}"))
+        lines.append(ax.axvline(acc_epoch, color="C2", ls=":", lw=1.2, label=f"best test acc: epoch {acc_epoch}"))
+    fig.legend(lines, [line.get_label() for line in lines], loc="outside right upper", fontsize="small")
+    n = _n_label(stats["test_acc_n"])
+    _suptitle(fig, f"{title} ({n})" if title else f"test loss vs test accuracy ({n})")
+    return fig
+
+
+# --------------------------------------------------------------------------- loss distributions
+
+
+def _panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
+    if len(epochs) <= max_panels:
+        return epochs
+    picks = np.linspace(0, len(epochs) - 1, max_panels).round().astype(int)
+    return [epochs[i] for i in dict.fromkeys(picks)]
+
+
+def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], float, float]:
+    """x extents in log10(loss) for each bin on display, with extra slots left for exact zeros.
+
+    Returns {bin: (left, right)}, ticks, and the x-range. Histogram bins sit at their log10
+    edges; (0, 1e-8) gets one decade left of 1e-8; exact zeros get a separate slot with a gap.
+    """
+    hist = mean[(mean["kind"] == "hist") & (mean["fraction"] > 0)]
+    lo = math.floor(np.log10(hist["lo"].min())) if not hist.empty else -1
+    hi = math.ceil(np.log10(hist["hi"].max())) if not hist.empty else 1
+    has_under = (mean.loc[mean["kind"] == "under", "fraction"] > 0).any()
+    has_over = (mean.loc[mean["kind"] == "over", "fraction"] > 0).any()
+    bins = mean.drop_duplicates("bin").set_index("bin")
+    positions = {}
+    for b, row in bins.iterrows():
+        if row["kind"] == "hist" and np.log10(row["lo"]) >= lo - 1e-9 and np.log10(row["hi"]) <= hi + 1e-9:
+            positions[b] = (np.log10(row["lo"]), np.log10(row["hi"]))
+    step = 1 if hi - lo <= 6 else 2  # readable tick labels on a wide range
+    ticks = [(float(d), f"1e{d}") for d in range(hi, lo - 1, -step)
+             if not (d == hi and has_over) and not (d == lo and has_under)]  # those slots carry a label
+    left = lo
+    if has_under:
+        under = int(bins.index[bins["kind"] == "under"][0])
+        positions[under] = (lo - 1.0, lo)
+        ticks.append((lo - 0.5, f"<1e{round(np.log10(bins.loc[under, 'hi']))}"))
+        left = lo - 1.0
+    zero = int(bins.index[bins["kind"] == "zero"][0])
+    positions[zero] = (left - 1.6, left - 0.6)  # a gap: zero is not on the log axis
+    ticks.append((left - 1.1, "0"))
+    right = hi
+    if has_over:
+        over = int(bins.index[bins["kind"] == "over"][0])
+        positions[over] = (hi, hi + 1.0)
+        ticks.append((hi + 0.5, f"≥1e{round(np.log10(bins.loc[over, 'lo']))}"))
+        right = hi + 1.0
+    return positions, ticks, left - 1.8, right + 0.2
+
+
+def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = None, max_panels: int = 8,
+                            title: str | None = None) -> Figure:
+    """Per-sample loss histograms, train against test, through the kept epochs (small multiples).
+
+    x is log10(loss) on the 10-per-decade bins of losses.npz; exact zeros (float32 losses do reach
+    0 on memorised samples) get their own slot at the left, labelled "0", with their share written
+    above it. y is the fraction of that split's samples, averaged over the runs in `dists`.
+    """
+    _require(dists, ["run", "epoch", "split", "bin", "kind", "lo", "hi", "fraction"], "plot_loss_distributions")
+    if epochs is not None:
+        dists = dists[dists["epoch"].isin(list(epochs))]
+        if dists.empty:
+            raise NothingToPlot("plot_loss_distributions: none of those epochs was kept")
+    n_runs = dists["run"].nunique()
+    mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)["fraction"].mean()
+    shown = _panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
+    positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
+    zero_bin = int(mean.loc[mean["kind"] == "zero", "bin"].iloc[0])
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = _new_figure(nrows, ncols, 3.4, 2.4, sharex=True, sharey=True)
+    colors = {"train": "C0", "test": "C1"}
+    for ax, epoch in zip(axes.flat, shown, strict=False):
+        for split, color in colors.items():
+            part = mean[(mean["epoch"] == epoch) & (mean["split"] == split)].set_index("bin")
+            hist = part[(part["kind"] == "hist") & part.index.isin(list(positions))]
+            edges = [positions[b][0] for b in hist.index] + [positions[hist.index[-1]][1]] if len(hist) else []
+            if len(hist):
+                ax.stairs(hist["fraction"].to_numpy(), edges, fill=True, alpha=0.35, color=color)
+                ax.stairs(hist["fraction"].to_numpy(), edges, color=color, lw=1, label=split)
+            offset = 0.0 if split == "train" else 0.5  # special slots: train left half, test right half
+            for b in part.index[part["kind"] != "hist"]:
+                if b not in positions:
+                    continue
+                left, right = positions[b]
+                width = (right - left) / 2
+                value = part.loc[b, "fraction"]
+                ax.bar(left + offset * (right - left), value, width=width, align="edge", color=color, alpha=0.7)
+                if part.loc[b, "kind"] == "zero" and value > 0:
+                    ax.annotate(f"{value:.0%}", (left + offset * (right - left) + width / 2, value),
+                                ha="center", va="bottom", fontsize="x-small", color=color)
+        ax.axvline(positions[zero_bin][1] + 0.3, color="0.6", lw=0.8, ls=(0, (2, 2)))  # zero is not on the log axis
+        ax.set_title(f"epoch {epoch}", fontsize="medium")
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax in axes.flat[: len(shown)]:
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize="x-small")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of samples")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("per-sample loss")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    runs_note = f"mean of {n_runs} runs" if n_runs > 1 else "1 run"
+    _suptitle(fig, f"{title or 'per-sample loss, train vs test'} ({runs_note})")
+    return fig
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def plot_heatmap(runs: pd.DataFrame, x: str, y: str, value: str = "final_test_acc", seed_key: str = SEED_KEY,
+                 statuses: Sequence[str] | None = ("completed",), title: str | None = None) -> Figure:
+    """A final metric over two varied keys (e.g. x="lr", y="model.channels"), mean over seeds.
+
+    Cells show the mean and, with several seeds, the seed std; N is in the title (or in the cell
+    when it differs). Runs whose status is not in `statuses` are left out.
+    """
+    _require(runs, [x, y, value, "status"], "plot_heatmap")
+    if x == y:
+        raise NothingToPlot("plot_heatmap: x and y are the same key")
+    pool = runs if statuses is None else runs[runs["status"].isin(list(statuses))]
+    pool = pool[pool[value].notna()]
+    if pool.empty:
+        raise NothingToPlot(f"plot_heatmap: no {'/'.join(statuses or ['any'])} run has {value}")
+    _check_replicates(pool, [x, y], seed_key, "plot_heatmap")
+    stats = seed_aggregate(pool, value, [y, x])
+    xs, ys = ordered_values(pool[x]), ordered_values(pool[y])
+    cell = {(format_value(r[y]), format_value(r[x])): r for r in stats.to_dict("records")}
+    grid = np.full((len(ys), len(xs)), np.nan)
+    labels = np.full((len(ys), len(xs)), "", dtype=object)
+    uniform_n = stats[f"{value}_n"].nunique() == 1
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            r = cell.get((format_value(yv), format_value(xv)))
+            if r is None:
+                continue
+            grid[i, j] = r[f"{value}_mean"]
+            n = r[f"{value}_n"]
+            text = f"{grid[i, j]:.3g}" + (f"\n±{r[f'{value}_std']:.2g}" if n > 1 else "")
+            labels[i, j] = text if uniform_n else f"{text}\nN={n}"
+    fig, axes = _new_figure(1, 1, max(4.0, 1.1 * len(xs) + 2), max(3.0, 0.7 * len(ys) + 1.5))
+    try:
+        cmap = "viridis_r" if lower_is_better(value) else "viridis"
+    except ValueError:
+        cmap = "viridis"
+    sns.heatmap(pd.DataFrame(grid, index=[format_value(v) for v in ys], columns=[format_value(v) for v in xs]),
+                annot=labels, fmt="", cmap=cmap, ax=axes[0, 0], cbar_kws={"label": value},
+                annot_kws={"fontsize": "small"}, linewidths=0.5)
+    axes[0, 0].set_xlabel(x)
+    axes[0, 0].set_ylabel(y)
+    n_note = f"N={int(stats[f'{value}_n'].iloc[0])} per cell" if uniform_n else "N per cell"
+    _suptitle(fig, f"{title or value} ({n_note})")
+    return fig

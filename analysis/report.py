@@ -1,0 +1,358 @@
+"""The standard figures of a sweep, and a report directory with them, the tables and report.md.
+
+    from analysis import load_sweep, write_report
+    write_report(load_sweep("outputs/multirun/2026-11-26/23-59-00"), "report/")
+
+The figures that need a knob to vary are drawn "at the best configuration": every other varied
+key is held at the value of the best-ranked configuration that sets the drawn key (a key that
+configuration leaves unset, like schedule.lr2 of a constant schedule, stays free and its values
+are drawn as separate thin lines).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.diagnostics import capacity_verdict, loss_acc_decoupling, seed_aggregate
+from analysis.load import Sweep, format_value, is_missing
+
+MAX_HUE_FIGURES = 6
+MAX_HEATMAPS = 3
+MAX_HEATMAP_VALUES = 12  # more distinct values than this make an unreadable heatmap axis
+MAX_TABLE_ROWS = 100
+PREFERRED_HEATMAP = ("lr", "model.channels")  # the lecture's capacity x learning-rate grid
+CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
+
+
+@dataclass
+class Drawn:
+    """One standard figure: drawn, or skipped with the reason."""
+
+    name: str
+    caption: str
+    figure: Figure | None = None
+    skipped: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- choosing slices
+
+
+def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
+    """The ranking over completed runs, or over every run when none completed."""
+    ranking = sweep.rank(metric)
+    return ranking if not ranking.empty else sweep.rank(metric, statuses=None)
+
+
+def best_config(sweep: Sweep, ranking: pd.DataFrame, require: Sequence[str] = ()) -> dict:
+    """Group-key values of the best configuration that sets every key in `require`."""
+    rows = ranking
+    for key in require:
+        rows = rows[rows[key].notna()] if key in rows else rows.iloc[:0]
+    if rows.empty:
+        rows = ranking if not ranking.empty else sweep.runs
+    if rows.empty:
+        return {}
+    first = rows.iloc[0]
+    return {k: first[k] for k in sweep.group_keys if k in first}
+
+
+def slice_at(sweep: Sweep, best: dict, free: Sequence[str]) -> Sweep:
+    """The runs agreeing with `best` on every set key that is not `free`."""
+    return sweep.subset({k: v for k, v in best.items() if k not in free and not is_missing(v)})
+
+
+def dependent_keys(runs: pd.DataFrame, key: str, keys: Sequence[str]) -> list[str]:
+    """Keys that exist for some values of `key` only (schedule.lr2 exists for schedule.name=step).
+
+    For every value of `key` the other key is set in all its runs or in none, and both happen.
+    Holding such a key at one configuration's value would drop the other values of `key`.
+    """
+    rows = runs[runs[key].notna()]
+    values = rows[key].map(format_value)
+    out = []
+    for other in keys:
+        if other == key:
+            continue
+        share_set = rows[other].notna().groupby(values).mean()
+        if share_set.isin([0.0, 1.0]).all() and share_set.nunique() == 2:
+            out.append(other)
+    return out
+
+
+def figure_keys(sweep: Sweep) -> list[str]:
+    """Group keys worth a figure of their own: at least two set values (not just set/unset)."""
+    return [k for k in sweep.group_keys if sweep.runs[k].nunique(dropna=True) >= 2]
+
+
+def best_slice(sweep: Sweep, ranking: pd.DataFrame, free: Sequence[str], varying: Sequence[str]) -> tuple[dict, Sweep]:
+    """The best-ranked configuration at which every `varying` key still takes two or more values
+    once the keys not `free` are held at its values (a sweep that is no full grid may need a
+    lower-ranked one); the best configuration when there is none."""
+    rows = ranking
+    for key in varying:
+        rows = rows[rows[key].notna()] if key in rows else rows.iloc[:0]
+    for row in rows.to_dict("records"):
+        config = {k: row[k] for k in sweep.group_keys if k in row}
+        part = slice_at(sweep, config, free)
+        if all(part.runs[k].nunique() >= 2 for k in varying):
+            return config, part
+    config = best_config(sweep, ranking, varying)
+    return config, slice_at(sweep, config, free)
+
+
+def describe(config: dict, skip: Sequence[str] = ()) -> str:
+    shown = [f"{k}={format_value(v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
+    return ", ".join(shown) or "the only configuration"
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+def _draw(name: str, caption: str, draw) -> Drawn:
+    """Run one figure function; NothingToPlot becomes a skip, warnings become notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            figure = draw()
+        except plots.NothingToPlot as err:
+            return Drawn(name, caption, skipped=str(err))
+    return Drawn(name, caption, figure, notes=tuple(dict.fromkeys(str(w.message) for w in caught)))
+
+
+def _heatmap_pairs(sweep: Sweep) -> list[tuple[str, str]]:
+    keys = [k for k in figure_keys(sweep) if sweep.runs[k].nunique(dropna=True) <= MAX_HEATMAP_VALUES
+            and not dependent_keys(sweep.runs, k, sweep.group_keys)]  # cells would mix configurations
+    pairs = list(itertools.combinations(keys, 2))
+    preferred = [p for p in pairs if set(p) == set(PREFERRED_HEATMAP)]
+    pairs = preferred + [p for p in pairs if p not in preferred]
+    # x = the faster-varying knob reads best across; keep lr on x when it is there.
+    return [(a, b) if a == "lr" or b != "lr" else (b, a) for a, b in pairs][:MAX_HEATMAPS]
+
+
+def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[Drawn]:
+    """The lecture's figures for this sweep, one at a time (so a caller can save and drop each)."""
+    ranking = ranking_for(sweep, metric)
+    keys = sweep.group_keys
+    hue_keys = figure_keys(sweep)[:MAX_HUE_FIGURES]
+    for key in hue_keys:
+        free = [key, *dependent_keys(sweep.runs, key, keys)]
+        best, part = best_slice(sweep, ranking, free, [key])
+        where = describe(best, free)
+        if part.runs[key].nunique(dropna=False) < 2:
+            yield Drawn(f"curves_by_{key}", "", skipped=f"one value of {key} at {where}")
+            continue
+        yield _draw(f"curves_by_{key}", f"Train loss (log) and test accuracy by `{key}`; other keys at {where}.",
+                    lambda part=part, key=key, where=where: plots.plot_curves(
+                        part.curves, hue=key, keys=keys, seed_key=sweep.seed_key,
+                        title=f"by {key} ({where})"))
+    if not hue_keys:
+        yield _draw("curves", "Train loss (log) and test accuracy.",
+                    lambda: plots.plot_curves(sweep.curves, seed_key=sweep.seed_key))
+
+    yield _lr_switch_figure(sweep, ranking)
+
+    best = best_config(sweep, ranking)
+    top = slice_at(sweep, best, [])
+    where = describe(best)
+    yield _draw("loss_vs_accuracy", f"Test loss, train loss and test accuracy of the best configuration ({where}).",
+                lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where))
+    yield _draw("loss_distributions",
+                f"Per-sample loss distributions, train vs test, at the kept epochs ({where}); "
+                "exact zeros in the separate '0' slot.",
+                lambda: plots.plot_loss_distributions(top.distributions(), title=where))
+
+    pairs = _heatmap_pairs(sweep)
+    for x, y in pairs:
+        best_xy, part = best_slice(sweep, ranking, [x, y], [x, y])
+        where = describe(best_xy, [x, y])
+        if min(part.runs[x].nunique(), part.runs[y].nunique()) < 2:
+            yield Drawn(f"heatmap_{y}_by_{x}", "", skipped=f"one value of {x} or {y} at {where}")
+            continue
+        yield _draw(f"heatmap_{y}_by_{x}", f"Mean `{metric}` over `{y}` x `{x}`; other keys at {where}.",
+                    lambda part=part, x=x, y=y, where=where: plots.plot_heatmap(
+                        part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric} ({where})"))
+    if not pairs:
+        yield Drawn("heatmap", f"Mean `{metric}` over two varied keys.",
+                    skipped="needs two varied keys (besides the seed)")
+
+
+def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
+    caption = "Step schedule: `lr` for `schedule.epoch` epochs, then `schedule.lr2`, aligned at the switch."
+    runs = sweep.runs
+    if "schedule.name" not in runs or not (runs["schedule.name"] == "step").any():
+        return Drawn("lr_switch", caption, skipped="no runs with schedule.name=step")
+    step_ranking = ranking[ranking["schedule.name"] == "step"] if "schedule.name" in ranking else ranking
+    best = best_config(sweep, step_ranking if not step_ranking.empty else ranking)
+    free = [k for k in sweep.group_keys if k.startswith("schedule.")]
+    part = slice_at(sweep, best, free)
+    where = describe(best, free)
+    return _draw("lr_switch", f"{caption} Other keys at {where}; grey: the same runs without a switch.",
+                 lambda: plots.plot_lr_switch(part.curves, part.runs, keys=sweep.group_keys,
+                                              seed_key=sweep.seed_key, title=f"lr, then lr2 ({where})"))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if is_missing(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return format_value(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
+    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown."""
+    if frame.empty:
+        return "_none_\n"
+    shown = frame.head(max_rows)
+    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    if len(frame) > max_rows:
+        lines.append(f"\n_{len(frame) - max_rows} more rows{more}_")
+    return "\n".join(lines) + "\n"
+
+
+def exportable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tuples (list-valued knobs) as written on the command line, so CSV and parquet can hold them."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(lambda v: None if is_missing(v) else format_value(v)).astype("str")
+    return out
+
+
+def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
+    """Per run: the loss/accuracy decoupling and the capacity verdict, next to its config."""
+    context = [c for c in CAPACITY_CONTEXT if c in sweep.runs and c not in sweep.group_keys]
+    base = sweep.runs[["run", "status", *sweep.group_keys, *context]].set_index("run")
+    if sweep.curves.empty:
+        return base.reset_index()
+    decoupling = loss_acc_decoupling(sweep.curves)
+    capacity = capacity_verdict(sweep.curves).drop(columns=["epochs_done"])
+    table = base.join(decoupling).join(capacity)
+    for flag in ("decoupled", "fits"):  # runs without a logged epoch have neither
+        table[flag] = table[flag].fillna(False).astype(bool)
+    return table.reset_index()
+
+
+def _ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    table = ranking[["rank", *keys, "n", "mean", "std", "ci_lo", "ci_hi"]].copy()
+    table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
+    return table
+
+
+def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if "fits" not in diag:
+        return pd.DataFrame()
+    keys = keys + [c for c in CAPACITY_CONTEXT if c in diag and c not in keys]
+    grouped = diag.groupby(keys, dropna=False, sort=False) if keys else diag.groupby(lambda _: "all")
+    table = grouped.agg(runs=("run", "size"), fit=("fits", "sum"), median_fit_epoch=("fit_epoch", "median"),
+                        min_train_loss=("min_train_loss", "min"), best_train_acc=("best_train_acc", "max"))
+    table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["runs"], strict=True)]
+    return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
+    counts = runs["status"].value_counts()
+    parts = [f"{counts[s]} {s}" for s in counts.index]
+    if n_missing:
+        parts.append(f"{n_missing} missing")
+    return f"{len(runs)} runs: " + ", ".join(parts)
+
+
+def write_report(sweep: Sweep, out_dir: str | Path, metric: str = "final_test_acc",
+                 sources: Sequence[str | Path] = ()) -> Path:
+    """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = sweep.group_keys
+    ranking = ranking_for(sweep, metric)
+    diag = diagnostics_table(sweep)
+    problems = pd.DataFrame(sweep.problems, columns=["run_dir", "reason"])
+    for name, frame in (("runs", sweep.runs), ("curves", sweep.curves), ("ranking", ranking),
+                        ("diagnostics", diag), ("problems", problems)):
+        frame = exportable(frame)
+        frame.to_csv(out / f"{name}.csv", index=False)
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+
+    figures = []
+    for drawn in standard_figures(sweep, metric):
+        if drawn.figure is not None:
+            drawn.figure.savefig(out / f"{drawn.name}.png", dpi=110)
+            drawn.figure = None  # free it before drawing the next one
+        figures.append(drawn)
+
+    n_missing = sum(reason.startswith("missing:") for _, reason in sweep.problems)
+    md = ["# Sweep report", ""]
+    md += [f"- sources: {', '.join(f'`{s}`' for s in sources) or '(API)'}",
+           f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
+           f"- {_status_line(sweep.runs, n_missing)}",
+           f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
+           f"{len(ranking)} configuration{'s' if len(ranking) != 1 else ''} ranked by `{metric}`", ""]
+    md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
+    md += ["## Problems", "", markdown_table(problems, more=" in problems.csv")]
+    md += [f"## Ranking by `{metric}`", "",
+           "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
+           "seed-to-seed std.", "", markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv")]
+    md += _diagnostics_section(sweep, diag, keys)
+    md += ["## Figures", ""]
+    for drawn in figures:
+        if drawn.skipped:
+            md += [f"- `{drawn.name}` skipped: {drawn.skipped}"]
+    md.append("")
+    for drawn in figures:
+        if not drawn.skipped:
+            md += [f"### {drawn.name}", "", drawn.caption, "", f"![{drawn.name}]({drawn.name}.png)", ""]
+            md += [f"> note: {note}" for note in drawn.notes] + ([""] if drawn.notes else [])
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _runs_table(sweep: Sweep) -> pd.DataFrame:
+    columns = ["run", "status", *sweep.varied, "epochs_done", "final_test_acc", "best_test_acc",
+               "min_test_loss", "min_test_loss_epoch", "final_gen_gap_acc", "slurm_job_id", "error"]
+    table = sweep.runs[[c for c in columns if c in sweep.runs]]
+    return table.dropna(axis=1, how="all")
+
+
+def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> list[str]:
+    md = ["## Diagnostics", ""]
+    if "decoupled" not in diag:
+        return md + ["_no epochs logged yet_", ""]
+    flagged = diag[diag["decoupled"]]
+    md += ["### Test loss rises while test accuracy still improves", "",
+           f"{len(flagged)} of {len(diag)} runs: test accuracy peaks after the test-loss minimum "
+           "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).", ""]
+    columns = ["run", *keys, "min_test_loss_epoch", "best_test_acc_epoch", "acc_gain_after_min_loss",
+               "loss_rise_at_best_acc"]
+    md += [markdown_table(flagged[columns], max_rows=30, more=" in diagnostics.csv")]
+    md += ["### Capacity: does the model fit its training set?", "",
+           "Fit = train loss <= 0.01 and train accuracy >= 99.9% (the check on a small training subset).", "",
+           markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv")]
+    gaps = [c for c in ("final_gen_gap_loss", "final_gen_gap_acc") if c in sweep.runs]
+    if gaps:
+        done = sweep.runs[sweep.runs["status"] == "completed"]
+        stats = seed_aggregate(done, gaps, keys)
+        shown = stats[[*keys, *[f"{g}_mean" for g in gaps], f"{gaps[0]}_n"]]
+        md += ["### Generalisation gap at the last epoch (completed runs)", "",
+               "test - train loss, train - test accuracy; mean over seeds.", "",
+               markdown_table(shown.rename(columns={f"{gaps[0]}_n": "n"}), more="")]
+    return md

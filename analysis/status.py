@@ -1,0 +1,157 @@
+"""Where a sweep's jobs stand: completed, running, stalled, failed, diverged or missing.
+
+    python -m analysis status outputs/multirun/2026-11-26/23-59-00
+
+`missing` is a job listed in sweep.json whose run dir is absent or holds no record (not started
+yet, or lost); `stalled` a run without summary.json whose process is gone or that has written
+nothing for a long time (see analysis.load.run_status). Reads only job.json, summary.json,
+config.json and metrics.jsonl, so it is quick on a sweep in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.load import discover, fingerprint, read_json, read_metrics, run_status
+
+STATUS_ORDER = ("failed", "diverged", "stalled", "running", "missing", "completed")
+
+
+def _planned_epochs(config: object, summary: dict | None) -> int | None:
+    if summary and isinstance(summary.get("epochs"), int):
+        return summary["epochs"]
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    epochs = trainer.get("epochs") if isinstance(trainer, dict) else None
+    return epochs if isinstance(epochs, int) else None
+
+
+def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_overrides, now: float) -> dict:
+    job, _ = read_json(run_dir / "job.json")
+    summary, _ = read_json(run_dir / "summary.json")
+    config, _ = read_json(run_dir / "config.json")
+    job = job if isinstance(job, dict) else {}
+    summary = summary if isinstance(summary, dict) else None
+    rows, _, _ = read_metrics(run_dir / "metrics.jsonl")
+    epoch_times = [r["epoch_time_s"] for r in rows if isinstance(r.get("epoch_time_s"), (int, float))]
+    _, last_write = fingerprint(run_dir)
+    status = run_status(summary, job, last_write, max(epoch_times, default=float("nan")), now)
+    done = max((r["epoch"] for r in rows), default=0)
+    planned = _planned_epochs(config, summary)
+    return {
+        "sweep": str(sweep_dir) if sweep_dir else "",
+        "job": job.get("job_num") if isinstance(job.get("job_num"), int) else job_num,
+        "status": status,
+        "epochs": f"{done}/{planned}" if planned else str(done),
+        "age_s": now - last_write if last_write else None,
+        "slurm_job_id": job.get("slurm_job_id") or (summary or {}).get("slurm_job_id"),
+        "host": job.get("host"),
+        "overrides": " ".join(job.get("overrides") or sweep_overrides),
+        "error": (summary or {}).get("error"),
+        "run_dir": str(run_dir),
+    }
+
+
+def job_table(paths: str | os.PathLike | Iterable[str | os.PathLike], now: float | None = None) -> pd.DataFrame:
+    """One row per job of the given sweep(s) or run dir(s), missing jobs included."""
+    now = time.time() if now is None else now
+    refs, missing = discover(paths)
+    rows = [_job_row(r.run_dir, r.sweep_dir, r.job_num, r.overrides, now) for r in refs]
+    rows += [{"sweep": str(m.sweep_dir), "job": m.job_num, "status": "missing", "epochs": "",
+              "age_s": None, "slurm_job_id": None, "host": None, "overrides": " ".join(m.overrides),
+              "error": None, "run_dir": str(m.run_dir)} for m in missing]
+    columns = ["sweep", "job", "status", "epochs", "age_s", "slurm_job_id", "host", "overrides", "error", "run_dir"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["job"] = table["job"].astype("Int64")
+    table["age_s"] = table["age_s"].astype("float64")
+    return table.sort_values(["sweep", "job", "run_dir"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _age(seconds: float) -> str:
+    if pd.isna(seconds):
+        return ""
+    for limit, unit, scale in ((120, "s", 1), (7200, "m", 60), (172800, "h", 3600)):
+        if seconds < limit:
+            return f"{seconds / scale:.0f}{unit}"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _job_label(sweep: str, job, run_dir: str, multi: bool) -> str:
+    """The job number; a single run's dir name; prefixed by the sweep's dir name when several."""
+    label = Path(run_dir).name if pd.isna(job) else str(job)
+    return f"{Path(sweep).name}/{label}" if multi and sweep else label
+
+
+def _common_overrides(overrides: pd.Series) -> list[str]:
+    token_sets = [set(o.split()) for o in overrides if o]
+    if not token_sets:
+        return []
+    common = set.intersection(*token_sets)
+    return [t for t in overrides[overrides != ""].iloc[0].split() if t in common]
+
+
+def _without(overrides: str, common: list[str]) -> str:
+    return " ".join(t for t in overrides.split() if t not in common)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _counts(table: pd.DataFrame) -> str:
+    counts = table["status"].value_counts()
+    order = [s for s in STATUS_ORDER if s in counts] + [s for s in counts.index if s not in STATUS_ORDER]
+    return ", ".join(f"{counts[s]} {s}" for s in order)
+
+
+def format_job_table(table: pd.DataFrame, width: int | None = None, max_rows: int | None = None,
+                     show_all: bool = False) -> str:
+    """A one-screen text table. When the jobs do not fit, completed ones are left out first."""
+    size = shutil.get_terminal_size((120, 40))
+    width = width or size.columns
+    max_rows = max_rows or max(10, size.lines - 6)
+    lines = []
+    for sweep, jobs in table.groupby("sweep", sort=False):
+        tail = f": {len(jobs)} jobs: {_counts(jobs)}"
+        name = sweep or "(single runs)"
+        room = max(20, width - len(tail))
+        lines.append((name if len(name) <= room else "…" + name[-(room - 1):]) + tail)  # keep the path's end
+    shown = table
+    hidden = 0
+    if not show_all and len(table) > max_rows:
+        unfinished = table[table["status"] != "completed"]
+        room = max(0, max_rows - len(unfinished))
+        shown = pd.concat([unfinished, table[table["status"] == "completed"].head(room)]).sort_index()
+        shown = shown.head(max_rows)
+        hidden = len(table) - len(shown)
+    # Overrides every job shares (data=..., trainer.epochs=...) are said once, above the table.
+    common = _common_overrides(table["overrides"])
+    if common and len(table) > 1:
+        lines.append(_fit(f"common overrides: {' '.join(common)}", width))
+    multi = table["sweep"].nunique() > 1
+    cells = pd.DataFrame({
+        "job": [_job_label(s, j, d, multi) for s, j, d in zip(shown["sweep"], shown["job"], shown["run_dir"], strict=True)],
+        "status": shown["status"].tolist(),
+        "epochs": shown["epochs"].tolist(),
+        "last write": [_age(a) for a in shown["age_s"]],
+        "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_job_id"]],
+        "overrides": [_without(o, common if len(table) > 1 else []) + ("" if pd.isna(e) else f"  [{e}]")
+                      for o, e in zip(shown["overrides"], shown["error"], strict=True)],
+    })
+    if (cells["slurm"] == "").all():
+        cells = cells.drop(columns="slurm")
+    widths = {c: max(len(c), *(len(v) for v in cells[c])) if len(cells) else len(c) for c in cells.columns}
+    fixed = sum(widths[c] + 2 for c in cells.columns if c != "overrides")
+    widths["overrides"] = max(20, width - fixed)
+    lines.append("  ".join(c.ljust(widths[c]) for c in cells.columns).rstrip())
+    for row in cells.itertuples(index=False):
+        values = [_fit(v, widths[c]) for c, v in zip(cells.columns, row, strict=True)]
+        lines.append("  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip())
+    if hidden:
+        lines.append(f"… {hidden} completed jobs not shown (--all lists every job)")
+    return "\n".join(lines)

@@ -1,0 +1,348 @@
+"""analysis.load: run records (docs/run-record.md) -> tidy runs / curves / distributions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analysis.load
+from analysis.load import NoRunsFound, flatten_config, load_sweep, select_rows, typed_column
+from tests.fake_runs import (
+    base_config,
+    job_record,
+    losses_arrays,
+    metric_rows,
+    summary_record,
+    write_run,
+    write_sweep_json,
+)
+
+TRAIN = [2.0, 1.0, 0.5]
+TEST = [2.1, 1.2, 1.3]
+TRAIN_ACC = [0.3, 0.6, 0.8]
+TEST_ACC = [0.28, 0.55, 0.58]
+
+
+def rows(**kw) -> list[dict]:
+    return metric_rows(TRAIN, TEST, TRAIN_ACC, TEST_ACC, **kw)
+
+
+def completed_run(run_dir, config=None, job_num=0, overrides=()):
+    config = config or base_config()
+    data = rows(lr=config["lr"])
+    return write_run(run_dir, config, data, summary_record(data), job_record(overrides, job_num))
+
+
+def grid_sweep(sweep_dir, points: list[dict]):
+    """A sweep dir with one completed job per point of dotted overrides."""
+    jobs = [[f"{k}={v}" for k, v in point.items()] for point in points]
+    write_sweep_json(sweep_dir, jobs)
+    for num, point in enumerate(points):
+        completed_run(sweep_dir / str(num), base_config(**point), num, jobs[num])
+    return sweep_dir
+
+
+# --------------------------------------------------------------------------- flattening and dtypes
+
+
+def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable():
+    flat = flatten_config(base_config())
+    assert flat["lr"] == 0.1
+    assert flat["model.channels"] == 32
+    assert flat["optim.momentum"] == 0.0
+    assert flat["model.units"] == (200,)  # hashable and comparable, unlike a list
+    assert flat["model.pool"] == (3, 2)
+    assert flat["schedule.name"] == "constant" and "schedule.lr2" not in flat
+    assert not any(k.endswith(("_target_", "_partial_")) for k in flat)
+    assert "model" not in flat and "optim" not in flat
+
+
+def test_runs_columns_carry_the_real_dtype_of_each_knob(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [
+        {"lr": 0.1, "model.channels": 16, "model.units": [200], "data.augment": True},
+        {"lr": 1, "model.channels": 32, "model.units": [200, 100], "data.augment": False},  # lr=1: an int in JSON
+    ])
+    runs = load_sweep(sweep).runs
+    assert runs["lr"].dtype == "float64" and runs["lr"].tolist() == [0.1, 1.0]
+    assert runs["model.channels"].dtype == "int64"
+    assert runs["data.augment"].dtype == bool
+    assert pd.api.types.is_string_dtype(runs["model.name"])
+    assert runs["model.units"].tolist() == [(200,), (200, 100)]
+    assert runs["trainer.sample_loss_epochs"].iloc[0] == (1, 2, 3, 5, 10)
+    assert runs["epochs_done"].dtype == "int64"
+    assert runs["min_test_loss_epoch"].dtype == "Int64"
+
+
+def test_typed_column_keeps_ints_when_some_runs_lack_the_key():
+    assert typed_column([1, None, 3]).dtype == "Int64"
+    assert typed_column([0.1, None]).dtype == "float64"
+    assert typed_column([True, None]).dtype == "boolean"
+    assert typed_column([1, "a"]).dtype == object  # mixed: left alone, not coerced
+
+
+def test_varied_keys_are_the_knobs_that_differ_lists_and_nulls_included(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [
+        {"lr": 0.1, "model.units": [200], "trainer.seed": 0},
+        {"lr": 0.1, "model.units": [200, 100], "trainer.seed": 1},
+        {"lr": 0.2, "model.units": [200], "trainer.seed": 0, "schedule.lr2": 0.01},
+    ])
+    loaded = load_sweep(sweep)
+    # schedule.lr2 is absent from two runs and 0.01 in one: varied (and placed with its group).
+    assert loaded.varied == ["lr", "model.units", "schedule.lr2", "trainer.seed"]
+    assert loaded.group_keys == ["lr", "model.units", "schedule.lr2"]
+    assert "model.channels" in loaded.config_keys and "model.channels" not in loaded.varied
+
+
+def test_curves_are_run_by_epoch_with_varied_keys_and_epoch_lr(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [{"lr": 0.1}, {"lr": 0.05}])
+    curves = load_sweep(sweep).curves
+    assert len(curves) == 6
+    assert curves.columns[:3].tolist() == ["run", "lr", "epoch"]
+    # metrics.jsonl's per-epoch `lr` must not shadow the config knob `lr`
+    assert curves["epoch_lr"].tolist() == [0.1] * 3 + [0.05] * 3
+    assert curves["lr"].tolist() == [0.1] * 3 + [0.05] * 3
+    assert curves.loc[curves["run"] == "1", "test_acc"].tolist() == TEST_ACC
+    assert curves["gen_gap_loss"].iloc[2] == pytest.approx(TEST[2] - TRAIN[2])
+
+
+def test_runs_have_reduced_metrics_status_and_run_dir(tmp_path):
+    run = completed_run(tmp_path / "outputs/runs/2026-11-26/23-59-00")
+    loaded = load_sweep(run)
+    row = loaded.runs.iloc[0]
+    assert row["run"] == "23-59-00"
+    assert row["status"] == "completed"
+    assert row["final_test_acc"] == 0.58 and row["best_test_acc"] == 0.58
+    assert row["min_test_loss"] == 1.2 and row["min_test_loss_epoch"] == 2
+    assert row["run_dir"] == str(run.resolve())
+    assert loaded.varied == [] and loaded.problems == []
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_accepts_a_run_dir_a_sweep_dir_several_sweeps_and_a_folder_of_sweeps(tmp_path):
+    multirun = tmp_path / "outputs/multirun/2026-11-26"
+    a = grid_sweep(multirun / "23-59-00", [{"lr": 0.1}, {"lr": 0.2}])
+    b = grid_sweep(multirun / "23-59-30", [{"lr": 0.3}])
+    assert load_sweep(a).runs["run"].tolist() == ["0", "1"]
+    assert load_sweep(a / "1").runs["lr"].tolist() == [0.2]
+    both = load_sweep([a, b]).runs
+    assert both["run"].tolist() == ["23-59-00/0", "23-59-00/1", "23-59-30/0"]
+    assert load_sweep(tmp_path / "outputs/multirun").runs["lr"].tolist() == [0.1, 0.2, 0.3]
+
+
+def test_job_dirs_sort_numerically(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [{"lr": 0.01 * i} for i in range(12)])
+    assert load_sweep(sweep).runs["run"].tolist() == [str(i) for i in range(12)]
+
+
+def test_no_runs_and_no_dir_are_errors_not_empty_frames(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_sweep(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NoRunsFound):
+        load_sweep(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- real-world mess
+
+
+def messy_sweep(root):
+    """Jobs: 0 ok, 1 crashed mid-line, 2 running, 3 failed, 4 diverged, 5 listed but never started,
+    6 started but no record yet, 7 config.json lost, 8 corrupt summary.json, 9 garbage middle line."""
+    sweep = root / "sweep"
+    write_sweep_json(sweep, [[f"lr={0.1 + i / 100:g}"] for i in range(10)])
+    config = base_config
+
+    completed_run(sweep / "0", config(lr=0.1), 0)
+    data = rows()
+    write_run(sweep / "1", config(lr=0.11), data[:2], summary_record(data[:2], "failed", error="killed"),
+              job_record(job_num=1), partial_line='{"epoch": 3, "step": 300, "lr": 0.1, "train_lo')
+    write_run(sweep / "2", config(lr=0.12), data[:2], None, job_record(job_num=2))
+    write_run(sweep / "3", config(lr=0.13), [], summary_record([], "failed", error="ValueError: bad shape"),
+              job_record(job_num=3))
+    diverged = rows()
+    diverged[-1].update(train_loss=float("nan"), test_loss=float("nan"), train_acc=float("nan"),
+                        test_acc=float("nan"))
+    write_run(sweep / "4", config(lr=0.14), diverged, summary_record(diverged, "diverged"), job_record(job_num=4))
+    (sweep / "6" / ".hydra").mkdir(parents=True)
+    write_run(sweep / "7", None, data, summary_record(data), job_record(job_num=7))
+    completed_run(sweep / "8", config(lr=0.18), 8)
+    (sweep / "8" / "summary.json").write_text('{"status": "compl')
+    completed_run(sweep / "9", config(lr=0.19), 9)
+    lines = (sweep / "9" / "metrics.jsonl").read_text().splitlines()
+    (sweep / "9" / "metrics.jsonl").write_text("\n".join([lines[0], "#garbage", *lines[1:]]) + "\n")
+    return sweep
+
+
+def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(tmp_path):
+    loaded = load_sweep(messy_sweep(tmp_path))
+    runs = loaded.runs.set_index("run")
+    status = runs["status"].to_dict()
+    assert status == {"0": "completed", "1": "failed", "2": "running", "3": "failed", "4": "diverged",
+                      "8": "running", "9": "completed"}  # 7 has no config: it cannot be placed
+    assert runs.loc["1", "epochs_done"] == 2  # the truncated third line is dropped
+    assert runs.loc["2", "epochs_done"] == 2 and runs.loc["2", "final_test_acc"] == TEST_ACC[1]
+    assert runs.loc["3", "epochs_done"] == 0 and np.isnan(runs.loc["3", "final_test_acc"])
+    assert np.isnan(runs.loc["4", "final_test_acc"]) and runs.loc["4", "best_test_acc"] == TEST_ACC[1]
+    assert runs.loc["9", "epochs_done"] == 3 and runs.loc["0", "final_test_acc"] == TEST_ACC[2]
+
+    reasons = {}
+    for run_dir, reason in loaded.problems:
+        reasons.setdefault(os.path.basename(run_dir), []).append(reason)
+    assert reasons["1"] == ["metrics.jsonl: truncated last line dropped", "failed: killed"]
+    assert reasons["3"] == ["failed: ValueError: bad shape"]
+    assert reasons["4"] == ["diverged at epoch 3"]
+    assert reasons["5"] == ["missing: listed in sweep.json (lr=0.15) but no run record"]
+    assert reasons["6"] == ["missing: listed in sweep.json (lr=0.16) but no run record"]
+    assert reasons["7"] == ["config.json missing"]
+    assert reasons["8"][0].startswith("summary.json is not valid JSON")
+    assert reasons["9"] == ["metrics.jsonl line 2 unreadable, dropped"]
+    assert "0" not in reasons and "2" not in reasons  # a running run is not a problem
+
+
+def test_a_running_run_reading_a_half_written_line_is_not_a_problem(tmp_path):
+    data = rows()
+    write_run(tmp_path / "r", base_config(), data[:2], None, job_record(), partial_line='{"epoch": 3, "st')
+    loaded = load_sweep(tmp_path / "r")
+    assert loaded.runs["status"].tolist() == ["running"]
+    assert loaded.runs["epochs_done"].tolist() == [2]
+    assert loaded.problems == []
+
+
+def test_a_run_without_summary_and_no_sign_of_life_is_stalled(tmp_path):
+    data = rows()
+    old = write_run(tmp_path / "old", base_config(), data, None, job_record())
+    two_days_ago = time.time() - 2 * 86400
+    for name in ("config.json", "job.json", "metrics.jsonl"):
+        os.utime(old / name, (two_days_ago, two_days_ago))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists, on this host
+    write_run(tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid))
+    alive = write_run(tmp_path / "alive", base_config(), data, None,
+                      job_record(host=socket.gethostname(), pid=os.getpid()))
+    statuses = load_sweep([old, tmp_path / "dead", alive]).runs.set_index("run")["status"].to_dict()
+    assert statuses == {"old": "stalled", "dead": "stalled", "alive": "running"}
+
+
+def test_an_epoch_logged_twice_after_a_restart_keeps_the_later_line(tmp_path):
+    data = rows()
+    redo = dict(data[1], test_acc=0.99)
+    write_run(tmp_path / "r", base_config(), [*data[:2], redo, data[2]], summary_record(data), job_record())
+    curves = load_sweep(tmp_path / "r").curves
+    assert curves["epoch"].tolist() == [1, 2, 3]
+    assert curves["test_acc"].tolist() == [TEST_ACC[0], 0.99, TEST_ACC[2]]
+
+
+def test_a_missing_metrics_file_of_a_finished_run_falls_back_to_its_summary(tmp_path):
+    data = rows()
+    run = write_run(tmp_path / "r", base_config(), data, summary_record(data), job_record())
+    (run / "metrics.jsonl").unlink()
+    loaded = load_sweep(run)
+    assert loaded.runs["final_test_acc"].tolist() == [TEST_ACC[2]]
+    assert loaded.runs["min_test_loss_epoch"].tolist() == [2]
+    assert loaded.curves.empty
+    assert loaded.problems == [(str(run.resolve()), "metrics.jsonl missing")]
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_a_reload_reads_the_cache_instead_of_the_run_files(tmp_path, monkeypatch):
+    sweep = messy_sweep(tmp_path)
+    first = load_sweep(sweep)
+    assert (sweep / ".analysis_cache").is_dir()
+
+    def no_parsing(run_dir):
+        raise AssertionError(f"{run_dir} parsed again")
+
+    monkeypatch.setattr(analysis.load, "read_run", no_parsing)
+    again = load_sweep(sweep)
+    pd.testing.assert_frame_equal(first.runs, again.runs)
+    pd.testing.assert_frame_equal(first.curves, again.curves)
+    assert first.problems == again.problems
+
+
+def test_the_cache_rereads_exactly_the_runs_whose_files_changed(tmp_path, monkeypatch):
+    sweep = grid_sweep(tmp_path / "s", [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+    load_sweep(sweep)
+    extra = metric_rows([0.4] * 4, [1.0] * 4, [0.9] * 4, [0.6] * 4)[3]
+    with open(sweep / "1" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(extra) + "\n")
+    parsed = []
+    real = analysis.load.read_run
+    monkeypatch.setattr(analysis.load, "read_run", lambda d: parsed.append(d.name) or real(d))
+    curves = load_sweep(sweep).curves
+    assert parsed == ["1"]
+    assert curves.groupby("run")["epoch"].max().to_dict() == {"0": 3, "1": 4, "2": 3}
+
+
+def test_an_unwritable_or_corrupt_cache_is_silently_skipped(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [{"lr": 0.1}, {"lr": 0.2}])
+    (sweep / ".analysis_cache").write_text("a file where the cache dir should be")
+    assert load_sweep(sweep).runs["lr"].tolist() == [0.1, 0.2]
+    (sweep / ".analysis_cache").unlink()
+    load_sweep(sweep)
+    for cached in (sweep / ".analysis_cache").iterdir():
+        cached.write_bytes(b"PAR1 not really parquet")
+    assert load_sweep(sweep).runs["lr"].tolist() == [0.1, 0.2]
+
+
+def test_loading_one_job_of_a_sweep_keeps_the_whole_sweep_cached(tmp_path, monkeypatch):
+    sweep = grid_sweep(tmp_path / "s", [{"lr": 0.1}, {"lr": 0.2}])
+    load_sweep(sweep)
+    load_sweep(sweep / "0")
+    monkeypatch.setattr(analysis.load, "read_run", lambda d: pytest.fail(f"{d} parsed again"))
+    assert len(load_sweep(sweep).runs) == 2
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+def test_distributions_count_exact_zeros_apart_from_the_log_bins(tmp_path):
+    train = np.array([0.0, 0.0, 0.0, 1e-9, 0.5, 0.5, 2.0, 5e3, np.inf, np.nan], dtype=np.float32)
+    test = np.array([0.05, 0.5, 1.0, 3.0], dtype=np.float32)
+    arrays = losses_arrays([1, 3], [train, train], [test, test])
+    data = rows()
+    write_run(tmp_path / "r", base_config(), data, summary_record(data), job_record(), losses=arrays)
+    dists = load_sweep(tmp_path / "r").distributions()
+    assert set(dists.columns) == {"run", "epoch", "split", "bin", "kind", "lo", "hi", "count", "fraction"}
+    assert len(dists) == 2 * 2 * (110 + 3)
+    ep1 = dists[(dists["epoch"] == 1) & (dists["split"] == "train")].set_index("kind")
+    assert ep1.loc["zero", "count"] == 3 and ep1.loc["zero", "fraction"] == pytest.approx(0.3)
+    assert (ep1.loc["zero", "lo"], ep1.loc["zero", "hi"]) == (0.0, 0.0)
+    assert ep1.loc["under", "count"] == 1 and ep1.loc["over", "count"] == 3  # 5e3, inf and nan
+    assert dists.groupby(["epoch", "split"])["fraction"].sum().tolist() == pytest.approx([1, 1, 1, 1])
+    hist = dists[(dists["kind"] == "hist") & (dists["count"] > 0) & (dists["split"] == "train")]
+    # 0.5 and 2.0 land in the left-closed bins containing them
+    assert all(((hist["lo"] <= v) & (v < hist["hi"])).any() for v in (0.5, 2.0))
+    assert load_sweep(tmp_path / "r").distributions(epochs=[3])["epoch"].unique().tolist() == [3]
+
+
+def test_pickled_npz_is_refused_not_unpickled(tmp_path):
+    data = rows()
+    run = write_run(tmp_path / "r", base_config(), data, summary_record(data), job_record())
+    np.savez(run / "losses.npz", epochs=np.array([1]), bin_edges=np.array([{"evil": 1}], dtype=object))
+    loaded = load_sweep(run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert loaded.distributions().empty
+    assert "losses.npz unreadable" in str(caught[0].message)
+
+
+def test_subset_matches_tuples_and_missing_values(tmp_path):
+    sweep = grid_sweep(tmp_path / "s", [
+        {"model.units": [200]}, {"model.units": [200, 100]}, {"model.units": [200], "schedule.lr2": 0.01}])
+    loaded = load_sweep(sweep)
+    assert loaded.subset({"model.units": (200,), "schedule.lr2": None}).runs["run"].tolist() == ["0"]
+    assert select_rows(loaded.runs, {"schedule.lr2": 0.01})["run"].tolist() == ["2"]
+    assert loaded.subset({"model.units": (200, 100)}).curves["run"].unique().tolist() == ["1"]

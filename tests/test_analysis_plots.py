@@ -1,0 +1,192 @@
+"""analysis.plots: each figure shows the data it is given (checked on the drawn artists)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from analysis.losses import read_losses
+from analysis.plots import (
+    NothingToPlot,
+    ordered_values,
+    plot_curves,
+    plot_heatmap,
+    plot_loss_distributions,
+    plot_loss_vs_accuracy,
+    plot_lr_switch,
+)
+from tests.fake_runs import losses_arrays
+
+
+def curves_grid(lrs=(0.05, 0.1), channels=(32,), seeds=(0, 1, 2), epochs=4) -> pd.DataFrame:
+    """train_loss = lr-dependent decay + seed offset; the mean over seeds is known exactly."""
+    rows = []
+    for lr in lrs:
+        for ch in channels:
+            for seed in seeds:
+                for e in range(1, epochs + 1):
+                    rows.append({"run": f"{lr}-{ch}-{seed}", "lr": lr, "model.channels": ch, "trainer.seed": seed,
+                                 "epoch": e, "train_loss": 1.0 / (e * lr * 10) + 0.01 * seed,
+                                 "test_loss": 1.0 + 0.1 * abs(e - 2), "test_acc": 0.1 * e + 0.01 * seed})
+    return pd.DataFrame(rows).astype({"run": "str"})
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def data_lines(ax) -> list:
+    """The curves (axvline markers have two points)."""
+    return [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
+
+
+def test_curves_figure_has_a_log_loss_panel_and_one_mean_line_per_hue_value():
+    fig = plot_curves(curves_grid(), hue="lr")
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_yscale() == "log" and acc_ax.get_yscale() == "linear"
+    assert legend_texts(fig) == ["lr=0.05 (N=3)", "lr=0.1 (N=3)"]
+    lines = data_lines(loss_ax)
+    assert len(lines) == 2
+    # the mean over seeds 0, 1, 2 adds 0.01 to the seed-free curve
+    assert lines[1].get_ydata() == pytest.approx([1.0 / e + 0.01 for e in range(1, 5)])
+    assert len(loss_ax.collections) == 2  # one confidence band per line
+    fig.savefig(io.BytesIO(), format="png")  # renders without a display
+
+
+def test_curves_facet_by_a_column_key():
+    fig = plot_curves(curves_grid(channels=(16, 32)), hue="lr", col="model.channels")
+    assert len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["model.channels=16", "model.channels=32"]
+
+
+def test_curves_warn_when_averaging_different_configurations_unless_keys_separate_them():
+    curves = curves_grid(channels=(16, 32))
+    with pytest.warns(UserWarning, match="differ in more than trainer.seed"):
+        plot_curves(curves, hue="lr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot_curves(curves, hue="lr", keys=["lr", "model.channels"])
+    assert len(data_lines(fig.axes[0])) == 4
+
+
+def test_a_key_that_does_not_vary_is_nothing_to_plot():
+    with pytest.raises(NothingToPlot, match="schedule.lr2"):
+        plot_curves(curves_grid(), hue="schedule.lr2")
+
+
+def switch_data():
+    curves = curves_grid(lrs=(0.1,), seeds=(0, 1))
+    runs_rows = []
+    frames = []
+    for i, (name, lr2) in enumerate([("step", 0.01), ("step", 0.001), ("constant", None)]):
+        part = curves[curves["trainer.seed"] == 0].assign(run=f"r{i}")
+        frames.append(part)
+        runs_rows.append({"run": f"r{i}", "schedule.name": name, "schedule.epoch": 2 if lr2 else None,
+                          "schedule.lr2": lr2, "lr": 0.1})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(runs_rows)
+
+
+def test_lr_switch_aligns_runs_at_the_switch_and_draws_the_no_switch_reference():
+    curves, runs = switch_data()
+    fig = plot_lr_switch(curves, runs)
+    ax = fig.axes[0]
+    assert len(data_lines(ax)) == 3
+    for line in data_lines(ax):
+        assert list(line.get_xdata()) == [-1, 0, 1, 2]  # epochs 1..4, switch after epoch 2
+    texts = legend_texts(fig)
+    assert texts == ["no switch (N=1)", "schedule.lr2=0.001 (N=1)", "schedule.lr2=0.01 (N=1)"]
+    assert ax.get_xlabel() == "epochs since the switch to lr2"
+
+
+def test_lr_switch_without_step_runs_is_nothing_to_plot():
+    curves, runs = switch_data()
+    with pytest.raises(NothingToPlot, match="schedule.name=step"):
+        plot_lr_switch(curves, runs.assign(**{"schedule.name": "constant"}))
+
+
+def test_loss_vs_accuracy_marks_the_test_loss_minimum_and_the_accuracy_peak():
+    curves = curves_grid(lrs=(0.1,))
+    fig = plot_loss_vs_accuracy(curves)
+    texts = legend_texts(fig)
+    assert texts[:3] == ["train loss", "test loss", "test accuracy"]
+    assert "min test loss: epoch 2" in texts and "best test acc: epoch 4" in texts
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def distributions(tmp_path, train_zero_share: int) -> pd.DataFrame:
+    train = np.concatenate([np.zeros(train_zero_share), np.full(10 - train_zero_share, 0.02)])
+    test = np.array([0.5, 1.0, 2.0, 4.0])
+    np.savez(tmp_path / "losses.npz", **losses_arrays([1, 2], [np.full(10, 0.5), train], [test, test]))
+    dists, _, reason = read_losses(tmp_path / "losses.npz", "r")
+    assert reason is None
+    return dists
+
+
+def zero_bars(fig: Figure) -> list[float]:
+    """Heights of the bars drawn in the "0" slot of each panel (train, test)."""
+    heights = []
+    for ax in fig.axes:
+        labels = {t.get_text(): x for t, x in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)}
+        zero_x = labels["0"]
+        heights.append([p.get_height() for p in ax.patches if isinstance(p, Rectangle)
+                        and p.get_x() <= zero_x <= p.get_x() + 2 * p.get_width()])
+    return heights
+
+
+def test_loss_distributions_show_exact_zeros_in_their_own_slot(tmp_path):
+    fig = plot_loss_distributions(distributions(tmp_path, train_zero_share=7))
+    assert [ax.get_title() for ax in fig.axes] == ["epoch 1", "epoch 2"]
+    # epoch 1: no zeros; epoch 2: 7 of 10 train losses are exactly 0, no test loss is
+    assert zero_bars(fig) == [[0.0, 0.0], [pytest.approx(0.7), 0.0]]
+    assert "70%" in [t.get_text() for t in fig.axes[1].texts]
+    assert legend_texts(fig) == ["train", "test"]
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def test_loss_distributions_of_a_fully_memorised_training_set(tmp_path):
+    fig = plot_loss_distributions(distributions(tmp_path, train_zero_share=10), epochs=[2])
+    assert zero_bars(fig) == [[pytest.approx(1.0), 0.0]]
+
+
+def test_loss_distributions_need_data(tmp_path):
+    with pytest.raises(NothingToPlot):
+        plot_loss_distributions(distributions(tmp_path, 0), epochs=[7])
+
+
+def heatmap_runs() -> pd.DataFrame:
+    rows = [{"lr": lr, "model.channels": ch, "trainer.seed": s, "status": "completed",
+             "final_test_acc": 0.5 + lr + ch / 1000 + 0.01 * s}
+            for lr in (0.1, 0.2) for ch in (16, 32, 64) for s in (0, 1)]
+    rows.append({"lr": 0.2, "model.channels": 64, "trainer.seed": 2, "status": "diverged", "final_test_acc": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_heatmap_cells_are_seed_means_over_two_keys():
+    fig = plot_heatmap(heatmap_runs(), "lr", "model.channels")
+    ax = fig.axes[0]
+    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+    expected = [[0.5 + lr + ch / 1000 + 0.005 for lr in (0.1, 0.2)] for ch in (16, 32, 64)]
+    assert np.asarray(mesh.get_array()).reshape(3, 2) == pytest.approx(np.array(expected))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1", "0.2"]
+    assert ax.texts[0].get_text() == "0.621\n±0.0071"
+    assert "N=2 per cell" in fig._suptitle.get_text()  # the diverged seed is left out
+
+
+def test_heatmap_refuses_one_key_twice_or_a_missing_key():
+    with pytest.raises(NothingToPlot):
+        plot_heatmap(heatmap_runs(), "lr", "lr")
+    with pytest.raises(NothingToPlot, match="schedule.lr2"):
+        plot_heatmap(heatmap_runs(), "lr", "schedule.lr2")
+
+
+def test_values_are_ordered_naturally():
+    assert ordered_values([0.2, 0.05, None, 0.1, 0.05]) == [0.05, 0.1, 0.2, None]
+    assert ordered_values([(200, 100), (50,), (200,)]) == [(50,), (200,), (200, 100)]
+    assert ordered_values(["step", "constant"]) == ["constant", "step"]
