@@ -2,7 +2,7 @@
 PYTHON ?= python3
 DEMO_DIR ?= outputs/multirun/demo
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint reproduce
 
 setup:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -17,3 +17,12 @@ test: setup
 
 lint:
 	$(PYTHON) -m ruff check .
+
+# The lecture on real CIFAR-10 (point SWEEPER_DATA at it, or let torchvision download it), then
+# docs/reproduction.md and its figures. Hours on a CPU; minutes on a GPU.
+REPRO_DIR ?= outputs/reproduction
+reproduce: setup
+	for e in lecture_lr lecture_lr2 lecture_overfit_subset lecture_capacity; do \
+	  $(PYTHON) -m sweeper -m experiment=$$e hydra.sweep.dir=$(REPRO_DIR)/$$e || echo "$$e: not every job completed"; \
+	done
+	$(PYTHON) -m analysis.reproduction $(REPRO_DIR) --out docs
