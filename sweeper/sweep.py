@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.runlog import atomic_write, to_json
+from sweeper.train import config_difference
 from sweeper.validate import ConfigError, check
 
 STATES = ("completed", "diverged", "failed", "running", "missing")
@@ -42,23 +43,35 @@ def fail(message: str) -> None:
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = expand(config)
-        for num, overrides in enumerate(jobs):
-            try:
-                check(compose(config_name=config.hydra.job.config_name, overrides=overrides))
-            except ConfigError as e:
-                fail(f"job {num} ({' '.join(overrides)}): {e}")
-            except Exception as e:  # a composition error (unknown key or option) from Hydra
-                fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
         sweep_dir = Path(config.hydra.sweep.dir)
-        listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
         known = _read_sweep(sweep_dir)
         if known is not None and [j["overrides"] for j in known["jobs"]] != jobs:
             fail(
                 f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
                 "resume it with the same overrides, or choose another hydra.sweep.dir"
             )
+        for num, overrides in enumerate(jobs):
+            try:
+                job_cfg = compose(config_name=config.hydra.job.config_name, overrides=overrides)
+                check(job_cfg)
+            except ConfigError as e:
+                fail(f"job {num} ({' '.join(overrides)}): {e}")
+            except Exception as e:  # a composition error (unknown key or option) from Hydra
+                fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
+            # Resuming into a run dir of another config would mix results: refuse before any job.
+            previous = sweep_dir / str(num) / "config.json"
+            if job_cfg.trainer.resume and previous.exists():
+                diff = config_difference(
+                    json.loads(previous.read_text()), OmegaConf.to_container(job_cfg, resolve=True)
+                )
+                if diff:
+                    fail(
+                        f"job {num} ({' '.join(overrides)}): {previous.parent} holds a run of another config "
+                        f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
+                    )
+        listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        launcher = config.hydra.launcher.get("_target_", "").rsplit(".", 1)[-1]
+        launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
         if known is None:
             atomic_write(
                 sweep_dir / "sweep.json",

@@ -304,14 +304,14 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
     }
 
 
-def _config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
         name = f"{prefix}{k}"
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_difference(a, b, name + ".")
+            diffs += config_difference(a, b, name + ".")
         elif a != b and name != "trainer.resume":
             diffs.append(f"{name}: {a!r} -> {b!r}")
     return diffs
@@ -342,7 +342,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int 
     previous = record.read_json("config.json")
     old_job = record.read_json("job.json") or {}
     if previous is not None and cfg.trainer.resume:
-        diff = _config_difference(previous, config)
+        diff = config_difference(previous, config)
         if diff:
             raise ConfigError(
                 f"{run_dir} already holds a run of another config ({'; '.join(diff[:3])}); "

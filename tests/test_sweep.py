@@ -101,3 +101,20 @@ def test_every_experiment_runs_shrunk(tmp_path, name):
     assert all(
         json.loads((sweep_dir / j["dir"] / "summary.json").read_text())["status"] == "completed" for j in jobs
     )
+
+
+def test_resuming_a_sweep_whose_runs_hold_another_config_is_refused_before_any_job(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    # the same grid, but run 1 was written with another protocol (an edited experiment file, an
+    # older version's defaults): resuming into it would mix two configs in one sweep
+    config_file = sweep_dir / "1" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["trainer"]["epochs"] = 3
+    config_file.write_text(json.dumps(config))
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/*") if p.name in RECORD}
+    again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert again.returncode == 2
+    assert "holds a run of another config (trainer.epochs: 3 -> 1)" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # job 0 was not rerun either
+    assert json.loads((sweep_dir / "sweep.json").read_text())["launcher"] == "basic"
