@@ -329,8 +329,10 @@ def _set_aside(record: RunLog) -> Path:
     return target
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int | None = None) -> dict:
-    """Train (or resume, or skip) the run in `run_dir`; always leaves a summary.json when it ends.
+def open_record(
+    cfg: DictConfig, run_dir: Path, overrides=(), job_num: int | None = None
+) -> tuple[RunLog, dict | None]:
+    """Prepare `run_dir` for a (re)start; returns the record, and the summary if the run already ended.
 
     A run dir that already holds a record of the same config: `completed`/`diverged` is skipped,
     an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
@@ -351,21 +353,26 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int 
         summary = record.read_json("summary.json")
         if summary is not None and summary.get("status") in ENDED:
             log.info("%s: already %s, skipping", run_dir, summary["status"])
-            return summary
+            return record, summary
         if summary is not None or not record.checkpoint_path.exists():
             log.info("%s: earlier attempt set aside in %s", run_dir, _set_aside(record))
     elif previous is not None:
         log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record))
-
     record.write_config(config)
     record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
-    try:
-        outcome = train(cfg, record)
-        error = trace = None
-    except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
-        outcome, error, trace = {"status": "failed"}, f"{type(e).__name__}: {e}", traceback.format_exc()
+    return record, None
+
+
+def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exception | None = None) -> dict:
+    """Write summary.json, last: the outcome, the metrics' reductions, versions and any error."""
+    trace = None
+    if error is not None:
+        outcome, trace = {**outcome, "status": "failed"}, "".join(traceback.format_exception(error))
         # A missing data set is the user's to fix: one line. Anything else: the whole traceback.
-        log.error("run failed: %s", error if isinstance(e, data_module.DataError) else f"{error}\n{trace}")
+        shown = f"{type(error).__name__}: {error}"
+        log.error(
+            "run failed: %s", shown if isinstance(error, data_module.DataError) else f"{shown}\n{trace}"
+        )
     summary = {
         **outcome,
         **summarize(record.read_metrics()),
@@ -373,9 +380,20 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] = (), job_num: int 
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "versions": versions(),
-        "error": error,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
         "traceback": trace,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record.write_summary(summary)
     return summary
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides=(), job_num: int | None = None) -> dict:
+    """Train (or resume, or skip) the run in `run_dir`; always leaves a summary.json when it ends."""
+    record, ended = open_record(cfg, run_dir, overrides, job_num)
+    if ended is not None:
+        return ended
+    try:
+        return close_record(record, cfg, train(cfg, record))
+    except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
+        return close_record(record, cfg, {}, e)

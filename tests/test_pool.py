@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hydra_plugins.sweeper_pool.launcher import resolve_devices
 from tests.conftest import TINY, run_cli
 
@@ -42,3 +44,33 @@ def test_auto_devices_fall_back_to_the_cpu_without_a_gpu():
     expected = [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
     assert resolve_devices(["auto"]) == expected
     assert resolve_devices([2, 3]) == ["2", "3"]
+
+
+def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_path):
+    grid = ["lr=0.1,0.05", "trainer.seed=0,1", "trainer.channels_last=false"]
+    fused = run_cli(
+        "-m",
+        "hydra/launcher=pool",
+        "hydra.launcher.fuse=true",
+        *TINY,
+        *grid,
+        f"hydra.sweep.dir={tmp_path / 'fused'}",
+        cwd=tmp_path,
+    )
+    assert fused.returncode == 0, fused.stderr[-2000:]
+    assert "fusing jobs [0, 1, 2, 3] into one program" in fused.stdout + fused.stderr
+    basic = run_cli("-m", *TINY, *grid, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    assert basic.returncode == 0
+    for n in range(4):
+        run = tmp_path / "fused" / str(n)
+        assert {p.name for p in run.iterdir()} >= RECORD | {".hydra"}
+        assert json.loads((run / "summary.json").read_text())["fused_trials"] == 4
+        assert json.loads((run / "config.json").read_text()) == json.loads(
+            (tmp_path / "basic" / str(n) / "config.json").read_text()
+        )
+        for a, b in zip(
+            without_times(run / "metrics.jsonl"),
+            without_times(tmp_path / "basic" / str(n) / "metrics.jsonl"),
+            strict=True,
+        ):
+            assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)

@@ -2,6 +2,7 @@
 
     python -m sweeper -m hydra/launcher=pool model.channels=16,32,64 lr=0.2,0.1,0.01
     python -m sweeper -m hydra/launcher=pool hydra.launcher.devices=[0,1] hydra.launcher.slots_per_device=4 ...
+    python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
 A small convnet leaves a big GPU mostly idle and is launch-bound, so several trainings sharing
 a GPU as separate processes finish far sooner than one after the other. Each worker is pinned to
@@ -9,10 +10,14 @@ one device (CUDA_VISIBLE_DEVICES) and stays up for the whole sweep, running job 
 process start, imports, the CUDA context and the decoded data set (memoised in sweeper.data) are
 paid once per worker, not once per job. Every job still writes its own complete run record.
 `devices: [cpu]` (the default where there is no GPU) runs `slots_per_device` workers on the CPU.
+With `fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed are trained
+as one vmapped program in one worker (sweeper/fused.py); each still writes its own record.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
 # in sys.modules, and dataclasses then cannot resolve string annotations.
+import copy
+import json
 import logging
 import multiprocessing
 import os
@@ -25,9 +30,9 @@ from typing import Any
 import cloudpickle
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class PoolLauncherConf:
     # GPU indices to spread workers over; "auto" = every visible GPU, or the CPU when there is none
     devices: Any = field(default_factory=lambda: ["auto"])
     slots_per_device: int = 1  # concurrent trainings per device
+    # train jobs that differ only in lr/schedule/optim/seed as one vmapped program (sweeper/fused.py)
+    fuse: bool = False
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="pool", node=PoolLauncherConf, provider="sweeper")
@@ -76,11 +83,12 @@ def _run_one(payload: bytes) -> bytes:
 
 
 class PoolLauncher(Launcher):
-    def __init__(self, devices: Sequence = ("auto",), slots_per_device: int = 1) -> None:
+    def __init__(self, devices: Sequence = ("auto",), slots_per_device: int = 1, fuse: bool = False) -> None:
         if int(slots_per_device) < 1:
             raise ValueError(f"hydra.launcher.slots_per_device={slots_per_device} is invalid: must be >= 1")
         self.devices = list(devices)
         self.slots_per_device = int(slots_per_device)
+        self.fuse = bool(fuse)
         self.config = self.task_function = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -99,19 +107,90 @@ class PoolLauncher(Launcher):
         for i in range(n_workers):
             slots.put(devices[i % len(devices)])
         state = Singleton.get_state()
-        futures = []
+        configs = []
+        for i, overrides in enumerate(job_overrides):
+            num = initial_job_idx + i
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = num
+                sweep_config.hydra.job.num = num
+            configs.append(sweep_config)
+        groups = fused_groups(configs) if self.fuse else [[i] for i in range(len(configs))]
+        results: list = [None] * len(configs)
         with ProcessPoolExecutor(
             n_workers, mp_context=context, initializer=_pin_worker, initargs=(slots,)
         ) as pool:
-            for i, overrides in enumerate(job_overrides):
-                num = initial_job_idx + i
-                log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(overrides)
-                )
-                with open_dict(sweep_config):
-                    sweep_config.hydra.job.id = num
-                    sweep_config.hydra.job.num = num
-                payload = cloudpickle.dumps((self.hydra_context, self.task_function, sweep_config, state))
-                futures.append(pool.submit(_run_one, payload))
-            return [cloudpickle.loads(f.result()) for f in futures]
+            futures = []
+            for group in groups:
+                if len(group) == 1:
+                    payload = cloudpickle.dumps(
+                        (self.hydra_context, self.task_function, configs[group[0]], state)
+                    )
+                    futures.append((group, pool.submit(_run_one, payload)))
+                else:
+                    log.info(f"fusing jobs {group} into one program")
+                    payload = cloudpickle.dumps(([configs[i] for i in group], state))
+                    futures.append((group, pool.submit(_run_fused, payload)))
+            for group, future in futures:
+                returned = cloudpickle.loads(future.result())
+                for i, ret in zip(group, returned if len(group) > 1 else [returned], strict=True):
+                    results[i] = ret
+        return results
+
+
+def _task_config(sweep_config):
+    task = copy.deepcopy(sweep_config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def fused_groups(configs) -> list[list[int]]:
+    """Indices of jobs that can train as one program (sweeper.fused.fusable); others alone."""
+    from sweeper import fused
+
+    by_key: dict[str, list[int]] = {}
+    for i, sweep_config in enumerate(configs):
+        task = _task_config(sweep_config)
+        key = (
+            json.dumps(fused._shared(task), sort_keys=True) if fused.fusable([task]) is None else f"solo-{i}"
+        )
+        by_key.setdefault(key, []).append(i)
+    return list(by_key.values())
+
+
+def _run_fused(payload: bytes) -> bytes:
+    """A fused group in one worker: lay out each job's dir as Hydra would, then train them together."""
+    sweep_configs, singleton_state = cloudpickle.loads(payload)
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from sweeper.fused import run_group
+
+    tasks, dirs, overrides, nums = [], [], [], []
+    for sweep_config in sweep_configs:
+        out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)
+        task = _task_config(sweep_config)
+        OmegaConf.save(task, out / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / ".hydra" / "hydra.yaml")
+        OmegaConf.save(sweep_config.hydra.overrides.task, out / ".hydra" / "overrides.yaml")
+        tasks.append(task)
+        dirs.append(out)
+        overrides.append(list(sweep_config.hydra.overrides.task))
+        nums.append(int(sweep_config.hydra.job.num))
+    summaries = run_group(tasks, dirs, overrides, nums)
+    returns = [
+        JobReturn(
+            overrides=o,
+            cfg=t,
+            hydra_cfg=sc,
+            working_dir=str(d),
+            task_name=str(sc.hydra.job.name),
+            status=JobStatus.COMPLETED,
+            _return_value=summary["status"],
+        )  # fmt: skip
+        for o, t, sc, d, summary in zip(overrides, tasks, sweep_configs, dirs, summaries, strict=True)
+    ]
+    return cloudpickle.dumps(returns)

@@ -1,0 +1,265 @@
+"""Several trials of one architecture trained as one program: torch.func stacking + vmap.
+
+A small convnet cannot fill a GPU, and its step is bound by kernel launches, not arithmetic.
+Trials that share the architecture, the data and the trainer -- and differ only in optimisation
+hyper-parameters (lr, schedule, momentum, weight decay) and seed -- are stacked along a leading
+trial dimension, so one launch does the work of all of them. Each trial keeps its own
+initialisation, batch order and augmentation (its own seed), its own learning-rate schedule, and
+writes its own complete run record, in the same format and with the same checkpoints as a solo
+run (so an interrupted fused trial resumes solo). Its curves match the same trial run alone,
+within float32 rounding.
+
+    python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
+
+Plain SGD (with momentum, nesterov, weight decay) only, no batch norm (running statistics cannot
+be stacked simply); `fusable()` says why a group cannot be fused, and those jobs run solo.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.func import functional_call, stack_module_state
+
+from sweeper import build, models
+from sweeper import data as data_module
+from sweeper.runlog import RunLog
+from sweeper.train import kept_epochs, log, memory_format, pick_device
+
+# What may differ between the trials of one fused group.
+PER_TRIAL = {"lr", "schedule", "optim", "trainer.seed"}
+
+
+def _shared(cfg: DictConfig) -> dict:
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree = {k: v for k, v in tree.items() if k not in PER_TRIAL}
+    tree["trainer"] = {k: v for k, v in tree["trainer"].items() if k != "seed"}
+    return tree
+
+
+def fusable(cfgs: list[DictConfig]) -> str | None:
+    """None when the configs can train as one program, else the reason they cannot."""
+    if any(c.optim.name != "sgd" for c in cfgs):
+        return "fused trials need optim=sgd"
+    if cfgs[0].model.get("batch_norm", False):
+        return "fused trials need model.batch_norm=false"
+    first = _shared(cfgs[0])
+    if any(_shared(c) != first for c in cfgs[1:]):
+        return "fused trials must share model, data and trainer (all but trainer.seed)"
+    return None
+
+
+def _per_trial(values, like: torch.Tensor) -> torch.Tensor:
+    """A (T,) vector of per-trial scalars, shaped to broadcast against a stacked (T, ...) tensor."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+
+
+def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
+    """Train the trials together; returns each trial's outcome (status and model facts)."""
+    cfg0 = cfgs[0]
+    n_trials = len(cfgs)
+    device = pick_device(cfg0.trainer.device)
+    data = data_module.load(cfg0.data).to(device)
+    layout = memory_format(cfg0, device)
+    nets = []
+    for cfg in cfgs:  # each trial initialised exactly as its solo run would be
+        torch.manual_seed(cfg.trainer.seed)
+        nets.append(
+            build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(
+                device, memory_format=layout
+            )
+        )
+    params, buffers = stack_module_state(nets)
+    base = copy.deepcopy(nets[0]).to("meta")
+    n_train, batch_size, epochs = len(data.train_y), cfg0.trainer.batch_size, cfg0.trainer.epochs
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    lr_at = [build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs) for cfg in cfgs]
+    generators = [torch.Generator(device=device).manual_seed(cfg.trainer.seed) for cfg in cfgs]
+    momentum = [float(cfg.optim.momentum) for cfg in cfgs]
+    nesterov = [bool(cfg.optim.nesterov) for cfg in cfgs]
+    decay = [float(cfg.optim.weight_decay) for cfg in cfgs]
+    velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
+    l1 = float(cfg0.model.l1)
+    keep = kept_epochs(cfg0)
+    info = {
+        "n_params": models.n_params(nets[0]),
+        "receptive_field_px": nets[0].receptive_field_px,
+        "n_train": n_train,
+        "n_test": len(data.test_y),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "fused_trials": n_trials,
+    }
+    del nets
+
+    def forward(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    # Trials see different batches (own seeds), so x is stacked too; dropout differs per trial.
+    train_forward = torch.vmap(forward, randomness="different")
+    eval_forward = torch.vmap(forward, in_dims=(0, 0, None))
+
+    status = ["completed"] * n_trials
+    step, samples, t_start = 0, 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.perf_counter()
+        base.train()
+        loss_sum = torch.zeros(n_trials, device=device)
+        orders = [torch.randperm(n_train, device=device, generator=g) for g in generators]
+        for start in range(0, n_train, batch_size):
+            xs, ys = [], []
+            for order, g in zip(orders, generators, strict=True):
+                idx = order[start : start + batch_size]
+                x = data_module.prepare(data.train_x[idx], data)
+                if cfg0.data.augment:
+                    x = data_module.augment(x, g)
+                xs.append(x.contiguous(memory_format=layout))
+                ys.append(data.train_y[idx])
+            x, y = torch.stack(xs), torch.stack(ys)
+            logits = train_forward(params, buffers, x)
+            loss = (
+                F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+                .view(n_trials, -1)
+                .mean(1)
+            )
+            if l1 > 0:
+                loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
+            grads = torch.autograd.grad(loss.sum(), list(params.values()))
+            lrs = [fn(step) for fn in lr_at]
+            with torch.no_grad():
+                # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
+                for (name, p), g in zip(params.items(), grads, strict=True):
+                    g = g + _per_trial(decay, p) * p
+                    if velocity:
+                        mu = _per_trial(momentum, p)
+                        v = velocity[name]
+                        v.mul_(mu).add_(g)
+                        g = torch.where(_per_trial(nesterov, p).bool(), g + mu * v, torch.where(mu > 0, v, g))
+                    p.sub_(_per_trial(lrs, p) * g)
+            loss_sum += loss.detach()
+            step, samples = step + 1, samples + len(ys[0])
+
+        base.eval()
+        results = {}
+        with torch.inference_mode():
+            for split, xs_, ys_ in (
+                ("train", data.train_x, data.train_y),
+                ("test", data.test_x, data.test_y),
+            ):
+                per_sample, correct = [], torch.zeros(n_trials, device=device)
+                for xb, yb in data_module.eval_batches(xs_, ys_, data, cfg0.trainer.eval_batch_size, layout):
+                    logits = eval_forward(params, buffers, xb).float()
+                    per_sample.append(
+                        F.cross_entropy(logits.transpose(1, 2), yb.expand(n_trials, -1), reduction="none")
+                    )
+                    correct += (logits.argmax(-1) == yb).sum(1)
+                losses = torch.cat(per_sample, dim=1)
+                results[split] = (losses, losses.mean(1).tolist(), (correct / len(ys_)).tolist())
+        now = time.perf_counter()
+        finite = torch.isfinite(loss_sum).tolist()
+        for t, record in enumerate(records):
+            if status[t] != "completed":
+                continue  # diverged earlier: its record ended there
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "lr": lr_at[t](step - 1),
+                "train_loss": results["train"][1][t],
+                "train_acc": results["train"][2][t],
+                "test_loss": results["test"][1][t],
+                "test_acc": results["test"][2][t],
+                "samples": samples,
+                "time_s": round(now - t_start, 4),
+                "epoch_time_s": round(now - t_epoch, 4),
+            }
+            diverged = not (
+                finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+            )
+            if epoch in keep or diverged:
+                record.write_losses(
+                    epoch, results["train"][0][t], results["test"][0][t], cfgs[t].trainer.keep_sample_losses
+                )
+            record.append_metrics(row)
+            if diverged:
+                status[t] = "diverged"
+                log.warning("trial %s: non-finite loss at epoch %d (status diverged)", record.dir, epoch)
+            elif cfgs[t].trainer.checkpoint:
+                record.save_checkpoint(
+                    _solo_checkpoint(
+                        cfgs[t],
+                        t,
+                        epoch,
+                        step,
+                        lr_at[t](step),
+                        params,
+                        buffers,
+                        velocity,
+                        generators[t],
+                        base,
+                    )
+                )
+        log.info("epoch %d/%d: %d fused trials, test_acc %s (%.1fs)", epoch, epochs, n_trials,
+                 " ".join(f"{a:.4f}" for a in results["test"][2]), now - t_epoch)  # fmt: skip
+        if all(s != "completed" for s in status):
+            break
+    return [{"status": s, **info} for s in status]
+
+
+def _solo_checkpoint(cfg, t, epoch, step, next_lr, params, buffers, velocity, generator, base) -> dict:
+    """Trial t's state in exactly the layout train.train() saves, so a solo run can resume it."""
+    net = copy.deepcopy(base).to_empty(device=next(iter(params.values())).device)
+    net.load_state_dict({**{k: v[t] for k, v in params.items()}, **{k: v[t] for k, v in buffers.items()}})
+    optimizer = build.optimizer(cfg, net.parameters())
+    for (name, _), p in zip(params.items(), net.parameters(), strict=True):
+        if name in velocity and cfg.optim.momentum > 0:
+            optimizer.state[p]["momentum_buffer"] = velocity[name][t].clone()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scheduler.last_epoch, scheduler._step_count = step, step + 1
+    optimizer.param_groups[0]["lr"] = next_lr  # as after the solo loop's scheduler.step()
+    return {
+        "epoch": epoch,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        | {"lr_lambdas": [None]},
+        "generator": generator.get_state(),
+        "cpu_rng": torch.get_rng_state(),
+    }
+
+
+def run_group(cfgs: list[DictConfig], run_dirs, overrides, job_nums) -> list[dict]:
+    """Like train.run for each trial: skip ended runs, resume unfinished ones solo, fuse the rest."""
+    from sweeper import train
+
+    summaries: list[dict | None] = [None] * len(cfgs)
+    fresh: list[tuple[int, RunLog]] = []
+    for i, cfg in enumerate(cfgs):
+        if (
+            (run_dirs[i] / "checkpoint.pt").exists()
+            and not (run_dirs[i] / "summary.json").exists()
+            and cfg.trainer.resume
+        ):
+            summaries[i] = train.run(
+                cfg, run_dirs[i], overrides[i], job_nums[i]
+            )  # resumes from its checkpoint
+            continue
+        record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i])
+        if ended is not None:
+            summaries[i] = ended
+        else:
+            fresh.append((i, record))
+    if fresh:
+        group = [cfgs[i] for i, _ in fresh]
+        records = [r for _, r in fresh]
+        try:
+            outcomes = train_group(group, records) if len(group) > 1 else [train.train(group[0], records[0])]
+            for (i, record), outcome in zip(fresh, outcomes, strict=True):
+                summaries[i] = train.close_record(record, cfgs[i], outcome)
+        except Exception as e:  # the whole group failed together: each trial says so
+            for i, record in fresh:
+                summaries[i] = train.close_record(record, cfgs[i], {}, e)
+    return summaries

@@ -1,0 +1,76 @@
+"""Fused trials (vmap over stacked models) compute what solo runs compute, each with its own record."""
+
+import json
+
+import pytest
+import torch
+
+from sweeper import fused, train
+from tests.conftest import compose_cfg
+
+TRIALS = [
+    ["lr=0.1"],
+    ["lr=0.05", "optim.momentum=0.9"],
+    ["lr=0.1", "trainer.seed=1", "schedule=step", "schedule.epoch=1", "schedule.lr2=0.02"],
+]
+COMMON = ["trainer.epochs=2", "data.augment=true", "trainer.channels_last=false"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fused_trials_match_the_same_trials_run_alone(tmp_path):
+    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS]
+    assert fused.fusable(cfgs) is None
+    fused_dirs = [tmp_path / "fused" / str(i) for i in range(len(cfgs))]
+    summaries = fused.run_group(cfgs, fused_dirs, [[]] * len(cfgs), [0, 1, 2])
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert all(s["fused_trials"] == 3 for s in summaries)
+    for i, cfg in enumerate(cfgs):
+        train.run(cfg, tmp_path / "solo" / str(i))
+        solo, together = rows(tmp_path / "solo" / str(i)), rows(fused_dirs[i])
+        assert [r["epoch"] for r in together] == [1, 2]
+        for a, b in zip(solo, together, strict=True):
+            for key in ("lr", "step", "samples"):
+                assert a[key] == b[key]
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
+        # a complete record, in the solo format
+        assert {p.name for p in fused_dirs[i].iterdir()} >= {
+            "config.json",
+            "job.json",
+            "metrics.jsonl",
+            "losses.npz",
+            "summary.json",
+            "checkpoint.pt",
+        }
+
+
+def test_a_fused_checkpoint_resumes_solo(tmp_path):
+    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS[:2]]
+    dirs = [tmp_path / str(i) for i in range(2)]
+    fused.run_group(
+        [compose_cfg(*COMMON[1:], "trainer.epochs=1", "trainer.channels_last=false", *t) for t in TRIALS[:2]],
+        dirs,
+        [[]] * 2,
+        [0, 1],
+    )
+    for d in dirs:  # pretend the 2-epoch group was interrupted after epoch 1
+        (d / "summary.json").unlink()
+        config = json.loads((d / "config.json").read_text())
+        config["trainer"]["epochs"] = 2
+        (d / "config.json").write_text(json.dumps(config))
+    fused.run_group(cfgs, dirs, [[]] * 2, [0, 1])
+    for i, cfg in enumerate(cfgs):
+        train.run(cfg, tmp_path / f"solo{i}")
+        resumed, solo = rows(dirs[i]), rows(tmp_path / f"solo{i}")
+        assert [r["epoch"] for r in resumed] == [1, 2]
+        assert resumed[-1]["test_loss"] == pytest.approx(solo[-1]["test_loss"], rel=2e-3)
+
+
+def test_unfusable_groups_say_why():
+    assert "optim=sgd" in fused.fusable([compose_cfg("optim=adam"), compose_cfg()])
+    assert "share model" in fused.fusable([compose_cfg("model.channels=8"), compose_cfg()])
+    assert "batch_norm" in fused.fusable([compose_cfg("model.batch_norm=true")])
+    assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
