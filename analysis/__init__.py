@@ -6,6 +6,7 @@
 
     python -m analysis SWEEP_DIR [--out DIR]     # report.md, PNGs, CSV/parquet tables
     python -m analysis status SWEEP_DIR          # where the jobs stand
+    python -m analysis.reproduction ROOT [--out docs]   # the lecture's claims against ROOT/lecture_*
 
 The input format is docs/run-record.md; nothing else is read. The plotting names are imported
 on first use, so loading and `status` do not pay for matplotlib and seaborn.

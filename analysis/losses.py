@@ -31,6 +31,18 @@ def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame
         return None, None, f"losses.npz unreadable ({type(err).__name__}: {err})"
 
 
+def read_sample_losses(run_dir: Path, epoch: int) -> dict[str, np.ndarray] | None:
+    """The raw per-sample losses of one kept epoch (sample_losses/epoch_NNN.npz), data-set order:
+    {"train": (N_train,), "test": (N_test,)} float32, or None when the run did not keep them
+    (trainer.keep_sample_losses=false) or the file is unreadable."""
+    path = Path(run_dir) / "sample_losses" / f"epoch_{int(epoch):03d}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {split: npz[split] for split in ("train", "test")}
+    except (OSError, ValueError, EOFError, KeyError):
+        return None
+
+
 def _hist_frame(a: dict, run: str) -> pd.DataFrame:
     """Columns: run, epoch, split, bin, kind, lo, hi, count, fraction (of that split's samples)."""
     epochs, edges = a["epochs"].astype("int64"), a["bin_edges"].astype("float64")

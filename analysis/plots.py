@@ -331,12 +331,13 @@ def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], f
 
 
 def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = None, max_panels: int = 8,
-                            title: str | None = None) -> Figure:
+                            title: str | None = None, ncols: int = 4) -> Figure:
     """Per-sample loss histograms, train against test, through the kept epochs (small multiples).
 
     x is log10(loss) on the 10-per-decade bins of losses.npz; exact zeros (float32 losses do reach
     0 on memorised samples) get their own slot at the left, labelled "0", with their share written
     above it. y is the fraction of that split's samples, averaged over the runs in `dists`.
+    Panels are laid out `ncols` to a row.
     """
     _require(dists, ["run", "epoch", "split", "bin", "kind", "lo", "hi", "fraction"], "plot_loss_distributions")
     if epochs is not None:
@@ -348,7 +349,7 @@ def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = 
     shown = _panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
     positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
     zero_bin = int(mean.loc[mean["kind"] == "zero", "bin"].iloc[0])
-    ncols = min(4, len(shown))
+    ncols = max(1, min(ncols, len(shown)))
     nrows = math.ceil(len(shown) / ncols)
     fig, axes = _new_figure(nrows, ncols, 3.4, 2.4, sharex=True, sharey=True)
     colors = {"train": "C0", "test": "C1"}

@@ -35,6 +35,11 @@ def expand(config: DictConfig) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+def _grid(jobs: list[list[str]]) -> list[list[str]]:
+    """The jobs without `trainer.resume`: it says how to treat old records, not which runs make the grid."""
+    return [[o for o in job if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"] for job in jobs]
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -45,7 +50,7 @@ class SweepCallback(Callback):
         jobs = expand(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         known = _read_sweep(sweep_dir)
-        if known is not None and [j["overrides"] for j in known["jobs"]] != jobs:
+        if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(jobs):
             fail(
                 f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
                 "resume it with the same overrides, or choose another hydra.sweep.dir"

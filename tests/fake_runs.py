@@ -292,3 +292,153 @@ def _overrides(key: str, value) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [f"{key}=[" + ",".join(map(str, value)) + "]"]
     return [f"{key}={value}"]
+
+
+# --------------------------------------------------------------------------- the lecture's experiments
+
+LECTURE_DATA_ROOT = "/data/cifar10-jpeg.tar.gz"
+# Per-sample loss multipliers with exactly known quantiles: median 1 (the middle element); the test
+# 90th percentile is element 180 of 201, i.e. 10**0.8 times the median.
+TRAIN_SPREAD = np.logspace(-2, 2, 401)
+TEST_SPREAD = np.logspace(-1, 1, 201)
+
+
+def lecture_curves(kind: str, epochs: int = 50, **kw) -> dict[str, np.ndarray]:
+    """Noise-free curves with known answers for the lecture's claims.
+
+    baseline  lr 0.1: train loss 2.0 -> 0.02 (2 decades), test acc 0.32 -> 0.705 at epoch 25 -> 0.69,
+              test loss 1.0 + 0.002 (epoch - 12)^2 (minimum at epoch 12)
+    bounce    lr 0.2: a train loss that goes back up by 1.3x every other epoch, ends at 0.26
+    slow      lr 0.01: train loss 2.3 -> 1.15, test acc 0.209 -> 0.65
+    flat      a baseline that contradicts claims 1, 4 and 5: train loss 2.0 -> 0.9, test acc 0.506 -> 0.8,
+              test loss falling throughout
+    lr2       the baseline to epoch 25, then train loss x `factor` and test acc 0.705 + `delta`
+    subset    `fit`=True: train loss 2.3 -> 0.001 and train acc 1 from epoch 30 (fits from epoch 36);
+              else train loss 2.3 -> 0.5, train acc 0.112 -> 0.7
+    capacity  linear to `train_acc` / `test_acc` at the last epoch
+    """
+    e = np.arange(1, epochs + 1, dtype=float)
+    if kind in ("baseline", "lr2"):
+        train_loss = 2.0 * 0.01 ** ((e - 1) / 49)
+        test_acc = np.where(e <= 20, 0.3 + 0.4 * e / 20, np.where(e <= 25, 0.7 + 0.001 * (e - 20),
+                                                                  0.705 - 0.0006 * (e - 25)))
+        test_loss = 1.0 + 0.002 * (e - 12) ** 2
+        lr = np.full(epochs, 0.1)
+        if kind == "lr2":
+            after = e > 25
+            train_loss = np.where(after, train_loss * kw["factor"], train_loss)
+            test_acc = np.where(after, 0.705 + kw["delta"], test_acc)
+            lr = np.where(after, kw["lr2"], lr)
+        train_acc = 1 - 0.15 * train_loss
+    elif kind == "bounce":
+        train_loss = 2.0 * 0.1 ** ((e - 1) / 49) * np.where(e % 2 == 0, 1.3, 1.0)
+        test_acc = lecture_curves("baseline", epochs)["test_acc"] - 0.03
+        test_loss = lecture_curves("baseline", epochs)["test_loss"] + 0.2
+        train_acc, lr = 1 - 0.15 * train_loss, np.full(epochs, 0.2)
+    elif kind == "slow":
+        train_loss = 2.3 * 0.5 ** ((e - 1) / 49)
+        test_acc = 0.2 + 0.45 * e / 50
+        test_loss = train_loss + 0.1
+        train_acc, lr = 1 - 0.3 * train_loss, np.full(epochs, 0.01)
+    elif kind == "flat":
+        train_loss = 2.0 * 0.45 ** ((e - 1) / 49)
+        test_acc = 0.5 + 0.3 * e / 50
+        test_loss = train_loss + 0.2
+        train_acc, lr = 1 - 0.3 * train_loss, np.full(epochs, 0.1)
+    elif kind == "subset":
+        end = 0.001 if kw["fit"] else 0.5
+        train_loss = 2.3 * (end / 2.3) ** ((e - 1) / 49)
+        train_acc = np.minimum(1.0, 0.1 + 0.9 * (e - 1) / 29) if kw["fit"] else 0.1 + 0.6 * e / 50
+        test_acc = 0.1 + 0.3 * e / 50
+        test_loss = 2.3 - 0.5 * e / 50
+        lr = np.full(epochs, 0.1)
+    elif kind == "capacity":
+        train_acc = 0.2 + (kw["train_acc"] - 0.2) * e / epochs
+        test_acc = 0.2 + (kw["test_acc"] - 0.2) * e / epochs
+        train_loss = -np.log(np.clip(train_acc, 1e-3, 0.999))
+        test_loss = -np.log(np.clip(test_acc, 1e-3, 0.999)) + 0.3
+        lr = np.full(epochs, 0.1)
+    else:
+        raise ValueError(kind)
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "lr": lr}
+
+
+def write_lecture_run(run_dir: Path, curves: dict[str, np.ndarray], config_overrides: dict, overrides: Sequence[str],
+                      job_num: int, done: int | None = None, keep_samples: bool = False,
+                      n_params: int = 107114) -> Path:
+    """One run of a lecture experiment: `done` epochs of `curves` (None: all of them, with summary.json),
+    losses.npz at the default kept epochs with per-sample losses scaled from TRAIN_SPREAD / TEST_SPREAD
+    (medians = the train loss and the test loss of that epoch), raw sample_losses/ with `keep_samples`."""
+    epochs = len(curves["train_loss"])
+    done = epochs if done is None else done
+    config = base_config(**{"data.name": "cifar10", "data.root": LECTURE_DATA_ROOT, "trainer.epochs": epochs,
+                            "trainer.sample_loss_epochs": kept_epochs(epochs),
+                            "trainer.keep_sample_losses": keep_samples, **config_overrides})
+    rows = metric_rows(*(curves[k][:done].tolist() for k in ("train_loss", "test_loss", "train_acc", "test_acc")),
+                       lr=curves["lr"][:done].tolist(), steps_per_epoch=500, epoch_time_s=20.0)
+    kept = [k for k in kept_epochs(epochs) if k <= done]
+    train = [curves["train_loss"][k - 1] * TRAIN_SPREAD for k in kept]
+    test = [curves["test_loss"][k - 1] * TEST_SPREAD for k in kept]
+    losses = losses_arrays(kept, train, test) if kept else None
+    summary = summary_record(rows, epochs=epochs, n_params=n_params, host="node-test") if done == epochs else None
+    run_dir = write_run(run_dir, config, rows, summary, job_record(overrides, job_num), losses)
+    if keep_samples:
+        (run_dir / "sample_losses").mkdir(exist_ok=True)
+        for k, tr, te in zip(kept, train, test, strict=True):
+            np.savez(run_dir / "sample_losses" / f"epoch_{k:03d}.npz", train=tr.astype(np.float32),
+                     test=te.astype(np.float32))
+    return run_dir
+
+
+LR2 = {0.07: {"factor": 0.5, "delta": 0.005}, 0.05: {"factor": 0.3, "delta": 0.015},
+       0.02: {"factor": 0.7, "delta": -0.005}}
+CAPACITY = {(1, 16): (0.60, 0.55), (1, 32): (0.80, 0.66), (2, 16): (0.85, 0.70), (2, 32): (0.99, 0.66)}
+
+
+def make_lecture_root(root: Path, experiments: Sequence[str], baseline: str = "baseline",
+                      running: dict[str, dict[int, int]] | None = None,
+                      not_started: dict[str, Sequence[int]] | None = None) -> Path:
+    """Sweep dirs ROOT/<experiment> of the lecture's experiments with lecture_curves' known answers.
+
+    `baseline` is the curve kind of lecture_lr's lr=0.1 run ("flat" contradicts claims 1, 4, 5).
+    `running` = {experiment: {job: epochs done}}: those jobs have no summary.json yet;
+    `not_started` = {experiment: [job, ...]}: listed in sweep.json, no run dir.
+    Experiments: lecture_lr, lecture_lr2, lecture_test_loss, lecture_overfit_subset, lecture_capacity.
+    """
+    root = Path(root)
+    running, not_started = running or {}, not_started or {}
+    for name in experiments:
+        jobs: list[tuple[list[str], dict, dict, dict]] = []  # overrides, config overrides, curves, extra
+        if name == "lecture_lr":
+            for lr, kind in ((0.2, "bounce"), (0.1, baseline), (0.01, "slow")):
+                jobs.append(([f"lr={lr}"], {"lr": lr}, lecture_curves(kind), {"keep_samples": True}))
+        elif name == "lecture_lr2":
+            for lr2, kw in LR2.items():
+                config = {"schedule.name": "step", "schedule.epoch": 25, "schedule.lr2": lr2}
+                jobs.append(([f"schedule.lr2={lr2}"], config, lecture_curves("lr2", lr2=lr2, **kw), {}))
+        elif name == "lecture_test_loss":
+            for seed in (0, 1, 2):
+                curves = lecture_curves("baseline")
+                curves["test_acc"] = curves["test_acc"] + 0.001 * seed
+                jobs.append(([f"trainer.seed={seed}"], {"trainer.seed": seed}, curves, {}))
+        elif name == "lecture_overfit_subset":
+            for channels, fit, n_params in ((8, False, 18834), (32, True, 107106)):
+                jobs.append(([f"model.channels={channels}"], {"model.channels": channels, "data.train_size": 1000},
+                             lecture_curves("subset", fit=fit), {"n_params": n_params}))
+        elif name == "lecture_capacity":
+            for (layers, channels), (train_acc, test_acc) in CAPACITY.items():
+                config = {"model.conv_layers": layers, "model.channels": channels, "model.kernel_size": 5,
+                          "model.padding": "same", "model.pool": 2}
+                jobs.append(([f"model.conv_layers={layers}", f"model.channels={channels}", "model.kernel_size=5"],
+                             config, lecture_curves("capacity", train_acc=train_acc, test_acc=test_acc),
+                             {"n_params": 5000 * layers * channels}))
+        else:
+            raise ValueError(f"no fake for {name}")
+        sweep_dir = root / name
+        write_sweep_json(sweep_dir, [[*o, f"experiment={name}"] for o, *_ in jobs])
+        for num, (overrides, config, curves, extra) in enumerate(jobs):
+            if num in not_started.get(name, ()):
+                continue
+            write_lecture_run(sweep_dir / str(num), curves, config, [*overrides, f"experiment={name}"], num,
+                              done=running.get(name, {}).get(num), **extra)
+    return root

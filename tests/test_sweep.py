@@ -78,6 +78,19 @@ def test_rerunning_a_sweep_skips_completed_runs_and_refuses_another_grid(tmp_pat
     assert "holds a sweep of another grid" in other.stderr
 
 
+def test_trainer_resume_false_reruns_the_same_grid_and_keeps_the_old_records(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    old = {n: (sweep_dir / str(n) / "metrics.jsonl").read_bytes() for n in (0, 1)}
+    again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05", "trainer.resume=false")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 jobs: 2 completed" in again.stdout
+    for n in (0, 1):
+        # the earlier record is set aside, byte for byte, and the run trained again beside it
+        assert (sweep_dir / str(n) / "attempts" / "1" / "metrics.jsonl").read_bytes() == old[n]
+        assert json.loads((sweep_dir / str(n) / "summary.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize(
     "name", sorted(f.stem for f in (CONF / "experiment").glob("lecture_*.yaml")) + ["demo"]
 )

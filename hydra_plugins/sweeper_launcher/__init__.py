@@ -1,0 +1,1 @@
+"""The project's Hydra launchers (conf/hydra/launcher/slurm_gpu*.yaml); see launcher.py."""

@@ -1,0 +1,235 @@
+"""hydra-submitit-launcher's launchers with two additions, behind the project's SLURM presets.
+
+    python -m sweeper -m hydra/launcher=slurm_gpu experiment=lecture_lr2
+    python -m sweeper -m hydra/launcher=slurm_gpu_packed model.channels=8,16,32,64 lr=0.1,0.05
+
+* Packing: `hydra.launcher.jobs_per_task=K` puts K grid jobs into each array task. They run at
+  once, each in its own process, and share the task's GPU(s) and CPUs: a small convnet leaves an
+  H100 mostly idle, so K jobs in one task take about the time of one.
+* A job that ends without a result (cancelled, killed for memory, out of requeues) is logged with
+  the path of its SLURM log instead of aborting the sweep: the sweep callback still prints its
+  summary from the run records, which say what happened, and exits 1.
+
+Everything else is upstream's: the parameters (the same keys as `submitit_slurm`), one SLURM array
+per grid, and submitit's checkpoint hook, which requeues a preempted or timed-out task; the rerun
+resumes every run of the task from its checkpoint.pt (sweeper.train.run).
+"""
+
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
+# in sys.modules, and dataclasses then cannot resolve string annotations.
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+LOST = "lost"  # what a job that produced no result returns to the sweep
+
+
+@dataclass
+class SweeperSlurmConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.sweeper_launcher.launcher.SweeperSlurmLauncher"
+    # grid jobs per array task, run at once in one process each, sharing the task's resources
+    jobs_per_task: int = 1
+
+
+@dataclass
+class SweeperLocalConf(LocalQueueConf):
+    _target_: str = "hydra_plugins.sweeper_launcher.launcher.SweeperLocalLauncher"
+    jobs_per_task: int = 1
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="sweeper_slurm", node=SweeperSlurmConf(), provider="sweeper"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher", name="sweeper_local", node=SweeperLocalConf(), provider="sweeper"
+)
+
+# A call of the launcher for one grid job: (overrides, job_dir_key, job_num, job_id, singletons).
+Call = tuple[list[str], str, int, str, dict]
+
+
+class _Launcher(BaseSubmititLauncher):
+    def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
+        if isinstance(jobs_per_task, bool) or not isinstance(jobs_per_task, int) or jobs_per_task < 1:
+            raise ValueError(
+                f"hydra.launcher.jobs_per_task={jobs_per_task!r} is invalid: must be an integer >= 1"
+            )
+        super().__init__(**params)
+        self.jobs_per_task = jobs_per_task
+
+    def executor(self):
+        """The submitit executor, given the parameters exactly as hydra-submitit-launcher gives them."""
+        import submitit
+
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        init = {"folder": self.params["submitit_folder"]}
+        init.update({f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k == "max_num_timeout"})
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                k if k in shared else f"{self._EXECUTOR}_{k}": v
+                for k, v in self.params.items()
+                if k not in init_keys
+            }
+        )
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        assert self.config is not None and len(job_overrides) > 0
+        executor = self.executor()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        calls: list[Call] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            calls.append(
+                (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+            )
+
+        k = self.jobs_per_task
+        if k == 1:  # one array task per job, as upstream
+            groups = [[call] for call in calls]
+            jobs = executor.map_array(self, *zip(*calls, strict=True))
+        else:
+            groups = [calls[i : i + k] for i in range(0, len(calls), k)]
+            jobs = executor.map_array(Pack(self), groups)
+            log.info(f"{len(calls)} jobs, {k} per array task: {len(groups)} tasks")
+
+        results = []
+        for job, group in zip(jobs, groups, strict=True):
+            try:
+                returned = job.results()[0]
+                returned = returned if k > 1 else [returned]
+            except Exception as e:  # no result at all: cancelled, killed, out of requeues
+                returned = [_failed(call[0], e) for call in group]
+            for call, ret in zip(group, returned, strict=True):
+                results.append(self._settle(ret, call, job))
+        return results
+
+    def _settle(self, ret: JobReturn, call: Call, job) -> JobReturn:
+        """The job's return, or, for a job that failed outside the run, a stand-in that lets the
+        sweep go on to its summary (the run record, not this value, decides the sweep's status)."""
+        if ret.status == JobStatus.COMPLETED:
+            return ret
+        error = ret._return_value
+        lines = str(error).strip().splitlines()
+        log.error(
+            f"job #{call[2]} ({' '.join(filter_overrides(call[0]))}) ended without a result: "
+            f"{type(error).__name__}: {lines[0] if lines else ''}  (log: {job.paths.stderr})"
+        )
+        return JobReturn(overrides=call[0], status=JobStatus.COMPLETED, _return_value=LOST)
+
+
+class SweeperSlurmLauncher(_Launcher):
+    _EXECUTOR = "slurm"
+
+
+class SweeperLocalLauncher(_Launcher):
+    _EXECUTOR = "local"
+
+
+class Pack:
+    """One array task's share of the grid: its jobs run at once, one process each.
+
+    The processes inherit the task's environment, so they see the same GPU(s)
+    (CUDA_VISIBLE_DEVICES) and split its CPUs (OMP_NUM_THREADS). A requeued task reruns the whole
+    pack; each run then skips, resumes or reruns itself from its record (sweeper.train.run).
+    """
+
+    def __init__(self, launcher: _Launcher) -> None:
+        import cloudpickle  # submitit's own pickler: the task function may live in __main__
+
+        # Kept pickled: the task's own process only starts the jobs, without importing their code.
+        self.launcher = cloudpickle.dumps(launcher)
+
+    def __call__(self, calls: list[Call]) -> list[JobReturn]:
+        import multiprocessing
+
+        import cloudpickle
+
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or threads
+        threads = max(1, _task_cpus() // len(calls))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        print(
+            f"sweeper: jobs {', '.join(str(c[2]) for c in calls)} packed in this task, one process each, "
+            f"{threads} CPU threads each, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES', 'none')}",
+            flush=True,
+        )
+        running = []
+        try:
+            for call in calls:
+                receive, send = ctx.Pipe(duplex=False)
+                args = (self.launcher, cloudpickle.dumps(call), send)
+                process = ctx.Process(target=_run_one, args=args, name=f"job{call[2]}")
+                process.start()
+                send.close()  # the child holds the only sending end: its exit means EOF here
+                running.append((process, receive))
+            out = []
+            for call, (process, receive) in zip(calls, running, strict=True):
+                try:
+                    ret = cloudpickle.loads(receive.recv_bytes())
+                except EOFError:  # the process died without an answer (killed, out of memory)
+                    process.join()
+                    ret = _failed(call[0], RuntimeError(f"job process exited with code {process.exitcode}"))
+                out.append(ret)
+            for process, _ in running:
+                process.join()
+            return out
+        finally:  # on the way out of a preempted task (SystemExit from submitit), leave no orphans
+            for process, _ in running:
+                if process.is_alive():
+                    process.kill()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's hook on preemption or timeout: requeue the same pack."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _run_one(launcher: bytes, call: bytes, send) -> None:
+    # SLURM signals every process of the task. The task's main process (submitit) decides what a
+    # signal means (USR2: checkpoint and requeue); a job process trains on until that happens.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    import cloudpickle
+
+    launcher, call = cloudpickle.loads(launcher), cloudpickle.loads(call)
+    try:
+        ret = launcher(*call)
+    except BaseException as e:  # reported to the task, which reports it to the sweep
+        ret = _failed(call[0], e)
+    try:
+        answer = cloudpickle.dumps(ret)
+    except Exception as e:  # an unpicklable return value or exception
+        answer = cloudpickle.dumps(_failed(call[0], RuntimeError(f"unpicklable job return: {e!r}")))
+    send.send_bytes(answer)
+    send.close()
+
+
+def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
+
+
+def _task_cpus() -> int:
+    try:
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))

@@ -1,0 +1,202 @@
+"""python -m analysis.reproduction: the lecture's claims, checked on generated experiments with known answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.reproduction import main
+from tests.fake_runs import TEST_SPREAD, lecture_curves, make_lecture_root
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALL_FIGURES = {"claim1.png", "claim2.png", "claim3.png", "claim4.png", "claim5.png", "claim6a.png", "claim6b.png"}
+
+
+def section(md: str, key: str) -> str:
+    """The markdown of one claim's section."""
+    start = md.index(f"## Claim {key}:")
+    end = md.find("\n## ", start + 1)
+    return md[start:end]
+
+
+def verdict(md: str, key: str) -> str:
+    match = re.search(r"^\*\*Verdict: (.+?)(\.?\*\*|\*\*.*)$", section(md, key), re.MULTILINE)
+    assert match, section(md, key)
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory) -> tuple[Path, str]:
+    """Every claim testable and supported by lecture_curves; lecture_baseline/_distributions left out."""
+    tmp = tmp_path_factory.mktemp("complete")
+    root = make_lecture_root(tmp / "root", ["lecture_lr", "lecture_lr2", "lecture_test_loss",
+                                            "lecture_overfit_subset", "lecture_capacity"])
+    out = tmp / "docs"
+    assert main([str(root), "--out", str(out)]) == 0
+    return out, (out / "reproduction.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory) -> tuple[Path, Path, str]:
+    """lr=0.01 at epoch 30, lr2=0.05 at epoch 4, lr2=0.02 not started; a baseline that contradicts claims 1, 4, 5;
+    no subset or capacity runs. Written over a report of the complete root, whose extra figures must go."""
+    tmp = tmp_path_factory.mktemp("partial")
+    root = make_lecture_root(tmp / "root", ["lecture_lr", "lecture_lr2"], baseline="flat",
+                             running={"lecture_lr": {2: 30}, "lecture_lr2": {1: 4}},
+                             not_started={"lecture_lr2": [2]})
+    stale_root = make_lecture_root(tmp / "stale", ["lecture_overfit_subset", "lecture_capacity"])
+    out = tmp / "docs"
+    assert main([str(stale_root), "--out", str(out)]) == 0
+    assert {"claim6a.png", "claim6b.png"} <= {p.name for p in (out / "figures").iterdir()}
+    assert main([str(root), "--out", str(out)]) == 0
+    return root, out, (out / "reproduction.md").read_text()
+
+
+def test_every_claim_is_supported_on_the_known_curves(complete):
+    _, md = complete
+    for key in ("1", "2", "3", "4", "5", "6a", "6b"):
+        assert verdict(md, key) == "supported", key
+    summary = md[: md.index("## Machine")]
+    assert summary.count("| supported |") == 7
+
+
+def test_figures_are_small_pngs_linked_relatively(complete):
+    out, md = complete
+    linked = set(re.findall(r"!\[[^]]*\]\(figures/([^)]+)\)", md))
+    assert linked == ALL_FIGURES
+    for name in linked:
+        data = (out / "figures" / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        assert len(data) < 150_000, name
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width <= 800 and height <= 500, (name, width, height)  # dpi 100: at most 8 x 5 inches
+
+
+def test_the_numbers_behind_claims_1_and_2(complete):
+    _, md = complete
+    one = section(md, "1")
+    # lr 0.1: train loss 2 -> 0.02 (2 decades), test acc best 0.705 at epoch 25, 0.690 at the end (-1.5 points)
+    assert "| lr=0.1 | completed | 50/50 | 2 | 0.02 | 2.00 | 0.02 (ep. 50) | 0.705 (ep. 25) | 0.690 | -1.5 |" in one
+    assert "| final test accuracy in [0.6, 0.75] | 0.690 | yes |" in one
+    assert "2.00 decades (2 → 0.02) | yes |" in one
+    assert "SWEEPER_DATA=/data/cifar10-jpeg.tar.gz python -m sweeper -m experiment=lecture_lr hydra.sweep.dir=" in one
+    assert "The dedicated experiment `lecture_baseline` was not run" in one
+    two = section(md, "2")
+    assert "| 0.2 | completed | 50/50 | 2 | 1.7 | 0.26 |" in two
+    assert "2.34 (25)" in two  # 25 rises of log10(1.3) - 1/49 decades
+    assert "2.03 vs 0.858 (2.36×) | yes |" in two
+    assert "lr=0.01: 1.15, lr=0.1: 0.02, lr=0.2: 0.26 | yes |" in two
+
+
+def test_the_numbers_behind_claim_3(complete):
+    _, md = complete
+    three = section(md, "3")
+    assert "| 0.05 | completed | 50/50 | 0.21 | 0.006 (ep. 50) | 0.02 |" in three
+    assert "ranked by final test accuracy: 0.05: 0.720, 0.07: 0.710, 0.02: 0.700." in three
+    assert "| the best lr2 by final test accuracy is the lecture's 0.05 | best: 0.05 | yes |" in three
+    assert "seed-to-seed std of lecture_test_loss, 0.1 points" in three
+
+
+def test_the_numbers_behind_claims_4_and_5(complete):
+    _, md = complete
+    four = section(md, "4")
+    assert "Runs: `lecture_test_loss`, 3 run(s)" in four  # the dedicated experiment wins over lecture_lr
+    assert "| trainer.seed=1 | completed | 1 (ep. 12) | 0.706 (ep. 25) |" in four
+    assert "3/3 runs — trainer.seed=0: loss min at epoch 12, accuracy peak at epoch 25" in four
+    assert "3.89× the minimum, 1.5 points below the best" in four
+    five = section(md, "5")
+    # medians are the train / test loss of that epoch; the test 90th percentile is 10**0.8 x the median
+    baseline = lecture_curves("baseline")
+    test_q90 = baseline["test_loss"][49] * TEST_SPREAD[180]
+    assert f"| 50 (late) | 0.02 | 0.796 | 3.89 | {test_q90:.3g} | 194 |" in five
+    assert "| 10 (early) | 0.858 |" in five
+    assert "| 1 | 2 |" in five and "| 25 | 0.21 |" in five
+    assert "median 42.9× lower at epoch 50 than at epoch 10 | yes |" in five
+    assert "| test | 0.0% | 100.0% | 0.0% | 0.0% |" in five  # sample by sample, from sample_losses/
+
+
+def test_the_numbers_behind_claim_6(complete):
+    _, md = complete
+    six = section(md, "6a")
+    assert "| model.channels=32 | 1000 | 107106 | completed | 50/50 | 0.001 (ep. 50) | 1.000 |" in six
+    assert "fits its training set from epoch 36" in six
+    assert "does not fit in 50 epochs (min train loss 0.5, best train acc 70.0%)" in six
+    cap = section(md, "6b")
+    assert "| 2 | 16 | 5 | 160000 | 0.850 | 0.700 | 0.150 | neither |" in cap
+    assert "| 1 | 16 | 5 | 80000 | 0.600 | 0.550 | 0.050 | underfits |" in cap
+    assert "| 2 | 32 | 5 | 320000 | 0.990 | 0.660 | 0.330 | overfits |" in cap
+
+
+def test_machine_wall_time_experiments_and_rerun(complete):
+    _, md = complete
+    assert "- host: `node-test`" in md and "- torch 2.14.0; python 3.11.7" in md
+    assert "- CPU cores: not recorded in the run record" in md  # another host than this one
+    assert "| lecture_lr | lr=0.1 | completed | 50/50 | 1000 | 16.7 min | 20.0 | summary.json |" in md
+    assert "| `lecture_baseline` |" in md and re.search(r"\| `lecture_distributions` \|[^\n]*\| not run \|", md)
+    rerun = md[md.index("## How to rerun"):]
+    assert "make reproduce" in rerun and "python -m analysis.reproduction" in rerun
+    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
+    assert "JPEG copy of CIFAR-10" in differences
+    assert "**not supported**" not in differences and "**partly supported**" not in differences
+
+
+def test_in_progress_runs_give_partial_instead_of_a_verdict(partial):
+    _, _, md = partial
+    assert verdict(md, "2") == "partial: 30/50 epochs (lr=0.01: running, 30/50)"
+    assert verdict(md, "3") == ("partial: 0/50 epochs (schedule.lr2=0.05: running, 4/50; "
+                                "schedule.lr2=0.02: not started)")
+    three = section(md, "3")
+    assert "| check | observed so far | passes so far |" in three
+    assert "waits for every lr2 run to end | n/a |" in three
+    assert "| lecture_lr2 | schedule.lr2=0.05 | running | 4/50 | 80 | 1.3 min | 20.0 | last metrics line |" in md
+    assert "| lecture_lr | lr=0.01 | running | 30/50 | 600 | 10.0 min | 20.0 | last metrics line |" in md
+
+
+def test_contradicting_numbers_are_not_supported_and_listed_as_differences(partial):
+    _, _, md = partial
+    for key in ("1", "4", "5"):
+        assert verdict(md, key) == "not supported", key
+    one = section(md, "1")
+    assert "| final test accuracy in [0.6, 0.75] | 0.800 | **no** |" in one
+    assert "0.35 decades (2 → 0.9) | **no** |" in one
+    assert "+15.0 points | **no** |" in one
+    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
+    assert "Claim 1 (" in differences and "observed 0.800" in differences and "observed 0.35 decades" in differences
+    assert "Claim 2 has no verdict yet (partial: 30/50 epochs" in differences
+
+
+def test_missing_experiments_are_not_run_with_their_command(partial):
+    root, out, md = partial
+    for key, name in (("6a", "lecture_overfit_subset"), ("6b", "lecture_capacity")):
+        text = section(md, key)
+        assert "**Verdict: not run.**" in text
+        assert f"python -m sweeper -m experiment={name} hydra.sweep.dir={root}/{name}" in text
+    assert "The capacity grid was not run on the real data" in section(md, "6b")
+    assert "its 18 jobs take about 5.0 h" in section(md, "6b")  # 18 x the lr=0.1 run's 1000 s
+    assert {p.name for p in (out / "figures").iterdir()} == {"claim1.png", "claim2.png", "claim3.png",
+                                                              "claim4.png", "claim5.png"}
+
+
+def test_the_module_entry_point_refuses_a_missing_root(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = subprocess.run([sys.executable, "-m", "analysis.reproduction", str(tmp_path / "nope")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr == f"analysis.reproduction: error: {tmp_path / 'nope'}: no such directory\n"
+
+
+def test_a_sweep_whose_jobs_have_not_started_is_partial(tmp_path):
+    root = make_lecture_root(tmp_path / "root", ["lecture_overfit_subset"],
+                             not_started={"lecture_overfit_subset": [0, 1]})
+    assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert verdict(md, "6a") == ("partial: 0/50 epochs (model.channels=8: not started; "
+                                 "model.channels=32: not started)")
+    assert "| `lecture_overfit_subset` |" in md and "| 2 not started |" in md
+    assert not list((tmp_path / "docs" / "figures").iterdir())
