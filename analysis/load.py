@@ -505,6 +505,8 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "started_at": job.get("started_at"),
         "finished_at": summary.get("finished_at"),
         "device": summary.get("device"),
+        "cpu_count": summary.get("cpu_count"),
+        "torch_threads": summary.get("torch_threads"),
     }
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version

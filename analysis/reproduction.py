@@ -907,7 +907,7 @@ def _state(exp: Experiment) -> str:
     return ", ".join(parts)
 
 
-def _machine(exps: dict[str, Experiment]) -> list[str]:
+def _machine(exps: dict[str, Experiment], note: str | None = None) -> list[str]:
     frames = [exp.sweep.runs for exp in exps.values() if exp.sweep is not None]
     if not frames:
         return ["_no runs_", ""]
@@ -917,7 +917,11 @@ def _machine(exps: dict[str, Experiment]) -> list[str]:
     python = sorted({str(v) for v in runs["versions.python"].dropna()}) if "versions.python" in runs else []
     devices = sorted({str(v) for v in runs["device"].dropna()}) if "device" in runs else []
     here = socket.gethostname()
-    if hosts == [here]:
+    recorded = runs.dropna(subset=["cpu_count"]) if "cpu_count" in runs else runs.iloc[:0]
+    if not recorded.empty:
+        cpus = ", ".join(sorted({f"{int(r.cpu_count)} ({int(r.torch_threads)} torch threads)"
+                                 for r in recorded.itertuples()})) + " (summary.json)"
+    elif hosts == [here]:
         cpus = f"{os.cpu_count()} (os.cpu_count() on `{here}`, where this report was written; the run record does not hold it)"
     else:
         cpus = "not recorded in the run record"
@@ -927,7 +931,7 @@ def _machine(exps: dict[str, Experiment]) -> list[str]:
             f"- device: {', '.join(devices) or 'not recorded (no run has finished)'}",
             f"- torch {', '.join(torch) or 'not recorded'}; python {', '.join(python) or 'not recorded'} "
             "(summary.json `versions`)",
-            f"- data: `{name}` from `{root}`", ""]
+            f"- data: `{name}` from `{root}`", *([f"- conditions: {note}"] if note else []), ""]
 
 
 def _wall_times(exps: dict[str, Experiment]) -> list[str]:
@@ -1056,7 +1060,8 @@ def build_claims(exps: dict[str, Experiment]) -> list[Claim]:
             claim_6b(exps, baseline_s)]
 
 
-def write_reproduction(root: str | os.PathLike, out: str | os.PathLike = "docs", shown_root: str | None = None) -> Path:
+def write_reproduction(root: str | os.PathLike, out: str | os.PathLike = "docs", shown_root: str | None = None,
+                       note: str | None = None) -> Path:
     """Write OUT/reproduction.md and OUT/figures/claim*.png for the experiments under ROOT."""
     root, out = Path(root), Path(out)
     shown_root = shown_root or str(root)
@@ -1080,7 +1085,7 @@ def write_reproduction(root: str | os.PathLike, out: str | os.PathLike = "docs",
         source = f"`{claim.source.exp.name}`" if claim.source is not None else f"`{claim.experiments[0]}` not run"
         md.append(f"| [{claim.key}](#claim-{claim.key}-{_anchor(claim.title)}) {claim.title} | {claim.verdict} | "
                   f"{source} |")
-    md += ["", "## Machine", ""] + _machine(exps)
+    md += ["", "## Machine", ""] + _machine(exps, note)
     md += ["## Experiments", "", _table(["experiment", "tests", "state", "sweep dir"],
                                         [[f"`{n}`", EXPERIMENTS[n], _state(e), f"`{e.shown}`" if e.present else "–"]
                                          for n, e in exps.items()]), ""]
@@ -1109,6 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(sweep dirs named after the lecture_* experiments).")
     parser.add_argument("root", metavar="ROOT", help="dir holding lecture_lr/, lecture_lr2/, ... sweep dirs")
     parser.add_argument("--out", default="docs", help="where reproduction.md and figures/ go (default: %(default)s)")
+    parser.add_argument("--note", help="how the runs were made, for the Machine section (load, threads, nice)")
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)
@@ -1121,7 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    path = write_reproduction(args.root, args.out, shown_root=args.root)
+    path = write_reproduction(args.root, args.out, shown_root=args.root, note=args.note)
     print(f"reproduction report: {path}")
     return 0
 

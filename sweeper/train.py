@@ -378,6 +378,9 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         **summarize(record.read_metrics()),
         "epochs": cfg.trainer.epochs,
         "host": socket.gethostname(),
+        # CPU figures depend on both: a 2-core laptop and a 64-core node give different time_s.
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "versions": versions(),
         "error": None if error is None else f"{type(error).__name__}: {error}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -144,6 +145,18 @@ def test_machine_wall_time_experiments_and_rerun(complete):
     differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
     assert "JPEG copy of CIFAR-10" in differences
     assert "**not supported**" not in differences and "**partly supported**" not in differences
+
+
+def test_recorded_cpu_count_and_the_conditions_note_reach_the_machine_section(tmp_path):
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
+    for summary_file in root.glob("lecture_lr/*/summary.json"):
+        summary = json.loads(summary_file.read_text())
+        summary_file.write_text(json.dumps({**summary, "cpu_count": 16, "torch_threads": 1}))
+    out = tmp_path / "docs"
+    assert main([str(root), "--out", str(out), "--note", "one thread each, niced"]) == 0
+    md = (out / "reproduction.md").read_text()
+    assert "- CPU cores: 16 (1 torch threads) (summary.json)" in md
+    assert "- conditions: one thread each, niced" in md
 
 
 def test_in_progress_runs_give_partial_instead_of_a_verdict(partial):

@@ -77,6 +77,7 @@ def test_a_short_run_leaves_a_complete_record(tmp_path):
     assert done["best_test_acc"] == max(r["test_acc"] for r in rows)
     assert done["min_test_loss_epoch"] == min(rows, key=lambda r: r["test_loss"])["epoch"]
     assert done["versions"]["torch"] and done["host"] and done["error"] is None
+    assert done["cpu_count"] >= 1 and done["torch_threads"] >= 1  # CPU timings mean little without them
     assert (tmp_path / "checkpoint.pt").exists()
 
 
