@@ -4,6 +4,8 @@
                  one process per run (bench/naive_train.py)
   (b) bare       a hand-written device-resident loop, all runs in one process (bench/bare_train.py)
   (c) framework  `python -m sweeper -m ...` on the same grid, writing its full run records
+  (d) fused      the same, with `hydra/launcher=pool hydra.launcher.fuse=true`: the jobs of each
+                 sub-grid trained as one vmapped program, each still writing its own record
 
     python bench/bench_train.py                 # CPU size: 3 runs x 2 epochs, 5k synthetic images
     python bench/bench_train.py --size gpu      # the lecture grid: 6 protocols x 50 epochs, CIFAR-shaped
@@ -81,10 +83,10 @@ def run_bare(folder: Path, protocols, epochs: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_framework(protocols, epochs: int, data_args: list[str], out: Path) -> float:
+def run_framework(protocols, epochs: int, data_args: list[str], out: Path, launcher: list[str] = ()) -> float:
     plain = [lr for lr, lr2 in protocols if lr2 is None]
     stepped = [lr2 for lr, lr2 in protocols if lr2 is not None]
-    common = [*data_args, f"trainer.epochs={epochs}", "trainer.checkpoint=true"]
+    common = [*launcher, *data_args, f"trainer.epochs={epochs}", "trainer.checkpoint=true"]
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if plain:
@@ -140,14 +142,19 @@ def main():
         times["bare"] = run_bare(folder, protocols, epochs)
         print(f"(b) bare       {times['bare']:8.1f} s", flush=True)
         times["framework"] = run_framework(protocols, epochs, data_args, folder / "sweeps")
-        print(f"(c) framework  {times['framework']:8.1f} s", flush=True)
+        print(f"(c) framework  {times['framework']:8.1f} s   one process per job (Hydra's basic launcher)", flush=True)
+        fused = ["hydra/launcher=pool", "hydra.launcher.fuse=true"]
+        times["fused"] = run_framework(protocols, epochs, data_args, folder / "fused", fused)
+        print(f"(d) fused      {times['fused']:8.1f} s   hydra/launcher=pool hydra.launcher.fuse=true", flush=True)
 
     print()
     if "naive" in times:
         print(
             f"framework speed-up over naive: {times['naive'] / times['framework']:.2f}x  (target: >= 1.5x CPU, >= 40x GPU)"
         )
+        print(f"fused speed-up over naive:     {times['naive'] / times['fused']:.2f}x")
     print(f"framework / bare loop:         {times['framework'] / times['bare']:.2f}   (target: <= 1.10)")
+    print(f"fused / bare loop:             {times['fused'] / times['bare']:.2f}")
     per_run_epoch = times["framework"] / (len(protocols) * epochs)
     print(
         f"framework per run-epoch:       {per_run_epoch:.2f} s;  grid end to end {times['framework']:.1f} s"

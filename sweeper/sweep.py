@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -63,6 +65,12 @@ class SweepCallback(Callback):
                 fail(f"job {num} ({' '.join(overrides)}): {e}")
             except Exception as e:  # a composition error (unknown key or option) from Hydra
                 fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
+            writer = _live_writer(sweep_dir / str(num))
+            if writer is not None:
+                fail(
+                    f"job {num} ({' '.join(overrides)}): {sweep_dir / str(num)} is being trained by process {writer} "
+                    "on this host; wait for it to end (or stop it) before resuming this sweep"
+                )
             # Resuming into a run dir of another config would mix results: refuse before any job.
             previous = sweep_dir / str(num) / "config.json"
             if job_cfg.trainer.resume and previous.exists():
@@ -115,6 +123,30 @@ class SweepCallback(Callback):
         print(f"report: python -m analysis {sweep_dir}")
         if counts["completed"] != total:
             raise SystemExit(1)
+
+
+def _live_writer(run_dir: Path) -> int | None:
+    """The pid of a process on this host still writing the unfinished run in `run_dir`, else None.
+
+    Two processes appending to one metrics.jsonl would corrupt the run. Only this host's processes
+    can be seen; on a cluster, wait until the earlier array has left the queue (docs/slurm.md).
+    """
+    if (run_dir / "summary.json").exists():
+        return None
+    try:
+        job = json.loads((run_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = job.get("pid") if isinstance(job, dict) else None
+    if job.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        return pid
+    return pid
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:

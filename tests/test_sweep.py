@@ -1,6 +1,7 @@
 """Grids through `python -m sweeper -m`, as a user types them: records, failure isolation, resume."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,27 @@ def test_trainer_resume_false_reruns_the_same_grid_and_keeps_the_old_records(tmp
         # the earlier record is set aside, byte for byte, and the run trained again beside it
         assert (sweep_dir / str(n) / "attempts" / "1" / "metrics.jsonl").read_bytes() == old[n]
         assert json.loads((sweep_dir / str(n) / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    # run 1 looks unfinished and its job.json names a live process on this host (a sweep still
+    # running in another shell): a second writer would interleave lines in its metrics.jsonl
+    (sweep_dir / "1" / "summary.json").unlink()
+    job_file = sweep_dir / "1" / "job.json"
+    with subprocess.Popen(["sleep", "60"]) as writer:
+        try:
+            job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "pid": writer.pid}))
+            again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+        finally:
+            writer.kill()
+    assert again.returncode == 2
+    assert f"is being trained by process {writer.pid} on this host" in again.stderr
+    assert not (sweep_dir / "1" / "summary.json").exists()  # nothing was run
+    # once that process is gone, the same command resumes the run
+    resumed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert resumed.returncode == 0 and "2 jobs: 2 completed" in resumed.stdout
 
 
 @pytest.mark.parametrize(
