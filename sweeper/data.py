@@ -23,7 +23,7 @@ import json
 import os
 import pickle
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class DataError(RuntimeError):
 
 @dataclass
 class Data:
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: torch.Tensor  # (N, C, H, W) uint8, or float32 normalised once `stage`d
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -113,7 +113,23 @@ def _load(cfg) -> Data:
 
 
 def prepare(x_uint8: torch.Tensor, data: Data, dtype=torch.float32) -> torch.Tensor:
+    if x_uint8.is_floating_point():  # staged: normalised once already
+        return x_uint8
     return (x_uint8.to(dtype) - data.mean.to(dtype)) / data.std.to(dtype)
+
+
+def stage(data: Data, memory_format=torch.contiguous_format) -> Data:
+    """The data set normalised to float32 once, in the training layout, on its device.
+
+    A batch is then a single index op instead of index, convert, subtract, divide and re-layout:
+    on a launch-bound GPU those are kernels per step, on the CPU about 5% of a step. The values
+    are bitwise those `prepare` gives per batch (the same elementwise ops, done earlier). Costs
+    4x the uint8 memory (CIFAR-10: 0.74 GB), for the run only; the uint8 copy stays the cache.
+    """
+    def normalised(x):
+        return prepare(x, data).contiguous(memory_format=memory_format)
+
+    return replace(data, train_x=normalised(data.train_x), test_x=normalised(data.test_x))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

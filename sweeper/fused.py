@@ -64,8 +64,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = pick_device(cfg0.trainer.device)
-    data = data_module.load(cfg0.data).to(device)
     layout = memory_format(cfg0, device)
+    data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []
     for cfg in cfgs:  # each trial initialised exactly as its solo run would be
         torch.manual_seed(cfg.trainer.seed)

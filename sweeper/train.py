@@ -87,8 +87,8 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.trainer.seed)
-    data = data_module.load(cfg.data).to(device)
     layout = memory_format(cfg, device)
+    data = data_module.stage(data_module.load(cfg.data).to(device), layout)
     model = build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(
         device, memory_format=layout
     )

@@ -140,6 +140,24 @@ def test_train_size_takes_a_seeded_subset_and_normalises_on_it():
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("do_augment", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_staged_data_gives_bitwise_the_batches_of_per_batch_normalisation(do_augment, layout):
+    d = data_module.load(compose_cfg().data)
+    staged = data_module.stage(d, layout)
+    assert staged.train_x.dtype == torch.float32 and staged.train_x.is_contiguous(memory_format=layout)
+
+    def epoch(data):
+        g = torch.Generator().manual_seed(3)
+        return list(data_module.train_batches(data, 64, g, do_augment, layout))
+
+    for (x, y), (xs, ys) in zip(epoch(d), epoch(staged), strict=True):
+        assert torch.equal(x, xs) and torch.equal(y, ys) and xs.is_contiguous(memory_format=layout)
+    plain = torch.cat([x for x, _ in data_module.eval_batches(d.test_x, d.test_y, d, 100, layout)])
+    fast = torch.cat([x for x, _ in data_module.eval_batches(staged.test_x, staged.test_y, staged, 100, layout)])
+    assert torch.equal(plain, fast)
+
+
 def test_an_epoch_of_batches_covers_every_sample_once():
     d = data_module.load(compose_cfg().data)
     g = torch.Generator().manual_seed(0)
