@@ -97,6 +97,10 @@ def _num(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def _count(value) -> str:
+    return "–" if value is None or is_missing(value) else f"{int(round(float(value))):,}"
+
+
 def _acc(value) -> str:
     return "–" if value is None or is_missing(value) else f"{float(value):.3f}"
 
@@ -788,7 +792,7 @@ def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
         gap = train_acc - test_acc
         s = ("underfits" if train_acc < UNDERFIT_TRAIN_ACC else "overfits" if gap > OVERFIT_GAP else "neither")
         state[tuple(r[k] for k in keys)] = s
-        rows.append([*[format_value(r[k]) for k in keys], _num(part["n_params"].mean(), 6), _acc(train_acc),
+        rows.append([*[format_value(r[k]) for k in keys], _count(part["n_params"].mean()), _acc(train_acc),
                      _acc(test_acc), _acc(gap), s])
     claim.tables.append(_table([*keys, "parameters", "final train acc", "final test acc", "train - test acc",
                                 "state"], rows))
@@ -992,6 +996,18 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
     return md
 
 
+def _user_overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides typed after `experiment=...` that change the protocol (not hydra.*, not paths)."""
+    out = []
+    for item in argv:
+        key, sep, _ = item.partition("=")
+        key = key.lstrip("+~")
+        if sep and key != "experiment" and not key.startswith(("hydra.", "hydra/")) and key not in ("data.root",
+                                                                                                   "data.cache_dir"):
+            out.append(item)
+    return out
+
+
 def _differences(claims: list[Claim], exps: dict[str, Experiment]) -> list[str]:
     md = ["## Differences from the lecture", ""]
     name, root = data_root(exps)
@@ -1012,6 +1028,11 @@ def _differences(claims: list[Claim], exps: dict[str, Experiment]) -> list[str]:
                     "one std)" if several and noise is not None else "")
         items.append(f"{', '.join(f'`{n}`' for n in single)} ran one seed per configuration: differences of about "
                      f"a point of test accuracy between runs are within seed-to-seed noise{measured}.")
+    for exp_name, exp in exps.items():
+        extra = _user_overrides(exp.argv)
+        if exp.present and extra:
+            items.append(f"`{exp_name}` ran with these command-line overrides of its experiment file: "
+                         f"`{' '.join(extra)}`.")
     for claim in claims:
         verdict = claim.verdict
         if verdict in ("not supported", "partly supported"):

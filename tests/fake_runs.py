@@ -159,11 +159,14 @@ def write_run(run_dir: Path, config: dict | None, rows: Sequence[dict] = (), sum
     return run_dir
 
 
-def write_sweep_json(sweep_dir: Path, jobs: Sequence[Sequence[str]], launcher: str = "basic") -> None:
-    """sweep.json plus a minimal Hydra multirun.yaml, as `python -m sweeper -m ...` leaves them."""
+def write_sweep_json(sweep_dir: Path, jobs: Sequence[Sequence[str]], launcher: str = "basic",
+                     argv: Sequence[str] | None = None) -> None:
+    """sweep.json plus a minimal Hydra multirun.yaml, as `python -m sweeper -m ...` leaves them.
+    `argv` is the command line typed (default: every job's overrides, as a typed grid gives them)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    record = {"argv": ["-m", *sorted({o for job in jobs for o in job})], "created_at": "2026-11-26T23:59:00",
+    argv = list(argv) if argv is not None else ["-m", *sorted({o for job in jobs for o in job})]
+    record = {"argv": argv, "created_at": "2026-11-26T23:59:00",
               "launcher": launcher,
               "jobs": [{"num": i, "dir": str(i), "overrides": list(job)} for i, job in enumerate(jobs)]}
     (sweep_dir / "sweep.json").write_text(json.dumps(record))
@@ -397,16 +400,18 @@ CAPACITY = {(1, 16): (0.60, 0.55), (1, 32): (0.80, 0.66), (2, 16): (0.85, 0.70),
 
 def make_lecture_root(root: Path, experiments: Sequence[str], baseline: str = "baseline",
                       running: dict[str, dict[int, int]] | None = None,
-                      not_started: dict[str, Sequence[int]] | None = None) -> Path:
+                      not_started: dict[str, Sequence[int]] | None = None,
+                      typed: dict[str, Sequence[str]] | None = None) -> Path:
     """Sweep dirs ROOT/<experiment> of the lecture's experiments with lecture_curves' known answers.
 
     `baseline` is the curve kind of lecture_lr's lr=0.1 run ("flat" contradicts claims 1, 4, 5).
     `running` = {experiment: {job: epochs done}}: those jobs have no summary.json yet;
-    `not_started` = {experiment: [job, ...]}: listed in sweep.json, no run dir.
+    `not_started` = {experiment: [job, ...]}: listed in sweep.json, no run dir;
+    `typed` = {experiment: [override, ...]}: typed after experiment= (sweep.json's argv only).
     Experiments: lecture_lr, lecture_lr2, lecture_test_loss, lecture_overfit_subset, lecture_capacity.
     """
     root = Path(root)
-    running, not_started = running or {}, not_started or {}
+    running, not_started, typed = running or {}, not_started or {}, typed or {}
     for name in experiments:
         jobs: list[tuple[list[str], dict, dict, dict]] = []  # overrides, config overrides, curves, extra
         if name == "lecture_lr":
@@ -435,7 +440,9 @@ def make_lecture_root(root: Path, experiments: Sequence[str], baseline: str = "b
         else:
             raise ValueError(f"no fake for {name}")
         sweep_dir = root / name
-        write_sweep_json(sweep_dir, [[*o, f"experiment={name}"] for o, *_ in jobs])
+        # An experiment's grid comes from its file: the command line only names it (and the dir).
+        write_sweep_json(sweep_dir, [[*o, f"experiment={name}"] for o, *_ in jobs],
+                         argv=["-m", f"experiment={name}", *typed.get(name, ()), f"hydra.sweep.dir={sweep_dir}"])
         for num, (overrides, config, curves, extra) in enumerate(jobs):
             if num in not_started.get(name, ()):
                 continue

@@ -129,9 +129,9 @@ def test_the_numbers_behind_claim_6(complete):
     assert "fits its training set from epoch 36" in six
     assert "does not fit in 50 epochs (min train loss 0.5, best train acc 70.0%)" in six
     cap = section(md, "6b")
-    assert "| 2 | 16 | 5 | 160000 | 0.850 | 0.700 | 0.150 | neither |" in cap
-    assert "| 1 | 16 | 5 | 80000 | 0.600 | 0.550 | 0.050 | underfits |" in cap
-    assert "| 2 | 32 | 5 | 320000 | 0.990 | 0.660 | 0.330 | overfits |" in cap
+    assert "| 2 | 16 | 5 | 160,000 | 0.850 | 0.700 | 0.150 | neither |" in cap
+    assert "| 1 | 16 | 5 | 80,000 | 0.600 | 0.550 | 0.050 | underfits |" in cap
+    assert "| 2 | 32 | 5 | 320,000 | 0.990 | 0.660 | 0.330 | overfits |" in cap
 
 
 def test_machine_wall_time_experiments_and_rerun(complete):
@@ -145,6 +145,19 @@ def test_machine_wall_time_experiments_and_rerun(complete):
     differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
     assert "JPEG copy of CIFAR-10" in differences
     assert "**not supported**" not in differences and "**partly supported**" not in differences
+
+
+def test_a_reduced_run_names_its_overrides_among_the_differences(tmp_path, complete):
+    _, md = complete
+    assert "command-line overrides" not in md  # the experiments ran as their files say
+    root = make_lecture_root(tmp_path / "root", ["lecture_capacity"],
+                             typed={"lecture_capacity": ["model.channels=16,32", "trainer.epochs=20",
+                                                         "data.root=/somewhere"]})
+    assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "reproduction.md").read_text()
+    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
+    assert ("`lecture_capacity` ran with these command-line overrides of its experiment file: "
+            "`model.channels=16,32 trainer.epochs=20`.") in differences
 
 
 def test_recorded_cpu_count_and_the_conditions_note_reach_the_machine_section(tmp_path):
