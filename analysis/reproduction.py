@@ -996,14 +996,18 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
     return md
 
 
+# Overrides that change where or how a run is done, not what it computes.
+NOT_PROTOCOL = ("experiment", "data.root", "data.cache_dir", "data.download", "trainer.device", "trainer.resume",
+                "trainer.checkpoint", "trainer.keep_sample_losses", "trainer.eval_batch_size")
+
+
 def _user_overrides(argv: Sequence[str]) -> list[str]:
     """The overrides typed after `experiment=...` that change the protocol (not hydra.*, not paths)."""
     out = []
     for item in argv:
         key, sep, _ = item.partition("=")
         key = key.lstrip("+~")
-        if sep and key != "experiment" and not key.startswith(("hydra.", "hydra/")) and key not in ("data.root",
-                                                                                                   "data.cache_dir"):
+        if sep and not item.startswith("-") and key not in NOT_PROTOCOL and not key.startswith(("hydra.", "hydra/")):
             out.append(item)
     return out
 

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.runlog import atomic_write, to_json
-from sweeper.train import config_difference
+from sweeper.train import config_difference, process_started
 from sweeper.validate import ConfigError, check
 
 STATES = ("completed", "diverged", "failed", "running", "missing")
@@ -130,6 +130,7 @@ def _live_writer(run_dir: Path) -> int | None:
 
     Two processes appending to one metrics.jsonl would corrupt the run. Only this host's processes
     can be seen; on a cluster, wait until the earlier array has left the queue (docs/slurm.md).
+    A pid reused by another process after a crash or reboot is told apart by its start time.
     """
     if (run_dir / "summary.json").exists():
         return None
@@ -137,15 +138,20 @@ def _live_writer(run_dir: Path) -> int | None:
         job = json.loads((run_dir / "job.json").read_text())
     except (OSError, ValueError):
         return None
-    pid = job.get("pid") if isinstance(job, dict) else None
-    if job.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+    if not isinstance(job, dict) or job.get("host") != socket.gethostname():
+        return None
+    pid = job.get("pid")
+    if type(pid) is not int or pid <= 0 or pid == os.getpid():
         return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:  # alive, another user's
-        return pid
+        pass
+    started = job.get("pid_started")
+    if started is not None and process_started(pid) != started:
+        return None  # the pid now belongs to another process
     return pid
 
 

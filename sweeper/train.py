@@ -177,15 +177,14 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         test_losses, test_loss, test_acc = evaluate(
             model, data.test_x, data.test_y, data, eval_size, autocast, layout
         )
+        # One read back per epoch; it waits for the queued GPU work, so the epoch's time includes it.
+        metrics = torch.stack([train_loss, train_acc, test_loss, test_acc]).tolist()
         now = time.perf_counter()
         row = {
             "epoch": epoch,
             "step": step,
             "lr": lr,
-            "train_loss": train_loss.item(),
-            "train_acc": train_acc.item(),
-            "test_loss": test_loss.item(),
-            "test_acc": test_acc.item(),
+            **dict(zip(("train_loss", "train_acc", "test_loss", "test_acc"), metrics, strict=True)),
             "samples": samples,
             "time_s": round(time_offset + now - t_start, 4),
             "epoch_time_s": round(now - t_epoch, 4),
@@ -288,11 +287,23 @@ def versions() -> dict:
     }
 
 
+def process_started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); None where
+    unknown (not Linux, or no such process). With the pid it names one process: pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
     env = os.environ
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "pid_started": process_started(os.getpid()),
         "slurm_job_id": env.get("SLURM_JOB_ID"),
         "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
@@ -342,7 +353,8 @@ def open_record(
     record = RunLog(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = record.read_json("config.json")
-    old_job = record.read_json("job.json") or {}
+    old_job = record.read_json("job.json")
+    old_job = old_job if isinstance(old_job, dict) else {}  # a damaged job.json only loses the restart count
     if previous is not None and cfg.trainer.resume:
         diff = config_difference(previous, config)
         if diff:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeper.train import process_started
 from tests.conftest import CONF, TINY, run_cli
 from tests.test_data import write_image_folder
 
@@ -99,9 +100,10 @@ def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_pat
     # running in another shell): a second writer would interleave lines in its metrics.jsonl
     (sweep_dir / "1" / "summary.json").unlink()
     job_file = sweep_dir / "1" / "job.json"
+    job = json.loads(job_file.read_text())
     with subprocess.Popen(["sleep", "60"]) as writer:
         try:
-            job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "pid": writer.pid}))
+            job_file.write_text(json.dumps({**job, "pid": writer.pid, "pid_started": process_started(writer.pid)}))
             again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
         finally:
             writer.kill()
@@ -111,6 +113,36 @@ def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_pat
     # once that process is gone, the same command resumes the run
     resumed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert resumed.returncode == 0 and "2 jobs: 2 completed" in resumed.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+def test_a_pid_reused_by_another_process_after_a_crash_does_not_block_the_resume(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    (sweep_dir / "1" / "summary.json").unlink()  # run 1 crashed (a reboot, a kill -9)
+    job_file = sweep_dir / "1" / "job.json"
+    with subprocess.Popen(["sleep", "60"]) as stranger:
+        try:
+            # its pid now belongs to an unrelated process, which started at another time
+            job = {**json.loads(job_file.read_text()), "pid": stranger.pid,
+                   "pid_started": process_started(stranger.pid) - 1}  # fmt: skip
+            job_file.write_text(json.dumps(job))
+            resumed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+        finally:
+            stranger.kill()
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 jobs: 2 completed" in resumed.stdout
+
+
+def test_an_unreadable_or_foreign_job_json_does_not_stop_a_resume(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    for num, content in ((0, "[1]"), (1, '{"host": "another-node", "pid": 1}')):
+        (sweep_dir / str(num) / "summary.json").unlink()
+        (sweep_dir / str(num) / "job.json").write_text(content)
+    resumed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 jobs: 2 completed" in resumed.stdout
 
 
 @pytest.mark.parametrize(
