@@ -84,6 +84,12 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     nesterov = [bool(cfg.optim.nesterov) for cfg in cfgs]
     decay = [float(cfg.optim.weight_decay) for cfg in cfgs]
     velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
+    # The constant per-trial hyper-parameters, shaped once per parameter (not rebuilt every step).
+    hyper = {
+        k: {"decay": _per_trial(decay, p), "momentum": _per_trial(momentum, p),
+            "nesterov": _per_trial(nesterov, p).bool()}
+        for k, p in params.items()
+    }  # fmt: skip
     l1 = float(cfg0.model.l1)
     keep = kept_epochs(cfg0)
     info = {
@@ -109,16 +115,12 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         t_epoch = time.perf_counter()
         base.train()
         loss_sum = torch.zeros(n_trials, device=device)
-        orders = [torch.randperm(n_train, device=device, generator=g) for g in generators]
-        for start in range(0, n_train, batch_size):
-            xs, ys = [], []
-            for order, g in zip(orders, generators, strict=True):
-                idx = order[start : start + batch_size]
-                x = data_module.prepare(data.train_x[idx], data)
-                if cfg0.data.augment:
-                    x = data_module.augment(x, g)
-                xs.append(x.contiguous(memory_format=layout))
-                ys.append(data.train_y[idx])
+        # Each trial draws its batches exactly as its solo run does, from its own generator.
+        per_trial_batches = [
+            data_module.train_batches(data, batch_size, g, cfg0.data.augment, layout) for g in generators
+        ]
+        for batches in zip(*per_trial_batches, strict=True):
+            xs, ys = zip(*batches, strict=True)
             x, y = torch.stack(xs), torch.stack(ys)
             logits = train_forward(params, buffers, x)
             loss = (
@@ -133,12 +135,12 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
             with torch.no_grad():
                 # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
                 for (name, p), g in zip(params.items(), grads, strict=True):
-                    g = g + _per_trial(decay, p) * p
+                    g = g + hyper[name]["decay"] * p
                     if velocity:
-                        mu = _per_trial(momentum, p)
+                        mu = hyper[name]["momentum"]
                         v = velocity[name]
                         v.mul_(mu).add_(g)
-                        g = torch.where(_per_trial(nesterov, p).bool(), g + mu * v, torch.where(mu > 0, v, g))
+                        g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
                     p.sub_(_per_trial(lrs, p) * g)
             loss_sum += loss.detach()
             step, samples = step + 1, samples + len(ys[0])
