@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -32,6 +31,7 @@ import pandas as pd
 from analysis import diagnostics
 from analysis.cache import read_cache, write_cache
 from analysis.losses import empty_distributions, read_losses
+from sweeper import processes
 
 RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
 # losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
@@ -348,16 +348,9 @@ def format_value(value) -> str:
 
 
 def process_gone(job: dict | None) -> bool:
-    """True when job.json names a process on this host that no longer exists."""
-    if not job or job.get("host") != socket.gethostname() or not isinstance(job.get("pid"), int):
-        return False
-    try:
-        os.kill(job["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists but is not ours
-        return False
-    return False
+    """True when job.json names a process on this host that has ended (its pid gone, or reused
+    by another process: told apart by the recorded start time)."""
+    return processes.on_this_host(job) and not processes.alive(job)
 
 
 def run_status(summary: dict | None, job: dict | None, last_write: float, slowest_epoch_s: float,

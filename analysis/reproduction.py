@@ -998,7 +998,8 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
 
 # Overrides that change where or how a run is done, not what it computes.
 NOT_PROTOCOL = ("experiment", "data.root", "data.cache_dir", "data.download", "trainer.device", "trainer.resume",
-                "trainer.checkpoint", "trainer.keep_sample_losses", "trainer.eval_batch_size")
+                "trainer.checkpoint", "trainer.keep_sample_losses", "trainer.eval_batch_size",
+                "trainer.cuda_graph", "trainer.channels_last")
 
 
 def _user_overrides(argv: Sequence[str]) -> list[str]:

@@ -2,6 +2,9 @@
 
     python bench/bench_layout.py [--threads N] [--steps 40]
 
+On a GPU it also times the framework's own step (sweeper/cuda_graph.py), eager and replayed as
+a CUDA graph, in fp32 and bf16, for both layouts.
+
 Times a training step at batch 100 and an evaluation forward at batch 1000, on the CPU (or the
 GPU when there is one), for both layouts in one run, and prints the ratios. This is the
 measurement behind `trainer.channels_last: auto` (on for the CPU).
@@ -53,6 +56,37 @@ def measure(layout, device, steps: int) -> tuple[float, float]:
     return train_ms, eval_ms
 
 
+def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
+    """ms per training step through the framework's step function, eager or CUDA-graph replayed."""
+    import contextlib
+
+    from sweeper.cuda_graph import Replay, sgd_step
+
+    torch.manual_seed(0)
+    model = ConvNet(in_channels=3, image_size=32, num_classes=10).to("cuda", memory_format=layout)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if precision == "bf16":
+
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    else:
+        autocast = contextlib.nullcontext
+    step = Replay(sgd_step(model, opt, autocast, 0.0), enabled=graph)
+    xs = torch.randn(8, 100, 3, 32, 32, device="cuda")  # a few batches, rotated: not one cached input
+    ys = torch.randint(0, 10, (8, 100), device="cuda")
+    lr = torch.tensor(0.1, device="cuda")
+    loss_sum = torch.zeros((), device="cuda")
+    for i in range(10):  # warm-up, and capture
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(steps):
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss_sum)
+    return (time.perf_counter() - t) / steps * 1e3
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -67,6 +101,13 @@ def main():
     print(f"train step (batch 100):   NCHW {plain[0]:7.1f} ms   channels_last {nhwc[0]:7.1f} ms   speed-up {plain[0] / nhwc[0]:.2f}x")
     print(f"eval forward (batch 1000): NCHW {plain[1]:7.1f} ms   channels_last {nhwc[1]:7.1f} ms   speed-up {plain[1] / nhwc[1]:.2f}x")
     print(f"est. CIFAR-10 epoch (500 steps + 60k eval): NCHW {(plain[0] * 500 + plain[1] * 60) / 1e3:.1f} s, channels_last {(nhwc[0] * 500 + nhwc[1] * 60) / 1e3:.1f} s")
+    if device.type == "cuda":  # the step as the framework runs it: eager, and replayed as a CUDA graph
+        print("framework step (batch 100), ms:  eager   graph   graph speed-up")
+        for precision in ("fp32", "bf16"):
+            for name, layout in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+                eager = measure_step(layout, precision, False, args.steps * 5)
+                graph = measure_step(layout, precision, True, args.steps * 5)
+                print(f"  {precision} {name:<14} {eager:7.3f} {graph:7.3f}   {eager / graph:.2f}x")
 
 
 if __name__ == "__main__":

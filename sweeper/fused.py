@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, models
+from sweeper import build, cuda_graph, models
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import kept_epochs, log, memory_format, pick_device
@@ -44,8 +44,10 @@ def _shared(cfg: DictConfig) -> dict:
 
 def fusable(cfgs: list[DictConfig]) -> str | None:
     """None when the configs can train as one program, else the reason they cannot."""
-    if any(c.optim.name != "sgd" for c in cfgs):
-        return "fused trials need optim=sgd"
+    for c in cfgs:
+        reason = cuda_graph.capturable(c)  # the same update is written here, per trial
+        if reason:
+            return f"fused trials need plain optim=sgd ({reason})"
     if cfgs[0].model.get("batch_norm", False):
         return "fused trials need model.batch_norm=false"
     first = _shared(cfgs[0])
@@ -64,6 +66,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = pick_device(cfg0.trainer.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # streams and CUDA-graph capture act on the current device
     layout = memory_format(cfg0, device)
     data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []
@@ -109,6 +113,41 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     train_forward = torch.vmap(forward, randomness="different")
     eval_forward = torch.vmap(forward, in_dims=(0, 0, None))
 
+    # Every step's per-trial learning rates, computed once and kept on the device: a step then
+    # reads its row there instead of copying host values (which a CUDA graph could not replay).
+    total_steps = steps_per_epoch * epochs
+    lr_table = torch.tensor(
+        [[fn(s) for fn in lr_at] for s in range(total_steps)], dtype=torch.float32, device=device
+    )
+    lr_now = torch.zeros(n_trials, device=device)
+
+    def step_fn(x, y, lr):
+        logits = train_forward(params, buffers, x)
+        loss = (
+            F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+            .view(n_trials, -1)
+            .mean(1)
+        )
+        if l1 > 0:
+            loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
+        grads = torch.autograd.grad(loss.sum(), list(params.values()))
+        with torch.no_grad():
+            # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                g = g + hyper[name]["decay"] * p
+                if velocity:
+                    mu = hyper[name]["momentum"]
+                    v = velocity[name]
+                    v.mul_(mu).add_(g)
+                    g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
+                p.sub_(lr.view(-1, *([1] * (p.dim() - 1))) * g)
+        return loss.detach()
+
+    # On CUDA the fused step is captured once and replayed (sweeper/cuda_graph.py).
+    graph = cuda_graph.wanted(cfg0, device)  # fusable() has checked the update is capturable
+    info["cuda_graph"] = graph
+    fused_step = cuda_graph.Replay(step_fn, graph, required=cfg0.trainer.cuda_graph is True)
+
     status = ["completed"] * n_trials
     step, samples, t_start = 0, 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -121,28 +160,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         ]
         for batches in zip(*per_trial_batches, strict=True):
             xs, ys = zip(*batches, strict=True)
-            x, y = torch.stack(xs), torch.stack(ys)
-            logits = train_forward(params, buffers, x)
-            loss = (
-                F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
-                .view(n_trials, -1)
-                .mean(1)
-            )
-            if l1 > 0:
-                loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
-            grads = torch.autograd.grad(loss.sum(), list(params.values()))
-            lrs = [fn(step) for fn in lr_at]
-            with torch.no_grad():
-                # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
-                for (name, p), g in zip(params.items(), grads, strict=True):
-                    g = g + hyper[name]["decay"] * p
-                    if velocity:
-                        mu = hyper[name]["momentum"]
-                        v = velocity[name]
-                        v.mul_(mu).add_(g)
-                        g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
-                    p.sub_(_per_trial(lrs, p) * g)
-            loss_sum += loss.detach()
+            loss_sum += fused_step(torch.stack(xs), torch.stack(ys), lr_now.copy_(lr_table[step]))
             step, samples = step + 1, samples + len(ys[0])
 
         base.eval()
@@ -208,6 +226,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
                  " ".join(f"{a:.4f}" for a in results["test"][2]), now - t_epoch)  # fmt: skip
         if all(s != "completed" for s in status):
             break
+    info["cuda_graph"] = fused_step.enabled  # false after a failed capture
     return [{"status": s, **info} for s in status]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper import processes
 from sweeper.runlog import atomic_write, to_json
-from sweeper.train import config_difference, process_started
+from sweeper.train import config_difference
 from sweeper.validate import ConfigError, check
 
 STATES = ("completed", "diverged", "failed", "running", "missing")
@@ -138,21 +138,9 @@ def _live_writer(run_dir: Path) -> int | None:
         job = json.loads((run_dir / "job.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(job, dict) or job.get("host") != socket.gethostname():
+    if not processes.on_this_host(job) or job["pid"] == os.getpid() or not processes.alive(job):
         return None
-    pid = job.get("pid")
-    if type(pid) is not int or pid <= 0 or pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    started = job.get("pid_started")
-    if started is not None and process_started(pid) != started:
-        return None  # the pid now belongs to another process
-    return pid
+    return job["pid"]
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:

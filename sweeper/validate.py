@@ -208,6 +208,17 @@ def _check_trainer(cfg, n_train: int) -> None:
         )
     choice(cfg, "trainer.precision", PRECISIONS)
     choice(cfg, "trainer.channels_last", ("auto", True, False))
+    graph = _get(cfg, "trainer.cuda_graph")
+    if not (graph == "auto" or isinstance(graph, bool)):  # not `in`: 0 == False, 1 == True
+        raise ConfigError(f"trainer.cuda_graph={graph!r} is invalid: allowed values are auto, True, False")
+    if graph is True:
+        from sweeper.cuda_graph import capturable
+
+        reason = capturable(cfg)
+        if reason:
+            raise ConfigError(
+                f"trainer.cuda_graph=true cannot capture this run's step: {reason}; use auto or false"
+            )
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume"):
         boolean(cfg, f"trainer.{key}")

@@ -19,6 +19,7 @@ TINY = [
     "data=synthetic",
     "data.n_train=300",
     "data.n_test=100",
+    "data.cache_dir=null",  # generated in-process: nothing written outside tmp_path
     "trainer.epochs=2",
     "trainer.batch_size=50",
     "model.channels=4",
@@ -30,7 +31,7 @@ def compose_cfg(*overrides: str, tiny: bool = True):
     """The project's real config (conf/config.yaml and its groups) with overrides applied."""
     base = TINY if tiny else []
     if any(o.startswith("data=") for o in overrides):  # another data set: keep only the small model
-        base = [o for o in base if not o.startswith("data")]
+        base = [o for o in base if not o.startswith("data") or o.startswith("data.cache_dir")]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose(config_name="config", overrides=[*base, *overrides])
@@ -40,7 +41,8 @@ def run_cli(
     *args: str, cwd: Path, module: str = "sweeper", timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run `python -m <module> ARGS` as a user would, from `cwd` (where outputs/ lands)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -16,6 +16,7 @@ import pytest
 
 import analysis.load
 from analysis.load import NoRunsFound, flatten_config, load_sweep, select_rows, typed_column
+from sweeper.processes import process_started
 from tests.fake_runs import (
     base_config,
     job_record,
@@ -228,10 +229,14 @@ def test_a_run_without_summary_and_no_sign_of_life_is_stalled(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer exists, on this host
     write_run(tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid))
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
     alive = write_run(tmp_path / "alive", base_config(), data, None,
-                      job_record(host=socket.gethostname(), pid=os.getpid()))
-    statuses = load_sweep([old, tmp_path / "dead", alive]).runs.set_index("run")["status"].to_dict()
-    assert statuses == {"old": "stalled", "dead": "stalled", "alive": "running"}
+                      job_record(**me, pid_started=process_started(os.getpid())))
+    # the pid now belongs to another process (this one): started at another time than recorded
+    reused = write_run(tmp_path / "reused", base_config(), data, None,
+                       job_record(**me, pid_started=process_started(os.getpid()) - 1))
+    statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+    assert statuses == {"old": "stalled", "dead": "stalled", "alive": "running", "reused": "stalled"}
 
 
 def test_an_epoch_logged_twice_after_a_restart_keeps_the_later_line(tmp_path):

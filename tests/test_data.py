@@ -131,6 +131,40 @@ def test_synthetic_is_deterministic_cifar_shaped_and_balanced():
     assert a[0].float().std() > 20  # not a flat image
 
 
+def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
+    first = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
+    for a, b in zip(first, data_module.synthetic(200, 50, 3, 0.1), strict=True):
+        assert torch.equal(a, b)  # the cache holds exactly what the generator makes
+    (cache,) = tmp_path.glob("synthetic-*.pt")
+    marked = torch.load(cache, weights_only=True)
+    marked["train_y"] = torch.full_like(marked["train_y"], 7)
+    torch.save(marked, cache)
+    again = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
+    assert (again[1] == 7).all()  # read from the file, not generated again
+    data_module.synthetic_cached(200, 50, 4, 0.1, str(tmp_path))  # another seed: another file
+    assert len(list(tmp_path.glob("synthetic-*.pt"))) == 2
+    assert data_module._cache_file(None, "synthetic-x.pt") is None  # cache_dir null: no file at all
+    assert len(data_module.synthetic_cached(20, 5, 3, 0.1, None)[1]) == 20
+
+
+def test_a_broken_or_unwritable_cache_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
+    (cache,) = tmp_path.glob("synthetic-*.pt")
+    cache.write_bytes(b"truncated by a crash")
+    again = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
+    assert torch.equal(again[0], data_module.synthetic(200, 50, 3, 0.1)[0])  # made again
+    assert torch.load(cache, weights_only=True)["train_x"].shape == (200, 3, 32, 32)  # and rewritten
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    fresh = data_module.synthetic_cached(100, 50, 5, 0.1, str(tmp_path))
+    assert len(fresh[1]) == 100  # the run has its data
+    assert "could not write the data cache" in caplog.text
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".lock", ".pt"]  # no temp file left
+
+
 def test_train_size_takes_a_seeded_subset_and_normalises_on_it():
     cfg = compose_cfg("data.train_size=100")
     d = data_module.load(cfg.data)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.train import process_started
+from sweeper.processes import process_started
 from tests.conftest import CONF, TINY, run_cli
 from tests.test_data import write_image_folder
 
@@ -152,6 +152,7 @@ def test_every_experiment_runs_shrunk(tmp_path, name):
     # The experiments' own grids and protocol, on tiny synthetic data for one or two epochs.
     shrink = [
         "data=synthetic",
+        "data.cache_dir=null",
         "data.n_train=100",
         "data.n_test=50",
         "trainer.epochs=2",

@@ -142,6 +142,7 @@ def test_a_failed_run_is_set_aside_and_rerun(tmp_path):
 def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     args = [
         "data=synthetic",
+        "data.cache_dir=null",
         "data.n_train=1000",
         "data.n_test=200",
         "trainer.epochs=5",
@@ -194,3 +195,11 @@ def test_channels_last_computes_what_the_plain_layout_computes(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_where_data_is_cached_or_whether_the_step_is_graphed_does_not_block_a_resume():
+    config_difference = train.config_difference
+    assert config_difference({"data": {"cache_dir": "/a"}}, {"data": {"cache_dir": "/b"}}) == []
+    # a record made before trainer.cuda_graph existed resumes (the checkpoint format is the same)
+    assert config_difference({"trainer": {}}, {"trainer": {"cuda_graph": "auto"}}) == []
+    assert config_difference({"data": {"n_train": 1}}, {"data": {"n_train": 2}}) == ["data.n_train: 1 -> 2"]

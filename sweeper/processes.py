@@ -1,0 +1,45 @@
+"""Is the process a run's job.json names still the one that wrote it? Pids are reused, so a pid
+is checked together with its start time (job.json `pid_started`).
+
+Torch-free on purpose: the analysis side (status tables) imports it as well as the sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def process_started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); None where
+    unknown (not Linux, or no such process). With the pid it names one process: pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def on_this_host(job: dict | None) -> bool:
+    """job.json names a process (an int pid) on this host: only then can it be looked at."""
+    return (
+        isinstance(job, dict)
+        and job.get("host") == socket.gethostname()
+        and type(job.get("pid")) is int
+        and job["pid"] > 0
+    )
+
+
+def alive(job: dict) -> bool:
+    """The process job.json names (on this host) still runs, and is the same process."""
+    pid = job["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    started = job.get("pid_started")
+    return started is None or process_started(pid) == started  # else the pid was reused
