@@ -66,8 +66,6 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = pick_device(cfg0.trainer.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # streams and CUDA-graph capture act on the current device
     layout = memory_format(cfg0, device)
     data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []

@@ -49,9 +49,16 @@ ENDED = ("completed", "diverged")  # a rerun of the same config would end the sa
 
 
 def pick_device(name: str) -> torch.device:
+    """The run's device. A CUDA device gets its index and is made the current one: streams and
+    CUDA-graph capture act on the current device, whatever device the tensors are on."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
 
 
 def kept_epochs(cfg: DictConfig) -> set[int]:
@@ -89,7 +96,6 @@ def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_fo
 def train(cfg: DictConfig, record: RunLog) -> dict:
     device = pick_device(cfg.trainer.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # streams and CUDA-graph capture act on the current device
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)

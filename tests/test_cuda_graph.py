@@ -98,6 +98,18 @@ def test_only_capturable_optimisers_are_captured_and_true_refuses_the_others():
     assert "dampening" in fused.fusable([compose_cfg("+optim.dampening=0.5"), compose_cfg()])
 
 
+def test_the_runs_cuda_device_is_made_current_with_its_index(monkeypatch):
+    # Streams and capture act on the current device: cuda:1 must not capture on cuda:0.
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert train.pick_device("cuda:1") == torch.device("cuda", 1)
+    assert train.pick_device("auto") == train.pick_device("cuda") == torch.device("cuda", 0)
+    assert made_current == [torch.device("cuda", 1)] + [torch.device("cuda", 0)] * 2
+    assert train.pick_device("cpu") == torch.device("cpu") and len(made_current) == 3
+
+
 def test_replay_off_calls_the_function_every_time():
     calls = []
     replay = cuda_graph.Replay(lambda x: calls.append(1) or x * 2, enabled=False)
