@@ -58,20 +58,13 @@ def measure(layout, device, steps: int) -> tuple[float, float]:
 
 def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
     """ms per training step through the framework's step function, eager or CUDA-graph replayed."""
-    import contextlib
-
     from sweeper.cuda_graph import Replay, sgd_step
+    from sweeper.train import autocast_for
 
     torch.manual_seed(0)
     model = ConvNet(in_channels=3, image_size=32, num_classes=10).to("cuda", memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    if precision == "bf16":
-
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    else:
-        autocast = contextlib.nullcontext
-    step = Replay(sgd_step(model, opt, autocast, 0.0), enabled=graph)
+    step = Replay(sgd_step(model, opt, autocast_for(precision, "cuda"), 0.0), enabled=graph)
     xs = torch.randn(8, 100, 3, 32, 32, device="cuda")  # a few batches, rotated: not one cached input
     ys = torch.randint(0, 10, (8, 100), device="cuda")
     lr = torch.tensor(0.1, device="cuda")

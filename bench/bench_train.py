@@ -112,15 +112,14 @@ def run_framework(protocols, epochs, data_args, out: Path, log, launcher=(), fus
     if stepped:
         cmds.append([sys.executable, "-m", "sweeper", "-m", *common, "schedule=step", f"schedule.epoch={max(1, epochs // 2)}",
                      "lr=0.1", "schedule.lr2=" + ",".join(map(str, stepped)), f"hydra.sweep.dir={out}/stepped"])  # fmt: skip
-    env = ENV
     t0 = time.perf_counter()
     if at_once:
-        procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log) for c in cmds]
+        procs = [subprocess.Popen(c, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=log) for c in cmds]
         if any(proc.wait() != 0 for proc in procs):
             raise RuntimeError("a sweep command failed (see the log)")
     else:
         for c in cmds:
-            subprocess.run(c, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            subprocess.run(c, check=True, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
     wall = time.perf_counter() - t0
     runs = sorted(out.glob("*/*/summary.json"))
     failed = [str(f.parent) for f in runs if json.loads(f.read_text())["status"] != "completed"]

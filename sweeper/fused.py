@@ -143,7 +143,6 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
 
     # On CUDA the fused step is captured once and replayed (sweeper/cuda_graph.py).
     graph = cuda_graph.wanted(cfg0, device)  # fusable() has checked the update is capturable
-    info["cuda_graph"] = graph
     fused_step = cuda_graph.Replay(step_fn, graph, required=cfg0.trainer.cuda_graph is True)
 
     status = ["completed"] * n_trials

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import logging
 import math
@@ -79,6 +80,14 @@ def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
     return torch.channels_last if choice else torch.contiguous_format
 
 
+def autocast_for(precision: str, device_type: str):
+    """`with autocast():` for the run's precision: bf16 autocast, or nothing for fp32."""
+    if precision != "bf16":
+        return contextlib.nullcontext
+    # No weight-cast cache: a CUDA graph must not capture a cache that outlives it.
+    return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
+
+
 @torch.inference_mode()
 def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_format):
     """Per-sample losses (float32, on the device), mean loss and accuracy over a whole split."""
@@ -113,13 +122,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s) / base_lr)
     # One generator drives batch order and augmentation, so its state is all a resume needs.
     generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
-    if cfg.trainer.precision == "bf16":
-
-        def autocast():
-            # No weight-cast cache: a CUDA graph must not capture a cache that outlives it.
-            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = autocast_for(cfg.trainer.precision, device.type)
     l1 = float(cfg.model.l1)
     keep = kept_epochs(cfg)
     graph = cuda_graph.wanted(cfg, device)
