@@ -11,8 +11,8 @@ within float32 rounding.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-Plain SGD (with momentum, nesterov, weight decay) only, no batch norm (running statistics cannot
-be stacked simply); `fusable()` says why a group cannot be fused, and those jobs run solo.
+Plain SGD (with momentum, nesterov, weight decay) only, fp32 only, no batch norm (running
+statistics cannot be stacked simply); `fusable()` says why a group cannot be fused, and those jobs run solo.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
             return f"fused trials need plain optim=sgd ({reason})"
     if cfgs[0].model.get("batch_norm", False):
         return "fused trials need model.batch_norm=false"
+    if cfgs[0].trainer.precision != "fp32":  # the vmapped step has no autocast: bf16 runs solo
+        return "fused trials need trainer.precision=fp32"
     first = _shared(cfgs[0])
     if any(_shared(c) != first for c in cfgs[1:]):
         return "fused trials must share model, data and trainer (all but trainer.seed)"

@@ -73,4 +73,6 @@ def test_unfusable_groups_say_why():
     assert "optim=sgd" in fused.fusable([compose_cfg("optim=adam"), compose_cfg()])
     assert "share model" in fused.fusable([compose_cfg("model.channels=8"), compose_cfg()])
     assert "batch_norm" in fused.fusable([compose_cfg("model.batch_norm=true")])
+    # bf16 jobs would silently train in fp32 in the vmapped step: they run solo, with autocast
+    assert "precision=fp32" in fused.fusable([compose_cfg("trainer.precision=bf16")] * 2)
     assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
