@@ -7,7 +7,7 @@
   (c0)           the same with trainer.cuda_graph=false (GPU size only)            --ways nograph
   (e) pool       `hydra/launcher=pool`, a slot per job on the GPU (GPU size only)
   (d) fused      `hydra/launcher=pool hydra.launcher.fuse=true`: the jobs of each sub-grid
-                 trained as one vmapped program, each still writing its own record
+                 trained as one program (one wide net), each still writing its own record
 
     python bench/bench_train.py                 # CPU size: 3 runs x 4 epochs, 10k synthetic images (about 4 min on 2 cores)
     python bench/bench_train.py --size gpu      # the lecture grid: 6 protocols x 50 epochs, CIFAR-shaped

@@ -1,13 +1,14 @@
-"""Several trials of one architecture trained as one program: torch.func stacking + vmap.
+"""Several trials of one architecture trained as one program, a kernel per layer for all of them.
 
 A small convnet cannot fill a GPU, and its step is bound by kernel launches, not arithmetic.
 Trials that share the architecture, the data and the trainer -- and differ only in optimisation
 hyper-parameters (lr, schedule, momentum, weight decay) and seed -- are stacked along a leading
-trial dimension, so one launch does the work of all of them. Each trial keeps its own
-initialisation, batch order and augmentation (its own seed), its own learning-rate schedule, and
-writes its own complete run record, in the same format and with the same checkpoints as a solo
-run (so an interrupted fused trial resumes solo). Its curves match the same trial run alone,
-within float32 rounding.
+trial dimension and run through one wide copy of the net (sweeper/stacked.py: grouped
+convolutions, batched matmuls), so one launch does the work of all of them. Each trial keeps its
+own initialisation, batch order and augmentation (its own seed), its own learning-rate schedule,
+and writes its own complete run record, in the same format and with the same checkpoints as a
+solo run (so an interrupted fused trial resumes solo). Its curves match the same trial run
+alone, within float32 rounding. Trials that share a seed share their batches: one is drawn for all.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, models
+from sweeper import build, cuda_graph, host_memory, models, stacked
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import kept_epochs, log, memory_format, pick_device
@@ -50,11 +51,17 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
             return f"fused trials need plain optim=sgd ({reason})"
     if cfgs[0].model.get("batch_norm", False):
         return "fused trials need model.batch_norm=false"
-    if cfgs[0].trainer.precision != "fp32":  # the vmapped step has no autocast: bf16 runs solo
+    if cfgs[0].trainer.precision != "fp32":  # the fused step has no autocast: bf16 runs solo
         return "fused trials need trainer.precision=fp32"
     first = _shared(cfgs[0])
     if any(_shared(c) != first for c in cfgs[1:]):
         return "fused trials must share model, data and trainer (all but trainer.seed)"
+    try:  # the net's layers, built without memory: can one wide net compute every trial?
+        with torch.device("meta"):
+            net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)  # both data sets are CIFAR-shaped
+        stacked.widen(net, 2)
+    except stacked.UnsupportedLayer as e:
+        return str(e)
     return None
 
 
@@ -68,6 +75,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = pick_device(cfg0.trainer.device)
+    if device.type == "cpu":
+        host_memory.keep_freed_buffers()  # as train.train: reuse the steps' large buffers
     layout = memory_format(cfg0, device)
     data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []
@@ -79,11 +88,17 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
             )
         )
     params, buffers = stack_module_state(nets)
-    base = copy.deepcopy(nets[0]).to("meta")
+    base = copy.deepcopy(nets[0]).to("meta")  # a solo net's structure, for the solo checkpoints
+    wide = stacked.widen(copy.deepcopy(base), n_trials)  # all trials' forward, one kernel per layer
     n_train, batch_size, epochs = len(data.train_y), cfg0.trainer.batch_size, cfg0.trainer.epochs
     steps_per_epoch = math.ceil(n_train / batch_size)
     lr_at = [build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs) for cfg in cfgs]
+    # Trials of one seed draw the same batches (and augmentations) in their solo runs: draw them
+    # once, from one generator whose state each trial's checkpoint then holds.
+    shared_batches = len({int(cfg.trainer.seed) for cfg in cfgs}) == 1
     generators = [torch.Generator(device=device).manual_seed(cfg.trainer.seed) for cfg in cfgs]
+    if shared_batches:
+        generators = generators[:1] * n_trials
     momentum = [float(cfg.optim.momentum) for cfg in cfgs]
     nesterov = [bool(cfg.optim.nesterov) for cfg in cfgs]
     decay = [float(cfg.optim.weight_decay) for cfg in cfgs]
@@ -106,12 +121,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     }
     del nets
 
-    def forward(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    # Trials see different batches (own seeds), so x is stacked too; dropout differs per trial.
-    train_forward = torch.vmap(forward, randomness="different")
-    eval_forward = torch.vmap(forward, in_dims=(0, 0, None))
+    def forward(x):  # x: [B, C, H, W] shared by all trials, or [T, B, C, H, W]; -> [T, B, classes]
+        return functional_call(wide, (params, buffers), (x,))
 
     # Every step's per-trial learning rates, computed once and kept on the device: a step then
     # reads its row there instead of copying host values (which a CUDA graph could not replay).
@@ -122,9 +133,9 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     lr_now = torch.zeros(n_trials, device=device)
 
     def step_fn(x, y, lr):
-        logits = train_forward(params, buffers, x)
+        logits = forward(x)
         loss = (
-            F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+            F.cross_entropy(logits.flatten(0, 1).float(), y.expand(n_trials, -1).flatten(), reduction="none")
             .view(n_trials, -1)
             .mean(1)
         )
@@ -151,18 +162,20 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     step, samples, t_start = 0, 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
-        base.train()
+        wide.train()
         loss_sum = torch.zeros(n_trials, device=device)
         # Each trial draws its batches exactly as its solo run does, from its own generator.
         per_trial_batches = [
-            data_module.train_batches(data, batch_size, g, cfg0.data.augment, layout) for g in generators
+            data_module.train_batches(data, batch_size, g, cfg0.data.augment, layout)
+            for g in generators[: 1 if shared_batches else n_trials]
         ]
         for batches in zip(*per_trial_batches, strict=True):
             xs, ys = zip(*batches, strict=True)
-            loss_sum += fused_step(torch.stack(xs), torch.stack(ys), lr_now.copy_(lr_table[step]))
+            x, y = (xs[0], ys[0]) if shared_batches else (torch.stack(xs), torch.stack(ys))
+            loss_sum += fused_step(x, y, lr_now.copy_(lr_table[step]))
             step, samples = step + 1, samples + len(ys[0])
 
-        base.eval()
+        wide.eval()
         results = {}
         with torch.inference_mode():
             for split, xs_, ys_ in (
@@ -171,7 +184,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
             ):
                 per_sample, correct = [], torch.zeros(n_trials, device=device)
                 for xb, yb in data_module.eval_batches(xs_, ys_, data, cfg0.trainer.eval_batch_size, layout):
-                    logits = eval_forward(params, buffers, xb).float()
+                    logits = forward(xb).float()
                     per_sample.append(
                         F.cross_entropy(logits.transpose(1, 2), yb.expand(n_trials, -1), reduction="none")
                     )

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, cuda_graph, models, processes
+from sweeper import build, cuda_graph, host_memory, models, processes
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.validate import ConfigError
@@ -106,6 +106,8 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     device = pick_device(cfg.trainer.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if device.type == "cpu":
+        host_memory.keep_freed_buffers()  # a step's large buffers are reused, not page-faulted in again
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
     data = data_module.stage(data_module.load(cfg.data).to(device), layout)

@@ -1,11 +1,11 @@
-"""Fused trials (vmap over stacked models) compute what solo runs compute, each with its own record."""
+"""Fused trials (one wide net over stacked models) compute what solo runs compute, each with its own record."""
 
 import json
 
 import pytest
 import torch
 
-from sweeper import fused, train
+from sweeper import data, fused, train
 from tests.conftest import compose_cfg
 
 TRIALS = [
@@ -47,6 +47,23 @@ def test_fused_trials_match_the_same_trials_run_alone(tmp_path):
         }
 
 
+def test_trials_of_one_seed_draw_one_batch_for_all_and_still_match_their_solo_runs(tmp_path, monkeypatch):
+    # The lecture's lr grid: one seed, so every trial's solo run sees the same batches.
+    cfgs = [compose_cfg(*COMMON, f"lr={lr}") for lr in (0.2, 0.1, 0.01)]
+    draws, draw = [], data.train_batches
+    monkeypatch.setattr(data, "train_batches", lambda *a, **k: draws.append(1) or draw(*a, **k))
+    dirs = [tmp_path / "fused" / str(i) for i in range(3)]
+    assert [s["status"] for s in fused.run_group(cfgs, dirs, [[]] * 3, [0, 1, 2])] == ["completed"] * 3
+    assert len(draws) == 2  # one epoch's batches per epoch, not one per trial
+    monkeypatch.undo()
+    for i, cfg in enumerate(cfgs):
+        train.run(cfg, tmp_path / "solo" / str(i))
+        for a, b in zip(rows(tmp_path / "solo" / str(i)), rows(dirs[i]), strict=True):
+            assert (a["lr"], a["step"]) == (b["lr"], b["step"])
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
+
+
 def test_a_fused_checkpoint_resumes_solo(tmp_path):
     cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS[:2]]
     dirs = [tmp_path / str(i) for i in range(2)]
@@ -73,6 +90,7 @@ def test_unfusable_groups_say_why():
     assert "optim=sgd" in fused.fusable([compose_cfg("optim=adam"), compose_cfg()])
     assert "share model" in fused.fusable([compose_cfg("model.channels=8"), compose_cfg()])
     assert "batch_norm" in fused.fusable([compose_cfg("model.batch_norm=true")])
-    # bf16 jobs would silently train in fp32 in the vmapped step: they run solo, with autocast
+    assert fused.fusable([compose_cfg("model=resnet", "model.batch_norm=false")] * 2) is None
+    # bf16 jobs would silently train in fp32 in the fused step: they run solo, with autocast
     assert "precision=fp32" in fused.fusable([compose_cfg("trainer.precision=bf16")] * 2)
     assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)

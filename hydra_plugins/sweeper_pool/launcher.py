@@ -11,7 +11,7 @@ process start, imports, the CUDA context and the decoded data set (memoised in s
 paid once per worker, not once per job. Every job still writes its own complete run record.
 `devices: [cpu]` (the default where there is no GPU) runs `slots_per_device` workers on the CPU.
 With `fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed are trained
-as one vmapped program in one worker (sweeper/fused.py); each still writes its own record.
+as one program in one worker, one wide net for all of them (sweeper/fused.py); each still writes its own record.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -43,7 +43,7 @@ class PoolLauncherConf:
     # GPU indices to spread workers over; "auto" = every visible GPU, or the CPU when there is none
     devices: Any = field(default_factory=lambda: ["auto"])
     slots_per_device: int = 1  # concurrent trainings per device
-    # train jobs that differ only in lr/schedule/optim/seed as one vmapped program (sweeper/fused.py)
+    # train jobs that differ only in lr/schedule/optim/seed as one program (sweeper/fused.py)
     fuse: bool = False
 
 

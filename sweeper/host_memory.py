@@ -1,0 +1,37 @@
+"""How a CPU run gets its memory from the C library: large freed buffers are kept for reuse.
+
+glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh
+mmap and gives it back to the kernel when freed. A convnet step allocates and frees the same
+large activation and gradient buffers at every step, so each of them is page-faulted in again:
+1.0-1.3 million page faults per epoch of the lecture's grid on cpu-vm, 17% of a solo CPU epoch
+and 40% of a fused one (docs/benchmarks.md). Raising the mmap and trim thresholds keeps those
+buffers in the heap, where the next step reuses them. It changes where memory comes from, not
+what is computed; the price is that the process keeps its peak memory until it exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+
+log = logging.getLogger("sweeper")
+
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BYTES = 1 << 30  # blocks up to 1 GiB come from the heap; up to 1 GiB of free heap is kept
+
+
+@functools.cache
+def keep_freed_buffers() -> bool:
+    """Set glibc's thresholds once per process; False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): its own defaults
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
+    if not ok:
+        log.debug("mallopt refused the thresholds; the C library's defaults stay")
+    return ok
