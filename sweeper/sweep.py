@@ -1,8 +1,9 @@
 """What a `-m` sweep does around its jobs: validate them all first, summarise them all last.
 
-Hydra calls these hooks on the submitting machine, whatever the launcher (basic, submitit_local,
-submitit_slurm), so a bad value never reaches a queue and the final count reads the run records,
-which are the truth wherever the jobs ran.
+Both run on the submitting machine, whatever the launcher (basic, pool, submitit_local,
+submitit_slurm): the grid sweeper (hydra_plugins/sweeper_grid) calls check_jobs before it
+launches anything, so a bad value never reaches a queue, and Hydra calls SweepCallback at the
+end, whose count reads the run records, which are the truth wherever the jobs ran.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from hydra import compose
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,16 +24,6 @@ from sweeper.train import config_difference
 from sweeper.validate import ConfigError, check
 
 STATES = ("completed", "diverged", "failed", "running", "missing")
-
-
-def expand(config: DictConfig) -> list[list[str]]:
-    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives them."""
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(overrides, None)
-    return [list(job) for batch in batches for job in batch]
 
 
 def _grid(jobs: list[list[str]]) -> list[list[str]]:
@@ -47,57 +36,69 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-class SweepCallback(Callback):
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        jobs = expand(config)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        known = _read_sweep(sweep_dir)
-        if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(jobs):
+def check_jobs(
+    config: DictConfig, jobs: list[list[str]], compose_job: Callable[[list[str]], DictConfig]
+) -> None:
+    """Refuse a bad sweep in one line (exit 2) before its first job starts, else record it in sweep.json.
+
+    `compose_job(overrides)` gives a job's composed config (hydra_plugins/sweeper_grid composes
+    each job once and hands the same config to the launcher). Refused: a bad value or an unknown
+    key in any job, a sweep dir that holds another grid, a run dir still being written by a live
+    process, and a resume into a run dir of another config.
+    """
+    sweep_dir = Path(config.hydra.sweep.dir)
+    known = _read_sweep(sweep_dir)
+    if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(jobs):
+        fail(
+            f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
+            "resume it with the same overrides, or choose another hydra.sweep.dir"
+        )
+    for num, overrides in enumerate(jobs):
+        try:
+            composed = compose_job(overrides)
+            job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+            check(job_cfg)
+        except ConfigError as e:
+            fail(f"job {num} ({' '.join(overrides)}): {e}")
+        except Exception as e:  # a composition error (unknown key or option) from Hydra
+            fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
+        writer = _live_writer(sweep_dir / str(num))
+        if writer is not None:
             fail(
-                f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
-                "resume it with the same overrides, or choose another hydra.sweep.dir"
+                f"job {num} ({' '.join(overrides)}): {sweep_dir / str(num)} is being trained by process {writer} "
+                "on this host; wait for it to end (or stop it) before resuming this sweep"
             )
-        for num, overrides in enumerate(jobs):
-            try:
-                job_cfg = compose(config_name=config.hydra.job.config_name, overrides=overrides)
-                check(job_cfg)
-            except ConfigError as e:
-                fail(f"job {num} ({' '.join(overrides)}): {e}")
-            except Exception as e:  # a composition error (unknown key or option) from Hydra
-                fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
-            writer = _live_writer(sweep_dir / str(num))
-            if writer is not None:
+        # Resuming into a run dir of another config would mix results: refuse before any job.
+        previous = sweep_dir / str(num) / "config.json"
+        if job_cfg.trainer.resume and previous.exists():
+            diff = config_difference(
+                json.loads(previous.read_text()), OmegaConf.to_container(job_cfg, resolve=True)
+            )
+            if diff:
                 fail(
-                    f"job {num} ({' '.join(overrides)}): {sweep_dir / str(num)} is being trained by process {writer} "
-                    "on this host; wait for it to end (or stop it) before resuming this sweep"
+                    f"job {num} ({' '.join(overrides)}): {previous.parent} holds a run of another config "
+                    f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
                 )
-            # Resuming into a run dir of another config would mix results: refuse before any job.
-            previous = sweep_dir / str(num) / "config.json"
-            if job_cfg.trainer.resume and previous.exists():
-                diff = config_difference(
-                    json.loads(previous.read_text()), OmegaConf.to_container(job_cfg, resolve=True)
-                )
-                if diff:
-                    fail(
-                        f"job {num} ({' '.join(overrides)}): {previous.parent} holds a run of another config "
-                        f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
-                    )
-        listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
-        if known is None:
-            atomic_write(
-                sweep_dir / "sweep.json",
-                to_json(
-                    {
-                        "argv": sys.argv,
-                        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        "launcher": launcher,
-                        "jobs": listing,
-                    }
-                ),
-            )
-        print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+    listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
+    if known is None:
+        atomic_write(
+            sweep_dir / "sweep.json",
+            to_json(
+                {
+                    "argv": sys.argv,
+                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "launcher": launcher,
+                    "jobs": listing,
+                }
+            ),
+        )
+    print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+
+
+class SweepCallback(Callback):
+    """The sweep's summary, read from the run records once every job has ended (or failed to start)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -1,0 +1,96 @@
+"""The project's default sweeper: Hydra's basic sweeper -- the same grid syntax, jobs, numbering
+and `hydra.sweeper.params` -- that checks every job before the first starts and composes each
+job's config once.
+
+    python -m sweeper -m model.channels=16,32,64 lr=0.2,0.1,0.01     # hydra/sweeper=grid is the default
+
+Hydra's basic sweeper composes a job's config to check that it can, and its launcher composes it
+again to run it; checking our values needed a third. A compose of this project's config takes
+about 84 ms on cpu-vm, so a grid paid a quarter of a second per job before training anything.
+Here each job is composed once, checked by sweeper.sweep.check_jobs (values, resume conflicts, a
+live writer), and the launcher takes that config instead of composing it again.
+"""
+
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
+# in sys.modules, and dataclasses then cannot resolve string annotations.
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import HydraContext
+
+
+@dataclass
+class GridSweeperConf:
+    _target_: str = "hydra_plugins.sweeper_grid.grid.GridSweeper"
+    max_batch_size: int | None = None  # as the basic sweeper's: launch the grid in batches of this many jobs
+    params: dict | None = None  # as the basic sweeper's: sweep overrides kept in the config
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sweeper")
+
+
+class ComposedOnce:
+    """The config loader, except that a job composed by the sweeper's check is handed to the
+    launcher as it is, once, instead of being composed again. Everything else goes to the loader."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+        self.composed: dict = {}  # job overrides -> its config, until the launcher takes it
+
+    def compose(self, master_config, overrides: Sequence[str]):
+        config = self.loader.load_sweep_config(master_config=master_config, sweep_overrides=list(overrides))
+        self.composed[tuple(overrides)] = config
+        return config
+
+    def load_sweep_config(self, master_config, sweep_overrides: list[str]):
+        config = self.composed.pop(tuple(sweep_overrides), None)
+        if config is None:  # not composed here (a launcher's second call, a remote job): compose
+            config = self.loader.load_sweep_config(
+                master_config=master_config, sweep_overrides=sweep_overrides
+            )
+        return config
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "loader":  # no loader yet (unpickling): nothing to find
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __getstate__(self) -> dict:
+        # A launcher pickles its context into each job: the pending configs stay here.
+        return {"loader": self.loader, "composed": {}}
+
+
+class GridSweeper(BasicSweeper):
+    def setup(self, *, hydra_context: HydraContext, task_function, config) -> None:
+        self.loader = ComposedOnce(hydra_context.config_loader)
+        context = HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks)
+        super().setup(hydra_context=context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        # The whole grid is checked before Hydra's sweep writes anything (the sweep dir, its
+        # multirun.yaml) or launches a job, so a bad job in a later batch
+        # (hydra.sweeper.max_batch_size) is refused too. The first batch's configs are kept for
+        # its launcher; a later batch's launcher composes its own, so that a huge grid's configs
+        # are not all held at once.
+        from sweeper.sweep import check_jobs
+
+        parser = OverridesParser.create(config_loader=self.loader)
+        batches = self.split_arguments(
+            parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size
+        )
+        first = {tuple(job) for job in batches[0]}
+
+        def compose(job: list[str]):
+            if tuple(job) in first:
+                return self.loader.compose(self.config, job)
+            return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
+
+        check_jobs(self.config, [list(job) for batch in batches for job in batch], compose)
+        return super().sweep(arguments)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        pass  # sweep() has composed and checked every job

@@ -1,0 +1,79 @@
+"""The default sweeper (hydra_plugins/sweeper_grid) runs Hydra's grid, composing each job once."""
+
+import json
+import sys
+from collections import Counter
+
+import cloudpickle
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.global_hydra import GlobalHydra
+
+from hydra_plugins.sweeper_grid.grid import ComposedOnce
+from tests.conftest import CONF, TINY
+
+
+class CountingLoader:
+    """A stand-in config loader: returns a fresh object per compose and counts them."""
+
+    def __init__(self):
+        self.composed = 0
+        self.searchpath = "conf"
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.composed += 1
+        return {"overrides": list(sweep_overrides)}
+
+
+def test_a_job_composed_for_the_check_is_handed_to_the_launcher_once():
+    loader = ComposedOnce(CountingLoader())
+    checked = loader.compose(None, ["lr=0.1"])
+    assert loader.load_sweep_config(None, ["lr=0.1"]) is checked  # the launcher's: not composed again
+    assert loader.loader.composed == 1
+    again = loader.load_sweep_config(None, ["lr=0.1"])  # a second request composes afresh
+    assert again == checked and again is not checked and loader.loader.composed == 2
+    assert loader.searchpath == "conf"  # the rest is the loader's
+
+
+def test_a_pickled_loader_leaves_its_pending_configs_behind():
+    loader = ComposedOnce(CountingLoader())
+    loader.compose(None, ["lr=0.1"])
+    remote = cloudpickle.loads(cloudpickle.dumps(loader))  # as the launchers ship their context to a job
+    assert remote.composed == {} and remote.load_sweep_config(None, ["lr=0.1"]) == {"overrides": ["lr=0.1"]}
+
+
+def test_the_grid_sweeper_is_the_default():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.sweeper_grid.grid.GridSweeper"
+
+
+@pytest.mark.parametrize("batch", [None, 2], ids=["one-batch", "batches-of-2"])
+def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, monkeypatch, batch):
+    composed, load = [], ConfigLoaderImpl.load_sweep_config
+
+    def counting(self, master_config, sweep_overrides):
+        composed.append(list(sweep_overrides))
+        return load(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
+    args = [*TINY, "trainer.epochs=1", "lr=0.2,0.1,0.01", f"hydra.sweep.dir={tmp_path}"]
+    if batch:
+        args.append(f"hydra.sweeper.max_batch_size={batch}")
+    monkeypatch.setattr(sys, "argv", ["sweeper", "-m", *args])
+    from sweeper.__main__ import main
+
+    GlobalHydra.instance().clear()
+    main()  # in this process, so that the loader's composes can be counted
+    GlobalHydra.instance().clear()
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert [j["overrides"][-1] for j in jobs] == ["lr=0.2", "lr=0.1", "lr=0.01"]
+    for job in jobs:
+        assert json.loads((tmp_path / job["dir"] / "summary.json").read_text())["status"] == "completed"
+    # One batch: each job once (Hydra's basic sweeper: twice, and our check a third time).
+    # Batches of 2: the third job once for the check before any job starts, and again when its
+    # batch is launched.
+    times = Counter(c[-1] for c in composed)
+    assert times == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1 if batch is None else 2}
