@@ -1,9 +1,11 @@
 """Memory layout of the lecture's convnet step, side by side: contiguous (NCHW) vs channels_last (NHWC).
 
-    python bench/bench_layout.py [--threads N] [--steps 40]
+    python bench/bench_layout.py [--threads N] [--steps 40] [--trials 1,3,6]
 
 On a GPU it also times the framework's own step (sweeper/cuda_graph.py), eager and replayed as
-a CUDA graph, in fp32 and bf16, for both layouts.
+a CUDA graph, in fp32 and bf16, for both layouts. Everywhere it times the fused trials' step
+(sweeper/fused.py: T trials in one wide net) per trial, for each T of --trials, against one
+trial alone -- on a GPU replayed as a CUDA graph, as the framework runs it.
 
 Times a training step at batch 100 and an evaluation forward at batch 1000, on the CPU (or the
 GPU when there is one), for both layouts in one run, and prints the ratios. This is the
@@ -16,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from sweeper import host_memory
 from sweeper.models import ConvNet
 
 
@@ -80,12 +83,52 @@ def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
     return (time.perf_counter() - t) / steps * 1e3
 
 
+def measure_trials(n_trials: int, device, layout, steps: int) -> float:
+    """ms per training step of n_trials fused trials (one batch shared, as one seed gives)."""
+    import copy
+
+    from torch.func import stack_module_state
+
+    from sweeper import fused, stacked
+    from sweeper.cuda_graph import Replay
+
+    nets = []
+    for seed in range(n_trials):
+        torch.manual_seed(seed)
+        nets.append(ConvNet(in_channels=3, image_size=32, num_classes=10).to(device, memory_format=layout))
+    params, buffers = stack_module_state(nets)
+    wide = stacked.widen(copy.deepcopy(nets[0]).to("meta"), n_trials)
+    zeros = [0.0] * n_trials
+    _, step_fn, _ = fused.trial_sgd(wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0)
+    step = Replay(step_fn, enabled=device.type == "cuda")
+    xs = torch.randn(8, 100, 3, 32, 32, device=device)  # a few batches, rotated
+    ys = torch.randint(0, 10, (8, 100), device=device)
+    lr = torch.full((n_trials,), 0.01, device=device)
+    loss_sum = torch.zeros(n_trials, device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(10):  # warm-up, and capture
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    sync()
+    t = time.perf_counter()
+    for i in range(steps):
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    sync()
+    assert torch.isfinite(loss_sum).all()
+    return (time.perf_counter() - t) / steps * 1e3
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--trials", default="1,3,6", help="fused trial counts to time (comma-separated)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    host_memory.keep_freed_buffers()  # as every CPU run of the framework does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads"
     plain = measure(torch.contiguous_format, device, args.steps)
@@ -101,6 +144,17 @@ def main():
                 eager = measure_step(layout, precision, False, args.steps * 5)
                 graph = measure_step(layout, precision, True, args.steps * 5)
                 print(f"  {precision} {name:<14} {eager:7.3f} {graph:7.3f}   {eager / graph:.2f}x")
+
+    # Fused trials, channels_last as the framework runs them (auto: on the CPU, and in a graph).
+    how = "CUDA graph" if device.type == "cuda" else "eager"
+    print(f"fused trials' step (batch 100, shared batches, channels_last, {how}):")
+    one = None
+    for n in (int(t) for t in args.trials.split(",")):
+        ms = measure_trials(n, device, torch.channels_last, args.steps * (5 if device.type == "cuda" else 1))
+        if n == 1:
+            one = ms
+        ratio = f"   {one / (ms / n):.2f}x the throughput of one trial" if one and n > 1 else ""
+        print(f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,51 @@ def _per_trial(values, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
+def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: float):
+    """The trials' forward and training step over their stacked parameters (updated in place).
+
+    forward(x) -> logits [T, B, classes], from images [B, C, H, W] shared by every trial or
+    [T, B, C, H, W]; step(x, y, lr) -> per-trial losses [T], with lr a [T] device tensor, does
+    torch.optim.SGD's update for each trial with its own momentum, nesterov and weight decay.
+    Returns (forward, step, velocity): the momentum buffers, by parameter name, for checkpoints.
+    """
+    n_trials = len(momentum)
+    velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
+    # The constant per-trial hyper-parameters, shaped once per parameter (not rebuilt every step).
+    hyper = {
+        k: {"decay": _per_trial(decay, p), "momentum": _per_trial(momentum, p),
+            "nesterov": _per_trial(nesterov, p).bool()}
+        for k, p in params.items()
+    }  # fmt: skip
+
+    def forward(x):
+        return functional_call(wide, (params, buffers), (x,))
+
+    def step_fn(x, y, lr):
+        logits = forward(x)
+        loss = (
+            F.cross_entropy(logits.flatten(0, 1).float(), y.expand(n_trials, -1).flatten(), reduction="none")
+            .view(n_trials, -1)
+            .mean(1)
+        )
+        if l1 > 0:
+            loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
+        grads = torch.autograd.grad(loss.sum(), list(params.values()))
+        with torch.no_grad():
+            # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                g = g + hyper[name]["decay"] * p
+                if velocity:
+                    mu = hyper[name]["momentum"]
+                    v = velocity[name]
+                    v.mul_(mu).add_(g)
+                    g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
+                p.sub_(lr.view(-1, *([1] * (p.dim() - 1))) * g)
+        return loss.detach()
+
+    return forward, step_fn, velocity
+
+
 def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     """Train the trials together; returns each trial's outcome (status and model facts)."""
     cfg0 = cfgs[0]
@@ -99,17 +144,15 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     generators = [torch.Generator(device=device).manual_seed(cfg.trainer.seed) for cfg in cfgs]
     if shared_batches:
         generators = generators[:1] * n_trials
-    momentum = [float(cfg.optim.momentum) for cfg in cfgs]
-    nesterov = [bool(cfg.optim.nesterov) for cfg in cfgs]
-    decay = [float(cfg.optim.weight_decay) for cfg in cfgs]
-    velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
-    # The constant per-trial hyper-parameters, shaped once per parameter (not rebuilt every step).
-    hyper = {
-        k: {"decay": _per_trial(decay, p), "momentum": _per_trial(momentum, p),
-            "nesterov": _per_trial(nesterov, p).bool()}
-        for k, p in params.items()
-    }  # fmt: skip
-    l1 = float(cfg0.model.l1)
+    forward, step_fn, velocity = trial_sgd(
+        wide,
+        params,
+        buffers,
+        momentum=[float(cfg.optim.momentum) for cfg in cfgs],
+        nesterov=[bool(cfg.optim.nesterov) for cfg in cfgs],
+        decay=[float(cfg.optim.weight_decay) for cfg in cfgs],
+        l1=float(cfg0.model.l1),
+    )
     keep = kept_epochs(cfg0)
     info = {
         "n_params": models.n_params(nets[0]),
@@ -121,9 +164,6 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     }
     del nets
 
-    def forward(x):  # x: [B, C, H, W] shared by all trials, or [T, B, C, H, W]; -> [T, B, classes]
-        return functional_call(wide, (params, buffers), (x,))
-
     # Every step's per-trial learning rates, computed once and kept on the device: a step then
     # reads its row there instead of copying host values (which a CUDA graph could not replay).
     total_steps = steps_per_epoch * epochs
@@ -131,28 +171,6 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         [[fn(s) for fn in lr_at] for s in range(total_steps)], dtype=torch.float32, device=device
     )
     lr_now = torch.zeros(n_trials, device=device)
-
-    def step_fn(x, y, lr):
-        logits = forward(x)
-        loss = (
-            F.cross_entropy(logits.flatten(0, 1).float(), y.expand(n_trials, -1).flatten(), reduction="none")
-            .view(n_trials, -1)
-            .mean(1)
-        )
-        if l1 > 0:
-            loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
-        grads = torch.autograd.grad(loss.sum(), list(params.values()))
-        with torch.no_grad():
-            # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
-            for (name, p), g in zip(params.items(), grads, strict=True):
-                g = g + hyper[name]["decay"] * p
-                if velocity:
-                    mu = hyper[name]["momentum"]
-                    v = velocity[name]
-                    v.mul_(mu).add_(g)
-                    g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
-                p.sub_(lr.view(-1, *([1] * (p.dim() - 1))) * g)
-        return loss.detach()
 
     # On CUDA the fused step is captured once and replayed (sweeper/cuda_graph.py).
     graph = cuda_graph.wanted(cfg0, device)  # fusable() has checked the update is capturable
