@@ -4,8 +4,9 @@
 
 On a GPU it also times the framework's own step (sweeper/cuda_graph.py), eager and replayed as
 a CUDA graph, in fp32 and bf16, for both layouts. Everywhere it times the fused trials' step
-(sweeper/fused.py: T trials in one wide net) per trial, for each T of --trials, against one
-trial alone -- on a GPU replayed as a CUDA graph, as the framework runs it.
+(sweeper/fused.py: T trials in one wide net) per trial, for each T of --trials, against the same
+step with one trial (when --trials starts with 1) -- on a GPU replayed as a CUDA graph, as the
+framework runs it.
 
 Times a training step at batch 100 and an evaluation forward at batch 1000, on the CPU (or the
 GPU when there is one), for both layouts in one run, and prints the ratios. This is the
@@ -134,9 +135,15 @@ def main():
     plain = measure(torch.contiguous_format, device, args.steps)
     nhwc = measure(torch.channels_last, device, args.steps)
     print(f"lecture convnet on {name}")
-    print(f"train step (batch 100):   NCHW {plain[0]:7.1f} ms   channels_last {nhwc[0]:7.1f} ms   speed-up {plain[0] / nhwc[0]:.2f}x")
-    print(f"eval forward (batch 1000): NCHW {plain[1]:7.1f} ms   channels_last {nhwc[1]:7.1f} ms   speed-up {plain[1] / nhwc[1]:.2f}x")
-    print(f"est. CIFAR-10 epoch (500 steps + 60k eval): NCHW {(plain[0] * 500 + plain[1] * 60) / 1e3:.1f} s, channels_last {(nhwc[0] * 500 + nhwc[1] * 60) / 1e3:.1f} s")
+    print(
+        f"train step (batch 100):   NCHW {plain[0]:7.1f} ms   channels_last {nhwc[0]:7.1f} ms   speed-up {plain[0] / nhwc[0]:.2f}x"
+    )
+    print(
+        f"eval forward (batch 1000): NCHW {plain[1]:7.1f} ms   channels_last {nhwc[1]:7.1f} ms   speed-up {plain[1] / nhwc[1]:.2f}x"
+    )
+    print(
+        f"est. CIFAR-10 epoch (500 steps + 60k eval): NCHW {(plain[0] * 500 + plain[1] * 60) / 1e3:.1f} s, channels_last {(nhwc[0] * 500 + nhwc[1] * 60) / 1e3:.1f} s"
+    )
     if device.type == "cuda":  # the step as the framework runs it: eager, and replayed as a CUDA graph
         print("framework step (batch 100), ms:  eager   graph   graph speed-up")
         for precision in ("fp32", "bf16"):
@@ -153,7 +160,7 @@ def main():
         ms = measure_trials(n, device, torch.channels_last, args.steps * (5 if device.type == "cuda" else 1))
         if n == 1:
             one = ms
-        ratio = f"   {one / (ms / n):.2f}x the throughput of one trial" if one and n > 1 else ""
+        ratio = f"   {one / (ms / n):.2f}x the throughput of the 1-trial step" if one and n > 1 else ""
         print(f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio}")
 
 

@@ -13,7 +13,7 @@ alone, within float32 rounding. Trials that share a seed share their batches: on
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
 Plain SGD (with momentum, nesterov, weight decay) only, fp32 only, no batch norm (running
-statistics cannot be stacked simply); `fusable()` says why a group cannot be fused, and those jobs run solo.
+statistics cannot be stacked simply), no dropout (its masks could not follow the solo runs'); `fusable()` says why a group cannot be fused, and those jobs run solo.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
             return f"fused trials need plain optim=sgd ({reason})"
     if cfgs[0].model.get("batch_norm", False):
         return "fused trials need model.batch_norm=false"
+    if cfgs[0].model.get("dropout", 0) > 0:  # masks drawn for T trials cannot follow each solo run's
+        return "fused trials need model.dropout=0"  # random stream, so their curves would not match
     if cfgs[0].trainer.precision != "fp32":  # the fused step has no autocast: bf16 runs solo
         return "fused trials need trainer.precision=fp32"
     first = _shared(cfgs[0])

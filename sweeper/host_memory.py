@@ -15,12 +15,18 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import platform
 
 log = logging.getLogger("sweeper")
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BYTES = 1 << 30  # blocks up to 1 GiB come from the heap; up to 1 GiB of free heap is kept
+
+
+def available() -> bool:
+    """Whether this process's C library is glibc, whose thresholds keep_freed_buffers sets."""
+    return platform.libc_ver()[0] == "glibc"
 
 
 @functools.cache
@@ -31,7 +37,10 @@ def keep_freed_buffers() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): its own defaults
         return False
-    ok = mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
-    if not ok:
-        log.debug("mallopt refused the thresholds; the C library's defaults stay")
-    return ok
+    # glibc before 2.35 or so refuses an mmap threshold above 32 MiB: keep what it allows.
+    mmap_ok = any(mallopt(M_MMAP_THRESHOLD, size) == 1 for size in (KEEP_BYTES, 32 << 20))
+    trim_ok = mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) == 1
+    if not (mmap_ok and trim_ok):
+        log.info("the C library refused malloc thresholds (mmap %s, trim %s): large buffers are "
+                 "page-faulted in at each step", mmap_ok, trim_ok)  # fmt: skip
+    return mmap_ok and trim_ok

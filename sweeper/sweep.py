@@ -1,9 +1,10 @@
 """What a `-m` sweep does around its jobs: validate them all first, summarise them all last.
 
 Both run on the submitting machine, whatever the launcher (basic, pool, submitit_local,
-submitit_slurm): the grid sweeper (hydra_plugins/sweeper_grid) calls check_jobs before it
-launches anything, so a bad value never reaches a queue, and Hydra calls SweepCallback at the
-end, whose count reads the run records, which are the truth wherever the jobs ran.
+submitit_slurm): the grid sweeper (hydra_plugins/sweeper_grid, the default) calls check_jobs
+before it launches anything -- SweepCallback does it for Hydra's basic sweeper -- so a bad value
+never reaches a queue, and SweepCallback's count at the end reads the run records, which are the
+truth wherever the jobs ran.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,8 +101,28 @@ def check_jobs(
     print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
 
 
+GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
+
+
+def expand(config: DictConfig) -> list[list[str]]:
+    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives them."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for batch in batches for job in batch]
+
+
 class SweepCallback(Callback):
-    """The sweep's summary, read from the run records once every job has ended (or failed to start)."""
+    """Checks a grid run by another sweeper than the grid sweeper (`hydra/sweeper=basic`), and
+    prints every sweep's summary, read from the run records once every job has ended."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
+            return  # the grid sweeper checks its jobs as it composes them, once each
+        name = config.hydra.job.config_name
+        check_jobs(config, expand(config), lambda job: compose(config_name=name, overrides=job))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

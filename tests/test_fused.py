@@ -90,6 +90,7 @@ def test_unfusable_groups_say_why():
     assert "optim=sgd" in fused.fusable([compose_cfg("optim=adam"), compose_cfg()])
     assert "share model" in fused.fusable([compose_cfg("model.channels=8"), compose_cfg()])
     assert "batch_norm" in fused.fusable([compose_cfg("model.batch_norm=true")])
+    assert "dropout=0" in fused.fusable([compose_cfg("model.dropout=0.5")] * 2)
     assert fused.fusable([compose_cfg("model=resnet", "model.batch_norm=false")] * 2) is None
     # bf16 jobs would silently train in fp32 in the fused step: they run solo, with autocast
     assert "precision=fp32" in fused.fusable([compose_cfg("trainer.precision=bf16")] * 2)

@@ -11,7 +11,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
 
 from hydra_plugins.sweeper_grid.grid import ComposedOnce
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF, TINY, run_cli
 
 
 class CountingLoader:
@@ -77,3 +77,51 @@ def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, 
     # batch is launched.
     times = Counter(c[-1] for c in composed)
     assert times == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1 if batch is None else 2}
+
+
+def test_only_the_first_jobs_configs_are_held_for_the_launcher(tmp_path, monkeypatch):
+    # A huge grid must not hold every composed config (about 240 kB each) until it is launched.
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan loads the module the sweep will use: patch that one
+    monkeypatch.setattr(sys.modules["hydra_plugins.sweeper_grid.grid"], "KEEP", 2)
+    composed, load = [], ConfigLoaderImpl.load_sweep_config
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_sweep_config",
+        lambda self, master_config, sweep_overrides: (
+            composed.append(sweep_overrides[-1]) or load(self, master_config, sweep_overrides)
+        ),
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["sweeper", "-m", *TINY, "trainer.epochs=1", "lr=0.2,0.1,0.01", f"hydra.sweep.dir={tmp_path}"],
+    )
+    from sweeper.__main__ import main
+
+    GlobalHydra.instance().clear()
+    main()
+    GlobalHydra.instance().clear()
+    assert Counter(composed) == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 2}  # the third: checked, then launched
+
+
+def test_hydras_basic_sweeper_still_checks_the_grid_first_and_summarises_it(tmp_path):
+    bad = run_cli("-m", "hydra/sweeper=basic", *TINY, "lr=0.1,-1", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: job 1 (" + " ".join(TINY) + " lr=-1): lr=-1 is invalid: must be a number > 0"
+    ]
+    assert not (tmp_path / "outputs").exists()  # no job started
+    good = run_cli(
+        "-m",
+        "hydra/sweeper=basic",
+        *TINY,
+        "trainer.epochs=1",
+        "lr=0.1,0.2",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )
+    assert good.returncode == 0, good.stderr
+    assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["jobs"]) == 2
+    assert "2 jobs: 2 completed" in good.stdout

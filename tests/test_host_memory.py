@@ -29,7 +29,7 @@ def faults(mode: str) -> int:
     return int(done.stdout)
 
 
-@pytest.mark.skipif(not host_memory.keep_freed_buffers(), reason="needs glibc's mallopt")
+@pytest.mark.skipif(not host_memory.available(), reason="needs glibc's mallopt")
 def test_freed_buffers_are_reused_instead_of_faulted_in_again():
     default, kept = faults("default"), faults("keep")
     assert default > 10 * 16_000  # glibc's default: each 64 MiB block is mapped afresh (16k pages)

@@ -64,6 +64,9 @@ class ComposedOnce:
         return {"loader": self.loader, "composed": {}}
 
 
+KEEP = 64  # composed configs held for the launcher, at most
+
+
 class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function, config) -> None:
         self.loader = ComposedOnce(hydra_context.config_loader)
@@ -73,16 +76,16 @@ class GridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         # The whole grid is checked before Hydra's sweep writes anything (the sweep dir, its
         # multirun.yaml) or launches a job, so a bad job in a later batch
-        # (hydra.sweeper.max_batch_size) is refused too. The first batch's configs are kept for
-        # its launcher; a later batch's launcher composes its own, so that a huge grid's configs
-        # are not all held at once.
+        # (hydra.sweeper.max_batch_size) is refused too. Only the first KEEP jobs' configs are
+        # kept for the launcher (about 240 kB each): a huge grid's later jobs are composed again
+        # at launch, and a launcher that composes in the job (submitit) leaves at most KEEP here.
         from sweeper.sweep import check_jobs
 
         parser = OverridesParser.create(config_loader=self.loader)
         batches = self.split_arguments(
             parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size
         )
-        first = {tuple(job) for job in batches[0]}
+        first = {tuple(job) for job in batches[0][:KEEP]}
 
         def compose(job: list[str]):
             if tuple(job) in first:
