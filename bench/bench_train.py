@@ -13,6 +13,7 @@
     python bench/bench_train.py --size gpu      # the lecture grid: 6 protocols x 50 epochs, CIFAR-shaped
     python bench/bench_train.py --runs 2 --epochs 1 --n-train 2000   # smaller
     python bench/bench_train.py --size gpu --ways fused,pool,naive --naive-runs 1   # some ways only
+    python bench/bench_train.py --ways bare,framework --repeat 3    # medians of 3, the ways in turn
 
 The grid is the lecture's: lr in {0.2, 0.1, 0.01} (CPU size), plus "0.1 then lr2 in {0.07, 0.05,
 0.02}" at the GPU size. Data: real CIFAR-10 when $SWEEPER_DATA points at it (GPU size),
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +147,7 @@ def main():
     p.add_argument("--n-train", type=int)
     p.add_argument("--ways", help="comma-separated ways to run, in this order (default: all): " + ",".join(WAYS))
     p.add_argument("--naive-runs", type=int, help="time naive on this many runs and scale to the grid")
+    p.add_argument("--repeat", type=int, default=1, help="run every way this many times, in turn; ratios of the medians")
     p.add_argument("--log", help="append the commands' stderr to this file (default: discard it)")
     args = p.parse_args()
     gpu = args.size == "gpu"
@@ -159,8 +162,8 @@ def main():
     if unknown:
         p.error(f"--ways: unknown {sorted(unknown)}; allowed values are {', '.join(WAYS)}")
     log = open(args.log, "a") if args.log else subprocess.DEVNULL  # noqa: SIM115
-    full = {}  # way -> wall time of the whole grid (s), measured or extrapolated
-    epochs_s = {}  # way -> the runs' own epoch times, summed over the epochs it ran
+    full_runs = {}  # way -> wall times of the whole grid (s), measured or extrapolated, one per repeat
+    epochs_runs = {}  # way -> the runs' own epoch times, summed over the epochs it ran, one per repeat
 
     def measure(name, label, fn, n_epochs, scale=1.0):
         try:
@@ -169,10 +172,10 @@ def main():
             print(f"{name:<28} failed: {e}", flush=True)
             return
         wall, alone = wall * scale, alone * scale
-        epochs_s[name] = alone
-        full[name] = wall + alone * (epochs / n_epochs - 1)
+        epochs_runs.setdefault(name, []).append(alone)
+        full_runs.setdefault(name, []).append(wall + alone * (epochs / n_epochs - 1))
         shown = f"{wall:8.1f} s measured ({n_epochs} epochs)" if n_epochs < epochs else f"{wall:8.1f} s"
-        extra = f" -> {full[name]:.1f} s for {epochs} epochs" if n_epochs < epochs else ""
+        extra = f" -> {full_runs[name][-1]:.1f} s for {epochs} epochs" if n_epochs < epochs else ""
         print(f"{name:<28} {shown}{extra}   (epochs alone {alone:.1f} s)  {label}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +189,9 @@ def main():
         for split, x, y in (("train", tx, ty), ("test", vx, vy)):
             np.savez(folder / f"{split}.npz", x=x.permute(0, 2, 3, 1).numpy(), y=y.numpy())
         both = ", both commands at once" if gpu else ""
-        for way in ways:
+        # Repeats go round the ways in turn, so that a slow spell of a shared machine falls on
+        # all of them; the ratios below are of the medians.
+        for way, r in ((w, r) for r in range(args.repeat) for w in ways):
             if way == "naive":
                 workers, some = 4 if gpu else 2, protocols[: args.naive_runs or len(protocols)]
                 label = f"Dataset + DataLoader({workers} workers), a process per run" + (
@@ -199,22 +204,24 @@ def main():
             elif way == "nograph":
                 measure("(c0) framework, no graph", "jobs one after another, trainer.cuda_graph=false",
                         partial(run_framework, protocols, short, [*data_args, "trainer.cuda_graph=false"],
-                                folder / "nograph", log), short)  # fmt: skip
+                                folder / f"nograph{r}", log), short)  # fmt: skip
             elif way == "framework":
                 measure("(c) framework", "Hydra's basic launcher, jobs one after another (defaults)",
-                        partial(run_framework, protocols, short, data_args, folder / "sweeps", log), short)  # fmt: skip
+                        partial(run_framework, protocols, short, data_args, folder / f"sweeps{r}", log), short)  # fmt: skip
             elif way == "pool":
                 pool = ["hydra/launcher=pool", f"hydra.launcher.slots_per_device={len(protocols)}"]
                 measure("(e) pool", f"hydra/launcher=pool, {len(protocols)} slots on the GPU{both}",
-                        partial(run_framework, protocols, epochs, data_args, folder / "pool", log, pool, at_once=gpu),
+                        partial(run_framework, protocols, epochs, data_args, folder / f"pool{r}", log, pool, at_once=gpu),
                         epochs)  # fmt: skip
             elif way == "fused":
                 fuse = ["hydra/launcher=pool", "hydra.launcher.fuse=true"]
                 measure("(d) fused", f"hydra/launcher=pool hydra.launcher.fuse=true{both}",
-                        partial(run_framework, protocols, epochs, data_args, folder / "fused", log, fuse, fused=True,
+                        partial(run_framework, protocols, epochs, data_args, folder / f"fused{r}", log, fuse, fused=True,
                                 at_once=gpu), epochs)  # fmt: skip
 
-    print()
+    full = {k: statistics.median(v) for k, v in full_runs.items()}
+    epochs_s = {k: statistics.median(v) for k, v in epochs_runs.items()}
+    print(f"\nratios of the medians of {args.repeat} repeats" if args.repeat > 1 else "")
     fast = [k for k in full if k.startswith(("(c)", "(d)", "(e)"))]
     best = min(fast, key=full.get) if fast else None
     if "(a) naive" in full and best:
