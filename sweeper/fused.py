@@ -122,6 +122,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = pick_device(cfg0.trainer.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.train: the fastest kernels for the grouped convolutions
     if device.type == "cpu":
         host_memory.keep_freed_buffers()  # as train.train: reuse the steps' large buffers
     layout = memory_format(cfg0, device)
