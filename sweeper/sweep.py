@@ -104,12 +104,13 @@ def check_jobs(
 GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
 
 
-def expand(config: DictConfig) -> list[list[str]]:
-    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives them."""
+def expand(config: DictConfig, config_loader=None) -> list[list[str]]:
+    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives
+    them. With Hydra's config loader, `glob()` sweeps over a config group's options expand too."""
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
-    overrides = OverridesParser.create().parse_overrides(arguments)
+    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
     batches = BasicSweeper.split_arguments(overrides, None)
     return [list(job) for batch in batches for job in batch]
 

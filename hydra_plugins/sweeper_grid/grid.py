@@ -19,7 +19,6 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import HydraContext
 
 
@@ -77,22 +76,20 @@ class GridSweeper(BasicSweeper):
         # The whole grid is checked before Hydra's sweep writes anything (the sweep dir, its
         # multirun.yaml) or launches a job, so a bad job in a later batch
         # (hydra.sweeper.max_batch_size) is refused too. Only the first KEEP jobs' configs are
-        # kept for the launcher (about 240 kB each): a huge grid's later jobs are composed again
-        # at launch, and a launcher that composes in the job (submitit) leaves at most KEEP here.
-        from sweeper.sweep import check_jobs
+        # kept for the launchers of their batches (about 240 kB each): a huge grid's later jobs
+        # are composed again at launch, and a launcher that composes in the job (submitit)
+        # leaves at most KEEP here.
+        from sweeper.sweep import check_jobs, expand
 
-        parser = OverridesParser.create(config_loader=self.loader)
-        batches = self.split_arguments(
-            parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size
-        )
-        first = {tuple(job) for job in batches[0][:KEEP]}
+        jobs = expand(self.config, self.loader)  # the jobs super().sweep() will launch, in order
+        first = {tuple(job) for job in jobs[:KEEP]}
 
         def compose(job: list[str]):
             if tuple(job) in first:
                 return self.loader.compose(self.config, job)
             return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
 
-        check_jobs(self.config, [list(job) for batch in batches for job in batch], compose)
+        check_jobs(self.config, jobs, compose)
         return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
