@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, host_memory, models, stacked
+from sweeper import build, cuda_graph, models, stacked
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
-from sweeper.train import kept_epochs, log, memory_format, pick_device
+from sweeper.train import kept_epochs, log, memory_format, run_device
 
 # What may differ between the trials of one fused group.
 PER_TRIAL = {"lr", "schedule", "optim", "trainer.seed"}
@@ -121,11 +121,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     """Train the trials together; returns each trial's outcome (status and model facts)."""
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
-    device = pick_device(cfg0.trainer.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as train.train: the fastest kernels for the grouped convolutions
-    if device.type == "cpu":
-        host_memory.keep_freed_buffers()  # as train.train: reuse the steps' large buffers
+    device = run_device(cfg0.trainer.device)
     layout = memory_format(cfg0, device)
     data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []

@@ -62,6 +62,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def run_device(name: str) -> torch.device:
+    """pick_device, and what a training process on that device wants set once: cuDNN times its
+    kernels for each new shape on CUDA; large freed buffers are kept for reuse on the CPU."""
+    device = pick_device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        host_memory.keep_freed_buffers()  # not page-faulted in again at every step
+    return device
+
+
 def kept_epochs(cfg: DictConfig) -> set[int]:
     """Epochs whose per-sample losses are kept: the configured ones that occur, and the last."""
     epochs = cfg.trainer.epochs
@@ -103,11 +114,7 @@ def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_fo
 
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
-    device = pick_device(cfg.trainer.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cpu":
-        host_memory.keep_freed_buffers()  # a step's large buffers are reused, not page-faulted in again
+    device = run_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
     data = data_module.stage(data_module.load(cfg.data).to(device), layout)
