@@ -50,31 +50,44 @@ def test_the_grid_sweeper_is_the_default():
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.sweeper_grid.grid.GridSweeper"
 
 
-@pytest.mark.parametrize("batch", [None, 2], ids=["one-batch", "batches-of-2"])
-def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, monkeypatch, batch):
+def sweep_here(monkeypatch, tmp_path, *overrides: str) -> Counter:
+    """Run `python -m sweeper -m` with a 3-job lr grid in this process; returns how many times
+    each job's config was composed, by its lr override."""
     composed, load = [], ConfigLoaderImpl.load_sweep_config
 
     def counting(self, master_config, sweep_overrides):
-        composed.append(list(sweep_overrides))
+        composed.append(sweep_overrides[-1])
         return load(self, master_config, sweep_overrides)
 
     monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
-    args = [*TINY, "trainer.epochs=1", "lr=0.2,0.1,0.01", f"hydra.sweep.dir={tmp_path}"]
-    if batch:
-        args.append(f"hydra.sweeper.max_batch_size={batch}")
-    monkeypatch.setattr(sys, "argv", ["sweeper", "-m", *args])
+    argv = [
+        "sweeper",
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        *overrides,
+        "lr=0.2,0.1,0.01",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
     from sweeper.__main__ import main
 
     GlobalHydra.instance().clear()
-    main()  # in this process, so that the loader's composes can be counted
+    main()
     GlobalHydra.instance().clear()
+    return Counter(composed)
+
+
+@pytest.mark.parametrize("batch", [[], ["hydra.sweeper.max_batch_size=2"]], ids=["one-batch", "batches-of-2"])
+def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, monkeypatch, batch):
+    composed = sweep_here(monkeypatch, tmp_path, *batch)
     jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
     assert [j["overrides"][-1] for j in jobs] == ["lr=0.2", "lr=0.1", "lr=0.01"]
     for job in jobs:
         assert json.loads((tmp_path / job["dir"] / "summary.json").read_text())["status"] == "completed"
     # Each job once, in one batch or in batches of 2 (Hydra's basic sweeper: twice, and our check
     # a third time).
-    assert Counter(c[-1] for c in composed) == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1}
+    assert composed == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1}
 
 
 def test_only_the_first_jobs_configs_are_held_for_the_launcher(tmp_path, monkeypatch):
@@ -83,25 +96,8 @@ def test_only_the_first_jobs_configs_are_held_for_the_launcher(tmp_path, monkeyp
 
     Plugins.instance()  # Hydra's plugin scan loads the module the sweep will use: patch that one
     monkeypatch.setattr(sys.modules["hydra_plugins.sweeper_grid.grid"], "KEEP", 2)
-    composed, load = [], ConfigLoaderImpl.load_sweep_config
-    monkeypatch.setattr(
-        ConfigLoaderImpl,
-        "load_sweep_config",
-        lambda self, master_config, sweep_overrides: (
-            composed.append(sweep_overrides[-1]) or load(self, master_config, sweep_overrides)
-        ),
-    )
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        ["sweeper", "-m", *TINY, "trainer.epochs=1", "lr=0.2,0.1,0.01", f"hydra.sweep.dir={tmp_path}"],
-    )
-    from sweeper.__main__ import main
-
-    GlobalHydra.instance().clear()
-    main()
-    GlobalHydra.instance().clear()
-    assert Counter(composed) == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 2}  # the third: checked, then launched
+    composed = sweep_here(monkeypatch, tmp_path)
+    assert composed == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 2}  # the third: checked, then launched
 
 
 def test_hydras_basic_sweeper_still_checks_the_grid_first_and_summarises_it(tmp_path):
