@@ -74,3 +74,24 @@ def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_pa
             strict=True,
         ):
             assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)
+
+
+@pytest.mark.parametrize("fuse", ["false", "true"])
+def test_one_cpu_worker_is_this_process(tmp_path, monkeypatch, fuse):
+    # No GPU to pin and one slot: spawning a worker would only import torch a second time.
+    import os
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sweeper.__main__ import main
+
+    argv = ["sweeper", "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", f"hydra.launcher.fuse={fuse}",
+            *TINY, "trainer.epochs=1", "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    GlobalHydra.instance().clear()
+    main()
+    GlobalHydra.instance().clear()
+    for n in range(2):
+        assert json.loads((tmp_path / str(n) / "summary.json").read_text())["status"] == "completed"
+        assert json.loads((tmp_path / str(n) / "job.json").read_text())["pid"] == os.getpid()
