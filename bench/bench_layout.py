@@ -23,6 +23,27 @@ from sweeper import host_memory
 from sweeper.models import ConvNet
 
 
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device, layout, lr: torch.Tensor, steps: int) -> float:
+    """ms per call of step(x, y, lr) on batches of 100, after 10 warm-up calls (and the capture)."""
+    xs = torch.randn(8, 100, 3, 32, 32, device=device)  # a few batches, rotated: not one cached input
+    ys = torch.randint(0, 10, (8, 100), device=device)
+    loss_sum = torch.zeros_like(lr)
+    for i in range(10):
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
+    sync(device)
+    assert torch.isfinite(loss_sum).all()
+    return (time.perf_counter() - t) / steps * 1e3
+
+
 def measure(layout, device, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = ConvNet(in_channels=3, image_size=32, num_classes=10).to(device, memory_format=layout)
@@ -37,25 +58,21 @@ def measure(layout, device, steps: int) -> tuple[float, float]:
         loss.backward()
         opt.step()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     for _ in range(5):  # warm-up: kernel selection, allocator
         step()
-    sync()
+    sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
+    sync(device)
     train_ms = (time.perf_counter() - t) / steps * 1e3
     with torch.inference_mode():
         model(x_eval)
-        sync()
+        sync(device)
         t = time.perf_counter()
         for _ in range(5):
             model(x_eval)
-        sync()
+        sync(device)
         eval_ms = (time.perf_counter() - t) / 5 * 1e3
     return train_ms, eval_ms
 
@@ -69,19 +86,7 @@ def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
     model = ConvNet(in_channels=3, image_size=32, num_classes=10).to("cuda", memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     step = Replay(sgd_step(model, opt, autocast_for(precision, "cuda"), 0.0), enabled=graph)
-    xs = torch.randn(8, 100, 3, 32, 32, device="cuda")  # a few batches, rotated: not one cached input
-    ys = torch.randint(0, 10, (8, 100), device="cuda")
-    lr = torch.tensor(0.1, device="cuda")
-    loss_sum = torch.zeros((), device="cuda")
-    for i in range(10):  # warm-up, and capture
-        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(steps):
-        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
-    torch.cuda.synchronize()
-    assert torch.isfinite(loss_sum)
-    return (time.perf_counter() - t) / steps * 1e3
+    return time_step(step, torch.device("cuda"), layout, torch.tensor(0.1, device="cuda"), steps)
 
 
 def measure_trials(n_trials: int, device, layout, steps: int) -> float:
@@ -102,24 +107,7 @@ def measure_trials(n_trials: int, device, layout, steps: int) -> float:
     zeros = [0.0] * n_trials
     _, step_fn, _ = fused.trial_sgd(wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0)
     step = Replay(step_fn, enabled=device.type == "cuda")
-    xs = torch.randn(8, 100, 3, 32, 32, device=device)  # a few batches, rotated
-    ys = torch.randint(0, 10, (8, 100), device=device)
-    lr = torch.full((n_trials,), 0.01, device=device)
-    loss_sum = torch.zeros(n_trials, device=device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for i in range(10):  # warm-up, and capture
-        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
-    sync()
-    t = time.perf_counter()
-    for i in range(steps):
-        loss_sum += step(xs[i % 8].contiguous(memory_format=layout), ys[i % 8], lr)
-    sync()
-    assert torch.isfinite(loss_sum).all()
-    return (time.perf_counter() - t) / steps * 1e3
+    return time_step(step, device, layout, torch.full((n_trials,), 0.01, device=device), steps)
 
 
 def main():
@@ -129,8 +117,9 @@ def main():
     p.add_argument("--trials", default="1,3,6", help="fused trial counts to time (comma-separated)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    host_memory.keep_freed_buffers()  # as every CPU run of the framework does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        host_memory.keep_freed_buffers()  # as every CPU run of the framework does
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads"
     plain = measure(torch.contiguous_format, device, args.steps)
     nhwc = measure(torch.channels_last, device, args.steps)
