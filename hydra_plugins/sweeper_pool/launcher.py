@@ -103,10 +103,6 @@ class PoolLauncher(Launcher):
         log.info(
             f"Launching {len(job_overrides)} jobs on {n_workers} workers ({self.slots_per_device} per device {devices})"
         )
-        context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
-        slots = context.Queue()
-        for i in range(n_workers):
-            slots.put(devices[i % len(devices)])
         state = Singleton.get_state()
         configs = []
         for i, overrides in enumerate(job_overrides):
@@ -122,14 +118,7 @@ class PoolLauncher(Launcher):
         # One worker on the CPU needs no device pinning: this process is the worker, which saves
         # a spawn and a second import of torch (about 1 s on cpu-vm).
         here = n_workers == 1 and devices == ["cpu"]
-        workers = (
-            _ThisProcess()
-            if here
-            else ProcessPoolExecutor(
-                n_workers, mp_context=context, initializer=_pin_worker, initargs=(slots,)
-            )
-        )
-        with workers as pool:
+        with _ThisProcess() if here else _worker_processes(devices, n_workers) as pool:
             futures = []
             for group in groups:
                 if len(group) == 1:
@@ -146,6 +135,15 @@ class PoolLauncher(Launcher):
                 for i, ret in zip(group, returned if len(group) > 1 else [returned], strict=True):
                     results[i] = ret
         return results
+
+
+def _worker_processes(devices: list[str], n_workers: int) -> ProcessPoolExecutor:
+    """n_workers spawned processes, each pinned to a device slot for its life (_pin_worker)."""
+    context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
+    slots = context.Queue()
+    for i in range(n_workers):
+        slots.put(devices[i % len(devices)])
+    return ProcessPoolExecutor(n_workers, mp_context=context, initializer=_pin_worker, initargs=(slots,))
 
 
 class _ThisProcess:
