@@ -58,7 +58,8 @@ def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, in
 
 def choice(cfg, key, allowed: Sequence):
     v = _get(cfg, key)
-    if v not in allowed:
+    # Equal and of the same type: `in` alone takes 0 and 1 for False and True.
+    if not any(v == a and type(v) is type(a) for a in allowed):
         raise ConfigError(f"{key}={v!r} is invalid: allowed values are {', '.join(map(str, allowed))}")
     return v
 
@@ -208,10 +209,7 @@ def _check_trainer(cfg, n_train: int) -> None:
         )
     choice(cfg, "trainer.precision", PRECISIONS)
     choice(cfg, "trainer.channels_last", ("auto", True, False))
-    graph = _get(cfg, "trainer.cuda_graph")
-    if not (graph == "auto" or isinstance(graph, bool)):  # not `in`: 0 == False, 1 == True
-        raise ConfigError(f"trainer.cuda_graph={graph!r} is invalid: allowed values are auto, True, False")
-    if graph is True:
+    if choice(cfg, "trainer.cuda_graph", ("auto", True, False)) is True:
         from sweeper.cuda_graph import capturable
 
         reason = capturable(cfg)

@@ -82,6 +82,8 @@ def test_experiments_hold_the_lecture_protocols():
             "trainer.device='tpu' is invalid: allowed values are auto, cpu, cuda, cuda:N, mps",
         ),
         (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be an integer >= 1 and <= 300"),
+        # 1 and 0 equal True and False in Python, but are not the knob's values
+        (["trainer.channels_last=1"], "trainer.channels_last=1 is invalid: allowed values are auto, True, False"),
     ],
 )
 def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, message):
