@@ -8,8 +8,6 @@ read by the training loop and dropped before instantiation.
 
 from __future__ import annotations
 
-from functools import partial
-
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -33,8 +31,9 @@ def optimizer(cfg: DictConfig, parameters):
     return instantiate(_arguments(cfg.optim), parameters, lr=cfg.lr)
 
 
-def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int):
-    """step -> learning rate, with the schedule's knobs and the run's lr bound in."""
-    fn = instantiate(_arguments(cfg.schedule))
-    bound = partial(fn, lr=cfg.lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    return schedules.with_warmup(bound, cfg.schedule.warmup_epochs, steps_per_epoch)
+def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int) -> schedules.Schedule:
+    """step -> learning rate, built once with the schedule's knobs and the run's values."""
+    at = instantiate(
+        _arguments(cfg.schedule), lr=cfg.lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
+    return schedules.with_warmup(at, cfg.schedule.warmup_epochs, steps_per_epoch)

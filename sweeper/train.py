@@ -353,7 +353,9 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 
 
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
-NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph"}
+# Keys whose change does not change what a resumed run computes. schedule._partial_: records
+# written before schedules were built as factories carry it.
+NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -32,7 +32,7 @@ def base_config(**overrides) -> dict:
                   "dropout": 0.0, "batch_norm": False, "l1": 0.0},
         "optim": {"_target_": "torch.optim.SGD", "name": "sgd", "momentum": 0.0, "nesterov": False,
                   "weight_decay": 0.0},
-        "schedule": {"_target_": "sweeper.schedules.constant", "_partial_": True, "name": "constant",
+        "schedule": {"_target_": "sweeper.schedules.constant", "name": "constant",
                      "warmup_epochs": 0},
         "data": {"name": "synthetic", "n_train": 5000, "n_test": 1000, "label_noise": 0.1, "train_size": None,
                  "seed": 0, "normalize": True, "augment": False},
