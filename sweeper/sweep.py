@@ -41,31 +41,63 @@ def fail(message: str) -> None:
 
 
 def check_jobs(
-    config: DictConfig, jobs: list[list[str]], compose_job: Callable[[list[str]], DictConfig]
-) -> None:
-    """Refuse a bad sweep in one line (exit 2) before its first job starts, else record it in sweep.json.
+    config: DictConfig,
+    jobs: list[list[str]],
+    compose_job: Callable[[list[str]], DictConfig],
+    config_loader=None,
+    nested: bool = True,
+) -> list[list[str]]:
+    """Refuse a bad sweep in one line (exit 2) before its first job starts, else record it in
+    sweep.json; returns the jobs to launch, in order.
 
     `compose_job(overrides)` gives a job's composed config (hydra_plugins/sweeper_grid composes
-    each job once and hands the same config to the launcher). Refused: a bad value or an unknown
-    key in any job, a sweep dir that holds another grid, a run dir still being written by a live
-    process, and a resume into a run dir of another config.
+    each job once and hands the same config to the launcher). A job whose config brings a grid
+    of its own (own_grid: `-m experiment=lecture_lr,lecture_lr2`) becomes that grid's jobs when
+    `nested`, else it is refused (Hydra's basic sweeper would run it as one job). Refused: a bad
+    value or an unknown key in any job, a sweep dir that holds another grid, a run dir still
+    being written by a live process, and a resume into a run dir of another config.
     """
     sweep_dir = Path(config.hydra.sweep.dir)
+    final: list[list[str]] = []
+    resolved: list[dict | None] = []  # a resumed job's config, to compare with its old record
+
+    def visit(job: list[str]) -> None:
+        label = f"job {len(final)} ({' '.join(job)})"
+        try:
+            composed = compose_job(job)
+        except Exception as e:  # a composition error (unknown key or option) from Hydra
+            fail(f"{label}: {str(e).splitlines()[0]}")
+        extra = own_grid(composed, job)
+        if extra and not nested:
+            fail(
+                f"{label}: its config sweeps " + " ".join(f"{k}={v}" for k, v in extra.items())
+                + ", which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
+            )  # fmt: skip
+        if extra:  # the job becomes its own grid: keys the job sets win over the grid's
+            arguments = [*job, *(f"{k}={v}" for k, v in extra.items())]
+            parser = OverridesParser.create(config_loader=config_loader)
+            for inner in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]:
+                visit(list(inner))
+            return
+        job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
+        try:
+            check(job_cfg)
+        except ConfigError as e:
+            fail(f"{label}: {e}")
+        previous = sweep_dir / str(len(final)) / "config.json"
+        resume = job_cfg.trainer.resume and previous.exists()
+        resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume else None)
+        final.append(job)
+
+    for job in jobs:
+        visit(job)
     known = _read_sweep(sweep_dir)
-    if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(jobs):
+    if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(final):
         fail(
             f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
             "resume it with the same overrides, or choose another hydra.sweep.dir"
         )
-    for num, overrides in enumerate(jobs):
-        try:
-            composed = compose_job(overrides)
-            job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
-            check(job_cfg)
-        except ConfigError as e:
-            fail(f"job {num} ({' '.join(overrides)}): {e}")
-        except Exception as e:  # a composition error (unknown key or option) from Hydra
-            fail(f"job {num} ({' '.join(overrides)}): {str(e).splitlines()[0]}")
+    for num, (overrides, job_config) in enumerate(zip(final, resolved, strict=True)):
         writer = _live_writer(sweep_dir / str(num))
         if writer is not None:
             fail(
@@ -73,17 +105,15 @@ def check_jobs(
                 "on this host; wait for it to end (or stop it) before resuming this sweep"
             )
         # Resuming into a run dir of another config would mix results: refuse before any job.
-        previous = sweep_dir / str(num) / "config.json"
-        if job_cfg.trainer.resume and previous.exists():
-            diff = config_difference(
-                json.loads(previous.read_text()), OmegaConf.to_container(job_cfg, resolve=True)
-            )
+        if job_config is not None:
+            previous = sweep_dir / str(num) / "config.json"
+            diff = config_difference(json.loads(previous.read_text()), job_config)
             if diff:
                 fail(
                     f"job {num} ({' '.join(overrides)}): {previous.parent} holds a run of another config "
                     f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
                 )
-    listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(jobs)]
+    listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(final)]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
     if known is None:
@@ -98,7 +128,8 @@ def check_jobs(
                 }
             ),
         )
-    print(f"sweep: {len(jobs)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+    print(f"sweep: {len(final)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+    return final
 
 
 GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
@@ -115,6 +146,15 @@ def expand(config: DictConfig, config_loader=None) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
+def own_grid(job_config: DictConfig, job: list[str]) -> dict:
+    """The sweep params a job's own config brings that the job does not set: those of a config
+    group chosen by the sweep itself, as `-m experiment=lecture_lr,lecture_lr2` chooses each
+    experiment, whose `hydra.sweeper.params` were not in the grid Hydra expanded."""
+    params = job_config.hydra.sweeper.get("params") or {}
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in job}
+    return {k: str(v) for k, v in params.items() if k not in keys}
+
+
 class SweepCallback(Callback):
     """Checks a grid run by another sweeper than the grid sweeper (`hydra/sweeper=basic`), and
     prints every sweep's summary, read from the run records once every job has ended."""
@@ -123,7 +163,9 @@ class SweepCallback(Callback):
         if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
             return  # the grid sweeper checks its jobs as it composes them, once each
         name = config.hydra.job.config_name
-        check_jobs(config, expand(config), lambda job: compose(config_name=name, overrides=job))
+        # With Hydra's part: a job's own sweep params (own_grid) are refused, not dropped.
+        jobs = expand(config)
+        check_jobs(config, jobs, lambda job: compose(name, job, return_hydra_config=True), nested=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

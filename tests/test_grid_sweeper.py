@@ -119,3 +119,59 @@ def test_hydras_basic_sweeper_still_checks_the_grid_first_and_summarises_it(tmp_
     assert good.returncode == 0, good.stderr
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["jobs"]) == 2
     assert "2 jobs: 2 completed" in good.stdout
+
+
+def sweep_experiments(monkeypatch, tmp_path, *overrides: str) -> list[list[str]]:
+    """Run `-m experiment=lecture_lr,lecture_lr2` (tiny, fused) in this process; returns its jobs."""
+    argv = ["sweeper", "-m", "experiment=lecture_lr,lecture_lr2", *TINY, "trainer.epochs=26",  # lr2 switches after 25
+            "hydra/launcher=pool", "hydra.launcher.fuse=true", *overrides, f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    from sweeper.__main__ import main
+
+    GlobalHydra.instance().clear()
+    main()
+    GlobalHydra.instance().clear()
+    return [j["overrides"] for j in json.loads((tmp_path / "sweep.json").read_text())["jobs"]]
+
+
+def test_sweeping_experiments_runs_each_experiments_own_grid_fused_as_one_program(tmp_path, monkeypatch):
+    # Hydra alone would run one job per experiment, at its default lr / lr2, dropping both grids.
+    jobs = sweep_experiments(monkeypatch, tmp_path)
+    assert [(job[0], job[-1]) for job in jobs] == [
+        ("experiment=lecture_lr", "lr=0.2"),
+        ("experiment=lecture_lr", "lr=0.1"),
+        ("experiment=lecture_lr", "lr=0.01"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.07"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.05"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.02"),
+    ]
+    expected = [(0.2, "constant", True), (0.1, "constant", True), (0.01, "constant", True)] + [(0.1, "step", False)] * 3
+    for num, (lr, schedule, keep) in enumerate(expected):
+        run = tmp_path / str(num)
+        config = json.loads((run / "config.json").read_text())
+        assert (config["lr"], config["schedule"]["name"], config["trainer"]["keep_sample_losses"]) == (lr, schedule, keep)
+        summary = json.loads((run / "summary.json").read_text())
+        # The two experiments differ only in lr, schedule and what their records keep: one program.
+        assert summary["status"] == "completed" and summary["fused_trials"] == 6
+        assert (run / "sample_losses").exists() == keep  # lecture_lr keeps its raw per-sample losses
+
+
+def test_the_command_line_wins_over_an_experiments_own_grid(tmp_path, monkeypatch):
+    jobs = sweep_experiments(monkeypatch, tmp_path, "lr=0.05")
+    # lecture_lr's lr grid gives way to the command line's lr; lecture_lr2 keeps its lr2 grid.
+    assert [(job[0], job[-1]) for job in jobs] == [
+        ("experiment=lecture_lr", "lr=0.05"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.07"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.05"),
+        ("experiment=lecture_lr2", "schedule.lr2=0.02"),
+    ]
+    assert {json.loads((tmp_path / str(n) / "config.json").read_text())["lr"] for n in range(4)} == {0.05}
+
+
+def test_hydras_basic_sweeper_refuses_an_experiments_grid_it_would_drop(tmp_path):
+    done = run_cli("-m", "hydra/sweeper=basic", "experiment=lecture_lr", *TINY, "lr=0.1", "experiment=lecture_lr,lecture_lr2", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "its config sweeps schedule.lr2=0.07,0.05,0.02, which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
+    )
+    assert not (tmp_path / "outputs").exists()

@@ -9,6 +9,13 @@ again to run it; checking our values needed a third. A compose of this project's
 about 84 ms on cpu-vm, so a grid paid a quarter of a second per job before training anything.
 Here each job is composed once, checked by sweeper.sweep.check_jobs (values, resume conflicts, a
 live writer), and the launcher takes that config instead of composing it again.
+
+One difference: a job whose config brings a grid of its own runs that grid. Sweeping a config
+group whose options set `hydra.sweeper.params` runs each option's grid:
+
+    python -m sweeper -m experiment=lecture_lr,lecture_lr2     # the lecture's 6 protocols, one sweep
+
+where Hydra's basic sweeper would run one job per experiment, at its default values.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -81,16 +88,24 @@ class GridSweeper(BasicSweeper):
         # leaves at most KEEP here.
         from sweeper.sweep import check_jobs, expand
 
-        jobs = expand(self.config, self.loader)  # the jobs super().sweep() will launch, in order
-        first = {tuple(job) for job in jobs[:KEEP]}
+        held = self.loader.composed
 
         def compose(job: list[str]):
-            if tuple(job) in first:
+            if len(held) < KEEP:
                 return self.loader.compose(self.config, job)
             return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
 
-        check_jobs(self.config, jobs, compose)
+        # The jobs Hydra's basic sweeper would launch, in its order, except that a job whose
+        # config brings a grid of its own (`-m experiment=lecture_lr,lecture_lr2`) becomes that grid.
+        self.jobs = check_jobs(self.config, expand(self.config, self.loader), compose, self.loader)
+        launched = {tuple(job) for job in self.jobs}
+        for job in [job for job in held if job not in launched]:  # a job that became its grid
+            del held[job]
         return super().sweep(arguments)
+
+    def split_arguments(self, overrides, max_batch_size: int | None) -> list[list[list[str]]]:
+        """The batches of the jobs sweep() expanded and checked (Hydra's sweep() calls this)."""
+        return list(self.split_overrides_to_chunks(self.jobs, max_batch_size))
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         pass  # sweep() has composed and checked every job
