@@ -95,3 +95,19 @@ def test_one_cpu_worker_is_this_process(tmp_path, monkeypatch, fuse):
     for n in range(2):
         assert json.loads((tmp_path / str(n) / "summary.json").read_text())["status"] == "completed"
         assert json.loads((tmp_path / str(n) / "job.json").read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(("device", "current"), [("1", [1]), ("cpu", [])])
+def test_the_single_worker_runs_its_jobs_on_its_device(monkeypatch, device, current):
+    # One worker on one GPU runs in the launching process: that GPU becomes the current device,
+    # which a run's trainer.device=auto takes (sweeper.train.pick_device).
+    import torch
+
+    from hydra_plugins.sweeper_pool.launcher import _ThisProcess
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    with _ThisProcess(device) as pool:
+        assert pool.submit(lambda x: x * 2, 21).result() == 42  # run at once, here
+    assert chosen == current

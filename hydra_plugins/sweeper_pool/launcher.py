@@ -9,8 +9,8 @@ a GPU as separate processes finish far sooner than one after the other. Each wor
 one device (CUDA_VISIBLE_DEVICES) and stays up for the whole sweep, running job after job, so
 process start, imports, the CUDA context and the decoded data set (memoised in sweeper.data) are
 paid once per worker, not once per job. Every job still writes its own complete run record.
-`devices: [cpu]` (the default where there is no GPU) runs `slots_per_device` workers on the CPU;
-with one slot, the worker is the launching process itself.
+`devices: [cpu]` (the default where there is no GPU) runs `slots_per_device` workers on the CPU.
+A single worker (one device, one slot) is the launching process itself.
 With `fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed are trained
 as one program in one worker, one wide net for all of them (sweeper/fused.py); each still writes its own record.
 """
@@ -64,7 +64,6 @@ def resolve_devices(devices: Sequence) -> list[str]:
 def _pin_worker(slots) -> None:
     """Runs once in each new worker: take a device slot and keep it for the worker's life."""
     device = slots.get()
-    os.environ["SWEEPER_WORKER_DEVICE"] = device
     if device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # before torch initialises CUDA in this process
 
@@ -115,10 +114,9 @@ class PoolLauncher(Launcher):
             configs.append(sweep_config)
         groups = fused_groups(configs) if self.fuse else [[i] for i in range(len(configs))]
         results: list = [None] * len(configs)
-        # One worker on the CPU needs no device pinning: this process is the worker, which saves
-        # a spawn and a second import of torch (about 1 s on cpu-vm).
-        here = n_workers == 1 and devices == ["cpu"]
-        with _ThisProcess() if here else _worker_processes(devices, n_workers) as pool:
+        # A single worker is this process, on its device: that saves a spawn and a second import
+        # of torch (about 1 s on cpu-vm, more on a GPU machine, which also starts CUDA once).
+        with _ThisProcess(devices[0]) if n_workers == 1 else _worker_processes(devices, n_workers) as pool:
             futures = []
             for group in groups:
                 if len(group) == 1:
@@ -147,7 +145,10 @@ def _worker_processes(devices: list[str], n_workers: int) -> ProcessPoolExecutor
 
 
 class _ThisProcess:
-    """An executor that runs each call at once, in this process."""
+    """An executor that runs each call at once, in this process, on `device` (a GPU index, or cpu)."""
+
+    def __init__(self, device: str):
+        self.device = device
 
     def submit(self, fn, *args) -> Future:
         done = Future()
@@ -155,6 +156,10 @@ class _ThisProcess:
         return done
 
     def __enter__(self):
+        import torch
+
+        if self.device != "cpu" and torch.cuda.is_available():  # a run's "auto" device is the current one
+            torch.cuda.set_device(int(self.device))  # (sweeper.train.pick_device)
         return self
 
     def __exit__(self, *exc) -> None:
