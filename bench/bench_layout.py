@@ -89,8 +89,9 @@ def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
     return time_step(step, torch.device("cuda"), layout, torch.tensor(0.1, device="cuda"), steps)
 
 
-def measure_trials(n_trials: int, device, layout, steps: int) -> float:
-    """ms per training step of n_trials fused trials (one batch shared, as one seed gives)."""
+def measure_trials(n_trials: int, device, layout, steps: int) -> tuple[float, float]:
+    """ms per training step of n_trials fused trials (one batch shared, as one seed gives), and
+    ms per evaluation forward of all of them at batch 1000 (eager, as the framework runs it)."""
     import copy
 
     from torch.func import stack_module_state
@@ -105,9 +106,18 @@ def measure_trials(n_trials: int, device, layout, steps: int) -> float:
     params, buffers = stack_module_state(nets)
     wide = stacked.widen(copy.deepcopy(nets[0]).to("meta"), n_trials)
     zeros = [0.0] * n_trials
-    _, step_fn, _ = fused.trial_sgd(wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0)
+    forward, step_fn, _ = fused.trial_sgd(wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0)
     step = Replay(step_fn, enabled=device.type == "cuda")
-    return time_step(step, device, layout, torch.full((n_trials,), 0.01, device=device), steps)
+    step_ms = time_step(step, device, layout, torch.full((n_trials,), 0.01, device=device), steps)
+    x_eval = torch.randn(1000, 3, 32, 32, device=device).contiguous(memory_format=layout)
+    with torch.inference_mode():
+        forward(x_eval)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(5):
+            forward(x_eval)
+        sync(device)
+    return step_ms, (time.perf_counter() - t) / 5 * 1e3
 
 
 def main():
@@ -141,16 +151,21 @@ def main():
                 graph = measure_step(layout, precision, True, args.steps * 5)
                 print(f"  {precision} {name:<14} {eager:7.3f} {graph:7.3f}   {eager / graph:.2f}x")
 
-    # Fused trials, channels_last as the framework runs them (auto: on the CPU, and in a graph).
+    # Fused trials, channels_last as the framework runs them (auto: on the CPU, and in a graph);
+    # on a GPU NCHW too, since grouped convolutions may pick other kernels there.
     how = "CUDA graph" if device.type == "cuda" else "eager"
-    print(f"fused trials' step (batch 100, shared batches, channels_last, {how}):")
-    one = None
-    for n in (int(t) for t in args.trials.split(",")):
-        ms = measure_trials(n, device, torch.channels_last, args.steps * (5 if device.type == "cuda" else 1))
-        if n == 1:
-            one = ms
-        ratio = f"   {one / (ms / n):.2f}x the throughput of the 1-trial step" if one and n > 1 else ""
-        print(f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio}")
+    layouts = [("channels_last", torch.channels_last)]
+    if device.type == "cuda":
+        layouts.append(("NCHW", torch.contiguous_format))
+    for name, layout in layouts:
+        print(f"fused trials' step (batch 100, shared batches, {name}, {how}) and eval forward (batch 1000, eager):")
+        one = None
+        for n in (int(t) for t in args.trials.split(",")):
+            ms, eval_ms = measure_trials(n, device, layout, args.steps * (5 if device.type == "cuda" else 1))
+            if n == 1:
+                one = ms
+            ratio = f"   {one / (ms / n):.2f}x the throughput of the 1-trial step" if one and n > 1 else ""
+            print(f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio};  eval {eval_ms:7.3f} ms")
 
 
 if __name__ == "__main__":

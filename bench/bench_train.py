@@ -6,8 +6,10 @@
   (c) framework  `python -m sweeper -m ...` on the same grid, writing its full run records
   (c0)           the same with trainer.cuda_graph=false (GPU size only)            --ways nograph
   (e) pool       `hydra/launcher=pool`, a slot per job on the GPU (GPU size only)
-  (d) fused      `hydra/launcher=pool hydra.launcher.fuse=true`: the jobs of each sub-grid
-                 trained as one program (one wide net), each still writing its own record
+  (d) fused      `hydra/launcher=pool hydra.launcher.fuse=true`: the grid's jobs trained as one
+                 program (one wide net), each still writing its own record; at the GPU size one
+                 command, `experiment=lecture_lr,lecture_lr2`, runs the 6 protocols as one group
+  (d2)           the same, the lr and lr2 sub-grids as two commands at once (GPU size only)  --ways fused2
 
     python bench/bench_train.py                 # CPU size: 3 runs x 4 epochs, 10k synthetic images (about 4 min on 2 cores)
     python bench/bench_train.py --size gpu      # the lecture grid: 6 protocols x 50 epochs, CIFAR-shaped
@@ -49,7 +51,7 @@ from sweeper import data as data_module  # noqa: E402
 
 # The repo first on the path, keeping any path already set (a --target install of the deps, say).
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-WAYS = ("naive", "bare", "nograph", "framework", "pool", "fused")
+WAYS = ("naive", "bare", "nograph", "framework", "pool", "fused", "fused2")
 LR_GRID = [(0.2, None), (0.1, None), (0.01, None)]
 LR2_GRID = [(0.1, 0.07), (0.1, 0.05), (0.1, 0.02)]
 
@@ -98,16 +100,21 @@ def run_bare(folder: Path, protocols, epochs: int, log) -> tuple[float, float]:
     return time.perf_counter() - t0, _epochs_s(done.stdout)
 
 
-def run_framework(protocols, epochs, data_args, out: Path, log, launcher=(), fused=False, at_once=False):
+def run_framework(protocols, epochs, data_args, out: Path, log, launcher=(), fused=False, at_once=False, one=False):
     """The grid through `python -m sweeper -m`: one command for the lr sub-grid, one for lr2.
 
     at_once: both commands run at the same time (on a GPU they share it), else one after the other.
+    one: the lecture's whole grid (its 6 protocols, 50 epochs) as one command of both experiments.
     Returns the wall time and the runs' own epoch times (training + evaluation) summed.
     """
     plain = [lr for lr, lr2 in protocols if lr2 is None]
     stepped = [lr2 for lr, lr2 in protocols if lr2 is not None]
     common = [*launcher, *data_args, f"trainer.epochs={epochs}", "trainer.checkpoint=true"]
     cmds = []
+    if one and protocols == LR_GRID + LR2_GRID and epochs == 50:  # the experiments' own grids
+        cmds.append([sys.executable, "-m", "sweeper", "-m", "experiment=lecture_lr,lecture_lr2", *common,
+                     "trainer.keep_sample_losses=false", f"hydra.sweep.dir={out}/all"])  # fmt: skip
+        plain = stepped = []  # as the two commands below, lecture_lr's raw losses are not kept
     if plain:
         cmds.append([sys.executable, "-m", "sweeper", "-m", *common, "lr=" + ",".join(map(str, plain)),
                      f"hydra.sweep.dir={out}/plain"])  # fmt: skip
@@ -157,7 +164,7 @@ def main():
     n_train = args.n_train or (50_000 if gpu else 10_000)
     n_test = 10_000 if gpu else 2_000
     protocols = grid(args.size, runs)
-    ways = args.ways.split(",") if args.ways else [w for w in WAYS if gpu or w not in ("nograph", "pool")]
+    ways = args.ways.split(",") if args.ways else [w for w in WAYS if gpu or w not in ("nograph", "pool", "fused2")]
     unknown = set(ways) - set(WAYS)
     if unknown:
         p.error(f"--ways: unknown {sorted(unknown)}; allowed values are {', '.join(WAYS)}")
@@ -213,16 +220,18 @@ def main():
                 measure("(e) pool", f"hydra/launcher=pool, {len(protocols)} slots on the GPU{both}",
                         partial(run_framework, protocols, epochs, data_args, folder / f"pool{r}", log, pool, at_once=gpu),
                         epochs)  # fmt: skip
-            elif way == "fused":
+            elif way in ("fused", "fused2"):
                 fuse = ["hydra/launcher=pool", "hydra.launcher.fuse=true"]
-                measure("(d) fused", f"hydra/launcher=pool hydra.launcher.fuse=true{both}",
-                        partial(run_framework, protocols, epochs, data_args, folder / f"fused{r}", log, fuse, fused=True,
-                                at_once=gpu), epochs)  # fmt: skip
+                one = way == "fused" and protocols == LR_GRID + LR2_GRID and epochs == 50
+                how = ", one command: experiment=lecture_lr,lecture_lr2" if one else both
+                measure(f"(d{way[5:]}) fused", f"hydra/launcher=pool hydra.launcher.fuse=true{how}",
+                        partial(run_framework, protocols, epochs, data_args, folder / f"{way}{r}", log, fuse, fused=True,
+                                at_once=gpu, one=one), epochs)  # fmt: skip
 
     full = {k: statistics.median(v) for k, v in full_runs.items()}
     epochs_s = {k: statistics.median(v) for k, v in epochs_runs.items()}
     print(f"\nratios of the medians of {args.repeat} repeats" if args.repeat > 1 else "")
-    fast = [k for k in full if k.startswith(("(c)", "(d)", "(e)"))]
+    fast = [k for k in full if k.startswith(("(c)", "(d)", "(d2)", "(e)"))]
     best = min(fast, key=full.get) if fast else None
     if "(a) naive" in full and best:
         for k in fast:

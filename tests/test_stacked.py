@@ -27,18 +27,27 @@ def build(spec, seed):
     return spec["cls"](in_channels=3, image_size=32, num_classes=10, **kwargs)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.parametrize("name", NETS)
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_the_wide_net_gives_each_trial_its_own_nets_logits_and_gradients(name, layout):
-    nets = [build(NETS[name], seed).to(memory_format=layout).eval() for seed in range(T)]
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_the_wide_net_gives_each_trial_its_own_nets_logits_and_gradients(name, layout, device, monkeypatch):
+    # cuDNN's grouped kernels against its solo ones, in full fp32 (TF32 would round both
+    # differently), with its default algorithms: benchmark mode, which an earlier run in this
+    # process may have turned on, picks them by timing, so the kernels compared would vary.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    nets = [build(NETS[name], seed).to(device, memory_format=layout).eval() for seed in range(T)]
     params, buffers = stack_module_state(nets)
     wide = stacked.widen(copy.deepcopy(nets[0]).to("meta"), T).eval()
     # the same names as the solo nets, each with a leading trial dimension
     assert {k: v.shape for k, v in wide.named_parameters()} == {k: v.shape for k, v in params.items()}
     g = torch.Generator().manual_seed(0)
-    shared = torch.randn(20, 3, 32, 32, generator=g).contiguous(memory_format=layout)
-    own = torch.randn(T, 20, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (T, 20), generator=g)
+    shared = torch.randn(20, 3, 32, 32, generator=g).to(device).contiguous(memory_format=layout)
+    own = torch.randn(T, 20, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (T, 20), generator=g).to(device)
     for images, per_trial in ((shared, [shared] * T), (own, list(own))):
         logits = functional_call(wide, (params, buffers), (images,))
         assert logits.shape == (T, 20, 10)
