@@ -14,7 +14,8 @@ from torch import nn
 
 from sweeper import schedules
 
-NOT_ARGUMENTS = {"name", "l1", "warmup_epochs"}
+# _partial_: configs from before schedules were factories (an old run's .hydra/config.yaml).
+NOT_ARGUMENTS = {"name", "l1", "warmup_epochs", "_partial_"}
 
 
 def _arguments(node: DictConfig) -> dict:

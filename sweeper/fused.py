@@ -59,7 +59,9 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         return "fused trials need trainer.precision=fp32"
     first = _shared(cfgs[0])
     if any(_shared(c) != first for c in cfgs[1:]):
-        return "fused trials must share model, data and trainer (all but trainer.seed and what the records keep)"
+        return (
+            "fused trials must share model, data and trainer (all but trainer.seed and what the records keep)"
+        )
     try:  # the net's layers, built without memory: can one wide net compute every trial?
         with torch.device("meta"):
             net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)  # both data sets are CIFAR-shaped
@@ -178,7 +180,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     graph = cuda_graph.wanted(cfg0, device)  # fusable() has checked the update is capturable
     fused_step = cuda_graph.Replay(step_fn, graph, required=cfg0.trainer.cuda_graph is True)
 
-    solo_states = SoloStates(cfgs, base, device) if any(cfg.trainer.checkpoint for cfg in cfgs) else None
+    solo_states = SoloStates(cfgs, base, device)
     status = ["completed"] * n_trials
     step, samples, t_start = 0, 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -242,7 +244,9 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
                 log.warning("trial %s: non-finite loss at epoch %d (status diverged)", record.dir, epoch)
             elif cfgs[t].trainer.checkpoint:
                 record.save_checkpoint(
-                    solo_states.state(t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t])
+                    solo_states.state(
+                        t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t]
+                    )
                 )
         log.info("epoch %d/%d: %d fused trials, test_acc %s (%.1fs)", epoch, epochs, n_trials,
                  " ".join(f"{a:.4f}" for a in results["test"][2]), now - t_epoch)  # fmt: skip
@@ -255,21 +259,26 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
 class SoloStates:
     """Each trial's state in exactly the layout train.train() saves, so a solo run can resume it.
 
-    Each trial gets a solo net, optimizer and scheduler, built once; at each save the stacked
-    values are copied into them. Building them at every save cost about 25 ms a trial on cpu-vm,
-    the optimizer's instantiation most of it.
+    A trial that saves gets a solo net, optimizer and scheduler, built at its first save; at
+    each save the stacked values are copied into them. Building them at every save cost about
+    25 ms a trial on cpu-vm, the optimizer's instantiation most of it.
     """
 
     def __init__(self, cfgs: list[DictConfig], base: torch.nn.Module, device: torch.device):
-        self.solo = []
-        for cfg in cfgs:
-            net = copy.deepcopy(base).to_empty(device=device)
-            optimizer = build.optimizer(cfg, net.parameters())
+        self.cfgs, self.base, self.device = cfgs, base, device
+        self.solo: dict[int, tuple] = {}
+
+    def _solo(self, t: int) -> tuple:
+        if t not in self.solo:
+            net = copy.deepcopy(self.base).to_empty(device=self.device)
+            optimizer = build.optimizer(self.cfgs[t], net.parameters())
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-            self.solo.append((cfg, net, optimizer, scheduler))
+            self.solo[t] = (net, optimizer, scheduler)
+        return self.solo[t]
 
     def state(self, t, epoch, step, next_lr, params, buffers, velocity, generator) -> dict:
-        cfg, net, optimizer, scheduler = self.solo[t]
+        cfg = self.cfgs[t]
+        net, optimizer, scheduler = self._solo(t)
         with torch.no_grad():
             for name, p in net.named_parameters():
                 p.copy_(params[name][t])
@@ -280,6 +289,7 @@ class SoloStates:
                 optimizer.state[p]["momentum_buffer"] = velocity[name][t].clone()
         scheduler.last_epoch, scheduler._step_count = step, step + 1
         optimizer.param_groups[0]["lr"] = next_lr  # as after the solo loop's scheduler.step()
+        scheduler._last_lr = [next_lr]
         return {
             "epoch": epoch,
             "model": net.state_dict(),

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -77,6 +77,8 @@ def check_jobs(
             arguments = [*job, *(f"{k}={v}" for k, v in extra.items())]
             parser = OverridesParser.create(config_loader=config_loader)
             for inner in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]:
+                if own_grid(composed, list(inner)):  # each inner job sets every key of the grid
+                    fail(f"{label}: cannot expand the grid its config sweeps ({', '.join(extra)})")
                 visit(list(inner))
             return
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
@@ -152,7 +154,7 @@ def own_grid(job_config: DictConfig, job: list[str]) -> dict:
     experiment, whose `hydra.sweeper.params` were not in the grid Hydra expanded."""
     params = job_config.hydra.sweeper.get("params") or {}
     keys = {o.split("=", 1)[0].lstrip("+~") for o in job}
-    return {k: str(v) for k, v in params.items() if k not in keys}
+    return {k: str(v) for k, v in params.items() if k.lstrip("+~") not in keys}
 
 
 class SweepCallback(Callback):
@@ -162,10 +164,13 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
             return  # the grid sweeper checks its jobs as it composes them, once each
-        name = config.hydra.job.config_name
-        # With Hydra's part: a job's own sweep params (own_grid) are refused, not dropped.
-        jobs = expand(config)
-        check_jobs(config, jobs, lambda job: compose(name, job, return_hydra_config=True), nested=False)
+        # Composed as the launcher will (the command line's hydra overrides applied), with
+        # Hydra's part: a job's own sweep params (own_grid) are refused, not dropped.
+        loader = GlobalHydra.instance().hydra.config_loader
+        jobs = expand(config, loader)
+        check_jobs(
+            config, jobs, lambda job: loader.load_sweep_config(config, list(job)), loader, nested=False
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

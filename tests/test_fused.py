@@ -95,3 +95,26 @@ def test_unfusable_groups_say_why():
     # bf16 jobs would silently train in fp32 in the fused step: they run solo, with autocast
     assert "precision=fp32" in fused.fusable([compose_cfg("trainer.precision=bf16")] * 2)
     assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
+
+
+def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
+    # Same layout and values, key by key: the optimizer's groups and momentum, the scheduler's
+    # state (rates of a step schedule after its switch included) and the batch generator.
+    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS]
+    fused_dirs = [tmp_path / "fused" / str(i) for i in range(len(cfgs))]
+    fused.run_group(cfgs, fused_dirs, [[]] * len(cfgs), [0, 1, 2])
+    for i, cfg in enumerate(cfgs):
+        train.run(cfg, tmp_path / "solo" / str(i))
+        solo = torch.load(tmp_path / "solo" / str(i) / "checkpoint.pt", weights_only=True)
+        together = torch.load(fused_dirs[i] / "checkpoint.pt", weights_only=True)
+        assert set(together) == set(solo) - {"cuda_rng"}  # (a solo CUDA run also keeps its CUDA RNG)
+        assert together["epoch"] == solo["epoch"] == 2
+        assert together["scheduler"] == solo["scheduler"], i
+        assert torch.equal(together["generator"], solo["generator"]), i
+        assert together["optimizer"]["param_groups"] == solo["optimizer"]["param_groups"], i
+        assert together["optimizer"]["state"].keys() == solo["optimizer"]["state"].keys(), i
+        for k, v in solo["optimizer"]["state"].items():
+            torch.testing.assert_close(together["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"], rtol=1e-3, atol=1e-4)
+        assert together["model"].keys() == solo["model"].keys()
+        for k, v in solo["model"].items():
+            torch.testing.assert_close(together["model"][k], v, rtol=1e-3, atol=1e-4)

@@ -175,3 +175,22 @@ def test_hydras_basic_sweeper_refuses_an_experiments_grid_it_would_drop(tmp_path
         "its config sweeps schedule.lr2=0.07,0.05,0.02, which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
     )
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_grid_key_added_with_a_plus_is_the_key_the_job_sets():
+    # `+trainer.foo: 1,2` in an experiment's params gives jobs `+trainer.foo=1`: nothing left to expand.
+    from omegaconf import OmegaConf
+
+    from sweeper.sweep import own_grid
+
+    config = OmegaConf.create({"hydra": {"sweeper": {"params": {"+trainer.foo": "1,2", "lr": "0.1,0.2"}}}})
+    assert own_grid(config, ["experiment=x", "+trainer.foo=1", "lr=0.1"]) == {}
+    assert own_grid(config, ["experiment=x", "lr=0.1"]) == {"+trainer.foo": "1,2"}
+
+
+def test_hydras_basic_sweeper_composes_its_check_with_the_command_lines_hydra_overrides(tmp_path):
+    # The grid removed on the command line is not refused as one the basic sweeper would drop.
+    done = run_cli("-m", "hydra/sweeper=basic", "experiment=lecture_lr", "~hydra.sweeper.params.lr", *TINY,
+                   "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["jobs"]) == 1

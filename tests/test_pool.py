@@ -97,17 +97,35 @@ def test_one_cpu_worker_is_this_process(tmp_path, monkeypatch, fuse):
         assert json.loads((tmp_path / str(n) / "job.json").read_text())["pid"] == os.getpid()
 
 
-@pytest.mark.parametrize(("device", "current"), [("1", [1]), ("cpu", [])])
-def test_the_single_worker_runs_its_jobs_on_its_device(monkeypatch, device, current):
-    # One worker on one GPU runs in the launching process: that GPU becomes the current device,
-    # which a run's trainer.device=auto takes (sweeper.train.pick_device).
-    import torch
+def test_a_single_worker_runs_here_on_the_cpu_or_gpu_0_only():
+    from hydra_plugins.sweeper_pool.launcher import runs_here
 
-    from hydra_plugins.sweeper_pool.launcher import _ThisProcess
+    assert runs_here(["cpu"], 1) and runs_here(["0"], 1)
+    # GPU 1 must be pinned in its own process, so that cuda:0 there means GPU 1, as in any worker
+    assert not runs_here(["1"], 1) and not runs_here(["0"], 2) and not runs_here(["0", "1"], 2)
 
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    with _ThisProcess(device) as pool:
-        assert pool.submit(lambda x: x * 2, 21).result() == 42  # run at once, here
-    assert chosen == current
+
+def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
+    # Under CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 1 is physical GPU 3.
+    import os
+    import queue
+
+    from hydra_plugins.sweeper_pool.launcher import _pin_worker, _worker_processes
+
+    for visible, device, pinned in (("2,3", "1", "3"), (None, "1", "1")):
+        slots = queue.Queue()
+        slots.put(device)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        _pin_worker(slots, visible)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(ValueError, match=r"sees 2 GPUs .*allowed indices are 0\.\.1"):
+        _worker_processes(["0", "2"], 2)
+
+
+@pytest.mark.parametrize("devices", [["gpu1"], ["auto", 0], [], ["cuda:1"]])
+def test_bad_devices_are_refused_with_the_allowed_values(devices):
+    from hydra_plugins.sweeper_pool.launcher import PoolLauncher
+
+    with pytest.raises(ValueError, match=r"hydra.launcher.devices=.* is invalid: allowed values are \[auto\], \[cpu\]"):
+        PoolLauncher(devices=devices)
