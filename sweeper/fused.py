@@ -3,8 +3,8 @@
 A small convnet cannot fill a GPU, and its step is bound by kernel launches, not arithmetic.
 Trials that share the architecture, the data and the trainer -- and differ only in optimisation
 hyper-parameters (lr, schedule, momentum, weight decay), seed and what their records keep -- are
-stacked along a leading trial dimension and run through one wide copy of the net (sweeper/stacked.py: grouped
-convolutions, batched matmuls), so one launch does the work of all of them. Each trial keeps its
+stacked along a leading trial dimension and run through one wide copy of the net
+(sweeper/stacked.py: grouped convolutions, batched matmuls), so one launch does the work of all of them. Each trial keeps its
 own initialisation, batch order and augmentation (its own seed), its own learning-rate schedule,
 and writes its own complete run record, in the same format and with the same checkpoints as a
 solo run (so an interrupted fused trial resumes solo). Its curves match the same trial run
