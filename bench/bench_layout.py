@@ -44,6 +44,18 @@ def time_step(step, device, layout, lr: torch.Tensor, steps: int) -> float:
     return (time.perf_counter() - t) / steps * 1e3
 
 
+def time_eval(forward, x, device) -> float:
+    """ms per evaluation forward(x), mean of 5 after one warm-up call."""
+    with torch.inference_mode():
+        forward(x)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(5):
+            forward(x)
+        sync(device)
+    return (time.perf_counter() - t) / 5 * 1e3
+
+
 def measure(layout, device, steps: int) -> tuple[float, float]:
     torch.manual_seed(0)
     model = ConvNet(in_channels=3, image_size=32, num_classes=10).to(device, memory_format=layout)
@@ -66,15 +78,7 @@ def measure(layout, device, steps: int) -> tuple[float, float]:
         step()
     sync(device)
     train_ms = (time.perf_counter() - t) / steps * 1e3
-    with torch.inference_mode():
-        model(x_eval)
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(5):
-            model(x_eval)
-        sync(device)
-        eval_ms = (time.perf_counter() - t) / 5 * 1e3
-    return train_ms, eval_ms
+    return train_ms, time_eval(model, x_eval, device)
 
 
 def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
@@ -110,14 +114,7 @@ def measure_trials(n_trials: int, device, layout, steps: int) -> tuple[float, fl
     step = Replay(step_fn, enabled=device.type == "cuda")
     step_ms = time_step(step, device, layout, torch.full((n_trials,), 0.01, device=device), steps)
     x_eval = torch.randn(1000, 3, 32, 32, device=device).contiguous(memory_format=layout)
-    with torch.inference_mode():
-        forward(x_eval)
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(5):
-            forward(x_eval)
-        sync(device)
-    return step_ms, (time.perf_counter() - t) / 5 * 1e3
+    return step_ms, time_eval(forward, x_eval, device)
 
 
 def main():
