@@ -8,7 +8,7 @@ read by the training loop and dropped before instantiation.
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -38,3 +38,10 @@ def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int) -> schedul
         _arguments(cfg.schedule), lr=cfg.lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
     return schedules.with_warmup(at, cfg.schedule.warmup_epochs, steps_per_epoch)
+
+
+def launcher(node: DictConfig):
+    """The sweep's launcher built from hydra.launcher as Hydra builds it, without its set-up: its
+    constructor's checks of its values. Unresolved: the paths in it name the run's own directory."""
+    arguments = OmegaConf.to_container(node, resolve=False)
+    return get_class(arguments.pop("_target_"))(**arguments)

@@ -271,6 +271,76 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             raise ConfigError(f"{key} is not a config key: {hint}")
 
 
+def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
+    """Refuse a sweep's bad launcher option, key or value in one line, before Hydra starts.
+
+    Hydra reports these over several lines, and a launcher's own checks (pool's devices and
+    slots_per_device, jobs_per_task) come wrapped in its instantiation error. The launcher is
+    built here as Hydra will build it, so those checks speak first, in their own words.
+    """
+    from difflib import get_close_matches
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from sweeper import build
+
+    group = "hydra/launcher"
+    selections, values = [], []
+    for arg in arguments:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")):
+            continue
+        if key in (group, "experiment"):  # an experiment may pick a launcher; its first is enough
+            selections.append(f"{key}={value.split(',')[0].strip()}")
+        elif key.startswith("hydra.launcher."):
+            values.append((key, value))
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        options = GlobalHydra.instance().config_loader().get_group_options(group)
+        for arg in selections:
+            key, _, option = arg.partition("=")
+            if key == group and option not in options:
+                raise ConfigError(f"{arg} is invalid: allowed values are {', '.join(options)}")
+        cfg = compose(config_name, selections, return_hydra_config=True)
+        chosen = cfg.hydra.runtime.choices.get(group)
+        known = sorted(k for k in cfg.hydra.launcher if k != "_target_")
+        for key, value in values:
+            name = key.removeprefix("hydra.launcher.").split(".")[0]
+            if name not in known:
+                others = [  # the key belongs to another launcher (jobs_per_task to sweeper_local, say)
+                    o
+                    for o in options
+                    if name in compose(config_name, [f"{group}={o}"], return_hydra_config=True).hydra.launcher
+                ]
+                close = get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = (
+                    f"the launchers with it are {', '.join(others)}"
+                    if others
+                    else f"did you mean hydra.launcher.{close[0]}?"
+                    if close
+                    else f"its keys are {', '.join(known)}"
+                )
+                raise ConfigError(f"{key} is not a key of {group}={chosen}: {hint}")
+            if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
+                raise ConfigError(
+                    f"{key}={value} is invalid: a launcher takes one value, a list as [{value}]"
+                )
+            try:
+                cfg = compose(config_name, [*selections, f"{key}={value}"], return_hydra_config=True)
+            except HydraException as e:  # the type's reason, without Hydra's lines of context
+                reason = str(e.__cause__ or e).strip().splitlines()[0]
+                raise ConfigError(f"{key}={value} is invalid: {reason}") from None
+        if values:
+            cfg = compose(
+                config_name, [*selections, *(f"{k}={v}" for k, v in values)], return_hydra_config=True
+            )
+    try:
+        build.launcher(cfg.hydra.launcher)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in tree.items():

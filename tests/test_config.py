@@ -83,7 +83,10 @@ def test_experiments_hold_the_lecture_protocols():
         ),
         (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be an integer >= 1 and <= 300"),
         # 1 and 0 equal True and False in Python, but are not the knob's values
-        (["trainer.channels_last=1"], "trainer.channels_last=1 is invalid: allowed values are auto, True, False"),
+        (
+            ["trainer.channels_last=1"],
+            "trainer.channels_last=1 is invalid: allowed values are auto, True, False",
+        ),
     ],
 )
 def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, message):
@@ -133,3 +136,69 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
         result.stderr.strip()
         == "error: schedule=cosne is invalid: allowed values are constant, cosine, geometric, multistep, step"
     )
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["hydra/launcher=bogus"],
+            "hydra/launcher=bogus is invalid: allowed values are basic, pool, slurm_gpu, slurm_gpu_packed, "
+            "submitit_local, submitit_slurm, sweeper_local, sweeper_slurm",
+        ),
+        (  # the launcher's own check, which Hydra would wrap in three lines of instantiation error
+            ["hydra/launcher=pool", "hydra.launcher.slots_per_device=0"],
+            "hydra.launcher.slots_per_device=0 is invalid: must be >= 1",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.devices=[gpu0]"],
+            "hydra.launcher.devices=['gpu0'] is invalid: allowed values are [auto], [cpu] or GPU indices",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.devices=0,1"],
+            "hydra.launcher.devices=0,1 is invalid: a launcher takes one value, a list as [0,1]",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.fuse=maybe"],
+            "hydra.launcher.fuse=maybe is invalid: Value 'maybe' is not a valid bool",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.slot=2"],
+            "hydra.launcher.slot is not a key of hydra/launcher=pool: its keys are devices, fuse, slots_per_device",
+        ),
+        (  # a key of our submitit launchers given to hydra-submitit-launcher's own
+            ["hydra/launcher=submitit_local", "hydra.launcher.jobs_per_task=2"],
+            "hydra.launcher.jobs_per_task is not a key of hydra/launcher=submitit_local: the launchers with it "
+            "are slurm_gpu, slurm_gpu_packed, sweeper_local, sweeper_slurm",
+        ),
+        (
+            ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
+            "hydra.launcher.jobs_per_task=0 is invalid: must be an integer >= 1",
+        ),
+    ],
+)
+def test_bad_launcher_options_keys_and_values_are_refused_in_one_line(arguments, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check_launcher(["-m", "experiment=demo", *arguments], str(CONF))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_good_launcher_values_pass_the_launcher_check():
+    validate.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
+        ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
+        str(CONF),
+    )
+    validate.check_launcher(
+        ["-m", "hydra/launcher=slurm_gpu_packed", "hydra.launcher.partition=gpu"], str(CONF)
+    )
+    validate.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
+
+
+def test_cli_refuses_a_bad_launcher_value_in_one_line_before_any_job(tmp_path: Path):
+    result = run_cli(
+        "-m", *TINY, "lr=0.1,0.2", "hydra/launcher=pool", "hydra.launcher.slots_per_device=0", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: hydra.launcher.slots_per_device=0 is invalid: must be >= 1"
+    assert not (tmp_path / "outputs").exists()
