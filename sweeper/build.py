@@ -32,6 +32,11 @@ def optimizer(cfg: DictConfig, parameters):
     return instantiate(_arguments(cfg.optim), parameters, lr=cfg.lr)
 
 
+def optimizer_arguments(cfg: DictConfig) -> dict:
+    """What optimizer() passes the optimizer's class besides the parameters and lr (= cfg.lr)."""
+    return {k: v for k, v in _arguments(cfg.optim).items() if k != "_target_"}
+
+
 def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int) -> schedules.Schedule:
     """step -> learning rate, built once with the schedule's knobs and the run's values."""
     at = instantiate(

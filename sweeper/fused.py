@@ -19,6 +19,7 @@ statistics cannot be stacked simply), no dropout (its masks could not follow the
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 
@@ -259,43 +260,59 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
 class SoloStates:
     """Each trial's state in exactly the layout train.train() saves, so a solo run can resume it.
 
-    A trial that saves gets a solo net, optimizer and scheduler, built at its first save; at
-    each save the stacked values are copied into them. Building them at every save cost about
-    25 ms a trial on cpu-vm, the optimizer's instantiation most of it.
+    The model's comes from a solo net, built at the trial's first save, that the stacked values
+    are copied into at each save. The optimizer's and the scheduler's are written as
+    torch.optim.SGD and LambdaLR write theirs, without building them: the first torch.optim call
+    of a process imports torch._dynamo (1.0-1.2 s on cpu-vm, 6.4 s on the H100 machine), which
+    a fused program otherwise never pays. tests/test_fused.py holds them to the solo run's.
     """
 
     def __init__(self, cfgs: list[DictConfig], base: torch.nn.Module, device: torch.device):
         self.cfgs, self.base, self.device = cfgs, base, device
-        self.solo: dict[int, tuple] = {}
-
-    def _solo(self, t: int) -> tuple:
-        if t not in self.solo:
-            net = copy.deepcopy(self.base).to_empty(device=self.device)
-            optimizer = build.optimizer(self.cfgs[t], net.parameters())
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-            self.solo[t] = (net, optimizer, scheduler)
-        return self.solo[t]
+        self.nets: dict[int, torch.nn.Module] = {}
+        # SGD's param group holds each constructor argument (maximize, foreach, fused, ... as the
+        # installed torch has them), with the defaults of those the config leaves out.
+        self.sgd_defaults = {
+            k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
+        }
 
     def state(self, t, epoch, step, next_lr, params, buffers, velocity, generator) -> dict:
         cfg = self.cfgs[t]
-        net, optimizer, scheduler = self._solo(t)
+        if t not in self.nets:
+            self.nets[t] = copy.deepcopy(self.base).to_empty(device=self.device)
+        net = self.nets[t]
         with torch.no_grad():
             for name, p in net.named_parameters():
                 p.copy_(params[name][t])
             for name, b in net.named_buffers():
                 b.copy_(buffers[name][t])
-        if velocity and cfg.optim.momentum > 0:
-            for name, p in net.named_parameters():
-                optimizer.state[p]["momentum_buffer"] = velocity[name][t].clone()
-        scheduler.last_epoch, scheduler._step_count = step, step + 1
-        optimizer.param_groups[0]["lr"] = next_lr  # as after the solo loop's scheduler.step()
-        scheduler._last_lr = [next_lr]
+        names = [name for name, _ in net.named_parameters()]
+        # The solo loop's LambdaLR sets lr = base * (lr_at(step) / base), rounding included.
+        base_lr = float(cfg.lr)
+        lr = base_lr * (next_lr / base_lr)
+        group = self.sgd_defaults | build.optimizer_arguments(cfg)
+        group |= {"lr": lr, "initial_lr": base_lr, "params": list(range(len(names)))}
+        # SGD keeps a momentum buffer per parameter only when it has momentum.
+        momentum = bool(velocity) and cfg.optim.momentum > 0
+        optimizer = {
+            "state": {i: {"momentum_buffer": velocity[n][t].clone()} for i, n in enumerate(names)}
+            if momentum
+            else {},
+            "param_groups": [group],
+        }
+        scheduler = {  # LambdaLR's after `step` calls of scheduler.step() (its first in __init__)
+            "base_lrs": [base_lr],
+            "last_epoch": step,
+            "_step_count": step + 1,
+            "_get_lr_called_within_step": False,
+            "_last_lr": [lr],
+            "lr_lambdas": [None],  # a plain function is not saved; the run rebuilds it
+        }
         return {
             "epoch": epoch,
             "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-            | {"lr_lambdas": [None]},
+            "optimizer": optimizer,
+            "scheduler": scheduler,
             "generator": generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
         }
