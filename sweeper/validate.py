@@ -322,6 +322,8 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                     else f"its keys are {', '.join(known)}"
                 )
                 raise ConfigError(f"{key} is not a key of {group}={chosen}: {hint}")
+            if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:  # a new sbatch option, say
+                raise ConfigError(f"{key} is not a key of {group}={chosen}: append it with +{key}={value}")
             if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
                 raise ConfigError(
                     f"{key}={value} is invalid: a launcher takes one value, a list as [{value}]"

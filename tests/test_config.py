@@ -171,6 +171,11 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             "hydra.launcher.jobs_per_task is not a key of hydra/launcher=submitit_local: the launchers with it "
             "are slurm_gpu, slurm_gpu_packed, sweeper_local, sweeper_slurm",
         ),
+        (  # Hydra refuses a new sbatch option without its +
+            ["hydra/launcher=slurm_gpu", "hydra.launcher.additional_parameters.mail-type=END"],
+            "hydra.launcher.additional_parameters.mail-type is not a key of hydra/launcher=slurm_gpu: append it "
+            "with +hydra.launcher.additional_parameters.mail-type=END",
+        ),
         (
             ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
             "hydra.launcher.jobs_per_task=0 is invalid: must be an integer >= 1",
@@ -189,8 +194,17 @@ def test_good_launcher_values_pass_the_launcher_check():
         ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
         str(CONF),
     )
-    validate.check_launcher(
-        ["-m", "hydra/launcher=slurm_gpu_packed", "hydra.launcher.partition=gpu"], str(CONF)
+    validate.check_launcher(  # the overrides docs/slurm.md shows
+        [
+            "-m",
+            "hydra/launcher=slurm_gpu_packed",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.jobs_per_task=2",
+            "+hydra.launcher.additional_parameters.mail-type=END",
+            'hydra.launcher.setup=["module load cuda/12.4","export OMP_NUM_THREADS=8"]',
+            "hydra.launcher.timeout_min=60",
+        ],
+        str(CONF),
     )
     validate.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
 
