@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -84,10 +87,13 @@ def sweep_cmd(env: dict, cwd: Path, *args: str, timeout: float = 300) -> subproc
     )
 
 
-def start_sweep(env: dict, cwd: Path, *args: str, log: Path) -> subprocess.Popen:
-    """The same, in the background (its output goes to `log`)."""
+@contextmanager
+def background_sweep(env: dict, cwd: Path, *args: str, log: Path) -> Iterator[subprocess.Popen]:
+    """The same, in the background while the block runs (its output goes to `log`). At the end
+    of the block the sweep must finish within 300 s, every job completed; it is killed if the
+    block fails."""
     with open(log, "w") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "sweeper", "-m", *args],
             cwd=cwd,
             env=_job_env(env),
@@ -95,6 +101,15 @@ def start_sweep(env: dict, cwd: Path, *args: str, log: Path) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             text=True,
         )
+    try:
+        yield proc
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    assert re.search(r"\b(\d+) jobs: \1 completed$", text, re.MULTILINE), text[-4000:]
 
 
 def _job_env(env: dict) -> dict:
