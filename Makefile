@@ -17,6 +17,7 @@ test: setup
 
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 # The lecture on real CIFAR-10 (point SWEEPER_DATA at it, or let torchvision download it), then
 # docs/reproduction.md and its figures. Hours on a CPU; minutes on a GPU.

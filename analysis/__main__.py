@@ -31,18 +31,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m analysis", description="Figures, tables and report.md for sweeps. "
-                     "Use `python -m analysis status SWEEP_DIR` for the job table.")
+    parser = _Parser(
+        prog="python -m analysis",
+        description="Figures, tables and report.md for sweeps. "
+        "Use `python -m analysis status SWEEP_DIR` for the job table.",
+    )
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep dir(s) or run dir(s)")
     parser.add_argument("--out", type=Path, help="output dir (default: SWEEP_DIR/report/)")
-    parser.add_argument("--metric", default="final_test_acc", help="run column to rank by (default: %(default)s)")
+    parser.add_argument(
+        "--metric", default="final_test_acc", help="run column to rank by (default: %(default)s)"
+    )
     return parser
 
 
 def _status_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m analysis status", description="Status of a sweep's jobs.")
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-    parser.add_argument("--all", action="store_true", help="list every job even if it does not fit the screen")
+    parser.add_argument(
+        "--all", action="store_true", help="list every job even if it does not fit the screen"
+    )
     return parser
 
 
@@ -73,8 +80,11 @@ def run_report(argv: list[str]) -> int:
         first = sweep.problems[0] if sweep.problems else ("", "")
         raise UsageError(f"no readable run under {', '.join(args.sweep_dirs)} ({first[0]}: {first[1]})")
     if args.metric not in sweep.runs or sweep.runs[args.metric].dtype.kind != "f":
-        choices = ", ".join(c for c in sweep.runs.columns if c.startswith(("final_", "best_", "min_"))
-                            and not c.endswith("_epoch"))
+        choices = ", ".join(
+            c
+            for c in sweep.runs.columns
+            if c.startswith(("final_", "best_", "min_")) and not c.endswith("_epoch")
+        )
         raise UsageError(f"unknown metric {args.metric!r}; choose one of {choices}")
     out = args.out or Path(args.sweep_dirs[0]) / "report"
     try:
@@ -88,8 +98,10 @@ def run_report(argv: list[str]) -> int:
 
     path = write_report(sweep, out, args.metric, sources=args.sweep_dirs)
     counts = sweep.runs["status"].value_counts()
-    print(f"{len(sweep.runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
-          f"{len(sweep.problems)} problems")
+    print(
+        f"{len(sweep.runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+        f"{len(sweep.problems)} problems"
+    )
     print(f"report: {path}")
     return 0
 

@@ -77,8 +77,9 @@ def t_critical(level: float, dof: int) -> float:
     return (lo + hi) / 2
 
 
-def seed_aggregate(frame: pd.DataFrame, values: str | Sequence[str], by: Sequence[str],
-                   level: float = 0.95) -> pd.DataFrame:
+def seed_aggregate(
+    frame: pd.DataFrame, values: str | Sequence[str], by: Sequence[str], level: float = 0.95
+) -> pd.DataFrame:
     """Mean, std, N and a `level` t-interval of `values` over the rows sharing `by`.
 
     Pass the varied keys minus the seed as `by` (plus "epoch" for curves): each group is then
@@ -145,12 +146,15 @@ def _value_at(curves: pd.DataFrame, epochs: pd.Series, metric: str) -> pd.Series
     """curves[metric] of each run at the epoch given per run by `epochs` (index run)."""
     table = curves.set_index(["run", "epoch"])[metric]
     keys = [(run, int(e)) for run, e in epochs.dropna().items()]
-    values = table.reindex(pd.MultiIndex.from_tuples(keys, names=["run", "epoch"])) if keys else table.iloc[:0]
+    values = (
+        table.reindex(pd.MultiIndex.from_tuples(keys, names=["run", "epoch"])) if keys else table.iloc[:0]
+    )
     return pd.Series(values.to_numpy(), index=[k[0] for k in keys], dtype="float64").reindex(epochs.index)
 
 
-def loss_acc_decoupling(curves: pd.DataFrame, min_acc_gain: float = 0.005,
-                        min_loss_rise: float = 0.02) -> pd.DataFrame:
+def loss_acc_decoupling(
+    curves: pd.DataFrame, min_acc_gain: float = 0.005, min_loss_rise: float = 0.02
+) -> pd.DataFrame:
     """The lecture's "test loss goes up while test accuracy still improves", per run.
 
     `decoupled` is True when test accuracy peaks after test loss bottoms out, gaining at least
@@ -165,30 +169,41 @@ def loss_acc_decoupling(curves: pd.DataFrame, min_acc_gain: float = 0.005,
     out["epochs_apart"] = out["best_test_acc_epoch"] - out["min_test_loss_epoch"]
     out["acc_gain_after_min_loss"] = out["best_test_acc"] - out["test_acc_at_min_loss"]
     out["loss_rise_at_best_acc"] = out["test_loss_at_best_acc"] / out["min_test_loss"] - 1
-    out["decoupled"] = ((out["epochs_apart"] > 0) & (out["acc_gain_after_min_loss"] >= min_acc_gain)
-                        & (out["loss_rise_at_best_acc"] >= min_loss_rise)).fillna(False).astype(bool)
+    out["decoupled"] = (
+        (
+            (out["epochs_apart"] > 0)
+            & (out["acc_gain_after_min_loss"] >= min_acc_gain)
+            & (out["loss_rise_at_best_acc"] >= min_loss_rise)
+        )
+        .fillna(False)
+        .astype(bool)
+    )
     return out
 
 
-def capacity_verdict(curves: pd.DataFrame, max_train_loss: float = 0.01,
-                     min_train_acc: float = 0.999) -> pd.DataFrame:
+def capacity_verdict(
+    curves: pd.DataFrame, max_train_loss: float = 0.01, min_train_acc: float = 0.999
+) -> pd.DataFrame:
     """Did each run overfit its training set (train loss <= max_train_loss and train acc >=
     min_train_acc), and from which epoch? The lecture's capacity check on a small subset: a model
     that cannot memorise a few hundred images is too small (or its optimiser is broken)."""
     fit = (curves["train_loss"] <= max_train_loss) & (curves["train_acc"] >= min_train_acc)
     by_run = curves.groupby("run", sort=False)
-    out = pd.DataFrame({
-        "min_train_loss": by_run["train_loss"].min(),
-        "best_train_acc": by_run["train_acc"].max(),
-        "epochs_done": by_run["epoch"].max(),
-    })
+    out = pd.DataFrame(
+        {
+            "min_train_loss": by_run["train_loss"].min(),
+            "best_train_acc": by_run["train_acc"].max(),
+            "epochs_done": by_run["epoch"].max(),
+        }
+    )
     first_fit = curves[fit.fillna(False).astype(bool)].groupby("run", sort=False)["epoch"].min()
     out["fit_epoch"] = first_fit.reindex(out.index).astype("Int64")
     out["fits"] = out["fit_epoch"].notna().astype(bool)
     out["verdict"] = [
-        f"fits its training set from epoch {int(row.fit_epoch)}" if row.fits
+        f"fits its training set from epoch {int(row.fit_epoch)}"
+        if row.fits
         else f"does not fit in {int(row.epochs_done)} epochs "
-             f"(min train loss {row.min_train_loss:.3g}, best train acc {row.best_train_acc:.1%})"
+        f"(min train loss {row.min_train_loss:.3g}, best train acc {row.best_train_acc:.1%})"
         for row in out.itertuples()
     ]
     out.index = out.index.astype("str")
@@ -198,8 +213,14 @@ def capacity_verdict(curves: pd.DataFrame, max_train_loss: float = 0.01,
 # --------------------------------------------------------------------------- ranking
 
 
-def rank_configs(runs: pd.DataFrame, metric: str, by: Sequence[str], statuses: Sequence[str] | None = ("completed",),
-                 higher_is_better: bool | None = None, level: float = 0.95) -> pd.DataFrame:
+def rank_configs(
+    runs: pd.DataFrame,
+    metric: str,
+    by: Sequence[str],
+    statuses: Sequence[str] | None = ("completed",),
+    higher_is_better: bool | None = None,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Configurations (rows sharing `by`, i.e. the seeds of one config) ranked by mean `metric`.
 
     Two configurations whose means differ by less than the larger of their seed std are a tie:

@@ -353,8 +353,13 @@ def process_gone(job: dict | None) -> bool:
     return processes.on_this_host(job) and not processes.alive(job)
 
 
-def run_status(summary: dict | None, job: dict | None, last_write: float, slowest_epoch_s: float,
-               now: float | None = None) -> str:
+def run_status(
+    summary: dict | None,
+    job: dict | None,
+    last_write: float,
+    slowest_epoch_s: float,
+    now: float | None = None,
+) -> str:
     """completed / diverged / failed from summary.json; without it running, or stalled when
     its process is gone or it has written nothing for max(1 h, 5 slowest epochs)."""
     if summary is not None:
@@ -407,17 +412,31 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
         key, last_write = fingerprint(ref.run_dir)
         hit = cached.get(name)
         if hit is not None and hit["fingerprint"] == key and cached_curves is not None:
-            record = RunRecord(_loads(hit["config"]), _loads(hit["job"]), _loads(hit["summary"]), [],
-                               json.loads(hit["notes"]), bool(hit["truncated"]))
+            record = RunRecord(
+                _loads(hit["config"]),
+                _loads(hit["job"]),
+                _loads(hit["summary"]),
+                [],
+                json.loads(hit["notes"]),
+                bool(hit["truncated"]),
+            )
             hits.append(name)
             cache_rows.append(hit)
         else:
             record = read_run(ref.run_dir)
             fresh_rows += record.metrics
             fresh_ids += [name] * len(record.metrics)
-            cache_rows.append({"name": name, "fingerprint": key, "config": _dumps(record.config),
-                               "job": _dumps(record.job), "summary": _dumps(record.summary),
-                               "notes": json.dumps(record.notes), "truncated": record.truncated})
+            cache_rows.append(
+                {
+                    "name": name,
+                    "fingerprint": key,
+                    "config": _dumps(record.config),
+                    "job": _dumps(record.job),
+                    "summary": _dumps(record.summary),
+                    "notes": json.dumps(record.notes),
+                    "truncated": record.truncated,
+                }
+            )
         loaded.append(_Loaded(ref, record, last_write))
     # Empty frames would turn int columns into floats in concat: leave them out.
     frames = [_metrics_frame(fresh_rows, "_name", fresh_ids)] if fresh_rows or not hits else []
@@ -450,12 +469,17 @@ def _run_ids(run_dirs: list[Path]) -> list[str]:
 
 
 def _clean_curves(curves: pd.DataFrame, config_keys: set[str]) -> pd.DataFrame:
-    rename = {c: f"{METRIC_PREFIX}{c}" for c in curves.columns
-              if c == "lr" or (c in config_keys and c not in CURVE_ID_COLUMNS)}
+    rename = {
+        c: f"{METRIC_PREFIX}{c}"
+        for c in curves.columns
+        if c == "lr" or (c in config_keys and c not in CURVE_ID_COLUMNS)
+    }
     curves = curves.rename(columns=rename)
     # A restart from a checkpoint can log an epoch twice: the later line is the one continued.
     curves = curves.drop_duplicates(["run", "epoch"], keep="last")
-    numeric = [c for c in curves.columns if c not in CURVE_ID_COLUMNS and pd.api.types.is_float_dtype(curves[c])]
+    numeric = [
+        c for c in curves.columns if c not in CURVE_ID_COLUMNS and pd.api.types.is_float_dtype(curves[c])
+    ]
     # The spec writes non-finite values as null; treat a stray inf the same way.
     curves[numeric] = curves[numeric].where(np.isfinite(curves[numeric]))
     return curves
@@ -506,9 +530,18 @@ def _meta_row(item: _Loaded, status: str) -> dict:
     return row
 
 
-SUMMARY_METRICS = ("final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
-                   "best_test_acc", "best_test_acc_epoch", "min_test_loss", "min_test_loss_epoch",
-                   "min_train_loss", "min_train_loss_epoch")
+SUMMARY_METRICS = (
+    "final_train_loss",
+    "final_train_acc",
+    "final_test_loss",
+    "final_test_acc",
+    "best_test_acc",
+    "best_test_acc_epoch",
+    "min_test_loss",
+    "min_test_loss_epoch",
+    "min_train_loss",
+    "min_train_loss_epoch",
+)
 
 
 def _fill_from_summary(runs: pd.DataFrame, loaded: list[_Loaded], ids: list[str]) -> pd.DataFrame:
@@ -525,8 +558,10 @@ def _fill_from_summary(runs: pd.DataFrame, loaded: list[_Loaded], ids: list[str]
 def _order_columns(runs: pd.DataFrame, varied: list[str], config_keys: list[str]) -> pd.DataFrame:
     """run, status, the varied keys, the reduced metrics, run metadata, constant config, paths."""
     first = ["run", "status", *varied, "epochs_done"]
-    metrics = sorted((c for c in runs.columns if c.startswith(("final_", "best_", "min_"))),
-                     key=lambda c: (not c.startswith("final_"), c))
+    metrics = sorted(
+        (c for c in runs.columns if c.startswith(("final_", "best_", "min_"))),
+        key=lambda c: (not c.startswith("final_"), c),
+    )
     rest_config = [k for k in config_keys if k not in varied]
     last = ["run_dir", "sweep_dir"]
     placed = set(first) | set(metrics) | set(rest_config) | set(last)
@@ -558,13 +593,17 @@ class Sweep:
         """The runs whose config matches `where`, e.g. {"model.channels": 32, "lr": 0.1}."""
         runs = select_rows(self.runs, where)
         curves = self.curves[self.curves["run"].isin(runs["run"])]
-        return Sweep(runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache)
+        return Sweep(
+            runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache
+        )
 
     def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = ("completed",)) -> pd.DataFrame:
         """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs."""
         return diagnostics.rank_configs(self.runs, metric, self.group_keys, statuses=statuses)
 
-    def distributions(self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+    def distributions(
+        self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None
+    ) -> pd.DataFrame:
         """Per-sample loss histograms (run x epoch x split x bin) from losses.npz, read on demand.
 
         Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
@@ -641,13 +680,18 @@ def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key:
     ids = _run_ids([it.ref.run_dir for it in loaded])
     # The curves know a run by its dir name within its sweep (the cache's key): give them run ids.
     for sweep_dir, frame in curve_frames.items():
-        names = {_cache_name(it.ref): run for it, run in zip(loaded, ids, strict=True) if it.ref.sweep_dir == sweep_dir}
+        names = {
+            _cache_name(it.ref): run
+            for it, run in zip(loaded, ids, strict=True)
+            if it.ref.sweep_dir == sweep_dir
+        }
         frame.insert(0, "run", frame.pop("_name").map(names).astype("str"))
     return _assemble(loaded, ids, pd.concat(curve_frames.values(), ignore_index=True), missing, seed_key)
 
 
-def _assemble(loaded: list[_Loaded], ids: list[str], curves: pd.DataFrame, missing: list[MissingJob],
-              seed_key: str) -> Sweep:
+def _assemble(
+    loaded: list[_Loaded], ids: list[str], curves: pd.DataFrame, missing: list[MissingJob], seed_key: str
+) -> Sweep:
     problems = []
     placed = [(it, run) for it, run in zip(loaded, ids, strict=True) if it.record.config is not None]
     flat = [flatten_config(it.record.config) for it, _ in placed]
@@ -660,25 +704,38 @@ def _assemble(loaded: list[_Loaded], ids: list[str], curves: pd.DataFrame, missi
     curves = diagnostics.add_gaps(curves.reset_index(drop=True))
     reduced = diagnostics.reduce_curves(curves)
 
-    epoch_time = curves.groupby("run")["epoch_time_s"].max() if "epoch_time_s" in curves else pd.Series(dtype=float)
+    epoch_time = (
+        curves.groupby("run")["epoch_time_s"].max() if "epoch_time_s" in curves else pd.Series(dtype=float)
+    )
     rows, keep = [], []
     for item, run in zip(loaded, ids, strict=True):
         done = int(reduced.loc[run, "epochs_done"]) if run in reduced.index else 0
-        status = run_status(item.record.summary, item.record.job, item.last_write,
-                            float(epoch_time.get(run, math.nan)))
+        status = run_status(
+            item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
+        )
         reasons = _problem_reasons(item, status, done)
         problems += [(str(item.ref.run_dir), reason) for reason in reasons]
         if item.record.config is not None:
-            rows.append({"run": run, **_meta_row(item, status), "run_dir": str(item.ref.run_dir),
-                         "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None})
+            rows.append(
+                {
+                    "run": run,
+                    **_meta_row(item, status),
+                    "run_dir": str(item.ref.run_dir),
+                    "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None,
+                }
+            )
             keep.append(run)
     for job in missing:
         shown = " ".join(job.overrides)
         problems.append((str(job.run_dir), f"missing: listed in sweep.json ({shown}) but no run record"))
 
-    runs = pd.DataFrame({k: typed_column([r.get(k) for r in rows]) for k in dict.fromkeys(k for r in rows for k in r)})
+    runs = pd.DataFrame(
+        {k: typed_column([r.get(k) for r in rows]) for k in dict.fromkeys(k for r in rows for k in r)}
+    )
     if runs.empty:  # no run has a readable config: an empty table, the reasons are in problems
-        runs = pd.DataFrame({c: pd.Series([], dtype="str") for c in ("run", "status", "run_dir", "sweep_dir")})
+        runs = pd.DataFrame(
+            {c: pd.Series([], dtype="str") for c in ("run", "status", "run_dir", "sweep_dir")}
+        )
     for key in config_keys:
         runs[key] = typed_column([row.get(key) for row in flat])
     runs = runs.merge(reduced, left_on="run", right_index=True, how="left")

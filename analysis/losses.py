@@ -9,11 +9,19 @@ import pandas as pd
 
 
 def empty_distributions() -> pd.DataFrame:
-    return pd.DataFrame({"run": pd.Series([], dtype="str"), "epoch": pd.Series([], dtype="int64"),
-                         "split": pd.Series([], dtype="str"), "bin": pd.Series([], dtype="int64"),
-                         "kind": pd.Series([], dtype="str"), "lo": pd.Series([], dtype="float64"),
-                         "hi": pd.Series([], dtype="float64"), "count": pd.Series([], dtype="int64"),
-                         "fraction": pd.Series([], dtype="float64")})
+    return pd.DataFrame(
+        {
+            "run": pd.Series([], dtype="str"),
+            "epoch": pd.Series([], dtype="int64"),
+            "split": pd.Series([], dtype="str"),
+            "bin": pd.Series([], dtype="int64"),
+            "kind": pd.Series([], dtype="str"),
+            "lo": pd.Series([], dtype="float64"),
+            "hi": pd.Series([], dtype="float64"),
+            "count": pd.Series([], dtype="int64"),
+            "fraction": pd.Series([], dtype="float64"),
+        }
+    )
 
 
 def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
@@ -53,16 +61,27 @@ def _hist_frame(a: dict, run: str) -> pd.DataFrame:
     kind = np.array(["zero", "under"] + ["hist"] * k + ["over"])
     frames = []
     for split in ("train", "test"):
-        counts = np.column_stack([a[f"{split}_zero"], a[f"{split}_under"], a[f"{split}_hist"], a[f"{split}_over"]])
+        counts = np.column_stack(
+            [a[f"{split}_zero"], a[f"{split}_under"], a[f"{split}_hist"], a[f"{split}_over"]]
+        )
         totals = counts.sum(axis=1, keepdims=True)
         fraction = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
         n_bins = counts.shape[1]
-        frames.append(pd.DataFrame({
-            "run": run, "epoch": np.repeat(epochs, n_bins), "split": split,
-            "bin": np.tile(np.arange(n_bins), len(epochs)), "kind": np.tile(kind, len(epochs)),
-            "lo": np.tile(lo, len(epochs)), "hi": np.tile(hi, len(epochs)),
-            "count": counts.ravel().astype("int64"), "fraction": fraction.ravel(),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run": run,
+                    "epoch": np.repeat(epochs, n_bins),
+                    "split": split,
+                    "bin": np.tile(np.arange(n_bins), len(epochs)),
+                    "kind": np.tile(kind, len(epochs)),
+                    "lo": np.tile(lo, len(epochs)),
+                    "hi": np.tile(hi, len(epochs)),
+                    "count": counts.ravel().astype("int64"),
+                    "fraction": fraction.ravel(),
+                }
+            )
+        )
     frame = pd.concat(frames, ignore_index=True)
     return frame.astype({"run": "str", "split": "str", "kind": "str"})
 

@@ -25,9 +25,14 @@ from analysis.diagnostics import lower_is_better, seed_aggregate
 from analysis.load import SEED_KEY, format_value, is_missing
 
 LINESTYLES = ("-", "--", ":", "-.")
-METRIC_LABELS = {"train_loss": "train loss", "test_loss": "test loss", "train_acc": "train accuracy",
-                 "test_acc": "test accuracy", "gen_gap_loss": "test - train loss",
-                 "gen_gap_acc": "train - test accuracy"}
+METRIC_LABELS = {
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "train_acc": "train accuracy",
+    "test_acc": "test accuracy",
+    "gen_gap_loss": "test - train loss",
+    "gen_gap_acc": "train - test accuracy",
+}
 
 
 class NothingToPlot(ValueError):
@@ -60,7 +65,9 @@ def ordered_values(values) -> list:
 
 
 def _palette(values: list) -> dict:
-    numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values if v is not None)
+    numeric = all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values if v is not None
+    )
     if numeric and len(values) > 1:
         # ordered: small values light, large dark; spread over the whole map so two values contrast
         cmap = sns.color_palette("flare", as_cmap=True)
@@ -82,8 +89,11 @@ def _check_replicates(frame: pd.DataFrame, keys: list[str], seed_key: str, what:
     """Warn when rows averaged together are not just seeds of one configuration."""
     replicate = [*keys, seed_key] if seed_key in frame else keys
     if frame.duplicated(subset=replicate).any():
-        warnings.warn(f"{what}: some averaged runs differ in more than {seed_key}; slice the sweep "
-                      "first (sweep.subset) or pass keys=", stacklevel=3)
+        warnings.warn(
+            f"{what}: some averaged runs differ in more than {seed_key}; slice the sweep "
+            "first (sweep.subset) or pass keys=",
+            stacklevel=3,
+        )
 
 
 def _n_label(n: pd.Series) -> str:
@@ -91,15 +101,31 @@ def _n_label(n: pd.Series) -> str:
     return f"N={hi}" if lo == hi else f"N={lo}-{hi}"
 
 
-def _line_keys(frame: pd.DataFrame, mapped: list[str], keys: Sequence[str] | None, seed_key: str) -> list[str]:
+def _line_keys(
+    frame: pd.DataFrame, mapped: list[str], keys: Sequence[str] | None, seed_key: str
+) -> list[str]:
     """The keys drawn as separate lines: the mapped ones plus any of `keys` varying in `frame`."""
-    units = [k for k in (keys or ()) if k not in mapped and k != seed_key and k in frame
-             and frame[k].nunique(dropna=False) > 1]
+    units = [
+        k
+        for k in (keys or ())
+        if k not in mapped and k != seed_key and k in frame and frame[k].nunique(dropna=False) > 1
+    ]
     return [*mapped, *units]
 
 
-def _draw_lines(ax, frame: pd.DataFrame, y: str, x: str, line_keys: list[str], hue: str | None,
-                style: str | None, colors: dict, styles: dict, level: float, default_color=None) -> dict:
+def _draw_lines(
+    ax,
+    frame: pd.DataFrame,
+    y: str,
+    x: str,
+    line_keys: list[str],
+    hue: str | None,
+    style: str | None,
+    colors: dict,
+    styles: dict,
+    level: float,
+    default_color=None,
+) -> dict:
     """Mean line and band per group of `line_keys`; returns {legend label: handle} for hue/style."""
     stats = seed_aggregate(frame, y, [*line_keys, x], level)
     handles = {}
@@ -109,11 +135,14 @@ def _draw_lines(ax, frame: pd.DataFrame, y: str, x: str, line_keys: list[str], h
         by_key = dict(zip(line_keys, values, strict=True))
         hue_value = None if hue is None or is_missing(by_key[hue]) else by_key[hue]
         color = colors.get(hue_value, default_color) if hue else default_color
-        linestyle = styles.get(None if is_missing(by_key.get(style)) else by_key.get(style), "-") if style else "-"
+        linestyle = (
+            styles.get(None if is_missing(by_key.get(style)) else by_key.get(style), "-") if style else "-"
+        )
         is_unit = len(line_keys) > len([k for k in (hue, style) if k])
         line = line.sort_values(x)
-        (handle,) = ax.plot(line[x], line[f"{y}_mean"], color=color, linestyle=linestyle,
-                            lw=1.0 if is_unit else 1.8)
+        (handle,) = ax.plot(
+            line[x], line[f"{y}_mean"], color=color, linestyle=linestyle, lw=1.0 if is_unit else 1.8
+        )
         if (line[f"{y}_n"] > 1).any():
             ax.fill_between(line[x], line[f"{y}_ci_lo"], line[f"{y}_ci_hi"], color=color, alpha=0.18, lw=0)
         label = ", ".join(f"{k}={format_value(by_key[k])}" for k in (hue, style) if k)
@@ -133,8 +162,14 @@ def _legend(fig: Figure, handles: dict) -> None:
     """Below the panels: it never covers a curve or the title, whatever the number of entries."""
     longest = max(len(label) for label in handles)
     fits = max(1, int(fig.get_figwidth() * 14 / (longest + 4)))  # ~14 small characters per inch
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize="small",
-               ncols=min(len(handles), fits), frameon=False)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        fontsize="small",
+        ncols=min(len(handles), fits),
+        frameon=False,
+    )
 
 
 def _suptitle(fig: Figure, text: str) -> None:
@@ -154,9 +189,17 @@ def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> N
 # --------------------------------------------------------------------------- curves
 
 
-def plot_curves(curves: pd.DataFrame, metrics: Sequence[str] = ("train_loss", "test_acc"), hue: str | None = None,
-                col: str | None = None, style: str | None = None, keys: Sequence[str] | None = None,
-                seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None) -> Figure:
+def plot_curves(
+    curves: pd.DataFrame,
+    metrics: Sequence[str] = ("train_loss", "test_acc"),
+    hue: str | None = None,
+    col: str | None = None,
+    style: str | None = None,
+    keys: Sequence[str] | None = None,
+    seed_key: str = SEED_KEY,
+    level: float = 0.95,
+    title: str | None = None,
+) -> Figure:
     """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`.
 
     With metrics=("train_loss", "test_acc") and hue="lr" this is the lecture's learning-rate
@@ -171,15 +214,31 @@ def plot_curves(curves: pd.DataFrame, metrics: Sequence[str] = ("train_loss", "t
     mapped = [k for k in (hue, style) if k]
     handles = {}
     for j, col_value in enumerate(col_values):
-        part = curves if col is None else curves[curves[col].map(lambda v, c=col_value: v == c or
-                                                                 (is_missing(v) and c is None))]
+        part = (
+            curves
+            if col is None
+            else curves[curves[col].map(lambda v, c=col_value: v == c or (is_missing(v) and c is None))]
+        )
         line_keys = _line_keys(part, mapped, keys, seed_key)
         if keys is None:
             _check_replicates(part, [*line_keys, "epoch"], seed_key, "plot_curves")
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
-            handles.update(_draw_lines(ax, part, metric, "epoch", line_keys, hue, style, colors, styles, level,
-                                       default_color="C0"))
+            handles.update(
+                _draw_lines(
+                    ax,
+                    part,
+                    metric,
+                    "epoch",
+                    line_keys,
+                    hue,
+                    style,
+                    colors,
+                    styles,
+                    level,
+                    default_color="C0",
+                )
+            )
             if _log_scale(metric):
                 ax.set_yscale("log")
             ax.set_ylabel(metric_label(metric) if j == 0 else "")
@@ -193,9 +252,16 @@ def plot_curves(curves: pd.DataFrame, metrics: Sequence[str] = ("train_loss", "t
     return fig
 
 
-def plot_lr_switch(curves: pd.DataFrame, runs: pd.DataFrame, hue: str = "schedule.lr2",
-                   metrics: Sequence[str] = ("train_loss", "test_acc"), keys: Sequence[str] | None = None,
-                   seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None) -> Figure:
+def plot_lr_switch(
+    curves: pd.DataFrame,
+    runs: pd.DataFrame,
+    hue: str = "schedule.lr2",
+    metrics: Sequence[str] = ("train_loss", "test_acc"),
+    keys: Sequence[str] | None = None,
+    seed_key: str = SEED_KEY,
+    level: float = 0.95,
+    title: str | None = None,
+) -> Figure:
     """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
 
     x is epochs since the switch (`schedule.epoch` epochs at `lr`, then `schedule.lr2`); colour is
@@ -210,7 +276,9 @@ def plot_lr_switch(curves: pd.DataFrame, runs: pd.DataFrame, hue: str = "schedul
         raise NothingToPlot("plot_lr_switch: no runs with schedule.name=step")
     # Run-level keys come from `runs` (curves hold only the varied ones); drop curves' copies first.
     needed = [k for k in dict.fromkeys([switch_key, hue, *(keys or ())]) if k in runs]
-    step = curves.drop(columns=[k for k in needed if k in curves]).merge(step_runs[["run", *needed]], on="run")
+    step = curves.drop(columns=[k for k in needed if k in curves]).merge(
+        step_runs[["run", *needed]], on="run"
+    )
     step["epochs_since_switch"] = step["epoch"] - step[switch_key].astype("float64")
     switches = ordered_values(step_runs[switch_key])
     style = switch_key if len(switches) > 1 else None
@@ -229,13 +297,15 @@ def plot_lr_switch(curves: pd.DataFrame, runs: pd.DataFrame, hue: str = "schedul
     for ax, metric in zip(axes[0], metrics, strict=True):
         for switch in switches if not reference.empty else []:
             ref = reference.assign(epochs_since_switch=reference["epoch"] - float(switch))
-            ref_handles = _draw_lines(ax, ref, metric, "epochs_since_switch", [], None, None, {}, {}, level,
-                                      default_color="0.55")
+            ref_handles = _draw_lines(
+                ax, ref, metric, "epochs_since_switch", [], None, None, {}, {}, level, default_color="0.55"
+            )
             for label, handle in ref_handles.items():
                 handle.set_linestyle(styles.get(switch, "-"))
                 handles.setdefault(f"no switch ({label})", handle)
-        handles.update(_draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles,
-                                   level))
+        handles.update(
+            _draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles, level)
+        )
         ax.axvline(0, color="0.2", lw=0.8, ls=":")
         if _log_scale(metric):
             ax.set_yscale("log")
@@ -246,8 +316,9 @@ def plot_lr_switch(curves: pd.DataFrame, runs: pd.DataFrame, hue: str = "schedul
     return fig
 
 
-def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, level: float = 0.95,
-                          title: str | None = None) -> Figure:
+def plot_loss_vs_accuracy(
+    curves: pd.DataFrame, seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None
+) -> Figure:
     """Train loss, test loss and test accuracy of one configuration on one figure.
 
     The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
@@ -255,17 +326,31 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, level:
     """
     _require(curves, ["epoch", "train_loss", "test_loss", "test_acc"], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
-    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"], level).sort_values("epoch")
+    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"], level).sort_values(
+        "epoch"
+    )
     fig, axes = _new_figure(1, 1, 6.4, 4.0)
     ax = axes[0, 0]
     acc_ax = ax.twinx()
     acc_ax.grid(False)
     lines = []
-    for axis, metric, color in ((ax, "train_loss", "C0"), (ax, "test_loss", "C3"), (acc_ax, "test_acc", "C2")):
-        (line,) = axis.plot(stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric))
+    for axis, metric, color in (
+        (ax, "train_loss", "C0"),
+        (ax, "test_loss", "C3"),
+        (acc_ax, "test_acc", "C2"),
+    ):
+        (line,) = axis.plot(
+            stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric)
+        )
         if (stats[f"{metric}_n"] > 1).any():
-            axis.fill_between(stats["epoch"], stats[f"{metric}_ci_lo"], stats[f"{metric}_ci_hi"], color=color,
-                              alpha=0.18, lw=0)
+            axis.fill_between(
+                stats["epoch"],
+                stats[f"{metric}_ci_lo"],
+                stats[f"{metric}_ci_hi"],
+                color=color,
+                alpha=0.18,
+                lw=0,
+            )
         lines.append(line)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -275,8 +360,12 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, level:
     if not finite.empty:
         loss_epoch = finite.loc[finite["test_loss_mean"].idxmin(), "epoch"]
         acc_epoch = finite.loc[finite["test_acc_mean"].idxmax(), "epoch"]
-        lines.append(ax.axvline(loss_epoch, color="C3", ls=":", lw=1.2, label=f"min test loss: epoch {loss_epoch}"))
-        lines.append(ax.axvline(acc_epoch, color="C2", ls=":", lw=1.2, label=f"best test acc: epoch {acc_epoch}"))
+        lines.append(
+            ax.axvline(loss_epoch, color="C3", ls=":", lw=1.2, label=f"min test loss: epoch {loss_epoch}")
+        )
+        lines.append(
+            ax.axvline(acc_epoch, color="C2", ls=":", lw=1.2, label=f"best test acc: epoch {acc_epoch}")
+        )
     fig.legend(lines, [line.get_label() for line in lines], loc="outside right upper", fontsize="small")
     n = _n_label(stats["test_acc_n"])
     _suptitle(fig, f"{title} ({n})" if title else f"test loss vs test accuracy ({n})")
@@ -310,8 +399,11 @@ def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], f
         if row["kind"] == "hist" and np.log10(row["lo"]) >= lo - 1e-9 and np.log10(row["hi"]) <= hi + 1e-9:
             positions[b] = (np.log10(row["lo"]), np.log10(row["hi"]))
     step = 1 if hi - lo <= 6 else 2  # readable tick labels on a wide range
-    ticks = [(float(d), f"1e{d}") for d in range(hi, lo - 1, -step)
-             if not (d == hi and has_over) and not (d == lo and has_under)]  # those slots carry a label
+    ticks = [
+        (float(d), f"1e{d}")
+        for d in range(hi, lo - 1, -step)
+        if not (d == hi and has_over) and not (d == lo and has_under)
+    ]  # those slots carry a label
     left = lo
     if has_under:
         under = int(bins.index[bins["kind"] == "under"][0])
@@ -330,8 +422,13 @@ def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], f
     return positions, ticks, left - 1.8, right + 0.2
 
 
-def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = None, max_panels: int = 8,
-                            title: str | None = None, ncols: int = 4) -> Figure:
+def plot_loss_distributions(
+    dists: pd.DataFrame,
+    epochs: Sequence[int] | None = None,
+    max_panels: int = 8,
+    title: str | None = None,
+    ncols: int = 4,
+) -> Figure:
     """Per-sample loss histograms, train against test, through the kept epochs (small multiples).
 
     x is log10(loss) on the 10-per-decade bins of losses.npz; exact zeros (float32 losses do reach
@@ -339,13 +436,17 @@ def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = 
     above it. y is the fraction of that split's samples, averaged over the runs in `dists`.
     Panels are laid out `ncols` to a row.
     """
-    _require(dists, ["run", "epoch", "split", "bin", "kind", "lo", "hi", "fraction"], "plot_loss_distributions")
+    _require(
+        dists, ["run", "epoch", "split", "bin", "kind", "lo", "hi", "fraction"], "plot_loss_distributions"
+    )
     if epochs is not None:
         dists = dists[dists["epoch"].isin(list(epochs))]
         if dists.empty:
             raise NothingToPlot("plot_loss_distributions: none of those epochs was kept")
     n_runs = dists["run"].nunique()
-    mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)["fraction"].mean()
+    mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)[
+        "fraction"
+    ].mean()
     shown = _panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
     positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
     zero_bin = int(mean.loc[mean["kind"] == "zero", "bin"].iloc[0])
@@ -357,7 +458,9 @@ def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = 
         for split, color in colors.items():
             part = mean[(mean["epoch"] == epoch) & (mean["split"] == split)].set_index("bin")
             hist = part[(part["kind"] == "hist") & part.index.isin(list(positions))]
-            edges = [positions[b][0] for b in hist.index] + [positions[hist.index[-1]][1]] if len(hist) else []
+            edges = (
+                [positions[b][0] for b in hist.index] + [positions[hist.index[-1]][1]] if len(hist) else []
+            )
             if len(hist):
                 ax.stairs(hist["fraction"].to_numpy(), edges, fill=True, alpha=0.35, color=color)
                 ax.stairs(hist["fraction"].to_numpy(), edges, color=color, lw=1, label=split)
@@ -368,13 +471,23 @@ def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = 
                 left, right = positions[b]
                 width = (right - left) / 2
                 value = part.loc[b, "fraction"]
-                ax.bar(left + offset * (right - left), value, width=width, align="edge", color=color, alpha=0.7)
+                ax.bar(
+                    left + offset * (right - left), value, width=width, align="edge", color=color, alpha=0.7
+                )
                 if part.loc[b, "kind"] == "zero" and value > 0:
-                    ax.annotate(f"{value:.0%}", (left + offset * (right - left) + width / 2, value),
-                                ha="center", va="bottom", fontsize="x-small", color=color)
-        ax.axvline(positions[zero_bin][1] + 0.3, color="0.6", lw=0.8, ls=(0, (2, 2)))  # zero is not on the log axis
+                    ax.annotate(
+                        f"{value:.0%}",
+                        (left + offset * (right - left) + width / 2, value),
+                        ha="center",
+                        va="bottom",
+                        fontsize="x-small",
+                        color=color,
+                    )
+        ax.axvline(
+            positions[zero_bin][1] + 0.3, color="0.6", lw=0.8, ls=(0, (2, 2))
+        )  # zero is not on the log axis
         ax.set_title(f"epoch {epoch}", fontsize="medium")
-    for ax in axes.flat[len(shown):]:
+    for ax in axes.flat[len(shown) :]:
         ax.set_visible(False)
     for ax in axes.flat[: len(shown)]:
         ax.set_xlim(x_lo, x_hi)
@@ -393,8 +506,15 @@ def plot_loss_distributions(dists: pd.DataFrame, epochs: Sequence[int] | None = 
 # --------------------------------------------------------------------------- heatmap
 
 
-def plot_heatmap(runs: pd.DataFrame, x: str, y: str, value: str = "final_test_acc", seed_key: str = SEED_KEY,
-                 statuses: Sequence[str] | None = ("completed",), title: str | None = None) -> Figure:
+def plot_heatmap(
+    runs: pd.DataFrame,
+    x: str,
+    y: str,
+    value: str = "final_test_acc",
+    seed_key: str = SEED_KEY,
+    statuses: Sequence[str] | None = ("completed",),
+    title: str | None = None,
+) -> Figure:
     """A final metric over two varied keys (e.g. x="lr", y="model.channels"), mean over seeds.
 
     Cells show the mean and, with several seeds, the seed std; N is in the title (or in the cell
@@ -428,9 +548,16 @@ def plot_heatmap(runs: pd.DataFrame, x: str, y: str, value: str = "final_test_ac
         cmap = "viridis_r" if lower_is_better(value) else "viridis"
     except ValueError:
         cmap = "viridis"
-    sns.heatmap(pd.DataFrame(grid, index=[format_value(v) for v in ys], columns=[format_value(v) for v in xs]),
-                annot=labels, fmt="", cmap=cmap, ax=axes[0, 0], cbar_kws={"label": value},
-                annot_kws={"fontsize": "small"}, linewidths=0.5)
+    sns.heatmap(
+        pd.DataFrame(grid, index=[format_value(v) for v in ys], columns=[format_value(v) for v in xs]),
+        annot=labels,
+        fmt="",
+        cmap=cmap,
+        ax=axes[0, 0],
+        cbar_kws={"label": value},
+        annot_kws={"fontsize": "small"},
+        linewidths=0.5,
+    )
     axes[0, 0].set_xlabel(x)
     axes[0, 0].set_ylabel(y)
     n_note = f"N={int(stats[f'{value}_n'].iloc[0])} per cell" if uniform_n else "N per cell"

@@ -94,7 +94,9 @@ def figure_keys(sweep: Sweep) -> list[str]:
     return [k for k in sweep.group_keys if sweep.runs[k].nunique(dropna=True) >= 2]
 
 
-def best_slice(sweep: Sweep, ranking: pd.DataFrame, free: Sequence[str], varying: Sequence[str]) -> tuple[dict, Sweep]:
+def best_slice(
+    sweep: Sweep, ranking: pd.DataFrame, free: Sequence[str], varying: Sequence[str]
+) -> tuple[dict, Sweep]:
     """The best-ranked configuration at which every `varying` key still takes two or more values
     once the keys not `free` are held at its values (a sweep that is no full grid may need a
     lower-ranked one); the best configuration when there is none."""
@@ -130,8 +132,12 @@ def _draw(name: str, caption: str, draw) -> Drawn:
 
 
 def _heatmap_pairs(sweep: Sweep) -> list[tuple[str, str]]:
-    keys = [k for k in figure_keys(sweep) if sweep.runs[k].nunique(dropna=True) <= MAX_HEATMAP_VALUES
-            and not dependent_keys(sweep.runs, k, sweep.group_keys)]  # cells would mix configurations
+    keys = [
+        k
+        for k in figure_keys(sweep)
+        if sweep.runs[k].nunique(dropna=True) <= MAX_HEATMAP_VALUES
+        and not dependent_keys(sweep.runs, k, sweep.group_keys)
+    ]  # cells would mix configurations
     pairs = list(itertools.combinations(keys, 2))
     preferred = [p for p in pairs if set(p) == set(PREFERRED_HEATMAP)]
     pairs = preferred + [p for p in pairs if p not in preferred]
@@ -151,25 +157,36 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
         if part.runs[key].nunique(dropna=False) < 2:
             yield Drawn(f"curves_by_{key}", "", skipped=f"one value of {key} at {where}")
             continue
-        yield _draw(f"curves_by_{key}", f"Train loss (log) and test accuracy by `{key}`; other keys at {where}.",
-                    lambda part=part, key=key, where=where: plots.plot_curves(
-                        part.curves, hue=key, keys=keys, seed_key=sweep.seed_key,
-                        title=f"by {key} ({where})"))
+        yield _draw(
+            f"curves_by_{key}",
+            f"Train loss (log) and test accuracy by `{key}`; other keys at {where}.",
+            lambda part=part, key=key, where=where: plots.plot_curves(
+                part.curves, hue=key, keys=keys, seed_key=sweep.seed_key, title=f"by {key} ({where})"
+            ),
+        )
     if not hue_keys:
-        yield _draw("curves", "Train loss (log) and test accuracy.",
-                    lambda: plots.plot_curves(sweep.curves, seed_key=sweep.seed_key))
+        yield _draw(
+            "curves",
+            "Train loss (log) and test accuracy.",
+            lambda: plots.plot_curves(sweep.curves, seed_key=sweep.seed_key),
+        )
 
     yield _lr_switch_figure(sweep, ranking)
 
     best = best_config(sweep, ranking)
     top = slice_at(sweep, best, [])
     where = describe(best)
-    yield _draw("loss_vs_accuracy", f"Test loss, train loss and test accuracy of the best configuration ({where}).",
-                lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where))
-    yield _draw("loss_distributions",
-                f"Per-sample loss distributions, train vs test, at the kept epochs ({where}); "
-                "exact zeros in the separate '0' slot.",
-                lambda: plots.plot_loss_distributions(top.distributions(), title=where))
+    yield _draw(
+        "loss_vs_accuracy",
+        f"Test loss, train loss and test accuracy of the best configuration ({where}).",
+        lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where),
+    )
+    yield _draw(
+        "loss_distributions",
+        f"Per-sample loss distributions, train vs test, at the kept epochs ({where}); "
+        "exact zeros in the separate '0' slot.",
+        lambda: plots.plot_loss_distributions(top.distributions(), title=where),
+    )
 
     pairs = _heatmap_pairs(sweep)
     for x, y in pairs:
@@ -178,12 +195,19 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
         if min(part.runs[x].nunique(), part.runs[y].nunique()) < 2:
             yield Drawn(f"heatmap_{y}_by_{x}", "", skipped=f"one value of {x} or {y} at {where}")
             continue
-        yield _draw(f"heatmap_{y}_by_{x}", f"Mean `{metric}` over `{y}` x `{x}`; other keys at {where}.",
-                    lambda part=part, x=x, y=y, where=where: plots.plot_heatmap(
-                        part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric} ({where})"))
+        yield _draw(
+            f"heatmap_{y}_by_{x}",
+            f"Mean `{metric}` over `{y}` x `{x}`; other keys at {where}.",
+            lambda part=part, x=x, y=y, where=where: plots.plot_heatmap(
+                part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric} ({where})"
+            ),
+        )
     if not pairs:
-        yield Drawn("heatmap", f"Mean `{metric}` over two varied keys.",
-                    skipped="needs two varied keys (besides the seed)")
+        yield Drawn(
+            "heatmap",
+            f"Mean `{metric}` over two varied keys.",
+            skipped="needs two varied keys (besides the seed)",
+        )
 
 
 def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
@@ -196,9 +220,17 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
     free = [k for k in sweep.group_keys if k.startswith("schedule.")]
     part = slice_at(sweep, best, free)
     where = describe(best, free)
-    return _draw("lr_switch", f"{caption} Other keys at {where}; grey: the same runs without a switch.",
-                 lambda: plots.plot_lr_switch(part.curves, part.runs, keys=sweep.group_keys,
-                                              seed_key=sweep.seed_key, title=f"lr, then lr2 ({where})"))
+    return _draw(
+        "lr_switch",
+        f"{caption} Other keys at {where}; grey: the same runs without a switch.",
+        lambda: plots.plot_lr_switch(
+            part.curves,
+            part.runs,
+            keys=sweep.group_keys,
+            seed_key=sweep.seed_key,
+            title=f"lr, then lr2 ({where})",
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- tables
@@ -260,8 +292,13 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     keys = keys + [c for c in CAPACITY_CONTEXT if c in diag and c not in keys]
     grouped = diag.groupby(keys, dropna=False, sort=False) if keys else diag.groupby(lambda _: "all")
-    table = grouped.agg(runs=("run", "size"), fit=("fits", "sum"), median_fit_epoch=("fit_epoch", "median"),
-                        min_train_loss=("min_train_loss", "min"), best_train_acc=("best_train_acc", "max"))
+    table = grouped.agg(
+        runs=("run", "size"),
+        fit=("fits", "sum"),
+        median_fit_epoch=("fit_epoch", "median"),
+        min_train_loss=("min_train_loss", "min"),
+        best_train_acc=("best_train_acc", "max"),
+    )
     table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["runs"], strict=True)]
     return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
 
@@ -277,8 +314,9 @@ def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
     return f"{len(runs)} runs: " + ", ".join(parts)
 
 
-def write_report(sweep: Sweep, out_dir: str | Path, metric: str = "final_test_acc",
-                 sources: Sequence[str | Path] = ()) -> Path:
+def write_report(
+    sweep: Sweep, out_dir: str | Path, metric: str = "final_test_acc", sources: Sequence[str | Path] = ()
+) -> Path:
     """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,8 +324,13 @@ def write_report(sweep: Sweep, out_dir: str | Path, metric: str = "final_test_ac
     ranking = ranking_for(sweep, metric)
     diag = diagnostics_table(sweep)
     problems = pd.DataFrame(sweep.problems, columns=["run_dir", "reason"])
-    for name, frame in (("runs", sweep.runs), ("curves", sweep.curves), ("ranking", ranking),
-                        ("diagnostics", diag), ("problems", problems)):
+    for name, frame in (
+        ("runs", sweep.runs),
+        ("curves", sweep.curves),
+        ("ranking", ranking),
+        ("diagnostics", diag),
+        ("problems", problems),
+    ):
         frame = exportable(frame)
         frame.to_csv(out / f"{name}.csv", index=False)
         frame.to_parquet(out / f"{name}.parquet", index=False)
@@ -301,16 +344,24 @@ def write_report(sweep: Sweep, out_dir: str | Path, metric: str = "final_test_ac
 
     n_missing = sum(reason.startswith("missing:") for _, reason in sweep.problems)
     md = ["# Sweep report", ""]
-    md += [f"- sources: {', '.join(f'`{s}`' for s in sources) or '(API)'}",
-           f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
-           f"- {_status_line(sweep.runs, n_missing)}",
-           f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
-           f"{len(ranking)} configuration{'s' if len(ranking) != 1 else ''} ranked by `{metric}`", ""]
+    md += [
+        f"- sources: {', '.join(f'`{s}`' for s in sources) or '(API)'}",
+        f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- {_status_line(sweep.runs, n_missing)}",
+        f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
+        f"{len(ranking)} configuration{'s' if len(ranking) != 1 else ''} ranked by `{metric}`",
+        "",
+    ]
     md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
     md += ["## Problems", "", markdown_table(problems, more=" in problems.csv")]
-    md += [f"## Ranking by `{metric}`", "",
-           "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
-           "seed-to-seed std.", "", markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv")]
+    md += [
+        f"## Ranking by `{metric}`",
+        "",
+        "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
+        "seed-to-seed std.",
+        "",
+        markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv"),
+    ]
     md += _diagnostics_section(sweep, diag, keys)
     md += ["## Figures", ""]
     for drawn in figures:
@@ -327,8 +378,19 @@ def write_report(sweep: Sweep, out_dir: str | Path, metric: str = "final_test_ac
 
 
 def _runs_table(sweep: Sweep) -> pd.DataFrame:
-    columns = ["run", "status", *sweep.varied, "epochs_done", "final_test_acc", "best_test_acc",
-               "min_test_loss", "min_test_loss_epoch", "final_gen_gap_acc", "slurm_job_id", "error"]
+    columns = [
+        "run",
+        "status",
+        *sweep.varied,
+        "epochs_done",
+        "final_test_acc",
+        "best_test_acc",
+        "min_test_loss",
+        "min_test_loss_epoch",
+        "final_gen_gap_acc",
+        "slurm_job_id",
+        "error",
+    ]
     table = sweep.runs[[c for c in columns if c in sweep.runs]]
     return table.dropna(axis=1, how="all")
 
@@ -338,21 +400,39 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
     if "decoupled" not in diag:
         return md + ["_no epochs logged yet_", ""]
     flagged = diag[diag["decoupled"]]
-    md += ["### Test loss rises while test accuracy still improves", "",
-           f"{len(flagged)} of {len(diag)} runs: test accuracy peaks after the test-loss minimum "
-           "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).", ""]
-    columns = ["run", *keys, "min_test_loss_epoch", "best_test_acc_epoch", "acc_gain_after_min_loss",
-               "loss_rise_at_best_acc"]
+    md += [
+        "### Test loss rises while test accuracy still improves",
+        "",
+        f"{len(flagged)} of {len(diag)} runs: test accuracy peaks after the test-loss minimum "
+        "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).",
+        "",
+    ]
+    columns = [
+        "run",
+        *keys,
+        "min_test_loss_epoch",
+        "best_test_acc_epoch",
+        "acc_gain_after_min_loss",
+        "loss_rise_at_best_acc",
+    ]
     md += [markdown_table(flagged[columns], max_rows=30, more=" in diagnostics.csv")]
-    md += ["### Capacity: does the model fit its training set?", "",
-           "Fit = train loss <= 0.01 and train accuracy >= 99.9% (the check on a small training subset).", "",
-           markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv")]
+    md += [
+        "### Capacity: does the model fit its training set?",
+        "",
+        "Fit = train loss <= 0.01 and train accuracy >= 99.9% (the check on a small training subset).",
+        "",
+        markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv"),
+    ]
     gaps = [c for c in ("final_gen_gap_loss", "final_gen_gap_acc") if c in sweep.runs]
     if gaps:
         done = sweep.runs[sweep.runs["status"] == "completed"]
         stats = seed_aggregate(done, gaps, keys)
         shown = stats[[*keys, *[f"{g}_mean" for g in gaps], f"{gaps[0]}_n"]]
-        md += ["### Generalisation gap at the last epoch (completed runs)", "",
-               "test - train loss, train - test accuracy; mean over seeds.", "",
-               markdown_table(shown.rename(columns={f"{gaps[0]}_n": "n"}), more="")]
+        md += [
+            "### Generalisation gap at the last epoch (completed runs)",
+            "",
+            "test - train loss, train - test accuracy; mean over seeds.",
+            "",
+            markdown_table(shown.rename(columns={f"{gaps[0]}_n": "n"}), more=""),
+        ]
     return md

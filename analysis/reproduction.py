@@ -67,19 +67,19 @@ FIGURE_DPI = 100
 QUANTILE_EPOCHS = (1, 10, 25, 50)
 
 # The thresholds of the verdict rules (quoted in the report next to each check).
-ACC_BAND = (0.60, 0.75)           # claim 1: final test accuracy
-MIN_DECADES = 1.0                 # claim 1: log10(train loss at epoch 1 / at the last epoch)
-STALL_POINTS = 0.02               # claim 1: |test acc change| over the second half of the epochs
-BOUNCE_RATIO = 1.5                # claim 2: upward train-loss movement, largest lr vs the lecture's
-SLOW_RATIO = 1.25                 # claim 2: train loss at epoch 10, smallest lr vs the lecture's
+ACC_BAND = (0.60, 0.75)  # claim 1: final test accuracy
+MIN_DECADES = 1.0  # claim 1: log10(train loss at epoch 1 / at the last epoch)
+STALL_POINTS = 0.02  # claim 1: |test acc change| over the second half of the epochs
+BOUNCE_RATIO = 1.5  # claim 2: upward train-loss movement, largest lr vs the lecture's
+SLOW_RATIO = 1.25  # claim 2: train loss at epoch 10, smallest lr vs the lecture's
 SLOW_EPOCH = 10
-LECTURE_LR2 = 0.05                # claim 3: the lecture's pick
-LOSS_RISE = 1.5                   # claim 4: last test loss / its minimum
-ACC_HOLD = 0.05                   # claim 4: best - last test accuracy
-TAIL_RISE = 1.5                   # claims 4, 5: test-loss 90th percentile, late / early
-COLLAPSE = 10.0                   # claim 5: train median, early / late
-UNDERFIT_TRAIN_ACC = 0.75         # claim 6b: a config with a lower final train accuracy underfits
-OVERFIT_GAP = 0.20                # claim 6b: a config with a larger train - test accuracy gap overfits
+LECTURE_LR2 = 0.05  # claim 3: the lecture's pick
+LOSS_RISE = 1.5  # claim 4: last test loss / its minimum
+ACC_HOLD = 0.05  # claim 4: best - last test accuracy
+TAIL_RISE = 1.5  # claims 4, 5: test-loss 90th percentile, late / early
+COLLAPSE = 10.0  # claim 5: train median, early / late
+UNDERFIT_TRAIN_ACC = 0.75  # claim 6b: a config with a lower final train accuracy underfits
+OVERFIT_GAP = 0.20  # claim 6b: a config with a larger train - test accuracy gap overfits
 
 
 # --------------------------------------------------------------------------- formatting
@@ -239,7 +239,9 @@ class Selection:
             pending.append(f"{self.label(row.run)}: {row.status}, {done}/{target}")
         for job in self.missing:
             least = 0
-            shown = " ".join(o for o in job.overrides if not o.startswith("experiment=")) or f"job {job.job_num}"
+            shown = (
+                " ".join(o for o in job.overrides if not o.startswith("experiment=")) or f"job {job.job_num}"
+            )
             pending.append(f"{shown}: not started")
         return f"partial: {least or 0}/{target} epochs ({'; '.join(pending)})"
 
@@ -253,8 +255,13 @@ def select(exp: Experiment, where: dict) -> Selection:
         sweep = exp.sweep.subset(usable) if usable else exp.sweep
     else:
         sweep = None
-    missing = [job for job in exp.missing
-               if all(k not in (o := _override_dict(job.overrides)) or _same_value(o[k], v) for k, v in where.items())]
+    missing = [
+        job
+        for job in exp.missing
+        if all(
+            k not in (o := _override_dict(job.overrides)) or _same_value(o[k], v) for k, v in where.items()
+        )
+    ]
     return Selection(exp, where, sweep, missing)
 
 
@@ -329,8 +336,11 @@ def _all(values: Sequence[bool | None]) -> bool | None:
 
 def _per_run(sel: Selection, fn: Callable[[str], tuple[str, bool | None]]) -> tuple[str, bool | None]:
     """A check over every run of a selection: passes when it passes in all of them."""
-    results = [(sel.label(run), obs, None if passed is None else bool(passed))
-               for run in sel.runs["run"] for obs, passed in [fn(run)]]
+    results = [
+        (sel.label(run), obs, None if passed is None else bool(passed))
+        for run in sel.runs["run"]
+        for obs, passed in [fn(run)]
+    ]
     if len(results) == 1:
         return results[0][1], results[0][2]
     observed = "; ".join(f"{label}: {obs}" for label, obs, _ in results)
@@ -355,7 +365,11 @@ def _wall_time(sel: Selection, run: str) -> float:
     if not is_missing(row.get("time_s")):
         return float(row["time_s"])
     curve = sel.run_curves(run)
-    return float(curve["time_s"].dropna().iloc[-1]) if "time_s" in curve and curve["time_s"].notna().any() else math.nan
+    return (
+        float(curve["time_s"].dropna().iloc[-1])
+        if "time_s" in curve and curve["time_s"].notna().any()
+        else math.nan
+    )
 
 
 def _minutes(seconds: float) -> str:
@@ -366,10 +380,14 @@ def _minutes(seconds: float) -> str:
 
 
 def claim_1(exps: dict[str, Experiment]) -> Claim:
-    claim = Claim("1", "Train loss falls over orders of magnitude; test accuracy rises into 0.6–0.75, then stalls",
-                  "Small convnet on CIFAR-10, cross-entropy, batch 100, lr 0.1, 50 epochs: the train loss falls "
-                  "over orders of magnitude (log scale) while test accuracy rises into the 0.6–0.75 band and "
-                  "then stalls.", ["lecture_baseline", "lecture_lr"])
+    claim = Claim(
+        "1",
+        "Train loss falls over orders of magnitude; test accuracy rises into 0.6–0.75, then stalls",
+        "Small convnet on CIFAR-10, cross-entropy, batch 100, lr 0.1, 50 epochs: the train loss falls "
+        "over orders of magnitude (log scale) while test accuracy rises into the 0.6–0.75 band and "
+        "then stalls.",
+        ["lecture_baseline", "lecture_lr"],
+    )
     sel = claim.source = pick_source(exps, [("lecture_baseline", {}), ("lecture_lr", BASELINE)])
     if sel is None or sel.runs.empty:
         return claim
@@ -380,19 +398,50 @@ def claim_1(exps: dict[str, Experiment]) -> Claim:
         curve, row = sel.run_curves(run), _run_row(sel, run)
         first, last = curve.iloc[0], curve.iloc[-1]
         decades = math.log10(_ratio(first["train_loss"], last["train_loss"])) if len(curve) else math.nan
-        change = last["test_acc"] - _value_at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan
-        stats[run] = {"decades": decades, "change": change, "final_acc": last["test_acc"],
-                      "first": first["train_loss"], "last": last["train_loss"], "last_epoch": int(last["epoch"])}
-        rows.append([sel.label(run), row["status"], f"{int(row['epochs_done'])}/{target}",
-                     _num(first["train_loss"]), _num(last["train_loss"]), f"{decades:.2f}",
-                     f"{_num(row['min_train_loss'])} (ep. {_epoch(row['min_train_loss_epoch'])})",
-                     f"{_acc(row['best_test_acc'])} (ep. {_epoch(row['best_test_acc_epoch'])})",
-                     _acc(last["test_acc"]), "–" if math.isnan(change) else f"{100 * change:+.1f}",
-                     _minutes(_wall_time(sel, run))])
-    claim.tables.append(_table(
-        ["run", "status", "epochs", "train loss ep. 1", "final train loss", "decades fallen",
-         "min train loss", "best test acc", "final test acc", f"test acc change ep. {mid}→last (points)",
-         "wall time"], rows))
+        change = (
+            last["test_acc"] - _value_at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan
+        )
+        stats[run] = {
+            "decades": decades,
+            "change": change,
+            "final_acc": last["test_acc"],
+            "first": first["train_loss"],
+            "last": last["train_loss"],
+            "last_epoch": int(last["epoch"]),
+        }
+        rows.append(
+            [
+                sel.label(run),
+                row["status"],
+                f"{int(row['epochs_done'])}/{target}",
+                _num(first["train_loss"]),
+                _num(last["train_loss"]),
+                f"{decades:.2f}",
+                f"{_num(row['min_train_loss'])} (ep. {_epoch(row['min_train_loss_epoch'])})",
+                f"{_acc(row['best_test_acc'])} (ep. {_epoch(row['best_test_acc_epoch'])})",
+                _acc(last["test_acc"]),
+                "–" if math.isnan(change) else f"{100 * change:+.1f}",
+                _minutes(_wall_time(sel, run)),
+            ]
+        )
+    claim.tables.append(
+        _table(
+            [
+                "run",
+                "status",
+                "epochs",
+                "train loss ep. 1",
+                "final train loss",
+                "decades fallen",
+                "min train loss",
+                "best test acc",
+                "final test acc",
+                f"test acc change ep. {mid}→last (points)",
+                "wall time",
+            ],
+            rows,
+        )
+    )
     for run, st in stats.items():
         row = _run_row(sel, run)
         chance = math.log(10)
@@ -401,21 +450,39 @@ def claim_1(exps: dict[str, Experiment]) -> Claim:
             f"{math.log10(_ratio(chance, st['last'])):.2f} decades by the last epoch; its minimum, "
             f"{_num(row['min_train_loss'])} at epoch {_epoch(row['min_train_loss_epoch'])}, is "
             f"{math.log10(_ratio(st['first'], row['min_train_loss'])):.2f} decades below epoch 1. (Context only: the "
-            "rule uses the logged epochs 1 and last.)")
+            "rule uses the logged epochs 1 and last.)"
+        )
     lo, hi = ACC_BAND
     claim.checks = [
-        Check(f"final test accuracy in [{lo}, {hi}]",
-              *_per_run(sel, lambda r: (_acc(stats[r]["final_acc"]), lo <= stats[r]["final_acc"] <= hi))),
-        Check(f"train loss falls by ≥ {MIN_DECADES:g} order of magnitude from epoch 1 to the last epoch "
-              "(log10 of their ratio)",
-              *_per_run(sel, lambda r: (f"{stats[r]['decades']:.2f} decades ({_num(stats[r]['first'])} → "
-                                        f"{_num(stats[r]['last'])})", stats[r]["decades"] >= MIN_DECADES))),
-        Check(f"test accuracy stalls: it changes by less than {100 * STALL_POINTS:g} points between epoch {mid} "
-              "and the last epoch",
-              *_per_run(sel, lambda r: ("not reached yet" if math.isnan(stats[r]["change"]) else
-                                        f"{100 * stats[r]['change']:+.1f} points",
-                                        None if math.isnan(stats[r]["change"])
-                                        else abs(stats[r]["change"]) < STALL_POINTS))),
+        Check(
+            f"final test accuracy in [{lo}, {hi}]",
+            *_per_run(sel, lambda r: (_acc(stats[r]["final_acc"]), lo <= stats[r]["final_acc"] <= hi)),
+        ),
+        Check(
+            f"train loss falls by ≥ {MIN_DECADES:g} order of magnitude from epoch 1 to the last epoch "
+            "(log10 of their ratio)",
+            *_per_run(
+                sel,
+                lambda r: (
+                    f"{stats[r]['decades']:.2f} decades ({_num(stats[r]['first'])} → "
+                    f"{_num(stats[r]['last'])})",
+                    stats[r]["decades"] >= MIN_DECADES,
+                ),
+            ),
+        ),
+        Check(
+            f"test accuracy stalls: it changes by less than {100 * STALL_POINTS:g} points between epoch {mid} "
+            "and the last epoch",
+            *_per_run(
+                sel,
+                lambda r: (
+                    "not reached yet"
+                    if math.isnan(stats[r]["change"])
+                    else f"{100 * stats[r]['change']:+.1f} points",
+                    None if math.isnan(stats[r]["change"]) else abs(stats[r]["change"]) < STALL_POINTS,
+                ),
+            ),
+        ),
     ]
     return claim
 
@@ -431,9 +498,13 @@ def _upward_decades(curve: pd.DataFrame) -> float:
 
 
 def claim_2(exps: dict[str, Experiment]) -> Claim:
-    claim = Claim("2", "Too large a rate bounces, too small a rate is slow",
-                  "lr ∈ {0.2, 0.1, 0.01}: too large a rate bounces, too small a rate is slow; the curves separate "
-                  "as the lecture describes (the middle rate, the lecture's 0.1, ends lowest).", ["lecture_lr"])
+    claim = Claim(
+        "2",
+        "Too large a rate bounces, too small a rate is slow",
+        "lr ∈ {0.2, 0.1, 0.01}: too large a rate bounces, too small a rate is slow; the curves separate "
+        "as the lecture describes (the middle rate, the lecture's 0.1, ends lowest).",
+        ["lecture_lr"],
+    )
     sel = claim.source = pick_source(exps, [("lecture_lr", {})])
     if sel is None or sel.runs.empty:
         return claim
@@ -445,20 +516,46 @@ def claim_2(exps: dict[str, Experiment]) -> Claim:
         bounce = math.inf if row.status == "diverged" else _upward_decades(curve)
         rises = int((np.diff(curve["train_loss"].to_numpy(dtype=float)) > 0).sum())
         final = curve["train_loss"].iloc[-1] if len(curve) else math.nan
-        info[row.lr] = {"bounce": bounce, "at_slow": _value_at(curve, SLOW_EPOCH, "train_loss"),
-                        "final": math.inf if row.status == "diverged" else final,  # it did not end low
-                        "status": row.status, "epochs": int(row.epochs_done)}
-        rows.append([format_value(row.lr), row.status, f"{int(row.epochs_done)}/{sel.exp.epochs_target()}",
-                     _num(_value_at(curve, 1, "train_loss")), _num(info[row.lr]["at_slow"]),
-                     "diverged" if row.status == "diverged" else _num(final),
-                     f"{_num(row.min_train_loss)} (ep. {_epoch(row.min_train_loss_epoch)})",
-                     "diverged" if math.isinf(bounce) else f"{bounce:.2f} ({rises})",
-                     f"{_acc(row.best_test_acc)} (ep. {_epoch(row.best_test_acc_epoch)})", _acc(row.final_test_acc),
-                     _minutes(_wall_time(sel, row.run))])
-    claim.tables.append(_table(
-        ["lr", "status", "epochs", "train loss ep. 1", f"train loss ep. {SLOW_EPOCH}", "final train loss",
-         "min train loss", "upward train-loss movement, decades (epochs with a rise)", "best test acc",
-         "final test acc", "wall time"], rows))
+        info[row.lr] = {
+            "bounce": bounce,
+            "at_slow": _value_at(curve, SLOW_EPOCH, "train_loss"),
+            "final": math.inf if row.status == "diverged" else final,  # it did not end low
+            "status": row.status,
+            "epochs": int(row.epochs_done),
+        }
+        rows.append(
+            [
+                format_value(row.lr),
+                row.status,
+                f"{int(row.epochs_done)}/{sel.exp.epochs_target()}",
+                _num(_value_at(curve, 1, "train_loss")),
+                _num(info[row.lr]["at_slow"]),
+                "diverged" if row.status == "diverged" else _num(final),
+                f"{_num(row.min_train_loss)} (ep. {_epoch(row.min_train_loss_epoch)})",
+                "diverged" if math.isinf(bounce) else f"{bounce:.2f} ({rises})",
+                f"{_acc(row.best_test_acc)} (ep. {_epoch(row.best_test_acc_epoch)})",
+                _acc(row.final_test_acc),
+                _minutes(_wall_time(sel, row.run)),
+            ]
+        )
+    claim.tables.append(
+        _table(
+            [
+                "lr",
+                "status",
+                "epochs",
+                "train loss ep. 1",
+                f"train loss ep. {SLOW_EPOCH}",
+                "final train loss",
+                "min train loss",
+                "upward train-loss movement, decades (epochs with a rise)",
+                "best test acc",
+                "final test acc",
+                "wall time",
+            ],
+            rows,
+        )
+    )
     lrs = sorted(info)
     if len(lrs) < 3:
         claim.checks = [Check("needs three learning rates", f"{len(lrs)} present", None)]
@@ -471,19 +568,28 @@ def claim_2(exps: dict[str, Experiment]) -> Claim:
     lowest = min(finals, key=lambda lr: np.inf if math.isnan(finals[lr]) else finals[lr])
     bounce_ratio = _ratio(big["bounce"], mid["bounce"])
     claim.checks = [
-        Check(f"lr={format_value(large)} bounces: its train loss moves back up by ≥ {BOUNCE_RATIO:g}× as many "
-              f"decades (summed epoch-to-epoch rises of log10 train loss) as lr={format_value(middle)}'s, or diverges",
-              "diverged" if math.isinf(big["bounce"]) else
-              f"{big['bounce']:.2f} vs {mid['bounce']:.2f} decades ({_num(bounce_ratio)}×)",
-              bool(bounce_ratio >= BOUNCE_RATIO) if not math.isnan(bounce_ratio) else None),
-        Check(f"lr={format_value(small)} is slow: its train loss at epoch {SLOW_EPOCH} is ≥ {SLOW_RATIO:g}× "
-              f"lr={format_value(middle)}'s",
-              f"{_num(low['at_slow'])} vs {_num(mid['at_slow'])} ({_num(slow_ratio)}×)",
-              None if math.isnan(slow_ratio) else bool(slow_ratio >= SLOW_RATIO)),
-        Check(f"the curves separate: lr={format_value(middle)} ends with the lowest train loss",
-              ", ".join(f"lr={format_value(lr)}: {'diverged' if math.isinf(finals[lr]) else _num(finals[lr])}"
-                        for lr in lrs),
-              None if any(math.isnan(v) for v in finals.values()) else bool(math.isclose(lowest, middle))),
+        Check(
+            f"lr={format_value(large)} bounces: its train loss moves back up by ≥ {BOUNCE_RATIO:g}× as many "
+            f"decades (summed epoch-to-epoch rises of log10 train loss) as lr={format_value(middle)}'s, or diverges",
+            "diverged"
+            if math.isinf(big["bounce"])
+            else f"{big['bounce']:.2f} vs {mid['bounce']:.2f} decades ({_num(bounce_ratio)}×)",
+            bool(bounce_ratio >= BOUNCE_RATIO) if not math.isnan(bounce_ratio) else None,
+        ),
+        Check(
+            f"lr={format_value(small)} is slow: its train loss at epoch {SLOW_EPOCH} is ≥ {SLOW_RATIO:g}× "
+            f"lr={format_value(middle)}'s",
+            f"{_num(low['at_slow'])} vs {_num(mid['at_slow'])} ({_num(slow_ratio)}×)",
+            None if math.isnan(slow_ratio) else bool(slow_ratio >= SLOW_RATIO),
+        ),
+        Check(
+            f"the curves separate: lr={format_value(middle)} ends with the lowest train loss",
+            ", ".join(
+                f"lr={format_value(lr)}: {'diverged' if math.isinf(finals[lr]) else _num(finals[lr])}"
+                for lr in lrs
+            ),
+            None if any(math.isnan(v) for v in finals.values()) else bool(math.isclose(lowest, middle)),
+        ),
     ]
     return claim
 
@@ -492,9 +598,13 @@ def claim_2(exps: dict[str, Experiment]) -> Claim:
 
 
 def claim_3(exps: dict[str, Experiment], noise: float | None) -> Claim:
-    claim = Claim("3", "Reducing the rate after 25 epochs lets the train loss drop further; lr2 = 0.05 is best",
-                  "lr 0.1 for 25 epochs, then lr2 ∈ {0.07, 0.05, 0.02}: reducing the rate lets the train loss drop "
-                  "further; one of the lr2 values is the best choice (the lecture picks 0.05).", ["lecture_lr2"])
+    claim = Claim(
+        "3",
+        "Reducing the rate after 25 epochs lets the train loss drop further; lr2 = 0.05 is best",
+        "lr 0.1 for 25 epochs, then lr2 ∈ {0.07, 0.05, 0.02}: reducing the rate lets the train loss drop "
+        "further; one of the lr2 values is the best choice (the lecture picks 0.05).",
+        ["lecture_lr2"],
+    )
     sel = claim.source = pick_source(exps, [("lecture_lr2", {})])
     if sel is None or sel.runs.empty or "schedule.lr2" not in sel.runs:
         return claim
@@ -516,49 +626,115 @@ def claim_3(exps: dict[str, Experiment], noise: float | None) -> Claim:
             min_after, min_epoch = float(best["train_loss"]), int(best["epoch"])
         ref_min = math.nan
         if ref_curve is not None and not after.empty:
-            ref_after = ref_curve[(ref_curve["epoch"] > switch) & (ref_curve["epoch"] <= int(after["epoch"].max()))]
+            ref_after = ref_curve[
+                (ref_curve["epoch"] > switch) & (ref_curve["epoch"] <= int(after["epoch"].max()))
+            ]
             ref_min = float(ref_after["train_loss"].min()) if not ref_after.empty else math.nan
         drops[lr2] = {"at_switch": at_switch, "min_after": min_after, "ref_min": ref_min, "switch": switch}
-        rows.append([format_value(lr2), row["status"], f"{int(row['epochs_done'])}/{sel.exp.epochs_target()}",
-                     _num(at_switch), f"{_num(min_after)} (ep. {_epoch(min_epoch)})", _num(ref_min),
-                     _num(curve["train_loss"].iloc[-1] if len(curve) else math.nan),
-                     f"{_acc(row['best_test_acc'])} (ep. {_epoch(row['best_test_acc_epoch'])})",
-                     _acc(row["final_test_acc"]), _num(row["final_test_loss"]), _minutes(_wall_time(sel, run))])
-    ref_label = (f"{reference.exp.name} {reference.label(ref_run)}, same epochs" if ref_run is not None
-                 else "no run without a switch")
-    claim.tables.append(_table(
-        ["lr2", "status", "epochs", "train loss at the switch", "min train loss after it",
-         f"min train loss without a switch ({ref_label})", "final train loss", "best test acc", "final test acc",
-         "final test loss", "wall time"], rows))
+        rows.append(
+            [
+                format_value(lr2),
+                row["status"],
+                f"{int(row['epochs_done'])}/{sel.exp.epochs_target()}",
+                _num(at_switch),
+                f"{_num(min_after)} (ep. {_epoch(min_epoch)})",
+                _num(ref_min),
+                _num(curve["train_loss"].iloc[-1] if len(curve) else math.nan),
+                f"{_acc(row['best_test_acc'])} (ep. {_epoch(row['best_test_acc_epoch'])})",
+                _acc(row["final_test_acc"]),
+                _num(row["final_test_loss"]),
+                _minutes(_wall_time(sel, run)),
+            ]
+        )
+    ref_label = (
+        f"{reference.exp.name} {reference.label(ref_run)}, same epochs"
+        if ref_run is not None
+        else "no run without a switch"
+    )
+    claim.tables.append(
+        _table(
+            [
+                "lr2",
+                "status",
+                "epochs",
+                "train loss at the switch",
+                "min train loss after it",
+                f"min train loss without a switch ({ref_label})",
+                "final train loss",
+                "best test acc",
+                "final test acc",
+                "final test loss",
+                "wall time",
+            ],
+            rows,
+        )
+    )
 
     ranking = rank_configs(sel.runs, "final_test_acc", ["schedule.lr2"], statuses=ENDED)
     by_train = rank_configs(sel.runs, "final_train_loss", ["schedule.lr2"], statuses=ENDED)
     best = ranking["schedule.lr2"].iloc[0] if not ranking.empty else None
-    order = ", ".join(f"{format_value(r['schedule.lr2'])}: {_acc(r['mean'])}" for r in ranking.to_dict("records"))
-    claim.tables.append("Runs that have ended, ranked by final test accuracy: " + (order or "–") + ". By final train loss: " + (", ".join(
-        f"{format_value(r['schedule.lr2'])}: {_num(r['mean'])}" for r in by_train.to_dict("records")) or "–") + ".\n")
-    drop_ok = [None if math.isnan(d["min_after"]) else bool(d["min_after"] < d["at_switch"]) for d in drops.values()]
-    below_ref = [None if math.isnan(d["ref_min"]) or math.isnan(d["min_after"]) else bool(d["min_after"] < d["ref_min"])
-                 for d in drops.values()]
+    order = ", ".join(
+        f"{format_value(r['schedule.lr2'])}: {_acc(r['mean'])}" for r in ranking.to_dict("records")
+    )
+    claim.tables.append(
+        "Runs that have ended, ranked by final test accuracy: "
+        + (order or "–")
+        + ". By final train loss: "
+        + (
+            ", ".join(
+                f"{format_value(r['schedule.lr2'])}: {_num(r['mean'])}" for r in by_train.to_dict("records")
+            )
+            or "–"
+        )
+        + ".\n"
+    )
+    drop_ok = [
+        None if math.isnan(d["min_after"]) else bool(d["min_after"] < d["at_switch"]) for d in drops.values()
+    ]
+    below_ref = [
+        None
+        if math.isnan(d["ref_min"]) or math.isnan(d["min_after"])
+        else bool(d["min_after"] < d["ref_min"])
+        for d in drops.values()
+    ]
     switch = next(iter(drops.values()))["switch"] if drops else 25
     claim.checks = [
-        Check(f"after the switch (epoch {switch}) the train loss of every lr2 run drops below its value at the switch",
-              ", ".join(f"lr2={format_value(k)}: {_num(d['at_switch'])} → {_num(d['min_after'])}"
-                        for k, d in drops.items()), _all(drop_ok)),
-        Check("every lr2 run's train loss also drops below that of the same net kept at lr 0.1, over the same epochs",
-              ", ".join(f"lr2={format_value(k)}: {_num(d['min_after'])} vs {_num(d['ref_min'])}"
-                        for k, d in drops.items()) if ref_run is not None else "no run without a switch",
-              _all(below_ref) if ref_run is not None else None),
-        Check(f"the best lr2 by final test accuracy is the lecture's {LECTURE_LR2:g}",
-              f"best: {format_value(best)}" if sel.complete and best is not None else "waits for every lr2 run to end",
-              None if best is None or not sel.complete else bool(math.isclose(float(best), LECTURE_LR2))),
+        Check(
+            f"after the switch (epoch {switch}) the train loss of every lr2 run drops below its value at the switch",
+            ", ".join(
+                f"lr2={format_value(k)}: {_num(d['at_switch'])} → {_num(d['min_after'])}"
+                for k, d in drops.items()
+            ),
+            _all(drop_ok),
+        ),
+        Check(
+            "every lr2 run's train loss also drops below that of the same net kept at lr 0.1, over the same epochs",
+            ", ".join(
+                f"lr2={format_value(k)}: {_num(d['min_after'])} vs {_num(d['ref_min'])}"
+                for k, d in drops.items()
+            )
+            if ref_run is not None
+            else "no run without a switch",
+            _all(below_ref) if ref_run is not None else None,
+        ),
+        Check(
+            f"the best lr2 by final test accuracy is the lecture's {LECTURE_LR2:g}",
+            f"best: {format_value(best)}"
+            if sel.complete and best is not None
+            else "waits for every lr2 run to end",
+            None if best is None or not sel.complete else bool(math.isclose(float(best), LECTURE_LR2)),
+        ),
     ]
     if len(ranking) >= 2 and sel.complete:
         gap = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[1])
-        spread = (f"the seed-to-seed std of lecture_test_loss, {100 * noise:.1f} points" if noise is not None
-                  else "the seed-to-seed spread, which one seed per lr2 cannot measure (lecture_test_loss does)")
-        claim.notes.append(f"The best lr2 leads the next by {100 * gap:.1f} points of test accuracy; compare with "
-                           f"{spread}.")
+        spread = (
+            f"the seed-to-seed std of lecture_test_loss, {100 * noise:.1f} points"
+            if noise is not None
+            else "the seed-to-seed spread, which one seed per lr2 cannot measure (lecture_test_loss does)"
+        )
+        claim.notes.append(
+            f"The best lr2 leads the next by {100 * gap:.1f} points of test accuracy; compare with {spread}."
+        )
     claim.extra_sources = [reference] if reference is not None else []
     return claim
 
@@ -587,11 +763,16 @@ def _q(quantiles: pd.DataFrame, epoch, split: str, column: str) -> float:
 
 
 def claim_4(exps: dict[str, Experiment]) -> Claim:
-    claim = Claim("4", "Test loss rises while test accuracy holds or improves",
-                  "While test accuracy still holds or improves, test loss increases: the model becomes more wrong "
-                  "on the examples it misclassifies.", ["lecture_test_loss", "lecture_baseline", "lecture_lr"])
-    sel = claim.source = pick_source(exps, [("lecture_test_loss", {}), ("lecture_baseline", {}),
-                                            ("lecture_lr", BASELINE)])
+    claim = Claim(
+        "4",
+        "Test loss rises while test accuracy holds or improves",
+        "While test accuracy still holds or improves, test loss increases: the model becomes more wrong "
+        "on the examples it misclassifies.",
+        ["lecture_test_loss", "lecture_baseline", "lecture_lr"],
+    )
+    sel = claim.source = pick_source(
+        exps, [("lecture_test_loss", {}), ("lecture_baseline", {}), ("lecture_lr", BASELINE)]
+    )
     if sel is None or sel.runs.empty:
         return claim
     # The claim says "holds or improves": no minimum accuracy gain after the test-loss minimum.
@@ -605,37 +786,84 @@ def claim_4(exps: dict[str, Experiment]) -> Claim:
         late = kept[-1] if kept else None
         q_early, q_late = _q(quantiles, near_min, "test", "q0.9"), _q(quantiles, late, "test", "q0.9")
         last = curve.iloc[-1]
-        info[run] = {"decoupled": bool(d["decoupled"]), "d": d,
-                     "loss_rise": _ratio(last["test_loss"], d["min_test_loss"]),
-                     "acc_drop": d["best_test_acc"] - last["test_acc"], "last_epoch": int(last["epoch"]),
-                     "tail": _ratio(q_late, q_early), "q": (near_min, q_early, late, q_late)}
-        rows.append([sel.label(run), row["status"], f"{_num(d['min_test_loss'])} (ep. {_epoch(d['min_test_loss_epoch'])})",
-                     f"{_acc(d['best_test_acc'])} (ep. {_epoch(d['best_test_acc_epoch'])})",
-                     _acc(d["test_acc_at_min_loss"]), _num(d["test_loss_at_best_acc"]),
-                     f"{_num(last['test_loss'])} ({_num(info[run]['loss_rise'])}× min)", _acc(last["test_acc"]),
-                     f"{_num(q_early)} (ep. {_epoch(near_min)}) → {_num(q_late)} (ep. {_epoch(late)})"])
-    claim.tables.append(_table(
-        ["run", "status", "min test loss", "best test acc", "test acc at the loss minimum",
-         "test loss at the accuracy peak", "last test loss", "last test acc", "test-loss 90th percentile"], rows))
+        info[run] = {
+            "decoupled": bool(d["decoupled"]),
+            "d": d,
+            "loss_rise": _ratio(last["test_loss"], d["min_test_loss"]),
+            "acc_drop": d["best_test_acc"] - last["test_acc"],
+            "last_epoch": int(last["epoch"]),
+            "tail": _ratio(q_late, q_early),
+            "q": (near_min, q_early, late, q_late),
+        }
+        rows.append(
+            [
+                sel.label(run),
+                row["status"],
+                f"{_num(d['min_test_loss'])} (ep. {_epoch(d['min_test_loss_epoch'])})",
+                f"{_acc(d['best_test_acc'])} (ep. {_epoch(d['best_test_acc_epoch'])})",
+                _acc(d["test_acc_at_min_loss"]),
+                _num(d["test_loss_at_best_acc"]),
+                f"{_num(last['test_loss'])} ({_num(info[run]['loss_rise'])}× min)",
+                _acc(last["test_acc"]),
+                f"{_num(q_early)} (ep. {_epoch(near_min)}) → {_num(q_late)} (ep. {_epoch(late)})",
+            ]
+        )
+    claim.tables.append(
+        _table(
+            [
+                "run",
+                "status",
+                "min test loss",
+                "best test acc",
+                "test acc at the loss minimum",
+                "test loss at the accuracy peak",
+                "last test loss",
+                "last test acc",
+                "test-loss 90th percentile",
+            ],
+            rows,
+        )
+    )
     claim.checks = [
-        Check("test accuracy peaks after the test-loss minimum — it holds or improves (gain ≥ 0) while the test "
-              "loss is ≥ 2% above its minimum at the accuracy peak (diagnostics.loss_acc_decoupling with "
-              "min_acc_gain=0)",
-              *_per_run(sel, lambda r: (f"loss min at epoch {_epoch(info[r]['d']['min_test_loss_epoch'])}, "
-                                        f"accuracy peak at epoch {_epoch(info[r]['d']['best_test_acc_epoch'])} "
-                                        f"({100 * info[r]['d']['acc_gain_after_min_loss']:+.1f} points, test loss "
-                                        f"{100 * info[r]['d']['loss_rise_at_best_acc']:+.0f}%)",
-                                        info[r]["decoupled"]))),
-        Check(f"at the last epoch the test loss is ≥ {LOSS_RISE:g}× its minimum while test accuracy is within "
-              f"{100 * ACC_HOLD:g} points of its best",
-              *_per_run(sel, lambda r: (f"{_num(info[r]['loss_rise'])}× the minimum, "
-                                        f"{100 * info[r]['acc_drop']:.1f} points below the best",
-                                        bool(info[r]["loss_rise"] >= LOSS_RISE and info[r]["acc_drop"] <= ACC_HOLD)))),
-        Check(f"the misclassified get more wrong: the test-loss 90th percentile (well inside the misclassified "
-              f"share) at the last kept epoch is ≥ {TAIL_RISE:g}× its value at the kept epoch nearest the "
-              "test-loss minimum",
-              *_per_run(sel, lambda r: (f"{_num(info[r]['tail'])}×", None if math.isnan(info[r]["tail"])
-                                        else bool(info[r]["tail"] >= TAIL_RISE)))),
+        Check(
+            "test accuracy peaks after the test-loss minimum — it holds or improves (gain ≥ 0) while the test "
+            "loss is ≥ 2% above its minimum at the accuracy peak (diagnostics.loss_acc_decoupling with "
+            "min_acc_gain=0)",
+            *_per_run(
+                sel,
+                lambda r: (
+                    f"loss min at epoch {_epoch(info[r]['d']['min_test_loss_epoch'])}, "
+                    f"accuracy peak at epoch {_epoch(info[r]['d']['best_test_acc_epoch'])} "
+                    f"({100 * info[r]['d']['acc_gain_after_min_loss']:+.1f} points, test loss "
+                    f"{100 * info[r]['d']['loss_rise_at_best_acc']:+.0f}%)",
+                    info[r]["decoupled"],
+                ),
+            ),
+        ),
+        Check(
+            f"at the last epoch the test loss is ≥ {LOSS_RISE:g}× its minimum while test accuracy is within "
+            f"{100 * ACC_HOLD:g} points of its best",
+            *_per_run(
+                sel,
+                lambda r: (
+                    f"{_num(info[r]['loss_rise'])}× the minimum, "
+                    f"{100 * info[r]['acc_drop']:.1f} points below the best",
+                    bool(info[r]["loss_rise"] >= LOSS_RISE and info[r]["acc_drop"] <= ACC_HOLD),
+                ),
+            ),
+        ),
+        Check(
+            f"the misclassified get more wrong: the test-loss 90th percentile (well inside the misclassified "
+            f"share) at the last kept epoch is ≥ {TAIL_RISE:g}× its value at the kept epoch nearest the "
+            "test-loss minimum",
+            *_per_run(
+                sel,
+                lambda r: (
+                    f"{_num(info[r]['tail'])}×",
+                    None if math.isnan(info[r]["tail"]) else bool(info[r]["tail"] >= TAIL_RISE),
+                ),
+            ),
+        ),
     ]
     return claim
 
@@ -644,12 +872,16 @@ def claim_4(exps: dict[str, Experiment]) -> Claim:
 
 
 def claim_5(exps: dict[str, Experiment]) -> Claim:
-    claim = Claim("5", "Per-sample loss distributions of train and test drift apart",
-                  "Per-sample loss distributions of train and test drift apart through the epochs: the train losses "
-                  "collapse towards zero while a part of the test losses grows — the picture of overfitting.",
-                  ["lecture_distributions", "lecture_baseline", "lecture_lr"])
-    sel = claim.source = pick_source(exps, [("lecture_distributions", {}), ("lecture_baseline", {}),
-                                            ("lecture_lr", BASELINE)])
+    claim = Claim(
+        "5",
+        "Per-sample loss distributions of train and test drift apart",
+        "Per-sample loss distributions of train and test drift apart through the epochs: the train losses "
+        "collapse towards zero while a part of the test losses grows — the picture of overfitting.",
+        ["lecture_distributions", "lecture_baseline", "lecture_lr"],
+    )
+    sel = claim.source = pick_source(
+        exps, [("lecture_distributions", {}), ("lecture_baseline", {}), ("lecture_lr", BASELINE)]
+    )
     if sel is None or sel.runs.empty:
         return claim
     info = {}
@@ -662,20 +894,36 @@ def claim_5(exps: dict[str, Experiment]) -> Claim:
         test_mean = quantiles[quantiles["split"] == "test"].set_index("epoch")["mean"]
         early = int(test_mean.idxmin()) if test_mean.notna().any() else kept[0]
         late = kept[-1]
-        shown = sorted({e for e in (_nearest_kept(kept, e) for e in QUANTILE_EPOCHS if e <= late) if e} | {early, late})
+        shown = sorted(
+            {e for e in (_nearest_kept(kept, e) for e in QUANTILE_EPOCHS if e <= late) if e} | {early, late}
+        )
         rows = []
         for epoch in shown:
             tm, t9 = _q(quantiles, epoch, "train", "q0.5"), _q(quantiles, epoch, "train", "q0.9")
             sm, s9 = _q(quantiles, epoch, "test", "q0.5"), _q(quantiles, epoch, "test", "q0.9")
             mark = " (early)" if epoch == early else " (late)" if epoch == late else ""
             rows.append([f"{epoch}{mark}", _num(tm), _num(t9), _num(sm), _num(s9), _num(_ratio(sm, tm))])
-        claim.tables.append(f"Run {sel.label(run)} — per-sample loss quantiles from losses.npz (early = the kept "
-                            "epoch of lowest mean test loss, late = the last kept epoch):\n\n" + _table(
-                                ["epoch", "train median", "train 90th pct", "test median", "test 90th pct",
-                                 "test / train median"], rows))
-        info[run] = {"early": early, "late": late,
-                     "collapse": _ratio(_q(quantiles, early, "train", "q0.5"), _q(quantiles, late, "train", "q0.5")),
-                     "tail": _ratio(_q(quantiles, late, "test", "q0.9"), _q(quantiles, early, "test", "q0.9"))}
+        claim.tables.append(
+            f"Run {sel.label(run)} — per-sample loss quantiles from losses.npz (early = the kept "
+            "epoch of lowest mean test loss, late = the last kept epoch):\n\n"
+            + _table(
+                [
+                    "epoch",
+                    "train median",
+                    "train 90th pct",
+                    "test median",
+                    "test 90th pct",
+                    "test / train median",
+                ],
+                rows,
+            )
+        )
+        info[run] = {
+            "early": early,
+            "late": late,
+            "collapse": _ratio(_q(quantiles, early, "train", "q0.5"), _q(quantiles, late, "train", "q0.5")),
+            "tail": _ratio(_q(quantiles, late, "test", "q0.9"), _q(quantiles, early, "test", "q0.9")),
+        }
         tracked = _tracked(Path(_run_row(sel, run)["run_dir"]), early, late)
         if tracked:
             claim.tables.append(tracked)
@@ -688,24 +936,40 @@ def claim_5(exps: dict[str, Experiment]) -> Claim:
         if i is None:
             return "no losses.npz yet", None
         if same(i):
-            return f"the mean test loss is lowest at the last kept epoch ({i['late']}): nothing to compare", False
-        return (f"median {_num(i['collapse'])}× lower at epoch {i['late']} than at epoch {i['early']}",
-                None if math.isnan(i["collapse"]) else bool(i["collapse"] >= COLLAPSE))
+            return (
+                f"the mean test loss is lowest at the last kept epoch ({i['late']}): nothing to compare",
+                False,
+            )
+        return (
+            f"median {_num(i['collapse'])}× lower at epoch {i['late']} than at epoch {i['early']}",
+            None if math.isnan(i["collapse"]) else bool(i["collapse"] >= COLLAPSE),
+        )
 
     def tail(r):
         i = info[r]
         if i is None:
             return "no losses.npz yet", None
         if same(i):
-            return f"the mean test loss is lowest at the last kept epoch ({i['late']}): nothing to compare", False
-        return (f"90th percentile {_num(i['tail'])}× higher at epoch {i['late']} than at epoch {i['early']}",
-                None if math.isnan(i["tail"]) else bool(i["tail"] >= TAIL_RISE))
+            return (
+                f"the mean test loss is lowest at the last kept epoch ({i['late']}): nothing to compare",
+                False,
+            )
+        return (
+            f"90th percentile {_num(i['tail'])}× higher at epoch {i['late']} than at epoch {i['early']}",
+            None if math.isnan(i["tail"]) else bool(i["tail"] >= TAIL_RISE),
+        )
 
     claim.checks = [
-        Check(f"the train losses collapse: the train median at the late epoch is ≥ {COLLAPSE:g}× lower than at "
-              "the early epoch", *_per_run(sel, collapse)),
-        Check(f"a part of the test losses grows: the test 90th percentile at the late epoch is ≥ {TAIL_RISE:g}× "
-              "its value at the early epoch", *_per_run(sel, tail)),
+        Check(
+            f"the train losses collapse: the train median at the late epoch is ≥ {COLLAPSE:g}× lower than at "
+            "the early epoch",
+            *_per_run(sel, collapse),
+        ),
+        Check(
+            f"a part of the test losses grows: the test 90th percentile at the late epoch is ≥ {TAIL_RISE:g}× "
+            "its value at the early epoch",
+            *_per_run(sel, tail),
+        ),
     ]
     return claim
 
@@ -720,19 +984,30 @@ def _tracked(run_dir: Path, early: int, late: int) -> str | None:
         x, y = a[split].astype(np.float64), b[split].astype(np.float64)
         if x.shape != y.shape or not len(x):
             return None
-        rows.append([split, f"{np.mean(y < x):.1%}", f"{np.mean(y > x):.1%}", f"{np.mean(y >= 10 * np.maximum(x, 1e-12)):.1%}",
-                     f"{np.mean(y == 0):.1%}"])
-    return (f"Sample by sample (raw losses in sample_losses/), epoch {early} → {late}:\n\n"
-            + _table(["split", "loss fell", "loss rose", "rose ≥ 10×", f"exactly 0 at epoch {late}"], rows))
+        rows.append(
+            [
+                split,
+                f"{np.mean(y < x):.1%}",
+                f"{np.mean(y > x):.1%}",
+                f"{np.mean(y >= 10 * np.maximum(x, 1e-12)):.1%}",
+                f"{np.mean(y == 0):.1%}",
+            ]
+        )
+    return f"Sample by sample (raw losses in sample_losses/), epoch {early} → {late}:\n\n" + _table(
+        ["split", "loss fell", "loss rose", "rose ≥ 10×", f"exactly 0 at epoch {late}"], rows
+    )
 
 
 # ----- claim 6a
 
 
 def claim_6a(exps: dict[str, Experiment]) -> Claim:
-    claim = Claim("6a", "A net of enough capacity overfits a small subset",
-                  "A net of enough capacity overfits a small subset of the training set (train loss ≈ 0).",
-                  ["lecture_overfit_subset"])
+    claim = Claim(
+        "6a",
+        "A net of enough capacity overfits a small subset",
+        "A net of enough capacity overfits a small subset of the training set (train loss ≈ 0).",
+        ["lecture_overfit_subset"],
+    )
     sel = claim.source = pick_source(exps, [("lecture_overfit_subset", {})])
     if sel is None or sel.runs.empty:
         return claim
@@ -742,26 +1017,57 @@ def claim_6a(exps: dict[str, Experiment]) -> Claim:
     rows = []
     for row in runs.to_dict("records"):
         v = verdicts.loc[row["run"]]
-        rows.append([sel.label(row["run"]), _epoch(row.get("data.train_size")), _epoch(row["n_params"]), row["status"],
-                     f"{int(row['epochs_done'])}/{sel.exp.epochs_target()}",
-                     f"{_num(v['min_train_loss'])} (ep. {_epoch(row['min_train_loss_epoch'])})",
-                     _acc(v["best_train_acc"]), _acc(row["final_test_acc"]), v["verdict"]])
-    claim.tables.append(_table(["run", "train images", "parameters", "status", "epochs", "min train loss",
-                                "best train acc", "final test acc", "diagnostics.capacity_verdict"], rows))
+        rows.append(
+            [
+                sel.label(row["run"]),
+                _epoch(row.get("data.train_size")),
+                _epoch(row["n_params"]),
+                row["status"],
+                f"{int(row['epochs_done'])}/{sel.exp.epochs_target()}",
+                f"{_num(v['min_train_loss'])} (ep. {_epoch(row['min_train_loss_epoch'])})",
+                _acc(v["best_train_acc"]),
+                _acc(row["final_test_acc"]),
+                v["verdict"],
+            ]
+        )
+    claim.tables.append(
+        _table(
+            [
+                "run",
+                "train images",
+                "parameters",
+                "status",
+                "epochs",
+                "min train loss",
+                "best train acc",
+                "final test acc",
+                "diagnostics.capacity_verdict",
+            ],
+            rows,
+        )
+    )
     largest = runs["run"].iloc[-1]
     v = verdicts.loc[largest]
     label = sel.label(largest)
     curve = sel.run_curves(largest)
     if len(curve) > 10:
         before, last = curve.iloc[-11], curve.iloc[-1]
-        claim.notes.append(f"The train loss of {label} went from {_num(before['train_loss'])} at epoch "
-                           f"{int(before['epoch'])} to {_num(last['train_loss'])} at epoch {int(last['epoch'])} "
-                           f"({_num(_ratio(before['train_loss'], last['train_loss']))}× lower in its last 10 epochs).")
+        claim.notes.append(
+            f"The train loss of {label} went from {_num(before['train_loss'])} at epoch "
+            f"{int(before['epoch'])} to {_num(last['train_loss'])} at epoch {int(last['epoch'])} "
+            f"({_num(_ratio(before['train_loss'], last['train_loss']))}× lower in its last 10 epochs)."
+        )
     claim.checks = [
-        Check(f"the largest net ({label}) reaches train accuracy ≥ 99.9%", _acc(v["best_train_acc"]),
-              bool(v["best_train_acc"] >= 0.999)),
-        Check(f"the largest net ({label}) reaches train loss ≤ 0.01 (with the accuracy above: capacity_verdict's fit)", f"min train loss {_num(v['min_train_loss'])}",
-              bool(v["fits"])),
+        Check(
+            f"the largest net ({label}) reaches train accuracy ≥ 99.9%",
+            _acc(v["best_train_acc"]),
+            bool(v["best_train_acc"] >= 0.999),
+        ),
+        Check(
+            f"the largest net ({label}) reaches train loss ≤ 0.01 (with the accuracy above: capacity_verdict's fit)",
+            f"min train loss {_num(v['min_train_loss'])}",
+            bool(v["fits"]),
+        ),
     ]
     return claim
 
@@ -770,17 +1076,25 @@ def claim_6a(exps: dict[str, Experiment]) -> Claim:
 
 
 def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
-    claim = Claim("6b", "Capacity modulated to neither overfit nor underfit the full set",
-                  "Capacity is modulated (layers, channels, kernel size) to neither overfit nor underfit the full "
-                  "training set.", ["lecture_capacity"])
+    claim = Claim(
+        "6b",
+        "Capacity modulated to neither overfit nor underfit the full set",
+        "Capacity is modulated (layers, channels, kernel size) to neither overfit nor underfit the full "
+        "training set.",
+        ["lecture_capacity"],
+    )
     sel = claim.source = pick_source(exps, [("lecture_capacity", {})])
     if sel is None or sel.runs.empty:
         estimate = ""
         if baseline_s:
-            estimate = (f" At the pace of the lr=0.1 baseline on this machine ({_minutes(baseline_s)} per run) its 18 "
-                        f"jobs take about {18 * baseline_s / 3600:.1f} h, more for the wider and deeper nets.")
-        claim.not_run_note = ("The capacity grid was not run on the real data: it is too expensive for the CPU these "
-                              f"runs were made on.{estimate}")
+            estimate = (
+                f" At the pace of the lr=0.1 baseline on this machine ({_minutes(baseline_s)} per run) its 18 "
+                f"jobs take about {18 * baseline_s / 3600:.1f} h, more for the wider and deeper nets."
+            )
+        claim.not_run_note = (
+            "The capacity grid was not run on the real data: it is too expensive for the CPU these "
+            f"runs were made on.{estimate}"
+        )
         return claim
     keys = [k for k in ("model.conv_layers", "model.channels", "model.kernel_size") if k in sel.runs]
     ranking = rank_configs(sel.runs, "final_test_acc", keys, statuses=None)
@@ -790,22 +1104,39 @@ def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
         part = select_rows(sel.runs, {k: r[k] for k in keys})
         train_acc, test_acc = part["final_train_acc"].mean(), part["final_test_acc"].mean()
         gap = train_acc - test_acc
-        s = ("underfits" if train_acc < UNDERFIT_TRAIN_ACC else "overfits" if gap > OVERFIT_GAP else "neither")
+        s = "underfits" if train_acc < UNDERFIT_TRAIN_ACC else "overfits" if gap > OVERFIT_GAP else "neither"
         state[tuple(r[k] for k in keys)] = s
-        rows.append([*[format_value(r[k]) for k in keys], _count(part["n_params"].mean()), _acc(train_acc),
-                     _acc(test_acc), _acc(gap), s])
-    claim.tables.append(_table([*keys, "parameters", "final train acc", "final test acc", "train - test acc",
-                                "state"], rows))
+        rows.append(
+            [
+                *[format_value(r[k]) for k in keys],
+                _count(part["n_params"].mean()),
+                _acc(train_acc),
+                _acc(test_acc),
+                _acc(gap),
+                s,
+            ]
+        )
+    claim.tables.append(
+        _table([*keys, "parameters", "final train acc", "final test acc", "train - test acc", "state"], rows)
+    )
     states = list(state.values())
     best = states[0] if states else None
     claim.checks = [
-        Check(f"some configuration underfits (final train accuracy < {UNDERFIT_TRAIN_ACC})",
-              f"{states.count('underfits')} of {len(states)}", bool("underfits" in states)),
-        Check(f"some configuration overfits (train − test accuracy > {OVERFIT_GAP})",
-              f"{states.count('overfits')} of {len(states)}", bool("overfits" in states)),
-        Check("the best configuration by final test accuracy does neither",
-              f"best: {', '.join(f'{k}={format_value(ranking[k].iloc[0])}' for k in keys)} ({best})",
-              None if best is None else best == "neither"),
+        Check(
+            f"some configuration underfits (final train accuracy < {UNDERFIT_TRAIN_ACC})",
+            f"{states.count('underfits')} of {len(states)}",
+            bool("underfits" in states),
+        ),
+        Check(
+            f"some configuration overfits (train − test accuracy > {OVERFIT_GAP})",
+            f"{states.count('overfits')} of {len(states)}",
+            bool("overfits" in states),
+        ),
+        Check(
+            "the best configuration by final test accuracy does neither",
+            f"best: {', '.join(f'{k}={format_value(ranking[k].iloc[0])}' for k in keys)} ({best})",
+            None if best is None else best == "neither",
+        ),
     ]
     return claim
 
@@ -854,8 +1185,9 @@ def _figure(claim: Claim, sel: Selection, exps: dict[str, Experiment], plots):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             both = load_sweep(paths)
-        fig = plots.plot_lr_switch(both.curves, both.runs, keys=both.group_keys,
-                                   title="lr 0.1, then lr2 (grey: kept at lr 0.1)")
+        fig = plots.plot_lr_switch(
+            both.curves, both.runs, keys=both.group_keys, title="lr 0.1, then lr2 (grey: kept at lr 0.1)"
+        )
         return fig, (8, 4)
     if key == "4":
         return plots.plot_loss_vs_accuracy(sel.curves, title="test loss vs test accuracy, lr 0.1"), (8, 4)
@@ -864,12 +1196,17 @@ def _figure(claim: Claim, sel: Selection, exps: dict[str, Experiment], plots):
         kept = sorted(dists["epoch"].unique().tolist())
         last = kept[-1] if kept else 0
         epochs = sorted({_nearest_kept(kept, e) for e in QUANTILE_EPOCHS if e <= last} - {None})
-        fig = plots.plot_loss_distributions(dists, epochs=epochs, max_panels=4, ncols=2,
-                                            title="per-sample loss, lr 0.1")
+        fig = plots.plot_loss_distributions(
+            dists, epochs=epochs, max_panels=4, ncols=2, title="per-sample loss, lr 0.1"
+        )
         return fig, (8, 5)
     if key == "6a":
-        fig = plots.plot_curves(sel.curves, metrics=("train_loss", "train_acc"), hue="model.channels",
-                                title="1,000 training images: train loss and accuracy")
+        fig = plots.plot_curves(
+            sel.curves,
+            metrics=("train_loss", "train_acc"),
+            hue="model.channels",
+            title="1,000 training images: train loss and accuracy",
+        )
         return fig, (6, 4.5)
     if key == "6b":
         runs = sel.runs
@@ -923,19 +1260,32 @@ def _machine(exps: dict[str, Experiment], note: str | None = None) -> list[str]:
     here = socket.gethostname()
     recorded = runs.dropna(subset=["cpu_count"]) if "cpu_count" in runs else runs.iloc[:0]
     if not recorded.empty:
-        cpus = ", ".join(sorted({f"{int(r.cpu_count)} ({int(r.torch_threads)} torch threads)"
-                                 for r in recorded.itertuples()})) + " (summary.json)"
+        cpus = (
+            ", ".join(
+                sorted(
+                    {
+                        f"{int(r.cpu_count)} ({int(r.torch_threads)} torch threads)"
+                        for r in recorded.itertuples()
+                    }
+                )
+            )
+            + " (summary.json)"
+        )
     elif hosts == [here]:
         cpus = f"{os.cpu_count()} (os.cpu_count() on `{here}`, where this report was written; the run record does not hold it)"
     else:
         cpus = "not recorded in the run record"
     name, root = data_root(exps)
-    return [f"- host: {', '.join(f'`{h}`' for h in hosts) or 'not recorded'}",
-            f"- CPU cores: {cpus}",
-            f"- device: {', '.join(devices) or 'not recorded (no run has finished)'}",
-            f"- torch {', '.join(torch) or 'not recorded'}; python {', '.join(python) or 'not recorded'} "
-            "(summary.json `versions`)",
-            f"- data: `{name}` from `{root}`", *([f"- conditions: {note}"] if note else []), ""]
+    return [
+        f"- host: {', '.join(f'`{h}`' for h in hosts) or 'not recorded'}",
+        f"- CPU cores: {cpus}",
+        f"- device: {', '.join(devices) or 'not recorded (no run has finished)'}",
+        f"- torch {', '.join(torch) or 'not recorded'}; python {', '.join(python) or 'not recorded'} "
+        "(summary.json `versions`)",
+        f"- data: `{name}` from `{root}`",
+        *([f"- conditions: {note}"] if note else []),
+        "",
+    ]
 
 
 def _wall_times(exps: dict[str, Experiment]) -> list[str]:
@@ -949,32 +1299,62 @@ def _wall_times(exps: dict[str, Experiment]) -> list[str]:
             seconds = _wall_time(sel, row.run)
             done = int(row.epochs_done)
             source = "summary.json" if not is_missing(row.time_s) else "last metrics line"
-            rows.append([exp.name, sel.label(row.run), row.status, f"{done}/{target}",
-                         "–" if math.isnan(seconds) else f"{seconds:.0f}", _minutes(seconds),
-                         "–" if math.isnan(seconds) or not done else f"{seconds / done:.1f}", source])
+            rows.append(
+                [
+                    exp.name,
+                    sel.label(row.run),
+                    row.status,
+                    f"{done}/{target}",
+                    "–" if math.isnan(seconds) else f"{seconds:.0f}",
+                    _minutes(seconds),
+                    "–" if math.isnan(seconds) or not done else f"{seconds / done:.1f}",
+                    source,
+                ]
+            )
     if not rows:
         return ["_no runs_", ""]
-    return ["Wall seconds of training and evaluation (set-up excluded): summary.json `time_s`, or the last "
-            "metrics line's `time_s` for a run in progress.", "", _table(
-                ["experiment", "run", "status", "epochs", "time_s", "wall time", "s / epoch", "from"], rows)]
+    return [
+        "Wall seconds of training and evaluation (set-up excluded): summary.json `time_s`, or the last "
+        "metrics line's `time_s` for a run in progress.",
+        "",
+        _table(["experiment", "run", "status", "epochs", "time_s", "wall time", "s / epoch", "from"], rows),
+    ]
 
 
 def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) -> list[str]:
     md = [f"## Claim {claim.key}: {claim.title}", "", f"> {claim.statement}", ""]
     sel = claim.source
     if sel is None:
-        md += [f"**Verdict: not run.** {claim.not_run_note or ''}".rstrip(), "",
-               "Run it with:", "", "```bash", *[command(exps[n], data) for n in claim.experiments[:1]], "```", ""]
+        md += [
+            f"**Verdict: not run.** {claim.not_run_note or ''}".rstrip(),
+            "",
+            "Run it with:",
+            "",
+            "```bash",
+            *[command(exps[n], data) for n in claim.experiments[:1]],
+            "```",
+            "",
+        ]
         return md
     where = ", ".join(f"{k}={format_value(v)}" for k, v in sel.where.items() if k in sel.runs)
-    md += [f"Runs: `{sel.exp.name}`" + (f" ({where})" if where else "") + f", {len(sel.runs)} run(s) in "
-           f"`{sel.exp.shown}`.", "", "```bash", command(sel.exp, data), "```", ""]
+    md += [
+        f"Runs: `{sel.exp.name}`" + (f" ({where})" if where else "") + f", {len(sel.runs)} run(s) in "
+        f"`{sel.exp.shown}`.",
+        "",
+        "```bash",
+        command(sel.exp, data),
+        "```",
+        "",
+    ]
     if sel.exp.argv:
         md += [f"As recorded in sweep.json: `python -m sweeper {' '.join(sel.exp.argv)}`", ""]
     others = [n for n in claim.experiments if n != sel.exp.name and not exps[n].present]
     if others and claim.experiments.index(sel.exp.name) > 0:
-        md += ["The dedicated experiment " + ", ".join(f"`{n}`" for n in others[:1]) + " was not run; "
-               f"`{command(exps[others[0]], data)}` runs it.", ""]
+        md += [
+            "The dedicated experiment " + ", ".join(f"`{n}`" for n in others[:1]) + " was not run; "
+            f"`{command(exps[others[0]], data)}` runs it.",
+            "",
+        ]
     if claim.figure:
         md += [f"![claim {claim.key}](figures/{claim.figure})", ""]
     elif claim.figure_note:
@@ -983,10 +1363,20 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
         md += [table, ""]
     if claim.checks:
         partial = claim.verdict.startswith("partial")
-        md += ["Rules (the verdict is *supported* when every check passes, *partly supported* when some do, "
-               "*not supported* when none does):", "",
-               _table(["check", "observed" + (" so far" if partial else ""), "passes" + (" so far" if partial else "")],
-                      [[c.rule, c.observed, _mark(c.passed)] for c in claim.checks]), ""]
+        md += [
+            "Rules (the verdict is *supported* when every check passes, *partly supported* when some do, "
+            "*not supported* when none does):",
+            "",
+            _table(
+                [
+                    "check",
+                    "observed" + (" so far" if partial else ""),
+                    "passes" + (" so far" if partial else ""),
+                ],
+                [[c.rule, c.observed, _mark(c.passed)] for c in claim.checks],
+            ),
+            "",
+        ]
     for note in claim.notes:
         md += [note, ""]
     verdict = claim.verdict
@@ -997,9 +1387,19 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
 
 
 # Overrides that change where or how a run is done, not what it computes.
-NOT_PROTOCOL = ("experiment", "data.root", "data.cache_dir", "data.download", "trainer.device", "trainer.resume",
-                "trainer.checkpoint", "trainer.keep_sample_losses", "trainer.eval_batch_size",
-                "trainer.cuda_graph", "trainer.channels_last")
+NOT_PROTOCOL = (
+    "experiment",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "trainer.device",
+    "trainer.resume",
+    "trainer.checkpoint",
+    "trainer.keep_sample_losses",
+    "trainer.eval_batch_size",
+    "trainer.cuda_graph",
+    "trainer.channels_last",
+)
 
 
 def _user_overrides(argv: Sequence[str]) -> list[str]:
@@ -1008,7 +1408,12 @@ def _user_overrides(argv: Sequence[str]) -> list[str]:
     for item in argv:
         key, sep, _ = item.partition("=")
         key = key.lstrip("+~")
-        if sep and not item.startswith("-") and key not in NOT_PROTOCOL and not key.startswith(("hydra.", "hydra/")):
+        if (
+            sep
+            and not item.startswith("-")
+            and key not in NOT_PROTOCOL
+            and not key.startswith(("hydra.", "hydra/"))
+        ):
             out.append(item)
     return out
 
@@ -1020,32 +1425,47 @@ def _differences(claims: list[Claim], exps: dict[str, Experiment]) -> list[str]:
     if name is not None and name != "cifar10":
         items.append(f"The data is `{name}`, not CIFAR-10: these numbers say nothing about the lecture's.")
     elif root is not None and "jpeg" in str(root).lower():
-        items.append(f"The data (`{root}`) is a JPEG copy of CIFAR-10 (quality 75, 4:2:0 chroma; about 30 dB PSNR "
-                     "against the originals, labels exact; see /work/shared/datasets/README.md): ordinary training "
-                     "curves match the original closely, results that hinge on fine pixel detail may differ.")
-    seeded = {name: exp.sweep.runs["trainer.seed"].nunique() for name, exp in exps.items()
-              if exp.sweep is not None and "trainer.seed" in exp.sweep.runs}
+        items.append(
+            f"The data (`{root}`) is a JPEG copy of CIFAR-10 (quality 75, 4:2:0 chroma; about 30 dB PSNR "
+            "against the originals, labels exact; see /work/shared/datasets/README.md): ordinary training "
+            "curves match the original closely, results that hinge on fine pixel detail may differ."
+        )
+    seeded = {
+        name: exp.sweep.runs["trainer.seed"].nunique()
+        for name, exp in exps.items()
+        if exp.sweep is not None and "trainer.seed" in exp.sweep.runs
+    }
     single = [name for name, n in seeded.items() if n == 1]
     if single:
         several = [name for name, n in seeded.items() if n > 1]
         noise = _seed_noise(exps)
-        measured = (f" (the seeds of `{several[0]}` differ by {100 * noise:.1f} points of final test accuracy, "
-                    "one std)" if several and noise is not None else "")
-        items.append(f"{', '.join(f'`{n}`' for n in single)} ran one seed per configuration: differences of about "
-                     f"a point of test accuracy between runs are within seed-to-seed noise{measured}.")
+        measured = (
+            f" (the seeds of `{several[0]}` differ by {100 * noise:.1f} points of final test accuracy, "
+            "one std)"
+            if several and noise is not None
+            else ""
+        )
+        items.append(
+            f"{', '.join(f'`{n}`' for n in single)} ran one seed per configuration: differences of about "
+            f"a point of test accuracy between runs are within seed-to-seed noise{measured}."
+        )
     for exp_name, exp in exps.items():
         extra = _user_overrides(exp.argv)
         if exp.present and extra:
-            items.append(f"`{exp_name}` ran with these command-line overrides of its experiment file: "
-                         f"`{' '.join(extra)}`.")
+            items.append(
+                f"`{exp_name}` ran with these command-line overrides of its experiment file: "
+                f"`{' '.join(extra)}`."
+            )
     for claim in claims:
         verdict = claim.verdict
         if verdict in ("not supported", "partly supported"):
             failed = "; ".join(f"{c.rule}: observed {c.observed}" for c in claim.failed_checks)
             items.append(f"Claim {claim.key} ({claim.title}) is **{verdict}**: {failed}.")
         elif verdict == "not run":
-            items.append(f"Claim {claim.key} ({claim.title}) was not tested: `{claim.experiments[0]}` was not run"
-                         + (f" — {claim.not_run_note}" if claim.not_run_note else "."))
+            items.append(
+                f"Claim {claim.key} ({claim.title}) was not tested: `{claim.experiments[0]}` was not run"
+                + (f" — {claim.not_run_note}" if claim.not_run_note else ".")
+            )
         elif verdict.startswith("partial"):
             items.append(f"Claim {claim.key} has no verdict yet ({verdict}).")
     md += [f"- {item}" for item in items] or ["- none found"]
@@ -1054,17 +1474,26 @@ def _differences(claims: list[Claim], exps: dict[str, Experiment]) -> list[str]:
 
 def _rerun(exps: dict[str, Experiment], shown_root: str, out: str, data: str | None) -> list[str]:
     ran = [n for n, e in exps.items() if e.present] or ["lecture_lr", "lecture_lr2", "lecture_overfit_subset"]
-    return ["## How to rerun", "",
-            "`make reproduce` runs the experiments into `outputs/reproduction/<experiment>` and then writes this "
-            "report into `docs/`. By hand:", "", "```bash",
-            f"export SWEEPER_DATA={shlex.quote(data or DATA_PLACEHOLDER)}   # CIFAR-10: python batches, ImageFolder "
-            "tree or .tar.gz",
-            f"for e in {' '.join(ran)}; do python -m sweeper -m experiment=$e "
-            f"hydra.sweep.dir={shlex.quote(shown_root.rstrip('/'))}/$e; done",
-            f"python -m analysis.reproduction {shlex.quote(shown_root)} --out {shlex.quote(out)}", "```", "",
-            "Running a sweep again into the same dir skips its completed runs and resumes interrupted ones. Any "
-            "other `lecture_*` experiment (" + ", ".join(f"`{n}`" for n, e in exps.items() if not e.present)
-            + ") is picked up by this report once its dir is under the root.", ""]
+    return [
+        "## How to rerun",
+        "",
+        "`make reproduce` runs the experiments into `outputs/reproduction/<experiment>` and then writes this "
+        "report into `docs/`. By hand:",
+        "",
+        "```bash",
+        f"export SWEEPER_DATA={shlex.quote(data or DATA_PLACEHOLDER)}   # CIFAR-10: python batches, ImageFolder "
+        "tree or .tar.gz",
+        f"for e in {' '.join(ran)}; do python -m sweeper -m experiment=$e "
+        f"hydra.sweep.dir={shlex.quote(shown_root.rstrip('/'))}/$e; done",
+        f"python -m analysis.reproduction {shlex.quote(shown_root)} --out {shlex.quote(out)}",
+        "```",
+        "",
+        "Running a sweep again into the same dir skips its completed runs and resumes interrupted ones. Any "
+        "other `lecture_*` experiment ("
+        + ", ".join(f"`{n}`" for n, e in exps.items() if not e.present)
+        + ") is picked up by this report once its dir is under the root.",
+        "",
+    ]
 
 
 def _seed_noise(exps: dict[str, Experiment]) -> float | None:
@@ -1082,12 +1511,23 @@ def build_claims(exps: dict[str, Experiment]) -> list[Claim]:
     baseline_s = None
     if baseline is not None and baseline.complete:
         baseline_s = _wall_time(baseline, baseline.runs["run"].iloc[0])
-    return [claim_1(exps), claim_2(exps), claim_3(exps, noise), claim_4(exps), claim_5(exps), claim_6a(exps),
-            claim_6b(exps, baseline_s)]
+    return [
+        claim_1(exps),
+        claim_2(exps),
+        claim_3(exps, noise),
+        claim_4(exps),
+        claim_5(exps),
+        claim_6a(exps),
+        claim_6b(exps, baseline_s),
+    ]
 
 
-def write_reproduction(root: str | os.PathLike, out: str | os.PathLike = "docs", shown_root: str | None = None,
-                       note: str | None = None) -> Path:
+def write_reproduction(
+    root: str | os.PathLike,
+    out: str | os.PathLike = "docs",
+    shown_root: str | None = None,
+    note: str | None = None,
+) -> Path:
     """Write OUT/reproduction.md and OUT/figures/claim*.png for the experiments under ROOT."""
     root, out = Path(root), Path(out)
     shown_root = shown_root or str(root)
@@ -1101,20 +1541,38 @@ def write_reproduction(root: str | os.PathLike, out: str | os.PathLike = "docs",
         draw_figure(claim, exps, figures_dir)
     _, data = data_root(exps)
 
-    md = ["# Reproducing the lecture on CIFAR-10", "",
-          f"Generated by `python -m analysis.reproduction {shown_root} --out {out}` on "
-          f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the run records under "
-          f"`{shown_root}`. Every number below is read from those records; every verdict follows from the numbers by "
-          "the rules stated with it.", "",
-          "| claim | verdict | runs |", "|---|---|---|"]
+    md = [
+        "# Reproducing the lecture on CIFAR-10",
+        "",
+        f"Generated by `python -m analysis.reproduction {shown_root} --out {out}` on "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the run records under "
+        f"`{shown_root}`. Every number below is read from those records; every verdict follows from the numbers by "
+        "the rules stated with it.",
+        "",
+        "| claim | verdict | runs |",
+        "|---|---|---|",
+    ]
     for claim in claims:
-        source = f"`{claim.source.exp.name}`" if claim.source is not None else f"`{claim.experiments[0]}` not run"
-        md.append(f"| [{claim.key}](#claim-{claim.key}-{_anchor(claim.title)}) {claim.title} | {claim.verdict} | "
-                  f"{source} |")
+        source = (
+            f"`{claim.source.exp.name}`" if claim.source is not None else f"`{claim.experiments[0]}` not run"
+        )
+        md.append(
+            f"| [{claim.key}](#claim-{claim.key}-{_anchor(claim.title)}) {claim.title} | {claim.verdict} | "
+            f"{source} |"
+        )
     md += ["", "## Machine", ""] + _machine(exps, note)
-    md += ["## Experiments", "", _table(["experiment", "tests", "state", "sweep dir"],
-                                        [[f"`{n}`", EXPERIMENTS[n], _state(e), f"`{e.shown}`" if e.present else "–"]
-                                         for n, e in exps.items()]), ""]
+    md += [
+        "## Experiments",
+        "",
+        _table(
+            ["experiment", "tests", "state", "sweep dir"],
+            [
+                [f"`{n}`", EXPERIMENTS[n], _state(e), f"`{e.shown}`" if e.present else "–"]
+                for n, e in exps.items()
+            ],
+        ),
+        "",
+    ]
     for claim in claims:
         md += _claim_section(claim, exps, data)
     md += ["## Wall time per run", ""] + _wall_times(exps)
@@ -1135,12 +1593,18 @@ def _anchor(title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.reproduction",
-                                     description="The lecture's claims checked against the runs under ROOT "
-                                                 "(sweep dirs named after the lecture_* experiments).")
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.reproduction",
+        description="The lecture's claims checked against the runs under ROOT "
+        "(sweep dirs named after the lecture_* experiments).",
+    )
     parser.add_argument("root", metavar="ROOT", help="dir holding lecture_lr/, lecture_lr2/, ... sweep dirs")
-    parser.add_argument("--out", default="docs", help="where reproduction.md and figures/ go (default: %(default)s)")
-    parser.add_argument("--note", help="how the runs were made, for the Machine section (load, threads, nice)")
+    parser.add_argument(
+        "--out", default="docs", help="where reproduction.md and figures/ go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--note", help="how the runs were made, for the Machine section (load, threads, nice)"
+    )
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)

@@ -57,19 +57,46 @@ def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_o
     }
 
 
-def job_table(paths: str | os.PathLike | Iterable[str | os.PathLike], now: float | None = None) -> pd.DataFrame:
+def job_table(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], now: float | None = None
+) -> pd.DataFrame:
     """One row per job of the given sweep(s) or run dir(s), missing jobs included."""
     now = time.time() if now is None else now
     refs, missing = discover(paths)
     rows = [_job_row(r.run_dir, r.sweep_dir, r.job_num, r.overrides, now) for r in refs]
-    rows += [{"sweep": str(m.sweep_dir), "job": m.job_num, "status": "missing", "epochs": "",
-              "age_s": None, "slurm_job_id": None, "host": None, "overrides": " ".join(m.overrides),
-              "error": None, "run_dir": str(m.run_dir)} for m in missing]
-    columns = ["sweep", "job", "status", "epochs", "age_s", "slurm_job_id", "host", "overrides", "error", "run_dir"]
+    rows += [
+        {
+            "sweep": str(m.sweep_dir),
+            "job": m.job_num,
+            "status": "missing",
+            "epochs": "",
+            "age_s": None,
+            "slurm_job_id": None,
+            "host": None,
+            "overrides": " ".join(m.overrides),
+            "error": None,
+            "run_dir": str(m.run_dir),
+        }
+        for m in missing
+    ]
+    columns = [
+        "sweep",
+        "job",
+        "status",
+        "epochs",
+        "age_s",
+        "slurm_job_id",
+        "host",
+        "overrides",
+        "error",
+        "run_dir",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     table["job"] = table["job"].astype("Int64")
     table["age_s"] = table["age_s"].astype("float64")
-    return table.sort_values(["sweep", "job", "run_dir"], na_position="last", kind="stable").reset_index(drop=True)
+    return table.sort_values(["sweep", "job", "run_dir"], na_position="last", kind="stable").reset_index(
+        drop=True
+    )
 
 
 def _age(seconds: float) -> str:
@@ -109,8 +136,9 @@ def _counts(table: pd.DataFrame) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
-def format_job_table(table: pd.DataFrame, width: int | None = None, max_rows: int | None = None,
-                     show_all: bool = False) -> str:
+def format_job_table(
+    table: pd.DataFrame, width: int | None = None, max_rows: int | None = None, show_all: bool = False
+) -> str:
     """A one-screen text table. When the jobs do not fit, completed ones are left out first."""
     size = shutil.get_terminal_size((120, 40))
     width = width or size.columns
@@ -120,7 +148,7 @@ def format_job_table(table: pd.DataFrame, width: int | None = None, max_rows: in
         tail = f": {len(jobs)} jobs: {_counts(jobs)}"
         name = sweep or "(single runs)"
         room = max(20, width - len(tail))
-        lines.append((name if len(name) <= room else "…" + name[-(room - 1):]) + tail)  # keep the path's end
+        lines.append((name if len(name) <= room else "…" + name[-(room - 1) :]) + tail)  # keep the path's end
     shown = table
     hidden = 0
     if not show_all and len(table) > max_rows:
@@ -134,15 +162,22 @@ def format_job_table(table: pd.DataFrame, width: int | None = None, max_rows: in
     if common and len(table) > 1:
         lines.append(_fit(f"common overrides: {' '.join(common)}", width))
     multi = table["sweep"].nunique() > 1
-    cells = pd.DataFrame({
-        "job": [_job_label(s, j, d, multi) for s, j, d in zip(shown["sweep"], shown["job"], shown["run_dir"], strict=True)],
-        "status": shown["status"].tolist(),
-        "epochs": shown["epochs"].tolist(),
-        "last write": [_age(a) for a in shown["age_s"]],
-        "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_job_id"]],
-        "overrides": [_without(o, common if len(table) > 1 else []) + ("" if pd.isna(e) else f"  [{e}]")
-                      for o, e in zip(shown["overrides"], shown["error"], strict=True)],
-    })
+    cells = pd.DataFrame(
+        {
+            "job": [
+                _job_label(s, j, d, multi)
+                for s, j, d in zip(shown["sweep"], shown["job"], shown["run_dir"], strict=True)
+            ],
+            "status": shown["status"].tolist(),
+            "epochs": shown["epochs"].tolist(),
+            "last write": [_age(a) for a in shown["age_s"]],
+            "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_job_id"]],
+            "overrides": [
+                _without(o, common if len(table) > 1 else []) + ("" if pd.isna(e) else f"  [{e}]")
+                for o, e in zip(shown["overrides"], shown["error"], strict=True)
+            ],
+        }
+    )
     if (cells["slurm"] == "").all():
         cells = cells.drop(columns="slurm")
     widths = {c: max(len(c), *(len(v) for v in cells[c])) if len(cells) else len(c) for c in cells.columns}
@@ -151,7 +186,9 @@ def format_job_table(table: pd.DataFrame, width: int | None = None, max_rows: in
     lines.append("  ".join(c.ljust(widths[c]) for c in cells.columns).rstrip())
     for row in cells.itertuples(index=False):
         values = [_fit(v, widths[c]) for c, v in zip(cells.columns, row, strict=True)]
-        lines.append("  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip())
+        lines.append(
+            "  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip()
+        )
     if hidden:
         lines.append(f"… {hidden} completed jobs not shown (--all lists every job)")
     return "\n".join(lines)

@@ -155,14 +155,18 @@ def main():
     if device.type == "cuda":
         layouts.append(("NCHW", torch.contiguous_format))
     for name, layout in layouts:
-        print(f"fused trials' step (batch 100, shared batches, {name}, {how}) and eval forward (batch 1000, eager):")
+        print(
+            f"fused trials' step (batch 100, shared batches, {name}, {how}) and eval forward (batch 1000, eager):"
+        )
         one = None
         for n in (int(t) for t in args.trials.split(",")):
             ms, eval_ms = measure_trials(n, device, layout, args.steps * (5 if device.type == "cuda" else 1))
             if n == 1:
                 one = ms
             ratio = f"   {one / (ms / n):.2f}x the throughput of the 1-trial step" if one and n > 1 else ""
-            print(f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio};  eval {eval_ms:7.3f} ms")
+            print(
+                f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio};  eval {eval_ms:7.3f} ms"
+            )
 
 
 if __name__ == "__main__":

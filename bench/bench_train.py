@@ -68,7 +68,13 @@ def load_arrays(size: str, n_train: int, n_test: int, cache: Path):
         tx, ty, vx, vy = data_module.cifar10(os.environ["SWEEPER_DATA"], False, str(cache))
         return tx, ty, vx, vy, ["data=cifar10", f"data.cache_dir={cache}"]
     tx, ty, vx, vy = data_module.synthetic_cached(n_train, n_test, 0, 0.1, str(cache))
-    return tx, ty, vx, vy, ["data=synthetic", f"data.n_train={n_train}", f"data.n_test={n_test}", f"data.cache_dir={cache}"]
+    return (
+        tx,
+        ty,
+        vx,
+        vy,
+        ["data=synthetic", f"data.n_train={n_train}", f"data.n_test={n_test}", f"data.cache_dir={cache}"],
+    )
 
 
 def _run(cmd, log) -> subprocess.CompletedProcess:
@@ -100,7 +106,9 @@ def run_bare(folder: Path, protocols, epochs: int, log) -> tuple[float, float]:
     return time.perf_counter() - t0, _epochs_s(done.stdout)
 
 
-def run_framework(protocols, epochs, data_args, out: Path, log, launcher=(), fused=False, at_once=False, one=False):
+def run_framework(
+    protocols, epochs, data_args, out: Path, log, launcher=(), fused=False, at_once=False, one=False
+):
     """The grid through `python -m sweeper -m`: one command for the lr sub-grid, one for lr2.
 
     at_once: both commands run at the same time (on a GPU they share it), else one after the other.
@@ -140,7 +148,9 @@ def run_framework(protocols, epochs, data_args, out: Path, log, launcher=(), fus
     for f in out.glob("*/*/metrics.jsonl"):
         for line in f.read_text().splitlines():
             row = json.loads(line)
-            key = (f.parent.parent.name, row["epoch"], row["epoch_time_s"]) if fused else (str(f), row["epoch"])
+            key = (
+                (f.parent.parent.name, row["epoch"], row["epoch_time_s"]) if fused else (str(f), row["epoch"])
+            )
             per_epoch[key] = row["epoch_time_s"]
     return wall, sum(per_epoch.values())
 
@@ -152,9 +162,13 @@ def main():
     p.add_argument("--epochs", type=int)
     p.add_argument("--short-epochs", type=int, help="epochs of the slow ways at the GPU size (default 2)")
     p.add_argument("--n-train", type=int)
-    p.add_argument("--ways", help="comma-separated ways to run, in this order (default: all): " + ",".join(WAYS))
+    p.add_argument(
+        "--ways", help="comma-separated ways to run, in this order (default: all): " + ",".join(WAYS)
+    )
     p.add_argument("--naive-runs", type=int, help="time naive on this many runs and scale to the grid")
-    p.add_argument("--repeat", type=int, default=1, help="run every way this many times, in turn; ratios of the medians")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run every way this many times, in turn; ratios of the medians"
+    )
     p.add_argument("--log", help="append the commands' stderr to this file (default: discard it)")
     args = p.parse_args()
     gpu = args.size == "gpu"
@@ -164,7 +178,11 @@ def main():
     n_train = args.n_train or (50_000 if gpu else 10_000)
     n_test = 10_000 if gpu else 2_000
     protocols = grid(args.size, runs)
-    ways = args.ways.split(",") if args.ways else [w for w in WAYS if gpu or w not in ("nograph", "pool", "fused2")]
+    ways = (
+        args.ways.split(",")
+        if args.ways
+        else [w for w in WAYS if gpu or w not in ("nograph", "pool", "fused2")]
+    )
     unknown = set(ways) - set(WAYS)
     if unknown:
         p.error(f"--ways: unknown {sorted(unknown)}; allowed values are {', '.join(WAYS)}")
@@ -188,7 +206,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tx, ty, vx, vy, data_args = load_arrays(args.size, n_train, n_test, folder / "cache")
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+        device = (
+            torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+        )
         print(
             f"grid: {len(protocols)} runs x {epochs} epochs, {len(ty)} train / {len(vy)} test images, on {device}"
             + (f"; slow ways measured on {short} epochs per run and extrapolated" if short < epochs else "")
@@ -202,7 +222,10 @@ def main():
             if way == "naive":
                 workers, some = 4 if gpu else 2, protocols[: args.naive_runs or len(protocols)]
                 label = f"Dataset + DataLoader({workers} workers), a process per run" + (
-                    f"; timed on {len(some)} runs, scaled to {len(protocols)}" if len(some) < len(protocols) else "")
+                    f"; timed on {len(some)} runs, scaled to {len(protocols)}"
+                    if len(some) < len(protocols)
+                    else ""
+                )
                 measure("(a) naive", label, partial(run_naive, folder, some, short, workers, log), short,
                         scale=len(protocols) / len(some))  # fmt: skip
             elif way == "bare":
@@ -235,10 +258,16 @@ def main():
     best = min(fast, key=full.get) if fast else None
     if "(a) naive" in full and best:
         for k in fast:
-            print(f"{k} speed-up over naive: {full['(a) naive'] / full[k]:.2f}x" + ("  (target: >= 1.5x CPU, >= 40x GPU)" if k == best else ""))
+            print(
+                f"{k} speed-up over naive: {full['(a) naive'] / full[k]:.2f}x"
+                + ("  (target: >= 1.5x CPU, >= 40x GPU)" if k == best else "")
+            )
     if "(b) bare" in full:
         for k in fast:
-            print(f"{k} / bare loop:           {full[k] / full['(b) bare']:.2f}" + ("   (CPU target: <= 1.10)" if k == "(c) framework" else ""))
+            print(
+                f"{k} / bare loop:           {full[k] / full['(b) bare']:.2f}"
+                + ("   (CPU target: <= 1.10)" if k == "(c) framework" else "")
+            )
     if "(c) framework" in epochs_s and "(b) bare" in epochs_s:
         print(
             f"epochs alone, framework / bare: {epochs_s['(c) framework'] / epochs_s['(b) bare']:.2f}"
@@ -246,7 +275,9 @@ def main():
             " and the records written after each epoch: metrics, loss histograms, checkpoint)"
         )
     if "(c0) framework, no graph" in epochs_s and "(c) framework" in epochs_s:
-        print(f"CUDA graph, epochs alone:      {epochs_s['(c0) framework, no graph'] / epochs_s['(c) framework']:.2f}x faster")
+        print(
+            f"CUDA graph, epochs alone:      {epochs_s['(c0) framework, no graph'] / epochs_s['(c) framework']:.2f}x faster"
+        )
     if best:
         per_run_epoch = full[best] / (len(protocols) * epochs)
         print(f"fastest way {best}: grid end to end {full[best]:.1f} s, {per_run_epoch:.3f} s per run-epoch"

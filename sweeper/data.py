@@ -133,6 +133,7 @@ def stage(data: Data, memory_format=torch.contiguous_format) -> Data:
     are bitwise those `prepare` gives per batch (the same elementwise ops, done earlier). Costs
     4x the uint8 memory (CIFAR-10: 0.74 GB), for the run only; the uint8 copy stays the cache.
     """
+
     def normalised(x):
         # Layout first (on uint8, cheap), then one float copy normalised in place: the same
         # elementwise ops as `prepare`, with half its peak memory.

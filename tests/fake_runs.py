@@ -16,8 +16,18 @@ import numpy as np
 
 BIN_EDGES = np.logspace(-8, 3, 111)  # 10 bins per decade, 1e-8 ... 1e3 (K = 110)
 QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
-METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "samples",
-               "time_s", "epoch_time_s")
+METRIC_KEYS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "samples",
+    "time_s",
+    "epoch_time_s",
+)
 
 
 def base_config(**overrides) -> dict:
@@ -27,18 +37,51 @@ def base_config(**overrides) -> dict:
     """
     config = {
         "lr": 0.1,
-        "model": {"_target_": "sweeper.models.ConvNet", "name": "convnet", "conv_layers": 2, "channels": 32,
-                  "growth": 2.0, "kernel_size": 5, "pool": [3, 2], "padding": "valid", "units": [200],
-                  "dropout": 0.0, "batch_norm": False, "l1": 0.0},
-        "optim": {"_target_": "torch.optim.SGD", "name": "sgd", "momentum": 0.0, "nesterov": False,
-                  "weight_decay": 0.0},
-        "schedule": {"_target_": "sweeper.schedules.constant", "name": "constant",
-                     "warmup_epochs": 0},
-        "data": {"name": "synthetic", "n_train": 5000, "n_test": 1000, "label_noise": 0.1, "train_size": None,
-                 "seed": 0, "normalize": True, "augment": False},
-        "trainer": {"epochs": 10, "batch_size": 100, "eval_batch_size": 1000, "seed": 0, "device": "auto",
-                    "precision": "fp32", "channels_last": "auto", "sample_loss_epochs": [1, 2, 3, 5, 10],
-                    "keep_sample_losses": False, "checkpoint": True, "resume": True},
+        "model": {
+            "_target_": "sweeper.models.ConvNet",
+            "name": "convnet",
+            "conv_layers": 2,
+            "channels": 32,
+            "growth": 2.0,
+            "kernel_size": 5,
+            "pool": [3, 2],
+            "padding": "valid",
+            "units": [200],
+            "dropout": 0.0,
+            "batch_norm": False,
+            "l1": 0.0,
+        },
+        "optim": {
+            "_target_": "torch.optim.SGD",
+            "name": "sgd",
+            "momentum": 0.0,
+            "nesterov": False,
+            "weight_decay": 0.0,
+        },
+        "schedule": {"_target_": "sweeper.schedules.constant", "name": "constant", "warmup_epochs": 0},
+        "data": {
+            "name": "synthetic",
+            "n_train": 5000,
+            "n_test": 1000,
+            "label_noise": 0.1,
+            "train_size": None,
+            "seed": 0,
+            "normalize": True,
+            "augment": False,
+        },
+        "trainer": {
+            "epochs": 10,
+            "batch_size": 100,
+            "eval_batch_size": 1000,
+            "seed": 0,
+            "device": "auto",
+            "precision": "fp32",
+            "channels_last": "auto",
+            "sample_loss_epochs": [1, 2, 3, 5, 10],
+            "keep_sample_losses": False,
+            "checkpoint": True,
+            "resume": True,
+        },
     }
     for dotted, value in overrides.items():
         node = config
@@ -50,23 +93,49 @@ def base_config(**overrides) -> dict:
 
 
 def job_record(overrides: Sequence[str] = (), job_num: int | None = 0, **extra) -> dict:
-    job = {"host": "node-test", "pid": 4242, "slurm_job_id": None, "slurm_array_job_id": None,
-           "slurm_array_task_id": None, "overrides": list(overrides), "job_num": job_num,
-           "started_at": "2026-11-26T23:59:01", "restarts": 0}
+    job = {
+        "host": "node-test",
+        "pid": 4242,
+        "slurm_job_id": None,
+        "slurm_array_job_id": None,
+        "slurm_array_task_id": None,
+        "overrides": list(overrides),
+        "job_num": job_num,
+        "started_at": "2026-11-26T23:59:01",
+        "restarts": 0,
+    }
     job.update(extra)
     return job
 
 
-def metric_rows(train_loss: Sequence[float], test_loss: Sequence[float], train_acc: Sequence[float],
-                test_acc: Sequence[float], lr: float | Sequence[float] = 0.1, steps_per_epoch: int = 100,
-                batch_size: int = 100, epoch_time_s: float = 2.0) -> list[dict]:
+def metric_rows(
+    train_loss: Sequence[float],
+    test_loss: Sequence[float],
+    train_acc: Sequence[float],
+    test_acc: Sequence[float],
+    lr: float | Sequence[float] = 0.1,
+    steps_per_epoch: int = 100,
+    batch_size: int = 100,
+    epoch_time_s: float = 2.0,
+) -> list[dict]:
     """One metrics.jsonl object per epoch (1-based); NaN becomes null when written."""
     n = len(train_loss)
     lrs = [lr] * n if isinstance(lr, (int, float)) else list(lr)
-    return [{"epoch": e + 1, "step": (e + 1) * steps_per_epoch, "lr": lrs[e], "train_loss": train_loss[e],
-             "train_acc": train_acc[e], "test_loss": test_loss[e], "test_acc": test_acc[e],
-             "samples": (e + 1) * steps_per_epoch * batch_size, "time_s": (e + 1) * epoch_time_s,
-             "epoch_time_s": epoch_time_s} for e in range(n)]
+    return [
+        {
+            "epoch": e + 1,
+            "step": (e + 1) * steps_per_epoch,
+            "lr": lrs[e],
+            "train_loss": train_loss[e],
+            "train_acc": train_acc[e],
+            "test_loss": test_loss[e],
+            "test_acc": test_acc[e],
+            "samples": (e + 1) * steps_per_epoch * batch_size,
+            "time_s": (e + 1) * epoch_time_s,
+            "epoch_time_s": epoch_time_s,
+        }
+        for e in range(n)
+    ]
 
 
 def _json_value(value):
@@ -75,9 +144,15 @@ def _json_value(value):
     return value
 
 
-def summary_record(rows: Sequence[dict], status: str = "completed", epochs: int | None = None,
-                   error: str | None = None, **extra) -> dict:
+def summary_record(
+    rows: Sequence[dict],
+    status: str = "completed",
+    epochs: int | None = None,
+    error: str | None = None,
+    **extra,
+) -> dict:
     """summary.json for these metric rows, computed the way the trainer does."""
+
     def pick(metric, best):
         finite = [(r[metric], r["epoch"]) for r in rows if r[metric] is not None and math.isfinite(r[metric])]
         if not finite:
@@ -90,16 +165,28 @@ def summary_record(rows: Sequence[dict], status: str = "completed", epochs: int 
     min_test, min_test_epoch = pick("test_loss", min)
     min_train, min_train_epoch = pick("train_loss", min)
     summary = {
-        "status": status, "epochs_done": len(rows), "epochs": epochs if epochs is not None else len(rows),
-        "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
-        "final_test_loss": last.get("test_loss"), "final_test_acc": last.get("test_acc"),
-        "best_test_acc": best_acc, "best_test_acc_epoch": best_acc_epoch,
-        "min_test_loss": min_test, "min_test_loss_epoch": min_test_epoch,
-        "min_train_loss": min_train, "min_train_loss_epoch": min_train_epoch,
-        "n_params": 107114, "receptive_field_px": 22, "time_s": last.get("time_s", 0.0),
-        "host": "node-test", "slurm_job_id": None,
+        "status": status,
+        "epochs_done": len(rows),
+        "epochs": epochs if epochs is not None else len(rows),
+        "final_train_loss": last.get("train_loss"),
+        "final_train_acc": last.get("train_acc"),
+        "final_test_loss": last.get("test_loss"),
+        "final_test_acc": last.get("test_acc"),
+        "best_test_acc": best_acc,
+        "best_test_acc_epoch": best_acc_epoch,
+        "min_test_loss": min_test,
+        "min_test_loss_epoch": min_test_epoch,
+        "min_train_loss": min_train,
+        "min_train_loss_epoch": min_train_epoch,
+        "n_params": 107114,
+        "receptive_field_px": 22,
+        "time_s": last.get("time_s", 0.0),
+        "host": "node-test",
+        "slurm_job_id": None,
         "versions": {"python": "3.11.7", "torch": "2.14.0", "sweeper": "0.1.0"},
-        "device": "cpu", "error": error, "traceback": None if error is None else f"Traceback ...\n{error}",
+        "device": "cpu",
+        "error": error,
+        "traceback": None if error is None else f"Traceback ...\n{error}",
         "finished_at": "2026-11-27T00:10:00",
     }
     summary.update(extra)
@@ -112,20 +199,30 @@ def bin_losses(losses: np.ndarray) -> dict[str, np.ndarray | int | float]:
     finite = losses[np.isfinite(losses)]
     zero = int(np.sum(losses == 0.0))
     under = int(np.sum((losses > 0) & (losses < BIN_EDGES[0])))
-    over = int(np.sum(finite >= BIN_EDGES[-1])) + int(np.sum(~np.isfinite(losses)))  # non-finite counts as over
+    over = int(np.sum(finite >= BIN_EDGES[-1])) + int(
+        np.sum(~np.isfinite(losses))
+    )  # non-finite counts as over
     in_range = finite[(finite >= BIN_EDGES[0]) & (finite < BIN_EDGES[-1])]
     # Left-closed bins: searchsorted(side="right") - 1 puts a value equal to an edge in the bin it opens.
     idx = np.searchsorted(BIN_EDGES, in_range, side="right") - 1
     hist = np.bincount(idx, minlength=len(BIN_EDGES) - 1).astype(np.int64)
-    return {"hist": hist, "zero": zero, "under": under, "over": over,
-            "quantiles": np.quantile(finite, QUANTILE_LEVELS) if len(finite) else np.full(7, np.nan),
-            "mean": float(finite.mean()) if len(finite) else math.nan}
+    return {
+        "hist": hist,
+        "zero": zero,
+        "under": under,
+        "over": over,
+        "quantiles": np.quantile(finite, QUANTILE_LEVELS) if len(finite) else np.full(7, np.nan),
+        "mean": float(finite.mean()) if len(finite) else math.nan,
+    }
 
 
 def losses_arrays(epochs: Sequence[int], train: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> dict:
     """losses.npz arrays from raw per-sample losses at each kept epoch."""
-    arrays = {"epochs": np.asarray(epochs, dtype=np.int64), "bin_edges": BIN_EDGES,
-              "quantile_levels": QUANTILE_LEVELS}
+    arrays = {
+        "epochs": np.asarray(epochs, dtype=np.int64),
+        "bin_edges": BIN_EDGES,
+        "quantile_levels": QUANTILE_LEVELS,
+    }
     for split, per_epoch in (("train", train), ("test", test)):
         binned = [bin_losses(x) for x in per_epoch]
         arrays[f"{split}_hist"] = np.stack([b["hist"] for b in binned])
@@ -136,8 +233,15 @@ def losses_arrays(epochs: Sequence[int], train: Sequence[np.ndarray], test: Sequ
     return arrays
 
 
-def write_run(run_dir: Path, config: dict | None, rows: Sequence[dict] = (), summary: dict | None = None,
-              job: dict | None = None, losses: dict | None = None, partial_line: str | None = None) -> Path:
+def write_run(
+    run_dir: Path,
+    config: dict | None,
+    rows: Sequence[dict] = (),
+    summary: dict | None = None,
+    job: dict | None = None,
+    losses: dict | None = None,
+    partial_line: str | None = None,
+) -> Path:
     """Write a run dir. None for config/job/summary leaves that file out (summary None = running).
 
     `partial_line` is appended to metrics.jsonl without a newline: a crash mid-write.
@@ -159,16 +263,20 @@ def write_run(run_dir: Path, config: dict | None, rows: Sequence[dict] = (), sum
     return run_dir
 
 
-def write_sweep_json(sweep_dir: Path, jobs: Sequence[Sequence[str]], launcher: str = "basic",
-                     argv: Sequence[str] | None = None) -> None:
+def write_sweep_json(
+    sweep_dir: Path, jobs: Sequence[Sequence[str]], launcher: str = "basic", argv: Sequence[str] | None = None
+) -> None:
     """sweep.json plus a minimal Hydra multirun.yaml, as `python -m sweeper -m ...` leaves them.
     `argv` is the command line typed (default: every job's overrides, as a typed grid gives them)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     argv = list(argv) if argv is not None else ["-m", *sorted({o for job in jobs for o in job})]
-    record = {"argv": argv, "created_at": "2026-11-26T23:59:00",
-              "launcher": launcher,
-              "jobs": [{"num": i, "dir": str(i), "overrides": list(job)} for i, job in enumerate(jobs)]}
+    record = {
+        "argv": argv,
+        "created_at": "2026-11-26T23:59:00",
+        "launcher": launcher,
+        "jobs": [{"num": i, "dir": str(i), "overrides": list(job)} for i, job in enumerate(jobs)],
+    }
     (sweep_dir / "sweep.json").write_text(json.dumps(record))
     (sweep_dir / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
 
@@ -191,8 +299,9 @@ def _normal_cdf(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.sign(x) * erf)
 
 
-def synthetic_histograms(rng: np.random.Generator, median: np.ndarray, sigma: float, zero_frac: np.ndarray,
-                         n: int) -> dict[str, np.ndarray]:
+def synthetic_histograms(
+    rng: np.random.Generator, median: np.ndarray, sigma: float, zero_frac: np.ndarray, n: int
+) -> dict[str, np.ndarray]:
     """Counts of n log-normal per-sample losses per kept epoch, a share of them exactly 0."""
     log_edges = np.log(BIN_EDGES)
     cdf = _normal_cdf((log_edges[None, :] - np.log(median)[:, None]) / sigma)
@@ -202,13 +311,24 @@ def synthetic_histograms(rng: np.random.Generator, median: np.ndarray, sigma: fl
     probs /= probs.sum(axis=1, keepdims=True)
     counts = rng.multinomial(n, probs)
     z_levels = np.array([-2.326, -1.282, -0.674, 0.0, 0.674, 1.282, 2.326])
-    return {"zero": counts[:, 0], "under": counts[:, 1], "hist": counts[:, 2:-1], "over": counts[:, -1],
-            "quantiles": median[:, None] * np.exp(sigma * z_levels[None, :]),
-            "mean": (1 - zero_frac) * median * math.exp(sigma**2 / 2)}
+    return {
+        "zero": counts[:, 0],
+        "under": counts[:, 1],
+        "hist": counts[:, 2:-1],
+        "over": counts[:, -1],
+        "quantiles": median[:, None] * np.exp(sigma * z_levels[None, :]),
+        "mean": (1 - zero_frac) * median * math.exp(sigma**2 / 2),
+    }
 
 
-def synthetic_run(rng: np.random.Generator, lr: float, channels: int, epochs: int,
-                  switch: int | None = None, lr2: float | None = None) -> list[dict]:
+def synthetic_run(
+    rng: np.random.Generator,
+    lr: float,
+    channels: int,
+    epochs: int,
+    switch: int | None = None,
+    lr2: float | None = None,
+) -> list[dict]:
     """Plausible curves: larger lr learns faster but plateaus higher, dropping lr2 lowers the
     plateau, wider nets fit the training set further, and the test loss bottoms then rises while
     the test accuracy still creeps up."""
@@ -221,15 +341,32 @@ def synthetic_run(rng: np.random.Generator, lr: float, channels: int, epochs: in
     overfit = 0.6 * capacity * np.clip(e / epochs - 0.25, 0, None) ** 1.5
     test_loss = train_loss + 0.35 + overfit + rng.normal(0, 0.01, epochs)
     train_acc = np.clip(0.1 + 0.9 * np.exp(-1.3 * train_loss), 0, 1)
-    test_acc = np.clip(0.1 + 0.75 * np.exp(-1.1 * train_loss) - 0.03 * overfit + rng.normal(0, 0.003, epochs), 0, 1)
-    rows = metric_rows(train_loss.tolist(), test_loss.tolist(), train_acc.tolist(), test_acc.tolist(),
-                       lr=lr_e.tolist(), epoch_time_s=float(rng.uniform(3, 5)))
+    test_acc = np.clip(
+        0.1 + 0.75 * np.exp(-1.1 * train_loss) - 0.03 * overfit + rng.normal(0, 0.003, epochs), 0, 1
+    )
+    rows = metric_rows(
+        train_loss.tolist(),
+        test_loss.tolist(),
+        train_acc.tolist(),
+        test_acc.tolist(),
+        lr=lr_e.tolist(),
+        epoch_time_s=float(rng.uniform(3, 5)),
+    )
     return rows
 
 
-def make_sweep(sweep_dir: Path, grid: dict[str, Iterable], seeds: Sequence[int] = (0, 1, 2), epochs: int = 20,
-               n_train: int = 2000, n_test: int = 1000, rng_seed: int = 0,
-               diverge: Sequence[int] = (), fail: Sequence[int] = (), running: Sequence[int] = ()) -> Path:
+def make_sweep(
+    sweep_dir: Path,
+    grid: dict[str, Iterable],
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 20,
+    n_train: int = 2000,
+    n_test: int = 1000,
+    rng_seed: int = 0,
+    diverge: Sequence[int] = (),
+    fail: Sequence[int] = (),
+    running: Sequence[int] = (),
+) -> Path:
     """A synthetic sweep dir: one job per grid point x seed, in Hydra's job order.
 
     `grid` maps dotted keys to values; `schedule` entries may be ("step", switch_epoch, lr2) or
@@ -254,10 +391,18 @@ def make_sweep(sweep_dir: Path, grid: dict[str, Iterable], seeds: Sequence[int] 
         config_overrides["trainer.epochs"] = epochs
         config_overrides["trainer.sample_loss_epochs"] = kept
         if step:
-            config_overrides.update({"schedule.name": "step", "schedule.epoch": schedule[1], "schedule.lr2": schedule[2]})
+            config_overrides.update(
+                {"schedule.name": "step", "schedule.epoch": schedule[1], "schedule.lr2": schedule[2]}
+            )
         config = base_config(**config_overrides)
-        rows = synthetic_run(rng, config["lr"], config["model"]["channels"], epochs,
-                             schedule[1] if step else None, schedule[2] if step else None)
+        rows = synthetic_run(
+            rng,
+            config["lr"],
+            config["model"]["channels"],
+            epochs,
+            schedule[1] if step else None,
+            schedule[2] if step else None,
+        )
         status = "completed"
         if num in diverge:
             cut = max(2, epochs // 4)
@@ -281,8 +426,16 @@ def make_sweep(sweep_dir: Path, grid: dict[str, Iterable], seeds: Sequence[int] 
             losses = {"epochs": idx + 1, "bin_edges": BIN_EDGES, "quantile_levels": QUANTILE_LEVELS}
             for split, h in (("train", train), ("test", test)):
                 losses.update({f"{split}_{k}": np.asarray(v) for k, v in h.items()})
-        summary = None if num in running else summary_record(
-            rows, status=status, epochs=epochs, error="RuntimeError: CUDA error: out of memory" if num in fail else None)
+        summary = (
+            None
+            if num in running
+            else summary_record(
+                rows,
+                status=status,
+                epochs=epochs,
+                error="RuntimeError: CUDA error: out of memory" if num in fail else None,
+            )
+        )
         write_run(sweep_dir / str(num), config, rows, summary, job_record(overrides, num), losses)
     return sweep_dir
 
@@ -323,8 +476,9 @@ def lecture_curves(kind: str, epochs: int = 50, **kw) -> dict[str, np.ndarray]:
     e = np.arange(1, epochs + 1, dtype=float)
     if kind in ("baseline", "lr2"):
         train_loss = 2.0 * 0.01 ** ((e - 1) / 49)
-        test_acc = np.where(e <= 20, 0.3 + 0.4 * e / 20, np.where(e <= 25, 0.7 + 0.001 * (e - 20),
-                                                                  0.705 - 0.0006 * (e - 25)))
+        test_acc = np.where(
+            e <= 20, 0.3 + 0.4 * e / 20, np.where(e <= 25, 0.7 + 0.001 * (e - 20), 0.705 - 0.0006 * (e - 25))
+        )
         test_loss = 1.0 + 0.002 * (e - 12) ** 2
         lr = np.full(epochs, 0.1)
         if kind == "lr2":
@@ -363,45 +517,81 @@ def lecture_curves(kind: str, epochs: int = 50, **kw) -> dict[str, np.ndarray]:
         lr = np.full(epochs, 0.1)
     else:
         raise ValueError(kind)
-    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc, "lr": lr}
+    return {
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "lr": lr,
+    }
 
 
-def write_lecture_run(run_dir: Path, curves: dict[str, np.ndarray], config_overrides: dict, overrides: Sequence[str],
-                      job_num: int, done: int | None = None, keep_samples: bool = False,
-                      n_params: int = 107114) -> Path:
+def write_lecture_run(
+    run_dir: Path,
+    curves: dict[str, np.ndarray],
+    config_overrides: dict,
+    overrides: Sequence[str],
+    job_num: int,
+    done: int | None = None,
+    keep_samples: bool = False,
+    n_params: int = 107114,
+) -> Path:
     """One run of a lecture experiment: `done` epochs of `curves` (None: all of them, with summary.json),
     losses.npz at the default kept epochs with per-sample losses scaled from TRAIN_SPREAD / TEST_SPREAD
     (medians = the train loss and the test loss of that epoch), raw sample_losses/ with `keep_samples`."""
     epochs = len(curves["train_loss"])
     done = epochs if done is None else done
-    config = base_config(**{"data.name": "cifar10", "data.root": LECTURE_DATA_ROOT, "trainer.epochs": epochs,
-                            "trainer.sample_loss_epochs": kept_epochs(epochs),
-                            "trainer.keep_sample_losses": keep_samples, **config_overrides})
-    rows = metric_rows(*(curves[k][:done].tolist() for k in ("train_loss", "test_loss", "train_acc", "test_acc")),
-                       lr=curves["lr"][:done].tolist(), steps_per_epoch=500, epoch_time_s=20.0)
+    config = base_config(
+        **{
+            "data.name": "cifar10",
+            "data.root": LECTURE_DATA_ROOT,
+            "trainer.epochs": epochs,
+            "trainer.sample_loss_epochs": kept_epochs(epochs),
+            "trainer.keep_sample_losses": keep_samples,
+            **config_overrides,
+        }
+    )
+    rows = metric_rows(
+        *(curves[k][:done].tolist() for k in ("train_loss", "test_loss", "train_acc", "test_acc")),
+        lr=curves["lr"][:done].tolist(),
+        steps_per_epoch=500,
+        epoch_time_s=20.0,
+    )
     kept = [k for k in kept_epochs(epochs) if k <= done]
     train = [curves["train_loss"][k - 1] * TRAIN_SPREAD for k in kept]
     test = [curves["test_loss"][k - 1] * TEST_SPREAD for k in kept]
     losses = losses_arrays(kept, train, test) if kept else None
-    summary = summary_record(rows, epochs=epochs, n_params=n_params, host="node-test") if done == epochs else None
+    summary = (
+        summary_record(rows, epochs=epochs, n_params=n_params, host="node-test") if done == epochs else None
+    )
     run_dir = write_run(run_dir, config, rows, summary, job_record(overrides, job_num), losses)
     if keep_samples:
         (run_dir / "sample_losses").mkdir(exist_ok=True)
         for k, tr, te in zip(kept, train, test, strict=True):
-            np.savez(run_dir / "sample_losses" / f"epoch_{k:03d}.npz", train=tr.astype(np.float32),
-                     test=te.astype(np.float32))
+            np.savez(
+                run_dir / "sample_losses" / f"epoch_{k:03d}.npz",
+                train=tr.astype(np.float32),
+                test=te.astype(np.float32),
+            )
     return run_dir
 
 
-LR2 = {0.07: {"factor": 0.5, "delta": 0.005}, 0.05: {"factor": 0.3, "delta": 0.015},
-       0.02: {"factor": 0.7, "delta": -0.005}}
+LR2 = {
+    0.07: {"factor": 0.5, "delta": 0.005},
+    0.05: {"factor": 0.3, "delta": 0.015},
+    0.02: {"factor": 0.7, "delta": -0.005},
+}
 CAPACITY = {(1, 16): (0.60, 0.55), (1, 32): (0.80, 0.66), (2, 16): (0.85, 0.70), (2, 32): (0.99, 0.66)}
 
 
-def make_lecture_root(root: Path, experiments: Sequence[str], baseline: str = "baseline",
-                      running: dict[str, dict[int, int]] | None = None,
-                      not_started: dict[str, Sequence[int]] | None = None,
-                      typed: dict[str, Sequence[str]] | None = None) -> Path:
+def make_lecture_root(
+    root: Path,
+    experiments: Sequence[str],
+    baseline: str = "baseline",
+    running: dict[str, dict[int, int]] | None = None,
+    not_started: dict[str, Sequence[int]] | None = None,
+    typed: dict[str, Sequence[str]] | None = None,
+) -> Path:
     """Sweep dirs ROOT/<experiment> of the lecture's experiments with lecture_curves' known answers.
 
     `baseline` is the curve kind of lecture_lr's lr=0.1 run ("flat" contradicts claims 1, 4, 5).
@@ -428,24 +618,50 @@ def make_lecture_root(root: Path, experiments: Sequence[str], baseline: str = "b
                 jobs.append(([f"trainer.seed={seed}"], {"trainer.seed": seed}, curves, {}))
         elif name == "lecture_overfit_subset":
             for channels, fit, n_params in ((8, False, 18834), (32, True, 107106)):
-                jobs.append(([f"model.channels={channels}"], {"model.channels": channels, "data.train_size": 1000},
-                             lecture_curves("subset", fit=fit), {"n_params": n_params}))
+                jobs.append(
+                    (
+                        [f"model.channels={channels}"],
+                        {"model.channels": channels, "data.train_size": 1000},
+                        lecture_curves("subset", fit=fit),
+                        {"n_params": n_params},
+                    )
+                )
         elif name == "lecture_capacity":
             for (layers, channels), (train_acc, test_acc) in CAPACITY.items():
-                config = {"model.conv_layers": layers, "model.channels": channels, "model.kernel_size": 5,
-                          "model.padding": "same", "model.pool": 2}
-                jobs.append(([f"model.conv_layers={layers}", f"model.channels={channels}", "model.kernel_size=5"],
-                             config, lecture_curves("capacity", train_acc=train_acc, test_acc=test_acc),
-                             {"n_params": 5000 * layers * channels}))
+                config = {
+                    "model.conv_layers": layers,
+                    "model.channels": channels,
+                    "model.kernel_size": 5,
+                    "model.padding": "same",
+                    "model.pool": 2,
+                }
+                jobs.append(
+                    (
+                        [f"model.conv_layers={layers}", f"model.channels={channels}", "model.kernel_size=5"],
+                        config,
+                        lecture_curves("capacity", train_acc=train_acc, test_acc=test_acc),
+                        {"n_params": 5000 * layers * channels},
+                    )
+                )
         else:
             raise ValueError(f"no fake for {name}")
         sweep_dir = root / name
         # An experiment's grid comes from its file: the command line only names it (and the dir).
-        write_sweep_json(sweep_dir, [[*o, f"experiment={name}"] for o, *_ in jobs],
-                         argv=["-m", f"experiment={name}", *typed.get(name, ()), f"hydra.sweep.dir={sweep_dir}"])
+        write_sweep_json(
+            sweep_dir,
+            [[*o, f"experiment={name}"] for o, *_ in jobs],
+            argv=["-m", f"experiment={name}", *typed.get(name, ()), f"hydra.sweep.dir={sweep_dir}"],
+        )
         for num, (overrides, config, curves, extra) in enumerate(jobs):
             if num in not_started.get(name, ()):
                 continue
-            write_lecture_run(sweep_dir / str(num), curves, config, [*overrides, f"experiment={name}"], num,
-                              done=running.get(name, {}).get(num), **extra)
+            write_lecture_run(
+                sweep_dir / str(num),
+                curves,
+                config,
+                [*overrides, f"experiment={name}"],
+                num,
+                done=running.get(name, {}).get(num),
+                **extra,
+            )
     return root

@@ -21,9 +21,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def sweep(tmp_path) -> Path:
     """16 jobs: lr x channels x (constant | 0.01 after epoch 5) x 2 seeds; job 3 diverges, job 6 runs."""
-    return make_sweep(tmp_path / "multirun/2026-11-26/23-59-00",
-                      {"lr": [0.2, 0.05], "model.channels": [16, 32], "schedule": ["constant", ("step", 5, 0.01)]},
-                      seeds=(0, 1), epochs=10, n_train=500, n_test=200, diverge=[3], running=[6])
+    return make_sweep(
+        tmp_path / "multirun/2026-11-26/23-59-00",
+        {"lr": [0.2, 0.05], "model.channels": [16, 32], "schedule": ["constant", ("step", 5, 0.01)]},
+        seeds=(0, 1),
+        epochs=10,
+        n_train=500,
+        n_test=200,
+        diverge=[3],
+        running=[6],
+    )
 
 
 def test_report_writes_markdown_figures_and_tables(sweep, capsys):
@@ -31,16 +38,32 @@ def test_report_writes_markdown_figures_and_tables(sweep, capsys):
     out = sweep / "report"
     assert capsys.readouterr().out.splitlines()[-1] == f"report: {out / 'report.md'}"
     md = (out / "report.md").read_text()
-    for section in ("## Runs", "## Problems", "## Ranking by `final_test_acc`", "## Diagnostics", "## Figures"):
+    for section in (
+        "## Runs",
+        "## Problems",
+        "## Ranking by `final_test_acc`",
+        "## Diagnostics",
+        "## Figures",
+    ):
         assert section in md
     assert "diverged at epoch 2" in md
     figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
-    assert {"curves_by_lr.png", "curves_by_model.channels.png", "lr_switch.png", "loss_vs_accuracy.png",
-            "loss_distributions.png", "heatmap_model.channels_by_lr.png"} <= set(figures)
+    assert {
+        "curves_by_lr.png",
+        "curves_by_model.channels.png",
+        "lr_switch.png",
+        "loss_vs_accuracy.png",
+        "loss_distributions.png",
+        "heatmap_model.channels_by_lr.png",
+    } <= set(figures)
     for name in figures:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 16 and runs["status"].value_counts().to_dict() == {"completed": 14, "diverged": 1, "running": 1}
+    assert len(runs) == 16 and runs["status"].value_counts().to_dict() == {
+        "completed": 14,
+        "diverged": 1,
+        "running": 1,
+    }
     curves = pd.read_parquet(out / "curves.parquet")
     assert curves.groupby("run")["epoch"].max().sum() == 14 * 10 + 2 + 5
     assert pd.read_csv(out / "ranking.csv")["rank"].iloc[0] == 1
@@ -64,16 +87,19 @@ def test_status_prints_the_job_table(sweep, capsys):
     assert re.search(r"^6\s+running\s+5/10", text, re.MULTILINE)
 
 
-@pytest.mark.parametrize("argv", [
-    ["does/not/exist"],
-    ["{empty}"],
-    [],
-    ["{sweep}", "--metric", "n_params"],
-    ["{sweep}", "--out", "{sweep}/sweep.json/report"],
-    ["{sweep}", "--bogus"],
-    ["status", "does/not/exist"],
-    ["status", "{empty}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["does/not/exist"],
+        ["{empty}"],
+        [],
+        ["{sweep}", "--metric", "n_params"],
+        ["{sweep}", "--out", "{sweep}/sweep.json/report"],
+        ["{sweep}", "--bogus"],
+        ["status", "does/not/exist"],
+        ["status", "{empty}"],
+    ],
+)
 def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, sweep, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     argv = [a.format(sweep=sweep, empty=tmp_path / "empty") for a in argv]
@@ -86,11 +112,23 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, sweep, tmp_path, capsy
 
 def test_the_module_entry_point_runs_and_refuses_without_a_traceback(sweep):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ok = subprocess.run([sys.executable, "-m", "analysis", "status", str(sweep)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "analysis", "status", str(sweep)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "16 jobs" in ok.stdout.splitlines()[0]
-    bad = subprocess.run([sys.executable, "-m", "analysis", str(sweep / "nope")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "analysis", str(sweep / "nope")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr == f"analysis: error: {sweep / 'nope'}: no such directory\n"

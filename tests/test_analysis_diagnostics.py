@@ -34,10 +34,20 @@ def curves_of(**runs: dict[str, list[float]]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- confidence intervals
 
 
-@pytest.mark.parametrize(("level", "dof", "expected"), [
-    (0.95, 1, 12.7062), (0.95, 2, 4.3027), (0.95, 3, 3.1824), (0.95, 4, 2.7764), (0.95, 9, 2.2622),
-    (0.95, 29, 2.0452), (0.99, 10, 3.1693), (0.90, 5, 2.0150), (0.95, 5000, 1.9604),
-])
+@pytest.mark.parametrize(
+    ("level", "dof", "expected"),
+    [
+        (0.95, 1, 12.7062),
+        (0.95, 2, 4.3027),
+        (0.95, 3, 3.1824),
+        (0.95, 4, 2.7764),
+        (0.95, 9, 2.2622),
+        (0.95, 29, 2.0452),
+        (0.99, 10, 3.1693),
+        (0.90, 5, 2.0150),
+        (0.95, 5000, 1.9604),
+    ],
+)
 def test_t_critical_matches_the_tables(level, dof, expected):
     assert t_critical(level, dof) == pytest.approx(expected, abs=2e-4)
 
@@ -47,19 +57,23 @@ def test_t_critical_is_undefined_without_spread():
 
 
 def test_seed_aggregate_gives_mean_std_n_and_a_t_band_per_configuration():
-    runs = pd.DataFrame({
-        "lr": [0.1, 0.1, 0.1, 0.2],
-        "schedule.lr2": [NAN, NAN, NAN, 0.01],  # missing keys still form a group
-        "trainer.seed": [0, 1, 2, 0],
-        "final_test_acc": [0.70, 0.72, 0.74, 0.50],
-    })
+    runs = pd.DataFrame(
+        {
+            "lr": [0.1, 0.1, 0.1, 0.2],
+            "schedule.lr2": [NAN, NAN, NAN, 0.01],  # missing keys still form a group
+            "trainer.seed": [0, 1, 2, 0],
+            "final_test_acc": [0.70, 0.72, 0.74, 0.50],
+        }
+    )
     stats = seed_aggregate(runs, "final_test_acc", ["lr", "schedule.lr2"]).set_index("lr")
     a, b = stats.loc[0.1], stats.loc[0.2]
     assert a["final_test_acc_mean"] == pytest.approx(0.72)
     assert a["final_test_acc_std"] == pytest.approx(0.02)
     assert a["final_test_acc_n"] == 3
     half = 4.3027 * 0.02 / math.sqrt(3)
-    assert (a["final_test_acc_ci_lo"], a["final_test_acc_ci_hi"]) == pytest.approx((0.72 - half, 0.72 + half), abs=1e-5)
+    assert (a["final_test_acc_ci_lo"], a["final_test_acc_ci_hi"]) == pytest.approx(
+        (0.72 - half, 0.72 + half), abs=1e-5
+    )
     assert b["final_test_acc_n"] == 1 and math.isnan(b["final_test_acc_ci_lo"])  # one seed: no band
 
 
@@ -81,10 +95,18 @@ def test_seed_aggregate_without_keys_is_one_group():
 
 def test_reduce_curves_final_best_and_first_epoch_of_the_best():
     curves = curves_of(
-        a=dict(train_loss=[2.0, 1.0, 0.5, 0.5], test_loss=[2.1, 1.2, 1.1, 1.4],
-               train_acc=[0.3, 0.6, 0.8, 0.8], test_acc=[0.3, 0.5, 0.6, 0.6]),
-        diverged=dict(train_loss=[2.0, 1.5, NAN], test_loss=[2.0, 1.6, NAN],
-                      train_acc=[0.2, 0.4, NAN], test_acc=[0.2, 0.35, NAN]),
+        a=dict(
+            train_loss=[2.0, 1.0, 0.5, 0.5],
+            test_loss=[2.1, 1.2, 1.1, 1.4],
+            train_acc=[0.3, 0.6, 0.8, 0.8],
+            test_acc=[0.3, 0.5, 0.6, 0.6],
+        ),
+        diverged=dict(
+            train_loss=[2.0, 1.5, NAN],
+            test_loss=[2.0, 1.6, NAN],
+            train_acc=[0.2, 0.4, NAN],
+            test_acc=[0.2, 0.35, NAN],
+        ),
     )
     out = reduce_curves(curves)
     a, d = out.loc["a"], out.loc["diverged"]
@@ -114,7 +136,11 @@ def test_decoupling_flags_test_accuracy_peaking_after_the_test_loss_minimum():
     )
     out = loss_acc_decoupling(curves)
     lecture = out.loc["lecture"]
-    assert (lecture["min_test_loss_epoch"], lecture["best_test_acc_epoch"], lecture["epochs_apart"]) == (2, 4, 2)
+    assert (lecture["min_test_loss_epoch"], lecture["best_test_acc_epoch"], lecture["epochs_apart"]) == (
+        2,
+        4,
+        2,
+    )
     assert lecture["test_acc_at_min_loss"] == 0.60
     assert lecture["acc_gain_after_min_loss"] == pytest.approx(0.05)
     assert lecture["loss_rise_at_best_acc"] == pytest.approx(0.5)
@@ -132,7 +158,9 @@ def test_capacity_verdict_says_whether_and_when_the_training_set_is_fitted():
     assert out["fits"].to_dict() == {"big": True, "small": False, "almost": False}
     assert out.loc["big", "fit_epoch"] == 3
     assert out.loc["big", "verdict"] == "fits its training set from epoch 3"
-    assert out.loc["small", "verdict"] == "does not fit in 4 epochs (min train loss 0.7, best train acc 75.0%)"
+    assert (
+        out.loc["small", "verdict"] == "does not fit in 4 epochs (min train loss 0.7, best train acc 75.0%)"
+    )
     assert capacity_verdict(curves, max_train_loss=0.01, min_train_acc=0.99).loc["almost", "fit_epoch"] == 2
 
 
@@ -141,12 +169,28 @@ def test_capacity_verdict_says_whether_and_when_the_training_set_is_fitted():
 
 def ranking_runs() -> pd.DataFrame:
     rows = []
-    for lr, accs in {0.1: [0.80, 0.82, 0.84], 0.2: [0.79, 0.81, 0.83], 0.05: [0.70, 0.71, 0.72],
-                     0.4: [0.60, 0.61, 0.62]}.items():
-        rows += [{"lr": lr, "trainer.seed": s, "status": "completed", "final_test_acc": a,
-                  "final_test_loss": 1 - a} for s, a in enumerate(accs)]
-    rows.append({"lr": 0.4, "trainer.seed": 3, "status": "diverged", "final_test_acc": NAN, "final_test_loss": NAN})
-    rows.append({"lr": 0.4, "trainer.seed": 4, "status": "failed", "final_test_acc": 0.99, "final_test_loss": 0.01})
+    for lr, accs in {
+        0.1: [0.80, 0.82, 0.84],
+        0.2: [0.79, 0.81, 0.83],
+        0.05: [0.70, 0.71, 0.72],
+        0.4: [0.60, 0.61, 0.62],
+    }.items():
+        rows += [
+            {
+                "lr": lr,
+                "trainer.seed": s,
+                "status": "completed",
+                "final_test_acc": a,
+                "final_test_loss": 1 - a,
+            }
+            for s, a in enumerate(accs)
+        ]
+    rows.append(
+        {"lr": 0.4, "trainer.seed": 3, "status": "diverged", "final_test_acc": NAN, "final_test_loss": NAN}
+    )
+    rows.append(
+        {"lr": 0.4, "trainer.seed": 4, "status": "failed", "final_test_acc": 0.99, "final_test_loss": 0.01}
+    )
     return pd.DataFrame(rows)
 
 

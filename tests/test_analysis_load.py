@@ -68,10 +68,18 @@ def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable
 
 
 def test_runs_columns_carry_the_real_dtype_of_each_knob(tmp_path):
-    sweep = grid_sweep(tmp_path / "s", [
-        {"lr": 0.1, "model.channels": 16, "model.units": [200], "data.augment": True},
-        {"lr": 1, "model.channels": 32, "model.units": [200, 100], "data.augment": False},  # lr=1: an int in JSON
-    ])
+    sweep = grid_sweep(
+        tmp_path / "s",
+        [
+            {"lr": 0.1, "model.channels": 16, "model.units": [200], "data.augment": True},
+            {
+                "lr": 1,
+                "model.channels": 32,
+                "model.units": [200, 100],
+                "data.augment": False,
+            },  # lr=1: an int in JSON
+        ],
+    )
     runs = load_sweep(sweep).runs
     assert runs["lr"].dtype == "float64" and runs["lr"].tolist() == [0.1, 1.0]
     assert runs["model.channels"].dtype == "int64"
@@ -91,11 +99,14 @@ def test_typed_column_keeps_ints_when_some_runs_lack_the_key():
 
 
 def test_varied_keys_are_the_knobs_that_differ_lists_and_nulls_included(tmp_path):
-    sweep = grid_sweep(tmp_path / "s", [
-        {"lr": 0.1, "model.units": [200], "trainer.seed": 0},
-        {"lr": 0.1, "model.units": [200, 100], "trainer.seed": 1},
-        {"lr": 0.2, "model.units": [200], "trainer.seed": 0, "schedule.lr2": 0.01},
-    ])
+    sweep = grid_sweep(
+        tmp_path / "s",
+        [
+            {"lr": 0.1, "model.units": [200], "trainer.seed": 0},
+            {"lr": 0.1, "model.units": [200, 100], "trainer.seed": 1},
+            {"lr": 0.2, "model.units": [200], "trainer.seed": 0, "schedule.lr2": 0.01},
+        ],
+    )
     loaded = load_sweep(sweep)
     # schedule.lr2 is absent from two runs and 0.01 in one: varied (and placed with its group).
     assert loaded.varied == ["lr", "model.units", "schedule.lr2", "trainer.seed"]
@@ -166,15 +177,29 @@ def messy_sweep(root):
 
     completed_run(sweep / "0", config(lr=0.1), 0)
     data = rows()
-    write_run(sweep / "1", config(lr=0.11), data[:2], summary_record(data[:2], "failed", error="killed"),
-              job_record(job_num=1), partial_line='{"epoch": 3, "step": 300, "lr": 0.1, "train_lo')
+    write_run(
+        sweep / "1",
+        config(lr=0.11),
+        data[:2],
+        summary_record(data[:2], "failed", error="killed"),
+        job_record(job_num=1),
+        partial_line='{"epoch": 3, "step": 300, "lr": 0.1, "train_lo',
+    )
     write_run(sweep / "2", config(lr=0.12), data[:2], None, job_record(job_num=2))
-    write_run(sweep / "3", config(lr=0.13), [], summary_record([], "failed", error="ValueError: bad shape"),
-              job_record(job_num=3))
+    write_run(
+        sweep / "3",
+        config(lr=0.13),
+        [],
+        summary_record([], "failed", error="ValueError: bad shape"),
+        job_record(job_num=3),
+    )
     diverged = rows()
-    diverged[-1].update(train_loss=float("nan"), test_loss=float("nan"), train_acc=float("nan"),
-                        test_acc=float("nan"))
-    write_run(sweep / "4", config(lr=0.14), diverged, summary_record(diverged, "diverged"), job_record(job_num=4))
+    diverged[-1].update(
+        train_loss=float("nan"), test_loss=float("nan"), train_acc=float("nan"), test_acc=float("nan")
+    )
+    write_run(
+        sweep / "4", config(lr=0.14), diverged, summary_record(diverged, "diverged"), job_record(job_num=4)
+    )
     (sweep / "6" / ".hydra").mkdir(parents=True)
     write_run(sweep / "7", None, data, summary_record(data), job_record(job_num=7))
     completed_run(sweep / "8", config(lr=0.18), 8)
@@ -189,8 +214,15 @@ def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(t
     loaded = load_sweep(messy_sweep(tmp_path))
     runs = loaded.runs.set_index("run")
     status = runs["status"].to_dict()
-    assert status == {"0": "completed", "1": "failed", "2": "running", "3": "failed", "4": "diverged",
-                      "8": "running", "9": "completed"}  # 7 has no config: it cannot be placed
+    assert status == {
+        "0": "completed",
+        "1": "failed",
+        "2": "running",
+        "3": "failed",
+        "4": "diverged",
+        "8": "running",
+        "9": "completed",
+    }  # 7 has no config: it cannot be placed
     assert runs.loc["1", "epochs_done"] == 2  # the truncated third line is dropped
     assert runs.loc["2", "epochs_done"] == 2 and runs.loc["2", "final_test_acc"] == TEST_ACC[1]
     assert runs.loc["3", "epochs_done"] == 0 and np.isnan(runs.loc["3", "final_test_acc"])
@@ -228,13 +260,25 @@ def test_a_run_without_summary_and_no_sign_of_life_is_stalled(tmp_path):
         os.utime(old / name, (two_days_ago, two_days_ago))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer exists, on this host
-    write_run(tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid))
+    write_run(
+        tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid)
+    )
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    alive = write_run(tmp_path / "alive", base_config(), data, None,
-                      job_record(**me, pid_started=process_started(os.getpid())))
+    alive = write_run(
+        tmp_path / "alive",
+        base_config(),
+        data,
+        None,
+        job_record(**me, pid_started=process_started(os.getpid())),
+    )
     # the pid now belongs to another process (this one): started at another time than recorded
-    reused = write_run(tmp_path / "reused", base_config(), data, None,
-                       job_record(**me, pid_started=process_started(os.getpid()) - 1))
+    reused = write_run(
+        tmp_path / "reused",
+        base_config(),
+        data,
+        None,
+        job_record(**me, pid_started=process_started(os.getpid()) - 1),
+    )
     statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
     assert statuses == {"old": "stalled", "dead": "stalled", "alive": "running", "reused": "stalled"}
 
@@ -345,8 +389,10 @@ def test_pickled_npz_is_refused_not_unpickled(tmp_path):
 
 
 def test_subset_matches_tuples_and_missing_values(tmp_path):
-    sweep = grid_sweep(tmp_path / "s", [
-        {"model.units": [200]}, {"model.units": [200, 100]}, {"model.units": [200], "schedule.lr2": 0.01}])
+    sweep = grid_sweep(
+        tmp_path / "s",
+        [{"model.units": [200]}, {"model.units": [200, 100]}, {"model.units": [200], "schedule.lr2": 0.01}],
+    )
     loaded = load_sweep(sweep)
     assert loaded.subset({"model.units": (200,), "schedule.lr2": None}).runs["run"].tolist() == ["0"]
     assert select_rows(loaded.runs, {"schedule.lr2": 0.01})["run"].tolist() == ["2"]

@@ -13,14 +13,21 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sweep_analysis.i
 
 
 def test_the_notebook_executes_and_draws_every_figure(tmp_path, monkeypatch):
-    sweep = make_sweep(tmp_path / "sweep", {"lr": [0.2, 0.05], "model.channels": [16, 32],
-                                            "schedule": ["constant", ("step", 4, 0.01)]},
-                       seeds=(0, 1), epochs=8, n_train=300, n_test=100, diverge=[2])
+    sweep = make_sweep(
+        tmp_path / "sweep",
+        {"lr": [0.2, 0.05], "model.channels": [16, 32], "schedule": ["constant", ("step", 4, 0.01)]},
+        seeds=(0, 1),
+        epochs=8,
+        n_train=300,
+        n_test=100,
+        diverge=[2],
+    )
     monkeypatch.setenv("SWEEP_DIR", str(sweep))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]

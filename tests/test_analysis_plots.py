@@ -32,9 +32,18 @@ def curves_grid(lrs=(0.05, 0.1), channels=(32,), seeds=(0, 1, 2), epochs=4) -> p
         for ch in channels:
             for seed in seeds:
                 for e in range(1, epochs + 1):
-                    rows.append({"run": f"{lr}-{ch}-{seed}", "lr": lr, "model.channels": ch, "trainer.seed": seed,
-                                 "epoch": e, "train_loss": 1.0 / (e * lr * 10) + 0.01 * seed,
-                                 "test_loss": 1.0 + 0.1 * abs(e - 2), "test_acc": 0.1 * e + 0.01 * seed})
+                    rows.append(
+                        {
+                            "run": f"{lr}-{ch}-{seed}",
+                            "lr": lr,
+                            "model.channels": ch,
+                            "trainer.seed": seed,
+                            "epoch": e,
+                            "train_loss": 1.0 / (e * lr * 10) + 0.01 * seed,
+                            "test_loss": 1.0 + 0.1 * abs(e - 2),
+                            "test_acc": 0.1 * e + 0.01 * seed,
+                        }
+                    )
     return pd.DataFrame(rows).astype({"run": "str"})
 
 
@@ -88,8 +97,15 @@ def switch_data():
     for i, (name, lr2) in enumerate([("step", 0.01), ("step", 0.001), ("constant", None)]):
         part = curves[curves["trainer.seed"] == 0].assign(run=f"r{i}")
         frames.append(part)
-        runs_rows.append({"run": f"r{i}", "schedule.name": name, "schedule.epoch": 2 if lr2 else None,
-                          "schedule.lr2": lr2, "lr": 0.1})
+        runs_rows.append(
+            {
+                "run": f"r{i}",
+                "schedule.name": name,
+                "schedule.epoch": 2 if lr2 else None,
+                "schedule.lr2": lr2,
+                "lr": 0.1,
+            }
+        )
     return pd.concat(frames, ignore_index=True), pd.DataFrame(runs_rows)
 
 
@@ -135,8 +151,13 @@ def zero_bars(fig: Figure) -> list[float]:
     for ax in fig.axes:
         labels = {t.get_text(): x for t, x in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)}
         zero_x = labels["0"]
-        heights.append([p.get_height() for p in ax.patches if isinstance(p, Rectangle)
-                        and p.get_x() <= zero_x <= p.get_x() + 2 * p.get_width()])
+        heights.append(
+            [
+                p.get_height()
+                for p in ax.patches
+                if isinstance(p, Rectangle) and p.get_x() <= zero_x <= p.get_x() + 2 * p.get_width()
+            ]
+        )
     return heights
 
 
@@ -161,10 +182,21 @@ def test_loss_distributions_need_data(tmp_path):
 
 
 def heatmap_runs() -> pd.DataFrame:
-    rows = [{"lr": lr, "model.channels": ch, "trainer.seed": s, "status": "completed",
-             "final_test_acc": 0.5 + lr + ch / 1000 + 0.01 * s}
-            for lr in (0.1, 0.2) for ch in (16, 32, 64) for s in (0, 1)]
-    rows.append({"lr": 0.2, "model.channels": 64, "trainer.seed": 2, "status": "diverged", "final_test_acc": 0.0})
+    rows = [
+        {
+            "lr": lr,
+            "model.channels": ch,
+            "trainer.seed": s,
+            "status": "completed",
+            "final_test_acc": 0.5 + lr + ch / 1000 + 0.01 * s,
+        }
+        for lr in (0.1, 0.2)
+        for ch in (16, 32, 64)
+        for s in (0, 1)
+    ]
+    rows.append(
+        {"lr": 0.2, "model.channels": 64, "trainer.seed": 2, "status": "diverged", "final_test_acc": 0.0}
+    )
     return pd.DataFrame(rows)
 
 

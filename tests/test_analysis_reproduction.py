@@ -16,7 +16,15 @@ from tests.fake_runs import TEST_SPREAD, lecture_curves, make_lecture_root
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = {"claim1.png", "claim2.png", "claim3.png", "claim4.png", "claim5.png", "claim6a.png", "claim6b.png"}
+ALL_FIGURES = {
+    "claim1.png",
+    "claim2.png",
+    "claim3.png",
+    "claim4.png",
+    "claim5.png",
+    "claim6a.png",
+    "claim6b.png",
+}
 
 
 def section(md: str, key: str) -> str:
@@ -36,8 +44,10 @@ def verdict(md: str, key: str) -> str:
 def complete(tmp_path_factory) -> tuple[Path, str]:
     """Every claim testable and supported by lecture_curves; lecture_baseline/_distributions left out."""
     tmp = tmp_path_factory.mktemp("complete")
-    root = make_lecture_root(tmp / "root", ["lecture_lr", "lecture_lr2", "lecture_test_loss",
-                                            "lecture_overfit_subset", "lecture_capacity"])
+    root = make_lecture_root(
+        tmp / "root",
+        ["lecture_lr", "lecture_lr2", "lecture_test_loss", "lecture_overfit_subset", "lecture_capacity"],
+    )
     out = tmp / "docs"
     assert main([str(root), "--out", str(out)]) == 0
     return out, (out / "reproduction.md").read_text()
@@ -48,9 +58,13 @@ def partial(tmp_path_factory) -> tuple[Path, Path, str]:
     """lr=0.01 at epoch 30, lr2=0.05 at epoch 4, lr2=0.02 not started; a baseline that contradicts claims 1, 4, 5;
     no subset or capacity runs. Written over a report of the complete root, whose extra figures must go."""
     tmp = tmp_path_factory.mktemp("partial")
-    root = make_lecture_root(tmp / "root", ["lecture_lr", "lecture_lr2"], baseline="flat",
-                             running={"lecture_lr": {2: 30}, "lecture_lr2": {1: 4}},
-                             not_started={"lecture_lr2": [2]})
+    root = make_lecture_root(
+        tmp / "root",
+        ["lecture_lr", "lecture_lr2"],
+        baseline="flat",
+        running={"lecture_lr": {2: 30}, "lecture_lr2": {1: 4}},
+        not_started={"lecture_lr2": [2]},
+    )
     stale_root = make_lecture_root(tmp / "stale", ["lecture_overfit_subset", "lecture_capacity"])
     out = tmp / "docs"
     assert main([str(stale_root), "--out", str(out)]) == 0
@@ -83,10 +97,16 @@ def test_the_numbers_behind_claims_1_and_2(complete):
     _, md = complete
     one = section(md, "1")
     # lr 0.1: train loss 2 -> 0.02 (2 decades), test acc best 0.705 at epoch 25, 0.690 at the end (-1.5 points)
-    assert "| lr=0.1 | completed | 50/50 | 2 | 0.02 | 2.00 | 0.02 (ep. 50) | 0.705 (ep. 25) | 0.690 | -1.5 |" in one
+    assert (
+        "| lr=0.1 | completed | 50/50 | 2 | 0.02 | 2.00 | 0.02 (ep. 50) | 0.705 (ep. 25) | 0.690 | -1.5 |"
+        in one
+    )
     assert "| final test accuracy in [0.6, 0.75] | 0.690 | yes |" in one
     assert "2.00 decades (2 → 0.02) | yes |" in one
-    assert "SWEEPER_DATA=/data/cifar10-jpeg.tar.gz python -m sweeper -m experiment=lecture_lr hydra.sweep.dir=" in one
+    assert (
+        "SWEEPER_DATA=/data/cifar10-jpeg.tar.gz python -m sweeper -m experiment=lecture_lr hydra.sweep.dir="
+        in one
+    )
     assert "The dedicated experiment `lecture_baseline` was not run" in one
     two = section(md, "2")
     assert "| 0.2 | completed | 50/50 | 2 | 1.7 | 0.26 |" in two
@@ -139,10 +159,12 @@ def test_machine_wall_time_experiments_and_rerun(complete):
     assert "- host: `node-test`" in md and "- torch 2.14.0; python 3.11.7" in md
     assert "- CPU cores: not recorded in the run record" in md  # another host than this one
     assert "| lecture_lr | lr=0.1 | completed | 50/50 | 1000 | 16.7 min | 20.0 | summary.json |" in md
-    assert "| `lecture_baseline` |" in md and re.search(r"\| `lecture_distributions` \|[^\n]*\| not run \|", md)
-    rerun = md[md.index("## How to rerun"):]
+    assert "| `lecture_baseline` |" in md and re.search(
+        r"\| `lecture_distributions` \|[^\n]*\| not run \|", md
+    )
+    rerun = md[md.index("## How to rerun") :]
     assert "make reproduce" in rerun and "python -m analysis.reproduction" in rerun
-    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
+    differences = md[md.index("## Differences from the lecture") : md.index("## How to rerun")]
     assert "JPEG copy of CIFAR-10" in differences
     assert "**not supported**" not in differences and "**partly supported**" not in differences
 
@@ -150,14 +172,18 @@ def test_machine_wall_time_experiments_and_rerun(complete):
 def test_a_reduced_run_names_its_overrides_among_the_differences(tmp_path, complete):
     _, md = complete
     assert "command-line overrides" not in md  # the experiments ran as their files say
-    root = make_lecture_root(tmp_path / "root", ["lecture_capacity"],
-                             typed={"lecture_capacity": ["model.channels=16,32", "trainer.epochs=20",
-                                                         "data.root=/somewhere"]})
+    root = make_lecture_root(
+        tmp_path / "root",
+        ["lecture_capacity"],
+        typed={"lecture_capacity": ["model.channels=16,32", "trainer.epochs=20", "data.root=/somewhere"]},
+    )
     assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
     md = (tmp_path / "docs" / "reproduction.md").read_text()
-    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
-    assert ("`lecture_capacity` ran with these command-line overrides of its experiment file: "
-            "`model.channels=16,32 trainer.epochs=20`.") in differences
+    differences = md[md.index("## Differences from the lecture") : md.index("## How to rerun")]
+    assert (
+        "`lecture_capacity` ran with these command-line overrides of its experiment file: "
+        "`model.channels=16,32 trainer.epochs=20`."
+    ) in differences
 
 
 def test_recorded_cpu_count_and_the_conditions_note_reach_the_machine_section(tmp_path):
@@ -175,12 +201,15 @@ def test_recorded_cpu_count_and_the_conditions_note_reach_the_machine_section(tm
 def test_in_progress_runs_give_partial_instead_of_a_verdict(partial):
     _, _, md = partial
     assert verdict(md, "2") == "partial: 30/50 epochs (lr=0.01: running, 30/50)"
-    assert verdict(md, "3") == ("partial: 0/50 epochs (schedule.lr2=0.05: running, 4/50; "
-                                "schedule.lr2=0.02: not started)")
+    assert verdict(md, "3") == (
+        "partial: 0/50 epochs (schedule.lr2=0.05: running, 4/50; schedule.lr2=0.02: not started)"
+    )
     three = section(md, "3")
     assert "| check | observed so far | passes so far |" in three
     assert "waits for every lr2 run to end | n/a |" in three
-    assert "| lecture_lr2 | schedule.lr2=0.05 | running | 4/50 | 80 | 1.3 min | 20.0 | last metrics line |" in md
+    assert (
+        "| lecture_lr2 | schedule.lr2=0.05 | running | 4/50 | 80 | 1.3 min | 20.0 | last metrics line |" in md
+    )
     assert "| lecture_lr | lr=0.01 | running | 30/50 | 600 | 10.0 min | 20.0 | last metrics line |" in md
 
 
@@ -192,8 +221,12 @@ def test_contradicting_numbers_are_not_supported_and_listed_as_differences(parti
     assert "| final test accuracy in [0.6, 0.75] | 0.800 | **no** |" in one
     assert "0.35 decades (2 → 0.9) | **no** |" in one
     assert "+15.0 points | **no** |" in one
-    differences = md[md.index("## Differences from the lecture"):md.index("## How to rerun")]
-    assert "Claim 1 (" in differences and "observed 0.800" in differences and "observed 0.35 decades" in differences
+    differences = md[md.index("## Differences from the lecture") : md.index("## How to rerun")]
+    assert (
+        "Claim 1 (" in differences
+        and "observed 0.800" in differences
+        and "observed 0.35 decades" in differences
+    )
     assert "Claim 2 has no verdict yet (partial: 30/50 epochs" in differences
 
 
@@ -205,24 +238,37 @@ def test_missing_experiments_are_not_run_with_their_command(partial):
         assert f"python -m sweeper -m experiment={name} hydra.sweep.dir={root}/{name}" in text
     assert "The capacity grid was not run on the real data" in section(md, "6b")
     assert "its 18 jobs take about 5.0 h" in section(md, "6b")  # 18 x the lr=0.1 run's 1000 s
-    assert {p.name for p in (out / "figures").iterdir()} == {"claim1.png", "claim2.png", "claim3.png",
-                                                              "claim4.png", "claim5.png"}
+    assert {p.name for p in (out / "figures").iterdir()} == {
+        "claim1.png",
+        "claim2.png",
+        "claim3.png",
+        "claim4.png",
+        "claim5.png",
+    }
 
 
 def test_the_module_entry_point_refuses_a_missing_root(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    bad = subprocess.run([sys.executable, "-m", "analysis.reproduction", str(tmp_path / "nope")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "analysis.reproduction", str(tmp_path / "nope")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr == f"analysis.reproduction: error: {tmp_path / 'nope'}: no such directory\n"
 
 
 def test_a_sweep_whose_jobs_have_not_started_is_partial(tmp_path):
-    root = make_lecture_root(tmp_path / "root", ["lecture_overfit_subset"],
-                             not_started={"lecture_overfit_subset": [0, 1]})
+    root = make_lecture_root(
+        tmp_path / "root", ["lecture_overfit_subset"], not_started={"lecture_overfit_subset": [0, 1]}
+    )
     assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
     md = (tmp_path / "docs" / "reproduction.md").read_text()
-    assert verdict(md, "6a") == ("partial: 0/50 epochs (model.channels=8: not started; "
-                                 "model.channels=32: not started)")
+    assert verdict(md, "6a") == (
+        "partial: 0/50 epochs (model.channels=8: not started; model.channels=32: not started)"
+    )
     assert "| `lecture_overfit_subset` |" in md and "| 2 not started |" in md
     assert not list((tmp_path / "docs" / "figures").iterdir())

@@ -14,13 +14,30 @@ def sweep_in_progress(root):
     rows = metric_rows([1.0, 0.5, 0.2], [1.1, 0.9, 1.0], [0.6, 0.8, 0.9], [0.55, 0.6, 0.61])
     config = base_config(**{"trainer.epochs": 3})
     write_run(sweep / "0", config, rows, summary_record(rows, epochs=3), job_record(overrides[0], 0))
-    write_run(sweep / "1", config, rows[:1], None,
-              job_record(overrides[1], 1, slurm_job_id="7741_1", slurm_array_job_id="7741", slurm_array_task_id="1"))
-    write_run(sweep / "2", config, rows[:2], summary_record(rows[:2], "failed", epochs=3, error="OSError: disk full"),
-              job_record(overrides[2], 2))
+    write_run(
+        sweep / "1",
+        config,
+        rows[:1],
+        None,
+        job_record(
+            overrides[1], 1, slurm_job_id="7741_1", slurm_array_job_id="7741", slurm_array_task_id="1"
+        ),
+    )
+    write_run(
+        sweep / "2",
+        config,
+        rows[:2],
+        summary_record(rows[:2], "failed", epochs=3, error="OSError: disk full"),
+        job_record(overrides[2], 2),
+    )
     nan_row = dict(rows[2], train_loss=float("nan"), test_loss=float("nan"))
-    write_run(sweep / "3", config, [*rows[:2], nan_row], summary_record([*rows[:2], nan_row], "diverged", epochs=3),
-              job_record(overrides[3], 3))
+    write_run(
+        sweep / "3",
+        config,
+        [*rows[:2], nan_row],
+        summary_record([*rows[:2], nan_row], "diverged", epochs=3),
+        job_record(overrides[3], 3),
+    )
     (sweep / "5" / ".hydra").mkdir(parents=True)
     return sweep
 
@@ -54,7 +71,9 @@ def test_a_long_sweep_shows_the_unfinished_jobs_first_and_counts_the_rest(tmp_pa
     write_sweep_json(sweep, [[f"trainer.seed={i}"] for i in range(30)])
     rows = metric_rows([1.0], [1.0], [0.5], [0.5])
     for i in range(29):
-        write_run(sweep / str(i), base_config(), rows, summary_record(rows), job_record([f"trainer.seed={i}"], i))
+        write_run(
+            sweep / str(i), base_config(), rows, summary_record(rows), job_record([f"trainer.seed={i}"], i)
+        )
     text = format_job_table(job_table(sweep), width=100, max_rows=10)
     lines = text.splitlines()
     assert len(lines) == 1 + 1 + 10 + 1  # counts, header, 10 jobs, the note (no override is common)

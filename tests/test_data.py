@@ -188,7 +188,9 @@ def test_staged_data_gives_bitwise_the_batches_of_per_batch_normalisation(do_aug
     for (x, y), (xs, ys) in zip(epoch(d), epoch(staged), strict=True):
         assert torch.equal(x, xs) and torch.equal(y, ys) and xs.is_contiguous(memory_format=layout)
     plain = torch.cat([x for x, _ in data_module.eval_batches(d.test_x, d.test_y, d, 100, layout)])
-    fast = torch.cat([x for x, _ in data_module.eval_batches(staged.test_x, staged.test_y, staged, 100, layout)])
+    fast = torch.cat(
+        [x for x, _ in data_module.eval_batches(staged.test_x, staged.test_y, staged, 100, layout)]
+    )
     assert torch.equal(plain, fast)
 
 

@@ -145,11 +145,17 @@ def test_sweeping_experiments_runs_each_experiments_own_grid_fused_as_one_progra
         ("experiment=lecture_lr2", "schedule.lr2=0.05"),
         ("experiment=lecture_lr2", "schedule.lr2=0.02"),
     ]
-    expected = [(0.2, "constant", True), (0.1, "constant", True), (0.01, "constant", True)] + [(0.1, "step", False)] * 3
+    expected = [(0.2, "constant", True), (0.1, "constant", True), (0.01, "constant", True)] + [
+        (0.1, "step", False)
+    ] * 3
     for num, (lr, schedule, keep) in enumerate(expected):
         run = tmp_path / str(num)
         config = json.loads((run / "config.json").read_text())
-        assert (config["lr"], config["schedule"]["name"], config["trainer"]["keep_sample_losses"]) == (lr, schedule, keep)
+        assert (config["lr"], config["schedule"]["name"], config["trainer"]["keep_sample_losses"]) == (
+            lr,
+            schedule,
+            keep,
+        )
         summary = json.loads((run / "summary.json").read_text())
         # The two experiments differ only in lr, schedule and what their records keep: one program.
         assert summary["status"] == "completed" and summary["fused_trials"] == 6
@@ -169,10 +175,22 @@ def test_the_command_line_wins_over_an_experiments_own_grid(tmp_path, monkeypatc
 
 
 def test_hydras_basic_sweeper_refuses_an_experiments_grid_it_would_drop(tmp_path):
-    done = run_cli("-m", "hydra/sweeper=basic", "experiment=lecture_lr", *TINY, "lr=0.1", "experiment=lecture_lr,lecture_lr2", cwd=tmp_path)
+    done = run_cli(
+        "-m",
+        "hydra/sweeper=basic",
+        "experiment=lecture_lr",
+        *TINY,
+        "lr=0.1",
+        "experiment=lecture_lr,lecture_lr2",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith(
-        "its config sweeps schedule.lr2=0.07,0.05,0.02, which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "its config sweeps schedule.lr2=0.07,0.05,0.02, which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
+        )
     )
     assert not (tmp_path / "outputs").exists()
 

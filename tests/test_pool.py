@@ -127,5 +127,7 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
 def test_bad_devices_are_refused_with_the_allowed_values(devices):
     from hydra_plugins.sweeper_pool.launcher import PoolLauncher
 
-    with pytest.raises(ValueError, match=r"hydra.launcher.devices=.* is invalid: allowed values are \[auto\], \[cpu\]"):
+    with pytest.raises(
+        ValueError, match=r"hydra.launcher.devices=.* is invalid: allowed values are \[auto\], \[cpu\]"
+    ):
         PoolLauncher(devices=devices)

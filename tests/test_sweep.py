@@ -103,7 +103,9 @@ def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_pat
     job = json.loads(job_file.read_text())
     with subprocess.Popen(["sleep", "60"]) as writer:
         try:
-            job_file.write_text(json.dumps({**job, "pid": writer.pid, "pid_started": process_started(writer.pid)}))
+            job_file.write_text(
+                json.dumps({**job, "pid": writer.pid, "pid_started": process_started(writer.pid)})
+            )
             again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
         finally:
             writer.kill()
