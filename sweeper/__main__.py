@@ -51,8 +51,7 @@ def main(cfg: DictConfig) -> str:
 if __name__ == "__main__":
     try:
         validate.check_overrides(sys.argv[1:], CONF)
-        if {"-m", "--multirun"} & set(sys.argv[1:]):
-            validate.check_launcher(sys.argv[1:], CONF)
+        validate.check_launcher(sys.argv[1:], CONF)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

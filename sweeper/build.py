@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from sweeper import schedules
@@ -45,8 +46,20 @@ def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int) -> schedul
     return schedules.with_warmup(at, cfg.schedule.warmup_epochs, steps_per_epoch)
 
 
+def resolved(node: DictConfig, key: str):
+    """node[key] as a plain value, its interpolations resolved."""
+    value = node[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def launcher(node: DictConfig):
     """The sweep's launcher built from hydra.launcher as Hydra builds it, without its set-up: its
-    constructor's checks of its values. Unresolved: the paths in it name the run's own directory."""
-    arguments = OmegaConf.to_container(node, resolve=False)
+    constructor's checks of its values. A value naming the run's own directory (such as
+    ${hydra.sweep.dir}, which exists only once Hydra runs) stays as written."""
+    arguments = {}
+    for key in node:
+        try:
+            arguments[key] = resolved(node, key)
+        except OmegaConfBaseException:
+            arguments[key] = OmegaConf.to_container(node, resolve=False)[key]
     return get_class(arguments.pop("_target_"))(**arguments)

@@ -272,71 +272,109 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
 
 
 def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
-    """Refuse a sweep's bad launcher option, key or value in one line, before Hydra starts.
+    """Refuse a bad launcher option, key or value in one line, before Hydra starts.
 
     Hydra reports these over several lines, and a launcher's own checks (pool's devices and
     slots_per_device, jobs_per_task) come wrapped in its instantiation error. The launcher is
-    built here as Hydra will build it, so those checks speak first, in their own words.
+    built here as Hydra will build it, so those checks speak first, in their own words. Does
+    nothing (and costs nothing) when no argument concerns the launcher.
     """
     from difflib import get_close_matches
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from sweeper import build
 
-    group = "hydra/launcher"
-    selections, values = [], []
+    group, prefix = "hydra/launcher", "hydra.launcher."
+    parser = OverridesParser.create()
+    selections, changes = [], []  # group choices; (override, argument) of the launcher's keys
     for arg in arguments:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith(("-", "+", "~")):
+        if "=" not in arg or arg.startswith("-"):
             continue
-        if key in (group, "experiment"):  # an experiment may pick a launcher; its first is enough
-            selections.append(f"{key}={value.split(',')[0].strip()}")
-        elif key.startswith("hydra.launcher."):
-            values.append((key, value))
+        try:
+            override = parser.parse_overrides([arg])[0]
+        except HydraException:
+            continue  # not an override Hydra can read: it says so itself
+        key = override.key_or_group
+        if key == group and override.is_sweep_override():
+            raise ConfigError(f"{arg} is invalid: a sweep runs on one launcher, so pick one of them")
+        if key in (group, "experiment") and override.type is OverrideType.CHANGE:
+            # an experiment may pick a launcher; the first of a sweep of them is enough
+            first = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else None
+            selections.append(arg if first is None else f"{key}={first}")
+        elif key.startswith(prefix):
+            if override.is_sweep_override():
+                value = arg.partition("=")[2]
+                raise ConfigError(
+                    f"{arg} is invalid: a launcher key takes one value; quote a string with commas "
+                    f"('{value}') or write a list ([{value}])"
+                )
+            changes.append((override, arg))
+    if not changes and not any(s.startswith(group) for s in selections):
+        return
+
+    def compose_with(extra: list[str]):
+        return compose(config_name, [*selections, *extra], return_hydra_config=True)
+
+    def reason(e: Exception) -> str:  # the cause's first line, without Hydra's lines of context
+        text = str(e.__cause__ or e).strip().splitlines()[0]
+        return text + ("; a new key takes Hydra's +" if "not in struct" in text else "")
+
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         options = GlobalHydra.instance().config_loader().get_group_options(group)
         for arg in selections:
             key, _, option = arg.partition("=")
             if key == group and option not in options:
                 raise ConfigError(f"{arg} is invalid: allowed values are {', '.join(options)}")
-        cfg = compose(config_name, selections, return_hydra_config=True)
-        chosen = cfg.hydra.runtime.choices.get(group)
-        known = sorted(k for k in cfg.hydra.launcher if k != "_target_")
-        for key, value in values:
-            name = key.removeprefix("hydra.launcher.").split(".")[0]
-            if name not in known:
+        base = compose_with([])
+        chosen = base.hydra.runtime.choices.get(group)
+        known = sorted(k for k in base.hydra.launcher if k != "_target_")
+        for override, arg in changes:
+            key = override.key_or_group
+            name = key.removeprefix(prefix).split(".")[0]
+            if override.type is not OverrideType.CHANGE and (
+                name in known or override.type is OverrideType.DEL
+            ):
+                continue  # +key, ++key, ~key within a launcher's key: Hydra's rules, checked below
+            if name not in known:  # a launcher takes the keys it has, with + or without
                 others = [  # the key belongs to another launcher (jobs_per_task to sweeper_local, say)
-                    o
-                    for o in options
-                    if name in compose(config_name, [f"{group}={o}"], return_hydra_config=True).hydra.launcher
+                    o for o in options if name in compose(config_name, [f"{group}={o}"], True).hydra.launcher
                 ]
                 close = get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = (
                     f"the launchers with it are {', '.join(others)}"
                     if others
-                    else f"did you mean hydra.launcher.{close[0]}?"
+                    else f"did you mean {prefix}{close[0]}?"
                     if close
                     else f"its keys are {', '.join(known)}"
+                    if known
+                    else "it has none"
                 )
                 raise ConfigError(f"{key} is not a key of {group}={chosen}: {hint}")
-            if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:  # a new sbatch option, say
-                raise ConfigError(f"{key} is not a key of {group}={chosen}: append it with +{key}={value}")
-            if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
-                raise ConfigError(
-                    f"{key}={value} is invalid: a launcher takes one value, a list as [{value}]"
-                )
-            try:
-                cfg = compose(config_name, [*selections, f"{key}={value}"], return_hydra_config=True)
-            except HydraException as e:  # the type's reason, without Hydra's lines of context
-                reason = str(e.__cause__ or e).strip().splitlines()[0]
-                raise ConfigError(f"{key}={value} is invalid: {reason}") from None
-        if values:
-            cfg = compose(
-                config_name, [*selections, *(f"{k}={v}" for k, v in values)], return_hydra_config=True
-            )
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:  # a new sbatch option, say
+                raise ConfigError(f"{key} is not a key of {group}={chosen}: append it with +{arg}")
+        try:
+            cfg = compose_with([a for _, a in changes])
+        except (HydraException, OmegaConfBaseException) as together:
+            for _, arg in changes:  # name the argument that fails on its own, if one does
+                try:
+                    compose_with([arg])
+                except (HydraException, OmegaConfBaseException) as e:
+                    raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
+            arguments_ = " ".join(a for _, a in changes)
+            raise ConfigError(f"{arguments_} is invalid: {reason(together)}") from None
+    for override, arg in changes:  # the user's interpolations (${oc.env:...}) must resolve
+        name = override.key_or_group.removeprefix(prefix).split(".")[0]
+        try:
+            if name in cfg.hydra.launcher:
+                build.resolved(cfg.hydra.launcher, name)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
     try:
         build.launcher(cfg.hydra.launcher)
     except (TypeError, ValueError) as e:

@@ -154,9 +154,37 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             ["hydra/launcher=pool", "hydra.launcher.devices=[gpu0]"],
             "hydra.launcher.devices=['gpu0'] is invalid: allowed values are [auto], [cpu] or GPU indices",
         ),
-        (
+        (  # a sweep of a launcher key, or of launchers, is not what was meant
             ["hydra/launcher=pool", "hydra.launcher.devices=0,1"],
-            "hydra.launcher.devices=0,1 is invalid: a launcher takes one value, a list as [0,1]",
+            "hydra.launcher.devices=0,1 is invalid: a launcher key takes one value; quote a string with "
+            "commas ('0,1') or write a list ([0,1])",
+        ),
+        (
+            ["hydra/launcher=pool,bogus"],
+            "hydra/launcher=pool,bogus is invalid: a sweep runs on one launcher, so pick one of them",
+        ),
+        (["hydra/launcher=pool", "hydra.launcher.devices=null"], "hydra.launcher.devices=None is invalid"),
+        (  # Hydra's forced add still reaches the launcher's own check
+            ["hydra/launcher=pool", "++hydra.launcher.slots_per_device=0"],
+            "hydra.launcher.slots_per_device=0 is invalid: must be >= 1",
+        ),
+        (
+            ["hydra/launcher=pool", "+hydra.launcher.slot=2"],
+            "hydra.launcher.slot is not a key of hydra/launcher=pool: its keys are devices, fuse, slots_per_device",
+        ),
+        (
+            ["hydra.launcher.n_jobs=2"],
+            "hydra.launcher.n_jobs is not a key of hydra/launcher=basic: it has none",
+        ),
+        (  # an interpolation the user gave must resolve
+            ["hydra/launcher=pool", "hydra.launcher.slots_per_device=${oc.env:SWEEPER_TEST_UNSET_VARIABLE}"],
+            "hydra.launcher.slots_per_device=${oc.env:SWEEPER_TEST_UNSET_VARIABLE} is invalid: KeyError raised "
+            "while resolving interpolation: \"Environment variable 'SWEEPER_TEST_UNSET_VARIABLE' not found\"",
+        ),
+        (  # a new sbatch option inside a dict value also needs the +
+            ["hydra/launcher=slurm_gpu", "hydra.launcher.additional_parameters={mail_type:END}"],
+            "hydra.launcher.additional_parameters={mail_type:END} is invalid: Key 'mail_type' is not in struct; "
+            "a new key takes Hydra's +",
         ),
         (
             ["hydra/launcher=pool", "hydra.launcher.fuse=maybe"],
@@ -189,7 +217,7 @@ def test_bad_launcher_options_keys_and_values_are_refused_in_one_line(arguments,
     assert "\n" not in str(err.value)
 
 
-def test_good_launcher_values_pass_the_launcher_check():
+def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
     validate.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
         ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
         str(CONF),
@@ -207,6 +235,26 @@ def test_good_launcher_values_pass_the_launcher_check():
         str(CONF),
     )
     validate.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
+    monkeypatch.setenv("SWEEPER_TEST_SLOTS", "2")
+    validate.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
+        [
+            "-m",
+            "hydra/launcher=pool",
+            "hydra.launcher.slots_per_device=${oc.env:SWEEPER_TEST_SLOTS}",
+            "hydra.launcher.devices=cpu",
+        ],
+        str(CONF),
+    )
+    validate.check_launcher(
+        [
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "hydra.launcher.timeout_min=${oc.env:SWEEPER_TEST_UNSET_VARIABLE,60}",
+            r"hydra.launcher.comment=a\,b",
+            "hydra.launcher.exclude='n1,n2'",
+        ],
+        str(CONF),
+    )
 
 
 def test_cli_refuses_a_bad_launcher_value_in_one_line_before_any_job(tmp_path: Path):

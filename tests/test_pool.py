@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from hydra_plugins.sweeper_pool.launcher import resolve_devices
 from tests.conftest import TINY, run_cli
@@ -100,7 +101,9 @@ def test_one_cpu_worker_is_this_process(tmp_path, monkeypatch, fuse):
 def test_a_single_worker_runs_here_on_the_cpu_or_gpu_0_only():
     from hydra_plugins.sweeper_pool.launcher import runs_here
 
-    assert runs_here(["cpu"], 1) and runs_here(["0"], 1)
+    assert runs_here(["0"], 1)
+    # the CPU beside a GPU needs a process that cannot see the GPU (trainer.device=auto would pick it)
+    assert runs_here(["cpu"], 1) == (not torch.cuda.is_available())
     # GPU 1 must be pinned in its own process, so that cuda:0 there means GPU 1, as in any worker
     assert not runs_here(["1"], 1) and not runs_here(["0"], 2) and not runs_here(["0", "1"], 2)
 
@@ -112,7 +115,12 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
 
     from hydra_plugins.sweeper_pool.launcher import _pin_worker, _worker_processes
 
-    for visible, device, pinned in (("2,3", "1", "3"), (None, "1", "1")):
+    for visible, device, pinned in (
+        ("2,3", "1", "3"),
+        (None, "1", "1"),
+        ("2,3", "cpu", ""),
+        (None, "cpu", ""),
+    ):
         slots = queue.Queue()
         slots.put(device)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -123,7 +131,7 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
         _worker_processes(["0", "2"], 2)
 
 
-@pytest.mark.parametrize("devices", [["gpu1"], ["auto", 0], [], ["cuda:1"]])
+@pytest.mark.parametrize("devices", [["gpu1"], ["auto", 0], [], ["cuda:1"], None, "gpu", 1.5])
 def test_bad_devices_are_refused_with_the_allowed_values(devices):
     from hydra_plugins.sweeper_pool.launcher import PoolLauncher
 
@@ -131,3 +139,12 @@ def test_bad_devices_are_refused_with_the_allowed_values(devices):
         ValueError, match=r"hydra.launcher.devices=.* is invalid: allowed values are \[auto\], \[cpu\]"
     ):
         PoolLauncher(devices=devices)
+
+
+@pytest.mark.parametrize(
+    "devices, named", [("cpu", ["cpu"]), (0, ["0"]), ("auto", ["auto"]), ([0, 1], ["0", "1"])]
+)
+def test_one_device_may_be_given_without_a_list(devices, named):
+    from hydra_plugins.sweeper_pool.launcher import PoolLauncher
+
+    assert PoolLauncher(devices=devices).devices == named

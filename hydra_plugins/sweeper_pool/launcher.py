@@ -67,7 +67,11 @@ def _pin_worker(slots, visible: str | None) -> None:
     A device index counts the GPUs the launching process sees, as torch's cuda:N does: under
     CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 0 is physical GPU 2."""
     device = slots.get()
-    if device != "cpu":  # before torch initialises CUDA in this process
+    # Before torch initialises CUDA in this process. A CPU slot sees no GPU, so that its jobs'
+    # trainer.device=auto means the CPU there.
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    else:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[int(device)] if visible else device
 
 
@@ -89,13 +93,16 @@ class PoolLauncher(Launcher):
     def __init__(self, devices: Sequence = ("auto",), slots_per_device: int = 1, fuse: bool = False) -> None:
         if int(slots_per_device) < 1:
             raise ValueError(f"hydra.launcher.slots_per_device={slots_per_device} is invalid: must be >= 1")
-        named = [str(d) for d in devices]
+        if isinstance(devices, str | int) and not isinstance(devices, bool):
+            devices = [devices]  # devices=cpu, devices=0: a list of one
+        named = [str(d) for d in devices] if isinstance(devices, Sequence) else []
         if not named or (named != ["auto"] and not all(d == "cpu" or d.isdigit() for d in named)):
+            shown = list(devices) if isinstance(devices, Sequence) else devices
             raise ValueError(
-                f"hydra.launcher.devices={list(devices)} is invalid: allowed values are [auto], [cpu] "
+                f"hydra.launcher.devices={shown} is invalid: allowed values are [auto], [cpu] "
                 "or GPU indices as torch counts them (0, 1, ...)"
             )
-        self.devices = list(devices)
+        self.devices = named
         self.slots_per_device = int(slots_per_device)
         self.fuse = bool(fuse)
         self.config = self.task_function = self.hydra_context = None
@@ -146,9 +153,16 @@ class PoolLauncher(Launcher):
 
 
 def runs_here(devices: list[str], n_workers: int) -> bool:
-    """Whether the one worker can be the launching process: on the CPU, or on GPU 0, which is
-    what this process's cuda and cuda:0 already mean (another GPU needs a pinned process)."""
-    return n_workers == 1 and devices[0] in ("cpu", "0")
+    """Whether the one worker can be the launching process: on GPU 0, which is what this
+    process's cuda and cuda:0 already mean, or on the CPU where this process sees no GPU (another
+    GPU, or the CPU beside one, needs a pinned process)."""
+    if n_workers != 1:
+        return False
+    if devices[0] == "cpu":
+        import torch
+
+        return not torch.cuda.is_available()
+    return devices[0] == "0"
 
 
 def _worker_processes(devices: list[str], n_workers: int) -> ProcessPoolExecutor:
