@@ -2,7 +2,8 @@
 # One GPU session's checks and timings, in the order that matters: the CUDA tests (graph replay
 # equals the eager step; fused trials equal solo ones; the wide net equals each trial's own net
 # with cuDNN's kernels), the lecture-grid benchmark, the step bench
-# (the framework's step eager and graphed, and the fused trials' step per trial for 1, 3 and 6 trials).
+# (the framework's step eager and graphed, and the fused trials' step per trial for 1, 3 and 6 trials),
+# then the trials' convolution three ways (grouped, unfold + bmm, a loop) and the fused step's kernel table.
 #
 #     OUT=gpu-out bash bench/gpu_session.sh      # on a machine with a CUDA GPU; logs land in $OUT
 #     BENCH_ARGS="--ways fused,naive,fused2 --naive-runs 1" bash bench/gpu_session.sh   # a shorter session
@@ -18,3 +19,4 @@ timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider -rs tests/tes
 # shellcheck disable=SC2086  # BENCH_ARGS holds several arguments, e.g. "--ways fused,pool --naive-runs 1"
 timeout "${BENCH_S:-400}" python3 bench/bench_train.py --size gpu ${BENCH_ARGS:-} --log "$OUT/bench_train.log" 2>&1 | tee "$OUT/bench_train.txt"
 [ "${STEP_S:-90}" -gt 0 ] && timeout "${STEP_S:-90}" python3 bench/bench_layout.py --steps 100 2>&1 | tee "$OUT/bench_layout.txt"
+[ "${CONV_S:-60}" -gt 0 ] && timeout "${CONV_S:-60}" python3 bench/bench_trial_conv.py --profile 2>&1 | tee "$OUT/bench_trial_conv.txt"
