@@ -87,6 +87,7 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
     """
     n_trials = len(momentum)
     velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
+    any_decay = any(decay)
     # The constant per-trial hyper-parameters, shaped once per parameter (not rebuilt every step).
     hyper = {
         k: {"decay": _per_trial(decay, p), "momentum": _per_trial(momentum, p),
@@ -108,15 +109,18 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
             loss = loss + l1 * sum(p.abs().flatten(1).sum(1) for p in params.values() if p.dim() > 2)
         grads = torch.autograd.grad(loss.sum(), list(params.values()))
         with torch.no_grad():
-            # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v)
+            # torch.optim.SGD's update, per trial: g += wd*p; v = mu*v + g; p -= lr*(g + mu*v | v).
+            # Terms no trial has (weight decay, momentum: the lecture's plain SGD) are left out,
+            # not multiplied by zero: each is a kernel per parameter in every step.
             for (name, p), g in zip(params.items(), grads, strict=True):
-                g = g + hyper[name]["decay"] * p
+                if any_decay:
+                    g = g + hyper[name]["decay"] * p
                 if velocity:
                     mu = hyper[name]["momentum"]
                     v = velocity[name]
                     v.mul_(mu).add_(g)
                     g = torch.where(hyper[name]["nesterov"], g + mu * v, torch.where(mu > 0, v, g))
-                p.sub_(lr.view(-1, *([1] * (p.dim() - 1))) * g)
+                p.addcmul_(lr.view(-1, *([1] * (p.dim() - 1))), g, value=-1.0)
         return loss.detach()
 
     return forward, step_fn, velocity
