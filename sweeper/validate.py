@@ -271,6 +271,23 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             raise ConfigError(f"{key} is not a config key: {hint}")
 
 
+# hydra-submitit-launcher's counts (those of every SLURM and local preset), and the least each
+# takes; null, where a key allows it, leaves the choice to the cluster.
+SUBMITIT_COUNTS = {
+    "timeout_min": 1,
+    "nodes": 1,
+    "tasks_per_node": 1,
+    "cpus_per_task": 1,
+    "gpus_per_node": 0,
+    "mem_gb": 1,
+    "cpus_per_gpu": 1,
+    "gpus_per_task": 0,
+    "array_parallelism": 1,
+    "signal_delay_s": 0,
+    "max_num_timeout": 0,
+}
+
+
 def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
     """Refuse a bad launcher option, key or value in one line, before Hydra starts.
 
@@ -375,6 +392,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                 build.resolved(cfg.hydra.launcher, name)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
+    for key, least in SUBMITIT_COUNTS.items():  # sbatch would refuse these only at submission
+        if _get(cfg.hydra.launcher, key) is not None:
+            number(cfg, prefix + key, low=least, integer=True)
     try:
         build.launcher(cfg.hydra.launcher)
     except (TypeError, ValueError) as e:

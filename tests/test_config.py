@@ -204,6 +204,18 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             "hydra.launcher.additional_parameters.mail-type is not a key of hydra/launcher=slurm_gpu: append it "
             "with +hydra.launcher.additional_parameters.mail-type=END",
         ),
+        (  # sbatch would refuse it only once the sweep had started submitting
+            ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=-5"],
+            "hydra.launcher.timeout_min=-5 is invalid: must be an integer >= 1",
+        ),
+        (
+            ["hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=-1"],
+            "hydra.launcher.gpus_per_node=-1 is invalid: must be an integer >= 0",
+        ),
+        (
+            ["hydra/launcher=slurm_gpu", "hydra.launcher.timeout_min=0"],
+            "hydra.launcher.timeout_min=0 is invalid: must be an integer >= 1",
+        ),
         (
             ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
             "hydra.launcher.jobs_per_task=0 is invalid: must be an integer >= 1",
