@@ -48,10 +48,22 @@ def main(cfg: DictConfig) -> str:
     return summary["status"]
 
 
+def _flagged(arguments: list[str], *flags: str) -> bool:
+    return any(
+        a in flags or a.startswith(tuple(f + "=" for f in flags if f.startswith("--"))) for a in arguments
+    )
+
+
 if __name__ == "__main__":
+    arguments = sys.argv[1:]
     try:
-        validate.check_overrides(sys.argv[1:], CONF)
-        validate.check_launcher(sys.argv[1:], CONF)
+        # The checks read conf/config.yaml: with another config Hydra (and validate.check, per
+        # job) speaks instead. The launcher's values matter only to a sweep that will launch.
+        if not _flagged(arguments, "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"):
+            validate.check_overrides(arguments, CONF)
+            launches = not _flagged(arguments, "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
+            if launches and (_flagged(arguments, "-m", "--multirun") or "hydra.mode=MULTIRUN" in arguments):
+                validate.check_launcher(arguments, CONF)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

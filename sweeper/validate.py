@@ -274,12 +274,12 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
 # hydra-submitit-launcher's counts (those of every SLURM and local preset), and the least each
 # takes; null, where a key allows it, leaves the choice to the cluster.
 SUBMITIT_COUNTS = {
-    "timeout_min": 1,
+    "timeout_min": 0,  # sbatch --time=0: no limit
     "nodes": 1,
     "tasks_per_node": 1,
     "cpus_per_task": 1,
     "gpus_per_node": 0,
-    "mem_gb": 1,
+    "mem_gb": 0,  # sbatch --mem=0: all of a node's memory
     "cpus_per_gpu": 1,
     "gpus_per_task": 0,
     "array_parallelism": 1,
@@ -309,7 +309,8 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
 
     group, prefix = "hydra/launcher", "hydra.launcher."
     parser = OverridesParser.create()
-    selections, changes = [], []  # group choices; (override, argument) of the launcher's keys
+    # As Hydra composes the launcher's config: every override but the sweeps (they vary per job).
+    selections, changes = [], []  # those overrides; (override, argument) of the launcher's keys
     for arg in arguments:
         if "=" not in arg or arg.startswith("-"):
             continue
@@ -318,13 +319,7 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
         except HydraException:
             continue  # not an override Hydra can read: it says so itself
         key = override.key_or_group
-        if key == group and override.is_sweep_override():
-            raise ConfigError(f"{arg} is invalid: a sweep runs on one launcher, so pick one of them")
-        if key in (group, "experiment") and override.type is OverrideType.CHANGE:
-            # an experiment may pick a launcher; the first of a sweep of them is enough
-            first = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else None
-            selections.append(arg if first is None else f"{key}={first}")
-        elif key.startswith(prefix):
+        if key.startswith(prefix):
             if override.is_sweep_override():
                 value = arg.partition("=")[2]
                 raise ConfigError(
@@ -332,7 +327,12 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                     f"('{value}') or write a list ([{value}])"
                 )
             changes.append((override, arg))
-    if not changes and not any(s.startswith(group) for s in selections):
+        elif key == group and override.is_sweep_override():
+            raise ConfigError(f"{arg} is invalid: a sweep runs on one launcher, so pick one of them")
+        elif not override.is_sweep_override():
+            selections.append(arg)
+    chosen_here = [a.partition("=")[2] for a in selections if a.partition("=")[0] == group]
+    if not changes and not chosen_here:
         return
 
     def compose_with(extra: list[str]):
@@ -344,20 +344,23 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         options = GlobalHydra.instance().config_loader().get_group_options(group)
-        for arg in selections:
-            key, _, option = arg.partition("=")
-            if key == group and option not in options:
-                raise ConfigError(f"{arg} is invalid: allowed values are {', '.join(options)}")
-        base = compose_with([])
+        for option in chosen_here:
+            if option not in options:
+                raise ConfigError(f"{group}={option} is invalid: allowed values are {', '.join(options)}")
+        try:
+            base = compose_with([])
+        except (HydraException, OmegaConfBaseException):
+            return  # the other overrides do not compose: Hydra says why, in its own words
         chosen = base.hydra.runtime.choices.get(group)
         known = sorted(k for k in base.hydra.launcher if k != "_target_")
         for override, arg in changes:
             key = override.key_or_group
             name = key.removeprefix(prefix).split(".")[0]
-            if override.type is not OverrideType.CHANGE and (
-                name in known or override.type is OverrideType.DEL
+            if name == "_target_" or (
+                override.type is not OverrideType.CHANGE
+                and (name in known or override.type is OverrideType.DEL)
             ):
-                continue  # +key, ++key, ~key within a launcher's key: Hydra's rules, checked below
+                continue  # another class; +key, ++key, ~key within a launcher's key: checked below
             if name not in known:  # a launcher takes the keys it has, with + or without
                 others = [  # the key belongs to another launcher (jobs_per_task to sweeper_local, say)
                     o for o in options if name in compose(config_name, [f"{group}={o}"], True).hydra.launcher

@@ -206,15 +206,15 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
         ),
         (  # sbatch would refuse it only once the sweep had started submitting
             ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=-5"],
-            "hydra.launcher.timeout_min=-5 is invalid: must be an integer >= 1",
+            "hydra.launcher.timeout_min=-5 is invalid: must be an integer >= 0",
         ),
         (
             ["hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=-1"],
             "hydra.launcher.gpus_per_node=-1 is invalid: must be an integer >= 0",
         ),
         (
-            ["hydra/launcher=slurm_gpu", "hydra.launcher.timeout_min=0"],
-            "hydra.launcher.timeout_min=0 is invalid: must be an integer >= 1",
+            ["hydra/launcher=slurm_gpu", "hydra.launcher.cpus_per_task=0"],
+            "hydra.launcher.cpus_per_task=0 is invalid: must be an integer >= 1",
         ),
         (
             ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
@@ -257,6 +257,20 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
+    validate.check_launcher(  # an interpolation of another override; another launcher class
+        [
+            "-m",
+            "+minutes=2",
+            "hydra/launcher=pool",
+            "hydra.launcher.slots_per_device=${minutes}",
+            "hydra.launcher._target_=hydra_plugins.sweeper_pool.launcher.PoolLauncher",
+        ],
+        str(CONF),
+    )
+    validate.check_launcher(  # sbatch's 0s: no time limit, all of a node's memory
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "hydra.launcher.mem_gb=0"],
+        str(CONF),
+    )
     validate.check_launcher(
         [
             "-m",
@@ -276,3 +290,25 @@ def test_cli_refuses_a_bad_launcher_value_in_one_line_before_any_job(tmp_path: P
     assert result.returncode == 2
     assert result.stderr.strip() == "error: hydra.launcher.slots_per_device=0 is invalid: must be >= 1"
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_reads_another_config(tmp_path: Path):
+    printed = run_cli(
+        "--cfg",
+        "hydra",
+        "-p",
+        "hydra.launcher",
+        "hydra/launcher=pool",
+        "hydra.launcher.fuse=maybe",
+        cwd=tmp_path,
+    )
+    assert "error:" not in printed.stderr  # Hydra's own message, if any: it prints, launches nothing
+    extra = tmp_path / "extra" / "hydra" / "launcher"
+    extra.mkdir(parents=True)
+    (extra / "mine.yaml").write_text("defaults:\n  - pool\n")  # a launcher option conf/ does not have
+    result = run_cli(
+        "--config-dir", str(tmp_path / "extra"), "-m", *TINY, "hydra/launcher=mine", f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 jobs: 1 completed" in result.stdout + result.stderr

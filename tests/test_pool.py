@@ -19,12 +19,13 @@ def without_times(path):
 def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
     grid = ["lr=0.2,0.1,0.05,0.02"]
     pooled = run_cli(
-        "-m", "hydra/launcher=pool", "hydra.launcher.devices=[0,1]", "hydra.launcher.slots_per_device=1",
+        "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2",
         *TINY, *grid, f"hydra.sweep.dir={tmp_path / 'pool'}", cwd=tmp_path,
     )  # fmt: skip
     assert pooled.returncode == 0, pooled.stderr[-2000:]
     jobs = [json.loads((tmp_path / "pool" / str(n) / "job.json").read_text()) for n in range(4)]
-    assert {j["cuda_visible_devices"] for j in jobs} == {"0", "1"}  # both devices used
+    # (GPU slots are pinned as test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees shows)
+    assert {j["cuda_visible_devices"] for j in jobs} == {""}  # CPU slots: their workers see no GPU
     assert len({j["pid"] for j in jobs}) == 2  # two workers, each ran two jobs: start-up paid once
     for n in range(4):
         assert {p.name for p in (tmp_path / "pool" / str(n)).iterdir()} >= RECORD
@@ -113,7 +114,7 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
     import os
     import queue
 
-    from hydra_plugins.sweeper_pool.launcher import _pin_worker, _worker_processes
+    from hydra_plugins.sweeper_pool.launcher import _pin_worker
 
     for visible, device, pinned in (
         ("2,3", "1", "3"),
@@ -126,9 +127,24 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         _pin_worker(slots, visible)
         assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    with pytest.raises(ValueError, match=r"sees 2 GPUs .*allowed indices are 0\.\.1"):
-        _worker_processes(["0", "2"], 2)
+
+
+def test_gpu_indices_beyond_the_visible_gpus_are_refused(monkeypatch):
+    # A worker pinned to a GPU it cannot see would train on the CPU without a word.
+    from hydra_plugins.sweeper_pool.launcher import PoolLauncher
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # under CUDA_VISIBLE_DEVICES=2,3, say
+    assert PoolLauncher(devices=[0, 1]).devices == ["0", "1"]
+    with pytest.raises(
+        ValueError, match=r"sees 2 GPUs; allowed values are \[auto\], \[cpu\] or indices 0\.\.1"
+    ):
+        PoolLauncher(devices=[0, 2])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(
+        ValueError, match=r"devices=\['0'\] is invalid: this process sees no GPUs; allowed values are"
+    ):
+        PoolLauncher(devices=0)
+    assert PoolLauncher(devices="cpu").devices == ["cpu"]
 
 
 @pytest.mark.parametrize("devices", [["gpu1"], ["auto", 0], [], ["cuda:1"], None, "gpu", 1.5])
@@ -144,7 +160,9 @@ def test_bad_devices_are_refused_with_the_allowed_values(devices):
 @pytest.mark.parametrize(
     "devices, named", [("cpu", ["cpu"]), (0, ["0"]), ("auto", ["auto"]), ([0, 1], ["0", "1"])]
 )
-def test_one_device_may_be_given_without_a_list(devices, named):
+def test_one_device_may_be_given_without_a_list(devices, named, monkeypatch):
     from hydra_plugins.sweeper_pool.launcher import PoolLauncher
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
 
     assert PoolLauncher(devices=devices).devices == named

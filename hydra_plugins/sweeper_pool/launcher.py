@@ -102,6 +102,17 @@ class PoolLauncher(Launcher):
                 f"hydra.launcher.devices={shown} is invalid: allowed values are [auto], [cpu] "
                 "or GPU indices as torch counts them (0, 1, ...)"
             )
+        gpus = [int(d) for d in named if d.isdigit()]
+        if gpus:  # else a worker given a GPU it cannot see would train on the CPU, silently
+            import torch
+
+            seen = torch.cuda.device_count()  # what CUDA_VISIBLE_DEVICES (SLURM's mask) leaves
+            if max(gpus) >= seen:
+                allowed = f"[auto], [cpu] or indices 0..{seen - 1}" if seen else "[auto] or [cpu]"
+                raise ValueError(
+                    f"hydra.launcher.devices={named} is invalid: this process sees {seen or 'no'} "
+                    f"GPU{'' if seen == 1 else 's'}; allowed values are {allowed}"
+                )
         self.devices = named
         self.slots_per_device = int(slots_per_device)
         self.fuse = bool(fuse)
@@ -167,13 +178,7 @@ def runs_here(devices: list[str], n_workers: int) -> bool:
 
 def _worker_processes(devices: list[str], n_workers: int) -> ProcessPoolExecutor:
     """n_workers spawned processes, each pinned to a device slot for its life (_pin_worker)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    seen = len(visible.split(",")) if visible else None
-    if seen is not None and any(d != "cpu" and int(d) >= seen for d in devices):
-        raise ValueError(
-            f"hydra.launcher.devices={devices} is invalid: this process sees {seen} GPUs "
-            f"(CUDA_VISIBLE_DEVICES={visible}); allowed indices are 0..{seen - 1}"
-        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
     context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
     slots = context.Queue()
     for i in range(n_workers):
