@@ -10,6 +10,7 @@
                  program (one wide net), each still writing its own record; at the GPU size one
                  command, `experiment=lecture_lr,lecture_lr2`, runs the 6 protocols as one group
   (d2)           the same, the lr and lr2 sub-grids as two commands at once (GPU size only)  --ways fused2
+  (d-bf16)       (d) with trainer.precision=bf16 (autocast), not the lecture's fp32  --ways fused_bf16
 
     python bench/bench_train.py                 # CPU size: 3 runs x 4 epochs, 10k synthetic images (about 4 min on 2 cores)
     python bench/bench_train.py --size gpu      # the lecture grid: 6 protocols x 50 epochs, CIFAR-shaped
@@ -51,7 +52,7 @@ from sweeper import data as data_module  # noqa: E402
 
 # The repo first on the path, keeping any path already set (a --target install of the deps, say).
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-WAYS = ("naive", "bare", "nograph", "framework", "pool", "fused", "fused2")
+WAYS = ("naive", "bare", "nograph", "framework", "pool", "fused", "fused2", "fused_bf16")
 LR_GRID = [(0.2, None), (0.1, None), (0.01, None)]
 LR2_GRID = [(0.1, 0.07), (0.1, 0.05), (0.1, 0.02)]
 
@@ -181,7 +182,7 @@ def main():
     ways = (
         args.ways.split(",")
         if args.ways
-        else [w for w in WAYS if gpu or w not in ("nograph", "pool", "fused2")]
+        else [w for w in WAYS if w != "fused_bf16" and (gpu or w not in ("nograph", "pool", "fused2"))]
     )
     unknown = set(ways) - set(WAYS)
     if unknown:
@@ -243,18 +244,22 @@ def main():
                 measure("(e) pool", f"hydra/launcher=pool, {len(protocols)} slots on the GPU{both}",
                         partial(run_framework, protocols, epochs, data_args, folder / f"pool{r}", log, pool, at_once=gpu),
                         epochs)  # fmt: skip
-            elif way in ("fused", "fused2"):
+            elif way in ("fused", "fused2", "fused_bf16"):
                 fuse = ["hydra/launcher=pool", "hydra.launcher.fuse=true"]
-                one = way == "fused" and protocols == LR_GRID + LR2_GRID and epochs == 50
+                bf16 = ["trainer.precision=bf16"] if way == "fused_bf16" else []
+                one = way != "fused2" and protocols == LR_GRID + LR2_GRID and epochs == 50
                 how = ", one command: experiment=lecture_lr,lecture_lr2" if one else both
-                measure(f"(d{way[5:]}) fused", f"hydra/launcher=pool hydra.launcher.fuse=true{how}",
-                        partial(run_framework, protocols, epochs, data_args, folder / f"{way}{r}", log, fuse, fused=True,
-                                at_once=gpu, one=one), epochs)  # fmt: skip
+                name = {"fused": "(d) fused", "fused2": "(d2) fused", "fused_bf16": "(d-bf16) fused, bf16"}[
+                    way
+                ]
+                measure(name, " ".join(["hydra/launcher=pool hydra.launcher.fuse=true", *bf16]) + how,
+                        partial(run_framework, protocols, epochs, [*data_args, *bf16], folder / f"{way}{r}", log, fuse,
+                                fused=True, at_once=gpu, one=one), epochs)  # fmt: skip
 
     full = {k: statistics.median(v) for k, v in full_runs.items()}
     epochs_s = {k: statistics.median(v) for k, v in epochs_runs.items()}
     print(f"\nratios of the medians of {args.repeat} repeats" if args.repeat > 1 else "")
-    fast = [k for k in full if k.startswith(("(c)", "(d)", "(d2)", "(e)"))]
+    fast = [k for k in full if k.startswith(("(c)", "(d", "(e)"))]
     best = min(fast, key=full.get) if fast else None
     if "(a) naive" in full and best:
         for k in fast:

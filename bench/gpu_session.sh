@@ -6,7 +6,7 @@
 # then the trials' convolution three ways (grouped, unfold + bmm, a loop) and the fused step's kernel table.
 #
 #     OUT=gpu-out bash bench/gpu_session.sh      # on a machine with a CUDA GPU; logs land in $OUT
-#     BENCH_ARGS="--ways fused,naive,fused2 --naive-runs 1" bash bench/gpu_session.sh   # a shorter session
+#     BENCH_ARGS="--ways fused,naive,fused_bf16 --naive-runs 1" bash bench/gpu_session.sh   # a shorter session
 #
 # Every stage has its own time limit, so one stuck stage cannot take the others' results with it.
 set -u

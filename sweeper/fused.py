@@ -4,20 +4,24 @@ A small convnet cannot fill a GPU, and its step is bound by kernel launches, not
 Trials that share the architecture, the data and the trainer -- and differ only in optimisation
 hyper-parameters (lr, schedule, momentum, weight decay), seed and what their records keep -- are
 stacked along a leading trial dimension and run through one wide copy of the net
-(sweeper/stacked.py: grouped convolutions, batched matmuls), so one launch does the work of all of them. Each trial keeps its
-own initialisation, batch order and augmentation (its own seed), its own learning-rate schedule,
-and writes its own complete run record, in the same format and with the same checkpoints as a
-solo run (so an interrupted fused trial resumes solo). Its curves match the same trial run
-alone, within float32 rounding. Trials that share a seed share their batches: one is drawn for all.
+(sweeper/stacked.py: grouped convolutions, batched matmuls), so one launch does the work of all
+of them. Each trial keeps its own initialisation, batch order and augmentation (its own seed),
+its own learning-rate schedule, and writes its own complete run record, in the same format and
+with the same checkpoints as a solo run (so an interrupted fused trial resumes solo). Its curves
+match the same trial run alone, within float32 rounding (bf16's, with trainer.precision=bf16:
+the wide net's kernels round differently). Trials that share a seed share their batches: one is
+drawn for all.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-Plain SGD (with momentum, nesterov, weight decay) only, fp32 only, no batch norm (running
-statistics cannot be stacked simply), no dropout (its masks could not follow the solo runs'); `fusable()` says why a group cannot be fused, and those jobs run solo.
+Plain SGD (with momentum, nesterov, weight decay) only, no batch norm (running statistics cannot
+be stacked simply), no dropout (its masks could not follow the solo runs'); `fusable()` says why
+a group cannot be fused, and those jobs run solo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -31,7 +35,7 @@ from torch.func import functional_call, stack_module_state
 from sweeper import build, cuda_graph, models, stacked
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
-from sweeper.train import kept_epochs, log, memory_format, run_device
+from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_device
 
 # What may differ between the trials of one fused group: their optimisation, their seed, and
 # what each one's record keeps (each trial writes its own).
@@ -56,8 +60,6 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         return "fused trials need model.batch_norm=false"
     if cfgs[0].model.get("dropout", 0) > 0:  # masks drawn for T trials cannot follow each solo run's
         return "fused trials need model.dropout=0"  # random stream, so their curves would not match
-    if cfgs[0].trainer.precision != "fp32":  # the fused step has no autocast: bf16 runs solo
-        return "fused trials need trainer.precision=fp32"
     first = _shared(cfgs[0])
     if any(_shared(c) != first for c in cfgs[1:]):
         return (
@@ -77,14 +79,17 @@ def _per_trial(values, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
-def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: float):
+def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: float, autocast=None):
     """The trials' forward and training step over their stacked parameters (updated in place).
 
     forward(x) -> logits [T, B, classes], from images [B, C, H, W] shared by every trial or
     [T, B, C, H, W]; step(x, y, lr) -> per-trial losses [T], with lr a [T] device tensor, does
     torch.optim.SGD's update for each trial with its own momentum, nesterov and weight decay.
     Returns (forward, step, velocity): the momentum buffers, by parameter name, for checkpoints.
+    `autocast` (train.autocast_for's) wraps the step's forward, as the solo step's; the loss is
+    taken in float32, as there.
     """
+    autocast = autocast or contextlib.nullcontext
     n_trials = len(momentum)
     velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
     any_decay = any(decay)
@@ -99,7 +104,8 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
         return functional_call(wide, (params, buffers), (x,))
 
     def step_fn(x, y, lr):
-        logits = forward(x)
+        with autocast():
+            logits = forward(x)
         loss = (
             F.cross_entropy(logits.flatten(0, 1).float(), y.expand(n_trials, -1).flatten(), reduction="none")
             .view(n_trials, -1)
@@ -132,6 +138,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     n_trials = len(cfgs)
     device = run_device(cfg0.trainer.device)
     layout = memory_format(cfg0, device)
+    autocast = autocast_for(cfg0.trainer.precision, device.type)  # shared: precision is not per trial
     data = data_module.stage(data_module.load(cfg0.data).to(device), layout)
     nets = []
     for cfg in cfgs:  # each trial initialised exactly as its solo run would be
@@ -161,6 +168,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         nesterov=[bool(cfg.optim.nesterov) for cfg in cfgs],
         decay=[float(cfg.optim.weight_decay) for cfg in cfgs],
         l1=float(cfg0.model.l1),
+        autocast=autocast,
     )
     keep = kept_epochs(cfg0)
     info = {
@@ -212,7 +220,9 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
             ):
                 per_sample, correct = [], torch.zeros(n_trials, device=device)
                 for xb, yb in data_module.eval_batches(xs_, ys_, data, cfg0.trainer.eval_batch_size, layout):
-                    logits = forward(xb).float()
+                    with autocast():
+                        logits = forward(xb)
+                    logits = logits.float()
                     per_sample.append(
                         F.cross_entropy(logits.transpose(1, 2), yb.expand(n_trials, -1), reduction="none")
                     )

@@ -50,6 +50,27 @@ def test_fused_trials_match_the_same_trials_run_alone(tmp_path):
         }
 
 
+def test_bf16_fused_trials_match_their_bf16_solo_runs(tmp_path):
+    # Autocast wraps the wide net's forward as it wraps the solo net's. The wide net's kernels
+    # round differently in bf16, so the tolerance is bf16's; and the trials did train in bf16:
+    # their curves are not the fp32 runs'.
+    trials = [["lr=0.1"], ["lr=0.05", "optim.momentum=0.9"]]
+    cfgs = [compose_cfg(*COMMON, "trainer.precision=bf16", *t) for t in trials]
+    assert fused.fusable(cfgs) is None
+    dirs = [tmp_path / "fused" / str(i) for i in range(2)]
+    assert [s["status"] for s in fused.run_group(cfgs, dirs, [[]] * 2, [0, 1])] == ["completed"] * 2
+    for i, t in enumerate(trials):
+        train.run(cfgs[i], tmp_path / "solo" / str(i))
+        train.run(compose_cfg(*COMMON, *t), tmp_path / "fp32" / str(i))
+        together, solo, fp32 = (
+            rows(d / str(i)) for d in (tmp_path / "fused", tmp_path / "solo", tmp_path / "fp32")
+        )
+        for a, b in zip(solo, together, strict=True):
+            for key in ("train_loss", "test_loss"):
+                assert b[key] == pytest.approx(a[key], rel=1e-2), (i, key)
+        assert max(abs(b["train_loss"] - c["train_loss"]) for b, c in zip(together, fp32, strict=True)) > 5e-5
+
+
 def test_trials_of_one_seed_draw_one_batch_for_all_and_still_match_their_solo_runs(tmp_path, monkeypatch):
     # The lecture's lr grid: one seed, so every trial's solo run sees the same batches.
     cfgs = [compose_cfg(*COMMON, f"lr={lr}") for lr in (0.2, 0.1, 0.01)]
@@ -95,8 +116,9 @@ def test_unfusable_groups_say_why():
     assert "batch_norm" in fused.fusable([compose_cfg("model.batch_norm=true")])
     assert "dropout=0" in fused.fusable([compose_cfg("model.dropout=0.5")] * 2)
     assert fused.fusable([compose_cfg("model=resnet", "model.batch_norm=false")] * 2) is None
-    # bf16 jobs would silently train in fp32 in the fused step: they run solo, with autocast
-    assert "precision=fp32" in fused.fusable([compose_cfg("trainer.precision=bf16")] * 2)
+    # precision is the group's, not a trial's: bf16 and fp32 jobs cannot share the step
+    assert "share model" in fused.fusable([compose_cfg("trainer.precision=bf16"), compose_cfg()])
+    assert fused.fusable([compose_cfg("trainer.precision=bf16")] * 2) is None
     assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
 
 
