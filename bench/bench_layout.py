@@ -93,7 +93,7 @@ def measure_step(layout, precision: str, graph: bool, steps: int) -> float:
     return time_step(step, torch.device("cuda"), layout, torch.tensor(0.1, device="cuda"), steps)
 
 
-def measure_trials(n_trials: int, device, layout, steps: int) -> tuple[float, float]:
+def measure_trials(n_trials: int, device, layout, steps: int, precision: str = "fp32") -> tuple[float, float]:
     """ms per training step of n_trials fused trials (one batch shared, as one seed gives), and
     ms per evaluation forward of all of them at batch 1000 (eager, as the framework runs it)."""
     import copy
@@ -110,11 +110,21 @@ def measure_trials(n_trials: int, device, layout, steps: int) -> tuple[float, fl
     params, buffers = stack_module_state(nets)
     wide = stacked.widen(copy.deepcopy(nets[0]).to("meta"), n_trials)
     zeros = [0.0] * n_trials
-    forward, step_fn, _ = fused.trial_sgd(wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0)
+    from sweeper.train import autocast_for
+
+    autocast = autocast_for(precision, device.type)
+    forward, step_fn, _ = fused.trial_sgd(
+        wide, params, buffers, zeros, [False] * n_trials, zeros, 0.0, autocast
+    )
     step = Replay(step_fn, enabled=device.type == "cuda")
     step_ms = time_step(step, device, layout, torch.full((n_trials,), 0.01, device=device), steps)
     x_eval = torch.randn(1000, 3, 32, 32, device=device).contiguous(memory_format=layout)
-    return step_ms, time_eval(forward, x_eval, device)
+
+    def eval_forward(x):
+        with autocast():
+            return forward(x)
+
+    return step_ms, time_eval(eval_forward, x_eval, device)
 
 
 def main():
@@ -167,6 +177,13 @@ def main():
             print(
                 f"  {n} trials: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial{ratio};  eval {eval_ms:7.3f} ms"
             )
+
+    if device.type == "cuda":  # trainer.precision=bf16: autocast around the wide net's forward
+        n = max(int(t) for t in args.trials.split(","))
+        ms, eval_ms = measure_trials(n, device, torch.channels_last, args.steps * 5, "bf16")
+        print(
+            f"  {n} trials, bf16, channels_last: {ms:7.3f} ms per step, {ms / n:7.3f} ms per trial;  eval {eval_ms:7.3f} ms"
+        )
 
 
 if __name__ == "__main__":
