@@ -167,3 +167,19 @@ def test_on_cuda_the_replayed_graph_matches_the_eager_step(tmp_path, precision):
     graph = train.run(compose_cfg(*over, "trainer.cuda_graph=true"), tmp_path / "graph")
     assert eager["cuda_graph"] is False and graph["cuda_graph"] is True
     assert_same_curves(tmp_path / "eager", tmp_path / "graph", rel=1e-3 if precision == "fp32" else 2e-2)
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_on_cuda_fused_trials_replayed_match_them_eager(tmp_path, precision):
+    # The fused step captured (with bf16's autocast inside) trains as the same step run eagerly.
+    trials = [["lr=0.1"], ["lr=0.05", "optim.momentum=0.9"]]
+    over = ["data.n_train=320", "data.augment=true", f"trainer.precision={precision}"]
+    for graph in ("false", "true"):
+        cfgs = [compose_cfg(*over, f"trainer.cuda_graph={graph}", *t) for t in trials]
+        summaries = fused.run_group(cfgs, [tmp_path / graph / str(i) for i in range(2)], [[]] * 2, [0, 1])
+        assert [(s["status"], s["cuda_graph"]) for s in summaries] == [("completed", graph == "true")] * 2
+    for i in range(2):
+        assert_same_curves(
+            tmp_path / "false" / str(i), tmp_path / "true" / str(i), rel=1e-3 if precision == "fp32" else 2e-2
+        )
