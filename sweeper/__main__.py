@@ -48,9 +48,34 @@ def main(cfg: DictConfig) -> str:
     return summary["status"]
 
 
+# Hydra's flags after which the pre-checks stand aside: another config than conf/config.yaml, or
+# shell completion (whose `install=bash` is no override); and those with which nothing launches.
+ANOTHER_CONFIG = (
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "-sc",
+    "--shell-completion",
+)
+NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
+
+
 def _flagged(arguments: list[str], *flags: str) -> bool:
-    return any(
-        a in flags or a.startswith(tuple(f + "=" for f in flags if f.startswith("--"))) for a in arguments
+    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
+    for a in arguments:
+        name = a.split("=", 1)[0]
+        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
+            return True
+    return False
+
+
+def _sweeps(arguments: list[str]) -> bool:
+    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
+    return _flagged(arguments, "-m", "--multirun") or any(
+        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
     )
 
 
@@ -59,10 +84,9 @@ if __name__ == "__main__":
     try:
         # The checks read conf/config.yaml: with another config Hydra (and validate.check, per
         # job) speaks instead. The launcher's values matter only to a sweep that will launch.
-        if not _flagged(arguments, "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"):
+        if not _flagged(arguments, *ANOTHER_CONFIG):
             validate.check_overrides(arguments, CONF)
-            launches = not _flagged(arguments, "-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
-            if launches and (_flagged(arguments, "-m", "--multirun") or "hydra.mode=MULTIRUN" in arguments):
+            if _sweeps(arguments) and not _flagged(arguments, *NO_LAUNCH):
                 validate.check_launcher(arguments, CONF)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

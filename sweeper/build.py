@@ -8,7 +8,9 @@ read by the training loop and dropped before instantiation.
 
 from __future__ import annotations
 
-from hydra.utils import get_class, instantiate
+import importlib
+
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
@@ -62,4 +64,5 @@ def launcher(node: DictConfig):
             arguments[key] = resolved(node, key)
         except OmegaConfBaseException:
             arguments[key] = OmegaConf.to_container(node, resolve=False)[key]
-    return get_class(arguments.pop("_target_"))(**arguments)
+    module, _, name = arguments.pop("_target_").rpartition(".")
+    return getattr(importlib.import_module(module), name)(**arguments)

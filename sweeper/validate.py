@@ -402,6 +402,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
         build.launcher(cfg.hydra.launcher)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    except (ImportError, AttributeError) as e:  # another _target_, which does not import
+        target = cfg.hydra.launcher._target_
+        raise ConfigError(f"{prefix}_target_={target} is invalid: {str(e).strip().splitlines()[0]}") from None
 
 
 def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:

@@ -181,6 +181,10 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             "hydra.launcher.slots_per_device=${oc.env:SWEEPER_TEST_UNSET_VARIABLE} is invalid: KeyError raised "
             "while resolving interpolation: \"Environment variable 'SWEEPER_TEST_UNSET_VARIABLE' not found\"",
         ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher._target_=foo.Bar"],
+            "hydra.launcher._target_=foo.Bar is invalid: No module named 'foo'",
+        ),
         (  # a new sbatch option inside a dict value also needs the +
             ["hydra/launcher=slurm_gpu", "hydra.launcher.additional_parameters={mail_type:END}"],
             "hydra.launcher.additional_parameters={mail_type:END} is invalid: Key 'mail_type' is not in struct; "
@@ -292,7 +296,21 @@ def test_cli_refuses_a_bad_launcher_value_in_one_line_before_any_job(tmp_path: P
     assert not (tmp_path / "outputs").exists()
 
 
+def test_every_way_of_asking_for_a_sweep_gets_the_launcher_check(tmp_path: Path):
+    # argparse takes --multi for --multirun; hydra.mode=MULTIRUN may come with + or ++
+    for how in (["--multi"], ["++hydra.mode=MULTIRUN"]):
+        result = run_cli(
+            *how, *TINY, "hydra/launcher=pool", "hydra.launcher.slots_per_device=0", cwd=tmp_path
+        )
+        assert result.returncode == 2, how
+        assert result.stderr.strip() == "error: hydra.launcher.slots_per_device=0 is invalid: must be >= 1", (
+            how
+        )
+
+
 def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_reads_another_config(tmp_path: Path):
+    completion = run_cli("-sc", "install=bash", cwd=tmp_path)  # Hydra's shell completion: no override
+    assert completion.returncode == 0 and "error:" not in completion.stderr, completion.stderr
     printed = run_cli(
         "--cfg",
         "hydra",

@@ -67,7 +67,7 @@ def test_bf16_fused_trials_match_their_bf16_solo_runs(tmp_path):
         )
         for a, b in zip(solo, together, strict=True):
             for key in ("train_loss", "test_loss"):
-                assert b[key] == pytest.approx(a[key], rel=1e-2), (i, key)
+                assert b[key] == pytest.approx(a[key], rel=2e-3), (i, key)
         assert max(abs(b["train_loss"] - c["train_loss"]) for b, c in zip(together, fp32, strict=True)) > 5e-5
 
 
