@@ -238,6 +238,11 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         for p in Path(conf_dir).iterdir()
         if p.is_dir() and p.name != "hydra"
     }
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
     selections, keys = [], []
     for arg in arguments:
         key, sep, value = arg.partition("=")
@@ -245,10 +250,22 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             continue
         if key in groups:
             allowed = groups[key] + (["null"] if key == "experiment" else [])
-            for v in (s.strip() for s in value.split(",")):
+            try:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
+                override = parser.parse_overrides([arg])[0]
+            except HydraException:
+                continue  # not an override Hydra can read: it says so itself
+            if isinstance(override.value(), Glob):
+                values = override.value().filter(groups[key])
+                if not values:
+                    raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
+            elif override.is_sweep_override():
+                values = list(override.sweep_string_iterator())
+            else:
+                values = [override.get_value_element_as_str()]
+            for v in values:
                 if v not in allowed:
                     raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
-            selections.append(f"{key}={value.split(',')[0].strip()}")
+            selections.append(f"{key}={values[0]}")
         else:
             keys.append(key)
     if not keys:

@@ -112,6 +112,32 @@ def test_unknown_options_and_keys_are_refused_in_one_line(argument, message):
         validate.check_overrides([argument], str(CONF))
 
 
+@pytest.mark.parametrize(
+    "argument", ["schedule=glob(c*)", "schedule=choice(step,cosine)", "schedule=step,cosine", "model=convnet"]
+)
+def test_hydras_sweep_syntax_over_a_group_passes_the_option_check(argument):
+    validate.check_overrides(["-m", argument], str(CONF))
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (
+            "schedule=choice(step,cosne)",
+            "schedule=cosne is invalid: allowed values are constant, cosine, geometric, multistep, step",
+        ),
+        (
+            "schedule=glob(z*)",
+            "schedule=glob(z*) is invalid: it matches none of constant, cosine, geometric, multistep, step",
+        ),
+    ],
+)
+def test_hydras_sweep_syntax_over_a_group_is_checked_value_by_value(argument, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check_overrides(["-m", argument], str(CONF))
+    assert str(err.value) == message
+
+
 def test_cli_refuses_a_bad_value_with_one_line_and_no_run(tmp_path: Path):
     result = run_cli(*TINY, "lr=-1", cwd=tmp_path)
     assert result.returncode == 2
