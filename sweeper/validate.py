@@ -222,6 +222,22 @@ def _check_trainer(cfg, n_train: int) -> None:
         boolean(cfg, f"trainer.{key}")
 
 
+def _overrides(arguments: list[str]):
+    """(argument, Hydra's reading of it) for each command-line override Hydra can read; flags
+    and what Hydra cannot read are left to Hydra, which says what is wrong with them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in arguments:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        try:
+            yield arg, parser.parse_overrides([arg])[0]
+        except HydraException:
+            continue
+
+
 def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
     """Refuse an unknown group option or a misspelt key on the command line, in one line.
 
@@ -238,22 +254,15 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         for p in Path(conf_dir).iterdir()
         if p.is_dir() and p.name != "hydra"
     }
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob
-    from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
     selections, keys = [], []
-    for arg in arguments:
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith(("-", "+", "~")) or key.startswith("hydra"):
+    for arg, override in _overrides(arguments):
+        key = override.key_or_group
+        if arg.startswith(("+", "~")) or key.startswith("hydra"):
             continue
-        if key in groups:
+        if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
             allowed = groups[key] + (["null"] if key == "experiment" else [])
-            try:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
-                override = parser.parse_overrides([arg])[0]
-            except HydraException:
-                continue  # not an override Hydra can read: it says so itself
             if isinstance(override.value(), Glob):
                 values = override.value().filter(groups[key])
                 if not values:
@@ -317,7 +326,6 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -325,16 +333,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
     from sweeper import build
 
     group, prefix = "hydra/launcher", "hydra.launcher."
-    parser = OverridesParser.create()
     # As Hydra composes the launcher's config: every override but the sweeps (they vary per job).
     selections, changes = [], []  # those overrides; (override, argument) of the launcher's keys
-    for arg in arguments:
-        if "=" not in arg or arg.startswith("-"):
-            continue
-        try:
-            override = parser.parse_overrides([arg])[0]
-        except HydraException:
-            continue  # not an override Hydra can read: it says so itself
+    for arg, override in _overrides(arguments):
         key = override.key_or_group
         if key.startswith(prefix):
             if override.is_sweep_override():
@@ -380,7 +381,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                 continue  # another class; +key, ++key, ~key within a launcher's key: checked below
             if name not in known:  # a launcher takes the keys it has, with + or without
                 others = [  # the key belongs to another launcher (jobs_per_task to sweeper_local, say)
-                    o for o in options if name in compose(config_name, [f"{group}={o}"], True).hydra.launcher
+                    o
+                    for o in options
+                    if name in compose(config_name, [f"{group}={o}"], return_hydra_config=True).hydra.launcher
                 ]
                 close = get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = (
