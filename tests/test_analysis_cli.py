@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analysis.__main__ import main
+from tests.conftest import REPO, run_cli
 from tests.fake_runs import make_sweep
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -111,24 +108,9 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, sweep, tmp_path, capsy
 
 
 def test_the_module_entry_point_runs_and_refuses_without_a_traceback(sweep):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ok = subprocess.run(
-        [sys.executable, "-m", "analysis", "status", str(sweep)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ok = run_cli("status", str(sweep), cwd=REPO, module="analysis", timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "16 jobs" in ok.stdout.splitlines()[0]
-    bad = subprocess.run(
-        [sys.executable, "-m", "analysis", str(sweep / "nope")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_cli(str(sweep / "nope"), cwd=REPO, module="analysis", timeout=120)
     assert bad.returncode == 2
     assert bad.stderr == f"analysis: error: {sweep / 'nope'}: no such directory\n"

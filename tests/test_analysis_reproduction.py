@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from analysis.reproduction import main
+from tests.conftest import REPO, run_cli
 from tests.fake_runs import TEST_SPREAD, lecture_curves, make_lecture_root
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_FIGURES = {
     "claim1.png",
@@ -248,15 +245,7 @@ def test_missing_experiments_are_not_run_with_their_command(partial):
 
 
 def test_the_module_entry_point_refuses_a_missing_root(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    bad = subprocess.run(
-        [sys.executable, "-m", "analysis.reproduction", str(tmp_path / "nope")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_cli(str(tmp_path / "nope"), cwd=REPO, module="analysis.reproduction", timeout=120)
     assert bad.returncode == 2
     assert bad.stderr == f"analysis.reproduction: error: {tmp_path / 'nope'}: no such directory\n"
 
