@@ -23,9 +23,11 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 def lower_is_better(metric: str) -> bool:
     """Losses, gaps and times go down, accuracies go up; anything else must be said explicitly."""
     name = metric.lower()
+    if "gap" in name:  # before "acc": final_gen_gap_acc is a gap between accuracies
+        return True
     if "acc" in name:
         return False
-    if "loss" in name or "gap" in name or name.endswith("_s"):
+    if "loss" in name or name.endswith("_s"):
         return True
     raise ValueError(f"cannot tell whether {metric!r} should be high or low: pass higher_is_better")
 
@@ -84,13 +86,15 @@ def seed_aggregate(
 
     Pass the varied keys minus the seed as `by` (plus "epoch" for curves): each group is then
     one configuration and its rows are its seeds. Columns: by..., then for each value
-    `<value>_mean`, `<value>_std`, `<value>_n`, `<value>_ci_lo`, `<value>_ci_hi`.
-    The interval is NaN for N = 1 (no spread to measure).
+    `<value>_mean`, `<value>_std`, `<value>_n`, `<value>_ci_lo`, `<value>_ci_hi`, and the seeds'
+    range `<value>_min`, `<value>_max`. The interval is NaN for N = 1 (no spread to measure).
     """
     values = [values] if isinstance(values, str) else list(values)
     by = list(by)
     keys = by if by else np.zeros(len(frame), dtype=int)
-    stats = frame.groupby(keys, dropna=False, sort=False, observed=True)[values].agg(["mean", "std", "count"])
+    stats = frame.groupby(keys, dropna=False, sort=False, observed=True)[values].agg(
+        ["mean", "std", "count", "min", "max"]
+    )
     out = stats.index.to_frame(index=False) if by else pd.DataFrame(index=range(len(stats)))
     for value in values:
         mean, std = stats[(value, "mean")].to_numpy(), stats[(value, "std")].to_numpy()
@@ -99,6 +103,10 @@ def seed_aggregate(
         half = t * std / np.sqrt(np.maximum(n, 1))
         out[f"{value}_mean"], out[f"{value}_std"], out[f"{value}_n"] = mean, std, n
         out[f"{value}_ci_lo"], out[f"{value}_ci_hi"] = mean - half, mean + half
+        out[f"{value}_min"], out[f"{value}_max"] = (
+            stats[(value, "min")].to_numpy(),
+            stats[(value, "max")].to_numpy(),
+        )
     return out
 
 

@@ -37,6 +37,7 @@ RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "los
 # losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
 CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
 HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+SWEEP_RECORDS = ("sweep.json", "multirun.yaml")  # either one makes a dir a sweep dir
 # Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
 SKIP_DIRS = frozenset({"report", "sample_losses"})
 SEED_KEY = "trainer.seed"
@@ -81,7 +82,22 @@ def is_run_dir(path: Path) -> bool:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    return (path / "sweep.json").is_file() or (path / "multirun.yaml").is_file()
+    return any((path / name).is_file() for name in SWEEP_RECORDS)
+
+
+def newest_sweep(root: Path) -> Path:
+    """The sweep dir under `root` (outputs/multirun: <date>/<time>/ or a named one like make demo's
+    demo/) whose sweep record was written last. Names do not sort in time order once a sweep dir
+    is named, and a report/ dir sorts after its sweep's runs."""
+    candidates = [*Path(root).glob("*"), *Path(root).glob("*/*")]
+    sweeps = [p for p in candidates if p.is_dir() and is_sweep_dir(p)]
+    if not sweeps:
+        raise NoRunsFound(f"no sweep dir under {root}: set SWEEP_DIR")
+
+    def written(sweep: Path) -> float:
+        return max((sweep / name).stat().st_mtime for name in SWEEP_RECORDS if (sweep / name).is_file())
+
+    return max(sweeps, key=written)
 
 
 def read_sweep_jobs(sweep_dir: Path) -> list[dict]:

@@ -4,8 +4,10 @@ Every function takes DataFrames and returns a matplotlib Figure; none writes a f
 are built with `matplotlib.figure.Figure`, not pyplot, so they work under any backend (Agg in
 scripts, inline in notebooks) and are freed as soon as they are dropped.
 
-Seeds are replicates: lines are the mean over the runs sharing the mapped keys, with a t-interval
-band and N in the legend. Slice the sweep to one value of the other knobs first
+Seeds are replicates: lines are the mean over the runs sharing the mapped keys, with the seeds'
+range (min to max) as a band and N in the legend. The band is the runs' own values, so it stays
+on a log axis and inside [0, 1] for accuracies; a t-interval of 2 or 3 seeds is 4 to 13 standard
+errors wide and would cover the figure (the ranking tables give the t-intervals). Slice the sweep to one value of the other knobs first
 (`sweep.subset({...})`), or name them in `keys=` to draw one thin line per configuration.
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.diagnostics import lower_is_better, seed_aggregate
 from analysis.load import SEED_KEY, format_value, is_missing
@@ -101,6 +104,20 @@ def _n_label(n: pd.Series) -> str:
     return f"N={hi}" if lo == hi else f"N={lo}-{hi}"
 
 
+def _n_runs(frame: pd.DataFrame, by_key: dict, n: pd.Series) -> str:
+    """N = the runs drawn in a line, not the values of one metric: a run that diverged has no test
+    accuracy at its last epoch, and counting per panel would give it two legend entries."""
+    if "run" not in frame:
+        return _n_label(n)
+    rows = pd.Series(True, index=frame.index)
+    for key, value in by_key.items():
+        if is_missing(value):
+            rows &= frame[key].map(is_missing)
+        else:
+            rows &= frame[key].map(lambda v, w=value: not is_missing(v) and bool(v == w))
+    return f"N={frame.loc[rows, 'run'].nunique()}"
+
+
 def _line_keys(
     frame: pd.DataFrame, mapped: list[str], keys: Sequence[str] | None, seed_key: str
 ) -> list[str]:
@@ -123,12 +140,12 @@ def _draw_lines(
     style: str | None,
     colors: dict,
     styles: dict,
-    level: float,
     default_color=None,
 ) -> dict:
-    """Mean line and band per group of `line_keys`; returns {legend label: handle} for hue/style."""
-    stats = seed_aggregate(frame, y, [*line_keys, x], level)
+    """Mean line and seed-range band per group of `line_keys`; returns {legend label: handle}."""
+    stats = seed_aggregate(frame, y, [*line_keys, x])
     handles = {}
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.5 on short runs
     groups = list(stats.groupby(line_keys, dropna=False, sort=False)) if line_keys else [((), stats)]
     groups = [(v if isinstance(v, tuple) else (v,), line) for v, line in groups]
     for values, line in _sorted(groups, lambda group: tuple(_rank(v) for v in group[0])):
@@ -140,13 +157,20 @@ def _draw_lines(
         )
         is_unit = len(line_keys) > len([k for k in (hue, style) if k])
         line = line.sort_values(x)
+        shown = line[f"{y}_mean"].notna()
         (handle,) = ax.plot(
-            line[x], line[f"{y}_mean"], color=color, linestyle=linestyle, lw=1.0 if is_unit else 1.8
+            line[x],
+            line[f"{y}_mean"],
+            color=color,
+            linestyle=linestyle,
+            lw=1.0 if is_unit else 1.8,
+            marker="o" if shown.sum() == 1 else None,  # a run that ended after one epoch is a point
+            markersize=4,
         )
         if (line[f"{y}_n"] > 1).any():
-            ax.fill_between(line[x], line[f"{y}_ci_lo"], line[f"{y}_ci_hi"], color=color, alpha=0.18, lw=0)
+            ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
         label = ", ".join(f"{k}={format_value(by_key[k])}" for k in (hue, style) if k)
-        label = f"{label} ({_n_label(line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
+        label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
         handles.setdefault(label, handle)
     return handles
 
@@ -197,13 +221,12 @@ def plot_curves(
     style: str | None = None,
     keys: Sequence[str] | None = None,
     seed_key: str = SEED_KEY,
-    level: float = 0.95,
     title: str | None = None,
 ) -> Figure:
     """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`.
 
     With metrics=("train_loss", "test_acc") and hue="lr" this is the lecture's learning-rate
-    figure: losses are on a log scale. Bands are `level` t-intervals over seeds.
+    figure: losses are on a log scale. Bands are the seeds' range.
     """
     _require(curves, ["epoch", *metrics, hue, col, style], "curves")
     col_values = ordered_values(curves[col]) if col else [None]
@@ -235,7 +258,6 @@ def plot_curves(
                     style,
                     colors,
                     styles,
-                    level,
                     default_color="C0",
                 )
             )
@@ -259,7 +281,6 @@ def plot_lr_switch(
     metrics: Sequence[str] = ("train_loss", "test_acc"),
     keys: Sequence[str] | None = None,
     seed_key: str = SEED_KEY,
-    level: float = 0.95,
     title: str | None = None,
 ) -> Figure:
     """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
@@ -298,13 +319,13 @@ def plot_lr_switch(
         for switch in switches if not reference.empty else []:
             ref = reference.assign(epochs_since_switch=reference["epoch"] - float(switch))
             ref_handles = _draw_lines(
-                ax, ref, metric, "epochs_since_switch", [], None, None, {}, {}, level, default_color="0.55"
+                ax, ref, metric, "epochs_since_switch", [], None, None, {}, {}, default_color="0.55"
             )
             for label, handle in ref_handles.items():
                 handle.set_linestyle(styles.get(switch, "-"))
                 handles.setdefault(f"no switch ({label})", handle)
         handles.update(
-            _draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles, level)
+            _draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles)
         )
         ax.axvline(0, color="0.2", lw=0.8, ls=":")
         if _log_scale(metric):
@@ -316,9 +337,7 @@ def plot_lr_switch(
     return fig
 
 
-def plot_loss_vs_accuracy(
-    curves: pd.DataFrame, seed_key: str = SEED_KEY, level: float = 0.95, title: str | None = None
-) -> Figure:
+def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title: str | None = None) -> Figure:
     """Train loss, test loss and test accuracy of one configuration on one figure.
 
     The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
@@ -326,9 +345,7 @@ def plot_loss_vs_accuracy(
     """
     _require(curves, ["epoch", "train_loss", "test_loss", "test_acc"], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
-    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"], level).sort_values(
-        "epoch"
-    )
+    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"]).sort_values("epoch")
     fig, axes = _new_figure(1, 1, 6.4, 4.0)
     ax = axes[0, 0]
     acc_ax = ax.twinx()
@@ -345,8 +362,8 @@ def plot_loss_vs_accuracy(
         if (stats[f"{metric}_n"] > 1).any():
             axis.fill_between(
                 stats["epoch"],
-                stats[f"{metric}_ci_lo"],
-                stats[f"{metric}_ci_hi"],
+                stats[f"{metric}_min"],
+                stats[f"{metric}_max"],
                 color=color,
                 alpha=0.18,
                 lw=0,

@@ -30,6 +30,9 @@ MAX_HEATMAPS = 3
 MAX_HEATMAP_VALUES = 12  # more distinct values than this make an unreadable heatmap axis
 MAX_TABLE_ROWS = 100
 PREFERRED_HEATMAP = ("lr", "model.channels")  # the lecture's capacity x learning-rate grid
+# The knobs the lecture's protocol turns, in the order their figures come: when more than
+# MAX_HUE_FIGURES keys vary, these are drawn first (config order would put lr last).
+FIGURE_PRIORITY = ("lr", "schedule.", "model.", "optim.")
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
 
 
@@ -90,8 +93,17 @@ def dependent_keys(runs: pd.DataFrame, key: str, keys: Sequence[str]) -> list[st
 
 
 def figure_keys(sweep: Sweep) -> list[str]:
-    """Group keys worth a figure of their own: at least two set values (not just set/unset)."""
-    return [k for k in sweep.group_keys if sweep.runs[k].nunique(dropna=True) >= 2]
+    """Group keys worth a figure of their own: at least two set values (not just set/unset);
+    the protocol's knobs (FIGURE_PRIORITY) first, the rest in config order."""
+    keys = [k for k in sweep.group_keys if sweep.runs[k].nunique(dropna=True) >= 2]
+
+    def priority(key: str) -> int:
+        return next(
+            (i for i, p in enumerate(FIGURE_PRIORITY) if key == p or (p.endswith(".") and key.startswith(p))),
+            len(FIGURE_PRIORITY),
+        )
+
+    return sorted(keys, key=priority)
 
 
 def best_slice(
@@ -150,6 +162,14 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     ranking = ranking_for(sweep, metric)
     keys = sweep.group_keys
     hue_keys = figure_keys(sweep)[:MAX_HUE_FIGURES]
+    left_out = figure_keys(sweep)[MAX_HUE_FIGURES:]
+    if left_out:
+        yield Drawn(
+            "curves_by_more_keys",
+            "",
+            skipped=f"curves are drawn for {MAX_HUE_FIGURES} varied keys at most; not for "
+            f"{', '.join(left_out)} (analysis.plot_curves draws any)",
+        )
     for key in hue_keys:
         free = [key, *dependent_keys(sweep.runs, key, keys)]
         best, part = best_slice(sweep, ranking, free, [key])
@@ -159,7 +179,8 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             continue
         yield _draw(
             f"curves_by_{key}",
-            f"Train loss (log) and test accuracy by `{key}`; other keys at {where}.",
+            f"Train loss (log) and test accuracy by `{key}`; other keys at {where}. "
+            "Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
                 part.curves, hue=key, keys=keys, seed_key=sweep.seed_key, title=f"by {key} ({where})"
             ),
@@ -178,7 +199,8 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     where = describe(best)
     yield _draw(
         "loss_vs_accuracy",
-        f"Test loss, train loss and test accuracy of the best configuration ({where}).",
+        f"Test loss, train loss and test accuracy of the best configuration ({where}); "
+        "bands: the seeds' range.",
         lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where),
     )
     yield _draw(

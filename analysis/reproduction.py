@@ -21,6 +21,7 @@ analysis.plots', the reducers analysis.diagnostics'.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -199,8 +200,9 @@ class Selection:
 
     exp: Experiment
     where: dict
-    sweep: Sweep | None
+    sweep: Sweep | None  # the runs with at least one epoch logged: the claims read their curves
     missing: list[MissingJob]
+    unlogged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run", "status"]))
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -212,18 +214,25 @@ class Selection:
 
     @property
     def empty(self) -> bool:
-        return self.runs.empty and not self.missing
+        return self.runs.empty and self.unlogged.empty and not self.missing
 
     @property
     def complete(self) -> bool:
-        return not self.missing and bool(self.runs["status"].isin(ENDED).all()) and not self.runs.empty
+        return (
+            not self.missing
+            and self.unlogged.empty
+            and bool(self.runs["status"].isin(ENDED).all())
+            and not self.runs.empty
+        )
 
     def label(self, run: str) -> str:
         """A run by its varied keys (lr=0.1), else by its id."""
-        row = self.runs.loc[self.runs["run"] == run].iloc[0]
+        return self._label(self.runs.loc[self.runs["run"] == run].iloc[0])
+
+    def _label(self, row) -> str:
         keys = self.exp.sweep.varied if self.exp.sweep is not None else []
         shown = [f"{k}={format_value(row[k])}" for k in keys if k in row]
-        return ", ".join(shown) or f"run {run}"
+        return ", ".join(shown) or f"run {row['run']}"
 
     def progress(self) -> str | None:
         """None when every run has ended, else 'partial: N/E epochs (what is not done)'."""
@@ -231,6 +240,9 @@ class Selection:
             return None
         target = self.exp.epochs_target()
         pending, least = [], None
+        for _, row in self.unlogged.iterrows():  # started (or failed at its start), nothing logged
+            least = 0
+            pending.append(f"{self._label(row)}: {row['status']}, 0/{target}")
         for row in self.runs.itertuples():
             if row.status in ENDED:
                 continue
@@ -250,9 +262,22 @@ class Selection:
 
 
 def select(exp: Experiment, where: dict) -> Selection:
+    unlogged = pd.DataFrame(columns=["run", "status"])
     if exp.sweep is not None:
         usable = {k: v for k, v in where.items() if k in exp.sweep.runs}
         sweep = exp.sweep.subset(usable) if usable else exp.sweep
+        # A run with no epoch logged yet (just started, killed or failed at its start) has no
+        # curve to test a claim on: it counts as pending, like a job not started.
+        logged = sweep.runs["epochs_done"] > 0
+        if not logged.all():
+            unlogged = sweep.runs.loc[~logged]
+            sweep = dataclasses.replace(
+                sweep,
+                runs=sweep.runs[logged],
+                curves=sweep.curves[sweep.curves["run"].isin(sweep.runs.loc[logged, "run"])],
+            )
+            if sweep.runs.empty:
+                sweep = None
     else:
         sweep = None
     missing = [
@@ -262,7 +287,7 @@ def select(exp: Experiment, where: dict) -> Selection:
             k not in (o := _override_dict(job.overrides)) or _same_value(o[k], v) for k, v in where.items()
         )
     ]
-    return Selection(exp, where, sweep, missing)
+    return Selection(exp, where, sweep, missing, unlogged)
 
 
 def pick_source(exps: dict[str, Experiment], candidates: Sequence[tuple[str, dict]]) -> Selection | None:
@@ -762,6 +787,19 @@ def _q(quantiles: pd.DataFrame, epoch, split: str, column: str) -> float:
     return float(row[column].iloc[0]) if len(row) else math.nan
 
 
+def _decoupling_text(d: pd.Series) -> str:
+    where = (
+        f"loss min at epoch {_epoch(d['min_test_loss_epoch'])}, "
+        f"accuracy peak at epoch {_epoch(d['best_test_acc_epoch'])}"
+    )
+    if not d["epochs_apart"] > 0:  # a gain "after" the minimum is meaningless before it
+        return f"{where}: the peak is not after the minimum"
+    return (
+        f"{where} ({100 * d['acc_gain_after_min_loss']:+.1f} points, "
+        f"test loss {100 * d['loss_rise_at_best_acc']:+.0f}%)"
+    )
+
+
 def claim_4(exps: dict[str, Experiment]) -> Claim:
     claim = Claim(
         "4",
@@ -792,7 +830,8 @@ def claim_4(exps: dict[str, Experiment]) -> Claim:
             "loss_rise": _ratio(last["test_loss"], d["min_test_loss"]),
             "acc_drop": d["best_test_acc"] - last["test_acc"],
             "last_epoch": int(last["epoch"]),
-            "tail": _ratio(q_late, q_early),
+            # The kept epoch nearest the minimum may be the last kept one: nothing comes after it.
+            "tail": _ratio(q_late, q_early) if near_min is not None and late > near_min else math.nan,
             "q": (near_min, q_early, late, q_late),
         }
         rows.append(
@@ -831,13 +870,7 @@ def claim_4(exps: dict[str, Experiment]) -> Claim:
             "min_acc_gain=0)",
             *_per_run(
                 sel,
-                lambda r: (
-                    f"loss min at epoch {_epoch(info[r]['d']['min_test_loss_epoch'])}, "
-                    f"accuracy peak at epoch {_epoch(info[r]['d']['best_test_acc_epoch'])} "
-                    f"({100 * info[r]['d']['acc_gain_after_min_loss']:+.1f} points, test loss "
-                    f"{100 * info[r]['d']['loss_rise_at_best_acc']:+.0f}%)",
-                    info[r]["decoupled"],
-                ),
+                lambda r: (_decoupling_text(info[r]["d"]), info[r]["decoupled"]),
             ),
         ),
         Check(
@@ -1608,6 +1641,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)
+        return 2
+    if not any((Path(args.root) / name).is_dir() for name in EXPERIMENTS):
+        # A sweep dir given for ROOT, or a typo: a report of seven "not run" claims helps nobody.
+        print(
+            f"analysis.reproduction: error: {args.root}: no lecture sweep under it "
+            f"(expected one of {', '.join(n + '/' for n in EXPERIMENTS)})",
+            file=sys.stderr,
+        )
         return 2
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)

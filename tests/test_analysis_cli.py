@@ -114,3 +114,20 @@ def test_the_module_entry_point_runs_and_refuses_without_a_traceback(sweep):
     bad = run_cli(str(sweep / "nope"), cwd=REPO, module="analysis", timeout=120)
     assert bad.returncode == 2
     assert bad.stderr == f"analysis: error: {sweep / 'nope'}: no such directory\n"
+
+
+def test_lr_gets_its_curves_first_when_more_keys_vary_than_figures_are_drawn(tmp_path):
+    from analysis import load_sweep
+    from analysis.report import MAX_HUE_FIGURES, standard_figures
+
+    # Seven knobs vary; lr comes last in config order, but it is the protocol's first knob.
+    grid = {"model.kernel_size": (3, 5), "model.pool": (2, 3), "model.padding": (0, 1)}
+    grid |= {"optim.momentum": (0.0, 0.9), "trainer.batch_size": (50, 100), "data.train_size": (500, 1000)}
+    grid |= {"lr": (0.05, 0.1)}
+    sweep = load_sweep(make_sweep(tmp_path / "s", grid, seeds=(0,), epochs=2))
+    drawn = {d.name: d for d in standard_figures(sweep)}
+    assert "curves_by_lr" in drawn and drawn["curves_by_lr"].figure is not None
+    assert drawn["curves_by_more_keys"].skipped == (
+        f"curves are drawn for {MAX_HUE_FIGURES} varied keys at most; not for trainer.batch_size "
+        "(analysis.plot_curves draws any)"
+    )

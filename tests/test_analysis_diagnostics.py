@@ -219,5 +219,7 @@ def test_ranking_single_seeds_ties_only_equal_means():
 def test_metric_direction_is_inferred_or_refused():
     assert lower_is_better("min_test_loss") and lower_is_better("time_s")
     assert not lower_is_better("final_test_acc")
+    # Gaps shrink as a net generalises better, the accuracy gap too (the CLI offers it for --metric).
+    assert lower_is_better("final_gen_gap_loss") and lower_is_better("final_gen_gap_acc")
     with pytest.raises(ValueError, match="higher_is_better"):
         lower_is_better("n_params")

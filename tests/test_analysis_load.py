@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 
 import analysis.load
-from analysis.load import NoRunsFound, flatten_config, load_sweep, select_rows, typed_column
+from analysis.load import NoRunsFound, flatten_config, load_sweep, newest_sweep, select_rows, typed_column
 from sweeper.processes import process_started
 from tests.fake_runs import (
     base_config,
     job_record,
     losses_arrays,
+    make_sweep,
     metric_rows,
     summary_record,
     write_run,
@@ -397,3 +398,17 @@ def test_subset_matches_tuples_and_missing_values(tmp_path):
     assert loaded.subset({"model.units": (200,), "schedule.lr2": None}).runs["run"].tolist() == ["0"]
     assert select_rows(loaded.runs, {"schedule.lr2": 0.01})["run"].tolist() == ["2"]
     assert loaded.subset({"model.units": (200, 100)}).curves["run"].unique().tolist() == ["1"]
+
+
+def test_newest_sweep_is_the_one_written_last_not_the_last_name(tmp_path):
+    root = tmp_path / "multirun"
+    with pytest.raises(NoRunsFound, match="no sweep dir under"):
+        newest_sweep(root)
+    dated = make_sweep(root / "2026-11-27" / "10-00-00", {"lr": [0.1]}, seeds=(0,), epochs=2)
+    demo = make_sweep(root / "demo", {"lr": [0.1]}, seeds=(0,), epochs=2)
+    (demo / "report").mkdir()  # sorts after the sweep's runs, and holds none
+    os.utime(dated / "sweep.json", (1_000, 1_000))  # the dated sweep is the older one
+    assert newest_sweep(root) == demo
+    os.utime(dated / "sweep.json", None)
+    os.utime(demo / "sweep.json", (1_000, 1_000))
+    assert newest_sweep(root) == dated

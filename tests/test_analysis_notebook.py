@@ -42,3 +42,22 @@ def test_the_notebook_executes_and_draws_every_figure(tmp_path, monkeypatch):
 def test_the_notebook_is_committed_without_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert [i for i, cell in enumerate(nb.cells) if cell.get("outputs")] == [], "clear the outputs first"
+
+
+def test_the_notebook_runs_on_a_sweep_with_no_epoch_logged_yet(tmp_path, monkeypatch):
+    sweep = make_sweep(tmp_path / "sweep", {"lr": [0.2, 0.05]}, seeds=(0,), epochs=4, running=[0, 1])
+    for metrics in sweep.glob("*/metrics.jsonl"):  # the jobs have started: config.json, nothing logged
+        metrics.unlink()
+    for losses in sweep.glob("*/losses.npz"):
+        losses.unlink()
+    monkeypatch.setenv("SWEEP_DIR", str(sweep))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "curves_by_lr: not drawn (curves: no data)" in printed
+    assert "no epoch logged yet: no diagnostics" in printed

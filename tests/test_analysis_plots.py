@@ -65,8 +65,19 @@ def test_curves_figure_has_a_log_loss_panel_and_one_mean_line_per_hue_value():
     assert len(lines) == 2
     # the mean over seeds 0, 1, 2 adds 0.01 to the seed-free curve
     assert lines[1].get_ydata() == pytest.approx([1.0 / e + 0.01 for e in range(1, 5)])
-    assert len(loss_ax.collections) == 2  # one confidence band per line
+    assert len(loss_ax.collections) == 2  # one band per line
     fig.savefig(io.BytesIO(), format="png")  # renders without a display
+
+
+def test_bands_are_the_seeds_range_so_two_seeds_stay_on_the_axes():
+    # Two seeds whose losses differ by 0.01: a 95% t-interval would be 12.7 standard errors wide,
+    # below zero on the log axis. The band is the seeds' own range.
+    fig = plot_curves(curves_grid(lrs=(0.1,), seeds=(0, 1)), hue="lr")
+    loss_ax, acc_ax = fig.axes
+    for ax, lowest, highest in ((loss_ax, 1.0 / 4, 1.0 + 0.01), (acc_ax, 0.1, 0.4 + 0.01)):
+        (band,) = ax.collections
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx(lowest) and ys.max() == pytest.approx(highest)
 
 
 def test_curves_facet_by_a_column_key():
@@ -222,3 +233,18 @@ def test_values_are_ordered_naturally():
     assert ordered_values([0.2, 0.05, None, 0.1, 0.05]) == [0.05, 0.1, 0.2, None]
     assert ordered_values([(200, 100), (50,), (200,)]) == [(50,), (200,), (200, 100)]
     assert ordered_values(["step", "constant"]) == ["constant", "step"]
+
+
+def test_a_run_diverged_at_its_first_epoch_is_one_marked_point_with_one_legend_entry():
+    curves = curves_grid(lrs=(0.1,), seeds=(0,))
+    diverged = pd.DataFrame(  # a finite train loss, no test metrics: the run stopped there
+        [{"run": "big", "lr": 1e30, "model.channels": 32, "trainer.seed": 0, "epoch": 1,
+          "train_loss": 5.0, "test_loss": float("nan"), "test_acc": float("nan")}]
+    )  # fmt: skip
+    fig = plot_curves(pd.concat([curves, diverged], ignore_index=True), hue="lr")
+    # N counts the runs of a line: counted per panel, it was "(N=1)" by the loss, "(N=0)" by the accuracy.
+    assert legend_texts(fig) == ["lr=0.1 (N=1)", "lr=1e+30 (N=1)"]
+    loss_ax = fig.axes[0]
+    point = [line for line in loss_ax.get_lines() if len(line.get_xdata()) == 1]
+    assert len(point) == 1 and point[0].get_marker() == "o"
+    assert all(tick == int(tick) for tick in loss_ax.get_xticks())

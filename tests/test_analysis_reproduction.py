@@ -261,3 +261,50 @@ def test_a_sweep_whose_jobs_have_not_started_is_partial(tmp_path):
     )
     assert "| `lecture_overfit_subset` |" in md and "| 2 not started |" in md
     assert not list((tmp_path / "docs" / "figures").iterdir())
+
+
+def test_runs_with_no_epoch_logged_yet_are_partial_not_a_crash(tmp_path):
+    # Each experiment has one run that has started (config.json) but logged nothing: the claims
+    # that read its curve wait for it, as for a job not started.
+    root = make_lecture_root(
+        tmp_path / "root",
+        ["lecture_lr", "lecture_test_loss", "lecture_overfit_subset"],
+        running={"lecture_lr": {1: 0}, "lecture_test_loss": {2: 0}, "lecture_overfit_subset": {0: 0}},
+    )
+    assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert verdict(md, "1") == "partial: 0/50 epochs (lr=0.1: running, 0/50)"
+    assert verdict(md, "4") == "partial: 0/50 epochs (trainer.seed=2: running, 0/50)"
+    assert verdict(md, "6a") == "partial: 0/50 epochs (model.channels=8: running, 0/50)"
+
+
+def test_a_root_without_lecture_sweeps_is_refused_in_one_line(tmp_path):
+    sweep = tmp_path / "demo"  # a sweep dir given where ROOT, its parent, is meant
+    (sweep / "0").mkdir(parents=True)
+    bad = run_cli(str(sweep), "--out", str(tmp_path / "docs"), cwd=REPO, module="analysis.reproduction")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(
+        f"analysis.reproduction: error: {sweep}: no lecture sweep under it (expected"
+    )
+    assert bad.stderr.count("\n") == 1 and "lecture_lr/" in bad.stderr
+    assert not (tmp_path / "docs" / "reproduction.md").exists()
+
+
+def test_claim_4_names_no_gain_after_the_minimum_when_the_accuracy_peak_is_not_after_it():
+    import pandas as pd
+
+    from analysis.reproduction import _decoupling_text
+
+    before = pd.Series(
+        {"min_test_loss_epoch": 29, "best_test_acc_epoch": 25, "epochs_apart": -4,
+         "acc_gain_after_min_loss": 0.075, "loss_rise_at_best_acc": 0.1}
+    )  # fmt: skip
+    assert _decoupling_text(before) == (
+        "loss min at epoch 29, accuracy peak at epoch 25: the peak is not after the minimum"
+    )
+    after = before.copy()
+    after[["best_test_acc_epoch", "epochs_apart"]] = [36, 7]
+    assert (
+        _decoupling_text(after)
+        == "loss min at epoch 29, accuracy peak at epoch 36 (+7.5 points, test loss +10%)"
+    )
