@@ -525,7 +525,6 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "status": status,
         "job_num": job.get("job_num") if isinstance(job.get("job_num"), int) else item.ref.job_num,
         "overrides": " ".join(overrides),
-        "epochs": summary.get("epochs"),
         "n_params": summary.get("n_params"),
         "receptive_field_px": summary.get("receptive_field_px"),
         "time_s": summary.get("time_s"),

@@ -398,7 +398,9 @@ def _wall_time(sel: Selection, run: str) -> float:
 
 
 def _minutes(seconds: float) -> str:
-    return "–" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
+    if math.isnan(seconds):
+        return "–"
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"  # not "0.0 min" for 3 s
 
 
 # ----- claim 1
@@ -1125,8 +1127,7 @@ def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
                 f"jobs take about {18 * baseline_s / 3600:.1f} h, more for the wider and deeper nets."
             )
         claim.not_run_note = (
-            "The capacity grid was not run on the real data: it is too expensive for the CPU these "
-            f"runs were made on.{estimate}"
+            f"The capacity grid was not run: ROOT holds no lecture_capacity/ sweep.{estimate}"
         )
         return claim
     keys = [k for k in ("model.conv_layers", "model.channels", "model.kernel_size") if k in sel.runs]
@@ -1201,6 +1202,15 @@ def draw_figure(claim: Claim, exps: dict[str, Experiment], figures_dir: Path) ->
     claim.figure = name
 
 
+def _distribution_epochs(kept: Sequence[int]) -> list[int]:
+    """Claim 5's panels: the kept epochs nearest QUANTILE_EPOCHS, and the last kept one, the
+    check's "late" epoch, even when the runs stop short of 50 epochs."""
+    if not kept:
+        return []
+    last = kept[-1]
+    return sorted({_nearest_kept(kept, e) for e in QUANTILE_EPOCHS if e <= last} | {last})
+
+
 def _figure(claim: Claim, sel: Selection, exps: dict[str, Experiment], plots):
     key = claim.key
     if key == "1":
@@ -1227,10 +1237,8 @@ def _figure(claim: Claim, sel: Selection, exps: dict[str, Experiment], plots):
     if key == "5":
         dists = sel.sweep.distributions()
         kept = sorted(dists["epoch"].unique().tolist())
-        last = kept[-1] if kept else 0
-        epochs = sorted({_nearest_kept(kept, e) for e in QUANTILE_EPOCHS if e <= last} - {None})
         fig = plots.plot_loss_distributions(
-            dists, epochs=epochs, max_panels=4, ncols=2, title="per-sample loss, lr 0.1"
+            dists, epochs=_distribution_epochs(kept), max_panels=4, ncols=2, title="per-sample loss, lr 0.1"
         )
         return fig, (8, 5)
     if key == "6a":
@@ -1315,7 +1323,7 @@ def _machine(exps: dict[str, Experiment], note: str | None = None) -> list[str]:
         f"- device: {', '.join(devices) or 'not recorded (no run has finished)'}",
         f"- torch {', '.join(torch) or 'not recorded'}; python {', '.join(python) or 'not recorded'} "
         "(summary.json `versions`)",
-        f"- data: `{name}` from `{root}`",
+        f"- data: `{name}` from `{root}`" if root is not None else f"- data: `{name}` (generated, no files)",
         *([f"- conditions: {note}"] if note else []),
         "",
     ]

@@ -137,6 +137,8 @@ def test_runs_have_reduced_metrics_status_and_run_dir(tmp_path):
     assert row["min_test_loss"] == 1.2 and row["min_test_loss_epoch"] == 2
     assert row["run_dir"] == str(run.resolve())
     assert loaded.varied == [] and loaded.problems == []
+    # One name per knob: the planned epoch count is trainer.epochs, not also summary.json's "epochs".
+    assert "trainer.epochs" in loaded.runs and "epochs" not in loaded.runs
 
 
 # --------------------------------------------------------------------------- inputs

@@ -233,7 +233,7 @@ def test_missing_experiments_are_not_run_with_their_command(partial):
         text = section(md, key)
         assert "**Verdict: not run.**" in text
         assert f"python -m sweeper -m experiment={name} hydra.sweep.dir={root}/{name}" in text
-    assert "The capacity grid was not run on the real data" in section(md, "6b")
+    assert "The capacity grid was not run: ROOT holds no lecture_capacity/ sweep." in section(md, "6b")
     assert "its 18 jobs take about 5.0 h" in section(md, "6b")  # 18 x the lr=0.1 run's 1000 s
     assert {p.name for p in (out / "figures").iterdir()} == {
         "claim1.png",
@@ -308,3 +308,11 @@ def test_claim_4_names_no_gain_after_the_minimum_when_the_accuracy_peak_is_not_a
         _decoupling_text(after)
         == "loss min at epoch 29, accuracy peak at epoch 36 (+7.5 points, test loss +10%)"
     )
+
+
+def test_claim_5_figure_shows_the_last_kept_epoch_its_check_compares():
+    from analysis.reproduction import _distribution_epochs
+
+    assert _distribution_epochs([1, 5, 10, 20, 30]) == [1, 10, 20, 30]  # 25 -> 20; 30 is "late"
+    assert _distribution_epochs([1, 10, 25, 50]) == [1, 10, 25, 50]
+    assert _distribution_epochs([]) == []
