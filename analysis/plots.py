@@ -106,7 +106,8 @@ def _n_label(n: pd.Series) -> str:
 
 def _n_runs(frame: pd.DataFrame, by_key: dict, n: pd.Series) -> str:
     """N = the runs drawn in a line, not the values of one metric: a run that diverged has no test
-    accuracy at its last epoch, and counting per panel would give it two legend entries."""
+    accuracy at its last epoch, and counting per panel would give it two legend entries. With a
+    `status` column, the runs that did not complete are named: "N=3, 1 failed"."""
     if "run" not in frame:
         return _n_label(n)
     rows = pd.Series(True, index=frame.index)
@@ -115,7 +116,12 @@ def _n_runs(frame: pd.DataFrame, by_key: dict, n: pd.Series) -> str:
             rows &= frame[key].map(is_missing)
         else:
             rows &= frame[key].map(lambda v, w=value: not is_missing(v) and bool(v == w))
-    return f"N={frame.loc[rows, 'run'].nunique()}"
+    runs = frame.loc[rows].drop_duplicates("run")
+    label = f"N={len(runs)}"
+    if "status" in runs:
+        counts = runs.loc[runs["status"] != "completed", "status"].value_counts()
+        label += "".join(f", {k} {status}" for status, k in sorted(counts.items()))
+    return label
 
 
 def _line_keys(
@@ -544,6 +550,10 @@ def plot_heatmap(
     pool = pool[pool[value].notna()]
     if pool.empty:
         raise NothingToPlot(f"plot_heatmap: no {'/'.join(statuses or ['any'])} run has {value}")
+    if min(pool[x].nunique(dropna=False), pool[y].nunique(dropna=False)) < 2:  # a 1-wide grid shows nothing
+        raise NothingToPlot(
+            f"plot_heatmap: the {'/'.join(statuses or ['any'])} runs take one value of {x} or of {y}"
+        )
     _check_replicates(pool, [x, y], seed_key, "plot_heatmap")
     stats = seed_aggregate(pool, value, [y, x])
     xs, ys = ordered_values(pool[x]), ordered_values(pool[y])

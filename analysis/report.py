@@ -182,14 +182,14 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             f"Train loss (log) and test accuracy by `{key}`; other keys at {where}. "
             "Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
-                part.curves, hue=key, keys=keys, seed_key=sweep.seed_key, title=f"by {key} ({where})"
+                _with_status(part), hue=key, keys=keys, seed_key=sweep.seed_key, title=f"by {key} ({where})"
             ),
         )
     if not hue_keys:
         yield _draw(
             "curves",
             "Train loss (log) and test accuracy.",
-            lambda: plots.plot_curves(sweep.curves, seed_key=sweep.seed_key),
+            lambda: plots.plot_curves(_with_status(sweep), seed_key=sweep.seed_key),
         )
 
     yield _lr_switch_figure(sweep, ranking)
@@ -230,6 +230,12 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             f"Mean `{metric}` over two varied keys.",
             skipped="needs two varied keys (besides the seed)",
         )
+
+
+def _with_status(sweep: Sweep) -> pd.DataFrame:
+    """The curves with each run's status, so a legend says which lines hold runs that failed,
+    diverged or are still running (their curves stop early)."""
+    return sweep.curves.assign(status=sweep.curves["run"].map(sweep.runs.set_index("run")["status"]))
 
 
 def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
@@ -330,10 +336,9 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
     counts = runs["status"].value_counts()
-    parts = [f"{counts[s]} {s}" for s in counts.index]
-    if n_missing:
-        parts.append(f"{n_missing} missing")
-    return f"{len(runs)} runs: " + ", ".join(parts)
+    line = f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
+    # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
+    return line + (f"; {n_missing} job{'s' * (n_missing > 1)} not started" if n_missing else "")
 
 
 def write_report(

@@ -68,6 +68,15 @@ def test_report_writes_markdown_figures_and_tables(sweep, capsys):
         assert (out / f"{name}.csv").is_file() and (out / f"{name}.parquet").is_file()
 
 
+def test_the_report_counts_runs_apart_from_jobs_not_started(sweep, capsys):
+    import shutil
+
+    shutil.rmtree(sweep / "15")  # listed in sweep.json, no run dir yet
+    assert main([str(sweep)]) == 0
+    md = (sweep / "report" / "report.md").read_text()
+    assert "- 15 runs: 13 completed, 1 diverged, 1 running; 1 job not started" in md
+
+
 def test_report_of_a_single_run_skips_the_figures_that_need_varied_keys(sweep, tmp_path, capsys):
     out = tmp_path / "single"
     assert main([str(sweep / "0"), "--out", str(out)]) == 0

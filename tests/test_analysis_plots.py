@@ -229,6 +229,21 @@ def test_heatmap_refuses_one_key_twice_or_a_missing_key():
         plot_heatmap(heatmap_runs(), "lr", "schedule.lr2")
 
 
+def test_heatmap_refuses_a_grid_one_value_wide_once_unfinished_runs_are_left_out():
+    runs = heatmap_runs()
+    runs.loc[runs["lr"] == 0.2, "status"] = "failed"  # the completed runs all have lr=0.1
+    with pytest.raises(NothingToPlot, match="the completed runs take one value of lr or of model.channels"):
+        plot_heatmap(runs, "lr", "model.channels")
+
+
+def test_a_legend_names_the_runs_of_a_line_that_did_not_complete():
+    curves = curves_grid(lrs=(0.05, 0.1), seeds=(0, 1))
+    curves["status"] = "completed"
+    curves.loc[curves["run"] == "0.1-32-1", "status"] = "failed"
+    fig = plot_curves(curves, hue="lr")
+    assert legend_texts(fig) == ["lr=0.05 (N=2)", "lr=0.1 (N=2, 1 failed)"]
+
+
 def test_values_are_ordered_naturally():
     assert ordered_values([0.2, 0.05, None, 0.1, 0.05]) == [0.05, 0.1, 0.2, None]
     assert ordered_values([(200, 100), (50,), (200,)]) == [(50,), (200,), (200, 100)]
