@@ -8,7 +8,6 @@ first job is launched, so a bad value never reaches a queue.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,19 +147,21 @@ def _check_data(cfg) -> int:
     name = choice(cfg, "data.name", DATASETS)
     boolean(cfg, "data.normalize")
     boolean(cfg, "data.augment")
-    number(cfg, "data.seed", low=0, integer=True)
+    number(cfg, "data.seed", low=0, high=2**64 - 1, integer=True)  # torch.Generator.manual_seed's range
+    cache_dir = _get(cfg, "data.cache_dir")
+    if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()):
+        raise ConfigError(
+            f"data.cache_dir={cache_dir!r} is invalid: must be a directory, or null for no cache"
+        )
     if name == "synthetic":
         number(cfg, "data.n_train", low=1, integer=True)
         number(cfg, "data.n_test", low=1, integer=True)
         number(cfg, "data.label_noise", low=0, high=1)
     else:
-        root = Path(os.path.expanduser(str(_get(cfg, "data.root"))))
-        download = boolean(cfg, "data.download")
-        if not download and (not root.exists() or data_module._find_format(root) is None):
-            raise ConfigError(
-                f"data.root={_get(cfg, 'data.root')} is invalid: no CIFAR-10 there (python batches, ImageFolder "
-                "train/ and test/, or a .tar.gz of them) and data.download=false"
-            )
+        root = _get(cfg, "data.root")
+        problem = data_module.source_problem(root, boolean(cfg, "data.download"), cache_dir)
+        if problem:
+            raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {problem}")
     size = data_module.dataset_size(cfg.data)
     if _get(cfg, "data.train_size") is not None:
         return number(cfg, "data.train_size", low=1, high=size, integer=True)

@@ -1,7 +1,12 @@
 """The data sources, the CIFAR-10 loading paths on small generated files, and the device batches."""
 
+import os
 import pickle
+import struct
 import tarfile
+import threading
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,7 +143,7 @@ def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
     (cache,) = tmp_path.glob("synthetic-*.pt")
     marked = torch.load(cache, weights_only=True)
     marked["train_y"] = torch.full_like(marked["train_y"], 7)
-    torch.save(marked, cache)
+    data_module._store(cache, {k: marked[k] for k in data_module.ARRAY_KEYS})  # with a valid checksum
     again = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
     assert (again[1] == 7).all()  # read from the file, not generated again
     data_module.synthetic_cached(200, 50, 4, 0.1, str(tmp_path))  # another seed: another file
@@ -217,3 +222,285 @@ def test_augment_crops_and_flips_whole_batches():
                 assert torch.all(steps == 1)
     assert any(not torch.equal(o, x) for o in outs)  # something moved
     assert any(torch.equal(o[0, 0], x[0, 0].flip(-1)) for o in outs)  # an unshifted flip occurs
+
+
+# ----------------------------------------------------------------------------- the reviewer's defects
+
+
+def load_cifar(root, cache):
+    return data_module.cifar10(str(root), False, str(cache))
+
+
+def test_cache_is_made_again_when_a_read_file_or_the_decoder_changes(tmp_path, monkeypatch):
+    """The key covers every file decoding reads (name, size, mtime) and the decoder's version."""
+    write_image_folder(tmp_path / "tree")
+    load_cifar(tmp_path / "tree", tmp_path / "cache")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "tree/train/airplane/0000.png")
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "tree/train/cat/new.png")
+    x, y, _, _ = load_cifar(tmp_path / "tree", tmp_path / "cache")
+    assert len(y) == 31 and int(x[0].sum()) == 0  # the edited image and the added one, not the old cache
+
+    write_python_batches(tmp_path / "pyb")
+    load_cifar(tmp_path / "pyb", tmp_path / "cache")
+    batch = tmp_path / "pyb/cifar-10-batches-py/data_batch_1"
+    entry = pickle.loads(batch.read_bytes())
+    entry["labels"] = [9] * len(entry["labels"])
+    batch.write_bytes(pickle.dumps(entry))
+    assert load_cifar(tmp_path / "pyb", tmp_path / "cache")[1][:6].tolist() == [9] * 6
+
+    monkeypatch.setattr(data_module, "_decoder_version", lambda: "a fixed decoder")
+    decoded = []
+    real = data_module._decode
+    monkeypatch.setattr(data_module, "_decode", lambda src: decoded.append(src) or real(src))
+    load_cifar(tmp_path / "pyb", tmp_path / "cache")
+    assert decoded  # another decoder: decoded again
+
+
+def test_folder_labels_follow_the_class_names_and_a_tree_without_the_10_classes_is_refused(tmp_path):
+    """A split that lacks a class used to shift every later label by one; now it is refused."""
+    write_image_folder(tmp_path / "tree")
+    for f in (tmp_path / "tree/test/truck").iterdir():
+        f.unlink()
+    (tmp_path / "tree/test/truck").rmdir()
+    with pytest.raises(data_module.DataError, match=r"tree/test must hold exactly .*; missing: truck$") as e:
+        load_cifar(tmp_path / "tree", tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    (tmp_path / "tree/test/truck").mkdir()
+    (tmp_path / "tree/test/lorry").mkdir()
+    with pytest.raises(data_module.DataError, match="not CIFAR-10 classes: lorry"):
+        load_cifar(tmp_path / "tree", tmp_path / "cache")
+
+
+def test_a_train_size_larger_than_the_real_training_set_is_refused(tmp_path):
+    """The pre-check knows only the nominal 50,000: a smaller copy is refused in the job, not trained on."""
+    write_python_batches(tmp_path / "cifar")
+    cfg = compose_cfg("data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.train_size=31").data
+    cfg.cache_dir = str(tmp_path / "cache")
+    with pytest.raises(data_module.DataError, match=r"data.train_size=31 is invalid: .* has only 30 images"):
+        data_module.load(cfg)
+
+
+def fake_downloader(calls, delay=0.0):
+    """Stands in for torchvision.datasets.CIFAR10: a progress bar as torchvision's, then the batches."""
+    import time
+
+    import torchvision
+
+    class FakeCIFAR10:
+        url = "http://example.invalid/cifar-10-python.tar.gz"
+
+        def __init__(self, root, train, download):
+            calls.append(root)
+            with torchvision.datasets.utils.tqdm(total=100, unit="B") as bar:
+                for _ in range(100):
+                    bar.update(1)
+            time.sleep(delay)
+            write_python_batches(Path(root))
+
+    return FakeCIFAR10
+
+
+def test_jobs_starting_together_download_once_without_a_progress_bar(tmp_path, monkeypatch, capfd, caplog):
+    """Both wait on the lock decoding uses; the log gets a line at start and end, not a bar."""
+    import torchvision
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_downloader(calls, delay=0.5))
+    caplog.set_level("INFO", logger="sweeper")
+    results = []
+    jobs = [
+        threading.Thread(
+            target=lambda: results.append(
+                data_module.cifar10(str(tmp_path / "c"), True, str(tmp_path / "cache"))
+            )
+        )
+        for _ in range(2)
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert len(calls) == 1 and len(results) == 2
+    assert torch.equal(results[0][0], results[1][0]) and len(results[0][1]) == 30
+    assert "%" not in capfd.readouterr().err  # torchvision's bar writes "\r12.0%" per chunk
+    assert "downloading it" in caplog.text and "downloaded CIFAR-10" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar-10-batches-py"]  # no temp dir left
+
+
+def test_a_valid_cache_in_a_read_only_dir_is_read(tmp_path, monkeypatch):
+    write_python_batches(tmp_path / "cifar")
+    first = load_cifar(tmp_path / "cifar", tmp_path / "cache")
+    (tmp_path / "cache").chmod(0o555)
+    # as root chmod stops nothing: say "not writable" the way the old code asked
+    monkeypatch.setattr(data_module.os, "access", lambda path, mode: mode != os.W_OK)
+
+    def no_decoding(src):
+        raise AssertionError("decoded again although a readable cache exists")
+
+    monkeypatch.setattr(data_module, "_decode", no_decoding)
+    try:
+        again = load_cifar(tmp_path / "cifar", tmp_path / "cache")
+    finally:
+        (tmp_path / "cache").chmod(0o755)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def flip_a_pixel_byte(cache):
+    """Flip one bit in the middle of the largest tensor's bytes in torch's zip file, as bit rot would."""
+    with zipfile.ZipFile(cache) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(cache.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x10
+    cache.write_bytes(bytes(raw))
+
+
+def test_a_damaged_cache_is_detected_and_made_again(tmp_path, caplog):
+    (x, _), _ = write_python_batches(tmp_path / "cifar")
+    load_cifar(tmp_path / "cifar", tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("cifar10-*.pt")
+    flip_a_pixel_byte(cache)
+    train_x = load_cifar(tmp_path / "cifar", tmp_path / "cache")[0]
+    assert torch.equal(train_x, torch.from_numpy(x)) and "checksum mismatch" in caplog.text
+    arrays = torch.load(cache, weights_only=True)
+    assert data_module._cache_problem(arrays) is None  # and rewritten whole
+    arrays["train_y"][0] = 12  # a valid checksum over a bad label: the range check sees it
+    data_module._store(cache, {k: arrays[k] for k in data_module.ARRAY_KEYS})
+    assert load_cifar(tmp_path / "cifar", tmp_path / "cache")[1][0] == 0
+    assert "labels outside 0..9" in caplog.text
+
+
+def check_data(*overrides):
+    from sweeper import validate
+
+    validate.check(compose_cfg("data=cifar10", *overrides))
+
+
+def test_the_official_torchvision_tarball_is_read_and_passes_the_pre_check(tmp_path):
+    (x, y), (tx, ty) = write_python_batches(tmp_path / "tv")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tv/cifar-10-batches-py", arcname="cifar-10-batches-py")
+    check_data(f"data.root={archive}", "data.download=false", f"data.cache_dir={tmp_path / 'cache'}")
+    train_x, train_y, test_x, test_y = load_cifar(archive, tmp_path / "cache")
+    assert torch.equal(train_x, torch.from_numpy(x)) and torch.equal(train_y, torch.from_numpy(y))
+    assert torch.equal(test_x, torch.from_numpy(tx)) and torch.equal(test_y, torch.from_numpy(ty))
+
+
+def test_bad_archives_are_refused_before_jobs_and_in_a_job_in_one_line(tmp_path, monkeypatch):
+    from sweeper.validate import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "cifar10.tar.gz"
+    with pytest.raises(ConfigError, match=r"data.root=.*cifar10.tar.gz is invalid: no such archive"):
+        check_data(f"data.root={missing}", "data.download=true")
+    with pytest.raises(data_module.DataError, match="no such archive"):
+        data_module.cifar10(str(missing), True, str(tmp_path / "cache"))
+    assert not missing.exists()  # no directory of that name
+
+    write_image_folder(tmp_path / "tree", suffix=".jpg")
+    whole = tmp_path / "whole.tar.gz"
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="cifar10")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"truncated.tar.gz is invalid: .*truncated or damaged"):
+        check_data(f"data.root={truncated}", "data.download=false")
+    with pytest.raises(data_module.DataError, match=r"truncated.tar.gz is truncated or damaged") as e:
+        load_cifar(truncated, tmp_path / "cache")
+    assert "\n" not in str(e.value)
+    not_cifar = tmp_path / "other.tar"
+    with tarfile.open(not_cifar, "w") as tar:
+        tar.add(tmp_path / "tree/train", arcname="images")
+    with pytest.raises(ConfigError, match="other.tar is invalid: .* holds neither cifar-10-batches-py/"):
+        check_data(f"data.root={not_cifar}", "data.download=false")
+
+
+def test_an_empty_sweeper_data_or_a_null_root_is_refused(tmp_path, monkeypatch):
+    from sweeper.validate import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEPER_DATA", "")
+    with pytest.raises(ConfigError, match=r"data.root='' is invalid: .*SWEEPER_DATA is set but empty"):
+        check_data()
+    with pytest.raises(ConfigError, match="data.root=None is invalid: must be the path of the data"):
+        check_data("data.root=null")
+    with pytest.raises(data_module.DataError, match="data.root=None: must be the path"):
+        data_module.cifar10(None, True, str(tmp_path / "cache"))
+    assert list(tmp_path.iterdir()) == []  # no ./None, nothing downloaded into the cwd
+
+
+def test_augment_pads_with_black_whether_or_not_the_data_is_normalised():
+    """torchvision's RandomCrop(padding=4) pads raw pixels with 0: black, not the mean colour."""
+    white = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    for mean, std in ((torch.tensor([125.0, 123.0, 114.0]), torch.tensor([63.0, 62.0, 66.0])), (0.0, 255.0)):
+        d = data_module.Data(
+            white,
+            torch.zeros(64, dtype=torch.int64),
+            white[:1],
+            torch.zeros(1, dtype=torch.int64),
+            [],
+            torch.as_tensor(mean).reshape(1, -1, 1, 1).expand(1, 3, 1, 1),
+            torch.as_tensor(std).reshape(1, -1, 1, 1).expand(1, 3, 1, 1),
+        )
+        x, _ = next(data_module.train_batches(d, 64, torch.Generator().manual_seed(0), True))
+        raw = x * d.std + d.mean  # back to pixel units
+        assert set(raw.round().unique().tolist()) == {0.0, 255.0}  # white image, black border
+
+
+def test_appledouble_files_are_skipped_and_a_bad_image_is_named(tmp_path):
+    write_image_folder(tmp_path / "tree", suffix=".jpg")
+    (tmp_path / "tree/train/cat/._0007.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    archive = tmp_path / "mac.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="cifar10")
+    assert len(load_cifar(tmp_path / "tree", tmp_path / "cache")[1]) == 30
+    assert len(load_cifar(archive, tmp_path / "cache")[1]) == 30
+
+    (tmp_path / "tree/train/cat/0007.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(data_module.DataError, match=r"train/cat/0007.jpg is not a readable image"):
+        load_cifar(tmp_path / "tree", tmp_path / "cache")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="cifar10")
+    with pytest.raises(
+        data_module.DataError, match=r"mac.tar.gz: cifar10/train/cat/0007.jpg is not a readable"
+    ):
+        load_cifar(archive, tmp_path / "cache")
+
+
+def test_an_out_of_range_seed_is_refused_and_an_unusable_cache_dir_warns_once(tmp_path, caplog):
+    from sweeper.validate import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"data.seed=99999999999999999999 is invalid: .* <= 18446744073709551615"
+    ):
+        validate_check("data.seed=99999999999999999999")
+    validate_check(f"data.seed={2**64 - 1}")  # the largest seed torch takes
+    write_python_batches(tmp_path / "cifar")
+    for _ in range(2):
+        assert len(data_module.cifar10(str(tmp_path / "cifar"), False, "/dev/null")[1]) == 30
+    assert caplog.text.count("data.cache_dir=/dev/null is not a usable directory") == 1
+
+
+def validate_check(*overrides):
+    from sweeper import validate
+
+    validate.check(compose_cfg(*overrides))
+
+
+def test_an_interrupted_cache_write_leaves_no_temp_file_and_stale_ones_are_removed(tmp_path, monkeypatch):
+    stale = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1234"
+    stale.write_bytes(b"left by a killed writer")
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1235"
+    fresh.write_bytes(b"another host writing now")
+
+    def interrupted(obj, path):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data_module.synthetic_cached(20, 5, 3, 0.1, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.partial-*")) == [fresh.name]

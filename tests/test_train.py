@@ -90,19 +90,15 @@ def test_a_non_finite_loss_stops_the_run_as_diverged(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_an_exception_is_recorded_as_failed_with_its_traceback(tmp_path):
-    bad = tmp_path / "data"
-    (bad / "train" / "cat").mkdir(parents=True)
-    (bad / "test" / "cat").mkdir(parents=True)
-    (bad / "train" / "cat" / "0.png").write_bytes(b"not a png")
-    summary = train.run(
-        compose_cfg(
-            "data=cifar10", f"data.root={bad}", "data.download=false", f"data.cache_dir={tmp_path}/c"
-        ),
-        tmp_path / "run",
-    )
+def test_an_exception_is_recorded_as_failed_with_its_traceback(tmp_path, monkeypatch):
+    def broken_model(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")  # what a job may raise once it trains
+
+    monkeypatch.setattr(train.build, "model", broken_model)
+    summary = train.run(compose_cfg(), tmp_path / "run")
     assert summary["status"] == "failed"
-    assert "UnidentifiedImageError" in summary["error"] and "Traceback" in summary["traceback"]
+    assert summary["error"] == "RuntimeError: CUDA error: out of memory"
+    assert "Traceback" in summary["traceback"] and "broken_model" in summary["traceback"]
     assert summary["epochs_done"] == 0 and summary["final_test_acc"] is None
 
 
