@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
 from sweeper import models
@@ -47,7 +48,10 @@ def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, in
     allowed = " and ".join(s for s in (lo, hi) if s)
     wanted = f"{kind}{' ' + allowed if allowed else ''}"
     if not (_is_int(v) if integer else _is_number(v)):
-        raise ConfigError(f"{key}={v!r} is invalid: must be {wanted}")
+        hint = ""
+        if isinstance(v, str) and _parses_as_number(v):  # ${oc.env:X,0.05} gives the string '0.05'
+            hint = " (a string: ${oc.env:...} gives strings, ${oc.decode:${oc.env:...}} numbers)"
+        raise ConfigError(f"{key}={v!r} is invalid: must be {wanted}{hint}")
     if low is not None and (v <= low if low_open else v < low):
         raise ConfigError(f"{key}={v} is invalid: must be {wanted}")
     if high is not None and (v >= high if high_open else v > high):
@@ -55,11 +59,24 @@ def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, in
     return v
 
 
+def _parses_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value) -> str:
+    """A value as the command line writes it: true, not True."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def choice(cfg, key, allowed: Sequence):
     v = _get(cfg, key)
     # Equal and of the same type: `in` alone takes 0 and 1 for False and True.
     if not any(v == a and type(v) is type(a) for a in allowed):
-        raise ConfigError(f"{key}={v!r} is invalid: allowed values are {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}={v!r} is invalid: allowed values are {', '.join(map(_shown, allowed))}")
     return v
 
 
@@ -70,7 +87,7 @@ def boolean(cfg, key):
     return v
 
 
-def int_list(cfg, key, *, low=1, allow_scalar=True, allow_empty=False):
+def int_list(cfg, key, *, low=1, allow_scalar=True, allow_empty=False, example="[32,64]"):
     v = _get(cfg, key)
     if allow_scalar and _is_int(v):
         values = [v]
@@ -78,13 +95,48 @@ def int_list(cfg, key, *, low=1, allow_scalar=True, allow_empty=False):
         values = list(v)
     else:
         form = "an integer or a list of integers" if allow_scalar else "a list of integers"
-        raise ConfigError(f"{key}={v!r} is invalid: must be {form} (e.g. [32,64])")
+        empty = "" if allow_empty else ", not empty"
+        raise ConfigError(f"{key}={_list_text(v)} is invalid: must be {form}{empty} (e.g. {example})")
     if any(x < low for x in values):
-        raise ConfigError(f"{key}={list(values)} is invalid: every entry must be >= {low}")
+        entries = "every entry " if isinstance(v, ListConfig | list) else ""
+        raise ConfigError(f"{key}={_list_text(v)} is invalid: {entries}must be >= {low}")
     return v
 
 
+def _list_text(v) -> str:
+    """[16,32] or 16, as typed on the command line."""
+    if isinstance(v, ListConfig | list):
+        return "[" + ",".join(_shown(x) for x in v) + "]"
+    return repr(v) if isinstance(v, str) else _shown(v)
+
+
 def check(cfg: DictConfig) -> None:
+    try:
+        _check(cfg)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {_first_line(e)}") from None
+
+
+def _as_written(cfg, key: str | None) -> str:
+    """key=value with the value as written, unresolved (lr=${nope.key}); the key alone if none."""
+    if not key:
+        return "the config"
+    node = cfg
+    try:
+        for part in key.split("."):
+            node = node._get_node(part)
+        return f"{key}={node._value()}"
+    except Exception:  # a key OmegaConf names but cannot walk to: say the key
+        return key
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check(cfg: DictConfig) -> None:
     epochs = number(cfg, "trainer.epochs", low=1, integer=True)
     number(cfg, "lr", low=0, low_open=True)
     _check_optim(cfg)
@@ -128,7 +180,9 @@ def _check_schedule(cfg, epochs: int) -> None:
                 f"1 <= schedule.epoch < trainer.epochs={epochs}"
             )
     elif name == "multistep":
-        milestones = int_list(cfg, "schedule.milestones", allow_scalar=False)
+        milestones = int_list(
+            cfg, "schedule.milestones", allow_scalar=False, example=f"[{max(1, epochs // 2)}]"
+        )
         if list(milestones) != sorted(set(milestones)) or milestones[-1] >= epochs:
             raise ConfigError(
                 f"schedule.milestones={list(milestones)} is invalid: must be increasing epochs "
@@ -177,7 +231,12 @@ def _check_model(cfg) -> None:
     if name == "resnet":
         number(cfg, "model.channels", low=1, integer=True)
         number(cfg, "model.blocks", low=1, integer=True)
-        number(cfg, "model.kernel_size", low=1, integer=True)
+        k = number(cfg, "model.kernel_size", low=1, integer=True)
+        if k % 2 == 0:  # padding k//2 keeps a map's size only for odd k: the residual sum needs it
+            raise ConfigError(
+                f"model.kernel_size={k} is invalid for model=resnet: must be odd (1, 3, 5, ...), "
+                "so that each block keeps its input's size for the residual sum"
+            )
         return
     layers = number(cfg, "model.conv_layers", low=1, integer=True)
     int_list(cfg, "model.channels")
@@ -239,29 +298,77 @@ def _overrides(arguments: list[str]):
             continue
 
 
-def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
-    """Refuse an unknown group option or a misspelt key on the command line, in one line.
+def flagged(arguments: list[str], *flags: str) -> bool:
+    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
+    for a in arguments:
+        name = a.split("=", 1)[0]
+        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
+            return True
+    return False
 
-    Hydra would say so too, over several lines; this names the key and the allowed values.
-    Sweep values (`a,b,c`) are each checked. Keys under `hydra` and appended keys (`+key=`) are
-    left to Hydra.
+
+def sweeping(arguments: list[str]) -> bool:
+    """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
+    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
+    return flagged(arguments, "-m", "--multirun") or any(
+        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
+    )
+
+
+# The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
+# or breaks the builder that takes the section's keys as arguments.
+SECTIONS = ("model", "optim", "schedule", "data", "trainer")
+
+
+def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
+    """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
+
+    Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
+    sweep without -m, interval() in a grid, a key appended under a section of the config, and
+    whatever else Hydra's own composition refuses (the config is composed as Hydra will compose
+    it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
+    of these too, over several lines or a traceback.
     """
     from difflib import get_close_matches
 
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
+    from hydra.errors import HydraException
 
+    multirun = sweeping(arguments)
+    parsed = list(_overrides(arguments))
     groups = {
         p.name: sorted(f.stem for f in p.glob("*.yaml"))
         for p in Path(conf_dir).iterdir()
         if p.is_dir() and p.name != "hydra"
     }
-    from hydra.core.override_parser.types import Glob
-
-    selections, keys = [], []
-    for arg, override in _overrides(arguments):
+    selections, keys, appended, hydra_groups = [], [], [], []
+    swept_groups: dict[str, list[str]] = {}
+    for arg, override in parsed:
         key = override.key_or_group
-        if arg.startswith(("+", "~")) or key.startswith("hydra"):
+        if override.is_sweep_override():
+            value = arg.partition("=")[2]
+            if isinstance(override.value(), IntervalSweep):
+                raise ConfigError(
+                    f"{arg} is invalid: interval() is a range for an optimizing sweeper; a grid takes "
+                    "values (a,b,c), range(start,stop,step) or choice(a,b)"
+                )
+            if not multirun:
+                raise ConfigError(
+                    f"{arg} is a sweep over several values: add -m to run a job per value "
+                    f"(a list is [{value}], a string with commas '{value}')"
+                )
+        if key.startswith("hydra/"):
+            hydra_groups.append((arg, override))
             continue
+        if key.startswith("hydra") or override.type is OverrideType.DEL:
+            continue
+        if override.type is OverrideType.ADD:
+            appended.append(key)
+            continue
+        if arg.startswith("+"):
+            continue  # ++key: set or add, as the user asks
         if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
             allowed = groups[key] + (["null"] if key == "experiment" else [])
             if isinstance(override.value(), Glob):
@@ -276,26 +383,133 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 if v not in allowed:
                     raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
             selections.append(f"{key}={values[0]}")
+            if len(values) > 1:
+                swept_groups[key] = values
         else:
             keys.append(key)
-    if not keys:
+    if not parsed:
         return
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
+            key = override.key_or_group
+            options = loader.get_group_options(key)
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()
+            ]  # fmt: skip
+            for v in values:
+                if options and v not in options and v != "null":
+                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
         base = compose(config_name=config_name, overrides=selections)
-    known = _dotted_keys(OmegaConf.to_container(base))
-    for key in keys:
-        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-            close = get_close_matches(key, known, n=1, cutoff=0.6)
-            group = key.split(".")[0]
-            siblings = [k for k in known if k.startswith(group + ".")]
-            hint = (
-                f"did you mean {close[0]}?"
-                if close
-                else f"the keys of {group} are {', '.join(siblings)}"
-                if siblings
-                else f"top-level keys are {', '.join(sorted({k.split('.')[0] for k in known}))}"
+        known = _dotted_keys(OmegaConf.to_container(base))
+        for key in keys:
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                raise ConfigError(f"{key} is not a config key: {_nearest(key, known, get_close_matches)}")
+        for key in appended:
+            section = key.split(".")[0]
+            if key in known:
+                raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
+            if section in SECTIONS:
+                siblings = [
+                    k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k
+                ]
+                raise ConfigError(
+                    f"+{key} is invalid: nothing reads a new key under {section}, whose keys are "
+                    f"{', '.join(siblings)}"
+                )
+            close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
+            if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
+                raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
+        # As Hydra composes it: every override, less a sweep's values (they vary per job).
+        shared = [
+            arg
+            for arg, o in parsed
+            if not (multirun and o.is_sweep_override())
+            # launcher keys matter to a sweep only, and check_launcher names the launchers with a key
+            and not o.key_or_group.startswith(("hydra.launcher.", "hydra/launcher"))
+        ]
+        try:
+            cfg = compose(config_name=config_name, overrides=shared, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(_composition_problem(shared, e, swept_groups, compose, config_name)) from None
+    for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
+        try:
+            value = cfg[section]  # a scalar's interpolation resolves here
+            if OmegaConf.is_config(value):
+                OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as e:
+            where = _as_written(cfg, getattr(e, "full_key", None) or section)
+            raise ConfigError(f"{where} is invalid: {_first_line(e)}") from None
+
+
+def _nearest(key: str, known: list[str], get_close_matches) -> str:
+    close = get_close_matches(key, known, n=1, cutoff=0.6)
+    group = key.split(".")[0]
+    siblings = [k for k in known if k.startswith(group + ".")]
+    if close:
+        return f"did you mean {close[0]}?"
+    if siblings:
+        return f"the keys of {group} are {', '.join(siblings)}"
+    return f"top-level keys are {', '.join(sorted({k.split('.')[0] for k in known}))}"
+
+
+def _composition_problem(shared: list[str], error: Exception, swept_groups, compose, config_name) -> str:
+    """One line for what Hydra's composition refused: the argument that fails, and why."""
+    import re
+    from difflib import get_close_matches
+
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else ""
+    match = re.match(r"Could not override '([^']+)'", text)
+    quoted = match.group(1) if match else None
+    culprit = next(  # the argument Hydra names, in quotes: hydra.sweep.dir is not hydra.sweep.dirr
+        (
+            a
+            for a in shared
+            if f"'{a.partition('=')[0].lstrip('+~')}'" in first_line or a.partition("=")[0] == quoted
+        ),
+        None,
+    )
+    if match:
+        key = match.group(1)
+        section = key.split(".")[0]
+        if section in swept_groups:
+            # Hydra composes a sweep's shared config with the group's default option: a key that
+            # every swept option has but the default lacks cannot be set there.
+            have = [
+                o for o in swept_groups[section]
+                if OmegaConf.select(compose(config_name, [f"{section}={o}"]), key, default=_MISSING) is not _MISSING
+            ]  # fmt: skip
+            name = key.split(".", 1)[1]
+            if len(have) == len(swept_groups[section]):
+                value = (culprit or "").partition("=")[2]
+                default = compose(config_name, [], return_hydra_config=True).hydra.runtime.choices.get(
+                    section
+                )
+                return (
+                    f"{culprit} is invalid in this sweep: Hydra first composes the shared config with "
+                    f"{section}={default}, which has no {name}; write ++{key}={value} to set it in every "
+                    f"{section} swept"
+                )
+            lacking = [o for o in swept_groups[section] if o not in have]
+            return (
+                f"{culprit} is invalid in this sweep: {section}={','.join(lacking)} has no {name} "
+                f"(only {section}={','.join(have) or 'none'} has); sweep them separately"
             )
-            raise ConfigError(f"{key} is not a config key: {hint}")
+        parent, _, name = key.rpartition(".")
+        try:
+            tree = compose(config_name, [a for a in shared if a != culprit], return_hydra_config=True)
+            node = OmegaConf.select(tree, parent) if parent else tree
+            siblings = sorted(node.keys()) if OmegaConf.is_dict(node) else []
+        except Exception:  # the rest does not compose either: say what Hydra said
+            siblings = []
+        close = get_close_matches(name, siblings, n=1, cutoff=0.6)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
+            f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"
+        )  # fmt: skip
+        return f"{key} is not a key of {parent or 'the config'}: {hint}"
+    first = (str(error.__cause__).strip() if error.__cause__ else text).splitlines()[0]
+    return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
 
 
 # hydra-submitit-launcher's counts (those of every SLURM and local preset), and the least each

@@ -85,7 +85,7 @@ def test_experiments_hold_the_lecture_protocols():
         # 1 and 0 equal True and False in Python, but are not the knob's values
         (
             ["trainer.channels_last=1"],
-            "trainer.channels_last=1 is invalid: allowed values are auto, True, False",
+            "trainer.channels_last=1 is invalid: allowed values are auto, true, false",
         ),
     ],
 )
@@ -356,3 +356,91 @@ def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_reads_a
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 jobs: 1 completed" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (  # Hydra's master config has the default optim=sgd, which has no eps
+            ["-m", "optim=adam,adamw", "optim.eps=1e-7"],
+            "optim.eps=1e-7 is invalid in this sweep: Hydra first composes the shared config with optim=sgd, "
+            "which has no eps; write ++optim.eps=1e-7 to set it in every optim swept",
+        ),
+        (
+            ["-m", "model=resnet,convnet", "model.blocks=2"],
+            "model.blocks=2 is invalid in this sweep: model=convnet has no blocks (only model=resnet has); "
+            "sweep them separately",
+        ),
+        (
+            ["model.channels=16,32"],
+            "model.channels=16,32 is a sweep over several values: add -m to run a job per value "
+            "(a list is [16,32], a string with commas '16,32')",
+        ),
+        (
+            ["-m", "lr=interval(0.1,0.2)"],
+            "lr=interval(0.1,0.2) is invalid: interval() is a range for an optimizing sweeper; a grid takes "
+            "values (a,b,c), range(start,stop,step) or choice(a,b)",
+        ),
+        (
+            ["-m", "hydra.sweep.dir=/tmp/s", "hydra.sweep.dirr=x", "lr=0.1,0.2"],
+            "hydra.sweep.dirr is not a key of hydra.sweep: did you mean hydra.sweep.dir?",
+        ),
+        (
+            ["-m", "hydra/sweeper=basicc", "lr=0.1,0.2"],
+            "hydra/sweeper=basicc is invalid: allowed values are basic, grid",
+        ),
+        (["lr=${nope.key}"], "lr=${nope.key} is invalid: Interpolation key 'nope.key' not found"),
+        (["+lrr=1"], "+lrr is invalid: did you mean lr? (+ adds a new key)"),
+        (["+lr=0.3"], "+lr is invalid: lr is a key already; set it without +"),
+        (
+            ["+trainer.foo=1"],
+            "+trainer.foo is invalid: nothing reads a new key under trainer, whose keys are epochs, batch_size",
+        ),
+    ],
+)
+def test_commands_hydra_would_refuse_over_many_lines_are_refused_in_one(arguments, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check_overrides(arguments, str(CONF))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["-m", "optim=adam,adamw", "++optim.eps=1e-7"],  # what the refusal above advises
+        ["+tag=baseline"],  # a new top-level key: a label the analysis shows as a column
+        ["-m", "lr=0.1,0.2", "model.channels=[16,32]"],
+        ["experiment=lecture_lr2", "-m"],
+    ],
+)
+def test_valid_commands_pass_the_command_check(arguments):
+    validate.check_overrides(arguments, str(CONF))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model=resnet", "model.kernel_size=4"],
+            "model.kernel_size=4 is invalid for model=resnet: must be odd (1, 3, 5, ...)",
+        ),
+        (["lr=${oc.env:SWEEPER_TEST_UNSET_VAR}"], "lr=${oc.env:SWEEPER_TEST_UNSET_VAR} is invalid: "),
+        (
+            ["lr=${oc.env:SWEEPER_TEST_UNSET_VAR,0.05}"],
+            "lr='0.05' is invalid: must be a number > 0 (a string: ${oc.env:...} gives strings, "
+            "${oc.decode:${oc.env:...}} numbers)",
+        ),
+        (["model.channels=0"], "model.channels=0 is invalid: must be >= 1"),
+        (["model.channels=[16,0]"], "model.channels=[16,0] is invalid: every entry must be >= 1"),
+        (
+            ["schedule=multistep", "schedule.milestones=[]"],
+            "schedule.milestones=[] is invalid: must be a list of integers, not empty (e.g. [",
+        ),
+    ],
+)
+def test_values_that_failed_inside_the_job_are_refused_before_it(overrides, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
