@@ -175,7 +175,9 @@ def _draw_lines(
         )
         if (line[f"{y}_n"] > 1).any():
             ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
-        label = ", ".join(f"{k}={format_value(by_key[k])}" for k in (hue, style) if k)
+        label = ", ".join(
+            f"{k}={format_value(by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
+        )
         label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
         handles.setdefault(label, handle)
     return handles
@@ -237,7 +239,14 @@ def plot_curves(
     _require(curves, ["epoch", *metrics, hue, col, style], "curves")
     col_values = ordered_values(curves[col]) if col else [None]
     colors = _palette(ordered_values(curves[hue])) if hue else {}
-    styles = dict(zip(ordered_values(curves[style]), LINESTYLES * 8, strict=False)) if style else {}
+    if style is None and hue:
+        # Lines of one colour that differ in a key of `keys` (schedule.lr2 of the step runs, in a
+        # figure by schedule.name) get a line style and a legend entry each, not one shared entry.
+        units = [k for k in _line_keys(curves, [hue], keys, seed_key) if k not in (hue, col)]
+        within = [k for k in units if curves.groupby(curves[hue].map(format_value))[k].nunique().max() > 1]
+        style = within[0] if within else None
+    values = [v for v in ordered_values(curves[style]) if not is_missing(v)] if style else []
+    styles = dict(zip(values, LINESTYLES * 8, strict=False))
     width = 4.2 if len(col_values) > 1 else 5.6
     fig, axes = _new_figure(len(metrics), len(col_values), width, 3.0, sharex=True, sharey="row")
     mapped = [k for k in (hue, style) if k]

@@ -263,3 +263,21 @@ def test_a_run_diverged_at_its_first_epoch_is_one_marked_point_with_one_legend_e
     point = [line for line in loss_ax.get_lines() if len(line.get_xdata()) == 1]
     assert len(point) == 1 and point[0].get_marker() == "o"
     assert all(tick == int(tick) for tick in loss_ax.get_xticks())
+
+
+def test_lines_of_one_colour_that_differ_in_a_key_get_a_style_and_an_entry_each():
+    # By schedule.name, the step runs differ in schedule.lr2; the constant run has none.
+    rows = []
+    for name, lr2 in (("constant", None), ("step", 0.02), ("step", 0.05)):
+        for e in (1, 2, 3):
+            rows.append({"run": f"{name}-{lr2}", "schedule.name": name, "schedule.lr2": lr2, "trainer.seed": 0,
+                         "epoch": e, "train_loss": 1.0 / e, "test_acc": 0.1 * e})  # fmt: skip
+    curves = pd.DataFrame(rows)
+    fig = plot_curves(curves, hue="schedule.name", keys=["schedule.name", "schedule.lr2"])
+    assert legend_texts(fig) == [
+        "schedule.name=constant (N=1)",
+        "schedule.name=step, schedule.lr2=0.02 (N=1)",
+        "schedule.name=step, schedule.lr2=0.05 (N=1)",
+    ]
+    styles = sorted(line.get_linestyle() for line in data_lines(fig.axes[0]))
+    assert styles == sorted(["-", "-", "--"])
