@@ -11,6 +11,7 @@ sweep; docs/run-record.md describes the files.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,15 +29,19 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 def main(cfg: DictConfig) -> str:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
     try:
         validate.check(cfg)
+        validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         summary = train.run(
             cfg,
-            Path(hc.runtime.output_dir),
+            run_dir,
             overrides=list(hc.overrides.task),
             job_num=hc.job.num if multirun else None,
+            hydra_files=hc.output_subdir,
         )
     except validate.ConfigError as e:
+        train.drop_pending(run_dir, hc.output_subdir)  # the run dir stays as it was
         print(f"error: {e}", file=sys.stderr)
         if multirun:
             return "invalid"
@@ -63,20 +68,31 @@ ANOTHER_CONFIG = (
 NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
 
-def _flagged(arguments: list[str], *flags: str) -> bool:
-    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
-    for a in arguments:
-        name = a.split("=", 1)[0]
-        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
-            return True
-    return False
+def check_run(arguments: list[str]) -> None:
+    """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
+    a bad value, a run dir that a live process still trains, or one holding another config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        run_dir = Path(str(cfg.hydra.run.dir))
+    except Exception:
+        return  # Hydra will not compose it either, and says why in its own words
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    validate.check(task)
+    validate.check_device(task)  # a single run trains here
+    train.check_start(task, run_dir)
 
 
-def _sweeps(arguments: list[str]) -> bool:
-    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
-    return _flagged(arguments, "-m", "--multirun") or any(
-        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
-    )
+def hydra_files(arguments: list[str]) -> list[str]:
+    """The override that has Hydra write .hydra/ into a pending dir (train.PENDING_HYDRA_FILES),
+    which the run moves into place once it owns its dir; none where the user chose the subdir."""
+    if any(a.lstrip("+~").startswith("hydra.output_subdir") for a in arguments):
+        return []
+    return [f"hydra.output_subdir={train.PENDING_HYDRA_FILES}{os.getpid()}"]
 
 
 if __name__ == "__main__":
@@ -84,10 +100,14 @@ if __name__ == "__main__":
     try:
         # The checks read conf/config.yaml: with another config Hydra (and validate.check, per
         # job) speaks instead. The launcher's values matter only to a sweep that will launch.
-        if not _flagged(arguments, *ANOTHER_CONFIG):
+        if not validate.flagged(arguments, *ANOTHER_CONFIG):
             validate.check_overrides(arguments, CONF)
-            if _sweeps(arguments) and not _flagged(arguments, *NO_LAUNCH):
-                validate.check_launcher(arguments, CONF)
+            if not validate.flagged(arguments, *NO_LAUNCH):
+                if validate.sweeping(arguments):
+                    validate.check_launcher(arguments, CONF)  # check_jobs does the rest, per job
+                else:
+                    check_run(arguments)
+                sys.argv += hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

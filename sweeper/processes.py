@@ -6,6 +6,7 @@ Torch-free on purpose: the analysis side (status tables) imports it as well as t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -43,3 +44,22 @@ def alive(job: dict) -> bool:
         pass
     started = job.get("pid_started")
     return started is None or process_started(pid) == started  # else the pid was reused
+
+
+def live_writer(run_dir: Path) -> int | None:
+    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
+
+    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
+    over would move the record out from under the first. Only this host's processes can be seen;
+    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
+    by another process after a crash or reboot is told apart by its start time.
+    """
+    if (run_dir / "summary.json").exists():
+        return None
+    try:
+        job = json.loads((run_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not on_this_host(job) or job["pid"] == os.getpid() or not alive(job):
+        return None
+    return job["pid"]

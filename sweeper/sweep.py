@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,24 +21,65 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper import processes
 from sweeper.runlog import atomic_write, to_json
-from sweeper.train import config_difference
-from sweeper.validate import ConfigError, check
+from sweeper.train import PENDING_HYDRA_FILES, config_difference
+from sweeper.validate import ConfigError, check, check_device
 
 STATES = ("completed", "diverged", "failed", "running", "missing")
 
 
-def _grid(jobs: list[list[str]]) -> list[list[str]]:
-    """The jobs without `trainer.resume`: it says how to treat old records, not which runs make the grid."""
-    return [[o for o in job if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"] for job in jobs]
+def _effective(job: list[str]) -> frozenset:
+    """What a job runs, whatever the order of its overrides: key -> value, the last one winning,
+    without `trainer.resume` (it says how to treat old records, not which run the job is)."""
+    settings = {}
+    for override in job:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") != "trainer.resume":
+            settings[key] = value
+    return frozenset(settings.items())
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+# Stand-ins for the job number and id while a job's hydra.sweep.subdir is resolved before launch:
+# the launcher sets both only then, and the number depends on the job's place in the grid.
+NUM_MARK, ID_MARK = "987654321", "987654322"
+# Launchers whose hydra.job.id is the job number; submitit's is the SLURM job id, known only later.
+ID_IS_NUM = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.sweeper_pool.launcher.PoolLauncher",
+)
+
+
+def _subdir(config: DictConfig, composed: DictConfig) -> str:
+    """The job's run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
+    as Hydra's run_job resolves it), with NUM_MARK where the job number goes."""
+    job = composed.hydra.job
+    with read_write(job), open_dict(job):
+        # Set for the resolution and put back: the launcher sets both itself, as it launches.
+        saved = {k: MISSING if OmegaConf.is_missing(job, k) else job[k] for k in ("num", "id")}
+        job.num, job.id = int(NUM_MARK), ID_MARK
+        try:
+            subdir = os.path.normpath(str(composed.hydra.sweep.subdir))
+        except Exception as e:  # an interpolation that does not resolve
+            raw = OmegaConf.to_container(composed.hydra.sweep)["subdir"]
+            fail(f"hydra.sweep.subdir={raw} is invalid: {str(e).splitlines()[0]}")
+        finally:
+            job.num, job.id = saved["num"], saved["id"]
+    if ID_MARK in subdir:
+        if config.hydra.launcher.get("_target_") not in ID_IS_NUM:
+            fail(
+                "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
+                "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
+            )
+        subdir = subdir.replace(ID_MARK, NUM_MARK)
+    return subdir
 
 
 def check_jobs(
@@ -54,12 +96,21 @@ def check_jobs(
     each job once and hands the same config to the launcher). A job whose config brings a grid
     of its own (own_grid: `-m experiment=lecture_lr,lecture_lr2`) becomes that grid's jobs when
     `nested`, else it is refused (Hydra's basic sweeper would run it as one job). Refused: a bad
-    value or an unknown key in any job, a sweep dir that holds another grid, a run dir still
-    being written by a live process, and a resume into a run dir of another config.
+    value or an unknown key in any job, two jobs with one run dir, a sweep dir that holds another
+    grid (unless every job has trainer.resume=false: the old sweep is then set aside in
+    attempts/N/), a run dir still being written by a live process, and a resume into a run dir of
+    another config. A rerun of the same grid, its overrides in any order, resumes it: its jobs
+    keep their numbers and run dirs (the grid sweeper launches them in the recorded order;
+    Hydra's basic sweeper, which launches in its own, is refused where that differs).
     """
     sweep_dir = Path(config.hydra.sweep.dir)
+    # A SLURM launcher's jobs train on its nodes, whose GPUs this (login) machine may not have.
+    remote = str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
     final: list[list[str]] = []
-    resolved: list[dict | None] = []  # a resumed job's config, to compare with its old record
+    subdirs: list[str] = []  # each job's run dir under the sweep dir, NUM_MARK for its number
+    resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
+    starts_over: list[bool] = []  # trainer.resume=false
+    old_records = sweep_dir.exists()
 
     def visit(job: list[str]) -> None:
         label = f"job {len(final)} ({' '.join(job)})"
@@ -84,38 +135,77 @@ def check_jobs(
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         try:
             check(job_cfg)
+            if not remote:  # jobs that will train on this machine: its devices
+                check_device(job_cfg)
         except ConfigError as e:
             fail(f"{label}: {e}")
-        previous = sweep_dir / str(len(final)) / "config.json"
-        resume = job_cfg.trainer.resume and previous.exists()
-        resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume else None)
+        resume = bool(job_cfg.trainer.resume)
+        resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
+        starts_over.append(not resume)
+        subdirs.append(_subdir(config, composed))
         final.append(job)
 
     for job in jobs:
         visit(job)
     known = _read_sweep(sweep_dir)
-    if known is not None and _grid([j["overrides"] for j in known["jobs"]]) != _grid(final):
-        fail(
-            f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); "
-            "resume it with the same overrides, or choose another hydra.sweep.dir"
-        )
-    for num, (overrides, job_config) in enumerate(zip(final, resolved, strict=True)):
-        writer = _live_writer(sweep_dir / str(num))
+    order = list(range(len(final)))
+    if known is not None:
+        # The recorded grid in its recorded order: each job keeps its number, and so its run dir.
+        places: dict[frozenset, list[int]] = {}
+        for i, job in enumerate(final):
+            places.setdefault(_effective(job), []).append(i)
+        listed = [_effective(j["overrides"]) for j in known["jobs"]]
+        if len(listed) == len(final) and all(len(places.get(k, [])) == listed.count(k) for k in places):
+            order = [places[k].pop(0) for k in listed]
+        # Only the grid sweeper (nested) launches the jobs returned here, in their order.
+        if order != list(range(len(final))) and not nested:
+            fail(
+                f"{sweep_dir} holds this grid with its jobs in another order, which hydra/sweeper=basic "
+                "launches as given; give the sweep's overrides in their first order, or use hydra/sweeper=grid"
+            )
+    final, resolved, starts_over, subdirs = (
+        [xs[i] for i in order] for xs in (final, resolved, starts_over, subdirs)
+    )
+    dirs = [d.replace(NUM_MARK, str(num)) for num, d in enumerate(subdirs)]
+    seen: dict[str, int] = {}
+    for num, d in enumerate(dirs):
+        if d in seen:
+            fail(
+                f"jobs {seen[d]} and {num} would both write to {sweep_dir / d}: hydra.sweep.subdir must "
+                "differ between jobs (${hydra.job.num}, the default, does)"
+            )
+        seen[d] = num
+    listing = [{"num": n, "dir": d, "overrides": o} for n, (o, d) in enumerate(zip(final, dirs, strict=True))]
+    same = known is not None and [
+        (_effective(j["overrides"]), os.path.normpath(j["dir"])) for j in known["jobs"]
+    ] == [(_effective(j["overrides"]), j["dir"]) for j in listing]
+    if known is not None and not same:
+        if not all(starts_over):
+            fail(
+                f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); resume it with the "
+                "same overrides, start over with trainer.resume=false (the old sweep is set aside in "
+                "attempts/N/), or choose another hydra.sweep.dir"
+            )
+        aside = _set_aside_sweep(sweep_dir, known)
+        print(f"sweep: the earlier sweep of {sweep_dir} is set aside in {aside}", file=sys.stderr)
+        known = None
+    for num, (overrides, job_config, d) in enumerate(zip(final, resolved, dirs, strict=True)):
+        run_dir = sweep_dir / d
+        writer = processes.live_writer(run_dir)
         if writer is not None:
             fail(
-                f"job {num} ({' '.join(overrides)}): {sweep_dir / str(num)} is being trained by process {writer} "
+                f"job {num} ({' '.join(overrides)}): {run_dir} is being trained by process {writer} "
                 "on this host; wait for it to end (or stop it) before resuming this sweep"
             )
         # Resuming into a run dir of another config would mix results: refuse before any job.
-        if job_config is not None:
-            previous = sweep_dir / str(num) / "config.json"
+        previous = run_dir / "config.json"
+        if job_config is not None and previous.exists():
             diff = config_difference(json.loads(previous.read_text()), job_config)
             if diff:
                 fail(
-                    f"job {num} ({' '.join(overrides)}): {previous.parent} holds a run of another config "
+                    f"job {num} ({' '.join(overrides)}): {run_dir} holds a run of another config "
                     f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
                 )
-    listing = [{"num": n, "dir": str(n), "overrides": o} for n, o in enumerate(final)]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
     if known is None:
@@ -123,7 +213,8 @@ def check_jobs(
             sweep_dir / "sweep.json",
             to_json(
                 {
-                    "argv": sys.argv,
+                    # as the user typed it: without the override __main__ adds (hydra_files)
+                    "argv": [a for a in sys.argv if not a.startswith(PENDING_OVERRIDE)],
                     "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "launcher": launcher,
                     "jobs": listing,
@@ -132,6 +223,36 @@ def check_jobs(
         )
     print(f"sweep: {len(final)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
     return final
+
+
+PENDING_OVERRIDE = f"hydra.output_subdir={PENDING_HYDRA_FILES}"
+
+
+def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
+    """Move an earlier sweep (sweep.json, multirun.yaml and its jobs' run dirs) into
+    <sweep>/attempts/N/, for a new grid to start over there: nothing a run produced is deleted.
+    Refused (exit 2) while a live process still trains one of its runs."""
+    inside = [
+        j["dir"]
+        for j in known["jobs"]
+        if not Path(j["dir"]).is_absolute() and ".." not in Path(j["dir"]).parts
+    ]
+    for d in inside:
+        writer = processes.live_writer(sweep_dir / d)
+        if writer is not None:
+            fail(
+                f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
+                "(or stop it) before starting this sweep over"
+            )
+    attempts = sweep_dir / "attempts"
+    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+    target = attempts / str(n)
+    target.mkdir(parents=True)
+    for name in ("sweep.json", "multirun.yaml", *inside):
+        if (sweep_dir / name).exists():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(sweep_dir / name), target / name)
+    return target
 
 
 GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
@@ -196,24 +317,6 @@ class SweepCallback(Callback):
         print(f"report: python -m analysis {sweep_dir}")
         if counts["completed"] != total:
             raise SystemExit(1)
-
-
-def _live_writer(run_dir: Path) -> int | None:
-    """The pid of a process on this host still writing the unfinished run in `run_dir`, else None.
-
-    Two processes appending to one metrics.jsonl would corrupt the run. Only this host's processes
-    can be seen; on a cluster, wait until the earlier array has left the queue (docs/slurm.md).
-    A pid reused by another process after a crash or reboot is told apart by its start time.
-    """
-    if (run_dir / "summary.json").exists():
-        return None
-    try:
-        job = json.loads((run_dir / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not processes.on_this_host(job) or job["pid"] == os.getpid() or not processes.alive(job):
-        return None
-    return job["pid"]
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:

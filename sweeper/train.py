@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -371,48 +372,124 @@ def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def _set_aside(record: RunLog) -> Path:
-    """Move an earlier attempt's record into attempts/N/: nothing a run produced is deleted."""
-    attempts = record.dir / "attempts"
-    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
-    target = attempts / str(n)
-    target.mkdir(parents=True)
-    for name in RECORD_FILES:
-        if (record.dir / name).exists():
-            shutil.move(str(record.dir / name), target / name)
-    return target
+# Where Hydra writes its copy of a run's config (config.yaml, hydra.yaml, overrides.yaml).
+HYDRA_FILES = ".hydra"
+# What `python -m sweeper` makes Hydra write instead (hydra.output_subdir): Hydra writes before
+# the task runs, so a run that is then refused or skipped would overwrite the record's .hydra/.
+# open_record moves it to .hydra/ once the run owns its dir, and drops it otherwise.
+PENDING_HYDRA_FILES = ".hydra.pending-"
 
 
-def open_record(
-    cfg: DictConfig, run_dir: Path, overrides=(), job_num: int | None = None
-) -> tuple[RunLog, dict | None]:
-    """Prepare `run_dir` for a (re)start; returns the record, and the summary if the run already ended.
-
-    A run dir that already holds a record of the same config: `completed`/`diverged` is skipped,
-    an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
-    `trainer.resume=false` sets any earlier record aside and starts over. A different config is
-    refused (ConfigError) so that results never mix.
-    """
-    record = RunLog(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    previous = record.read_json("config.json")
-    old_job = record.read_json("job.json")
-    old_job = old_job if isinstance(old_job, dict) else {}  # a damaged job.json only loses the restart count
-    if previous is not None and cfg.trainer.resume:
-        diff = config_difference(previous, config)
+def check_start(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
+    trains the run there, or (resuming) it holds a run of another config. Reads only, creates
+    nothing: `python -m sweeper` calls it before Hydra writes anything, open_record again."""
+    writer = processes.live_writer(run_dir)
+    if writer is not None:
+        raise ConfigError(
+            f"{run_dir} is being trained by process {writer} on this host; "
+            "wait for it to end (or stop it), or use another output dir"
+        )
+    try:
+        previous = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # no record (or one unreadable, which a start sets aside): nothing to mix with
+    if cfg.trainer.resume:
+        diff = config_difference(previous, OmegaConf.to_container(cfg, resolve=True))
         if diff:
             raise ConfigError(
                 f"{run_dir} already holds a run of another config ({'; '.join(diff[:3])}); "
                 "use another output dir, or trainer.resume=false to set the old record aside"
             )
+
+
+def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
+    """Move an earlier attempt's record into attempts/N/: nothing a run produced is deleted.
+
+    Its Hydra log (train.log) goes too, and its .hydra/ unless `hydra_files` is False (Hydra has
+    already written this attempt's own there). The log is reopened here, so this attempt's lines
+    start a new train.log instead of following the old file into attempts/N/."""
+    attempts = record.dir / "attempts"
+    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+    target = attempts / str(n)
+    target.mkdir(parents=True)
+    names = [*RECORD_FILES, *(p.name for p in record.dir.glob("*.log") if p.is_file())]
+    names += [HYDRA_FILES] if hydra_files else []
+    moved = set()
+    for name in names:
+        if (record.dir / name).exists():
+            shutil.move(str(record.dir / name), target / name)
+            moved.add((record.dir / name).resolve())
+    _reopen_logs(moved)
+    return target
+
+
+def _reopen_logs(moved: set[Path]) -> None:
+    """Point this process's log files that were just moved away at a new file of the same name."""
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() in moved:
+            old = handler.setStream(handler._open())
+            if old is not None:
+                old.close()
+
+
+def drop_pending(run_dir: Path, hydra_files: str | None) -> None:
+    """Remove the .hydra files Hydra wrote for this invocation when its run does not start."""
+    if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES):
+        shutil.rmtree(Path(run_dir) / hydra_files, ignore_errors=True)
+
+
+def open_record(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides=(),
+    job_num: int | None = None,
+    hydra_files: str | None = HYDRA_FILES,
+) -> tuple[RunLog, dict | None]:
+    """Prepare `run_dir` for a (re)start; returns the record, and the summary if the run already ended.
+
+    A run dir that already holds a record of the same config: `completed`/`diverged` is skipped,
+    an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
+    `trainer.resume=false` sets any earlier record aside and starts over. A different config, or
+    a run a live process still trains, is refused (ConfigError) so that results never mix.
+
+    `hydra_files` is where Hydra wrote this invocation's .hydra files (hydra.output_subdir):
+    ".hydra" (written in place: nothing to settle), None (none written), or a pending dir, which
+    becomes .hydra/ when an attempt starts (the earlier attempt's .hydra/ set aside with its
+    record) and is dropped when the run is refused, skipped or resumed (.hydra/ is its start's).
+    """
+    run_dir = Path(run_dir)
+    try:
+        check_start(cfg, run_dir)
+    except ConfigError:
+        drop_pending(run_dir, hydra_files)
+        raise
+    record = RunLog(run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    previous = record.read_json("config.json")
+    old_job = record.read_json("job.json")
+    old_job = old_job if isinstance(old_job, dict) else {}  # a damaged job.json only loses the restart count
+    moves_hydra = hydra_files != HYDRA_FILES
+    if previous is not None and cfg.trainer.resume:
         summary = record.read_json("summary.json")
         if summary is not None and summary.get("status") in ENDED:
             log.info("%s: already %s, skipping", run_dir, summary["status"])
+            drop_pending(run_dir, hydra_files)
             return record, summary
         if summary is not None or not record.checkpoint_path.exists():
-            log.info("%s: earlier attempt set aside in %s", run_dir, _set_aside(record))
-    elif previous is not None:
-        log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record))
+            log.info("%s: earlier attempt set aside in %s", run_dir, _set_aside(record, moves_hydra))
+    elif previous is not None or (moves_hydra and (run_dir / HYDRA_FILES).exists()):
+        # (a .hydra/ without a record: an invocation that never started one; kept all the same)
+        log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record, moves_hydra))
+    pending = run_dir / hydra_files if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES) else None
+    if pending is not None and pending.is_dir():
+        if (run_dir / HYDRA_FILES).exists():  # a resume: .hydra/ stays that of the attempt's start
+            drop_pending(run_dir, hydra_files)
+        else:
+            pending.rename(run_dir / HYDRA_FILES)
     record.write_config(config)
     record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
     return record, None
@@ -446,9 +523,16 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
     return summary
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides=(), job_num: int | None = None) -> dict:
-    """Train (or resume, or skip) the run in `run_dir`; always leaves a summary.json when it ends."""
-    record, ended = open_record(cfg, run_dir, overrides, job_num)
+def run(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides=(),
+    job_num: int | None = None,
+    hydra_files: str | None = HYDRA_FILES,
+) -> dict:
+    """Train (or resume, or skip) the run in `run_dir`; always leaves a summary.json when it ends.
+    A refusal (open_record) raises ConfigError and leaves the run dir as it was."""
+    record, ended = open_record(cfg, run_dir, overrides, job_num, hydra_files)
     if ended is not None:
         return ended
     try:

@@ -262,7 +262,8 @@ def _check_trainer(cfg, n_train: int) -> None:
     number(cfg, "trainer.seed", low=0, integer=True)
     device = _get(cfg, "trainer.device")
     if not (
-        device in ("auto", "cpu", "cuda", "mps") or (isinstance(device, str) and device.startswith("cuda:"))
+        device in ("auto", "cpu", "cuda", "mps")
+        or (isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise ConfigError(
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
@@ -280,6 +281,33 @@ def _check_trainer(cfg, n_train: int) -> None:
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume"):
         boolean(cfg, f"trainer.{key}")
+
+
+def check_device(cfg) -> None:
+    """trainer.device exists on this machine: the machine that trains (a job, or a local sweep
+    before it launches), not a login node that submits to GPU nodes."""
+    import torch
+
+    device = _get(cfg, "trainer.device")
+    if device in ("auto", "cpu"):
+        return
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
+            )
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if count == 0:
+        raise ConfigError(
+            f"trainer.device={device} is invalid here: this machine has no CUDA GPU (torch.cuda.is_available() "
+            "is false); use auto or cpu"
+        )
+    if index >= count:
+        raise ConfigError(
+            f"trainer.device={device} is invalid here: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+        )
 
 
 def _overrides(arguments: list[str]):

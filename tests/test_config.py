@@ -444,3 +444,58 @@ def test_values_that_failed_inside_the_job_are_refused_before_it(overrides, mess
         validate.check(compose_cfg(*overrides))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "device, gpus, message",
+    [
+        ("cuda", 0, "trainer.device=cuda is invalid here: this machine has no CUDA GPU"),
+        (
+            "cuda:1",
+            1,
+            "trainer.device=cuda:1 is invalid here: this machine has 1 CUDA GPU(s), cuda:0 to cuda:0",
+        ),
+        ("cuda:0", 1, None),
+        ("cpu", 0, None),
+        ("auto", 0, None),
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_in_one_line(device, gpus, message, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = compose_cfg(f"trainer.device={device}")
+    if message is None:
+        validate.check_device(cfg)
+    else:
+        with pytest.raises(validate.ConfigError) as err:
+            validate.check_device(cfg)
+        assert str(err.value).startswith(message)
+
+
+def test_a_cuda_index_must_be_a_number():
+    with pytest.raises(
+        validate.ConfigError, match=r"trainer.device='cuda:abc' is invalid: allowed values are"
+    ):
+        validate.check(compose_cfg("trainer.device=cuda:abc"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_local_sweep_or_run_on_a_gpu_this_machine_lacks_is_refused_before_it_starts(tmp_path: Path):
+    sweep = run_cli(
+        "-m", *TINY, "trainer.device=cuda", "lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path
+    )
+    assert sweep.returncode == 2
+    last = sweep.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job 0 (") and last.endswith(
+        "trainer.device=cuda is invalid here: this machine has no CUDA GPU (torch.cuda.is_available() is false); "
+        "use auto or cpu"
+    )
+    assert not list((tmp_path / "s").glob("*/config.json"))  # no job started
+    single = run_cli(*TINY, "trainer.device=cuda", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert single.returncode == 2 and "Traceback" not in single.stderr
+    assert single.stderr.strip().endswith(
+        "this machine has no CUDA GPU (torch.cuda.is_available() is false); use auto or cpu"
+    )
+    assert not (tmp_path / "r").exists()

@@ -41,10 +41,10 @@ def test_the_card_command_gives_nine_complete_runs(tmp_path):
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # A well-laid-out tree (the pre-check passes it) with one corrupt image, found only as it loads.
     broken = tmp_path / "broken"
-    for split in ("train", "test"):
-        (broken / split / "cat").mkdir(parents=True)
-        (broken / split / "cat" / "0.png").write_bytes(b"garbage")
+    write_image_folder(broken)
+    next((broken / "train" / "cat").glob("*.png")).write_bytes(b"garbage")
     write_image_folder(tmp_path / "good")
     # job 0 raises while decoding the corrupt folder; job 1 trains on the good one
     result, sweep_dir = sweep(
@@ -91,6 +91,14 @@ def test_trainer_resume_false_reruns_the_same_grid_and_keeps_the_old_records(tmp
         # the earlier record is set aside, byte for byte, and the run trained again beside it
         assert (sweep_dir / str(n) / "attempts" / "1" / "metrics.jsonl").read_bytes() == old[n]
         assert json.loads((sweep_dir / str(n) / "summary.json").read_text())["status"] == "completed"
+        # with the earlier attempt's Hydra files and log, which the new attempt did not overwrite
+        assert (sweep_dir / str(n) / "attempts" / "1" / ".hydra" / "config.yaml").exists()
+        assert (sweep_dir / str(n) / "attempts" / "1" / "train.log").exists()
+        assert "trainer.resume" in (sweep_dir / str(n) / ".hydra" / "overrides.yaml").read_text()
+        assert (
+            "trainer.resume"
+            not in (sweep_dir / str(n) / "attempts" / "1" / ".hydra" / "overrides.yaml").read_text()
+        )
 
 
 def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_path):
@@ -188,3 +196,73 @@ def test_resuming_a_sweep_whose_runs_hold_another_config_is_refused_before_any_j
     assert "holds a run of another config (trainer.epochs: 3 -> 1)" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # job 0 was not rerun either
     assert json.loads((sweep_dir / "sweep.json").read_text())["launcher"] == "basic"
+
+
+def test_a_custom_subdir_is_where_the_sweep_records_checks_and_counts_its_jobs(tmp_path):
+    # Job dirs named by their overrides, not by number: sweep.json, the summary and the checks
+    # before a resume must all use those dirs.
+    subdir = "hydra.sweep.subdir=${hydra.job.override_dirname}"
+    first, sweep_dir = sweep(tmp_path, subdir, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert "2 jobs: 2 completed" in first.stdout
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    assert [[o for o in j["dir"].split(",") if o.startswith("lr=")] for j in jobs] == [
+        ["lr=0.1"],
+        ["lr=0.05"],
+    ]
+    for job in jobs:
+        assert json.loads((sweep_dir / job["dir"] / "summary.json").read_text())["status"] == "completed"
+        assert (sweep_dir / job["dir"] / ".hydra" / "config.yaml").exists()
+    assert {p.name for p in sweep_dir.iterdir() if p.is_dir()} == {j["dir"] for j in jobs}
+    run = sweep_dir / jobs[1]["dir"]
+    (run / "summary.json").unlink()
+    job = json.loads((run / "job.json").read_text())
+    with subprocess.Popen(["sleep", "60"]) as writer:
+        try:
+            (run / "job.json").write_text(
+                json.dumps({**job, "pid": writer.pid, "pid_started": process_started(writer.pid)})
+            )
+            again, _ = sweep(tmp_path, subdir, *FAST, "lr=0.1,0.05")
+        finally:
+            writer.kill()
+    assert again.returncode == 2
+    assert f"{run} is being trained by process {writer.pid}" in again.stderr
+    # a subdir that names every job alike would have two writers share one record
+    same, _ = sweep(tmp_path, "hydra.sweep.subdir=all", *FAST, "lr=0.1,0.05", name="same")
+    assert same.returncode == 2
+    assert f"jobs 0 and 1 would both write to {tmp_path / 'same' / 'all'}" in same.stderr
+
+
+def test_the_same_grid_given_in_another_order_resumes_in_its_recorded_run_dirs(tmp_path):
+    first, sweep_dir = sweep(tmp_path, "lr=0.1,0.05", *FAST, "trainer.seed=0,1")
+    assert first.returncode == 0, first.stdout[-2000:]
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/*") if p.name in RECORD}
+    # the keys (and the values of a key) in another order: Hydra numbers the jobs otherwise
+    again, _ = sweep(tmp_path, "trainer.seed=1,0", *FAST, "lr=0.1,0.05")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already completed, skipping") == 4 and "4 jobs: 4 completed" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # Hydra's basic sweeper launches in the order given, which would put jobs in each other's dirs
+    basic, _ = sweep(tmp_path, "hydra/sweeper=basic", "trainer.seed=1,0", *FAST, "lr=0.1,0.05")
+    assert basic.returncode == 2 and "holds this grid with its jobs in another order" in basic.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_trainer_resume_false_starts_a_changed_grid_over_and_sets_the_old_sweep_aside(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    old = {str(p.relative_to(sweep_dir)): p.read_bytes() for p in sweep_dir.rglob("*") if p.is_file()}
+    changed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05", "trainer.epochs=2")
+    assert changed.returncode == 2 and "holds a sweep of another grid" in changed.stderr
+    over, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05", "trainer.epochs=2", "trainer.resume=false")
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert "2 jobs: 2 completed" in over.stdout
+    aside = sweep_dir / "attempts" / "1"
+    # the whole earlier sweep, byte for byte: its job list, Hydra's file, every run of it
+    assert {str(p.relative_to(aside)): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == old
+    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    assert "trainer.epochs=2" in listing["jobs"][0]["overrides"]
+    for job in listing["jobs"]:
+        rows = (sweep_dir / job["dir"] / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+        assert not (sweep_dir / job["dir"] / "attempts").exists()

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from sweeper import train
+from sweeper.processes import process_started
 from sweeper.runlog import BIN_EDGES, RunLog
 from sweeper.validate import ConfigError
 from tests import fake_runs
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
 METRIC_KEYS = set(fake_runs.METRIC_KEYS)  # the analysis tests' fake records must be what runs write
 
@@ -189,3 +190,85 @@ def test_where_data_is_cached_or_whether_the_step_is_graphed_does_not_block_a_re
     # a record made before trainer.cuda_graph existed resumes (the checkpoint format is the same)
     assert config_difference({"trainer": {}}, {"trainer": {"cuda_graph": "auto"}}) == []
     assert config_difference({"data": {"n_train": 1}}, {"data": {"n_train": 2}}) == ["data.n_train: 1 -> 2"]
+
+
+def pretend_still_training(run_dir, pid):
+    """Make the record in `run_dir` look unfinished and written by the live process `pid`, as a
+    run still training in another shell does."""
+    (run_dir / "summary.json").unlink()
+    job = json.loads((run_dir / "job.json").read_text())
+    (run_dir / "job.json").write_text(json.dumps({**job, "pid": pid, "pid_started": process_started(pid)}))
+
+
+def tree(run_dir):
+    """Every file under `run_dir` with its bytes: what a refused run must leave as it was."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("resume", ["true", "false"])
+def test_a_run_that_a_live_process_still_trains_is_refused_whether_resuming_or_starting_over(
+    tmp_path, resume
+):
+    # Resuming would append to the live writer's metrics.jsonl; starting over would move its
+    # record out from under it. Either way the record must stay the live process's alone.
+    train.run(compose_cfg(), tmp_path)
+    with subprocess.Popen(["sleep", "60"]) as writer:
+        try:
+            pretend_still_training(tmp_path, writer.pid)
+            before = tree(tmp_path)
+            with pytest.raises(ConfigError, match=f"is being trained by process {writer.pid} on this host"):
+                train.run(compose_cfg(f"trainer.resume={resume}"), tmp_path)
+        finally:
+            writer.kill()
+    assert tree(tmp_path) == before and not (tmp_path / "attempts").exists()
+
+
+def single_run(tmp_path, *args):
+    return run_cli(*TINY, "trainer.epochs=1", *args, cwd=tmp_path)
+
+
+def test_a_refused_single_run_leaves_the_record_and_its_hydra_files_as_they_were(tmp_path):
+    # Hydra writes .hydra/ before the task runs: the refusals must come first, and leave no run
+    # dir of their own either (cwd is tmp_path, where outputs/runs/<date>/<time>/ would appear).
+    run_dir = tmp_path / "D"
+    first = single_run(tmp_path, f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "lr: 0.1" in (run_dir / ".hydra" / "config.yaml").read_text()
+    before = tree(run_dir)
+    other = single_run(tmp_path, f"hydra.run.dir={run_dir}", "lr=0.05")
+    assert other.returncode == 2 and other.stderr.splitlines()[-1].startswith("error: ")
+    assert "already holds a run of another config (lr: 0.1 -> 0.05)" in other.stderr
+    invalid = single_run(tmp_path, f"hydra.run.dir={run_dir}", "lr=-5")
+    assert invalid.returncode == 2 and "lr=-5 is invalid" in invalid.stderr
+    assert tree(run_dir) == before
+    invalid_fresh = single_run(tmp_path, "lr=-5")  # into the default, time-stamped run dir
+    assert invalid_fresh.returncode == 2 and not (tmp_path / "outputs").exists()
+    with subprocess.Popen(["sleep", "60"]) as writer:
+        try:
+            pretend_still_training(run_dir, writer.pid)
+            before = tree(run_dir)
+            second = single_run(tmp_path, f"hydra.run.dir={run_dir}")
+        finally:
+            writer.kill()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: {run_dir} is being trained by process {writer.pid} on this host; "
+        "wait for it to end (or stop it), or use another output dir"
+    ]
+    assert tree(run_dir) == before
+
+
+def test_starting_a_single_run_over_sets_its_hydra_files_and_log_aside_with_its_record(tmp_path):
+    run_dir = tmp_path / "D"
+    first = single_run(tmp_path, f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    old = tree(run_dir)
+    again = single_run(tmp_path, f"hydra.run.dir={run_dir}", "lr=0.05", "trainer.resume=false")
+    assert again.returncode == 0, again.stderr[-2000:]
+    aside = tree(run_dir / "attempts" / "1")
+    # the first attempt, byte for byte: its record, Hydra's files (lr 0.1) and its log
+    assert aside == old and "lr: 0.1" in aside[".hydra/config.yaml"].decode()
+    assert "lr: 0.05" in (run_dir / ".hydra" / "config.yaml").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "lr 0.05" in log and "lr 0.1 " not in log  # this attempt's lines only
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".hydra"]  # none pending
