@@ -1,12 +1,19 @@
 """The pool launcher: long-lived workers pinned to device slots, each job a complete, independent record."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from hydra_plugins.sweeper_pool.launcher import resolve_devices
-from tests.conftest import TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli
 
 RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
 
@@ -112,7 +119,6 @@ def test_a_single_worker_runs_here_on_the_cpu_or_gpu_0_only():
 def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
     # Under CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 1 is physical GPU 3.
     import os
-    import queue
 
     from hydra_plugins.sweeper_pool.launcher import _pin_worker
 
@@ -122,10 +128,8 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
         ("2,3", "cpu", ""),
         (None, "cpu", ""),
     ):
-        slots = queue.Queue()
-        slots.put(device)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        _pin_worker(slots, visible)
+        _pin_worker(device, visible)
         assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned
 
 
@@ -166,3 +170,163 @@ def test_one_device_may_be_given_without_a_list(devices, named, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
 
     assert PoolLauncher(devices=devices).devices == named
+
+
+# -- stopping a pool sweep, and losing a worker: real processes, real signals
+
+POOL = ["-m", "hydra/launcher=pool", "hydra.launcher.devices=cpu", "hydra.launcher.slots_per_device=2", *TINY]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields from the state on (field 3), or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs: a zombie (exited, not yet reaped by its parent or init) does not."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running processes of a process group."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in pids if (fields := _stat(pid)) and int(fields[2]) == pgid and fields[0] != "Z"]
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def all_gone(launcher: subprocess.Popen) -> None:
+    """Nothing of the sweep runs on: its workers are gone, and so, a moment after the launcher,
+    is multiprocessing's resource tracker (it leaves when the launcher's end of its pipe closes)."""
+    wait_until(lambda: group_members(launcher.pid) == [], timeout=10, what="the sweep's processes to exit")
+
+
+@pytest.fixture
+def start_sweep(tmp_path):
+    """Start `python -m sweeper ARGS` in a process group of its own (as a shell's job), its output
+    in a file; at the end, whatever is left of the group is killed, pass or fail."""
+    started = []
+
+    def start(*args: str) -> subprocess.Popen:
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        out = open(tmp_path / f"out{len(started)}.txt", "w")  # noqa: SIM115 (closed below)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", *args], cwd=tmp_path, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        process.out = Path(out.name)
+        started.append((process, out))
+        return process
+
+    yield start
+    for process, out in started:
+        for pid in group_members(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        out.close()
+
+
+def trained_an_epoch(sweep: Path, *nums: int):
+    return lambda: all((sweep / str(n) / "checkpoint.pt").exists() for n in nums)
+
+
+def assert_left_to_resume(run: Path) -> None:
+    """An interrupted run, as train.run leaves one: its last checkpoint, no summary, and its
+    worker gone (a rerun would be refused while it runs)."""
+    assert (run / "checkpoint.pt").exists() and (run / "metrics.jsonl").read_text()
+    assert not (run / "summary.json").exists()
+    assert not running(json.loads((run / "job.json").read_text())["pid"])
+
+
+def test_ctrl_c_stops_a_pool_sweep_its_running_jobs_and_its_queue(tmp_path, start_sweep):
+    sweep = tmp_path / "sweep"
+    grid = ["trainer.epochs=100", "lr=0.1,0.05,0.02,0.01", f"hydra.sweep.dir={sweep}"]
+    launcher = start_sweep(*POOL, *grid)
+    wait_until(trained_an_epoch(sweep, 0, 1), what="jobs 0 and 1 to train an epoch")
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group
+    # Python ends on an interrupt by SIGINT, which a shell reports as 130 (and stops its script)
+    assert launcher.wait(timeout=60) == -signal.SIGINT
+    out = launcher.out.read_text()
+    all_gone(launcher)  # every worker reaped, none left training
+    for n in (0, 1):
+        assert_left_to_resume(sweep / str(n))
+    assert not (sweep / "2").exists() and not (sweep / "3").exists()  # the queue was dropped
+    assert "SIGINT: sweep stopped. Interrupted: jobs 0, 1" in out and "not started: jobs 2, 3" in out
+    assert f"sweep {sweep}: 4 jobs: 0 completed" in out  # the usual summary, from the records
+
+
+def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp_path, start_sweep):
+    # What `timeout` or a job manager sends: to the launcher only, not to its workers.
+    sweep = tmp_path / "sweep"
+    grid = ["trainer.epochs=6", "lr=0.1,0.05", f"hydra.sweep.dir={sweep}"]
+    launcher = start_sweep(*POOL, *grid)
+    wait_until(trained_an_epoch(sweep, 0, 1), what="jobs 0 and 1 to train an epoch")
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    out = launcher.out.read_text()
+    all_gone(launcher)
+    for n in (0, 1):
+        assert_left_to_resume(sweep / str(n))
+    assert f"sweep {sweep}: 2 jobs: 0 completed" in out
+
+    rerun = run_cli(*POOL, *grid, cwd=tmp_path)  # not refused: nobody is training those runs
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    for n in (0, 1):  # resumed from their checkpoints: every epoch once
+        assert json.loads((sweep / str(n) / "job.json").read_text())["restarts"] == 1
+        assert [r["epoch"] for r in without_times(sweep / str(n) / "metrics.jsonl")] == list(range(1, 7))
+        assert not (sweep / str(n) / "attempts").exists()
+
+
+def test_a_dead_worker_fails_its_job_alone_and_a_fresh_worker_takes_its_slot(tmp_path, start_sweep):
+    # The OOM killer's SIGKILL to one worker. Job 0 is long; the others are short, so that the
+    # fresh worker still finds a job waiting.
+    sweep = tmp_path / "sweep"
+    launcher = start_sweep(*POOL, "trainer.epochs=60,3,1,2", f"hydra.sweep.dir={sweep}")
+    wait_until(trained_an_epoch(sweep, 0), what="job 0 to train an epoch")
+    worker = json.loads((sweep / "0" / "job.json").read_text())["pid"]
+    os.kill(worker, signal.SIGKILL)
+    assert launcher.wait(timeout=90) == 1  # as for any failed job
+    out = launcher.out.read_text()
+    all_gone(launcher)
+    assert "BrokenProcessPool" not in out and f"sweep {sweep}: 4 jobs: 3 completed, 1 failed" in out
+
+    summaries = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
+    assert [s["status"] for s in summaries] == ["failed", "completed", "completed", "completed"]
+    failed = summaries[0]
+    assert failed["error"] == f"PoolError: worker process {worker} died (signal 9, SIGKILL: out of memory?)"
+    # closed as train.run closes a failed run: its metrics' reductions, versions, the reason
+    assert {"epochs_done", "final_test_loss", "versions", "traceback", "finished_at"} <= set(failed)
+    assert set(failed) <= set(summaries[1]) and failed["epochs_done"] >= 1
+    pids = {json.loads((sweep / str(n) / "job.json").read_text())["pid"] for n in range(4)}
+    assert worker in pids and len(pids) == 3  # the sibling trained on; a fresh worker replaced the dead one
+
+    # A rerun sets the failed attempt aside and trains the run again, as for any failed run.
+    from sweeper import train
+
+    run = sweep / "0"
+    cfg = OmegaConf.create(json.loads((run / "config.json").read_text()))
+    record, ended = train.open_record(cfg, run, job_num=0)
+    assert ended is None and (run / "attempts" / "1" / "summary.json").exists()
+
+
+def test_workers_do_not_outlive_a_killed_launcher(tmp_path, start_sweep):
+    # SIGKILL cannot be caught: the kernel tells each worker (PR_SET_PDEATHSIG), which stops its
+    # job as on SIGTERM, leaving the run to resume.
+    sweep = tmp_path / "sweep"
+    launcher = start_sweep(*POOL, "trainer.epochs=100", "lr=0.1,0.05", f"hydra.sweep.dir={sweep}")
+    wait_until(trained_an_epoch(sweep, 0, 1), what="jobs 0 and 1 to train an epoch")
+    launcher.kill()
+    launcher.wait(timeout=30)
+    all_gone(launcher)
+    for n in (0, 1):
+        assert_left_to_resume(sweep / str(n))

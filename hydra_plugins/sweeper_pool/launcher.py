@@ -13,18 +13,32 @@ paid once per worker, not once per job. Every job still writes its own complete 
 A single worker on the CPU or on GPU 0 is the launching process itself.
 With `fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed are trained
 as one program in one worker, one wide net for all of them (sweeper/fused.py); each still writes its own record.
+
+Ctrl-C (SIGINT) or SIGTERM stops the sweep: no further job starts, the running ones are stopped
+(their records keep their last checkpoint, so a rerun resumes them), every worker is reaped, the
+sweep's summary is printed, and the exit status is 130 or 143. A worker that dies (the OOM
+killer's SIGKILL, a crash) fails its job alone: the job's record is closed as failed with the
+reason, a fresh worker takes the slot, and the sweep goes on.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
 # in sys.modules, and dataclasses then cannot resolve string annotations.
+import contextlib
 import copy
 import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +48,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict, read_write
+
+from sweeper.processes import process_started
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +77,11 @@ def resolve_devices(devices: Sequence) -> list[str]:
     return [str(i) for i in range(n)] or ["cpu"]
 
 
-def _pin_worker(slots, visible: str | None) -> None:
-    """Runs once in each new worker: take a device slot and keep it for the worker's life.
+def _pin_worker(device: str, visible: str | None) -> None:
+    """Runs once in each new worker: pin it to its device slot for its life.
 
     A device index counts the GPUs the launching process sees, as torch's cuda:N does: under
     CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 0 is physical GPU 2."""
-    device = slots.get()
     # Before torch initialises CUDA in this process. A CPU slot sees no GPU, so that its jobs'
     # trainer.device=auto means the CPU there.
     if device == "cpu":
@@ -140,27 +155,67 @@ class PoolLauncher(Launcher):
                 sweep_config.hydra.job.num = num
             configs.append(sweep_config)
         groups = fused_groups(configs) if self.fuse else [[i] for i in range(len(configs))]
-        results: list = [None] * len(configs)
+        tasks = []
+        for group in groups:
+            if len(group) == 1:
+                payload = cloudpickle.dumps(
+                    (self.hydra_context, self.task_function, configs[group[0]], state)
+                )
+                tasks.append((_run_one, payload))
+            else:
+                log.info(f"fusing jobs {group} into one program")
+                tasks.append((_run_fused, cloudpickle.dumps(([configs[i] for i in group], state))))
+
+        def failed(task: int, error: Exception, worker: "_Worker") -> None:
+            for i in groups[task]:
+                try:
+                    _record_failure(configs[i], error, worker.pid, worker.started)
+                except Exception:  # the sweep goes on; its summary shows the record as it is
+                    log.exception(f"job #{configs[i].hydra.job.num}: could not record its failure")
+
         # A single worker on the CPU or on GPU 0 is this process: that saves a spawn and a second
         # import of torch (about 1 s on cpu-vm, 4 s on the H100 machine).
-        here = runs_here(devices, n_workers)
-        with _ThisProcess() if here else _worker_processes(devices, n_workers) as pool:
-            futures = []
-            for group in groups:
-                if len(group) == 1:
-                    payload = cloudpickle.dumps(
-                        (self.hydra_context, self.task_function, configs[group[0]], state)
-                    )
-                    futures.append((group, pool.submit(_run_one, payload)))
-                else:
-                    log.info(f"fusing jobs {group} into one program")
-                    payload = cloudpickle.dumps(([configs[i] for i in group], state))
-                    futures.append((group, pool.submit(_run_fused, payload)))
-            for group, future in futures:
-                returned = cloudpickle.loads(future.result())
+        runner = _Here() if runs_here(devices, n_workers) else _Pool(devices, n_workers, failed)
+        try:
+            with _Signals() as signals:
+                runner.signals = signals
+                answers = runner.run(tasks)
+        except KeyboardInterrupt as stop:  # SIGINT, or SIGTERM (Stopped); the workers are reaped
+            self._stopped(getattr(stop, "signum", signal.SIGINT), runner, groups, configs)
+        results: list = [None] * len(configs)
+        for group, (kind, value) in zip(groups, answers, strict=True):
+            if kind == "ok":
+                returned = cloudpickle.loads(value)
                 for i, ret in zip(group, returned if len(group) > 1 else [returned], strict=True):
                     results[i] = ret
+            else:  # no return from the worker: the job's record says what happened
+                for i in group:
+                    results[i] = _stand_in(configs[i], kind)
         return results
+
+    def _stopped(self, signum: int, runner, groups, configs) -> None:
+        """After a stop signal: say which jobs it stopped, print the sweep's summary as at any
+        end (sweeper.sweep.SweepCallback, from the run records), and exit as the signal asks."""
+
+        def jobs(tasks) -> str:
+            nums = [str(configs[i].hydra.job.num) for t in sorted(tasks) for i in groups[t]]
+            return f"job{'s' if len(nums) > 1 else ''} {', '.join(nums)}" if nums else "none"
+
+        name = signal.Signals(signum).name
+        log.warning(
+            f"{name}: sweep stopped. Interrupted: {jobs(runner.running.values())} (a rerun into "
+            f"{self.config.hydra.sweep.dir} resumes them from their last checkpoint, if any); "
+            f"not started: {jobs(runner.pending)}"
+        )
+        with contextlib.suppress(SystemExit):  # the summary's own exit 1: the signal's status wins
+            self.hydra_context.callbacks.on_multirun_end(
+                config=self.config, config_name=self.config.hydra.job.get("config_name")
+            )
+        if signum == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        # Python exits on an uncaught KeyboardInterrupt by SIGINT (status 130 in a shell), which
+        # tells a calling shell script to stop too.
+        raise KeyboardInterrupt from None
 
 
 def runs_here(devices: list[str], n_workers: int) -> bool:
@@ -176,31 +231,330 @@ def runs_here(devices: list[str], n_workers: int) -> bool:
     return devices[0] == "0"
 
 
-def _worker_processes(devices: list[str], n_workers: int) -> ProcessPoolExecutor:
-    """n_workers spawned processes, each pinned to a device slot for its life (_pin_worker)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
-    context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
-    slots = context.Queue()
-    for i in range(n_workers):
-        slots.put(devices[i % len(devices)])
-    return ProcessPoolExecutor(
-        n_workers, mp_context=context, initializer=_pin_worker, initargs=(slots, visible)
-    )
+STOPPED = 128 + signal.SIGTERM  # a worker's exit status once SIGTERM has stopped it
+GRACE_S = 10.0  # how long stopped workers get to unwind their jobs before they are killed
 
 
-class _ThisProcess:
-    """An executor that runs each call at once, in this process."""
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM while a sweep launches. A KeyboardInterrupt, so that a job running in
+    this process unwinds as from Ctrl-C: not recorded as failed, its checkpoint kept."""
 
-    def submit(self, fn, *args) -> Future:
-        done = Future()
-        done.set_result(fn(*args))
-        return done
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
-    def __enter__(self):
+
+class _Signals:
+    """While the jobs run, SIGINT and SIGTERM raise Stopped in this process (SIGTERM would
+    otherwise kill it on the spot and orphan the workers); `urgent`, when set, is called instead
+    (a second signal while the workers are being stopped: kill them now). A signal ignored on
+    entry (SIGINT in a shell's background job) stays ignored. Only the main thread can do this."""
+
+    def __init__(self) -> None:
+        self.previous: dict = {}
+        self.urgent: Callable[[], None] | None = None
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.urgent is not None:
+            self.urgent()
+            return
+        raise Stopped(signum)
+
+
+class PoolError(RuntimeError):
+    """A job that ended without an answer from its worker: the worker died, or the job raised
+    outside its run. Recorded in the run's summary.json as the failure's reason."""
+
+
+class _Here:
+    """The one worker is this process: each job runs here, one after the other. A stop signal
+    raises inside the running job (Stopped), which train.run leaves unrecorded, as Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, int] = {}  # slot -> task, as _Pool's
+        self.pending: deque[int] = deque()
+        self.signals: _Signals | None = None
+
+    def run(self, tasks: list) -> list:
+        self.pending = deque(range(len(tasks)))
+        answers = []
+        while self.pending:
+            task = self.running[0] = self.pending.popleft()
+            fn, payload = tasks[task]
+            answers.append(("ok", fn(payload)))
+            del self.running[0]
+        return answers
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing's SpawnProcess
+    conn: Any  # this end of its pipe: jobs go out, answers come back
+    pid: int
+    started: int | None  # sweeper.processes.process_started: with the pid, names the process
+
+
+class _Pool:
+    """Spawned workers (_serve), one per device slot, each pinned to its slot's device and running
+    job after job. A worker that dies is replaced by a fresh one on its slot when the next job
+    needs it; the job it was running is reported to `failed` (unless a SIGTERM stopped it, which
+    leaves the run to resume), and the other workers go on."""
+
+    def __init__(self, devices: list[str], n_workers: int, failed: Callable[[int, Exception, _Worker], None]):
+        self.context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
+        self.slots = [devices[i % len(devices)] for i in range(n_workers)]
+        self.workers: list[_Worker | None] = [None] * n_workers
+        self.failed = failed
+        self.running: dict[int, int] = {}  # slot -> the task its worker runs
+        self.pending: deque[int] = deque()
+        self.signals: _Signals | None = None
+
+    def run(self, tasks: list) -> list:
+        """The answers, in task order: ("ok", the job's pickled return), ("failed", why) or
+        ("stopped", why). On any exception (a stop signal) every worker is stopped and reaped first."""
+        answers: list = [None] * len(tasks)
+        self.pending = deque(range(len(tasks)))
+        try:
+            while self.pending or self.running:
+                self._dispatch(tasks)
+                self._collect(answers)
+            self._close(stop=False)
+        except BaseException:  # a stop signal, even one during the closing above
+            self._close(stop=True)
+            raise
+        return answers
+
+    def _dispatch(self, tasks: list) -> None:
+        idle = [slot for slot in range(len(self.slots)) if slot not in self.running][: len(self.pending)]
+        # Every worker needed is started before any job is sent: a send waits until its worker,
+        # still starting (seconds), takes the job, and the others should start meanwhile.
+        for slot in idle:
+            worker = self.workers[slot]
+            if worker is not None and not worker.process.is_alive():  # died idle: no job lost
+                self._reap(slot, None)
+            if self.workers[slot] is None:
+                self._start(slot)
+        for slot in idle:
+            task = self.running[slot] = self.pending.popleft()
+            # A worker that died meanwhile (even while starting) fails the job, found by _collect:
+            # handing the job to the next worker instead could respawn a failing worker forever.
+            with contextlib.suppress(OSError):
+                self.workers[slot].conn.send(tasks[task])
+
+    def _start(self, slot: int) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(
+            target=_serve,
+            args=(theirs, self.slots[slot], self.visible, os.getpid()),
+            name=f"pool-worker-{slot}",
+            # Should this process end by a way _close does not see, multiprocessing's exit
+            # handler then terminates (SIGTERM: stops) its daemonic children before it waits for them.
+            daemon=True,
+        )
+        with _starting():
+            process.start()
+            self.workers[slot] = worker = _Worker(process, ours, process.pid, process_started(process.pid))
+            theirs.close()  # the worker holds the only other end: its exit reads as EOF here
+        return worker
+
+    def _collect(self, answers: list) -> None:
+        """Wait until a running job answers or a worker exits, and settle that."""
+        live = {slot: w for slot, w in enumerate(self.workers) if w is not None}
+        waiting = [w.process.sentinel for w in live.values()] + [live[s].conn for s in self.running]
+        ready = set(connection.wait(waiting))
+        for slot, worker in live.items():
+            if worker.conn not in ready and worker.process.sentinel not in ready:
+                continue
+            if slot in self.running:
+                try:
+                    answer = worker.conn.recv()
+                except (EOFError, OSError):  # the worker is gone without an answer
+                    pass
+                else:
+                    self._answered(self.running.pop(slot), answer, worker, answers)
+            if worker.process.sentinel in ready or slot in self.running:
+                self._reap(slot, answers)
+
+    def _answered(self, task: int, answer: tuple, worker: _Worker, answers: list) -> None:
+        if answer[0] == "ok":
+            answers[task] = answer
+            return
+        # It raised outside its run (train.run records the failures inside): as failed as a death.
+        why = f"the job raised outside its run, in worker process {worker.pid}: {answer[1].strip().splitlines()[-1]}"
+        log.error(f"{why}\n{answer[1]}")
+        answers[task] = ("failed", why)
+        self.failed(task, PoolError(why), worker)
+
+    def _reap(self, slot: int, answers: list | None) -> None:
+        worker, self.workers[slot] = self.workers[slot], None
+        worker.process.join(GRACE_S)  # it has closed its pipe: it is exiting
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+        task = self.running.pop(slot, None)
+        if task is None:
+            return
+        code = worker.process.exitcode
+        if code == STOPPED:  # someone else's SIGTERM: an interruption, as Ctrl-C is
+            why = f"worker process {worker.pid} was stopped (SIGTERM); its run resumes on a rerun"
+            log.warning(f"task {task}: {why}")
+            answers[task] = ("stopped", why)
+            return
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+            hint = ": out of memory?" if -code == signal.SIGKILL else ""
+            why = f"worker process {worker.pid} died (signal {-code}, {name}{hint})"
+        else:
+            why = f"worker process {worker.pid} exited with status {code}"
+        log.error(f"{why}; its job is recorded as failed and a fresh worker takes its slot")
+        answers[task] = ("failed", why)
+        self.failed(task, PoolError(why), worker)
+
+    def _close(self, stop: bool) -> None:
+        """Reap every worker. Idle ones leave when their pipe closes; `stop` also sends SIGTERM, which
+        stops a running job as an interrupt (_serve). A second stop signal meanwhile kills them at once."""
+        live = [w for w in self.workers if w is not None]
+        if self.signals is not None:
+            self.signals.urgent = lambda: [w.process.kill() for w in live if w.process.exitcode is None]
+        try:
+            for worker in live:
+                if stop and worker.process.exitcode is None:
+                    worker.process.terminate()
+                worker.conn.close()
+            deadline = time.monotonic() + GRACE_S
+            for worker in live:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+            for worker in live:
+                if worker.process.is_alive():
+                    log.warning(f"worker process {worker.pid} did not stop in {GRACE_S:.0f} s: killed")
+                    worker.process.kill()
+                    worker.process.join()
+        finally:
+            if self.signals is not None:
+                self.signals.urgent = None
+        self.workers = [None] * len(self.slots)
+
+
+@contextlib.contextmanager
+def _starting():
+    """Around a worker's start: it inherits SIGINT ignored (Ctrl-C at a terminal reaches the
+    whole process group, but the launcher decides what it means: _serve), and SIGINT/SIGTERM
+    here wait, blocked, until the worker is on the books, so that none is started unknown. (The
+    worker may inherit the mask too, as spawn starts it from a multi-threaded process: _serve
+    lifts it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # blocked, a SIGINT stays pending
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _serve(conn, device: str, visible: str | None, launcher: int) -> None:
+    """A worker's life: pin to `device`, then run the jobs the launcher sends until it closes the pipe.
+
+    SIGINT is ignored: the launcher decides what Ctrl-C means, and tells the workers with SIGTERM.
+    SIGTERM, the launcher's or anyone's, raises KeyboardInterrupt in the running job, which
+    unwinds as from Ctrl-C: train.run writes no summary, so the run keeps its last checkpoint and
+    a rerun resumes it. The worker then exits with status STOPPED."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    # The launcher's mask while it started this worker (_starting) may have come along: a
+    # SIGTERM sent meanwhile is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _die_with(launcher)
+    _pin_worker(device, visible)
+    try:
+        while True:
+            try:
+                fn, payload = conn.recv()
+            except EOFError:  # the launcher closed the pipe: no more jobs
+                return
+            try:
+                answer = ("ok", fn(payload))
+            except Exception:  # outside the run (train.run records its own failures)
+                answer = ("raised", traceback.format_exc())
+            conn.send(answer)
+    except KeyboardInterrupt:
+        sys.exit(STOPPED)  # without a traceback: the launcher says which jobs were stopped
+
+
+def _interrupt_once(signum: int, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not break the unwinding
+    raise KeyboardInterrupt
+
+
+def _die_with(launcher: int) -> None:
+    """Have the kernel SIGTERM this worker when the launcher dies, even by SIGKILL, rather than
+    leave it training as an orphan (Linux's PR_SET_PDEATHSIG; elsewhere an idle worker still
+    leaves when the launcher's end of its pipe closes)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != launcher:  # the launcher died before that was set
+        sys.exit(STOPPED)
+
+
+def _run_dir(sweep_config) -> Path:
+    return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+
+
+def _record_failure(sweep_config, error: Exception, pid: int, started: int | None) -> None:
+    """Close the run of a job whose worker died as train.run closes a failed run (close_record):
+    summary.json says `failed` with the reason, and a rerun sets the attempt aside and trains it
+    again. Only a record this worker opened is closed: an earlier attempt's, which it had not
+    yet taken over, is left as it was (resumable, or ended)."""
+    from sweeper import train
+    from sweeper.runlog import RunLog
+
+    run_dir = _run_dir(sweep_config)
+    if (run_dir / "summary.json").exists():  # the run had ended (or was skipped) before the worker died
+        return
+    task = _task_config(sweep_config)
+    if not (run_dir / "config.json").exists():  # it died before the run opened its record
+        overrides, num = list(sweep_config.hydra.overrides.task), int(sweep_config.hydra.job.num)
+        record, _ = train.open_record(task, run_dir, overrides, num)
+        record.write_job({**record.read_json("job.json"), "pid": pid, "pid_started": started})
+    else:
+        record = RunLog(run_dir)
+        job = record.read_json("job.json")
+        if not isinstance(job, dict) or job.get("pid") != pid or job.get("host") != socket.gethostname():
+            return
+    train.close_record(record, task, {}, error)
+
+
+def _stand_in(sweep_config, value: str) -> JobReturn:
+    """The return of a job that gave none. Marked completed so that Hydra's sweeper does not
+    abort the sweep on it: the run records, read by the sweep's summary, say how each job ended."""
+    return JobReturn(
+        overrides=list(sweep_config.hydra.overrides.task),
+        cfg=_task_config(sweep_config),
+        hydra_cfg=sweep_config,
+        working_dir=str(_run_dir(sweep_config)),
+        task_name=str(sweep_config.hydra.job.name),
+        status=JobStatus.COMPLETED,
+        _return_value=value,
+    )
 
 
 def _task_config(sweep_config):
