@@ -332,8 +332,11 @@ class SoloStates:
         }
 
 
-def run_group(cfgs: list[DictConfig], run_dirs, overrides, job_nums) -> list[dict]:
-    """Like train.run for each trial: skip ended runs, resume unfinished ones solo, fuse the rest."""
+def run_group(
+    cfgs: list[DictConfig], run_dirs, overrides, job_nums, hydra_files: str = ".hydra"
+) -> list[dict]:
+    """Like train.run for each trial: skip ended runs, resume unfinished ones solo, fuse the rest.
+    `hydra_files`: where each job's .hydra files were written (see train.open_record)."""
     from sweeper import train
 
     summaries: list[dict | None] = [None] * len(cfgs)
@@ -344,11 +347,9 @@ def run_group(cfgs: list[DictConfig], run_dirs, overrides, job_nums) -> list[dic
             and not (run_dirs[i] / "summary.json").exists()
             and cfg.trainer.resume
         ):
-            summaries[i] = train.run(
-                cfg, run_dirs[i], overrides[i], job_nums[i]
-            )  # resumes from its checkpoint
+            summaries[i] = train.run(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)  # resumes
             continue
-        record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i])
+        record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
         if ended is not None:
             summaries[i] = ended
         else:

@@ -12,15 +12,28 @@ import socket
 from pathlib import Path
 
 
-def process_started(pid: int) -> int | None:
-    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); None where
-    unknown (not Linux, or no such process). With the pid it names one process: pids are reused."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None where unknown (not Linux, or no such process)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); None where
+    unknown (not Linux, or no such process). With the pid it names one process: pids are reused."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
+
+
+def _zombie(pid: int) -> bool:
+    # A process that has exited but is not reaped yet (state Z) writes nothing any more: the
+    # workers of a SIGKILLed pool launcher stay so until init reaps them.
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] in ("Z", "X")
 
 
 def on_this_host(job: dict | None) -> bool:
@@ -42,6 +55,8 @@ def alive(job: dict) -> bool:
         return False
     except PermissionError:  # alive, another user's
         pass
+    if _zombie(pid):
+        return False
     started = job.get("pid_started")
     return started is None or process_started(pid) == started  # else the pid was reused
 

@@ -28,7 +28,7 @@ from sweeper.runlog import atomic_write, to_json
 from sweeper.train import PENDING_HYDRA_FILES, config_difference
 from sweeper.validate import ConfigError, check, check_device
 
-STATES = ("completed", "diverged", "failed", "running", "missing")
+STATES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -331,9 +331,23 @@ def job_state(run_dir: Path) -> tuple[str, str]:
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except FileNotFoundError:
-        return (
-            ("running", "no summary yet") if (run_dir / "config.json").exists() else ("missing", "no record")
-        )
+        if not (run_dir / "config.json").exists():
+            return "missing", "no record"
+        try:
+            job = json.loads((run_dir / "job.json").read_text())
+        except (OSError, ValueError):
+            job = None
+        # Its process on this host has ended (or is this one, whose job returned) without a
+        # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
+        if processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job)):
+            try:
+                epochs = sum(
+                    1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+                )
+            except OSError:
+                epochs = 0
+            return "interrupted", f"stopped after {epochs} epochs; a rerun into this sweep dir resumes it"
+        return "running", "no summary yet"
     except json.JSONDecodeError:
         return "failed", "unreadable summary.json"
     state = summary.get("status", "failed")

@@ -85,6 +85,22 @@ def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_pa
             assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)
 
 
+def test_a_fused_job_started_over_sets_its_hydra_files_aside_with_its_record(tmp_path):
+    def sweep(*extra):
+        return run_cli(
+            "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "lr=0.1,0.05", *extra,
+            f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+        )  # fmt: skip
+
+    assert sweep().returncode == 0
+    first = (tmp_path / "s" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert sweep("trainer.resume=false").returncode == 0
+    run = tmp_path / "s" / "0"
+    assert (run / "attempts" / "1" / ".hydra" / "overrides.yaml").read_text() == first
+    assert "trainer.resume=false" in (run / ".hydra" / "overrides.yaml").read_text().lower()
+    assert not list(run.glob(".hydra.pending-*"))  # Hydra's files of this invocation moved in
+
+
 @pytest.mark.parametrize("fuse", ["false", "true"])
 def test_one_cpu_worker_is_this_process(tmp_path, monkeypatch, fuse):
     # No GPU to pin and one slot: spawning a worker would only import torch a second time.
@@ -262,7 +278,8 @@ def test_ctrl_c_stops_a_pool_sweep_its_running_jobs_and_its_queue(tmp_path, star
         assert_left_to_resume(sweep / str(n))
     assert not (sweep / "2").exists() and not (sweep / "3").exists()  # the queue was dropped
     assert "SIGINT: sweep stopped. Interrupted: jobs 0, 1" in out and "not started: jobs 2, 3" in out
-    assert f"sweep {sweep}: 4 jobs: 0 completed" in out  # the usual summary, from the records
+    # the usual summary, from the records: jobs 0 and 1 stopped, to be resumed, 2 and 3 not started
+    assert f"sweep {sweep}: 4 jobs: 0 completed, 2 interrupted, 2 missing" in out
 
 
 def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp_path, start_sweep):

@@ -2,6 +2,8 @@
 
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +268,19 @@ def test_trainer_resume_false_starts_a_changed_grid_over_and_sets_the_old_sweep_
         rows = (sweep_dir / job["dir"] / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
         assert not (sweep_dir / job["dir"] / "attempts").exists()
+
+
+def test_an_exited_process_not_yet_reaped_writes_nothing_and_is_not_alive():
+    from sweeper import processes
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while processes._stat_fields(child.pid)[0] != "Z":  # exited; not waited for, so a zombie
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job = {"pid": child.pid, "pid_started": processes.process_started(child.pid)}
+    try:
+        # Before, kill(pid, 0) succeeded on the zombie: a rerun was refused as "being trained".
+        assert not processes.alive(job)
+    finally:
+        child.wait()

@@ -587,18 +587,21 @@ def _run_fused(payload: bytes) -> bytes:
     from sweeper.fused import run_group
 
     tasks, dirs, overrides, nums = [], [], [], []
+    # Where Hydra's run_job would write them: a pending dir (sweeper/__main__), which the run
+    # moves to .hydra/ only when it starts an attempt, so a resumed or refused job keeps its own.
+    hydra_files = str(sweep_configs[0].hydra.output_subdir or ".hydra")
     for sweep_config in sweep_configs:
         out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-        (out / ".hydra").mkdir(parents=True, exist_ok=True)
+        (out / hydra_files).mkdir(parents=True, exist_ok=True)
         task = _task_config(sweep_config)
-        OmegaConf.save(task, out / ".hydra" / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / ".hydra" / "hydra.yaml")
-        OmegaConf.save(sweep_config.hydra.overrides.task, out / ".hydra" / "overrides.yaml")
+        OmegaConf.save(task, out / hydra_files / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / hydra_files / "hydra.yaml")
+        OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
         tasks.append(task)
         dirs.append(out)
         overrides.append(list(sweep_config.hydra.overrides.task))
         nums.append(int(sweep_config.hydra.job.num))
-    summaries = run_group(tasks, dirs, overrides, nums)
+    summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
     returns = [
         JobReturn(
             overrides=o,
