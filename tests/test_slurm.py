@@ -361,9 +361,9 @@ def array_task(job: dict) -> str:
 
 
 def broken_image_folder(root: Path) -> Path:
-    for split in ("train", "test"):
-        (root / split / "cat").mkdir(parents=True)
-        (root / split / "cat" / "0.png").write_bytes(b"garbage")
+    """A well-laid-out tree (the pre-check passes it) with one corrupt image, found as a job loads it."""
+    write_image_folder(root)
+    next((root / "train" / "cat").glob("*.png")).write_bytes(b"garbage")
     return root
 
 
