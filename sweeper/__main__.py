@@ -12,6 +12,7 @@ sweep; docs/run-record.md describes the files.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,4 +112,11 @@ if __name__ == "__main__":
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # Ctrl-C: the records say where each run stopped (a rerun resumes it) and a sweep prints
+        # its summary; a traceback would add nothing. Die by SIGINT, as an interrupted program
+        # does, so that a calling shell sees 130 and stops its script too.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)

@@ -289,6 +289,17 @@ def check_device(cfg) -> None:
     import torch
 
     device = _get(cfg, "trainer.device")
+    trains_on = (
+        "cuda"
+        if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        else device
+    )
+    if _get(cfg, "trainer.cuda_graph") is True and trains_on != "cuda":
+        # true asks for a graph (auto takes one where it can): without CUDA none is captured
+        raise ConfigError(
+            f"trainer.cuda_graph=true is invalid here: this run trains on {'cpu' if device == 'auto' else device}, "
+            "and a CUDA graph needs a CUDA device; use auto (a graph where there is CUDA) or false"
+        )
     if device in ("auto", "cpu"):
         return
     if device == "mps":

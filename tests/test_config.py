@@ -499,3 +499,16 @@ def test_a_local_sweep_or_run_on_a_gpu_this_machine_lacks_is_refused_before_it_s
         "this machine has no CUDA GPU (torch.cuda.is_available() is false); use auto or cpu"
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_a_cuda_graph_asked_for_where_no_cuda_trains_is_refused(device, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # Before, the run completed without a graph and said nothing.
+    with pytest.raises(
+        validate.ConfigError, match=r"^trainer.cuda_graph=true is invalid here: this run trains on cpu"
+    ):
+        validate.check_device(compose_cfg(f"trainer.device={device}", "trainer.cuda_graph=true"))
+    validate.check_device(compose_cfg(f"trainer.device={device}", "trainer.cuda_graph=auto"))

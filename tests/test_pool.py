@@ -280,6 +280,7 @@ def test_ctrl_c_stops_a_pool_sweep_its_running_jobs_and_its_queue(tmp_path, star
     assert "SIGINT: sweep stopped. Interrupted: jobs 0, 1" in out and "not started: jobs 2, 3" in out
     # the usual summary, from the records: jobs 0 and 1 stopped, to be resumed, 2 and 3 not started
     assert f"sweep {sweep}: 4 jobs: 0 completed, 2 interrupted, 2 missing" in out
+    assert "Traceback" not in out  # the records and the summary say it all
 
 
 def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp_path, start_sweep):
