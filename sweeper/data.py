@@ -500,7 +500,17 @@ def _cache_path(src: Path, directory: Path | None) -> Path | None:
             parts.append(f"{path}|missing")
             continue
         parts.append(f"{path[len(str(src)) :]}|{stat.st_size}|{stat.st_mtime_ns}")
-    return directory / f"cifar10-{_digest(chr(10).join(parts))}.pt"
+    # The source's digest first: a cache of the same source under an older key is superseded.
+    return directory / f"cifar10-{_digest(parts[0])}-{_digest(chr(10).join(parts))}.pt"
+
+
+def _superseded(cache: Path) -> list[Path]:
+    """Caches of the same source as `cache` (cifar10-<source>-<key>.pt) under another key: made
+    from files since edited, or by an older decoder, never to be read again (185 MB each)."""
+    name = cache.name.removesuffix(".pt").split("-")
+    if len(name) != 3 or name[0] != "cifar10":
+        return []
+    return [p for p in cache.parent.glob(f"cifar10-{name[1]}-*.pt") if p.name != cache.name]
 
 
 _WARNED: set[str] = set()
@@ -589,6 +599,9 @@ def _store(cache: Path | None, arrays: dict) -> None:
     try:
         torch.save({**arrays, "crc32": _checksums(arrays)}, tmp)
         os.replace(tmp, cache)
+        for old in _superseded(cache):  # a reader that has one open keeps reading it
+            with contextlib.suppress(OSError):
+                old.unlink()
     except BaseException as e:  # an interrupt too: never leave a 185 MB temp file behind
         tmp.unlink(missing_ok=True)
         if not isinstance(e, OSError):

@@ -239,6 +239,8 @@ def test_cache_is_made_again_when_a_read_file_or_the_decoder_changes(tmp_path, m
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "tree/train/cat/new.png")
     x, y, _, _ = load_cifar(tmp_path / "tree", tmp_path / "cache")
     assert len(y) == 31 and int(x[0].sum()) == 0  # the edited image and the added one, not the old cache
+    # The superseded cache of that tree (185 MB for CIFAR-10) is gone; only the new one is left.
+    assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 1
 
     write_python_batches(tmp_path / "pyb")
     load_cifar(tmp_path / "pyb", tmp_path / "cache")
