@@ -75,7 +75,7 @@ def check_run(arguments: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
+    overrides = [a for a in arguments if _is_override(a)]
     try:
         with initialize_config_dir(config_dir=CONF, version_base=None):
             cfg = compose("config", overrides=overrides, return_hydra_config=True)
@@ -88,12 +88,20 @@ def check_run(arguments: list[str]) -> None:
     train.check_start(task, run_dir)
 
 
-def hydra_files(arguments: list[str]) -> list[str]:
-    """The override that has Hydra write .hydra/ into a pending dir (train.PENDING_HYDRA_FILES),
-    which the run moves into place once it owns its dir; none where the user chose the subdir."""
+def _is_override(argument: str) -> bool:
+    """key=value, +key=value, ~key: Hydra's overrides, as opposed to flags and their values."""
+    return not argument.startswith("-") and ("=" in argument or argument.startswith("~"))
+
+
+def with_hydra_files(arguments: list[str]) -> list[str]:
+    """The arguments plus the override that has Hydra write .hydra/ into a pending dir
+    (train.PENDING_HYDRA_FILES), which the run moves into place once it owns its dir; as they
+    are where the user chose the subdir. It goes right after the last override: Hydra reads its
+    overrides as one unbroken run of words, and a flag may follow them (`lr=0.1,0.2 -m`)."""
     if any(a.lstrip("+~").startswith("hydra.output_subdir") for a in arguments):
-        return []
-    return [f"hydra.output_subdir={train.PENDING_HYDRA_FILES}{os.getpid()}"]
+        return arguments
+    at = max((i + 1 for i, a in enumerate(arguments) if _is_override(a)), default=len(arguments))
+    return [*arguments[:at], f"hydra.output_subdir={train.PENDING_HYDRA_FILES}{os.getpid()}", *arguments[at:]]
 
 
 if __name__ == "__main__":
@@ -108,7 +116,7 @@ if __name__ == "__main__":
                     validate.check_launcher(arguments, CONF)  # check_jobs does the rest, per job
                 else:
                     check_run(arguments)
-                sys.argv += hydra_files(arguments)
+                sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

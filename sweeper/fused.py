@@ -333,7 +333,7 @@ class SoloStates:
 
 
 def run_group(
-    cfgs: list[DictConfig], run_dirs, overrides, job_nums, hydra_files: str = ".hydra"
+    cfgs: list[DictConfig], run_dirs, overrides, job_nums, hydra_files: str | None = ".hydra"
 ) -> list[dict]:
     """Like train.run for each trial: skip ended runs, resume unfinished ones solo, fuse the rest.
     `hydra_files`: where each job's .hydra files were written (see train.open_record)."""

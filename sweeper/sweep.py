@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper import processes
 from sweeper.runlog import atomic_write, to_json
-from sweeper.train import PENDING_HYDRA_FILES, config_difference
+from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference
 from sweeper.validate import ConfigError, check, check_device
 
 STATES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
@@ -295,6 +295,9 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        pending = str(config.hydra.output_subdir or "")
+        if pending.startswith(PENDING_HYDRA_FILES):
+            as_written_in_place(sweep_dir / "multirun.yaml", pending)
         known = _read_sweep(sweep_dir)
         if known is None:
             return

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import build, cuda_graph, host_memory, models, processes
 from sweeper import data as data_module
-from sweeper.runlog import RunLog
+from sweeper.runlog import RunLog, atomic_write
 from sweeper.validate import ConfigError
 
 log = logging.getLogger("sweeper")
@@ -436,6 +436,20 @@ def _reopen_logs(moved: set[Path]) -> None:
                 old.close()
 
 
+def as_written_in_place(path: Path, pending: str) -> None:
+    """Hydra's record of a run (hydra.yaml, multirun.yaml) as if it had written .hydra/ in place:
+    the pending dir's name is an implementation detail, and replaying the record's overrides
+    would otherwise write into a stale .hydra.pending-<pid>/."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return
+    lines = [line for line in text.splitlines(keepends=True) if f"hydra.output_subdir={pending}" not in line]
+    fixed = "".join(lines).replace(f"output_subdir: {pending}", f"output_subdir: {HYDRA_FILES}")
+    if fixed != text:
+        atomic_write(path, fixed.encode())
+
+
 def drop_pending(run_dir: Path, hydra_files: str | None) -> None:
     """Remove the .hydra files Hydra wrote for this invocation when its run does not start."""
     if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES):
@@ -490,6 +504,7 @@ def open_record(
             drop_pending(run_dir, hydra_files)
         else:
             pending.rename(run_dir / HYDRA_FILES)
+            as_written_in_place(run_dir / HYDRA_FILES / "hydra.yaml", hydra_files)
     record.write_config(config)
     record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
     return record, None

@@ -512,3 +512,25 @@ def test_a_cuda_graph_asked_for_where_no_cuda_trains_is_refused(device, monkeypa
     ):
         validate.check_device(compose_cfg(f"trainer.device={device}", "trainer.cuda_graph=true"))
     validate.check_device(compose_cfg(f"trainer.device={device}", "trainer.cuda_graph=auto"))
+
+
+def test_a_flag_after_the_overrides_still_runs_the_sweep(tmp_path: Path):
+    # Hydra reads overrides as one run of words; the pending .hydra override must join that run.
+    result = run_cli(*TINY, "lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}", "-m", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for n in (0, 1):
+        assert (tmp_path / "s" / str(n) / "summary.json").exists()
+        assert (tmp_path / "s" / str(n) / ".hydra" / "config.yaml").exists()
+        assert not list((tmp_path / "s" / str(n)).glob(".hydra.pending-*"))
+        # Hydra's records read as if it had written .hydra/ in place: replaying them writes no pending dir
+        assert ".hydra.pending-" not in (tmp_path / "s" / str(n) / ".hydra" / "hydra.yaml").read_text()
+    assert ".hydra.pending-" not in (tmp_path / "s" / "multirun.yaml").read_text()
+
+
+def test_a_single_run_deleting_a_key_it_needs_is_refused_before_its_dir_is_made(tmp_path: Path):
+    result = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'r'}", "~trainer.keep_sample_losses", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.keep_sample_losses=None is invalid: must be true or false"
+    )
+    assert not (tmp_path / "r").exists()

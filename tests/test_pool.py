@@ -85,6 +85,18 @@ def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_pa
             assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)
 
 
+def test_fused_jobs_keep_a_log_each_and_write_no_hydra_files_when_asked_not_to(tmp_path):
+    result = run_cli(
+        "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "lr=0.1,0.05", "hydra.output_subdir=null",
+        f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for n in (0, 1):
+        run = tmp_path / "s" / str(n)
+        assert not (run / ".hydra").exists()  # Hydra's run_job writes none with output_subdir=null
+        assert "2 fused trials" in (run / "train.log").read_text()  # the group's lines, in each trial's log
+
+
 def test_a_fused_job_started_over_sets_its_hydra_files_aside_with_its_record(tmp_path):
     def sweep(*extra):
         return run_cli(

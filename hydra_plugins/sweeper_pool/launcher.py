@@ -589,19 +589,35 @@ def _run_fused(payload: bytes) -> bytes:
     tasks, dirs, overrides, nums = [], [], [], []
     # Where Hydra's run_job would write them: a pending dir (sweeper/__main__), which the run
     # moves to .hydra/ only when it starts an attempt, so a resumed or refused job keeps its own.
-    hydra_files = str(sweep_configs[0].hydra.output_subdir or ".hydra")
+    # hydra.output_subdir=null: no Hydra files at all, as Hydra's run_job would write none.
+    subdir = sweep_configs[0].hydra.output_subdir
+    hydra_files = None if subdir is None else str(subdir)
+    logs = []
     for sweep_config in sweep_configs:
         out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-        (out / hydra_files).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         task = _task_config(sweep_config)
-        OmegaConf.save(task, out / hydra_files / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / hydra_files / "hydra.yaml")
-        OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
+        if hydra_files is not None:
+            (out / hydra_files).mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(task, out / hydra_files / "config.yaml")
+            OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / hydra_files / "hydra.yaml")
+            OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
+        # Each trial's <job name>.log, as Hydra's job logging gives a solo run: the group's lines
+        # are every trial's (a set-aside attempt's log is reopened by train.open_record).
+        handler = logging.FileHandler(out / f"{sweep_config.hydra.job.name}.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logs.append(handler)
         tasks.append(task)
         dirs.append(out)
         overrides.append(list(sweep_config.hydra.overrides.task))
         nums.append(int(sweep_config.hydra.job.num))
-    summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
+    try:
+        summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
+    finally:
+        for handler in logs:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     returns = [
         JobReturn(
             overrides=o,
