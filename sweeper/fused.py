@@ -362,6 +362,8 @@ def run_group(
             for (i, record), outcome in zip(fresh, outcomes, strict=True):
                 summaries[i] = train.close_record(record, cfgs[i], outcome)
         except Exception as e:  # the whole group failed together: each trial says so
+            if train.interrupted(e):
+                raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials
             for i, record in fresh:
                 summaries[i] = train.close_record(record, cfgs[i], {}, e)
     return summaries

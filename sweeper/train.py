@@ -553,4 +553,19 @@ def run(
     try:
         return close_record(record, cfg, train(cfg, record))
     except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
+        if interrupted(e):
+            raise KeyboardInterrupt from e  # no summary: the run stopped, and a rerun resumes it
         return close_record(record, cfg, {}, e)
+
+
+def interrupted(error: BaseException) -> bool:
+    """An error raised while an interrupt (Ctrl-C, a pool worker's SIGTERM) was being handled:
+    one that lands inside library code can come out as that code's cleanup error (np.savez's
+    zipfile: "Can't close the ZIP file while there is an open writing handle"), not as itself."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__ or error.__cause__
+    return False

@@ -272,3 +272,20 @@ def test_starting_a_single_run_over_sets_its_hydra_files_and_log_aside_with_its_
     log = (run_dir / "train.log").read_text()
     assert "lr 0.05" in log and "lr 0.1 " not in log  # this attempt's lines only
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".hydra"]  # none pending
+
+
+def test_an_interrupt_that_library_code_turns_into_another_error_leaves_the_run_to_resume(
+    tmp_path, monkeypatch
+):
+    # A pool worker's SIGTERM raised inside np.savez came out as zipfile's ValueError, and the
+    # stopped run was recorded as failed (then set aside) instead of left to resume.
+    def interrupted_inside_a_library(cfg, record):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("Can't close the ZIP file while there is an open writing handle on it") from None
+
+    monkeypatch.setattr(train, "train", interrupted_inside_a_library)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose_cfg(), tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "summary.json").exists()
