@@ -126,5 +126,9 @@ if __name__ == "__main__":
         # Ctrl-C: the records say where each run stopped (a rerun resumes it) and a sweep prints
         # its summary; a traceback would add nothing. Die by SIGINT, as an interrupted program
         # does, so that a calling shell sees 130 and stops its script too.
+        from sweeper import sweep
+
+        if sweep.STARTED:  # Hydra's basic launcher stops without its end callback
+            sweep.summarize(sweep.STARTED[-1])
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)

@@ -222,6 +222,7 @@ def check_jobs(
             ),
         )
     print(f"sweep: {len(final)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+    STARTED.append(sweep_dir)
     return final
 
 
@@ -298,28 +299,41 @@ class SweepCallback(Callback):
         pending = str(config.hydra.output_subdir or "")
         if pending.startswith(PENDING_HYDRA_FILES):
             as_written_in_place(sweep_dir / "multirun.yaml", pending)
-        known = _read_sweep(sweep_dir)
-        if known is None:
-            return
-        counts = dict.fromkeys(STATES, 0)
-        lines = []
-        for job in known["jobs"]:
-            state, detail = job_state(sweep_dir / job["dir"])
-            counts[state] += 1
-            if state != "completed":
-                lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
-        total = len(known["jobs"])
-        print(
-            f"\nsweep {sweep_dir}: {total} jobs: "
-            + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed")
-        )
-        for line in lines[:20]:
-            print(line)
-        if len(lines) > 20:
-            print(f"  ... and {len(lines) - 20} more (python -m analysis status {sweep_dir})")
-        print(f"report: python -m analysis {sweep_dir}")
-        if counts["completed"] != total:
+        if not summarize(sweep_dir):
             raise SystemExit(1)
+
+
+# The sweeps this process has launched (check_jobs), and those it has printed the end summary of:
+# an interrupted sweep on Hydra's basic launcher never reaches on_multirun_end, and __main__
+# prints it then; the pool launcher prints its own on an interrupt.
+STARTED: list[Path] = []
+SUMMARIZED: set[Path] = set()
+
+
+def summarize(sweep_dir: Path) -> bool:
+    """Print the one-screen end summary of a sweep, from its records; whether every job completed."""
+    known = _read_sweep(sweep_dir)
+    if known is None or sweep_dir in SUMMARIZED:
+        return True
+    SUMMARIZED.add(sweep_dir)
+    counts = dict.fromkeys(STATES, 0)
+    lines = []
+    for job in known["jobs"]:
+        state, detail = job_state(sweep_dir / job["dir"])
+        counts[state] += 1
+        if state != "completed":
+            lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
+    total = len(known["jobs"])
+    print(
+        f"\nsweep {sweep_dir}: {total} jobs: "
+        + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed")
+    )
+    for line in lines[:20]:
+        print(line)
+    if len(lines) > 20:
+        print(f"  ... and {len(lines) - 20} more (python -m analysis status {sweep_dir})")
+    print(f"report: python -m analysis {sweep_dir}")
+    return counts["completed"] == total
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:

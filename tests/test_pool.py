@@ -295,6 +295,19 @@ def test_ctrl_c_stops_a_pool_sweep_its_running_jobs_and_its_queue(tmp_path, star
     assert "Traceback" not in out  # the records and the summary say it all
 
 
+def test_ctrl_c_of_a_sweep_on_hydras_basic_launcher_prints_its_summary_too(tmp_path, start_sweep):
+    sweep = tmp_path / "sweep"
+    launcher = start_sweep("-m", *TINY, "trainer.epochs=100", "lr=0.1,0.05", f"hydra.sweep.dir={sweep}")
+    wait_until(trained_an_epoch(sweep, 0), what="job 0 to train an epoch")
+    os.killpg(launcher.pid, signal.SIGINT)
+    assert launcher.wait(timeout=60) == -signal.SIGINT
+    out = launcher.out.read_text()
+    assert_left_to_resume(sweep / "0")
+    # Before, Hydra's basic launcher ended without its end callback: no summary, a traceback.
+    assert f"sweep {sweep}: 2 jobs: 0 completed, 1 interrupted, 1 missing" in out
+    assert out.count(f"sweep {sweep}: 2 jobs") == 1 and "Traceback" not in out
+
+
 def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp_path, start_sweep):
     # What `timeout` or a job manager sends: to the launcher only, not to its workers.
     sweep = tmp_path / "sweep"
