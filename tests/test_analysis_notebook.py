@@ -12,6 +12,19 @@ from tests.fake_runs import make_sweep
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sweep_analysis.ipynb"
 
 
+def executed(sweep: Path, monkeypatch) -> list:
+    """The notebook's outputs, run top to bottom on `sweep` (SWEEP_DIR); it must raise nothing."""
+    monkeypatch.setenv("SWEEP_DIR", str(sweep))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs
+
+
 def test_the_notebook_executes_and_draws_every_figure(tmp_path, monkeypatch):
     sweep = make_sweep(
         tmp_path / "sweep",
@@ -22,14 +35,7 @@ def test_the_notebook_executes_and_draws_every_figure(tmp_path, monkeypatch):
         n_test=100,
         diverge=[2],
     )
-    monkeypatch.setenv("SWEEP_DIR", str(sweep))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    ).execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = executed(sweep, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     # curves by lr, model.channels and schedule.name (schedule.lr2 has one value: no figure of its own);
     # lr switch; loss vs accuracy; distributions; heatmap
@@ -50,14 +56,7 @@ def test_the_notebook_runs_on_a_sweep_with_no_epoch_logged_yet(tmp_path, monkeyp
         metrics.unlink()
     for losses in sweep.glob("*/losses.npz"):
         losses.unlink()
-    monkeypatch.setenv("SWEEP_DIR", str(sweep))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-    ).execute()
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    outputs = executed(sweep, monkeypatch)
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "curves_by_lr: not drawn (curves: no data)" in printed
     assert "no epoch logged yet: no diagnostics" in printed
