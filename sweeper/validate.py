@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from difflib import get_close_matches
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -368,8 +369,6 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
     it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
     of these too, over several lines or a traceback.
     """
-    from difflib import get_close_matches
-
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
@@ -443,7 +442,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         known = _dotted_keys(OmegaConf.to_container(base))
         for key in keys:
             if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-                raise ConfigError(f"{key} is not a config key: {_nearest(key, known, get_close_matches)}")
+                raise ConfigError(f"{key} is not a config key: {_nearest(key, known)}")
         for key in appended:
             section = key.split(".")[0]
             if key in known:
@@ -481,7 +480,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             raise ConfigError(f"{where} is invalid: {_first_line(e)}") from None
 
 
-def _nearest(key: str, known: list[str], get_close_matches) -> str:
+def _nearest(key: str, known: list[str]) -> str:
     close = get_close_matches(key, known, n=1, cutoff=0.6)
     group = key.split(".")[0]
     siblings = [k for k in known if k.startswith(group + ".")]
@@ -495,7 +494,6 @@ def _nearest(key: str, known: list[str], get_close_matches) -> str:
 def _composition_problem(shared: list[str], error: Exception, swept_groups, compose, config_name) -> str:
     """One line for what Hydra's composition refused: the argument that fails, and why."""
     import re
-    from difflib import get_close_matches
 
     text = str(error).strip()
     first_line = text.splitlines()[0] if text else ""
@@ -576,8 +574,6 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
     built here as Hydra will build it, so those checks speak first, in their own words. Does
     nothing (and costs nothing) when no argument concerns the launcher.
     """
-    from difflib import get_close_matches
-
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.types import OverrideType
