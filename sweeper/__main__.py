@@ -54,22 +54,46 @@ def main(cfg: DictConfig) -> str:
     return summary["status"]
 
 
-# Hydra's flags after which the pre-checks stand aside: another config than conf/config.yaml, or
-# shell completion (whose `install=bash` is no override); and those with which nothing launches.
-ANOTHER_CONFIG = (
-    "-cp",
-    "--config-path",
-    "-cn",
-    "--config-name",
-    "-cd",
-    "--config-dir",
-    "-sc",
-    "--shell-completion",
-)
+# Hydra's flags with which nothing launches: the launcher's values do not matter then.
 NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
 
-def check_run(arguments: list[str]) -> None:
+def config_source(arguments: list[str]) -> tuple[str, str] | None:
+    """The config dir and primary config the command composes, read as Hydra reads -cp and -cn
+    (a relative -cp from this file's dir); None where the pre-checks stand aside and Hydra speaks:
+    a search dir added with -cd, a pkg:// path, shell completion, or flags Hydra refuses."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str):
+        raise ValueError(message)
+
+    parser.error = refuse  # argparse would print its usage and exit; Hydra will do that itself
+    try:
+        args, _ = parser.parse_known_args(arguments)
+    except ValueError:
+        return None
+    if args.config_dir or args.shell_completion or (args.config_path or "").startswith("pkg://"):
+        return None
+    conf_dir = (
+        (Path(__file__).resolve().parent / args.config_path).resolve() if args.config_path else Path(CONF)
+    )
+    name = (args.config_name or "config").removesuffix(".yaml")
+    if not conf_dir.is_dir():  # Hydra says so over four lines
+        raise validate.ConfigError(
+            f"--config-path {args.config_path} is invalid: {conf_dir} is not a directory"
+        )
+    if not (conf_dir / f"{name}.yaml").is_file():
+        names = ", ".join(sorted(f.stem for f in conf_dir.glob("*.yaml"))) or "none"
+        said = (
+            f"--config-name {args.config_name} is invalid" if args.config_name else "--config-name is needed"
+        )
+        raise validate.ConfigError(f"{said}: {conf_dir} has no {name}.yaml (its configs: {names})")
+    return str(conf_dir), name
+
+
+def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "config") -> None:
     """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
     a bad value, a run dir that a live process still trains, or one holding another config."""
     from hydra import compose, initialize_config_dir
@@ -77,8 +101,8 @@ def check_run(arguments: list[str]) -> None:
 
     overrides = [a for a in arguments if _is_override(a)]
     try:
-        with initialize_config_dir(config_dir=CONF, version_base=None):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        with initialize_config_dir(config_dir=conf_dir, version_base=None):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:
         return  # Hydra will not compose it either, and says why in its own words
@@ -107,16 +131,19 @@ def with_hydra_files(arguments: list[str]) -> list[str]:
 if __name__ == "__main__":
     arguments = sys.argv[1:]
     try:
-        # The checks read conf/config.yaml: with another config Hydra (and validate.check, per
-        # job) speaks instead. The launcher's values matter only to a sweep that will launch.
-        if not validate.flagged(arguments, *ANOTHER_CONFIG):
-            validate.check_overrides(arguments, CONF)
+        # The checks compose the config Hydra will compose (-cp, -cn); where they cannot tell
+        # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
+        # only to a sweep that will launch.
+        source = config_source(arguments)
+        if source:
+            validate.check_overrides(arguments, *source)
             if not validate.flagged(arguments, *NO_LAUNCH):
                 if validate.sweeping(arguments):
-                    validate.check_launcher(arguments, CONF)  # check_jobs does the rest, per job
+                    validate.check_launcher(arguments, *source)  # check_jobs does the rest, per job
                 else:
-                    check_run(arguments)
-                sys.argv[1:] = with_hydra_files(arguments)
+                    check_run(arguments, *source)
+        if not validate.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
+            sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -433,7 +433,7 @@ def _download(src: Path) -> None:
                 os.rename(tmp / name, src / name)
     except Exception as e:  # no network, proxy, disk full: one line says what and where
         raise DataError(
-            f"CIFAR-10 is not there and the download failed ({type(e).__name__}: {_first_line(e)}). "
+            f"CIFAR-10 is not there and the download failed ({_described(e)}). "
             "Put the python batches (cifar-10-batches-py/) or an ImageFolder tree (train/<class>/*.png, test/...) "
             "or its .tar.gz at data.root, or use data=synthetic"
         ) from None
@@ -442,9 +442,14 @@ def _download(src: Path) -> None:
     log.info("downloaded CIFAR-10 into %s in %.0f s", src, time.perf_counter() - start)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An error's message in one line: its first (the type's name when it has none)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else ""
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _described(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _digest(text: str) -> str:
@@ -639,7 +644,7 @@ def _read_cache(cache: Path | None, warn: bool = True) -> dict | None:
         arrays = torch.load(cache, weights_only=True)
         problem = _cache_problem(arrays)
     except Exception as e:  # truncated or corrupt (a crash mid-write elsewhere): make it again
-        problem = f"{type(e).__name__}: {_first_line(e)}"
+        problem = f"{_described(e)}"
     if problem:
         if warn:
             log.warning("data cache %s is unusable (%s); making it again", cache, problem)
@@ -726,9 +731,7 @@ def _batch_arrays(blob: bytes, name) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
         y = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
     except Exception as e:  # truncated (an interrupted copy), or not a CIFAR batch at all
-        raise DataError(
-            f"{name} is not a readable CIFAR-10 batch ({type(e).__name__}: {_first_line(e)}); copy it again"
-        ) from None
+        raise DataError(f"{name} is not a readable CIFAR-10 batch ({_described(e)}); copy it again") from None
     if y.shape != (len(x),) or (len(y) and (y.min() < 0 or y.max() >= 10)):
         raise DataError(f"{name} is not a CIFAR-10 batch: {len(x)} images, labels {y.shape} outside 0..9")
     return x, y
@@ -780,7 +783,7 @@ def _decode_image(data, name) -> np.ndarray:
         with Image.open(data) as im:
             pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except Exception as e:  # Pillow: UnidentifiedImageError, truncated file, bad header ...
-        raise DataError(f"{name} is not a readable image ({type(e).__name__}: {_first_line(e)})") from None
+        raise DataError(f"{name} is not a readable image ({_described(e)})") from None
     if pixels.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{name} is {pixels.shape[1]}x{pixels.shape[0]} px; CIFAR-10 images are 32x32")
     return pixels.transpose(2, 0, 1)
@@ -814,7 +817,7 @@ def _tar_entries(src: Path, read: bool):
                     images[parts[-3]].append((parts[-2], blob, member.name))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(
-            f"{src} is truncated or damaged ({type(e).__name__}: {_first_line(e)}); copy or download it again"
+            f"{src} is truncated or damaged ({_described(e)}); copy or download it again"
         ) from None
     if len(batches) == len(BATCH_FILES):
         return "batches", batches

@@ -116,7 +116,7 @@ def check(cfg: DictConfig) -> None:
         _check(cfg)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {_first_line(e)}") from None
+        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {data_module.first_line(e)}") from None
 
 
 def _as_written(cfg, key: str | None) -> str:
@@ -130,11 +130,6 @@ def _as_written(cfg, key: str | None) -> str:
         return f"{key}={node._value()}"
     except Exception:  # a key OmegaConf names but cannot walk to: say the key
         return key
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _check(cfg: DictConfig) -> None:
@@ -477,7 +472,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 OmegaConf.to_container(value, resolve=True)
         except OmegaConfBaseException as e:
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
-            raise ConfigError(f"{where} is invalid: {_first_line(e)}") from None
+            raise ConfigError(f"{where} is invalid: {data_module.first_line(e)}") from None
 
 
 def _nearest(key: str, known: list[str]) -> str:

@@ -1,11 +1,12 @@
 """Composition of every config option, and refusal of invalid values with one line, before training."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from sweeper import validate
-from tests.conftest import CONF, TINY, compose_cfg, run_cli
+from tests.conftest import CONF, REPO, TINY, compose_cfg, run_cli
 
 GROUP_OPTIONS = [
     (g.name, f.stem)
@@ -334,7 +335,7 @@ def test_every_way_of_asking_for_a_sweep_gets_the_launcher_check(tmp_path: Path)
         )
 
 
-def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_reads_another_config(tmp_path: Path):
+def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_searches_another_dir(tmp_path: Path):
     completion = run_cli("-sc", "install=bash", cwd=tmp_path)  # Hydra's shell completion: no override
     assert completion.returncode == 0 and "error:" not in completion.stderr, completion.stderr
     printed = run_cli(
@@ -356,6 +357,27 @@ def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_reads_a
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1 jobs: 1 completed" in result.stdout + result.stderr
+
+
+def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp_path: Path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "config.yaml").rename(conf / "mine.yaml")
+    run_dir = tmp_path / "run"
+    bad = run_cli("-cp", str(conf), "-cn", "mine", *TINY, "lr=-1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert (bad.returncode, bad.stderr) == (2, "error: lr=-1 is invalid: must be a number > 0\n")
+    assert not run_dir.exists()  # refused before Hydra made the run dir
+    unnamed = run_cli("-cp", str(conf), *TINY, cwd=tmp_path)
+    assert (unnamed.returncode, unnamed.stderr) == (
+        2, f"error: --config-name is needed: {conf} has no config.yaml (its configs: mine)\n"
+    )  # fmt: skip
+    nowhere = run_cli("--config-path=nope", *TINY, cwd=tmp_path)  # relative to sweeper/, as Hydra reads it
+    assert (nowhere.returncode, nowhere.stderr) == (
+        2, f"error: --config-path nope is invalid: {REPO / 'sweeper' / 'nope'} is not a directory\n"
+    )  # fmt: skip
+    ok = run_cli("-cp", str(conf), "--config-name=mine", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (run_dir / "summary.json").exists() and (run_dir / ".hydra" / "config.yaml").exists()
 
 
 @pytest.mark.parametrize(
