@@ -535,6 +535,8 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             siblings = sorted(node.keys()) if OmegaConf.is_dict(node) else []
         except Exception:  # the rest does not compose either: say what Hydra said
             siblings = []
+        if name in siblings:  # the key is there; the dict given for it brings keys it lacks
+            return f"{culprit} is invalid: it adds keys to {key}, which takes Hydra's +: +{culprit}"
         close = get_close_matches(name, siblings, n=1, cutoff=0.6)
         hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
             f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"

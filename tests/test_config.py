@@ -411,6 +411,11 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             ["-m", "hydra/sweeper=basicc", "lr=0.1,0.2"],
             "hydra/sweeper=basicc is invalid: allowed values are basic, grid",
         ),
+        (  # the grid sweeper's params are there, empty: a dict of new keys for them takes +
+            ["-m", 'hydra.sweeper.params={lr:"0.1,0.2"}'],
+            'hydra.sweeper.params={lr:"0.1,0.2"} is invalid: it adds keys to hydra.sweeper.params, '
+            'which takes Hydra\'s +: +hydra.sweeper.params={lr:"0.1,0.2"}',
+        ),
         (["lr=${nope.key}"], "lr=${nope.key} is invalid: Interpolation key 'nope.key' not found"),
         (["+lrr=1"], "+lrr is invalid: did you mean lr? (+ adds a new key)"),
         (["+lr=0.3"], "+lr is invalid: lr is a key already; set it without +"),

@@ -90,6 +90,18 @@ def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, 
     assert composed == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1}
 
 
+def test_a_grid_given_as_hydra_sweeper_params_on_the_command_line_runs(tmp_path):
+    # The basic sweeper's params default to None, into which OmegaConf cannot merge a dict: it
+    # raised an AttributeError. The grid sweeper's are an empty dict.
+    result = run_cli(
+        "-m", *TINY, "trainer.epochs=1", '+hydra.sweeper.params={lr:"0.1,0.2"}', f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = json.loads((tmp_path / "sweep.json").read_text())["jobs"]
+    assert [j["overrides"][0] for j in jobs] == ["lr=0.1", "lr=0.2"]  # params first, as Hydra puts them
+
+
 def test_only_the_first_jobs_configs_are_held_for_the_launcher(tmp_path, monkeypatch):
     # A huge grid must not hold every composed config (about 240 kB each) until it is launched.
     from hydra.core.plugins import Plugins

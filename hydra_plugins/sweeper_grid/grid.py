@@ -21,7 +21,7 @@ where Hydra's basic sweeper would run one job per experiment, at its default val
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
 # in sys.modules, and dataclasses then cannot resolve string annotations.
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -33,7 +33,10 @@ from hydra.types import HydraContext
 class GridSweeperConf:
     _target_: str = "hydra_plugins.sweeper_grid.grid.GridSweeper"
     max_batch_size: int | None = None  # as the basic sweeper's: launch the grid in batches of this many jobs
-    params: dict | None = None  # as the basic sweeper's: sweep overrides kept in the config
+    # As the basic sweeper's: sweep overrides kept in the config. Empty, not None, so that the
+    # command line can set it too (hydra.sweeper.params={lr:"0.1,0.2"}): OmegaConf cannot merge a
+    # dict into a None typed as a dict, and raised an AttributeError.
+    params: dict = field(default_factory=dict)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sweeper")
