@@ -93,16 +93,18 @@ def config_source(arguments: list[str]) -> tuple[str, str] | None:
     return str(conf_dir), name
 
 
-def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "config") -> None:
+def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "config", cfg=None) -> None:
     """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
-    a bad value, a run dir that a live process still trains, or one holding another config."""
+    a bad value, a run dir that a live process still trains, or one holding another config.
+    `cfg`: the run's config as check_overrides composed it, if it did (a compose is 80 ms)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     overrides = [a for a in arguments if _is_override(a)]
     try:
-        with initialize_config_dir(config_dir=conf_dir, version_base=None):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        if cfg is None:
+            with initialize_config_dir(config_dir=conf_dir, version_base=None):
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:
         return  # Hydra will not compose it either, and says why in its own words
@@ -136,12 +138,12 @@ if __name__ == "__main__":
         # only to a sweep that will launch.
         source = config_source(arguments)
         if source:
-            validate.check_overrides(arguments, *source)
+            composed = validate.check_overrides(arguments, *source)
             if not validate.flagged(arguments, *NO_LAUNCH):
                 if validate.sweeping(arguments):
                     validate.check_launcher(arguments, *source)  # check_jobs does the rest, per job
                 else:
-                    check_run(arguments, *source)
+                    check_run(arguments, *source, cfg=composed)
         if not validate.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
             sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:

@@ -355,7 +355,7 @@ def sweeping(arguments: list[str]) -> bool:
 SECTIONS = ("model", "optim", "schedule", "data", "trainer")
 
 
-def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
+def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> DictConfig | None:
     """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
 
     Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
@@ -363,6 +363,9 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
     whatever else Hydra's own composition refuses (the config is composed as Hydra will compose
     it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
     of these too, over several lines or a traceback.
+
+    Returns that composed config, Hydra's keys included (a single run's, whole), or None when the
+    command has no override to compose.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -421,7 +424,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         else:
             keys.append(key)
     if not parsed:
-        return
+        return None
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         loader = GlobalHydra.instance().config_loader()
         for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
@@ -473,6 +476,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         except OmegaConfBaseException as e:
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
             raise ConfigError(f"{where} is invalid: {data_module.first_line(e)}") from None
+    return cfg
 
 
 def _nearest(key: str, known: list[str]) -> str:
