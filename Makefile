@@ -23,7 +23,7 @@ lint:
 # docs/reproduction.md and its figures. Hours on a CPU; minutes on a GPU.
 REPRO_DIR ?= outputs/reproduction
 reproduce: setup
-	for e in lecture_lr lecture_lr2 lecture_overfit_subset lecture_capacity; do \
+	for e in lecture_lr lecture_lr2 lecture_test_loss lecture_overfit_subset lecture_capacity; do \
 	  $(PYTHON) -m sweeper -m experiment=$$e hydra.sweep.dir=$(REPRO_DIR)/$$e || echo "$$e: not every job completed"; \
 	done
 	$(PYTHON) -m analysis.reproduction $(REPRO_DIR) --out docs
