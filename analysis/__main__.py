@@ -2,7 +2,8 @@
 
     python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--metric final_test_acc]
         figures (PNG), report.md and the tidy tables (CSV + parquet); --out defaults to
-        SWEEP_DIR/report/ (of the first SWEEP_DIR). A single run dir is a valid SWEEP_DIR.
+        SWEEP_DIR/report/ and is required for several SWEEP_DIRs (a combined report must not
+        replace one sweep's own). A single run dir is a valid SWEEP_DIR.
 
     python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
         a one-screen table of the jobs: completed, running, stalled, failed, diverged, missing.
@@ -37,7 +38,9 @@ def _report_parser() -> argparse.ArgumentParser:
         "Use `python -m analysis status SWEEP_DIR` for the job table.",
     )
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep dir(s) or run dir(s)")
-    parser.add_argument("--out", type=Path, help="output dir (default: SWEEP_DIR/report/)")
+    parser.add_argument(
+        "--out", type=Path, help="output dir (default: SWEEP_DIR/report/; required for several SWEEP_DIRs)"
+    )
     parser.add_argument(
         "--metric", default="final_test_acc", help="run column to rank by (default: %(default)s)"
     )
@@ -72,6 +75,11 @@ def run_status(argv: list[str]) -> int:
 def run_report(argv: list[str]) -> int:
     args = _report_parser().parse_args(argv)
     _check_dirs(args.sweep_dirs)
+    if len(args.sweep_dirs) > 1 and args.out is None:
+        raise UsageError(
+            f"{len(args.sweep_dirs)} sweep dirs: name the combined report's dir with --out "
+            "(the default, SWEEP_DIR/report/, holds one sweep's own report)"
+        )
     try:
         sweep = load_sweep(args.sweep_dirs)
     except NoRunsFound as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -114,6 +115,21 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, sweep, tmp_path, capsy
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("analysis: error: ")
+
+
+def test_a_combined_report_needs_its_own_dir_and_leaves_each_sweeps_report_alone(sweep, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(sweep, other)
+    assert main([str(other)]) == 0
+    own = (other / "report" / "report.md").read_text()
+    assert main([str(other), str(sweep)]) == 2  # the default would be other/report/: refused
+    assert capsys.readouterr().err.startswith(
+        "analysis: error: 2 sweep dirs: name the combined report's dir with --out"
+    )
+    assert (other / "report" / "report.md").read_text() == own
+    assert main([str(other), str(sweep), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "report.md").exists()
+    assert (other / "report" / "report.md").read_text() == own
 
 
 def test_the_module_entry_point_runs_and_refuses_without_a_traceback(sweep):
