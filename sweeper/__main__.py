@@ -108,6 +108,17 @@ def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "co
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:
         return  # Hydra will not compose it either, and says why in its own words
+    # A config that brings a grid (experiment=lecture_lr) would run one job at its defaults,
+    # silently: its grid runs with -m, or one of its values is picked on the command line.
+    given = {a.lstrip("+~").partition("=")[0] for a in overrides}
+    grid = {k: v for k, v in (cfg.hydra.sweeper.get("params") or {}).items() if k.lstrip("+~") not in given}
+    if grid:
+        chosen = [a for a in overrides if a.startswith("experiment=")]
+        what = chosen[-1] if chosen else "this config"
+        swept = " ".join(f"{k}={v}" for k, v in grid.items())
+        raise validate.ConfigError(
+            f"{what} is a grid ({swept}): add -m to run its jobs, or set {', '.join(grid)} for one run"
+        )
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     validate.check(task)
     validate.check_device(task)  # a single run trains here

@@ -359,6 +359,21 @@ def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_searche
     assert "1 jobs: 1 completed" in result.stdout + result.stderr
 
 
+def test_an_experiment_that_is_a_grid_is_refused_as_a_single_run_unless_its_values_are_picked(tmp_path: Path):
+    from sweeper.__main__ import check_run
+
+    with pytest.raises(validate.ConfigError) as err:
+        check_run(["experiment=lecture_lr", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
+    assert str(err.value) == (
+        "experiment=lecture_lr is a grid (lr=0.2,0.1,0.01): add -m to run its jobs, or set lr for one run"
+    )
+    check_run(
+        ["experiment=lecture_lr", "lr=0.1", *TINY, f"hydra.run.dir={tmp_path / 'r'}"]
+    )  # one of its runs
+    check_run([*TINY, f"hydra.run.dir={tmp_path / 'r'}"])  # the default config has no grid
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp_path: Path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
