@@ -42,13 +42,16 @@ def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int],
     """Spatial size after each (conv, pool) stage; raises GeometryError when a map vanishes."""
     size, sizes = image_size, []
     for i, (k, p) in enumerate(zip(kernel_sizes, pools, strict=True)):
+        # A kernel wider than its map: with padding=valid the map vanishes; with same, every
+        # output sees the whole map, and the kernel's outer weights never meet a pixel.
+        if k > size:
+            raise GeometryError(
+                f"model.kernel_size={k} at conv layer {i + 1} is larger than its {size}x{size} input "
+                f"(image {image_size}px, model.pool={pools}, model.padding={padding}); "
+                "use fewer model.conv_layers, a smaller model.kernel_size or model.pool"
+                + (", or model.padding=same" if padding == "valid" and k <= image_size else "")
+            )
         if padding == "valid":
-            if k > size:
-                raise GeometryError(
-                    f"model.kernel_size={k} at conv layer {i + 1} is larger than its {size}x{size} input "
-                    f"(image {image_size}px, model.pool={pools}, model.padding=valid); "
-                    "use fewer model.conv_layers, a smaller model.kernel_size or model.pool, or model.padding=same"
-                )
             size = size - k + 1
         if p > size:
             raise GeometryError(

@@ -255,7 +255,7 @@ def _check_model(cfg) -> None:
 def _check_trainer(cfg, n_train: int) -> None:
     number(cfg, "trainer.batch_size", low=1, high=n_train, integer=True)
     number(cfg, "trainer.eval_batch_size", low=1, integer=True)
-    number(cfg, "trainer.seed", low=0, integer=True)
+    number(cfg, "trainer.seed", low=0, high=2**64 - 1, integer=True)  # torch.manual_seed's range
     device = _get(cfg, "trainer.device")
     if not (
         device in ("auto", "cpu", "cuda", "mps")

@@ -67,6 +67,14 @@ def test_experiments_hold_the_lecture_protocols():
             "schedule.decay=1.5 is invalid: must be a number > 0 and <= 1",
         ),
         (["model.kernel_size=40"], "model.kernel_size=40 at conv layer 1 is larger than its 32x32 input"),
+        (  # padding=same keeps the map, but a kernel wider than it has weights that meet no pixel
+            ["model.padding=same", "model.kernel_size=[5,15]"],
+            "model.kernel_size=15 at conv layer 2 is larger than its 10x10 input",
+        ),
+        (
+            ["trainer.seed=18446744073709551616"],  # torch.manual_seed's range ends at 2**64 - 1
+            "trainer.seed=18446744073709551616 is invalid: must be an integer >= 0 and <= 18446744073709551615",
+        ),
         (["model.conv_layers=3"], "model.pool has 2 entries but model.conv_layers=3"),
         (["model.padding=full"], "model.padding='full' is invalid: allowed values are valid, same"),
         (["model.dropout=1.0"], "model.dropout=1.0 is invalid: must be a number >= 0 and < 1"),
