@@ -325,7 +325,7 @@ def _overrides(arguments: list[str]):
 
     parser = OverridesParser.create()
     for arg in arguments:
-        if "=" not in arg or arg.startswith("-"):
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
             continue
         try:
             yield arg, parser.parse_overrides([arg])[0]
@@ -379,7 +379,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         for p in Path(conf_dir).iterdir()
         if p.is_dir() and p.name != "hydra"
     }
-    selections, keys, appended, hydra_groups = [], [], [], []
+    selections, keys, appended, hydra_groups, forced, hydra_added = [], [], [], [], [], []
     swept_groups: dict[str, list[str]] = {}
     for arg, override in parsed:
         key = override.key_or_group
@@ -398,13 +398,22 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         if key.startswith("hydra/"):
             hydra_groups.append((arg, override))
             continue
+        if (
+            key.startswith("hydra.")
+            and override.type is OverrideType.ADD
+            and not key.startswith("hydra.launcher.")
+        ):
+            hydra_added.append(arg)  # +hydra.sweeep.dir=x: added, and read by nothing
+            continue
         if key.startswith("hydra") or override.type is OverrideType.DEL:
             continue
         if override.type is OverrideType.ADD:
             appended.append(key)
             continue
-        if arg.startswith("+"):
-            continue  # ++key: set or add, as the user asks
+        if arg.startswith("+"):  # ++key: set or add; under a section, only where it is read
+            if key.split(".")[0] in SECTIONS:
+                forced.append((arg, key))
+            continue
         if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
             allowed = groups[key] + (["null"] if key == "experiment" else [])
             if isinstance(override.value(), Glob):
@@ -440,7 +449,24 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         known = _dotted_keys(OmegaConf.to_container(base))
         for key in keys:
             if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-                raise ConfigError(f"{key} is not a config key: {_nearest(key, known)}")
+                raise ConfigError(
+                    _missing_key(key, key, known, selections, swept_groups, groups, compose, config_name)
+                )
+        for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
+            split = _split_on(key, selections, swept_groups, compose, config_name)
+            if split:
+                raise ConfigError(_sweep_them_separately(arg, key, *split))
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                section = key.split(".")[0]
+                siblings = [
+                    k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k
+                ]
+                raise ConfigError(
+                    _missing_key(key, arg, known, selections, swept_groups, groups, compose, config_name)
+                    if _options_with(key, section, selections, groups, compose, config_name)[1]
+                    else f"{arg} is invalid: nothing reads a new key under {section}, whose keys are "
+                    f"{', '.join(siblings)}"
+                )
         for key in appended:
             section = key.split(".")[0]
             if key in known:
@@ -468,6 +494,14 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             cfg = compose(config_name=config_name, overrides=shared, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigError(_composition_problem(shared, e, swept_groups, compose, config_name)) from None
+        if hydra_added:  # a typo in the path: a new key there is read by nothing
+            plain = compose(
+                config_name, [a for a in shared if a not in hydra_added], return_hydra_config=True
+            )
+            for arg in hydra_added:
+                typo = _missing_part(plain, arg.partition("=")[0].lstrip("+"))
+                if typo and "did you mean" in typo:
+                    raise ConfigError(f"{arg} is invalid: {typo} (+ adds a key, which nothing would read)")
     for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
         try:
             value = cfg[section]  # a scalar's interpolation resolves here
@@ -479,15 +513,108 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
     return cfg
 
 
+def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:
+    """Whether `key` is in the config composed with group=option (and the other selections)."""
+    chosen = [a for a in selections if a.partition("=")[0] != group] + [f"{group}={option}"]
+    try:
+        cfg = compose(config_name=config_name, overrides=chosen)
+    except Exception:  # noqa: BLE001 -- an option that does not compose has no key
+        return False
+    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+
+
+def _split_on(key: str, selections, swept_groups: dict, compose, config_name):
+    """(group, options with `key`, options without) for the first swept group whose options
+    differ in having it: its jobs could not all set it. None when none differ."""
+    for group, options in swept_groups.items():
+        have = [o for o in options if _has_key(key, selections, group, o, compose, config_name)]
+        if have and len(have) < len(options):
+            return group, have, [o for o in options if o not in have]
+    return None
+
+
+def _sweep_them_separately(given: str, key: str, group: str, have: list[str], lacking: list[str]) -> str:
+    name = key.removeprefix(f"{group}.")  # optim=sgd has no eps; experiment=x has no schedule.epoch
+    return (
+        f"{given} is invalid in this sweep: {group}={','.join(lacking)} has no {name} "
+        f"(only {group}={','.join(have)} has); sweep them separately"
+    )
+
+
+def _options_with(key: str, section: str, selections, groups: dict, compose, config_name):
+    """(the section's chosen option, its other options that have `key`)."""
+    chosen = [a.partition("=")[2] for a in selections if a.partition("=")[0] == section]
+    current = (
+        chosen[-1]
+        if chosen
+        else compose(
+            config_name=config_name, overrides=selections, return_hydra_config=True
+        ).hydra.runtime.choices.get(section)
+    )
+    others = [
+        o
+        for o in groups.get(section, [])
+        if o != current and _has_key(key, selections, section, o, compose, config_name)
+    ]
+    return current, others
+
+
+def _missing_key(key: str, given: str, known, selections, swept_groups, groups, compose, config_name) -> str:
+    """One line for a key the composed config lacks: the swept options that have it, the
+    section's options that have it, or the nearest key."""
+    split = _split_on(key, selections, swept_groups, compose, config_name)
+    if split:  # optim=sgd,adam optim.eps=1e-7: whatever the order of the options
+        return _sweep_them_separately(given, key, *split)
+    section = key.split(".")[0]
+    if section in groups:  # schedule.lr2 with schedule=constant
+        current, others = _options_with(key, section, selections, groups, compose, config_name)
+        if others:
+            return (
+                f"{given} is invalid: {section}={current} has no {key.split('.', 1)[1]}; the {section} "
+                f"options with it are {', '.join(others)} (add {section}={others[0]})"
+            )
+    return f"{key} is not a config key: {_nearest(key, known)}"
+
+
 def _nearest(key: str, known: list[str]) -> str:
-    close = get_close_matches(key, known, n=1, cutoff=0.6)
-    group = key.split(".")[0]
-    siblings = [k for k in known if k.startswith(group + ".")]
+    known = [k for k in known if not k.rpartition(".")[2].startswith("_")]  # _target_: not a knob
+    group, _, leaf = key.rpartition(".")
+    tops = sorted({k.split(".")[0] for k in known})
+    head, _, rest = key.partition(".")
+    if rest and head not in tops:  # modle.channels: the section is the typo
+        near = get_close_matches(head, tops, n=1, cutoff=0.6)
+        if near and f"{near[0]}.{rest}" in known:
+            return f"did you mean {near[0]}.{rest}?"
+    siblings = [k for k in known if k.startswith(group + ".")] if group else []
+    # A key under a section is matched by its last part among its siblings': the section's name,
+    # common to all, would make schedule.lrr2 look like schedule.name.
+    leaves = {k.rpartition(".")[2]: k for k in siblings if k.count(".") == key.count(".")}
+    close = [leaves[c] for c in get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)] if group else []
+    close = close or get_close_matches(key, known if not group else [], n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]}?"
     if siblings:
         return f"the keys of {group} are {', '.join(siblings)}"
-    return f"top-level keys are {', '.join(sorted({k.split('.')[0] for k in known}))}"
+    return f"top-level keys are {', '.join(tops)}"
+
+
+def _missing_part(tree, key: str) -> str | None:
+    """Where a dotted key leaves the config before its last part (hydra.sweeep.dir: at sweeep),
+    with the nearest existing name; None when only the last part is new."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1):
+        node = OmegaConf.select(tree, ".".join(parts[:i])) if i else tree
+        if not OmegaConf.is_dict(node) or parts[i] in node:
+            continue
+        at = ".".join(parts[:i]) or "the config"
+        names = [str(k) for k in node]
+        close = get_close_matches(parts[i], names, n=1, cutoff=0.6)
+        if close:
+            return (
+                f"{at} has no {parts[i]}; did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?"
+            )
+        return f"{at} has no {parts[i]}; its keys are {', '.join(names)}"
+    return None
 
 
 def _composition_problem(shared: list[str], error: Exception, swept_groups, compose, config_name) -> str:
@@ -535,6 +662,9 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
         parent, _, name = key.rpartition(".")
         try:
             tree = compose(config_name, [a for a in shared if a != culprit], return_hydra_config=True)
+            typo = _missing_part(tree, key)
+            if typo:  # hydra.sweeep.dir: the parent is missing, not the key
+                return f"{key} is not a key: {typo}"
             node = OmegaConf.select(tree, parent) if parent else tree
             siblings = sorted(node.keys()) if OmegaConf.is_dict(node) else []
         except Exception:  # the rest does not compose either: say what Hydra said

@@ -440,6 +440,39 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             'which takes Hydra\'s +: +hydra.sweeper.params={lr:"0.1,0.2"}',
         ),
         (["lr=${nope.key}"], "lr=${nope.key} is invalid: Interpolation key 'nope.key' not found"),
+        (  # the same refusal whichever option comes first (the first was "did you mean optim.name?")
+            ["-m", "optim=sgd,adam", "optim.eps=1e-7"],
+            "optim.eps is invalid in this sweep: optim=sgd has no eps (only optim=adam has); sweep them separately",
+        ),
+        (
+            ["-m", "experiment=lecture_lr,lecture_lr2", "schedule.epoch=1"],
+            "schedule.epoch is invalid in this sweep: experiment=lecture_lr has no schedule.epoch "
+            "(only experiment=lecture_lr2 has); sweep them separately",
+        ),
+        (  # the lecture's lr2 protocol without its schedule: was "did you mean schedule.warmup_epochs?"
+            ["-m", "schedule.epoch=25", "schedule.lr2=0.07,0.05"],
+            "schedule.epoch is invalid: schedule=constant has no epoch; the schedule options with it are step "
+            "(add schedule=step)",
+        ),
+        (["schedule.lrr2=0.1"], "schedule.lrr2 is not a config key: the keys of schedule are schedule.name,"),
+        (["modle.channels=3"], "modle.channels is not a config key: did you mean model.channels?"),
+        (  # ++ sets or adds; under a section nothing reads a new key, or a job's builder fails on it
+            ["++trainer.foo=1"],
+            "++trainer.foo=1 is invalid: nothing reads a new key under trainer, whose keys are epochs,",
+        ),
+        (
+            ["-m", "optim=sgd,adam", "++optim.eps=1e-7"],
+            "++optim.eps=1e-7 is invalid in this sweep: optim=sgd has no eps (only optim=adam has); "
+            "sweep them separately",
+        ),
+        (
+            ["-m", "hydra.sweeep.dir=x", "lr=0.1,0.2"],
+            "hydra.sweeep.dir is not a key: hydra has no sweeep; did you mean hydra.sweep.dir?",
+        ),
+        (
+            ["-m", "+hydra.sweeep.dir=x", "lr=0.1,0.2"],
+            "+hydra.sweeep.dir=x is invalid: hydra has no sweeep; did you mean hydra.sweep.dir?",
+        ),
         (["+lrr=1"], "+lrr is invalid: did you mean lr? (+ adds a new key)"),
         (["+lr=0.3"], "+lr is invalid: lr is a key already; set it without +"),
         (
