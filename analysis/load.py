@@ -339,9 +339,22 @@ def typed_column(values: Sequence) -> pd.Series:
     return pd.Series(list(values), dtype=object)
 
 
+# Keys that say what a run's record keeps and how it is stored, never what it computes: runs that
+# differ only in them are one configuration (lecture_lr2 keeps raw per-sample losses, lecture_lr not).
+RECORD_KEEPING = (
+    "trainer.keep_sample_losses",
+    "trainer.sample_loss_epochs",
+    "trainer.checkpoint",
+    "trainer.resume",
+    "data.cache_dir",
+    "data.download",
+)
+
+
 def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
-    """The keys whose value is not the same in every row (a key absent in some rows counts)."""
-    return [k for k in keys if k in runs and runs[k].nunique(dropna=False) > 1]
+    """The keys whose value is not the same in every row (a key absent in some rows counts),
+    record-keeping keys left out."""
+    return [k for k in keys if k in runs and k not in RECORD_KEEPING and runs[k].nunique(dropna=False) > 1]
 
 
 def is_missing(value) -> bool:

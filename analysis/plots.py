@@ -407,7 +407,11 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
 # --------------------------------------------------------------------------- loss distributions
 
 
-def _panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
+MAX_DISTRIBUTION_PANELS = 8
+
+
+def panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
+    """At most max_panels of the kept epochs, spread evenly, the first and the last included."""
     if len(epochs) <= max_panels:
         return epochs
     picks = np.linspace(0, len(epochs) - 1, max_panels).round().astype(int)
@@ -457,7 +461,7 @@ def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], f
 def plot_loss_distributions(
     dists: pd.DataFrame,
     epochs: Sequence[int] | None = None,
-    max_panels: int = 8,
+    max_panels: int = MAX_DISTRIBUTION_PANELS,
     title: str | None = None,
     ncols: int = 4,
 ) -> Figure:
@@ -479,7 +483,7 @@ def plot_loss_distributions(
     mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)[
         "fraction"
     ].mean()
-    shown = _panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
+    shown = panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
     positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
     zero_bin = int(mean.loc[mean["kind"] == "zero", "bin"].iloc[0])
     ncols = max(1, min(ncols, len(shown)))

@@ -125,8 +125,17 @@ def best_slice(
 
 
 def describe(config: dict, skip: Sequence[str] = ()) -> str:
+    """The configuration's keys, less `skip`: "" when `skip` leaves none (no other key varies)."""
     shown = [f"{k}={format_value(v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
-    return ", ".join(shown) or "the only configuration"
+    return ", ".join(shown) or ("" if skip else "the only configuration")
+
+
+def _others(where: str) -> str:
+    return f"; other keys at {where}" if where else ""
+
+
+def _paren(where: str) -> str:
+    return f" ({where})" if where else ""
 
 
 # --------------------------------------------------------------------------- the figures
@@ -175,14 +184,18 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
         best, part = best_slice(sweep, ranking, free, [key])
         where = describe(best, free)
         if part.runs[key].nunique(dropna=False) < 2:
-            yield Drawn(f"curves_by_{key}", "", skipped=f"one value of {key} at {where}")
+            yield Drawn(f"curves_by_{key}", "", skipped=f"one value of {key}{_others(where)}")
             continue
         yield _draw(
             f"curves_by_{key}",
-            f"Train loss (log) and test accuracy by `{key}`; other keys at {where}. "
+            f"Train loss (log) and test accuracy by `{key}`{_others(where)}. "
             "Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
-                _with_status(part), hue=key, keys=keys, seed_key=sweep.seed_key, title=f"by {key} ({where})"
+                _with_status(part),
+                hue=key,
+                keys=keys,
+                seed_key=sweep.seed_key,
+                title=f"by {key}{_paren(where)}",
             ),
         )
     if not hue_keys:
@@ -203,25 +216,32 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
         "bands: the seeds' range.",
         lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where),
     )
-    yield _draw(
-        "loss_distributions",
-        f"Per-sample loss distributions, train vs test, at the kept epochs ({where}); "
-        "exact zeros in the separate '0' slot.",
-        lambda: plots.plot_loss_distributions(top.distributions(), title=where),
-    )
+    yield _distributions_figure("loss_distributions", top, "the best configuration", where)
+    # The lecture's view of overfitting: the best configuration may not overfit (a small lr), so
+    # the one whose test loss ends furthest above its train loss is drawn too.
+    gaps = ranking_for(sweep, "final_gen_gap_loss") if "final_gen_gap_loss" in sweep.runs else pd.DataFrame()
+    if not gaps.empty and gaps["mean"].iloc[-1] > 0:
+        most = best_config(sweep, gaps.iloc[::-1])
+        if describe(most) != where:
+            yield _distributions_figure(
+                "loss_distributions_most_overfit",
+                slice_at(sweep, most, []),
+                f"the configuration that overfits most (final test - train loss {gaps['mean'].iloc[-1]:.3g})",
+                describe(most),
+            )
 
     pairs = _heatmap_pairs(sweep)
     for x, y in pairs:
         best_xy, part = best_slice(sweep, ranking, [x, y], [x, y])
         where = describe(best_xy, [x, y])
         if min(part.runs[x].nunique(), part.runs[y].nunique()) < 2:
-            yield Drawn(f"heatmap_{y}_by_{x}", "", skipped=f"one value of {x} or {y} at {where}")
+            yield Drawn(f"heatmap_{y}_by_{x}", "", skipped=f"one value of {x} or {y}{_others(where)}")
             continue
         yield _draw(
             f"heatmap_{y}_by_{x}",
-            f"Mean `{metric}` over `{y}` x `{x}`; other keys at {where}.",
+            f"Mean `{metric}` over `{y}` x `{x}`{_others(where)}.",
             lambda part=part, x=x, y=y, where=where: plots.plot_heatmap(
-                part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric} ({where})"
+                part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric}{_paren(where)}"
             ),
         )
     if not pairs:
@@ -230,6 +250,28 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             f"Mean `{metric}` over two varied keys.",
             skipped="needs two varied keys (besides the seed)",
         )
+
+
+def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Drawn:
+    dists = part.distributions()
+    kept = sorted(dists["epoch"].unique().tolist())
+    shown = plots.panel_epochs(kept, plots.MAX_DISTRIBUTION_PANELS)
+    epochs = (
+        "the kept epochs"
+        if not kept
+        else f"epochs {', '.join(map(str, shown))}"
+        + (
+            f" ({len(shown)} of the {len(kept)} kept: {', '.join(str(e) for e in kept if e not in shown)} left out)"
+            if len(shown) < len(kept)
+            else ""
+        )
+    )
+    return _draw(
+        name,
+        f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "
+        "exact zeros in the separate '0' slot.",
+        lambda: plots.plot_loss_distributions(dists, title=where),
+    )
 
 
 def _with_status(sweep: Sweep) -> pd.DataFrame:
@@ -250,13 +292,13 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
     where = describe(best, free)
     return _draw(
         "lr_switch",
-        f"{caption} Other keys at {where}; grey: the same runs without a switch.",
+        f"{caption}{' Other keys at ' + where + ';' if where else ''} grey: the same runs without a switch.",
         lambda: plots.plot_lr_switch(
             part.curves,
             part.runs,
             keys=sweep.group_keys,
             seed_key=sweep.seed_key,
-            title=f"lr, then lr2 ({where})",
+            title=f"lr, then lr2{_paren(where)}",
         ),
     )
 

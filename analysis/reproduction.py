@@ -38,6 +38,7 @@ import pandas as pd
 
 from analysis.diagnostics import capacity_verdict, loss_acc_decoupling, rank_configs
 from analysis.load import (
+    RECORD_KEEPING,
     MissingJob,
     NoRunsFound,
     Sweep,
@@ -1431,12 +1432,8 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
 NOT_PROTOCOL = (
     "experiment",
     "data.root",
-    "data.cache_dir",
-    "data.download",
+    *RECORD_KEEPING,
     "trainer.device",
-    "trainer.resume",
-    "trainer.checkpoint",
-    "trainer.keep_sample_losses",
     "trainer.eval_batch_size",
     "trainer.cuda_graph",
     "trainer.channels_last",

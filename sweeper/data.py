@@ -214,6 +214,17 @@ def _smooth_field(g: torch.Generator, n: int, channels: int, low: int, size: int
     return F.interpolate(field, size=(size, size), mode="bilinear", align_corners=False)
 
 
+# Images are generated in chunks of this many, each from its own stream: a split's first n images
+# are the same whatever its size, and the test set does not depend on the training set's size.
+SYNTHETIC_CHUNK = 1000
+
+
+def _stream(seed: int, *names) -> torch.Generator:
+    """A random stream of its own for each (seed, names...)."""
+    digest = hashlib.sha256("|".join(map(str, (seed, *names))).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: int = IMAGE_SIZE):
     """A learnable 10-class data set of CIFAR's shape, generated deterministically from `seed`.
 
@@ -221,8 +232,10 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
     class prototype, randomly shifted and scaled, blended with a random other class's prototype,
     plus smooth and pixel noise. A `label_noise` fraction of the training labels is replaced by
     random classes: a net that fits those has memorised, which is what makes test loss rise.
+    The training set of n_train=2000 is the first 2000 of n_train=5000's, with the same labels,
+    and the test set is the same for any n_train: runs of another size are judged on the same images.
     """
-    g = torch.Generator().manual_seed(int(seed))
+    g = _stream(seed, "prototypes")
     k = 10
     yy, xx = torch.meshgrid(
         torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
@@ -235,7 +248,8 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
     )
     protos = 0.8 * _smooth_field(g, k, 3, 4, size) + 0.6 * colours * grating[:, None]
 
-    def images(n: int):
+    def chunk(g: torch.Generator, noise: float):
+        n = SYNTHETIC_CHUNK
         y = torch.randint(0, k, (n,), generator=g)
         other = (y + torch.randint(1, k, (n,), generator=g)) % k
         # Tuned so the lecture's convnet reaches ~0.6 test accuracy and then overfits.
@@ -254,12 +268,18 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
         ]
         x = x + 0.8 * _smooth_field(g, n, 3, 8, size) + 0.6 * torch.randn(n, 3, size, size, generator=g)
         pixels = (128 + 45 * x).round().clamp(0, 255).to(torch.uint8)
-        return pixels, y
+        wrong = torch.rand(n, generator=g) < noise
+        return pixels, torch.where(wrong, torch.randint(0, k, (n,), generator=g), y)
 
-    train_x, train_y = images(int(n_train))
-    test_x, test_y = images(int(n_test))
-    wrong = torch.rand(len(train_y), generator=g) < label_noise
-    train_y = torch.where(wrong, torch.randint(0, k, train_y.shape, generator=g), train_y)
+    def split(name: str, n: int, noise: float):
+        # Whole chunks, cut to n: a chunk's first m images do not depend on how many are kept.
+        parts = [chunk(_stream(seed, name, c), noise) for c in range(-(-int(n) // SYNTHETIC_CHUNK))]
+        if not parts:
+            return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return torch.cat([x for x, _ in parts])[:n], torch.cat([y for _, y in parts])[:n]
+
+    train_x, train_y = split("train", n_train, label_noise)
+    test_x, test_y = split("test", n_test, 0.0)
     return train_x, train_y, test_x, test_y
 
 

@@ -62,6 +62,19 @@ def test_report_writes_markdown_figures_and_tables(sweep, capsys):
         "diverged": 1,
         "running": 1,
     }
+    # The lecture's overfitting view is drawn for the configuration whose test loss ends furthest
+    # above its train loss too, when that is not the best one; its caption names the epochs shown.
+    done = runs[runs["status"] == "completed"]
+    keys = ["lr", "model.channels", "schedule.name"]
+    gap = done.groupby(keys, dropna=False)["final_gen_gap_loss"].mean()
+    most = dict(zip(keys, gap.idxmax(), strict=True))
+    caption = next(line for line in md.splitlines() if "of the configuration that overfits most" in line)
+    assert (
+        f"lr={most['lr']}, model.channels={most['model.channels']}, schedule.name={most['schedule.name']}"
+        in caption
+    )
+    assert "loss_distributions_most_overfit.png" in figures
+    assert "at epochs 1, 2, 4, 5, 6, 7, 9, 10 (8 of the 10 kept: 3, 8 left out)" in caption
     curves = pd.read_parquet(out / "curves.parquet")
     assert curves.groupby("run")["epoch"].max().sum() == 14 * 10 + 2 + 5
     assert pd.read_csv(out / "ranking.csv")["rank"].iloc[0] == 1
@@ -156,3 +169,15 @@ def test_lr_gets_its_curves_first_when_more_keys_vary_than_figures_are_drawn(tmp
         f"curves are drawn for {MAX_HUE_FIGURES} varied keys at most; not for trainer.batch_size "
         "(analysis.plot_curves draws any)"
     )
+
+
+def test_a_figure_over_every_varied_key_says_no_other_keys_instead_of_the_only_configuration(
+    tmp_path, capsys
+):
+    sweep = make_sweep(tmp_path / "s", {"lr": [0.2, 0.05], "model.channels": [16, 32]}, seeds=(0,), epochs=3)
+    assert main([str(sweep)]) == 0
+    md = (sweep / "report" / "report.md").read_text()
+    assert (
+        "Mean `final_test_acc` over `model.channels` x `lr`.\n" in md
+    )  # was "; other keys at the only configuration"
+    assert "the only configuration" not in md

@@ -414,3 +414,14 @@ def test_newest_sweep_is_the_one_written_last_not_the_last_name(tmp_path):
     os.utime(dated / "sweep.json", None)
     os.utime(demo / "sweep.json", (1_000, 1_000))
     assert newest_sweep(root) == dated
+
+
+def test_what_a_record_keeps_is_not_a_varied_key(tmp_path):
+    # experiment=lecture_lr,lecture_lr2: one keeps raw per-sample losses, the other not. Taken as
+    # a varied key, it split the lr=0.1 runs from the lr2 runs' reference and cost the figures.
+    sweep_dir = make_sweep(
+        tmp_path / "s", {"lr": [0.1, 0.2], "trainer.keep_sample_losses": [True, False]}, seeds=(0,), epochs=2
+    )
+    sweep = load_sweep(sweep_dir)
+    assert sweep.runs["trainer.keep_sample_losses"].nunique() == 2  # still a column of the runs table
+    assert sweep.group_keys == ["lr"]

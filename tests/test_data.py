@@ -136,6 +136,17 @@ def test_synthetic_is_deterministic_cifar_shaped_and_balanced():
     assert a[0].float().std() > 20  # not a flat image
 
 
+def test_synthetic_sets_of_other_sizes_share_their_images_and_the_test_set():
+    # Sweeping data.n_train must not change the test set the runs are judged on (it did: the test
+    # images came from the same stream, after the training images), and a smaller training set
+    # is the start of a larger one, labels and their noise included.
+    small = data_module.synthetic(1200, 300, seed=4, label_noise=0.3)
+    large = data_module.synthetic(2500, 300, seed=4, label_noise=0.3)
+    assert torch.equal(small[0], large[0][:1200]) and torch.equal(small[1], large[1][:1200])
+    assert torch.equal(small[2], large[2]) and torch.equal(small[3], large[3])
+    assert torch.equal(data_module.synthetic(10, 700, 4, 0.3)[2][:300], small[2])  # the test set too
+
+
 def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
     first = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
     for a, b in zip(first, data_module.synthetic(200, 50, 3, 0.1), strict=True):
