@@ -389,16 +389,18 @@ def run_status(
     slowest_epoch_s: float,
     now: float | None = None,
 ) -> str:
-    """completed / diverged / failed from summary.json; without it running, or stalled when
-    its process is gone or it has written nothing for max(1 h, 5 slowest epochs)."""
+    """completed / diverged / failed from summary.json; without it `interrupted` when its process
+    (on this host) is gone -- the word the sweep's end summary uses; a rerun resumes it --,
+    `stalled` when it has written nothing for max(1 h, 5 slowest epochs) (killed on another node,
+    or hung), else `running`."""
     if summary is not None:
         return str(summary.get("status") or "unknown")
+    if process_gone(job):
+        return "interrupted"
     now = time.time() if now is None else now
     quiet_s = now - last_write
     limit_s = max(STALE_AFTER_S, STALE_EPOCHS * (slowest_epoch_s if math.isfinite(slowest_epoch_s) else 0))
-    if process_gone(job) or quiet_s > limit_s:
-        return "stalled"
-    return "running"
+    return "stalled" if quiet_s > limit_s else "running"
 
 
 def _dumps(value) -> str | None:
@@ -524,8 +526,14 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(f"failed: {(record.summary or {}).get('error') or 'no error message'}")
     elif status == "diverged":
         reasons.append(f"diverged at epoch {epochs_done}")
+    elif status == "interrupted":
+        reasons.append(
+            "interrupted: its process ended without a summary.json; a rerun into its sweep dir resumes it"
+        )
     elif status == "stalled":
-        reasons.append("stalled: no summary.json and no sign of life (killed or hung)")
+        reasons.append(
+            "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
+        )
     elif status not in ("completed", "running"):
         reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
@@ -689,7 +697,7 @@ def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
     """Load one or several run dirs / sweep dirs into a Sweep.
 
-    Broken, failed, diverged, stalled and missing runs are listed in `Sweep.problems`; runs
+    Broken, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`; runs
     without a readable config.json cannot be placed in the sweep and are left out of `runs`.
     Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
     """

@@ -1,11 +1,12 @@
-"""Where a sweep's jobs stand: completed, running, stalled, failed, diverged or missing.
+"""Where a sweep's jobs stand: completed, running, interrupted, stalled, failed, diverged or missing.
 
     python -m analysis status outputs/multirun/2026-11-26/23-59-00
 
 `missing` is a job listed in sweep.json whose run dir is absent or holds no record (not started
-yet, or lost); `stalled` a run without summary.json whose process is gone or that has written
-nothing for a long time (see analysis.load.run_status). Reads only job.json, summary.json,
-config.json and metrics.jsonl, so it is quick on a sweep in progress.
+yet, or lost); `interrupted` a run without summary.json whose process has ended (a rerun
+resumes it); `stalled` one that has written nothing for a long time (see
+analysis.load.run_status). Reads only job.json, summary.json, config.json and metrics.jsonl, so
+it is quick on a sweep in progress.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from analysis.load import discover, fingerprint, read_json, read_metrics, run_status
 
-STATUS_ORDER = ("failed", "diverged", "stalled", "running", "missing", "completed")
+STATUS_ORDER = ("failed", "diverged", "interrupted", "stalled", "running", "missing", "completed")
 
 
 def _planned_epochs(config: object, summary: dict | None) -> int | None:
@@ -49,12 +50,20 @@ def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_o
         "status": status,
         "epochs": f"{done}/{planned}" if planned else str(done),
         "age_s": now - last_write if last_write else None,
-        "slurm_job_id": job.get("slurm_job_id") or (summary or {}).get("slurm_job_id"),
+        "slurm_id": _slurm_id(job, summary),
         "host": job.get("host"),
         "overrides": " ".join(job.get("overrides") or sweep_overrides),
         "error": (summary or {}).get("error"),
         "run_dir": str(run_dir),
     }
+
+
+def _slurm_id(job: dict, summary: dict | None) -> str | None:
+    """The id squeue shows and scancel takes: ARRAY_TASK for an array task (its own SLURM_JOB_ID
+    is another number, and the array's id alone names every task), else the job id."""
+    if job.get("slurm_array_job_id"):
+        return f"{job['slurm_array_job_id']}_{job.get('slurm_array_task_id')}"
+    return job.get("slurm_job_id") or (summary or {}).get("slurm_job_id")
 
 
 def job_table(
@@ -71,7 +80,7 @@ def job_table(
             "status": "missing",
             "epochs": "",
             "age_s": None,
-            "slurm_job_id": None,
+            "slurm_id": None,
             "host": None,
             "overrides": " ".join(m.overrides),
             "error": None,
@@ -85,7 +94,7 @@ def job_table(
         "status",
         "epochs",
         "age_s",
-        "slurm_job_id",
+        "slurm_id",
         "host",
         "overrides",
         "error",
@@ -171,7 +180,7 @@ def format_job_table(
             "status": shown["status"].tolist(),
             "epochs": shown["epochs"].tolist(),
             "last write": [_age(a) for a in shown["age_s"]],
-            "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_job_id"]],
+            "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_id"]],
             "overrides": [
                 _without(o, common if len(table) > 1 else []) + ("" if pd.isna(e) else f"  [{e}]")
                 for o, e in zip(shown["overrides"], shown["error"], strict=True)

@@ -32,8 +32,17 @@ def main(cfg: DictConfig) -> str:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
-        validate.check(cfg)
-        validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
+        try:
+            validate.check(cfg)
+            validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
+        except validate.ConfigError as e:
+            if multirun and not (run_dir / "checkpoint.pt").exists():
+                # A sweep's jobs were checked before launch: what fails here fails on this node
+                # (its GPUs). Recorded as a failed run, so that the sweep's summary says why; a run
+                # with epochs to resume is left as it is.
+                print(f"error: {e}", file=sys.stderr)
+                return train.refused(cfg, run_dir, list(hc.overrides.task), hc.job.num, hc.output_subdir, e)
+            raise
         summary = train.run(
             cfg,
             run_dir,
@@ -147,6 +156,13 @@ if __name__ == "__main__":
         # The checks compose the config Hydra will compose (-cp, -cn); where they cannot tell
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
         # only to a sweep that will launch.
+        modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
+                 if validate.flagged(arguments, *m.split("/"))]  # fmt: skip
+        if len(modes) > 1:  # Hydra's ValueError, with a traceback
+            raise validate.ConfigError(
+                f"{' and '.join(modes)} cannot go together: Hydra does one of --multirun, --cfg, --info "
+                "and --shell-completion at a time (drop -m to print a sweep's config)"
+            )
         source = config_source(arguments)
         if source:
             composed = validate.check_overrides(arguments, *source)

@@ -364,6 +364,8 @@ def run_group(
         except Exception as e:  # the whole group failed together: each trial says so
             if train.interrupted(e):
                 raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials
+            if train.stopped_by_cluster(e):
+                raise  # a SLURM time limit: stopped too
             for i, record in fresh:
                 summaries[i] = train.close_record(record, cfgs[i], {}, e)
     return summaries

@@ -299,7 +299,7 @@ class SweepCallback(Callback):
         pending = str(config.hydra.output_subdir or "")
         if pending.startswith(PENDING_HYDRA_FILES):
             as_written_in_place(sweep_dir / "multirun.yaml", pending)
-        if not summarize(sweep_dir):
+        if not summarize(sweep_dir, ended=True):
             raise SystemExit(1)
 
 
@@ -310,8 +310,9 @@ STARTED: list[Path] = []
 SUMMARIZED: set[Path] = set()
 
 
-def summarize(sweep_dir: Path) -> bool:
-    """Print the one-screen end summary of a sweep, from its records; whether every job completed."""
+def summarize(sweep_dir: Path, ended: bool = False) -> bool:
+    """Print the one-screen end summary of a sweep, from its records; whether every job completed.
+    `ended`: the launcher has returned every job's result, so none is still running, wherever it ran."""
     known = _read_sweep(sweep_dir)
     if known is None or sweep_dir in SUMMARIZED:
         return True
@@ -319,7 +320,7 @@ def summarize(sweep_dir: Path) -> bool:
     counts = dict.fromkeys(STATES, 0)
     lines = []
     for job in known["jobs"]:
-        state, detail = job_state(sweep_dir / job["dir"])
+        state, detail = job_state(sweep_dir / job["dir"], ended)
         counts[state] += 1
         if state != "completed":
             lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
@@ -343,8 +344,9 @@ def _read_sweep(sweep_dir: Path) -> dict | None:
         return None
 
 
-def job_state(run_dir: Path) -> tuple[str, str]:
-    """(state, one-line detail) of a run dir from its record alone."""
+def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
+    """(state, one-line detail) of a run dir from its record alone; `ended`: its job has returned
+    (a SLURM job killed on another node leaves a record that only says it has not finished)."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except FileNotFoundError:
@@ -356,7 +358,7 @@ def job_state(run_dir: Path) -> tuple[str, str]:
             job = None
         # Its process on this host has ended (or is this one, whose job returned) without a
         # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
-        if processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job)):
+        if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
             try:
                 epochs = sum(
                     1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()

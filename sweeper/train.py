@@ -515,11 +515,11 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
     trace = None
     if error is not None:
         outcome, trace = {**outcome, "status": "failed"}, "".join(traceback.format_exception(error))
-        # A missing data set is the user's to fix: one line. Anything else: the whole traceback.
+        # A missing data set or a refused value is the user's to fix: one line. Anything else:
+        # the whole traceback.
         shown = f"{type(error).__name__}: {error}"
-        log.error(
-            "run failed: %s", shown if isinstance(error, data_module.DataError) else f"{shown}\n{trace}"
-        )
+        one_line = isinstance(error, (data_module.DataError, ConfigError))
+        log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
     summary = {
         **outcome,
         **summarize(record.read_metrics()),
@@ -555,17 +555,41 @@ def run(
     except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
         if interrupted(e):
             raise KeyboardInterrupt from e  # no summary: the run stopped, and a rerun resumes it
+        if stopped_by_cluster(e):
+            raise  # no summary either; submitit records the job as ended without a result
         return close_record(record, cfg, {}, e)
+
+
+def refused(cfg: DictConfig, run_dir: Path, overrides, job_num, hydra_files, error: Exception) -> str:
+    """Record a sweep job refused where it runs (a SLURM node without the GPU it asks for) as a
+    failed run with the refusal as its error; a completed run is left as it is. Its status."""
+    record, ended = open_record(cfg, run_dir, overrides, job_num, hydra_files)
+    if ended is not None:
+        return ended["status"]
+    return close_record(record, cfg, {}, error)["status"]
 
 
 def interrupted(error: BaseException) -> bool:
     """An error raised while an interrupt (Ctrl-C, a pool worker's SIGTERM) was being handled:
     one that lands inside library code can come out as that code's cleanup error (np.savez's
     zipfile: "Can't close the ZIP file while there is an open writing handle"), not as itself."""
+    return any(isinstance(e, KeyboardInterrupt) for e in _chain(error))
+
+
+def stopped_by_cluster(error: BaseException) -> bool:
+    """submitit's "Job not requeued": a SLURM time limit (or preemption) reached with no requeue
+    left, or under a preset that does not requeue. submitit raises it from its signal handler,
+    wherever the run is; the run stopped at its last checkpoint, it did not fail."""
+    return any(
+        type(e).__name__ == "UncompletedJobError" and type(e).__module__.startswith("submitit")
+        for e in _chain(error)
+    )
+
+
+def _chain(error: BaseException | None):
+    """The error and those it was raised while handling (or from), once each."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
+        yield error
         seen.add(id(error))
         error = error.__context__ or error.__cause__
-    return False

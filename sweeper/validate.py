@@ -799,6 +799,15 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
     for key, least in SUBMITIT_COUNTS.items():  # sbatch would refuse these only at submission
         if _get(cfg.hydra.launcher, key) is not None:
             number(cfg, prefix + key, low=least, integer=True)
+    timeout_min, delay_s = _get(cfg.hydra.launcher, "timeout_min"), _get(cfg.hydra.launcher, "signal_delay_s")
+    if timeout_min and delay_s is not None and timeout_min * 60 <= delay_s:
+        # SLURM signals the job signal_delay_s before its limit: submitit would take it as timed
+        # out right at the start, and stop or requeue it before it has trained.
+        raise ConfigError(
+            f"{prefix}timeout_min={timeout_min} is invalid with {prefix}signal_delay_s={delay_s}: the "
+            f"time-limit signal would come at the start; give more than {delay_s / 60:g} min, or a "
+            "smaller signal_delay_s"
+        )
     try:
         build.launcher(cfg.hydra.launcher)
     except (TypeError, ValueError) as e:

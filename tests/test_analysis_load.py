@@ -255,7 +255,7 @@ def test_a_running_run_reading_a_half_written_line_is_not_a_problem(tmp_path):
     assert loaded.problems == []
 
 
-def test_a_run_without_summary_and_no_sign_of_life_is_stalled(tmp_path):
+def test_a_run_without_summary_is_interrupted_when_its_process_ended_and_stalled_when_silent(tmp_path):
     data = rows()
     old = write_run(tmp_path / "old", base_config(), data, None, job_record())
     two_days_ago = time.time() - 2 * 86400
@@ -283,7 +283,8 @@ def test_a_run_without_summary_and_no_sign_of_life_is_stalled(tmp_path):
         job_record(**me, pid_started=process_started(os.getpid()) - 1),
     )
     statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
-    assert statuses == {"old": "stalled", "dead": "stalled", "alive": "running", "reused": "stalled"}
+    # the sweep's end summary says interrupted too; "old" ran on another host, silent for 2 days
+    assert statuses == {"old": "stalled", "dead": "interrupted", "alive": "running", "reused": "interrupted"}
 
 
 def test_an_epoch_logged_twice_after_a_restart_keeps_the_later_line(tmp_path):

@@ -19,9 +19,7 @@ def sweep_in_progress(root):
         config,
         rows[:1],
         None,
-        job_record(
-            overrides[1], 1, slurm_job_id="7741_1", slurm_array_job_id="7741", slurm_array_task_id="1"
-        ),
+        job_record(overrides[1], 1, slurm_job_id="7743", slurm_array_job_id="7741", slurm_array_task_id="1"),
     )
     write_run(
         sweep / "2",
@@ -47,7 +45,7 @@ def test_job_table_has_every_listed_job_with_its_state(tmp_path):
     assert table["job"].tolist() == [0, 1, 2, 3, 4, 5]
     assert table["status"].tolist() == ["completed", "running", "failed", "diverged", "missing", "missing"]
     assert table["epochs"].tolist() == ["3/3", "1/3", "2/3", "3/3", "", ""]
-    assert table.loc[1, "slurm_job_id"] == "7741_1"
+    assert table.loc[1, "slurm_id"] == "7741_1"  # what squeue shows, not the task's own SLURM_JOB_ID
     assert table.loc[2, "error"] == "OSError: disk full"
     assert table.loc[4, "overrides"] == "lr=0.5 model.channels=16"  # from sweep.json: the job never wrote one
 

@@ -259,6 +259,11 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
             "hydra.launcher.jobs_per_task=0 is invalid: must be an integer >= 1",
         ),
+        (  # SLURM's signal, 120 s before a 1 min limit: submitit took the job as timed out at once
+            ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=1"],
+            "hydra.launcher.timeout_min=1 is invalid with hydra.launcher.signal_delay_s=120: the time-limit "
+            "signal would come at the start; give more than 2 min, or a smaller signal_delay_s",
+        ),
     ],
 )
 def test_bad_launcher_options_keys_and_values_are_refused_in_one_line(arguments, message):
@@ -341,6 +346,15 @@ def test_every_way_of_asking_for_a_sweep_gets_the_launcher_check(tmp_path: Path)
         assert result.stderr.strip() == "error: hydra.launcher.slots_per_device=0 is invalid: must be >= 1", (
             how
         )
+
+
+def test_a_sweep_with_cfg_is_one_line_not_hydras_traceback(tmp_path: Path):
+    result = run_cli("-m", "lr=0.1,0.2", "--cfg", "job", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: -m/--multirun and -c/--cfg cannot go together: Hydra does one of --multirun, --cfg, --info "
+        "and --shell-completion at a time (drop -m to print a sweep's config)\n",
+    )
 
 
 def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_searches_another_dir(tmp_path: Path):

@@ -8,6 +8,7 @@ run record; they skip when no test cluster answers (see tests/slurm_helpers.py).
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -271,6 +272,38 @@ def test_a_job_that_ends_without_a_result_does_not_abort_the_sweep(fake_submitit
     assert "CANCELLED" in caplog.text and "12_1_0_log.err" in caplog.text
 
 
+def test_an_option_sbatch_refuses_is_one_line_and_exit_2(fake_submitit, tmp_path, monkeypatch, capsys):
+    def refused(self, fn, *iterables):
+        print("sbatch: error: invalid partition specified: nopart", file=sys.stderr)  # as submitit does
+        raise submitit.core.utils.FailedJobError("sbatch: error: invalid partition specified: nopart")
+
+    monkeypatch.setattr(FakeExecutor, "map_array", refused)
+    with pytest.raises(SystemExit) as stop:
+        launch("slurm_gpu", "hydra.launcher.partition=nopart", sweep_dir=tmp_path / "sweep", jobs=2)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: sbatch refused the job array of jobs 0-1, which was not submitted: "
+        "sbatch: error: invalid partition specified: nopart\n"
+    )  # once: submitit's own print of it is not repeated
+
+
+@pytest.mark.parametrize("preset", ["submitit_slurm", "submitit_local"])
+def test_the_grid_sweeper_runs_upstreams_submitit_launchers_through_the_projects_class(
+    preset, fake_submitit, tmp_path
+):
+    # upstream's class stops a sweep, with a traceback and no summary, at a job without a result
+    from hydra_plugins.sweeper_grid.grid import _with_project_launcher
+
+    upstream, _, _ = launch(preset, sweep_dir=tmp_path / "sweep", jobs=1)
+    assert type(upstream).__module__ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
+    ours = _with_project_launcher(upstream, upstream.hydra_context, upstream.task_function, upstream.config)
+    assert (
+        type(ours).__name__
+        == {"submitit_slurm": "SweeperSlurmLauncher", "submitit_local": "SweeperLocalLauncher"}[preset]
+    )
+    assert ours.params == upstream.params and ours.jobs_per_task == 1 and ours.config is upstream.config
+
+
 def test_packing_needs_a_positive_number_of_jobs_per_task(fake_submitit, tmp_path):
     with pytest.raises(Exception, match="jobs_per_task=0 is invalid"):
         launch("slurm_gpu_packed", "hydra.launcher.jobs_per_task=0", sweep_dir=tmp_path)
@@ -407,15 +440,14 @@ def test_a_grid_goes_out_as_one_job_array_and_a_failing_job_is_recorded(cluster,
         assert [r["epoch"] for r in metrics(sweep_dir / str(n))] == [1]
     assert read_json(sweep_dir / "sweep.json")["launcher"] == "submitit_slurm"
 
-    # the analysis engineer's `status` view, fed by job.json's slurm ids (when it is there)
-    if (REPO / "analysis" / "status.py").exists():
-        status = subprocess.run(
-            [sys.executable, "-m", "analysis", "status", str(sweep_dir)],
-            cwd=tmp_path, env={**cluster, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert "completed" in status.stdout and "failed" in status.stdout, status.stdout + status.stderr
-        for job in jobs:
-            assert job["slurm_job_id"] in status.stdout
+    # `python -m analysis status`: each job's row names its state and the id squeue shows (ARRAY_TASK)
+    status = subprocess.run(
+        [sys.executable, "-m", "analysis", "status", str(sweep_dir)],
+        cwd=tmp_path, env={**cluster, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    for job, summary in zip(jobs, summaries, strict=True):
+        row = rf"^\s*{job['job_num']}\s+{summary['status']}\s.*\s{re.escape(array_task(job))}\s"
+        assert re.search(row, status.stdout, re.MULTILINE), status.stdout + status.stderr
 
 
 @pytest.mark.slurm
@@ -429,6 +461,42 @@ def test_a_bad_value_never_reaches_the_queue(cluster, tmp_path):
     assert "error: job 1 (" in result.stderr and "lr=-1 is invalid" in result.stderr
     assert not sweep_dir.exists()  # refused before Hydra made the sweep dir, let alone .submitit
     assert known_job_ids(cluster) == before  # nothing was submitted
+
+
+@pytest.mark.slurm
+def test_an_option_sbatch_refuses_is_one_line_and_nothing_is_queued(cluster, tmp_path):
+    before = known_job_ids(cluster)
+    result = sweep_cmd(
+        cluster, tmp_path, "hydra/launcher=submitit_slurm", "hydra.launcher.partition=nopart", *TINY,
+        "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: sbatch refused the job array of jobs 0-1, which was not submitted: sbatch: error:"
+        )
+    )
+    assert "Traceback" not in result.stderr and "nopart" in result.stderr.splitlines()[-1]
+    assert known_job_ids(cluster) == before
+
+
+@pytest.mark.slurm
+def test_a_job_refused_on_its_node_is_recorded_as_failed_with_the_reason(cluster, tmp_path):
+    # The login node does not check a SLURM job's GPU (it may have none); the job's node does. It
+    # was reported as "missing: no record", its reason only in the SLURM log.
+    sweep_dir = tmp_path / "sweep"
+    result = sweep_cmd(
+        cluster, tmp_path, "hydra/launcher=submitit_slurm", *TINY, "trainer.device=cuda",
+        "lr=0.1", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 jobs: 0 completed, 1 failed" in result.stdout
+    summary = read_json(sweep_dir / "0" / "summary.json")
+    assert summary["status"] == "failed" and summary["error"].startswith(
+        "ConfigError: trainer.device=cuda is invalid here"
+    )
 
 
 @pytest.mark.slurm

@@ -103,6 +103,34 @@ def test_an_exception_is_recorded_as_failed_with_its_traceback(tmp_path, monkeyp
     assert summary["epochs_done"] == 0 and summary["final_test_acc"] is None
 
 
+def test_a_slurm_time_limit_without_requeue_stops_the_run_for_a_resume_not_as_failed(tmp_path, monkeypatch):
+    # submitit raises UncompletedJobError from its SIGUSR2 handler, wherever the run is, when a
+    # timed-out job has no requeue left (or its preset does not requeue). Recorded as failed, the
+    # run was started over from epoch 1 by the next rerun.
+    from submitit.core.utils import UncompletedJobError
+
+    from sweeper import sweep
+
+    cfg = compose_cfg("trainer.epochs=4")
+    append = RunLog.append_metrics
+
+    def time_limit_after_epoch_2(self, row):
+        append(self, row)
+        if row["epoch"] == 2:
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(RunLog, "append_metrics", time_limit_after_epoch_2)
+    with pytest.raises(UncompletedJobError):  # submitit's own, for its result file
+        train.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "summary.json").exists()
+    # the sweep's end summary, on a login node that cannot see the node's process: stopped
+    assert sweep.job_state(tmp_path / "run", ended=True)[0] == "interrupted"
+    monkeypatch.setattr(RunLog, "append_metrics", append)
+    assert train.run(cfg, tmp_path / "run")["status"] == "completed"
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3, 4]  # resumed, not restarted
+    assert not (tmp_path / "run" / "attempts").exists()
+
+
 def test_rerun_of_a_completed_run_is_skipped_untouched(tmp_path):
     cfg = compose_cfg()
     train.run(cfg, tmp_path)

@@ -73,6 +73,23 @@ class ComposedOnce:
         return {"loader": self.loader, "composed": {}}
 
 
+def _with_project_launcher(launcher: Any, context: HydraContext, task_function, config) -> Any:
+    """hydra/launcher=submitit_slurm (or submitit_local) run by the project's launcher class, with
+    the same parameters: upstream's stops the sweep, with a traceback and no summary, at the first
+    job that ends without a result (cancelled, a time limit), and says an option sbatch refuses
+    over 40 lines. (hydra_plugins/sweeper_launcher.)"""
+    if type(launcher).__module__ != "hydra_plugins.hydra_submitit_launcher.submitit_launcher":
+        return launcher
+    from hydra_plugins.sweeper_launcher import launcher as ours
+
+    kind = {"slurm": ours.SweeperSlurmLauncher, "local": ours.SweeperLocalLauncher}.get(launcher._EXECUTOR)
+    if kind is None:
+        return launcher
+    replaced = kind(**launcher.params)
+    replaced.setup(hydra_context=context, task_function=task_function, config=config)
+    return replaced
+
+
 KEEP = 64  # composed configs held for the launcher, at most
 
 
@@ -81,6 +98,7 @@ class GridSweeper(BasicSweeper):
         self.loader = ComposedOnce(hydra_context.config_loader)
         context = HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks)
         super().setup(hydra_context=context, task_function=task_function, config=config)
+        self.launcher = _with_project_launcher(self.launcher, context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> Any:
         # The whole grid is checked before Hydra's sweep writes anything (the sweep dir, its

@@ -17,9 +17,12 @@ resumes every run of the task from its checkpoint.pt (sweeper.train.run).
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
 # in sys.modules, and dataclasses then cannot resolve string annotations.
+import contextlib
+import io
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +106,26 @@ class _Launcher(BaseSubmititLauncher):
                 (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
             )
 
+        from submitit.core.utils import FailedJobError  # the executor() above imported submitit
+
         k = self.jobs_per_task
-        if k == 1:  # one array task per job, as upstream
-            groups = [[call] for call in calls]
-            jobs = executor.map_array(self, *zip(*calls, strict=True))
-        else:
-            groups = [calls[i : i + k] for i in range(0, len(calls), k)]
-            jobs = executor.map_array(Pack(self), groups)
+        groups = [calls[i : i + k] for i in range(0, len(calls), k)]
+        try:
+            # submitit prints sbatch's complaint before raising it: said once, below
+            with contextlib.redirect_stderr(io.StringIO()):
+                if k == 1:  # one array task per job, as upstream
+                    jobs = executor.map_array(self, *zip(*calls, strict=True))
+                else:
+                    jobs = executor.map_array(Pack(self), groups)
+        except FailedJobError as e:  # a partition, a GPU count, a memory size the cluster refuses
+            said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            print(
+                f"error: sbatch refused the job array of jobs {calls[0][2]}-{calls[-1][2]}, which was not "
+                f"submitted: {said or 'no reason given'}",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
+        if k > 1:
             log.info(f"{len(calls)} jobs, {k} per array task: {len(groups)} tasks")
 
         results = []
