@@ -179,6 +179,8 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "fused_trials": n_trials,
     }
+    for record in records:
+        record.facts = info
     del nets
 
     # Every step's per-trial learning rates, computed once and kept on the device: a step then

@@ -83,6 +83,9 @@ class RunLog:
         self.summary_path = self.dir / "summary.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self._losses: dict[int, dict] = {}
+        # What the trainer knows of the run so far (model size, device): a summary written after
+        # a failure keeps it too.
+        self.facts: dict = {}
 
     # -- start
     def write_config(self, config: dict) -> None:

@@ -144,6 +144,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cuda_graph": graph,
     }
+    record.facts = info  # the same dict: a summary after a failure reports what it says by then
     log.info(
         "%s: %d params, receptive field %d px, %d train / %d test images on %s",
         cfg.model.name,
@@ -514,7 +515,8 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
     """Write summary.json, last: the outcome, the metrics' reductions, versions and any error."""
     trace = None
     if error is not None:
-        outcome, trace = {**outcome, "status": "failed"}, "".join(traceback.format_exception(error))
+        outcome = {**record.facts, **outcome, "status": "failed"}
+        trace = "".join(traceback.format_exception(error))
         # A missing data set or a refused value is the user's to fix: one line. Anything else:
         # the whole traceback.
         shown = f"{type(error).__name__}: {error}"

@@ -103,6 +103,17 @@ def test_an_exception_is_recorded_as_failed_with_its_traceback(tmp_path, monkeyp
     assert summary["epochs_done"] == 0 and summary["final_test_acc"] is None
 
 
+def test_a_run_failing_after_its_model_is_built_keeps_the_models_facts_in_its_summary(tmp_path, monkeypatch):
+    def failing(self, row):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(RunLog, "append_metrics", failing)
+    summary = train.run(compose_cfg(), tmp_path / "run")
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: disk full"
+    assert summary["n_params"] > 0 and summary["n_train"] == 300 and summary["device"] == "cpu"
+    assert "receptive_field_px" in summary and summary["cuda_graph"] is False
+
+
 def test_a_slurm_time_limit_without_requeue_stops_the_run_for_a_resume_not_as_failed(tmp_path, monkeypatch):
     # submitit raises UncompletedJobError from its SIGUSR2 handler, wherever the run is, when a
     # timed-out job has no requeue left (or its preset does not requeue). Recorded as failed, the
