@@ -132,7 +132,11 @@ def resumed_scheduler(cfg, state: dict) -> dict:
 def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
     # Same layout and values, key by key: the optimizer's groups and momentum, the scheduler's
     # state (rates of a step schedule after its switch included) and the batch generator.
-    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS]
+    # Without augmentation: with it, a max-pool window of the momentum trial holds two values
+    # within 1e-6 at step 7, which the wide net's rounding (1e-8 apart) can order the other way;
+    # the gradient then goes to the other pixel and the weights drift 4e-4 apart by epoch 2
+    # (traced step by step). That is rounding, not the checkpoint: the curves test above covers it.
+    cfgs = [compose_cfg(*COMMON, "data.augment=false", *t) for t in TRIALS]
     fused_dirs = [tmp_path / "fused" / str(i) for i in range(len(cfgs))]
     fused.run_group(cfgs, fused_dirs, [[]] * len(cfgs), [0, 1, 2])
     for i, cfg in enumerate(cfgs):
