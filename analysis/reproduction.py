@@ -58,7 +58,7 @@ EXPERIMENTS = {
     "lecture_test_loss": "claim 4: the lecture's protocol with three seeds",
     "lecture_distributions": "claim 5: the lecture's protocol, raw per-sample losses kept",
     "lecture_overfit_subset": "claim 6a: channels 8 and 32 on 1,000 training images",
-    "lecture_capacity": "claim 6b: conv layers x channels x kernel size (18 jobs) on the full set",
+    "lecture_capacity": "claim 6b: channels x fc units around the lecture's net (12 jobs) on the full set",
 }
 ENDED = ("completed", "diverged")  # a diverged run has ended: its curves are its result
 DEFAULT_EPOCHS = 50
@@ -726,6 +726,19 @@ def claim_3(exps: dict[str, Experiment], noise: float | None) -> Claim:
         for d in drops.values()
     ]
     switch = next(iter(drops.values()))["switch"] if drops else 25
+    gap = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[1]) if len(ranking) >= 2 else math.nan
+    # A lead smaller than the seed-to-seed spread does not pick a best lr2: another seed could
+    # order them the other way (the JPEG runs: 0.6793 against 0.6792, one test image).
+    tied = noise is not None and not math.isnan(gap) and gap < noise
+    best_observed = (
+        "waits for every lr2 run to end"
+        if not sel.complete or best is None
+        else f"best: {format_value(best)}, {100 * gap:.2f} points ahead of "
+        f"{format_value(ranking['schedule.lr2'].iloc[1])}, within the seed-to-seed std of "
+        f"{100 * noise:.1f} points: a tie, not a pick"
+        if tied
+        else f"best: {format_value(best)}"
+    )
     claim.checks = [
         Check(
             f"after the switch (epoch {switch}) the train loss of every lr2 run drops below its value at the switch",
@@ -746,15 +759,15 @@ def claim_3(exps: dict[str, Experiment], noise: float | None) -> Claim:
             _all(below_ref) if ref_run is not None else None,
         ),
         Check(
-            f"the best lr2 by final test accuracy is the lecture's {LECTURE_LR2:g}",
-            f"best: {format_value(best)}"
-            if sel.complete and best is not None
-            else "waits for every lr2 run to end",
-            None if best is None or not sel.complete else bool(math.isclose(float(best), LECTURE_LR2)),
+            f"the best lr2 by final test accuracy is the lecture's {LECTURE_LR2:g}, by more than the "
+            "seed-to-seed std where lecture_test_loss measures it",
+            best_observed,
+            None
+            if best is None or not sel.complete or tied
+            else bool(math.isclose(float(best), LECTURE_LR2)),
         ),
     ]
     if len(ranking) >= 2 and sel.complete:
-        gap = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[1])
         spread = (
             f"the seed-to-seed std of lecture_test_loss, {100 * noise:.1f} points"
             if noise is not None
@@ -1111,12 +1124,22 @@ def claim_6a(exps: dict[str, Experiment]) -> Claim:
 # ----- claim 6b
 
 
+CAPACITY_JOBS = 12  # conf/experiment/lecture_capacity.yaml: channels 8..64 x units 50..800
+CAPACITY_KNOBS = ("model.conv_layers", "model.channels", "model.kernel_size", "model.units", "model.pool",
+                  "model.padding", "model.growth")  # fmt: skip
+
+
+def capacity_keys(runs: pd.DataFrame) -> list[str]:
+    """The capacity knobs the runs vary (whichever grid ran), in CAPACITY_KNOBS' order."""
+    return [k for k in CAPACITY_KNOBS if k in runs and runs[k].map(format_value).nunique() > 1]
+
+
 def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
     claim = Claim(
         "6b",
         "Capacity modulated to neither overfit nor underfit the full set",
-        "Capacity is modulated (layers, channels, kernel size) to neither overfit nor underfit the full "
-        "training set.",
+        "Capacity is modulated (layers, channels, receptive field, units) to neither overfit nor underfit "
+        "the full training set.",
         ["lecture_capacity"],
     )
     sel = claim.source = pick_source(exps, [("lecture_capacity", {})])
@@ -1124,14 +1147,14 @@ def claim_6b(exps: dict[str, Experiment], baseline_s: float | None) -> Claim:
         estimate = ""
         if baseline_s:
             estimate = (
-                f" At the pace of the lr=0.1 baseline on this machine ({_minutes(baseline_s)} per run) its 18 "
-                f"jobs take about {18 * baseline_s / 3600:.1f} h, more for the wider and deeper nets."
+                f" At the pace of the lr=0.1 baseline on this machine ({_minutes(baseline_s)} per run) its "
+                f"{CAPACITY_JOBS} jobs take about {CAPACITY_JOBS * baseline_s / 3600:.1f} h, more for the wider nets."
             )
         claim.not_run_note = (
             f"The capacity grid was not run: ROOT holds no lecture_capacity/ sweep.{estimate}"
         )
         return claim
-    keys = [k for k in ("model.conv_layers", "model.channels", "model.kernel_size") if k in sel.runs]
+    keys = capacity_keys(sel.runs)
     ranking = rank_configs(sel.runs, "final_test_acc", keys, statuses=None)
     state = {}
     rows = []
@@ -1252,13 +1275,16 @@ def _figure(claim: Claim, sel: Selection, exps: dict[str, Experiment], plots):
         return fig, (6, 4.5)
     if key == "6b":
         runs = sel.runs
-        x, y = "model.channels", "model.conv_layers"
-        if "model.kernel_size" in runs and runs["model.kernel_size"].nunique() > 1:
-            best = runs.loc[runs["final_test_acc"].idxmax(), "model.kernel_size"]
-            runs = runs[runs["model.kernel_size"] == best]
-            title = f"final test acc, kernel size {format_value(best)} (the best one)"
-        else:
-            title = "final test acc"
+        keys = capacity_keys(runs)
+        if len(keys) < 2:
+            raise plots.NothingToPlot(f"the capacity runs vary {len(keys)} knob(s); the heatmap needs two")
+        # the two knobs with the most values on the axes; any other at the best run's value
+        x, y = sorted(keys, key=lambda k: -runs[k].map(format_value).nunique())[:2]
+        best = runs.loc[runs["final_test_acc"].idxmax()]
+        fixed = [k for k in keys if k not in (x, y)]
+        for k in fixed:
+            runs = runs[runs[k].map(format_value) == format_value(best[k])]
+        title = "final test acc" + "".join(f", {k}={format_value(best[k])} (the best)" for k in fixed)
         return plots.plot_heatmap(runs, x, y, "final_test_acc", statuses=None, title=title), (6, 4)
     raise plots.NothingToPlot(f"no figure for claim {key}")
 

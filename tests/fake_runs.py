@@ -581,7 +581,8 @@ LR2 = {
     0.05: {"factor": 0.3, "delta": 0.015},
     0.02: {"factor": 0.7, "delta": -0.005},
 }
-CAPACITY = {(1, 16): (0.60, 0.55), (1, 32): (0.80, 0.66), (2, 16): (0.85, 0.70), (2, 32): (0.99, 0.66)}
+# (model.channels, model.units) -> (final train acc, final test acc)
+CAPACITY = {(8, 50): (0.60, 0.55), (8, 200): (0.80, 0.66), (32, 50): (0.85, 0.70), (32, 200): (0.99, 0.66)}
 
 
 def make_lecture_root(
@@ -627,20 +628,14 @@ def make_lecture_root(
                     )
                 )
         elif name == "lecture_capacity":
-            for (layers, channels), (train_acc, test_acc) in CAPACITY.items():
-                config = {
-                    "model.conv_layers": layers,
-                    "model.channels": channels,
-                    "model.kernel_size": 5,
-                    "model.padding": "same",
-                    "model.pool": 2,
-                }
+            for (channels, units), (train_acc, test_acc) in CAPACITY.items():
+                config = {"model.channels": channels, "model.units": [units], "model.kernel_size": 5}
                 jobs.append(
                     (
-                        [f"model.conv_layers={layers}", f"model.channels={channels}", "model.kernel_size=5"],
+                        [f"model.channels={channels}", f"model.units=[{units}]"],
                         config,
                         lecture_curves("capacity", train_acc=train_acc, test_acc=test_acc),
-                        {"n_params": 5000 * layers * channels},
+                        {"n_params": 50 * channels * units},
                     )
                 )
         else:

@@ -117,8 +117,25 @@ def test_the_numbers_behind_claim_3(complete):
     three = section(md, "3")
     assert "| 0.05 | completed | 50/50 | 0.21 | 0.006 (ep. 50) | 0.02 |" in three
     assert "ranked by final test accuracy: 0.05: 0.720, 0.07: 0.710, 0.02: 0.700." in three
-    assert "| the best lr2 by final test accuracy is the lecture's 0.05 | best: 0.05 | yes |" in three
+    assert (
+        "| the best lr2 by final test accuracy is the lecture's 0.05, by more than the seed-to-seed std where "
+        "lecture_test_loss measures it | best: 0.05 | yes |"
+    ) in three  # a lead of 1 point against a std of 0.1
     assert "seed-to-seed std of lecture_test_loss, 0.1 points" in three
+
+
+def test_a_best_lr2_within_the_seed_noise_is_a_tie_not_a_pick(complete):
+    # The JPEG runs put 0.05 ahead of 0.02 by one test image (0.6793 against 0.6792), and claim 3
+    # read "supported" with a std of 0.8 points between seeds.
+    from analysis.reproduction import claim_3, load_experiments
+
+    out, _ = complete
+    root = out.parent / "root"
+    check = claim_3(load_experiments(root, str(root)), noise=0.02).checks[-1]
+    assert check.passed is None
+    assert check.observed == (
+        "best: 0.05, 1.00 points ahead of 0.07, within the seed-to-seed std of 2.0 points: a tie, not a pick"
+    )
 
 
 def test_the_numbers_behind_claims_4_and_5(complete):
@@ -146,9 +163,9 @@ def test_the_numbers_behind_claim_6(complete):
     assert "fits its training set from epoch 36" in six
     assert "does not fit in 50 epochs (min train loss 0.5, best train acc 70.0%)" in six
     cap = section(md, "6b")
-    assert "| 2 | 16 | 5 | 160,000 | 0.850 | 0.700 | 0.150 | neither |" in cap
-    assert "| 1 | 16 | 5 | 80,000 | 0.600 | 0.550 | 0.050 | underfits |" in cap
-    assert "| 2 | 32 | 5 | 320,000 | 0.990 | 0.660 | 0.330 | overfits |" in cap
+    assert "| 32 | [50] | 80,000 | 0.850 | 0.700 | 0.150 | neither |" in cap  # the knobs varied, only
+    assert "| 8 | [50] | 20,000 | 0.600 | 0.550 | 0.050 | underfits |" in cap
+    assert "| 32 | [200] | 320,000 | 0.990 | 0.660 | 0.330 | overfits |" in cap
 
 
 def test_machine_wall_time_experiments_and_rerun(complete):
@@ -234,7 +251,7 @@ def test_missing_experiments_are_not_run_with_their_command(partial):
         assert "**Verdict: not run.**" in text
         assert f"python -m sweeper -m experiment={name} hydra.sweep.dir={root}/{name}" in text
     assert "The capacity grid was not run: ROOT holds no lecture_capacity/ sweep." in section(md, "6b")
-    assert "its 18 jobs take about 5.0 h" in section(md, "6b")  # 18 x the lr=0.1 run's 1000 s
+    assert "its 12 jobs take about 3.3 h" in section(md, "6b")  # 12 x the lr=0.1 run's 1000 s
     assert {p.name for p in (out / "figures").iterdir()} == {
         "claim1.png",
         "claim2.png",
