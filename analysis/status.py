@@ -1,10 +1,12 @@
-"""Where a sweep's jobs stand: completed, running, interrupted, stalled, failed, diverged or missing.
+"""Where a sweep's jobs stand: completed, running, submitted, interrupted, stalled, failed, diverged
+or missing.
 
     python -m analysis status outputs/multirun/2026-11-26/23-59-00
 
 `missing` is a job listed in sweep.json whose run dir is absent or holds no record (not started
-yet, or lost); `interrupted` a run without summary.json whose process has ended (a rerun
-resumes it); `stalled` one that has written nothing for a long time (see
+yet, or lost), `submitted` such a job that the SLURM launcher handed to SLURM (slurm_jobs.json:
+queued, or ended before it started); `interrupted` a run without summary.json whose process has
+ended (a rerun resumes it); `stalled` one that has written nothing for a long time (see
 analysis.load.run_status). Reads only job.json, summary.json, config.json and metrics.jsonl, so
 it is quick on a sweep in progress.
 """
@@ -20,8 +22,18 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.load import discover, fingerprint, read_json, read_metrics, run_status
+from sweeper import submitted
 
-STATUS_ORDER = ("failed", "diverged", "interrupted", "stalled", "running", "missing", "completed")
+STATUS_ORDER = (
+    "failed",
+    "diverged",
+    "interrupted",
+    "stalled",
+    "running",
+    "submitted",
+    "missing",
+    "completed",
+)
 
 
 def _planned_epochs(config: object, summary: dict | None) -> int | None:
@@ -73,14 +85,16 @@ def job_table(
     now = time.time() if now is None else now
     refs, missing = discover(paths)
     rows = [_job_row(r.run_dir, r.sweep_dir, r.job_num, r.overrides, now) for r in refs]
+    slurm = {m.sweep_dir: submitted.slurm_ids(m.sweep_dir) for m in missing}
     rows += [
         {
             "sweep": str(m.sweep_dir),
             "job": m.job_num,
-            "status": "missing",
+            # no record yet, but handed to SLURM: queued (or ended before it started)
+            "status": "submitted" if m.job_num in slurm[m.sweep_dir] else "missing",
             "epochs": "",
             "age_s": None,
-            "slurm_id": None,
+            "slurm_id": slurm[m.sweep_dir].get(m.job_num),
             "host": None,
             "overrides": " ".join(m.overrides),
             "error": None,

@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
-from sweeper import processes
+from sweeper import processes, submitted
 from sweeper.runlog import atomic_write, to_json
 from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference
 from sweeper.validate import ConfigError, check, check_device
@@ -319,8 +319,14 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
     SUMMARIZED.add(sweep_dir)
     counts = dict.fromkeys(STATES, 0)
     lines = []
+    slurm = submitted.slurm_ids(sweep_dir)
     for job in known["jobs"]:
         state, detail = job_state(sweep_dir / job["dir"], ended)
+        if state == "missing" and job["num"] in slurm:  # queued, or ended before it started
+            job_id = slurm[job["num"]]
+            detail = f"no record; SLURM job {job_id}" + (
+                f" ended before it started (log: .submitit/{job_id}/)" if ended else " not started yet"
+            )
         counts[state] += 1
         if state != "completed":
             lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")

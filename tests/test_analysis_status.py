@@ -78,3 +78,15 @@ def test_a_long_sweep_shows_the_unfinished_jobs_first_and_counts_the_rest(tmp_pa
     assert lines[-1] == "… 20 completed jobs not shown (--all lists every job)"
     assert any(line.split()[:2] == ["29", "missing"] for line in lines)
     assert len(format_job_table(job_table(sweep), width=100, max_rows=10, show_all=True).splitlines()) == 32
+
+
+def test_a_job_handed_to_slurm_without_a_record_yet_is_submitted_with_its_id(tmp_path):
+    from sweeper import submitted
+
+    sweep = tmp_path / "sweep"
+    write_sweep_json(sweep, [["lr=0.1"], ["lr=0.2"], ["lr=0.3"]], launcher="submitit_slurm")
+    submitted.record(sweep, {0: "27_0", 1: "27_1"})  # job 2's array was not taken (yet)
+    table = job_table(sweep).set_index("job")
+    assert list(table["status"]) == ["submitted", "submitted", "missing"]  # was: all missing, no id
+    assert list(table["slurm_id"][:2]) == ["27_0", "27_1"]
+    assert "27_1" in format_job_table(table.reset_index())

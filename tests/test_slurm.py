@@ -67,12 +67,15 @@ class FakeExecutor:
     def map_array(self, fn, *iterables):
         calls = list(zip(*iterables, strict=True))
         self.arrays.append((fn, calls))
-        return [FakeJob(fn, args, lost=i in FakeExecutor.lose_next) for i, args in enumerate(calls)]
+        return [
+            FakeJob(fn, args, lost=i in FakeExecutor.lose_next, job_id=f"12_{i}")
+            for i, args in enumerate(calls)
+        ]
 
 
 class FakeJob:
-    def __init__(self, fn, args, lost):
-        self.fn, self.args, self.lost = fn, args, lost
+    def __init__(self, fn, args, lost, job_id):
+        self.fn, self.args, self.lost, self.job_id = fn, args, lost, job_id
         self.paths = SimpleNamespace(stderr=Path("/cluster/sweep/.submitit/12_1/12_1_0_log.err"))
 
     def results(self):
@@ -439,6 +442,10 @@ def test_a_grid_goes_out_as_one_job_array_and_a_failing_job_is_recorded(cluster,
         assert {p.name for p in (sweep_dir / str(n)).iterdir()} >= RECORD
         assert [r["epoch"] for r in metrics(sweep_dir / str(n))] == [1]
     assert read_json(sweep_dir / "sweep.json")["launcher"] == "submitit_slurm"
+    # each job's id as submitted, written before any job had a record
+    assert read_json(sweep_dir / "slurm_jobs.json") == {
+        "jobs": {str(j["job_num"]): array_task(j) for j in jobs}
+    }
 
     # `python -m analysis status`: each job's row names its state and the id squeue shows (ARRAY_TASK)
     status = subprocess.run(
@@ -628,3 +635,27 @@ def test_packed_jobs_share_one_array_task_and_resume_together_after_preemption(c
     assert "Requeued job" in logs
     # the task's one (fake) GPU is the GPU of both its jobs
     assert "jobs 0, 1 packed in this task, one process each, 1 CPU threads each, GPUs 0" in logs
+
+
+def test_a_rerun_while_the_earlier_array_is_still_queued_is_refused(tmp_path, monkeypatch, capsys):
+    # It put a second array on the queue for the same run dirs. squeue is faked on PATH.
+    from hydra_plugins.sweeper_launcher.launcher import refuse_if_still_queued
+    from sweeper import submitted
+
+    submitted.record(tmp_path, {0: "27_0", 1: "27_1", 2: "27_2"})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    squeue.write_text("#!/bin/sh\nprintf '27_1\\n27_2\\n99_0\\n'\n")  # -r: one line per array task
+    squeue.chmod(0o755)
+    with pytest.raises(SystemExit) as stop:
+        refuse_if_still_queued(tmp_path, [0, 1, 2])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: 2 job(s) of this sweep are still in SLURM's queue from an earlier submission (27_1, 27_2): "
+        "wait until they end, or scancel 27, then rerun\n"
+    )
+    refuse_if_still_queued(tmp_path, [0])  # job 0 has left the queue: its rerun goes ahead
+    squeue.write_text("#!/bin/sh\nexit 1\n")  # squeue failing: the check stands aside
+    refuse_if_still_queued(tmp_path, [1, 2])
