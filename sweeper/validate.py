@@ -808,6 +808,17 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
             f"time-limit signal would come at the start; give more than {delay_s / 60:g} min, or a "
             "smaller signal_delay_s"
         )
+    launcher = cfg.hydra.launcher
+    device = str(_get(cfg, "trainer.device") or "")
+    asks_gpus = any(_get(launcher, k) for k in ("gpus_per_node", "gpus_per_task", "gres"))
+    if "slurm" in str(launcher.get("_target_", "")).lower() and device.startswith("cuda") and not asks_gpus:
+        # SLURM gives a job the GPUs it asks for, and this launcher asks for none: every job would
+        # be refused on its node, after waiting in the queue.
+        raise ConfigError(
+            f"trainer.device={device} needs a GPU, but hydra/launcher={cfg.hydra.runtime.choices.get(group)} "
+            f"asks SLURM for none ({prefix}gpus_per_node=null): use hydra/launcher=slurm_gpu, or set "
+            f"{prefix}gpus_per_node=1"
+        )
     try:
         build.launcher(cfg.hydra.launcher)
     except (TypeError, ValueError) as e:

@@ -259,6 +259,11 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             ["hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=0"],
             "hydra.launcher.jobs_per_task=0 is invalid: must be an integer >= 1",
         ),
+        (  # every job would wait in the queue, then be refused on its node
+            ["hydra/launcher=submitit_slurm", "trainer.device=cuda"],
+            "trainer.device=cuda needs a GPU, but hydra/launcher=submitit_slurm asks SLURM for none "
+            "(hydra.launcher.gpus_per_node=null): use hydra/launcher=slurm_gpu, or set hydra.launcher.gpus_per_node=1",
+        ),
         (  # SLURM's signal, 120 s before a 1 min limit: submitit took the job as timed out at once
             ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=1"],
             "hydra.launcher.timeout_min=1 is invalid with hydra.launcher.signal_delay_s=120: the time-limit "

@@ -495,9 +495,15 @@ def test_a_job_refused_on_its_node_is_recorded_as_failed_with_the_reason(cluster
     # was reported as "missing: no record", its reason only in the SLURM log.
     sweep_dir = tmp_path / "sweep"
     result = sweep_cmd(
-        cluster, tmp_path, "hydra/launcher=submitit_slurm", *TINY, "trainer.device=cuda",
-        "lr=0.1", f"hydra.sweep.dir={sweep_dir}",
-    )  # fmt: skip
+        cluster,
+        tmp_path,
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.gpus_per_node=1",
+        *TINY,
+        "trainer.device=cuda",
+        "lr=0.1",
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip  (the test node's GPUs are fake: torch sees none)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 jobs: 0 completed, 1 failed" in result.stdout
     summary = read_json(sweep_dir / "0" / "summary.json")

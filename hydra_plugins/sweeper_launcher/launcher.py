@@ -122,8 +122,8 @@ class _Launcher(BaseSubmititLauncher):
         except FailedJobError as e:  # a partition, a GPU count, a memory size the cluster refuses
             said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
             print(
-                f"error: sbatch refused the job array of jobs {calls[0][2]}-{calls[-1][2]}, which was not "
-                f"submitted: {said or 'no reason given'}",
+                f"error: sbatch refused the job array of {_nums(calls)}, which was not submitted: "
+                f"{said or 'no reason given'}",
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
@@ -279,6 +279,11 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+
+
+def _nums(calls: Sequence[Call]) -> str:
+    first, last = calls[0][2], calls[-1][2]
+    return f"job {first}" if first == last else f"jobs {first}-{last}"
 
 
 def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
