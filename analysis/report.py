@@ -11,6 +11,7 @@ are drawn as separate thin lines).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import warnings
@@ -253,7 +254,10 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
 
 
 def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Drawn:
-    dists = part.distributions()
+    with warnings.catch_warnings(record=True) as caught:  # a damaged losses.npz: a note, as in _draw
+        warnings.simplefilter("always")
+        dists = part.distributions()
+    read = tuple(str(w.message) for w in caught)
     kept = sorted(dists["epoch"].unique().tolist())
     shown = plots.panel_epochs(kept, plots.MAX_DISTRIBUTION_PANELS)
     epochs = (
@@ -266,12 +270,15 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
             else ""
         )
     )
-    return _draw(
+    drawn = _draw(
         name,
         f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "
         "exact zeros in the separate '0' slot.",
         lambda: plots.plot_loss_distributions(dists, title=where),
     )
+    if drawn.skipped and read:  # nothing to draw because the files are damaged: say which
+        return dataclasses.replace(drawn, skipped=f"{drawn.skipped} ({'; '.join(dict.fromkeys(read))})")
+    return dataclasses.replace(drawn, notes=tuple(dict.fromkeys(read + drawn.notes)))
 
 
 def _with_status(sweep: Sweep) -> pd.DataFrame:

@@ -11,6 +11,7 @@ sweep; docs/run-record.md describes the files.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -36,7 +37,9 @@ def main(cfg: DictConfig) -> str:
             validate.check(cfg)
             validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         except validate.ConfigError as e:
-            if multirun and not (run_dir / "checkpoint.pt").exists():
+            if multirun and _ended_as(run_dir) in ("completed", "diverged"):
+                pass  # train.run below skips it, untouched: nothing to refuse
+            elif multirun and not (run_dir / "checkpoint.pt").exists():
                 # A sweep's jobs were checked before launch: what fails here fails on this node
                 # (its GPUs). Recorded as a failed run, so that the sweep's summary says why; a run
                 # with epochs to resume is left as it is.
@@ -120,7 +123,11 @@ def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "co
     # A config that brings a grid (experiment=lecture_lr) would run one job at its defaults,
     # silently: its grid runs with -m, or one of its values is picked on the command line.
     given = {a.lstrip("+~").partition("=")[0] for a in overrides}
-    grid = {k: v for k, v in (cfg.hydra.sweeper.get("params") or {}).items() if k.lstrip("+~") not in given}
+    grid = {
+        k: v
+        for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
+        if k.lstrip("+~") not in given and validate.sweeping(["-m", f"{k}={v}"]) and _several(k, v)
+    }
     if grid:
         chosen = [a for a in overrides if a.startswith("experiment=")]
         what = chosen[-1] if chosen else "this config"
@@ -132,6 +139,24 @@ def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "co
     validate.check(task)
     validate.check_device(task)  # a single run trains here
     train.check_start(task, run_dir)
+
+
+def _ended_as(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _several(key: str, value) -> bool:
+    """Whether a grid param holds several values (lr: 0.2,0.1): one value drops nothing."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+    except Exception:  # noqa: BLE001 -- Hydra will say what is wrong with it
+        return False
+    return override.is_sweep_override() and len(list(override.sweep_string_iterator())) > 1
 
 
 def _is_override(argument: str) -> bool:
@@ -159,9 +184,12 @@ if __name__ == "__main__":
         modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
                  if validate.flagged(arguments, *m.split("/"))]  # fmt: skip
         if len(modes) > 1:  # Hydra's ValueError, with a traceback
+            hint = (
+                " (drop -m to print a sweep's config)" if modes[:2] == ["-m/--multirun", "-c/--cfg"] else ""
+            )
             raise validate.ConfigError(
                 f"{' and '.join(modes)} cannot go together: Hydra does one of --multirun, --cfg, --info "
-                "and --shell-completion at a time (drop -m to print a sweep's config)"
+                f"and --shell-completion at a time{hint}"
             )
         source = config_source(arguments)
         if source:

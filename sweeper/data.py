@@ -696,7 +696,9 @@ def synthetic_cached(n_train: int, n_test: int, seed: int, label_noise: float, c
     generator never serves stale images.
     """
     try:
-        code = "".join(inspect.getsource(f) for f in (synthetic, _smooth_field))
+        code = "".join(inspect.getsource(f) for f in (synthetic, _smooth_field, _stream)) + str(
+            SYNTHETIC_CHUNK
+        )
     except OSError:  # installed without sources: the package version stands in for the code
         from sweeper import __version__ as code
     # torch's version too: its random streams and interpolation define the images

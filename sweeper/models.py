@@ -42,14 +42,21 @@ def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int],
     """Spatial size after each (conv, pool) stage; raises GeometryError when a map vanishes."""
     size, sizes = image_size, []
     for i, (k, p) in enumerate(zip(kernel_sizes, pools, strict=True)):
-        # A kernel wider than its map: with padding=valid the map vanishes; with same, every
-        # output sees the whole map, and the kernel's outer weights never meet a pixel.
-        if k > size:
+        # With padding=valid a kernel wider than its map leaves no output. With same, an output
+        # at the map's edge still reaches k//2 pixels in; only beyond 2*size - 1 do the kernel's
+        # outer weights meet no pixel at any output.
+        if padding == "valid" and k > size:
             raise GeometryError(
                 f"model.kernel_size={k} at conv layer {i + 1} is larger than its {size}x{size} input "
-                f"(image {image_size}px, model.pool={pools}, model.padding={padding}); "
-                "use fewer model.conv_layers, a smaller model.kernel_size or model.pool"
-                + (", or model.padding=same" if padding == "valid" and k <= image_size else "")
+                f"(image {image_size}px, model.pool={pools}, model.padding=valid); "
+                "use fewer model.conv_layers, a smaller model.kernel_size or model.pool, or model.padding=same"
+            )
+        if padding == "same" and k > 2 * size - 1:
+            raise GeometryError(
+                f"model.kernel_size={k} at conv layer {i + 1} is wider than its {size}x{size} input can use "
+                f"with model.padding=same (at most {2 * size - 1}: its outer weights would meet no pixel; "
+                f"image {image_size}px, model.pool={pools}); use fewer model.conv_layers, a smaller "
+                "model.kernel_size or model.pool"
             )
         if padding == "valid":
             size = size - k + 1

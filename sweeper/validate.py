@@ -400,7 +400,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             continue
         if (
             key.startswith("hydra.")
-            and override.type is OverrideType.ADD
+            and override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
             and not key.startswith("hydra.launcher.")
         ):
             hydra_added.append(arg)  # +hydra.sweeep.dir=x: added, and read by nothing
@@ -494,6 +494,11 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             cfg = compose(config_name=config_name, overrides=shared, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigError(_composition_problem(shared, e, swept_groups, compose, config_name)) from None
+        except AttributeError as e:  # OmegaConf merging a dict into a None node: basic sweeper's params
+            culprit = next((a for a in shared if "hydra.sweeper.params" in a), " ".join(shared))
+            hint = "; the default hydra/sweeper=grid takes it" if "hydra.sweeper.params" in culprit else ""
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{culprit} is invalid: OmegaConf cannot merge it ({reason}){hint}") from None
         if hydra_added:  # a typo in the path: a new key there is read by nothing
             plain = compose(
                 config_name, [a for a in shared if a not in hydra_added], return_hydra_config=True
@@ -810,7 +815,11 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
         )
     launcher = cfg.hydra.launcher
     device = str(_get(cfg, "trainer.device") or "")
-    asks_gpus = any(_get(launcher, k) for k in ("gpus_per_node", "gpus_per_task", "gres"))
+    extra = launcher.get("additional_parameters") or {}  # any sbatch option: gpus, gres, gpus-per-node ...
+    asks_gpus = any(_get(launcher, k) for k in ("gpus_per_node", "gpus_per_task", "gres")) or any(
+        str(k).replace("-", "_") in ("gpus", "gres", "gpus_per_node", "gpus_per_task", "gpus_per_socket")
+        for k in extra
+    )
     if "slurm" in str(launcher.get("_target_", "")).lower() and device.startswith("cuda") and not asks_gpus:
         # SLURM gives a job the GPUs it asks for, and this launcher asks for none: every job would
         # be refused on its node, after waiting in the queue.

@@ -181,3 +181,14 @@ def test_a_figure_over_every_varied_key_says_no_other_keys_instead_of_the_only_c
         "Mean `final_test_acc` over `model.channels` x `lr`.\n" in md
     )  # was "; other keys at the only configuration"
     assert "the only configuration" not in md
+
+
+def test_a_damaged_losses_file_is_a_note_under_the_distributions_figure(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "s", {"lr": [0.2, 0.05]}, seeds=(0,), epochs=3)
+    for npz in sweep.glob("*/losses.npz"):
+        npz.write_bytes(b"not a zip")
+    assert main([str(sweep)]) == 0
+    assert "Warning" not in capsys.readouterr().err  # said in the report, not as a raw warning
+    md = (sweep / "report" / "report.md").read_text()
+    skipped = next(line for line in md.splitlines() if line.startswith("- `loss_distributions` skipped"))
+    assert "losses.npz" in skipped and "run 0" in skipped  # which file, not just "no data"

@@ -67,9 +67,10 @@ def test_experiments_hold_the_lecture_protocols():
             "schedule.decay=1.5 is invalid: must be a number > 0 and <= 1",
         ),
         (["model.kernel_size=40"], "model.kernel_size=40 at conv layer 1 is larger than its 32x32 input"),
-        (  # padding=same keeps the map, but a kernel wider than it has weights that meet no pixel
-            ["model.padding=same", "model.kernel_size=[5,15]"],
-            "model.kernel_size=15 at conv layer 2 is larger than its 10x10 input",
+        (  # padding=same keeps the map; past 2*size - 1 the kernel's outer weights meet no pixel
+            ["model.padding=same", "model.kernel_size=[5,21]"],
+            "model.kernel_size=21 at conv layer 2 is wider than its 10x10 input can use with "
+            "model.padding=same (at most 19",
         ),
         (
             ["trainer.seed=18446744073709551616"],  # torch.manual_seed's range ends at 2**64 - 1
@@ -295,6 +296,15 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
+    validate.check_launcher(  # a GPU asked through an sbatch option is a GPU for trainer.device=cuda
+        [
+            "-m",
+            "hydra/launcher=submitit_slurm",
+            "trainer.device=cuda",
+            "+hydra.launcher.additional_parameters={gpus:1}",
+        ],
+        str(CONF),
+    )
     validate.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
     monkeypatch.setenv("SWEEPER_TEST_SLOTS", "2")
     validate.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
@@ -457,6 +467,10 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             ["-m", 'hydra.sweeper.params={lr:"0.1,0.2"}'],
             'hydra.sweeper.params={lr:"0.1,0.2"} is invalid: it adds keys to hydra.sweeper.params, '
             'which takes Hydra\'s +: +hydra.sweeper.params={lr:"0.1,0.2"}',
+        ),
+        (  # Hydra's basic sweeper's params are None, which a dict cannot merge into (a traceback)
+            ["-m", "hydra/sweeper=basic", '+hydra.sweeper.params={lr:"0.1,0.2"}'],
+            '+hydra.sweeper.params={lr:"0.1,0.2"} is invalid: OmegaConf cannot merge it',
         ),
         (["lr=${nope.key}"], "lr=${nope.key} is invalid: Interpolation key 'nope.key' not found"),
         (  # the same refusal whichever option comes first (the first was "did you mean optim.name?")
@@ -636,3 +650,10 @@ def test_a_single_run_deleting_a_key_it_needs_is_refused_before_its_dir_is_made(
         "error: trainer.keep_sample_losses=None is invalid: must be true or false"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_an_experiment_whose_grid_has_one_value_runs_alone(tmp_path: Path):
+    from sweeper.__main__ import check_run
+
+    # lecture_baseline's params hold lr: 0.1, the default: a single run drops nothing
+    check_run(["experiment=lecture_baseline", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])

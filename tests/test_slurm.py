@@ -663,5 +663,8 @@ def test_a_rerun_while_the_earlier_array_is_still_queued_is_refused(tmp_path, mo
         "wait until they end, or scancel 27, then rerun\n"
     )
     refuse_if_still_queued(tmp_path, [0])  # job 0 has left the queue: its rerun goes ahead
+    (tmp_path / ".submitit" / "27_1").mkdir(parents=True)
+    (tmp_path / ".submitit" / "27_1" / "27_1_0_result.pkl").write_bytes(b"")  # answered, still exiting
+    refuse_if_still_queued(tmp_path, [1])
     squeue.write_text("#!/bin/sh\nexit 1\n")  # squeue failing: the check stands aside
     refuse_if_still_queued(tmp_path, [1, 2])

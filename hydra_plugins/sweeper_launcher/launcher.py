@@ -269,7 +269,11 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return
-    queued = sorted(job_id for job_id in earlier if job_id in set(out.split()))
+    listed = set(out.split())
+    # submitit has the job's answer once its result file is written, while squeue still lists the
+    # job until its process has exited (the rerun right after a sweep ended must not be refused)
+    answered = {j for j in listed if any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl"))}
+    queued = sorted(job_id for job_id in earlier if job_id in listed - answered)
     if queued:
         arrays = sorted({job_id.split("_")[0] for job_id in queued})
         print(
