@@ -340,8 +340,8 @@ class Claim:
         known = [c.passed for c in self.checks if c.passed is not None]
         if not known:
             return "undecided (nothing could be checked)"
-        if all(known):
-            return "supported"
+        if all(known):  # a check these runs cannot decide (a tie within the noise) is not a pass
+            return "supported" if len(known) == len(self.checks) else "partly supported"
         return "partly supported" if any(known) else "not supported"
 
     @property
@@ -1432,8 +1432,8 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
     if claim.checks:
         partial = claim.verdict.startswith("partial")
         md += [
-            "Rules (the verdict is *supported* when every check passes, *partly supported* when some do, "
-            "*not supported* when none does):",
+            "Rules (the verdict is *supported* when every check passes, *partly supported* when some do "
+            "and others fail or cannot be decided (n/a), *not supported* when none does):",
             "",
             _table(
                 [
@@ -1449,7 +1449,12 @@ def _claim_section(claim: Claim, exps: dict[str, Experiment], data: str | None) 
         md += [note, ""]
     verdict = claim.verdict
     failing = "; ".join(c.rule for c in claim.failed_checks)
-    tail = f" — fails: {failing}" if verdict == "partly supported" and failing else ""
+    undecided = "; ".join(c.rule for c in claim.checks if c.passed is None)
+    tail = (
+        (f" — fails: {failing}" if failing else "") + (f" — undecided: {undecided}" if undecided else "")
+        if verdict == "partly supported"
+        else ""
+    )
     md += [f"**Verdict: {verdict}**{tail}", ""]
     return md
 
@@ -1523,7 +1528,11 @@ def _differences(claims: list[Claim], exps: dict[str, Experiment]) -> list[str]:
     for claim in claims:
         verdict = claim.verdict
         if verdict in ("not supported", "partly supported"):
-            failed = "; ".join(f"{c.rule}: observed {c.observed}" for c in claim.failed_checks)
+            failed = "; ".join(
+                f"{c.rule}: {'undecided, ' if c.passed is None else ''}observed {c.observed}"
+                for c in claim.checks
+                if c.passed is not True
+            )
             items.append(f"Claim {claim.key} ({claim.title}) is **{verdict}**: {failed}.")
         elif verdict == "not run":
             items.append(
