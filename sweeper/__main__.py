@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> str:
             validate.check(cfg)
             validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         except validate.ConfigError as e:
-            if multirun and _ended_as(run_dir) in ("completed", "diverged"):
+            if multirun and _ended_as(run_dir) in train.ENDED:
                 pass  # train.run below skips it, untouched: nothing to refuse
             elif multirun and not (run_dir / "checkpoint.pt").exists():
                 # A sweep's jobs were checked before launch: what fails here fails on this node
@@ -126,7 +126,7 @@ def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "co
     grid = {
         k: v
         for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
-        if k.lstrip("+~") not in given and validate.sweeping(["-m", f"{k}={v}"]) and _several(k, v)
+        if k.lstrip("+~") not in given and _several(k, v)
     }
     if grid:
         chosen = [a for a in overrides if a.startswith("experiment=")]

@@ -664,7 +664,7 @@ def _read_cache(cache: Path | None, warn: bool = True) -> dict | None:
         arrays = torch.load(cache, weights_only=True)
         problem = _cache_problem(arrays)
     except Exception as e:  # truncated or corrupt (a crash mid-write elsewhere): make it again
-        problem = f"{_described(e)}"
+        problem = _described(e)
     if problem:
         if warn:
             log.warning("data cache %s is unusable (%s); making it again", cache, problem)

@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper import processes, submitted
 from sweeper.runlog import atomic_write, to_json
-from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference
+from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference, new_attempt_dir
 from sweeper.validate import ConfigError, check, check_device
 
 STATES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
@@ -245,10 +245,7 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
                 f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
                 "(or stop it) before starting this sweep over"
             )
-    attempts = sweep_dir / "attempts"
-    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
-    target = attempts / str(n)
-    target.mkdir(parents=True)
+    target = new_attempt_dir(sweep_dir)
     for name in ("sweep.json", "multirun.yaml", *inside):
         if (sweep_dir / name).exists():
             (target / name).parent.mkdir(parents=True, exist_ok=True)

@@ -404,16 +404,22 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
             )
 
 
+def new_attempt_dir(parent: Path) -> Path:
+    """parent/attempts/N/, made, N one past the highest there: where an earlier attempt is kept."""
+    attempts = parent / "attempts"
+    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+    target = attempts / str(n)
+    target.mkdir(parents=True)
+    return target
+
+
 def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
     """Move an earlier attempt's record into attempts/N/: nothing a run produced is deleted.
 
     Its Hydra log (train.log) goes too, and its .hydra/ unless `hydra_files` is False (Hydra has
     already written this attempt's own there). The log is reopened here, so this attempt's lines
     start a new train.log instead of following the old file into attempts/N/."""
-    attempts = record.dir / "attempts"
-    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
-    target = attempts / str(n)
-    target.mkdir(parents=True)
+    target = new_attempt_dir(record.dir)
     names = [*RECORD_FILES, *(p.name for p in record.dir.glob("*.log") if p.is_file())]
     names += [HYDRA_FILES] if hydra_files else []
     moved = set()

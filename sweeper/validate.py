@@ -458,27 +458,18 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 raise ConfigError(_sweep_them_separately(arg, key, *split))
             if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
                 section = key.split(".")[0]
-                siblings = [
-                    k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k
-                ]
+                current, others = _options_with(key, section, selections, groups, compose, config_name)
                 raise ConfigError(
-                    _missing_key(key, arg, known, selections, swept_groups, groups, compose, config_name)
-                    if _options_with(key, section, selections, groups, compose, config_name)[1]
-                    else f"{arg} is invalid: nothing reads a new key under {section}, whose keys are "
-                    f"{', '.join(siblings)}"
+                    _another_option(arg, key, section, current, others)
+                    if others
+                    else _nothing_reads(arg, section, known)
                 )
         for key in appended:
             section = key.split(".")[0]
             if key in known:
                 raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
             if section in SECTIONS:
-                siblings = [
-                    k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k
-                ]
-                raise ConfigError(
-                    f"+{key} is invalid: nothing reads a new key under {section}, whose keys are "
-                    f"{', '.join(siblings)}"
-                )
+                raise ConfigError(_nothing_reads(f"+{key}", section, known))
             close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
             if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
                 raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
@@ -497,7 +488,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         except AttributeError as e:  # OmegaConf merging a dict into a None node: basic sweeper's params
             culprit = next((a for a in shared if "hydra.sweeper.params" in a), " ".join(shared))
             hint = "; the default hydra/sweeper=grid takes it" if "hydra.sweeper.params" in culprit else ""
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = data_module.first_line(e)
             raise ConfigError(f"{culprit} is invalid: OmegaConf cannot merge it ({reason}){hint}") from None
         if hydra_added:  # a typo in the path: a new key there is read by nothing
             plain = compose(
@@ -574,11 +565,23 @@ def _missing_key(key: str, given: str, known, selections, swept_groups, groups, 
     if section in groups:  # schedule.lr2 with schedule=constant
         current, others = _options_with(key, section, selections, groups, compose, config_name)
         if others:
-            return (
-                f"{given} is invalid: {section}={current} has no {key.split('.', 1)[1]}; the {section} "
-                f"options with it are {', '.join(others)} (add {section}={others[0]})"
-            )
+            return _another_option(given, key, section, current, others)
     return f"{key} is not a config key: {_nearest(key, known)}"
+
+
+def _another_option(given: str, key: str, section: str, current: str, others: list[str]) -> str:
+    return (
+        f"{given} is invalid: {section}={current} has no {key.split('.', 1)[1]}; the {section} "
+        f"options with it are {', '.join(others)} (add {section}={others[0]})"
+    )
+
+
+def _nothing_reads(given: str, section: str, known: list[str]) -> str:
+    """A new key under a config section: the section's builder reads only the keys it has."""
+    siblings = [k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k]
+    return (
+        f"{given} is invalid: nothing reads a new key under {section}, whose keys are {', '.join(siblings)}"
+    )
 
 
 def _nearest(key: str, known: list[str]) -> str:

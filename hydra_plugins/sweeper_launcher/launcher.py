@@ -259,7 +259,7 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
     from sweeper.submitted import slurm_ids
 
     known = slurm_ids(sweep_dir)
-    earlier = {known[n]: n for n in job_nums if n in known}
+    earlier = {known[n] for n in job_nums if n in known}
     if not earlier:
         return
     try:  # -r: one line per array task (27_0, 27_1), pending ones included
@@ -269,11 +269,10 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return
-    listed = set(out.split())
+    listed = earlier & set(out.split())
     # submitit has the job's answer once its result file is written, while squeue still lists the
     # job until its process has exited (the rerun right after a sweep ended must not be refused)
-    answered = {j for j in listed if any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl"))}
-    queued = sorted(job_id for job_id in earlier if job_id in listed - answered)
+    queued = sorted(j for j in listed if not any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl")))
     if queued:
         arrays = sorted({job_id.split("_")[0] for job_id in queued})
         print(
