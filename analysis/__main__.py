@@ -16,6 +16,7 @@ and exits with 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -88,13 +89,13 @@ def run_report(argv: list[str]) -> int:
     if sweep.runs.empty:
         first = sweep.problems[0] if sweep.problems else ("", "")
         raise UsageError(f"no readable run under {', '.join(args.sweep_dirs)} ({first[0]}: {first[1]})")
-    if args.metric not in sweep.runs or sweep.runs[args.metric].dtype.kind != "f":
-        choices = ", ".join(
-            c
-            for c in sweep.runs.columns
-            if c.startswith(("final_", "best_", "min_")) and not c.endswith("_epoch")
-        )
-        raise UsageError(f"unknown metric {args.metric!r}; choose one of {choices}")
+    choices = [
+        c
+        for c in sweep.runs.columns
+        if (c.startswith(("final_", "best_", "min_")) and not c.endswith("_epoch")) or c == "time_s"
+    ]
+    if args.metric not in choices:
+        raise UsageError(f"unknown metric {args.metric!r}; choose one of {', '.join(choices)}")
     out = args.out or Path(args.sweep_dirs[0]) / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"analysis: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail too
+        return 1
 
 
 if __name__ == "__main__":

@@ -351,6 +351,32 @@ RECORD_KEEPING = (
 )
 
 
+# The project's config sections (conf/config.yaml; sweeper.validate.SECTIONS) and its top-level knob.
+# A key under them is a knob every run has, unless its record predates the knob; any other
+# top-level key is a label given to some runs (`+tag=baseline`).
+CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "trainer")
+TOP_LEVEL_KNOBS = ("lr",)
+ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
+
+
+def fill_older_records(key: str, flat: list[dict]) -> list:
+    """The values of `key` in the runs' flattened configs, None where a config lacks it.
+
+    A record written before the project had the knob `key` lacks it. When every record that has
+    it agrees on one value, and every run chose the same option of the key's group (`schedule.lr2`
+    is absent by design from runs of another schedule than `step`), the older ones ran at that
+    value too (the knob came with its default), so they get it: else runs of one configuration
+    would split on "absent". A label (`+tag=...`), or a knob whose records disagree, stays absent.
+    """
+    values = [row.get(key, ABSENT) for row in flat]
+    given = [v for v in values if v is not ABSENT]
+    section = key.split(".")[0]
+    knob = section in CONFIG_SECTIONS or key in TOP_LEVEL_KNOBS
+    one_option = len({_dumps(row.get(f"{section}.name")) for row in flat}) == 1
+    fill = given[0] if knob and one_option and given and len({_dumps(v) for v in given}) == 1 else None
+    return [fill if v is ABSENT else v for v in values]
+
+
 def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
     """The keys whose value is not the same in every row (a key absent in some rows counts),
     record-keeping keys left out."""
@@ -548,6 +574,8 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "overrides": " ".join(overrides),
         "n_params": summary.get("n_params"),
         "receptive_field_px": summary.get("receptive_field_px"),
+        "n_train": summary.get("n_train"),
+        "n_test": summary.get("n_test"),
         "time_s": summary.get("time_s"),
         "error": summary.get("error"),
         "host": summary.get("host") or job.get("host"),
@@ -773,7 +801,7 @@ def _assemble(
             {c: pd.Series([], dtype="str") for c in ("run", "status", "run_dir", "sweep_dir")}
         )
     for key in config_keys:
-        runs[key] = typed_column([row.get(key) for row in flat])
+        runs[key] = typed_column(fill_older_records(key, flat))
     runs = runs.merge(reduced, left_on="run", right_index=True, how="left")
     runs["epochs_done"] = runs["epochs_done"].fillna(0).astype("int64")
     runs = _fill_from_summary(runs, [it for it, _ in placed], keep)

@@ -408,6 +408,9 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
 
 
 MAX_DISTRIBUTION_PANELS = 8
+# A float32 loss near 0 is -log(p) with p one of the floats just under 1, spaced 2**-24 apart:
+# below about 1e-6 a 0.1-decade bin holds no representable loss or a handful.
+FLOAT32_LOSS_RESOLUTION = 1e-6
 
 
 def panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
@@ -458,6 +461,15 @@ def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], f
     return positions, ticks, left - 1.8, right + 0.2
 
 
+def spread_below_resolution(mean: pd.DataFrame) -> pd.DataFrame:
+    """Each (epoch, split)'s histogram bins under FLOAT32_LOSS_RESOLUTION get their mean fraction:
+    the same share of samples, without the comb of the few values a float32 loss takes there."""
+    comb = (mean["kind"] == "hist") & (mean["hi"] <= FLOAT32_LOSS_RESOLUTION * (1 + 1e-9))
+    out = mean.copy()
+    out.loc[comb, "fraction"] = out[comb].groupby(["epoch", "split"])["fraction"].transform("mean")
+    return out
+
+
 def plot_loss_distributions(
     dists: pd.DataFrame,
     epochs: Sequence[int] | None = None,
@@ -467,10 +479,14 @@ def plot_loss_distributions(
 ) -> Figure:
     """Per-sample loss histograms, train against test, through the kept epochs (small multiples).
 
-    x is log10(loss) on the 10-per-decade bins of losses.npz; exact zeros (float32 losses do reach
-    0 on memorised samples) get their own slot at the left, labelled "0", with their share written
-    above it. y is the fraction of that split's samples, averaged over the runs in `dists`.
-    Panels are laid out `ncols` to a row.
+    x is log10(loss) on the 10-per-decade bins of losses.npz; losses that are exactly 0 in float32
+    (below its resolution: the loss of a memorised sample, -log p with p rounding to 1) get their
+    own slot at the left, labelled "0", with their share written above it. y is the fraction of
+    that split's samples, averaged over the runs in `dists`. Panels are laid out `ncols` to a row.
+
+    Below FLOAT32_LOSS_RESOLUTION a float32 loss takes only multiples of 2**-23, so most of those
+    bins hold none and a few hold many: their fractions are spread evenly over them (the same
+    total) instead of drawing that comb as spikes.
     """
     _require(
         dists, ["run", "epoch", "split", "bin", "kind", "lo", "hi", "fraction"], "plot_loss_distributions"
@@ -483,9 +499,11 @@ def plot_loss_distributions(
     mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)[
         "fraction"
     ].mean()
+    mean = spread_below_resolution(mean)
     shown = panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
     positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
     zero_bin = int(mean.loc[mean["kind"] == "zero", "bin"].iloc[0])
+    zero_top = mean[mean["kind"] == "zero"].groupby("epoch")["fraction"].max()
     ncols = max(1, min(ncols, len(shown)))
     nrows = math.ceil(len(shown) / ncols)
     fig, axes = _new_figure(nrows, ncols, 3.4, 2.4, sharex=True, sharey=True)
@@ -511,9 +529,11 @@ def plot_loss_distributions(
                     left + offset * (right - left), value, width=width, align="edge", color=color, alpha=0.7
                 )
                 if part.loc[b, "kind"] == "zero" and value > 0:
-                    ax.annotate(
-                        f"{value:.0%}",
-                        (left + offset * (right - left) + width / 2, value),
+                    ax.annotate(  # both above the taller bar, test's above train's: the halves are narrow
+                        f"{value:.0%}" if value >= 0.005 else "<1%",
+                        (left + offset * (right - left) + width / 2, zero_top[epoch]),
+                        xytext=(0, 1 if split == "train" else 8),
+                        textcoords="offset points",
                         ha="center",
                         va="bottom",
                         fontsize="x-small",

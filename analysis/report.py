@@ -23,7 +23,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.diagnostics import capacity_verdict, loss_acc_decoupling, seed_aggregate
+from analysis.diagnostics import (
+    OVERFIT_GAP,
+    UNDERFIT_TRAIN_ACC,
+    capacity_verdict,
+    fit_state,
+    loss_acc_decoupling,
+    seed_aggregate,
+)
 from analysis.load import Sweep, format_value, is_missing
 
 MAX_HUE_FIGURES = 6
@@ -34,6 +41,9 @@ PREFERRED_HEATMAP = ("lr", "model.channels")  # the lecture's capacity x learnin
 # The knobs the lecture's protocol turns, in the order their figures come: when more than
 # MAX_HUE_FIGURES keys vary, these are drawn first (config order would put lr last).
 FIGURE_PRIORITY = ("lr", "schedule.", "model.", "optim.")
+# The per-knob curves: the lecture's train loss (log) with test accuracy, and the test loss whose
+# rise, at a large lr or late in training, is the overfitting the accuracy hides.
+CURVE_METRICS = ("train_loss", "test_loss", "test_acc")
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
 
 
@@ -52,9 +62,27 @@ class Drawn:
 
 
 def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
-    """The ranking over completed runs, or over every run when none completed."""
+    """The ranking over completed runs, or, when none completed, over every run at its last
+    epoch, with a `runs` column saying how each configuration's runs ended (`interrupted at epoch
+    20`): a run stopped early is not ranked as if it had finished."""
     ranking = sweep.rank(metric)
-    return ranking if not ranking.empty else sweep.rank(metric, statuses=None)
+    if not ranking.empty:
+        return ranking
+    ranking = sweep.rank(metric, statuses=None)
+    if ranking.empty:
+        return ranking
+    ended = sweep.runs.assign(
+        ended=[
+            f"{s} at epoch {e}" for s, e in zip(sweep.runs["status"], sweep.runs["epochs_done"], strict=True)
+        ]
+    )
+    keys = sweep.group_keys
+    if keys:
+        how = ended.groupby(keys, dropna=False, sort=False)["ended"].agg(
+            lambda e: "; ".join(dict.fromkeys(e))
+        )
+        return ranking.merge(how.rename("runs").reset_index(), on=keys, how="left")
+    return ranking.assign(runs="; ".join(dict.fromkeys(ended["ended"])))
 
 
 def best_config(sweep: Sweep, ranking: pd.DataFrame, require: Sequence[str] = ()) -> dict:
@@ -189,10 +217,11 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             continue
         yield _draw(
             f"curves_by_{key}",
-            f"Train loss (log) and test accuracy by `{key}`{_others(where)}. "
+            f"Train loss, test loss (both log) and test accuracy by `{key}`{_others(where)}. "
             "Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
                 _with_status(part),
+                metrics=CURVE_METRICS,
                 hue=key,
                 keys=keys,
                 seed_key=sweep.seed_key,
@@ -202,8 +231,8 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     if not hue_keys:
         yield _draw(
             "curves",
-            "Train loss (log) and test accuracy.",
-            lambda: plots.plot_curves(_with_status(sweep), seed_key=sweep.seed_key),
+            "Train loss, test loss (both log) and test accuracy.",
+            lambda: plots.plot_curves(_with_status(sweep), metrics=CURVE_METRICS, seed_key=sweep.seed_key),
         )
 
     yield _lr_switch_figure(sweep, ranking)
@@ -273,7 +302,8 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
     drawn = _draw(
         name,
         f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "
-        "exact zeros in the separate '0' slot.",
+        "'0': losses exactly 0 in float32 (below its resolution, about 6e-8); under 1e-6, where a float32 "
+        "loss takes few values, each bin shows the mean of those bins.",
         lambda: plots.plot_loss_distributions(dists, title=where),
     )
     if drawn.skipped and read:  # nothing to draw because the files are damaged: say which
@@ -297,9 +327,13 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
     free = [k for k in sweep.group_keys if k.startswith("schedule.")]
     part = slice_at(sweep, best, free)
     where = describe(best, free)
+    # plot_lr_switch draws the slice's runs of another schedule in grey, when it has some.
+    reference = (part.runs["schedule.name"] != "step").any()
+    caption += f" Other keys at {where}." if where else ""
+    caption += " Grey: the same runs without a switch." if reference else ""
     return _draw(
         "lr_switch",
-        f"{caption}{' Other keys at ' + where + ';' if where else ''} grey: the same runs without a switch.",
+        caption,
         lambda: plots.plot_lr_switch(
             part.curves,
             part.runs,
@@ -347,7 +381,8 @@ def exportable(frame: pd.DataFrame) -> pd.DataFrame:
 def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
     """Per run: the loss/accuracy decoupling and the capacity verdict, next to its config."""
     context = [c for c in CAPACITY_CONTEXT if c in sweep.runs and c not in sweep.group_keys]
-    base = sweep.runs[["run", "status", *sweep.group_keys, *context]].set_index("run")
+    finals = [c for c in ("final_train_acc", "final_test_acc") if c in sweep.runs]
+    base = sweep.runs[["run", "status", *sweep.group_keys, *context, *finals]].set_index("run")
     if sweep.curves.empty:
         return base.reset_index()
     decoupling = loss_acc_decoupling(sweep.curves)
@@ -355,11 +390,14 @@ def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
     table = base.join(decoupling).join(capacity)
     for flag in ("decoupled", "fits"):  # runs without a logged epoch have neither
         table[flag] = table[flag].fillna(False).astype(bool)
+    if finals == ["final_train_acc", "final_test_acc"]:
+        table["state"] = [fit_state(a, b) for a, b in zip(table[finals[0]], table[finals[1]], strict=True)]
     return table.reset_index()
 
 
 def _ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    table = ranking[["rank", *keys, "n", "mean", "std", "ci_lo", "ci_hi"]].copy()
+    ended = ["runs"] if "runs" in ranking else []  # no run completed: how they ended (ranking_for)
+    table = ranking[["rank", *keys, "n", "mean", "std", "noise", "ci_lo", "ci_hi", *ended]].copy()
     table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
     return table
 
@@ -375,8 +413,13 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         median_fit_epoch=("fit_epoch", "median"),
         min_train_loss=("min_train_loss", "min"),
         best_train_acc=("best_train_acc", "max"),
+        **{c: (c, "mean") for c in ("final_train_acc", "final_test_acc") if c in diag},
     )
     table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["runs"], strict=True)]
+    if {"final_train_acc", "final_test_acc"} <= set(table.columns):
+        table["state"] = [
+            fit_state(a, b) for a, b in zip(table["final_train_acc"], table["final_test_acc"], strict=True)
+        ]
     return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
 
 
@@ -433,8 +476,7 @@ def write_report(
     md += [
         f"## Ranking by `{metric}`",
         "",
-        "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
-        "seed-to-seed std.",
+        _ranking_text(ranking),
         "",
         markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv"),
     ]
@@ -453,6 +495,30 @@ def write_report(
     return path
 
 
+def _ranking_text(ranking: pd.DataFrame) -> str:
+    text = (
+        "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
+        "seed-to-seed std (`noise`: the tie threshold)"
+    )
+    single = ranking["n"] == 1 if "n" in ranking else pd.Series(dtype=bool)
+    if single.any():
+        accuracy = ranking["noise"].where(ranking["std"].isna()).dropna().gt(0).any()
+        text += (
+            ", or, for a configuration of one seed, than its accuracy's binomial standard error over "
+            "the images it was measured on (no seed std to measure)"
+            if accuracy
+            else "; a configuration of one seed has no std, so its rank cannot tell a real difference "
+            "from noise"
+        )
+    text += "."
+    if "runs" in ranking:
+        text += (
+            " **No run completed**: configurations are ranked at their runs' last logged epoch, and "
+            "`runs` says how each ended."
+        )
+    return text
+
+
 def _runs_table(sweep: Sweep) -> pd.DataFrame:
     columns = [
         "run",
@@ -461,6 +527,7 @@ def _runs_table(sweep: Sweep) -> pd.DataFrame:
         "epochs_done",
         "final_test_acc",
         "best_test_acc",
+        "final_test_loss",
         "min_test_loss",
         "min_test_loss_epoch",
         "final_gen_gap_acc",
@@ -495,7 +562,11 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
     md += [
         "### Capacity: does the model fit its training set?",
         "",
-        "Fit = train loss <= 0.01 and train accuracy >= 99.9% (the check on a small training subset).",
+        "`fit`: runs reaching train accuracy >= 99.9%, i.e. memorising their training set (the check "
+        "on a small subset: a net that cannot is too small). `state`, on the mean final accuracies "
+        f"(the check on the full set: the lecture's capacity neither over- nor underfits): underfits "
+        f"below {UNDERFIT_TRAIN_ACC:.0%} train accuracy, overfits when train accuracy exceeds test "
+        f"accuracy by more than {100 * OVERFIT_GAP:.0f} points.",
         "",
         markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv"),
     ]

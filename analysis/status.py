@@ -168,7 +168,7 @@ def format_job_table(
     max_rows = max_rows or max(10, size.lines - 6)
     lines = []
     for sweep, jobs in table.groupby("sweep", sort=False):
-        tail = f": {len(jobs)} jobs: {_counts(jobs)}"
+        tail = f": {len(jobs)} job{'s' * (len(jobs) != 1)}: {_counts(jobs)}"
         name = sweep or "(single runs)"
         room = max(20, width - len(tail))
         lines.append((name if len(name) <= room else "…" + name[-(room - 1) :]) + tail)  # keep the path's end
@@ -213,5 +213,5 @@ def format_job_table(
             "  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip()
         )
     if hidden:
-        lines.append(f"… {hidden} completed jobs not shown (--all lists every job)")
+        lines.append(f"… {hidden} completed job{'s' * (hidden != 1)} not shown (--all lists every job)")
     return "\n".join(lines)

@@ -192,3 +192,82 @@ def test_a_damaged_losses_file_is_a_note_under_the_distributions_figure(tmp_path
     md = (sweep / "report" / "report.md").read_text()
     skipped = next(line for line in md.splitlines() if line.startswith("- `loss_distributions` skipped"))
     assert "losses.npz" in skipped and "run 0" in skipped  # which file, not just "no data"
+
+
+def test_with_no_run_completed_the_ranking_says_how_each_configuration_ended(tmp_path, capsys):
+    sweep_dir = make_sweep(tmp_path / "s", {"lr": [0.1, 0.2]}, seeds=(0,), epochs=10, running=[0, 1])
+    assert main([str(sweep_dir)]) == 0
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "**No run completed**" in md
+    ranking = pd.read_csv(sweep_dir / "report" / "ranking.csv")
+    assert ranking["runs"].tolist() == ["running at epoch 5"] * 2
+
+
+def test_the_per_knob_curves_show_the_test_loss_and_the_runs_table_its_final_value(sweep, capsys):
+    from analysis import load_sweep
+    from analysis.plots import metric_label
+    from analysis.report import standard_figures
+
+    drawn = next(d for d in standard_figures(load_sweep(sweep)) if d.name == "curves_by_lr")
+    labels = [ax.get_ylabel() for ax in drawn.figure.axes]
+    assert labels == [metric_label(m) for m in ("train_loss", "test_loss", "test_acc")]
+    assert [ax.get_yscale() for ax in drawn.figure.axes] == ["log", "log", "linear"]
+    assert main([str(sweep)]) == 0
+    runs_header = (sweep / "report" / "report.md").read_text().split("## Runs")[1].splitlines()[2]
+    assert "| final_test_loss |" in runs_header
+
+
+def test_the_lr_switch_caption_mentions_grey_reference_lines_only_when_there_are_some(tmp_path, sweep):
+    from analysis import load_sweep
+    from analysis.report import standard_figures
+
+    def caption(sweep_dir) -> str:
+        return next(d.caption for d in standard_figures(load_sweep(sweep_dir)) if d.name == "lr_switch")
+
+    assert "Grey: the same runs without a switch." in caption(sweep)  # constant and step runs
+    steps_only = make_sweep(
+        tmp_path / "steps", {"schedule": [("step", 5, 0.01), ("step", 5, 0.02)]}, seeds=(0,)
+    )
+    assert "Grey" not in caption(steps_only)
+
+
+def test_the_capacity_table_gives_each_configuration_a_fit_state(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    md = (sweep / "report" / "report.md").read_text()
+    section = md.split("### Capacity")[1].split("###")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| "))
+    assert header.endswith("| final_train_acc | final_test_acc | state |")
+    states = [line.rsplit("|", 2)[1].strip() for line in section.splitlines() if line.startswith("| ")][2:]
+    assert states and set(states) <= {"underfits", "overfits", "neither", ""}
+    diagnostics = pd.read_csv(sweep / "report" / "diagnostics.csv")
+    assert "state" in diagnostics.columns
+
+
+def test_status_of_one_run_says_one_job(sweep, capsys):
+    assert main(["status", str(sweep / "0")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(": 1 job: 1 completed")
+
+
+def test_every_metric_offered_is_accepted(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--metric", "nope", "--out", str(tmp_path / "r")]) == 2
+    offered = capsys.readouterr().err.split("choose one of ")[1].strip().split(", ")
+    assert "time_s" in offered and "final_test_acc" in offered
+    assert main([str(sweep), "--metric", "time_s", "--out", str(tmp_path / "r")]) == 0
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(sweep):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "analysis", "status", str(sweep), "--all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # `| head -0`: gone before the table is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""

@@ -11,6 +11,7 @@ import pytest
 from analysis.diagnostics import (
     add_gaps,
     capacity_verdict,
+    fit_state,
     loss_acc_decoupling,
     lower_is_better,
     rank_configs,
@@ -164,6 +165,20 @@ def test_capacity_verdict_says_whether_and_when_the_training_set_is_fitted():
     assert capacity_verdict(curves, max_train_loss=0.01, min_train_acc=0.99).loc["almost", "fit_epoch"] == 2
 
 
+def test_a_net_that_gets_every_training_image_right_fits_whatever_loss_it_still_sheds():
+    # lecture_overfit_subset's 32 channels: 100% of its 1,000 images right, train loss 0.04.
+    curves = curves_of(memorised=dict(train_loss=[1.0, 0.2, 0.04], train_acc=[0.6, 0.98, 1.0]))
+    assert capacity_verdict(curves).loc["memorised", "fit_epoch"] == 3
+    assert not capacity_verdict(curves, max_train_loss=0.01).loc["memorised", "fits"]  # claim 6a's "loss ≈ 0"
+
+
+def test_fit_state_on_the_final_accuracies():
+    assert fit_state(0.70, 0.60) == "underfits"  # below 75% of its own training images
+    assert fit_state(0.95, 0.65) == "overfits"  # 30 points above its test accuracy
+    assert fit_state(0.82, 0.67) == "neither"
+    assert fit_state(math.nan, 0.6) == ""
+
+
 # --------------------------------------------------------------------------- ranking
 
 
@@ -210,10 +225,36 @@ def test_ranking_a_loss_puts_the_lowest_first():
     assert ranking["mean"].iloc[0] == pytest.approx(0.18)
 
 
-def test_ranking_single_seeds_ties_only_equal_means():
+def test_ranking_single_seeds_ties_only_equal_means_when_the_images_are_not_known():
     runs = pd.DataFrame({"lr": [0.1, 0.2, 0.3], "status": "completed", "final_test_acc": [0.7, 0.7, 0.69]})
     ranking = rank_configs(runs, "final_test_acc", ["lr"])
     assert ranking["rank"].tolist() == [1, 1, 3]
+    assert ranking["noise"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_single_seeds_within_the_accuracys_sampling_error_are_a_tie():
+    # lecture_lr2 on CIFAR-10: 0.6793 against 0.6792 is one test image in 10,000, where the
+    # accuracy's binomial standard error is 0.47 points; 0.6508 is 6 of them below.
+    runs = pd.DataFrame(
+        {
+            "schedule.lr2": [0.05, 0.02, 0.07],
+            "status": "completed",
+            "final_test_acc": [0.6793, 0.6792, 0.6508],
+            "final_test_loss": [1.0, 1.1, 1.2],
+            "n_test": 10000,
+        }
+    )
+    ranking = rank_configs(runs, "final_test_acc", ["schedule.lr2"])
+    assert ranking["rank"].tolist() == [1, 1, 3]
+    assert ranking["noise"].iloc[0] == pytest.approx(math.sqrt(0.6793 * 0.3207 / 10000))
+    # On 100 images the same accuracies are all within the noise (about 4.7 points).
+    assert rank_configs(runs.assign(n_test=100), "final_test_acc", ["schedule.lr2"])["rank"].tolist() == [
+        1,
+        1,
+        1,
+    ]
+    # A loss has no such error to stand in for the seeds' std: strict ranks.
+    assert rank_configs(runs, "final_test_loss", ["schedule.lr2"])["rank"].tolist() == [1, 2, 3]
 
 
 def test_metric_direction_is_inferred_or_refused():

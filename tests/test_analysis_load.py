@@ -105,13 +105,17 @@ def test_varied_keys_are_the_knobs_that_differ_lists_and_nulls_included(tmp_path
         [
             {"lr": 0.1, "model.units": [200], "trainer.seed": 0},
             {"lr": 0.1, "model.units": [200, 100], "trainer.seed": 1},
-            {"lr": 0.2, "model.units": [200], "trainer.seed": 0, "schedule.lr2": 0.01},
+            {"lr": 0.2, "model.units": [200], "trainer.seed": 0,
+             "schedule.name": "step", "schedule.epoch": 25, "schedule.lr2": 0.01},
         ],
-    )
+    )  # fmt: skip
     loaded = load_sweep(sweep)
-    # schedule.lr2 is absent from two runs and 0.01 in one: varied (and placed with its group).
-    assert loaded.varied == ["lr", "model.units", "schedule.lr2", "trainer.seed"]
-    assert loaded.group_keys == ["lr", "model.units", "schedule.lr2"]
+    # schedule.lr2 is absent from the constant schedule's runs and 0.01 in the step one's: varied
+    # (and placed with its group), not filled in as if those records were older.
+    keys = ["lr", "model.units", "schedule.name", "schedule.epoch", "schedule.lr2"]
+    assert loaded.varied == [*keys, "trainer.seed"]
+    assert loaded.group_keys == keys
+    assert loaded.runs["schedule.lr2"].isna().tolist() == [True, True, False]
     assert "model.channels" in loaded.config_keys and "model.channels" not in loaded.varied
 
 
@@ -395,7 +399,11 @@ def test_pickled_npz_is_refused_not_unpickled(tmp_path):
 def test_subset_matches_tuples_and_missing_values(tmp_path):
     sweep = grid_sweep(
         tmp_path / "s",
-        [{"model.units": [200]}, {"model.units": [200, 100]}, {"model.units": [200], "schedule.lr2": 0.01}],
+        [
+            {"model.units": [200]},
+            {"model.units": [200, 100]},
+            {"model.units": [200], "schedule.name": "step", "schedule.epoch": 25, "schedule.lr2": 0.01},
+        ],
     )
     loaded = load_sweep(sweep)
     assert loaded.subset({"model.units": (200,), "schedule.lr2": None}).runs["run"].tolist() == ["0"]
@@ -426,3 +434,31 @@ def test_what_a_record_keeps_is_not_a_varied_key(tmp_path):
     sweep = load_sweep(sweep_dir)
     assert sweep.runs["trainer.keep_sample_losses"].nunique() == 2  # still a column of the runs table
     assert sweep.group_keys == ["lr"]
+
+
+def test_a_knob_an_older_record_lacks_takes_the_value_every_newer_record_has(tmp_path):
+    # Three seeds of one configuration, two recorded before trainer.channels_last existed: without
+    # the fill, "absent" against "auto" split the seeds into two configurations ranked apart.
+    sweep_dir = grid_sweep(tmp_path / "s", [{"trainer.seed": seed} for seed in range(3)])
+    for run in ("0", "1"):
+        path = sweep_dir / run / "config.json"
+        config = json.loads(path.read_text())
+        del config["trainer"]["channels_last"]
+        path.write_text(json.dumps(config))
+    sweep = load_sweep(sweep_dir)
+    assert sweep.runs["trainer.channels_last"].tolist() == ["auto"] * 3
+    assert sweep.varied == ["trainer.seed"]
+    assert sweep.rank()["n"].tolist() == [3]
+
+
+def test_a_label_only_some_runs_carry_stays_absent_from_the_others(tmp_path):
+    sweep = load_sweep(grid_sweep(tmp_path / "s", [{"lr": 0.1}, {"lr": 0.1, "tag": "baseline"}]))  # +tag=
+    assert sweep.runs["tag"].isna().tolist() == [True, False]
+    assert sweep.group_keys == ["tag"]
+
+
+def test_null_is_a_value_not_an_absent_key(tmp_path):
+    # data.train_size=null (the full set) against a 1000-image subset: two configurations.
+    sweep = load_sweep(grid_sweep(tmp_path / "s", [{"data.train_size": None}, {"data.train_size": 1000}]))
+    assert sweep.runs["data.train_size"].isna().tolist() == [True, False]
+    assert sweep.group_keys == ["data.train_size"]

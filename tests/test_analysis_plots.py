@@ -21,6 +21,7 @@ from analysis.plots import (
     plot_loss_distributions,
     plot_loss_vs_accuracy,
     plot_lr_switch,
+    spread_below_resolution,
 )
 from tests.fake_runs import losses_arrays
 
@@ -185,6 +186,30 @@ def test_loss_distributions_show_exact_zeros_in_their_own_slot(tmp_path):
 def test_loss_distributions_of_a_fully_memorised_training_set(tmp_path):
     fig = plot_loss_distributions(distributions(tmp_path, train_zero_share=10), epochs=[2])
     assert zero_bars(fig) == [[pytest.approx(1.0), 0.0]]
+
+
+def test_the_float32_comb_under_1e_minus_6_is_spread_evenly_and_keeps_its_share(tmp_path):
+    # Float32 losses of confident samples are multiples of 2**-23 (1.19e-7): under 1e-6 most of
+    # the 0.1-decade bins are empty and a few full. 3 of 10 train losses land there.
+    train = np.array([1.19e-7, 2.38e-7, 2.38e-7, *[0.5] * 7])
+    np.savez(tmp_path / "losses.npz", **losses_arrays([1], [train], [np.full(4, 0.5)]))
+    dists, _, _ = read_losses(tmp_path / "losses.npz", "r")
+    mean = dists.drop(columns="run")
+    spread = spread_below_resolution(mean)
+    low = (spread["kind"] == "hist") & (spread["hi"] <= 1e-6 * (1 + 1e-9)) & (spread["split"] == "train")
+    assert spread.loc[low, "fraction"].nunique() == 1  # flat: no comb
+    assert spread.loc[low, "fraction"].sum() == pytest.approx(0.3)  # the same share of samples
+    rest = ~low
+    assert spread.loc[rest, "fraction"].tolist() == mean.loc[rest, "fraction"].tolist()
+    labels = [t.get_text() for t in plot_loss_distributions(dists).axes[0].texts]
+    assert labels == []  # no exact zeros: no share written
+
+
+def test_a_share_of_exact_zeros_under_half_a_percent_is_not_written_as_0_percent(tmp_path):
+    train = np.concatenate([np.zeros(1), np.full(999, 0.5)])
+    np.savez(tmp_path / "losses.npz", **losses_arrays([1], [train], [np.full(4, 0.5)]))
+    dists, _, _ = read_losses(tmp_path / "losses.npz", "r")
+    assert [t.get_text() for t in plot_loss_distributions(dists).axes[0].texts] == ["<1%"]
 
 
 def test_loss_distributions_need_data(tmp_path):
