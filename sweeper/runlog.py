@@ -25,11 +25,15 @@ QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or an interrupt: the partial copy must not keep its space
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def finite_or_none(value):
@@ -113,6 +117,38 @@ class RunLog:
                 break
         return rows
 
+    def why_not_resumable(self) -> str | None:
+        """Why the record cannot be resumed from its checkpoint, or None when it can.
+
+        A crash leaves at most a truncated last line in metrics.jsonl (read_metrics drops it).
+        Anything else -- a checkpoint or losses.npz that does not load, a damaged line before the
+        last, epochs missing before the checkpoint's -- is damage from outside: resuming would
+        rewrite the record from what survives, so the attempt is set aside whole instead."""
+        try:
+            checkpoint = self.load_checkpoint()
+        except Exception as err:  # a truncated zip, a foreign file: torch raises several kinds
+            return f"checkpoint.pt does not load ({type(err).__name__})"
+        if checkpoint is None:
+            return "no checkpoint.pt"
+        if self.metrics_path.exists():
+            lines = self.metrics_path.read_text().splitlines()
+            for i, line in enumerate(lines[:-1]):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    return f"metrics.jsonl line {i + 1} is damaged"
+        epochs = [r.get("epoch") for r in self.read_metrics()]
+        done = int(checkpoint.get("epoch", -1))
+        if epochs[:done] != list(range(1, done + 1)):
+            return f"metrics.jsonl does not hold epochs 1..{done}, the checkpoint's"
+        if self.losses_path.exists():
+            try:
+                with np.load(self.losses_path, allow_pickle=False) as z:
+                    z["epochs"], z["train_hist"], z["test_hist"]  # noqa: B018 (reading is the check)
+            except Exception as err:
+                return f"losses.npz does not load ({type(err).__name__})"
+        return None
+
     def keep_epochs_up_to(self, epoch: int) -> list[dict]:
         """Truncate the record to epochs <= `epoch` (resume from a checkpoint of that epoch)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
@@ -154,6 +190,9 @@ class RunLog:
 
     def _write_losses(self) -> None:
         epochs = sorted(self._losses)
+        if not epochs:  # resuming before the first kept epoch: none of its histograms stays
+            self.losses_path.unlink(missing_ok=True)
+            return
         arrays = {
             "epochs": np.array(epochs, dtype=np.int64),
             "bin_edges": BIN_EDGES,

@@ -147,7 +147,10 @@ def check_jobs(
 
     for job in jobs:
         visit(job)
-    known = _read_sweep(sweep_dir)
+    try:
+        known = _read_sweep(sweep_dir)
+    except ConfigError as e:
+        fail(str(e))
     order = list(range(len(final)))
     if known is not None:
         # The recorded grid in its recorded order: each job keeps its number, and so its run dir.
@@ -198,9 +201,12 @@ def check_jobs(
                 "on this host; wait for it to end (or stop it) before resuming this sweep"
             )
         # Resuming into a run dir of another config would mix results: refuse before any job.
-        previous = run_dir / "config.json"
-        if job_config is not None and previous.exists():
-            diff = config_difference(json.loads(previous.read_text()), job_config)
+        try:
+            previous = json.loads((run_dir / "config.json").read_text()) if job_config is not None else None
+        except (OSError, ValueError):  # none, or unreadable: the job's start sets such a record aside
+            previous = None
+        if previous is not None:
+            diff = config_difference(previous, job_config)
             if diff:
                 fail(
                     f"job {num} ({' '.join(overrides)}): {run_dir} holds a run of another config "
@@ -341,10 +347,21 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:
+    """The sweep's sweep.json, None when there is none; a damaged one is refused in one line (the
+    grid it lists decides which run dir is whose: guessing could resume a job into another's)."""
+    path = sweep_dir / "sweep.json"
     try:
-        return json.loads((sweep_dir / "sweep.json").read_text())
+        known = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{path} is damaged ({type(err).__name__}); move it away to resume this sweep (each run dir "
+            "is then checked against its job's config), or choose another hydra.sweep.dir"
+        ) from None
+    if not isinstance(known, dict) or not isinstance(known.get("jobs"), list):
+        raise ConfigError(f"{path} is damaged (no job list); move it away, or choose another hydra.sweep.dir")
+    return known
 
 
 def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:

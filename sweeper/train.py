@@ -500,10 +500,17 @@ def open_record(
             log.info("%s: already %s, skipping", run_dir, summary["status"])
             drop_pending(run_dir, hydra_files)
             return record, summary
-        if summary is not None or not record.checkpoint_path.exists():
-            log.info("%s: earlier attempt set aside in %s", run_dir, _set_aside(record, moves_hydra))
-    elif previous is not None or (moves_hydra and (run_dir / HYDRA_FILES).exists()):
-        # (a .hydra/ without a record: an invocation that never started one; kept all the same)
+        why = "it failed" if summary is not None else record.why_not_resumable()
+        if why is not None:
+            log.info("%s: earlier attempt set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why)
+    elif (
+        previous is not None
+        or any((run_dir / name).exists() for name in RECORD_FILES)
+        or (moves_hydra and (run_dir / HYDRA_FILES).exists())
+    ):
+        # Without a readable config.json a record cannot be checked against this config, so its
+        # checkpoint is never resumed. (A .hydra/ without a record: an invocation that never
+        # started one; kept all the same.)
         log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record, moves_hydra))
     pending = run_dir / hydra_files if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES) else None
     if pending is not None and pending.is_dir():

@@ -157,6 +157,25 @@ def test_an_unreadable_or_foreign_job_json_does_not_stop_a_resume(tmp_path):
     assert "2 jobs: 2 completed" in resumed.stdout
 
 
+def test_a_damaged_sweep_json_is_refused_in_one_line_and_a_damaged_config_json_set_aside(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0
+    listing = (sweep_dir / "sweep.json").read_text()
+    (sweep_dir / "sweep.json").write_text(listing[:40])  # its grid says which run dir is whose
+    refused, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {sweep_dir / 'sweep.json'} is damaged (JSONDecodeError); move it away to resume this sweep "
+        "(each run dir is then checked against its job's config), or choose another hydra.sweep.dir"
+    ]
+    (sweep_dir / "sweep.json").write_text(listing)
+    (sweep_dir / "1" / "config.json").write_text('{"lr": ')  # a rerun gave a JSONDecodeError traceback
+    resumed, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (sweep_dir / "1" / "attempts" / "1" / "config.json").read_text() == '{"lr": '
+    assert json.loads((sweep_dir / "1" / "summary.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize(
     "name", sorted(f.stem for f in (CONF / "experiment").glob("lecture_*.yaml")) + ["demo"]
 )

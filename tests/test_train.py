@@ -328,3 +328,96 @@ def test_an_interrupt_that_library_code_turns_into_another_error_leaves_the_run_
     with pytest.raises(KeyboardInterrupt):
         train.run(compose_cfg(), tmp_path / "run")
     assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "summary.json").exists()
+
+
+def interrupt_at_checkpoint(monkeypatch, cfg, run_dir, epoch: int) -> None:
+    """Run `cfg` in `run_dir` and stop it as a kill would just before epoch `epoch`'s checkpoint
+    is written: metrics.jsonl and losses.npz hold that epoch, checkpoint.pt the one before."""
+    real = RunLog.save_checkpoint
+
+    def save(self, state):
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+        real(self, state)
+
+    monkeypatch.setattr(RunLog, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, run_dir)
+    monkeypatch.setattr(RunLog, "save_checkpoint", real)
+
+
+def test_a_resume_before_the_first_kept_epoch_keeps_no_later_histogram(tmp_path, monkeypatch):
+    # sample_loss_epochs=[3]: killed between epoch 3's losses.npz and its checkpoint, the resume
+    # from epoch 2 kept no histogram and crashed in np.stack([]); the run was then recorded failed.
+    cfg = compose_cfg("trainer.epochs=4", "trainer.sample_loss_epochs=[3]")
+    train.run(cfg, tmp_path / "straight")
+    interrupt_at_checkpoint(monkeypatch, cfg, tmp_path / "run", 3)
+    assert train.run(cfg, tmp_path / "run")["status"] == "completed"
+    assert without_times(metrics(tmp_path / "run")) == without_times(metrics(tmp_path / "straight"))
+    with np.load(tmp_path / "run" / "losses.npz") as resumed, np.load(tmp_path / "straight" / "losses.npz") as z:
+        assert resumed["epochs"].tolist() == z["epochs"].tolist() == [3, 4]
+        assert (resumed["train_hist"] == z["train_hist"]).all()
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda d: (d / "metrics.jsonl").write_text("{broken\n" + "".join(
+            line + "\n" for line in (d / "metrics.jsonl").read_text().splitlines()[1:])),
+         "metrics.jsonl line 1 is damaged"),
+        (lambda d: (d / "metrics.jsonl").unlink(), "metrics.jsonl does not hold epochs 1..2"),
+        (lambda d: (d / "checkpoint.pt").write_bytes((d / "checkpoint.pt").read_bytes()[:1000]),
+         "checkpoint.pt does not load"),
+        (lambda d: (d / "losses.npz").write_bytes((d / "losses.npz").read_bytes()[:100]),
+         "losses.npz does not load"),
+    ],
+    ids=["a-damaged-line-before-the-last", "no-metrics", "truncated-checkpoint", "truncated-losses"],
+)  # fmt: skip
+def test_a_record_damaged_from_outside_is_set_aside_whole_not_resumed_from_what_survives(
+    tmp_path, monkeypatch, caplog, damage, why
+):
+    # A damaged line 2 of 4 used to cut metrics.jsonl there, losing epochs 3 and 4, and the resumed
+    # epochs counted step, samples and time from the wrong line. A crash leaves at most a
+    # truncated last line; anything else is set aside whole and the run starts over.
+    cfg = compose_cfg("trainer.epochs=3")
+    train.run(cfg, tmp_path / "straight")
+    run_dir = tmp_path / "run"
+    interrupt_at_checkpoint(monkeypatch, cfg, run_dir, 3)
+    damage(run_dir)
+    damaged = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
+    with caplog.at_level("INFO", logger="sweeper"):
+        assert train.run(cfg, run_dir)["status"] == "completed"
+    assert why in caplog.text
+    kept = run_dir / "attempts" / "1"
+    assert {name: (kept / name).read_bytes() for name in damaged if name != "job.json"} == {
+        name: data for name, data in damaged.items() if name != "job.json"
+    }
+    assert without_times(metrics(run_dir)) == without_times(metrics(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monkeypatch, resume):
+    # Its config cannot be checked against this one: resumed, lr=0.1's optimizer state trained
+    # on under config.json's lr=0.2, a mislabelled record.
+    run_dir = tmp_path / "run"
+    interrupt_at_checkpoint(monkeypatch, compose_cfg("trainer.epochs=3"), run_dir, 3)
+    (run_dir / "config.json").write_text("{damaged")
+    cfg = compose_cfg("trainer.epochs=3", "lr=0.2", f"trainer.resume={resume}")
+    assert train.run(cfg, run_dir)["status"] == "completed"
+    assert (run_dir / "attempts" / "1" / "checkpoint.pt").exists()
+    assert [r["lr"] for r in metrics(run_dir)] == [0.2, 0.2, 0.2]
+    assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
+
+
+def test_a_write_that_fails_leaves_no_partial_copy_behind(tmp_path, monkeypatch):
+    import errno
+
+    from sweeper import runlog
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlog.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        runlog.atomic_write(tmp_path / "checkpoint.pt", b"x" * 1000)
+    assert list(tmp_path.iterdir()) == []
