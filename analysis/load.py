@@ -577,6 +577,7 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "n_train": summary.get("n_train"),
         "n_test": summary.get("n_test"),
         "time_s": summary.get("time_s"),
+        "fused_trials": summary.get("fused_trials"),  # time_s is then its group's
         "error": summary.get("error"),
         "host": summary.get("host") or job.get("host"),
         "slurm_job_id": job.get("slurm_job_id") or summary.get("slurm_job_id"),

@@ -8,9 +8,11 @@ stacked along a leading trial dimension and run through one wide copy of the net
 of them. Each trial keeps its own initialisation, batch order and augmentation (its own seed),
 its own learning-rate schedule, and writes its own complete run record, in the same format and
 with the same checkpoints as a solo run (so an interrupted fused trial resumes solo). Its curves
-match the same trial run alone, within float32 rounding (bf16's, with trainer.precision=bf16:
-the wide net's kernels round differently). Trials that share a seed share their batches: one is
-drawn for all.
+are those of the same trial run alone, computed by other kernels: each step differs from the solo
+step by float32 rounding (bf16's, with trainer.precision=bf16). Training amplifies such
+differences where it is unstable: at lr=0.01 a fused trial matched its solo run to 1e-7, at
+lr=0.2 its train loss was 1% off by epoch 2 -- as two solo runs on different hardware would be.
+Trials that share a seed share their batches: one is drawn for all.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
@@ -22,10 +24,13 @@ a group cannot be fused, and those jobs run solo.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import inspect
+import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +46,34 @@ from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_dev
 # what each one's record keeps (each trial writes its own).
 PER_TRIAL = {"lr", "schedule", "optim"}
 PER_TRIAL_TRAINER = {"seed", "keep_sample_losses", "checkpoint", "resume"}
+
+
+# Whose run a line logged now is about. The group's own lines (None) go to every trial's
+# train.log; a line about one trial (its skip, its set-aside, its solo resume, its epoch) to that
+# trial's only: the `trial` attribute of the record (log.info(..., extra={"trial": dir})), or
+# the owner run_group sets around a trial's own work.
+LOG_OWNER: contextvars.ContextVar[Path | None] = contextvars.ContextVar("LOG_OWNER", default=None)
+
+
+class TrialLog(logging.Filter):
+    """On a trial's train.log handler: keep the group's lines and this trial's, not another's."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        owner = getattr(record, "trial", None) or LOG_OWNER.get()
+        return owner is None or Path(owner) == self.run_dir
+
+
+@contextlib.contextmanager
+def owned_by(run_dir: Path):
+    token = LOG_OWNER.set(Path(run_dir))
+    try:
+        yield
+    finally:
+        LOG_OWNER.reset(token)
 
 
 def _shared(cfg: DictConfig) -> dict:
@@ -133,7 +166,12 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
 
 
 def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
-    """Train the trials together; returns each trial's outcome (status and model facts)."""
+    """Train the trials together; returns each trial's outcome (status and model facts).
+
+    A trial whose own record cannot be written (its run dir, its disk) fails alone, as its solo
+    run would: its outcome is `failed` with the exception under "error", and the others go on."""
+    from sweeper import train
+
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
     device = run_device(cfg0.trainer.device)
@@ -181,6 +219,11 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     }
     for record in records:
         record.facts = info
+    log.info(
+        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d trials fused",
+        cfg0.model.name, info["n_params"], info["receptive_field_px"], n_train, info["n_test"], info["device"],
+        n_trials,
+    )  # fmt: skip
     del nets
 
     # Every step's per-trial learning rates, computed once and kept on the device: a step then
@@ -197,6 +240,7 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
 
     solo_states = SoloStates(cfgs, base, device)
     status = ["completed"] * n_trials
+    errors: dict[int, Exception] = {}
     step, samples, t_start = 0, 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
@@ -251,26 +295,39 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
             diverged = not (
                 finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
             )
-            if epoch in keep or diverged:
-                record.write_losses(
-                    epoch, results["train"][0][t], results["test"][0][t], cfgs[t].trainer.keep_sample_losses
-                )
-            record.append_metrics(row)
+            try:
+                if epoch in keep or diverged:
+                    record.write_losses(
+                        epoch,
+                        results["train"][0][t],
+                        results["test"][0][t],
+                        cfgs[t].trainer.keep_sample_losses,
+                    )
+                record.append_metrics(row)
+                if not diverged and cfgs[t].trainer.checkpoint:
+                    record.save_checkpoint(
+                        solo_states.state(
+                            t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t]
+                        )
+                    )
+            except Exception as err:
+                if train.interrupted(err):
+                    raise
+                status[t], errors[t] = "failed", err
+                log.error("trial %s failed at epoch %d: %s: %s", record.dir, epoch, type(err).__name__, err,
+                          extra={"trial": record.dir})  # fmt: skip
+                continue
+            log.info("%s: %s", record.dir.name, train.epoch_line(row, epochs), extra={"trial": record.dir})
             if diverged:
                 status[t] = "diverged"
-                log.warning("trial %s: non-finite loss at epoch %d (status diverged)", record.dir, epoch)
-            elif cfgs[t].trainer.checkpoint:
-                record.save_checkpoint(
-                    solo_states.state(
-                        t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t]
-                    )
-                )
-        log.info("epoch %d/%d: %d fused trials, test_acc %s (%.1fs)", epoch, epochs, n_trials,
-                 " ".join(f"{a:.4f}" for a in results["test"][2]), now - t_epoch)  # fmt: skip
+                log.warning("trial %s: non-finite loss at epoch %d (status diverged)", record.dir, epoch,
+                            extra={"trial": record.dir})  # fmt: skip
         if all(s != "completed" for s in status):
             break
     info["cuda_graph"] = fused_step.enabled  # false after a failed capture
-    return [{"status": s, **info} for s in status]
+    return [
+        {"status": s, **info, **({"error": errors[t]} if t in errors else {})} for t, s in enumerate(status)
+    ]
 
 
 class SoloStates:
@@ -349,9 +406,11 @@ def run_group(
             and not (run_dirs[i] / "summary.json").exists()
             and cfg.trainer.resume
         ):
-            summaries[i] = train.run(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)  # resumes
+            with owned_by(run_dirs[i]):
+                summaries[i] = train.run(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)  # resumes
             continue
-        record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
+        with owned_by(run_dirs[i]):
+            record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
         if ended is not None:
             summaries[i] = ended
         else:
@@ -362,7 +421,8 @@ def run_group(
         try:
             outcomes = train_group(group, records) if len(group) > 1 else [train.train(group[0], records[0])]
             for (i, record), outcome in zip(fresh, outcomes, strict=True):
-                summaries[i] = train.close_record(record, cfgs[i], outcome)
+                error = outcome.pop("error", None)  # this trial's own record failed it (train_group)
+                summaries[i] = train.close_record(record, cfgs[i], outcome, error)
         except Exception as e:  # the whole group failed together: each trial says so
             if train.interrupted(e):
                 raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials

@@ -283,17 +283,16 @@ class Progress:
     def epoch_done(self, row):
         if self.live:
             sys.stderr.write("\r" + " " * 70 + "\r")
-        log.info(
-            "epoch %d/%d lr %.4g train_loss %.4g train_acc %.4f test_loss %.4g test_acc %.4f (%.1fs)",
-            row["epoch"],
-            self.epochs,
-            row["lr"],
-            row["train_loss"],
-            row["train_acc"],
-            row["test_loss"],
-            row["test_acc"],
-            row["epoch_time_s"],
-        )
+        log.info("%s", epoch_line(row, self.epochs))
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """An epoch's log line, from its metrics.jsonl row (a solo run's and each fused trial's)."""
+    return (
+        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} train_loss {row['train_loss']:.4g} "
+        f"train_acc {row['train_acc']:.4f} test_loss {row['test_loss']:.4g} test_acc {row['test_acc']:.4f} "
+        f"({row['epoch_time_s']:.1f}s)"
+    )
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -502,7 +501,9 @@ def open_record(
             return record, summary
         why = "it failed" if summary is not None else record.why_not_resumable()
         if why is not None:
-            log.info("%s: earlier attempt set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why)
+            log.info(
+                "%s: earlier attempt set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why
+            )
     elif (
         previous is not None
         or any((run_dir / name).exists() for name in RECORD_FILES)
@@ -535,9 +536,13 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         shown = f"{type(error).__name__}: {error}"
         one_line = isinstance(error, (data_module.DataError, ConfigError))
         log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
+    try:
+        reduced = summarize(record.read_metrics())
+    except OSError:  # metrics.jsonl unreadable (what failed the run, maybe): the summary still ends it
+        reduced = {}
     summary = {
         **outcome,
-        **summarize(record.read_metrics()),
+        **reduced,
         "epochs": cfg.trainer.epochs,
         "host": socket.gethostname(),
         # CPU figures depend on both: a 2-core laptop and a 64-core node give different time_s.

@@ -705,6 +705,24 @@ SUBMITIT_COUNTS = {
 }
 
 
+def _check_launcher_type(arg: str, current, given) -> None:
+    """A launcher's true/false or integer key takes a value of its kind. OmegaConf would take
+    fuse=2 or fuse=yes as true, and say of slots_per_device=1.5 only that it "could not be
+    converted to Integer"."""
+    if given is None or (isinstance(given, str) and given.startswith("${")):
+        return  # null (the schema says where it is allowed), an interpolation: checked once composed
+    if isinstance(current, ListConfig) and isinstance(given, dict):
+        raise ConfigError(f"{arg} is invalid: must be a list, such as [{', '.join(map(str, current))}]")
+    if isinstance(current, bool) and not isinstance(given, bool):
+        raise ConfigError(f"{arg} is invalid: allowed values are true and false")
+    if (
+        isinstance(current, int)
+        and not isinstance(current, bool)
+        and (isinstance(given, bool) or not isinstance(given, int))
+    ):
+        raise ConfigError(f"{arg} is invalid: must be a whole number (an integer such as {current})")
+
+
 def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
     """Refuse a bad launcher option, key or value in one line, before Hydra starts.
 
@@ -747,6 +765,8 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
 
     def reason(e: Exception) -> str:  # the cause's first line, without Hydra's lines of context
         text = str(e.__cause__ or e).strip().splitlines()[0]
+        if "is not Optional" in text:
+            return "this key must be set: null is not allowed"
         return text + ("; a new key takes Hydra's +" if "not in struct" in text else "")
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
@@ -785,8 +805,10 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                     else "it has none"
                 )
                 raise ConfigError(f"{key} is not a key of {group}={chosen}: {hint}")
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:  # a new sbatch option, say
+            current = OmegaConf.select(base, key, default=_MISSING)
+            if current is _MISSING:  # a new sbatch option, say
                 raise ConfigError(f"{key} is not a key of {group}={chosen}: append it with +{arg}")
+            _check_launcher_type(arg, current, override.value())
         try:
             cfg = compose_with([a for _, a in changes])
         except (HydraException, OmegaConfBaseException) as together:

@@ -228,7 +228,27 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
         ),
         (
             ["hydra/launcher=pool", "hydra.launcher.fuse=maybe"],
-            "hydra.launcher.fuse=maybe is invalid: Value 'maybe' is not a valid bool",
+            "hydra.launcher.fuse=maybe is invalid: allowed values are true and false",
+        ),
+        (  # OmegaConf took these as true
+            ["hydra/launcher=pool", "hydra.launcher.fuse=2"],
+            "hydra.launcher.fuse=2 is invalid: allowed values are true and false",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.fuse=yes"],
+            "hydra.launcher.fuse=yes is invalid: allowed values are true and false",
+        ),
+        (  # OmegaConf: "Value '1.5' of type 'float' could not be converted to Integer"
+            ["hydra/launcher=pool", "hydra.launcher.slots_per_device=1.5"],
+            "hydra.launcher.slots_per_device=1.5 is invalid: must be a whole number (an integer such as 1)",
+        ),
+        (
+            ["hydra/launcher=pool", "hydra.launcher.slots_per_device=null"],
+            "hydra.launcher.slots_per_device=null is invalid: this key must be set: null is not allowed",
+        ),
+        (  # OmegaConf: "Cannot merge DictConfig with ListConfig"
+            ["hydra/launcher=pool", "hydra.launcher.devices={a:1}"],
+            "hydra.launcher.devices={a:1} is invalid: must be a list, such as [auto]",
         ),
         (
             ["hydra/launcher=pool", "hydra.launcher.slot=2"],

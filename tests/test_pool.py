@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hydra_plugins.sweeper_pool.launcher import resolve_devices
+from hydra_plugins.sweeper_pool.launcher import resolve_devices, threads_per_worker
 from tests.conftest import REPO, TINY, run_cli
 
 RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
@@ -34,6 +34,12 @@ def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
     # (GPU slots are pinned as test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees shows)
     assert {j["cuda_visible_devices"] for j in jobs} == {""}  # CPU slots: their workers see no GPU
     assert len({j["pid"] for j in jobs}) == 2  # two workers, each ran two jobs: start-up paid once
+    # The CPUs shared out: with a thread per core each, 2 slots on 2 cores ran 3-4x slower.
+    threads = {
+        json.loads((tmp_path / "pool" / str(n) / "summary.json").read_text())["torch_threads"]
+        for n in range(4)
+    }
+    assert threads == {threads_per_worker(2)}
     for n in range(4):
         assert {p.name for p in (tmp_path / "pool" / str(n)).iterdir()} >= RECORD
         assert json.loads((tmp_path / "pool" / str(n) / "summary.json").read_text())["status"] == "completed"
@@ -74,6 +80,9 @@ def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_pa
         run = tmp_path / "fused" / str(n)
         assert {p.name for p in run.iterdir()} >= RECORD | {".hydra"}
         assert json.loads((run / "summary.json").read_text())["fused_trials"] == 4
+        # as Hydra's run_job sets it for a solo job (it was ???, and the saved config did not resolve)
+        hydra_yaml = OmegaConf.load(run / ".hydra" / "hydra.yaml")
+        assert hydra_yaml.hydra.runtime.output_dir == str(run.absolute())
         assert json.loads((run / "config.json").read_text()) == json.loads(
             (tmp_path / "basic" / str(n) / "config.json").read_text()
         )
@@ -85,6 +94,17 @@ def test_fuse_trains_compatible_jobs_as_one_program_with_separate_records(tmp_pa
             assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)
 
 
+def test_fuse_says_why_a_job_runs_alone(tmp_path):
+    result = run_cli(
+        "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "optim=sgd,adam",
+        f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "job #1 runs alone: fused trials need plain optim=sgd" in out
+    assert "job #0 runs alone: no other job shares its model, data and trainer" in out
+
+
 def test_fused_jobs_keep_a_log_each_and_write_no_hydra_files_when_asked_not_to(tmp_path):
     result = run_cli(
         "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "lr=0.1,0.05", "hydra.output_subdir=null",
@@ -94,7 +114,72 @@ def test_fused_jobs_keep_a_log_each_and_write_no_hydra_files_when_asked_not_to(t
     for n in (0, 1):
         run = tmp_path / "s" / str(n)
         assert not (run / ".hydra").exists()  # Hydra's run_job writes none with output_subdir=null
-        assert "2 fused trials" in (run / "train.log").read_text()  # the group's lines, in each trial's log
+        text = (run / "train.log").read_text()
+        assert "2 trials fused" in text  # the group's lines, in each trial's log
+        # ... and the trial's own epochs, not the other's (every trial's log had every line)
+        assert f"{n}: epoch 2/2 lr" in text and f"{1 - n}: epoch" not in text
+
+
+def test_a_fused_trial_whose_record_fails_fails_alone_and_the_others_train_on(tmp_path, monkeypatch):
+    # Its run dir's disk fails (EIO). Before, the group's one `except` recorded every trial failed
+    # with job 1's error, and with the in-process worker the error escaped and ended the sweep.
+    import errno
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sweeper.__main__ import main
+    from sweeper.runlog import RunLog
+
+    real = RunLog.append_metrics
+
+    def append(self, row):
+        if self.dir.name == "1":
+            raise OSError(errno.EIO, "Input/output error")
+        real(self, row)
+
+    monkeypatch.setattr(RunLog, "append_metrics", append)
+    argv = ["sweeper", "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.fuse=true",
+            *TINY, "lr=0.2,0.1,0.05", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as ended:
+        main()
+    GlobalHydra.instance().clear()
+    assert ended.value.code == 1
+    summaries = [json.loads((tmp_path / str(n) / "summary.json").read_text()) for n in range(3)]
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert summaries[1]["error"] == "OSError: [Errno 5] Input/output error"
+    assert [s["epochs_done"] for s in summaries] == [2, 0, 2]
+
+
+@pytest.mark.parametrize("fuse", ["false", "true"])
+def test_a_job_raising_outside_its_run_in_this_process_fails_and_the_sweep_goes_on(
+    tmp_path, monkeypatch, fuse
+):
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_plugins.sweeper_pool import launcher
+    from sweeper.__main__ import main
+
+    def broken(payload):
+        raise RuntimeError("outside the run")
+
+    monkeypatch.setattr(launcher, "_run_fused" if fuse == "true" else "_run_one", broken)
+    argv = ["sweeper", "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", f"hydra.launcher.fuse={fuse}",
+            *TINY, "trainer.epochs=1", "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as ended:  # the summary's: not every job completed
+        main()
+    GlobalHydra.instance().clear()
+    assert ended.value.code == 1
+    for n in range(2):
+        summary = json.loads((tmp_path / str(n) / "summary.json").read_text())
+        assert summary["status"] == "failed"
+        assert "outside the run" in summary["error"]
 
 
 def test_a_fused_job_started_over_sets_its_hydra_files_aside_with_its_record(tmp_path):
@@ -157,7 +242,8 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
         (None, "cpu", ""),
     ):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        _pin_worker(device, visible)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # so that the worker's setting is undone after
+        _pin_worker(device, visible, torch.get_num_threads())
         assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned
 
 
@@ -330,36 +416,55 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp
         assert not (sweep / str(n) / "attempts").exists()
 
 
-def test_a_dead_worker_fails_its_job_alone_and_a_fresh_worker_takes_its_slot(tmp_path, start_sweep):
+def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_rerun_resumes(
+    tmp_path, start_sweep
+):
     # The OOM killer's SIGKILL to one worker. Job 0 is long; the others are short, so that the
     # fresh worker still finds a job waiting.
     sweep = tmp_path / "sweep"
-    launcher = start_sweep(*POOL, "trainer.epochs=60,3,1,2", f"hydra.sweep.dir={sweep}")
+    grid = ["trainer.epochs=60,3,1,2", f"hydra.sweep.dir={sweep}"]
+    launcher = start_sweep(*POOL, *grid)
     wait_until(trained_an_epoch(sweep, 0), what="job 0 to train an epoch")
     worker = json.loads((sweep / "0" / "job.json").read_text())["pid"]
     os.kill(worker, signal.SIGKILL)
-    assert launcher.wait(timeout=90) == 1  # as for any failed job
+    assert launcher.wait(timeout=90) == 1  # not every job completed
     out = launcher.out.read_text()
     all_gone(launcher)
-    assert "BrokenProcessPool" not in out and f"sweep {sweep}: 4 jobs: 3 completed, 1 failed" in out
-
-    summaries = [json.loads((sweep / str(n) / "summary.json").read_text()) for n in range(4)]
-    assert [s["status"] for s in summaries] == ["failed", "completed", "completed", "completed"]
-    failed = summaries[0]
-    assert failed["error"] == f"PoolError: worker process {worker} died (signal 9, SIGKILL: out of memory?)"
-    # closed as train.run closes a failed run: its metrics' reductions, versions, the reason
-    assert {"epochs_done", "final_test_loss", "versions", "traceback", "finished_at"} <= set(failed)
-    assert set(failed) <= set(summaries[1]) and failed["epochs_done"] >= 1
+    assert "BrokenProcessPool" not in out and f"sweep {sweep}: 4 jobs: 3 completed, 1 interrupted" in out
+    assert f"worker process {worker} died (signal 9, SIGKILL: out of memory?)" in out
+    # Its epochs up to the checkpoint are sound: left unclosed, as a Ctrl-C leaves a run. Closed
+    # as failed, a rerun set it aside and trained it from epoch 1 again.
+    assert not (sweep / "0" / "summary.json").exists()
     pids = {json.loads((sweep / str(n) / "job.json").read_text())["pid"] for n in range(4)}
     assert worker in pids and len(pids) == 3  # the sibling trained on; a fresh worker replaced the dead one
 
-    # A rerun sets the failed attempt aside and trains the run again, as for any failed run.
+    done = len(without_times(sweep / "0" / "metrics.jsonl"))
     from sweeper import train
 
     run = sweep / "0"
     cfg = OmegaConf.create(json.loads((run / "config.json").read_text()))
     record, ended = train.open_record(cfg, run, job_num=0)
-    assert ended is None and (run / "attempts" / "1" / "summary.json").exists()
+    assert ended is None and not (run / "attempts").exists()  # resumes: nothing set aside
+    assert record.why_not_resumable() is None and done >= 1
+
+
+def test_a_worker_dead_before_its_jobs_first_checkpoint_fails_the_job(tmp_path):
+    from hydra_plugins.sweeper_pool.launcher import WorkerDied, _record_failure
+    from sweeper import train
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg()
+    run = tmp_path / "run"
+    train.open_record(cfg, run, job_num=0)  # opened by the worker, which died before epoch 1 ended
+    sweep_config = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "run"}}, **OmegaConf.to_container(cfg)}
+    )
+    job = json.loads((run / "job.json").read_text())
+    _record_failure(sweep_config, WorkerDied("worker process 1 died (signal 9, SIGKILL: out of memory?)"),
+                    job["pid"], job["pid_started"])  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == "WorkerDied: worker process 1 died (signal 9, SIGKILL: out of memory?)"
 
 
 def test_workers_do_not_outlive_a_killed_launcher(tmp_path, start_sweep):
@@ -373,3 +478,13 @@ def test_workers_do_not_outlive_a_killed_launcher(tmp_path, start_sweep):
     all_gone(launcher)
     for n in (0, 1):
         assert_left_to_resume(sweep / str(n))
+
+
+def test_threads_per_worker_share_the_cpus_and_keep_the_users_setting(monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_worker(4) == 3

@@ -354,7 +354,10 @@ def test_a_resume_before_the_first_kept_epoch_keeps_no_later_histogram(tmp_path,
     interrupt_at_checkpoint(monkeypatch, cfg, tmp_path / "run", 3)
     assert train.run(cfg, tmp_path / "run")["status"] == "completed"
     assert without_times(metrics(tmp_path / "run")) == without_times(metrics(tmp_path / "straight"))
-    with np.load(tmp_path / "run" / "losses.npz") as resumed, np.load(tmp_path / "straight" / "losses.npz") as z:
+    with (
+        np.load(tmp_path / "run" / "losses.npz") as resumed,
+        np.load(tmp_path / "straight" / "losses.npz") as z,
+    ):
         assert resumed["epochs"].tolist() == z["epochs"].tolist() == [3, 4]
         assert (resumed["train_hist"] == z["train_hist"]).all()
 

@@ -77,17 +77,32 @@ def resolve_devices(devices: Sequence) -> list[str]:
     return [str(i) for i in range(n)] or ["cpu"]
 
 
-def _pin_worker(device: str, visible: str | None) -> None:
-    """Runs once in each new worker: pin it to its device slot for its life.
+def threads_per_worker(n_workers: int) -> int:
+    """CPU threads for each of `n_workers` workers: this process's CPUs shared out. Each would
+    otherwise start one per core, and N workers on C cores oversubscribe them N times: on a 2-core
+    machine 2 CPU slots ran 3-4x slower than one process (their threads preempting each other).
+    An OMP_NUM_THREADS the user set is theirs to keep."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(os.environ["OMP_NUM_THREADS"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, n_workers))
+
+
+def _pin_worker(device: str, visible: str | None, threads: int) -> None:
+    """Runs once in each new worker: pin it to its device slot and its share of the CPUs for its life.
 
     A device index counts the GPUs the launching process sees, as torch's cuda:N does: under
     CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 0 is physical GPU 2."""
-    # Before torch initialises CUDA in this process. A CPU slot sees no GPU, so that its jobs'
-    # trainer.device=auto means the CPU there.
+    # Before torch initialises CUDA (and its thread pools) in this process. A CPU slot sees no
+    # GPU, so that its jobs' trainer.device=auto means the CPU there.
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[int(device)] if visible else device
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _run_one(payload: bytes) -> bytes:
@@ -175,7 +190,7 @@ class PoolLauncher(Launcher):
 
         # A single worker on the CPU or on GPU 0 is this process: that saves a spawn and a second
         # import of torch (about 1 s on cpu-vm, 4 s on the H100 machine).
-        runner = _Here() if runs_here(devices, n_workers) else _Pool(devices, n_workers, failed)
+        runner = _Here(failed) if runs_here(devices, n_workers) else _Pool(devices, n_workers, failed)
         try:
             with _Signals() as signals:
                 runner.signals = signals
@@ -277,22 +292,36 @@ class PoolError(RuntimeError):
     outside its run. Recorded in the run's summary.json as the failure's reason."""
 
 
+class WorkerDied(PoolError):
+    """The worker died (killed, out of memory) or exited while it ran the job."""
+
+
 class _Here:
     """The one worker is this process: each job runs here, one after the other. A stop signal
-    raises inside the running job (Stopped), which train.run leaves unrecorded, as Ctrl-C."""
+    raises inside the running job (Stopped), which train.run leaves unrecorded, as Ctrl-C. A job
+    that raises outside its run is failed as in a spawned worker (_Pool._answered), and the
+    sweep goes on."""
 
-    def __init__(self) -> None:
+    def __init__(self, failed: Callable[[int, Exception, "_Worker"], None]) -> None:
         self.running: dict[int, int] = {}  # slot -> task, as _Pool's
         self.pending: deque[int] = deque()
         self.signals: _Signals | None = None
+        self.failed = failed
 
     def run(self, tasks: list) -> list:
         self.pending = deque(range(len(tasks)))
         answers = []
+        here = _Worker(None, None, os.getpid(), process_started(os.getpid()))
         while self.pending:
             task = self.running[0] = self.pending.popleft()
             fn, payload = tasks[task]
-            answers.append(("ok", fn(payload)))
+            try:
+                answers.append(("ok", fn(payload)))
+            except Exception as err:
+                why = f"the job raised outside its run, in process {here.pid}: {type(err).__name__}: {err}"
+                log.error(f"{why}\n{traceback.format_exc()}")
+                answers.append(("failed", why))
+                self.failed(task, PoolError(why), here)
             del self.running[0]
         return answers
 
@@ -314,6 +343,7 @@ class _Pool:
     def __init__(self, devices: list[str], n_workers: int, failed: Callable[[int, Exception, _Worker], None]):
         self.context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
         self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
+        self.threads = threads_per_worker(n_workers)
         self.slots = [devices[i % len(devices)] for i in range(n_workers)]
         self.workers: list[_Worker | None] = [None] * n_workers
         self.failed = failed
@@ -357,7 +387,7 @@ class _Pool:
         ours, theirs = self.context.Pipe()
         process = self.context.Process(
             target=_serve,
-            args=(theirs, self.slots[slot], self.visible, os.getpid()),
+            args=(theirs, self.slots[slot], self.visible, self.threads, os.getpid()),
             name=f"pool-worker-{slot}",
             # Should this process end by a way _close does not see, multiprocessing's exit
             # handler then terminates (SIGTERM: stops) its daemonic children before it waits for them.
@@ -419,9 +449,9 @@ class _Pool:
             why = f"worker process {worker.pid} died (signal {-code}, {name}{hint})"
         else:
             why = f"worker process {worker.pid} exited with status {code}"
-        log.error(f"{why}; its job is recorded as failed and a fresh worker takes its slot")
+        log.error(f"{why}; a fresh worker takes its slot")
         answers[task] = ("failed", why)
-        self.failed(task, PoolError(why), worker)
+        self.failed(task, WorkerDied(why), worker)
 
     def _close(self, stop: bool) -> None:
         """Reap every worker. Idle ones leave when their pipe closes; `stop` also sends SIGTERM, which
@@ -467,7 +497,7 @@ def _starting():
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _serve(conn, device: str, visible: str | None, launcher: int) -> None:
+def _serve(conn, device: str, visible: str | None, threads: int, launcher: int) -> None:
     """A worker's life: pin to `device`, then run the jobs the launcher sends until it closes the pipe.
 
     SIGINT is ignored: the launcher decides what Ctrl-C means, and tells the workers with SIGTERM.
@@ -480,7 +510,7 @@ def _serve(conn, device: str, visible: str | None, launcher: int) -> None:
     # SIGTERM sent meanwhile is delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with(launcher)
-    _pin_worker(device, visible)
+    _pin_worker(device, visible, threads)
     try:
         while True:
             try:
@@ -520,10 +550,13 @@ def _run_dir(sweep_config) -> Path:
 
 
 def _record_failure(sweep_config, error: Exception, pid: int, started: int | None) -> None:
-    """Close the run of a job whose worker died as train.run closes a failed run (close_record):
-    summary.json says `failed` with the reason, and a rerun sets the attempt aside and trains it
-    again. Only a record this worker opened is closed: an earlier attempt's, which it had not
-    yet taken over, is left as it was (resumable, or ended)."""
+    """Close the run of a job that ended without an answer as train.run closes a failed run
+    (close_record): summary.json says `failed` with the reason, and a rerun sets the attempt
+    aside and trains it again. A run whose worker died after a checkpoint is left unclosed
+    instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it (the sweep's
+    summary calls it interrupted; the launcher's log says how the worker died). Only a record
+    this worker opened is touched: an earlier attempt's, which it had not yet taken over, is
+    left as it was (resumable, or ended)."""
     from sweeper import train
     from sweeper.runlog import RunLog
 
@@ -539,6 +572,9 @@ def _record_failure(sweep_config, error: Exception, pid: int, started: int | Non
         record = RunLog(run_dir)
         job = record.read_json("job.json")
         if not isinstance(job, dict) or job.get("pid") != pid or job.get("host") != socket.gethostname():
+            return
+        if isinstance(error, WorkerDied) and record.checkpoint_path.exists():
+            log.warning(f"{run_dir}: {error}; a rerun resumes it from its last checkpoint")
             return
     train.close_record(record, task, {}, error)
 
@@ -565,17 +601,25 @@ def _task_config(sweep_config):
 
 
 def fused_groups(configs) -> list[list[int]]:
-    """Indices of jobs that can train as one program (sweeper.fused.fusable); others alone."""
+    """Indices of jobs that can train as one program (sweeper.fused.fusable); others alone, each
+    with the reason logged (`fuse=true` is a request: a job that cannot fuse still runs)."""
     from sweeper import fused
 
     by_key: dict[str, list[int]] = {}
     for i, sweep_config in enumerate(configs):
         task = _task_config(sweep_config)
-        key = (
-            json.dumps(fused._shared(task), sort_keys=True) if fused.fusable([task]) is None else f"solo-{i}"
-        )
+        why = fused.fusable([task])
+        if why is not None:
+            log.info(f"job #{sweep_config.hydra.job.num} runs alone: {why}")
+        key = json.dumps(fused._shared(task), sort_keys=True) if why is None else f"solo-{i}"
         by_key.setdefault(key, []).append(i)
-    return list(by_key.values())
+    groups = list(by_key.values())
+    for group in groups:
+        if len(group) == 1 and f"solo-{group[0]}" not in by_key:
+            log.info(
+                f"job #{configs[group[0]].hydra.job.num} runs alone: no other job shares its model, data and trainer"
+            )
+    return groups
 
 
 def _run_fused(payload: bytes) -> bytes:
@@ -584,7 +628,7 @@ def _run_fused(payload: bytes) -> bytes:
     Singleton.set_state(singleton_state)
     setup_globals()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    from sweeper.fused import run_group
+    from sweeper.fused import TrialLog, run_group
 
     tasks, dirs, overrides, nums = [], [], [], []
     # Where Hydra's run_job would write them: a pending dir (sweeper/__main__), which the run
@@ -597,27 +641,40 @@ def _run_fused(payload: bytes) -> bytes:
         out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
         out.mkdir(parents=True, exist_ok=True)
         task = _task_config(sweep_config)
+        with read_write(sweep_config.hydra.runtime):  # as Hydra's run_job sets it for a solo job
+            sweep_config.hydra.runtime.output_dir = str(out.absolute())
         if hydra_files is not None:
             (out / hydra_files).mkdir(parents=True, exist_ok=True)
             OmegaConf.save(task, out / hydra_files / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / hydra_files / "hydra.yaml")
             OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
         # Each trial's <job name>.log, as Hydra's job logging gives a solo run: the group's lines
-        # are every trial's (a set-aside attempt's log is reopened by train.open_record).
+        # and the trial's own (fused.TrialLog; a set-aside attempt's log is reopened by
+        # train.open_record).
         handler = logging.FileHandler(out / f"{sweep_config.hydra.job.name}.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logging.getLogger().addHandler(handler)
+        handler.addFilter(TrialLog(out))
         logs.append(handler)
         tasks.append(task)
         dirs.append(out)
         overrides.append(list(sweep_config.hydra.overrides.task))
         nums.append(int(sweep_config.hydra.job.num))
+    # A solo job run before this group in this process leaves its log file on the root logger
+    # (Hydra configures logging afresh at each job's start, not at its end): not this group's.
+    root = logging.getLogger()
+    earlier = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in earlier:
+        root.removeHandler(handler)
+    for handler in logs:
+        root.addHandler(handler)
     try:
         summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
     finally:
         for handler in logs:
-            logging.getLogger().removeHandler(handler)
+            root.removeHandler(handler)
             handler.close()
+        for handler in earlier:
+            root.addHandler(handler)
     returns = [
         JobReturn(
             overrides=o,
