@@ -380,11 +380,16 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
         if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
             try:
-                epochs = sum(
-                    1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
-                )
+                lines = (run_dir / "metrics.jsonl").read_text().splitlines()
             except OSError:
-                epochs = 0
+                lines = []
+            epochs = 0
+            for line in lines:  # complete lines only: a kill can cut the last one short
+                try:
+                    json.loads(line)
+                except ValueError:
+                    break
+                epochs += 1
             return "interrupted", f"stopped after {epochs} epochs; a rerun into this sweep dir resumes it"
         return "running", "no summary yet"
     except json.JSONDecodeError:

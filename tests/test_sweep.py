@@ -303,3 +303,17 @@ def test_an_exited_process_not_yet_reaped_writes_nothing_and_is_not_alive():
         assert not processes.alive(job)
     finally:
         child.wait()
+
+
+def test_the_end_summary_counts_complete_epoch_lines_only(tmp_path):
+    from sweeper.sweep import job_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    lines = [json.dumps({"epoch": e}) for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 4, "tra')  # killed mid-line
+    assert job_state(run, ended=True) == (
+        "interrupted",
+        "stopped after 3 epochs; a rerun into this sweep dir resumes it",
+    )
