@@ -7,7 +7,8 @@ stacked along a leading trial dimension and run through one wide copy of the net
 (sweeper/stacked.py: grouped convolutions, batched matmuls), so one launch does the work of all
 of them. Each trial keeps its own initialisation, batch order and augmentation (its own seed),
 its own learning-rate schedule, and writes its own complete run record, in the same format and
-with the same checkpoints as a solo run (so an interrupted fused trial resumes solo). Its curves
+with the same checkpoints as a solo run (an interrupted group resumes as a group, and any of its
+trials can resume alone). Its curves
 are those of the same trial run alone, computed by other kernels: each step differs from the solo
 step by float32 rounding (bf16's, with trainer.precision=bf16). Training amplifies such
 differences where it is unstable: at lr=0.01 a fused trial matched its solo run to 1e-7, at
@@ -168,9 +169,18 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
 def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     """Train the trials together; returns each trial's outcome (status and model facts).
 
-    A trial whose own record cannot be written (its run dir, its disk) fails alone, as its solo
-    run would: its outcome is `failed` with the exception under "error", and the others go on."""
+    The trials start from scratch, or all resume from checkpoints of one epoch (run_group groups
+    them so), exactly as each would resume alone: its weights, momentum, batch generator and
+    record up to that epoch. A trial whose own record cannot be written (its run dir, its disk)
+    fails alone, as its solo run would: its outcome is `failed` with the exception under "error",
+    and the others go on."""
     from sweeper import train
+
+    checkpoints = [record.load_checkpoint() for record in records]
+    start = {int(c["epoch"]) if c is not None else 0 for c in checkpoints}
+    if len(start) != 1:
+        raise ValueError(f"fused trials must start from one epoch, not {sorted(start)}")
+    (start_epoch,) = start
 
     cfg0 = cfgs[0]
     n_trials = len(cfgs)
@@ -186,6 +196,9 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
                 device, memory_format=layout
             )
         )
+    if start_epoch:
+        for net, checkpoint in zip(nets, checkpoints, strict=True):
+            net.load_state_dict(checkpoint["model"])
     params, buffers = stack_module_state(nets)
     base = copy.deepcopy(nets[0]).to("meta")  # a solo net's structure, for the solo checkpoints
     wide = stacked.widen(copy.deepcopy(base), n_trials)  # all trials' forward, one kernel per layer
@@ -196,6 +209,12 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     # once, from one generator whose state each trial's checkpoint then holds.
     shared_batches = len({int(cfg.trainer.seed) for cfg in cfgs}) == 1
     generators = [torch.Generator(device=device).manual_seed(cfg.trainer.seed) for cfg in cfgs]
+    if start_epoch:
+        for generator, checkpoint in zip(generators, checkpoints, strict=True):
+            generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoints[0]["cpu_rng"])  # as a solo resume sets it (one process here)
+        # Trials of one seed that ran together are at one state; otherwise each draws its own.
+        shared_batches &= all(torch.equal(g.get_state(), generators[0].get_state()) for g in generators)
     if shared_batches:
         generators = generators[:1] * n_trials
     forward, step_fn, velocity = trial_sgd(
@@ -208,6 +227,12 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
         l1=float(cfg0.model.l1),
         autocast=autocast,
     )
+    if start_epoch and velocity:  # SGD's momentum buffers, by parameter index (SoloStates.state)
+        names = list(params)
+        for t, checkpoint in enumerate(checkpoints):
+            for i, buf in checkpoint["optimizer"]["state"].items():
+                if "momentum_buffer" in buf:
+                    velocity[names[int(i)]][t].copy_(buf["momentum_buffer"])
     keep = kept_epochs(cfg0)
     info = {
         "n_params": models.n_params(nets[0]),
@@ -241,8 +266,16 @@ def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
     solo_states = SoloStates(cfgs, base, device)
     status = ["completed"] * n_trials
     errors: dict[int, Exception] = {}
-    step, samples, t_start = 0, 0, time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    # Each record as its checkpoint left it (a line written after it is dropped); the trials'
+    # counts agree, as they trained together or alone for the same epochs.
+    rows = [record.keep_epochs_up_to(start_epoch) for record in records]
+    step, samples, time_offset = (
+        (rows[0][-1]["step"], rows[0][-1]["samples"], rows[0][-1]["time_s"]) if start_epoch else (0, 0, 0.0)
+    )
+    if start_epoch:
+        log.info("resuming %d fused trials after epoch %d", n_trials, start_epoch)
+    t_start = time.perf_counter() - time_offset
+    for epoch in range(start_epoch + 1, epochs + 1):
         t_epoch = time.perf_counter()
         wide.train()
         loss_sum = torch.zeros(n_trials, device=device)
@@ -394,33 +427,33 @@ class SoloStates:
 def run_group(
     cfgs: list[DictConfig], run_dirs, overrides, job_nums, hydra_files: str | None = ".hydra"
 ) -> list[dict]:
-    """Like train.run for each trial: skip ended runs, resume unfinished ones solo, fuse the rest.
+    """Like train.run for each trial: skip ended runs, set aside what cannot resume, and train
+    the rest fused -- those resuming from one epoch together (an interrupted group resumes as a
+    group), any at another epoch in a group of their own.
     `hydra_files`: where each job's .hydra files were written (see train.open_record)."""
     from sweeper import train
 
     summaries: list[dict | None] = [None] * len(cfgs)
-    fresh: list[tuple[int, RunLog]] = []
+    by_start: dict[int, list[tuple[int, RunLog]]] = {}
     for i, cfg in enumerate(cfgs):
-        if (
-            (run_dirs[i] / "checkpoint.pt").exists()
-            and not (run_dirs[i] / "summary.json").exists()
-            and cfg.trainer.resume
-        ):
-            with owned_by(run_dirs[i]):
-                summaries[i] = train.run(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)  # resumes
-            continue
         with owned_by(run_dirs[i]):
             record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
         if ended is not None:
             summaries[i] = ended
-        else:
-            fresh.append((i, record))
-    if fresh:
-        group = [cfgs[i] for i, _ in fresh]
-        records = [r for _, r in fresh]
+            continue
+        # open_record leaves a checkpoint only where the run resumes from it
+        start = checkpoint_epoch(record) if record.checkpoint_path.exists() else 0
+        by_start.setdefault(start, []).append((i, record))
+    for members in (by_start[start] for start in sorted(by_start)):
+        group = [cfgs[i] for i, _ in members]
+        records = [r for _, r in members]
         try:
-            outcomes = train_group(group, records) if len(group) > 1 else [train.train(group[0], records[0])]
-            for (i, record), outcome in zip(fresh, outcomes, strict=True):
+            if len(group) > 1:
+                outcomes = train_group(group, records)
+            else:
+                with owned_by(records[0].dir):
+                    outcomes = [train.train(group[0], records[0])]
+            for (i, record), outcome in zip(members, outcomes, strict=True):
                 error = outcome.pop("error", None)  # this trial's own record failed it (train_group)
                 summaries[i] = train.close_record(record, cfgs[i], outcome, error)
         except Exception as e:  # the whole group failed together: each trial says so
@@ -428,6 +461,11 @@ def run_group(
                 raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials
             if train.stopped_by_cluster(e):
                 raise  # a SLURM time limit: stopped too
-            for i, record in fresh:
+            for i, record in members:
                 summaries[i] = train.close_record(record, cfgs[i], {}, e)
     return summaries
+
+
+def checkpoint_epoch(record: RunLog) -> int:
+    """The epoch of the record's checkpoint (a resume starts after it)."""
+    return int(record.load_checkpoint()["epoch"])

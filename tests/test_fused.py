@@ -88,7 +88,48 @@ def test_trials_of_one_seed_draw_one_batch_for_all_and_still_match_their_solo_ru
                 assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
 
 
-def test_a_fused_checkpoint_resumes_solo(tmp_path):
+@pytest.mark.parametrize("trials", [TRIALS, TRIALS[:2]], ids=["own-batches", "one-seed-shared-batches"])
+def test_an_interrupted_group_resumes_as_a_group_and_ends_as_if_never_stopped(tmp_path, monkeypatch, trials):
+    # It resumed trial by trial, solo and one after another: 6 trials resuming 2 of 4 epochs took
+    # longer than the whole fused run.
+    from sweeper.runlog import RunLog
+
+    cfgs = [compose_cfg(*COMMON, "trainer.epochs=4", *t) for t in trials]
+    n = len(cfgs)
+    straight = [tmp_path / "straight" / str(i) for i in range(n)]
+    fused.run_group(cfgs, straight, [[]] * n, list(range(n)))
+    real = RunLog.save_checkpoint
+
+    def save(self, state):  # stopped at the first trial's epoch-3 checkpoint, as by a kill
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+        real(self, state)
+
+    dirs = [tmp_path / "stopped" / str(i) for i in range(n)]
+    monkeypatch.setattr(RunLog, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        fused.run_group(cfgs, dirs, [[]] * n, list(range(n)))
+    monkeypatch.setattr(RunLog, "save_checkpoint", real)
+    assert [len(rows(d)) for d in dirs] == [3] + [2] * (n - 1)  # trial 0's epoch 3 line, no checkpoint
+
+    calls = []
+    monkeypatch.setattr(
+        fused, "train_group", lambda c, r, real=fused.train_group: calls.append(len(c)) or real(c, r)
+    )
+    summaries = fused.run_group(cfgs, dirs, [[]] * n, list(range(n)))
+    assert calls == [n]  # one group, not n solo runs
+    assert [s["status"] for s in summaries] == ["completed"] * n
+    for d, s in zip(dirs, straight, strict=True):
+        resumed, once = rows(d), rows(s)
+        assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+        drop = ("time_s", "epoch_time_s")
+        assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+            {k: v for k, v in r.items() if k not in drop} for r in once
+        ]
+        assert resumed[2]["time_s"] > resumed[1]["time_s"]  # the clock goes on from the checkpoint's
+
+
+def test_a_fused_checkpoint_resumes(tmp_path):
     cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS[:2]]
     dirs = [tmp_path / str(i) for i in range(2)]
     fused.run_group(
