@@ -166,17 +166,19 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
     return forward, step_fn, velocity
 
 
-def train_group(cfgs: list[DictConfig], records: list[RunLog]) -> list[dict]:
+def train_group(
+    cfgs: list[DictConfig], records: list[RunLog], checkpoints: list[dict | None] | None = None
+) -> list[dict]:
     """Train the trials together; returns each trial's outcome (status and model facts).
 
     The trials start from scratch, or all resume from checkpoints of one epoch (run_group groups
-    them so), exactly as each would resume alone: its weights, momentum, batch generator and
-    record up to that epoch. A trial whose own record cannot be written (its run dir, its disk)
+    them so; `checkpoints`, the records' as loaded, or None to load them), exactly as each would
+    resume alone: its weights, momentum, batch generator and record up to that epoch. A trial whose own record cannot be written (its run dir, its disk)
     fails alone, as its solo run would: its outcome is `failed` with the exception under "error",
     and the others go on."""
     from sweeper import train
 
-    checkpoints = [record.load_checkpoint() for record in records]
+    checkpoints = checkpoints or [record.load_checkpoint() for record in records]
     start = {int(c["epoch"]) if c is not None else 0 for c in checkpoints}
     if len(start) != 1:
         raise ValueError(f"fused trials must start from one epoch, not {sorted(start)}")
@@ -434,22 +436,22 @@ def run_group(
     from sweeper import train
 
     summaries: list[dict | None] = [None] * len(cfgs)
-    by_start: dict[int, list[tuple[int, RunLog]]] = {}
+    by_start: dict[int, list[tuple[int, RunLog, dict | None]]] = {}
     for i, cfg in enumerate(cfgs):
         with owned_by(run_dirs[i]):
             record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
         if ended is not None:
             summaries[i] = ended
             continue
-        # open_record leaves a checkpoint only where the run resumes from it
-        start = checkpoint_epoch(record) if record.checkpoint_path.exists() else 0
-        by_start.setdefault(start, []).append((i, record))
-    for members in (by_start[start] for start in sorted(by_start)):
+        checkpoint = record.load_checkpoint()  # open_record leaves one only where the run resumes from it
+        by_start.setdefault(int(checkpoint["epoch"]) if checkpoint else 0, []).append((i, record, checkpoint))
+    for start in sorted(by_start):
+        members = [(i, record) for i, record, _ in by_start[start]]
         group = [cfgs[i] for i, _ in members]
         records = [r for _, r in members]
         try:
             if len(group) > 1:
-                outcomes = train_group(group, records)
+                outcomes = train_group(group, records, [c for _, _, c in by_start[start]])
             else:
                 with owned_by(records[0].dir):
                     outcomes = [train.train(group[0], records[0])]
@@ -464,8 +466,3 @@ def run_group(
             for i, record in members:
                 summaries[i] = train.close_record(record, cfgs[i], {}, e)
     return summaries
-
-
-def checkpoint_epoch(record: RunLog) -> int:
-    """The epoch of the record's checkpoint (a resume starts after it)."""
-    return int(record.load_checkpoint()["epoch"])

@@ -78,6 +78,22 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
+def complete_lines(path: Path) -> list[dict]:
+    """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
+    last one short); [] when the file is absent."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
 class RunLog:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
@@ -107,15 +123,7 @@ class RunLog:
     # -- per epoch
     def read_metrics(self) -> list[dict]:
         """The complete lines of metrics.jsonl; a truncated last line (a crash mid-write) is dropped."""
-        if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return rows
+        return complete_lines(self.metrics_path)
 
     def why_not_resumable(self) -> str | None:
         """Why the record cannot be resumed from its checkpoint, or None when it can.

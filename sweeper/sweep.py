@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper import processes, submitted
-from sweeper.runlog import atomic_write, to_json
+from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference, new_attempt_dir
 from sweeper.validate import ConfigError, check, check_device
 
@@ -380,16 +380,9 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
         if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
             try:
-                lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+                epochs = len(complete_lines(run_dir / "metrics.jsonl"))  # a kill can cut the last short
             except OSError:
-                lines = []
-            epochs = 0
-            for line in lines:  # complete lines only: a kill can cut the last one short
-                try:
-                    json.loads(line)
-                except ValueError:
-                    break
-                epochs += 1
+                epochs = 0
             return "interrupted", f"stopped after {epochs} epochs; a rerun into this sweep dir resumes it"
         return "running", "no summary yet"
     except json.JSONDecodeError:

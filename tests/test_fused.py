@@ -114,7 +114,7 @@ def test_an_interrupted_group_resumes_as_a_group_and_ends_as_if_never_stopped(tm
 
     calls = []
     monkeypatch.setattr(
-        fused, "train_group", lambda c, r, real=fused.train_group: calls.append(len(c)) or real(c, r)
+        fused, "train_group", lambda c, *rest, real=fused.train_group: calls.append(len(c)) or real(c, *rest)
     )
     summaries = fused.run_group(cfgs, dirs, [[]] * n, list(range(n)))
     assert calls == [n]  # one group, not n solo runs
