@@ -67,10 +67,11 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     20`): a run stopped early is not ranked as if it had finished."""
     ranking = sweep.rank(metric)
     if not ranking.empty:
-        return ranking
+        return _with_seed_count(sweep, ranking, ("completed",))
     ranking = sweep.rank(metric, statuses=None)
     if ranking.empty:
         return ranking
+    ranking = _with_seed_count(sweep, ranking, None)
     ended = sweep.runs.assign(
         ended=[
             f"{s} at epoch {e}" for s, e in zip(sweep.runs["status"], sweep.runs["epochs_done"], strict=True)
@@ -83,6 +84,18 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
         )
         return ranking.merge(how.rename("runs").reset_index(), on=keys, how="left")
     return ranking.assign(runs="; ".join(dict.fromkeys(ended["ended"])))
+
+
+def _with_seed_count(sweep: Sweep, ranking: pd.DataFrame, statuses) -> pd.DataFrame:
+    """A `seeds` column (distinct seeds among each configuration's n runs) when some configuration
+    repeats a seed: two sweeps combined that both ran seed 0 give n=2 for one sample."""
+    keys, seed = sweep.group_keys, sweep.seed_key
+    if seed not in sweep.runs or not keys:
+        return ranking
+    pool = sweep.runs if statuses is None else sweep.runs[sweep.runs["status"].isin(list(statuses))]
+    seeds = pool.groupby(keys, dropna=False, sort=False)[seed].nunique(dropna=False).rename("seeds")
+    counted = ranking.merge(seeds.reset_index(), on=keys, how="left")
+    return counted if (counted["seeds"] < counted["n"]).any() else ranking
 
 
 def best_config(sweep: Sweep, ranking: pd.DataFrame, require: Sequence[str] = ()) -> dict:
@@ -397,7 +410,8 @@ def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
 
 def _ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     ended = ["runs"] if "runs" in ranking else []  # no run completed: how they ended (ranking_for)
-    table = ranking[["rank", *keys, "n", "mean", "std", "noise", "ci_lo", "ci_hi", *ended]].copy()
+    seeds = ["seeds"] if "seeds" in ranking else []  # some configuration repeats a seed
+    table = ranking[["rank", *keys, "n", *seeds, "mean", "std", "noise", "ci_lo", "ci_hi", *ended]].copy()
     table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
     return table
 
@@ -511,6 +525,12 @@ def _ranking_text(ranking: pd.DataFrame) -> str:
             "from noise"
         )
     text += "."
+    if "seeds" in ranking:
+        text += (
+            " **Repeated seeds**: where `seeds` < `n`, runs of one configuration share a seed (sweeps "
+            "combined that ran it twice); they are not independent samples, so the std and interval "
+            "understate the noise."
+        )
     if "runs" in ranking:
         text += (
             " **No run completed**: configurations are ranked at their runs' last logged epoch, and "

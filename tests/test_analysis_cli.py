@@ -271,3 +271,15 @@ def test_a_reader_that_stops_early_gets_no_traceback(sweep):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert err == ""
+
+
+def test_sweeps_combined_that_repeat_a_seed_are_flagged_in_the_ranking(tmp_path, capsys):
+    # lecture_lr and lecture_test_loss both ran lr=0.1 at seed 0: n=4 counted it twice, silently.
+    a = make_sweep(tmp_path / "a", {"lr": [0.1, 0.2]}, seeds=(0,), epochs=3)
+    b = make_sweep(tmp_path / "b", {"lr": [0.1]}, seeds=(0, 1, 2), epochs=3)
+    assert main([str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    ranking = pd.read_csv(tmp_path / "both" / "ranking.csv").set_index("lr")
+    assert ranking.loc[0.1, "n"] == 4 and ranking.loc[0.1, "seeds"] == 3
+    assert "**Repeated seeds**" in (tmp_path / "both" / "report.md").read_text()
+    assert main([str(b), "--out", str(tmp_path / "alone")]) == 0  # distinct seeds: no such column
+    assert "seeds" not in pd.read_csv(tmp_path / "alone" / "ranking.csv").columns
