@@ -190,7 +190,7 @@ def loss_acc_decoupling(
 
 
 def capacity_verdict(
-    curves: pd.DataFrame, min_train_acc: float = 0.999, max_train_loss: float | None = None
+    curves: pd.DataFrame, *, min_train_acc: float = 0.999, max_train_loss: float | None = None
 ) -> pd.DataFrame:
     """Did each run fit (memorise) its training set — train accuracy >= min_train_acc, and, when
     given, train loss <= max_train_loss — and from which epoch? The lecture's capacity check on a

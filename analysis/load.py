@@ -362,19 +362,27 @@ ABSENT = object()  # a key a run's config.json does not have (null is a value: d
 def fill_older_records(key: str, flat: list[dict]) -> list:
     """The values of `key` in the runs' flattened configs, None where a config lacks it.
 
-    A record written before the project had the knob `key` lacks it. When every record that has
-    it agrees on one value, and every run chose the same option of the key's group (`schedule.lr2`
-    is absent by design from runs of another schedule than `step`), the older ones ran at that
-    value too (the knob came with its default), so they get it: else runs of one configuration
-    would split on "absent". A label (`+tag=...`), or a knob whose records disagree, stays absent.
+    A record written before the project had the knob `key` lacks it. Among the runs that chose
+    the same option of the key's group (`schedule.lr2` is absent by design from runs of another
+    schedule than `step`), when every record that has the key agrees on one value, the older ones
+    ran at that value too (the knob came with its default), so they get it: else runs of one
+    configuration would split on "absent". A label (`+tag=...`), or a knob whose records
+    disagree, stays absent.
     """
     values = [row.get(key, ABSENT) for row in flat]
-    given = [v for v in values if v is not ABSENT]
     section = key.split(".")[0]
-    knob = section in CONFIG_SECTIONS or key in TOP_LEVEL_KNOBS
-    one_option = len({_dumps(row.get(f"{section}.name")) for row in flat}) == 1
-    fill = given[0] if knob and one_option and given and len({_dumps(v) for v in given}) == 1 else None
-    return [fill if v is ABSENT else v for v in values]
+    if section not in CONFIG_SECTIONS and key not in TOP_LEVEL_KNOBS:
+        return [None if v is ABSENT else v for v in values]
+    by_option: dict[str | None, list[int]] = {}
+    for i, row in enumerate(flat):
+        by_option.setdefault(_dumps(row.get(f"{section}.name")), []).append(i)
+    for rows in by_option.values():
+        given = [values[i] for i in rows if values[i] is not ABSENT]
+        fill = given[0] if given and len({_dumps(v) for v in given}) == 1 else None
+        for i in rows:
+            if values[i] is ABSENT:
+                values[i] = fill
+    return values
 
 
 def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
@@ -574,8 +582,7 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "overrides": " ".join(overrides),
         "n_params": summary.get("n_params"),
         "receptive_field_px": summary.get("receptive_field_px"),
-        "n_train": summary.get("n_train"),
-        "n_test": summary.get("n_test"),
+        **_image_counts(summary, item.record.config),
         "time_s": summary.get("time_s"),
         "fused_trials": summary.get("fused_trials"),  # time_s is then its group's
         "error": summary.get("error"),
@@ -593,6 +600,19 @@ def _meta_row(item: _Loaded, status: str) -> dict:
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version
     return row
+
+
+CIFAR10_IMAGES = {"train": 50_000, "test": 10_000}  # sweeper.data's, without importing torch
+
+
+def _image_counts(summary: dict, config: dict | None) -> dict:
+    """n_train and n_test: the summary's, or, for a run without one (running, interrupted), what
+    its config says it trains and evaluates on (an accuracy's noise depends on them)."""
+    data = (config or {}).get("data") or {}
+    full = CIFAR10_IMAGES if data.get("name") == "cifar10" else {}
+    n_train = summary.get("n_train") or data.get("train_size") or data.get("n_train") or full.get("train")
+    n_test = summary.get("n_test") or data.get("n_test") or full.get("test")
+    return {"n_train": n_train, "n_test": n_test}
 
 
 SUMMARY_METRICS = (

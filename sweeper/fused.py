@@ -455,14 +455,22 @@ def run_group(
             else:
                 with owned_by(records[0].dir):
                     outcomes = [train.train(group[0], records[0])]
-            for (i, record), outcome in zip(members, outcomes, strict=True):
-                error = outcome.pop("error", None)  # this trial's own record failed it (train_group)
-                summaries[i] = train.close_record(record, cfgs[i], outcome, error)
         except Exception as e:  # the whole group failed together: each trial says so
             if train.interrupted(e):
                 raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials
             if train.stopped_by_cluster(e):
                 raise  # a SLURM time limit: stopped too
-            for i, record in members:
-                summaries[i] = train.close_record(record, cfgs[i], {}, e)
+            outcomes = [{"error": e} for _ in members]
+        # Each trial closed on its own: one whose summary cannot be written (its disk, its dir)
+        # must not turn the others' finished runs into failures, nor leave them unclosed.
+        for (i, record), outcome in zip(members, outcomes, strict=True):
+            error = outcome.pop("error", None)  # its own record failed it (train_group), or the group
+            try:
+                summaries[i] = train.close_record(record, cfgs[i], outcome, error)
+            except Exception as err:
+                if train.interrupted(err):
+                    raise KeyboardInterrupt from err
+                log.error("%s: its summary could not be written: %s: %s", record.dir, type(err).__name__, err,
+                          extra={"trial": record.dir})  # fmt: skip
+                summaries[i] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     return summaries

@@ -78,18 +78,24 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
+def _io_error(err: Exception) -> bool:
+    """An error of the file system (it has an errno: EIO, ESTALE, EACCES) or of memory, which a
+    retry may not meet, rather than of the file's content."""
+    return isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno is not None)
+
+
 def complete_lines(path: Path) -> list[dict]:
     """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
     last one short); [] when the file is absent."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
     rows = []
-    for line in text.splitlines():
+    for line in data.splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # cut short, or bytes that are not UTF-8 (damage)
             break
     return rows
 
@@ -116,8 +122,8 @@ class RunLog:
 
     def read_json(self, name: str) -> dict | None:
         try:
-            return json.loads((self.dir / name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            return json.loads((self.dir / name).read_bytes())
+        except (FileNotFoundError, ValueError):  # absent, cut short, or not UTF-8
             return None
 
     # -- per epoch
@@ -135,15 +141,17 @@ class RunLog:
         try:
             checkpoint = self.load_checkpoint()
         except Exception as err:  # a truncated zip, a foreign file: torch raises several kinds
+            if _io_error(err):
+                raise  # the file system's trouble (EIO, ESTALE), not the file's: the run fails, a rerun resumes
             return f"checkpoint.pt does not load ({type(err).__name__})"
         if checkpoint is None:
             return "no checkpoint.pt"
         if self.metrics_path.exists():
-            lines = self.metrics_path.read_text().splitlines()
+            lines = self.metrics_path.read_bytes().splitlines()
             for i, line in enumerate(lines[:-1]):
                 try:
                     json.loads(line)
-                except json.JSONDecodeError:
+                except ValueError:  # not JSON, or not UTF-8
                     return f"metrics.jsonl line {i + 1} is damaged"
         epochs = [r.get("epoch") for r in self.read_metrics()]
         done = int(checkpoint.get("epoch", -1))
@@ -154,6 +162,8 @@ class RunLog:
                 with np.load(self.losses_path, allow_pickle=False) as z:
                     z["epochs"], z["train_hist"], z["test_hist"]  # noqa: B018 (reading is the check)
             except Exception as err:
+                if _io_error(err):
+                    raise
                 return f"losses.npz does not load ({type(err).__name__})"
         return None
 

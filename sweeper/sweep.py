@@ -385,7 +385,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
                 epochs = 0
             return "interrupted", f"stopped after {epochs} epochs; a rerun into this sweep dir resumes it"
         return "running", "no summary yet"
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not UTF-8
         return "failed", "unreadable summary.json"
     state = summary.get("status", "failed")
     if state == "completed":

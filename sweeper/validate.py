@@ -713,6 +713,10 @@ def _check_launcher_type(arg: str, current, given) -> None:
         return  # null (the schema says where it is allowed), an interpolation: checked once composed
     if isinstance(current, ListConfig) and isinstance(given, dict):
         raise ConfigError(f"{arg} is invalid: must be a list, such as [{', '.join(map(str, current))}]")
+    if isinstance(given, str) and given.strip().lower() in ("true", "false"):
+        given = given.strip().lower() == "true"  # quoted ("true"): OmegaConf converts it
+    elif isinstance(given, str) and given.strip().lstrip("+-").isdigit():
+        given = int(given)  # quoted ("2")
     if isinstance(current, bool) and not isinstance(given, bool):
         raise ConfigError(f"{arg} is invalid: allowed values are true and false")
     if (
@@ -787,6 +791,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
                 override.type is not OverrideType.CHANGE
                 and (name in known or override.type is OverrideType.DEL)
             ):
+                current = OmegaConf.select(base, key, default=_MISSING)
+                if override.type is OverrideType.FORCE_ADD and current is not _MISSING:
+                    _check_launcher_type(arg, current, override.value())  # ++fuse=2 sets fuse as fuse=2 does
                 continue  # another class; +key, ++key, ~key within a launcher's key: checked below
             if name not in known:  # a launcher takes the keys it has, with + or without
                 others = [  # the key belongs to another launcher (jobs_per_task to sweeper_local, say)

@@ -172,6 +172,13 @@ def test_a_net_that_gets_every_training_image_right_fits_whatever_loss_it_still_
     assert not capacity_verdict(curves, max_train_loss=0.01).loc["memorised", "fits"]  # claim 6a's "loss ≈ 0"
 
 
+def test_capacity_verdict_thresholds_are_named_not_positional():
+    # The order of the two thresholds changed: capacity_verdict(curves, 0.05) meant a loss then.
+    curves = curves_of(big=dict(train_loss=[1.0, 0.05], train_acc=[0.6, 1.0]))
+    with pytest.raises(TypeError):
+        capacity_verdict(curves, 0.05)
+
+
 def test_fit_state_on_the_final_accuracies():
     assert fit_state(0.70, 0.60) == "underfits"  # below 75% of its own training images
     assert fit_state(0.95, 0.65) == "overfits"  # 30 points above its test accuracy

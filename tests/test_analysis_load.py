@@ -462,3 +462,23 @@ def test_null_is_a_value_not_an_absent_key(tmp_path):
     sweep = load_sweep(grid_sweep(tmp_path / "s", [{"data.train_size": None}, {"data.train_size": 1000}]))
     assert sweep.runs["data.train_size"].isna().tolist() == [True, False]
     assert sweep.group_keys == ["data.train_size"]
+
+
+def test_older_records_are_filled_within_the_option_that_has_the_knob():
+    from analysis.load import fill_older_records
+
+    rows = [
+        {"optim.name": "sgd", "optim.momentum": 0.9},
+        {"optim.name": "sgd"},  # an sgd record from before the knob
+        {"optim.name": "adam"},  # adam has no momentum: stays absent
+    ]
+    assert fill_older_records("optim.momentum", rows) == [0.9, 0.9, None]
+
+
+def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
+    # The tie rule's noise needs them: with none, a running run's accuracy had no noise at all.
+    sweep = load_sweep(make_sweep(tmp_path / "s", {"lr": [0.1, 0.2]}, seeds=(0,), epochs=4, running=[1]))
+    assert sweep.runs["status"].tolist() == ["completed", "running"]
+    config = json.loads((tmp_path / "s" / "1" / "config.json").read_text())
+    assert not (tmp_path / "s" / "1" / "summary.json").exists()
+    assert sweep.runs["n_test"].tolist() == [config["data"]["n_test"]] * 2

@@ -238,6 +238,10 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
             ["hydra/launcher=pool", "hydra.launcher.fuse=yes"],
             "hydra.launcher.fuse=yes is invalid: allowed values are true and false",
         ),
+        (  # ++ on a key the launcher has sets it as a plain override does
+            ["hydra/launcher=pool", "++hydra.launcher.fuse=2"],
+            "++hydra.launcher.fuse=2 is invalid: allowed values are true and false",
+        ),
         (  # OmegaConf: "Value '1.5' of type 'float' could not be converted to Integer"
             ["hydra/launcher=pool", "hydra.launcher.slots_per_device=1.5"],
             "hydra.launcher.slots_per_device=1.5 is invalid: must be a whole number (an integer such as 1)",
@@ -304,6 +308,11 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
         str(CONF),
     )
+    validate.check_launcher(  # quoted, as OmegaConf converts them: accepted before the type check came
+        ["-m", "hydra/launcher=pool", 'hydra.launcher.slots_per_device="2"', 'hydra.launcher.fuse="true"',
+         "++hydra.launcher.fuse=false"],
+        str(CONF),
+    )  # fmt: skip
     validate.check_launcher(  # the overrides docs/slurm.md shows
         [
             "-m",

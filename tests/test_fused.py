@@ -226,3 +226,28 @@ print("torch._dynamo" in sys.modules)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False"]
     assert (tmp_path / "0" / "checkpoint.pt").exists() and (tmp_path / "1" / "checkpoint.pt").exists()
+
+
+def test_a_trial_whose_summary_cannot_be_written_leaves_the_others_closed_as_they_ended(
+    tmp_path, monkeypatch
+):
+    # One try around training and closing: trial 1's failing summary re-closed trial 0 as failed
+    # (with trial 1's error) and left trial 2 without a summary.
+    from sweeper.runlog import RunLog
+
+    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS]
+    dirs = [tmp_path / str(i) for i in range(3)]
+    real = RunLog.write_summary
+
+    def write_summary(self, summary):
+        if self.dir.name == "1":
+            raise OSError(28, "No space left on device")
+        real(self, summary)
+
+    monkeypatch.setattr(RunLog, "write_summary", write_summary)
+    summaries = fused.run_group(cfgs, dirs, [[]] * 3, [0, 1, 2])
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert summaries[1]["error"] == "OSError: [Errno 28] No space left on device"
+    for i in (0, 2):
+        assert json.loads((dirs[i] / "summary.json").read_text())["status"] == "completed"
+    assert not (dirs[1] / "summary.json").exists()

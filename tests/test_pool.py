@@ -488,3 +488,8 @@ def test_threads_per_worker_share_the_cpus_and_keep_the_users_setting(monkeypatc
     assert [threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads_per_worker(4) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's per-level list: the first level's
+    assert threads_per_worker(4) == 4
+    for unusable in ("0", "many", ""):  # set_num_threads(0) failed in every worker; int("many") here
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert threads_per_worker(2) == 4

@@ -368,13 +368,17 @@ def test_a_resume_before_the_first_kept_epoch_keeps_no_later_histogram(tmp_path,
         (lambda d: (d / "metrics.jsonl").write_text("{broken\n" + "".join(
             line + "\n" for line in (d / "metrics.jsonl").read_text().splitlines()[1:])),
          "metrics.jsonl line 1 is damaged"),
+        (lambda d: (d / "metrics.jsonl").write_bytes(b"\xff\xfe\n" + b"".join(
+            line + b"\n" for line in (d / "metrics.jsonl").read_bytes().splitlines()[1:])),
+         "metrics.jsonl line 1 is damaged"),
         (lambda d: (d / "metrics.jsonl").unlink(), "metrics.jsonl does not hold epochs 1..2"),
         (lambda d: (d / "checkpoint.pt").write_bytes((d / "checkpoint.pt").read_bytes()[:1000]),
          "checkpoint.pt does not load"),
         (lambda d: (d / "losses.npz").write_bytes((d / "losses.npz").read_bytes()[:100]),
          "losses.npz does not load"),
     ],
-    ids=["a-damaged-line-before-the-last", "no-metrics", "truncated-checkpoint", "truncated-losses"],
+    ids=["a-damaged-line-before-the-last", "a-line-not-utf8", "no-metrics", "truncated-checkpoint",
+         "truncated-losses"],
 )  # fmt: skip
 def test_a_record_damaged_from_outside_is_set_aside_whole_not_resumed_from_what_survives(
     tmp_path, monkeypatch, caplog, damage, why
@@ -399,12 +403,13 @@ def test_a_record_damaged_from_outside_is_set_aside_whole_not_resumed_from_what_
 
 
 @pytest.mark.parametrize("resume", [True, False])
-def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monkeypatch, resume):
+@pytest.mark.parametrize("damage", [b"{damaged", b"\xff\xfe"], ids=["not-json", "not-utf8"])
+def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monkeypatch, resume, damage):
     # Its config cannot be checked against this one: resumed, lr=0.1's optimizer state trained
-    # on under config.json's lr=0.2, a mislabelled record.
+    # on under config.json's lr=0.2, a mislabelled record. (Bytes that are not UTF-8 raised.)
     run_dir = tmp_path / "run"
     interrupt_at_checkpoint(monkeypatch, compose_cfg("trainer.epochs=3"), run_dir, 3)
-    (run_dir / "config.json").write_text("{damaged")
+    (run_dir / "config.json").write_bytes(damage)
     cfg = compose_cfg("trainer.epochs=3", "lr=0.2", f"trainer.resume={resume}")
     assert train.run(cfg, run_dir)["status"] == "completed"
     assert (run_dir / "attempts" / "1" / "checkpoint.pt").exists()
@@ -424,3 +429,24 @@ def test_a_write_that_fails_leaves_no_partial_copy_behind(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="No space"):
         runlog.atomic_write(tmp_path / "checkpoint.pt", b"x" * 1000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_the_file_system_cannot_read_now_is_not_set_aside(tmp_path, monkeypatch):
+    # EIO or ESTALE on a network file system says nothing of the file: setting a sound record
+    # aside would retrain the run from epoch 1. The start fails; a rerun resumes.
+    import errno
+
+    cfg = compose_cfg("trainer.epochs=3")
+    run_dir = tmp_path / "run"
+    interrupt_at_checkpoint(monkeypatch, cfg, run_dir, 3)
+
+    def unreadable(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(RunLog, "load_checkpoint", unreadable)
+    with pytest.raises(OSError, match="Input/output"):
+        train.run(cfg, run_dir)
+    monkeypatch.undo()
+    assert not (run_dir / "attempts").exists()
+    assert train.run(cfg, run_dir)["status"] == "completed"
+    assert not (run_dir / "attempts").exists()  # resumed

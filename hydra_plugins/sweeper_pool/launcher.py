@@ -81,9 +81,11 @@ def threads_per_worker(n_workers: int) -> int:
     """CPU threads for each of `n_workers` workers: this process's CPUs shared out. Each would
     otherwise start one per core, and N workers on C cores oversubscribe them N times: on a 2-core
     machine 2 CPU slots ran 3-4x slower than one process (their threads preempting each other).
-    An OMP_NUM_THREADS the user set is theirs to keep."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"])
+    An OMP_NUM_THREADS the user set (its first level) is theirs to keep; one that is not a
+    positive count is ignored."""
+    given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2": per level
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cpus // max(1, n_workers))
 
