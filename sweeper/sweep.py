@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper import processes, submitted
 from sweeper.runlog import atomic_write, complete_lines, to_json
-from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, config_difference, new_attempt_dir
+from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, attempt_dir, config_difference, move_into
 from sweeper.validate import ConfigError, check, check_device
 
 STATES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
@@ -251,11 +250,11 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
                 f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
                 "(or stop it) before starting this sweep over"
             )
-    target = new_attempt_dir(sweep_dir)
-    for name in ("sweep.json", "multirun.yaml", *inside):
-        if (sweep_dir / name).exists():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(sweep_dir / name), target / name)
+    with attempt_dir(sweep_dir) as target:
+        for name in ("sweep.json", "multirun.yaml", *inside):
+            if (sweep_dir / name).exists():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                move_into(sweep_dir / name, target / name)
     return target
 
 

@@ -403,13 +403,36 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
             )
 
 
-def new_attempt_dir(parent: Path) -> Path:
-    """parent/attempts/N/, made, N one past the highest there: where an earlier attempt is kept."""
+# In attempts/N/ while a set-aside moves files there. A kill mid-move leaves it, and the next
+# set-aside finishes the move into the same N: one attempt is never split over two.
+UNFINISHED = ".unfinished"
+
+
+@contextlib.contextmanager
+def attempt_dir(parent: Path):
+    """parent/attempts/N/ to move an earlier attempt into: an unfinished one's, or a new one, N one
+    past the highest there. Marked unfinished until the block ends."""
     attempts = parent / "attempts"
-    n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
-    target = attempts / str(n)
-    target.mkdir(parents=True)
-    return target
+    unfinished = sorted(p for p in attempts.glob(f"*/{UNFINISHED}") if p.parent.name.isdigit())
+    if unfinished:
+        target = unfinished[0].parent
+    else:
+        n = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+        target = attempts / str(n)
+        target.mkdir(parents=True)
+        (target / UNFINISHED).touch()
+    yield target
+    (target / UNFINISHED).unlink(missing_ok=True)
+
+
+def move_into(source: Path, target: Path) -> None:
+    """Move `source` to `target`, or beside it (name.~2, name.~3, ...) if something of that name
+    is there already: finishing an interrupted set-aside may meet one. Never overwrites."""
+    free, k = target, 1
+    while free.exists() or free.is_symlink():
+        k += 1
+        free = target.with_name(f"{target.name}.~{k}")
+    shutil.move(str(source), free)
 
 
 def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
@@ -418,14 +441,14 @@ def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
     Its Hydra log (train.log) goes too, and its .hydra/ unless `hydra_files` is False (Hydra has
     already written this attempt's own there). The log is reopened here, so this attempt's lines
     start a new train.log instead of following the old file into attempts/N/."""
-    target = new_attempt_dir(record.dir)
     names = [*RECORD_FILES, *(p.name for p in record.dir.glob("*.log") if p.is_file())]
     names += [HYDRA_FILES] if hydra_files else []
     moved = set()
-    for name in names:
-        if (record.dir / name).exists():
-            shutil.move(str(record.dir / name), target / name)
-            moved.add((record.dir / name).resolve())
+    with attempt_dir(record.dir) as target:
+        for name in names:
+            if (record.dir / name).exists():
+                move_into(record.dir / name, target / name)
+                moved.add((record.dir / name).resolve())
     _reopen_logs(moved)
     return target
 

@@ -450,3 +450,44 @@ def test_a_checkpoint_the_file_system_cannot_read_now_is_not_set_aside(tmp_path,
     assert not (run_dir / "attempts").exists()
     assert train.run(cfg, run_dir)["status"] == "completed"
     assert not (run_dir / "attempts").exists()  # resumed
+
+
+def test_a_set_aside_stopped_midway_is_finished_into_the_same_attempt(tmp_path, monkeypatch):
+    # Killed after config.json had moved, the rest went to attempts/2 at the next start: one
+    # attempt split over two dirs.
+    cfg = compose_cfg("trainer.epochs=3")
+    run_dir = tmp_path / "run"
+    train.run(cfg, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
+    real_move = train.shutil.move
+    moves = []
+
+    def move(src, dst):
+        if len(moves) == 2:  # config.json and job.json have moved
+            raise KeyboardInterrupt
+        moves.append(src)
+        return real_move(src, dst)
+
+    monkeypatch.setattr(train.shutil, "move", move)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(compose_cfg("trainer.epochs=3", "trainer.resume=false"), run_dir)
+    monkeypatch.undo()
+    assert (run_dir / "attempts" / "1" / train.UNFINISHED).exists()
+
+    assert (
+        train.run(compose_cfg("trainer.epochs=3", "trainer.resume=false"), run_dir)["status"] == "completed"
+    )
+    kept = run_dir / "attempts" / "1"
+    assert [p.name for p in (run_dir / "attempts").iterdir()] == ["1"]
+    assert not (kept / train.UNFINISHED).exists()
+    assert {name: (kept / name).read_bytes() for name in before} == before  # the whole earlier attempt
+
+
+def test_moving_into_an_attempt_never_overwrites(tmp_path):
+    (tmp_path / "a").write_text("old")
+    (tmp_path / "b").write_text("new")
+    (tmp_path / "kept").mkdir()
+    train.move_into(tmp_path / "a", tmp_path / "kept" / "train.log")
+    train.move_into(tmp_path / "b", tmp_path / "kept" / "train.log")
+    assert (tmp_path / "kept" / "train.log").read_text() == "old"
+    assert (tmp_path / "kept" / "train.log.~2").read_text() == "new"
