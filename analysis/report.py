@@ -514,8 +514,7 @@ def _ranking_text(ranking: pd.DataFrame) -> str:
         "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
         "seed-to-seed std (`noise`: the tie threshold)"
     )
-    single = ranking["n"] == 1 if "n" in ranking else pd.Series(dtype=bool)
-    if single.any():
+    if (ranking["n"] == 1).any():  # rank_configs always gives n
         accuracy = ranking["noise"].where(ranking["std"].isna()).dropna().gt(0).any()
         text += (
             ", or, for a configuration of one seed, than its accuracy's binomial standard error over "

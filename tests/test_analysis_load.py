@@ -482,3 +482,11 @@ def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
     config = json.loads((tmp_path / "s" / "1" / "config.json").read_text())
     assert not (tmp_path / "s" / "1" / "summary.json").exists()
     assert sweep.runs["n_test"].tolist() == [config["data"]["n_test"]] * 2
+
+
+def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
+    # Twins: analysis must not import sweeper.validate (it imports torch), so each names them.
+    from analysis.load import CONFIG_SECTIONS
+    from sweeper.validate import SECTIONS
+
+    assert CONFIG_SECTIONS == SECTIONS
