@@ -7,7 +7,7 @@
 
     python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
         a one-screen table of the jobs: completed, running, submitted, interrupted, stalled,
-        failed, diverged, missing.
+        failed, diverged, damaged, missing.
 
 Bad input (no such dir, no runs, unknown metric, unwritable --out) prints one line on stderr
 and exits with 2.

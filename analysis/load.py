@@ -184,7 +184,7 @@ def discover(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[li
 def read_json(path: Path) -> tuple[object | None, str | None]:
     """(value, None), or (None, reason) when the file is missing or not valid JSON."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         return None, f"{path.name} missing"
     except OSError as err:
@@ -193,13 +193,47 @@ def read_json(path: Path) -> tuple[object | None, str | None]:
         return json.loads(text), None
     except json.JSONDecodeError as err:
         return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
+    except UnicodeDecodeError:
+        return None, f"{path.name} is not valid JSON (not UTF-8)"
+
+
+def damaged(name: str, what: str) -> str:
+    """The one way a damaged record file is named, in problems and in `status`."""
+    return f"damaged: {name}: {what}"
+
+
+def read_object(path: Path) -> tuple[dict | None, str | None]:
+    """A record file that must hold one JSON object: (object, None), (None, None) when absent,
+    or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
+    file that is cut short, garbage or another shape of JSON was damaged from outside."""
+    value, note = read_json(path)
+    if note is not None:
+        if note.endswith(" missing"):
+            return None, None
+        return None, damaged(path.name, note.removeprefix(f"{path.name} ").removeprefix("is "))
+    if not isinstance(value, dict):
+        return None, damaged(path.name, "not a JSON object")
+    return value, None
+
+
+def _bad_value(row: dict) -> str | None:
+    """Why a metrics line's values are not what the trainer writes: an int epoch, and numbers or
+    null (a non-finite value) for the rest."""
+    epoch = row.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"epoch is {json.dumps(epoch)}, not an epoch number"
+    for key, value in row.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key} is {json.dumps(value)}, not a number"
+    return None
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
     """Parse metrics.jsonl: (rows, notes, truncated).
 
     A crash (or a read racing the writer) can leave a partial last line: it is dropped and
-    `truncated` is True. A bad line elsewhere is dropped with a note.
+    `truncated` is True. Any other bad line -- not JSON, not an object, a value that is not a
+    number -- is damage: dropped, with a "damaged: metrics.jsonl: ..." note.
     """
     try:
         data = path.read_bytes()
@@ -209,7 +243,8 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
         return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
     lines = data.split(b"\n")
     rows, notes, truncated = [], [], False
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    # Only an unterminated last line can be a write cut short; a complete line is damage.
+    last = len(lines) - 1 if lines[-1].strip() else -1
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -217,18 +252,63 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
             row = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             row = None
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-        elif i == last:
+        if i == last and not isinstance(row, dict):
             truncated = True
+            continue
+        if row is None:
+            why = "not valid JSON"
         else:
-            notes.append(f"metrics.jsonl line {i + 1} unreadable, dropped")
+            why = "not a JSON object" if not isinstance(row, dict) else _bad_value(row)
+        if why is None:
+            rows.append(row)
+        else:
+            notes.append(damaged("metrics.jsonl", f"line {i + 1}: {why}, dropped"))
     return rows, notes, truncated
+
+
+FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+        return False
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def summary_disagreement(summary: dict, rows: list[dict], truncated: bool) -> str | None:
+    """Where summary.json and metrics.jsonl disagree: "damaged: <file>: <what>", else None.
+
+    The trainer writes summary.json last, from metrics.jsonl's complete lines (sweeper.train:
+    epochs_done = their number, final_* = the last one's values), so a difference means one file
+    was changed after the run ended: the summary's numbers are then not supported by the curve,
+    nor the curve's by the summary."""
+    done = summary.get("epochs_done")
+    if isinstance(done, int) and not isinstance(done, bool) and done != len(rows):
+        where = "metrics.jsonl" if truncated or done > len(rows) else "summary.json"
+        cut = "its last line is cut short; " if truncated else ""
+        return damaged(where, f"{cut}summary.json counts {done} epochs, metrics.jsonl has {len(rows)}")
+    if not rows:
+        return None
+    last = rows[-1]
+    for key in FINAL_METRICS:
+        name = f"final_{key}"
+        if name in summary and key in last and not _same(summary[name], last[key]):
+            return damaged(
+                "summary.json",
+                f"{name} is {json.dumps(summary[name])}, metrics.jsonl's epoch {last['epoch']} says "
+                f"{json.dumps(last[key])}",
+            )
+    return None
 
 
 @dataclass
 class RunRecord:
-    """The parsed files of one run dir (metrics kept as rows until the curves are built)."""
+    """The parsed files of one run dir (metrics kept as rows until the curves are built).
+
+    `notes` are problems to list; `damage` the "damaged: <file>: <what>" ones among them that
+    leave the run's numbers unsupported (its status is then `damaged`)."""
 
     config: dict | None
     job: dict | None
@@ -236,26 +316,34 @@ class RunRecord:
     metrics: list[dict]
     notes: list[str]
     truncated: bool = False
+    damage: list[str] = field(default_factory=list)
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    notes = []
-    config, note = read_json(run_dir / "config.json")
-    if note or not isinstance(config, dict):
-        notes.append(note or "config.json is not an object")
-        config = None
-    job, note = read_json(run_dir / "job.json")
-    if note or not isinstance(job, dict):
-        notes.append(note or "job.json is not an object")
-        job = None
-    summary, note = read_json(run_dir / "summary.json")
-    if not isinstance(summary, dict):
-        # Absent means still running; a broken summary is reported and treated as absent.
-        if note and "missing" not in note:
-            notes.append(note)
-        summary = None
+    notes, damage = [], []
+    config, note = read_object(run_dir / "config.json")
+    if config is None:
+        # config.json is written before anything else: a run dir without it lost it.
+        notes.append(note or "config.json missing")
+    job, note = read_object(run_dir / "job.json")
+    if note:
+        notes.append(note)
+    summary, summary_note = read_object(run_dir / "summary.json")
+    if summary is not None and not isinstance(summary.get("status"), str):
+        summary_note, summary = damaged("summary.json", "no status"), None
+    if summary_note:
+        notes.append(summary_note)
+        damage.append(summary_note)  # absent means still running; a damaged one ends nothing
+    elif summary is None and note:
+        damage.append(note)  # without job.json's pid, a dead run would look alive
     rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
-    return RunRecord(config, job, summary, rows, notes + metric_notes, truncated)
+    damage += [n for n in metric_notes if n.startswith("damaged:")]
+    if summary is not None and (run_dir / "metrics.jsonl").exists():
+        disagreement = summary_disagreement(summary, rows, truncated)
+        if disagreement:
+            metric_notes.append(disagreement)
+            damage.append(disagreement)
+    return RunRecord(config, job, summary, rows, notes + metric_notes, truncated, damage)
 
 
 def fingerprint(run_dir: Path) -> tuple[str, float]:
@@ -484,6 +572,7 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
                 [],
                 json.loads(hit["notes"]),
                 bool(hit["truncated"]),
+                json.loads(hit["damage"]),
             )
             hits.append(name)
             cache_rows.append(hit)
@@ -500,6 +589,7 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
                     "summary": _dumps(record.summary),
                     "notes": json.dumps(record.notes),
                     "truncated": record.truncated,
+                    "damage": json.dumps(record.damage),
                 }
             )
         loaded.append(_Loaded(ref, record, last_write))
@@ -552,7 +642,7 @@ def _clean_curves(curves: pd.DataFrame, config_keys: set[str]) -> pd.DataFrame:
 
 def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
     record, reasons = item.record, list(item.record.notes)
-    if record.truncated and status != "running":
+    if record.truncated and status not in ("running", "damaged"):
         reasons.append("metrics.jsonl: truncated last line dropped")
     if not (item.ref.run_dir / "metrics.jsonl").exists() and (record.summary or {}).get("epochs_done"):
         reasons.append("metrics.jsonl missing")
@@ -568,7 +658,7 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(
             "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
         )
-    elif status not in ("completed", "running"):
+    elif status not in ("completed", "running", "damaged"):  # damaged: its notes name the file
         reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
 
@@ -721,7 +811,11 @@ class Sweep:
                 raise KeyError(f"no run {run!r} in this sweep")
             hist, quantiles, reason = read_losses(Path(run_dir.iloc[0]) / "losses.npz", run)
             if reason:
+                # Read on demand, so named when first read: the run's numbers come from its other
+                # files and stand; only its histograms are lost.
                 warnings.warn(f"run {run}: {reason}", stacklevel=3)
+                if (run_dir.iloc[0], reason) not in self.problems:
+                    self.problems.append((run_dir.iloc[0], reason))
             self._npz_cache[run] = (hist, quantiles)
         return self._npz_cache[run]
 
@@ -746,7 +840,8 @@ def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
     """Load one or several run dirs / sweep dirs into a Sweep.
 
-    Broken, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`; runs
+    Damaged, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`
+    (a damaged losses.npz once `distributions` reads it); runs
     without a readable config.json cannot be placed in the sweep and are left out of `runs`.
     Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
     """
@@ -795,8 +890,12 @@ def _assemble(
     rows, keep = [], []
     for item, run in zip(loaded, ids, strict=True):
         done = int(reduced.loc[run, "epochs_done"]) if run in reduced.index else 0
-        status = run_status(
-            item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
+        status = (
+            "damaged"
+            if item.record.damage
+            else run_status(
+                item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
+            )
         )
         reasons = _problem_reasons(item, status, done)
         problems += [(str(item.ref.run_dir), reason) for reason in reasons]

@@ -68,13 +68,16 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = sweep.rank(metric)
     if not ranking.empty:
         return _with_seed_count(sweep, ranking, ("completed",))
-    ranking = sweep.rank(metric, statuses=None)
+    # A damaged run's numbers are not supported by its files: never ranked, even at its last epoch.
+    statuses = [s for s in sweep.runs["status"].unique() if s != "damaged"]
+    ranking = sweep.rank(metric, statuses=statuses)
     if ranking.empty:
         return ranking
-    ranking = _with_seed_count(sweep, ranking, None)
-    ended = sweep.runs.assign(
+    ranking = _with_seed_count(sweep, ranking, statuses)
+    ranked = sweep.runs[sweep.runs["status"].isin(statuses)]
+    ended = ranked.assign(
         ended=[
-            f"{s} at epoch {e}" for s, e in zip(sweep.runs["status"], sweep.runs["epochs_done"], strict=True)
+            f"{s} at epoch {e}" for s, e in zip(ranked["status"], ranked["epochs_done"], strict=True)
         ]
     )
     keys = sweep.group_keys
@@ -456,6 +459,13 @@ def write_report(
     keys = sweep.group_keys
     ranking = ranking_for(sweep, metric)
     diag = diagnostics_table(sweep)
+    figures = []
+    for drawn in standard_figures(sweep, metric):
+        if drawn.figure is not None:
+            drawn.figure.savefig(out / f"{drawn.name}.png", dpi=110)
+            drawn.figure = None  # free it before drawing the next one
+        figures.append(drawn)
+    # After the figures: a damaged losses.npz is found when its histograms are read.
     problems = pd.DataFrame(sweep.problems, columns=["run_dir", "reason"])
     for name, frame in (
         ("runs", sweep.runs),
@@ -467,13 +477,6 @@ def write_report(
         frame = exportable(frame)
         frame.to_csv(out / f"{name}.csv", index=False)
         frame.to_parquet(out / f"{name}.parquet", index=False)
-
-    figures = []
-    for drawn in standard_figures(sweep, metric):
-        if drawn.figure is not None:
-            drawn.figure.savefig(out / f"{drawn.name}.png", dpi=110)
-            drawn.figure = None  # free it before drawing the next one
-        figures.append(drawn)
 
     n_missing = sum(reason.startswith("missing:") for _, reason in sweep.problems)
     md = ["# Sweep report", ""]

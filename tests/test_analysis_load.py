@@ -227,8 +227,8 @@ def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(t
         "2": "running",
         "3": "failed",
         "4": "diverged",
-        "8": "running",
-        "9": "completed",
+        "8": "damaged",  # a summary.json cut short ends nothing, nor leaves it running
+        "9": "damaged",  # a complete line that is not JSON: damage from outside, not a crash
     }  # 7 has no config: it cannot be placed
     assert runs.loc["1", "epochs_done"] == 2  # the truncated third line is dropped
     assert runs.loc["2", "epochs_done"] == 2 and runs.loc["2", "final_test_acc"] == TEST_ACC[1]
@@ -245,8 +245,8 @@ def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(t
     assert reasons["5"] == ["missing: listed in sweep.json (lr=0.15) but no run record"]
     assert reasons["6"] == ["missing: listed in sweep.json (lr=0.16) but no run record"]
     assert reasons["7"] == ["config.json missing"]
-    assert reasons["8"][0].startswith("summary.json is not valid JSON")
-    assert reasons["9"] == ["metrics.jsonl line 2 unreadable, dropped"]
+    assert reasons["8"][0].startswith("damaged: summary.json: not valid JSON")
+    assert reasons["9"] == ["damaged: metrics.jsonl: line 2: not valid JSON, dropped"]
     assert "0" not in reasons and "2" not in reasons  # a running run is not a problem
 
 
@@ -393,7 +393,7 @@ def test_pickled_npz_is_refused_not_unpickled(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert loaded.distributions().empty
-    assert "losses.npz unreadable" in str(caught[0].message)
+    assert "damaged: losses.npz: does not load" in str(caught[0].message)
 
 
 def test_subset_matches_tuples_and_missing_values(tmp_path):
