@@ -4,7 +4,8 @@
     sweep = load_sweep("outputs/multirun/2026-11-26/23-59-00")
     sweep.runs       # one row per run: dotted config keys, status, summary metrics, run_dir
     sweep.curves     # one row per run x epoch: the varied keys and every logged metric
-    sweep.varied     # dotted config keys that differ between runs
+    sweep.varied     # dotted config keys that differ between runs (and `threads`, when CPU
+                     # runs ran on different thread counts: their numbers differ too)
     sweep.problems   # [(run_dir, reason)] for runs that are missing, broken, failed, ...
     sweep.distributions()   # per-sample loss histograms, run x epoch x split x bin (lazy)
 
@@ -684,12 +685,27 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "started_at": job.get("started_at"),
         "finished_at": summary.get("finished_at"),
         "device": summary.get("device"),
+        # The resolved trainer.threads; older records have only torch_threads, read at the run's end.
+        "threads": _int_or_none(summary.get("threads", summary.get("torch_threads"))),
         "cpu_count": summary.get("cpu_count"),
         "torch_threads": summary.get("torch_threads"),
     }
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version
     return row
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
+    """Whether the CPU runs ran on different thread counts: a CPU convolution reduces in another
+    order per thread count, so their numbers differ in the last bits and then more (the same
+    config at 1 and 2 threads is not one configuration). A GPU run's numbers do not depend on it."""
+    if "threads" not in runs or "device" not in runs:
+        return False
+    return runs.loc[runs["device"] == "cpu", "threads"].nunique(dropna=True) > 1
 
 
 CIFAR10_IMAGES = {"train": 50_000, "test": 10_000}  # sweeper.data's, without importing torch
@@ -810,6 +826,7 @@ class Sweep:
             if run_dir.empty:
                 raise KeyError(f"no run {run!r} in this sweep")
             hist, quantiles, reason = read_losses(Path(run_dir.iloc[0]) / "losses.npz", run)
+            reason = reason or self._losses_gap(run, hist)
             if reason:
                 # Read on demand, so named when first read: the run's numbers come from its other
                 # files and stand; only its histograms are lost.
@@ -818,6 +835,30 @@ class Sweep:
                     self.problems.append((run_dir.iloc[0], reason))
             self._npz_cache[run] = (hist, quantiles)
         return self._npz_cache[run]
+
+    def _losses_gap(self, run: str, hist: pd.DataFrame | None) -> str | None:
+        """Epochs a completed run should have kept in losses.npz (its trainer.sample_loss_epochs
+        and its last epoch, as sweeper.train keeps them) that the file lacks: the file was
+        deleted or replaced after the run (a resume would have rewritten it whole)."""
+        row = self.runs.loc[self.runs["run"] == run].iloc[0]
+        wanted, epochs = row.get("trainer.sample_loss_epochs"), row.get("trainer.epochs")
+        if (
+            row["status"] != "completed"
+            or not isinstance(wanted, tuple)
+            or not isinstance(epochs, (int, np.integer))
+        ):
+            return None
+        done = int(row["epochs_done"])
+        expected = {int(e) for e in wanted if isinstance(e, int) and 1 <= e <= min(done, epochs)}
+        expected |= {int(epochs)} if done >= epochs else set()
+        have = set() if hist is None else set(hist["epoch"].unique().tolist())
+        lost = sorted(expected - have)
+        if not lost:
+            return None
+        shown = ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else "")
+        if hist is None:
+            return damaged("losses.npz", f"missing (trainer.sample_loss_epochs keeps epochs {shown})")
+        return damaged("losses.npz", f"epochs {shown} missing (trainer.sample_loss_epochs keeps them)")
 
 
 def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
@@ -925,7 +966,7 @@ def _assemble(
     runs = runs.merge(reduced, left_on="run", right_index=True, how="left")
     runs["epochs_done"] = runs["epochs_done"].fillna(0).astype("int64")
     runs = _fill_from_summary(runs, [it for it, _ in placed], keep)
-    varied = varied_keys(runs, config_keys)
+    varied = varied_keys(runs, config_keys) + (["threads"] if threads_vary_on_cpu(runs) else [])
     runs = _order_columns(runs, varied, config_keys).reset_index(drop=True)
     curves = curves.merge(runs[["run", *varied]], on="run", how="left")
     curves = curves[["run", *varied, *[c for c in curves.columns if c not in varied and c != "run"]]]

@@ -39,7 +39,16 @@ def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame
         return _hist_frame(arrays, run), _quantile_frame(arrays, run), None
     # A truncated or bit-flipped zip (BadZipFile: a bad CRC, no central directory; zlib.error),
     # a pickled object, a missing array, arrays of the wrong shape or kind (IndexError, TypeError).
-    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, zipfile.BadZipFile, zlib.error) as err:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        IndexError,
+        TypeError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as err:
         return None, None, f"damaged: losses.npz: does not load ({type(err).__name__}: {err})"
 
 

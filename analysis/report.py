@@ -76,9 +76,7 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = _with_seed_count(sweep, ranking, statuses)
     ranked = sweep.runs[sweep.runs["status"].isin(statuses)]
     ended = ranked.assign(
-        ended=[
-            f"{s} at epoch {e}" for s, e in zip(ranked["status"], ranked["epochs_done"], strict=True)
-        ]
+        ended=[f"{s} at epoch {e}" for s, e in zip(ranked["status"], ranked["epochs_done"], strict=True)]
     )
     keys = sweep.group_keys
     if keys:

@@ -490,3 +490,46 @@ def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
     from sweeper.validate import SECTIONS
 
     assert CONFIG_SECTIONS == SECTIONS
+
+
+# --------------------------------------------------------------------------- thread counts
+
+
+def _threaded_runs(root, device: str, threads: list, key: str = "threads"):
+    """One config run twice (seeds 0 and 1), each at its own thread count (None: not recorded)."""
+    dirs = []
+    for seed, n in enumerate(threads):
+        data = rows()
+        extra = {"device": device} | ({key: n} if n is not None else {})
+        dirs.append(
+            write_run(
+                root / f"{device}-{seed}",
+                base_config(**{"trainer.seed": seed}),
+                data,
+                summary_record(data, **extra),
+                job_record(),
+            )
+        )
+    return dirs
+
+
+def test_cpu_runs_on_different_thread_counts_are_never_one_configuration(tmp_path):
+    loaded = load_sweep(_threaded_runs(tmp_path, "cpu", [1, 2]))
+    assert loaded.runs["threads"].tolist() == [1, 2]  # a column of the runs table
+    assert "threads" in loaded.varied and "threads" in loaded.group_keys
+    assert loaded.rank()["n"].tolist() == [1, 1]
+
+
+def test_gpu_runs_and_cpu_runs_on_one_thread_count_merge_over_seeds(tmp_path):
+    gpu = load_sweep(_threaded_runs(tmp_path, "NVIDIA H100 80GB HBM3", [1, 8]))
+    assert gpu.runs["threads"].tolist() == [1, 8] and "threads" not in gpu.varied
+    assert gpu.rank()["n"].tolist() == [2]
+    same = load_sweep(_threaded_runs(tmp_path / "same", "cpu", [4, 4]))
+    assert "threads" not in same.varied and same.rank()["n"].tolist() == [2]
+
+
+def test_older_records_without_threads_load_and_their_torch_threads_count(tmp_path):
+    unrecorded = load_sweep(_threaded_runs(tmp_path / "none", "cpu", [None, None]))
+    assert unrecorded.runs["threads"].isna().all() and unrecorded.rank()["n"].tolist() == [2]
+    older = load_sweep(_threaded_runs(tmp_path / "older", "cpu", [1, 2], key="torch_threads"))
+    assert older.runs["threads"].tolist() == [1, 2] and "threads" in older.varied
