@@ -37,7 +37,10 @@ from sweeper import processes
 RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
 # losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
 CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
-HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+# Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
+# among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
+HYDRA_SPECIAL_KEYS = frozenset({"_partial_", "_recursive_", "_convert_", "_args_"})
+TARGET_KEY = "_target_"
 SWEEP_RECORDS = ("sweep.json", "multirun.yaml")  # either one makes a dir a sweep dir
 # Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
 SKIP_DIRS = frozenset({"report", "sample_losses"})
@@ -374,7 +377,8 @@ def _freeze(value):
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; `_target_` dropped."""
+    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; Hydra's flags
+    (`_partial_`, ...) dropped, `_target_` kept (`optim._target_`)."""
     flat = {}
     for key, value in config.items():
         if key in HYDRA_SPECIAL_KEYS:
@@ -483,6 +487,14 @@ def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
 def is_missing(value) -> bool:
     """None, NaN and pd.NA: how a config key absent from a run shows in a frame."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def format_knob(key: str, value) -> str:
+    """How tables and legends show a value of `key`: a `_target_` by its class name (Adam, not
+    torch.optim.Adam), any other as format_value does."""
+    if key.rsplit(".", 1)[-1] == TARGET_KEY and isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
+    return format_value(value)
 
 
 def format_value(value) -> str:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from analysis.diagnostics import lower_is_better, seed_aggregate
-from analysis.load import SEED_KEY, format_value, is_missing
+from analysis.load import SEED_KEY, format_knob, format_value, is_missing
 
 LINESTYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {
@@ -78,6 +78,12 @@ def _palette(values: list) -> dict:
     else:
         colors = sns.color_palette("deep" if len(values) <= 10 else "husl", len(values))
     return dict(zip(values, colors, strict=True))
+
+
+def plain(text: str) -> str:
+    """Text drawn as written: a `$` would start matplotlib's mathtext (`+tag='$x_$'` then fails
+    to draw), so config values, keys and titles have theirs escaped."""
+    return str(text).replace("$", r"\$")
 
 
 def metric_label(metric: str) -> str:
@@ -176,10 +182,10 @@ def _draw_lines(
         if (line[f"{y}_n"] > 1).any():
             ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
         label = ", ".join(
-            f"{k}={format_value(by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
+            f"{k}={format_knob(k, by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
         )
         label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
-        handles.setdefault(label, handle)
+        handles.setdefault(plain(label), handle)
     return handles
 
 
@@ -207,7 +213,7 @@ def _legend(fig: Figure, handles: dict) -> None:
 def _suptitle(fig: Figure, text: str) -> None:
     """A title wrapped to the figure's width (config descriptions get long)."""
     chars = max(30, int(fig.get_figwidth() * 11))
-    fig.suptitle(textwrap.fill(text, chars))
+    fig.suptitle(plain(textwrap.fill(text, chars)))
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> None:
@@ -281,7 +287,7 @@ def plot_curves(
             ax.set_ylabel(metric_label(metric) if j == 0 else "")
             ax.set_xlabel("epoch" if i == len(metrics) - 1 else "")
             if col and i == 0:
-                ax.set_title(f"{col}={format_value(col_value)}")
+                ax.set_title(plain(f"{col}={format_knob(col, col_value)}"))
     if handles and (hue or style):
         _legend(fig, handles)
     if title:
@@ -609,17 +615,21 @@ def plot_heatmap(
     except ValueError:
         cmap = "viridis"
     sns.heatmap(
-        pd.DataFrame(grid, index=[format_value(v) for v in ys], columns=[format_value(v) for v in xs]),
+        pd.DataFrame(
+            grid,
+            index=[plain(format_knob(y, v)) for v in ys],
+            columns=[plain(format_knob(x, v)) for v in xs],
+        ),
         annot=labels,
         fmt="",
         cmap=cmap,
         ax=axes[0, 0],
-        cbar_kws={"label": value},
+        cbar_kws={"label": plain(value)},
         annot_kws={"fontsize": "small"},
         linewidths=0.5,
     )
-    axes[0, 0].set_xlabel(x)
-    axes[0, 0].set_ylabel(y)
+    axes[0, 0].set_xlabel(plain(x))
+    axes[0, 0].set_ylabel(plain(y))
     n_note = f"N={int(stats[f'{value}_n'].iloc[0])} per cell" if uniform_n else "N per cell"
     _suptitle(fig, f"{title or value} ({n_note})")
     return fig

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import html
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.load import Sweep, format_value, is_missing
+from analysis.load import Sweep, format_knob, format_value, is_missing
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
@@ -146,7 +147,21 @@ def figure_keys(sweep: Sweep) -> list[str]:
             len(FIGURE_PRIORITY),
         )
 
-    return sorted(keys, key=priority)
+    return _without_aliases(sweep.runs, sorted(keys, key=priority))
+
+
+def _without_aliases(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`keys` less those that split the runs exactly as an earlier one does (schedule._target_
+    follows schedule.name): the same figure twice. A `_target_` gives way to a named key."""
+    kept, seen = [], set()
+    for key in sorted(keys, key=lambda k: k.endswith("._target_")):  # stable: order kept otherwise
+        partition = frozenset(
+            frozenset(group) for group in runs.groupby(runs[key].map(format_value)).groups.values()
+        )
+        if partition not in seen:
+            seen.add(partition)
+            kept.append(key)
+    return [k for k in keys if k in kept]
 
 
 def best_slice(
@@ -169,7 +184,7 @@ def best_slice(
 
 def describe(config: dict, skip: Sequence[str] = ()) -> str:
     """The configuration's keys, less `skip`: "" when `skip` leaves none (no other key varies)."""
-    shown = [f"{k}={format_value(v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
+    shown = [f"{k}={format_knob(k, v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
     return ", ".join(shown) or ("" if skip else "the only configuration")
 
 
@@ -361,23 +376,34 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(value) -> str:
+def markdown_text(text: str) -> str:
+    """Text from a record shown as text in report.md: HTML's special characters and `$` escaped,
+    so a config value or label (`+tag='<img src=x onerror=...>'`) never becomes markup or math."""
+    return html.escape(str(text), quote=False).replace("$", "\\$")  # `$...$` is math on GitHub
+
+
+def _cell(value, column: str = "") -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if is_missing(value):
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return format_value(value).replace("|", "\\|").replace("\n", " ")
+    return markdown_text(format_knob(str(column), value)).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
-    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown."""
+    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown. Cells are
+    text (escaped), a `_target_` named by its class."""
     if frame.empty:
         return "_none_\n"
     shown = frame.head(max_rows)
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    columns = [str(c) for c in shown.columns]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(_cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
+        for row in shown.itertuples(index=False)
+    ]
     if len(frame) > max_rows:
         lines.append(f"\n_{len(frame) - max_rows} more rows{more}_")
     return "\n".join(lines) + "\n"
@@ -499,12 +525,13 @@ def write_report(
     md += ["## Figures", ""]
     for drawn in figures:
         if drawn.skipped:
-            md += [f"- `{drawn.name}` skipped: {drawn.skipped}"]
+            md += [f"- `{drawn.name}` skipped: {markdown_text(drawn.skipped)}"]
     md.append("")
     for drawn in figures:
         if not drawn.skipped:
-            md += [f"### {drawn.name}", "", drawn.caption, "", f"![{drawn.name}]({drawn.name}.png)", ""]
-            md += [f"> note: {note}" for note in drawn.notes] + ([""] if drawn.notes else [])
+            image = f"![{drawn.name}]({drawn.name}.png)"
+            md += [f"### {drawn.name}", "", markdown_text(drawn.caption), "", image, ""]
+            md += [f"> note: {markdown_text(note)}" for note in drawn.notes] + ([""] if drawn.notes else [])
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path

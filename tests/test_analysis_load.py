@@ -56,7 +56,7 @@ def grid_sweep(sweep_dir, points: list[dict]):
 # --------------------------------------------------------------------------- flattening and dtypes
 
 
-def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable():
+def test_flatten_uses_cli_override_names_drops_hydra_flags_and_keeps_lists_usable():
     flat = flatten_config(base_config())
     assert flat["lr"] == 0.1
     assert flat["model.channels"] == 32
@@ -64,7 +64,8 @@ def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable
     assert flat["model.units"] == (200,)  # hashable and comparable, unlike a list
     assert flat["model.pool"] == (3, 2)
     assert flat["schedule.name"] == "constant" and "schedule.lr2" not in flat
-    assert not any(k.endswith(("_target_", "_partial_")) for k in flat)
+    assert not any(k.endswith("_partial_") for k in flat)
+    assert flat["optim._target_"] == "torch.optim.SGD"  # the class is a knob (optim._target_=...)
     assert "model" not in flat and "optim" not in flat
 
 
@@ -533,3 +534,21 @@ def test_older_records_without_threads_load_and_their_torch_threads_count(tmp_pa
     assert unrecorded.runs["threads"].isna().all() and unrecorded.rank()["n"].tolist() == [2]
     older = load_sweep(_threaded_runs(tmp_path / "older", "cpu", [1, 2], key="torch_threads"))
     assert older.runs["threads"].tolist() == [1, 2] and "threads" in older.varied
+
+
+# --------------------------------------------------------------------------- _target_
+
+
+def test_runs_that_differ_only_in_a_target_are_two_configurations_named_by_class(tmp_path):
+    """-m optim._target_=torch.optim.Adam,torch.optim.NAdam: two configurations, not one of n=2."""
+    sweep = grid_sweep(
+        tmp_path / "s", [{"optim._target_": "torch.optim.Adam"}, {"optim._target_": "torch.optim.NAdam"}]
+    )
+    loaded = load_sweep(sweep)
+    assert loaded.varied == ["optim._target_"]
+    assert loaded.runs["optim._target_"].tolist() == ["torch.optim.Adam", "torch.optim.NAdam"]
+    assert loaded.rank()["n"].tolist() == [1, 1]
+    assert analysis.load.format_knob("optim._target_", "torch.optim.NAdam") == "NAdam"
+    assert analysis.load.format_knob("lr", "torch.optim.NAdam") == "torch.optim.NAdam"
+    constant = load_sweep(grid_sweep(tmp_path / "c", [{"lr": 0.1}, {"lr": 0.2}]))
+    assert "model._target_" in constant.runs and constant.varied == ["lr"]  # a column, never dropped
