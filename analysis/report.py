@@ -32,7 +32,7 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.load import Sweep, format_knob, format_value, is_missing
+from analysis.load import Sweep, counted, format_knob, format_value, is_missing
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
@@ -405,7 +405,7 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: st
         for row in shown.itertuples(index=False)
     ]
     if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more rows{more}_")
+        lines.append(f"\n_{len(frame) - max_rows} more row{'s' * (len(frame) - max_rows != 1)}{more}_")
     return "\n".join(lines) + "\n"
 
 
@@ -469,7 +469,7 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
     counts = runs["status"].value_counts()
-    line = f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
+    line = f"{counted(len(runs), 'run')}: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
     # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
     return line + (f"; {n_missing} job{'s' * (n_missing > 1)} not started" if n_missing else "")
 
@@ -509,7 +509,7 @@ def write_report(
         f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- {_status_line(sweep.runs, n_missing)}",
         f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
-        f"{len(ranking)} configuration{'s' if len(ranking) != 1 else ''} ranked by `{metric}`",
+        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`",
         "",
     ]
     md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
@@ -593,7 +593,7 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
     md += [
         "### Test loss rises while test accuracy still improves",
         "",
-        f"{len(flagged)} of {len(diag)} runs: test accuracy peaks after the test-loss minimum "
+        f"{len(flagged)} of {counted(len(diag), 'run')}: test accuracy peaks after the test-loss minimum "
         "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).",
         "",
     ]
