@@ -104,6 +104,19 @@ def newest_sweep(root: Path) -> Path:
     return max(sweeps, key=written)
 
 
+def resolve_dir(raw: str | os.PathLike, bases: Iterable[str | os.PathLike | None]) -> Path:
+    """A directory given on a command line or in an environment variable (SWEEP_DIR): an absolute
+    one as is, a relative one from the first of `bases` (where the user launched the program, the
+    project root) under which it exists; else as given, so that the error names it."""
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    for base in bases:
+        if base and (Path(base) / path).is_dir():
+            return Path(base) / path
+    return path
+
+
 def read_sweep_jobs(sweep_dir: Path) -> list[dict]:
     """The job list of sweep.json ([] when there is none or it is unreadable)."""
     data, _ = read_json(sweep_dir / "sweep.json")
@@ -490,7 +503,7 @@ def is_missing(value) -> bool:
 
 
 def counted(n: int, noun: str) -> str:
-    """"1 run", "2 runs", "0 runs"."""
+    """ "1 run", "2 runs", "0 runs"."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 

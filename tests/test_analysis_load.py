@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -552,3 +553,14 @@ def test_runs_that_differ_only_in_a_target_are_two_configurations_named_by_class
     assert analysis.load.format_knob("lr", "torch.optim.NAdam") == "torch.optim.NAdam"
     constant = load_sweep(grid_sweep(tmp_path / "c", [{"lr": 0.1}, {"lr": 0.2}]))
     assert "model._target_" in constant.runs and constant.varied == ["lr"]  # a column, never dropped
+
+
+def test_a_relative_dir_is_resolved_from_the_first_base_that_holds_it(tmp_path):
+    (tmp_path / "launched" / "outputs" / "s").mkdir(parents=True)
+    (tmp_path / "root" / "outputs" / "s").mkdir(parents=True)
+    (tmp_path / "root" / "outputs" / "t").mkdir(parents=True)
+    bases = [None, tmp_path / "launched", tmp_path / "root"]
+    assert analysis.load.resolve_dir("outputs/s", bases) == tmp_path / "launched" / "outputs" / "s"
+    assert analysis.load.resolve_dir("outputs/t", bases) == tmp_path / "root" / "outputs" / "t"
+    assert analysis.load.resolve_dir("outputs/u", bases) == Path("outputs/u")  # the error names it as given
+    assert analysis.load.resolve_dir(tmp_path / "x", bases) == tmp_path / "x"
