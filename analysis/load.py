@@ -353,6 +353,9 @@ def read_run(run_dir: Path) -> RunRecord:
         damage.append(summary_note)  # absent means still running; a damaged one ends nothing
     elif summary is None and note:
         damage.append(note)  # without job.json's pid, a dead run would look alive
+    elif summary is not None and job is None and not note:
+        # job.json is written at the start, before any epoch: an ended run without one lost it.
+        notes.append(damaged("job.json", "missing"))
     rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
     damage += [n for n in metric_notes if n.startswith("damaged:")]
     if summary is not None and (run_dir / "metrics.jsonl").exists():
@@ -819,8 +822,10 @@ class Sweep:
         )
 
     def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = ("completed",)) -> pd.DataFrame:
-        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs."""
-        return diagnostics.rank_configs(self.runs, metric, self.group_keys, statuses=statuses)
+        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs. A damaged
+        run is never ranked (statuses=None: every other status)."""
+        runs = self.runs[self.runs["status"] != "damaged"]
+        return diagnostics.rank_configs(runs, metric, self.group_keys, statuses=statuses)
 
     def distributions(
         self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None

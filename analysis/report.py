@@ -71,7 +71,7 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
         return _with_seed_count(sweep, ranking, ("completed",))
     # A damaged run's numbers are not supported by its files: never ranked, even at its last epoch.
     statuses = [s for s in sweep.runs["status"].unique() if s != "damaged"]
-    ranking = sweep.rank(metric, statuses=statuses)
+    ranking = sweep.rank(metric, statuses=None)
     if ranking.empty:
         return ranking
     ranking = _with_seed_count(sweep, ranking, statuses)

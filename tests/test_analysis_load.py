@@ -564,3 +564,16 @@ def test_a_relative_dir_is_resolved_from_the_first_base_that_holds_it(tmp_path):
     assert analysis.load.resolve_dir("outputs/t", bases) == tmp_path / "root" / "outputs" / "t"
     assert analysis.load.resolve_dir("outputs/u", bases) == Path("outputs/u")  # the error names it as given
     assert analysis.load.resolve_dir(tmp_path / "x", bases) == tmp_path / "x"
+
+
+def test_the_parquet_cache_needs_a_pyarrow_past_cve_2023_47248():
+    """The cache reads parquet files inside sweep dirs; pyarrow 14.0.0 and older run code from a
+    crafted one (CVE-2023-47248, fixed in 14.0.1)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    deps = [Requirement(d) for d in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+    (pyarrow,) = [d for d in deps if d.name == "pyarrow"]
+    assert not pyarrow.specifier.contains("14.0.0") and pyarrow.specifier.contains("14.0.1")
