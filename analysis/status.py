@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import discover, fingerprint, read_run, run_status
+from analysis.load import discover, run_status
+from analysis.records import fingerprint, read_run
 from sweeper import submitted
 
 STATUS_ORDER = (
