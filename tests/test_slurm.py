@@ -23,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from submitit.core.utils import UncompletedJobError
+from submitit.slurm.test_slurm import mocked_slurm
 
 from hydra_plugins.sweeper_launcher.launcher import LOST, Pack
 from tests.conftest import CONF, REPO, TINY, run_cli
@@ -244,7 +245,10 @@ def test_the_sbatch_script_of_the_packed_gpu_preset(fake_submitit, tmp_path):
     launch("slurm_gpu_packed", "hydra.launcher.partition=gpu", sweep_dir=sweep_dir, jobs=10)
     [captured] = fake_submitit.made
     init = {k: v for k, v in captured.init.items() if k != "cluster"}
-    real = REAL_EXECUTOR(cluster="slurm", **init)
+    # submitit's own stand-in for a cluster (as its tests make sbatch scripts): the executor
+    # otherwise refuses to exist where `srun` is not on PATH.
+    with mocked_slurm():
+        real = REAL_EXECUTOR(cluster="slurm", **init)
     real.update_parameters(**captured.params)
     real._executor.parameters["map_count"] = len(captured.arrays[0][1])  # as map_array sets it
     script = real._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
