@@ -493,3 +493,24 @@ def test_threads_per_worker_share_the_cpus_and_keep_the_users_setting(monkeypatc
     for unusable in ("0", "many", ""):  # set_num_threads(0) failed in every worker; int("many") here
         monkeypatch.setenv("OMP_NUM_THREADS", unusable)
         assert threads_per_worker(2) == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_workers_still_start_is_clean(tmp_path, start_sweep, signum):
+    """Ctrl-C (to the whole group) or SIGTERM (to the launcher) 0.3 s after the launch line, while
+    both workers are still importing torch: the sweep stops as at any other time, with the
+    summary and the signal's status, and without a traceback from a worker."""
+    sweep = tmp_path / "sweep"
+    launcher = start_sweep(*POOL, "lr=0.1,0.05", f"hydra.sweep.dir={sweep}")
+    wait_until(lambda: "Launching 2 jobs on 2 workers" in launcher.out.read_text(), what="the launch")
+    time.sleep(0.3)
+    if signum == signal.SIGINT:
+        os.killpg(launcher.pid, signal.SIGINT)
+        assert launcher.wait(timeout=60) == -signal.SIGINT
+    else:
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    out = launcher.out.read_text()
+    all_gone(launcher)
+    assert f"sweep {sweep}: 2 jobs: 0 completed" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out

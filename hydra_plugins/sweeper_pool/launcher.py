@@ -508,12 +508,14 @@ def _serve(conn, device: str, visible: str | None, threads: int, launcher: int) 
     a rerun resumes it. The worker then exits with status STOPPED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_once)
-    # The launcher's mask while it started this worker (_starting) may have come along: a
-    # SIGTERM sent meanwhile is delivered now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _die_with(launcher)
-    _pin_worker(device, visible, threads)
+    # From here on a SIGTERM is an interrupt, even one that comes while the worker still starts
+    # (importing torch takes seconds): it exits quietly, as a worker stopped in a job does.
     try:
+        # The launcher's mask while it started this worker (_starting) may have come along: a
+        # SIGTERM sent meanwhile is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        _die_with(launcher)
+        _pin_worker(device, visible, threads)
         while True:
             try:
                 fn, payload = conn.recv()
