@@ -1,6 +1,7 @@
 """The pool launcher: long-lived workers pinned to device slots, each job a complete, independent record."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -514,3 +515,41 @@ def test_a_stop_while_the_workers_still_start_is_clean(tmp_path, start_sweep, si
     all_gone(launcher)
     assert f"sweep {sweep}: 2 jobs: 0 completed" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+
+
+def test_a_job_run_in_this_process_leaves_no_log_file_to_the_next_jobs(hydra_sweep_runner, tmp_path):
+    """Each job's log file ends with the job, as on Hydra's basic launcher: the next batch's
+    launch lines (one job a batch) go to the console, not into job 0's log."""
+    sweep = hydra_sweep_runner(
+        calling_file=None,
+        calling_module="hydra.test_utils.a_module",
+        task_function=lambda cfg: logging.getLogger("job").info(f"job a={cfg.a}"),
+        config_path="configs",
+        config_name="compose",
+        overrides=["hydra/launcher=pool", "hydra.sweeper.max_batch_size=1", "+a=1,2,3"],
+        temp_dir=tmp_path,
+    )
+    with sweep:  # (its files are gone after the block)
+        assert [len(batch) for batch in sweep.returns] == [1, 1, 1]
+        for n in range(3):
+            text = (tmp_path / str(n) / "a_module.log").read_text()
+            assert f"job a={n + 1}" in text  # the job's own line
+            assert "Launching" not in text and text.count("job a=") == 1, text
+
+
+def test_fuse_never_trains_another_optimizer_as_plain_sgd(tmp_path):
+    """optim._target_=torch.optim.ASGD keeps optim.name=sgd: fused, it trained as plain SGD and
+    "completed". Each job runs alone instead, as its solo run does (which ASGD's arguments fail)."""
+    result = run_cli(
+        "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "optim._target_=torch.optim.ASGD",
+        "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert "fusing jobs" not in out
+    for n in (0, 1):
+        assert (
+            f"job #{n} runs alone: fused trials need plain optim=sgd (optim=sgd (optim._target_=torch.optim.ASGD)"
+            in out
+        )
+        summary = json.loads((tmp_path / "s" / str(n) / "summary.json").read_text())
+        assert summary["status"] == "failed" and "ASGD" in summary["error"]
