@@ -312,3 +312,36 @@ def test_a_config_that_is_not_a_training_runs_alone():
     assert "not a training config of this project (no lr, model, optim" in fused.fusable(
         [OmegaConf.create({"foo": 10, "bar": 100})]
     )
+
+
+def test_a_fused_group_computes_each_epochs_rates_as_it_starts_not_the_whole_runs(tmp_path, monkeypatch):
+    """trainer.epochs=1e9 fused: every step's rate was tabulated before the first step (a
+    MemoryError after 48 s). Now one epoch's at its start: the group trains its first epoch at
+    once, having asked the schedule for that epoch's steps only (6 of 50 images)."""
+    from sweeper.runlog import RunLog
+
+    asked, schedule = [], build.schedule
+
+    def counted(cfg, steps_per_epoch, total_steps):
+        at = schedule(cfg, steps_per_epoch, total_steps)
+
+        def rate(step):
+            asked.append(step)
+            assert step < 100, f"the rate of step {step} asked before its epoch"
+            return at(step)
+
+        return rate
+
+    class EpochWritten(BaseException):
+        """Ends the run after its first epoch's metrics (a BaseException: not a failure of it)."""
+
+    def written(self, row):
+        raise EpochWritten(row["epoch"])
+
+    monkeypatch.setattr(build, "schedule", counted)
+    monkeypatch.setattr(RunLog, "append_metrics", written)
+    cfgs = [compose_cfg("trainer.epochs=1000000000", f"lr={lr}") for lr in (0.1, 0.05)]
+    with pytest.raises(EpochWritten) as ended:
+        fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
+    assert ended.value.args == (1,)
+    assert max(asked) < 12 and set(range(6)) <= set(asked)
