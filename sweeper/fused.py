@@ -17,9 +17,12 @@ Trials that share a seed share their batches: one is drawn for all.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-Plain SGD (with momentum, nesterov, weight decay) only, no batch norm (running statistics cannot
-be stacked simply), no dropout (its masks could not follow the solo runs'); `fusable()` says why
-a group cannot be fused, and those jobs run solo.
+What fuses is a whitelist of what the fused step computes exactly: torch.optim.SGD, named by its
+`_target_`, with any momentum, nesterov and weight decay and its other arguments at their
+defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; and a
+model of the layer classes stacked.widen stacks -- no batch norm (running statistics cannot be
+stacked simply), no dropout (its masks could not follow the solo runs'). `fusable()` says why a
+job cannot be fused, and such a job runs solo (a config of another Hydra app too).
 """
 
 from __future__ import annotations

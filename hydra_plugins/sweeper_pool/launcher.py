@@ -82,7 +82,8 @@ def threads_per_worker(n_workers: int) -> int:
     otherwise start one per core, and N workers on C cores oversubscribe them N times: on a 2-core
     machine 2 CPU slots ran 3-4x slower than one process (their threads preempting each other).
     An OMP_NUM_THREADS the user set (its first level) is theirs to keep; one that is not a
-    positive count is ignored."""
+    positive count is ignored. A job that states `trainer.threads` runs on that many instead
+    (_job_threads): this share is for `auto`."""
     given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2": per level
     if given.isdigit() and int(given) > 0:
         return int(given)
