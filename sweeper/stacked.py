@@ -4,8 +4,8 @@ Fused trials (sweeper/fused.py) stack each parameter of T copies of a net along 
 dimension (`torch.func.stack_module_state`). `widen(net, T)` rewrites a copy of the net so that
 one forward pass over those stacked parameters computes all T copies: the trials' channels sit
 side by side in one tensor, each convolution becomes one grouped convolution (groups = T), each
-fully connected layer one batched matmul, and every channel-wise layer (ReLU, pooling, dropout
-of p=0) runs unchanged on the wide tensor. One launch does the work of T, which is what a launch-bound
+fully connected layer one batched matmul, and every channel-wise layer (ReLU, pooling, dropout)
+runs unchanged on the wide tensor. One launch does the work of T, which is what a launch-bound
 small net needs. torch.vmap over the same parameters computes the same numbers, but its batching
 rules cost 2.4x the time of the T solo steps on the CPU (docs/benchmarks.md); these layers cost
 what the solo steps cost, and when the trials share their batches (one seed) the first
@@ -113,8 +113,6 @@ def widen(net: nn.Module, n_trials: int) -> nn.Module:
             setattr(net, name, TrialLinear(child, n_trials))
         elif kind is nn.Flatten and (child.start_dim, child.end_dim) == (1, -1):
             setattr(net, name, TrialFlatten(n_trials))
-        elif kind is nn.Dropout and child.p > 0:  # T trials' masks cannot follow each solo run's
-            raise UnsupportedLayer("fused trials cannot stack a Dropout layer with p > 0")
         elif kind in CHANNELWISE:
             continue
         elif kind in CONTAINERS:
