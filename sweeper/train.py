@@ -115,6 +115,8 @@ def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_fo
 
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
+    if isinstance(cfg.trainer.get("threads"), int):  # trainer.threads; auto: those the process was given
+        torch.set_num_threads(cfg.trainer.threads)
     device = run_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
