@@ -143,8 +143,9 @@ def check_jobs(
         if os.path.isabs(d) or d.split(os.sep)[0] in (os.curdir, os.pardir):
             # Its record would be where neither the analysis nor a resume of this sweep looks.
             raise SweepRefused(
-                f"hydra.sweep.subdir={raw_subdir} is invalid: job {num}'s run dir {sweep_dir / d} is not "
-                f"inside the sweep dir {sweep_dir}; use a relative path below it, e.g. ${{hydra.job.num}}"
+                f"hydra.sweep.subdir={raw_subdir} is invalid: job {num}'s run dir "
+                f"{os.path.normpath(sweep_dir / d)} must be below the sweep dir {sweep_dir}, where the "
+                "analysis and a resume look for it; use a relative path, e.g. ${hydra.job.num}"
             )
         if d in seen:
             raise SweepRefused(

@@ -364,17 +364,32 @@ def test_a_sweep_json_of_the_wrong_shape_is_refused_in_one_line(tmp_path):
         ], content
 
 
-@pytest.mark.parametrize("subdir", ["../../escape_${hydra.job.num}", "/tmp/elsewhere_${hydra.job.num}", "."])
-def test_a_subdir_outside_the_sweep_dir_is_refused_before_launch(tmp_path, subdir):
+@pytest.mark.parametrize(
+    "subdir, run_dir",
+    [
+        ("../../escape_${hydra.job.num}", "escape_0"),
+        ("/tmp/elsewhere_${hydra.job.num}", "/tmp/elsewhere_0"),
+        (".", "a/s"),
+    ],
+)
+def test_a_subdir_outside_the_sweep_dir_is_refused_before_launch(tmp_path, subdir, run_dir):
     # Before, the runs were written outside the sweep dir and the summary said "2 completed",
     # while the analysis and `status` found none of them.
-    result, sweep_dir = sweep(tmp_path, f"hydra.sweep.subdir={subdir}", *FAST, "lr=0.1,0.2")
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: hydra.sweep.subdir={subdir} is invalid: job 0's run dir ")
-    assert line.endswith(
-        f"is not inside the sweep dir {sweep_dir}; use a relative path below it, e.g. ${{hydra.job.num}}"
+    sweep_dir = tmp_path / "a" / "s"
+    result = run_cli(
+        "-m",
+        f"hydra.sweep.subdir={subdir}",
+        *FAST,
+        "lr=0.1,0.2",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
     )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: hydra.sweep.subdir={subdir} is invalid: job 0's run dir {tmp_path / run_dir} must be below the "
+        f"sweep dir {sweep_dir}, where the analysis and a resume look for it; use a relative path, e.g. "
+        "${hydra.job.num}"
+    ]
     assert not list(tmp_path.rglob("config.json")) and not sweep_dir.exists()
 
 
