@@ -204,8 +204,11 @@ if __name__ == "__main__":
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    from sweeper.sweep import refusals_in_one_line
+
     try:
-        main()
+        with refusals_in_one_line():  # a sweep refused before launch: one line, exit 2
+            main()
     except KeyboardInterrupt:
         # Ctrl-C: the records say where each run stopped (a rerun resumes it) and a sweep prints
         # its summary; a traceback would add nothing. Die by SIGINT, as an interrupted program

@@ -1,33 +1,36 @@
 """What a `-m` sweep does around its jobs: validate them all first, summarise them all last.
 
 Both run on the submitting machine, whatever the launcher (basic, pool, submitit_local,
-submitit_slurm): the grid sweeper (hydra_plugins/sweeper_grid, the default) calls check_jobs
-before it launches anything -- SweepCallback does it for Hydra's basic sweeper -- so a bad value
-never reaches a queue, and SweepCallback's count at the end reads the run records, which are the
-truth wherever the jobs ran.
+submitit_slurm), and both belong to this app (conf/config.yaml names SweepCallback in
+hydra.callbacks), not to a sweeper: the grid sweeper (hydra_plugins/sweeper_grid, the default)
+hands SweepCallback.check_grid each job's composed config before it launches anything -- its
+on_multirun_start checks the grid for Hydra's basic sweeper -- so a bad value never reaches a
+queue, and SweepCallback's count at the end reads the run records, which are the truth wherever
+the jobs ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import processes, submitted
 from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, attempt_dir, config_difference, move_into
 from sweeper.validate import ConfigError, check, check_device
 
-STATES = ("completed", "diverged", "failed", "interrupted", "running", "missing")
+STATES = ("completed", "diverged", "failed", "interrupted", "running", "damaged", "missing")
+SUMMARY_STATES = ("completed", "diverged", "failed")  # what a run's summary.json can say
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -39,11 +42,6 @@ def _effective(job: list[str]) -> frozenset:
         if key.lstrip("+~") != "trainer.resume":
             settings[key] = value
     return frozenset(settings.items())
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 # Stand-ins for the job number and id while a job's hydra.sweep.subdir is resolved before launch:
@@ -67,13 +65,14 @@ def _subdir(config: DictConfig, composed: DictConfig) -> str:
         try:
             subdir = os.path.normpath(str(composed.hydra.sweep.subdir))
         except Exception as e:  # an interpolation that does not resolve
-            raw = OmegaConf.to_container(composed.hydra.sweep)["subdir"]
-            fail(f"hydra.sweep.subdir={raw} is invalid: {str(e).splitlines()[0]}")
+            raise SweepRefused(
+                f"hydra.sweep.subdir={_raw_subdir(composed)} is invalid: {str(e).splitlines()[0]}"
+            ) from None
         finally:
             job.num, job.id = saved["num"], saved["id"]
     if ID_MARK in subdir:
         if config.hydra.launcher.get("_target_") not in ID_IS_NUM:
-            fail(
+            raise SweepRefused(
                 "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
                 "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
             )
@@ -82,25 +81,20 @@ def _subdir(config: DictConfig, composed: DictConfig) -> str:
 
 
 def check_jobs(
-    config: DictConfig,
-    jobs: list[list[str]],
-    compose_job: Callable[[list[str]], DictConfig],
-    config_loader=None,
-    nested: bool = True,
+    config: DictConfig, jobs: list[tuple[list[str], DictConfig]], reorder: bool = True
 ) -> list[list[str]]:
-    """Refuse a bad sweep in one line (exit 2) before its first job starts, else record it in
+    """Refuse a bad sweep (SweepRefused, one line) before its first job starts, else record it in
     sweep.json; returns the jobs to launch, in order.
 
-    `compose_job(overrides)` gives a job's composed config (hydra_plugins/sweeper_grid composes
-    each job once and hands the same config to the launcher). A job whose config brings a grid
-    of its own (own_grid: `-m experiment=lecture_lr,lecture_lr2`) becomes that grid's jobs when
-    `nested`, else it is refused (Hydra's basic sweeper would run it as one job). Refused: a bad
-    value or an unknown key in any job, two jobs with one run dir, a sweep dir that holds another
-    grid (unless every job has trainer.resume=false: the old sweep is then set aside in
-    attempts/N/), a run dir still being written by a live process, and a resume into a run dir of
-    another config. A rerun of the same grid, its overrides in any order, resumes it: its jobs
-    keep their numbers and run dirs (the grid sweeper launches them in the recorded order;
-    Hydra's basic sweeper, which launches in its own, is refused where that differs).
+    `jobs`: each job's overrides and composed config, in Hydra's order (the grid sweeper composes
+    each job once and hands the same config to the launcher). Refused: a bad value in any job, two
+    jobs with one run dir, a run dir outside the sweep dir, a sweep dir that cannot be written, one
+    whose sweep.json is damaged, one that holds another grid (unless every job has
+    trainer.resume=false: the old sweep is then set aside in attempts/N/), a run dir still being
+    written by a live process, and a resume into a run dir of another config. A rerun of the same
+    grid, its overrides in any order, resumes it: its jobs keep their numbers and run dirs when
+    `reorder` (the grid sweeper launches them in the order returned); Hydra's basic sweeper, which
+    launches in its own order, is refused where that differs.
     """
     sweep_dir = Path(config.hydra.sweep.dir)
     # A SLURM launcher's jobs train on its nodes, whose GPUs this (login) machine may not have.
@@ -110,46 +104,22 @@ def check_jobs(
     resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
     starts_over: list[bool] = []  # trainer.resume=false
     old_records = sweep_dir.exists()
-
-    def visit(job: list[str]) -> None:
-        label = f"job {len(final)} ({' '.join(job)})"
-        try:
-            composed = compose_job(job)
-        except Exception as e:  # a composition error (unknown key or option) from Hydra
-            fail(f"{label}: {str(e).splitlines()[0]}")
-        extra = own_grid(composed, job)
-        if extra and not nested:
-            fail(
-                f"{label}: its config sweeps " + " ".join(f"{k}={v}" for k, v in extra.items())
-                + ", which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
-            )  # fmt: skip
-        if extra:  # the job becomes its own grid: keys the job sets win over the grid's
-            arguments = [*job, *(f"{k}={v}" for k, v in extra.items())]
-            parser = OverridesParser.create(config_loader=config_loader)
-            for inner in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]:
-                if own_grid(composed, list(inner)):  # each inner job sets every key of the grid
-                    fail(f"{label}: cannot expand the grid its config sweeps ({', '.join(extra)})")
-                visit(list(inner))
-            return
+    raw_subdir = None
+    for num, (job, composed) in enumerate(jobs):
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         try:
             check(job_cfg)
             if not remote:  # jobs that will train on this machine: its devices
                 check_device(job_cfg)
         except ConfigError as e:
-            fail(f"{label}: {e}")
+            raise SweepRefused(f"{label(num, job)}: {e}") from None
         resume = bool(job_cfg.trainer.resume)
         resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
         starts_over.append(not resume)
         subdirs.append(_subdir(config, composed))
+        raw_subdir = raw_subdir or _raw_subdir(composed)
         final.append(job)
-
-    for job in jobs:
-        visit(job)
-    try:
-        known = _read_sweep(sweep_dir)
-    except ConfigError as e:
-        fail(str(e))
+    known = _read_sweep(sweep_dir)
     order = list(range(len(final)))
     if known is not None:
         # The recorded grid in its recorded order: each job keeps its number, and so its run dir.
@@ -159,9 +129,8 @@ def check_jobs(
         listed = [_effective(j["overrides"]) for j in known["jobs"]]
         if len(listed) == len(final) and all(len(places.get(k, [])) == listed.count(k) for k in places):
             order = [places[k].pop(0) for k in listed]
-        # Only the grid sweeper (nested) launches the jobs returned here, in their order.
-        if order != list(range(len(final))) and not nested:
-            fail(
+        if order != list(range(len(final))) and not reorder:
+            raise SweepRefused(
                 f"{sweep_dir} holds this grid with its jobs in another order, which hydra/sweeper=basic "
                 "launches as given; give the sweep's overrides in their first order, or use hydra/sweeper=grid"
             )
@@ -171,8 +140,15 @@ def check_jobs(
     dirs = [d.replace(NUM_MARK, str(num)) for num, d in enumerate(subdirs)]
     seen: dict[str, int] = {}
     for num, d in enumerate(dirs):
+        if os.path.isabs(d) or d.split(os.sep)[0] in (os.curdir, os.pardir):
+            # Its record would be where neither the analysis nor a resume of this sweep looks.
+            raise SweepRefused(
+                f"hydra.sweep.subdir={raw_subdir} is invalid: job {num}'s run dir "
+                f"{os.path.normpath(sweep_dir / d)} must be below the sweep dir {sweep_dir}, where the "
+                "analysis and a resume look for it; use a relative path, e.g. ${hydra.job.num}"
+            )
         if d in seen:
-            fail(
+            raise SweepRefused(
                 f"jobs {seen[d]} and {num} would both write to {sweep_dir / d}: hydra.sweep.subdir must "
                 "differ between jobs (${hydra.job.num}, the default, does)"
             )
@@ -181,13 +157,14 @@ def check_jobs(
     same = known is not None and [
         (_effective(j["overrides"]), os.path.normpath(j["dir"])) for j in known["jobs"]
     ] == [(_effective(j["overrides"]), j["dir"]) for j in listing]
+    if known is not None and not same and not all(starts_over):
+        raise SweepRefused(
+            f"{sweep_dir} holds a sweep of another grid ({_count(len(known['jobs']), 'job')}); resume it with "
+            "the same overrides, start over with trainer.resume=false (the old sweep is set aside in "
+            "attempts/N/), or choose another hydra.sweep.dir"
+        )
+    _check_writable(sweep_dir)
     if known is not None and not same:
-        if not all(starts_over):
-            fail(
-                f"{sweep_dir} holds a sweep of another grid ({len(known['jobs'])} jobs); resume it with the "
-                "same overrides, start over with trainer.resume=false (the old sweep is set aside in "
-                "attempts/N/), or choose another hydra.sweep.dir"
-            )
         aside = _set_aside_sweep(sweep_dir, known)
         print(f"sweep: the earlier sweep of {sweep_dir} is set aside in {aside}", file=sys.stderr)
         known = None
@@ -195,23 +172,27 @@ def check_jobs(
         run_dir = sweep_dir / d
         writer = processes.live_writer(run_dir)
         if writer is not None:
-            fail(
-                f"job {num} ({' '.join(overrides)}): {run_dir} is being trained by process {writer} "
+            raise SweepRefused(
+                f"{label(num, overrides)}: {run_dir} is being trained by process {writer} "
                 "on this host; wait for it to end (or stop it) before resuming this sweep"
             )
+        if job_config is None:
+            continue
         # Resuming into a run dir of another config would mix results: refuse before any job.
         try:
-            previous = json.loads((run_dir / "config.json").read_text()) if job_config is not None else None
-        except (OSError, ValueError):  # none, or unreadable: the job's start sets such a record aside
-            previous = None
-        if previous is not None:
-            diff = config_difference(previous, job_config)
-            if diff:
-                fail(
-                    f"job {num} ({' '.join(overrides)}): {run_dir} holds a run of another config "
-                    f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
-                )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+            previous = _json_object(run_dir / "config.json")
+        except Damaged as damage:  # the job's start sets such a record aside; the other jobs run on
+            print(f"sweep: {label(num, overrides)}: {run_dir / 'config.json'} {damage}; its job sets the "
+                  "record aside and starts the run over", file=sys.stderr)  # fmt: skip
+            continue
+        if previous is None:
+            continue
+        diff = config_difference(previous, job_config)
+        if diff:
+            raise SweepRefused(
+                f"{label(num, overrides)}: {run_dir} holds a run of another config "
+                f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
+            )
     launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
     if known is None:
         atomic_write(
@@ -226,9 +207,52 @@ def check_jobs(
                 }
             ),
         )
-    print(f"sweep: {len(final)} jobs validated, launching into {sweep_dir}", file=sys.stderr, flush=True)
+    print(
+        f"sweep: {_count(len(final), 'job')} validated, launching into {sweep_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     STARTED.append(sweep_dir)
     return final
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 job', '2 jobs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _raw_subdir(composed: DictConfig) -> str:
+    """hydra.sweep.subdir as the user gave it, interpolations unresolved."""
+    return OmegaConf.to_container(composed.hydra.sweep, resolve=False)["subdir"]
+
+
+def _check_writable(sweep_dir: Path) -> None:
+    """Refuse, naming the path, a sweep dir this process cannot write: Hydra writes multirun.yaml
+    there before the first job, with a traceback when it cannot. Tried, not asked (os.access):
+    root passes every permission check, and not a read-only file system."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # the dir, or the ancestor that could not be made
+        _not_writable(Path(e.filename) if isinstance(e.filename, str) else sweep_dir, e)
+    try:
+        with tempfile.TemporaryFile(dir=sweep_dir):
+            pass
+    except OSError as e:
+        _not_writable(sweep_dir, e)
+    for name in ("multirun.yaml", "sweep.json"):  # rewritten by a rerun
+        try:
+            if (sweep_dir / name).exists():
+                with (sweep_dir / name).open("ab"):
+                    pass
+        except OSError as e:
+            _not_writable(sweep_dir / name, e)
+
+
+def _not_writable(path: Path, error: OSError) -> None:
+    raise SweepRefused(
+        f"{path} is not writable ({error.strerror or type(error).__name__}): the sweep writes its "
+        "records there; make it writable, or choose another hydra.sweep.dir"
+    ) from None
 
 
 PENDING_OVERRIDE = f"hydra.output_subdir={PENDING_HYDRA_FILES}"
@@ -237,7 +261,7 @@ PENDING_OVERRIDE = f"hydra.output_subdir={PENDING_HYDRA_FILES}"
 def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
     """Move an earlier sweep (sweep.json, multirun.yaml and its jobs' run dirs) into
     <sweep>/attempts/N/, for a new grid to start over there: nothing a run produced is deleted.
-    Refused (exit 2) while a live process still trains one of its runs."""
+    Refused while a live process still trains one of its runs."""
     inside = [
         j["dir"]
         for j in known["jobs"]
@@ -246,7 +270,7 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
     for d in inside:
         writer = processes.live_writer(sweep_dir / d)
         if writer is not None:
-            fail(
+            raise SweepRefused(
                 f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
                 "(or stop it) before starting this sweep over"
             )
@@ -261,40 +285,38 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
 GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
 
 
-def expand(config: DictConfig, config_loader=None) -> list[list[str]]:
-    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives
-    them. With Hydra's config loader, `glob()` sweeps over a config group's options expand too."""
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
-    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(overrides, None)
-    return [list(job) for batch in batches for job in batch]
-
-
-def own_grid(job_config: DictConfig, job: list[str]) -> dict:
-    """The sweep params a job's own config brings that the job does not set: those of a config
-    group chosen by the sweep itself, as `-m experiment=lecture_lr,lecture_lr2` chooses each
-    experiment, whose `hydra.sweeper.params` were not in the grid Hydra expanded."""
-    params = job_config.hydra.sweeper.get("params") or {}
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in job}
-    return {k: str(v) for k, v in params.items() if k.lstrip("+~") not in keys}
-
-
 class SweepCallback(Callback):
-    """Checks a grid run by another sweeper than the grid sweeper (`hydra/sweeper=basic`), and
-    prints every sweep's summary, read from the run records once every job has ended."""
+    """The project app's sweep checks and summary: checks every grid before its first job
+    (check_grid, which the grid sweeper calls; on_multirun_start for another sweeper, such as
+    `hydra/sweeper=basic`), and prints every sweep's summary, read from the run records once every
+    job has ended."""
+
+    def check_grid(self, config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> list[list[str]]:
+        """The grid sweeper's hook (hydra_plugins/sweeper_grid): the jobs to launch, in order."""
+        return check_jobs(config, jobs)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
-            return  # the grid sweeper checks its jobs as it composes them, once each
+            return  # the grid sweeper calls check_grid with the configs it composed, once each
         # Composed as the launcher will (the command line's hydra overrides applied), with
         # Hydra's part: a job's own sweep params (own_grid) are refused, not dropped.
         loader = GlobalHydra.instance().hydra.config_loader
-        jobs = expand(config, loader)
-        check_jobs(
-            config, jobs, lambda job: loader.load_sweep_config(config, list(job)), loader, nested=False
-        )
+        try:
+            jobs = []
+            for num, job in enumerate(expand(config, loader)):
+                composed = composed_or_refused(lambda j: loader.load_sweep_config(config, list(j)), num, job)
+                extra = own_grid(composed, job)
+                if extra:
+                    raise SweepRefused(
+                        f"{label(num, job)}: its config sweeps " + " ".join(f"{k}={v}" for k, v in extra.items())
+                        + ", which hydra/sweeper=basic does not expand; use the default hydra/sweeper=grid"
+                    )  # fmt: skip
+                jobs.append((job, composed))
+            check_jobs(config, jobs, reorder=False)
+        except SweepRefused as e:
+            # Hydra turns a callback's exception into a warning, and would launch all the same.
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -305,18 +327,52 @@ class SweepCallback(Callback):
             raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def refusals_in_one_line():
+    """While it lasts, a sweep refused before launch (SweepRefused) prints `error: <why>` and exits
+    2, as the command line's other refusals do. Hydra's own report of the exception (its text, a
+    hint about HYDRA_FULL_ERROR, exit 1) is for apps without such a convention; Hydra offers no
+    hook for it, so its reporting function is wrapped here, for this block only."""
+    from hydra._internal import utils
+
+    report = utils.run_and_report
+
+    def reporting(func):
+        def refusing():
+            try:
+                return func()
+            except SweepRefused as e:
+                print(f"error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+        return report(refusing)
+
+    utils.run_and_report = reporting
+    try:
+        yield
+    finally:
+        utils.run_and_report = report
+
+
 # The sweeps this process has launched (check_jobs), and those it has printed the end summary of:
 # an interrupted sweep on Hydra's basic launcher never reaches on_multirun_end, and __main__
-# prints it then; the pool launcher prints its own on an interrupt.
+# prints it then (on Ctrl-C, or SIGTERM); the pool launcher prints its own on an interrupt.
 STARTED: list[Path] = []
 SUMMARIZED: set[Path] = set()
 
 
 def summarize(sweep_dir: Path, ended: bool = False) -> bool:
     """Print the one-screen end summary of a sweep, from its records; whether every job completed.
-    `ended`: the launcher has returned every job's result, so none is still running, wherever it ran."""
-    known = _read_sweep(sweep_dir)
-    if known is None or sweep_dir in SUMMARIZED:
+    `ended`: the launcher has returned every job's result, so none is still running, wherever it ran.
+    Never raises for what the records hold: a damaged file is named in its job's line."""
+    if sweep_dir in SUMMARIZED:
+        return True
+    try:
+        known = _read_sweep(sweep_dir)
+    except SweepRefused as e:  # damaged since the sweep began
+        print(f"\nsweep {sweep_dir}: no summary: {e}")
+        return False
+    if known is None:
         return True
     SUMMARIZED.add(sweep_dir)
     counts = dict.fromkeys(STATES, 0)
@@ -331,10 +387,10 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
             )
         counts[state] += 1
         if state != "completed":
-            lines.append(f"  {job['num']:>4}  {state:<9} {' '.join(job['overrides'])}  {detail}")
+            lines.append(f"  {job['num']:>4}  {state:<11} {' '.join(job['overrides'])}  {detail}")
     total = len(known["jobs"])
     print(
-        f"\nsweep {sweep_dir}: {total} jobs: "
+        f"\nsweep {sweep_dir}: {_count(total, 'job')}: "
         + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed")
     )
     for line in lines[:20]:
@@ -345,48 +401,110 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
     return counts["completed"] == total
 
 
+class Damaged(Exception):
+    """A record file that is there but cannot be what it should be; its text says what is wrong."""
+
+
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in `path`, None when there is no such file; Damaged when it cannot be read,
+    is not JSON (or not UTF-8), or holds another JSON value than an object."""
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})") from None
+    except ValueError:
+        raise Damaged("is not JSON") from None
+    if not isinstance(value, dict):
+        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {_short(value)})")
+    return value
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _read_sweep(sweep_dir: Path) -> dict | None:
     """The sweep's sweep.json, None when there is none; a damaged one is refused in one line (the
     grid it lists decides which run dir is whose: guessing could resume a job into another's)."""
     path = sweep_dir / "sweep.json"
+    advice = (
+        "move it away to resume this sweep (each run dir is then checked against its job's config), "
+        "or choose another hydra.sweep.dir"
+    )
     try:
-        known = json.loads(path.read_text())
-    except FileNotFoundError:
+        known = _json_object(path)
+    except Damaged as damage:
+        raise SweepRefused(f"{path} is damaged: it {damage}; {advice}") from None
+    if known is None:
         return None
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"{path} is damaged ({type(err).__name__}); move it away to resume this sweep (each run dir "
-            "is then checked against its job's config), or choose another hydra.sweep.dir"
-        ) from None
-    if not isinstance(known, dict) or not isinstance(known.get("jobs"), list):
-        raise ConfigError(f"{path} is damaged (no job list); move it away, or choose another hydra.sweep.dir")
+    jobs = known.get("jobs")
+    if not isinstance(jobs, list):
+        raise SweepRefused(f"{path} is damaged: it has no job list; {advice}")
+    for i, job in enumerate(jobs):
+        what = _bad_listed_job(job, i)
+        if what:
+            raise SweepRefused(f"{path} is damaged: job {i} of its list {what}; {advice}")
     return known
+
+
+def _bad_listed_job(job, i: int) -> str | None:
+    """What is wrong with entry `i` of sweep.json's job list, None if nothing."""
+    if not isinstance(job, dict):
+        return f"is {_short(job)}, not an object with num, dir and overrides"
+    if job.get("num") != i or type(job.get("num")) is not int:
+        return f"has num {_short(job.get('num'))}, not {i}"
+    if not isinstance(job.get("dir"), str) or not job["dir"]:
+        return f"has dir {_short(job.get('dir'))}, not a path"
+    overrides = job.get("overrides")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return f"has overrides {_short(overrides)}, not a list of strings"
+    return None
 
 
 def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     """(state, one-line detail) of a run dir from its record alone; `ended`: its job has returned
     (a SLURM job killed on another node leaves a record that only says it has not finished)."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except FileNotFoundError:
-        if not (run_dir / "config.json").exists():
-            return "missing", "no record"
+        summary = _json_object(run_dir / "summary.json")
+    except Damaged as damage:
+        return "damaged", f"summary.json {damage}"
+    if summary is not None:
+        state = summary.get("status")
+        if state not in SUMMARY_STATES:
+            return (
+                "damaged",
+                f"summary.json has status {_short(state)}, not one of {', '.join(SUMMARY_STATES)}",
+            )
+        if state == "completed":
+            return state, f"test_acc {summary.get('final_test_acc')}"
+        return state, str(summary.get("error") or f"after {summary.get('epochs_done')} epochs")
+    if not (run_dir / "config.json").exists():
+        return "missing", "no record"
+    # Another process on this host still trains it: another sweep into this dir, started
+    # together with this one, whose job this sweep's job was refused.
+    writer = processes.live_writer(run_dir)
+    if writer is not None:
+        return "running", f"being trained by process {writer} on this host, in another sweep or run"
+    try:
+        job = _json_object(run_dir / "job.json")
+    except Damaged as damage:
+        job, damaged = None, f"job.json {damage}"
+    else:
+        damaged = None
+    # Its process on this host has ended (or is this one, whose job returned) without a
+    # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
+    if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
         try:
-            job = json.loads((run_dir / "job.json").read_text())
-        except (OSError, ValueError):
-            job = None
-        # Its process on this host has ended (or is this one, whose job returned) without a
-        # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
-        if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
-            try:
-                epochs = len(complete_lines(run_dir / "metrics.jsonl"))  # a kill can cut the last short
-            except OSError:
-                epochs = 0
-            return "interrupted", f"stopped after {epochs} epochs; a rerun into this sweep dir resumes it"
-        return "running", "no summary yet"
-    except ValueError:  # not JSON, or not UTF-8
-        return "failed", "unreadable summary.json"
-    state = summary.get("status", "failed")
-    if state == "completed":
-        return state, f"test_acc {summary.get('final_test_acc')}"
-    return state, summary.get("error") or f"after {summary.get('epochs_done')} epochs"
+            epochs = len(complete_lines(run_dir / "metrics.jsonl"))  # a kill can cut the last short
+        except OSError:
+            epochs = 0
+        return (
+            "interrupted",
+            f"stopped after {_count(epochs, 'epoch')}; a rerun into this sweep dir resumes it",
+        )
+    if damaged:  # nothing tells which process writes it, or whether one still does
+        return "damaged", damaged
+    return "running", "no summary yet"

@@ -224,3 +224,23 @@ def test_hydras_basic_sweeper_composes_its_check_with_the_command_lines_hydra_ov
                    "trainer.epochs=1", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(json.loads((tmp_path / "s" / "sweep.json").read_text())["jobs"]) == 1
+
+
+def test_the_projects_check_is_its_apps_callback_and_raises_a_hydra_exception(tmp_path):
+    # Before, the grid sweeper ran the project's checks on any app and exited (SystemExit(2)).
+    from hydra.errors import CompactHydraException
+
+    from hydra_plugins.sweeper_grid.grid import SweepRefused
+    from sweeper.sweep import SweepCallback
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", overrides=[*TINY, "lr=-1", f"hydra.sweep.dir={tmp_path}"],
+                      return_hydra_config=True)  # fmt: skip
+    assert cfg.hydra.callbacks.sweep._target_ == "sweeper.sweep.SweepCallback"  # the app's, in conf/
+    with pytest.raises(
+        SweepRefused, match=r"^job 0 \(lr=-1\): lr=-1 is invalid: must be a number > 0$"
+    ) as err:
+        SweepCallback().check_grid(cfg, [(["lr=-1"], cfg)])
+    assert isinstance(err.value, CompactHydraException)  # Hydra prints it in one line, no traceback
+    assert not list(tmp_path.iterdir())

@@ -165,7 +165,7 @@ def test_a_damaged_sweep_json_is_refused_in_one_line_and_a_damaged_config_json_s
     refused, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        f"error: {sweep_dir / 'sweep.json'} is damaged (JSONDecodeError); move it away to resume this sweep "
+        f"error: {sweep_dir / 'sweep.json'} is damaged: it is not JSON; move it away to resume this sweep "
         "(each run dir is then checked against its job's config), or choose another hydra.sweep.dir"
     ]
     (sweep_dir / "sweep.json").write_text(listing)
@@ -317,3 +317,169 @@ def test_the_end_summary_counts_complete_epoch_lines_only(tmp_path):
         "interrupted",
         "stopped after 3 epochs; a rerun into this sweep dir resumes it",
     )
+
+
+@pytest.mark.parametrize("content", ["[1,2]", "42"], ids=["a-list", "a-number"])
+def test_a_config_json_of_another_shape_is_named_and_its_run_restarts_while_the_good_runs_run_on(
+    tmp_path, content
+):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0, first.stderr[-2000:]
+    good = (sweep_dir / "0" / "metrics.jsonl").read_bytes()
+    (sweep_dir / "1" / "config.json").write_text(content)  # a TypeError in config_difference, before
+    again, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Traceback" not in again.stderr
+    assert f"{sweep_dir / '1' / 'config.json'} is not a JSON object" in again.stderr
+    assert "2 jobs: 2 completed" in again.stdout
+    assert (sweep_dir / "0" / "metrics.jsonl").read_bytes() == good  # the good run: untouched
+    assert json.loads((sweep_dir / "1" / "config.json").read_text())["lr"] == 0.05  # started over
+    assert (sweep_dir / "1" / "attempts" / "1" / "config.json").read_text() == content  # kept aside
+
+
+def test_a_sweep_json_of_the_wrong_shape_is_refused_in_one_line(tmp_path):
+    first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+    assert first.returncode == 0, first.stderr[-2000:]
+    listing = json.loads((sweep_dir / "sweep.json").read_text())
+    path = sweep_dir / "sweep.json"
+    cases = {  # before: a TypeError, a KeyError 'overrides'
+        json.dumps({"jobs": [1, 2]}): "job 0 of its list is 1, not an object with num, dir and overrides",
+        json.dumps({"jobs": [{}, {}]}): "job 0 of its list has num null, not 0",
+        json.dumps(
+            {**listing, "jobs": [listing["jobs"][0], {**listing["jobs"][1], "overrides": "lr=0.05"}]}
+        ): ('job 1 of its list has overrides "lr=0.05", not a list of strings'),
+        json.dumps({**listing, "jobs": [{**listing["jobs"][0], "dir": 7}, listing["jobs"][1]]}): (
+            "job 0 of its list has dir 7, not a path"
+        ),
+        "[]": "it is not a JSON object (it holds list [])",
+        json.dumps({"jobs": "0,1"}): "it has no job list",
+    }
+    for content, what in cases.items():
+        path.write_text(content)
+        refused, _ = sweep(tmp_path, *FAST, "lr=0.1,0.05")
+        assert refused.returncode == 2, content
+        assert refused.stderr.strip().splitlines() == [
+            f"error: {path} is damaged: {what}; move it away to resume this sweep (each run dir is then "
+            "checked against its job's config), or choose another hydra.sweep.dir"
+        ], content
+
+
+@pytest.mark.parametrize(
+    "subdir, run_dir",
+    [
+        ("../../escape_${hydra.job.num}", "escape_0"),
+        ("/tmp/elsewhere_${hydra.job.num}", "/tmp/elsewhere_0"),
+        (".", "a/s"),
+    ],
+)
+def test_a_subdir_outside_the_sweep_dir_is_refused_before_launch(tmp_path, subdir, run_dir):
+    # Before, the runs were written outside the sweep dir and the summary said "2 completed",
+    # while the analysis and `status` found none of them.
+    sweep_dir = tmp_path / "a" / "s"
+    result = run_cli(
+        "-m",
+        f"hydra.sweep.subdir={subdir}",
+        *FAST,
+        "lr=0.1,0.2",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: hydra.sweep.subdir={subdir} is invalid: job 0's run dir {tmp_path / run_dir} must be below the "
+        f"sweep dir {sweep_dir}, where the analysis and a resume look for it; use a relative path, e.g. "
+        "${hydra.job.num}"
+    ]
+    assert not list(tmp_path.rglob("config.json")) and not sweep_dir.exists()
+
+
+@pytest.mark.parametrize("where", ["/sys/kernel", "/sys/kernel/sweeper-test"], ids=["existing", "new"])
+def test_a_sweep_dir_that_cannot_be_written_is_named_in_one_line_before_launch(tmp_path, where):
+    # /sys refuses every write, even root's: as a read-only file system does (a traceback about
+    # multirun.yaml, before).
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux's /sys")
+    result = run_cli("-m", *FAST, "lr=0.1,0.2", f"hydra.sweep.dir={where}", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {where} is not writable (")
+    assert line.endswith(
+        "): the sweep writes its records there; make it writable, or choose another hydra.sweep.dir"
+    )
+
+
+def write_run(run: Path, summary=None, job=None) -> Path:
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    for name, content in (("summary.json", summary), ("job.json", job)):
+        if content is not None:
+            (run / name).write_text(content)
+    return run
+
+
+def test_a_run_trained_by_another_process_is_running_not_interrupted_at_the_end(tmp_path):
+    # Two identical sweeps started together: this sweep's job was refused because the other
+    # sweep trains it; its summary said "interrupted ... a rerun resumes it".
+    from sweeper.sweep import job_state
+
+    with subprocess.Popen(["sleep", "60"]) as other:
+        try:
+            job = {"host": __import__("socket").gethostname(), "pid": other.pid,
+                   "pid_started": process_started(other.pid)}  # fmt: skip
+            run = write_run(tmp_path / "run", job=json.dumps(job))
+            state = job_state(run, ended=True)
+        finally:
+            other.kill()
+    assert state == ("running", f"being trained by process {other.pid} on this host, in another sweep or run")
+
+
+@pytest.mark.parametrize(
+    "summary, job, detail",
+    [
+        ("[]", None, "summary.json is not a JSON object (it holds list [])"),
+        (
+            '{"status": "great"}',
+            None,
+            'summary.json has status "great", not one of completed, diverged, failed',
+        ),
+        ('{"epochs_done": 3}', None, "summary.json has status null, not one of completed, diverged, failed"),
+        ("{not json", None, "summary.json is not JSON"),
+        (None, "garbage", "job.json is not JSON"),
+        (None, "[1]", "job.json is not a JSON object (it holds list [1])"),
+    ],
+)
+def test_a_damaged_summary_or_job_json_is_named_not_a_traceback_or_running(tmp_path, summary, job, detail):
+    # Before: `[]` gave an AttributeError and no summary; a garbage job.json said "running".
+    from sweeper import sweep as sweep_module
+
+    run = write_run(tmp_path / "s" / "0", summary=summary, job=job)
+    assert sweep_module.job_state(run) == ("damaged", detail)
+    (tmp_path / "s" / "sweep.json").write_text(
+        json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
+    )
+    assert sweep_module.summarize(tmp_path / "s") is False  # printed, no exception
+
+
+def test_the_end_summary_says_1_job_and_1_epoch(tmp_path, capsys):
+    from sweeper.sweep import summarize
+
+    write_run(tmp_path / "s" / "0")
+    (tmp_path / "s" / "0" / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    (tmp_path / "s" / "sweep.json").write_text(
+        json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
+    )
+    assert summarize(tmp_path / "s", ended=True) is False
+    out = capsys.readouterr().out
+    assert f"sweep {tmp_path / 's'}: 1 job: 0 completed, 1 interrupted" in out  # "1 jobs", before
+    assert "stopped after 1 epoch; a rerun" in out
+
+
+def test_a_job_that_does_not_compose_is_refused_in_one_line_on_the_command_line(tmp_path):
+    # The grid sweeper raises a Hydra exception (for any app); the project's command line says it
+    # in one line and exits 2, as it refuses everything else, not Hydra's hint and exit 1.
+    result = run_cli("-m", *FAST, "model=convnet,resnet", "model.growth=2.0", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: job 1 (")
+    assert line.endswith(" model=resnet model.growth=2.0): Could not override 'model.growth'.")
+    assert not (tmp_path / "outputs").exists()

@@ -1,14 +1,22 @@
-"""The project's default sweeper: Hydra's basic sweeper -- the same grid syntax, jobs, numbering
-and `hydra.sweeper.params` -- that checks every job before the first starts and composes each
-job's config once.
+"""A general Hydra sweeper, the project's default: Hydra's basic sweeper -- the same grid syntax,
+jobs, numbering, batches and `hydra.sweeper.params` -- that composes each job's config once, and
+has the app check the whole grid before the first job starts.
 
     python -m sweeper -m model.channels=16,32,64 lr=0.2,0.1,0.01     # hydra/sweeper=grid is the default
+    python my_app.py -m hydra/sweeper=grid db=mysql,postgresql       # any Hydra app
 
 Hydra's basic sweeper composes a job's config to check that it can, and its launcher composes it
-again to run it; checking our values needed a third. A compose of this project's config takes
-about 84 ms on cpu-vm, so a grid paid a quarter of a second per job before training anything.
-Here each job is composed once, checked by sweeper.sweep.check_jobs (values, resume conflicts, a
-live writer), and the launcher takes that config instead of composing it again.
+again to run it; checking an app's values needed a third. A compose of this project's config
+takes about 84 ms on cpu-vm, so a grid paid a quarter of a second per job before training
+anything. Here each job is composed once, and the launcher takes that config instead of
+composing it again.
+
+The app's checks: each of the app's callbacks (`hydra.callbacks`) that has a
+`check_grid(config, jobs)` method is given the jobs as (overrides, composed config) pairs, in
+Hydra's order, before anything is written; it returns the overrides to launch, in the order to
+launch them, or raises SweepRefused to refuse the sweep. This project's is
+sweeper.sweep.SweepCallback (values, resume conflicts, a live writer). A job whose config does not
+compose refuses the sweep too (SweepRefused, naming the job), before any job starts.
 
 One difference: a job whose config brings a grid of its own runs that grid. Sweeping a config
 group whose options set `hydra.sweeper.params` runs each option's grid:
@@ -20,13 +28,17 @@ where Hydra's basic sweeper would run one job per experiment, at its default val
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
 # in sys.modules, and dataclasses then cannot resolve string annotations.
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.sweeper_grid._refusal import SweepRefused
 
 
 @dataclass
@@ -90,6 +102,41 @@ def _with_project_launcher(launcher: Any, context: HydraContext, task_function, 
     return replaced
 
 
+def expand(config: DictConfig, config_loader=None) -> list[list[str]]:
+    """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives
+    them. With Hydra's config loader, `glob()` sweeps over a config group's options expand too."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
+    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def own_grid(job_config: DictConfig, job: list[str]) -> dict:
+    """The sweep params a job's own config brings that the job does not set: those of a config
+    group chosen by the sweep itself, as `-m experiment=lecture_lr,lecture_lr2` chooses each
+    experiment, whose `hydra.sweeper.params` were not in the grid Hydra expanded."""
+    params = job_config.hydra.sweeper.get("params") or {}
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in job}
+    return {k: str(v) for k, v in params.items() if k.lstrip("+~") not in keys}
+
+
+def label(num: int, job: list[str]) -> str:
+    """How a refusal names a job: its number in the grid and its overrides."""
+    return f"job {num} ({' '.join(job)})"
+
+
+def composed_or_refused(compose: Callable[[list[str]], DictConfig], num: int, job: list[str]) -> DictConfig:
+    """The job's config, or SweepRefused naming the job and the first line of Hydra's reason."""
+    try:
+        return compose(job)
+    except Exception as e:  # Hydra's composition errors (an unknown key or option), OmegaConf's
+        raise SweepRefused(
+            f"{label(num, job)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+
+
 KEEP = 64  # composed configs held for the launcher, at most
 
 
@@ -101,28 +148,55 @@ class GridSweeper(BasicSweeper):
         self.launcher = _with_project_launcher(self.launcher, context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        # The whole grid is checked before Hydra's sweep writes anything (the sweep dir, its
-        # multirun.yaml) or launches a job, so a bad job in a later batch
+        # The whole grid is composed and checked before Hydra's sweep writes anything (the sweep
+        # dir, its multirun.yaml) or launches a job, so a bad job in a later batch
         # (hydra.sweeper.max_batch_size) is refused too. Only the first KEEP jobs' configs are
         # kept for the launchers of their batches (about 240 kB each): a huge grid's later jobs
         # are composed again at launch, and a launcher that composes in the job (submitit)
         # leaves at most KEEP here.
-        from sweeper.sweep import check_jobs, expand
-
         held = self.loader.composed
 
-        def compose(job: list[str]):
+        def compose(job: list[str]) -> DictConfig:
             if len(held) < KEEP:
                 return self.loader.compose(self.config, job)
             return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
 
+        jobs: list[tuple[list[str], DictConfig]] = []
+        parser = OverridesParser.create(config_loader=self.loader.loader)
+
+        def visit(job: list[str]) -> None:
+            composed = composed_or_refused(compose, len(jobs), job)
+            extra = own_grid(composed, job)
+            if not extra:
+                jobs.append((job, composed))
+                return
+            # The job becomes the grid its config brings: keys the job sets win over the grid's.
+            arguments = [*job, *(f"{k}={v}" for k, v in extra.items())]
+            for inner in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]:
+                if own_grid(composed, list(inner)):  # each inner job sets every key of the grid
+                    raise SweepRefused(
+                        f"{label(len(jobs), job)}: cannot expand the grid its config sweeps ({', '.join(extra)})"
+                    )
+                visit(list(inner))
+
         # The jobs Hydra's basic sweeper would launch, in its order, except that a job whose
         # config brings a grid of its own (`-m experiment=lecture_lr,lecture_lr2`) becomes that grid.
-        self.jobs = check_jobs(self.config, expand(self.config, self.loader), compose, self.loader)
+        for job in expand(self.config, self.loader.loader):
+            visit(job)
+        self.jobs = [job for job, _ in jobs]
+        for check in self._app_checks():
+            self.jobs = check(self.config, jobs)
+            by_overrides = {tuple(job): composed for job, composed in jobs}
+            jobs = [(job, by_overrides[tuple(job)]) for job in self.jobs]
         launched = {tuple(job) for job in self.jobs}
         for job in [job for job in held if job not in launched]:  # a job that became its grid
             del held[job]
         return super().sweep(arguments)
+
+    def _app_checks(self) -> list[Callable]:
+        """The app's grid checks: its callbacks' check_grid methods (see the module's docstring)."""
+        callbacks = getattr(self.hydra_context.callbacks, "callbacks", None) or []
+        return [c.check_grid for c in callbacks if callable(getattr(c, "check_grid", None))]
 
     def split_arguments(self, overrides, max_batch_size: int | None) -> list[list[list[str]]]:
         """The batches of the jobs sweep() expanded and checked (Hydra's sweep() calls this)."""
