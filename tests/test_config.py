@@ -422,7 +422,7 @@ def test_the_launcher_check_stands_aside_where_hydra_launches_nothing_or_searche
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 jobs: 1 completed" in result.stdout + result.stderr
+    assert "1 job: 1 completed" in result.stdout + result.stderr
 
 
 def test_an_experiment_that_is_a_grid_is_refused_as_a_single_run_unless_its_values_are_picked(tmp_path: Path):

@@ -558,7 +558,7 @@ def test_a_job_refused_on_its_node_is_recorded_as_failed_with_the_reason(cluster
         f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip  (the test node's GPUs are fake: torch sees none)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "1 jobs: 0 completed, 1 failed" in result.stdout
+    assert "1 job: 0 completed, 1 failed" in result.stdout
     summary = read_json(sweep_dir / "0" / "summary.json")
     assert summary["status"] == "failed" and summary["error"].startswith(
         "ConfigError: trainer.device=cuda is invalid here"
