@@ -30,6 +30,7 @@ class Stopping:
     """Fed a run's metrics lines in order (`update`); says when the run must end, and why."""
 
     def __init__(self, trainer, n_classes: int):
+        self.epochs = int(trainer.epochs)
         rule = trainer.get("early_stopping") or {}
         self.metric = rule.get("metric")
         self.patience = int(rule.get("patience", 5))
@@ -73,7 +74,8 @@ class Stopping:
         value = row.get(self.metric)
         if value is not None and (self.best is None or self._improves(value)):
             self.best, self.best_epoch = value, epoch
-        if self.best_epoch is not None and epoch - self.best_epoch >= self.patience:
+        # At trainer.epochs the run ends anyway: it completed, it did not stop early.
+        if self.best_epoch is not None and epoch - self.best_epoch >= self.patience and epoch < self.epochs:
             self.verdict = {
                 "status": "stopped_early",
                 "stopped_epoch": epoch,
