@@ -360,6 +360,11 @@ NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "sched
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ, as "key: old -> new" lines. A recorded config that
+    is not a JSON object is damage, not a difference: [] (the start sets such a record aside,
+    naming the file; refusing here would block every job of a sweep for one damaged file)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
@@ -380,6 +385,16 @@ HYDRA_FILES = ".hydra"
 PENDING_HYDRA_FILES = ".hydra.pending-"
 
 
+def recorded_config(run_dir: Path) -> dict | None:
+    """The config.json of the record in `run_dir`; None when there is none, or it is damaged
+    (not JSON, not UTF-8, not a JSON object, unreadable): a start sets such a record aside."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
@@ -390,10 +405,9 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
             f"{run_dir} is being trained by process {writer} on this host; "
             "wait for it to end (or stop it), or use another output dir"
         )
-    try:
-        previous = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # no record (or one unreadable, which a start sets aside): nothing to mix with
+    previous = recorded_config(run_dir)
+    if previous is None:
+        return  # no record (or a damaged one, which a start sets aside): nothing to mix with
     if cfg.trainer.resume:
         diff = config_difference(previous, OmegaConf.to_container(cfg, resolve=True))
         if diff:
@@ -512,17 +526,30 @@ def open_record(
         raise
     record = RunLog(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
+    kept = kept_epochs(cfg)
     previous = record.read_json("config.json")
-    old_job = record.read_json("job.json")
-    old_job = old_job if isinstance(old_job, dict) else {}  # a damaged job.json only loses the restart count
+    old_job = record.read_json("job.json") or {}  # a damaged job.json only loses the restart count
+    if "job.json" in record.damaged:
+        log.info(
+            "%s: job.json is damaged (%s); its restart count starts over", run_dir, record.damaged["job.json"]
+        )
     moves_hydra = hydra_files != HYDRA_FILES
     if previous is not None and cfg.trainer.resume:
         summary = record.read_json("summary.json")
-        if summary is not None and summary.get("status") in ENDED:
-            log.info("%s: already %s, skipping", run_dir, summary["status"])
-            drop_pending(run_dir, hydra_files)
-            return record, summary
-        why = "it failed" if summary is not None else record.why_not_resumable()
+        status = None if summary is None else summary.get("status")
+        if status in ENDED:
+            why = record.why_not_ended(summary, kept)
+            if why is None:
+                log.info("%s: already %s, skipping", run_dir, status)
+                drop_pending(run_dir, hydra_files)
+                return record, summary
+            why = f"it ended {status}, but {why}"
+        elif summary is not None:
+            why = "it failed" if status == "failed" else f"summary.json is damaged: status {status!r}"
+        elif "summary.json" in record.damaged:
+            why = f"summary.json is damaged: {record.damaged['summary.json']}"
+        else:
+            why = record.why_not_resumable(kept)
         if why is not None:
             log.info(
                 "%s: earlier attempt set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why
@@ -535,7 +562,13 @@ def open_record(
         # Without a readable config.json a record cannot be checked against this config, so its
         # checkpoint is never resumed. (A .hydra/ without a record: an invocation that never
         # started one; kept all the same.)
-        log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record, moves_hydra))
+        if previous is not None:
+            why = "trainer.resume=false"
+        elif "config.json" in record.damaged:
+            why = f"config.json is damaged: {record.damaged['config.json']}"
+        else:
+            why = "no config.json"
+        log.info("%s: earlier record set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why)
     pending = run_dir / hydra_files if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES) else None
     if pending is not None and pending.is_dir():
         if (run_dir / HYDRA_FILES).exists():  # a resume: .hydra/ stays that of the attempt's start
@@ -544,7 +577,9 @@ def open_record(
             pending.rename(run_dir / HYDRA_FILES)
             as_written_in_place(run_dir / HYDRA_FILES / "hydra.yaml", hydra_files)
     record.write_config(config)
-    record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
+    restarts = old_job.get("restarts")
+    restarts = restarts + 1 if type(restarts) is int and restarts >= 0 else 0
+    record.write_job(job_info(overrides, job_num, restarts=restarts))
     return record, None
 
 
