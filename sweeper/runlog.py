@@ -89,12 +89,6 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def _io_error(err: Exception) -> bool:
-    """An error of the file system (it has an errno: EIO, ESTALE, EACCES) or of memory, which a
-    retry may not meet, rather than of the file's content."""
-    return isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno is not None)
-
-
 def complete_lines(path: Path) -> list[dict]:
     """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
     last one short) or its first line that is not a JSON object (damage); [] when the file is
@@ -229,12 +223,10 @@ class RunLog:
         attempt is set aside whole instead."""
         try:
             checkpoint = self.load_checkpoint()
-        except Exception as err:  # a truncated zip, a foreign file: torch raises several kinds
-            if _io_error(err):
-                raise  # the file system's trouble (EIO, ESTALE), not the file's: the run fails, a rerun resumes
-            if isinstance(err, DamagedCheckpoint):
-                return f"checkpoint.pt is damaged: {err}"
-            return f"checkpoint.pt does not load ({type(err).__name__})"
+        except DamagedCheckpoint as err:
+            return f"checkpoint.pt {err}"
+        # Anything else (EIO, ESTALE reading it) is the file system's trouble, not the file's:
+        # the run fails, a rerun resumes.
         if checkpoint is None:
             return "no checkpoint.pt"
         done = checkpoint.get("epoch")
@@ -296,14 +288,16 @@ class RunLog:
         """What is wrong with losses.npz: it does not load (every array is read, so that its zip
         CRCs are checked), or its epochs (up to `upto`, if given) are not `kept` (None: not
         checked)."""
-        if not self.losses_path.exists():
+        try:
+            data = self.losses_path.read_bytes()  # an error reading it is the file system's: raised
+        except FileNotFoundError:
             return f"losses.npz is missing (epochs {sorted(kept)} were kept)" if kept else None
         try:
-            with np.load(self.losses_path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {name: z[name] for name in z.files}
-        except Exception as err:
-            if _io_error(err):
-                raise
+        except MemoryError:
+            raise
+        except Exception as err:  # parsed from memory: whatever fails is the content's
             return f"losses.npz does not load ({type(err).__name__})"
         missing = sorted(LOSSES_KEYS - set(arrays))
         if missing:
@@ -393,15 +387,25 @@ class RunLog:
         """The saved state (without its digest); None when there is no checkpoint.pt. Raises
         DamagedCheckpoint when it loads but is not what was saved: torch's zip reader checks no
         CRC, so a flipped bit in a weight loads as a wrong weight."""
-        if not self.checkpoint_path.exists():
+        try:
+            data = self.checkpoint_path.read_bytes()  # an error reading it is the file system's: raised
+        except FileNotFoundError:
             return None
-        # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as err:  # parsed from memory: whatever fails (torch raises several kinds,
+            # OSError EINVAL among them) is the content's
+            raise DamagedCheckpoint(f"does not load ({type(err).__name__})") from err
         if not isinstance(state, dict):
-            raise DamagedCheckpoint(f"not a dict ({type(state).__name__})")
+            raise DamagedCheckpoint(f"is damaged: not a dict ({type(state).__name__})")
         digest = state.pop(DIGEST_KEY, None)
         if digest is None:
-            raise DamagedCheckpoint("it holds no digest (written by an older version, or damaged)")
+            raise DamagedCheckpoint(
+                "is damaged: it holds no digest (written by an older version, or damaged)"
+            )
         if digest != state_digest(state):
-            raise DamagedCheckpoint("its content does not match its digest")
+            raise DamagedCheckpoint("is damaged: its content does not match its digest")
         return state

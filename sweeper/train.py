@@ -533,6 +533,8 @@ def open_record(
         log.info(
             "%s: job.json is damaged (%s); its restart count starts over", run_dir, record.damaged["job.json"]
         )
+    elif previous is not None and not (run_dir / "job.json").exists():  # every start writes both
+        log.info("%s: job.json is missing; its restart count starts over", run_dir)
     moves_hydra = hydra_files != HYDRA_FILES
     if previous is not None and cfg.trainer.resume:
         summary = record.read_json("summary.json")
