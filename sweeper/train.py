@@ -23,6 +23,7 @@ import platform
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -74,6 +75,28 @@ def run_device(name: str) -> torch.device:
     return device
 
 
+# The threads this process was given (OMP_NUM_THREADS, SLURM's cpus-per-task, a pool worker's
+# share, else every core), read at its first run, before any run sets its own: a pool worker
+# runs several jobs, and an explicit trainer.threads of one must not become the `auto` of the next.
+_given_threads: int | None = None
+
+
+def use_threads(cfg: DictConfig) -> int:
+    """Set and return the run's CPU thread count (trainer.threads: an int >= 1, or `auto` for the
+    threads the process was given). CPU kernels reduce in an order that depends on it, so the
+    same config gives bit-identical numbers only with the same count: it is recorded."""
+    global _given_threads
+    if _given_threads is None:
+        _given_threads = torch.get_num_threads()
+    threads = cfg.trainer.get("threads", "auto")
+    if threads == "auto" or threads is None:
+        threads = _given_threads
+    elif type(threads) is not int or threads < 1:
+        raise ConfigError(f"trainer.threads={threads} is invalid: auto, or an int >= 1")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def kept_epochs(cfg: DictConfig) -> set[int]:
     """Epochs whose per-sample losses are kept: the configured ones that occur, and the last."""
     epochs = cfg.trainer.epochs
@@ -115,6 +138,7 @@ def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_fo
 
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
+    threads = use_threads(cfg)
     device = run_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
@@ -143,16 +167,18 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         "n_test": len(data.test_y),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cuda_graph": graph,
+        "threads": threads,
     }
     record.facts = info  # the same dict: a summary after a failure reports what it says by then
     log.info(
-        "%s: %d params, receptive field %d px, %d train / %d test images on %s",
+        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d threads",
         cfg.model.name,
         info["n_params"],
         info["receptive_field_px"],
         n_train,
         info["n_test"],
         info["device"],
+        threads,
     )
 
     # Resume from the last finished epoch, dropping any record written after that checkpoint.
@@ -395,6 +421,34 @@ def recorded_config(run_dir: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a run (or a sweep) cannot write under `path`, in one line naming the path: the path
+    itself, or its nearest existing parent (where its dirs would be made), is not a directory,
+    is read-only or not ours, or its disk is full. None when it can. It writes (and removes) one
+    small probe file: permissions alone do not show a read-only mount to root, nor a full disk."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory, so {path} cannot be made"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".sweeper-probe-")
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror})"
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 4096)  # a full disk can still take an empty file, not a block
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror})"
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return None
+
+
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
@@ -499,6 +553,15 @@ def drop_pending(run_dir: Path, hydra_files: str | None) -> None:
         shutil.rmtree(Path(run_dir) / hydra_files, ignore_errors=True)
 
 
+def drop_stale_pending(run_dir: Path) -> None:
+    """Remove the pending .hydra files of invocations whose process has ended (a kill before
+    their run started or was refused): Hydra's copies of a config, never a run's record."""
+    for pending in Path(run_dir).glob(f"{PENDING_HYDRA_FILES}*"):
+        pid = pending.name.removeprefix(PENDING_HYDRA_FILES)
+        if pid.isdigit() and int(pid) != os.getpid() and not processes.pid_alive(int(pid)):
+            shutil.rmtree(pending, ignore_errors=True)
+
+
 def open_record(
     cfg: DictConfig,
     run_dir: Path,
@@ -524,6 +587,7 @@ def open_record(
     except ConfigError:
         drop_pending(run_dir, hydra_files)
         raise
+    drop_stale_pending(run_dir)
     record = RunLog(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     kept = kept_epochs(cfg)
