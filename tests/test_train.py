@@ -607,9 +607,11 @@ def test_pending_hydra_dirs_of_ended_invocations_are_removed_at_the_next_start(t
 def test_a_damaged_job_json_names_no_live_writer(tmp_path, job):
     from sweeper import processes
 
+    # Garbage, or a pid that is no int or past any pid, read as some process's: a dead run shown
+    # as being trained, a rerun refused; or an OverflowError from os.kill.
     (tmp_path / "job.json").write_bytes(job)
     assert processes.live_writer(tmp_path) is None
-    assert processes.read_job(tmp_path) is None or isinstance(processes.read_job(tmp_path), dict)
+    assert (processes.read_job(tmp_path) is None) == (not job.startswith(b'{"'))
 
 
 def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line_before_hydra_writes(tmp_path):
@@ -621,14 +623,7 @@ def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line_before_hydra_wr
     assert "is not a directory" in train.unwritable(tmp_path / "file" / "run")
     done = run_cli(*TINY, "hydra.run.dir=/sys/sweeper-test/run", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert (
-        done.stderr.strip().splitlines()
-        == [
-            "error: hydra.run.dir=/sys/sweeper-test/run cannot hold the run's record: /sys is not writable "
-            "(Permission denied)"
-        ]
-        or "cannot hold the run's record: /sys is not writable" in done.stderr
-    )
+    assert "cannot hold the run's record: /sys is not writable" in done.stderr
 
 
 def test_a_job_whose_record_cannot_be_read_or_written_fails_alone_and_the_sweep_goes_on(tmp_path):
