@@ -7,7 +7,7 @@
 
     python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
         a one-screen table of the jobs: completed, running, submitted, interrupted, stalled,
-        failed, diverged, missing.
+        failed, diverged, damaged, missing.
 
 Bad input (no such dir, no runs, unknown metric, unwritable --out) prints one line on stderr
 and exits with 2.
@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.load import NoRunsFound, load_sweep
+from analysis.load import NoRunsFound, counted, load_sweep
 from analysis.status import format_job_table, job_table
 
 
@@ -109,8 +109,8 @@ def run_report(argv: list[str]) -> int:
     path = write_report(sweep, out, args.metric, sources=args.sweep_dirs)
     counts = sweep.runs["status"].value_counts()
     print(
-        f"{len(sweep.runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
-        f"{len(sweep.problems)} problems"
+        f"{counted(len(sweep.runs), 'run')} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+        f"{counted(len(sweep.problems), 'problem')}"
     )
     print(f"report: {path}")
     return 0

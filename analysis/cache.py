@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 CACHE_DIR = ".analysis_cache"
-CACHE_VERSION = 1  # bump when what is cached changes meaning
+CACHE_VERSION = 2  # bump when what is cached changes meaning
 RECORDS_FILE = f"records-v{CACHE_VERSION}.parquet"
 
 

@@ -4,7 +4,8 @@
     sweep = load_sweep("outputs/multirun/2026-11-26/23-59-00")
     sweep.runs       # one row per run: dotted config keys, status, summary metrics, run_dir
     sweep.curves     # one row per run x epoch: the varied keys and every logged metric
-    sweep.varied     # dotted config keys that differ between runs
+    sweep.varied     # dotted config keys that differ between runs (and `threads`, when CPU
+                     # runs ran on different thread counts: their numbers differ too)
     sweep.problems   # [(run_dir, reason)] for runs that are missing, broken, failed, ...
     sweep.distributions()   # per-sample loss histograms, run x epoch x split x bin (lazy)
 
@@ -31,12 +32,13 @@ import pandas as pd
 from analysis import diagnostics
 from analysis.cache import read_cache, write_cache
 from analysis.losses import empty_distributions, read_losses
+from analysis.records import RECORD_FILES, RunRecord, damaged, fingerprint, read_json, read_run
 from sweeper import processes
 
-RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
-# losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
-CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
-HYDRA_SPECIAL_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+# Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
+# among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
+HYDRA_SPECIAL_KEYS = frozenset({"_partial_", "_recursive_", "_convert_", "_args_"})
+TARGET_KEY = "_target_"
 SWEEP_RECORDS = ("sweep.json", "multirun.yaml")  # either one makes a dir a sweep dir
 # Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
 SKIP_DIRS = frozenset({"report", "sample_losses"})
@@ -98,6 +100,19 @@ def newest_sweep(root: Path) -> Path:
         return max((sweep / name).stat().st_mtime for name in SWEEP_RECORDS if (sweep / name).is_file())
 
     return max(sweeps, key=written)
+
+
+def resolve_dir(raw: str | os.PathLike, bases: Iterable[str | os.PathLike | None]) -> Path:
+    """A directory given on a command line or in an environment variable (SWEEP_DIR): an absolute
+    one as is, a relative one from the first of `bases` (where the user launched the program, the
+    project root) under which it exists; else as given, so that the error names it."""
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    for base in bases:
+        if base and (Path(base) / path).is_dir():
+            return Path(base) / path
+    return path
 
 
 def read_sweep_jobs(sweep_dir: Path) -> list[dict]:
@@ -178,100 +193,6 @@ def discover(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[li
     return list(refs.values()), list(missing.values())
 
 
-# --------------------------------------------------------------------------- reading files
-
-
-def read_json(path: Path) -> tuple[object | None, str | None]:
-    """(value, None), or (None, reason) when the file is missing or not valid JSON."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, f"{path.name} missing"
-    except OSError as err:
-        return None, f"{path.name} unreadable: {err.strerror}"
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as err:
-        return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
-
-
-def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
-    """Parse metrics.jsonl: (rows, notes, truncated).
-
-    A crash (or a read racing the writer) can leave a partial last line: it is dropped and
-    `truncated` is True. A bad line elsewhere is dropped with a note.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], [], False
-    except OSError as err:
-        return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
-    lines = data.split(b"\n")
-    rows, notes, truncated = [], [], False
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            row = None
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-        elif i == last:
-            truncated = True
-        else:
-            notes.append(f"metrics.jsonl line {i + 1} unreadable, dropped")
-    return rows, notes, truncated
-
-
-@dataclass
-class RunRecord:
-    """The parsed files of one run dir (metrics kept as rows until the curves are built)."""
-
-    config: dict | None
-    job: dict | None
-    summary: dict | None
-    metrics: list[dict]
-    notes: list[str]
-    truncated: bool = False
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    notes = []
-    config, note = read_json(run_dir / "config.json")
-    if note or not isinstance(config, dict):
-        notes.append(note or "config.json is not an object")
-        config = None
-    job, note = read_json(run_dir / "job.json")
-    if note or not isinstance(job, dict):
-        notes.append(note or "job.json is not an object")
-        job = None
-    summary, note = read_json(run_dir / "summary.json")
-    if not isinstance(summary, dict):
-        # Absent means still running; a broken summary is reported and treated as absent.
-        if note and "missing" not in note:
-            notes.append(note)
-        summary = None
-    rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
-    return RunRecord(config, job, summary, rows, notes + metric_notes, truncated)
-
-
-def fingerprint(run_dir: Path) -> tuple[str, float]:
-    """(size and mtime of each record file, newest mtime): the cache key and a sign of life."""
-    parts, newest = [], 0.0
-    for name in CACHED_FILES:
-        try:
-            st = os.stat(run_dir / name)
-        except OSError:
-            parts.append("-")
-            continue
-        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-        newest = max(newest, st.st_mtime)
-    return "|".join(parts), newest
-
-
 # --------------------------------------------------------------------------- config flattening
 
 
@@ -285,7 +206,8 @@ def _freeze(value):
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; `_target_` dropped."""
+    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; Hydra's flags
+    (`_partial_`, ...) dropped, `_target_` kept (`optim._target_`)."""
     flat = {}
     for key, value in config.items():
         if key in HYDRA_SPECIAL_KEYS:
@@ -396,6 +318,19 @@ def is_missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 run", "2 runs", "0 runs"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def format_knob(key: str, value) -> str:
+    """How tables and legends show a value of `key`: a `_target_` by its class name (Adam, not
+    torch.optim.Adam), any other as format_value does."""
+    if key.rsplit(".", 1)[-1] == TARGET_KEY and isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
+    return format_value(value)
+
+
 def format_value(value) -> str:
     """How a config value is written on the command line: [200], 0.1, none."""
     if isinstance(value, tuple):
@@ -484,6 +419,7 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
                 [],
                 json.loads(hit["notes"]),
                 bool(hit["truncated"]),
+                json.loads(hit["damage"]),
             )
             hits.append(name)
             cache_rows.append(hit)
@@ -500,6 +436,7 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
                     "summary": _dumps(record.summary),
                     "notes": json.dumps(record.notes),
                     "truncated": record.truncated,
+                    "damage": json.dumps(record.damage),
                 }
             )
         loaded.append(_Loaded(ref, record, last_write))
@@ -552,7 +489,7 @@ def _clean_curves(curves: pd.DataFrame, config_keys: set[str]) -> pd.DataFrame:
 
 def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
     record, reasons = item.record, list(item.record.notes)
-    if record.truncated and status != "running":
+    if record.truncated and status not in ("running", "damaged"):
         reasons.append("metrics.jsonl: truncated last line dropped")
     if not (item.ref.run_dir / "metrics.jsonl").exists() and (record.summary or {}).get("epochs_done"):
         reasons.append("metrics.jsonl missing")
@@ -568,7 +505,7 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(
             "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
         )
-    elif status not in ("completed", "running"):
+    elif status not in ("completed", "running", "damaged"):  # damaged: its notes name the file
         reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
 
@@ -594,12 +531,27 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "started_at": job.get("started_at"),
         "finished_at": summary.get("finished_at"),
         "device": summary.get("device"),
+        # The resolved trainer.threads; older records have only torch_threads, read at the run's end.
+        "threads": _int_or_none(summary.get("threads", summary.get("torch_threads"))),
         "cpu_count": summary.get("cpu_count"),
         "torch_threads": summary.get("torch_threads"),
     }
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version
     return row
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
+    """Whether the CPU runs ran on different thread counts: a CPU convolution reduces in another
+    order per thread count, so their numbers differ in the last bits and then more (the same
+    config at 1 and 2 threads is not one configuration). A GPU run's numbers do not depend on it."""
+    if "threads" not in runs or "device" not in runs:
+        return False
+    return runs.loc[runs["device"] == "cpu", "threads"].nunique(dropna=True) > 1
 
 
 CIFAR10_IMAGES = {"train": 50_000, "test": 10_000}  # sweeper.data's, without importing torch
@@ -683,8 +635,10 @@ class Sweep:
         )
 
     def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = ("completed",)) -> pd.DataFrame:
-        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs."""
-        return diagnostics.rank_configs(self.runs, metric, self.group_keys, statuses=statuses)
+        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs. A damaged
+        run is never ranked (statuses=None: every other status)."""
+        runs = self.runs[self.runs["status"] != "damaged"]
+        return diagnostics.rank_configs(runs, metric, self.group_keys, statuses=statuses)
 
     def distributions(
         self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None
@@ -720,10 +674,39 @@ class Sweep:
             if run_dir.empty:
                 raise KeyError(f"no run {run!r} in this sweep")
             hist, quantiles, reason = read_losses(Path(run_dir.iloc[0]) / "losses.npz", run)
+            reason = reason or self._losses_gap(run, hist)
             if reason:
+                # Read on demand, so named when first read: the run's numbers come from its other
+                # files and stand; only its histograms are lost.
                 warnings.warn(f"run {run}: {reason}", stacklevel=3)
+                if (run_dir.iloc[0], reason) not in self.problems:
+                    self.problems.append((run_dir.iloc[0], reason))
             self._npz_cache[run] = (hist, quantiles)
         return self._npz_cache[run]
+
+    def _losses_gap(self, run: str, hist: pd.DataFrame | None) -> str | None:
+        """Epochs a completed run should have kept in losses.npz (its trainer.sample_loss_epochs
+        and its last epoch, as sweeper.train keeps them) that the file lacks: the file was
+        deleted or replaced after the run (a resume would have rewritten it whole)."""
+        row = self.runs.loc[self.runs["run"] == run].iloc[0]
+        wanted, epochs = row.get("trainer.sample_loss_epochs"), row.get("trainer.epochs")
+        if (
+            row["status"] != "completed"
+            or not isinstance(wanted, tuple)
+            or not isinstance(epochs, (int, np.integer))
+        ):
+            return None
+        done = int(row["epochs_done"])
+        expected = {int(e) for e in wanted if isinstance(e, int) and 1 <= e <= min(done, epochs)}
+        expected |= {int(epochs)} if done >= epochs else set()
+        have = set() if hist is None else set(hist["epoch"].unique().tolist())
+        lost = sorted(expected - have)
+        if not lost:
+            return None
+        shown = ", ".join(map(str, lost[:10])) + (" ..." if len(lost) > 10 else "")
+        if hist is None:
+            return damaged("losses.npz", f"missing (trainer.sample_loss_epochs keeps epochs {shown})")
+        return damaged("losses.npz", f"epochs {shown} missing (trainer.sample_loss_epochs keeps them)")
 
 
 def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
@@ -746,7 +729,8 @@ def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
     """Load one or several run dirs / sweep dirs into a Sweep.
 
-    Broken, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`; runs
+    Damaged, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`
+    (a damaged losses.npz once `distributions` reads it); runs
     without a readable config.json cannot be placed in the sweep and are left out of `runs`.
     Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
     """
@@ -795,8 +779,12 @@ def _assemble(
     rows, keep = [], []
     for item, run in zip(loaded, ids, strict=True):
         done = int(reduced.loc[run, "epochs_done"]) if run in reduced.index else 0
-        status = run_status(
-            item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
+        status = (
+            "damaged"
+            if item.record.damage
+            else run_status(
+                item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
+            )
         )
         reasons = _problem_reasons(item, status, done)
         problems += [(str(item.ref.run_dir), reason) for reason in reasons]
@@ -826,7 +814,7 @@ def _assemble(
     runs = runs.merge(reduced, left_on="run", right_index=True, how="left")
     runs["epochs_done"] = runs["epochs_done"].fillna(0).astype("int64")
     runs = _fill_from_summary(runs, [it for it, _ in placed], keep)
-    varied = varied_keys(runs, config_keys)
+    varied = varied_keys(runs, config_keys) + (["threads"] if threads_vary_on_cpu(runs) else [])
     runs = _order_columns(runs, varied, config_keys).reset_index(drop=True)
     curves = curves.merge(runs[["run", *varied]], on="run", how="left")
     curves = curves[["run", *varied, *[c for c in curves.columns if c not in varied and c != "run"]]]

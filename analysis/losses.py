@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,19 @@ def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return _hist_frame(arrays, run), _quantile_frame(arrays, run), None
-    except (OSError, ValueError, EOFError, KeyError) as err:  # truncated zip, pickled object, missing array
-        return None, None, f"losses.npz unreadable ({type(err).__name__}: {err})"
+    # A truncated or bit-flipped zip (BadZipFile: a bad CRC, no central directory; zlib.error),
+    # a pickled object, a missing array, arrays of the wrong shape or kind (IndexError, TypeError).
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        IndexError,
+        TypeError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as err:
+        return None, None, f"damaged: losses.npz: does not load ({type(err).__name__}: {err})"
 
 
 def read_sample_losses(run_dir: Path, epoch: int) -> dict[str, np.ndarray] | None:
@@ -47,7 +60,7 @@ def read_sample_losses(run_dir: Path, epoch: int) -> dict[str, np.ndarray] | Non
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {split: npz[split] for split in ("train", "test")}
-    except (OSError, ValueError, EOFError, KeyError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
         return None
 
 

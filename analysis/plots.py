@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from analysis.diagnostics import lower_is_better, seed_aggregate
-from analysis.load import SEED_KEY, format_value, is_missing
+from analysis.load import SEED_KEY, format_knob, format_value, is_missing
 
 LINESTYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {
@@ -80,12 +80,32 @@ def _palette(values: list) -> dict:
     return dict(zip(values, colors, strict=True))
 
 
+def plain(text: str) -> str:
+    """Text drawn as written: a `$` would start matplotlib's mathtext (`+tag='$x_$'` then fails
+    to draw), so config values, keys and titles have theirs escaped."""
+    return str(text).replace("$", r"\$")
+
+
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
 def _log_scale(metric: str) -> bool:
     return "loss" in metric and "gap" not in metric
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (2.2, 0.01), not matplotlib's 2.2×10⁰; which ticks get a
+    label is LogFormatter's choice."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:.4g}"
+
+
+def _log_axis(ax) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
 def _check_replicates(frame: pd.DataFrame, keys: list[str], seed_key: str, what: str) -> None:
@@ -176,10 +196,10 @@ def _draw_lines(
         if (line[f"{y}_n"] > 1).any():
             ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
         label = ", ".join(
-            f"{k}={format_value(by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
+            f"{k}={format_knob(k, by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
         )
         label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
-        handles.setdefault(label, handle)
+        handles.setdefault(plain(label), handle)
     return handles
 
 
@@ -207,7 +227,7 @@ def _legend(fig: Figure, handles: dict) -> None:
 def _suptitle(fig: Figure, text: str) -> None:
     """A title wrapped to the figure's width (config descriptions get long)."""
     chars = max(30, int(fig.get_figwidth() * 11))
-    fig.suptitle(textwrap.fill(text, chars))
+    fig.suptitle(plain(textwrap.fill(text, chars)))
 
 
 def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> None:
@@ -277,11 +297,11 @@ def plot_curves(
                 )
             )
             if _log_scale(metric):
-                ax.set_yscale("log")
+                _log_axis(ax)
             ax.set_ylabel(metric_label(metric) if j == 0 else "")
             ax.set_xlabel("epoch" if i == len(metrics) - 1 else "")
             if col and i == 0:
-                ax.set_title(f"{col}={format_value(col_value)}")
+                ax.set_title(plain(f"{col}={format_knob(col, col_value)}"))
     if handles and (hue or style):
         _legend(fig, handles)
     if title:
@@ -344,7 +364,7 @@ def plot_lr_switch(
         )
         ax.axvline(0, color="0.2", lw=0.8, ls=":")
         if _log_scale(metric):
-            ax.set_yscale("log")
+            _log_axis(ax)
         ax.set_ylabel(metric_label(metric))
         ax.set_xlabel("epochs since the switch to lr2")
     _legend(fig, handles)
@@ -384,7 +404,8 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
                 lw=0,
             )
         lines.append(line)
-    ax.set_yscale("log")
+    _log_axis(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.2
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     acc_ax.set_ylabel("test accuracy")
@@ -392,13 +413,16 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
     if not finite.empty:
         loss_epoch = finite.loc[finite["test_loss_mean"].idxmin(), "epoch"]
         acc_epoch = finite.loc[finite["test_acc_mean"].idxmax(), "epoch"]
+        # One epoch for both: the dashes alternate red and green, so neither line hides the other.
+        dash = (0, (2, 2)) if loss_epoch == acc_epoch else ":"
         lines.append(
-            ax.axvline(loss_epoch, color="C3", ls=":", lw=1.2, label=f"min test loss: epoch {loss_epoch}")
+            ax.axvline(loss_epoch, color="C3", ls=dash, lw=1.2, label=f"min test loss: epoch {loss_epoch}")
         )
+        dash = (2, (2, 2)) if loss_epoch == acc_epoch else ":"
         lines.append(
-            ax.axvline(acc_epoch, color="C2", ls=":", lw=1.2, label=f"best test acc: epoch {acc_epoch}")
+            ax.axvline(acc_epoch, color="C2", ls=dash, lw=1.2, label=f"best test acc: epoch {acc_epoch}")
         )
-    fig.legend(lines, [line.get_label() for line in lines], loc="outside right upper", fontsize="small")
+    _legend(fig, {line.get_label(): line for line in lines})  # below: clear of the title and the curves
     n = _n_label(stats["test_acc_n"])
     _suptitle(fig, f"{title} ({n})" if title else f"test loss vs test accuracy ({n})")
     return fig
@@ -506,7 +530,9 @@ def plot_loss_distributions(
     zero_top = mean[mean["kind"] == "zero"].groupby("epoch")["fraction"].max()
     ncols = max(1, min(ncols, len(shown)))
     nrows = math.ceil(len(shown) / ncols)
-    fig, axes = _new_figure(nrows, ncols, 3.4, 2.4, sharex=True, sharey=True)
+    # Each panel on its own y scale: the first epoch's spike (most samples in a few bins) would
+    # flatten the later epochs, whose spread is the point of the figure.
+    fig, axes = _new_figure(nrows, ncols, 3.4, 2.4, sharex=True, sharey=False)
     colors = {"train": "C0", "test": "C1"}
     for ax, epoch in zip(axes.flat, shown, strict=False):
         for split, color in colors.items():
@@ -609,17 +635,21 @@ def plot_heatmap(
     except ValueError:
         cmap = "viridis"
     sns.heatmap(
-        pd.DataFrame(grid, index=[format_value(v) for v in ys], columns=[format_value(v) for v in xs]),
+        pd.DataFrame(
+            grid,
+            index=[plain(format_knob(y, v)) for v in ys],
+            columns=[plain(format_knob(x, v)) for v in xs],
+        ),
         annot=labels,
         fmt="",
         cmap=cmap,
         ax=axes[0, 0],
-        cbar_kws={"label": value},
+        cbar_kws={"label": plain(value)},
         annot_kws={"fontsize": "small"},
         linewidths=0.5,
     )
-    axes[0, 0].set_xlabel(x)
-    axes[0, 0].set_ylabel(y)
+    axes[0, 0].set_xlabel(plain(x))
+    axes[0, 0].set_ylabel(plain(y))
     n_note = f"N={int(stats[f'{value}_n'].iloc[0])} per cell" if uniform_n else "N per cell"
     _suptitle(fig, f"{title or value} ({n_note})")
     return fig

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import html
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.load import Sweep, format_value, is_missing
+from analysis.load import Sweep, counted, format_knob, format_value, is_missing
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
@@ -68,14 +69,15 @@ def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = sweep.rank(metric)
     if not ranking.empty:
         return _with_seed_count(sweep, ranking, ("completed",))
+    # A damaged run's numbers are not supported by its files: never ranked, even at its last epoch.
+    statuses = [s for s in sweep.runs["status"].unique() if s != "damaged"]
     ranking = sweep.rank(metric, statuses=None)
     if ranking.empty:
         return ranking
-    ranking = _with_seed_count(sweep, ranking, None)
-    ended = sweep.runs.assign(
-        ended=[
-            f"{s} at epoch {e}" for s, e in zip(sweep.runs["status"], sweep.runs["epochs_done"], strict=True)
-        ]
+    ranking = _with_seed_count(sweep, ranking, statuses)
+    ranked = sweep.runs[sweep.runs["status"].isin(statuses)]
+    ended = ranked.assign(
+        ended=[f"{s} at epoch {e}" for s, e in zip(ranked["status"], ranked["epochs_done"], strict=True)]
     )
     keys = sweep.group_keys
     if keys:
@@ -145,7 +147,21 @@ def figure_keys(sweep: Sweep) -> list[str]:
             len(FIGURE_PRIORITY),
         )
 
-    return sorted(keys, key=priority)
+    return _without_aliases(sweep.runs, sorted(keys, key=priority))
+
+
+def _without_aliases(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`keys` less those that split the runs exactly as an earlier one does (schedule._target_
+    follows schedule.name): the same figure twice. A `_target_` gives way to a named key."""
+    kept, seen = [], set()
+    for key in sorted(keys, key=lambda k: k.endswith("._target_")):  # stable: order kept otherwise
+        partition = frozenset(
+            frozenset(group) for group in runs.groupby(runs[key].map(format_value)).groups.values()
+        )
+        if partition not in seen:
+            seen.add(partition)
+            kept.append(key)
+    return [k for k in keys if k in kept]
 
 
 def best_slice(
@@ -168,7 +184,7 @@ def best_slice(
 
 def describe(config: dict, skip: Sequence[str] = ()) -> str:
     """The configuration's keys, less `skip`: "" when `skip` leaves none (no other key varies)."""
-    shown = [f"{k}={format_value(v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
+    shown = [f"{k}={format_knob(k, v)}" for k, v in config.items() if k not in skip and not is_missing(v)]
     return ", ".join(shown) or ("" if skip else "the only configuration")
 
 
@@ -360,25 +376,36 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(value) -> str:
+def markdown_text(text: str) -> str:
+    """Text from a record shown as text in report.md: HTML's special characters and `$` escaped,
+    so a config value or label (`+tag='<img src=x onerror=...>'`) never becomes markup or math."""
+    return html.escape(str(text), quote=False).replace("$", "\\$")  # `$...$` is math on GitHub
+
+
+def _cell(value, column: str = "") -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if is_missing(value):
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return format_value(value).replace("|", "\\|").replace("\n", " ")
+    return markdown_text(format_knob(str(column), value)).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
-    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown."""
+    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown. Cells are
+    text (escaped), a `_target_` named by its class."""
     if frame.empty:
         return "_none_\n"
     shown = frame.head(max_rows)
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    columns = [str(c) for c in shown.columns]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(_cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
+        for row in shown.itertuples(index=False)
+    ]
     if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more rows{more}_")
+        lines.append(f"\n_{len(frame) - max_rows} more row{'s' * (len(frame) - max_rows != 1)}{more}_")
     return "\n".join(lines) + "\n"
 
 
@@ -442,7 +469,7 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
     counts = runs["status"].value_counts()
-    line = f"{len(runs)} runs: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
+    line = f"{counted(len(runs), 'run')}: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
     # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
     return line + (f"; {n_missing} job{'s' * (n_missing > 1)} not started" if n_missing else "")
 
@@ -456,6 +483,13 @@ def write_report(
     keys = sweep.group_keys
     ranking = ranking_for(sweep, metric)
     diag = diagnostics_table(sweep)
+    figures = []
+    for drawn in standard_figures(sweep, metric):
+        if drawn.figure is not None:
+            drawn.figure.savefig(out / f"{drawn.name}.png", dpi=110)
+            drawn.figure = None  # free it before drawing the next one
+        figures.append(drawn)
+    # After the figures: a damaged losses.npz is found when its histograms are read.
     problems = pd.DataFrame(sweep.problems, columns=["run_dir", "reason"])
     for name, frame in (
         ("runs", sweep.runs),
@@ -468,13 +502,6 @@ def write_report(
         frame.to_csv(out / f"{name}.csv", index=False)
         frame.to_parquet(out / f"{name}.parquet", index=False)
 
-    figures = []
-    for drawn in standard_figures(sweep, metric):
-        if drawn.figure is not None:
-            drawn.figure.savefig(out / f"{drawn.name}.png", dpi=110)
-            drawn.figure = None  # free it before drawing the next one
-        figures.append(drawn)
-
     n_missing = sum(reason.startswith("missing:") for _, reason in sweep.problems)
     md = ["# Sweep report", ""]
     md += [
@@ -482,7 +509,7 @@ def write_report(
         f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- {_status_line(sweep.runs, n_missing)}",
         f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
-        f"{len(ranking)} configuration{'s' if len(ranking) != 1 else ''} ranked by `{metric}`",
+        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`",
         "",
     ]
     md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
@@ -498,12 +525,13 @@ def write_report(
     md += ["## Figures", ""]
     for drawn in figures:
         if drawn.skipped:
-            md += [f"- `{drawn.name}` skipped: {drawn.skipped}"]
+            md += [f"- `{drawn.name}` skipped: {markdown_text(drawn.skipped)}"]
     md.append("")
     for drawn in figures:
         if not drawn.skipped:
-            md += [f"### {drawn.name}", "", drawn.caption, "", f"![{drawn.name}]({drawn.name}.png)", ""]
-            md += [f"> note: {note}" for note in drawn.notes] + ([""] if drawn.notes else [])
+            image = f"![{drawn.name}]({drawn.name}.png)"
+            md += [f"### {drawn.name}", "", markdown_text(drawn.caption), "", image, ""]
+            md += [f"> note: {markdown_text(note)}" for note in drawn.notes] + ([""] if drawn.notes else [])
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
@@ -565,7 +593,7 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
     md += [
         "### Test loss rises while test accuracy still improves",
         "",
-        f"{len(flagged)} of {len(diag)} runs: test accuracy peaks after the test-loss minimum "
+        f"{len(flagged)} of {counted(len(diag), 'run')}: test accuracy peaks after the test-loss minimum "
         "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).",
         "",
     ]

@@ -1,5 +1,5 @@
-"""Where a sweep's jobs stand: completed, running, submitted, interrupted, stalled, failed, diverged
-or missing.
+"""Where a sweep's jobs stand: completed, running, submitted, interrupted, stalled, failed, diverged,
+damaged or missing.
 
     python -m analysis status outputs/multirun/2026-11-26/23-59-00
 
@@ -7,8 +7,9 @@ or missing.
 yet, or lost), `submitted` such a job that the SLURM launcher handed to SLURM (slurm_jobs.json:
 queued, or ended before it started); `interrupted` a run without summary.json whose process has
 ended (a rerun resumes it); `stalled` one that has written nothing for a long time (see
-analysis.load.run_status). Reads only job.json, summary.json, config.json and metrics.jsonl, so
-it is quick on a sweep in progress.
+analysis.load.run_status); `damaged` one whose record files are damaged (named in its row).
+Reads only job.json, summary.json, config.json and metrics.jsonl, so it is quick on a sweep in
+progress.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import discover, fingerprint, read_json, read_metrics, run_status
+from analysis.load import discover, run_status
+from analysis.records import fingerprint, read_run
 from sweeper import submitted
 
 STATUS_ORDER = (
+    "damaged",
     "failed",
     "diverged",
     "interrupted",
@@ -45,15 +48,16 @@ def _planned_epochs(config: object, summary: dict | None) -> int | None:
 
 
 def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_overrides, now: float) -> dict:
-    job, _ = read_json(run_dir / "job.json")
-    summary, _ = read_json(run_dir / "summary.json")
-    config, _ = read_json(run_dir / "config.json")
-    job = job if isinstance(job, dict) else {}
-    summary = summary if isinstance(summary, dict) else None
-    rows, _, _ = read_metrics(run_dir / "metrics.jsonl")
+    record = read_run(run_dir)
+    job, summary, config, rows = record.job or {}, record.summary, record.config, record.metrics
     epoch_times = [r["epoch_time_s"] for r in rows if isinstance(r.get("epoch_time_s"), (int, float))]
     _, last_write = fingerprint(run_dir)
-    status = run_status(summary, job, last_write, max(epoch_times, default=float("nan")), now)
+    # A damaged record is said so, with its file: a garbage job.json must not pass for a live run.
+    status = (
+        "damaged"
+        if record.damage
+        else run_status(summary, job, last_write, max(epoch_times, default=float("nan")), now)
+    )
     done = max((r["epoch"] for r in rows), default=0)
     planned = _planned_epochs(config, summary)
     return {
@@ -65,7 +69,7 @@ def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_o
         "slurm_id": _slurm_id(job, summary),
         "host": job.get("host"),
         "overrides": " ".join(job.get("overrides") or sweep_overrides),
-        "error": (summary or {}).get("error"),
+        "error": "; ".join(record.damage) or (summary or {}).get("error"),
         "run_dir": str(run_dir),
     }
 

@@ -16,6 +16,7 @@ format and a graph run resumes without one and vice versa.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -23,21 +24,43 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from sweeper import models
+from sweeper import build, models
 
 log = logging.getLogger("sweeper")
 
 WARMUP_CALLS = 3  # eager steps before capture: cuDNN benchmarking, lazy handles, workspaces
 
 
+# The optimizer whose update sgd_step (and the fused trials' step, sweeper/fused.py) writes out,
+# and the arguments of it they compute at any value. Every other argument of torch.optim.SGD is
+# computed at its default only: the step then does what torch.optim.SGD would.
+SGD_TARGETS = {"torch.optim.SGD", "torch.optim.sgd.SGD"}
+SGD_COMPUTED = {"momentum", "nesterov", "weight_decay"}
+
+
 def capturable(cfg: DictConfig) -> str | None:
-    """None when the run's step can be captured, else why not (the graph then stays off)."""
-    if cfg.optim.name != "sgd":
-        return f"optim={cfg.optim.name}: only sgd's update is written capture-safe"
-    if float(cfg.optim.get("dampening", 0.0)) != 0.0:
-        return "optim.dampening != 0"
-    if cfg.optim.get("maximize", False):
-        return "optim.maximize=true"
+    """None when the run's step can be captured, else why not (the graph then stays off).
+
+    A whitelist: the optimizer's class by its `_target_` (optim.name is only a label), and each
+    of its arguments by value."""
+    target = cfg.optim.get("_target_")
+    if target not in SGD_TARGETS:
+        return (
+            f"optim={cfg.optim.get('name')} (optim._target_={target}): only sgd's update "
+            "(torch.optim.SGD) is written capture-safe"
+        )
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(torch.optim.SGD).parameters.items()
+        if k not in ("params", "lr") and p.default is not inspect.Parameter.empty
+    }
+    for key, value in build.optimizer_arguments(cfg).items():
+        if key in SGD_COMPUTED:
+            continue
+        if key not in defaults:
+            return f"optim.{key}={value}: not an argument the sgd step computes"
+        if value != defaults[key]:
+            return f"optim.{key}={value}: the sgd step computes only its default ({defaults[key]})"
     return None
 
 

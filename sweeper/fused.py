@@ -17,9 +17,12 @@ Trials that share a seed share their batches: one is drawn for all.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-Plain SGD (with momentum, nesterov, weight decay) only, no batch norm (running statistics cannot
-be stacked simply), no dropout (its masks could not follow the solo runs'); `fusable()` says why
-a group cannot be fused, and those jobs run solo.
+What fuses is a whitelist of what the fused step computes exactly: torch.optim.SGD, named by its
+`_target_`, with any momentum, nesterov and weight decay and its other arguments at their
+defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; and a
+model of the layer classes stacked.widen stacks -- no batch norm (running statistics cannot be
+stacked simply), no dropout (its masks could not follow the solo runs'). `fusable()` says why a
+job cannot be fused, and such a job runs solo (a config of another Hydra app too).
 """
 
 from __future__ import annotations
@@ -84,9 +87,22 @@ def _shared(cfg: DictConfig) -> dict:
     return tree
 
 
+# The sections of the project's training config that train_group reads: a config without them
+# (another Hydra app's) is not a training this module can run.
+SECTIONS = ("lr", "model", "optim", "schedule", "data", "trainer")
+
+
 def fusable(cfgs: list[DictConfig]) -> str | None:
-    """None when the configs can train as one program, else the reason they cannot."""
+    """None when the configs can train as one program, else the reason they cannot.
+
+    What fuses is a whitelist of what train_group computes exactly as the solo run does:
+    torch.optim.SGD's update with the arguments cuda_graph.capturable admits (the same update,
+    written per trial); any schedule (the very function build.schedule gives the solo run);
+    model.l1; and a model every layer of which stacked.widen stacks. Anything else runs alone."""
     for c in cfgs:
+        missing = [k for k in SECTIONS if not isinstance(c, DictConfig) or k not in c]
+        if missing:
+            return f"not a training config of this project (no {', '.join(missing)})"
         reason = cuda_graph.capturable(c)  # the same update is written here, per trial
         if reason:
             return f"fused trials need plain optim=sgd ({reason})"
@@ -102,6 +118,9 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
     try:  # the net's layers, built without memory: can one wide net compute every trial?
         with torch.device("meta"):
             net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)  # both data sets are CIFAR-shaped
+    except Exception as e:  # its solo run reports this as its failure
+        return f"its model cannot be built: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    try:
         stacked.widen(net, 2)
     except stacked.UnsupportedLayer as e:
         return str(e)
@@ -253,12 +272,13 @@ def train_group(
     )  # fmt: skip
     del nets
 
-    # Every step's per-trial learning rates, computed once and kept on the device: a step then
-    # reads its row there instead of copying host values (which a CUDA graph could not replay).
-    total_steps = steps_per_epoch * epochs
-    lr_table = torch.tensor(
-        [[fn(s) for fn in lr_at] for s in range(total_steps)], dtype=torch.float32, device=device
-    )
+    # Each epoch's per-trial learning rates, computed at its start and kept on the device: a
+    # step then reads its row there instead of copying host values (which a CUDA graph could not
+    # replay). An epoch's, not the run's: trainer.epochs=1e9 must not tabulate 1e9 epochs first.
+    def lr_table(first_step: int) -> torch.Tensor:
+        steps = range(first_step, first_step + steps_per_epoch)
+        return torch.tensor([[fn(s) for fn in lr_at] for s in steps], dtype=torch.float32, device=device)
+
     lr_now = torch.zeros(n_trials, device=device)
 
     # On CUDA the fused step is captured once and replayed (sweeper/cuda_graph.py).
@@ -286,10 +306,11 @@ def train_group(
             data_module.train_batches(data, batch_size, g, cfg0.data.augment, layout)
             for g in generators[: 1 if shared_batches else n_trials]
         ]
+        epoch_lrs, first_step = lr_table(step), step
         for batches in zip(*per_trial_batches, strict=True):
             xs, ys = zip(*batches, strict=True)
             x, y = (xs[0], ys[0]) if shared_batches else (torch.stack(xs), torch.stack(ys))
-            loss_sum += fused_step(x, y, lr_now.copy_(lr_table[step]))
+            loss_sum += fused_step(x, y, lr_now.copy_(epoch_lrs[step - first_step]))
             step, samples = step + 1, samples + len(ys[0])
 
         wide.eval()

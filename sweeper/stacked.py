@@ -102,7 +102,8 @@ def widen(net: nn.Module, n_trials: int) -> nn.Module:
     Raises UnsupportedLayer naming a layer it cannot stack (batch norm, say: its running
     statistics are per trial but its training statistics would be read across the batch).
     """
-    if not isinstance(net, CONTAINERS):
+    # Exact classes, not subclasses: a subclass may compute something else in its forward.
+    if type(net) not in CONTAINERS:
         raise UnsupportedLayer(f"fused trials cannot stack a {type(net).__name__}")
     for name, child in net.named_children():
         kind = type(child)
@@ -112,9 +113,9 @@ def widen(net: nn.Module, n_trials: int) -> nn.Module:
             setattr(net, name, TrialLinear(child, n_trials))
         elif kind is nn.Flatten and (child.start_dim, child.end_dim) == (1, -1):
             setattr(net, name, TrialFlatten(n_trials))
-        elif isinstance(child, CHANNELWISE):
+        elif kind in CHANNELWISE:
             continue
-        elif isinstance(child, CONTAINERS):
+        elif kind in CONTAINERS:
             widen(child, n_trials)
         else:
             raise UnsupportedLayer(f"fused trials cannot stack a {kind.__name__} layer")

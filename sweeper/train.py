@@ -75,22 +75,15 @@ def run_device(name: str) -> torch.device:
     return device
 
 
-# The threads this process was given (OMP_NUM_THREADS, SLURM's cpus-per-task, a pool worker's
-# share, else every core), read at its first run, before any run sets its own: a pool worker
-# runs several jobs, and an explicit trainer.threads of one must not become the `auto` of the next.
-_given_threads: int | None = None
-
-
 def use_threads(cfg: DictConfig) -> int:
-    """Set and return the run's CPU thread count (trainer.threads: an int >= 1, or `auto` for the
-    threads the process was given). CPU kernels reduce in an order that depends on it, so the
-    same config gives bit-identical numbers only with the same count: it is recorded."""
-    global _given_threads
-    if _given_threads is None:
-        _given_threads = torch.get_num_threads()
+    """Set and return the run's CPU thread count: trainer.threads, an int >= 1, or `auto` for the
+    threads the process was given (every core alone, a pool worker's share, SLURM's
+    cpus-per-task). CPU kernels reduce in an order that depends on it, so the same config gives
+    bit-identical numbers only with the same count: it is recorded. run() gives the process its
+    own count back after the run, so that a stated count never becomes the next run's `auto`."""
     threads = cfg.trainer.get("threads", "auto")
     if threads == "auto" or threads is None:
-        threads = _given_threads
+        threads = torch.get_num_threads()
     elif type(threads) is not int or threads < 1:
         raise ConfigError(f"trainer.threads={threads} is invalid: auto, or an int >= 1")
     torch.set_num_threads(threads)
@@ -694,6 +687,7 @@ def run(
     record, ended = open_record(cfg, run_dir, overrides, job_num, hydra_files)
     if ended is not None:
         return ended
+    given = torch.get_num_threads()
     try:
         return close_record(record, cfg, train(cfg, record))
     except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
@@ -702,6 +696,8 @@ def run(
         if stopped_by_cluster(e):
             raise  # no summary either; submitit records the job as ended without a result
         return close_record(record, cfg, {}, e)
+    finally:
+        torch.set_num_threads(given)  # the process's own again, for its next run's `auto`
 
 
 def refused(cfg: DictConfig, run_dir: Path, overrides, job_num, hydra_files, error: Exception) -> str:

@@ -100,6 +100,13 @@ def test_report_of_a_single_run_skips_the_figures_that_need_varied_keys(sweep, t
     assert (out / "loss_vs_accuracy.png").is_file() and (out / "curves.png").is_file()
 
 
+def test_a_report_of_one_run_says_1_run_and_1_problem_in_the_singular(sweep, tmp_path, capsys):
+    """It said "1 runs (1 diverged), 1 problems"."""
+    assert main([str(sweep / "3"), "--out", str(tmp_path / "one")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "1 run (1 diverged), 1 problem"
+    assert "- 1 run: 1 diverged" in (tmp_path / "one" / "report.md").read_text()
+
+
 def test_status_prints_the_job_table(sweep, capsys):
     assert main(["status", str(sweep)]) == 0
     text = capsys.readouterr().out

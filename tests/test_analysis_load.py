@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ def grid_sweep(sweep_dir, points: list[dict]):
 # --------------------------------------------------------------------------- flattening and dtypes
 
 
-def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable():
+def test_flatten_uses_cli_override_names_drops_hydra_flags_and_keeps_lists_usable():
     flat = flatten_config(base_config())
     assert flat["lr"] == 0.1
     assert flat["model.channels"] == 32
@@ -64,7 +65,8 @@ def test_flatten_uses_cli_override_names_drops_hydra_keys_and_keeps_lists_usable
     assert flat["model.units"] == (200,)  # hashable and comparable, unlike a list
     assert flat["model.pool"] == (3, 2)
     assert flat["schedule.name"] == "constant" and "schedule.lr2" not in flat
-    assert not any(k.endswith(("_target_", "_partial_")) for k in flat)
+    assert not any(k.endswith("_partial_") for k in flat)
+    assert flat["optim._target_"] == "torch.optim.SGD"  # the class is a knob (optim._target_=...)
     assert "model" not in flat and "optim" not in flat
 
 
@@ -227,8 +229,8 @@ def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(t
         "2": "running",
         "3": "failed",
         "4": "diverged",
-        "8": "running",
-        "9": "completed",
+        "8": "damaged",  # a summary.json cut short ends nothing, nor leaves it running
+        "9": "damaged",  # a complete line that is not JSON: damage from outside, not a crash
     }  # 7 has no config: it cannot be placed
     assert runs.loc["1", "epochs_done"] == 2  # the truncated third line is dropped
     assert runs.loc["2", "epochs_done"] == 2 and runs.loc["2", "final_test_acc"] == TEST_ACC[1]
@@ -245,8 +247,8 @@ def test_a_messy_sweep_loads_its_good_runs_and_lists_the_bad_ones_with_reasons(t
     assert reasons["5"] == ["missing: listed in sweep.json (lr=0.15) but no run record"]
     assert reasons["6"] == ["missing: listed in sweep.json (lr=0.16) but no run record"]
     assert reasons["7"] == ["config.json missing"]
-    assert reasons["8"][0].startswith("summary.json is not valid JSON")
-    assert reasons["9"] == ["metrics.jsonl line 2 unreadable, dropped"]
+    assert reasons["8"][0].startswith("damaged: summary.json: not valid JSON")
+    assert reasons["9"] == ["damaged: metrics.jsonl: line 2: not valid JSON, dropped"]
     assert "0" not in reasons and "2" not in reasons  # a running run is not a problem
 
 
@@ -393,7 +395,7 @@ def test_pickled_npz_is_refused_not_unpickled(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert loaded.distributions().empty
-    assert "losses.npz unreadable" in str(caught[0].message)
+    assert "damaged: losses.npz: does not load" in str(caught[0].message)
 
 
 def test_subset_matches_tuples_and_missing_values(tmp_path):
@@ -490,3 +492,87 @@ def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
     from sweeper.validate import SECTIONS
 
     assert CONFIG_SECTIONS == SECTIONS
+
+
+# --------------------------------------------------------------------------- thread counts
+
+
+def _threaded_runs(root, device: str, threads: list, key: str = "threads"):
+    """One config run twice (seeds 0 and 1), each at its own thread count (None: not recorded)."""
+    dirs = []
+    for seed, n in enumerate(threads):
+        data = rows()
+        extra = {"device": device} | ({key: n} if n is not None else {})
+        dirs.append(
+            write_run(
+                root / f"{device}-{seed}",
+                base_config(**{"trainer.seed": seed}),
+                data,
+                summary_record(data, **extra),
+                job_record(),
+            )
+        )
+    return dirs
+
+
+def test_cpu_runs_on_different_thread_counts_are_never_one_configuration(tmp_path):
+    loaded = load_sweep(_threaded_runs(tmp_path, "cpu", [1, 2]))
+    assert loaded.runs["threads"].tolist() == [1, 2]  # a column of the runs table
+    assert "threads" in loaded.varied and "threads" in loaded.group_keys
+    assert loaded.rank()["n"].tolist() == [1, 1]
+
+
+def test_gpu_runs_and_cpu_runs_on_one_thread_count_merge_over_seeds(tmp_path):
+    gpu = load_sweep(_threaded_runs(tmp_path, "NVIDIA H100 80GB HBM3", [1, 8]))
+    assert gpu.runs["threads"].tolist() == [1, 8] and "threads" not in gpu.varied
+    assert gpu.rank()["n"].tolist() == [2]
+    same = load_sweep(_threaded_runs(tmp_path / "same", "cpu", [4, 4]))
+    assert "threads" not in same.varied and same.rank()["n"].tolist() == [2]
+
+
+def test_older_records_without_threads_load_and_their_torch_threads_count(tmp_path):
+    unrecorded = load_sweep(_threaded_runs(tmp_path / "none", "cpu", [None, None]))
+    assert unrecorded.runs["threads"].isna().all() and unrecorded.rank()["n"].tolist() == [2]
+    older = load_sweep(_threaded_runs(tmp_path / "older", "cpu", [1, 2], key="torch_threads"))
+    assert older.runs["threads"].tolist() == [1, 2] and "threads" in older.varied
+
+
+# --------------------------------------------------------------------------- _target_
+
+
+def test_runs_that_differ_only_in_a_target_are_two_configurations_named_by_class(tmp_path):
+    """-m optim._target_=torch.optim.Adam,torch.optim.NAdam: two configurations, not one of n=2."""
+    sweep = grid_sweep(
+        tmp_path / "s", [{"optim._target_": "torch.optim.Adam"}, {"optim._target_": "torch.optim.NAdam"}]
+    )
+    loaded = load_sweep(sweep)
+    assert loaded.varied == ["optim._target_"]
+    assert loaded.runs["optim._target_"].tolist() == ["torch.optim.Adam", "torch.optim.NAdam"]
+    assert loaded.rank()["n"].tolist() == [1, 1]
+    assert analysis.load.format_knob("optim._target_", "torch.optim.NAdam") == "NAdam"
+    assert analysis.load.format_knob("lr", "torch.optim.NAdam") == "torch.optim.NAdam"
+    constant = load_sweep(grid_sweep(tmp_path / "c", [{"lr": 0.1}, {"lr": 0.2}]))
+    assert "model._target_" in constant.runs and constant.varied == ["lr"]  # a column, never dropped
+
+
+def test_a_relative_dir_is_resolved_from_the_first_base_that_holds_it(tmp_path):
+    (tmp_path / "launched" / "outputs" / "s").mkdir(parents=True)
+    (tmp_path / "root" / "outputs" / "s").mkdir(parents=True)
+    (tmp_path / "root" / "outputs" / "t").mkdir(parents=True)
+    bases = [None, tmp_path / "launched", tmp_path / "root"]
+    assert analysis.load.resolve_dir("outputs/s", bases) == tmp_path / "launched" / "outputs" / "s"
+    assert analysis.load.resolve_dir("outputs/t", bases) == tmp_path / "root" / "outputs" / "t"
+    assert analysis.load.resolve_dir("outputs/u", bases) == Path("outputs/u")  # the error names it as given
+    assert analysis.load.resolve_dir(tmp_path / "x", bases) == tmp_path / "x"
+
+
+def test_the_parquet_cache_needs_a_pyarrow_past_cve_2023_47248():
+    """The cache reads parquet files inside sweep dirs; pyarrow 14.0.0 and older run code from a
+    crafted one (CVE-2023-47248, fixed in 14.0.1)."""
+    import re
+
+    from packaging.requirements import Requirement  # pytest's own dependency
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pyarrow = Requirement(re.search(r'"(pyarrow\b[^"]*)"', pyproject).group(1))
+    assert not pyarrow.specifier.contains("14.0.0") and pyarrow.specifier.contains("14.0.1")

@@ -12,8 +12,9 @@ from tests.fake_runs import make_sweep
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sweep_analysis.ipynb"
 
 
-def executed(sweep: Path, monkeypatch) -> list:
-    """The notebook's outputs, run top to bottom on `sweep` (SWEEP_DIR); it must raise nothing."""
+def executed(sweep: Path | str, monkeypatch) -> list:
+    """The notebook's outputs, run top to bottom on `sweep` (SWEEP_DIR) by a kernel started in
+    notebooks/, as jupyter starts it; it must raise nothing."""
     monkeypatch.setenv("SWEEP_DIR", str(sweep))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -60,3 +61,14 @@ def test_the_notebook_runs_on_a_sweep_with_no_epoch_logged_yet(tmp_path, monkeyp
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "curves_by_lr: not drawn (curves: no data)" in printed
     assert "no epoch logged yet: no diagnostics" in printed
+
+
+def test_a_relative_sweep_dir_is_read_from_where_jupyter_was_launched(tmp_path, monkeypatch):
+    """`SWEEP_DIR=outputs/multirun/demo jupyter lab notebooks/sweep_analysis.ipynb` from a
+    project's root: the kernel starts in notebooks/, where that path does not exist."""
+    sweep = make_sweep(tmp_path / "outputs/multirun/demo", {"lr": [0.2, 0.05]}, seeds=(0,), epochs=3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))  # what the launching shell leaves to jupyter's kernels
+    outputs = executed("outputs/multirun/demo", monkeypatch)
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"{sweep}: 2 runs" in printed

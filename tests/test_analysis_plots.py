@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import QuadMesh
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -306,3 +308,78 @@ def test_lines_of_one_colour_that_differ_in_a_key_get_a_style_and_an_entry_each(
     ]
     styles = sorted(line.get_linestyle() for line in data_lines(fig.axes[0]))
     assert styles == sorted(["-", "-", "--"])
+
+
+# --------------------------------------------------------------------------- readability
+
+
+def drawn(fig: Figure) -> Figure:
+    """The figure rendered (tick labels and extents are made at draw time)."""
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def drawn_tick_labels(fig: Figure, axis: str = "y") -> list[str]:
+    drawn(fig)
+    texts = []
+    for ax in fig.axes:
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        for minor in (False, True):
+            texts += [t.get_text() for t in target.get_ticklabels(minor=minor) if t.get_text()]
+    return texts
+
+
+def test_log_loss_axes_are_labelled_with_plain_numbers():
+    """A loss between 1.8 and 2.4 read "2.2×10⁰" (mathtext); a wide one 10⁻²."""
+    narrow = curves_grid(lrs=(0.1,)).assign(train_loss=lambda f: 1.8 + 0.15 * (f["epoch"] - 1))
+    wide = curves_grid(lrs=(0.1,)).assign(train_loss=lambda f: 2.3 / 10 ** (f["epoch"] - 1))
+    for curves in (narrow, wide):
+        labels = drawn_tick_labels(plot_curves(curves, metrics=("train_loss",)))
+        assert labels and not [t for t in labels if "$" in t or "×" in t or "^" in t], labels
+    assert "2" in drawn_tick_labels(plot_curves(narrow, metrics=("train_loss",)))
+    assert "0.01" in drawn_tick_labels(plot_curves(wide, metrics=("train_loss",)))
+
+
+def test_loss_vs_accuracy_keeps_its_legend_below_and_its_epochs_whole():
+    curves = curves_grid(lrs=(0.1,), epochs=3)
+    fig = drawn(plot_loss_vs_accuracy(curves, title="a configuration"))
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    plot = fig.axes[0].get_window_extent(renderer)
+    assert legend.y1 <= plot.y0  # below the panel: never over the title or a curve
+    assert plot.width >= 0.75 * fig.bbox.width  # the legend takes no column of its own
+    ticks = [float(t.replace("−", "-")) for t in drawn_tick_labels(fig, "x")]
+    assert ticks and all(t == int(t) for t in ticks), ticks
+
+
+def test_loss_vs_accuracy_shows_both_markers_when_they_fall_on_one_epoch():
+    curves = curves_grid(lrs=(0.1,)).assign(test_loss=lambda f: 1.0 + 0.1 * abs(f["epoch"] - 4))
+    fig = plot_loss_vs_accuracy(curves)
+    texts = legend_texts(fig)
+    assert "min test loss: epoch 4" in texts and "best test acc: epoch 4" in texts
+    drawn(fig)
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    ax = fig.axes[0]
+    x = int(round(ax.transData.transform((4, 1.0))[0]))
+    box = ax.get_window_extent()
+    rows = slice(int(image.shape[0] - box.y1) + 5, int(image.shape[0] - box.y0) - 5)
+    column = image[rows, x - 1 : x + 2].reshape(-1, 3)
+
+    def share(color: str) -> float:
+        rgb = (np.array(to_rgb(color)) * 255).astype(int)
+        return float((np.abs(column - rgb).sum(axis=1) < 60).mean())
+
+    # each dashed marker covers a good part of the column (the curves cross it at a point)
+    assert share("C3") > 0.1 and share("C2") > 0.1, (share("C3"), share("C2"))
+
+
+def test_each_loss_distribution_panel_is_scaled_to_its_own_data(tmp_path):
+    """Epoch 1's spike (98% in one bin) flattened the later epochs (peaks about 0.08) on a shared axis."""
+    rng = np.random.default_rng(0)
+    spike = np.full(1000, 2.3)
+    spread = np.exp(rng.uniform(np.log(1e-3), np.log(10), 1000))
+    np.savez(tmp_path / "losses.npz", **losses_arrays([1, 2], [spike, spread], [spike, spread]))
+    dists, _, _ = read_losses(tmp_path / "losses.npz", "r")
+    fig = plot_loss_distributions(dists)
+    first, later = (ax.get_ylim()[1] for ax in fig.axes[:2])
+    assert first > 0.9 and later < 0.3, (first, later)

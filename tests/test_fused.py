@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from sweeper import build, data, fused, train
+from sweeper import build, data, fused, models, train
 from tests.conftest import REPO, compose_cfg
 
 TRIALS = [
@@ -251,3 +251,97 @@ def test_a_trial_whose_summary_cannot_be_written_leaves_the_others_closed_as_the
     for i in (0, 2):
         assert json.loads((dirs[i] / "summary.json").read_text())["status"] == "completed"
     assert not (dirs[1] / "summary.json").exists()
+
+
+class ConvNetVariant(models.ConvNet):
+    """The convnet's layers, another forward: stacking its layers would not compute it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        # optim: torch.optim.SGD's update only, by its class, not its label (optim.name)
+        ("optim._target_=torch.optim.ASGD", "optim._target_=torch.optim.ASGD"),
+        ("optim._target_=torch.optim.Adam", "optim._target_=torch.optim.Adam"),
+        # ... and its arguments that the step does not compute, at any value but the default
+        ("+optim.dampening=0.5", "optim.dampening=0.5"),
+        ("+optim.maximize=true", "optim.maximize=True"),
+        ("+optim.foreach=true", "optim.foreach=True"),
+        ("+optim.differentiable=true", "optim.differentiable=True"),
+        ("+optim.fused=true", "optim.fused=True"),
+        ("+optim.lr=0.3", "optim.lr=0.3"),  # the rate is the top-level lr
+        ("+optim.betas=[0.9,0.99]", "optim.betas=[0.9, 0.99]"),
+        # model: a net of the layers and classes stacked.widen stacks, with l1 (the loop's)
+        ("model._target_=tests.test_fused.ConvNetVariant", "ConvNetVariant"),
+        ("model.batch_norm=true", "model.batch_norm=false"),
+        ("model.dropout=0.5", "model.dropout=0"),
+        ("+model.width_multiplier=2", "its model cannot be built"),
+    ],
+)
+def test_a_field_the_fused_step_does_not_compute_makes_the_job_run_alone(override, named):
+    """Fusing is a whitelist: a job whose optimizer, or model, is not what the fused step
+    computes exactly runs alone (as its solo run, which trains it or fails with the reason),
+    never fused as if it were plain SGD."""
+    reason = fused.fusable([compose_cfg(override)] * 2)
+    assert reason is not None and named in reason, reason
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=1e-4"],
+        ["+optim.dampening=0", "+optim.maximize=false", "+optim.foreach=null"],  # SGD's defaults
+        ["optim._target_=torch.optim.sgd.SGD"],
+        ["model.l1=1e-5"],
+        ["model=resnet", "model.batch_norm=false"],
+        *[[f"schedule={name}"] for name in ("constant", "step", "multistep", "geometric", "cosine")],
+        ["schedule.warmup_epochs=1"],
+    ],
+)
+def test_what_the_fused_step_computes_fuses(overrides):
+    # Every schedule: a trial's rates are the very function build.schedule gives its solo run.
+    assert fused.fusable([compose_cfg(*overrides)] * 2) is None
+
+
+def test_a_config_that_is_not_a_training_runs_alone():
+    from omegaconf import OmegaConf
+
+    assert "not a training config of this project (no lr, model, optim" in fused.fusable(
+        [OmegaConf.create({"foo": 10, "bar": 100})]
+    )
+
+
+def test_a_fused_group_computes_each_epochs_rates_as_it_starts_not_the_whole_runs(tmp_path, monkeypatch):
+    """trainer.epochs=1e9 fused: every step's rate was tabulated before the first step (a
+    MemoryError after 48 s). Now one epoch's at its start: the group trains its first epoch at
+    once, having asked the schedule for that epoch's steps only (6 of 50 images)."""
+    from sweeper.runlog import RunLog
+
+    asked, schedule = [], build.schedule
+
+    def counted(cfg, steps_per_epoch, total_steps):
+        at = schedule(cfg, steps_per_epoch, total_steps)
+
+        def rate(step):
+            asked.append(step)
+            assert step < 100, f"the rate of step {step} asked before its epoch"
+            return at(step)
+
+        return rate
+
+    class EpochWritten(BaseException):
+        """Ends the run after its first epoch's metrics (a BaseException: not a failure of it)."""
+
+    def written(self, row):
+        raise EpochWritten(row["epoch"])
+
+    monkeypatch.setattr(build, "schedule", counted)
+    monkeypatch.setattr(RunLog, "append_metrics", written)
+    cfgs = [compose_cfg("trainer.epochs=1000000000", f"lr={lr}") for lr in (0.1, 0.05)]
+    with pytest.raises(EpochWritten) as ended:
+        fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
+    assert ended.value.args == (1,)
+    assert max(asked) < 12 and set(range(6)) <= set(asked)

@@ -1,6 +1,7 @@
 """The pool launcher: long-lived workers pinned to device slots, each job a complete, independent record."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,9 @@ def without_times(path):
 
 
 def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
-    grid = ["lr=0.2,0.1,0.05,0.02"]
+    # One CPU thread each, stated: CPU kernels reduce in another order on another thread count,
+    # so only the same trainer.threads gives the same numbers, whatever the launcher and cores.
+    grid = ["lr=0.2,0.1,0.05,0.02", "trainer.threads=1"]
     pooled = run_cli(
         "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2",
         *TINY, *grid, f"hydra.sweep.dir={tmp_path / 'pool'}", cwd=tmp_path,
@@ -34,12 +37,11 @@ def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
     # (GPU slots are pinned as test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees shows)
     assert {j["cuda_visible_devices"] for j in jobs} == {""}  # CPU slots: their workers see no GPU
     assert len({j["pid"] for j in jobs}) == 2  # two workers, each ran two jobs: start-up paid once
-    # The CPUs shared out: with a thread per core each, 2 slots on 2 cores ran 3-4x slower.
     threads = {
         json.loads((tmp_path / "pool" / str(n) / "summary.json").read_text())["torch_threads"]
         for n in range(4)
     }
-    assert threads == {threads_per_worker(2)}
+    assert threads == {1}  # the stated count, not the workers' share of the cores
     for n in range(4):
         assert {p.name for p in (tmp_path / "pool" / str(n)).iterdir()} >= RECORD
         assert json.loads((tmp_path / "pool" / str(n) / "summary.json").read_text())["status"] == "completed"
@@ -493,3 +495,80 @@ def test_threads_per_worker_share_the_cpus_and_keep_the_users_setting(monkeypatc
     for unusable in ("0", "many", ""):  # set_num_threads(0) failed in every worker; int("many") here
         monkeypatch.setenv("OMP_NUM_THREADS", unusable)
         assert threads_per_worker(2) == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_workers_still_start_is_clean(tmp_path, start_sweep, signum):
+    """Ctrl-C (to the whole group) or SIGTERM (to the launcher) 0.3 s after the launch line, while
+    both workers are still importing torch: the sweep stops as at any other time, with the
+    summary and the signal's status, and without a traceback from a worker."""
+    sweep = tmp_path / "sweep"
+    launcher = start_sweep(*POOL, "lr=0.1,0.05", f"hydra.sweep.dir={sweep}")
+    wait_until(lambda: "Launching 2 jobs on 2 workers" in launcher.out.read_text(), what="the launch")
+    time.sleep(0.3)
+    if signum == signal.SIGINT:
+        os.killpg(launcher.pid, signal.SIGINT)
+        assert launcher.wait(timeout=60) == -signal.SIGINT
+    else:
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    out = launcher.out.read_text()
+    all_gone(launcher)
+    assert f"sweep {sweep}: 2 jobs: 0 completed" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+
+
+def test_a_job_run_in_this_process_leaves_no_log_file_to_the_next_jobs(hydra_sweep_runner, tmp_path):
+    """Each job's log file ends with the job, as on Hydra's basic launcher: the next batch's
+    launch lines (one job a batch) go to the console, not into job 0's log."""
+    sweep = hydra_sweep_runner(
+        calling_file=None,
+        calling_module="hydra.test_utils.a_module",
+        task_function=lambda cfg: logging.getLogger("job").info(f"job a={cfg.a}"),
+        config_path="configs",
+        config_name="compose",
+        overrides=["hydra/launcher=pool", "hydra.sweeper.max_batch_size=1", "+a=1,2,3"],
+        temp_dir=tmp_path,
+    )
+    with sweep:  # (its files are gone after the block)
+        assert [len(batch) for batch in sweep.returns] == [1, 1, 1]
+        for n in range(3):
+            text = (tmp_path / str(n) / "a_module.log").read_text()
+            assert f"job a={n + 1}" in text  # the job's own line
+            assert "Launching" not in text and text.count("job a=") == 1, text
+
+
+def test_fuse_never_trains_another_optimizer_as_plain_sgd(tmp_path):
+    """optim._target_=torch.optim.ASGD keeps optim.name=sgd: fused, it trained as plain SGD and
+    "completed". Each job runs alone instead, as its solo run does (which ASGD's arguments fail)."""
+    result = run_cli(
+        "-m", "hydra/launcher=pool", "hydra.launcher.fuse=true", *TINY, "optim._target_=torch.optim.ASGD",
+        "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert "fusing jobs" not in out
+    for n in (0, 1):
+        assert (
+            f"job #{n} runs alone: fused trials need plain optim=sgd (optim=sgd (optim._target_=torch.optim.ASGD)"
+            in out
+        )
+        summary = json.loads((tmp_path / "s" / str(n) / "summary.json").read_text())
+        assert summary["status"] == "failed" and "ASGD" in summary["error"]
+
+
+def test_a_stated_trainer_threads_is_the_jobs_and_auto_keeps_the_workers_share():
+    """The pool's share of the cores per worker is for trainer.threads=auto; a stated count is
+    the job's, and the next job on the same worker starts from the worker's share again."""
+    from hydra_plugins.sweeper_pool.launcher import _job_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # the worker's share
+    try:
+        with _job_threads(OmegaConf.create({"trainer": {"threads": 1}})):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        for other in ({"trainer": {"threads": "auto"}}, {"foo": 10}):  # auto; another Hydra app
+            with _job_threads(OmegaConf.create(other)):
+                assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from submitit.core.utils import UncompletedJobError
+from submitit.slurm.test_slurm import mocked_slurm
 
 from hydra_plugins.sweeper_launcher.launcher import LOST, Pack
 from tests.conftest import CONF, REPO, TINY, run_cli
@@ -53,6 +54,8 @@ class FakeExecutor:
 
     made: list["FakeExecutor"] = []
     lose_next: set = set()  # array indices whose job ends without a result
+    fail_next: set = set()  # array indices whose job raises in the task function (run_job returns it)
+    crash_next: set = set()  # array indices whose job raises outside run_job (submitit re-raises it)
 
     def __init__(self, folder, cluster=None, **kwargs):
         self.init = {"folder": folder, "cluster": cluster, **kwargs}
@@ -67,34 +70,43 @@ class FakeExecutor:
     def map_array(self, fn, *iterables):
         calls = list(zip(*iterables, strict=True))
         self.arrays.append((fn, calls))
-        return [
-            FakeJob(fn, args, lost=i in FakeExecutor.lose_next, job_id=f"12_{i}")
-            for i, args in enumerate(calls)
-        ]
+        return [FakeJob(fn, args, i, job_id=f"12_{i}") for i, args in enumerate(calls)]
 
 
 class FakeJob:
-    def __init__(self, fn, args, lost, job_id):
-        self.fn, self.args, self.lost, self.job_id = fn, args, lost, job_id
+    def __init__(self, fn, args, index, job_id):
+        self.fn, self.args, self.index, self.job_id = fn, args, index, job_id
         self.paths = SimpleNamespace(stderr=Path("/cluster/sweep/.submitit/12_1/12_1_0_log.err"))
 
     def results(self):
-        if self.lost:
+        if self.index in FakeExecutor.lose_next:
             raise UncompletedJobError(
                 "Job 12_1 (task: 0) has not produced any output (state: CANCELLED by 0)"
             )
+        if self.index in FakeExecutor.crash_next:
+            raise submitit.core.utils.FailedJobError("Job (task=0) failed during processing with trace: ...")
+        failed = self.index in FakeExecutor.fail_next
         if type(self.fn).__name__ == "Pack":  # (Hydra's plugin scan re-executes the module: no isinstance)
-            return [[_done(call[0]) for call in self.args[0]]]
-        return [_done(self.args[0])]
+            return [[_done(call[0], failed) for call in self.args[0]]]
+        return [_done(self.args[0], failed)]
 
 
-def _done(overrides):
+def _done(overrides, failed=False):
+    if failed:  # what Hydra's run_job returns for a task function that raised
+        return JobReturn(
+            overrides=overrides, status=JobStatus.FAILED, _return_value=ZeroDivisionError("division by zero")
+        )
     return JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value="completed")
 
 
 @pytest.fixture
 def fake_submitit(monkeypatch):
-    FakeExecutor.made, FakeExecutor.lose_next = [], set()
+    FakeExecutor.made, FakeExecutor.lose_next, FakeExecutor.fail_next, FakeExecutor.crash_next = (
+        [],
+        set(),
+        set(),
+        set(),
+    )
     monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
     return FakeExecutor
 
@@ -244,7 +256,10 @@ def test_the_sbatch_script_of_the_packed_gpu_preset(fake_submitit, tmp_path):
     launch("slurm_gpu_packed", "hydra.launcher.partition=gpu", sweep_dir=sweep_dir, jobs=10)
     [captured] = fake_submitit.made
     init = {k: v for k, v in captured.init.items() if k != "cluster"}
-    real = REAL_EXECUTOR(cluster="slurm", **init)
+    # submitit's own stand-in for a cluster (as its tests make sbatch scripts): the executor
+    # otherwise refuses to exist where `srun` is not on PATH.
+    with mocked_slurm():
+        real = REAL_EXECUTOR(cluster="slurm", **init)
     real.update_parameters(**captured.params)
     real._executor.parameters["map_count"] = len(captured.arrays[0][1])  # as map_array sets it
     script = real._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
@@ -273,6 +288,44 @@ def test_a_job_that_ends_without_a_result_does_not_abort_the_sweep(fake_submitit
     assert [r.return_value for r in results] == ["completed", LOST, "completed"]
     assert "job #1 (lr=0.2) ended without a result: UncompletedJobError" in caplog.text
     assert "CANCELLED" in caplog.text and "12_1_0_log.err" in caplog.text
+
+
+@pytest.mark.parametrize("preset", ["slurm_gpu", "slurm_gpu_packed"])
+def test_a_job_that_failed_comes_back_failed_with_its_own_exception(fake_submitit, tmp_path, preset):
+    """As Hydra's launchers return it, for the sweeper to raise: not a stand-in that says
+    `completed`. Only a job without any result (cancelled) is `lost`."""
+    fake_submitit.fail_next, fake_submitit.crash_next = {0}, {1}
+    fake_submitit.lose_next = {2} if preset == "slurm_gpu" else set()
+    _, results, _ = launch(preset, "hydra.launcher.jobs_per_task=1", sweep_dir=tmp_path / "sweep", jobs=4)
+    assert [r.status for r in results[:2]] == [JobStatus.FAILED] * 2
+    with pytest.raises(ZeroDivisionError):
+        _ = results[0].return_value  # what Hydra's sweeper does with each return
+    with pytest.raises(submitit.core.utils.FailedJobError):
+        _ = results[1].return_value
+    if preset == "slurm_gpu":
+        assert (results[2].status, results[2].return_value) == (JobStatus.COMPLETED, LOST)
+    assert (results[3].status, results[3].return_value) == (JobStatus.COMPLETED, "completed")
+
+
+def test_a_failing_job_on_submitit_local_fails_the_sweep_as_on_hydras_launchers(hydra_sweep_runner, tmp_path):
+    """A real local submitit job whose task raises: the sweep raises the job's own exception,
+    as it does on Hydra's basic launcher (the task is a local function: the job's process
+    gets it by value, without importing the test modules)."""
+
+    def task(cfg):
+        return 1 / cfg.a
+
+    sweep = hydra_sweep_runner(
+        calling_file=None,
+        calling_module="hydra.test_utils.a_module",
+        task_function=task,
+        config_path="configs",
+        config_name="compose",
+        overrides=["hydra/launcher=sweeper_local", "hydra.launcher.timeout_min=2", "+a=1,0"],
+        temp_dir=tmp_path,
+    )
+    with pytest.raises(ZeroDivisionError), sweep:
+        pass
 
 
 def test_an_option_sbatch_refuses_is_one_line_and_exit_2(fake_submitit, tmp_path, monkeypatch, capsys):

@@ -568,12 +568,11 @@ def test_a_recorded_config_that_is_not_an_object_is_damage_not_a_difference(tmp_
         train.check_start(compose_cfg(), tmp_path)  # no refusal, no traceback: the start sets it aside
 
 
-def test_trainer_threads_is_set_at_the_start_and_recorded(tmp_path, caplog, monkeypatch):
+def test_trainer_threads_is_set_at_the_start_and_recorded(tmp_path, caplog):
     # CPU kernels reduce in an order that depends on the thread count: the pool's workers (cores /
     # workers threads) and the basic launcher (every core) gave different numbers for one config.
     import torch
 
-    monkeypatch.setattr(train, "_given_threads", None)
     given = torch.get_num_threads()
     try:
         with caplog.at_level("INFO", logger="sweeper"):

@@ -8,7 +8,8 @@
   H100 mostly idle, so K jobs in one task take about the time of one.
 * A job that ends without a result (cancelled, killed for memory, out of requeues) is logged with
   the path of its SLURM log instead of aborting the sweep: the sweep callback still prints its
-  summary from the run records, which say what happened, and exits 1.
+  summary from the run records, which say what happened, and exits 1. A job that failed (its
+  task raised) comes back failed with its exception, as from Hydra's own launchers.
 
 Everything else is upstream's: the parameters (the same keys as `submitit_slurm`), one SLURM array
 per grid, and submitit's checkpoint hook, which requeues a preempted or timed-out task; the rerun
@@ -106,7 +107,7 @@ class _Launcher(BaseSubmititLauncher):
                 (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
             )
 
-        from submitit.core.utils import FailedJobError  # the executor() above imported submitit
+        from submitit.core.utils import FailedJobError, UncompletedJobError  # executor() imported submitit
 
         if self._EXECUTOR == "slurm":
             refuse_if_still_queued(sweep_dir, [call[2] for call in calls])
@@ -142,22 +143,33 @@ class _Launcher(BaseSubmititLauncher):
             try:
                 returned = job.results()[0]
                 returned = returned if k > 1 else [returned]
-            except Exception as e:  # no result at all: cancelled, killed, out of requeues
-                returned = [_failed(call[0], e) for call in group]
+            except UncompletedJobError as e:
+                # FailedJobError (a subclass): the task raised outside Hydra's run_job, a failure
+                # of its own, unless it is submitit's own "not requeued" (out of requeues: lost).
+                # Any other: no result at all (cancelled, killed, its node gone): lost.
+                if isinstance(e, FailedJobError) and "Job not requeued because" not in str(e):
+                    returned = [_failed(call[0], e) for call in group]
+                else:
+                    why = (str(e).strip().splitlines() or [""])[0]
+                    returned = [_failed(call[0], Lost(f"{type(e).__name__}: {why}")) for call in group]
             for call, ret in zip(group, returned, strict=True):
                 results.append(self._settle(ret, call, job))
         return results
 
     def _settle(self, ret: JobReturn, call: Call, job) -> JobReturn:
-        """The job's return, or, for a job that failed outside the run, a stand-in that lets the
-        sweep go on to its summary (the run record, not this value, decides the sweep's status)."""
+        """The job's return, as Hydra's launchers give it: a job that failed comes back FAILED
+        with its exception, which the sweeper raises. Only a job really lost (cancelled, its
+        node or process gone, out of requeues) comes back as a stand-in that lets the sweep go
+        on to its summary: its run record, not this value, says what happened to it."""
         if ret.status == JobStatus.COMPLETED:
             return ret
         error = ret._return_value
+        if not isinstance(error, Lost):
+            return ret
         lines = str(error).strip().splitlines()
         log.error(
             f"job #{call[2]} ({' '.join(filter_overrides(call[0]))}) ended without a result: "
-            f"{type(error).__name__}: {lines[0] if lines else ''}  (log: {job.paths.stderr})"
+            f"{lines[0] if lines else 'lost'}  (log: {job.paths.stderr})"
         )
         return JobReturn(overrides=call[0], status=JobStatus.COMPLETED, _return_value=LOST)
 
@@ -212,7 +224,7 @@ class Pack:
                     ret = cloudpickle.loads(receive.recv_bytes())
                 except EOFError:  # the process died without an answer (killed, out of memory)
                     process.join()
-                    ret = _failed(call[0], RuntimeError(f"job process exited with code {process.exitcode}"))
+                    ret = _failed(call[0], Lost(f"job process exited with code {process.exitcode}"))
                 out.append(ret)
             for process, _ in running:
                 process.join()
@@ -287,6 +299,10 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
 def _nums(calls: Sequence[Call]) -> str:
     first, last = calls[0][2], calls[-1][2]
     return f"job {first}" if first == last else f"jobs {first}-{last}"
+
+
+class Lost(RuntimeError):
+    """Why a job came back without any result of its own: cancelled, killed, its node gone."""
 
 
 def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:

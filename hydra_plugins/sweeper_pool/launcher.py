@@ -45,7 +45,7 @@ from typing import Any
 import cloudpickle
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict, read_write
 
@@ -82,7 +82,8 @@ def threads_per_worker(n_workers: int) -> int:
     otherwise start one per core, and N workers on C cores oversubscribe them N times: on a 2-core
     machine 2 CPU slots ran 3-4x slower than one process (their threads preempting each other).
     An OMP_NUM_THREADS the user set (its first level) is theirs to keep; one that is not a
-    positive count is ignored."""
+    positive count is ignored. A job that states `trainer.threads` runs on that many instead
+    (_job_threads): this share is for `auto`."""
     given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2": per level
     if given.isdigit() and int(given) > 0:
         return int(given)
@@ -107,17 +108,48 @@ def _pin_worker(device: str, visible: str | None, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _job_threads(sweep_config):
+    """Around a job: the CPU threads its `trainer.threads` states, where it states a count (the
+    worker's share, or this process's threads, are for `auto` only), and the worker's own again
+    after it, for the next job. A config without the key (any other Hydra app) keeps them."""
+    wanted = OmegaConf.select(
+        sweep_config, "trainer.threads", default="auto", throw_on_resolution_failure=False
+    )
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        yield
+        return
+    import torch
+
+    given = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(given)
+
+
+def _reset_logging(sweep_config) -> None:
+    """After a job, as Hydra's basic launcher does: the launcher's logging again, without the
+    job's log file, which would otherwise get the next jobs' lines and the launcher's."""
+    configure_log(sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose)
+
+
 def _run_one(payload: bytes) -> bytes:
     hydra_context, task_function, sweep_config, singleton_state = cloudpickle.loads(payload)
     Singleton.set_state(singleton_state)
     setup_globals()
-    ret = run_job(
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=sweep_config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
+    try:
+        with _job_threads(sweep_config):
+            ret = run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=sweep_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+    finally:
+        _reset_logging(sweep_config)
     return cloudpickle.dumps(ret)
 
 
@@ -508,12 +540,14 @@ def _serve(conn, device: str, visible: str | None, threads: int, launcher: int) 
     a rerun resumes it. The worker then exits with status STOPPED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_once)
-    # The launcher's mask while it started this worker (_starting) may have come along: a
-    # SIGTERM sent meanwhile is delivered now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    _die_with(launcher)
-    _pin_worker(device, visible, threads)
+    # From here on a SIGTERM is an interrupt, even one that comes while the worker still starts
+    # (importing torch takes seconds): it exits quietly, as a worker stopped in a job does.
     try:
+        # The launcher's mask while it started this worker (_starting) may have come along: a
+        # SIGTERM sent meanwhile is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        _die_with(launcher)
+        _pin_worker(device, visible, threads)
         while True:
             try:
                 fn, payload = conn.recv()
@@ -661,22 +695,17 @@ def _run_fused(payload: bytes) -> bytes:
         dirs.append(out)
         overrides.append(list(sweep_config.hydra.overrides.task))
         nums.append(int(sweep_config.hydra.job.num))
-    # A solo job run before this group in this process leaves its log file on the root logger
-    # (Hydra configures logging afresh at each job's start, not at its end): not this group's.
     root = logging.getLogger()
-    earlier = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    for handler in earlier:
-        root.removeHandler(handler)
     for handler in logs:
         root.addHandler(handler)
     try:
-        summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
+        with _job_threads(sweep_configs[0]):  # the group's: trainer is shared
+            summaries = run_group(tasks, dirs, overrides, nums, hydra_files)
     finally:
         for handler in logs:
             root.removeHandler(handler)
             handler.close()
-        for handler in earlier:
-            root.addHandler(handler)
+        _reset_logging(sweep_configs[0])
     returns = [
         JobReturn(
             overrides=o,

@@ -1,0 +1,201 @@
+"""One run dir's record files (docs/run-record.md), read and checked.
+
+Every record file is written whole (atomically) or, for metrics.jsonl, one line at a time, so a
+reader sees a complete file or none, and at most a last line cut short by a crash. Anything else --
+a file cut short, garbage, another shape of JSON, a value of the wrong type, a summary.json that
+disagrees with metrics.jsonl -- is damage from outside, named "damaged: <file>: <what>".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
+# losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
+CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
+
+
+def read_json(path: Path) -> tuple[object | None, str | None]:
+    """(value, None), or (None, reason) when the file is missing or not valid JSON."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"{path.name} missing"
+    except OSError as err:
+        return None, f"{path.name} unreadable: {err.strerror}"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
+    except UnicodeDecodeError:
+        return None, f"{path.name} is not valid JSON (not UTF-8)"
+
+
+def damaged(name: str, what: str) -> str:
+    """The one way a damaged record file is named, in problems and in `status`."""
+    return f"damaged: {name}: {what}"
+
+
+def read_object(path: Path) -> tuple[dict | None, str | None]:
+    """A record file that must hold one JSON object: (object, None), (None, None) when absent,
+    or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
+    file that is cut short, garbage or another shape of JSON was damaged from outside."""
+    value, note = read_json(path)
+    if note is not None:
+        if note.endswith(" missing"):
+            return None, None
+        return None, damaged(path.name, note.removeprefix(f"{path.name} ").removeprefix("is "))
+    if not isinstance(value, dict):
+        return None, damaged(path.name, "not a JSON object")
+    return value, None
+
+
+def _bad_value(row: dict) -> str | None:
+    """Why a metrics line's values are not what the trainer writes: an int epoch, and numbers or
+    null (a non-finite value) for the rest."""
+    epoch = row.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"epoch is {json.dumps(epoch)}, not an epoch number"
+    for key, value in row.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key} is {json.dumps(value)}, not a number"
+    return None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
+    """Parse metrics.jsonl: (rows, notes, truncated).
+
+    A crash (or a read racing the writer) can leave a partial last line: it is dropped and
+    `truncated` is True. Any other bad line -- not JSON, not an object, a value that is not a
+    number -- is damage: dropped, with a "damaged: metrics.jsonl: ..." note.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], [], False
+    except OSError as err:
+        return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
+    lines = data.split(b"\n")
+    rows, notes, truncated = [], [], False
+    # Only an unterminated last line can be a write cut short; a complete line is damage.
+    last = len(lines) - 1 if lines[-1].strip() else -1
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if i == last and not isinstance(row, dict):
+            truncated = True
+            continue
+        if row is None:
+            why = "not valid JSON"
+        else:
+            why = "not a JSON object" if not isinstance(row, dict) else _bad_value(row)
+        if why is None:
+            rows.append(row)
+        else:
+            notes.append(damaged("metrics.jsonl", f"line {i + 1}: {why}, dropped"))
+    return rows, notes, truncated
+
+
+FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+        return False
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def summary_disagreement(summary: dict, rows: list[dict], truncated: bool) -> str | None:
+    """Where summary.json and metrics.jsonl disagree: "damaged: <file>: <what>", else None.
+
+    The trainer writes summary.json last, from metrics.jsonl's complete lines (sweeper.train:
+    epochs_done = their number, final_* = the last one's values), so a difference means one file
+    was changed after the run ended: the summary's numbers are then not supported by the curve,
+    nor the curve's by the summary."""
+    done = summary.get("epochs_done")
+    if isinstance(done, int) and not isinstance(done, bool) and done != len(rows):
+        where = "metrics.jsonl" if truncated or done > len(rows) else "summary.json"
+        cut = "its last line is cut short; " if truncated else ""
+        return damaged(where, f"{cut}summary.json counts {done} epochs, metrics.jsonl has {len(rows)}")
+    if not rows:
+        return None
+    last = rows[-1]
+    for key in FINAL_METRICS:
+        name = f"final_{key}"
+        if name in summary and key in last and not _same(summary[name], last[key]):
+            return damaged(
+                "summary.json",
+                f"{name} is {json.dumps(summary[name])}, metrics.jsonl's epoch {last['epoch']} says "
+                f"{json.dumps(last[key])}",
+            )
+    return None
+
+
+@dataclass
+class RunRecord:
+    """The parsed files of one run dir (metrics kept as rows until the curves are built).
+
+    `notes` are problems to list; `damage` the "damaged: <file>: <what>" ones among them that
+    leave the run's numbers unsupported (its status is then `damaged`)."""
+
+    config: dict | None
+    job: dict | None
+    summary: dict | None
+    metrics: list[dict]
+    notes: list[str]
+    truncated: bool = False
+    damage: list[str] = field(default_factory=list)
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    notes, damage = [], []
+    config, note = read_object(run_dir / "config.json")
+    if config is None:
+        # config.json is written before anything else: a run dir without it lost it.
+        notes.append(note or "config.json missing")
+    job, note = read_object(run_dir / "job.json")
+    if note:
+        notes.append(note)
+    summary, summary_note = read_object(run_dir / "summary.json")
+    if summary is not None and not isinstance(summary.get("status"), str):
+        summary_note, summary = damaged("summary.json", "no status"), None
+    if summary_note:
+        notes.append(summary_note)
+        damage.append(summary_note)  # absent means still running; a damaged one ends nothing
+    elif summary is None and note:
+        damage.append(note)  # without job.json's pid, a dead run would look alive
+    elif summary is not None and job is None and not note:
+        # job.json is written at the start, before any epoch: an ended run without one lost it.
+        notes.append(damaged("job.json", "missing"))
+    rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
+    damage += [n for n in metric_notes if n.startswith("damaged:")]
+    if summary is not None and (run_dir / "metrics.jsonl").exists():
+        disagreement = summary_disagreement(summary, rows, truncated)
+        if disagreement:
+            metric_notes.append(disagreement)
+            damage.append(disagreement)
+    return RunRecord(config, job, summary, rows, notes + metric_notes, truncated, damage)
+
+
+def fingerprint(run_dir: Path) -> tuple[str, float]:
+    """(size and mtime of each record file, newest mtime): the cache key and a sign of life."""
+    parts, newest = [], 0.0
+    for name in CACHED_FILES:
+        try:
+            st = os.stat(run_dir / name)
+        except OSError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+        newest = max(newest, st.st_mtime)
+    return "|".join(parts), newest
