@@ -665,6 +665,9 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         # CPU figures depend on both: a 2-core laptop and a 64-core node give different time_s.
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The run's (train's facts); a fused trial's, or a run failed before it set its own, the
+        # count in effect as it closes.
+        "threads": outcome.get("threads", torch.get_num_threads()),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "versions": versions(),
         "error": None if error is None else f"{type(error).__name__}: {error}",
