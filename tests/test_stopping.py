@@ -114,6 +114,17 @@ def test_early_stopping_stops_the_run_at_the_epoch_its_metric_stalled(ended):
     assert (run / "metrics.jsonl").read_bytes() == before and not (run / "attempts").exists()
 
 
+def test_a_stopped_early_run_whose_last_epoch_is_not_a_kept_one_is_still_skipped_whole(tmp_path):
+    # Its last epoch's histograms are kept, as a completed run's last epoch's are: the rerun's
+    # check of losses.npz against the kept epochs must expect them, not set the run aside.
+    cfg = compose_cfg(
+        "trainer.epochs=6", "trainer.sample_loss_epochs=[1]", *STALLS, "trainer.early_stopping.patience=1"
+    )
+    assert train.run(cfg, tmp_path)["status"] == "stopped_early"
+    assert train.run(cfg, tmp_path)["stopped_epoch"] == 2
+    assert not (tmp_path / "attempts").exists()
+
+
 def test_a_train_loss_far_above_chance_ends_the_run_diverged_and_says_why(ended):
     # lr=1000 on the tiny set: a train loss in the hundreds, every value finite (it ended
     # `completed` before the threshold existed)
