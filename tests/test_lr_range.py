@@ -151,3 +151,18 @@ def test_the_analysis_command_prints_the_suggested_lr(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "LR range test, run run: " in out.stdout
     assert (run_dir / "report" / "lr_range.png").exists()
+
+
+def test_a_damaged_steps_line_is_dropped_and_named_in_the_figures_note(tmp_path):
+    run_dir = tmp_path / "run"
+    lrs, loss = falling_then_exploding()
+    train.run(compose_cfg("trainer.epochs=1"), run_dir)
+    lines = [
+        json.dumps({"step": i + 1, "lr": lr, "loss": v})
+        for i, (lr, v) in enumerate(zip(lrs, loss, strict=True))
+    ]
+    lines[3] = '{"step": 4, "lr": "fast"}'
+    (run_dir / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    report = write_report(load_sweep([run_dir]), tmp_path / "report").read_text()
+    assert "steps.jsonl: line 4 is not a step" in report
+    assert (tmp_path / "report" / "lr_range.png").exists()
