@@ -145,9 +145,11 @@ def plot_lr_range(found: list[tuple[str, pd.DataFrame, Suggestion]], title: str 
             ax.plot([s.lr], [s.smoothed[s.index]], "o", color=color, markersize=8,
                     label=f"suggested lr {s.lr:.3g}")  # fmt: skip
         finite = s.smoothed[kept][np.isfinite(s.smoothed[kept])]
-        if len(finite):
-            tops.append(min(finite.max(), DIVERGED * finite.min()))
-            bottoms.append(finite.min())
+        raw = steps["loss"].to_numpy()[kept]
+        raw = raw[np.isfinite(raw)]
+        if len(finite):  # the raw losses run ahead of their (lagging) average: both in view
+            tops.append(min(max(finite.max(), raw.max(initial=-np.inf)), DIVERGED * finite.min()))
+            bottoms.append(min(finite.min(), raw.min(initial=np.inf)))
     ax.set_xscale("log")
     if tops:  # past the blow-up the loss is off the scale: the range the rule reads fills the panel
         low, high = min(bottoms), max(tops)
