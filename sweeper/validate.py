@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
-from sweeper import models
+from sweeper import models, schedules  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
 SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -116,7 +116,13 @@ def check(cfg: DictConfig) -> None:
         _check(cfg)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {data_module.first_line(e)}") from None
+        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """OmegaConf's first line, without its prefix for what a resolver raised (the resolver's own
+    words say it: `${fraction_of_epochs:1.5}` is not a fraction)."""
+    return data_module.first_line(e).removeprefix("ValueError raised while resolving interpolation: ")
 
 
 def _as_written(cfg, key: str | None) -> str:
@@ -171,8 +177,10 @@ def _check_schedule(cfg, epochs: int) -> None:
         number(cfg, "schedule.lr2", low=0, low_open=True)
         e = number(cfg, "schedule.epoch", low=1, integer=True)
         if e >= epochs:
+            written = _as_written(cfg, "schedule.epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
+            given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
             raise ConfigError(
-                f"schedule.epoch={e} is invalid: the switch to schedule.lr2 must come before the end, "
+                f"schedule.epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
                 f"1 <= schedule.epoch < trainer.epochs={epochs}"
             )
     elif name == "multistep":
@@ -265,6 +273,11 @@ def _check_trainer(cfg, n_train: int) -> None:
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
         )
     choice(cfg, "trainer.precision", PRECISIONS)
+    threads = _get(cfg, "trainer.threads")
+    if threads != "auto" and not (_is_int(threads) and threads >= 1):
+        raise ConfigError(
+            f"trainer.threads={_list_text(threads)} is invalid: must be auto or an integer >= 1"
+        )
     choice(cfg, "trainer.channels_last", ("auto", True, False))
     if choice(cfg, "trainer.cuda_graph", ("auto", True, False)) is True:
         from sweeper.cuda_graph import capturable
@@ -280,30 +293,40 @@ def _check_trainer(cfg, n_train: int) -> None:
 
 
 def check_device(cfg) -> None:
-    """trainer.device exists on this machine: the machine that trains (a job, or a local sweep
-    before it launches), not a login node that submits to GPU nodes."""
+    """trainer.device exists on this machine, and the run fits in its memory: the machine that
+    trains (a job, or a local sweep before it launches), not a login node that submits to GPU nodes."""
     import torch
 
+    from sweeper import footprint
+
     device = _get(cfg, "trainer.device")
-    trains_on = (
-        "cuda"
-        if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        else device
-    )
-    if _get(cfg, "trainer.cuda_graph") is True and trains_on != "cuda":
+    # The device the run will train on, as train.pick_device picks it (auto: cuda, else cpu).
+    trains_on = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
+    if _get(cfg, "trainer.cuda_graph") is True and not trains_on.startswith("cuda"):
         # true asks for a graph (auto takes one where it can): without CUDA none is captured
         raise ConfigError(
-            f"trainer.cuda_graph=true is invalid here: this run trains on {'cpu' if device == 'auto' else device}, "
+            f"trainer.cuda_graph=true is invalid here: this run trains on {trains_on}, "
             "and a CUDA graph needs a CUDA device; use auto (a graph where there is CUDA) or false"
         )
-    if device in ("auto", "cpu"):
-        return
-    if device == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(
-                "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
-            )
-        return
+    if trains_on == "cpu" and _get(cfg, "trainer.precision") == "bf16":
+        # torch's CPU kernels run bf16 autocast far slower than fp32 on common CPUs (10x was
+        # measured), for a result no more faithful: bf16 pays on a GPU's tensor cores.
+        raise ConfigError(
+            "trainer.precision=bf16 is invalid here: this run trains on cpu, where bf16 autocast runs "
+            "about 10x slower than fp32; use fp32, or bf16 on a CUDA device"
+        )
+    if trains_on == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
+        )
+    if trains_on.startswith("cuda"):
+        _check_cuda_index(trains_on, torch)
+    problem = footprint.problem(cfg, trains_on)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_cuda_index(device: str, torch) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device[5:]) if device.startswith("cuda:") else 0
     if count == 0:
@@ -505,7 +528,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 OmegaConf.to_container(value, resolve=True)
         except OmegaConfBaseException as e:
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
-            raise ConfigError(f"{where} is invalid: {data_module.first_line(e)}") from None
+            raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
     return cfg
 
 
