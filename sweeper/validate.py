@@ -341,10 +341,10 @@ def _check_cuda_index(device: str, torch) -> None:
 
 
 def _overrides(arguments: list[str]):
-    """(argument, Hydra's reading of it) for each command-line override Hydra can read; flags
-    and what Hydra cannot read are left to Hydra, which says what is wrong with them."""
+    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
+    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
     for arg in arguments:
@@ -352,8 +352,22 @@ def _overrides(arguments: list[str]):
             continue
         try:
             yield arg, parser.parse_overrides([arg])[0]
-        except HydraException:
-            continue
+        except OverrideParseException as e:
+            lines = [
+                line
+                for line in str(e).splitlines()
+                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
+            ]
+            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
+            why = (
+                (lines[0] if lines else "")
+                .split(" expecting ")[0]
+                .removeprefix("ValueError while evaluating ")
+            )
+            raise ConfigError(
+                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
+                "https://hydra.cc/docs/advanced/override_grammar/basic"
+            ) from None
 
 
 def flagged(arguments: list[str], *flags: str) -> bool:
@@ -418,6 +432,15 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                     f"{arg} is a sweep over several values: add -m to run a job per value "
                     f"(a list is [{value}], a string with commas '{value}')"
                 )
+            try:  # range(0,1,0) fails only when Hydra expands it, with a traceback; range(1,1) is empty
+                empty = (
+                    not isinstance(override.value(), Glob)
+                    and next(iter(override.sweep_string_iterator()), None) is None
+                )
+            except ValueError as e:
+                raise ConfigError(f"{arg} is invalid: {e}") from None
+            if empty:
+                raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
         if key.startswith("hydra/"):
             hydra_groups.append((arg, override))
             continue
@@ -438,7 +461,14 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 forced.append((arg, key))
             continue
         if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
-            allowed = groups[key] + (["null"] if key == "experiment" else [])
+            allowed = groups[key]
+            if key == "experiment" and override.value() is None and not override.is_sweep_override():
+                # The default has no experiment, but Hydra takes no null for a group on the
+                # command line (a traceback: "Config group override must be a string").
+                raise ConfigError(
+                    f"{arg} is invalid: leave experiment out to run none, or write ~experiment; "
+                    f"its options are {', '.join(allowed)}"
+                )
             if isinstance(override.value(), Glob):
                 values = override.value().filter(groups[key])
                 if not values:
@@ -521,6 +551,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 typo = _missing_part(plain, arg.partition("=")[0].lstrip("+"))
                 if typo and "did you mean" in typo:
                     raise ConfigError(f"{arg} is invalid: {typo} (+ adds a key, which nothing would read)")
+    _check_output_dir(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
         try:
             value = cfg[section]  # a scalar's interpolation resolves here
@@ -530,6 +561,21 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
             raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
     return cfg
+
+
+def _check_output_dir(cfg: DictConfig, key: str) -> None:
+    """An empty hydra.run.dir or hydra.sweep.dir is the current directory: the record's files
+    (config.json, checkpoint.pt, multirun.yaml ...) would land among the user's own, unasked."""
+    try:
+        folder = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException:
+        return  # an interpolation only Hydra can resolve: it says so if it cannot
+    if folder is None or not str(folder).strip():
+        raise ConfigError(
+            f"{key}={'' if folder is None else folder} is invalid: an empty directory is the current one, where "
+            f"the {'sweep' if 'sweep' in key else 'run'}'s files would land among others; name a directory "
+            f"({key}=. if that is what you mean)"
+        )
 
 
 def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:
