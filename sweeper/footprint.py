@@ -17,6 +17,7 @@ workspaces), so it is a floor: a run it refuses cannot fit; one it passes may st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from sweeper import data as data_module
 
 VALUE = 4  # bytes of a float32
 STAGED = 5  # bytes a data value takes once staged: its uint8 copy and its float32 copy
+MAX_LAYERS = 6000  # conv layers of the largest net estimated (ResNet-1202 has 1200)
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2}  # per parameter; sgd: its momentum buffer, if any
 
 
@@ -76,26 +78,59 @@ def _shown(value) -> str:
     return str(value)
 
 
-def estimate(cfg: DictConfig) -> Footprint | None:
-    """The run's footprint, from its config alone (the net is built on torch's meta device: shapes,
-    no memory). None where the net cannot be built so: a `_target_` of the user's own, say; the
-    run then speaks for itself."""
-    from sweeper import build, models
+class Unsizable(ValueError):
+    """A net so large that torch cannot even compute the size of its weights."""
 
+
+def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
+    """The knob that sizes the net: its widths, or its hidden fc widths where those weigh more."""
+    if head_heavier and "units" in cfg.model:
+        return f"model.units={_shown(cfg.model.units)}"
+    channels, growth, layers = cfg.model.channels, cfg.model.get("growth"), cfg.model.get("conv_layers")
+    # Where growth over the layers widens the net far beyond its base width, name them too.
+    if (
+        isinstance(channels, int)
+        and isinstance(layers, int)
+        and isinstance(growth, int | float)
+        and growth > 1
+        and math.log2(growth) * (layers - 1) > 4  # more than 16x from the first layer to the last
+    ):
+        return f"model.channels={channels} x model.growth={growth} over model.conv_layers={layers}"
+    return f"model.channels={_shown(channels)}"
+
+
+def meta_net(cfg: DictConfig) -> torch.nn.Module | None:
+    """The run's net built on torch's meta device: shapes, no memory. None where it cannot be
+    built so (a `_target_` of the user's own, say: the run then speaks for itself); Unsizable for
+    a net whose size overflows torch's counts."""
+    from sweeper import build
+
+    layers = cfg.model.get("conv_layers") or 2 * 3 * (cfg.model.get("blocks") or 0)
+    if isinstance(layers, int) and layers > MAX_LAYERS:
+        return None  # building it, even on the meta device, would take minutes (about 0.5 ms a layer)
     try:
         with torch.device("meta"):
-            net = build.model(cfg, 3, data_module.IMAGE_SIZE, 10).eval()
-    except Exception:  # noqa: BLE001 -- an estimate must never refuse a run it cannot read
+            return build.model(cfg, 3, data_module.IMAGE_SIZE, 10).eval()
+    except Exception as e:  # noqa: BLE001 -- an estimate must never refuse a run it cannot read
+        why = str(e.__cause__ or e)
+        if "overflow" in why.lower():  # "Storage size calculation overflowed", "Overflow when unpacking"
+            raise Unsizable(f"{_model_key(cfg)} is too large for any machine: torch cannot size its weights ({why.strip().splitlines()[0]})") from None  # fmt: skip
+        return None
+
+
+def estimate(cfg: DictConfig) -> Footprint | None:
+    """The run's footprint, from its config alone; None where its net cannot be built on the meta
+    device (see meta_net)."""
+    from sweeper import models
+
+    net = meta_net(cfg)
+    if net is None:
         return None
     per_sample_outputs, widest = models.activations(net)
     features = sum(p.numel() for p in net.features.parameters()) if hasattr(net, "features") else 0
     params = sum(p.numel() for p in net.parameters())
     states = OPTIMIZER_STATES.get(str(cfg.optim.name), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0)
-    model_key = (
-        f"model.channels={_shown(cfg.model.channels)}"
-        if features >= params - features or "units" not in cfg.model
-        else f"model.units={_shown(cfg.model.units)}"
-    )
+    model_key = _model_key(cfg, head_heavier=features < params - features)
 
     n_train = data_module.dataset_size(cfg.data)
     used = int(cfg.data.train_size) if cfg.data.get("train_size") is not None else n_train
@@ -113,9 +148,9 @@ def estimate(cfg: DictConfig) -> Footprint | None:
     batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     train = (value_count + per_sample_outputs) * batch * VALUE
     evaluation = widest * eval_batch * VALUE
-    activations_key = (
+    activations_key = (  # a batch's activations: as many as its samples, each as wide as the net
         f"trainer.batch_size={batch}" if train >= evaluation else f"trainer.eval_batch_size={eval_batch}"
-    )
+    ) + f" with {model_key}"
     return Footprint(
         model=params * VALUE * (2 + states),
         weights=params * VALUE,

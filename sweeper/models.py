@@ -35,7 +35,16 @@ def conv_widths(channels, growth: float, n: int) -> list[int]:
     """Per-layer widths: an explicit list, or a base width multiplied by `growth` at each layer."""
     if isinstance(channels, Sequence) and not isinstance(channels, str):
         return per_layer(channels, n, "model.channels")
-    return [max(1, round(int(channels) * growth**i)) for i in range(n)]
+    widths = []
+    for i in range(n):
+        try:
+            widths.append(max(1, round(int(channels) * growth**i)))
+        except OverflowError:  # growth**i past a float's range
+            raise GeometryError(
+                f"model.growth={growth} makes conv layer {i + 1} of model.conv_layers={n} wider than any "
+                f"number (model.channels={channels} x {growth}^{i}); use a smaller model.growth or fewer layers"
+            ) from None
+    return widths
 
 
 def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int], padding: str) -> list[int]:

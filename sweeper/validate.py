@@ -145,6 +145,7 @@ def _check(cfg: DictConfig) -> None:
     _check_schedule(cfg, epochs)
     n_train = _check_data(cfg)
     _check_model(cfg)
+    _check_sizable(cfg)
     _check_trainer(cfg, n_train)
 
 
@@ -257,6 +258,17 @@ def _check_model(cfg) -> None:
             padding,
         )
     except models.GeometryError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_sizable(cfg) -> None:
+    """A net too large for any machine (torch cannot size its weights) is refused on any machine,
+    a SLURM login node included; what fits where is check_device's, on the machine that trains."""
+    from sweeper import footprint
+
+    try:
+        footprint.meta_net(cfg)
+    except footprint.Unsizable as e:
         raise ConfigError(str(e)) from None
 
 

@@ -39,7 +39,7 @@ def test_bf16_on_a_cpu_is_refused_with_the_reason(device, no_cuda):
         (["model.units=[100000,100000,100000]"], "model.units=[100000,100000,100000]", "weights"),
         (
             ["trainer.eval_batch_size=1000000", "model.channels=64"],
-            "trainer.eval_batch_size=1000000",
+            "trainer.eval_batch_size=1000000 with model.channels=64",
             "activations",
         ),
     ],
@@ -102,3 +102,29 @@ def test_a_single_run_too_large_is_refused_before_its_dir_is_made(tmp_path: Path
         .startswith("error: model.channels=200000 is too large for this machine: the run needs at least 15.")
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (  # 4 x 2^49 channels at the last of 50 layers: torch's size count overflows
+            ["model.padding=same", "model.conv_layers=50", "model.pool=1"],
+            "model.channels=4 x model.growth=2.0 over model.conv_layers=50 is too large for any machine: "
+            "torch cannot size its weights (Storage size "
+            "calculation overflowed",
+        ),
+        (
+            ["model.channels=99999999999999999999"],
+            "model.channels=99999999999999999999 is too large for any machine: torch cannot size its weights",
+        ),
+        (  # growth**i past a float's range: OverflowError before
+            ["model.growth=1e308"],
+            "model.growth=1e+308 makes conv layer 2 of model.conv_layers=2 wider than any number",
+        ),
+    ],
+)
+def test_a_net_no_machine_can_hold_is_refused_by_the_value_check_itself(overrides, message):
+    # validate.check, which a SLURM login node runs before it submits, not only the machine's check.
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
