@@ -429,6 +429,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         if p.is_dir() and p.name != "hydra"
     }
     selections, keys, appended, hydra_groups, forced, hydra_added = [], [], [], [], [], []
+    grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
     swept_groups: dict[str, list[str]] = {}
     for arg, override in parsed:
         key = override.key_or_group
@@ -453,6 +454,9 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 raise ConfigError(f"{arg} is invalid: {e}") from None
             if empty:
                 raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
+            size = _sweep_size(override.value())
+            if size:
+                grid.append((arg, size))
         if key.startswith("hydra/"):
             hydra_groups.append((arg, override))
             continue
@@ -497,6 +501,14 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 swept_groups[key] = values
         else:
             keys.append(key)
+    if math.prod(n for _, n in grid) > MAX_JOBS:
+        # Hydra lists every job before the first starts: a billion of them never start.
+        raise ConfigError(
+            f"{' '.join(a for a, _ in grid)} is a grid of {math.prod(n for _, n in grid):,} jobs"
+            + (f" ({' x '.join(str(n) for _, n in grid)})" if len(grid) > 1 else "")
+            + f": more than the {MAX_JOBS:,} one sweep takes; "
+            "sweep fewer values, or split the grid over several sweeps"
+        )
     if not parsed:
         return None
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
@@ -573,6 +585,22 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
             raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
     return cfg
+
+
+# The most jobs one sweep takes. Each is listed and composed before the first starts (0.16 s a
+# job on a 2-core machine: this many take four hours) and gets its own run dir.
+MAX_JOBS = 100_000
+
+
+def _sweep_size(value) -> int | None:
+    """How many values a sweep gives, counted without listing them; None for a glob (its options)."""
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    if isinstance(value, RangeSweep) and value.step:
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    if isinstance(value, ChoiceSweep):
+        return len(value.list)
+    return None
 
 
 def _check_output_dir(cfg: DictConfig, key: str) -> None:

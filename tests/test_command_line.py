@@ -35,6 +35,16 @@ from tests.conftest import CONF, TINY, run_cli
             "experiment=null is invalid: leave experiment out to run none, or write ~experiment",
         ),
         (["-m", "experiment=null,lecture_lr"], "experiment=null is invalid: allowed values are demo,"),
+        # Hydra lists every job first: a billion jobs never start (and fill the memory)
+        (
+            ["-m", "trainer.epochs=range(1,1000000000)"],
+            "trainer.epochs=range(1,1000000000) is a grid of 999,999,999 jobs: more than the 100,000 one "
+            "sweep takes; sweep fewer values, or split the grid over several sweeps",
+        ),
+        (
+            ["-m", "lr=range(1,1001)", "trainer.seed=range(0,1000)"],
+            "lr=range(1,1001) trainer.seed=range(0,1000) is a grid of 1,000,000 jobs (1000 x 1000): more than",
+        ),
         # the current directory: the record's files among the user's own
         (["hydra.run.dir="], "hydra.run.dir= is invalid: an empty directory is the current one"),
         (
@@ -57,6 +67,7 @@ def test_bad_command_lines_are_refused_in_one_line(arguments, message):
         ["hydra.run.dir=."],
         ["-m", "lr=range(0.1,0.3,0.1)"],
         ["-m", "experiment=glob(lecture_lr*)"],
+        ["-m", "lr=range(1,101)", "trainer.seed=range(0,1000)"],  # 100,000 jobs: the most a sweep takes
     ],
 )
 def test_their_valid_neighbours_pass(arguments):
