@@ -146,8 +146,9 @@ def estimate(cfg: DictConfig) -> Footprint | None:
         data_key = f"data.n_test={n_test}"
 
     batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
-    train = (value_count + per_sample_outputs) * batch * VALUE
-    evaluation = widest * eval_batch * VALUE
+    value = 2 if cfg.trainer.get("precision") == "bf16" else VALUE  # autocast's activations are bf16
+    train = (value_count + per_sample_outputs) * batch * value
+    evaluation = widest * eval_batch * value
     activations_key = (  # a batch's activations: as many as its samples, each as wide as the net
         f"trainer.batch_size={batch}" if train >= evaluation else f"trainer.eval_batch_size={eval_batch}"
     ) + f" with {model_key}"
