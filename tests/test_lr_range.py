@@ -166,3 +166,11 @@ def test_a_damaged_steps_line_is_dropped_and_named_in_the_figures_note(tmp_path)
     report = write_report(load_sweep([run_dir]), tmp_path / "report").read_text()
     assert "steps.jsonl: line 4 is not a step" in report
     assert (tmp_path / "report" / "lr_range.png").exists()
+
+
+def test_a_record_written_before_trainer_log_steps_existed_still_resumes():
+    # Such a record logged no steps: it compares as log_steps=false, and only as that.
+    assert train.config_difference({"trainer": {}}, {"trainer": {"log_steps": False}}) == []
+    assert train.config_difference({"trainer": {}}, {"trainer": {"log_steps": True}}) == [
+        "trainer.log_steps: False -> True"
+    ]
