@@ -121,7 +121,7 @@ def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, mes
     [
         (
             "schedule=foo",
-            "schedule=foo is invalid: allowed values are constant, cosine, geometric, multistep, step",
+            "schedule=foo is invalid: allowed values are constant, cosine, geometric, lr_range, multistep, step",
         ),
         ("trainer.epoch=3", "trainer.epoch is not a config key: did you mean trainer.epochs?"),
         ("modle.channels=8", "modle.channels is not a config key: did you mean model.channels?"),
@@ -144,11 +144,11 @@ def test_hydras_sweep_syntax_over_a_group_passes_the_option_check(argument):
     [
         (
             "schedule=choice(step,cosne)",
-            "schedule=cosne is invalid: allowed values are constant, cosine, geometric, multistep, step",
+            "schedule=cosne is invalid: allowed values are constant, cosine, geometric, lr_range, multistep, step",
         ),
         (
             "schedule=glob(z*)",
-            "schedule=glob(z*) is invalid: it matches none of constant, cosine, geometric, multistep, step",
+            "schedule=glob(z*) is invalid: it matches none of constant, cosine, geometric, lr_range, multistep, step",
         ),
     ],
 )
@@ -180,7 +180,7 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == "error: schedule=cosne is invalid: allowed values are constant, cosine, geometric, multistep, step"
+        == "error: schedule=cosne is invalid: allowed values are constant, cosine, geometric, lr_range, multistep, step"
     )
 
 
