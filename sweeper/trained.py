@@ -133,7 +133,7 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
             ) from err
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
+    except Exception as err:  # missing or unexpected keys, other shapes: another model's weights
         raise NotLoadable(
             f"{record.checkpoint_path}: its weights do not fit the model config.json builds ({data_module._described(err)})"
         ) from err
@@ -155,8 +155,10 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
 
 def _json_object(record: RunLog, name: str, why: str) -> dict:
     value = record.read_json(name)
+    if value is None and not (record.dir / name).exists():
+        raise NotLoadable(f"{record.dir / name}: missing: {why}")
     if value is None:
-        raise NotLoadable(f"{record.dir / name}: missing or not JSON: {why}")
+        raise NotLoadable(f"{record.dir / name}: damaged: not JSON")
     if not isinstance(value, dict):
         raise NotLoadable(f"{record.dir / name}: damaged: a JSON {type(value).__name__}, not an object")
     return value

@@ -113,7 +113,22 @@ def test_a_run_that_has_not_ended_is_refused_in_one_line(finished, tmp_path):
     (run_dir / "summary.json").unlink()
     with pytest.raises(NotLoadable) as err:
         load_model(run_dir)
-    one_line_naming(err, "summary.json", "not ended")
+    one_line_naming(err, "summary.json", "missing", "not ended")
+    (run_dir / "summary.json").write_text('{"status": "compl')
+    with pytest.raises(NotLoadable) as err:
+        load_model(run_dir)
+    one_line_naming(err, "summary.json", "damaged")
+
+
+def test_weights_that_do_not_fit_the_configs_model_are_refused_in_one_line(finished, tmp_path):
+    run_dir = copy_of(finished[1], tmp_path)
+    edit_json(
+        run_dir / "config.json",
+        model={**json.loads((run_dir / "config.json").read_text())["model"], "channels": 8},
+    )
+    with pytest.raises(NotLoadable) as err:
+        load_model(run_dir)
+    one_line_naming(err, "checkpoint.pt", "do not fit")
 
 
 def test_a_damaged_input_field_is_refused_naming_it(finished, tmp_path):
