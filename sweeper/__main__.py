@@ -59,6 +59,17 @@ def main(cfg: DictConfig) -> str:
         if multirun:
             return "invalid"
         raise SystemExit(2) from None
+    except OSError as e:
+        # The record cannot be written or read (a full disk, a read-only dir, EIO): no traceback,
+        # and in a sweep this job fails alone; what was written stays, and a rerun resumes it.
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"error: {run_dir}: the run record cannot be written or read: {e.strerror or e}{where}",
+            file=sys.stderr,
+        )
+        if multirun:
+            return "failed"
+        raise SystemExit(1) from None
     if not multirun:
         print(f"{summary['status']}: record in {hc.runtime.output_dir}", file=sys.stderr)
         if summary["status"] != "completed":
@@ -139,6 +150,9 @@ def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "co
     validate.check(task)
     validate.check_device(task)  # a single run trains here
     train.check_start(task, run_dir)
+    problem = train.unwritable(run_dir)  # before Hydra's own writes there, which fail with a traceback
+    if problem:
+        raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
 
 
 def _ended_as(run_dir: Path) -> str | None:
@@ -175,8 +189,22 @@ def with_hydra_files(arguments: list[str]) -> list[str]:
     return [*arguments[:at], f"hydra.output_subdir={train.PENDING_HYDRA_FILES}{os.getpid()}", *arguments[at:]]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a system shutting down), raised where the process is, as Ctrl-C raises
+    KeyboardInterrupt: a run stops as it does on Ctrl-C (no summary; a rerun resumes it) and a
+    sweep prints its summary, instead of the process vanishing mid-sentence."""
+
+    signum = signal.SIGTERM
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 if __name__ == "__main__":
     arguments = sys.argv[1:]
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one ignored on entry stays ignored
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         # The checks compose the config Hydra will compose (-cp, -cn); where they cannot tell
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
@@ -209,13 +237,15 @@ if __name__ == "__main__":
     try:
         with refusals_in_one_line():  # a sweep refused before launch: one line, exit 2
             main()
-    except KeyboardInterrupt:
-        # Ctrl-C: the records say where each run stopped (a rerun resumes it) and a sweep prints
-        # its summary; a traceback would add nothing. Die by SIGINT, as an interrupted program
-        # does, so that a calling shell sees 130 and stops its script too.
+    except KeyboardInterrupt as stop:
+        # Ctrl-C or SIGTERM: the records say where each run stopped (a rerun resumes it) and a
+        # sweep prints its summary; a traceback would add nothing. Die by the signal, as an
+        # interrupted program does, so that a calling shell sees 130 (143) and stops its script too.
         from sweeper import sweep
 
+        signum = getattr(stop, "signum", signal.SIGINT)
+        signal.signal(signum, signal.SIG_DFL)  # a second one while the summary prints: stop now
         if sweep.STARTED:  # Hydra's basic launcher stops without its end callback
             sweep.summarize(sweep.STARTED[-1])
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        sys.stdout.flush()  # dying by the signal flushes nothing
+        os.kill(os.getpid(), signum)

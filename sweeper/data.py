@@ -629,9 +629,14 @@ def _store(cache: Path | None, arrays: dict) -> None:
                 old.unlink()
     except BaseException as e:  # an interrupt too: never leave a 185 MB temp file behind
         tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
+        # A full disk or a file size limit comes as OSError from the file system, or as torch's
+        # zip writer's RuntimeError ("enforce fail at inline_container.cc"). A cache is only a
+        # shortcut: the run goes on without it. Only an interrupt is raised.
+        if not isinstance(e, Exception):
             raise
-        log.warning("could not write the data cache %s (%s); going on without it", cache, e)
+        log.warning(
+            "could not write the data cache %s (%s); going on without it", cache, str(e).splitlines()[0]
+        )
 
 
 def _remove_stale_temps(directory: Path) -> None:

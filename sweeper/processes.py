@@ -46,19 +46,37 @@ def on_this_host(job: dict | None) -> bool:
     )
 
 
-def alive(job: dict) -> bool:
-    """The process job.json names (on this host) still runs, and is the same process."""
-    pid = job["pid"]
+def pid_alive(pid: int) -> bool:
+    """A process of that pid runs on this host (not a zombie); it may be another than the one
+    that once had the pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
         pass
-    if _zombie(pid):
+    except (OverflowError, ValueError):  # no such pid can exist
+        return False
+    return not _zombie(pid)
+
+
+def alive(job: dict) -> bool:
+    """The process job.json names (on this host) still runs, and is the same process."""
+    pid = job["pid"]
+    if not pid_alive(pid):
         return False
     started = job.get("pid_started")
     return started is None or process_started(pid) == started  # else the pid was reused
+
+
+def read_job(run_dir: Path) -> dict | None:
+    """The run's job.json; None when it is absent or damaged (not JSON, not UTF-8, not an object):
+    then no process can be told to be writing the run."""
+    try:
+        job = json.loads((Path(run_dir) / "job.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return job if isinstance(job, dict) else None
 
 
 def live_writer(run_dir: Path) -> int | None:
@@ -71,10 +89,7 @@ def live_writer(run_dir: Path) -> int | None:
     """
     if (run_dir / "summary.json").exists():
         return None
-    try:
-        job = json.loads((run_dir / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
+    job = read_job(run_dir)
     if not on_this_host(job) or job["pid"] == os.getpid() or not alive(job):
         return None
     return job["pid"]

@@ -4,10 +4,16 @@ config.json once; job.json at each (re)start; metrics.jsonl one line per epoch, 
 losses.npz rewritten atomically at each kept epoch; summary.json written atomically, last. A
 reader never sees a half-written JSON object or archive, and the presence of summary.json means
 the run ended. No pickle anywhere.
+
+Damage from outside (a bit flip, a truncated copy, an edited file) is told apart from what a crash
+leaves (at most a metrics line cut short): each file is checked for its shape, checkpoint.pt by
+the digest it holds and losses.npz by its zip CRCs, and a damaged record is set aside whole
+(train.open_record), never resumed from or skipped as if it had ended.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -21,6 +27,11 @@ import torch
 # overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
 BIN_EDGES = np.logspace(-8, 3, 111)
 QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+LOSSES_KEYS = {"epochs", "bin_edges", "quantile_levels"} | {
+    f"{split}_{key}"
+    for split in ("train", "test")
+    for key in ("hist", "zero", "under", "over", "quantiles", "mean")
+}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -78,15 +89,10 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def _io_error(err: Exception) -> bool:
-    """An error of the file system (it has an errno: EIO, ESTALE, EACCES) or of memory, which a
-    retry may not meet, rather than of the file's content."""
-    return isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno is not None)
-
-
 def complete_lines(path: Path) -> list[dict]:
     """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
-    last one short); [] when the file is absent."""
+    last one short) or its first line that is not a JSON object (damage); [] when the file is
+    absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -94,10 +100,72 @@ def complete_lines(path: Path) -> list[dict]:
     rows = []
     for line in data.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:  # cut short, or bytes that are not UTF-8 (damage)
             break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
+
+
+# What every metrics.jsonl line holds, and of which JSON type (null: a diverged value).
+METRIC_TYPES = {
+    "epoch": (int,),
+    "step": (int,),
+    "samples": (int,),
+    "lr": (int, float),
+    "train_loss": (int, float, type(None)),
+    "train_acc": (int, float, type(None)),
+    "test_loss": (int, float, type(None)),
+    "test_acc": (int, float, type(None)),
+    "time_s": (int, float),
+}
+
+
+def metrics_line_damage(row) -> str | None:
+    """What is wrong with one parsed metrics line's shape, or None."""
+    if not isinstance(row, dict):
+        return f"not a JSON object ({type(row).__name__})"
+    for key, types in METRIC_TYPES.items():
+        value = row.get(key)
+        if type(value) not in types:  # type(): a bool is not an epoch
+            return f"{key} is {value!r}" if key in row else f"no {key}"
+    return None
+
+
+def state_digest(state) -> str:
+    """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every key, number
+    and string, in order. Computed over the state as saved and again as loaded: a flipped bit in
+    a weight, a key or a number changes it."""
+    h = hashlib.sha256()
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            h.update(b"D%d" % len(obj))
+            for k, v in obj.items():
+                feed(k)
+                feed(v)
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"L%d" % len(obj) if isinstance(obj, list) else b"U%d" % len(obj))
+            for v in obj:
+                feed(v)
+        else:  # str, bytes, int, float, bool, None: repr tells them and their values apart
+            h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+    feed(state)
+    return h.hexdigest()
+
+
+DIGEST_KEY = "sha256"
+
+
+class DamagedCheckpoint(ValueError):
+    """checkpoint.pt loads, but its content is not what was saved (or it holds no digest)."""
 
 
 class RunLog:
@@ -109,6 +177,8 @@ class RunLog:
         self.summary_path = self.dir / "summary.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self._losses: dict[int, dict] = {}
+        # name -> what is wrong with it, for each JSON file read_json found damaged.
+        self.damaged: dict[str, str] = {}
         # What the trainer knows of the run so far (model size, device): a summary written after
         # a failure keeps it too.
         self.facts: dict = {}
@@ -121,50 +191,126 @@ class RunLog:
         atomic_write(self.dir / "job.json", to_json(job))
 
     def read_json(self, name: str) -> dict | None:
+        """The JSON object in `name`; None when the file is absent, or damaged: not JSON (cut
+        short, bytes that are not UTF-8) or not a JSON object. Damage is noted in `damaged[name]`,
+        for the caller to name; it is never raised."""
+        self.damaged.pop(name, None)
         try:
-            return json.loads((self.dir / name).read_bytes())
-        except (FileNotFoundError, ValueError):  # absent, cut short, or not UTF-8
+            value = json.loads((self.dir / name).read_bytes())
+        except FileNotFoundError:
             return None
+        except ValueError as err:  # cut short, or not UTF-8
+            self.damaged[name] = f"not JSON ({type(err).__name__})"
+            return None
+        if not isinstance(value, dict):
+            self.damaged[name] = f"not a JSON object ({type(value).__name__})"
+            return None
+        return value
 
     # -- per epoch
     def read_metrics(self) -> list[dict]:
         """The complete lines of metrics.jsonl; a truncated last line (a crash mid-write) is dropped."""
         return complete_lines(self.metrics_path)
 
-    def why_not_resumable(self) -> str | None:
+    def why_not_resumable(self, kept: set[int] | None = None) -> str | None:
         """Why the record cannot be resumed from its checkpoint, or None when it can.
 
         A crash leaves at most a truncated last line in metrics.jsonl (read_metrics drops it).
-        Anything else -- a checkpoint or losses.npz that does not load, a damaged line before the
-        last, epochs missing before the checkpoint's -- is damage from outside: resuming would
-        rewrite the record from what survives, so the attempt is set aside whole instead."""
+        Anything else -- a checkpoint that does not load or whose digest does not match, a
+        metrics line that is damaged or not of its shape, epochs missing before the checkpoint's,
+        a losses.npz that does not load or lacks a kept epoch (`kept`, the run's kept epochs) --
+        is damage from outside: resuming would rewrite the record from what survives, so the
+        attempt is set aside whole instead."""
         try:
             checkpoint = self.load_checkpoint()
-        except Exception as err:  # a truncated zip, a foreign file: torch raises several kinds
-            if _io_error(err):
-                raise  # the file system's trouble (EIO, ESTALE), not the file's: the run fails, a rerun resumes
-            return f"checkpoint.pt does not load ({type(err).__name__})"
+        except DamagedCheckpoint as err:
+            return f"checkpoint.pt {err}"
+        # Anything else (EIO, ESTALE reading it) is the file system's trouble, not the file's:
+        # the run fails, a rerun resumes.
         if checkpoint is None:
             return "no checkpoint.pt"
-        if self.metrics_path.exists():
-            lines = self.metrics_path.read_bytes().splitlines()
-            for i, line in enumerate(lines[:-1]):
-                try:
-                    json.loads(line)
-                except ValueError:  # not JSON, or not UTF-8
-                    return f"metrics.jsonl line {i + 1} is damaged"
-        epochs = [r.get("epoch") for r in self.read_metrics()]
-        done = int(checkpoint.get("epoch", -1))
+        done = checkpoint.get("epoch")
+        if type(done) is not int or done < 1:
+            return f"checkpoint.pt is damaged: epoch {done!r}"
+        rows, why = self._checked_metrics(ended=False)
+        if why is not None:
+            return why
+        epochs = [r["epoch"] for r in rows]
         if epochs[:done] != list(range(1, done + 1)):
             return f"metrics.jsonl does not hold epochs 1..{done}, the checkpoint's"
-        if self.losses_path.exists():
+        # Epochs after the checkpoint's were written before a crash and are dropped by the resume.
+        return self._losses_damage(None if kept is None else {e for e in kept if e <= done}, upto=done)
+
+    def why_not_ended(self, summary: dict, kept: set[int] | None = None) -> str | None:
+        """Why the record of an ended run (`summary`, its summary.json) does not support what its
+        summary says, or None when it does: metrics.jsonl holds every epoch it counts, whole, and
+        the final metrics it reports; losses.npz loads and holds the kept epochs (`kept`, with a
+        diverged run's last epoch)."""
+        rows, why = self._checked_metrics(ended=True)
+        if why is not None:
+            return why
+        done = summary.get("epochs_done")
+        if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or done != len(rows):
+            return f"metrics.jsonl holds epochs {[r['epoch'] for r in rows]}, summary.json says {done}"
+        last = rows[-1] if rows else {}
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            if summary.get(f"final_{key}") != finite_or_none(last.get(key)):
+                return f"summary.json final_{key} {summary.get(f'final_{key}')!r} is not metrics.jsonl's"
+        if kept is not None:
+            kept = {e for e in kept if e <= len(rows)}
+            if summary.get("status") == "diverged" and rows:
+                kept.add(len(rows))
+        return self._losses_damage(kept)
+
+    def _checked_metrics(self, ended: bool) -> tuple[list[dict], str | None]:
+        """metrics.jsonl's rows, and what is damaged in it (None: nothing). Only an unfinished
+        run may end in a line cut short (no newline after it): a crash mid-write."""
+        try:
+            data = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return [], None
+        lines = data.splitlines()
+        rows = []
+        for i, line in enumerate(lines):
             try:
-                with np.load(self.losses_path, allow_pickle=False) as z:
-                    z["epochs"], z["train_hist"], z["test_hist"]  # noqa: B018 (reading is the check)
-            except Exception as err:
-                if _io_error(err):
-                    raise
-                return f"losses.npz does not load ({type(err).__name__})"
+                row = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                if i == len(lines) - 1 and not data.endswith(b"\n") and not ended:
+                    break  # cut short by a crash
+                return rows, f"metrics.jsonl line {i + 1} is damaged"
+            what = metrics_line_damage(row)
+            if what is not None:
+                return rows, f"metrics.jsonl line {i + 1} is damaged: {what}"
+            rows.append(row)
+        return rows, None
+
+    def _losses_damage(self, kept: set[int] | None, upto: int | None = None) -> str | None:
+        """What is wrong with losses.npz: it does not load (every array is read, so that its zip
+        CRCs are checked), or its epochs (up to `upto`, if given) are not `kept` (None: not
+        checked)."""
+        try:
+            data = self.losses_path.read_bytes()  # an error reading it is the file system's: raised
+        except FileNotFoundError:
+            return f"losses.npz is missing (epochs {sorted(kept)} were kept)" if kept else None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {name: z[name] for name in z.files}
+        except MemoryError:
+            raise
+        except Exception as err:  # parsed from memory: whatever fails is the content's
+            return f"losses.npz does not load ({type(err).__name__})"
+        missing = sorted(LOSSES_KEYS - set(arrays))
+        if missing:
+            return f"losses.npz is damaged: no {', '.join(missing)}"
+        epochs = arrays["epochs"]
+        n = len(epochs)
+        if epochs.ndim != 1 or any(
+            len(arrays[k]) != n for k in LOSSES_KEYS if k.startswith(("train", "test"))
+        ):
+            return "losses.npz is damaged: its arrays disagree in length"
+        held = {e for e in epochs.tolist() if upto is None or e <= upto}
+        if kept is not None and held != kept:
+            return f"losses.npz holds epochs {sorted(held)}, not the kept {sorted(kept)}"
         return None
 
     def keep_epochs_up_to(self, epoch: int) -> list[dict]:
@@ -232,12 +378,34 @@ class RunLog:
         atomic_write(self.summary_path, to_json({k: finite_or_none(v) for k, v in summary.items()}))
 
     def save_checkpoint(self, state: dict) -> None:
+        """The state, with its digest (state_digest) under "sha256": load_checkpoint checks it."""
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save({**state, DIGEST_KEY: state_digest(state)}, buf)
         atomic_write(self.checkpoint_path, buf.getvalue())
 
     def load_checkpoint(self) -> dict | None:
-        if not self.checkpoint_path.exists():
+        """The saved state (without its digest); None when there is no checkpoint.pt. Raises
+        DamagedCheckpoint when it loads but is not what was saved: torch's zip reader checks no
+        CRC, so a flipped bit in a weight loads as a wrong weight."""
+        try:
+            data = self.checkpoint_path.read_bytes()  # an error reading it is the file system's: raised
+        except FileNotFoundError:
             return None
-        # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as err:  # parsed from memory: whatever fails (torch raises several kinds,
+            # OSError EINVAL among them) is the content's
+            raise DamagedCheckpoint(f"does not load ({type(err).__name__})") from err
+        if not isinstance(state, dict):
+            raise DamagedCheckpoint(f"is damaged: not a dict ({type(state).__name__})")
+        digest = state.pop(DIGEST_KEY, None)
+        if digest is None:
+            raise DamagedCheckpoint(
+                "is damaged: it holds no digest (written by an older version, or damaged)"
+            )
+        if digest != state_digest(state):
+            raise DamagedCheckpoint("is damaged: its content does not match its digest")
+        return state

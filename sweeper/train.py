@@ -23,6 +23,7 @@ import platform
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -74,6 +75,21 @@ def run_device(name: str) -> torch.device:
     return device
 
 
+def use_threads(cfg: DictConfig) -> int:
+    """Set and return the run's CPU thread count: trainer.threads, an int >= 1, or `auto` for the
+    threads the process was given (every core alone, a pool worker's share, SLURM's
+    cpus-per-task). CPU kernels reduce in an order that depends on it, so the same config gives
+    bit-identical numbers only with the same count: it is recorded. run() gives the process its
+    own count back after the run, so that a stated count never becomes the next run's `auto`."""
+    threads = cfg.trainer.get("threads", "auto")
+    if threads == "auto" or threads is None:
+        threads = torch.get_num_threads()
+    elif type(threads) is not int or threads < 1:
+        raise ConfigError(f"trainer.threads={threads} is invalid: auto, or an int >= 1")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def kept_epochs(cfg: DictConfig) -> set[int]:
     """Epochs whose per-sample losses are kept: the configured ones that occur, and the last."""
     epochs = cfg.trainer.epochs
@@ -115,8 +131,7 @@ def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_fo
 
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
-    if isinstance(cfg.trainer.get("threads"), int):  # trainer.threads; auto: those the process was given
-        torch.set_num_threads(cfg.trainer.threads)
+    threads = use_threads(cfg)
     device = run_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
@@ -145,17 +160,19 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         "n_test": len(data.test_y),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cuda_graph": graph,
+        "threads": threads,
         **trained.input_facts(data),  # what rebuilding and feeding the model needs (load_model)
     }
     record.facts = info  # the same dict: a summary after a failure reports what it says by then
     log.info(
-        "%s: %d params, receptive field %d px, %d train / %d test images on %s",
+        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d threads",
         cfg.model.name,
         info["n_params"],
         info["receptive_field_px"],
         n_train,
         info["n_test"],
         info["device"],
+        threads,
     )
 
     # Resume from the last finished epoch, dropping any record written after that checkpoint.
@@ -363,6 +380,11 @@ NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "sched
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ, as "key: old -> new" lines. A recorded config that
+    is not a JSON object is damage, not a difference: [] (the start sets such a record aside,
+    naming the file; refusing here would block every job of a sweep for one damaged file)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
@@ -383,6 +405,44 @@ HYDRA_FILES = ".hydra"
 PENDING_HYDRA_FILES = ".hydra.pending-"
 
 
+def recorded_config(run_dir: Path) -> dict | None:
+    """The config.json of the record in `run_dir`; None when there is none, or it is damaged
+    (not JSON, not UTF-8, not a JSON object, unreadable): a start sets such a record aside."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a run (or a sweep) cannot write under `path`, in one line naming the path: the path
+    itself, or its nearest existing parent (where its dirs would be made), is not a directory,
+    is read-only or not ours, or its disk is full. None when it can. It writes (and removes) one
+    small probe file: permissions alone do not show a read-only mount to root, nor a full disk."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory, so {path} cannot be made"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".sweeper-probe-")
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror})"
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 4096)  # a full disk can still take an empty file, not a block
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror})"
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return None
+
+
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
@@ -393,10 +453,9 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
             f"{run_dir} is being trained by process {writer} on this host; "
             "wait for it to end (or stop it), or use another output dir"
         )
-    try:
-        previous = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # no record (or one unreadable, which a start sets aside): nothing to mix with
+    previous = recorded_config(run_dir)
+    if previous is None:
+        return  # no record (or a damaged one, which a start sets aside): nothing to mix with
     if cfg.trainer.resume:
         diff = config_difference(previous, OmegaConf.to_container(cfg, resolve=True))
         if diff:
@@ -488,6 +547,15 @@ def drop_pending(run_dir: Path, hydra_files: str | None) -> None:
         shutil.rmtree(Path(run_dir) / hydra_files, ignore_errors=True)
 
 
+def drop_stale_pending(run_dir: Path) -> None:
+    """Remove the pending .hydra files of invocations whose process has ended (a kill before
+    their run started or was refused): Hydra's copies of a config, never a run's record."""
+    for pending in Path(run_dir).glob(f"{PENDING_HYDRA_FILES}*"):
+        pid = pending.name.removeprefix(PENDING_HYDRA_FILES)
+        if pid.isdigit() and int(pid) != os.getpid() and not processes.pid_alive(int(pid)):
+            shutil.rmtree(pending, ignore_errors=True)
+
+
 def open_record(
     cfg: DictConfig,
     run_dir: Path,
@@ -513,19 +581,35 @@ def open_record(
     except ConfigError:
         drop_pending(run_dir, hydra_files)
         raise
+    drop_stale_pending(run_dir)
     record = RunLog(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
+    kept = kept_epochs(cfg)
     previous = record.read_json("config.json")
-    old_job = record.read_json("job.json")
-    old_job = old_job if isinstance(old_job, dict) else {}  # a damaged job.json only loses the restart count
+    old_job = record.read_json("job.json") or {}  # a damaged job.json only loses the restart count
+    if "job.json" in record.damaged:
+        log.info(
+            "%s: job.json is damaged (%s); its restart count starts over", run_dir, record.damaged["job.json"]
+        )
+    elif previous is not None and not (run_dir / "job.json").exists():  # every start writes both
+        log.info("%s: job.json is missing; its restart count starts over", run_dir)
     moves_hydra = hydra_files != HYDRA_FILES
     if previous is not None and cfg.trainer.resume:
         summary = record.read_json("summary.json")
-        if summary is not None and summary.get("status") in ENDED:
-            log.info("%s: already %s, skipping", run_dir, summary["status"])
-            drop_pending(run_dir, hydra_files)
-            return record, summary
-        why = "it failed" if summary is not None else record.why_not_resumable()
+        status = None if summary is None else summary.get("status")
+        if status in ENDED:
+            why = record.why_not_ended(summary, kept)
+            if why is None:
+                log.info("%s: already %s, skipping", run_dir, status)
+                drop_pending(run_dir, hydra_files)
+                return record, summary
+            why = f"it ended {status}, but {why}"
+        elif summary is not None:
+            why = "it failed" if status == "failed" else f"summary.json is damaged: status {status!r}"
+        elif "summary.json" in record.damaged:
+            why = f"summary.json is damaged: {record.damaged['summary.json']}"
+        else:
+            why = record.why_not_resumable(kept)
         if why is not None:
             log.info(
                 "%s: earlier attempt set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why
@@ -538,7 +622,13 @@ def open_record(
         # Without a readable config.json a record cannot be checked against this config, so its
         # checkpoint is never resumed. (A .hydra/ without a record: an invocation that never
         # started one; kept all the same.)
-        log.info("%s: earlier record set aside in %s", run_dir, _set_aside(record, moves_hydra))
+        if previous is not None:
+            why = "trainer.resume=false"
+        elif "config.json" in record.damaged:
+            why = f"config.json is damaged: {record.damaged['config.json']}"
+        else:
+            why = "no config.json"
+        log.info("%s: earlier record set aside in %s (%s)", run_dir, _set_aside(record, moves_hydra), why)
     pending = run_dir / hydra_files if hydra_files and hydra_files.startswith(PENDING_HYDRA_FILES) else None
     if pending is not None and pending.is_dir():
         if (run_dir / HYDRA_FILES).exists():  # a resume: .hydra/ stays that of the attempt's start
@@ -547,7 +637,9 @@ def open_record(
             pending.rename(run_dir / HYDRA_FILES)
             as_written_in_place(run_dir / HYDRA_FILES / "hydra.yaml", hydra_files)
     record.write_config(config)
-    record.write_job(job_info(overrides, job_num, restarts=old_job.get("restarts", -1) + 1 if old_job else 0))
+    restarts = old_job.get("restarts")
+    restarts = restarts + 1 if type(restarts) is int and restarts >= 0 else 0
+    record.write_job(job_info(overrides, job_num, restarts=restarts))
     return record, None
 
 
@@ -574,6 +666,9 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         # CPU figures depend on both: a 2-core laptop and a 64-core node give different time_s.
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # The run's (train's facts); a fused trial's, or a run failed before it set its own, the
+        # count in effect as it closes.
+        "threads": outcome.get("threads", torch.get_num_threads()),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "versions": versions(),
         "error": None if error is None else f"{type(error).__name__}: {error}",
@@ -596,6 +691,7 @@ def run(
     record, ended = open_record(cfg, run_dir, overrides, job_num, hydra_files)
     if ended is not None:
         return ended
+    given = torch.get_num_threads()
     try:
         return close_record(record, cfg, train(cfg, record))
     except Exception as e:  # recorded, not raised: one job's failure must not stop a sweep
@@ -604,6 +700,8 @@ def run(
         if stopped_by_cluster(e):
             raise  # no summary either; submitit records the job as ended without a result
         return close_record(record, cfg, {}, e)
+    finally:
+        torch.set_num_threads(given)  # the process's own again, for its next run's `auto`
 
 
 def refused(cfg: DictConfig, run_dir: Path, overrides, job_num, hydra_files, error: Exception) -> str:

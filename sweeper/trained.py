@@ -22,7 +22,7 @@ from torch import nn
 
 from sweeper import build
 from sweeper import data as data_module
-from sweeper.runlog import RunLog
+from sweeper.runlog import DamagedCheckpoint, RunLog
 
 INPUT_FIELDS = ("input_shape", "classes", "normalize_mean", "normalize_std")
 
@@ -116,10 +116,14 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
         raise NotLoadable(f"{record.checkpoint_path}: missing: {why}")
     facts = _input(summary, cfg, record.summary_path)
     try:
-        checkpoint = record.load_checkpoint()
-    except Exception as err:  # a truncated zip, a foreign file: torch raises several kinds
-        raise NotLoadable(f"{record.checkpoint_path}: does not load ({data_module._described(err)})") from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        checkpoint = record.load_checkpoint()  # checks the digest it was saved with
+    except DamagedCheckpoint as err:
+        raise NotLoadable(f"{record.checkpoint_path}: {err}") from err
+    except OSError as err:  # the file system's trouble, not the file's
+        raise NotLoadable(
+            f"{record.checkpoint_path}: cannot be read ({data_module._described(err)})"
+        ) from err
+    if not isinstance(checkpoint.get("model"), dict):
         raise NotLoadable(f"{record.checkpoint_path}: holds no model weights (not a run's checkpoint)")
     channels, height, width = facts["input_shape"]
     # Building initialises weights from the global generator: the caller's random state is kept.
@@ -155,12 +159,10 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
 
 def _json_object(record: RunLog, name: str, why: str) -> dict:
     value = record.read_json(name)
-    if value is None and not (record.dir / name).exists():
-        raise NotLoadable(f"{record.dir / name}: missing: {why}")
+    if name in record.damaged:
+        raise NotLoadable(f"{record.dir / name}: damaged: {record.damaged[name]}")
     if value is None:
-        raise NotLoadable(f"{record.dir / name}: damaged: not JSON")
-    if not isinstance(value, dict):
-        raise NotLoadable(f"{record.dir / name}: damaged: a JSON {type(value).__name__}, not an object")
+        raise NotLoadable(f"{record.dir / name}: missing: {why}")
     return value
 
 

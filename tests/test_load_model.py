@@ -108,6 +108,18 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(finished, tmp_path):
     one_line_naming(err, "checkpoint.pt", "does not load")
 
 
+def test_a_checkpoint_whose_weights_were_changed_after_saving_is_refused(finished, tmp_path):
+    """A flipped weight loads in torch; the digest the run saved it with catches it."""
+    run_dir = copy_of(finished[1], tmp_path)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    weight = next(iter(state["model"].values()))
+    weight[(0,) * weight.dim()] += 1.0
+    torch.save(state, run_dir / "checkpoint.pt")
+    with pytest.raises(NotLoadable) as err:
+        load_model(run_dir)
+    one_line_naming(err, "checkpoint.pt", "digest")
+
+
 def test_a_run_that_has_not_ended_is_refused_in_one_line(finished, tmp_path):
     run_dir = copy_of(finished[1], tmp_path)
     (run_dir / "summary.json").unlink()

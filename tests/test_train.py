@@ -376,9 +376,18 @@ def test_a_resume_before_the_first_kept_epoch_keeps_no_later_histogram(tmp_path,
          "checkpoint.pt does not load"),
         (lambda d: (d / "losses.npz").write_bytes((d / "losses.npz").read_bytes()[:100]),
          "losses.npz does not load"),
+        # torch's zip reader checks no CRC: XORed bytes loaded as weights up to 135.8 and the run
+        # ended `completed` with epochs 4-6 up to 30% off. The digest inside catches them.
+        (lambda d: flip(d / "checkpoint.pt"), "checkpoint.pt is damaged: its content does not match its digest"),
+        # A deleted losses.npz left a record whose histograms began at the resumed epoch.
+        (lambda d: (d / "losses.npz").unlink(), "losses.npz is missing (epochs [1, 2] were kept)"),
+        (lambda d: flip(d / "losses.npz"), "losses.npz does not load (BadZipFile)"),
+        (lambda d: (d / "metrics.jsonl").write_text("[1, 2]\n" + "".join(
+            line + "\n" for line in (d / "metrics.jsonl").read_text().splitlines()[1:])),
+         "metrics.jsonl line 1 is damaged: not a JSON object (list)"),
     ],
     ids=["a-damaged-line-before-the-last", "a-line-not-utf8", "no-metrics", "truncated-checkpoint",
-         "truncated-losses"],
+         "truncated-losses", "flipped-checkpoint", "no-losses", "flipped-losses", "a-line-not-an-object"],
 )  # fmt: skip
 def test_a_record_damaged_from_outside_is_set_aside_whole_not_resumed_from_what_survives(
     tmp_path, monkeypatch, caplog, damage, why
@@ -402,11 +411,23 @@ def test_a_record_damaged_from_outside_is_set_aside_whole_not_resumed_from_what_
     assert without_times(metrics(run_dir)) == without_times(metrics(tmp_path / "straight"))
 
 
+def flip(path) -> None:
+    """XOR 16 bytes in the middle of the file, as a failing disk or a bad copy might."""
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes(
+        data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 16]) + data[middle + 16 :]
+    )
+
+
 @pytest.mark.parametrize("resume", [True, False])
-@pytest.mark.parametrize("damage", [b"{damaged", b"\xff\xfe"], ids=["not-json", "not-utf8"])
+@pytest.mark.parametrize(
+    "damage", [b"{damaged", b"\xff\xfe", b"[1, 2]", b"42"], ids=["not-json", "not-utf8", "a-list", "a-number"]
+)
 def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monkeypatch, resume, damage):
     # Its config cannot be checked against this one: resumed, lr=0.1's optimizer state trained
-    # on under config.json's lr=0.2, a mislabelled record. (Bytes that are not UTF-8 raised.)
+    # on under config.json's lr=0.2, a mislabelled record. (Bytes that are not UTF-8 raised; a
+    # JSON list or number raised TypeError in config_difference, which blocked the whole sweep.)
     run_dir = tmp_path / "run"
     interrupt_at_checkpoint(monkeypatch, compose_cfg("trainer.epochs=3"), run_dir, 3)
     (run_dir / "config.json").write_bytes(damage)
@@ -491,3 +512,149 @@ def test_moving_into_an_attempt_never_overwrites(tmp_path):
     train.move_into(tmp_path / "b", tmp_path / "kept" / "train.log")
     assert (tmp_path / "kept" / "train.log").read_text() == "old"
     assert (tmp_path / "kept" / "train.log.~2").read_text() == "new"
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (b"[]\n", "summary.json is damaged: not a JSON object (list)"),
+        (b"{broken", "summary.json is damaged: not JSON"),
+        (b'{"status": "completed"}', "summary.json says None"),
+        (b'{"status": 3}', "summary.json is damaged: status 3"),
+    ],
+    ids=["a-list", "not-json", "no-numbers", "a-number-status"],
+)
+def test_a_damaged_summary_is_set_aside_and_the_run_trained_again(tmp_path, caplog, damage, why):
+    # `[]` in summary.json raised AttributeError at every rerun (no end summary either); a summary
+    # that did not parse was taken as absent, and resuming overwrote it: damage lost, unnamed.
+    cfg = compose_cfg("trainer.epochs=2")
+    run_dir = tmp_path / "run"
+    first = train.run(cfg, run_dir)
+    (run_dir / "summary.json").write_bytes(damage)
+    with caplog.at_level("INFO", logger="sweeper"):
+        again = train.run(cfg, run_dir)
+    assert why in caplog.text
+    assert (run_dir / "attempts" / "1" / "summary.json").read_bytes() == damage  # kept, not lost
+    assert again["status"] == "completed" and again["final_test_acc"] == first["final_test_acc"]
+
+
+def test_an_ended_run_whose_metrics_do_not_support_its_summary_is_not_skipped(tmp_path, caplog):
+    # A completed run's last metrics line cut in half: the rerun skipped it, and the record's
+    # metrics said epoch 1 while its summary said epoch 2.
+    cfg = compose_cfg("trainer.epochs=2")
+    run_dir = tmp_path / "run"
+    first = train.run(cfg, run_dir)
+    data = (run_dir / "metrics.jsonl").read_bytes()
+    (run_dir / "metrics.jsonl").write_bytes(data[: len(data) - 40])
+    with caplog.at_level("INFO", logger="sweeper"):
+        again = train.run(cfg, run_dir)
+    assert "it ended completed, but metrics.jsonl line 2 is damaged" in caplog.text
+    assert again["status"] == "completed" and again["final_test_acc"] == first["final_test_acc"]
+    assert len(metrics(run_dir)) == 2
+
+
+def test_a_recorded_config_that_is_not_an_object_is_damage_not_a_difference(tmp_path):
+    # config_difference raised TypeError ('<' not supported) on [1, 2], and "not iterable" on 42,
+    # from sweep.check_jobs: one damaged record blocked every job of the sweep.
+    assert train.config_difference([1, 2], {"lr": 0.1}) == []
+    assert train.config_difference(42, {"lr": 0.1}) == []
+    assert train.config_difference({"lr": 0.2, "model": 5}, {"lr": 0.1, "model": {"a": 1}}) == [
+        "lr: 0.2 -> 0.1",
+        "model: 5 -> {'a': 1}",
+    ]
+    for damage in (b"[1, 2]", b"42", b"\xff"):
+        (tmp_path / "config.json").write_bytes(damage)
+        assert train.recorded_config(tmp_path) is None
+        train.check_start(compose_cfg(), tmp_path)  # no refusal, no traceback: the start sets it aside
+
+
+def test_trainer_threads_is_set_at_the_start_and_recorded(tmp_path, caplog):
+    # CPU kernels reduce in an order that depends on the thread count: the pool's workers (cores /
+    # workers threads) and the basic launcher (every core) gave different numbers for one config.
+    import torch
+
+    given = torch.get_num_threads()
+    try:
+        with caplog.at_level("INFO", logger="sweeper"):
+            one = train.run(compose_cfg("++trainer.threads=1", "trainer.epochs=1"), tmp_path / "one")
+        assert one["threads"] == one["torch_threads"] == 1
+        assert "on cpu, 1 threads" in caplog.records[0].getMessage()  # the run's first line
+        # `auto` is what the process was given, not what the run before it set
+        auto = train.run(compose_cfg("trainer.epochs=1"), tmp_path / "auto")
+        assert auto["threads"] == given
+        with pytest.raises(ConfigError, match="trainer.threads=0 is invalid"):
+            train.use_threads(compose_cfg("++trainer.threads=0"))
+    finally:
+        torch.set_num_threads(given)
+
+
+def test_pending_hydra_dirs_of_ended_invocations_are_removed_at_the_next_start(tmp_path):
+    # A kill before its run started left .hydra.pending-<pid>/ in the run dir for good.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = tmp_path / "run"
+    stale = run_dir / f"{train.PENDING_HYDRA_FILES}{dead.pid}"
+    alive = run_dir / f"{train.PENDING_HYDRA_FILES}{os.getppid()}"  # a live process's: kept
+    for d in (stale, alive):
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("lr: 0.1\n")
+    assert train.run(compose_cfg("trainer.epochs=1"), run_dir)["status"] == "completed"
+    assert not stale.exists() and alive.exists()
+
+
+@pytest.mark.parametrize("job", [b"{garbage", b"[1, 2]", b'{"pid": "1", "host": 3}', b'{"pid": 99999999999}'])
+def test_a_damaged_job_json_names_no_live_writer(tmp_path, job):
+    from sweeper import processes
+
+    # Garbage, or a pid that is no int or past any pid, read as some process's: a dead run shown
+    # as being trained, a rerun refused; or an OverflowError from os.kill.
+    (tmp_path / "job.json").write_bytes(job)
+    assert processes.live_writer(tmp_path) is None
+    assert (processes.read_job(tmp_path) is None) == (not job.startswith(b'{"'))
+
+
+def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line_before_hydra_writes(tmp_path):
+    # Hydra's own writes failed first, with a traceback ("Unable to configure handler 'file'").
+    assert "is not writable" in train.unwritable("/sys/sweeper-test/run")
+    assert train.unwritable(tmp_path / "new" / "run") is None
+    assert not (tmp_path / "new").exists() and not list(tmp_path.iterdir())  # the probe is gone
+    (tmp_path / "file").write_text("")
+    assert "is not a directory" in train.unwritable(tmp_path / "file" / "run")
+    done = run_cli(*TINY, "hydra.run.dir=/sys/sweeper-test/run", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cannot hold the run's record: /sys is not writable" in done.stderr
+
+
+def test_a_job_whose_record_cannot_be_read_or_written_fails_alone_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "1" / "config.json").mkdir(parents=True)  # IsADirectoryError for the job's record
+    done = run_cli("-m", *TINY, "lr=0.1,0.2,0.3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode in (0, 1) and "Traceback" not in out, out[-3000:]
+    assert f"error: {sweep / '1'}: the run record cannot be written or read" in out
+    for n in (0, 2):
+        assert json.loads((sweep / str(n) / "summary.json").read_text())["status"] == "completed"
+
+
+def test_sigterm_stops_a_sweep_with_its_summary_and_dies_by_the_signal(tmp_path):
+    # The basic launcher printed nothing on SIGTERM: Ctrl-C's summary was for KeyboardInterrupt only.
+    sweep = tmp_path / "sweep"
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    args = ["-m", *TINY, "trainer.epochs=30", "lr=0.1,0.2", f"hydra.sweep.dir={sweep}"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "sweeper", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (sweep / "0" / "checkpoint.pt").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # a shell sees 143
+    assert f"sweep {sweep}: 2 jobs:" in out and "interrupted" in out, out + err
+    assert "Traceback" not in err, err[-3000:]
+    assert not (sweep / "0" / "summary.json").exists()  # stopped, to resume: not failed
