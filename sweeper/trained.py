@@ -79,13 +79,18 @@ class TrainedModel:
         `batch_size` (default: the run's trainer.eval_batch_size), at the run's precision."""
         from sweeper.train import autocast_for  # train imports this module
 
-        x = self.preprocess(images)
+        images = torch.as_tensor(images)
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
         size = batch_size or int(self.config.trainer.eval_batch_size)
         autocast = autocast_for(self.config.trainer.precision, self.device.type)
         out = []
-        for start in range(0, len(x), size):
+        for start in range(0, len(images), size):  # normalised per batch: a float copy of one batch only
+            x = self.preprocess(images[start : start + size])
             with autocast():
-                out.append(self.model(x[start : start + size]).float())
+                out.append(self.model(x).float())
+        if not out:
+            return self.preprocess(images).new_zeros((0, len(self.classes)))  # checks the shape too
         return torch.cat(out)
 
     def predict(self, images, batch_size: int | None = None) -> torch.Tensor:
