@@ -491,8 +491,6 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
     record, reasons = item.record, list(item.record.notes)
     if record.truncated and status not in ("running", "damaged"):
         reasons.append("metrics.jsonl: truncated last line dropped")
-    if not (item.ref.run_dir / "metrics.jsonl").exists() and (record.summary or {}).get("epochs_done"):
-        reasons.append("metrics.jsonl missing")
     if status == "failed":
         reasons.append(f"failed: {(record.summary or {}).get('error') or 'no error message'}")
     elif status == "diverged":

@@ -184,6 +184,11 @@ def read_run(run_dir: Path) -> RunRecord:
         if disagreement:
             metric_notes.append(disagreement)
             damage.append(disagreement)
+    elif summary is not None and summary.get("epochs_done"):
+        # The curve its numbers come from is gone: they can no longer be checked.
+        lost = damaged("metrics.jsonl", f"missing (summary.json counts {summary['epochs_done']} epochs)")
+        metric_notes.append(lost)
+        damage.append(lost)
     return RunRecord(config, job, summary, rows, notes + metric_notes, truncated, damage)
 
 

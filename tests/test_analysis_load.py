@@ -302,15 +302,18 @@ def test_an_epoch_logged_twice_after_a_restart_keeps_the_later_line(tmp_path):
     assert curves["test_acc"].tolist() == [TEST_ACC[0], 0.99, TEST_ACC[2]]
 
 
-def test_a_missing_metrics_file_of_a_finished_run_falls_back_to_its_summary(tmp_path):
+def test_a_missing_metrics_file_of_a_finished_run_is_damage_its_summary_shown_not_ranked(tmp_path):
     data = rows()
     run = write_run(tmp_path / "r", base_config(), data, summary_record(data), job_record())
     (run / "metrics.jsonl").unlink()
     loaded = load_sweep(run)
-    assert loaded.runs["final_test_acc"].tolist() == [TEST_ACC[2]]
+    assert loaded.runs["final_test_acc"].tolist() == [TEST_ACC[2]]  # what the summary says
     assert loaded.runs["min_test_loss_epoch"].tolist() == [2]
+    assert loaded.runs["status"].tolist() == ["damaged"]  # its curve is gone: nothing checks the numbers
     assert loaded.curves.empty
-    assert loaded.problems == [(str(run.resolve()), "metrics.jsonl missing")]
+    assert loaded.problems == [
+        (str(run.resolve()), "damaged: metrics.jsonl: missing (summary.json counts 3 epochs)")
+    ]
 
 
 # --------------------------------------------------------------------------- the cache

@@ -210,15 +210,13 @@ ANALYSED = [
     for c in CASES
     if c[1] == "ended" and c[0] in ("summary.json", "metrics.jsonl") and c[::2] not in NOT_DAMAGE
 ]
-NEEDS_ANALYSIS_FIX = "needs analysis-branch fix: status `damaged` and a problem naming the file"
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_the_analysis_of_a_damaged_sweep_completes_and_ranks_no_unsupported_number(table, case):
     name, target, mode = case
     loaded = table["before_rerun"][CASES.index(case)]
-    if isinstance(loaded, Exception):  # to be removed once the analysis branch is merged
-        pytest.skip(f"needs analysis-branch fix: load_sweep raised {type(loaded).__name__}: {loaded}")
+    assert not isinstance(loaded, Exception), f"load_sweep raised {type(loaded).__name__}: {loaded}"
     run_dir = str(table["sweep"] / str(CASES.index(case)))
     runs = loaded.runs.set_index("run_dir")
     status = runs.loc[run_dir, "status"] if run_dir in runs.index else None
@@ -227,10 +225,10 @@ def test_the_analysis_of_a_damaged_sweep_completes_and_ranks_no_unsupported_numb
     if case in ANALYSED:
         problems = [reason for where, reason in loaded.problems if where == run_dir]
         # `damaged` is never ranked (rank counts `completed` runs only).
-        named_damaged = status == "damaged" and any(r.startswith(f"damaged: {name}") for r in problems)
-        if not named_damaged:  # to be removed once the analysis branch is merged: then it must hold
-            pytest.skip(NEEDS_ANALYSIS_FIX)
-        assert named_damaged
+        assert status == "damaged" and any(r.startswith(f"damaged: {name}") for r in problems), (
+            status,
+            problems,
+        )
 
 
 def test_the_good_runs_are_untouched_and_loaded(table):
@@ -254,8 +252,6 @@ SWEEP_JSON_SHAPES = {"shape": b"[1, 2]\n", "jobs": b'{"jobs": [1, 2, 3]}\n', "ke
 def test_a_damaged_sweep_json_is_named_in_one_line_and_the_runs_stay_loadable(table, tmp_path, mode):
     # The job list decides which run dir is whose: a damaged one is refused in one line naming
     # it (exit 2), or, deleted, each run dir is checked against its job's config and resumed.
-    if mode in ("jobs", "keys"):
-        pytest.skip("needs grid-branch fix: sweep.py _read_sweep checks only that jobs is a list")
     sweep = tmp_path / "sweep"
     shutil.copytree(table["pristine"], sweep, symlinks=True)
     before = {n: files(sweep / str(n)) for n in GOOD.values()}
@@ -274,10 +270,7 @@ def test_a_damaged_sweep_json_is_named_in_one_line_and_the_runs_stay_loadable(ta
     else:
         assert rerun.returncode == 2 and "sweep.json" in rerun.stderr and "damaged" in rerun.stderr, output
         assert files(sweep / str(GOOD["stopped"])) == before[GOOD["stopped"]]  # nothing ran
-    try:
-        loaded = load_sweep(sweep)
-    except UnicodeDecodeError as err:  # to be removed: then it must load
-        pytest.skip(f"needs analysis-branch fix: load_sweep raised {type(err).__name__}: {err}")
+    loaded = load_sweep(sweep)
     runs = loaded.runs.set_index("run_dir")
     ended = str(sweep / str(GOOD["ended"]))
     assert runs.loc[ended, "status"] == "completed"
