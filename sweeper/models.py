@@ -35,7 +35,16 @@ def conv_widths(channels, growth: float, n: int) -> list[int]:
     """Per-layer widths: an explicit list, or a base width multiplied by `growth` at each layer."""
     if isinstance(channels, Sequence) and not isinstance(channels, str):
         return per_layer(channels, n, "model.channels")
-    return [max(1, round(int(channels) * growth**i)) for i in range(n)]
+    widths = []
+    for i in range(n):
+        try:
+            widths.append(max(1, round(int(channels) * growth**i)))
+        except OverflowError:  # growth**i past a float's range
+            raise GeometryError(
+                f"model.growth={growth} makes conv layer {i + 1} of model.conv_layers={n} wider than any "
+                f"number (model.channels={channels} x {growth}^{i}); use a smaller model.growth or fewer layers"
+            ) from None
+    return widths
 
 
 def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int], padding: str) -> list[int]:
@@ -83,6 +92,14 @@ def receptive_field(layers: list[tuple[int, int]]) -> int:
     return field
 
 
+def head_values(units: Sequence[int], num_classes: int, dropout: float) -> list[int]:
+    """Values per sample of each output of mlp_head's layers after its Flatten."""
+    out = []
+    for u in units:
+        out += [int(u)] * (3 if dropout > 0 else 2)  # Linear, ReLU (, Dropout)
+    return [*out, num_classes]
+
+
 def mlp_head(in_features: int, units: Sequence[int], num_classes: int, dropout: float) -> nn.Sequential:
     """The classifier: hidden fc layers with ReLU (and dropout), then the output layer."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -125,18 +142,25 @@ class ConvNet(nn.Module):
         pools = per_layer(pool, conv_layers, "model.pool")
         sizes = convnet_geometry(image_size, kernels, pools, padding)
         layers: list[nn.Module] = []
-        c_in = in_channels
+        c_in, size = in_channels, image_size
+        tensors = [in_channels * image_size**2]  # values per sample of each layer's output, in order
         for width, k, p in zip(widths, kernels, pools, strict=True):
             # Batch norm makes the conv bias redundant.
             layers.append(nn.Conv2d(c_in, width, k, padding=padding, bias=not batch_norm))
+            size = size - k + 1 if padding == "valid" else size
+            tensors += [width * size**2] * (2 if batch_norm else 1)
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
             if p > 1:
                 layers.append(nn.MaxPool2d(p))
+                size //= p
+                tensors.append(width * size**2)
             layers.append(nn.ReLU())  # the lecture's order: conv, pool, relu
+            tensors.append(width * size**2)
             c_in = width
         self.features = nn.Sequential(*layers)
         self.head = mlp_head(c_in * sizes[-1] ** 2, units, num_classes, dropout)
+        self.activation_values = tensors + head_values(units, num_classes, dropout)
         rf_layers: list[tuple[int, int]] = []
         for k, p in zip(kernels, pools, strict=True):
             rf_layers += [(k, 1), (p, p)]
@@ -195,21 +219,38 @@ class ResNet(nn.Module):
             nn.ReLU(),
         ]
         rf_layers = [(kernel_size, 1)]
-        c_in = channels
+        c_in, size = channels, image_size
+        tensors = [in_channels * size**2] + [channels * size**2] * (3 if batch_norm else 2)
         for stage in range(3):
             width = channels * 2**stage
             for b in range(blocks):
                 stride = 2 if (stage > 0 and b == 0) else 1
                 layers.append(BasicBlock(c_in, width, stride, kernel_size, batch_norm))
                 rf_layers += [(kernel_size, stride), (kernel_size, 1)]
+                size = (size - 1) // stride + 1
+                projected = stride != 1 or c_in != width
+                # conv1, (bn1,) relu, conv2, (bn2,) (the shortcut's conv (and bn),) the sum, relu
+                per_block = (6 if batch_norm else 4) + (2 if batch_norm else 1) * projected
+                tensors += [width * size**2] * per_block
                 c_in = width
         layers += [nn.AdaptiveAvgPool2d(1)]
         self.features = nn.Sequential(*layers)
         self.head = mlp_head(c_in, units, num_classes, dropout)
+        self.activation_values = [*tensors, c_in, *head_values(units, num_classes, dropout)]
         self.receptive_field_px = min(receptive_field(rf_layers), image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def activations(model: nn.Module) -> tuple[int, int]:
+    """(the values per sample of all its layers' outputs, the most that one layer's input and
+    output hold together), from the shapes the model worked out when built; (0, 0) for a model
+    that did not (one of the user's own): what memory estimates then leave out."""
+    tensors = getattr(model, "activation_values", None)
+    if not tensors:
+        return 0, 0
+    return sum(tensors[1:]), max(a + b for a, b in zip(tensors, tensors[1:], strict=False))
 
 
 def n_params(model: nn.Module) -> int:

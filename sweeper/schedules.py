@@ -18,7 +18,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from omegaconf import OmegaConf
+
 Schedule = Callable[[int], float]
+
+
+def fraction_of_epochs(fraction, *, _root_) -> int | None:
+    """`${fraction_of_epochs:0.5}`: that fraction of the run's trainer.epochs, as an epoch number
+    (rounded down, at least 1): 25 of 50 epochs, 2 of 4. The step schedule's switch is stated this
+    way, so that a grid shortened with trainer.epochs=4 for a quick look keeps its shape instead of
+    being refused; the run's record holds the epoch it resolved to.
+
+    None while trainer.epochs is not a whole number >= 1: the check of trainer.epochs names it.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise ValueError(
+            f"fraction_of_epochs takes a number between 0 and 1 (0.5: halfway), not {fraction!r}"
+        )
+    epochs = OmegaConf.select(_root_, "trainer.epochs", default=None)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return None
+    return max(1, math.floor(fraction * epochs))
+
+
+# Registered on import: whatever builds or checks a schedule imports this module first.
+OmegaConf.register_new_resolver("fraction_of_epochs", fraction_of_epochs, replace=True)
 
 
 def constant(*, lr: float, steps_per_epoch: int, total_steps: int) -> Schedule:

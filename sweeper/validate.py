@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
-from sweeper import models
+from sweeper import models, schedules  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
 SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -116,7 +116,13 @@ def check(cfg: DictConfig) -> None:
         _check(cfg)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {data_module.first_line(e)}") from None
+        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """OmegaConf's first line, without its prefix for what a resolver raised (the resolver's own
+    words say it: `${fraction_of_epochs:1.5}` is not a fraction)."""
+    return data_module.first_line(e).removeprefix("ValueError raised while resolving interpolation: ")
 
 
 def _as_written(cfg, key: str | None) -> str:
@@ -139,6 +145,7 @@ def _check(cfg: DictConfig) -> None:
     _check_schedule(cfg, epochs)
     n_train = _check_data(cfg)
     _check_model(cfg)
+    _check_sizable(cfg)
     _check_trainer(cfg, n_train)
 
 
@@ -171,8 +178,10 @@ def _check_schedule(cfg, epochs: int) -> None:
         number(cfg, "schedule.lr2", low=0, low_open=True)
         e = number(cfg, "schedule.epoch", low=1, integer=True)
         if e >= epochs:
+            written = _as_written(cfg, "schedule.epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
+            given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
             raise ConfigError(
-                f"schedule.epoch={e} is invalid: the switch to schedule.lr2 must come before the end, "
+                f"schedule.epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
                 f"1 <= schedule.epoch < trainer.epochs={epochs}"
             )
     elif name == "multistep":
@@ -252,6 +261,17 @@ def _check_model(cfg) -> None:
         raise ConfigError(str(e)) from None
 
 
+def _check_sizable(cfg) -> None:
+    """A net too large for any machine (torch cannot size its weights) is refused on any machine,
+    a SLURM login node included; what fits where is check_device's, on the machine that trains."""
+    from sweeper import footprint
+
+    try:
+        footprint.meta_net(cfg)
+    except footprint.Unsizable as e:
+        raise ConfigError(str(e)) from None
+
+
 def _check_trainer(cfg, n_train: int) -> None:
     number(cfg, "trainer.batch_size", low=1, high=n_train, integer=True)
     number(cfg, "trainer.eval_batch_size", low=1, integer=True)
@@ -265,6 +285,11 @@ def _check_trainer(cfg, n_train: int) -> None:
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
         )
     choice(cfg, "trainer.precision", PRECISIONS)
+    threads = _get(cfg, "trainer.threads")
+    if threads != "auto" and not (_is_int(threads) and threads >= 1):
+        raise ConfigError(
+            f"trainer.threads={_list_text(threads)} is invalid: must be auto or an integer >= 1"
+        )
     choice(cfg, "trainer.channels_last", ("auto", True, False))
     if choice(cfg, "trainer.cuda_graph", ("auto", True, False)) is True:
         from sweeper.cuda_graph import capturable
@@ -280,30 +305,40 @@ def _check_trainer(cfg, n_train: int) -> None:
 
 
 def check_device(cfg) -> None:
-    """trainer.device exists on this machine: the machine that trains (a job, or a local sweep
-    before it launches), not a login node that submits to GPU nodes."""
+    """trainer.device exists on this machine, and the run fits in its memory: the machine that
+    trains (a job, or a local sweep before it launches), not a login node that submits to GPU nodes."""
     import torch
 
+    from sweeper import footprint
+
     device = _get(cfg, "trainer.device")
-    trains_on = (
-        "cuda"
-        if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        else device
-    )
-    if _get(cfg, "trainer.cuda_graph") is True and trains_on != "cuda":
+    # The device the run will train on, as train.pick_device picks it (auto: cuda, else cpu).
+    trains_on = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
+    if _get(cfg, "trainer.cuda_graph") is True and not trains_on.startswith("cuda"):
         # true asks for a graph (auto takes one where it can): without CUDA none is captured
         raise ConfigError(
-            f"trainer.cuda_graph=true is invalid here: this run trains on {'cpu' if device == 'auto' else device}, "
+            f"trainer.cuda_graph=true is invalid here: this run trains on {trains_on}, "
             "and a CUDA graph needs a CUDA device; use auto (a graph where there is CUDA) or false"
         )
-    if device in ("auto", "cpu"):
-        return
-    if device == "mps":
-        if not torch.backends.mps.is_available():
-            raise ConfigError(
-                "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
-            )
-        return
+    if trains_on == "cpu" and _get(cfg, "trainer.precision") == "bf16":
+        # torch's CPU kernels run bf16 autocast far slower than fp32 on common CPUs (10x was
+        # measured), for a result no more faithful: bf16 pays on a GPU's tensor cores.
+        raise ConfigError(
+            "trainer.precision=bf16 is invalid here: this run trains on cpu, where bf16 autocast runs "
+            "about 10x slower than fp32; use fp32, or bf16 on a CUDA device"
+        )
+    if trains_on == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
+        )
+    if trains_on.startswith("cuda"):
+        _check_cuda_index(trains_on, torch)
+    problem = footprint.problem(cfg, trains_on)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_cuda_index(device: str, torch) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device[5:]) if device.startswith("cuda:") else 0
     if count == 0:
@@ -318,10 +353,10 @@ def check_device(cfg) -> None:
 
 
 def _overrides(arguments: list[str]):
-    """(argument, Hydra's reading of it) for each command-line override Hydra can read; flags
-    and what Hydra cannot read are left to Hydra, which says what is wrong with them."""
+    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
+    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
     for arg in arguments:
@@ -329,8 +364,22 @@ def _overrides(arguments: list[str]):
             continue
         try:
             yield arg, parser.parse_overrides([arg])[0]
-        except HydraException:
-            continue
+        except OverrideParseException as e:
+            lines = [
+                line
+                for line in str(e).splitlines()
+                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
+            ]
+            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
+            why = (
+                (lines[0] if lines else "")
+                .split(" expecting ")[0]
+                .removeprefix("ValueError while evaluating ")
+            )
+            raise ConfigError(
+                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
+                "https://hydra.cc/docs/advanced/override_grammar/basic"
+            ) from None
 
 
 def flagged(arguments: list[str], *flags: str) -> bool:
@@ -380,6 +429,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
         if p.is_dir() and p.name != "hydra"
     }
     selections, keys, appended, hydra_groups, forced, hydra_added = [], [], [], [], [], []
+    grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
     swept_groups: dict[str, list[str]] = {}
     for arg, override in parsed:
         key = override.key_or_group
@@ -395,6 +445,18 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                     f"{arg} is a sweep over several values: add -m to run a job per value "
                     f"(a list is [{value}], a string with commas '{value}')"
                 )
+            try:  # range(0,1,0) fails only when Hydra expands it, with a traceback; range(1,1) is empty
+                empty = (
+                    not isinstance(override.value(), Glob)
+                    and next(iter(override.sweep_string_iterator()), None) is None
+                )
+            except ValueError as e:
+                raise ConfigError(f"{arg} is invalid: {e}") from None
+            if empty:
+                raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
+            size = _sweep_size(override.value())
+            if size:
+                grid.append((arg, size))
         if key.startswith("hydra/"):
             hydra_groups.append((arg, override))
             continue
@@ -415,7 +477,14 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 forced.append((arg, key))
             continue
         if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
-            allowed = groups[key] + (["null"] if key == "experiment" else [])
+            allowed = groups[key]
+            if key == "experiment" and override.value() is None and not override.is_sweep_override():
+                # The default has no experiment, but Hydra takes no null for a group on the
+                # command line (a traceback: "Config group override must be a string").
+                raise ConfigError(
+                    f"{arg} is invalid: leave experiment out to run none, or write ~experiment; "
+                    f"its options are {', '.join(allowed)}"
+                )
             if isinstance(override.value(), Glob):
                 values = override.value().filter(groups[key])
                 if not values:
@@ -432,6 +501,14 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 swept_groups[key] = values
         else:
             keys.append(key)
+    if math.prod(n for _, n in grid) > MAX_JOBS:
+        # Hydra lists every job before the first starts: a billion of them never start.
+        raise ConfigError(
+            f"{' '.join(a for a, _ in grid)} is a grid of {math.prod(n for _, n in grid):,} jobs"
+            + (f" ({' x '.join(str(n) for _, n in grid)})" if len(grid) > 1 else "")
+            + f": more than the {MAX_JOBS:,} one sweep takes; "
+            "sweep fewer values, or split the grid over several sweeps"
+        )
     if not parsed:
         return None
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
@@ -498,6 +575,7 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 typo = _missing_part(plain, arg.partition("=")[0].lstrip("+"))
                 if typo and "did you mean" in typo:
                     raise ConfigError(f"{arg} is invalid: {typo} (+ adds a key, which nothing would read)")
+    _check_output_dir(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
         try:
             value = cfg[section]  # a scalar's interpolation resolves here
@@ -505,8 +583,39 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
                 OmegaConf.to_container(value, resolve=True)
         except OmegaConfBaseException as e:
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
-            raise ConfigError(f"{where} is invalid: {data_module.first_line(e)}") from None
+            raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
     return cfg
+
+
+# The most jobs one sweep takes. Each is listed and composed before the first starts (0.16 s a
+# job on a 2-core machine: this many take four hours) and gets its own run dir.
+MAX_JOBS = 100_000
+
+
+def _sweep_size(value) -> int | None:
+    """How many values a sweep gives, counted without listing them; None for a glob (its options)."""
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    if isinstance(value, RangeSweep) and value.step:
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    if isinstance(value, ChoiceSweep):
+        return len(value.list)
+    return None
+
+
+def _check_output_dir(cfg: DictConfig, key: str) -> None:
+    """An empty hydra.run.dir or hydra.sweep.dir is the current directory: the record's files
+    (config.json, checkpoint.pt, multirun.yaml ...) would land among the user's own, unasked."""
+    try:
+        folder = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException:
+        return  # an interpolation only Hydra can resolve: it says so if it cannot
+    if folder is None or not str(folder).strip():
+        raise ConfigError(
+            f"{key}={'' if folder is None else folder} is invalid: an empty directory is the current one, where "
+            f"the {'sweep' if 'sweep' in key else 'run'}'s files would land among others; name a directory "
+            f"({key}=. if that is what you mean)"
+        )
 
 
 def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:

@@ -28,6 +28,12 @@ def test_defaults_are_the_lecture_protocol():
     assert cfg.lr == 0.1 and cfg.trainer.epochs == 50 and cfg.trainer.batch_size == 100
     assert (cfg.optim.momentum, cfg.optim.weight_decay) == (0.0, 0.0)  # plain SGD
     assert list(cfg.trainer.sample_loss_epochs) == [*range(1, 11), *range(15, 51, 5)]
+    assert cfg.trainer.threads == "auto"  # the threads the process was given
+
+
+@pytest.mark.parametrize("threads", ["auto", 1, 3])
+def test_a_thread_count_of_auto_or_a_whole_number_is_accepted(threads):
+    validate.check(compose_cfg(f"trainer.threads={threads}"))
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
@@ -97,6 +103,10 @@ def test_experiments_hold_the_lecture_protocols():
             ["trainer.channels_last=1"],
             "trainer.channels_last=1 is invalid: allowed values are auto, true, false",
         ),
+        (["trainer.threads=0"], "trainer.threads=0 is invalid: must be auto or an integer >= 1"),
+        (["trainer.threads=true"], "trainer.threads=true is invalid: must be auto or an integer >= 1"),
+        (["trainer.threads=1.5"], "trainer.threads=1.5 is invalid: must be auto or an integer >= 1"),
+        (["trainer.threads=all"], "trainer.threads='all' is invalid: must be auto or an integer >= 1"),
     ],
 )
 def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, message):

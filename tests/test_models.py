@@ -96,3 +96,24 @@ def test_a_vanishing_feature_map_is_refused_naming_the_knobs(kwargs, words):
         models.ConvNet(in_channels=3, image_size=32, num_classes=10, **kwargs)
     for w in words:
         assert w in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model.batch_norm=true", "model.dropout=0.5"],
+        ["model.padding=same", "model.conv_layers=3", "model.pool=[2,2,2]"],
+    ],
+)
+def test_the_convnet_knows_its_activations_as_a_forward_pass_sees_them(overrides):
+    # What the memory pre-check counts without running the net: each layer's output per sample
+    # (Flatten's is a view of the last one, not counted), and the widest layer's input + output.
+    net = build.model(compose_cfg(*overrides), 3, 32, 10).eval()
+    seen = []
+    for m in net.modules():
+        if not list(m.children()) and not isinstance(m, torch.nn.Flatten):
+            m.register_forward_hook(lambda m, i, o: seen.append((i[0][0].numel(), o[0].numel())))
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 32, 32))
+    assert models.activations(net) == (sum(o for _, o in seen), max(i + o for i, o in seen))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sweeper import build, schedules
-from tests.conftest import compose_cfg
+from tests.conftest import CONF, compose_cfg
 
 SPE = 10  # steps per epoch
 
@@ -105,3 +105,60 @@ def test_a_record_written_with_partial_schedules_still_resumes():
     old = {"schedule": {"_target_": "sweeper.schedules.step", "_partial_": True, "lr2": 0.05}}
     assert config_difference(old, {"schedule": {"_target_": "sweeper.schedules.step", "lr2": 0.05}}) == []
     assert config_difference(old, {"schedule": {"_target_": "sweeper.schedules.step", "lr2": 0.02}}) != []
+
+
+@pytest.mark.parametrize(
+    "fraction, epochs, expected", [(0.5, 50, 25), (0.5, 4, 2), (0.5, 3, 1), (0.3, 10, 3), (0.5, 1, 1)]
+)
+def test_fraction_of_epochs_is_that_epoch_of_the_run_rounded_down(fraction, epochs, expected):
+    cfg = compose_cfg(
+        "schedule=step", f"trainer.epochs={epochs}", f"schedule.epoch=${{fraction_of_epochs:{fraction}}}"
+    )
+    assert cfg.schedule.epoch == expected
+
+
+def test_the_lecture_switches_at_epoch_25_of_50_and_halfway_through_a_shortened_run():
+    # "0.1 for 25 epochs, then lr2": what the record keeps is the epoch, as before.
+    assert compose_cfg("experiment=lecture_lr2", tiny=False).schedule.epoch == 25
+    short = compose_cfg("experiment=lecture_lr2", "trainer.epochs=4", tiny=False)
+    assert short.schedule.epoch == 2
+    lr_at = build.schedule(short, steps_per_epoch=SPE, total_steps=4 * SPE)
+    assert [lr_at(e * SPE) for e in range(4)] == [0.1, 0.1, 0.05, 0.05]
+
+
+def test_the_lecture_grid_can_be_shortened_for_a_quick_look():
+    # Both experiments' jobs pass the checks at trainer.epochs=4: before, lecture_lr2's switch at
+    # epoch 25 was refused (it must come before the end), and schedule.epoch=2 could not be set
+    # for the pair (lecture_lr has no schedule.epoch).
+    from sweeper import validate
+
+    arguments = ["-m", "experiment=lecture_lr,lecture_lr2", "trainer.epochs=4", "data=synthetic"]
+    validate.check_overrides(arguments, str(CONF))
+    for experiment in ("lecture_lr", "lecture_lr2"):
+        validate.check(
+            compose_cfg(f"experiment={experiment}", "trainer.epochs=4", "data=synthetic", tiny=False)
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["schedule=step", "trainer.epochs=1"],
+            "schedule.epoch=${fraction_of_epochs:0.5} (epoch 1 here) is invalid: the switch to schedule.lr2 "
+            "must come before the end, 1 <= schedule.epoch < trainer.epochs=1",
+        ),
+        (
+            ["schedule=step", "schedule.epoch=${fraction_of_epochs:1.5}"],
+            "schedule.epoch=${fraction_of_epochs:1.5} is invalid: fraction_of_epochs takes a number "
+            "between 0 and 1 (0.5: halfway), not 1.5",
+        ),
+        (["schedule=step", "trainer.epochs=abc"], "trainer.epochs='abc' is invalid: must be an integer >= 1"),
+    ],
+)
+def test_a_switch_stated_as_a_fraction_is_refused_in_one_line_where_it_cannot_work(overrides, message):
+    from sweeper import validate
+
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides))
+    assert str(err.value) == message
