@@ -377,6 +377,9 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 # Keys whose change does not change what a resumed run computes. schedule._partial_: records
 # written before schedules were built as factories carry it.
 NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
+# Keys added after records were written, with the value that does what a record without the key
+# did: a resume of such a record compares them as that value, not as a different config.
+ADDED_KEYS = {"trainer.threads": "auto"}
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -389,7 +392,7 @@ def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
     diffs = []
     for k in keys:
         name = f"{prefix}{k}"
-        a, b = old.get(k), new.get(k)
+        a, b = old.get(k, ADDED_KEYS.get(name)), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += config_difference(a, b, name + ".")
         elif a != b and name not in NOT_COMPARED:

@@ -231,6 +231,14 @@ def test_where_data_is_cached_or_whether_the_step_is_graphed_does_not_block_a_re
     assert config_difference({"data": {"n_train": 1}}, {"data": {"n_train": 2}}) == ["data.n_train: 1 -> 2"]
 
 
+def test_a_record_made_before_a_key_existed_resumes_where_the_key_keeps_the_old_behaviour():
+    # Records without trainer.threads ran on the threads they were given: `auto`.
+    assert train.config_difference({"trainer": {}}, {"trainer": {"threads": "auto"}}) == []
+    assert train.config_difference({"trainer": {}}, {"trainer": {"threads": 1}}) == [
+        "trainer.threads: 'auto' -> 1"
+    ]
+
+
 def pretend_still_training(run_dir, pid):
     """Make the record in `run_dir` look unfinished and written by the live process `pid`, as a
     run still training in another shell does."""
