@@ -104,6 +104,7 @@ def run_report(argv: list[str]) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never open a window (imported here: `status` needs no plotting)
+    from analysis import lr_range
     from analysis.report import write_report
 
     path = write_report(sweep, out, args.metric, sources=args.sweep_dirs)
@@ -112,6 +113,8 @@ def run_report(argv: list[str]) -> int:
         f"{counted(len(sweep.runs), 'run')} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
         f"{counted(len(sweep.problems), 'problem')}"
     )
+    for run, _, suggestion in lr_range.suggestions(sweep.runs):  # an LR range test's answer, at once
+        print(f"LR range test, {lr_range.describe(run, suggestion)}")
     print(f"report: {path}")
     return 0
 

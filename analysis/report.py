@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import plots
+from analysis import lr_range, plots
 from analysis.diagnostics import (
     OVERFIT_GAP,
     UNDERFIT_TRAIN_ACC,
@@ -228,6 +228,20 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     """The lecture's figures for this sweep, one at a time (so a caller can save and drop each)."""
     ranking = ranking_for(sweep, metric)
     keys = sweep.group_keys
+    with warnings.catch_warnings(record=True) as caught:  # a damaged steps.jsonl line: a note
+        warnings.simplefilter("always")
+        found = lr_range.suggestions(sweep.runs)
+    if found:  # runs with trainer.log_steps (experiment=lr_range): their range test comes first
+        drawn = _draw(
+            "lr_range",
+            "LR range test: the training loss of each step against its lr (log); dots: each step, "
+            "line: the smoothed loss, up to where it blows up. "
+            + "; ".join(lr_range.describe(run, s) for run, _, s in found)
+            + f". The rule: {lr_range.RULE}.",
+            lambda: lr_range.plot_lr_range(found),
+        )
+        read = tuple(str(w.message) for w in caught)
+        yield dataclasses.replace(drawn, notes=tuple(dict.fromkeys(read + drawn.notes)))
     hue_keys = figure_keys(sweep)[:MAX_HUE_FIGURES]
     left_out = figure_keys(sweep)[MAX_HUE_FIGURES:]
     if left_out:

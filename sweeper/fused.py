@@ -106,6 +106,8 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         reason = cuda_graph.capturable(c)  # the same update is written here, per trial
         if reason:
             return f"fused trials need plain optim=sgd ({reason})"
+    if cfgs[0].trainer.get("log_steps", False):  # shared by all (trainer is), so the first says
+        return "trainer.log_steps: fused trials do not write steps.jsonl"
     if cfgs[0].model.get("batch_norm", False):
         return "fused trials need model.batch_norm=false"
     if cfgs[0].model.get("dropout", 0) > 0:  # masks drawn for T trials cannot follow each solo run's

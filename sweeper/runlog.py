@@ -1,6 +1,7 @@
 """The run record: what every run leaves in its output dir (docs/run-record.md is the format).
 
 config.json once; job.json at each (re)start; metrics.jsonl one line per epoch, flushed at once;
+steps.jsonl (trainer.log_steps) one line per step, appended with its epoch's metrics line;
 losses.npz rewritten atomically at each kept epoch; summary.json written atomically, last. A
 reader never sees a half-written JSON object or archive, and the presence of summary.json means
 the run ended. No pickle anywhere.
@@ -173,6 +174,7 @@ class RunLog:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.steps_path = self.dir / "steps.jsonl"
         self.losses_path = self.dir / "losses.npz"
         self.summary_path = self.dir / "summary.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"
@@ -317,6 +319,10 @@ class RunLog:
         """Truncate the record to epochs <= `epoch` (resume from a checkpoint of that epoch)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
         atomic_write(self.metrics_path, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+        if self.steps_path.exists():  # the steps the resumed run redoes are written again
+            last_step = rows[-1]["step"] if rows else 0
+            steps = [r for r in complete_lines(self.steps_path) if r.get("step", math.inf) <= last_step]
+            atomic_write(self.steps_path, b"".join(json.dumps(r).encode() + b"\n" for r in steps))
         if self.losses_path.exists():
             with np.load(self.losses_path, allow_pickle=False) as z:
                 for i, e in enumerate(z["epochs"]):
@@ -339,6 +345,14 @@ class RunLog:
         line = json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n"
         with open(self.metrics_path, "a") as f:
             f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append_steps(self, rows: list[dict]) -> None:
+        """One line per step ({"step", "epoch", "lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
+        lines = "".join(json.dumps({k: finite_or_none(v) for k, v in r.items()}) + "\n" for r in rows)
+        with open(self.steps_path, "a") as f:
+            f.write(lines)
             f.flush()
             os.fsync(f.fileno())
 

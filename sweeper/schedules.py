@@ -93,6 +93,19 @@ def cosine(*, lr: float, steps_per_epoch: int, total_steps: int, lr_min: float) 
     return at
 
 
+def lr_range(*, lr: float, steps_per_epoch: int, total_steps: int, lr_min: float, lr_max: float) -> Schedule:
+    """The LR range test's sweep (fastai's lr_find, Lightning's LR finder): the rate grows
+    geometrically at every step, from lr_min at the first step to lr_max at the last. `lr` plays
+    no part: the bounds are the rates themselves."""
+    last = max(1, total_steps - 1)
+    ratio = lr_max / lr_min
+
+    def at(s: int) -> float:
+        return lr_min * ratio ** min(1.0, s / last)
+
+    return at
+
+
 def with_warmup(schedule: Schedule, warmup_epochs: float, steps_per_epoch: int) -> Schedule:
     """Linear warmup over the first `warmup_epochs` epochs: step s runs at (s+1)/warmup_steps of the rate."""
     warmup_steps = round(warmup_epochs * steps_per_epoch)

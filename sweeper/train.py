@@ -43,6 +43,7 @@ RECORD_FILES = (
     "config.json",
     "job.json",
     "metrics.jsonl",
+    "steps.jsonl",
     "losses.npz",
     "checkpoint.pt",
     "summary.json",
@@ -151,6 +152,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
     autocast = autocast_for(cfg.trainer.precision, device.type)
     l1 = float(cfg.model.l1)
+    log_steps = bool(cfg.trainer.get("log_steps", False))  # steps.jsonl: each step's lr and loss
     keep = kept_epochs(cfg)
     graph = cuda_graph.wanted(cfg, device)
     info = {
@@ -212,6 +214,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
+        step_losses = []  # trainer.log_steps: (step, lr, loss on the device), read back once per epoch
         for i, (x, y) in enumerate(
             data_module.train_batches(data, batch_size, generator, cfg.data.augment, layout)
         ):
@@ -231,6 +234,8 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             # Accumulate on the device; reading it back every step would stall a GPU.
             loss_sum += loss.detach()
             step, samples = step + 1, samples + len(y)
+            if log_steps:  # a copy: the CUDA graph's loss is one buffer, overwritten at each replay
+                step_losses.append((step, lr, loss.detach().clone()))
             if i % 50 == 49 and not torch.isfinite(loss_sum):
                 break  # diverged: no point finishing the epoch
             progress.update(epoch, i + 1, loss_sum, i + 1)
@@ -259,6 +264,14 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         )
         if epoch in keep or diverged:
             record.write_losses(epoch, train_losses, test_losses, cfg.trainer.keep_sample_losses)
+        if step_losses:  # before the epoch's metrics line: a resume keeps the steps up to its step
+            losses = torch.stack([loss for *_, loss in step_losses]).tolist()
+            record.append_steps(
+                [
+                    {"step": s, "epoch": epoch, "lr": r, "loss": v}
+                    for (s, r, _), v in zip(step_losses, losses, strict=True)
+                ]
+            )
         record.append_metrics(row)
         progress.epoch_done(row)
         if diverged:
@@ -379,7 +392,7 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
 # Keys added after records were written, with the value that does what a record without the key
 # did: a resume of such a record compares them as that value, not as a different config.
-ADDED_KEYS = {"trainer.threads": "auto"}
+ADDED_KEYS = {"trainer.threads": "auto", "trainer.log_steps": False}
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeper import data as data_module
 from sweeper import models, schedules  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
-SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine")
+SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine", "lr_range")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MODELS = ("convnet", "resnet")
 DATASETS = ("cifar10", "synthetic")
@@ -200,6 +200,13 @@ def _check_schedule(cfg, epochs: int) -> None:
         lr_min = number(cfg, "schedule.lr_min", low=0)
         if lr_min > cfg.lr:
             raise ConfigError(f"schedule.lr_min={lr_min} is invalid: must be <= lr={cfg.lr}")
+    elif name == "lr_range":
+        lr_min = number(cfg, "schedule.lr_min", low=0, low_open=True)
+        lr_max = number(cfg, "schedule.lr_max", low=0, low_open=True)
+        if lr_max <= lr_min:
+            raise ConfigError(
+                f"schedule.lr_max={lr_max} is invalid: the range must grow, schedule.lr_max > schedule.lr_min={lr_min}"
+            )
 
 
 def _check_data(cfg) -> int:
@@ -300,7 +307,7 @@ def _check_trainer(cfg, n_train: int) -> None:
                 f"trainer.cuda_graph=true cannot capture this run's step: {reason}; use auto or false"
             )
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
-    for key in ("keep_sample_losses", "checkpoint", "resume"):
+    for key in ("keep_sample_losses", "checkpoint", "resume", "log_steps"):
         boolean(cfg, f"trainer.{key}")
 
 
