@@ -11,7 +11,7 @@ def test_help_says_what_the_app_does_its_groups_and_examples(tmp_path: Path):
     text = result.stdout
     assert "powered by Hydra" not in text  # was: "train is powered by Hydra."
     assert text.startswith("sweeper: grids of training runs")
-    assert "schedule: constant, cosine, geometric, multistep, step" in text  # the config groups
+    assert "schedule: constant, cosine, geometric, lr_range, multistep, step" in text  # the config groups
     assert "experiment: demo, lecture_baseline," in text
     assert "python -m sweeper -m model.channels=16,32,64 lr=0.2,0.1,0.01" in text  # examples
     assert "  epochs: 50" in text  # the config, to override
