@@ -56,3 +56,18 @@ def run_cli(
 @pytest.fixture
 def tiny_args() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture
+def as_in_a_fresh_process(monkeypatch):
+    """For Hydra's own conformance suites. Their integration apps run in a fresh interpreter,
+    which must find this project's hydra_plugins even where the project is not installed; and
+    the suites expect Hydra's default version_base, as Hydra's own tests have it, where the
+    project's tests that compose in this process set it (version_base=None: no chdir)."""
+    from hydra.version import _UNSPECIFIED_, VersionBase
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    before = VersionBase.instance().getbase()
+    VersionBase.instance().version_base = _UNSPECIFIED_
+    yield
+    VersionBase.instance().version_base = before

@@ -2,34 +2,19 @@
 (hydra_plugins/sweeper_grid), parametrized as Hydra's plugins test themselves: the grid sweeper is
 a general Hydra sweeper, which any Hydra app can use, and the project's checks stay the project's."""
 
-import os
-
 import pytest
 from hydra.test_utils.launcher_common_tests import (
     BatchedSweeperTestSuite,
     IntegrationTestSuite,
     LauncherTestSuite,
 )
-from hydra.version import _UNSPECIFIED_, VersionBase
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused
-from tests.conftest import REPO
 
 GRID = ["hydra/sweeper=grid"]
 
 
-@pytest.fixture(autouse=True)
-def as_in_a_fresh_process(monkeypatch):
-    # The integration suite runs each app in a fresh python: it must find hydra_plugins here
-    # even where the project is not installed.
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    monkeypatch.setenv("PYTHONPATH", path)
-    # The suites expect Hydra's default version_base, as Hydra's own tests have it; the
-    # project's tests that compose in this process set it (version_base=None: no chdir).
-    before = VersionBase.instance().getbase()
-    VersionBase.instance().version_base = _UNSPECIFIED_
-    yield
-    VersionBase.instance().version_base = before  # the instance hydra_restore_singletons put back
+pytestmark = pytest.mark.usefixtures("as_in_a_fresh_process")
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [("basic", GRID)])

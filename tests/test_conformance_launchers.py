@@ -11,12 +11,8 @@ several. The default run has every variant through LauncherTestSuite, and Integr
 on the two launcher classes; the other variants' integration runs are marked slow.
 """
 
-import os
-
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-
-from tests.conftest import REPO
 
 SUBMITIT = ["hydra.launcher.timeout_min=2"]
 LAUNCHERS = {  # id: (launcher, overrides, whether its integration run is slow)
@@ -28,11 +24,7 @@ LAUNCHERS = {  # id: (launcher, overrides, whether its integration run is slow)
 }
 
 
-@pytest.fixture(autouse=True)
-def _plugins_on_path(monkeypatch):
-    """The integration apps run in a fresh interpreter, which finds this project's hydra_plugins
-    on PYTHONPATH (an installed project finds them without)."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+pytestmark = pytest.mark.usefixtures("as_in_a_fresh_process")
 
 
 @pytest.mark.parametrize(
