@@ -6,8 +6,8 @@
         replace one sweep's own). A single run dir is a valid SWEEP_DIR.
 
     python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
-        a one-screen table of the jobs: completed, running, submitted, interrupted, stalled,
-        failed, diverged, damaged, missing.
+        a one-screen table of the jobs: completed, stopped_early, running, submitted, interrupted,
+        stalled, failed, diverged, damaged, missing.
 
 Bad input (no such dir, no runs, unknown metric, unwritable --out) prints one line on stderr
 and exits with 2.

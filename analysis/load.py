@@ -48,6 +48,11 @@ CURVE_ID_COLUMNS = ("run", "epoch")
 # metrics.jsonl names that clash with config knobs get this prefix in `curves`.
 METRIC_PREFIX = "epoch_"
 # A run without summary.json that has written nothing for this long is `stalled`.
+# Runs whose final numbers are results, ranked: trained to trainer.epochs, or ended by their own
+# early stopping (trainer.early_stopping, sweeper/stopping.py: its last epoch is as real an end as
+# trainer.epochs, and best_* say where its metric peaked). A diverged, failed or unfinished run's
+# last epoch is not such an end.
+RESULTS = ("completed", "stopped_early")
 STALE_AFTER_S = 3600.0
 STALE_EPOCHS = 5  # ... or for this many of its slowest epochs, whichever is longer
 
@@ -358,7 +363,7 @@ def run_status(
     slowest_epoch_s: float,
     now: float | None = None,
 ) -> str:
-    """completed / diverged / failed from summary.json; without it `interrupted` when its process
+    """completed / stopped_early / diverged / failed from summary.json; without it `interrupted` when its process
     (on this host) is gone -- the word the sweep's end summary uses; a rerun resumes it --,
     `stalled` when it has written nothing for max(1 h, 5 slowest epochs) (killed on another node,
     or hung), else `running`."""
@@ -493,8 +498,9 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append("metrics.jsonl: truncated last line dropped")
     if status == "failed":
         reasons.append(f"failed: {(record.summary or {}).get('error') or 'no error message'}")
-    elif status == "diverged":
-        reasons.append(f"diverged at epoch {epochs_done}")
+    elif status == "diverged":  # why, where the run says (sweeper/stopping.py)
+        why = (record.summary or {}).get("stop_reason")
+        reasons.append(f"diverged at epoch {epochs_done}" + (f": {why}" if why else ""))
     elif status == "interrupted":
         reasons.append(
             "interrupted: its process ended without a summary.json; a rerun into its sweep dir resumes it"
@@ -503,7 +509,7 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(
             "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
         )
-    elif status not in ("completed", "running", "damaged"):  # damaged: its notes name the file
+    elif status not in (*RESULTS, "running", "damaged"):  # damaged: its notes name the file
         reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
 
@@ -632,9 +638,10 @@ class Sweep:
             runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache
         )
 
-    def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = ("completed",)) -> pd.DataFrame:
-        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs. A damaged
-        run is never ranked (statuses=None: every other status)."""
+    def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
+        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs. By default
+        the RESULTS (completed and stopped_early runs); a damaged run is never ranked
+        (statuses=None: every other status)."""
         runs = self.runs[self.runs["status"] != "damaged"]
         return diagnostics.rank_configs(runs, metric, self.group_keys, statuses=statuses)
 
@@ -683,20 +690,20 @@ class Sweep:
         return self._npz_cache[run]
 
     def _losses_gap(self, run: str, hist: pd.DataFrame | None) -> str | None:
-        """Epochs a completed run should have kept in losses.npz (its trainer.sample_loss_epochs
-        and its last epoch, as sweeper.train keeps them) that the file lacks: the file was
-        deleted or replaced after the run (a resume would have rewritten it whole)."""
+        """Epochs a completed (or stopped_early) run should have kept in losses.npz (its
+        trainer.sample_loss_epochs and its last epoch, as sweeper.train keeps them) that the file
+        lacks: the file was deleted or replaced after the run (a resume would have rewritten it whole)."""
         row = self.runs.loc[self.runs["run"] == run].iloc[0]
         wanted, epochs = row.get("trainer.sample_loss_epochs"), row.get("trainer.epochs")
         if (
-            row["status"] != "completed"
+            row["status"] not in RESULTS
             or not isinstance(wanted, tuple)
             or not isinstance(epochs, (int, np.integer))
         ):
             return None
         done = int(row["epochs_done"])
         expected = {int(e) for e in wanted if isinstance(e, int) and 1 <= e <= min(done, epochs)}
-        expected |= {int(epochs)} if done >= epochs else set()
+        expected |= {int(epochs)} if done >= epochs else {done} if row["status"] == "stopped_early" else set()
         have = set() if hist is None else set(hist["epoch"].unique().tolist())
         lost = sorted(expected - have)
         if not lost:

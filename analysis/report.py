@@ -32,7 +32,7 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.load import Sweep, counted, format_knob, format_value, is_missing
+from analysis.load import RESULTS, Sweep, counted, format_knob, format_value, is_missing
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
@@ -63,12 +63,13 @@ class Drawn:
 
 
 def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
-    """The ranking over completed runs, or, when none completed, over every run at its last
-    epoch, with a `runs` column saying how each configuration's runs ended (`interrupted at epoch
-    20`): a run stopped early is not ranked as if it had finished."""
+    """The ranking over the runs whose numbers are results (RESULTS: completed, and stopped by
+    their own early stopping), or, when there are none, over every run at its last epoch, with a
+    `runs` column saying how each configuration's runs ended (`interrupted at epoch 20`): a run
+    interrupted or diverged midway is not ranked as if it had finished."""
     ranking = sweep.rank(metric)
     if not ranking.empty:
-        return _with_seed_count(sweep, ranking, ("completed",))
+        return _with_seed_count(sweep, ranking, RESULTS)
     # A damaged run's numbers are not supported by its files: never ranked, even at its last epoch.
     statuses = [s for s in sweep.runs["status"].unique() if s != "damaged"]
     ranking = sweep.rank(metric, statuses=None)
@@ -633,11 +634,11 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
     ]
     gaps = [c for c in ("final_gen_gap_loss", "final_gen_gap_acc") if c in sweep.runs]
     if gaps:
-        done = sweep.runs[sweep.runs["status"] == "completed"]
+        done = sweep.runs[sweep.runs["status"].isin(RESULTS)]
         stats = seed_aggregate(done, gaps, keys)
         shown = stats[[*keys, *[f"{g}_mean" for g in gaps], f"{gaps[0]}_n"]]
         md += [
-            "### Generalisation gap at the last epoch (completed runs)",
+            "### Generalisation gap at the last epoch (completed and stopped_early runs)",
             "",
             "test - train loss, train - test accuracy; mean over seeds.",
             "",

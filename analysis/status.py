@@ -1,5 +1,5 @@
-"""Where a sweep's jobs stand: completed, running, submitted, interrupted, stalled, failed, diverged,
-damaged or missing.
+"""Where a sweep's jobs stand: completed, stopped_early, running, submitted, interrupted, stalled,
+failed, diverged, damaged or missing.
 
     python -m analysis status outputs/multirun/2026-11-26/23-59-00
 
@@ -35,6 +35,7 @@ STATUS_ORDER = (
     "running",
     "submitted",
     "missing",
+    "stopped_early",  # ended by its trainer.early_stopping: a result, as a completed run is
     "completed",
 )
 
@@ -69,7 +70,10 @@ def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_o
         "slurm_id": _slurm_id(job, summary),
         "host": job.get("host"),
         "overrides": " ".join(job.get("overrides") or sweep_overrides),
-        "error": "; ".join(record.damage) or (summary or {}).get("error"),
+        # what went wrong, or why the run ended before trainer.epochs (sweeper/stopping.py)
+        "error": "; ".join(record.damage)
+        or (summary or {}).get("error")
+        or (summary or {}).get("stop_reason"),
         "run_dir": str(run_dir),
     }
 

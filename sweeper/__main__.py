@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> str:
         raise SystemExit(1) from None
     if not multirun:
         print(f"{summary['status']}: record in {hc.runtime.output_dir}", file=sys.stderr)
-        if summary["status"] != "completed":
+        if summary["status"] not in ("completed", "stopped_early"):  # stopped by its early stopping: a result
             raise SystemExit(1)
     return summary["status"]
 

@@ -13,7 +13,8 @@ are those of the same trial run alone, computed by other kernels: each step diff
 step by float32 rounding (bf16's, with trainer.precision=bf16). Training amplifies such
 differences where it is unstable: at lr=0.01 a fused trial matched its solo run to 1e-7, at
 lr=0.2 its train loss was 1% off by epoch 2 -- as two solo runs on different hardware would be.
-Trials that share a seed share their batches: one is drawn for all.
+Trials that share a seed share their batches: one is drawn for all. Each trial ends by its own
+early stopping and divergence threshold (sweeper/stopping.py), at the epoch its solo run would.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
@@ -41,15 +42,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, models, stacked, trained
+from sweeper import build, cuda_graph, models, stacked, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_device
 
-# What may differ between the trials of one fused group: their optimisation, their seed, and
-# what each one's record keeps (each trial writes its own).
+# What may differ between the trials of one fused group: their optimisation, their seed, what
+# each one's record keeps (each trial writes its own), and when each one ends (its own Stopping).
 PER_TRIAL = {"lr", "schedule", "optim"}
-PER_TRIAL_TRAINER = {"seed", "keep_sample_losses", "checkpoint", "resume"}
+PER_TRIAL_TRAINER = {
+    "seed", "keep_sample_losses", "checkpoint", "resume", "early_stopping", "diverge_factor", "diverge_epochs"
+}  # fmt: skip
 
 
 # Whose run a line logged now is about. The group's own lines (None) go to every trial's
@@ -289,7 +292,6 @@ def train_group(
     fused_step = cuda_graph.Replay(step_fn, graph, required=cfg0.trainer.cuda_graph is True)
 
     solo_states = SoloStates(cfgs, base, device)
-    status = ["completed"] * n_trials
     errors: dict[int, Exception] = {}
     # Each record as its checkpoint left it (a line written after it is dropped); the trials'
     # counts agree, as they trained together or alone for the same epochs.
@@ -299,8 +301,17 @@ def train_group(
     )
     if start_epoch:
         log.info("resuming %d fused trials after epoch %d", n_trials, start_epoch)
+    # Each trial's early stopping and divergence threshold, as its solo run decides them: from
+    # its metrics lines, the kept ones first (one stopped after its checkpoint ends at once).
+    stops = [stopping.Stopping(cfg.trainer, len(data.classes)) for cfg in cfgs]
+    verdicts = [
+        next(filter(None, map(stop.update, kept)), None) for stop, kept in zip(stops, rows, strict=True)
+    ]
+    status = [v["status"] if v else "completed" for v in verdicts]
     t_start = time.perf_counter() - time_offset
     for epoch in range(start_epoch + 1, epochs + 1):
+        if all(s != "completed" for s in status):
+            break  # every trial has ended (an ended trial's stacked weights train on, unrecorded)
         t_epoch = time.perf_counter()
         wide.train()
         loss_sum = torch.zeros(n_trials, device=device)
@@ -338,7 +349,7 @@ def train_group(
         finite = torch.isfinite(loss_sum).tolist()
         for t, record in enumerate(records):
             if status[t] != "completed":
-                continue  # diverged earlier: its record ended there
+                continue  # ended earlier: its record ended there
             row = {
                 "epoch": epoch,
                 "step": step,
@@ -351,11 +362,11 @@ def train_group(
                 "time_s": round(now - t_start, 4),
                 "epoch_time_s": round(now - t_epoch, 4),
             }
-            diverged = not (
-                finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
-            )
+            ok = finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+            verdict = stops[t].update(row) if ok else stopping.non_finite(epoch)
+            diverged = verdict is not None and verdict["status"] == "diverged"
             try:
-                if epoch in keep or diverged:
+                if epoch in keep or verdict:
                     record.write_losses(
                         epoch,
                         results["train"][0][t],
@@ -377,15 +388,14 @@ def train_group(
                           extra={"trial": record.dir})  # fmt: skip
                 continue
             log.info("%s: %s", record.dir.name, train.epoch_line(row, epochs), extra={"trial": record.dir})
-            if diverged:
-                status[t] = "diverged"
-                log.warning("trial %s: non-finite loss at epoch %d (status diverged)", record.dir, epoch,
-                            extra={"trial": record.dir})  # fmt: skip
-        if all(s != "completed" for s in status):
-            break
+            if verdict is not None:
+                status[t], verdicts[t] = verdict["status"], verdict
+                log.warning("trial %s: epoch %d: %s (status %s)", record.dir, epoch, verdict["stop_reason"],
+                            verdict["status"], extra={"trial": record.dir})  # fmt: skip
     info["cuda_graph"] = fused_step.enabled  # false after a failed capture
     return [
-        {"status": s, **info, **({"error": errors[t]} if t in errors else {})} for t, s in enumerate(status)
+        {"status": s, **(verdicts[t] or {}), **info, **({"error": errors[t]} if t in errors else {})}
+        for t, s in enumerate(status)
     ]
 
 

@@ -247,7 +247,7 @@ class RunLog:
         """Why the record of an ended run (`summary`, its summary.json) does not support what its
         summary says, or None when it does: metrics.jsonl holds every epoch it counts, whole, and
         the final metrics it reports; losses.npz loads and holds the kept epochs (`kept`, with a
-        diverged run's last epoch)."""
+        diverged or stopped_early run's last epoch)."""
         rows, why = self._checked_metrics(ended=True)
         if why is not None:
             return why
@@ -260,7 +260,7 @@ class RunLog:
                 return f"summary.json final_{key} {summary.get(f'final_{key}')!r} is not metrics.jsonl's"
         if kept is not None:
             kept = {e for e in kept if e <= len(rows)}
-            if summary.get("status") == "diverged" and rows:
+            if summary.get("status") in ("diverged", "stopped_early") and rows:
                 kept.add(len(rows))
         return self._losses_damage(kept)
 

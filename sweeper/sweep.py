@@ -29,8 +29,10 @@ from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, attempt_dir, config_difference, move_into
 from sweeper.validate import ConfigError, check, check_device
 
-STATES = ("completed", "diverged", "failed", "interrupted", "running", "damaged", "missing")
-SUMMARY_STATES = ("completed", "diverged", "failed")  # what a run's summary.json can say
+STATES = ("completed", "stopped_early", "diverged", "failed", "interrupted", "running", "damaged", "missing")
+SUMMARY_STATES = ("completed", "stopped_early", "diverged", "failed")  # what a run's summary.json can say
+# Runs that ended as their config asks: trained to trainer.epochs, or stopped by its early stopping.
+SUCCEEDED = ("completed", "stopped_early")
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -362,7 +364,8 @@ SUMMARIZED: set[Path] = set()
 
 
 def summarize(sweep_dir: Path, ended: bool = False) -> bool:
-    """Print the one-screen end summary of a sweep, from its records; whether every job completed.
+    """Print the one-screen end summary of a sweep, from its records; whether every job succeeded
+    (SUCCEEDED: completed, or stopped by its early stopping).
     `ended`: the launcher has returned every job's result, so none is still running, wherever it ran.
     Never raises for what the records hold: a damaged file is named in its job's line."""
     if sweep_dir in SUMMARIZED:
@@ -398,7 +401,7 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
     if len(lines) > 20:
         print(f"  ... and {len(lines) - 20} more (python -m analysis status {sweep_dir})")
     print(f"report: python -m analysis {sweep_dir}")
-    return counts["completed"] == total
+    return sum(counts[s] for s in SUCCEEDED) == total
 
 
 class Damaged(Exception):
@@ -480,7 +483,12 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
             )
         if state == "completed":
             return state, f"test_acc {summary.get('final_test_acc')}"
-        return state, str(summary.get("error") or f"after {summary.get('epochs_done')} epochs")
+        after = f"after {_count(summary.get('epochs_done'), 'epoch')}"
+        if state == "stopped_early":  # sweeper/stopping.py says why
+            return state, f"{after}, test_acc {summary.get('final_test_acc')}: {summary.get('stop_reason')}"
+        return state, str(
+            summary.get("error") or f"{after}: {summary.get('stop_reason') or 'non-finite loss'}"
+        )
     if not (run_dir / "config.json").exists():
         return "missing", "no record"
     # Another process on this host still trains it: another sweep into this dir, started

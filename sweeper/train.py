@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, cuda_graph, host_memory, models, processes, trained
+from sweeper import build, cuda_graph, host_memory, models, processes, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog, atomic_write
 from sweeper.validate import ConfigError
@@ -49,7 +49,8 @@ RECORD_FILES = (
     "summary.json",
     "sample_losses",
 )
-ENDED = ("completed", "diverged")  # a rerun of the same config would end the same way
+# A rerun of the same config would end the same way: skipped. stopped_early: sweeper/stopping.py.
+ENDED = ("completed", "diverged", "stopped_early")
 
 
 def pick_device(name: str) -> torch.device:
@@ -178,7 +179,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     )
 
     # Resume from the last finished epoch, dropping any record written after that checkpoint.
-    start_epoch, step, samples, time_offset = 0, 0, 0, 0.0
+    start_epoch, step, samples, time_offset, rows = 0, 0, 0, 0.0, []
     checkpoint = record.load_checkpoint()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -195,6 +196,11 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         log.info("resuming after epoch %d from %s", start_epoch, record.checkpoint_path)
     else:
         record.keep_epochs_up_to(0)
+    # Early stopping and the divergence threshold decide from the metrics lines alone: fed the
+    # kept ones, a resumed run decides as the uninterrupted one did (and one stopped after its
+    # last checkpoint, before its summary, ends here without training on).
+    stop = stopping.Stopping(cfg.trainer, len(data.classes))
+    verdict = next(filter(None, map(stop.update, rows)), None)
 
     # On CUDA the whole step is captured once as a CUDA graph and replayed (sweeper/cuda_graph.py):
     # a small net's step is launch-bound. It needs the optimizer's state, so it is built after resume.
@@ -208,9 +214,10 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         # The scheduler still sets each step's lr. No parameter has a .grad, so this step updates
         # nothing; it only tells the scheduler the optimizer is in use (torch warns otherwise).
         optimizer.step()
-    status, t_start = "completed", time.perf_counter()
+    t_start = time.perf_counter()
     progress = Progress(epochs, steps_per_epoch)
-    for epoch in range(start_epoch + 1, epochs + 1):
+    last_epoch = epochs if verdict is None else start_epoch  # a verdict already reached: train no more
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         t_epoch = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -259,10 +266,11 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             "time_s": round(time_offset + now - t_start, 4),
             "epoch_time_s": round(now - t_epoch, 4),
         }
-        diverged = not (
+        finite = (
             torch.isfinite(loss_sum) and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
         )
-        if epoch in keep or diverged:
+        verdict = stop.update(row) if finite else stopping.non_finite(epoch)
+        if epoch in keep or verdict:  # a run's last epoch is always kept
             record.write_losses(epoch, train_losses, test_losses, cfg.trainer.keep_sample_losses)
         if step_losses:  # before the epoch's metrics line: a resume keeps the steps up to its step
             losses = torch.stack([loss for *_, loss in step_losses]).tolist()
@@ -274,10 +282,15 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             )
         record.append_metrics(row)
         progress.epoch_done(row)
-        if diverged:
-            status = "diverged"
-            log.warning("epoch %d: non-finite loss, stopping this run (status diverged)", epoch)
-            break
+        if verdict is not None:
+            log.warning(
+                "epoch %d: %s, stopping this run (status %s)",
+                epoch,
+                verdict["stop_reason"],
+                verdict["status"],
+            )
+        if verdict is not None and verdict["status"] == "diverged":
+            break  # no checkpoint: its weights are not a result to go on from
         if cfg.trainer.checkpoint:
             state = {
                 "epoch": epoch,
@@ -290,9 +303,11 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
             record.save_checkpoint(state)
+        if verdict is not None:
+            break  # stopped early, its checkpoint saved: the weights it ends with
     if graph:
         info["cuda_graph"] = graph_step.enabled  # false after a failed capture, and on the CPU
-    return {"status": status, **info}
+    return {"status": "completed", **(verdict or {}), **info}
 
 
 class Progress:
@@ -392,7 +407,15 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
 # Keys added after records were written, with the value that does what a record without the key
 # did: a resume of such a record compares them as that value, not as a different config.
-ADDED_KEYS = {"trainer.threads": "auto", "trainer.log_steps": False}
+# No early stopping and no divergence threshold before they existed: an old record resumes under
+# trainer.diverge_factor=null (with the default, 10, it is refused as another config, naming the key).
+ADDED_KEYS = {
+    "trainer.threads": "auto",
+    "trainer.log_steps": False,
+    "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
+    "trainer.diverge_factor": None,
+    "trainer.diverge_epochs": 2,
+}
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -581,7 +604,7 @@ def open_record(
 ) -> tuple[RunLog, dict | None]:
     """Prepare `run_dir` for a (re)start; returns the record, and the summary if the run already ended.
 
-    A run dir that already holds a record of the same config: `completed`/`diverged` is skipped,
+    A run dir that already holds a record of the same config: one that ended (ENDED) is skipped,
     an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
     `trainer.resume=false` sets any earlier record aside and starts over. A different config, or
     a run a live process still trains, is refused (ConfigError) so that results never mix.

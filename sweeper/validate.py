@@ -309,6 +309,26 @@ def _check_trainer(cfg, n_train: int) -> None:
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume", "log_steps"):
         boolean(cfg, f"trainer.{key}")
+    _check_stopping(cfg)
+
+
+def _check_stopping(cfg) -> None:
+    """trainer.early_stopping and the divergence threshold (sweeper/stopping.py); a config
+    without them (written before they existed) has them off."""
+    from sweeper.stopping import METRICS
+
+    metric = _get(cfg, "trainer.early_stopping.metric")
+    if metric is not None:
+        if metric not in METRICS:
+            raise ConfigError(
+                f"trainer.early_stopping.metric={_list_text(metric)} is invalid: allowed values are "
+                f"{', '.join(METRICS)}, or null (off)"
+            )
+        number(cfg, "trainer.early_stopping.patience", low=1, integer=True)
+        number(cfg, "trainer.early_stopping.min_delta", low=0)
+    if _get(cfg, "trainer.diverge_factor") is not None:
+        number(cfg, "trainer.diverge_factor", low=0, low_open=True)
+        number(cfg, "trainer.diverge_epochs", low=1, integer=True)
 
 
 def check_device(cfg) -> None:

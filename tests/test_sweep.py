@@ -440,9 +440,13 @@ def test_a_run_trained_by_another_process_is_running_not_interrupted_at_the_end(
         (
             '{"status": "great"}',
             None,
-            'summary.json has status "great", not one of completed, diverged, failed',
+            'summary.json has status "great", not one of completed, stopped_early, diverged, failed',
         ),
-        ('{"epochs_done": 3}', None, "summary.json has status null, not one of completed, diverged, failed"),
+        (
+            '{"epochs_done": 3}',
+            None,
+            "summary.json has status null, not one of completed, stopped_early, diverged, failed",
+        ),
         ("{not json", None, "summary.json is not JSON"),
         (None, "garbage", "job.json is not JSON"),
         (None, "[1]", "job.json is not a JSON object (it holds list [1])"),
