@@ -407,13 +407,14 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
 # Keys added after records were written, with the value that does what a record without the key
 # did: a resume of such a record compares them as that value, not as a different config.
-# No early stopping and no divergence threshold before they existed: an old record resumes under
-# trainer.diverge_factor=null (with the default, 10, it is refused as another config, naming the key).
+# trainer.diverge_factor is compared as its default (10), not as "none" as before it existed: an
+# old sweep rerun with today's defaults resumes (or skips its ended runs) instead of being refused
+# as another config; the threshold can only end a run whose train loss is 10x chance's or worse.
 ADDED_KEYS = {
     "trainer.threads": "auto",
     "trainer.log_steps": False,
     "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
-    "trainer.diverge_factor": None,
+    "trainer.diverge_factor": 10,
     "trainer.diverge_epochs": 2,
 }
 

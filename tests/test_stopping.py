@@ -197,16 +197,18 @@ def test_a_bad_early_stopping_metric_is_refused_in_one_line_naming_the_allowed_v
             check(compose_cfg("trainer.early_stopping.metric=test_acc", override))
 
 
-def test_a_record_from_before_the_stopping_knobs_compares_as_having_neither():
-    # Such a record never stopped early nor at a threshold: it resumes as early_stopping off and
-    # diverge_factor=null, and the default threshold is named as the difference.
+def test_a_record_from_before_the_stopping_knobs_resumes_under_todays_defaults():
+    # Such a record never stopped early: it compares as early_stopping off, and as the default
+    # divergence threshold, so an old sweep rerun as it was typed resumes instead of being refused.
     old = {"trainer": {"epochs": 3}}
     off = {"epochs": 3, "early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0}}
-    assert (
-        train.config_difference(old, {"trainer": {**off, "diverge_factor": None, "diverge_epochs": 2}}) == []
-    )
-    assert train.config_difference(old, {"trainer": {**off, "diverge_factor": 10, "diverge_epochs": 2}}) == [
-        "trainer.diverge_factor: None -> 10"
+    assert train.config_difference(old, {"trainer": {**off, "diverge_factor": 10, "diverge_epochs": 2}}) == []
+    assert train.config_difference(
+        old, {"trainer": {**off, "diverge_factor": None, "diverge_epochs": 2}}
+    ) == ["trainer.diverge_factor: 10 -> None"]
+    on = {**off, "early_stopping": {"metric": "test_loss", "patience": 5, "min_delta": 0.0}}
+    assert train.config_difference(old, {"trainer": {**on, "diverge_factor": 10, "diverge_epochs": 2}}) == [
+        "trainer.early_stopping.metric: None -> 'test_loss'"
     ]
 
 
