@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, models, stacked, stopping
+from sweeper import build, cuda_graph, models, stacked, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_device
@@ -267,6 +267,7 @@ def train_group(
         "n_test": len(data.test_y),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "fused_trials": n_trials,
+        **trained.input_facts(data),  # as a solo run records it: the trials share the data
     }
     for record in records:
         record.facts = info

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, cuda_graph, host_memory, models, processes, stopping
+from sweeper import build, cuda_graph, host_memory, models, processes, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog, atomic_write
 from sweeper.validate import ConfigError
@@ -164,6 +164,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cuda_graph": graph,
         "threads": threads,
+        **trained.input_facts(data),  # what rebuilding and feeding the model needs (load_model)
     }
     record.facts = info  # the same dict: a summary after a failure reports what it says by then
     log.info(
