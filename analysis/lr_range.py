@@ -12,7 +12,6 @@ average's start) and the last one (Lightning's skip_begin and skip_end).
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
+from analysis.records import json_lines
 
 STEPS_FILE = "steps.jsonl"
 BETA = 0.98  # fastai's and Lightning's smoothing
@@ -43,34 +43,28 @@ class Suggestion:
     why_none: str = ""
 
 
+def _not_a_step(row: dict) -> str | None:
+    good = (
+        all(isinstance(row.get(k), (int, float)) for k in ("step", "lr"))
+        and row["lr"] > 0
+        and (row.get("loss") is None or isinstance(row["loss"], (int, float)))
+    )
+    return None if good else "not a step's record"
+
+
 def read_steps(run_dir: str | Path) -> pd.DataFrame | None:
     """steps.jsonl as a frame (step, epoch, lr, loss; loss NaN where the run wrote null), or None
     when the run has none. A line cut short at the end (a crash mid-write) is dropped; a bad line
     elsewhere is dropped with a warning naming it."""
     path = Path(run_dir) / STEPS_FILE
     try:
-        lines = path.read_bytes().split(b"\n")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    rows = []
-    last = len(lines) - 1 if lines[-1].strip() else -1
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            row = None
-        good = (
-            isinstance(row, dict)
-            and all(isinstance(row.get(k), (int, float)) for k in ("step", "lr"))
-            and row["lr"] > 0
-            and (row.get("loss") is None or isinstance(row["loss"], (int, float)))
-        )
-        if good:
-            rows.append({k: row.get(k) for k in ("step", "epoch", "lr", "loss")})
-        elif i != last:
-            warnings.warn(f"damaged: {path}: line {i + 1} is not a step's record, dropped", stacklevel=2)
+    lines, bad, _ = json_lines(data, _not_a_step)
+    for n, _why in bad:
+        warnings.warn(f"damaged: {path}: line {n} is not a step's record, dropped", stacklevel=2)
+    rows = [{k: row.get(k) for k in ("step", "epoch", "lr", "loss")} for row in lines]
     frame = pd.DataFrame(rows, columns=["step", "epoch", "lr", "loss"])
     frame["loss"] = pd.to_numeric(frame["loss"], errors="coerce")
     return frame.sort_values("step", ignore_index=True)

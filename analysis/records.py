@@ -66,21 +66,14 @@ def _bad_value(row: dict) -> str | None:
     return None
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
-    """Parse metrics.jsonl: (rows, notes, truncated).
+def json_lines(data: bytes, check) -> tuple[list[dict], list[tuple[int, str]], bool]:
+    """The JSON-object lines of an append-only record file: (rows, bad, truncated).
 
     A crash (or a read racing the writer) can leave a partial last line: it is dropped and
-    `truncated` is True. Any other bad line -- not JSON, not an object, a value that is not a
-    number -- is damage: dropped, with a "damaged: metrics.jsonl: ..." note.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], [], False
-    except OSError as err:
-        return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
+    `truncated` is True. Any other line that is not JSON, not an object, or that `check(row)`
+    faults (it returns why, else None) is in `bad` as (line number, why)."""
     lines = data.split(b"\n")
-    rows, notes, truncated = [], [], False
+    rows, bad, truncated = [], [], False
     # Only an unterminated last line can be a write cut short; a complete line is damage.
     last = len(lines) - 1 if lines[-1].strip() else -1
     for i, line in enumerate(lines):
@@ -96,11 +89,27 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
         if row is None:
             why = "not valid JSON"
         else:
-            why = "not a JSON object" if not isinstance(row, dict) else _bad_value(row)
+            why = "not a JSON object" if not isinstance(row, dict) else check(row)
         if why is None:
             rows.append(row)
         else:
-            notes.append(damaged("metrics.jsonl", f"line {i + 1}: {why}, dropped"))
+            bad.append((i + 1, why))
+    return rows, bad, truncated
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
+    """Parse metrics.jsonl: (rows, notes, truncated), as json_lines reads it. A bad line -- not
+    JSON, not an object, a value that is not a number -- is damage: dropped, with a
+    "damaged: metrics.jsonl: ..." note.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], [], False
+    except OSError as err:
+        return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
+    rows, bad, truncated = json_lines(data, _bad_value)
+    notes = [damaged("metrics.jsonl", f"line {n}: {why}, dropped") for n, why in bad]
     return rows, notes, truncated
 
 
