@@ -42,7 +42,8 @@ JSON_FILES = ("config.json", "job.json", "summary.json", "metrics.jsonl")
 
 # (file, target run): "stopped" runs were interrupted after epoch 2 (a checkpoint to resume
 # from), "ended" runs completed. Each file where its damage matters: a stopped run has no
-# summary.json, and an ended run's checkpoint.pt and job.json are read by nothing.
+# summary.json, and an ended run's checkpoint.pt and job.json are read by neither a rerun nor the
+# analysis (sweeper.load_model reads that checkpoint, and refuses a damaged one: test_load_model.py).
 TARGETS = [
     ("config.json", "stopped"),
     ("job.json", "stopped"),
