@@ -172,6 +172,14 @@ def check_jobs(
         known = None
     for num, (overrides, job_config, d) in enumerate(zip(final, resolved, dirs, strict=True)):
         run_dir = sweep_dir / d
+        # Hydra opens the job's log file there before the job runs: a traceback, and the later
+        # jobs never ran. Asked, not tried, per run dir: a probe each would cost a big grid's
+        # rerun a write and fsync per job (the sweep dir itself is tried above).
+        if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+            raise SweepRefused(
+                f"{label(num, overrides)}: {run_dir} is not writable: its run writes its record there; "
+                "make it writable, or choose another hydra.sweep.dir"
+            )
         writer = processes.live_writer(run_dir)
         if writer is not None:
             raise SweepRefused(

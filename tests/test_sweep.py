@@ -408,6 +408,44 @@ def test_a_sweep_dir_that_cannot_be_written_is_named_in_one_line_before_launch(t
     )
 
 
+NOBODY = 65534
+
+
+def test_a_run_dir_that_cannot_be_written_is_named_in_one_line_before_launch():
+    # Hydra opens a job's log file in its run dir before the job runs: a traceback, and the later
+    # jobs never ran. Root writes anywhere, so the rerun runs as another user, for whom run dir 1
+    # is read-only.
+    import os
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run the sweep as another user")
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    probe = subprocess.run([*as_nobody, sys.executable, "-c", "import sweeper"], cwd=CONF.parent,
+                           capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("another user cannot read this checkout or its python")
+    base = Path(tempfile.mkdtemp(prefix="sweeper-ro-"))
+    try:
+        first, sweep_dir = sweep(base, *FAST, "lr=0.1,0.05")
+        assert first.returncode == 0, first.stderr[-2000:]
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        (sweep_dir / "1").chmod(0o555)
+        env = {**os.environ, "PYTHONPATH": str(CONF.parent), "HOME": str(base)}
+        again = subprocess.run(
+            [*as_nobody, sys.executable, "-m", "sweeper", "-m", *FAST, "lr=0.1,0.05",
+             f"hydra.sweep.dir={sweep_dir}"],
+            cwd=base, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert again.returncode == 2, again.stderr[-2000:]
+        (line,) = again.stderr.strip().splitlines()
+        assert line.startswith("error: job 1 (") and f"lr=0.05): {sweep_dir / '1'} is not writable:" in line
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def write_run(run: Path, summary=None, job=None) -> Path:
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
