@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -26,7 +25,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import processes, submitted
 from sweeper.runlog import atomic_write, complete_lines, to_json
-from sweeper.train import PENDING_HYDRA_FILES, as_written_in_place, attempt_dir, config_difference, move_into
+from sweeper.train import (
+    PENDING_HYDRA_FILES,
+    as_written_in_place,
+    attempt_dir,
+    config_difference,
+    move_into,
+    unwritable,
+)
 from sweeper.validate import ConfigError, check, check_device
 
 STATES = ("completed", "stopped_early", "diverged", "failed", "interrupted", "running", "damaged", "missing")
@@ -239,16 +245,17 @@ def _raw_subdir(composed: DictConfig) -> str:
 def _check_writable(sweep_dir: Path) -> None:
     """Refuse, naming the path, a sweep dir this process cannot write: Hydra writes multirun.yaml
     there before the first job, with a traceback when it cannot. Tried, not asked (os.access):
-    root passes every permission check, and not a read-only file system."""
-    try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # the dir, or the ancestor that could not be made
-        _not_writable(Path(e.filename) if isinstance(e.filename, str) else sweep_dir, e)
-    try:
-        with tempfile.TemporaryFile(dir=sweep_dir):
-            pass
-    except OSError as e:
-        _not_writable(sweep_dir, e)
+    root passes every permission check, and not a read-only file system nor a full disk."""
+    why = unwritable(sweep_dir)
+    if why is None:
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = f"{sweep_dir} cannot be made ({e.strerror})"
+    if why is not None:
+        raise SweepRefused(
+            f"{why}: the sweep writes its records there; make it writable, or choose another hydra.sweep.dir"
+        )
     for name in ("multirun.yaml", "sweep.json"):  # rewritten by a rerun
         try:
             if (sweep_dir / name).exists():

@@ -402,10 +402,31 @@ def test_a_sweep_dir_that_cannot_be_written_is_named_in_one_line_before_launch(t
     result = run_cli("-m", *FAST, "lr=0.1,0.2", f"hydra.sweep.dir={where}", cwd=tmp_path)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {where} is not writable (")
+    assert line.startswith("error: /sys/kernel is not writable (")  # where it, or its dirs, would be made
     assert line.endswith(
         "): the sweep writes its records there; make it writable, or choose another hydra.sweep.dir"
     )
+
+
+def test_a_sweep_dir_on_a_full_disk_is_named_in_one_line_before_launch(tmp_path):
+    # An empty file still fits on a full disk, so the check writes a block: Hydra's own writes
+    # (multirun.yaml, a job's .hydra/) otherwise failed with a traceback.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("needs to mount a small tmpfs (root)")
+    try:
+        with (disk / "fill").open("wb", buffering=0) as f, __import__("contextlib").suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        result = run_cli("-m", *FAST, "lr=0.1,0.2", f"hydra.sweep.dir={disk / 'sweep'}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {disk} is not writable (No space left on device)")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 NOBODY = 65534
