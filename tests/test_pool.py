@@ -421,10 +421,11 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp
 def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_rerun_resumes(
     tmp_path, start_sweep
 ):
-    # The OOM killer's SIGKILL to one worker. Job 0 is long; the others are short, so that the
-    # fresh worker still finds a job waiting.
+    # The OOM killer's SIGKILL to one worker. Job 0 is long, and each other job outlasts job 0's
+    # first epoch, so that the fresh worker still finds a job waiting (with shorter ones, on a
+    # loaded machine, the sibling had trained them all before the kill).
     sweep = tmp_path / "sweep"
-    grid = ["trainer.epochs=60,3,1,2", f"hydra.sweep.dir={sweep}"]
+    grid = ["trainer.epochs=60,6,6,6", f"hydra.sweep.dir={sweep}"]
     launcher = start_sweep(*POOL, *grid)
     wait_until(trained_an_epoch(sweep, 0), what="job 0 to train an epoch")
     worker = json.loads((sweep / "0" / "job.json").read_text())["pid"]
