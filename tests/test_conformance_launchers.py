@@ -7,15 +7,16 @@ anything of this project's config (no trainer, optim or data): the launchers mus
 Hydra app. Every launcher variant is here: the pool in this process, with spawned workers, and
 with fuse=true (nothing of these apps fuses: each job runs alone); the project's submitit
 launcher (what the grid sweeper makes of submitit_local) with one job per array task and with
-several. The default run has every variant through LauncherTestSuite, and IntegrationTestSuite
-on the two launcher classes; the other variants' integration runs are marked slow.
+several. The default run has both suites on the two launcher classes (the pool in this process,
+submitit_local one job per task); the other variants are marked slow, and CI runs them
+(`pytest -m slow`).
 """
 
 import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 SUBMITIT = ["hydra.launcher.timeout_min=2"]
-LAUNCHERS = {  # id: (launcher, overrides, whether its integration run is slow)
+LAUNCHERS = {  # id: (launcher, overrides, whether its runs are slow: in `pytest -m slow`, which CI runs)
     "pool": ("pool", [], False),
     "pool-workers": ("pool", ["hydra.launcher.slots_per_device=2"], True),
     "pool-fuse": ("pool", ["hydra.launcher.fuse=true"], True),
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.usefixtures("as_in_a_fresh_process")
 
 @pytest.mark.parametrize(
     "launcher_name, overrides",
-    [pytest.param(name, list(overrides), id=key) for key, (name, overrides, _) in LAUNCHERS.items()],
+    [
+        pytest.param(name, list(overrides), id=key, marks=[pytest.mark.slow] if slow else [])
+        for key, (name, overrides, slow) in LAUNCHERS.items()
+    ],
 )
 class TestLaunchers(LauncherTestSuite):
     pass

@@ -337,6 +337,7 @@ def test_a_config_json_of_another_shape_is_named_and_its_run_restarts_while_the_
     assert (sweep_dir / "1" / "attempts" / "1" / "config.json").read_text() == content  # kept aside
 
 
+@pytest.mark.slow  # 24 s: a sweep rerun per shape
 def test_a_sweep_json_of_the_wrong_shape_is_refused_in_one_line(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0, first.stderr[-2000:]
