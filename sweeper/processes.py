@@ -69,14 +69,20 @@ def alive(job: dict) -> bool:
     return started is None or process_started(pid) == started  # else the pid was reused
 
 
-def read_job(run_dir: Path) -> dict | None:
-    """The run's job.json; None when it is absent or damaged (not JSON, not UTF-8, not an object):
-    then no process can be told to be writing the run."""
+def read_object(path: Path) -> dict | None:
+    """The JSON object a record file holds; None when it is absent or damaged (unreadable, not
+    JSON, not UTF-8, not an object)."""
     try:
-        job = json.loads((Path(run_dir) / "job.json").read_bytes())
+        value = json.loads(Path(path).read_bytes())
     except (OSError, ValueError):
         return None
-    return job if isinstance(job, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def read_job(run_dir: Path) -> dict | None:
+    """The run's job.json; None when it is absent or damaged: then no process can be told to be
+    writing the run."""
+    return read_object(Path(run_dir) / "job.json")
 
 
 def live_writer(run_dir: Path) -> int | None:

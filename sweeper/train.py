@@ -15,7 +15,6 @@ import contextlib
 import datetime as dt
 import functools
 import importlib.metadata
-import json
 import logging
 import math
 import os
@@ -448,11 +447,7 @@ PENDING_HYDRA_FILES = ".hydra.pending-"
 def recorded_config(run_dir: Path) -> dict | None:
     """The config.json of the record in `run_dir`; None when there is none, or it is damaged
     (not JSON, not UTF-8, not a JSON object, unreadable): a start sets such a record aside."""
-    try:
-        config = json.loads((Path(run_dir) / "config.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
+    return processes.read_object(Path(run_dir) / "config.json")
 
 
 def unwritable(path: Path) -> str | None:
