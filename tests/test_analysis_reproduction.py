@@ -411,3 +411,16 @@ def test_a_run_stopped_early_has_ended_like_a_completed_one(tmp_path):
     claim = claim_on(root, "2")
     assert "stopped_early" in claim.source.runs["status"].tolist()
     assert claim.verdict == "supported"
+
+
+def test_a_diverged_rate_reads_diverged_and_a_run_without_losses_npz_is_undecided(tmp_path):
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
+    summary_file = root / "lecture_lr" / "0" / "summary.json"  # job 0: lr=0.2
+    summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "status": "diverged"}))
+    (root / "lecture_lr" / "1" / "losses.npz").unlink()  # job 1: lr=0.1, claim 5's run
+    bounce, slow, separate = claim_on(root, "2").checks
+    assert (bounce.observed, bounce.passed) == ("diverged", True)
+    assert (separate.observed, separate.passed) == ("lr=0.01: 1.15, lr=0.1: 0.02, lr=0.2: diverged", True)
+    five = claim_on(root, "5")
+    assert [(c.observed, c.passed) for c in five.checks] == [("no losses.npz yet", None)] * 2
+    assert five.verdict == "undecided (nothing could be checked)"

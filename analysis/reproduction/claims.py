@@ -384,6 +384,13 @@ def _nan(value) -> bool:
     return missing(value) or math.isnan(float(value))
 
 
+def _apart(f: dict, seen: str, threshold: str) -> bool | None:
+    """Claim 5: undecided without losses.npz; fails when the early and the late epoch coincide."""
+    if f["case"] != "apart":
+        return None if f["case"] == "no_losses" else False
+    return None if _nan(f[seen]) else f[seen] >= f[threshold]
+
+
 SPECS = {
     "1": Spec(lecture_protocol, {
         "band": lambda f: f["acc_band"][0] <= f["final_acc"] <= f["acc_band"][1],
@@ -406,10 +413,8 @@ SPECS = {
         "tail": lambda f: None if _nan(f["tail"]) else f["tail"] >= f["tail_rise"],
     }),
     "5": Spec(loss_distributions, {
-        "collapse": lambda f: {"no_losses": None, "same": False}.get(
-            f["case"], None if _nan(f["collapse_seen"]) else f["collapse_seen"] >= f["collapse"]),
-        "tail": lambda f: {"no_losses": None, "same": False}.get(
-            f["case"], None if _nan(f["tail"]) else f["tail"] >= f["tail_rise"]),
+        "collapse": lambda f: _apart(f, "collapse_seen", "collapse"),
+        "tail": lambda f: _apart(f, "tail", "tail_rise"),
     }),
     "6a": Spec(overfit_subset, {
         "fit_acc": lambda f: f["best_train_acc"] >= f["fit_acc"],

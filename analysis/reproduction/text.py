@@ -79,7 +79,10 @@ def fill(template, fields: Mapping, frames: Mapping | None = None, skip_missing:
     """A template (a string, a {case: ...} choice or an {each: ...} list) filled from `fields`;
     None for a skip_missing template whose numbers are missing."""
     if isinstance(template, Mapping) and "case" in template:
-        return fill(template[fields[template["case"]]], fields, frames, skip_missing)
+        chosen = fields[template["case"]]
+        return fill(
+            template[chosen] if chosen in template else template["else"], fields, frames, skip_missing
+        )
     if isinstance(template, Mapping):
         rows = (frames or {})[template["of"]]
         items = [fill(template["each"], {**fields, **row}, frames) for row in rows.to_dict("records")]
