@@ -35,10 +35,9 @@ def _dash(fn):
     return lambda v, arg: "–" if missing(v) else fn(v, arg)
 
 
-SPECS = {
+FORMATS = {
     "num": lambda v, arg: _num(v, arg or "3"),
     "acc": _dash(lambda v, arg: f"{float(v):.3f}"),
-    "epoch": _dash(lambda v, arg: str(int(v))),
     "int": _dash(lambda v, arg: str(int(v))),
     "count": _dash(lambda v, arg: f"{int(round(float(v))):,}"),
     "time": lambda v, arg: minutes(v),
@@ -72,7 +71,7 @@ class _Formatter(string.Formatter):
         if self.skip_missing and missing(value):
             raise Skip
         name, _, arg = spec.partition(":")
-        return SPECS[name](value, arg) if name in SPECS else format(value, spec)
+        return FORMATS[name](value, arg) if name in FORMATS else format(value, spec)
 
 
 def fill(template, fields: Mapping, frames: Mapping | None = None, skip_missing: bool = False) -> str | None:
