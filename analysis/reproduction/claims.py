@@ -380,26 +380,22 @@ class Spec:
     facts: Callable[[pd.DataFrame, Context, dict], dict] | None = None
 
 
-def _nan(value) -> bool:
-    return missing(value) or math.isnan(float(value))
-
-
 def _apart(f: dict, seen: str, threshold: str) -> bool | None:
     """Claim 5: undecided without losses.npz; fails when the early and the late epoch coincide."""
     if f["case"] != "apart":
         return None if f["case"] == "no_losses" else False
-    return None if _nan(f[seen]) else f[seen] >= f[threshold]
+    return None if missing(f[seen]) else f[seen] >= f[threshold]
 
 
 SPECS = {
     "1": Spec(lecture_protocol, {
         "band": lambda f: f["acc_band"][0] <= f["final_acc"] <= f["acc_band"][1],
         "decades": lambda f: f["decades"] >= f["min_decades"],
-        "stall": lambda f: None if _nan(f["change"]) else abs(f["change"]) < f["stall_points"],
+        "stall": lambda f: None if missing(f["change"]) else abs(f["change"]) < f["stall_points"],
     }),
     "2": Spec(learning_rates, {
-        "bounce": lambda f: None if _nan(f["bounce_ratio"]) else f["bounce_ratio"] >= f["bounce_min_ratio"],
-        "slow": lambda f: None if _nan(f["slow_ratio"]) else f["slow_ratio"] >= f["slow_min_ratio"],
+        "bounce": lambda f: None if missing(f["bounce_ratio"]) else f["bounce_ratio"] >= f["bounce_min_ratio"],
+        "slow": lambda f: None if missing(f["slow_ratio"]) else f["slow_ratio"] >= f["slow_min_ratio"],
         "separate": lambda f: math.isclose(f["lowest"], f["middle"]) if f["finals_known"] else None,
     }, learning_rate_facts),
     "3": Spec(second_rate, {
@@ -410,7 +406,7 @@ SPECS = {
     "4": Spec(test_loss_rise, {
         "decoupled": lambda f: f["decoupled"],
         "hold": lambda f: f["loss_rise_seen"] >= f["loss_rise"] and f["acc_drop"] <= f["acc_hold"],
-        "tail": lambda f: None if _nan(f["tail"]) else f["tail"] >= f["tail_rise"],
+        "tail": lambda f: None if missing(f["tail"]) else f["tail"] >= f["tail_rise"],
     }),
     "5": Spec(loss_distributions, {
         "collapse": lambda f: _apart(f, "collapse_seen", "collapse"),
