@@ -124,19 +124,44 @@ def test_the_numbers_behind_claim_3(complete):
     assert "seed-to-seed std of lecture_test_loss, 0.1 points" in three
 
 
+def claim_on(root: Path, key: str, noise: float | None = None, conf: dict | None = None):
+    """One claim of conf/reproduction.yaml (or of `conf`) evaluated on the runs under root."""
+    from analysis.reproduction import evaluate, load_experiments, read_conf
+    from analysis.reproduction.render import context
+
+    conf = conf or read_conf()
+    ctx = context(load_experiments(root, str(root), conf), conf)
+    ctx.noise = noise if noise is not None else ctx.noise
+    return evaluate(next(c for c in conf["claims"] if c["key"] == key), ctx)
+
+
 def test_a_best_lr2_within_the_seed_noise_is_a_tie_not_a_pick(complete):
     # The JPEG runs put 0.05 ahead of 0.02 by one test image (0.6793 against 0.6792), and claim 3
     # read "supported" with a std of 0.8 points between seeds.
-    from analysis.reproduction import claim_3, load_experiments
-
     out, _ = complete
-    root = out.parent / "root"
-    claim = claim_3(load_experiments(root, str(root)), noise=0.02)
+    claim = claim_on(out.parent / "root", "3", noise=0.02)
     check = claim.checks[-1]
     assert check.passed is None
     assert claim.verdict == "partly supported"  # an undecided part of the claim is not a pass
     assert check.observed == (
         "best: 0.05, 1.00 points ahead of 0.07, within the seed-to-seed std of 2.0 points: a tie, not a pick"
+    )
+
+
+def test_the_thresholds_and_wording_come_from_the_claims_yaml(complete):
+    """conf/reproduction.yaml's band for claim 1 is what the check quotes and applies."""
+    from analysis.reproduction import read_conf
+
+    out, _ = complete
+    conf = read_conf()
+    claim_1 = next(c for c in conf["claims"] if c["key"] == "1")
+    claim_1["params"]["acc_band"] = [0.70, 0.80]
+    claim_1["checks"]["band"]["rule"] = "final test accuracy between {acc_band[0]} and {acc_band[1]}"
+    check = claim_on(out.parent / "root", "1", conf=conf).checks[0]
+    assert (check.rule, check.observed, check.passed) == (
+        "final test accuracy between 0.7 and 0.8",
+        "0.690",
+        False,
     )
 
 
@@ -310,28 +335,92 @@ def test_a_root_without_lecture_sweeps_is_refused_in_one_line(tmp_path):
 
 
 def test_claim_4_names_no_gain_after_the_minimum_when_the_accuracy_peak_is_not_after_it():
-    import pandas as pd
+    from analysis.reproduction import read_conf
+    from analysis.reproduction.text import fill
 
-    from analysis.reproduction import _decoupling_text
-
-    before = pd.Series(
-        {"min_test_loss_epoch": 29, "best_test_acc_epoch": 25, "epochs_apart": -4,
-         "acc_gain_after_min_loss": 0.075, "loss_rise_at_best_acc": 0.1}
-    )  # fmt: skip
-    assert _decoupling_text(before) == (
+    claim_4 = next(c for c in read_conf()["claims"] if c["key"] == "4")
+    observed = claim_4["checks"]["decoupled"]["observed"]
+    before = {"min_test_loss_epoch": 29, "best_test_acc_epoch": 25, "peak_after_min": False,
+              "acc_gain_after_min_loss": 0.075, "loss_rise_at_best_acc": 0.1}  # fmt: skip
+    assert fill(observed, before) == (
         "loss min at epoch 29, accuracy peak at epoch 25: the peak is not after the minimum"
     )
-    after = before.copy()
-    after[["best_test_acc_epoch", "epochs_apart"]] = [36, 7]
+    after = {**before, "best_test_acc_epoch": 36, "peak_after_min": True}
     assert (
-        _decoupling_text(after)
+        fill(observed, after)
         == "loss min at epoch 29, accuracy peak at epoch 36 (+7.5 points, test loss +10%)"
     )
 
 
 def test_claim_5_figure_shows_the_last_kept_epoch_its_check_compares():
-    from analysis.reproduction import _distribution_epochs
+    from analysis.reproduction.claims import distribution_epochs
 
-    assert _distribution_epochs([1, 5, 10, 20, 30]) == [1, 10, 20, 30]  # 25 -> 20; 30 is "late"
-    assert _distribution_epochs([1, 10, 25, 50]) == [1, 10, 25, 50]
-    assert _distribution_epochs([]) == []
+    wanted = (1, 10, 25, 50)  # conf/reproduction.yaml's quantile_epochs
+    assert distribution_epochs([1, 5, 10, 20, 30], wanted) == [1, 10, 20, 30]  # 25 -> 20; 30 is "late"
+    assert distribution_epochs([1, 10, 25, 50], wanted) == [1, 10, 25, 50]
+    assert distribution_epochs([], wanted) == []
+
+
+def test_sweep_dirs_are_named_relative_to_root_and_no_recorded_machine_path_is_shown(complete):
+    out, md = complete
+    root = str(out.parent / "root")
+    assert (
+        "| `lecture_lr` | claim 2 (and 1, 4, 5 from its lr=0.1 run): lr in {0.2, 0.1, 0.01} | 3 completed | `lecture_lr` |"
+        in md
+    )
+    assert "Runs: `lecture_lr2`, 3 run(s) in `lecture_lr2`." in section(md, "3")
+    # sweep.json recorded hydra.sweep.dir=<root>/lecture_lr: the command above it gives the dir
+    assert "As recorded in sweep.json: `python -m sweeper -m experiment=lecture_lr`\n" in section(md, "2")
+    # ROOT, as typed, only in the header and in commands to run (and the dedicated experiment's)
+    commands = ("Generated by", "SWEEPER_DATA=", "The dedicated experiment", "for e in", "python -m analysis")
+    assert [line for line in md.splitlines() if root in line and not line.startswith(commands)] == []
+
+
+def test_the_job_count_of_an_experiment_comes_from_its_yaml(tmp_path, monkeypatch):
+    """The capacity grid's job count is the product of conf/experiment/lecture_capacity.yaml's sweep params."""
+    import shutil
+
+    from analysis.reproduction import runs
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "experiment" / "lecture_capacity.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.channels: 8,32\n"
+        "      model.units: '[50],[200],[800]'\n      model.kernel_size: 3,5\n"
+    )
+    assert runs.grid_jobs("lecture_capacity") == 12  # the shipped grid: 4 channels x 3 fc sizes
+    monkeypatch.setattr(runs, "CONF_DIR", conf)
+    assert runs.grid_jobs("lecture_capacity") == 12 and runs.grid_jobs("lecture_lr") == 3
+    (conf / "experiment" / "lecture_capacity.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.channels: 8,32\n"
+    )
+    assert runs.grid_jobs("lecture_capacity") == 2
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
+    assert main([str(root), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "reproduction.md").read_text()
+    assert "around the lecture's net (2 jobs) on the full set" in md
+    assert "its 2 jobs take about 0.6 h" in section(md, "6b")  # 2 x the lr=0.1 run's 1000 s
+
+
+def test_a_run_stopped_early_has_ended_like_a_completed_one(tmp_path):
+    """stopped_early is a result (analysis.load.RESULTS): the claim has a verdict, not "partial"."""
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
+    summary_file = root / "lecture_lr" / "2" / "summary.json"  # job 2: lr=0.01, the slow one
+    summary = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**summary, "status": "stopped_early"}))
+    claim = claim_on(root, "2")
+    assert "stopped_early" in claim.source.runs["status"].tolist()
+    assert claim.verdict == "supported"
+
+
+def test_a_diverged_rate_reads_diverged_and_a_run_without_losses_npz_is_undecided(tmp_path):
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
+    summary_file = root / "lecture_lr" / "0" / "summary.json"  # job 0: lr=0.2
+    summary_file.write_text(json.dumps({**json.loads(summary_file.read_text()), "status": "diverged"}))
+    (root / "lecture_lr" / "1" / "losses.npz").unlink()  # job 1: lr=0.1, claim 5's run
+    bounce, slow, separate = claim_on(root, "2").checks
+    assert (bounce.observed, bounce.passed) == ("diverged", True)
+    assert (separate.observed, separate.passed) == ("lr=0.01: 1.15, lr=0.1: 0.02, lr=0.2: diverged", True)
+    five = claim_on(root, "5")
+    assert [(c.observed, c.passed) for c in five.checks] == [("no losses.npz yet", None)] * 2
+    assert five.verdict == "undecided (nothing could be checked)"

@@ -1,0 +1,72 @@
+"""Does the lecture reproduce? One report over the lecture's experiments, claim by claim.
+
+    python -m analysis.reproduction ROOT [--out docs]
+
+ROOT holds sweep dirs named after the experiments of conf/experiment/lecture_*.yaml
+(`ROOT/lecture_lr`, `ROOT/lecture_lr2`, ...); any subset may be there. Writes OUT/reproduction.md
+and one small PNG per claim in OUT/figures/. Each claim gets the command that produces its runs,
+its figure, the numbers read from the run records, and a verdict computed from those numbers by
+the rules written next to it:
+
+    supported         every check passes
+    partly supported  some checks pass (the failing ones are named)
+    not supported     no check passes
+    partial: N/E epochs   a run the claim needs has not finished (the checks shown are "so far")
+    not run           none of the experiments that test the claim is under ROOT
+
+The claims are data: conf/reproduction.yaml holds each one's runs, thresholds and wording;
+claims.py its statistics (a DataFrame) and the predicates of its checks; render.py the one
+renderer. Only the run records are read (docs/run-record.md), through analysis.load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.reproduction.claims import Claim, Context, evaluate
+from analysis.reproduction.render import write_reproduction
+from analysis.reproduction.runs import load_experiments, read_conf
+
+__all__ = ["Claim", "Context", "evaluate", "load_experiments", "main", "read_conf", "write_reproduction"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.reproduction",
+        description="The lecture's claims checked against the runs under ROOT "
+        "(sweep dirs named after the lecture_* experiments).",
+    )
+    parser.add_argument("root", metavar="ROOT", help="dir holding lecture_lr/, lecture_lr2/, ... sweep dirs")
+    parser.add_argument(
+        "--out", default="docs", help="where reproduction.md and figures/ go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--note", help="how the runs were made, for the Machine section (load, threads, nice)"
+    )
+    args = parser.parse_args(argv)
+    experiments = read_conf()["experiments"]
+    if not Path(args.root).is_dir():
+        print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)
+        return 2
+    if not any((Path(args.root) / name).is_dir() for name in experiments):
+        # A sweep dir given for ROOT, or a typo: a report of seven "not run" claims helps nobody.
+        print(
+            f"analysis.reproduction: error: {args.root}: no lecture sweep under it "
+            f"(expected one of {', '.join(n + '/' for n in experiments)})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"analysis.reproduction: error: cannot write to {args.out}: {err.strerror}", file=sys.stderr)
+        return 2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # ROOT as typed, never resolved: the report names the sweep dirs relative to it.
+    path = write_reproduction(args.root, args.out, shown_root=args.root, note=args.note)
+    print(f"reproduction report: {path}")
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from analysis.reproduction import main
+
+sys.exit(main())
