@@ -26,8 +26,10 @@ from matplotlib.figure import Figure
 from analysis import lr_range, plots
 from analysis.diagnostics import (
     OVERFIT_GAP,
+    SPLIT_NAMES,
     UNDERFIT_TRAIN_ACC,
     capacity_verdict,
+    counterpart,
     fit_state,
     loss_acc_decoupling,
     seed_aggregate,
@@ -45,6 +47,8 @@ FIGURE_PRIORITY = ("lr", "schedule.", "model.", "optim.")
 # The per-knob curves: the lecture's train loss (log) with test accuracy, and the test loss whose
 # rise, at a large lr or late in training, is the overfitting the accuracy hides.
 CURVE_METRICS = ("train_loss", "test_loss", "test_acc")
+# With a validation split: the curves selected on, and test accuracy alongside.
+VAL_CURVE_METRICS = ("train_loss", "val_loss", "val_acc", "test_acc")
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
 
 
@@ -62,11 +66,55 @@ class Drawn:
 # --------------------------------------------------------------------------- choosing slices
 
 
-def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
+def curve_metrics(sweep: Sweep) -> tuple[str, ...]:
+    """The per-knob figures' metrics: on the validation split where the runs hold one out."""
+    return VAL_CURVE_METRICS if sweep.split == "val" else CURVE_METRICS
+
+
+def split_note(sweep: Sweep, metric: str) -> str:
+    """How report.md and the CLI say what a ranking selects on: "the validation split; test
+    alongside" (or the test split, where the runs hold nothing out)."""
+    split = next((s for s in SPLIT_NAMES if f"_{s}_" in f"_{metric}_"), None)
+    if split is None or sweep.split == "test":  # no split held out: test is all there is, as ever
+        return ""
+    note = f"the {SPLIT_NAMES[split]} split"
+    if split == "val" and counterpart(metric, "test"):
+        note += f"; `{counterpart(metric, 'test')}` alongside"
+    elif split == "test" and sweep.split == "val":
+        note += ": selecting on test, though the runs hold a validation split out"
+    return note
+
+
+def ranking_for(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     """The ranking over the runs whose numbers are results (RESULTS: completed, and stopped by
     their own early stopping), or, when there are none, over every run at its last epoch, with a
     `runs` column saying how each configuration's runs ended (`interrupted at epoch 20`): a run
-    interrupted or diverged midway is not ranked as if it had finished."""
+    interrupted or diverged midway is not ranked as if it had finished. Ranked on a validation
+    metric, each configuration's mean of the test counterpart is a column alongside
+    (`final_test_acc`), never ranked on."""
+    metric = metric or sweep.selection_metric
+    ranking = _ranking_for(sweep, metric)
+    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
+    if ranking.empty or test is None or test not in sweep.runs:
+        return ranking
+    ranked = sweep.runs[sweep.runs["run"].isin(_ranked_runs(sweep, ranking, metric))]
+    keys = sweep.group_keys
+    if not keys:
+        return ranking.assign(**{test: ranked[test].mean()})
+    means = ranked.groupby(keys, dropna=False, sort=False)[test].mean().rename(test).reset_index()
+    return ranking.merge(means, on=keys, how="left")
+
+
+def _ranked_runs(sweep: Sweep, ranking: pd.DataFrame, metric: str) -> list[str]:
+    """The runs a ranking counted: those of its statuses with a value of `metric`."""
+    statuses = (
+        RESULTS if "runs" not in ranking else [s for s in sweep.runs["status"].unique() if s != "damaged"]
+    )
+    runs = sweep.runs[sweep.runs["status"].isin(list(statuses)) & sweep.runs[metric].notna()]
+    return list(runs["run"])
+
+
+def _ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = sweep.rank(metric)
     if not ranking.empty:
         return _with_seed_count(sweep, ranking, RESULTS)
@@ -225,8 +273,17 @@ def _heatmap_pairs(sweep: Sweep) -> list[tuple[str, str]]:
     return [(a, b) if a == "lr" or b != "lr" else (b, a) for a, b in pairs][:MAX_HEATMAPS]
 
 
-def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[Drawn]:
-    """The lecture's figures for this sweep, one at a time (so a caller can save and drop each)."""
+def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]:
+    """The lecture's figures for this sweep, one at a time (so a caller can save and drop each).
+    `metric` (default: Sweep.selection_metric) picks the best configuration they are drawn at."""
+    metric = metric or sweep.selection_metric
+    split, metrics = sweep.split, curve_metrics(sweep)
+    held = "validation" if split == "val" else "test"
+    curve_text = (
+        "Train loss, validation loss (both log), validation and test accuracy"
+        if split == "val"
+        else "Train loss, test loss (both log) and test accuracy"
+    )
     ranking = ranking_for(sweep, metric)
     keys = sweep.group_keys
     with warnings.catch_warnings(record=True) as caught:  # a damaged steps.jsonl line: a note
@@ -261,11 +318,10 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             continue
         yield _draw(
             f"curves_by_{key}",
-            f"Train loss, test loss (both log) and test accuracy by `{key}`{_others(where)}. "
-            "Lines: the mean over seeds; bands: the seeds' range.",
+            f"{curve_text} by `{key}`{_others(where)}. Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
                 _with_status(part),
-                metrics=CURVE_METRICS,
+                metrics=metrics,
                 hue=key,
                 keys=keys,
                 seed_key=sweep.seed_key,
@@ -275,8 +331,8 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     if not hue_keys:
         yield _draw(
             "curves",
-            "Train loss, test loss (both log) and test accuracy.",
-            lambda: plots.plot_curves(_with_status(sweep), metrics=CURVE_METRICS, seed_key=sweep.seed_key),
+            f"{curve_text}.",
+            lambda: plots.plot_curves(_with_status(sweep), metrics=metrics, seed_key=sweep.seed_key),
         )
 
     yield _lr_switch_figure(sweep, ranking)
@@ -286,9 +342,9 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     where = describe(best)
     yield _draw(
         "loss_vs_accuracy",
-        f"Test loss, train loss and test accuracy of the best configuration ({where}); "
+        f"{held.capitalize()} loss, train loss and {held} accuracy of the best configuration ({where}); "
         "bands: the seeds' range.",
-        lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where),
+        lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where, split=split),
     )
     yield _distributions_figure("loss_distributions", top, "the best configuration", where)
     # The lecture's view of overfitting: the best configuration may not overfit (a small lr), so
@@ -300,7 +356,7 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             yield _distributions_figure(
                 "loss_distributions_most_overfit",
                 slice_at(sweep, most, []),
-                f"the configuration that overfits most (final test - train loss {gaps['mean'].iloc[-1]:.3g})",
+                f"the configuration that overfits most (final {held} - train loss {gaps['mean'].iloc[-1]:.3g})",
                 describe(most),
             )
 
@@ -381,6 +437,7 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
         lambda: plots.plot_lr_switch(
             part.curves,
             part.runs,
+            metrics=("train_loss", f"{sweep.split}_acc"),
             keys=sweep.group_keys,
             seed_key=sweep.seed_key,
             title=f"lr, then lr2{_paren(where)}",
@@ -434,33 +491,40 @@ def exportable(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
-    """Per run: the loss/accuracy decoupling and the capacity verdict, next to its config."""
+    """Per run: the loss/accuracy decoupling and the capacity verdict, next to its config; on the
+    validation split where the runs hold one out (the final test accuracy then alongside)."""
     context = [c for c in CAPACITY_CONTEXT if c in sweep.runs and c not in sweep.group_keys]
-    finals = [c for c in ("final_train_acc", "final_test_acc") if c in sweep.runs]
-    base = sweep.runs[["run", "status", *sweep.group_keys, *context, *finals]].set_index("run")
+    held = f"final_{sweep.split}_acc"
+    finals = [c for c in ("final_train_acc", held) if c in sweep.runs]
+    shown = finals + (["final_test_acc"] if sweep.split == "val" and "final_test_acc" in sweep.runs else [])
+    base = sweep.runs[["run", "status", *sweep.group_keys, *context, *shown]].set_index("run")
     if sweep.curves.empty:
         return base.reset_index()
-    decoupling = loss_acc_decoupling(sweep.curves)
+    decoupling = loss_acc_decoupling(sweep.curves, split=sweep.split)
     capacity = capacity_verdict(sweep.curves).drop(columns=["epochs_done"])
     table = base.join(decoupling).join(capacity)
     for flag in ("decoupled", "fits"):  # runs without a logged epoch have neither
         table[flag] = table[flag].fillna(False).astype(bool)
-    if finals == ["final_train_acc", "final_test_acc"]:
+    if finals == ["final_train_acc", held]:
         table["state"] = [fit_state(a, b) for a, b in zip(table[finals[0]], table[finals[1]], strict=True)]
     return table.reset_index()
 
 
-def _ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _ranking_table(ranking: pd.DataFrame, keys: list[str], metric: str = "") -> pd.DataFrame:
     ended = ["runs"] if "runs" in ranking else []  # no run completed: how they ended (ranking_for)
     seeds = ["seeds"] if "seeds" in ranking else []  # some configuration repeats a seed
-    table = ranking[["rank", *keys, "n", *seeds, "mean", "std", "noise", "ci_lo", "ci_hi", *ended]].copy()
+    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
+    beside = [test] if test in ranking else []  # the test split's mean, alongside (ranking_for)
+    columns = ["rank", *keys, "n", *seeds, "mean", "std", "noise", "ci_lo", "ci_hi", *beside, *ended]
+    table = ranking[columns].copy()
     table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
     return table
 
 
-def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def _capacity_by_config(diag: pd.DataFrame, keys: list[str], split: str = "test") -> pd.DataFrame:
     if "fits" not in diag:
         return pd.DataFrame()
+    held = f"final_{split}_acc"
     keys = keys + [c for c in CAPACITY_CONTEXT if c in diag and c not in keys]
     grouped = diag.groupby(keys, dropna=False, sort=False) if keys else diag.groupby(lambda _: "all")
     table = grouped.agg(
@@ -469,13 +533,11 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         median_fit_epoch=("fit_epoch", "median"),
         min_train_loss=("min_train_loss", "min"),
         best_train_acc=("best_train_acc", "max"),
-        **{c: (c, "mean") for c in ("final_train_acc", "final_test_acc") if c in diag},
+        **{c: (c, "mean") for c in dict.fromkeys(("final_train_acc", held, "final_test_acc")) if c in diag},
     )
     table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["runs"], strict=True)]
-    if {"final_train_acc", "final_test_acc"} <= set(table.columns):
-        table["state"] = [
-            fit_state(a, b) for a, b in zip(table["final_train_acc"], table["final_test_acc"], strict=True)
-        ]
+    if {"final_train_acc", held} <= set(table.columns):
+        table["state"] = [fit_state(a, b) for a, b in zip(table["final_train_acc"], table[held], strict=True)]
     return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
 
 
@@ -490,9 +552,11 @@ def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
 
 
 def write_report(
-    sweep: Sweep, out_dir: str | Path, metric: str = "final_test_acc", sources: Sequence[str | Path] = ()
+    sweep: Sweep, out_dir: str | Path, metric: str | None = None, sources: Sequence[str | Path] = ()
 ) -> Path:
-    """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md."""
+    """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md.
+    `metric` ranks and picks the best configuration (default: Sweep.selection_metric)."""
+    metric = metric or sweep.selection_metric
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keys = sweep.group_keys
@@ -524,7 +588,8 @@ def write_report(
         f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- {_status_line(sweep.runs, n_missing)}",
         f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
-        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`",
+        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`"
+        + (f" ({split_note(sweep, metric)})" if split_note(sweep, metric) else ""),
         "",
     ]
     md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
@@ -534,7 +599,7 @@ def write_report(
         "",
         _ranking_text(ranking),
         "",
-        markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv"),
+        markdown_table(_ranking_table(ranking, keys, metric), more=" in ranking.csv"),
     ]
     md += _diagnostics_section(sweep, diag, keys)
     md += ["## Figures", ""]
@@ -582,16 +647,27 @@ def _ranking_text(ranking: pd.DataFrame) -> str:
 
 
 def _runs_table(sweep: Sweep) -> pd.DataFrame:
+    held = ["final_val_acc", "best_val_acc", "final_val_loss", "min_val_loss", "min_val_loss_epoch"]
+    # Every other metric of trainer.metrics (top5, ...) at the last epoch, on the held-out splits.
+    extra = [
+        c
+        for c in sweep.runs.columns
+        if c.startswith(("final_val_", "final_test_"))
+        and c not in held
+        and c.rsplit("_", 1)[-1] not in ("acc", "loss")
+    ]
     columns = [
         "run",
         "status",
         *sweep.varied,
         "epochs_done",
+        *(held if sweep.split == "val" else []),
         "final_test_acc",
         "best_test_acc",
         "final_test_loss",
         "min_test_loss",
         "min_test_loss_epoch",
+        *extra,
         "final_gen_gap_acc",
         "slurm_job_id",
         "error",
@@ -601,22 +677,26 @@ def _runs_table(sweep: Sweep) -> pd.DataFrame:
 
 
 def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> list[str]:
+    split = sweep.split
+    held = SPLIT_NAMES[split]
     md = ["## Diagnostics", ""]
+    if split == "val":
+        md += ["On the validation split, which the runs hold out of their training set; test alongside.", ""]
     if "decoupled" not in diag:
         return md + ["_no epochs logged yet_", ""]
     flagged = diag[diag["decoupled"]]
     md += [
-        "### Test loss rises while test accuracy still improves",
+        f"### {held.capitalize()} loss rises while {held} accuracy still improves",
         "",
-        f"{len(flagged)} of {counted(len(diag), 'run')}: test accuracy peaks after the test-loss minimum "
-        "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).",
+        f"{len(flagged)} of {counted(len(diag), 'run')}: {held} accuracy peaks after the {held}-loss minimum "
+        f"(gain >= 0.5 points after it, {held} loss >= 2% above its minimum at the accuracy peak).",
         "",
     ]
     columns = [
         "run",
         *keys,
-        "min_test_loss_epoch",
-        "best_test_acc_epoch",
+        f"min_{split}_loss_epoch",
+        f"best_{split}_acc_epoch",
         "acc_gain_after_min_loss",
         "loss_rise_at_best_acc",
     ]
@@ -627,10 +707,10 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
         "`fit`: runs reaching train accuracy >= 99.9%, i.e. memorising their training set (the check "
         "on a small subset: a net that cannot is too small). `state`, on the mean final accuracies "
         f"(the check on the full set: the lecture's capacity neither over- nor underfits): underfits "
-        f"below {UNDERFIT_TRAIN_ACC:.0%} train accuracy, overfits when train accuracy exceeds test "
+        f"below {UNDERFIT_TRAIN_ACC:.0%} train accuracy, overfits when train accuracy exceeds {held} "
         f"accuracy by more than {100 * OVERFIT_GAP:.0f} points.",
         "",
-        markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv"),
+        markdown_table(_capacity_by_config(diag, keys, split), more=" in diagnostics.csv"),
     ]
     gaps = [c for c in ("final_gen_gap_loss", "final_gen_gap_acc") if c in sweep.runs]
     if gaps:
@@ -640,7 +720,7 @@ def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> l
         md += [
             "### Generalisation gap at the last epoch (completed and stopped_early runs)",
             "",
-            "test - train loss, train - test accuracy; mean over seeds.",
+            f"{held} - train loss, train - {held} accuracy; mean over seeds.",
             "",
             markdown_table(shown.rename(columns={f"{gaps[0]}_n": "n"}), more=""),
         ]
