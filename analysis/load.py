@@ -276,6 +276,7 @@ RECORD_KEEPING = (
     "trainer.resume",
     "data.cache_dir",
     "data.download",
+    "trainer.objective",  # what the run returns to an optimizing sweeper, not what it computes
 )
 
 

@@ -602,6 +602,7 @@ def write_report(
         markdown_table(_ranking_table(ranking, keys, metric), more=" in ranking.csv"),
     ]
     md += _diagnostics_section(sweep, diag, keys)
+    md += _study_section(sweep)
     md += ["## Figures", ""]
     for drawn in figures:
         if drawn.skipped:
@@ -615,6 +616,59 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+OPTUNA_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's answer, in the sweep dir
+
+
+def study_results(sweep: Sweep) -> list[tuple[str, dict]]:
+    """(sweep dir, its optimization_results.yaml) for each sweep that is an Optuna study."""
+    import yaml
+
+    found = []
+    for sweep_dir in sweep.runs["sweep_dir"].dropna().unique():
+        try:
+            results = yaml.safe_load((Path(sweep_dir) / OPTUNA_RESULTS).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(results, dict):
+            found.append((str(sweep_dir), results))
+    return found
+
+
+def _study_section(sweep: Sweep) -> list[str]:
+    """An Optuna study's own answer (hydra/sweeper=optuna), beside the ranking above: Optuna's best
+    trial is on trainer.objective, one trial each, where the ranking groups trials by config."""
+    found = study_results(sweep)
+    if not found:
+        return []
+    objectives = (
+        sweep.runs["trainer.objective"].dropna().unique() if "trainer.objective" in sweep.runs else []
+    )
+    md = [
+        "## Optuna study",
+        "",
+        f"The sweeper's best trial on `trainer.objective` ({', '.join(f'`{o}`' for o in objectives) or 'unset'}), "
+        f"from `{OPTUNA_RESULTS}`:",
+        "",
+    ]
+    for sweep_dir, results in found:
+        if "best_value" in results:
+            params = ", ".join(
+                f"{k}={format_value(v)}" for k, v in (results.get("best_params") or {}).items()
+            )
+            md.append(
+                f"- `{markdown_text(sweep_dir)}`: best value {results['best_value']:.4g} at {markdown_text(params)}"
+            )
+        else:  # several objectives: the Pareto front
+            for solution in results.get("solutions") or []:
+                params = ", ".join(
+                    f"{k}={format_value(v)}" for k, v in (solution.get("params") or {}).items()
+                )
+                md.append(
+                    f"- `{markdown_text(sweep_dir)}`: values {solution.get('values')} at {markdown_text(params)}"
+                )
+    return [*md, ""]
 
 
 def _ranking_text(ranking: pd.DataFrame) -> str:
