@@ -83,7 +83,7 @@ def optimizing(config) -> bool:
     return str(OmegaConf.select(config, "hydra.sweeper._target_", default="")) in OPTIMIZING
 
 
-def checked_values(config, loader) -> list[list[str]]:
+def checked_values(config, loader) -> list[tuple[str, list[str]]]:
     """The jobs the pre-checks compose for a study: every override at its first value, then each
     value of each swept key in turn (a choice's values, an interval's two ends), the others at
     their first. Optuna draws inside these; a value the checks refuse at an end is refused before
@@ -105,9 +105,10 @@ def checked_values(config, loader) -> list[list[str]]:
         else:
             options.append([f"{key}={v}" for v in override.sweep_string_iterator()])
     first = [values[0] for values in options]
-    jobs = [first]
+    swept = " ".join(values[0] for values in options if len(values) > 1)
+    jobs = [(swept, first)]  # (what a refusal names, the job's overrides)
     for i, values in enumerate(options):
-        jobs += [[*first[:i], value, *first[i + 1 :]] for value in values[1:]]
+        jobs += [(value, [*first[:i], value, *first[i + 1 :]]) for value in values[1:]]
     return jobs
 
 
@@ -138,7 +139,7 @@ def start_study(config, loader) -> None:
                 "its trials from 0 again; choose another hydra.sweep.dir (with hydra.sweeper.storage and "
                 "hydra.sweeper.study_name, the study goes on there)"
             )
-        for num, job in enumerate(checked_values(config, loader)):
+        for num, (swept, job) in enumerate(checked_values(config, loader)):
             composed = composed_or_refused(lambda j: loader.load_sweep_config(config, list(j)), num, job)
             task = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
             try:
@@ -146,7 +147,8 @@ def start_study(config, loader) -> None:
                 if not remote:  # trials that train on this machine: its devices
                     check_device(task)
             except ConfigError as e:
-                raise SweepRefused(f"{' '.join(job)}: {e}") from None
+                where = f"the search space at {swept}: " if swept else ""
+                raise SweepRefused(f"{where}{e}") from None
             if OmegaConf.select(task, "trainer.objective", default=None) is None:
                 raise SweepRefused(
                     "trainer.objective=null is invalid for hydra/sweeper=optuna, which needs a number from each "
