@@ -84,6 +84,11 @@ def split_note(sweep: Sweep, metric: str) -> str:
         note += f"; `{counterpart(metric, 'test')}` alongside"
     elif split == "test" and sweep.split == "val":
         note += ": selecting on test, though the runs hold a validation split out"
+    if split == "val" and metric in sweep.runs:  # runs of the sweep that hold nothing out
+        results = sweep.runs[sweep.runs["status"].isin(RESULTS)]
+        without = int(results[metric].isna().sum())
+        if without:
+            note += f"; {counted(without, 'run')} without a validation split not ranked"
     return note
 
 

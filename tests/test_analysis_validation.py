@@ -134,3 +134,14 @@ def test_the_curves_plot_takes_any_split_metric(tmp_path):
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert labels == ["validation accuracy", "test top-5 accuracy"]
     assert metric_label("train_top5") == "train top-5 accuracy"
+
+
+def test_runs_without_a_split_in_a_sweep_with_one_are_said_to_be_left_out(tmp_path):
+    """Two sweeps combined, one without data.val_size: its runs have no validation accuracy to
+    rank on, and the report says so rather than ranking the others as if they were all."""
+    from analysis.report import split_note
+
+    sweep = load_sweep([_sweep(tmp_path, val=True), _sweep(tmp_path, val=False)])
+    assert sweep.split == "val"
+    assert len(sweep.rank()) == 2  # the two configurations of the sweep with a split
+    assert split_note(sweep, "final_val_acc").endswith("; 2 runs without a validation split not ranked")
