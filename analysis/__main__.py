@@ -1,9 +1,10 @@
 """Analyse sweeps from the command line.
 
-    python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--metric final_test_acc]
+    python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--metric final_val_acc]
         figures (PNG), report.md and the tidy tables (CSV + parquet); --out defaults to
         SWEEP_DIR/report/ and is required for several SWEEP_DIRs (a combined report must not
-        replace one sweep's own). A single run dir is a valid SWEEP_DIR.
+        replace one sweep's own). A single run dir is a valid SWEEP_DIR. --metric defaults to
+        the validation split's final accuracy where the runs hold one out, else the test split's.
 
     python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
         a one-screen table of the jobs: completed, stopped_early, running, submitted, interrupted,
@@ -44,7 +45,9 @@ def _report_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output dir (default: SWEEP_DIR/report/; required for several SWEEP_DIRs)"
     )
     parser.add_argument(
-        "--metric", default="final_test_acc", help="run column to rank by (default: %(default)s)"
+        "--metric",
+        help="run column to rank by (default: final_val_acc where the runs hold a validation split "
+        "out, else final_test_acc)",
     )
     return parser
 
@@ -94,8 +97,9 @@ def run_report(argv: list[str]) -> int:
         for c in sweep.runs.columns
         if (c.startswith(("final_", "best_", "min_")) and not c.endswith("_epoch")) or c == "time_s"
     ]
-    if args.metric not in choices:
-        raise UsageError(f"unknown metric {args.metric!r}; choose one of {', '.join(choices)}")
+    metric = args.metric or sweep.selection_metric
+    if metric not in choices:
+        raise UsageError(f"unknown metric {metric!r}; choose one of {', '.join(choices)}")
     out = args.out or Path(args.sweep_dirs[0]) / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -105,14 +109,16 @@ def run_report(argv: list[str]) -> int:
 
     matplotlib.use("Agg")  # files only; never open a window (imported here: `status` needs no plotting)
     from analysis import lr_range
-    from analysis.report import write_report
+    from analysis.report import split_note, write_report
 
-    path = write_report(sweep, out, args.metric, sources=args.sweep_dirs)
+    path = write_report(sweep, out, metric, sources=args.sweep_dirs)
     counts = sweep.runs["status"].value_counts()
     print(
         f"{counted(len(sweep.runs), 'run')} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
         f"{counted(len(sweep.problems), 'problem')}"
     )
+    note = split_note(sweep, metric)
+    print(f"ranked by {metric}" + (f" ({note.replace('`', '')})" if note else ""))
     for run, _, suggestion in lr_range.suggestions(sweep.runs):  # an LR range test's answer, at once
         print(f"LR range test, {lr_range.describe(run, suggestion)}")
     print(f"report: {path}")

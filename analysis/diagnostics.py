@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -15,6 +16,37 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+# The splits a metrics line logs, in its order (docs/run-record.md): `<split>_<m>` for the loss and
+# each name m in trainer.metrics (acc, top5, ...); val_* only in runs with a validation split.
+SPLITS = ("train", "val", "test")
+SPLIT_METRIC = re.compile(r"^(train|val|test)_(?!gen_gap)[a-z0-9_]+$")
+# The split a sweep selects on when its runs hold one out: ranking, the best configuration and the
+# over/underfitting diagnostics read it; test is then shown alongside, never selected on.
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def metric_columns(columns) -> list[str]:
+    """The `<split>_<m>` columns of a metrics line (train_loss, val_acc, test_top5, ...), in order."""
+    return [str(c) for c in columns if SPLIT_METRIC.match(str(c))]
+
+
+def held_out_split(frame: pd.DataFrame) -> str:
+    """ "val" when some run of `frame` (curves or runs) logged a validation split, else "test"."""
+    for column in ("val_loss", "val_acc", "final_val_loss", "final_val_acc"):
+        if column in frame and frame[column].notna().any():
+            return "val"
+    if "n_val" in frame and (pd.to_numeric(frame["n_val"], errors="coerce").fillna(0) > 0).any():
+        return "val"
+    return "test"
+
+
+def counterpart(metric: str, split: str) -> str | None:
+    """The same reduction of the same metric on `split`: final_val_acc -> final_test_acc; None
+    when `metric` names no split."""
+    match = re.match(r"^((?:final|best|min)_)?(train|val|test)_(.+)$", metric)
+    if not match or match.group(2) == split:
+        return None
+    return f"{match.group(1) or ''}{split}_{match.group(3)}"
 
 
 # --------------------------------------------------------------------------- metric direction
@@ -25,7 +57,7 @@ def lower_is_better(metric: str) -> bool:
     name = metric.lower()
     if "gap" in name:  # before "acc": final_gen_gap_acc is a gap between accuracies
         return True
-    if "acc" in name:
+    if "acc" in name or re.search(r"(^|_)top\d+($|_)", name):  # top5: an accuracy too
         return False
     if "loss" in name or name.endswith("_s"):
         return True
@@ -113,22 +145,27 @@ def seed_aggregate(
 # --------------------------------------------------------------------------- per-run reducers
 
 
-def add_gaps(curves: pd.DataFrame) -> pd.DataFrame:
-    """Generalisation gaps per epoch: gen_gap_loss = test - train loss, gen_gap_acc = train - test acc."""
+def add_gaps(curves: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
+    """Generalisation gaps per epoch: gen_gap_loss = held-out - train loss, gen_gap_acc = train -
+    held-out acc, the held-out split being `split` (default: val where the runs hold one out, else
+    test: the gap a sweep diagnoses is measured on the split it selects on)."""
+    held = split or held_out_split(curves)
     extra = {}
-    if {"test_loss", "train_loss"} <= set(curves.columns):
-        extra["gen_gap_loss"] = curves["test_loss"] - curves["train_loss"]
-    if {"test_acc", "train_acc"} <= set(curves.columns):
-        extra["gen_gap_acc"] = curves["train_acc"] - curves["test_acc"]
+    if {f"{held}_loss", "train_loss"} <= set(curves.columns):
+        extra["gen_gap_loss"] = curves[f"{held}_loss"] - curves["train_loss"]
+    if {f"{held}_acc", "train_acc"} <= set(curves.columns):
+        extra["gen_gap_acc"] = curves["train_acc"] - curves[f"{held}_acc"]
     return curves.assign(**extra)
 
 
-def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Per run (index `run`): epochs_done, and for each metric its final value, its best value
-    (min for a loss, max for an accuracy) and the first epoch reaching it; final gaps.
+def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per run (index `run`): epochs_done, and for each metric (default: every `<split>_<m>`
+    column, train_loss ... test_top5) its final value, its best value (min for a loss, max for an
+    accuracy) and the first epoch reaching it; final gaps (on the split add_gaps used).
 
     `final_*` is the last logged epoch, even if it is NaN (a diverged run's last line).
     """
+    metrics = metric_columns(curves.columns) if metrics is None else metrics
     by_run = curves.groupby("run", sort=False)
     out = pd.DataFrame({"epochs_done": by_run["epoch"].max()})
     last = curves.loc[by_run["epoch"].idxmax().to_numpy()].set_index("run") if len(curves) else curves
@@ -142,10 +179,11 @@ def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.
         name = best_name(metric)
         out[name] = best[metric].astype("float64")
         out[f"{name}_epoch"] = best["epoch"].astype("Int64")
-    if {"final_test_loss", "final_train_loss"} <= set(out.columns):
-        out["final_gen_gap_loss"] = out["final_test_loss"] - out["final_train_loss"]
-    if {"final_test_acc", "final_train_acc"} <= set(out.columns):
-        out["final_gen_gap_acc"] = out["final_train_acc"] - out["final_test_acc"]
+    held = held_out_split(curves)  # as add_gaps chooses
+    if {f"final_{held}_loss", "final_train_loss"} <= set(out.columns):
+        out["final_gen_gap_loss"] = out[f"final_{held}_loss"] - out["final_train_loss"]
+    if {f"final_{held}_acc", "final_train_acc"} <= set(out.columns):
+        out["final_gen_gap_acc"] = out["final_train_acc"] - out[f"final_{held}_acc"]
     out.index = out.index.astype("str")
     return out
 
@@ -161,22 +199,24 @@ def _value_at(curves: pd.DataFrame, epochs: pd.Series, metric: str) -> pd.Series
 
 
 def loss_acc_decoupling(
-    curves: pd.DataFrame, min_acc_gain: float = 0.005, min_loss_rise: float = 0.02
+    curves: pd.DataFrame, min_acc_gain: float = 0.005, min_loss_rise: float = 0.02, split: str = "test"
 ) -> pd.DataFrame:
-    """The lecture's "test loss goes up while test accuracy still improves", per run.
+    """The lecture's "test loss goes up while test accuracy still improves", per run, on `split`
+    (the report passes val where the runs hold one out).
 
-    `decoupled` is True when test accuracy peaks after test loss bottoms out, gaining at least
-    `min_acc_gain` (absolute) after the loss minimum while the test loss at the accuracy peak is at
+    `decoupled` is True when the accuracy peaks after the loss bottoms out, gaining at least
+    `min_acc_gain` (absolute) after the loss minimum while the loss at the accuracy peak is at
     least `min_loss_rise` (relative) above its minimum: the model keeps getting more samples right
     while growing over-confident on the ones it gets wrong.
     """
-    reduced = reduce_curves(curves, ("test_loss", "test_acc"))
-    out = reduced[["min_test_loss", "min_test_loss_epoch", "best_test_acc", "best_test_acc_epoch"]].copy()
-    out["test_acc_at_min_loss"] = _value_at(curves, out["min_test_loss_epoch"], "test_acc")
-    out["test_loss_at_best_acc"] = _value_at(curves, out["best_test_acc_epoch"], "test_loss")
-    out["epochs_apart"] = out["best_test_acc_epoch"] - out["min_test_loss_epoch"]
-    out["acc_gain_after_min_loss"] = out["best_test_acc"] - out["test_acc_at_min_loss"]
-    out["loss_rise_at_best_acc"] = out["test_loss_at_best_acc"] / out["min_test_loss"] - 1
+    loss, acc = f"{split}_loss", f"{split}_acc"
+    reduced = reduce_curves(curves, (loss, acc))
+    out = reduced[[f"min_{loss}", f"min_{loss}_epoch", f"best_{acc}", f"best_{acc}_epoch"]].copy()
+    out[f"{acc}_at_min_loss"] = _value_at(curves, out[f"min_{loss}_epoch"], acc)
+    out[f"{loss}_at_best_acc"] = _value_at(curves, out[f"best_{acc}_epoch"], loss)
+    out["epochs_apart"] = out[f"best_{acc}_epoch"] - out[f"min_{loss}_epoch"]
+    out["acc_gain_after_min_loss"] = out[f"best_{acc}"] - out[f"{acc}_at_min_loss"]
+    out["loss_rise_at_best_acc"] = out[f"{loss}_at_best_acc"] / out[f"min_{loss}"] - 1
     out["decoupled"] = (
         (
             (out["epochs_apart"] > 0)
@@ -230,7 +270,8 @@ OVERFIT_GAP = 0.20
 
 
 def fit_state(train_acc: float, test_acc: float) -> str:
-    """The run's state: "underfits", "overfits" or "neither"; "" when an accuracy is unknown."""
+    """The run's state: "underfits", "overfits" or "neither"; "" when an accuracy is unknown.
+    `test_acc`: the held-out accuracy (the validation split's where the runs have one)."""
     if not (math.isfinite(train_acc) and math.isfinite(test_acc)):
         return ""
     if train_acc < UNDERFIT_TRAIN_ACC:
@@ -245,7 +286,7 @@ def _sampling_error(runs: pd.DataFrame, metric: str, accuracy: pd.Series) -> pd.
     """The binomial standard error of an accuracy `metric` measured on the images of its split
     (the runs' median `n_test` or `n_train`); NaN for other metrics or an unknown count."""
     name = metric.lower()
-    split = "test" if "test_acc" in name else "train" if "train_acc" in name else None
+    split = next((s for s in SPLITS if f"{s}_acc" in name or re.search(rf"{s}_top\d+", name)), None)
     if split is None or "gap" in name or f"n_{split}" not in runs or runs[f"n_{split}"].isna().all():
         return pd.Series(np.nan, index=accuracy.index)
     images = float(runs[f"n_{split}"].median())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -275,6 +276,7 @@ RECORD_KEEPING = (
     "trainer.resume",
     "data.cache_dir",
     "data.download",
+    "trainer.objective",  # what the run returns to an optimizing sweeper, not what it computes
 )
 
 
@@ -568,7 +570,10 @@ def _image_counts(summary: dict, config: dict | None) -> dict:
     full = CIFAR10_IMAGES if data.get("name") == "cifar10" else {}
     n_train = summary.get("n_train") or data.get("train_size") or data.get("n_train") or full.get("train")
     n_test = summary.get("n_test") or data.get("n_test") or full.get("test")
-    return {"n_train": n_train, "n_test": n_test}
+    counts = {"n_train": n_train, "n_test": n_test}
+    if "n_val" in summary:  # the validation split's size (0: none); an accuracy's noise depends on it
+        counts["n_val"] = summary["n_val"]
+    return counts
 
 
 SUMMARY_METRICS = (
@@ -583,12 +588,15 @@ SUMMARY_METRICS = (
     "min_train_loss",
     "min_train_loss_epoch",
 )
+# summary.json's reductions of a metrics-line column: final_<split>_<m>, best_val_acc(_epoch), ...
+SUMMARY_METRIC = re.compile(r"^(final|best|min)_(train|val|test)_[a-z0-9_]+$")
 
 
 def _fill_from_summary(runs: pd.DataFrame, loaded: list[_Loaded], ids: list[str]) -> pd.DataFrame:
     """Runs without readable curves (metrics.jsonl lost) still get summary.json's numbers."""
     by_id = dict(zip(ids, loaded, strict=True))
-    for column in SUMMARY_METRICS:
+    named = (k for it in loaded for k in (it.record.summary or {}) if SUMMARY_METRIC.match(k))
+    for column in dict.fromkeys([*SUMMARY_METRICS, *named]):
         values = [(by_id[r].record.summary or {}).get(column) for r in runs["run"]]
         dtype = "Int64" if column.endswith("_epoch") else "float64"
         from_summary = pd.Series([np.nan if v is None else v for v in values], index=runs.index).astype(dtype)
@@ -626,6 +634,17 @@ class Sweep:
     _npz_cache: dict = field(default_factory=dict, repr=False)
 
     @property
+    def split(self) -> str:
+        """The split the sweep selects on: "val" when its runs hold a validation split out
+        (data.val_size), else "test". Test is then shown alongside, never selected on."""
+        return diagnostics.held_out_split(self.runs)
+
+    @property
+    def selection_metric(self) -> str:
+        """What ranking and the best configuration read by default: final_val_acc or final_test_acc."""
+        return f"final_{self.split}_acc"
+
+    @property
     def group_keys(self) -> list[str]:
         """The varied keys that define a configuration: all but the seed."""
         return [k for k in self.varied if k != self.seed_key]
@@ -638,12 +657,15 @@ class Sweep:
             runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache
         )
 
-    def rank(self, metric: str = "final_test_acc", statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
-        """Configurations ranked by `metric` over seeds; see diagnostics.rank_configs. By default
-        the RESULTS (completed and stopped_early runs); a damaged run is never ranked
-        (statuses=None: every other status)."""
+    def rank(self, metric: str | None = None, statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
+        """Configurations ranked by `metric` (default: selection_metric, the validation split's
+        accuracy where there is one) over seeds; see diagnostics.rank_configs. By default the
+        RESULTS (completed and stopped_early runs); a damaged run is never ranked (statuses=None:
+        every other status)."""
         runs = self.runs[self.runs["status"] != "damaged"]
-        return diagnostics.rank_configs(runs, metric, self.group_keys, statuses=statuses)
+        return diagnostics.rank_configs(
+            runs, metric or self.selection_metric, self.group_keys, statuses=statuses
+        )
 
     def distributions(
         self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None

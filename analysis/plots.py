@@ -24,7 +24,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from analysis.diagnostics import lower_is_better, seed_aggregate
+from analysis.diagnostics import SPLIT_NAMES, lower_is_better, seed_aggregate
 from analysis.load import SEED_KEY, format_knob, format_value, is_missing
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -87,7 +87,16 @@ def plain(text: str) -> str:
 
 
 def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
+    """train loss, validation accuracy, test top-5 accuracy; any other name as it is."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    split, _, name = metric.partition("_")
+    if split in SPLIT_NAMES and name:
+        what = {"loss": "loss", "acc": "accuracy"}.get(name)
+        if what is None and name.startswith("top") and name[3:].isdigit():
+            what = f"top-{name[3:]} accuracy"
+        return f"{SPLIT_NAMES[split]} {what or name}"
+    return metric
 
 
 def _log_scale(metric: str) -> bool:
@@ -372,15 +381,20 @@ def plot_lr_switch(
     return fig
 
 
-def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title: str | None = None) -> Figure:
-    """Train loss, test loss and test accuracy of one configuration on one figure.
+def plot_loss_vs_accuracy(
+    curves: pd.DataFrame, seed_key: str = SEED_KEY, title: str | None = None, split: str = "test"
+) -> Figure:
+    """Train loss, held-out loss and held-out accuracy of one configuration on one figure; the
+    held-out split is `split` (test, or val where the runs hold one out).
 
     The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
-    improves. Dotted lines mark the epoch of minimum test loss and of best test accuracy.
+    improves. Dotted lines mark the epoch of minimum loss and of best accuracy.
     """
-    _require(curves, ["epoch", "train_loss", "test_loss", "test_acc"], "plot_loss_vs_accuracy")
+    loss, acc = f"{split}_loss", f"{split}_acc"
+    short = {"val": "val", "test": "test", "train": "train"}.get(split, split)
+    _require(curves, ["epoch", "train_loss", loss, acc], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
-    stats = seed_aggregate(curves, ["train_loss", "test_loss", "test_acc"], ["epoch"]).sort_values("epoch")
+    stats = seed_aggregate(curves, ["train_loss", loss, acc], ["epoch"]).sort_values("epoch")
     fig, axes = _new_figure(1, 1, 6.4, 4.0)
     ax = axes[0, 0]
     acc_ax = ax.twinx()
@@ -388,8 +402,8 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
     lines = []
     for axis, metric, color in (
         (ax, "train_loss", "C0"),
-        (ax, "test_loss", "C3"),
-        (acc_ax, "test_acc", "C2"),
+        (ax, loss, "C3"),
+        (acc_ax, acc, "C2"),
     ):
         (line,) = axis.plot(
             stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric)
@@ -408,23 +422,23 @@ def plot_loss_vs_accuracy(curves: pd.DataFrame, seed_key: str = SEED_KEY, title:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.2
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    acc_ax.set_ylabel("test accuracy")
-    finite = stats.dropna(subset=["test_loss_mean", "test_acc_mean"])
+    acc_ax.set_ylabel(metric_label(acc))
+    finite = stats.dropna(subset=[f"{loss}_mean", f"{acc}_mean"])
     if not finite.empty:
-        loss_epoch = finite.loc[finite["test_loss_mean"].idxmin(), "epoch"]
-        acc_epoch = finite.loc[finite["test_acc_mean"].idxmax(), "epoch"]
+        loss_epoch = finite.loc[finite[f"{loss}_mean"].idxmin(), "epoch"]
+        acc_epoch = finite.loc[finite[f"{acc}_mean"].idxmax(), "epoch"]
         # One epoch for both: the dashes alternate red and green, so neither line hides the other.
         dash = (0, (2, 2)) if loss_epoch == acc_epoch else ":"
         lines.append(
-            ax.axvline(loss_epoch, color="C3", ls=dash, lw=1.2, label=f"min test loss: epoch {loss_epoch}")
+            ax.axvline(loss_epoch, color="C3", ls=dash, lw=1.2, label=f"min {short} loss: epoch {loss_epoch}")
         )
         dash = (2, (2, 2)) if loss_epoch == acc_epoch else ":"
         lines.append(
-            ax.axvline(acc_epoch, color="C2", ls=dash, lw=1.2, label=f"best test acc: epoch {acc_epoch}")
+            ax.axvline(acc_epoch, color="C2", ls=dash, lw=1.2, label=f"best {short} acc: epoch {acc_epoch}")
         )
     _legend(fig, {line.get_label(): line for line in lines})  # below: clear of the title and the curves
-    n = _n_label(stats["test_acc_n"])
-    _suptitle(fig, f"{title} ({n})" if title else f"test loss vs test accuracy ({n})")
+    n = _n_label(stats[f"{acc}_n"])
+    _suptitle(fig, f"{title} ({n})" if title else f"{short} loss vs {short} accuracy ({n})")
     return fig
 
 

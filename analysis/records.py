@@ -113,7 +113,7 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
     return rows, notes, truncated
 
 
-FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 
 def _same(a, b) -> bool:
@@ -166,12 +166,38 @@ class RunRecord:
     damage: list[str] = field(default_factory=list)
 
 
+def option_names(config: dict, run_dir: Path) -> dict:
+    """`config` with a `name` for each component (a section with a `_target_`: model, optim, loss,
+    data, ...) that has none: the config-group option Hydra composed it from, as .hydra/hydra.yaml's
+    runtime choices say (a user's conf/model/mlp.yaml without `name:` is `mlp`). Tables and legends
+    then name a user component by its option, as they name the project's own; a component set by
+    `_target_` alone keeps no name and is shown by its class name."""
+    unnamed = [k for k, v in config.items() if isinstance(v, dict) and "_target_" in v and "name" not in v]
+    if not unnamed:
+        return config
+    try:
+        import yaml
+
+        hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())
+        choices = hydra["hydra"]["runtime"]["choices"]
+    except (OSError, ValueError, KeyError, TypeError, ImportError, yaml.YAMLError):
+        return config  # no Hydra record (written by hand, or set aside): class names stand
+    named = dict(config)
+    for key in unnamed:
+        choice = choices.get(key) if isinstance(choices, dict) else None
+        if isinstance(choice, str) and choice:
+            named[key] = {**config[key], "name": choice}
+    return named
+
+
 def read_run(run_dir: Path) -> RunRecord:
     notes, damage = [], []
     config, note = read_object(run_dir / "config.json")
     if config is None:
         # config.json is written before anything else: a run dir without it lost it.
         notes.append(note or "config.json missing")
+    else:
+        config = option_names(config, run_dir)
     job, note = read_object(run_dir / "job.json")
     if note:
         notes.append(note)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import html
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,19 +24,25 @@ from matplotlib.figure import Figure
 
 from analysis import lr_range, plots
 from analysis.diagnostics import (
-    OVERFIT_GAP,
-    UNDERFIT_TRAIN_ACC,
-    capacity_verdict,
-    fit_state,
-    loss_acc_decoupling,
-    seed_aggregate,
+    SPLIT_NAMES,
+    counterpart,
 )
 from analysis.load import RESULTS, Sweep, counted, format_knob, format_value, is_missing
+from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
+    diagnostics_section,
+    diagnostics_table,
+    exportable,
+    markdown_table,
+    markdown_text,
+    ranking_table,
+    ranking_text,
+    runs_table,
+    study_section,
+)
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
 MAX_HEATMAP_VALUES = 12  # more distinct values than this make an unreadable heatmap axis
-MAX_TABLE_ROWS = 100
 PREFERRED_HEATMAP = ("lr", "model.channels")  # the lecture's capacity x learning-rate grid
 # The knobs the lecture's protocol turns, in the order their figures come: when more than
 # MAX_HUE_FIGURES keys vary, these are drawn first (config order would put lr last).
@@ -45,7 +50,8 @@ FIGURE_PRIORITY = ("lr", "schedule.", "model.", "optim.")
 # The per-knob curves: the lecture's train loss (log) with test accuracy, and the test loss whose
 # rise, at a large lr or late in training, is the overfitting the accuracy hides.
 CURVE_METRICS = ("train_loss", "test_loss", "test_acc")
-CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
+# With a validation split: the curves selected on, and test accuracy alongside.
+VAL_CURVE_METRICS = ("train_loss", "val_loss", "val_acc", "test_acc")
 
 
 @dataclass
@@ -62,11 +68,60 @@ class Drawn:
 # --------------------------------------------------------------------------- choosing slices
 
 
-def ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
+def curve_metrics(sweep: Sweep) -> tuple[str, ...]:
+    """The per-knob figures' metrics: on the validation split where the runs hold one out."""
+    return VAL_CURVE_METRICS if sweep.split == "val" else CURVE_METRICS
+
+
+def split_note(sweep: Sweep, metric: str) -> str:
+    """How report.md and the CLI say what a ranking selects on: "the validation split; test
+    alongside" (or the test split, where the runs hold nothing out)."""
+    split = next((s for s in SPLIT_NAMES if f"_{s}_" in f"_{metric}_"), None)
+    if split is None or sweep.split == "test":  # no split held out: test is all there is, as ever
+        return ""
+    note = f"the {SPLIT_NAMES[split]} split"
+    if split == "val" and counterpart(metric, "test"):
+        note += f"; `{counterpart(metric, 'test')}` alongside"
+    elif split == "test" and sweep.split == "val":
+        note += ": selecting on test, though the runs hold a validation split out"
+    if split == "val" and metric in sweep.runs:  # runs of the sweep that hold nothing out
+        results = sweep.runs[sweep.runs["status"].isin(RESULTS)]
+        without = int(results[metric].isna().sum())
+        if without:
+            note += f"; {counted(without, 'run')} without a validation split not ranked"
+    return note
+
+
+def ranking_for(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     """The ranking over the runs whose numbers are results (RESULTS: completed, and stopped by
     their own early stopping), or, when there are none, over every run at its last epoch, with a
     `runs` column saying how each configuration's runs ended (`interrupted at epoch 20`): a run
-    interrupted or diverged midway is not ranked as if it had finished."""
+    interrupted or diverged midway is not ranked as if it had finished. Ranked on a validation
+    metric, each configuration's mean of the test counterpart is a column alongside
+    (`final_test_acc`), never ranked on."""
+    metric = metric or sweep.selection_metric
+    ranking = _ranking_for(sweep, metric)
+    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
+    if ranking.empty or test is None or test not in sweep.runs:
+        return ranking
+    ranked = sweep.runs[sweep.runs["run"].isin(_ranked_runs(sweep, ranking, metric))]
+    keys = sweep.group_keys
+    if not keys:
+        return ranking.assign(**{test: ranked[test].mean()})
+    means = ranked.groupby(keys, dropna=False, sort=False)[test].mean().rename(test).reset_index()
+    return ranking.merge(means, on=keys, how="left")
+
+
+def _ranked_runs(sweep: Sweep, ranking: pd.DataFrame, metric: str) -> list[str]:
+    """The runs a ranking counted: those of its statuses with a value of `metric`."""
+    statuses = (
+        RESULTS if "runs" not in ranking else [s for s in sweep.runs["status"].unique() if s != "damaged"]
+    )
+    runs = sweep.runs[sweep.runs["status"].isin(list(statuses)) & sweep.runs[metric].notna()]
+    return list(runs["run"])
+
+
+def _ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = sweep.rank(metric)
     if not ranking.empty:
         return _with_seed_count(sweep, ranking, RESULTS)
@@ -225,8 +280,17 @@ def _heatmap_pairs(sweep: Sweep) -> list[tuple[str, str]]:
     return [(a, b) if a == "lr" or b != "lr" else (b, a) for a, b in pairs][:MAX_HEATMAPS]
 
 
-def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[Drawn]:
-    """The lecture's figures for this sweep, one at a time (so a caller can save and drop each)."""
+def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]:
+    """The lecture's figures for this sweep, one at a time (so a caller can save and drop each).
+    `metric` (default: Sweep.selection_metric) picks the best configuration they are drawn at."""
+    metric = metric or sweep.selection_metric
+    split, metrics = sweep.split, curve_metrics(sweep)
+    held = "validation" if split == "val" else "test"
+    curve_text = (
+        "Train loss, validation loss (both log), validation and test accuracy"
+        if split == "val"
+        else "Train loss, test loss (both log) and test accuracy"
+    )
     ranking = ranking_for(sweep, metric)
     keys = sweep.group_keys
     with warnings.catch_warnings(record=True) as caught:  # a damaged steps.jsonl line: a note
@@ -261,11 +325,10 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             continue
         yield _draw(
             f"curves_by_{key}",
-            f"Train loss, test loss (both log) and test accuracy by `{key}`{_others(where)}. "
-            "Lines: the mean over seeds; bands: the seeds' range.",
+            f"{curve_text} by `{key}`{_others(where)}. Lines: the mean over seeds; bands: the seeds' range.",
             lambda part=part, key=key, where=where: plots.plot_curves(
                 _with_status(part),
-                metrics=CURVE_METRICS,
+                metrics=metrics,
                 hue=key,
                 keys=keys,
                 seed_key=sweep.seed_key,
@@ -275,8 +338,8 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     if not hue_keys:
         yield _draw(
             "curves",
-            "Train loss, test loss (both log) and test accuracy.",
-            lambda: plots.plot_curves(_with_status(sweep), metrics=CURVE_METRICS, seed_key=sweep.seed_key),
+            f"{curve_text}.",
+            lambda: plots.plot_curves(_with_status(sweep), metrics=metrics, seed_key=sweep.seed_key),
         )
 
     yield _lr_switch_figure(sweep, ranking)
@@ -286,9 +349,9 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
     where = describe(best)
     yield _draw(
         "loss_vs_accuracy",
-        f"Test loss, train loss and test accuracy of the best configuration ({where}); "
+        f"{held.capitalize()} loss, train loss and {held} accuracy of the best configuration ({where}); "
         "bands: the seeds' range.",
-        lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where),
+        lambda: plots.plot_loss_vs_accuracy(top.curves, seed_key=sweep.seed_key, title=where, split=split),
     )
     yield _distributions_figure("loss_distributions", top, "the best configuration", where)
     # The lecture's view of overfitting: the best configuration may not overfit (a small lr), so
@@ -300,7 +363,7 @@ def standard_figures(sweep: Sweep, metric: str = "final_test_acc") -> Iterator[D
             yield _distributions_figure(
                 "loss_distributions_most_overfit",
                 slice_at(sweep, most, []),
-                f"the configuration that overfits most (final test - train loss {gaps['mean'].iloc[-1]:.3g})",
+                f"the configuration that overfits most (final {held} - train loss {gaps['mean'].iloc[-1]:.3g})",
                 describe(most),
             )
 
@@ -381,102 +444,12 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
         lambda: plots.plot_lr_switch(
             part.curves,
             part.runs,
+            metrics=("train_loss", f"{sweep.split}_acc"),
             keys=sweep.group_keys,
             seed_key=sweep.seed_key,
             title=f"lr, then lr2{_paren(where)}",
         ),
     )
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def markdown_text(text: str) -> str:
-    """Text from a record shown as text in report.md: HTML's special characters and `$` escaped,
-    so a config value or label (`+tag='<img src=x onerror=...>'`) never becomes markup or math."""
-    return html.escape(str(text), quote=False).replace("$", "\\$")  # `$...$` is math on GitHub
-
-
-def _cell(value, column: str = "") -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if is_missing(value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return markdown_text(format_knob(str(column), value)).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
-    """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown. Cells are
-    text (escaped), a `_target_` named by its class."""
-    if frame.empty:
-        return "_none_\n"
-    shown = frame.head(max_rows)
-    columns = [str(c) for c in shown.columns]
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += [
-        "| " + " | ".join(_cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
-        for row in shown.itertuples(index=False)
-    ]
-    if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more row{'s' * (len(frame) - max_rows != 1)}{more}_")
-    return "\n".join(lines) + "\n"
-
-
-def exportable(frame: pd.DataFrame) -> pd.DataFrame:
-    """Tuples (list-valued knobs) as written on the command line, so CSV and parquet can hold them."""
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype == object:
-            out[column] = out[column].map(lambda v: None if is_missing(v) else format_value(v)).astype("str")
-    return out
-
-
-def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
-    """Per run: the loss/accuracy decoupling and the capacity verdict, next to its config."""
-    context = [c for c in CAPACITY_CONTEXT if c in sweep.runs and c not in sweep.group_keys]
-    finals = [c for c in ("final_train_acc", "final_test_acc") if c in sweep.runs]
-    base = sweep.runs[["run", "status", *sweep.group_keys, *context, *finals]].set_index("run")
-    if sweep.curves.empty:
-        return base.reset_index()
-    decoupling = loss_acc_decoupling(sweep.curves)
-    capacity = capacity_verdict(sweep.curves).drop(columns=["epochs_done"])
-    table = base.join(decoupling).join(capacity)
-    for flag in ("decoupled", "fits"):  # runs without a logged epoch have neither
-        table[flag] = table[flag].fillna(False).astype(bool)
-    if finals == ["final_train_acc", "final_test_acc"]:
-        table["state"] = [fit_state(a, b) for a, b in zip(table[finals[0]], table[finals[1]], strict=True)]
-    return table.reset_index()
-
-
-def _ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    ended = ["runs"] if "runs" in ranking else []  # no run completed: how they ended (ranking_for)
-    seeds = ["seeds"] if "seeds" in ranking else []  # some configuration repeats a seed
-    table = ranking[["rank", *keys, "n", *seeds, "mean", "std", "noise", "ci_lo", "ci_hi", *ended]].copy()
-    table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
-    return table
-
-
-def _capacity_by_config(diag: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    if "fits" not in diag:
-        return pd.DataFrame()
-    keys = keys + [c for c in CAPACITY_CONTEXT if c in diag and c not in keys]
-    grouped = diag.groupby(keys, dropna=False, sort=False) if keys else diag.groupby(lambda _: "all")
-    table = grouped.agg(
-        runs=("run", "size"),
-        fit=("fits", "sum"),
-        median_fit_epoch=("fit_epoch", "median"),
-        min_train_loss=("min_train_loss", "min"),
-        best_train_acc=("best_train_acc", "max"),
-        **{c: (c, "mean") for c in ("final_train_acc", "final_test_acc") if c in diag},
-    )
-    table["fit"] = [f"{int(f)}/{n}" for f, n in zip(table["fit"], table["runs"], strict=True)]
-    if {"final_train_acc", "final_test_acc"} <= set(table.columns):
-        table["state"] = [
-            fit_state(a, b) for a, b in zip(table["final_train_acc"], table["final_test_acc"], strict=True)
-        ]
-    return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
 
 
 # --------------------------------------------------------------------------- report.md
@@ -490,9 +463,11 @@ def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
 
 
 def write_report(
-    sweep: Sweep, out_dir: str | Path, metric: str = "final_test_acc", sources: Sequence[str | Path] = ()
+    sweep: Sweep, out_dir: str | Path, metric: str | None = None, sources: Sequence[str | Path] = ()
 ) -> Path:
-    """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md."""
+    """Write PNG figures, tables (CSV + parquet) and report.md into `out_dir`; returns report.md.
+    `metric` ranks and picks the best configuration (default: Sweep.selection_metric)."""
+    metric = metric or sweep.selection_metric
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keys = sweep.group_keys
@@ -524,19 +499,21 @@ def write_report(
         f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
         f"- {_status_line(sweep.runs, n_missing)}",
         f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
-        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`",
+        f"{counted(len(ranking), 'configuration')} ranked by `{metric}`"
+        + (f" ({split_note(sweep, metric)})" if split_note(sweep, metric) else ""),
         "",
     ]
-    md += ["## Runs", "", markdown_table(_runs_table(sweep), more=" in runs.csv")]
+    md += ["## Runs", "", markdown_table(runs_table(sweep), more=" in runs.csv")]
     md += ["## Problems", "", markdown_table(problems, more=" in problems.csv")]
     md += [
         f"## Ranking by `{metric}`",
         "",
-        _ranking_text(ranking),
+        ranking_text(ranking),
         "",
-        markdown_table(_ranking_table(ranking, keys), more=" in ranking.csv"),
+        markdown_table(ranking_table(ranking, keys, metric), more=" in ranking.csv"),
     ]
-    md += _diagnostics_section(sweep, diag, keys)
+    md += diagnostics_section(sweep, diag, keys)
+    md += study_section(sweep)
     md += ["## Figures", ""]
     for drawn in figures:
         if drawn.skipped:
@@ -550,98 +527,3 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
-
-
-def _ranking_text(ranking: pd.DataFrame) -> str:
-    text = (
-        "Mean over seeds with a 95% t-interval. `1=`: tied, i.e. the means differ by less than the "
-        "seed-to-seed std (`noise`: the tie threshold)"
-    )
-    if (ranking["n"] == 1).any():  # rank_configs always gives n
-        accuracy = ranking["noise"].where(ranking["std"].isna()).dropna().gt(0).any()
-        text += (
-            ", or, for a configuration of one seed, than its accuracy's binomial standard error over "
-            "the images it was measured on (no seed std to measure)"
-            if accuracy
-            else "; a configuration of one seed has no std, so its rank cannot tell a real difference "
-            "from noise"
-        )
-    text += "."
-    if "seeds" in ranking:
-        text += (
-            " **Repeated seeds**: where `seeds` < `n`, runs of one configuration share a seed (sweeps "
-            "combined that ran it twice); they are not independent samples, so the std and interval "
-            "understate the noise."
-        )
-    if "runs" in ranking:
-        text += (
-            " **No run completed**: configurations are ranked at their runs' last logged epoch, and "
-            "`runs` says how each ended."
-        )
-    return text
-
-
-def _runs_table(sweep: Sweep) -> pd.DataFrame:
-    columns = [
-        "run",
-        "status",
-        *sweep.varied,
-        "epochs_done",
-        "final_test_acc",
-        "best_test_acc",
-        "final_test_loss",
-        "min_test_loss",
-        "min_test_loss_epoch",
-        "final_gen_gap_acc",
-        "slurm_job_id",
-        "error",
-    ]
-    table = sweep.runs[[c for c in columns if c in sweep.runs]]
-    return table.dropna(axis=1, how="all")
-
-
-def _diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> list[str]:
-    md = ["## Diagnostics", ""]
-    if "decoupled" not in diag:
-        return md + ["_no epochs logged yet_", ""]
-    flagged = diag[diag["decoupled"]]
-    md += [
-        "### Test loss rises while test accuracy still improves",
-        "",
-        f"{len(flagged)} of {counted(len(diag), 'run')}: test accuracy peaks after the test-loss minimum "
-        "(gain >= 0.5 points after it, test loss >= 2% above its minimum at the accuracy peak).",
-        "",
-    ]
-    columns = [
-        "run",
-        *keys,
-        "min_test_loss_epoch",
-        "best_test_acc_epoch",
-        "acc_gain_after_min_loss",
-        "loss_rise_at_best_acc",
-    ]
-    md += [markdown_table(flagged[columns], max_rows=30, more=" in diagnostics.csv")]
-    md += [
-        "### Capacity: does the model fit its training set?",
-        "",
-        "`fit`: runs reaching train accuracy >= 99.9%, i.e. memorising their training set (the check "
-        "on a small subset: a net that cannot is too small). `state`, on the mean final accuracies "
-        f"(the check on the full set: the lecture's capacity neither over- nor underfits): underfits "
-        f"below {UNDERFIT_TRAIN_ACC:.0%} train accuracy, overfits when train accuracy exceeds test "
-        f"accuracy by more than {100 * OVERFIT_GAP:.0f} points.",
-        "",
-        markdown_table(_capacity_by_config(diag, keys), more=" in diagnostics.csv"),
-    ]
-    gaps = [c for c in ("final_gen_gap_loss", "final_gen_gap_acc") if c in sweep.runs]
-    if gaps:
-        done = sweep.runs[sweep.runs["status"].isin(RESULTS)]
-        stats = seed_aggregate(done, gaps, keys)
-        shown = stats[[*keys, *[f"{g}_mean" for g in gaps], f"{gaps[0]}_n"]]
-        md += [
-            "### Generalisation gap at the last epoch (completed and stopped_early runs)",
-            "",
-            "test - train loss, train - test accuracy; mean over seeds.",
-            "",
-            markdown_table(shown.rename(columns={f"{gaps[0]}_n": "n"}), more=""),
-        ]
-    return md

@@ -22,13 +22,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import train, validate
+from sweeper import objective, train, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base=None)
-def main(cfg: DictConfig) -> str:
+def main(cfg: DictConfig) -> str | float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> str:
         print(f"{summary['status']}: record in {hc.runtime.output_dir}", file=sys.stderr)
         if summary["status"] not in ("completed", "stopped_early"):  # stopped by its early stopping: a result
             raise SystemExit(1)
-    return summary["status"]
+    return objective.returned(cfg, summary)  # the status, or trainer.objective's value for Optuna
 
 
 # Hydra's flags with which nothing launches: the launcher's values do not matter then.

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
-from sweeper import processes, submitted
+from sweeper import objective, processes, submitted
 from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.train import (
     PENDING_HYDRA_FILES,
@@ -315,6 +315,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
             return  # the grid sweeper calls check_grid with the configs it composed, once each
+        if objective.optimizing(config):  # Optuna: no grid to list, its trials drawn as it goes
+            return objective.start_study(config, GlobalHydra.instance().hydra.config_loader)
         # Composed as the launcher will (the command line's hydra overrides applied), with
         # Hydra's part: a job's own sweep params (own_grid) are refused, not dropped.
         loader = GlobalHydra.instance().hydra.config_loader
@@ -340,6 +342,7 @@ class SweepCallback(Callback):
         pending = str(config.hydra.output_subdir or "")
         if pending.startswith(PENDING_HYDRA_FILES):
             as_written_in_place(sweep_dir / "multirun.yaml", pending)
+        objective.end_study(sweep_dir)  # an Optuna study's trials listed in sweep.json
         if not summarize(sweep_dir, ended=True):
             raise SystemExit(1)
 

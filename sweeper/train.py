@@ -403,7 +403,7 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
 # Keys whose change does not change what a resumed run computes. schedule._partial_: records
 # written before schedules were built as factories carry it.
-NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_"}
+NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_", "trainer.objective"}
 # Keys added after records were written, with the value that does what a record without the key
 # did: a resume of such a record compares them as that value, not as a different config.
 # trainer.diverge_factor is compared as its default (10), not as "none" as before it existed: an

@@ -310,6 +310,9 @@ def _check_trainer(cfg, n_train: int) -> None:
     for key in ("keep_sample_losses", "checkpoint", "resume", "log_steps"):
         boolean(cfg, f"trainer.{key}")
     _check_stopping(cfg)
+    from sweeper import objective
+
+    objective.check(cfg)  # trainer.objective (hydra/sweeper=optuna)
 
 
 def _check_stopping(cfg) -> None:

@@ -281,6 +281,73 @@ def write_sweep_json(
     (sweep_dir / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
 
 
+# --------------------------------------------------------------------------- validation split, more metrics
+
+SPLITS = ("train", "val", "test")
+
+
+def split_rows(
+    columns: dict[str, Sequence[float]],
+    lr: float = 0.1,
+    steps_per_epoch: int = 100,
+    epoch_time_s: float = 2.0,
+) -> list[dict]:
+    """metrics.jsonl rows with any `<split>_<m>` columns (train_loss, val_acc, test_top5, ...), in
+    the trainer's order: epoch, step, lr, train_*, val_*, test_*, samples, time_s, epoch_time_s."""
+    n = len(next(iter(columns.values())))
+    ordered = [c for split in SPLITS for c in columns if c.startswith(f"{split}_")]
+    return [
+        {
+            "epoch": e + 1,
+            "step": (e + 1) * steps_per_epoch,
+            "lr": lr,
+            **{c: float(columns[c][e]) for c in ordered},
+            "samples": (e + 1) * steps_per_epoch * 100,
+            "time_s": (e + 1) * epoch_time_s,
+            "epoch_time_s": epoch_time_s,
+        }
+        for e in range(n)
+    ]
+
+
+def split_summary(
+    rows: Sequence[dict], status: str = "completed", n_val: int = 0, metrics=("acc",), **extra
+) -> dict:
+    """summary.json as the trainer writes it for these rows: summary_record's fields plus n_val,
+    metrics, final_<col> for every column, and best_val_acc(_epoch) / min_val_loss(_epoch) with a
+    validation split."""
+    summary = summary_record(rows, status=status, n_val=n_val, metrics=list(metrics), **extra)
+    last = rows[-1] if rows else {}
+    summary.update({f"final_{k}": _json_value(v) for k, v in last.items() if k != "epoch"})
+    if n_val and rows:
+        val_acc = [(r["val_acc"], r["epoch"]) for r in rows if r.get("val_acc") is not None]
+        val_loss = [(r["val_loss"], r["epoch"]) for r in rows if r.get("val_loss") is not None]
+        best = max(val_acc, key=lambda p: p[0]) if val_acc else (None, None)
+        low = min(val_loss, key=lambda p: p[0]) if val_loss else (None, None)
+        summary.update(best_val_acc=best[0], best_val_acc_epoch=best[1])
+        summary.update(min_val_loss=low[0], min_val_loss_epoch=low[1])
+    return summary
+
+
+def write_split_run(
+    run_dir: Path,
+    columns: dict[str, Sequence[float]],
+    config_overrides: dict,
+    overrides: Sequence[str],
+    job_num: int,
+    n_val: int = 0,
+    status: str = "completed",
+) -> Path:
+    """A finished run whose metrics lines hold `columns` (with val_* when n_val > 0)."""
+    rows = split_rows(columns)
+    metrics = sorted({c.split("_", 1)[1] for c in columns if c != "train_loss" and not c.endswith("_loss")})
+    config = base_config(
+        **{"trainer.epochs": len(rows), "trainer.sample_loss_epochs": [], **config_overrides}
+    )
+    summary = split_summary(rows, status=status, n_val=n_val, metrics=metrics, epochs=len(rows))
+    return write_run(run_dir, config, rows, summary, job_record(overrides, job_num))
+
+
 # --------------------------------------------------------------------------- synthetic sweeps
 
 

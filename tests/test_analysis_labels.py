@@ -73,3 +73,46 @@ def test_html_in_a_config_value_is_text_in_report_md(tmp_path):
     md = write_report(sweep, tmp_path / "report").read_text()
     assert "<img" not in md
     assert "&lt;img src=x onerror=alert(1)&gt;" in md
+
+
+def _user_component_sweep(root, hydra_choices: bool):
+    """Two runs: the project's convnet, and a user's model, loss and data set by `_target_`, the
+    user's options without a `name:` key (conf/model/tiny_vgg.yaml, ...)."""
+    jobs = [["model=convnet"], ["model=tiny_vgg", "loss=focal", "data=pets"]]
+    write_sweep_json(root, jobs)
+    user = {"model": "mynets.vgg.TinyVGG", "loss": "mylosses.FocalLoss", "data": "mydata.Pets"}
+    for num, overrides in enumerate(jobs):
+        config = base_config(**{"trainer.epochs": 3})
+        config["loss"] = {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy"}
+        if num == 1:
+            for section, target in user.items():
+                config[section] = {"_target_": target, "width": 8}
+        data = metric_rows([2.0, 1.0, 0.5], [2.1, 1.5, 1.4], [0.3, 0.5, 0.6], [0.28, 0.45, 0.5 + 0.1 * num])
+        run_dir = write_run(root / str(num), config, data, summary_record(data), job_record(overrides, num))
+        if hydra_choices:
+            options = {"model": "tiny_vgg", "loss": "focal", "data": "pets"} if num else {"model": "convnet"}
+            choices = "".join(f"      {k}: {v}\n" for k, v in {"optim": "sgd", **options}.items())
+            (run_dir / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
+    return root
+
+
+def test_a_user_option_without_a_name_is_named_by_its_hydra_choice(tmp_path):
+    sweep = load_sweep(_user_component_sweep(tmp_path / "s", hydra_choices=True))
+    runs = sweep.runs.set_index("run")
+    assert runs.loc["1", "model.name"] == "tiny_vgg"
+    assert runs.loc["1", "loss.name"] == "focal" and runs.loc["1", "data.name"] == "pets"
+    assert runs.loc["0", "model.name"] == "convnet"  # the project's own option keeps its own
+    names = [d.name for d in standard_figures(sweep)]
+    assert "curves_by_model.name" in names and "curves_by_model._target_" not in names
+    md = write_report(sweep, tmp_path / "report").read_text()
+    assert "| tiny_vgg |" in md.split("## Runs")[1]
+
+
+def test_a_user_component_without_a_hydra_record_is_named_by_its_class(tmp_path):
+    """model, loss and data by `_target_` (optim and schedule: the test above this file's first)."""
+    sweep = load_sweep(_user_component_sweep(tmp_path / "s", hydra_choices=False))
+    assert {"model._target_", "loss._target_", "data._target_"} <= set(sweep.varied)
+    md = write_report(sweep, tmp_path / "report").read_text().split("## Runs")[1].split("## Problems")[0]
+    for name in ("TinyVGG", "FocalLoss", "Pets", "ConvNet", "CrossEntropyLoss"):
+        assert f"| {name} |" in md, name
+    assert "mynets.vgg" not in md
