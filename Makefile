@@ -1,11 +1,11 @@
-# The two commands of the README do their own set-up (pip install -e '.[test]').
+# The two commands of the README do their own set-up (pip install -e '.[test,optuna]').
 PYTHON ?= python3
 DEMO_DIR ?= outputs/multirun/demo
 
 .PHONY: setup demo test lint reproduce
 
 setup:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,optuna]'
 
 # A 6-job grid (lr x width) on the embedded synthetic data set, then its report.
 demo: setup
