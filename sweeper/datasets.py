@@ -314,10 +314,10 @@ def _without_checksums(cls):
     return type(cls.__name__, (cls,), attrs)
 
 
-def _splits(kind: str, cls, root: Path, download: bool = False):
+def _splits(kind: str, cls, root: Path, download: bool = False, splits=("train", "test")):
     if kind == "svhn":
-        return [cls(str(root), split=s, download=download) for s in ("train", "test")]
-    return [cls(str(root), train=t, download=download) for t in (True, False)]
+        return [cls(str(root), split=s, download=download) for s in splits]
+    return [cls(str(root), train=s == "train", download=download) for s in splits]
 
 
 def _torchvision(kind: str, src: Path) -> dict:
@@ -384,7 +384,8 @@ def _download(kind: str, src: Path) -> None:
     start, bar = time.perf_counter(), tv_utils.tqdm
     tv_utils.tqdm = _Quiet
     try:
-        _splits(kind, cls, tmp, download=True)
+        # SVHN's splits are files of their own; the others' one archive holds both
+        _splits(kind, cls, tmp, download=True, splits=("train", "test") if kind == "svhn" else ("train",))
         for entry in tmp.iterdir():
             if not (src / entry.name).exists():
                 os.rename(entry, src / entry.name)
