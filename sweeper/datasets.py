@@ -215,9 +215,23 @@ def train_count(kind: str, root) -> int:
     release's for torchvision's sets (the job counts the real files again)."""
     src = expand(root)
     if not _is_archive_path(src) and _find_format(kind, src) == "folder":
-        classes = _tree_classes(src, CIFAR10_CLASSES if kind == "cifar10" else None)
-        return len(_tree_samples(src / "train", classes))
+        return len(_listing(kind, src)[1])
     return TORCHVISION[kind].sizes[0] if kind in TORCHVISION else 0
+
+
+_LISTED: dict[tuple, tuple] = {}
+
+
+def _listing(kind: str, src: Path) -> tuple[list[str], list, list]:
+    """(classes, train samples, test samples) of a tree, listed once per process while no folder
+    of it changes (the pre-check of every job, each load's cache key)."""
+    classes = _tree_classes(src, CIFAR10_CLASSES if kind == "cifar10" else None)
+    folders = [src / split / c for split in ("train", "test") for c in classes]
+    key = (kind, str(src.resolve()), *(f.stat().st_mtime_ns if f.is_dir() else None for f in folders))
+    if key not in _LISTED:
+        _LISTED.clear()  # the last tree only
+        _LISTED[key] = (classes, *(_tree_samples(src / split, classes) for split in ("train", "test")))
+    return _LISTED[key]
 
 
 def _files(kind: str, root, download: bool, cache_dir) -> dict:
@@ -273,8 +287,8 @@ def _source_files(kind: str, src: Path) -> list[str]:
     if _is_archive_path(src):
         return [str(src)]
     if _find_format(kind, src) == "folder":
-        classes = _tree_classes(src, CIFAR10_CLASSES if kind == "cifar10" else None)
-        return [p for split in ("train", "test") for p, _ in _tree_samples(src / split, classes)]
+        _, train, test = _listing(kind, src)
+        return [p for p, _ in train + test]
     return [str(src / f) for f in TORCHVISION[kind].files]
 
 
@@ -471,10 +485,9 @@ def _described_image(x: np.ndarray) -> str:
 def _tree(src: Path, kind: str) -> dict:
     """An ImageFolder tree: every image of one size and all grey or all colour (stacked as they are)."""
     cifar = kind == "cifar10"
-    classes = _tree_classes(src, CIFAR10_CLASSES if cifar else None)
+    classes, *listed = _listing(kind, src)
     out, first = {}, None
-    for split in ("train", "test"):
-        samples = _tree_samples(src / split, classes)
+    for split, samples in zip(("train", "test"), listed, strict=True):
         images = []
         for path, _ in samples:
             x = _decode_image(path, rgb=cifar)
@@ -500,9 +513,7 @@ def folder_extent(root, extent):
 
     if root_problem(root) or _is_archive_path(expand(root)):
         return None
-    src = expand(root)
-    classes = _tree_classes(src, None)
-    train, test = (_tree_samples(src / split, classes) for split in ("train", "test"))
+    classes, train, test = _listing("image_folder", expand(root))
     with Image.open(train[0][0]) as im:
         width, height = im.size
         channels = 1 if im.mode in GREY_MODES else 3

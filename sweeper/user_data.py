@@ -28,6 +28,9 @@ def target_arguments(cfg) -> dict:
     return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OWN_KEYS}
 
 
+_MEMO: dict[str, dict] = {}
+
+
 def user_dataset(cfg) -> dict:
     """A user's `_target_` called with its keys, its (train, test) materialised once as uint8
     tensors and cached, keyed by the target, its arguments and its module file."""
@@ -74,7 +77,10 @@ def user_dataset(cfg) -> dict:
         return data_cache.labelled(arrays, classes, f"data._target_={target}")
 
     lock = None if cache is None else cache.with_suffix(".lock")
-    return data_cache.cached(lambda: cache, make, lock)
+    if key not in _MEMO:  # the pre-check asks for it per job, the load once more
+        _MEMO.clear()  # the last data set only
+        _MEMO[key] = data_cache.cached(lambda: cache, make, lock)
+    return _MEMO[key]
 
 
 def _as_uint8(x, where: str) -> torch.Tensor:

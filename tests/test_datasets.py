@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sweeper import data as data_module
-from sweeper import footprint, validate
+from sweeper import footprint, user_data, validate
 from tests.conftest import compose_cfg, run_cli
 
 
@@ -232,7 +232,8 @@ def test_a_user_target_of_float_tensors_is_materialised_once_into_the_uint8_cach
     assert d.train_x.dtype == torch.uint8 and d.train_x.shape == (12, 3, 10, 10)
     assert torch.equal(d.train_x, (x * 255).round().to(torch.uint8))
     assert d.classes == ["0", "1", "2", "3"]  # no `classes`: as many as the labels say
-    data_module._MEMO.clear()
+    data_module._MEMO.clear()  # a fresh process: only the cache file is left
+    user_data._MEMO.clear()
     CALLS.clear()
     again = data_module.load(user_cfg(tmp_path, "tests.test_datasets.tensor_pair", n=12))
     assert CALLS == [] and torch.equal(again.train_x, d.train_x)  # read from the cache
