@@ -214,9 +214,11 @@ def train_count(kind: str, root) -> int:
     """The training set's image count as the pre-check knows it: counted in a folder, the
     release's for torchvision's sets (the job counts the real files again)."""
     src = expand(root)
-    if not _is_archive_path(src) and _find_format(kind, src) == "folder":
+    if _is_archive_path(src):
+        return _scan_archive(src) or TORCHVISION["cifar10"].sizes[0]  # images counted, or CIFAR-10's batches
+    if _find_format(kind, src) == "folder":
         return len(_listing(kind, src)[1])
-    return TORCHVISION[kind].sizes[0] if kind in TORCHVISION else 0
+    return TORCHVISION[kind].sizes[0]
 
 
 _LISTED: dict[tuple, tuple] = {}
@@ -523,22 +525,29 @@ def folder_extent(root, extent):
 # ----------------------------------------------------------------------------- archives
 
 
-_SCANNED: dict[tuple, str | None] = {}
+_SCANNED: dict[tuple, tuple[str | None, int]] = {}
 
 
-def _scan_archive(src: Path) -> None:
-    """The pre-check's look into an archive (member names only), once per process and version."""
+def _scan_archive(src: Path) -> int:
+    """The pre-check's look into an archive (member names only), once per process and version:
+    its training images' count (0 for CIFAR-10's batches), or DataError."""
     stat = src.stat()
     key = (str(src.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SCANNED:
         try:
             with tarfile.open(src) as tar:
                 names = [m.name for m in tar if m.isfile()]
-            _SCANNED[key] = None if _archive_layout(names) else f"{src} holds neither cifar-10-batches-py/ (data_batch_1..5, test_batch) nor train/<class>/<image> and test/<class>/<image> files"  # fmt: skip
+            train = sum(
+                1 for n in names if n.count("/") >= 2 and n.split("/")[-3] == "train" and _is_image(n)
+            )
+            problem = None if _archive_layout(names) else f"{src} holds neither cifar-10-batches-py/ (data_batch_1..5, test_batch) nor train/<class>/<image> and test/<class>/<image> files"  # fmt: skip
+            _SCANNED[key] = (problem, train)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            _SCANNED[key] = f"{src} is truncated or damaged ({_described(e)}); copy or download it again"
-    if _SCANNED[key]:
-        raise DataError(_SCANNED[key])
+            _SCANNED[key] = (f"{src} is truncated or damaged ({_described(e)}); copy or download it again", 0)
+    problem, train = _SCANNED[key]
+    if problem:
+        raise DataError(problem)
+    return train
 
 
 def _archive_layout(names) -> bool:

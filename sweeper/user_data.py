@@ -111,7 +111,7 @@ def _materialised(part, where: str) -> tuple[torch.Tensor, torch.Tensor]:
             image, label = part[i]
             if hasattr(image, "mode"):  # a PIL image: grey modes keep 1 channel
                 grey = image.mode in GREY_MODES
-                pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
+                pixels = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)  # a writable copy
                 image = torch.from_numpy(pixels[None] if grey else pixels.transpose(2, 0, 1).copy())
             image = _as_uint8(image, f"{where}, item {i}")
             images.append(image[None] if image.dim() == 2 else image)

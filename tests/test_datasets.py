@@ -168,6 +168,19 @@ def test_a_tree_of_mixed_sizes_or_mixed_grey_and_colour_is_refused_naming_a_file
         load("image_folder", tmp_path / "t", tmp_path)
 
 
+def test_a_tree_in_a_tar_gz_is_read_and_counted_by_the_pre_check(tmp_path):
+    import tarfile
+
+    write_tree(tmp_path / "t", ["a", "b", "c"], (10, 10), "L", per_class=(4, 1))
+    archive = tmp_path / "shapes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "t", arcname="shapes")
+    d, cfg = load("image_folder", archive, tmp_path, "data.val_size=3")
+    assert d.train_x.shape == (9, 1, 10, 10) and len(d.val_y) == 3 and d.classes == ["a", "b", "c"]
+    assert data_module.check(cfg) == 9
+    assert not list((tmp_path / "cache").glob(".extract-*"))  # the extraction is gone
+
+
 def test_a_test_class_the_training_set_lacks_and_a_missing_root_are_refused(tmp_path):
     write_tree(tmp_path / "t", ["a", "b"], (8, 8), "L")
     (tmp_path / "t/test/c").mkdir()
