@@ -340,6 +340,9 @@ def _torchvision(kind: str, src: Path) -> dict:
     import torchvision.datasets
 
     spec = TORCHVISION[kind]
+    missing = _missing(kind, src)
+    if missing:  # named here: torchvision would say "not found or corrupted"
+        raise DataError(f"{src} lacks {', '.join(missing)} of {spec.label} in torchvision's layout")
     if kind == "svhn":
         try:
             import scipy.io  # noqa: F401 -- torchvision reads SVHN's .mat files with it
@@ -581,6 +584,6 @@ def _archive(kind: str, src: Path, where: Path | None) -> dict:
             "train/<class>/<image> and test/<class>/<image> files"
         )
     except DataError as e:
-        raise DataError(str(e).replace(f"{scratch}/", f"{src}: ")) from None
+        raise DataError(str(e).replace(f"{scratch}/", f"{src}: ").replace(str(scratch), str(src))) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # our own extraction only

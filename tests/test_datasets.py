@@ -348,3 +348,17 @@ def test_a_data_set_too_large_for_the_machine_is_refused_naming_it_and_the_limit
     assert need.data == 70_000 * 784 * 5  # uint8 as loaded, and its float32 copy
     with pytest.raises(validate.ConfigError, match=r"^data=mnist is too large for this machine: .* 100.0 MiB available$"):  # fmt: skip
         validate.check_device(cfg)
+
+
+def test_an_archive_of_the_python_batches_without_batches_meta_names_the_missing_file(tmp_path):
+    import tarfile
+
+    from tests.test_data import write_python_batches
+
+    write_python_batches(tmp_path / "tv")
+    (tmp_path / "tv/cifar-10-batches-py/batches.meta").unlink()
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tv/cifar-10-batches-py", arcname="cifar-10-batches-py")
+    with pytest.raises(data_module.DataError, match=r"cifar.tar.gz lacks cifar-10-batches-py/batches.meta of CIFAR-10"):  # fmt: skip
+        data_module.cifar10(str(archive), False, str(tmp_path / "cache"))
