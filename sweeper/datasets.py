@@ -211,14 +211,13 @@ def source_problem(kind: str, root, download: bool, cache_dir) -> str | None:
 
 
 def train_count(kind: str, root) -> int:
-    """The training set's image count as the pre-check knows it: counted in a folder, the
-    release's for torchvision's sets (the job counts the real files again)."""
+    """The training set's image count as the pre-check knows it: counted in an ImageFolder tree
+    or archive, the release's for torchvision's sets, CIFAR-10's in any of its layouts (the job
+    counts the real images again)."""
+    if kind in TORCHVISION:
+        return TORCHVISION[kind].sizes[0]
     src = expand(root)
-    if _is_archive_path(src):
-        return _scan_archive(src) or TORCHVISION["cifar10"].sizes[0]  # images counted, or CIFAR-10's batches
-    if _find_format(kind, src) == "folder":
-        return len(_listing(kind, src)[1])
-    return TORCHVISION[kind].sizes[0]
+    return _scan_archive(src) if _is_archive_path(src) else len(_listing(kind, src)[1])
 
 
 _LISTED: dict[tuple, tuple] = {}
