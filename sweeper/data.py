@@ -121,7 +121,10 @@ def val_count(val_size, n: int, where: str = "the training set") -> tuple[int, s
             return 0, f"data.val_size={val_size} is invalid: {allowed} (a count is an integer)"
         count = round(val_size * n)
         if count == 0:
-            return 0, f"data.val_size={val_size} is invalid: it holds out no image of the {n} images of {where}"
+            return (
+                0,
+                f"data.val_size={val_size} is invalid: it holds out no image of the {n} images of {where}",
+            )
     else:
         if val_size < 1:
             return 0, f"data.val_size={val_size} is invalid: {allowed}"
