@@ -6,8 +6,9 @@ allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.n_trai
 
 - the parameters in float32, their gradients and the optimizer's state (SGD's momentum buffer,
   Adam's two moments); the net is built on the host first, so its weights pass through there too;
-- the data set: its uint8 copy and the float32 copy that `data.stage` normalises once (5 bytes
-  a value), on the training device, and on the host while it is loaded;
+- the data set (any source: its extent is read from its config and a look at its files): its
+  uint8 copy and the float32 copy that `data.stage` normalises once (5 bytes a value), on the
+  training device, and on the host while it is loaded;
 - one batch's activations: every layer's output for a training batch (kept for the backward),
   or the widest layer's input and output for an evaluation batch, whichever is larger.
 
@@ -99,6 +100,16 @@ def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     return f"model.channels={_shown(channels)}"
 
 
+def _input(cfg: DictConfig) -> tuple[int, int | tuple[int, int], int]:
+    """(in_channels, image_size, num_classes) as training will pass them, from the data's extent
+    (CIFAR's where it is unknown before loading)."""
+    ext = data_module.extent(cfg.data)
+    if ext is None:
+        return 3, data_module.IMAGE_SIZE, 10
+    c, h, w = ext.shape
+    return c, h if h == w else (h, w), ext.classes
+
+
 def meta_net(cfg: DictConfig) -> torch.nn.Module | None:
     """The run's net built on torch's meta device: shapes, no memory. None where it cannot be
     built so (a `_target_` of the user's own, say: the run then speaks for itself); Unsizable for
@@ -109,8 +120,9 @@ def meta_net(cfg: DictConfig) -> torch.nn.Module | None:
     if isinstance(layers, int) and layers > MAX_LAYERS:
         return None  # building it, even on the meta device, would take minutes (about 0.5 ms a layer)
     try:
+        channels, image_size, classes = _input(cfg)
         with torch.device("meta"):
-            return build.model(cfg, 3, data_module.IMAGE_SIZE, 10).eval()
+            return build.model(cfg, channels, image_size, classes).eval()
     except Exception as e:  # noqa: BLE001 -- an estimate must never refuse a run it cannot read
         why = str(e.__cause__ or e)
         if "overflow" in why.lower():  # "Storage size calculation overflowed", "Overflow when unpacking"
@@ -118,33 +130,24 @@ def meta_net(cfg: DictConfig) -> torch.nn.Module | None:
         return None
 
 
-def estimate(cfg: DictConfig) -> Footprint | None:
-    """The run's footprint, from its config alone; None where its net cannot be built on the meta
-    device (see meta_net)."""
+def estimate(cfg: DictConfig) -> Footprint:
+    """The run's footprint, from its config alone. Where its net cannot be built on the meta
+    device (see meta_net) its parts count as 0: the data set is still held to the limit."""
     from sweeper import models
 
     net = meta_net(cfg)
-    if net is None:
-        return None
-    per_sample_outputs, widest = models.activations(net)
-    features = sum(p.numel() for p in net.features.parameters()) if hasattr(net, "features") else 0
-    params = sum(p.numel() for p in net.parameters())
-    states = OPTIMIZER_STATES.get(str(cfg.optim.name), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0)
-    model_key = _model_key(cfg, head_heavier=features < params - features)
+    params = features = per_sample_outputs = widest = states = 0
+    if net is not None:
+        per_sample_outputs, widest = models.activations(net)
+        features = sum(p.numel() for p in net.features.parameters()) if hasattr(net, "features") else 0
+        params = sum(p.numel() for p in net.parameters())
+        states = OPTIMIZER_STATES.get(
+            str(cfg.optim.name), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0
+        )
+    # a net not built here is not sized, and may have no widths to name
+    model_key = _model_key(cfg, features < params - features) if net is not None else "the model"
 
-    n_train = data_module.dataset_size(cfg.data)
-    used = int(cfg.data.train_size) if cfg.data.get("train_size") is not None else n_train
-    n_test = int(cfg.data.n_test) if cfg.data.name == "synthetic" else data_module.CIFAR10_SIZES["test"]
-    value_count = 3 * data_module.IMAGE_SIZE**2
-    # The set as loaded (uint8, before any subset) and its staged float32 copy (after).
-    data_bytes = (n_train + n_test) * value_count + (used + n_test) * value_count * (STAGED - 1)
-    if cfg.data.name != "synthetic":
-        data_key = f"data={cfg.data.name}"
-    elif n_train >= n_test:
-        data_key = f"data.n_train={n_train}"
-    else:
-        data_key = f"data.n_test={n_test}"
-
+    data_bytes, data_key, value_count = _data_bytes(cfg.data)
     batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     value = 2 if cfg.trainer.get("precision") == "bf16" else VALUE  # autocast's activations are bf16
     train = (value_count + per_sample_outputs) * batch * value
@@ -161,6 +164,26 @@ def estimate(cfg: DictConfig) -> Footprint | None:
         data_key=data_key,
         activations_key=activations_key,
     )
+
+
+def _data_bytes(d: DictConfig) -> tuple[int, str, int]:
+    """(bytes, the knob that sizes them, values per image) of the data set on the device: the
+    set as loaded (uint8, before the split and any subset) and the staged float32 copy of what
+    the run keeps (training part, validation split and test set). 0 where its extent is unknown."""
+    ext = data_module.extent(d)
+    if ext is None:
+        return 0, f"data={d.get('name')}", 3 * data_module.IMAGE_SIZE**2
+    value_count = math.prod(ext.shape)
+    n_val = data_module.val_count(d.get("val_size"), ext.n_train)[0]
+    kept = int(d.train_size) + n_val if d.get("train_size") is not None else ext.n_train
+    data_bytes = (ext.n_train + ext.n_test) * value_count + (kept + ext.n_test) * value_count * (STAGED - 1)
+    if d.get("_target_"):
+        key = f"data._target_={d._target_}"
+    elif d.name != "synthetic":
+        key = f"data.root={d.root}" if d.name == "image_folder" else f"data={d.name}"
+    else:
+        key = f"data.n_train={ext.n_train}" if ext.n_train >= ext.n_test else f"data.n_test={ext.n_test}"
+    return data_bytes, key, value_count
 
 
 def host_available() -> int | None:
@@ -196,8 +219,6 @@ def problem(cfg: DictConfig, trains_on: str) -> str | None:
     """One line naming the knob that makes the run too large for `trains_on` (cpu, cuda, cuda:N,
     mps), with the estimate and the limit; None where it may fit or nothing is known."""
     need = estimate(cfg)
-    if need is None:
-        return None
     host = host_available()
     device = torch.device(trains_on)
     if device.type == "cuda":

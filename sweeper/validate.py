@@ -210,28 +210,7 @@ def _check_schedule(cfg, epochs: int) -> None:
 
 
 def _check_data(cfg) -> int:
-    name = choice(cfg, "data.name", DATASETS)
-    boolean(cfg, "data.normalize")
-    boolean(cfg, "data.augment")
-    number(cfg, "data.seed", low=0, high=2**64 - 1, integer=True)  # torch.Generator.manual_seed's range
-    cache_dir = _get(cfg, "data.cache_dir")
-    if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()):
-        raise ConfigError(
-            f"data.cache_dir={cache_dir!r} is invalid: must be a directory, or null for no cache"
-        )
-    if name == "synthetic":
-        number(cfg, "data.n_train", low=1, integer=True)
-        number(cfg, "data.n_test", low=1, integer=True)
-        number(cfg, "data.label_noise", low=0, high=1)
-    else:
-        root = _get(cfg, "data.root")
-        problem = data_module.source_problem(root, boolean(cfg, "data.download"), cache_dir)
-        if problem:
-            raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {problem}")
-    size = data_module.dataset_size(cfg.data)
-    if _get(cfg, "data.train_size") is not None:
-        return number(cfg, "data.train_size", low=1, high=size, integer=True)
-    return size
+    return data_module.check(cfg)
 
 
 def _check_model(cfg) -> None:

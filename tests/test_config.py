@@ -37,8 +37,14 @@ def test_a_thread_count_of_auto_or_a_whole_number_is_accepted(threads):
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
-def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose_cfg(f"{group}={option}", "trainer.epochs=50")
+def test_every_group_option_composes_and_validates(group, option, tmp_path):
+    extra = []
+    if option == "image_folder":  # the one option with no default place: a tree of its own
+        from tests.test_datasets import write_tree
+
+        write_tree(tmp_path, ["a", "b"], (8, 8), "L", per_class=(25, 1))
+        extra = [f"data.root={tmp_path}"]
+    cfg = compose_cfg(f"{group}={option}", "trainer.epochs=50", *extra)
     assert group == "trainer" or cfg[group].name == option
     validate.check(cfg)
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from sweeper import data as data_module
+from sweeper import data_cache, datasets
 from tests.conftest import REPO, compose_cfg
 
 N_PER_CLASS = {"train": 3, "test": 2}
@@ -43,6 +44,7 @@ def write_python_batches(root):
         (base / f"data_batch_{i}").write_bytes(pickle.dumps(entry))
     tx, ty = fake_images("test", 1)
     (base / "test_batch").write_bytes(pickle.dumps({"labels": ty.tolist(), "data": tx.reshape(len(ty), -1)}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": data_module.CIFAR10_CLASSES}))
     return (x, y), (tx, ty)
 
 
@@ -103,10 +105,10 @@ def test_decoded_images_are_cached_and_the_cache_is_reused(tmp_path, monkeypatch
     first = data_module.cifar10(str(tmp_path / "cifar"), False, str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 1
 
-    def no_decoding(src):
+    def no_decoding(*args):
         raise AssertionError("decoded again although a cache exists")
 
-    monkeypatch.setattr(data_module, "_decode", no_decoding)
+    monkeypatch.setattr(datasets, "_decode", no_decoding)
     second = data_module.cifar10(str(tmp_path / "cifar"), False, str(tmp_path / "cache"))
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
@@ -156,12 +158,12 @@ def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
     (cache,) = tmp_path.glob("synthetic-*.pt")
     marked = torch.load(cache, weights_only=True)
     marked["train_y"] = torch.full_like(marked["train_y"], 7)
-    data_module._store(cache, {k: marked[k] for k in data_module.ARRAY_KEYS})  # with a valid checksum
+    data_cache.store(cache, {k: marked[k] for k in (*data_cache.ARRAY_KEYS, "classes")})  # a valid checksum
     again = data_module.synthetic_cached(200, 50, 3, 0.1, str(tmp_path))
     assert (again[1] == 7).all()  # read from the file, not generated again
     data_module.synthetic_cached(200, 50, 4, 0.1, str(tmp_path))  # another seed: another file
     assert len(list(tmp_path.glob("synthetic-*.pt"))) == 2
-    assert data_module._cache_file(None, "synthetic-x.pt") is None  # cache_dir null: no file at all
+    assert data_cache.cache_file(None, "synthetic-x.pt") is None  # cache_dir null: no file at all
     assert len(data_module.synthetic_cached(20, 5, 3, 0.1, None)[1]) == 20
 
 
@@ -245,7 +247,7 @@ def load_cifar(root, cache):
 
 
 def test_cache_is_made_again_when_a_read_file_or_the_decoder_changes(tmp_path, monkeypatch):
-    """The key covers every file decoding reads (name, size, mtime) and the decoder's version."""
+    """The key covers every file decoding reads (name, size, mtime) and the readers' format version."""
     write_image_folder(tmp_path / "tree")
     load_cifar(tmp_path / "tree", tmp_path / "cache")
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "tree/train/airplane/0000.png")
@@ -263,12 +265,12 @@ def test_cache_is_made_again_when_a_read_file_or_the_decoder_changes(tmp_path, m
     batch.write_bytes(pickle.dumps(entry))
     assert load_cifar(tmp_path / "pyb", tmp_path / "cache")[1][:6].tolist() == [9] * 6
 
-    monkeypatch.setattr(data_module, "_decoder_version", lambda: "a fixed decoder")
+    monkeypatch.setattr(data_cache, "FORMAT_VERSION", data_cache.FORMAT_VERSION + 1)
     decoded = []
-    real = data_module._decode
-    monkeypatch.setattr(data_module, "_decode", lambda src: decoded.append(src) or real(src))
+    real = datasets._decode
+    monkeypatch.setattr(datasets, "_decode", lambda *args: decoded.append(args) or real(*args))
     load_cifar(tmp_path / "pyb", tmp_path / "cache")
-    assert decoded  # another decoder: decoded again
+    assert decoded  # another format version: decoded again
 
 
 def test_folder_labels_follow_the_class_names_and_a_tree_without_the_10_classes_is_refused(tmp_path):
@@ -277,7 +279,10 @@ def test_folder_labels_follow_the_class_names_and_a_tree_without_the_10_classes_
     for f in (tmp_path / "tree/test/truck").iterdir():
         f.unlink()
     (tmp_path / "tree/test/truck").rmdir()
-    with pytest.raises(data_module.DataError, match=r"tree/test must hold exactly .*; missing: truck$") as e:
+    with pytest.raises(
+        data_module.DataError,
+        match=r"tree/test must hold exactly .*; missing: truck \(data=image_folder reads other trees\)$",
+    ) as e:
         load_cifar(tmp_path / "tree", tmp_path / "cache")
     assert "\n" not in str(e.value)
     (tmp_path / "tree/test/truck").mkdir()
@@ -296,15 +301,18 @@ def test_a_train_size_larger_than_the_real_training_set_is_refused(tmp_path):
 
 
 def fake_downloader(calls, delay=0.0):
-    """Stands in for torchvision.datasets.CIFAR10: a progress bar as torchvision's, then the batches."""
+    """Stands in for torchvision.datasets.CIFAR10's download: a progress bar as torchvision's, then the batches."""
     import time
 
     import torchvision
 
-    class FakeCIFAR10:
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):
         url = "http://example.invalid/cifar-10-python.tar.gz"
 
-        def __init__(self, root, train, download):
+        def __init__(self, root, train=True, download=False):
+            if not download:  # reading: torchvision's own
+                super().__init__(root, train=train)
+                return
             calls.append(root)
             with torchvision.datasets.utils.tqdm(total=100, unit="B") as bar:
                 for _ in range(100):
@@ -346,13 +354,11 @@ def test_a_valid_cache_in_a_read_only_dir_is_read(tmp_path, monkeypatch):
     write_python_batches(tmp_path / "cifar")
     first = load_cifar(tmp_path / "cifar", tmp_path / "cache")
     (tmp_path / "cache").chmod(0o555)
-    # as root chmod stops nothing: say "not writable" the way the old code asked
-    monkeypatch.setattr(data_module.os, "access", lambda path, mode: mode != os.W_OK)
 
-    def no_decoding(src):
+    def no_decoding(*args):
         raise AssertionError("decoded again although a readable cache exists")
 
-    monkeypatch.setattr(data_module, "_decode", no_decoding)
+    monkeypatch.setattr(datasets, "_decode", no_decoding)
     try:
         again = load_cifar(tmp_path / "cifar", tmp_path / "cache")
     finally:
@@ -379,9 +385,9 @@ def test_a_damaged_cache_is_detected_and_made_again(tmp_path, caplog):
     train_x = load_cifar(tmp_path / "cifar", tmp_path / "cache")[0]
     assert torch.equal(train_x, torch.from_numpy(x)) and "checksum mismatch" in caplog.text
     arrays = torch.load(cache, weights_only=True)
-    assert data_module._cache_problem(arrays) is None  # and rewritten whole
+    assert data_cache.cache_problem(arrays) is None  # and rewritten whole
     arrays["train_y"][0] = 12  # a valid checksum over a bad label: the range check sees it
-    data_module._store(cache, {k: arrays[k] for k in data_module.ARRAY_KEYS})
+    data_cache.store(cache, {k: arrays[k] for k in (*data_cache.ARRAY_KEYS, "classes")})
     assert load_cifar(tmp_path / "cifar", tmp_path / "cache")[1][0] == 0
     assert "labels outside 0..9" in caplog.text
 
@@ -453,6 +459,8 @@ def test_augment_pads_with_black_whether_or_not_the_data_is_normalised():
         d = data_module.Data(
             white,
             torch.zeros(64, dtype=torch.int64),
+            white[:0],
+            torch.zeros(0, dtype=torch.int64),
             white[:1],
             torch.zeros(1, dtype=torch.int64),
             [],

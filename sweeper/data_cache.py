@@ -1,0 +1,243 @@
+"""The decoded-data cache: a data set's uint8 tensors in one file, so the jobs of a sweep read it
+instead of decoding 60k images each.
+
+A cache file is keyed by what it was made from (the name, size and modification time of every
+source file, or the arguments of a generator) and by FORMAT_VERSION, which is raised whenever the
+readers change what they make of the same files. One lock per source serialises the download and
+the decoding: the jobs that start together wait for the first one instead of racing it. A cache is
+only ever a shortcut: a damaged file is made again, and a full disk or a read-only directory leaves
+the run with its arrays and a warning, not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("sweeper")
+
+# Raise when a reader changes what it makes of the same source files: older caches are then unused.
+FORMAT_VERSION = 2
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
+# A writer killed mid-save (SIGKILL, power loss) leaves its temp file; another writer removes it
+# once it is this old, so a slow writer on another host sharing the cache dir is never cut short.
+STALE_TEMP_S = 24 * 3600
+
+
+class DataError(RuntimeError):
+    """The data cannot be found or read; the message says where to put it."""
+
+
+def first_line(e: BaseException) -> str:
+    """An error's message in one line: its first (the type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _described(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def expand(path) -> Path:
+    return Path(os.path.expanduser(str(path)))
+
+
+def files_key(paths, base: Path) -> str:
+    """The name (relative to `base`), size and modification time of each file: an edited, added
+    or removed file gives another key."""
+    parts = []
+    for path in paths:
+        name = str(path)[len(str(base)) :]
+        try:
+            stat = os.stat(path)
+        except OSError:  # missing: the reader says so, by name
+            parts.append(f"{name}|missing")
+            continue
+        parts.append(f"{name}|{stat.st_size}|{stat.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+_WARNED: set[str] = set()
+
+
+def directory(cache_dir) -> Path | None:
+    """The cache dir, made if missing; None (and one warning per process) if it is not a directory."""
+    if cache_dir is None:
+        return None
+    path = expand(cache_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # /dev/null, a file, a read-only parent: the run goes on, uncached
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            log.warning(
+                "data.cache_dir=%s is not a usable directory (%s); every process decodes the data itself",
+                cache_dir,
+                type(e).__name__,
+            )
+        return None
+    return path
+
+
+def cache_file(cache_dir, name: str) -> Path | None:
+    """cache_dir/name, or None when there is no cache dir. A read-only dir still serves reads."""
+    where = directory(cache_dir)
+    return None if where is None else where / name
+
+
+@contextlib.contextmanager
+def locked(path: Path | None):
+    """An exclusive flock on `path` for the block; none where it cannot be made (no cache dir, a
+    read-only one: nothing gets written there then, so there is nothing to serialise)."""
+    handle = None
+    if path is not None:
+        try:
+            handle = open(path, "a")  # noqa: SIM115 - held for the block
+        except OSError:
+            handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def cached(cache_path, make, lock: Path | None) -> dict:
+    """The arrays in the cache file, or make() them once and store them there (atomically).
+
+    `cache_path` is called again under the lock: a download that finished meanwhile changes the
+    key. One job makes the arrays while the others of a sweep (pool workers, array tasks) wait.
+    """
+    first = cache_path()
+    arrays = read(first)
+    if arrays is not None:
+        return arrays
+    with locked(lock):
+        cache = cache_path()
+        arrays = read(cache, warn=cache != first)  # one warning for one damaged file
+        if arrays is None:
+            arrays = make()
+            arrays = {**{k: arrays[k].contiguous() for k in ARRAY_KEYS}, "classes": list(arrays["classes"])}
+            store(cache, arrays)
+        return arrays
+
+
+def _checksums(arrays: dict) -> dict[str, int]:
+    # crc32 of the bytes: ~45 ms for CIFAR-10's 185 MB on a 2-core VM, half a warm torch.load;
+    # it catches flipped bits that the shape and range checks cannot see.
+    return {k: zlib.crc32(arrays[k].contiguous().numpy()) for k in ARRAY_KEYS}
+
+
+def store(cache: Path | None, arrays: dict) -> None:
+    if cache is None:
+        return
+    _remove_stale_temps(cache.parent)
+    tmp = cache.with_name(f"{cache.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    try:
+        torch.save({**arrays, "version": FORMAT_VERSION, "crc32": _checksums(arrays)}, tmp)
+        os.replace(tmp, cache)
+        for old in _superseded(cache):  # a reader that has one open keeps reading it
+            with contextlib.suppress(OSError):
+                old.unlink()
+    except BaseException as e:  # an interrupt too: never leave a 185 MB temp file behind
+        tmp.unlink(missing_ok=True)
+        # A full disk or a file size limit comes as OSError from the file system, or as torch's
+        # zip writer's RuntimeError ("enforce fail at inline_container.cc"). A cache is only a
+        # shortcut: the run goes on without it. Only an interrupt is raised.
+        if not isinstance(e, Exception):
+            raise
+        log.warning("could not write the data cache %s (%s); going on without it", cache, first_line(e))
+
+
+def _superseded(cache: Path) -> list[Path]:
+    """Caches of the same source as `cache` (<kind>-<source>-<key>.pt) under another key: made
+    from files since edited, or by an older reader, never to be read again (185 MB for CIFAR-10)."""
+    name = cache.name.removesuffix(".pt").split("-")
+    if len(name) != 3:
+        return []
+    return [p for p in cache.parent.glob(f"{name[0]}-{name[1]}-*.pt") if p.name != cache.name]
+
+
+def _remove_stale_temps(where: Path) -> None:
+    """Temp files of writers that died: this host's with no live process, anyone's after a day."""
+    host = socket.gethostname()
+    for tmp in where.glob("*.pt.partial-*"):
+        writer, _, pid = tmp.name.partition(".partial-")[2].rpartition("-")
+        try:
+            dead = writer == host and pid.isdigit() and not _alive(int(pid))
+            if dead or time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:  # removed by another writer meanwhile, or not ours to remove
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def read(cache: Path | None, warn: bool = True) -> dict | None:
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        arrays = torch.load(cache, weights_only=True)
+        problem = cache_problem(arrays)
+    except Exception as e:  # truncated or corrupt (a crash mid-write elsewhere): make it again
+        problem = _described(e)
+    if problem:
+        if warn:
+            log.warning("data cache %s is unusable (%s); making it again", cache, problem)
+        return None
+    return {k: arrays[k] for k in (*ARRAY_KEYS, "classes")}
+
+
+def cache_problem(arrays) -> str | None:
+    """What is wrong with a loaded cache file, or None: layout, dtypes, label range, checksums."""
+    if not isinstance(arrays, dict) or arrays.get("version") != FORMAT_VERSION:
+        return "not a data cache of this version"
+    if not all(k in arrays for k in (*ARRAY_KEYS, "classes", "crc32")):
+        return "not a data cache of this version"
+    classes = arrays["classes"]
+    shape = tuple(arrays["train_x"].shape[1:])
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            return f"{split}_x is {x.dtype} {tuple(x.shape)}, not uint8 (N, {', '.join(map(str, shape))})"
+        if y.dtype != torch.int64 or y.shape != (len(x),):
+            return f"{split}_y is {y.dtype} {tuple(y.shape)}, not int64 ({len(x)},)"
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            return f"{split}_y has labels outside 0..{len(classes) - 1}"
+    if _checksums(arrays) != arrays["crc32"]:
+        return "checksum mismatch"
+    return None
+
+
+def labelled(arrays: dict, classes: list[str], where: str) -> dict:
+    """Labels in range, one label per image: a file of another data set is refused, not trained on."""
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if y.shape != (len(x),):
+            raise DataError(f"{where}: {split} has {len(x)} images but {len(y)} labels")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise DataError(f"{where}: {split} labels outside 0..{len(classes) - 1} ({len(classes)} classes)")
+    return {**arrays, "classes": classes}

@@ -1,0 +1,134 @@
+"""A user's data set by `_target_` in the data section: a callable returning (train, test), each a
+pair of tensors (images uint8 (N, C, H, W) or float in [0, 1], labels) or a torch Dataset of
+(image tensor/array/PIL image, label), materialised once into the uint8 cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweeper import data_cache
+from sweeper.data_cache import DataError, _described, digest
+
+# PIL modes kept as one grey channel; every other mode (RGB, RGBA, P, CMYK, ...) becomes RGB.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+OWN_KEYS = ("_target_", "name", "cache_dir", "train_size", "val_size", "seed", "normalize", "augment")
+
+
+def target_arguments(cfg) -> dict:
+    """The data section's keys that go to a user's `_target_`: all but those the loader reads."""
+    from omegaconf import OmegaConf
+
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OWN_KEYS}
+
+
+_MEMO: dict[str, dict] = {}
+
+
+def user_dataset(cfg) -> dict:
+    """A user's `_target_` called with its keys, its (train, test) materialised once as uint8
+    tensors and cached, keyed by the target, its arguments and its module file."""
+    import importlib
+    import inspect
+
+    from hydra.utils import get_object
+
+    target, kwargs = cfg["_target_"], target_arguments(cfg)
+    try:
+        fn = get_object(target)
+    except Exception as e:  # noqa: BLE001 -- an import error of the user's module, in one line
+        raise DataError(f"data._target_={target} cannot be imported ({_described(e)})") from None
+    try:
+        module = inspect.getsourcefile(importlib.import_module(fn.__module__))
+    except (TypeError, ImportError, AttributeError):
+        module = None
+    key = f"{target}|{json.dumps(kwargs, sort_keys=True)}|{data_cache.FORMAT_VERSION}\n"
+    key += data_cache.files_key([module] if module else [], Path("/"))
+    name = f"user-{digest(target)}-{digest(key)}.pt"
+    cache = data_cache.cache_file(cfg.get("cache_dir"), name)
+
+    def make():
+        try:
+            train, test = fn(**kwargs)
+        except Exception as e:  # noqa: BLE001 -- the user's code: its error in one line
+            raise DataError(f"data._target_={target} failed ({_described(e)})") from None
+        arrays = {}
+        for split, part in (("train", train), ("test", test)):
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = _materialised(
+                part, f"data._target_={target}: its {split} set"
+            )
+        classes = getattr(train, "classes", None)
+        if classes is None:  # as many as the largest label says
+            n = (
+                int(torch.cat([arrays["train_y"], arrays["test_y"]]).max()) + 1
+                if len(arrays["train_y"])
+                else 0
+            )
+            classes = range(n)
+        classes = [str(c) for c in classes]
+        if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+            raise DataError(f"data._target_={target}: train images are {tuple(arrays['train_x'].shape[1:])}, test images {tuple(arrays['test_x'].shape[1:])}")  # fmt: skip
+        return data_cache.labelled(arrays, classes, f"data._target_={target}")
+
+    lock = None if cache is None else cache.with_suffix(".lock")
+    if key not in _MEMO:  # the pre-check asks for it per job, the load once more
+        _MEMO.clear()  # the last data set only
+        _MEMO[key] = data_cache.cached(lambda: cache, make, lock)
+    return _MEMO[key]
+
+
+def _as_uint8(x, where: str) -> torch.Tensor:
+    """Images as uint8: uint8 as they are, floats in [0, 1] scaled to 0..255 and rounded."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.dtype == torch.uint8:
+        return x
+    if not x.is_floating_point():
+        raise DataError(f"{where}: images are {x.dtype}, not uint8 or float in [0, 1]")
+    if len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise DataError(
+            f"{where}: float images must lie in [0, 1], found {float(x.min()):g}..{float(x.max()):g}"
+        )
+    return (x * 255).round().to(torch.uint8)
+
+
+def _materialised(part, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, C, H, W) uint8, labels int64) of a pair of tensors or of a Dataset of
+    (image, label) with images as tensors (C, H, W), arrays or PIL images."""
+    if isinstance(part, tuple | list) and len(part) == 2 and all(isinstance(p, torch.Tensor) for p in part):
+        x, y = _as_uint8(part[0], where), part[1]
+        if x.dim() == 3:  # (N, H, W): grey
+            x = x[:, None]
+    elif hasattr(part, "__getitem__") and hasattr(part, "__len__"):
+        images, labels = [], []
+        for i in range(len(part)):
+            image, label = part[i]
+            if hasattr(image, "mode"):  # a PIL image: grey modes keep 1 channel
+                grey = image.mode in GREY_MODES
+                pixels = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)  # a writable copy
+                image = torch.from_numpy(pixels[None] if grey else pixels.transpose(2, 0, 1).copy())
+            image = _as_uint8(image, f"{where}, item {i}")
+            images.append(image[None] if image.dim() == 2 else image)
+            labels.append(int(label))
+        if not images:
+            raise DataError(f"{where} is empty")
+        shapes = {tuple(im.shape) for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"{where}: its images have several shapes ({', '.join(map(str, sorted(shapes)[:3]))}); all must have one")  # fmt: skip
+        x, y = torch.stack(images), torch.tensor(labels)
+    else:
+        raise DataError(
+            f"{where} is a {type(part).__name__}: give a pair (images, labels) of tensors or a torch Dataset"
+        )
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{where}: images are {tuple(x.shape)}, not (N, C, H, W) with 1 or 3 channels")
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex():
+        raise DataError(f"{where}: labels are {y.dtype}, not integers")
+    return x.contiguous(), y.to(torch.int64)
