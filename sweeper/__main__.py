@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import train, validate
+from sweeper import overrides, train, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -210,7 +210,7 @@ if __name__ == "__main__":
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
         # only to a sweep that will launch.
         modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
-                 if validate.flagged(arguments, *m.split("/"))]  # fmt: skip
+                 if overrides.flagged(arguments, *m.split("/"))]  # fmt: skip
         if len(modes) > 1:  # Hydra's ValueError, with a traceback
             hint = (
                 " (drop -m to print a sweep's config)" if modes[:2] == ["-m/--multirun", "-c/--cfg"] else ""
@@ -221,13 +221,13 @@ if __name__ == "__main__":
             )
         source = config_source(arguments)
         if source:
-            composed = validate.check_overrides(arguments, *source)
-            if not validate.flagged(arguments, *NO_LAUNCH):
-                if validate.sweeping(arguments):
-                    validate.check_launcher(arguments, *source)  # check_jobs does the rest, per job
+            composed = overrides.check_overrides(arguments, *source)
+            if not overrides.flagged(arguments, *NO_LAUNCH):
+                if overrides.sweeping(arguments):
+                    overrides.check_launcher(arguments, *source)  # check_jobs does the rest, per job
                 else:
                     check_run(arguments, *source, cfg=composed)
-        if not validate.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
+        if not overrides.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
             sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
