@@ -10,6 +10,9 @@ Group options come from Hydra's own config repository, so that an option found t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -18,6 +21,70 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
 from sweeper.validate import ConfigError, _as_written, _get, _reason, number
+
+# --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
+EXTRA_CONFIG_DIRS: list[str] = []
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
+    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
+    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
+    composition reads it from the command line's overrides and the primary config."""
+
+    primary: str
+    name: str = "config"
+    extra_dir: str | None = None
+
+    @contextmanager
+    def hydra(self) -> Iterator:
+        """Hydra initialised as the command will initialise it; yields its config loader."""
+        from hydra import initialize_config_dir, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
+        EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
+        try:
+            if self.primary.startswith("pkg://"):
+                module = self.primary.removeprefix("pkg://").strip("/").replace("/", ".")
+                init = initialize_config_module(config_module=module, version_base=None)
+            else:
+                init = initialize_config_dir(config_dir=str(Path(self.primary).resolve()), version_base=None)
+        finally:
+            EXTRA_CONFIG_DIRS.clear()
+        with init:
+            loader = GlobalHydra.instance().config_loader()
+            yield loader
+
+
+def _source(conf: ConfigSource | str, config_name: str) -> ConfigSource:
+    return conf if isinstance(conf, ConfigSource) else ConfigSource(str(conf), config_name)
+
+
+class GroupOptions:
+    """A config group's options as Hydra's config repository lists them: the package's conf/,
+    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
+    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
+
+    def __init__(self, loader, config_name: str, search: list[str]):
+        self.loader, self.config_name, self.search = loader, config_name, search
+        self.known: dict[str, list[str]] = {}
+
+    def get(self, group: str, default=None) -> list[str] | None:
+        if "." in group or not group:
+            return default
+        if group not in self.known:
+            self.known[group] = sorted(
+                self.loader.get_group_options(group, config_name=self.config_name, overrides=self.search)
+            )
+        return self.known[group] or default
+
+    def __contains__(self, group: str) -> bool:
+        return bool(self.get(group))
+
+    def __getitem__(self, group: str) -> list[str]:
+        return self.get(group) or []
 
 
 def _overrides(arguments: list[str]):
@@ -72,7 +139,9 @@ def sweeping(arguments: list[str]) -> bool:
 SECTIONS = ("model", "optim", "schedule", "data", "trainer")
 
 
-def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "config") -> DictConfig | None:
+def check_overrides(
+    arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config"
+) -> DictConfig | None:
     """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
 
     Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
@@ -84,106 +153,102 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
     Returns that composed config, Hydra's keys included (a single run's, whole), or None when the
     command has no override to compose.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra import compose
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
     from hydra.errors import HydraException
 
+    source = _source(conf_dir, config_name)
+    config_name = source.name
     multirun = sweeping(arguments)
     parsed = list(_overrides(arguments))
-    groups = {
-        p.name: sorted(f.stem for f in p.glob("*.yaml"))
-        for p in Path(conf_dir).iterdir()
-        if p.is_dir() and p.name != "hydra"
-    }
-    selections, keys, appended, hydra_groups, forced, hydra_added = [], [], [], [], [], []
-    grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
-    swept_groups: dict[str, list[str]] = {}
-    for arg, override in parsed:
-        key = override.key_or_group
-        if override.is_sweep_override():
-            value = arg.partition("=")[2]
-            if isinstance(override.value(), IntervalSweep):
-                raise ConfigError(
-                    f"{arg} is invalid: interval() is a range for an optimizing sweeper; a grid takes "
-                    "values (a,b,c), range(start,stop,step) or choice(a,b)"
-                )
-            if not multirun:
-                raise ConfigError(
-                    f"{arg} is a sweep over several values: add -m to run a job per value "
-                    f"(a list is [{value}], a string with commas '{value}')"
-                )
-            try:  # range(0,1,0) fails only when Hydra expands it, with a traceback; range(1,1) is empty
-                empty = (
-                    not isinstance(override.value(), Glob)
-                    and next(iter(override.sweep_string_iterator()), None) is None
-                )
-            except ValueError as e:
-                raise ConfigError(f"{arg} is invalid: {e}") from None
-            if empty:
-                raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
-            size = _sweep_size(override.value())
-            if size:
-                grid.append((arg, size))
-        if key.startswith("hydra/"):
-            hydra_groups.append((arg, override))
-            continue
-        if (
-            key.startswith("hydra.")
-            and override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
-            and not key.startswith("hydra.launcher.")
-        ):
-            hydra_added.append(arg)  # +hydra.sweeep.dir=x: added, and read by nothing
-            continue
-        if key.startswith("hydra") or override.type is OverrideType.DEL:
-            continue
-        if override.type is OverrideType.ADD:
-            appended.append(key)
-            continue
-        if arg.startswith("+"):  # ++key: set or add; under a section, only where it is read
-            if key.split(".")[0] in SECTIONS:
-                forced.append((arg, key))
-            continue
-        if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
-            allowed = groups[key]
-            if key == "experiment" and override.value() is None and not override.is_sweep_override():
-                # The default has no experiment, but Hydra takes no null for a group on the
-                # command line (a traceback: "Config group override must be a string").
-                raise ConfigError(
-                    f"{arg} is invalid: leave experiment out to run none, or write ~experiment; "
-                    f"its options are {', '.join(allowed)}"
-                )
-            if isinstance(override.value(), Glob):
-                values = override.value().filter(groups[key])
-                if not values:
-                    raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
-            elif override.is_sweep_override():
-                values = list(override.sweep_string_iterator())
-            else:
-                values = [override.get_value_element_as_str()]
-            for v in values:
-                if v not in allowed:
-                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
-            selections.append(f"{key}={values[0]}")
-            if len(values) > 1:
-                swept_groups[key] = values
-        else:
-            keys.append(key)
-    if math.prod(n for _, n in grid) > MAX_JOBS:
-        # Hydra lists every job before the first starts: a billion of them never start.
-        raise ConfigError(
-            f"{' '.join(a for a, _ in grid)} is a grid of {math.prod(n for _, n in grid):,} jobs"
-            + (f" ({' x '.join(str(n) for _, n in grid)})" if len(grid) > 1 else "")
-            + f": more than the {MAX_JOBS:,} one sweep takes; "
-            "sweep fewer values, or split the grid over several sweeps"
-        )
     if not parsed:
         return None
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        loader = GlobalHydra.instance().config_loader()
+    # The search path's own overrides go into every composition below, as Hydra applies them first.
+    search = [arg for arg, o in parsed if o.key_or_group == "hydra.searchpath"]
+    with source.hydra() as loader:
+        groups = GroupOptions(loader, config_name, search)
+        selections, keys, appended, hydra_groups, forced, hydra_added = [*search], [], [], [], [], []
+        intervals = []  # interval(): a range for an optimizing sweeper, checked once the sweeper is known
+        grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
+        swept_groups: dict[str, list[str]] = {}
+        for arg, override in parsed:
+            key = override.key_or_group
+            if override.is_sweep_override():
+                value = arg.partition("=")[2]
+                if not multirun:
+                    raise ConfigError(
+                        f"{arg} is a sweep over several values: add -m to run a job per value "
+                        f"(a list is [{value}], a string with commas '{value}')"
+                    )
+                if isinstance(override.value(), IntervalSweep):
+                    intervals.append(arg)  # no values to list: the sweeper draws them
+                try:  # range(0,1,0) fails only when Hydra expands it, with a traceback; range(1,1) is empty
+                    empty = (
+                        not isinstance(override.value(), Glob | IntervalSweep)
+                        and next(iter(override.sweep_string_iterator()), None) is None
+                    )
+                except ValueError as e:
+                    raise ConfigError(f"{arg} is invalid: {e}") from None
+                if empty:
+                    raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
+                size = _sweep_size(override.value())
+                if size:
+                    grid.append((arg, size))
+            if key.startswith("hydra/"):
+                hydra_groups.append((arg, override))
+                continue
+            if (
+                key.startswith("hydra.")
+                and override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+                and not key.startswith("hydra.launcher.")
+            ):
+                hydra_added.append(arg)  # +hydra.sweeep.dir=x: added, and read by nothing
+                continue
+            if key.startswith("hydra") or override.type is OverrideType.DEL:
+                continue
+            if override.type is OverrideType.ADD:
+                appended.append(key)
+                continue
+            if arg.startswith("+"):  # ++key: set or add; under a section, only where it is read
+                if key.split(".")[0] in SECTIONS:
+                    forced.append((arg, key))
+                continue
+            if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
+                allowed = groups[key]
+                if key == "experiment" and override.value() is None and not override.is_sweep_override():
+                    # The default has no experiment, but Hydra takes no null for a group on the
+                    # command line (a traceback: "Config group override must be a string").
+                    raise ConfigError(
+                        f"{arg} is invalid: leave experiment out to run none, or write ~experiment; "
+                        f"its options are {', '.join(allowed)}"
+                    )
+                if isinstance(override.value(), Glob):
+                    values = override.value().filter(groups[key])
+                    if not values:
+                        raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
+                elif override.is_sweep_override():
+                    values = list(override.sweep_string_iterator())
+                else:
+                    values = [override.get_value_element_as_str()]
+                for v in values:
+                    if v not in allowed:
+                        raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
+                selections.append(f"{key}={values[0]}")
+                if len(values) > 1:
+                    swept_groups[key] = values
+            else:
+                keys.append(key)
+        if math.prod(n for _, n in grid) > MAX_JOBS:
+            # Hydra lists every job before the first starts: a billion of them never start.
+            raise ConfigError(
+                f"{' '.join(a for a, _ in grid)} is a grid of {math.prod(n for _, n in grid):,} jobs"
+                + (f" ({' x '.join(str(n) for _, n in grid)})" if len(grid) > 1 else "")
+                + f": more than the {MAX_JOBS:,} one sweep takes; "
+                "sweep fewer values, or split the grid over several sweeps"
+            )
         for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
             key = override.key_or_group
-            options = loader.get_group_options(key)
+            options = groups.get(key, [])
             values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
                 override.get_value_element_as_str()
             ]  # fmt: skip
@@ -235,6 +300,11 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             hint = "; the default hydra/sweeper=grid takes it" if "hydra.sweeper.params" in culprit else ""
             reason = data_module.first_line(e)
             raise ConfigError(f"{culprit} is invalid: OmegaConf cannot merge it ({reason}){hint}") from None
+        if intervals and not _draws_values(cfg):
+            raise ConfigError(
+                f"{intervals[0]} is invalid: interval() is a range for an optimizing sweeper (such as "
+                "hydra/sweeper=optuna); a grid takes values (a,b,c), range(start,stop,step) or choice(a,b)"
+            )
         if hydra_added:  # a typo in the path: a new key there is read by nothing
             plain = compose(
                 config_name, [a for a in shared if a not in hydra_added], return_hydra_config=True
@@ -253,6 +323,19 @@ def check_overrides(arguments: list[str], conf_dir: str, config_name: str = "con
             where = _as_written(cfg, getattr(e, "full_key", None) or section)
             raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
     return cfg
+
+
+# The sweepers that run a grid of the values given: Hydra's basic sweeper and this project's.
+GRID_SWEEPERS = (
+    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    "hydra_plugins.sweeper_grid.grid.GridSweeper",
+)
+
+
+def _draws_values(cfg: DictConfig) -> bool:
+    """Whether the command's sweeper draws each job's values itself (an optimizing sweeper, such
+    as hydra-optuna-sweeper's optuna), rather than running the grid of the values given."""
+    return OmegaConf.select(cfg, "hydra.sweeper._target_") not in GRID_SWEEPERS
 
 
 # The most jobs one sweep takes. Each is listed and composed before the first starts (0.16 s a
@@ -504,7 +587,7 @@ def _check_launcher_type(arg: str, current, given) -> None:
         raise ConfigError(f"{arg} is invalid: must be a whole number (an integer such as {current})")
 
 
-def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "config") -> None:
+def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config") -> None:
     """Refuse a bad launcher option, key or value in one line, before Hydra starts.
 
     Hydra reports these over several lines, and a launcher's own checks (pool's devices and
@@ -512,14 +595,15 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
     built here as Hydra will build it, so those checks speak first, in their own words. Does
     nothing (and costs nothing) when no argument concerns the launcher.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra import compose
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from sweeper import build
 
+    source = _source(conf_dir, config_name)
+    config_name = source.name
     group, prefix = "hydra/launcher", "hydra.launcher."
     # As Hydra composes the launcher's config: every override but the sweeps (they vary per job).
     selections, changes = [], []  # those overrides; (override, argument) of the launcher's keys
@@ -550,8 +634,9 @@ def check_launcher(arguments: list[str], conf_dir: str, config_name: str = "conf
             return "this key must be set: null is not allowed"
         return text + ("; a new key takes Hydra's +" if "not in struct" in text else "")
 
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        options = GlobalHydra.instance().config_loader().get_group_options(group)
+    with source.hydra() as loader:
+        search = [a for a in selections if a.partition("=")[0].lstrip("+") == "hydra.searchpath"]
+        options = GroupOptions(loader, config_name, search)[group]
         for option in chosen_here:
             if option not in options:
                 raise ConfigError(f"{group}={option} is invalid: allowed values are {', '.join(options)}")
