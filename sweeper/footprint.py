@@ -86,6 +86,8 @@ def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     """The knob that sizes the net: its widths, or its hidden fc widths where those weigh more."""
     if head_heavier and "units" in cfg.model:
         return f"model.units={_shown(cfg.model.units)}"
+    if "channels" not in cfg.model:  # a user's model: named by its class
+        return f"model._target_={cfg.model.get('_target_')}"
     channels, growth, layers = cfg.model.channels, cfg.model.get("growth"), cfg.model.get("conv_layers")
     # Where growth over the layers widens the net far beyond its base width, name them too.
     if (

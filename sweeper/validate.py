@@ -14,11 +14,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
-from sweeper import models, schedules  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
+from sweeper import models, schedules, signatures  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
-SCHEDULES = ("constant", "step", "multistep", "geometric", "cosine", "lr_range")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-MODELS = ("convnet", "resnet")
+# The project's own components, by the `_target_` their options name: their values get the range
+# checks below. Any other `_target_` (a user's option, found on Hydra's search path) gets its
+# keys bound to its signature instead (sweeper/signatures.py); its `name` is only a label.
+SCHEDULES = {
+    f"sweeper.schedules.{n}": n for n in ("constant", "step", "multistep", "geometric", "cosine", "lr_range")
+}
+OPTIMIZERS = {"torch.optim.SGD": "sgd", "torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw"}
+MODELS = {"sweeper.models.ConvNet": "convnet", "sweeper.models.ResNet": "resnet"}
+# The sections whose `_target_` a user may name.
+BUILT = ("model", "optim", "loss", "schedule", "data")
 DATASETS = ("cifar10", "synthetic")
 PRECISIONS = ("fp32", "bf16")
 
@@ -139,6 +146,10 @@ def _as_written(cfg, key: str | None) -> str:
 def _check(cfg: DictConfig) -> None:
     epochs = number(cfg, "trainer.epochs", low=1, integer=True)
     number(cfg, "lr", low=0, low_open=True)
+    for section in BUILT:
+        problem = signatures.problem(cfg, section) if section in cfg else None
+        if problem:
+            raise ConfigError(problem)
     _check_optim(cfg)
     _check_schedule(cfg, epochs)
     n_train = _check_data(cfg)
@@ -147,8 +158,18 @@ def _check(cfg: DictConfig) -> None:
     _check_trainer(cfg, n_train)
 
 
+def _own(cfg, section: str, known: dict[str, str]) -> str | None:
+    """The project's option `section` is (its name, by its `_target_`), or None for a user's."""
+    target = _get(cfg, f"{section}._target_")
+    if target is None:  # a section without a _target_: named by `name`
+        return choice(cfg, f"{section}.name", tuple(known.values()))
+    return known.get(str(target))
+
+
 def _check_optim(cfg) -> None:
-    name = choice(cfg, "optim.name", OPTIMIZERS)
+    name = _own(cfg, "optim", OPTIMIZERS)
+    if name is None:
+        return
     number(cfg, "optim.weight_decay", low=0)
     if name == "sgd":
         momentum = number(cfg, "optim.momentum", low=0, high=1, high_open=True)
@@ -170,8 +191,9 @@ def _check_optim(cfg) -> None:
 
 
 def _check_schedule(cfg, epochs: int) -> None:
-    name = choice(cfg, "schedule.name", SCHEDULES)
-    number(cfg, "schedule.warmup_epochs", low=0, high=epochs, high_open=True)
+    if _get(cfg, "schedule.warmup_epochs") is not None:  # a user's schedule may leave it out
+        number(cfg, "schedule.warmup_epochs", low=0, high=epochs, high_open=True)
+    name = _own(cfg, "schedule", SCHEDULES)
     if name == "step":
         number(cfg, "schedule.lr2", low=0, low_open=True)
         e = number(cfg, "schedule.epoch", low=1, integer=True)
@@ -233,9 +255,12 @@ def _check_data(cfg) -> int:
 
 
 def _check_model(cfg) -> None:
-    name = choice(cfg, "model.name", MODELS)
+    if _get(cfg, "model.l1") is not None:  # read by the training loop, for any model
+        number(cfg, "model.l1", low=0)
+    name = _own(cfg, "model", MODELS)
+    if name is None:
+        return
     number(cfg, "model.dropout", low=0, high=1, high_open=True)
-    number(cfg, "model.l1", low=0)
     boolean(cfg, "model.batch_norm")
     int_list(cfg, "model.units", low=1, allow_scalar=False, allow_empty=True)
     if name == "resnet":
