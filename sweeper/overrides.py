@@ -302,8 +302,8 @@ def check_overrides(
             raise ConfigError(f"{culprit} is invalid: OmegaConf cannot merge it ({reason}){hint}") from None
         if intervals and not _draws_values(cfg):
             raise ConfigError(
-                f"{intervals[0]} is invalid: interval() is a range for an optimizing sweeper (such as "
-                "hydra/sweeper=optuna); a grid takes values (a,b,c), range(start,stop,step) or choice(a,b)"
+                f"{intervals[0]} is invalid: interval() is a range for an optimizing sweeper; a grid takes "
+                "values (a,b,c), range(start,stop,step) or choice(a,b)"
             )
         if hydra_added:  # a typo in the path: a new key there is read by nothing
             plain = compose(
@@ -486,23 +486,19 @@ def _missing_part(tree, key: str) -> str | None:
 
 
 def _composition_problem(shared: list[str], error: Exception, swept_groups, compose, config_name) -> str:
-    """One line for what Hydra's composition refused: the argument that fails, and why."""
-    import re
-
-    text = str(error).strip()
-    first_line = text.splitlines()[0] if text else ""
-    match = re.match(r"Could not override '([^']+)'", text)
-    quoted = match.group(1) if match else None
-    culprit = next(  # the argument Hydra names, in quotes: hydra.sweep.dir is not hydra.sweep.dirr
-        (
-            a
-            for a in shared
-            if f"'{a.partition('=')[0].lstrip('+~')}'" in first_line or a.partition("=")[0] == quoted
-        ),
-        None,
-    )
-    if match:
-        key = match.group(1)
+    """One line for what Hydra's composition refused: the argument that fails, and why. The
+    argument is found by the key OmegaConf's error names (its full_key), or else as the first
+    one with which the composition fails; never by the wording of Hydra's message."""
+    cause = error.__cause__
+    failed = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    culprit = key = None
+    for a in shared if failed else ():
+        # the override of that key, of a dict holding it (model={a:1}) or of a key under it (hydra.sweeep.dir)
+        k = a.partition("=")[0].lstrip("+~")
+        if k == failed or failed.startswith(k + ".") or k.startswith(failed + "."):
+            culprit, key = a, k
+            break
+    if key and not culprit.startswith(("+", "~")):
         section = key.split(".")[0]
         if section in swept_groups:
             # Hydra composes a sweep's shared config with the group's default option: a key that
@@ -544,7 +540,14 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"
         )  # fmt: skip
         return f"{key} is not a key of {parent or 'the config'}: {hint}"
-    first = (str(error.__cause__).strip() if error.__cause__ else text).splitlines()[0]
+    if culprit is None:
+        for i in range(len(shared)):
+            try:
+                compose(config_name, shared[: i + 1], return_hydra_config=True)
+            except Exception:  # noqa: BLE001 -- whatever it is, it is this argument's
+                culprit = shared[i]
+                break
+    first = (str(cause or error).strip() or type(cause or error).__name__).splitlines()[0]
     return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
 
 

@@ -134,12 +134,11 @@ def _as_written(cfg, key: str | None) -> str:
     """key=value with the value as written, unresolved (lr=${nope.key}); the key alone if none."""
     if not key:
         return "the config"
-    node = cfg
+    parent, _, leaf = key.rpartition(".")
     try:
-        for part in key.split("."):
-            node = node._get_node(part)
-        return f"{key}={node._value()}"
-    except Exception:  # a key OmegaConf names but cannot walk to: say the key
+        node = OmegaConf.select(cfg, parent, throw_on_resolution_failure=False) if parent else cfg
+        return f"{key}={OmegaConf.to_container(node, resolve=False)[leaf]}"
+    except Exception:  # a key OmegaConf names but cannot walk to (a list's [0]): say the key
         return key
 
 
