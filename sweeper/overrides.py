@@ -136,7 +136,7 @@ def sweeping(arguments: list[str]) -> bool:
 
 # The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
 # or breaks the builder that takes the section's keys as arguments.
-SECTIONS = ("model", "optim", "schedule", "data", "trainer")
+SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
 
 
 def check_overrides(

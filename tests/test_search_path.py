@@ -190,7 +190,9 @@ def test_any_torch_optimizer_has_its_keys_checked(project: Path):
     assert str(err.value).startswith(
         "optim.nesterov is not an argument of torch.optim.RMSprop: it takes alpha, eps"
     )
-    validate.check(user_cfg("optim._target_=torch.optim.RMSprop", "~optim.nesterov"))
+    cfg = user_cfg("optim._target_=torch.optim.RMSprop", "~optim.nesterov", "~optim.name")  # name: a label
+    validate.check(cfg)
+    validate.check_device(cfg)  # the memory estimate too
 
 
 def test_a_users_schedule_and_loss_have_their_keys_checked(project: Path):
