@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import overrides, train, validate
+from sweeper import launcher_options, overrides, train, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -237,7 +237,7 @@ if __name__ == "__main__":
             composed = overrides.check_overrides(arguments, source)
             if not overrides.flagged(arguments, *NO_LAUNCH):
                 if overrides.sweeping(arguments):
-                    overrides.check_launcher(arguments, source)  # check_jobs does the rest, per job
+                    launcher_options.check_launcher(arguments, source)  # check_jobs does the rest, per job
                 else:
                     check_run(arguments, source, cfg=composed)
         if not overrides.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):

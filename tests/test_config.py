@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import overrides, validate
+from sweeper import launcher_options, overrides, validate
 from tests.conftest import CONF, REPO, TINY, compose_cfg, run_cli
 
 GROUP_OPTIONS = [
@@ -308,22 +308,22 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
 )
 def test_bad_launcher_options_keys_and_values_are_refused_in_one_line(arguments, message):
     with pytest.raises(validate.ConfigError) as err:
-        overrides.check_launcher(["-m", "experiment=demo", *arguments], str(CONF))
+        launcher_options.check_launcher(["-m", "experiment=demo", *arguments], str(CONF))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
 
 def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
-    overrides.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
+    launcher_options.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
         ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
         str(CONF),
     )
-    overrides.check_launcher(  # quoted, as OmegaConf converts them: accepted before the type check came
+    launcher_options.check_launcher(  # quoted, as OmegaConf converts them: accepted before the type check came
         ["-m", "hydra/launcher=pool", 'hydra.launcher.slots_per_device="2"', 'hydra.launcher.fuse="true"',
          "++hydra.launcher.fuse=false"],
         str(CONF),
     )  # fmt: skip
-    overrides.check_launcher(  # the overrides docs/slurm.md shows
+    launcher_options.check_launcher(  # the overrides docs/slurm.md shows
         [
             "-m",
             "hydra/launcher=slurm_gpu_packed",
@@ -335,7 +335,7 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    overrides.check_launcher(  # a GPU asked through an sbatch option is a GPU for trainer.device=cuda
+    launcher_options.check_launcher(  # a GPU asked through an sbatch option is a GPU for trainer.device=cuda
         [
             "-m",
             "hydra/launcher=submitit_slurm",
@@ -344,9 +344,9 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    overrides.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
+    launcher_options.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
     monkeypatch.setenv("SWEEPER_TEST_SLOTS", "2")
-    overrides.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
+    launcher_options.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
         [
             "-m",
             "hydra/launcher=pool",
@@ -355,7 +355,7 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    overrides.check_launcher(  # an interpolation of another override; another launcher class
+    launcher_options.check_launcher(  # an interpolation of another override; another launcher class
         [
             "-m",
             "+minutes=2",
@@ -365,11 +365,11 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    overrides.check_launcher(  # sbatch's 0s: no time limit, all of a node's memory
+    launcher_options.check_launcher(  # sbatch's 0s: no time limit, all of a node's memory
         ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "hydra.launcher.mem_gb=0"],
         str(CONF),
     )
-    overrides.check_launcher(
+    launcher_options.check_launcher(
         [
             "-m",
             "hydra/launcher=submitit_slurm",
