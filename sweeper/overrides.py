@@ -206,10 +206,11 @@ def check_overrides(
                 continue
             if key.startswith("hydra") or override.type is OverrideType.DEL:
                 continue
-            if override.type is OverrideType.ADD:
+            added = override.type is OverrideType.ADD  # +loss=mine: a group the primary config leaves out
+            if added and key not in groups:
                 appended.append(key)
                 continue
-            if arg.startswith("+"):  # ++key: set or add; under a section, only where it is read
+            if arg.startswith("+") and not added:  # ++key: set or add; under a section, only where it is read
                 if key.split(".")[0] in SECTIONS:
                     forced.append((arg, key))
                 continue
@@ -233,7 +234,7 @@ def check_overrides(
                 for v in values:
                     if v not in allowed:
                         raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
-                selections.append(f"{key}={values[0]}")
+                selections.append(f"{'+' if added else ''}{key}={values[0]}")
                 if len(values) > 1:
                     swept_groups[key] = values
             else:

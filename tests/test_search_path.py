@@ -67,9 +67,11 @@ def project(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_an_option_of_a_config_dir_trains(project: Path):
+@pytest.mark.parametrize("search", [["--config-dir", "myconf"], ["hydra.searchpath=[file://{}/myconf]"]])
+def test_an_option_of_a_config_dir_trains(project: Path, search: list[str]):
     # Before: "model.name='mlp' is invalid: allowed values are convnet, resnet".
-    result = run_cli("--config-dir", "myconf", "model=mlp", *SMALL, "hydra.run.dir=run", cwd=project)
+    search = [a.format(project) for a in search]
+    result = run_cli(*search, "model=mlp", *SMALL, "hydra.run.dir=run", cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.strip().endswith(f"completed: record in {project / 'run'}")
     assert (project / "run" / "summary.json").exists()
@@ -97,10 +99,11 @@ def test_every_group_lists_the_options_on_the_search_path(project: Path, group: 
         assert mine in str(err.value).rpartition("are ")[2].split(", ")
 
 
-@pytest.mark.parametrize("group", ["optim", "schedule", "data"])
+@pytest.mark.parametrize("group", ["optim", "schedule", "data", "loss"])
 def test_an_option_on_the_search_path_is_accepted_and_checked(project: Path, group: str):
     search = f"hydra.searchpath=[file://{project / 'myconf'}]"
-    cfg = overrides.check_overrides([search, *SMALL, f"{group}=mine"], str(CONF))
+    chosen = "+" if group not in compose_cfg().keys() else ""  # a group the primary config leaves out: +
+    cfg = overrides.check_overrides([search, *SMALL, f"{chosen}{group}=mine"], str(CONF))
     validate.check(cfg)
 
 
