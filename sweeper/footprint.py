@@ -131,7 +131,9 @@ def estimate(cfg: DictConfig) -> Footprint | None:
     per_sample_outputs, widest = models.activations(net)
     features = sum(p.numel() for p in net.features.parameters()) if hasattr(net, "features") else 0
     params = sum(p.numel() for p in net.parameters())
-    states = OPTIMIZER_STATES.get(str(cfg.optim.get("name")), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0)
+    states = OPTIMIZER_STATES.get(
+        str(cfg.optim.get("name")), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0
+    )
     model_key = _model_key(cfg, head_heavier=features < params - features)
 
     n_train = data_module.dataset_size(cfg.data)
