@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import data as data_module
-from sweeper.validate import ConfigError, _as_written, _reason
+from sweeper.validate import ConfigError, in_one_line
 
 # --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
 EXTRA_CONFIG_DIRS: list[str] = []
@@ -321,8 +321,7 @@ def check_overrides(
             if OmegaConf.is_config(value):
                 OmegaConf.to_container(value, resolve=True)
         except OmegaConfBaseException as e:
-            where = _as_written(cfg, getattr(e, "full_key", None) or section)
-            raise ConfigError(f"{where} is invalid: {_reason(e)}") from None
+            raise in_one_line(cfg, e, section) from None
     return cfg
 
 

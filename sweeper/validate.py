@@ -120,8 +120,13 @@ def check(cfg: DictConfig) -> None:
     try:
         _check(cfg)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}") from None
+        raise in_one_line(cfg, e) from None
+
+
+def in_one_line(cfg, e: OmegaConfBaseException, where: str | None = None) -> ConfigError:
+    """OmegaConf's error in `cfg` as one line: the key it names (its full_key, else `where`), its
+    value as written, and OmegaConf's reason."""
+    return ConfigError(f"{_as_written(cfg, getattr(e, 'full_key', None) or where)} is invalid: {_reason(e)}")
 
 
 def _reason(e: Exception) -> str:
