@@ -135,8 +135,13 @@ def test_a_pkg_search_path_and_a_config_dir_given_by_cp_and_cn(project: Path):
         validate.ConfigError, match=r"^model=mlpp is invalid: allowed values are convnet, mlp"
     ):
         overrides.check_overrides(["model=mlpp"], source)
-    pkg = config_source(["-cp", "pkg://userpkg.conf", "-cd", "myconf"])
-    assert pkg == overrides.ConfigSource("pkg://userpkg.conf", "config", str(project / "myconf"))
+    pkg = config_source(["-cp", "pkg://userpkg.conf", "-cn", "exp", "-cd", "myconf"])
+    assert pkg == overrides.ConfigSource("pkg://userpkg.conf", "exp", str(project / "myconf"))
+    (package / "conf" / "exp.yaml").write_text((project / "exp" / "exp.yaml").read_text())
+    with pytest.raises(
+        validate.ConfigError, match=r"^model=mlpp is invalid: allowed values are convnet, mlp"
+    ):
+        overrides.check_overrides(["model=mlpp"], pkg)  # the primary config from a package
 
 
 def test_the_checks_run_for_a_config_dir_that_does_not_exist(project: Path):
