@@ -10,6 +10,7 @@ YAML's to give.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,19 +42,35 @@ OWN = "sweeper."  # the project's own classes and functions
 def target_of(cfg: DictConfig, section: str):
     """The callable `section._target_` names, or None where the section has no `_target_`;
     raises ValueError, in one line, where it cannot be imported."""
-    from hydra.utils import get_object
-
     path = OmegaConf.select(cfg, f"{section}._target_", throw_on_missing=False)
     if path is None:
         return None
     try:
-        return get_object(str(path))
+        return _locate(str(path))
     except Exception as e:  # noqa: BLE001 -- a user's module may raise anything while it imports
-        why = str(e.__cause__ or e).strip().splitlines()
+        why = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"{section}._target_={path} is invalid: it cannot be imported "
-            f"({type(e.__cause__ or e).__name__}: {why[0] if why else ''})"
+            f"{section}._target_={path} is invalid: it cannot be imported ({type(e).__name__}: {why})"
         ) from None
+
+
+def _locate(path: str):
+    """The object at a dotted path (module.Class, package.module.function), as instantiate finds
+    it. Hydra's own get_object logs its error over several lines before raising it, and names
+    a missing attribute as a missing module."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            found = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
+                continue  # no such module: the path's module is shorter
+            raise  # the module imports another one that is missing
+        for attribute in parts[i:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(f"No module named '{parts[0]}'")
 
 
 def problem(cfg: DictConfig, section: str) -> str | None:
@@ -61,13 +78,13 @@ def problem(cfg: DictConfig, section: str) -> str | None:
     do, or where the signature cannot say (a builtin, or **kwargs, which takes any key)."""
     from sweeper.build import NOT_ARGUMENTS
 
-    path = OmegaConf.select(cfg, f"{section}._target_", throw_on_missing=False)
-    if path is None or str(path).startswith(OWN):
-        return None  # the project's own: checked by their ranges (sweeper.validate)
     try:
         target = target_of(cfg, section)
-    except ValueError as e:
+    except ValueError as e:  # sweeper.models.ConvNett too
         return str(e)
+    if target is None or str(cfg[section]["_target_"]).startswith(OWN):
+        return None  # the project's own: checked by their ranges (sweeper.validate)
+    path = cfg[section]["_target_"]
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: the job's call says

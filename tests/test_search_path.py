@@ -77,6 +77,15 @@ def test_an_option_of_a_config_dir_trains(project: Path, search: list[str]):
     assert (project / "run" / "summary.json").exists()
 
 
+def test_a_target_that_cannot_be_imported_is_one_line_on_the_command_line(project: Path):
+    result = run_cli("model._target_=mynets.Nope", *SMALL, cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model._target_=mynets.Nope is invalid: it cannot be imported "
+        "(AttributeError: module 'mynets' has no attribute 'Nope')"
+    ]
+
+
 def test_a_typo_in_a_user_option_is_refused_naming_every_option(project: Path):
     result = run_cli("--config-dir", "myconf", "model=mlpp", *SMALL, cwd=project)
     assert result.returncode == 2
@@ -183,7 +192,16 @@ def test_an_argument_without_default_must_be_given(project: Path):
             "nomodule.Net",
             "model._target_=nomodule.Net is invalid: it cannot be imported (ModuleNotFoundError: ",
         ),
-        ("mynets.Nope", "model._target_=mynets.Nope is invalid: it cannot be imported ("),
+        (
+            "mynets.Nope",
+            "model._target_=mynets.Nope is invalid: it cannot be imported "
+            "(AttributeError: module 'mynets' has no attribute 'Nope')",
+        ),
+        (  # the project's own namespace too
+            "sweeper.models.ConvNett",
+            "model._target_=sweeper.models.ConvNett is invalid: it cannot be imported "
+            "(AttributeError: module 'sweeper.models' has no attribute 'ConvNett')",
+        ),
     ],
 )
 def test_a_target_that_cannot_be_imported_is_one_line(project: Path, target: str, said: str):
