@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import objective, train, validate
+from sweeper import launcher_options, objective, overrides, train, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -81,10 +81,10 @@ def main(cfg: DictConfig) -> str | float:
 NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
 
-def config_source(arguments: list[str]) -> tuple[str, str] | None:
-    """The config dir and primary config the command composes, read as Hydra reads -cp and -cn
-    (a relative -cp from this file's dir); None where the pre-checks stand aside and Hydra speaks:
-    a search dir added with -cd, a pkg:// path, shell completion, or flags Hydra refuses."""
+def config_source(arguments: list[str]) -> overrides.ConfigSource | None:
+    """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
+    relative -cp from this file's dir; pkg:// as it is); None where the pre-checks stand aside
+    and Hydra speaks: shell completion, or flags Hydra refuses."""
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
@@ -97,50 +97,63 @@ def config_source(arguments: list[str]) -> tuple[str, str] | None:
         args, _ = parser.parse_known_args(arguments)
     except ValueError:
         return None
-    if args.config_dir or args.shell_completion or (args.config_path or "").startswith("pkg://"):
+    if args.shell_completion:
         return None
+    name = (args.config_name or "config").removesuffix(".yaml")
+    extra = None
+    if args.config_dir:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():  # Hydra: a SearchPathException, in a line of its own words
+            raise validate.ConfigError(
+                f"--config-dir {args.config_dir} is invalid: {extra} is not a directory"
+            )
+    if (args.config_path or "").startswith("pkg://"):
+        return overrides.ConfigSource(args.config_path, name, extra and str(extra))
     conf_dir = (
         (Path(__file__).resolve().parent / args.config_path).resolve() if args.config_path else Path(CONF)
     )
-    name = (args.config_name or "config").removesuffix(".yaml")
     if not conf_dir.is_dir():  # Hydra says so over four lines
         raise validate.ConfigError(
             f"--config-path {args.config_path} is invalid: {conf_dir} is not a directory"
         )
-    if not (conf_dir / f"{name}.yaml").is_file():
-        names = ", ".join(sorted(f.stem for f in conf_dir.glob("*.yaml"))) or "none"
+    holding = [d for d in (conf_dir, extra) if d]
+    if not any((d / f"{name}.yaml").is_file() for d in holding):
+        names = ", ".join(sorted({f.stem for d in holding for f in d.glob("*.yaml")})) or "none"
         said = (
             f"--config-name {args.config_name} is invalid" if args.config_name else "--config-name is needed"
         )
-        raise validate.ConfigError(f"{said}: {conf_dir} has no {name}.yaml (its configs: {names})")
-    return str(conf_dir), name
+        where = " or ".join(str(d) for d in holding)
+        raise validate.ConfigError(f"{said}: {where} has no {name}.yaml (its configs: {names})")
+    return overrides.ConfigSource(str(conf_dir), name, extra and str(extra))
 
 
-def check_run(arguments: list[str], conf_dir: str = CONF, config_name: str = "config", cfg=None) -> None:
+def check_run(arguments: list[str], source: overrides.ConfigSource | None = None, cfg=None) -> None:
     """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
     a bad value, a run dir that a live process still trains, or one holding another config.
+    `source`: where the config comes from (config_source; the package's conf/ by default).
     `cfg`: the run's config as check_overrides composed it, if it did (a compose is 80 ms)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from omegaconf import OmegaConf
 
-    overrides = [a for a in arguments if _is_override(a)]
+    source = source or overrides.ConfigSource(CONF)
+    given_overrides = [a for a in arguments if _is_override(a)]
     try:
         if cfg is None:
-            with initialize_config_dir(config_dir=conf_dir, version_base=None):
-                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            with source.hydra():
+                cfg = compose(source.name, overrides=given_overrides, return_hydra_config=True)
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:
         return  # Hydra will not compose it either, and says why in its own words
     # A config that brings a grid (experiment=lecture_lr) would run one job at its defaults,
     # silently: its grid runs with -m, or one of its values is picked on the command line.
-    given = {a.lstrip("+~").partition("=")[0] for a in overrides}
+    given = {a.lstrip("+~").partition("=")[0] for a in given_overrides}
     grid = {
         k: v
         for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
         if k.lstrip("+~") not in given and _several(k, v)
     }
     if grid:
-        chosen = [a for a in overrides if a.startswith("experiment=")]
+        chosen = [a for a in given_overrides if a.startswith("experiment=")]
         what = chosen[-1] if chosen else "this config"
         swept = " ".join(f"{k}={v}" for k, v in grid.items())
         raise validate.ConfigError(
@@ -210,7 +223,7 @@ if __name__ == "__main__":
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
         # only to a sweep that will launch.
         modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
-                 if validate.flagged(arguments, *m.split("/"))]  # fmt: skip
+                 if overrides.flagged(arguments, *m.split("/"))]  # fmt: skip
         if len(modes) > 1:  # Hydra's ValueError, with a traceback
             hint = (
                 " (drop -m to print a sweep's config)" if modes[:2] == ["-m/--multirun", "-c/--cfg"] else ""
@@ -221,13 +234,13 @@ if __name__ == "__main__":
             )
         source = config_source(arguments)
         if source:
-            composed = validate.check_overrides(arguments, *source)
-            if not validate.flagged(arguments, *NO_LAUNCH):
-                if validate.sweeping(arguments):
-                    validate.check_launcher(arguments, *source)  # check_jobs does the rest, per job
+            composed = overrides.check_overrides(arguments, source)
+            if not overrides.flagged(arguments, *NO_LAUNCH):
+                if overrides.sweeping(arguments):
+                    launcher_options.check_launcher(arguments, source)  # check_jobs does the rest, per job
                 else:
-                    check_run(arguments, *source, cfg=composed)
-        if not validate.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
+                    check_run(arguments, source, cfg=composed)
+        if not overrides.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
             sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

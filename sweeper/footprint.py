@@ -87,6 +87,8 @@ def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     """The knob that sizes the net: its widths, or its hidden fc widths where those weigh more."""
     if head_heavier and "units" in cfg.model:
         return f"model.units={_shown(cfg.model.units)}"
+    if "channels" not in cfg.model:  # a user's model: named by its class
+        return f"model._target_={cfg.model.get('_target_')}"
     channels, growth, layers = cfg.model.channels, cfg.model.get("growth"), cfg.model.get("conv_layers")
     # Where growth over the layers widens the net far beyond its base width, name them too.
     if (
@@ -142,7 +144,7 @@ def estimate(cfg: DictConfig) -> Footprint:
         features = sum(p.numel() for p in net.features.parameters()) if hasattr(net, "features") else 0
         params = sum(p.numel() for p in net.parameters())
         states = OPTIMIZER_STATES.get(
-            str(cfg.optim.name), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0
+            str(cfg.optim.get("name")), 1 if float(cfg.optim.get("momentum") or 0) > 0 else 0
         )
     # a net not built here is not sized, and may have no widths to name
     model_key = _model_key(cfg, features < params - features) if net is not None else "the model"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import validate
+from sweeper import overrides, validate
 from tests.conftest import CONF, TINY, run_cli
 
 
@@ -55,7 +55,7 @@ from tests.conftest import CONF, TINY, run_cli
 )
 def test_bad_command_lines_are_refused_in_one_line(arguments, message):
     with pytest.raises(validate.ConfigError) as err:
-        validate.check_overrides(arguments, str(CONF))
+        overrides.check_overrides(arguments, str(CONF))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
@@ -71,7 +71,7 @@ def test_bad_command_lines_are_refused_in_one_line(arguments, message):
     ],
 )
 def test_their_valid_neighbours_pass(arguments):
-    validate.check_overrides(arguments, str(CONF))
+    overrides.check_overrides(arguments, str(CONF))
 
 
 def test_an_empty_run_dir_writes_nothing_into_the_current_directory(tmp_path: Path):

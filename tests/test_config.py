@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper import validate
+from sweeper import launcher_options, overrides, validate
 from tests.conftest import CONF, REPO, TINY, compose_cfg, run_cli
 
 GROUP_OPTIONS = [
@@ -135,14 +135,14 @@ def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, mes
 )
 def test_unknown_options_and_keys_are_refused_in_one_line(argument, message):
     with pytest.raises(validate.ConfigError, match=message.replace("?", r"\?")):
-        validate.check_overrides([argument], str(CONF))
+        overrides.check_overrides([argument], str(CONF))
 
 
 @pytest.mark.parametrize(
     "argument", ["schedule=glob(c*)", "schedule=choice(step,cosine)", "schedule=step,cosine", "model=convnet"]
 )
 def test_hydras_sweep_syntax_over_a_group_passes_the_option_check(argument):
-    validate.check_overrides(["-m", argument], str(CONF))
+    overrides.check_overrides(["-m", argument], str(CONF))
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_hydras_sweep_syntax_over_a_group_passes_the_option_check(argument):
 )
 def test_hydras_sweep_syntax_over_a_group_is_checked_value_by_value(argument, message):
     with pytest.raises(validate.ConfigError) as err:
-        validate.check_overrides(["-m", argument], str(CONF))
+        overrides.check_overrides(["-m", argument], str(CONF))
     assert str(err.value) == message
 
 
@@ -314,22 +314,22 @@ def test_cli_refuses_an_unknown_option_in_one_line(tmp_path: Path):
 )
 def test_bad_launcher_options_keys_and_values_are_refused_in_one_line(arguments, message):
     with pytest.raises(validate.ConfigError) as err:
-        validate.check_launcher(["-m", "experiment=demo", *arguments], str(CONF))
+        launcher_options.check_launcher(["-m", "experiment=demo", *arguments], str(CONF))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
 
 def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
-    validate.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
+    launcher_options.check_launcher(  # each launcher is built, as Hydra will build it: no error, nothing started
         ["-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", "hydra.launcher.slots_per_device=2"],
         str(CONF),
     )
-    validate.check_launcher(  # quoted, as OmegaConf converts them: accepted before the type check came
+    launcher_options.check_launcher(  # quoted, as OmegaConf converts them: accepted before the type check came
         ["-m", "hydra/launcher=pool", 'hydra.launcher.slots_per_device="2"', 'hydra.launcher.fuse="true"',
          "++hydra.launcher.fuse=false"],
         str(CONF),
     )  # fmt: skip
-    validate.check_launcher(  # the overrides docs/slurm.md shows
+    launcher_options.check_launcher(  # the overrides docs/slurm.md shows
         [
             "-m",
             "hydra/launcher=slurm_gpu_packed",
@@ -341,7 +341,7 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    validate.check_launcher(  # a GPU asked through an sbatch option is a GPU for trainer.device=cuda
+    launcher_options.check_launcher(  # a GPU asked through an sbatch option is a GPU for trainer.device=cuda
         [
             "-m",
             "hydra/launcher=submitit_slurm",
@@ -350,9 +350,9 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    validate.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
+    launcher_options.check_launcher(["-m", "lr=0.1,0.2"], str(CONF))  # the default (basic) launcher
     monkeypatch.setenv("SWEEPER_TEST_SLOTS", "2")
-    validate.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
+    launcher_options.check_launcher(  # what Hydra would accept: resolved interpolations, escaped commas
         [
             "-m",
             "hydra/launcher=pool",
@@ -361,7 +361,7 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    validate.check_launcher(  # an interpolation of another override; another launcher class
+    launcher_options.check_launcher(  # an interpolation of another override; another launcher class
         [
             "-m",
             "+minutes=2",
@@ -371,11 +371,11 @@ def test_good_launcher_values_pass_the_launcher_check(monkeypatch):
         ],
         str(CONF),
     )
-    validate.check_launcher(  # sbatch's 0s: no time limit, all of a node's memory
+    launcher_options.check_launcher(  # sbatch's 0s: no time limit, all of a node's memory
         ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=0", "hydra.launcher.mem_gb=0"],
         str(CONF),
     )
-    validate.check_launcher(
+    launcher_options.check_launcher(
         [
             "-m",
             "hydra/launcher=submitit_slurm",
@@ -561,7 +561,7 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
 )
 def test_commands_hydra_would_refuse_over_many_lines_are_refused_in_one(arguments, message):
     with pytest.raises(validate.ConfigError) as err:
-        validate.check_overrides(arguments, str(CONF))
+        overrides.check_overrides(arguments, str(CONF))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
@@ -576,7 +576,7 @@ def test_commands_hydra_would_refuse_over_many_lines_are_refused_in_one(argument
     ],
 )
 def test_valid_commands_pass_the_command_check(arguments):
-    validate.check_overrides(arguments, str(CONF))
+    overrides.check_overrides(arguments, str(CONF))
 
 
 @pytest.mark.parametrize(

@@ -573,3 +573,30 @@ def test_a_stated_trainer_threads_is_the_jobs_and_auto_keeps_the_workers_share()
                 assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_pool_workers_import_the_users_model_from_a_config_dir(tmp_path):
+    """A user's `_target_` in the launch dir, its option in --config-dir: each spawned worker
+    imports the module and composes the job with that search path."""
+    from tests.test_search_path import MODULE
+
+    (tmp_path / "mynets.py").write_text(MODULE)
+    (tmp_path / "myconf" / "model").mkdir(parents=True)
+    (tmp_path / "myconf" / "model" / "mlp.yaml").write_text(
+        "_target_: mynets.MLP\nname: mlp\nl1: 0.0\nhidden: 8\n"
+    )
+    small = [a for a in TINY if not a.startswith("model.")]
+    result = run_cli(
+        "-m", "--config-dir", "myconf", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]",
+        "hydra.launcher.slots_per_device=2", "model=mlp", "model.hidden=8,16", *small,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [json.loads((tmp_path / "sweep" / str(n) / "job.json").read_text()) for n in range(2)]
+    assert len({j["pid"] for j in jobs}) == 2  # two spawned workers, one job each
+    for n, hidden in enumerate((8, 16)):
+        config = json.loads((tmp_path / "sweep" / str(n) / "config.json").read_text())
+        assert config["model"] == {"_target_": "mynets.MLP", "name": "mlp", "l1": 0.0, "hidden": hidden}
+        summary = json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text())
+        assert summary["status"] == "completed"

@@ -130,10 +130,10 @@ def test_the_lecture_grid_can_be_shortened_for_a_quick_look():
     # Both experiments' jobs pass the checks at trainer.epochs=4: before, lecture_lr2's switch at
     # epoch 25 was refused (it must come before the end), and schedule.epoch=2 could not be set
     # for the pair (lecture_lr has no schedule.epoch).
-    from sweeper import validate
+    from sweeper import overrides, validate
 
     arguments = ["-m", "experiment=lecture_lr,lecture_lr2", "trainer.epochs=4", "data=synthetic"]
-    validate.check_overrides(arguments, str(CONF))
+    overrides.check_overrides(arguments, str(CONF))
     for experiment in ("lecture_lr", "lecture_lr2"):
         validate.check(
             compose_cfg(f"experiment={experiment}", "trainer.epochs=4", "data=synthetic", tiny=False)

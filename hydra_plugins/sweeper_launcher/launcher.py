@@ -73,6 +73,15 @@ class _Launcher(BaseSubmititLauncher):
             )
         super().__init__(**params)
         self.jobs_per_task = jobs_per_task
+        self.launch_dir: str | None = None  # where the sweep was launched from (launch)
+
+    def __call__(self, *call: Any) -> JobReturn:
+        # A job imports the user's own modules (a `_target_` of theirs) from the dir the sweep was
+        # launched from, as `python -m sweeper` did there: a SLURM task starts wherever sbatch and
+        # srun put it. The search path travels in the pickled config loader, --config-dir included.
+        if self.launch_dir and self.launch_dir not in sys.path:
+            sys.path.insert(0, self.launch_dir)
+        return super().__call__(*call)
 
     def executor(self):
         """The submitit executor, given the parameters exactly as hydra-submitit-launcher gives them."""
@@ -94,6 +103,7 @@ class _Launcher(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         assert self.config is not None and len(job_overrides) > 0
+        self.launch_dir = os.getcwd()
         executor = self.executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,561 @@
+"""The command line's checks: Hydra's overrides, read and composed as Hydra will compose them, so
+that a typo, an unknown group option or key, a sweep without -m or a bad launcher value is
+refused in one line before Hydra starts (where Hydra says it over several lines, or only once a
+job fails).
+
+Group options come from Hydra's own config repository, so that an option found through
+--config-dir, hydra.searchpath or -cp is as valid as one of the package's conf/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweeper import data as data_module
+from sweeper.validate import ConfigError, in_one_line
+
+# --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
+EXTRA_CONFIG_DIRS: list[str] = []
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
+    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
+    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
+    composition reads it from the command line's overrides and the primary config."""
+
+    primary: str
+    name: str = "config"
+    extra_dir: str | None = None
+
+    @contextmanager
+    def hydra(self) -> Iterator:
+        """Hydra initialised as the command will initialise it; yields its config loader."""
+        from hydra import initialize_config_dir, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
+        EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
+        try:
+            if self.primary.startswith("pkg://"):
+                module = self.primary.removeprefix("pkg://").strip("/").replace("/", ".")
+                init = initialize_config_module(config_module=module, version_base=None)
+            else:
+                init = initialize_config_dir(config_dir=str(Path(self.primary).resolve()), version_base=None)
+        finally:
+            EXTRA_CONFIG_DIRS.clear()
+        with init:
+            loader = GlobalHydra.instance().config_loader()
+            yield loader
+
+
+def _source(conf: ConfigSource | str, config_name: str) -> ConfigSource:
+    return conf if isinstance(conf, ConfigSource) else ConfigSource(str(conf), config_name)
+
+
+class GroupOptions:
+    """A config group's options as Hydra's config repository lists them: the package's conf/,
+    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
+    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
+
+    def __init__(self, loader, config_name: str, search: list[str]):
+        self.loader, self.config_name, self.search = loader, config_name, search
+        self.known: dict[str, list[str]] = {}
+
+    def get(self, group: str, default=None) -> list[str] | None:
+        if "." in group or not group:
+            return default
+        if group not in self.known:
+            self.known[group] = sorted(
+                self.loader.get_group_options(group, config_name=self.config_name, overrides=self.search)
+            )
+        return self.known[group] or default
+
+    def __contains__(self, group: str) -> bool:
+        return bool(self.get(group))
+
+    def __getitem__(self, group: str) -> list[str]:
+        return self.get(group) or []
+
+
+def _overrides(arguments: list[str]):
+    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
+    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in arguments:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
+            continue
+        try:
+            yield arg, parser.parse_overrides([arg])[0]
+        except OverrideParseException as e:
+            lines = [
+                line
+                for line in str(e).splitlines()
+                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
+            ]
+            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
+            why = (
+                (lines[0] if lines else "")
+                .split(" expecting ")[0]
+                .removeprefix("ValueError while evaluating ")
+            )
+            raise ConfigError(
+                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
+                "https://hydra.cc/docs/advanced/override_grammar/basic"
+            ) from None
+
+
+def flagged(arguments: list[str], *flags: str) -> bool:
+    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
+    for a in arguments:
+        name = a.split("=", 1)[0]
+        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
+            return True
+    return False
+
+
+def sweeping(arguments: list[str]) -> bool:
+    """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
+    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
+    return flagged(arguments, "-m", "--multirun") or any(
+        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
+    )
+
+
+# The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
+# or breaks the builder that takes the section's keys as arguments.
+SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
+
+
+def check_overrides(
+    arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config"
+) -> DictConfig | None:
+    """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
+
+    Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
+    sweep without -m, interval() in a grid, a key appended under a section of the config, and
+    whatever else Hydra's own composition refuses (the config is composed as Hydra will compose
+    it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
+    of these too, over several lines or a traceback.
+
+    Returns that composed config, Hydra's keys included (a single run's, whole), or None when the
+    command has no override to compose.
+    """
+    from hydra import compose
+    from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
+    from hydra.errors import HydraException
+
+    source = _source(conf_dir, config_name)
+    config_name = source.name
+    multirun = sweeping(arguments)
+    parsed = list(_overrides(arguments))
+    if not parsed:
+        return None
+    # The search path's own overrides go into every composition below, as Hydra applies them first.
+    search = [arg for arg, o in parsed if o.key_or_group == "hydra.searchpath"]
+    with source.hydra() as loader:
+        groups = GroupOptions(loader, config_name, search)
+        selections, keys, appended, hydra_groups, forced, hydra_added = [*search], [], [], [], [], []
+        intervals = []  # interval(): a range for an optimizing sweeper, checked once the sweeper is known
+        grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
+        swept_groups: dict[str, list[str]] = {}
+        for arg, override in parsed:
+            key = override.key_or_group
+            if override.is_sweep_override():
+                value = arg.partition("=")[2]
+                if not multirun:
+                    raise ConfigError(
+                        f"{arg} is a sweep over several values: add -m to run a job per value "
+                        f"(a list is [{value}], a string with commas '{value}')"
+                    )
+                if isinstance(override.value(), IntervalSweep):
+                    intervals.append(arg)  # no values to list: the sweeper draws them
+                try:  # range(0,1,0) fails only when Hydra expands it, with a traceback; range(1,1) is empty
+                    empty = (
+                        not isinstance(override.value(), Glob | IntervalSweep)
+                        and next(iter(override.sweep_string_iterator()), None) is None
+                    )
+                except ValueError as e:
+                    raise ConfigError(f"{arg} is invalid: {e}") from None
+                if empty:
+                    raise ConfigError(f"{arg} is invalid: it gives no value, so the sweep would have no job")
+                size = _sweep_size(override.value())
+                if size:
+                    grid.append((arg, size))
+            if key.startswith("hydra/"):
+                hydra_groups.append((arg, override))
+                continue
+            if (
+                key.startswith("hydra.")
+                and override.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+                and not key.startswith("hydra.launcher.")
+            ):
+                hydra_added.append(arg)  # +hydra.sweeep.dir=x: added, and read by nothing
+                continue
+            if key.startswith("hydra") or override.type is OverrideType.DEL:
+                continue
+            added = override.type is OverrideType.ADD  # +loss=mine: a group the primary config leaves out
+            if added and key not in groups:
+                appended.append(key)
+                continue
+            if arg.startswith("+") and not added:  # ++key: set or add; under a section, only where it is read
+                if key.split(".")[0] in SECTIONS:
+                    forced.append((arg, key))
+                continue
+            if key in groups:  # Hydra's sweep syntax too: a,b  choice(a,b)  glob(c*)
+                allowed = groups[key]
+                if key == "experiment" and override.value() is None and not override.is_sweep_override():
+                    # The default has no experiment, but Hydra takes no null for a group on the
+                    # command line (a traceback: "Config group override must be a string").
+                    raise ConfigError(
+                        f"{arg} is invalid: leave experiment out to run none, or write ~experiment; "
+                        f"its options are {', '.join(allowed)}"
+                    )
+                if isinstance(override.value(), Glob):
+                    values = override.value().filter(groups[key])
+                    if not values:
+                        raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
+                elif override.is_sweep_override():
+                    values = list(override.sweep_string_iterator())
+                else:
+                    values = [override.get_value_element_as_str()]
+                for v in values:
+                    if v not in allowed:
+                        raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
+                selections.append(f"{'+' if added else ''}{key}={values[0]}")
+                if len(values) > 1:
+                    swept_groups[key] = values
+            else:
+                keys.append(key)
+        if math.prod(n for _, n in grid) > MAX_JOBS:
+            # Hydra lists every job before the first starts: a billion of them never start.
+            raise ConfigError(
+                f"{' '.join(a for a, _ in grid)} is a grid of {math.prod(n for _, n in grid):,} jobs"
+                + (f" ({' x '.join(str(n) for _, n in grid)})" if len(grid) > 1 else "")
+                + f": more than the {MAX_JOBS:,} one sweep takes; "
+                "sweep fewer values, or split the grid over several sweeps"
+            )
+        for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
+            key = override.key_or_group
+            options = groups.get(key, [])
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()
+            ]  # fmt: skip
+            for v in values:
+                if options and v not in options and v != "null":
+                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
+        base = compose(config_name=config_name, overrides=selections)
+        known = _dotted_keys(OmegaConf.to_container(base))
+        for key in keys:
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                raise ConfigError(
+                    _missing_key(key, key, known, selections, swept_groups, groups, compose, config_name)
+                )
+        for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
+            split = _split_on(key, selections, swept_groups, compose, config_name)
+            if split:
+                raise ConfigError(_sweep_them_separately(arg, key, *split))
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                section = key.split(".")[0]
+                current, others = _options_with(key, section, selections, groups, compose, config_name)
+                raise ConfigError(
+                    _another_option(arg, key, section, current, others)
+                    if others
+                    else _nothing_reads(arg, section, known)
+                )
+        for key in appended:
+            section = key.split(".")[0]
+            if key in known:
+                raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
+            if section in SECTIONS:
+                raise ConfigError(_nothing_reads(f"+{key}", section, known))
+            close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
+            if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
+                raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
+        # As Hydra composes it: every override, less a sweep's values (they vary per job).
+        shared = [
+            arg
+            for arg, o in parsed
+            if not (multirun and o.is_sweep_override())
+            # launcher keys matter to a sweep only, and check_launcher names the launchers with a key
+            and not o.key_or_group.startswith(("hydra.launcher.", "hydra/launcher"))
+        ]
+        try:
+            cfg = compose(config_name=config_name, overrides=shared, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(_composition_problem(shared, e, swept_groups, compose, config_name)) from None
+        except AttributeError as e:  # OmegaConf merging a dict into a None node: basic sweeper's params
+            culprit = next((a for a in shared if "hydra.sweeper.params" in a), " ".join(shared))
+            hint = "; the default hydra/sweeper=grid takes it" if "hydra.sweeper.params" in culprit else ""
+            reason = data_module.first_line(e)
+            raise ConfigError(f"{culprit} is invalid: OmegaConf cannot merge it ({reason}){hint}") from None
+        if intervals and not _draws_values(cfg):
+            raise ConfigError(
+                f"{intervals[0]} is invalid: interval() is a range for an optimizing sweeper; a grid takes "
+                "values (a,b,c), range(start,stop,step) or choice(a,b)"
+            )
+        if hydra_added:  # a typo in the path: a new key there is read by nothing
+            plain = compose(
+                config_name, [a for a in shared if a not in hydra_added], return_hydra_config=True
+            )
+            for arg in hydra_added:
+                typo = _missing_part(plain, arg.partition("=")[0].lstrip("+"))
+                if typo and "did you mean" in typo:
+                    raise ConfigError(f"{arg} is invalid: {typo} (+ adds a key, which nothing would read)")
+    _check_output_dir(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
+        try:
+            value = cfg[section]  # a scalar's interpolation resolves here
+            if OmegaConf.is_config(value):
+                OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as e:
+            raise in_one_line(cfg, e, section) from None
+    return cfg
+
+
+# The sweepers that run a grid of the values given: Hydra's basic sweeper and this project's.
+GRID_SWEEPERS = (
+    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    "hydra_plugins.sweeper_grid.grid.GridSweeper",
+)
+
+
+def _draws_values(cfg: DictConfig) -> bool:
+    """Whether the command's sweeper draws each job's values itself (an optimizing sweeper, such
+    as hydra-optuna-sweeper's optuna), rather than running the grid of the values given."""
+    return OmegaConf.select(cfg, "hydra.sweeper._target_") not in GRID_SWEEPERS
+
+
+# The most jobs one sweep takes. Each is listed and composed before the first starts (0.16 s a
+# job on a 2-core machine: this many take four hours) and gets its own run dir.
+MAX_JOBS = 100_000
+
+
+def _sweep_size(value) -> int | None:
+    """How many values a sweep gives, counted without listing them; None for a glob (its options)."""
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    if isinstance(value, RangeSweep) and value.step:
+        return max(0, math.ceil((value.stop - value.start) / value.step))
+    if isinstance(value, ChoiceSweep):
+        return len(value.list)
+    return None
+
+
+def _check_output_dir(cfg: DictConfig, key: str) -> None:
+    """An empty hydra.run.dir or hydra.sweep.dir is the current directory: the record's files
+    (config.json, checkpoint.pt, multirun.yaml ...) would land among the user's own, unasked."""
+    try:
+        folder = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException:
+        return  # an interpolation only Hydra can resolve: it says so if it cannot
+    if folder is None or not str(folder).strip():
+        raise ConfigError(
+            f"{key}={'' if folder is None else folder} is invalid: an empty directory is the current one, where "
+            f"the {'sweep' if 'sweep' in key else 'run'}'s files would land among others; name a directory "
+            f"({key}=. if that is what you mean)"
+        )
+
+
+def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:
+    """Whether `key` is in the config composed with group=option (and the other selections)."""
+    chosen = [a for a in selections if a.partition("=")[0] != group] + [f"{group}={option}"]
+    try:
+        cfg = compose(config_name=config_name, overrides=chosen)
+    except Exception:  # noqa: BLE001 -- an option that does not compose has no key
+        return False
+    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+
+
+def _split_on(key: str, selections, swept_groups: dict, compose, config_name):
+    """(group, options with `key`, options without) for the first swept group whose options
+    differ in having it: its jobs could not all set it. None when none differ."""
+    for group, options in swept_groups.items():
+        have = [o for o in options if _has_key(key, selections, group, o, compose, config_name)]
+        if have and len(have) < len(options):
+            return group, have, [o for o in options if o not in have]
+    return None
+
+
+def _sweep_them_separately(given: str, key: str, group: str, have: list[str], lacking: list[str]) -> str:
+    name = key.removeprefix(f"{group}.")  # optim=sgd has no eps; experiment=x has no schedule.epoch
+    return (
+        f"{given} is invalid in this sweep: {group}={','.join(lacking)} has no {name} "
+        f"(only {group}={','.join(have)} has); sweep them separately"
+    )
+
+
+def _options_with(key: str, section: str, selections, groups: dict, compose, config_name):
+    """(the section's chosen option, its other options that have `key`)."""
+    chosen = [a.partition("=")[2] for a in selections if a.partition("=")[0] == section]
+    current = (
+        chosen[-1]
+        if chosen
+        else compose(
+            config_name=config_name, overrides=selections, return_hydra_config=True
+        ).hydra.runtime.choices.get(section)
+    )
+    others = [
+        o
+        for o in groups.get(section, [])
+        if o != current and _has_key(key, selections, section, o, compose, config_name)
+    ]
+    return current, others
+
+
+def _missing_key(key: str, given: str, known, selections, swept_groups, groups, compose, config_name) -> str:
+    """One line for a key the composed config lacks: the swept options that have it, the
+    section's options that have it, or the nearest key."""
+    split = _split_on(key, selections, swept_groups, compose, config_name)
+    if split:  # optim=sgd,adam optim.eps=1e-7: whatever the order of the options
+        return _sweep_them_separately(given, key, *split)
+    section = key.split(".")[0]
+    if section in groups:  # schedule.lr2 with schedule=constant
+        current, others = _options_with(key, section, selections, groups, compose, config_name)
+        if others:
+            return _another_option(given, key, section, current, others)
+    return f"{key} is not a config key: {_nearest(key, known)}"
+
+
+def _another_option(given: str, key: str, section: str, current: str, others: list[str]) -> str:
+    return (
+        f"{given} is invalid: {section}={current} has no {key.split('.', 1)[1]}; the {section} "
+        f"options with it are {', '.join(others)} (add {section}={others[0]})"
+    )
+
+
+def _nothing_reads(given: str, section: str, known: list[str]) -> str:
+    """A new key under a config section: the section's builder reads only the keys it has."""
+    siblings = [k.split(".", 1)[1] for k in known if k.startswith(section + ".") and "._" not in k]
+    return (
+        f"{given} is invalid: nothing reads a new key under {section}, whose keys are {', '.join(siblings)}"
+    )
+
+
+def _nearest(key: str, known: list[str]) -> str:
+    known = [k for k in known if not k.rpartition(".")[2].startswith("_")]  # _target_: not a knob
+    group, _, leaf = key.rpartition(".")
+    tops = sorted({k.split(".")[0] for k in known})
+    head, _, rest = key.partition(".")
+    if rest and head not in tops:  # modle.channels: the section is the typo
+        near = get_close_matches(head, tops, n=1, cutoff=0.6)
+        if near and f"{near[0]}.{rest}" in known:
+            return f"did you mean {near[0]}.{rest}?"
+    siblings = [k for k in known if k.startswith(group + ".")] if group else []
+    # A key under a section is matched by its last part among its siblings': the section's name,
+    # common to all, would make schedule.lrr2 look like schedule.name.
+    leaves = {k.rpartition(".")[2]: k for k in siblings if k.count(".") == key.count(".")}
+    close = [leaves[c] for c in get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)] if group else []
+    close = close or get_close_matches(key, known if not group else [], n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    if siblings:
+        return f"the keys of {group} are {', '.join(siblings)}"
+    return f"top-level keys are {', '.join(tops)}"
+
+
+def _missing_part(tree, key: str) -> str | None:
+    """Where a dotted key leaves the config before its last part (hydra.sweeep.dir: at sweeep),
+    with the nearest existing name; None when only the last part is new."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1):
+        node = OmegaConf.select(tree, ".".join(parts[:i])) if i else tree
+        if not OmegaConf.is_dict(node) or parts[i] in node:
+            continue
+        at = ".".join(parts[:i]) or "the config"
+        names = [str(k) for k in node]
+        close = get_close_matches(parts[i], names, n=1, cutoff=0.6)
+        if close:
+            return (
+                f"{at} has no {parts[i]}; did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?"
+            )
+        return f"{at} has no {parts[i]}; its keys are {', '.join(names)}"
+    return None
+
+
+def _composition_problem(shared: list[str], error: Exception, swept_groups, compose, config_name) -> str:
+    """One line for what Hydra's composition refused: the argument that fails, and why. The
+    argument is found by the key OmegaConf's error names (its full_key), or else as the first
+    one with which the composition fails; never by the wording of Hydra's message."""
+    cause = error.__cause__
+    failed = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    culprit = key = None
+    for a in shared if failed else ():
+        # the override of that key, of a dict holding it (model={a:1}) or of a key under it (hydra.sweeep.dir)
+        k = a.partition("=")[0].lstrip("+~")
+        if k == failed or failed.startswith(k + ".") or k.startswith(failed + "."):
+            culprit, key = a, k
+            break
+    if key and not culprit.startswith(("+", "~")):
+        section = key.split(".")[0]
+        if section in swept_groups:
+            # Hydra composes a sweep's shared config with the group's default option: a key that
+            # every swept option has but the default lacks cannot be set there.
+            have = [
+                o for o in swept_groups[section]
+                if OmegaConf.select(compose(config_name, [f"{section}={o}"]), key, default=_MISSING) is not _MISSING
+            ]  # fmt: skip
+            name = key.split(".", 1)[1]
+            if len(have) == len(swept_groups[section]):
+                value = (culprit or "").partition("=")[2]
+                default = compose(config_name, [], return_hydra_config=True).hydra.runtime.choices.get(
+                    section
+                )
+                return (
+                    f"{culprit} is invalid in this sweep: Hydra first composes the shared config with "
+                    f"{section}={default}, which has no {name}; write ++{key}={value} to set it in every "
+                    f"{section} swept"
+                )
+            lacking = [o for o in swept_groups[section] if o not in have]
+            return (
+                f"{culprit} is invalid in this sweep: {section}={','.join(lacking)} has no {name} "
+                f"(only {section}={','.join(have) or 'none'} has); sweep them separately"
+            )
+        parent, _, name = key.rpartition(".")
+        try:
+            tree = compose(config_name, [a for a in shared if a != culprit], return_hydra_config=True)
+            typo = _missing_part(tree, key)
+            if typo:  # hydra.sweeep.dir: the parent is missing, not the key
+                return f"{key} is not a key: {typo}"
+            node = OmegaConf.select(tree, parent) if parent else tree
+            siblings = sorted(node.keys()) if OmegaConf.is_dict(node) else []
+        except Exception:  # the rest does not compose either: say what Hydra said
+            siblings = []
+        if name in siblings:  # the key is there; the dict given for it brings keys it lacks
+            return f"{culprit} is invalid: it adds keys to {key}, which takes Hydra's +: +{culprit}"
+        close = get_close_matches(name, siblings, n=1, cutoff=0.6)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
+            f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"
+        )  # fmt: skip
+        return f"{key} is not a key of {parent or 'the config'}: {hint}"
+    if culprit is None:
+        for i in range(len(shared)):
+            try:
+                compose(config_name, shared[: i + 1], return_hydra_config=True)
+            except Exception:  # noqa: BLE001 -- whatever it is, it is this argument's
+                culprit = shared[i]
+                break
+    first = (str(cause or error).strip() or type(cause or error).__name__).splitlines()[0]
+    return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+_MISSING = object()

@@ -1,0 +1,104 @@
+"""A config section's keys bound to the signature of the object its `_target_` names.
+
+Any section that builds an object (model, optim, loss, schedule, data) may name a user's class or
+function by `_target_`. Its YAML keys are then that callable's arguments: a key it does not take,
+or an argument without a default that no key gives, is refused before launch in one line naming
+the accepted arguments, where instantiating it in the job raised a TypeError. The keys the
+training loop reads (build.NOT_ARGUMENTS) and the values build passes at run time are not the
+YAML's to give.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from omegaconf import DictConfig, OmegaConf
+
+# What build passes where it builds each section's object: the data's shape, the parameters, the
+# run's step counts. The data section's own keys are read by sweeper.data around the user's loader.
+RUNTIME = {
+    "model": {"in_channels", "image_size", "num_classes"},
+    "optim": {"params", "lr"},
+    "loss": {"reduction"},
+    "schedule": {"lr", "steps_per_epoch", "total_steps"},
+    "data": {
+        "name",
+        "root",
+        "download",
+        "cache_dir",
+        "train_size",
+        "val_size",
+        "seed",
+        "normalize",
+        "augment",
+    },
+}
+
+
+OWN = "sweeper."  # the project's own classes and functions
+
+
+def target_of(cfg: DictConfig, section: str):
+    """The callable `section._target_` names, or None where the section has no `_target_`;
+    raises ValueError, in one line, where it cannot be imported."""
+    path = OmegaConf.select(cfg, f"{section}._target_", throw_on_missing=False)
+    if path is None:
+        return None
+    try:
+        return _locate(str(path))
+    except Exception as e:  # noqa: BLE001 -- a user's module may raise anything while it imports
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{section}._target_={path} is invalid: it cannot be imported ({type(e).__name__}: {why})"
+        ) from None
+
+
+def _locate(path: str):
+    """The object at a dotted path (module.Class, package.module.function), as instantiate finds
+    it. Hydra's own get_object logs its error over several lines before raising it, and names
+    a missing attribute as a missing module."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            found = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
+                continue  # no such module: the path's module is shorter
+            raise  # the module imports another one that is missing
+        for attribute in parts[i:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(f"No module named '{parts[0]}'")
+
+
+def problem(cfg: DictConfig, section: str) -> str | None:
+    """Why `section`'s keys do not fit its `_target_`'s signature, in one line; None where they
+    do, or where the signature cannot say (a builtin, or **kwargs, which takes any key)."""
+    from sweeper.build import NOT_ARGUMENTS
+
+    try:
+        target = target_of(cfg, section)
+    except ValueError as e:  # sweeper.models.ConvNett too
+        return str(e)
+    if target is None or str(cfg[section]["_target_"]).startswith(OWN):
+        return None  # the project's own: checked by their ranges (sweeper.validate)
+    path = cfg[section]["_target_"]
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the job's call says
+        return None
+    runtime = RUNTIME.get(section, set())
+    named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    accepted = [p.name for p in named if p.name not in runtime]
+    takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+    given = [str(k) for k in cfg[section] if not str(k).startswith("_") and k not in NOT_ARGUMENTS]
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        for key in given:
+            if key not in accepted:
+                return f"{section}.{key} is not an argument of {path}: {takes}"
+    for p in named:
+        if p.default is p.empty and p.name not in runtime and p.name not in given:
+            return f"{section}.{p.name} is missing: {path} has no default for it; add +{section}.{p.name}=..."
+    return None
