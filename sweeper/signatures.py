@@ -15,6 +15,8 @@ import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper import user_data
+
 # What build passes where it builds each section's object: the data's shape, the parameters, the
 # run's step counts. The data section's own keys are read by sweeper.data around the user's loader.
 RUNTIME = {
@@ -22,17 +24,8 @@ RUNTIME = {
     "optim": {"params", "lr"},
     "loss": {"reduction"},
     "schedule": {"lr", "steps_per_epoch", "total_steps"},
-    "data": {
-        "name",
-        "root",
-        "download",
-        "cache_dir",
-        "train_size",
-        "val_size",
-        "seed",
-        "normalize",
-        "augment",
-    },
+    # the keys sweeper.data reads itself; every other key goes to the user's loader
+    "data": set(user_data.OWN_KEYS),
 }
 
 
