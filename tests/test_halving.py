@@ -4,12 +4,19 @@ trainer.until_epoch and resumed later equals one trained straight through."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 
 from sweeper import train
 from sweeper.runlog import RunLog
-from tests.conftest import compose_cfg
+from sweeper.validate import ConfigError, check
+from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
 
 def rows_without_times(run_dir):
@@ -39,3 +46,155 @@ def test_a_run_paused_at_until_epoch_and_resumed_equals_one_trained_straight_thr
     assert (
         json.loads((paused / "job.json").read_text())["restarts"] == 2
     )  # two resumes; the skipped rerun started nothing
+
+
+def test_until_epoch_past_trainer_epochs_is_refused_in_one_line():
+    with pytest.raises(
+        ConfigError, match=r"^trainer.until_epoch=5 is invalid: must be an integer >= 1 and <= 4$"
+    ):
+        check(compose_cfg("trainer.epochs=4", "trainer.until_epoch=5"))
+
+
+# ---------------------------------------------------------------- hydra/sweeper=halving, end to end
+
+# 9 configurations, trainer.epochs=9, eta=3, min_epochs=1: rungs at epochs 1, 3, 9 of 9, 3, 1 jobs.
+# One thread per run, whatever the launcher: the values are then bit-identical between launchers.
+SWEEP = [
+    "hydra/sweeper=halving",
+    *(a for a in TINY if not a.startswith("trainer.epochs")),
+    "trainer.epochs=9",
+    "trainer.threads=1",
+    "lr=0.3,0.1,0.03",
+    "model.units=[8],[16],[32]",
+]
+
+
+def halving_sweep(tmp_path, name, *extra, timeout=300):
+    sweep_dir = tmp_path / name
+    result = run_cli("-m", *SWEEP, *extra, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=timeout)
+    return sweep_dir, result
+
+
+def halving_record(sweep_dir):
+    return json.loads((sweep_dir / "sweep.json").read_text())["halving"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """One halving sweep on Hydra's basic launcher, never interrupted: the reference."""
+    tmp_path = tmp_path_factory.mktemp("straight")
+    sweep_dir, result = halving_sweep(tmp_path, "sweep")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir, result
+
+
+def test_a_halving_sweep_trains_rungs_of_9_3_1_configurations_and_stops_the_others(straight):
+    sweep_dir, result = straight
+    record = halving_record(sweep_dir)
+    assert [(r["epoch"], len(r["jobs"])) for r in record["rungs"]] == [(1, 9), (3, 3), (9, 1)]
+    assert {k: record[k] for k in ("eta", "min_epochs", "metric", "mode", "epochs")} == {
+        "eta": 3, "min_epochs": 1, "metric": "test_acc", "mode": "max", "epochs": 9
+    }  # fmt: skip
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    for rung, entry in enumerate(record["rungs"]):
+        # each value is the run's metrics line at the rung's epoch, in its own run dir
+        for num, value in zip(entry["jobs"], entry["values"], strict=True):
+            row = rows_without_times(sweep_dir / jobs[num]["dir"])[entry["epoch"] - 1]
+            assert row["epoch"] == entry["epoch"] and row["test_acc"] == value
+        # the best third goes on, ties to the lower job number
+        best = sorted(zip(entry["values"], entry["jobs"], strict=True), key=lambda vn: (-vn[0], vn[1]))
+        expected = [] if rung == 2 else sorted(n for _, n in best[: len(entry["jobs"]) // 3])
+        assert entry["promoted"] == expected
+        if rung < 2:
+            assert record["rungs"][rung + 1]["jobs"] == entry["promoted"]
+    picked = record["rungs"][-1]["picked"]
+    assert picked == record["rungs"][-1]["jobs"][0]
+    for num in range(9):
+        summary = json.loads((sweep_dir / str(num) / "summary.json").read_text())
+        if num == picked:
+            assert summary["status"] == "completed" and summary["epochs_done"] == 9
+            continue
+        rung = 0 if num not in record["rungs"][1]["jobs"] else 1
+        assert (summary["status"], summary["rung"], summary["epochs_done"]) == ("stopped", rung, (1, 3)[rung])
+        assert len(rows_without_times(sweep_dir / str(num))) == (1, 3)[rung]  # trained no further
+    assert "9 jobs: 1 completed, 8 stopped" in result.stdout
+    assert f"halving: picked job {picked} " in result.stderr and "13 epochs trained" not in result.stderr
+    assert "21 epochs trained, 26% of the full grid's 81" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_pool_launcher_runs_the_same_rungs_to_the_same_values(tmp_path, straight):
+    sweep_dir, result = halving_sweep(
+        tmp_path,
+        "pool",
+        "hydra/launcher=pool",
+        "hydra.launcher.devices=cpu",
+        "hydra.launcher.slots_per_device=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert halving_record(sweep_dir) == halving_record(straight[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_sweep_killed_mid_rung_resumes_at_that_rung_with_the_same_pick(tmp_path, straight, how):
+    sweep_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def mid_rung_1() -> bool:  # rung 1 launched, and its first run past epoch 1
+        try:
+            rungs = halving_record(sweep_dir)["rungs"]
+        except (OSError, KeyError, ValueError):
+            return False
+        return len(rungs) == 2 and len(rows_without_times(sweep_dir / str(rungs[1]["jobs"][0]))) >= 2
+
+    deadline = time.monotonic() + 240
+    while not mid_rung_1():
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before rung 1"
+        time.sleep(0.02)
+    proc.send_signal(how)
+    proc.wait(timeout=60)
+    assert "values" not in halving_record(sweep_dir)["rungs"][1]  # stopped mid-rung
+    rung_0 = [n for n in range(9) if n not in halving_record(sweep_dir)["rungs"][1]["jobs"]]
+    stamps = {p: p.stat().st_mtime_ns for n in rung_0 for p in (sweep_dir / str(n)).iterdir() if p.is_file()}
+
+    again = run_cli("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "halving: rung 0 (epoch 1) already done, read from sweep.json" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # rung 0 untouched, not retrained
+    assert halving_record(sweep_dir) == halving_record(straight[0])  # the same values, the same pick
+    first = halving_record(sweep_dir)["rungs"][1]["jobs"][0]
+    assert json.loads((sweep_dir / str(first) / "job.json").read_text())["restarts"] >= 2  # resumed
+    assert (
+        rows_without_times(sweep_dir / str(first))
+        == rows_without_times(straight[0] / str(first))[: len(rows_without_times(sweep_dir / str(first)))]
+    )
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("hydra.sweeper.eta=1", "hydra.sweeper.eta=1 is invalid: must be an integer >= 2"),
+        ("hydra.sweeper.min_epochs=0", "hydra.sweeper.min_epochs=0 is invalid: must be an integer >= 1"),
+        (
+            "hydra.sweeper.min_epochs=10",
+            "hydra.sweeper.min_epochs=10 is invalid: must be <= trainer.epochs=9",
+        ),
+        ("hydra.sweeper.mode=up", "hydra.sweeper.mode=up is invalid: allowed values are max, min"),
+        (
+            "hydra.sweeper.metric=val_acc",
+            "hydra.sweeper.metric=val_acc is invalid: allowed values are train_loss, train_acc, test_loss, test_acc",
+        ),
+        ("trainer.until_epoch=2", "trainer.until_epoch=2 is set by hydra/sweeper=halving at each rung"),
+    ],
+)
+def test_a_bad_halving_setting_is_refused_in_one_line_before_anything_is_written(tmp_path, override, said):
+    sweep_dir, result = halving_sweep(tmp_path, "refused", override)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("error: ") and said in result.stderr and result.stderr.count("\n") == 1
+    assert not sweep_dir.exists()
