@@ -198,3 +198,20 @@ def test_a_bad_halving_setting_is_refused_in_one_line_before_anything_is_written
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith("error: ") and said in result.stderr and result.stderr.count("\n") == 1
     assert not sweep_dir.exists()
+
+
+def test_the_report_draws_the_rungs_and_ranks_configurations_by_the_rung_they_reached(tmp_path, straight):
+    from analysis import load_sweep, rungs, write_report
+
+    sweep = load_sweep(straight[0])
+    assert not sweep.problems  # stopped is a status of its own, not an unknown one
+    assert "trainer.until_epoch" not in sweep.varied  # where a run paused is not a knob
+    report = write_report(sweep, tmp_path / "report").read_text()
+
+    assert (tmp_path / "report" / "rungs.png").stat().st_size > 0 and "![rungs](rungs.png)" in report
+    assert "## Successive halving" in report
+    record = halving_record(straight[0])
+    table = rungs.ranking(rungs.found(sweep.runs))
+    assert table["job"].iloc[0] == record["rungs"][-1]["picked"] and table["outcome"].iloc[0] == "picked"
+    assert table["rung"].tolist() == [2] + [1] * 2 + [0] * 6  # further rungs rank first
+    assert table.loc[table["rung"] == 0, "test_acc"].is_monotonic_decreasing
