@@ -117,6 +117,10 @@ def test_a_halving_sweep_trains_rungs_of_9_3_1_configurations_and_stops_the_othe
         rung = 0 if num not in record["rungs"][1]["jobs"] else 1
         assert (summary["status"], summary["rung"], summary["epochs_done"]) == ("stopped", rung, (1, 3)[rung])
         assert len(rows_without_times(sweep_dir / str(num))) == (1, 3)[rung]  # trained no further
+    # each configuration keeps its number across rungs, whatever its place in a rung's launch
+    assert [json.loads((sweep_dir / str(n) / "job.json").read_text())["job_num"] for n in range(9)] == list(
+        range(9)
+    )
     assert "9 jobs: 1 completed, 8 stopped" in result.stdout
     assert f"halving: picked job {picked} " in result.stderr and "13 epochs trained" not in result.stderr
     assert "21 epochs trained, 26% of the full grid's 81" in result.stderr
@@ -133,6 +137,9 @@ def test_the_pool_launcher_runs_the_same_rungs_to_the_same_values(tmp_path, stra
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert halving_record(sweep_dir) == halving_record(straight[0])
+    assert [json.loads((sweep_dir / str(n) / "job.json").read_text())["job_num"] for n in range(9)] == list(
+        range(9)
+    )
 
 
 @pytest.mark.slow

@@ -109,12 +109,38 @@ def promoted(jobs: list[int], values: list[float | None], keep: int, mode: str) 
     return sorted(num for _, num in ranked[:keep])
 
 
+class AsConfiguration:
+    """The app's task, told its configuration's number as its job number (hydra.job.num): a
+    rung's launch numbers its jobs from initial_job_idx on, in launch order, whereas a
+    configuration keeps its number (and its run dir, its record's `job_num`) across rungs.
+    Picklable, for the launchers that run the task in another process."""
+
+    def __init__(self, task: Callable) -> None:
+        self.task = task
+        self.nums: dict[tuple[str, ...], int] = {}  # a launched job's task overrides -> its number
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import read_write
+
+        hydra = HydraConfig.get()
+        num = self.nums.get(tuple(hydra.overrides.task))
+        if num is not None:
+            with read_write(hydra.job):
+                hydra.job.num = num
+        return self.task(cfg)
+
+
 class HalvingSweeper(GridSweeper):
     def __init__(self, eta=3, min_epochs=1, metric=None, mode=None, params=None, max_batch_size=None) -> None:
         super().__init__(max_batch_size=None, params=params)
         # Checked in sweep(): Hydra would wrap a refusal raised here in its instantiation error.
         self.eta, self.min_epochs, self.mode, self.metric = eta, min_epochs, mode, metric
         self.epochs = 0  # trainer.epochs, the same for every configuration (_check_configs)
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.task = AsConfiguration(task_function)
+        super().setup(hydra_context=hydra_context, task_function=self.task, config=config)
 
     def _app_checks(self) -> list[Callable]:
         # The sweep's own values first: the app's checks write sweep.json.
@@ -199,10 +225,9 @@ class HalvingSweeper(GridSweeper):
                     file=sys.stderr,
                     flush=True,
                 )
-                batch = [
-                    [*self.jobs[n], f"trainer.until_epoch={epoch}", f"hydra.sweep.subdir={quoted(dirs[n])}"]
-                    for n in survivors
-                ]
+                tasks = {n: [*self.jobs[n], f"trainer.until_epoch={epoch}"] for n in survivors}
+                self.task.nums = {tuple(task): n for n, task in tasks.items()}
+                batch = [[*tasks[n], f"hydra.sweep.subdir={quoted(dirs[n])}"] for n in survivors]
                 returns.append(self.launcher.launch(batch, initial_job_idx=launched))
                 values = [value_at(sweep_dir / dirs[n], epoch, self.metric) for n in survivors]
                 keep = 1 if last else math.ceil(len(survivors) / self.eta)
