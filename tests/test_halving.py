@@ -142,6 +142,15 @@ def test_the_pool_launcher_runs_the_same_rungs_to_the_same_values(tmp_path, stra
     )
 
 
+def mid_rung_1(sweep_dir) -> bool:
+    """Rung 1 launched, and its first run past epoch 1."""
+    try:
+        rungs = halving_record(sweep_dir)["rungs"]
+        return len(rungs) == 2 and len(rows_without_times(sweep_dir / str(rungs[1]["jobs"][0]))) >= 2
+    except (OSError, KeyError, ValueError):  # not written yet, or being replaced
+        return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_a_sweep_killed_mid_rung_resumes_at_that_rung_with_the_same_pick(tmp_path, straight, how):
@@ -152,15 +161,8 @@ def test_a_sweep_killed_mid_rung_resumes_at_that_rung_with_the_same_pick(tmp_pat
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
-    def mid_rung_1() -> bool:  # rung 1 launched, and its first run past epoch 1
-        try:
-            rungs = halving_record(sweep_dir)["rungs"]
-        except (OSError, KeyError, ValueError):
-            return False
-        return len(rungs) == 2 and len(rows_without_times(sweep_dir / str(rungs[1]["jobs"][0]))) >= 2
-
     deadline = time.monotonic() + 240
-    while not mid_rung_1():
+    while not mid_rung_1(sweep_dir):
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before rung 1"
         time.sleep(0.02)
     proc.send_signal(how)
@@ -222,3 +224,50 @@ def test_the_report_draws_the_rungs_and_ranks_configurations_by_the_rung_they_re
     assert table["job"].iloc[0] == record["rungs"][-1]["picked"] and table["outcome"].iloc[0] == "picked"
     assert table["rung"].tolist() == [2] + [1] * 2 + [0] * 6  # further rungs rank first
     assert table.loc[table["rung"] == 0, "test_acc"].is_monotonic_decreasing
+
+
+# ---------------------------------------------------------------- on the real SLURM test cluster
+
+
+@pytest.mark.slurm
+def test_on_slurm_each_rung_is_one_job_array_and_a_sweep_killed_mid_rung_resumes_there(tmp_path):
+    from tests.slurm_helpers import find_cluster, read_json, slurm, sweep_cmd, wait_until
+
+    cluster, reason = find_cluster()
+    if cluster is None:
+        if os.environ.get("SWEEPER_REQUIRE_SLURM") == "1":
+            pytest.fail(f"SWEEPER_REQUIRE_SLURM=1 but no test cluster: {reason}")
+        pytest.skip(reason)
+    slower = "data.n_train=1500"  # epochs long enough to be caught mid-rung at squeue's pace
+    reference, local = halving_sweep(tmp_path, "local", slower)  # the same machine: the same values
+    assert local.returncode == 0, local.stderr[-3000:]
+    sweep_dir, log = tmp_path / "slurm", tmp_path / "sweep.log"
+    args = ["hydra/launcher=submitit_slurm", *SWEEP, slower, f"hydra.sweep.dir={sweep_dir}"]
+    env = {**cluster, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "-m", *args], cwd=tmp_path, env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_until(lambda: mid_rung_1(sweep_dir), 300, "rung 1 under way", proc, log)
+    finally:
+        proc.kill()  # SIGKILL: the command is gone, its array runs on
+        proc.wait()
+    rung_1 = halving_record(sweep_dir)["rungs"][1]["jobs"]
+    array = read_json(sweep_dir / str(rung_1[0]) / "job.json")["slurm_array_job_id"]
+    slurm(cluster, "scancel", array)  # as a user would before rerunning: its runs keep their checkpoints
+    wait_until(lambda: array not in slurm(cluster, "squeue", "-h", "-o", "%A").split(), 120, "the array gone")
+
+    again = sweep_cmd(cluster, tmp_path, *args, timeout=600)
+
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "halving: rung 0 (epoch 1) already done, read from sweep.json" in again.stderr
+    assert "9 jobs: 1 completed, 8 stopped" in again.stdout
+    assert halving_record(sweep_dir) == halving_record(reference)  # the same values, the same pick
+    record = halving_record(sweep_dir)
+    arrays = {
+        rung: {read_json(sweep_dir / str(n) / "job.json")["slurm_array_job_id"] for n in entry["jobs"]
+               if n not in (record["rungs"][rung + 1]["jobs"] if rung + 1 < len(record["rungs"]) else [])}
+        for rung, entry in enumerate(record["rungs"])
+    }  # fmt: skip
+    assert all(len(ids) == 1 for ids in arrays.values()) and len(set().union(*arrays.values())) == 3, arrays
