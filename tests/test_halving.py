@@ -152,6 +152,29 @@ def mid_rung_1(sweep_dir) -> bool:
 
 
 @pytest.mark.slow
+def test_fused_trials_pause_at_each_rung_and_the_promoted_one_trains_on(tmp_path):
+    """hydra.launcher.fuse=true: a rung's configurations that differ only in lr train as one
+    program, which pauses at the rung's epoch as a solo run does."""
+    sweep_dir = tmp_path / "fused"
+    args = [a for a in SWEEP if not a.startswith("model.units")]  # 3 configurations: lr only
+    result = run_cli(
+        "-m", *args, "hydra/launcher=pool", "hydra.launcher.devices=cpu", "hydra.launcher.fuse=true",
+        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = halving_record(sweep_dir)
+    assert [(r["epoch"], len(r["jobs"])) for r in record["rungs"]] == [(1, 3), (3, 1), (9, 1)]
+    picked = record["rungs"][-1]["picked"]
+    for num in range(3):
+        summary = json.loads((sweep_dir / str(num) / "summary.json").read_text())
+        epochs = [r["epoch"] for r in rows_without_times(sweep_dir / str(num))]
+        assert epochs == list(range(1, 10 if num == picked else 2)), (num, summary["status"])
+        assert summary["status"] == ("completed" if num == picked else "stopped")
+        if num != picked:  # rung 0 trained the three as one program
+            assert summary["fused_trials"] == 3
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_a_sweep_killed_mid_rung_resumes_at_that_rung_with_the_same_pick(tmp_path, straight, how):
     sweep_dir = tmp_path / "killed"
@@ -264,10 +287,9 @@ def test_on_slurm_each_rung_is_one_job_array_and_a_sweep_killed_mid_rung_resumes
     assert "halving: rung 0 (epoch 1) already done, read from sweep.json" in again.stderr
     assert "9 jobs: 1 completed, 8 stopped" in again.stdout
     assert halving_record(sweep_dir) == halving_record(reference)  # the same values, the same pick
-    record = halving_record(sweep_dir)
-    arrays = {
-        rung: {read_json(sweep_dir / str(n) / "job.json")["slurm_array_job_id"] for n in entry["jobs"]
-               if n not in (record["rungs"][rung + 1]["jobs"] if rung + 1 < len(record["rungs"]) else [])}
-        for rung, entry in enumerate(record["rungs"])
-    }  # fmt: skip
-    assert all(len(ids) == 1 for ids in arrays.values()) and len(set().union(*arrays.values())) == 3, arrays
+    # each rung went out as one submission: an array of 9, an array of 3 (as relaunched), a job
+    ids = read_json(sweep_dir / "slurm_jobs.json")["jobs"]  # launch number -> SLURM id
+    assert sorted(ids, key=int) == [str(n) for n in range(13)]
+    assert len({ids[str(n)].split("_")[0] for n in range(9)}) == 1
+    assert len({ids[str(n)].split("_")[0] for n in range(9, 12)}) == 1
+    assert len({ids[str(n)].split("_")[0] for n in (0, 9, 12)}) == 3
