@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,6 +173,22 @@ def test_fused_trials_pause_at_each_rung_and_the_promoted_one_trains_on(tmp_path
         assert summary["status"] == ("completed" if num == picked else "stopped")
         if num != picked:  # rung 0 trained the three as one program
             assert summary["fused_trials"] == 3
+
+
+@pytest.mark.slow
+def test_trainer_resume_false_starts_the_halving_over_and_its_later_rungs_still_resume(tmp_path, straight):
+    sweep_dir = tmp_path / "again"
+    shutil.copytree(straight[0], sweep_dir)
+
+    result = run_cli("-m", *SWEEP, "trainer.resume=false", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already done" not in result.stderr
+    assert halving_record(sweep_dir) == halving_record(straight[0])  # trained again, to the same values
+    picked = halving_record(sweep_dir)["rungs"][-1]["picked"]
+    assert (sweep_dir / str(picked) / "attempts" / "1" / "summary.json").exists()  # the old one, set aside
+    assert not (sweep_dir / str(picked) / "attempts" / "2").exists()  # and only that: rungs 1, 2 resumed
+    assert rows_without_times(sweep_dir / str(picked)) == rows_without_times(straight[0] / str(picked))
 
 
 @pytest.mark.slow

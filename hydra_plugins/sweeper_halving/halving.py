@@ -137,6 +137,7 @@ class HalvingSweeper(GridSweeper):
         # Checked in sweep(): Hydra would wrap a refusal raised here in its instantiation error.
         self.eta, self.min_epochs, self.mode, self.metric = eta, min_epochs, mode, metric
         self.epochs = 0  # trainer.epochs, the same for every configuration (_check_configs)
+        self.starts_over = False  # trainer.resume=false (_check_configs)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.task = AsConfiguration(task_function)
@@ -175,6 +176,8 @@ class HalvingSweeper(GridSweeper):
                     "or null (val_acc with a validation split, else test_acc)"
                 )
         self.mode = self.mode or ("min" if self.metric.endswith("_loss") else "max")
+        # trainer.resume=false: rung 0 sets the earlier records aside, the later rungs resume rung 0's
+        self.starts_over = not all(composed.trainer.resume for _, composed in jobs)
         return [job for job, _ in jobs]
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -203,7 +206,7 @@ class HalvingSweeper(GridSweeper):
                 f"{sweep_dir} holds a halving sweep with {was}; rerun it with those settings, "
                 "or choose another hydra.sweep.dir"
             )
-        done = list((record or {}).get("rungs") or [])
+        done = [] if self.starts_over else list((record or {}).get("rungs") or [])
         record = {**wanted, "rungs": []}
         survivors, launched, returns = list(range(len(self.jobs))), 0, []
         epochs = rung_epochs(self.min_epochs, self.eta, self.epochs)
@@ -225,7 +228,8 @@ class HalvingSweeper(GridSweeper):
                     file=sys.stderr,
                     flush=True,
                 )
-                tasks = {n: [*self.jobs[n], f"trainer.until_epoch={epoch}"] for n in survivors}
+                again = ["trainer.resume=true"] if self.starts_over and rung > 0 else []
+                tasks = {n: [*self.jobs[n], *again, f"trainer.until_epoch={epoch}"] for n in survivors}
                 self.task.nums = {tuple(task): n for n, task in tasks.items()}
                 batch = [[*tasks[n], f"hydra.sweep.subdir={quoted(dirs[n])}"] for n in survivors]
                 returns.append(self.launcher.launch(batch, initial_job_idx=launched))
