@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from hydra_plugins.sweeper_halving.halving import promoted, rung_epochs, value_at
 from sweeper import train
 from sweeper.runlog import RunLog
 from sweeper.validate import ConfigError, check
@@ -54,6 +55,43 @@ def test_until_epoch_past_trainer_epochs_is_refused_in_one_line():
         ConfigError, match=r"^trainer.until_epoch=5 is invalid: must be an integer >= 1 and <= 4$"
     ):
         check(compose_cfg("trainer.epochs=4", "trainer.until_epoch=5"))
+
+
+# ---------------------------------------------------------------- the rungs' arithmetic and choice
+
+
+def test_rungs_grow_by_eta_from_min_epochs_and_the_last_is_trainer_epochs():
+    assert rung_epochs(1, 3, 9) == [1, 3, 9]
+    assert rung_epochs(1, 3, 10) == [1, 3, 9, 10]
+    assert rung_epochs(2, 2, 12) == [2, 4, 8, 12]
+    assert rung_epochs(5, 3, 5) == [5]
+
+
+def fake_run(run_dir, status, test_acc):
+    """A run dir with a summary of `status` and 3 metrics lines, test_acc at epoch 3 as given."""
+    run_dir.mkdir(parents=True)
+    rows = [{"epoch": e, "test_acc": 0.1 if e < 3 else test_acc, "test_loss": 2.0} for e in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "summary.json").write_text(json.dumps({"status": status, "epochs_done": 3}))
+    return run_dir
+
+
+def test_a_failed_or_diverged_configuration_is_never_promoted_and_ties_go_to_the_lower_job(tmp_path):
+    runs = [
+        fake_run(tmp_path / "0", "paused", 0.5),
+        fake_run(tmp_path / "1", "failed", 0.9),  # its numbers are not a result
+        fake_run(tmp_path / "2", "diverged", None),
+        fake_run(tmp_path / "3", "paused", 0.7),
+        fake_run(tmp_path / "4", "paused", 0.7),
+        fake_run(tmp_path / "5", "stopped_early", 0.8),  # ended: it would not train on
+    ]
+    values = [value_at(run, 3, "test_acc") for run in runs]
+    assert values == [0.5, None, None, 0.7, 0.7, None]
+    assert promoted(list(range(6)), values, 1, "max") == [3]
+    assert promoted(list(range(6)), values, 2, "max") == [3, 4]
+    assert promoted(list(range(6)), values, 2, "min") == [0, 3]
+    assert promoted(list(range(6)), values, 5, "max") == [0, 3, 4]  # fewer in the race than kept
+    assert value_at(runs[0], 4, "test_acc") is None  # no line at that epoch
 
 
 # ---------------------------------------------------------------- hydra/sweeper=halving, end to end
