@@ -277,6 +277,7 @@ RECORD_KEEPING = (
     "data.cache_dir",
     "data.download",
     "trainer.objective",  # what the run returns to an optimizing sweeper, not what it computes
+    "trainer.until_epoch",  # where hydra/sweeper=halving paused a run last: epochs_done says how far
 )
 
 
@@ -511,7 +512,7 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(
             "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
         )
-    elif status not in (*RESULTS, "running", "damaged"):  # damaged: its notes name the file
+    elif status not in (*RESULTS, "stopped", "paused", "running", "damaged"):  # damaged: named by its notes
         reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import lr_range, plots
+from analysis import lr_range, plots, rungs
 from analysis.diagnostics import (
     SPLIT_NAMES,
     counterpart,
@@ -307,6 +307,9 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
         )
         read = tuple(str(w.message) for w in caught)
         yield dataclasses.replace(drawn, notes=tuple(dict.fromkeys(read + drawn.notes)))
+    halving = rungs.found(sweep.runs)  # hydra/sweeper=halving: its rungs (analysis/rungs.py)
+    if halving:
+        yield _draw("rungs", rungs.caption(halving), lambda: rungs.plot_rungs(halving, sweep.curves))
     hue_keys = figure_keys(sweep)[:MAX_HUE_FIGURES]
     left_out = figure_keys(sweep)[MAX_HUE_FIGURES:]
     if left_out:
@@ -512,6 +515,7 @@ def write_report(
         "",
         markdown_table(ranking_table(ranking, keys, metric), more=" in ranking.csv"),
     ]
+    md += rungs.section(rungs.found(sweep.runs), sweep.runs, keys)  # how far each configuration ran
     md += diagnostics_section(sweep, diag, keys)
     md += study_section(sweep)
     md += ["## Figures", ""]

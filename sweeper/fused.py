@@ -45,7 +45,7 @@ from torch.func import functional_call, stack_module_state
 from sweeper import build, cuda_graph, models, stacked, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
-from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_device
+from sweeper.train import autocast_for, kept_epochs, log, memory_format, pause_epoch, run_device
 
 # What may differ between the trials of one fused group: their optimisation, their seed, what
 # each one's record keeps (each trial writes its own), and when each one ends (its own Stopping).
@@ -309,7 +309,7 @@ def train_group(
     ]
     status = [v["status"] if v else "completed" for v in verdicts]
     t_start = time.perf_counter() - time_offset
-    for epoch in range(start_epoch + 1, epochs + 1):
+    for epoch in range(start_epoch + 1, pause_epoch(cfg0) + 1):  # trainer.until_epoch: one for the group
         if all(s != "completed" for s in status):
             break  # every trial has ended (an ended trial's stacked weights train on, unrecorded)
         t_epoch = time.perf_counter()
@@ -393,6 +393,8 @@ def train_group(
                 log.warning("trial %s: epoch %d: %s (status %s)", record.dir, epoch, verdict["stop_reason"],
                             verdict["status"], extra={"trial": record.dir})  # fmt: skip
     info["cuda_graph"] = fused_step.enabled  # false after a failed capture
+    if pause_epoch(cfg0) < epochs:
+        status = ["paused" if s == "completed" else s for s in status]
     return [
         {"status": s, **(verdicts[t] or {}), **info, **({"error": errors[t]} if t in errors else {})}
         for t, s in enumerate(status)

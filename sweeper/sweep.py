@@ -35,10 +35,16 @@ from sweeper.train import (
 )
 from sweeper.validate import ConfigError, check, check_device
 
-STATES = ("completed", "stopped_early", "diverged", "failed", "interrupted", "running", "damaged", "missing")
-SUMMARY_STATES = ("completed", "stopped_early", "diverged", "failed")  # what a run's summary.json can say
-# Runs that ended as their config asks: trained to trainer.epochs, or stopped by its early stopping.
-SUCCEEDED = ("completed", "stopped_early")
+STATES = (
+    "completed", "stopped_early", "stopped", "diverged", "failed", "paused", "interrupted", "running",
+    "damaged", "missing",
+)  # fmt: skip
+# What a run's summary.json can say. paused: at trainer.until_epoch; stopped: a configuration
+# that hydra/sweeper=halving did not promote past a rung (its summary says which, `rung`).
+SUMMARY_STATES = ("completed", "stopped_early", "stopped", "diverged", "failed", "paused")
+# Runs that ended as their sweep asks: trained to trainer.epochs, stopped by their early stopping,
+# or by successive halving.
+SUCCEEDED = ("completed", "stopped_early", "stopped")
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -300,6 +306,8 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
 
 
 GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
+# Sweepers that hand their composed jobs to check_grid themselves: the grid and its halving.
+CHECKING_SWEEPERS = (GRID_SWEEPER, "hydra_plugins.sweeper_halving.halving.HalvingSweeper")
 
 
 class SweepCallback(Callback):
@@ -313,7 +321,7 @@ class SweepCallback(Callback):
         return check_jobs(config, jobs)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if config.hydra.sweeper.get("_target_") == GRID_SWEEPER:
+        if config.hydra.sweeper.get("_target_") in CHECKING_SWEEPERS:
             return  # the grid sweeper calls check_grid with the configs it composed, once each
         if objective.optimizing(config):  # Optuna: no grid to list, its trials drawn as it goes
             return objective.start_study(config, GlobalHydra.instance().hydra.config_loader)
@@ -407,7 +415,7 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
                 f" ended before it started (log: .submitit/{job_id}/)" if ended else " not started yet"
             )
         counts[state] += 1
-        if state != "completed":
+        if state not in ("completed", "stopped"):  # stopped: successive halving's, as it asked
             lines.append(f"  {job['num']:>4}  {state:<11} {' '.join(job['overrides'])}  {detail}")
     total = len(known["jobs"])
     print(
@@ -504,6 +512,10 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         after = f"after {_count(summary.get('epochs_done'), 'epoch')}"
         if state == "stopped_early":  # sweeper/stopping.py says why
             return state, f"{after}, test_acc {summary.get('final_test_acc')}: {summary.get('stop_reason')}"
+        if state == "stopped":
+            return state, f"{after}, not promoted past rung {summary.get('rung')} by successive halving"
+        if state == "paused":
+            return state, f"{after} (trainer.until_epoch); a rerun resumes it"
         return state, str(
             summary.get("error") or f"{after}: {summary.get('stop_reason') or 'non-finite loss'}"
         )
@@ -534,3 +546,32 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     if damaged:  # nothing tells which process writes it, or whether one still does
         return "damaged", damaged
     return "running", "no summary yet"
+
+
+# -- successive halving (hydra_plugins/sweeper_halving): its rungs, kept in sweep.json
+
+
+def read_halving(sweep_dir: Path) -> dict | None:
+    """sweep.json's `halving` record: the settings and each rung's epoch, jobs launched, their
+    metric values and the jobs promoted; None when the sweep has none yet."""
+    known = _read_sweep(sweep_dir)
+    record = None if known is None else known.get("halving")
+    return record if isinstance(record, dict) else None
+
+
+def write_halving(sweep_dir: Path, halving: dict) -> None:
+    """Replace sweep.json's `halving` record, atomically (its job list stays as check_jobs wrote it)."""
+    known = _read_sweep(sweep_dir)
+    if known is None:  # check_jobs writes it before any launch
+        raise SweepRefused(f"{sweep_dir / 'sweep.json'} is missing: the halving record needs the job list")
+    atomic_write(sweep_dir / "sweep.json", to_json({**known, "halving": halving}))
+
+
+def mark_stopped(run_dir: Path, rung: int) -> None:
+    """A configuration not promoted past rung `rung`: its summary (a pause's) says `stopped` and
+    the rung, rewritten atomically; its metrics lines and checkpoint stay, so it can go on later."""
+    summary = _json_object(run_dir / "summary.json")
+    if summary is None or (summary.get("status"), summary.get("rung")) == ("stopped", rung):
+        return  # marked already (a rerun reads the rung back): untouched
+    if summary.get("status") in ("paused", "stopped"):
+        atomic_write(run_dir / "summary.json", to_json({**summary, "status": "stopped", "rung": rung}))

@@ -50,6 +50,9 @@ RECORD_FILES = (
 )
 # A rerun of the same config would end the same way: skipped. stopped_early: sweeper/stopping.py.
 ENDED = ("completed", "diverged", "stopped_early")
+# Ended at trainer.until_epoch (paused), or there for good by hydra/sweeper=halving (stopped): a
+# rerun that trains no further skips it, one with a later until_epoch resumes it from its checkpoint.
+PAUSED = ("paused", "stopped")
 
 
 def pick_device(name: str) -> torch.device:
@@ -216,6 +219,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     t_start = time.perf_counter()
     progress = Progress(epochs, steps_per_epoch)
     last_epoch = epochs if verdict is None else start_epoch  # a verdict already reached: train no more
+    # trainer.until_epoch pauses the run there (hydra/sweeper=halving's rungs); the schedule stays
+    # defined over trainer.epochs, so a paused run resumed goes on exactly as if never paused.
+    last_epoch = min(last_epoch, pause_epoch(cfg))
     for epoch in range(start_epoch + 1, last_epoch + 1):
         t_epoch = time.perf_counter()
         model.train()
@@ -306,7 +312,14 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             break  # stopped early, its checkpoint saved: the weights it ends with
     if graph:
         info["cuda_graph"] = graph_step.enabled  # false after a failed capture, and on the CPU
-    return {"status": "completed", **(verdict or {}), **info}
+    status = "paused" if verdict is None and last_epoch < epochs else "completed"
+    return {"status": status, **(verdict or {}), **info}
+
+
+def pause_epoch(cfg: DictConfig) -> int:
+    """The epoch the run trains to this time: trainer.until_epoch, or null for trainer.epochs."""
+    until = cfg.trainer.get("until_epoch")
+    return cfg.trainer.epochs if until is None else int(until)
 
 
 class Progress:
@@ -403,7 +416,14 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
 # Keys whose change does not change what a resumed run computes. schedule._partial_: records
 # written before schedules were built as factories carry it.
-NOT_COMPARED = {"trainer.resume", "data.cache_dir", "trainer.cuda_graph", "schedule._partial_", "trainer.objective"}
+NOT_COMPARED = {
+    "trainer.resume",
+    "data.cache_dir",
+    "trainer.cuda_graph",
+    "schedule._partial_",
+    "trainer.until_epoch",
+    "trainer.objective",
+}
 # Keys added after records were written, with the value that does what a record without the key
 # did: a resume of such a record compares them as that value, not as a different config.
 # trainer.diverge_factor is compared as its default (10), not as "none" as before it existed: an
@@ -639,6 +659,14 @@ def open_record(
                 drop_pending(run_dir, hydra_files)
                 return record, summary
             why = f"it ended {status}, but {why}"
+        elif status in PAUSED:
+            why = record.why_not_resumable(kept)
+            if why is None and summary.get("epochs_done") == pause_epoch(cfg):
+                log.info("%s: already %s after epoch %d, skipping", run_dir, status, pause_epoch(cfg))
+                drop_pending(run_dir, hydra_files)
+                return record, summary
+            if why is None:  # it goes on: the pause's summary no longer says where the run is
+                record.summary_path.unlink()
         elif summary is not None:
             why = "it failed" if status == "failed" else f"summary.json is damaged: status {status!r}"
         elif "summary.json" in record.damaged:

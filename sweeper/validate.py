@@ -315,6 +315,8 @@ def _check_trainer(cfg, n_train: int) -> None:
     int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
     for key in ("keep_sample_losses", "checkpoint", "resume", "log_steps"):
         boolean(cfg, f"trainer.{key}")
+    if _get(cfg, "trainer.until_epoch") is not None:  # null: trainer.epochs
+        number(cfg, "trainer.until_epoch", low=1, high=_get(cfg, "trainer.epochs"), integer=True)
     _check_stopping(cfg)
     from sweeper import objective
 

@@ -500,12 +500,12 @@ def test_a_run_trained_by_another_process_is_running_not_interrupted_at_the_end(
         (
             '{"status": "great"}',
             None,
-            'summary.json has status "great", not one of completed, stopped_early, diverged, failed',
+            'summary.json has status "great", not one of completed, stopped_early, stopped, diverged, failed, paused',
         ),
         (
             '{"epochs_done": 3}',
             None,
-            "summary.json has status null, not one of completed, stopped_early, diverged, failed",
+            "summary.json has status null, not one of completed, stopped_early, stopped, diverged, failed, paused",
         ),
         ("{not json", None, "summary.json is not JSON"),
         (None, "garbage", "job.json is not JSON"),

@@ -148,6 +148,12 @@ class GridSweeper(BasicSweeper):
         self.launcher = _with_project_launcher(self.launcher, context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> Any:
+        self.check_jobs()
+        return super().sweep(arguments)
+
+    def check_jobs(self) -> None:
+        """Compose and check every job (self.jobs: those to launch, in order), writing nothing
+        but what the app's checks write (this project's: sweep.json)."""
         # The whole grid is composed and checked before Hydra's sweep writes anything (the sweep
         # dir, its multirun.yaml) or launches a job, so a bad job in a later batch
         # (hydra.sweeper.max_batch_size) is refused too. Only the first KEEP jobs' configs are
@@ -191,7 +197,6 @@ class GridSweeper(BasicSweeper):
         launched = {tuple(job) for job in self.jobs}
         for job in [job for job in held if job not in launched]:  # a job that became its grid
             del held[job]
-        return super().sweep(arguments)
 
     def _app_checks(self) -> list[Callable]:
         """The app's grid checks: its callbacks' check_grid methods (see the module's docstring)."""

@@ -1,0 +1,1 @@
+"""Successive halving over the grid sweeper's configurations, by pausing and resuming runs; see halving.py."""
