@@ -160,11 +160,6 @@ def test_a_study_into_a_dir_holding_trials_is_refused(tmp_path):
 
 @needs_optuna
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="interval() on the command line passes the pre-checks once the config branch's change to them "
-    "is merged; then this passes, and strict=True makes the lead remove this mark",
-)
 def test_a_study_over_an_interval_on_the_command_line_completes(tmp_path):
     sweep_dir = tmp_path / "study"
     result = run_cli(
