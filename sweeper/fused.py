@@ -20,10 +20,12 @@ early stopping and divergence threshold (sweeper/stopping.py), at the epoch its 
 
 What fuses is a whitelist of what the fused step computes exactly: torch.optim.SGD, named by its
 `_target_`, with any momentum, nesterov and weight decay and its other arguments at their
-defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; and a
-model of the layer classes stacked.widen stacks -- no batch norm (running statistics cannot be
-stacked simply), no dropout (its masks could not follow the solo runs'). `fusable()` says why a
-job cannot be fused, and such a job runs solo (a config of another Hydra app too).
+defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; plain
+cross-entropy (no label smoothing) and trainer.metrics=[acc], evaluated on train, test and any
+validation split; and a model of the layer classes stacked.widen stacks -- no batch norm (running
+statistics cannot be stacked simply), no dropout (its masks could not follow the solo runs'), no
+class of the user's (its forward may compute anything). `fusable()` says why a job cannot be
+fused, and such a job runs solo (a config of another Hydra app too), the reason logged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, models, stacked, stopping, trained
+from sweeper import build, cuda_graph, metrics, models, stacked, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import autocast_for, kept_epochs, log, memory_format, run_device
@@ -107,8 +109,17 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         if missing:
             return f"not a training config of this project (no {', '.join(missing)})"
         reason = cuda_graph.capturable(c)  # the same update is written here, per trial
+        if reason and reason.startswith("loss."):
+            return f"fused trials compute plain cross-entropy only ({reason})"
         if reason:
             return f"fused trials need plain optim=sgd ({reason})"
+        if not build.plain_cross_entropy(c):
+            loss = build.loss_config(c)
+            arguments = {k: v for k, v in loss.items() if k not in build.NOT_ARGUMENTS | {"_target_"}}
+            return f"fused trials compute plain cross-entropy only (loss: {arguments})"
+        chosen = c.trainer.get("metrics")
+        if chosen is not None and list(chosen) != ["acc"]:
+            return f"fused trials measure trainer.metrics=[acc] only, not {list(chosen)}"
     if cfgs[0].trainer.get("log_steps", False):  # shared by all (trainer is), so the first says
         return "trainer.log_steps: fused trials do not write steps.jsonl"
     if cfgs[0].model.get("batch_norm", False):
@@ -122,7 +133,8 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         )
     try:  # the net's layers, built without memory: can one wide net compute every trial?
         with torch.device("meta"):
-            net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)  # both data sets are CIFAR-shaped
+            # Only the layers' classes matter here, not the data's shape.
+            net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)
     except Exception as e:  # its solo run reports this as its failure
         return f"its model cannot be built: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
     try:
@@ -250,7 +262,7 @@ def train_group(
         momentum=[float(cfg.optim.momentum) for cfg in cfgs],
         nesterov=[bool(cfg.optim.nesterov) for cfg in cfgs],
         decay=[float(cfg.optim.weight_decay) for cfg in cfgs],
-        l1=float(cfg0.model.l1),
+        l1=float(cfg0.model.get("l1", 0.0)),
         autocast=autocast,
     )
     if start_epoch and velocity:  # SGD's momentum buffers, by parameter index (SoloStates.state)
@@ -260,21 +272,28 @@ def train_group(
                 if "momentum_buffer" in buf:
                     velocity[names[int(i)]][t].copy_(buf["momentum_buffer"])
     keep = kept_epochs(cfg0)
+    val = train.validation_split(data)
+    splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}
+    splits["test"] = (data.test_x, data.test_y)
+    measured = metrics.columns(metrics.DEFAULT, val is not None)
     info = {
         "n_params": models.n_params(nets[0]),
-        "receptive_field_px": nets[0].receptive_field_px,
+        "receptive_field_px": models.receptive_field_px(nets[0], data.image_size),
         "n_train": n_train,
+        "n_val": 0 if val is None else len(val[1]),
         "n_test": len(data.test_y),
+        "metrics": list(metrics.DEFAULT),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "fused_trials": n_trials,
         **trained.input_facts(data),  # as a solo run records it: the trials share the data
     }
     for record in records:
         record.facts = info
+    field = info["receptive_field_px"]
     log.info(
-        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d trials fused",
-        cfg0.model.name, info["n_params"], info["receptive_field_px"], n_train, info["n_test"], info["device"],
-        n_trials,
+        "%s: %d params, receptive field %s, %d train / %d val / %d test images on %s, %d trials fused",
+        build.model_name(cfg0), info["n_params"], "not computed" if field is None else f"{field} px", n_train,
+        info["n_val"], info["n_test"], info["device"], n_trials,
     )  # fmt: skip
     del nets
 
@@ -303,7 +322,7 @@ def train_group(
         log.info("resuming %d fused trials after epoch %d", n_trials, start_epoch)
     # Each trial's early stopping and divergence threshold, as its solo run decides them: from
     # its metrics lines, the kept ones first (one stopped after its checkpoint ends at once).
-    stops = [stopping.Stopping(cfg.trainer, len(data.classes)) for cfg in cfgs]
+    stops = [stopping.Stopping(cfg.trainer, len(data.classes), measured) for cfg in cfgs]
     verdicts = [
         next(filter(None, map(stop.update, kept)), None) for stop, kept in zip(stops, rows, strict=True)
     ]
@@ -330,10 +349,7 @@ def train_group(
         wide.eval()
         results = {}
         with torch.inference_mode():
-            for split, xs_, ys_ in (
-                ("train", data.train_x, data.train_y),
-                ("test", data.test_x, data.test_y),
-            ):
+            for split, (xs_, ys_) in splits.items():
                 per_sample, correct = [], torch.zeros(n_trials, device=device)
                 for xb, yb in data_module.eval_batches(xs_, ys_, data, cfg0.trainer.eval_batch_size, layout):
                     with autocast():
@@ -350,19 +366,15 @@ def train_group(
         for t, record in enumerate(records):
             if status[t] != "completed":
                 continue  # ended earlier: its record ended there
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "lr": lr_at[t](step - 1),
-                "train_loss": results["train"][1][t],
-                "train_acc": results["train"][2][t],
-                "test_loss": results["test"][1][t],
-                "test_acc": results["test"][2][t],
+            row = {"epoch": epoch, "step": step, "lr": lr_at[t](step - 1)}
+            for split in splits:  # the order of metrics.columns: loss, then acc, per split
+                row |= {f"{split}_loss": results[split][1][t], f"{split}_acc": results[split][2][t]}
+            row |= {
                 "samples": samples,
                 "time_s": round(now - t_start, 4),
                 "epoch_time_s": round(now - t_epoch, 4),
             }
-            ok = finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+            ok = finite[t] and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
             verdict = stops[t].update(row) if ok else stopping.non_finite(epoch)
             diverged = verdict is not None and verdict["status"] == "diverged"
             try:
@@ -387,7 +399,7 @@ def train_group(
                 log.error("trial %s failed at epoch %d: %s: %s", record.dir, epoch, type(err).__name__, err,
                           extra={"trial": record.dir})  # fmt: skip
                 continue
-            log.info("%s: %s", record.dir.name, train.epoch_line(row, epochs), extra={"trial": record.dir})
+            log.info("%s: %s", record.dir.name, metrics.epoch_line(row, epochs), extra={"trial": record.dir})
             if verdict is not None:
                 status[t], verdicts[t] = verdict["status"], verdict
                 log.warning("trial %s: epoch %d: %s (status %s)", record.dir, epoch, verdict["stop_reason"],
@@ -405,8 +417,8 @@ class SoloStates:
     The model's comes from a solo net, built at the trial's first save, that the stacked values
     are copied into at each save. The optimizer's and the scheduler's are written as
     torch.optim.SGD and LambdaLR write theirs, without building them: the first torch.optim call
-    of a process imports torch._dynamo (1.0-1.2 s on cpu-vm, 6.4 s on the H100 machine), which
-    a fused program otherwise never pays. tests/test_fused.py holds them to the solo run's.
+    of a process imports torch._dynamo (seconds), which a fused program otherwise never pays.
+    tests/test_fused.py holds them to the solo run's.
     """
 
     def __init__(self, cfgs: list[DictConfig], base: torch.nn.Module, device: torch.device):
