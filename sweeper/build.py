@@ -58,7 +58,9 @@ def model(cfg: DictConfig, in_channels: int, image_size, num_classes: int) -> nn
     runtime = dict(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     net = instantiate(arguments, **accepted(arguments["_target_"], runtime))
     if not isinstance(net, nn.Module):
-        raise TypeError(f"model._target_={arguments['_target_']} returned a {type(net).__name__}, not a torch nn.Module")
+        raise TypeError(
+            f"model._target_={arguments['_target_']} returned a {type(net).__name__}, not a torch nn.Module"
+        )
     return net
 
 
@@ -109,7 +111,9 @@ class Loss:
     def per_sample(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         losses = self._per_sample(logits, y)
         if losses.shape != y.shape:  # shapes are known on the host: no device sync
-            raise TypeError(
+            from sweeper.validate import ConfigError
+
+            raise ConfigError(
                 f"loss._target_={self.target} gave a loss of shape {tuple(losses.shape)} for {len(y)} samples: "
                 "it must give one loss per sample (reduction='none')"
             )
@@ -132,7 +136,9 @@ def loss(cfg: DictConfig) -> Loss:
         )
     fn = instantiate(arguments, **accepted(target, {"reduction": "none"}))
     if not callable(fn):
-        raise TypeError(f"loss._target_={target} returned a {type(fn).__name__}, not a function of (logits, targets)")
+        raise TypeError(
+            f"loss._target_={target} returned a {type(fn).__name__}, not a function of (logits, targets)"
+        )
     return Loss(fn, target=target)
 
 

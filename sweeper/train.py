@@ -31,10 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import build, cuda_graph, host_memory, models, processes, stopping, trained
+from sweeper import data as data_module
 from sweeper.metrics import check as check_metrics
 from sweeper.metrics import columns, epoch_line, evaluate, summarize
 from sweeper.metrics import names as metric_names
-from sweeper import data as data_module
 from sweeper.runlog import RunLog, atomic_write
 from sweeper.validate import ConfigError
 
@@ -266,7 +266,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             for split, (x, y) in splits.items()
         }
         # One read back per epoch; it waits for the queued GPU work, so the epoch's time includes it.
-        values = torch.cat([torch.cat([mean.view(1), scores]) for _, mean, scores in results.values()]).tolist()
+        values = torch.cat(
+            [torch.cat([mean.view(1), scores]) for _, mean, scores in results.values()]
+        ).tolist()
         now = time.perf_counter()
         row = {
             "epoch": epoch,
@@ -280,7 +282,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         finite = torch.isfinite(loss_sum) and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
         verdict = stop.update(row) if finite else stopping.non_finite(epoch)
         if epoch in keep or verdict:  # a run's last epoch is always kept
-            record.write_losses(epoch, results["train"][0], results["test"][0], cfg.trainer.keep_sample_losses)
+            record.write_losses(
+                epoch, results["train"][0], results["test"][0], cfg.trainer.keep_sample_losses
+            )
         if step_losses:  # before the epoch's metrics line: a resume keeps the steps up to its step
             losses = torch.stack([loss for *_, loss in step_losses]).tolist()
             record.append_steps(
