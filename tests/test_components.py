@@ -365,3 +365,16 @@ def test_the_metric_names_are_checked_in_one_line():
     for bad in ("acc", ["acc", "acc"], ["top"], [5]):
         with pytest.raises(ConfigError, match="trainer.metrics"):
             metrics.check(bad)
+
+
+def test_the_pre_check_refuses_an_unknown_metric_and_a_stopping_metric_the_run_does_not_measure():
+    from sweeper import validate
+
+    with pytest.raises(ConfigError, match=r"trainer.metrics=\['f1'\] is invalid"):
+        validate.check(compose_cfg("trainer.metrics=[f1]"))
+    with pytest.raises(
+        ConfigError,
+        match="trainer.early_stopping.metric='val_loss' is invalid: allowed values are train_loss",
+    ):
+        validate.check(compose_cfg("trainer.early_stopping.metric=val_loss"))
+    validate.check(compose_cfg("trainer.metrics=[acc,top5]", "trainer.early_stopping.metric=test_top5"))
