@@ -28,6 +28,14 @@ from sweeper import schedules
 NOT_ARGUMENTS = {"name", "l1", "warmup_epochs", "_partial_"}
 # What a model's target is given when its signature takes it; never written in its YAML.
 MODEL_RUNTIME = ("in_channels", "image_size", "num_classes")
+# Per section, the arguments the run passes its target itself (a key of these in the YAML would
+# be overridden): what a check of the YAML's keys against the target's signature leaves out.
+RUNTIME = {
+    "model": MODEL_RUNTIME,
+    "optim": ("params", "lr"),
+    "schedule": ("lr", "steps_per_epoch", "total_steps"),
+    "loss": ("reduction",),
+}
 # The loss a config without a `loss` section (a record from before it existed) trained with.
 CROSS_ENTROPY = {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0}
 CROSS_ENTROPY_TARGETS = {"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"}

@@ -115,6 +115,8 @@ def test_the_receptive_field_of_a_sequential_chain_is_computed_and_of_anything_e
 
 def test_keys_that_are_not_constructor_arguments_are_named_for_the_signature_check():
     assert {"name", "l1", "warmup_epochs"} <= build.NOT_ARGUMENTS
+    assert build.RUNTIME["model"] == ("in_channels", "image_size", "num_classes")
+    assert "reduction" in build.RUNTIME["loss"] and "total_steps" in build.RUNTIME["schedule"]
 
 
 def test_any_torch_optimizer_by_its_target_trains_with_the_top_level_lr(tmp_path):
