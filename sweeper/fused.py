@@ -137,6 +137,9 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
             net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)
     except Exception as e:  # its solo run reports this as its failure
         return f"its model cannot be built: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    dropout = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if dropout:  # a user's net without a model.dropout key
+        return f"fused trials cannot follow a Dropout layer's masks (p={dropout[0]})"
     try:
         stacked.widen(net, 2)
     except stacked.UnsupportedLayer as e:

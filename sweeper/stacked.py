@@ -31,8 +31,8 @@ class UnsupportedLayer(TypeError):
 
 
 # Layers that act on each channel (or element) alone: the wide tensor passes through unchanged.
-# Dropout only at p=0: the masks it draws for the wide tensor could not follow each solo run's.
-CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+# (Dropout computes each trial's net in eval mode only; fused.fusable refuses it for training.)
+CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
 # Modules whose forward only chains and adds their children's outputs.
 CONTAINERS = (nn.Sequential, models.ConvNet, models.ResNet, models.BasicBlock)
 
@@ -114,7 +114,7 @@ def widen(net: nn.Module, n_trials: int) -> nn.Module:
             setattr(net, name, TrialLinear(child, n_trials))
         elif kind is nn.Flatten and (child.start_dim, child.end_dim) == (1, -1):
             setattr(net, name, TrialFlatten(n_trials))
-        elif kind in CHANNELWISE or (kind is nn.Dropout and child.p == 0):
+        elif kind in CHANNELWISE:
             continue
         elif kind in CONTAINERS:
             widen(child, n_trials)
