@@ -392,7 +392,7 @@ def train_group(
                 if not diverged and cfgs[t].trainer.checkpoint:
                     record.save_checkpoint(
                         solo_states.state(
-                            t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t]
+                            t, epoch, step, lr_at[t](step - 1), params, buffers, velocity, generators[t]
                         )
                     )
             except Exception as err:
@@ -418,10 +418,10 @@ class SoloStates:
     """Each trial's state in exactly the layout train.train() saves, so a solo run can resume it.
 
     The model's comes from a solo net, built at the trial's first save, that the stacked values
-    are copied into at each save. The optimizer's and the scheduler's are written as
-    torch.optim.SGD and LambdaLR write theirs, without building them: the first torch.optim call
-    of a process imports torch._dynamo (seconds), which a fused program otherwise never pays.
-    tests/test_fused.py holds them to the solo run's.
+    are copied into at each save. The optimizer's is written as torch.optim.SGD's state_dict
+    writes it, without building one: the first torch.optim call of a process imports
+    torch._dynamo (seconds), which a fused program otherwise never pays. tests/test_fused.py
+    holds it to the solo run's.
     """
 
     def __init__(self, cfgs: list[DictConfig], base: torch.nn.Module, device: torch.device):
@@ -433,7 +433,8 @@ class SoloStates:
             k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
         }
 
-    def state(self, t, epoch, step, next_lr, params, buffers, velocity, generator) -> dict:
+    def state(self, t, epoch, step, lr, params, buffers, velocity, generator) -> dict:
+        """Trial t's checkpoint after `epoch` (`step` steps), its last step's rate `lr`."""
         cfg = self.cfgs[t]
         if t not in self.nets:
             self.nets[t] = copy.deepcopy(self.base).to_empty(device=self.device)
@@ -444,11 +445,9 @@ class SoloStates:
             for name, b in net.named_buffers():
                 b.copy_(buffers[name][t])
         names = [name for name, _ in net.named_parameters()]
-        # The solo loop's LambdaLR sets lr = base * (lr_at(step) / base), rounding included.
-        base_lr = float(cfg.lr)
-        lr = base_lr * (next_lr / base_lr)
+        # The solo loop sets each step's rate in the group: the last step's is there at its save.
         group = self.sgd_defaults | build.optimizer_arguments(cfg)
-        group |= {"lr": lr, "initial_lr": base_lr, "params": list(range(len(names)))}
+        group |= {"lr": lr, "params": list(range(len(names)))}
         # SGD keeps a momentum buffer per parameter only when it has momentum.
         momentum = bool(velocity) and cfg.optim.momentum > 0
         optimizer = {
@@ -457,19 +456,11 @@ class SoloStates:
             else {},
             "param_groups": [group],
         }
-        scheduler = {  # LambdaLR's after `step` calls of scheduler.step() (its first in __init__)
-            "base_lrs": [base_lr],
-            "last_epoch": step,
-            "_step_count": step + 1,
-            "_get_lr_called_within_step": False,
-            "_last_lr": [lr],
-            "lr_lambdas": [None],  # a plain function is not saved; the run rebuilds it
-        }
         return {
             "epoch": epoch,
             "model": net.state_dict(),
             "optimizer": optimizer,
-            "scheduler": scheduler,
+            "step": step,
             "generator": generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
         }

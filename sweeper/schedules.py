@@ -2,8 +2,8 @@
 
 Each factory takes the run's values (lr, steps_per_epoch, total_steps) and the schedule's knobs
 from conf/schedule/*.yaml, and returns a plain function of the step (0-based, counted over the
-whole run). `build.py` builds it where the runtime values are known; torch's LambdaLR (or the
-fused trials' table) applies it. Epoch boundaries follow the lecture: "0.1 for 25 epochs, then
+whole run). `build.py` builds it where the runtime values are known; the training loop sets each
+step's rate to its value (the fused trials tabulate an epoch's rates at its start). Epoch boundaries follow the lecture: "0.1 for 25 epochs, then
 lr2" means epochs 1..25 run at 0.1 and epoch 26 onwards at lr2.
 
 Why factories rather than `_partial_: true` functions: the function is called at every step,

@@ -119,6 +119,13 @@ def autocast_for(precision: str, device_type: str):
     return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Give every parameter group the step's rate (the schedule's value for the step); returns it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def validation_split(data) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The data's validation images and labels (data.val_size), or None when it holds none out."""
     val_x, val_y = getattr(data, "val_x", None), getattr(data, "val_y", None)
@@ -154,10 +161,6 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     n_train, batch_size, epochs = len(data.train_y), cfg.trainer.batch_size, cfg.trainer.epochs
     steps_per_epoch = math.ceil(n_train / batch_size)
     lr_at = build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs)
-    # LambdaLR multiplies the optimizer's lr (= cfg.lr) by the factor: lr_at(step) / lr. A plain
-    # float, read once: an OmegaConf lookup costs about 8 us at every step.
-    base_lr = float(cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s) / base_lr)
     # One generator drives batch order and augmentation, so its state is all a resume needs.
     generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
     autocast = autocast_for(cfg.trainer.precision, device.type)
@@ -196,8 +199,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     checkpoint = record.load_checkpoint()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+        # The optimizer's state (momentum, ...). Its rate is set from the schedule at every step,
+        # so a checkpoint of LambdaLR's time (with a "scheduler" entry) resumes the same way.
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["cpu_rng"])
         if device.type == "cuda" and "cuda_rng" in checkpoint:
@@ -223,10 +227,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             enabled=device.type == "cuda",
             required=cfg.trainer.cuda_graph is True,
         )
-        lr_now = torch.zeros((), device=device)
-        # The scheduler still sets each step's lr. No parameter has a .grad, so this step updates
-        # nothing; it only tells the scheduler the optimizer is in use (torch warns otherwise).
-        optimizer.step()
+        lr_now = torch.zeros((), device=device)  # the step's rate, read by the graph at replay
     t_start = time.perf_counter()
     progress = Progress(epochs, steps_per_epoch)
     last_epoch = epochs if verdict is None else start_epoch  # a verdict already reached: train no more
@@ -238,7 +239,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         for i, (x, y) in enumerate(
             data_module.train_batches(data, batch_size, generator, cfg.data.augment, layout)
         ):
-            lr = optimizer.param_groups[0]["lr"]
+            lr = set_lr(optimizer, lr_at(step))
             if graph:
                 loss = graph_step(x, y, lr_now.fill_(lr))
             else:
@@ -250,7 +251,6 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            scheduler.step()
             # Accumulate on the device; reading it back every step would stall a GPU.
             loss_sum += loss.detach()
             step, samples = step + 1, samples + len(y)
@@ -309,7 +309,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "step": step,
                 "generator": generator.get_state(),
                 "cpu_rng": torch.get_rng_state(),
             }

@@ -380,3 +380,50 @@ def test_the_pre_check_refuses_an_unknown_metric_and_a_stopping_metric_the_run_d
     ):
         validate.check(compose_cfg("trainer.early_stopping.metric=val_loss"))
     validate.check(compose_cfg("trainer.metrics=[acc,top5]", "trainer.early_stopping.metric=test_top5"))
+
+
+# -- the schedule sets each step's rate; checkpoints hold the step
+
+
+def test_each_step_runs_at_the_schedules_own_rate_not_a_rescaled_one(tmp_path):
+    """The rate is the schedule's value itself: LambdaLR's lr * (rate / lr) differs from it in
+    the last bit at some steps."""
+    cfg = compose_cfg(
+        "schedule=lr_range", "schedule.lr_min=1e-4", "schedule.lr_max=1", "trainer.log_steps=true"
+    )
+    train.run(cfg, tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    rates = [build.schedule(cfg, 6, 12)(s) for s in range(12)]
+    assert [s["lr"] for s in steps] == rates
+    assert any(0.1 * (r / 0.1) != r for r in rates)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 12
+
+
+def test_a_checkpoint_written_with_lambdalr_resumes_as_if_never_stopped(tmp_path, monkeypatch):
+    """A checkpoint of the LambdaLR loop (a "scheduler" entry, no "step") resumes: the rate of
+    each step comes from the schedule, the step count from the record."""
+    from sweeper.runlog import RunLog
+
+    cfg = compose_cfg("trainer.epochs=3", "optim.momentum=0.9")
+    train.run(cfg, tmp_path / "straight")
+    real = RunLog.save_checkpoint
+
+    def save(self, state):
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+        old = {k: v for k, v in state.items() if k != "step"}
+        old["scheduler"] = {"base_lrs": [0.1], "last_epoch": state["step"], "_step_count": state["step"] + 1,
+                            "_get_lr_called_within_step": False, "_last_lr": [0.1], "lr_lambdas": [None]}  # fmt: skip
+        real(self, old)
+
+    monkeypatch.setattr(RunLog, "save_checkpoint", save)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path / "run")
+    monkeypatch.setattr(RunLog, "save_checkpoint", real)
+    assert "scheduler" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert train.run(cfg, tmp_path / "run")["status"] == "completed"
+    straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "run")
+    drop = ("time_s", "epoch_time_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in straight
+    ]
