@@ -196,7 +196,7 @@ def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
 
 
 def test_fused_checkpoints_build_no_torch_optim_object(tmp_path):
-    # A torch.optim call imports torch._dynamo (1 s here, 6.4 s on the H100 machine): a fused
+    # A torch.optim call imports torch._dynamo (seconds of start-up): a fused
     # program writes its trials' solo-format checkpoints without one. In a fresh process, since
     # this one has imported it already.
     script = f"""
