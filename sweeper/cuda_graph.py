@@ -44,11 +44,11 @@ def capturable(cfg: DictConfig) -> str | None:
     its arguments by value, and the loss: torch's cross-entropy (with label smoothing or not).
     A user's loss runs eagerly: a graph would freeze whatever it reads from the host."""
     loss = build.loss_config(cfg)
-    if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS or set(loss) - build.NOT_ARGUMENTS - {
-        "_target_",
-        "label_smoothing",
-    }:
+    if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS:
         return f"loss._target_={loss.get('_target_')}: only cross-entropy is captured as a CUDA graph"
+    extra = sorted(set(loss) - build.NOT_ARGUMENTS - {"_target_", "label_smoothing"})
+    if extra:
+        return f"loss.{extra[0]}={loss[extra[0]]}: the captured step computes cross-entropy's label_smoothing only"
     target = cfg.optim.get("_target_")
     if target not in SGD_TARGETS:
         return (

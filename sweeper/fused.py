@@ -108,18 +108,16 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         missing = [k for k in SECTIONS if not isinstance(c, DictConfig) or k not in c]
         if missing:
             return f"not a training config of this project (no {', '.join(missing)})"
-        reason = cuda_graph.capturable(c)  # the same update is written here, per trial
-        if reason and reason.startswith("loss."):
-            return f"fused trials compute plain cross-entropy only ({reason})"
-        if reason:
-            return f"fused trials need plain optim=sgd ({reason})"
         if not build.plain_cross_entropy(c):
             loss = build.loss_config(c)
-            arguments = {k: v for k, v in loss.items() if k not in build.NOT_ARGUMENTS | {"_target_"}}
-            return f"fused trials compute plain cross-entropy only (loss: {arguments})"
+            arguments = {k: v for k, v in loss.items() if k not in build.NOT_ARGUMENTS}
+            return f"fused trials compute plain cross-entropy only, not loss={arguments}"
         chosen = c.trainer.get("metrics")
         if chosen is not None and list(chosen) != ["acc"]:
             return f"fused trials measure trainer.metrics=[acc] only, not {list(chosen)}"
+        reason = cuda_graph.capturable(c)  # the same update is written here, per trial
+        if reason:
+            return f"fused trials need plain optim=sgd ({reason})"
     if cfgs[0].trainer.get("log_steps", False):  # shared by all (trainer is), so the first says
         return "trainer.log_steps: fused trials do not write steps.jsonl"
     if cfgs[0].model.get("batch_norm", False):

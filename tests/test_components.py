@@ -427,3 +427,12 @@ def test_a_checkpoint_written_with_lambdalr_resumes_as_if_never_stopped(tmp_path
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
         {k: v for k, v in r.items() if k not in drop} for r in straight
     ]
+
+
+def test_a_users_loss_is_not_captured_as_a_cuda_graph_and_smoothed_cross_entropy_is():
+    """A graph would freeze whatever a user's loss reads from the host: it runs eagerly."""
+    from sweeper import cuda_graph
+
+    margin = with_section(compose_cfg(), "loss", {"_target_": "torch.nn.MultiMarginLoss"})
+    assert "loss._target_=torch.nn.MultiMarginLoss" in cuda_graph.capturable(margin)
+    assert cuda_graph.capturable(compose_cfg("loss.label_smoothing=0.1")) is None
