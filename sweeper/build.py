@@ -1,34 +1,80 @@
 """Builds the run's objects from the config: the only module that calls Hydra's instantiate.
 
-Static knobs come from conf/<group>/*.yaml (`_target_` names the class or function); runtime
-values (the data's shape, the model's parameters, steps per epoch) are passed here, where the
-objects are built. Keys that are not constructor arguments (`name`, `l1`, `warmup_epochs`) are
-read by the training loop and dropped before instantiation.
+Static knobs come from conf/<group>/*.yaml (`_target_` names the class or function, the project's
+or the user's); runtime values (the data's shape, the model's parameters, steps per epoch) are
+passed here, where the objects are built, and only to a target whose signature takes them. Keys
+that are not constructor arguments (NOT_ARGUMENTS) are read by the training loop and dropped
+before instantiation. docs/components.md states what each kind of target must be.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+from collections.abc import Callable
 
-from hydra.utils import instantiate
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from sweeper import schedules
 
-# _partial_: configs from before schedules were factories (an old run's .hydra/config.yaml).
+# Keys of a model, optim, loss or schedule section that are read by the loop, not passed to the
+# target. _partial_: configs from before schedules were factories (an old run's config).
 NOT_ARGUMENTS = {"name", "l1", "warmup_epochs", "_partial_"}
+# What a model's target is given when its signature takes it; never written in its YAML.
+MODEL_RUNTIME = ("in_channels", "image_size", "num_classes")
+# Per section, the arguments the run passes its target itself (a key of these in the YAML would
+# be overridden): what a check of the YAML's keys against the target's signature leaves out.
+RUNTIME = {
+    "model": MODEL_RUNTIME,
+    "optim": ("params", "lr"),
+    "schedule": ("lr", "steps_per_epoch", "total_steps"),
+    "loss": ("reduction",),
+}
+# The loss a config without a `loss` section (a record from before it existed) trained with.
+CROSS_ENTROPY = {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0}
+CROSS_ENTROPY_TARGETS = {"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"}
 
 
 def _arguments(node: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in NOT_ARGUMENTS}
 
 
-def model(cfg: DictConfig, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
-    return instantiate(
-        _arguments(cfg.model), in_channels=in_channels, image_size=image_size, num_classes=num_classes
-    )
+def accepted(target: str | Callable, values: dict) -> dict:
+    """Those of `values` that `target` (a dotted name or the callable) takes by name: all of them
+    when it has **kwargs, or when its signature cannot be read (a C extension's)."""
+    obj = get_object(target) if isinstance(target, str) else target
+    try:
+        parameters = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return dict(values)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(values)
+    return {k: v for k, v in values.items() if k in parameters}
+
+
+def model(cfg: DictConfig, in_channels: int, image_size, num_classes: int) -> nn.Module:
+    """The model section's target called with its YAML keys and those of the runtime values
+    (in_channels, image_size: an int for square images, else (height, width); num_classes) that
+    its signature takes."""
+    arguments = _arguments(cfg.model)
+    runtime = dict(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
+    net = instantiate(arguments, **accepted(arguments["_target_"], runtime))
+    if not isinstance(net, nn.Module):
+        raise TypeError(
+            f"model._target_={arguments['_target_']} returned a {type(net).__name__}, not a torch nn.Module"
+        )
+    return net
+
+
+def model_name(cfg: DictConfig) -> str:
+    """The model's label: model.name, or its target's last part for a section without one."""
+    return cfg.model.get("name") or str(cfg.model.get("_target_", "model")).rpartition(".")[2]
 
 
 def optimizer(cfg: DictConfig, parameters):
@@ -45,7 +91,63 @@ def schedule(cfg: DictConfig, steps_per_epoch: int, total_steps: int) -> schedul
     at = instantiate(
         _arguments(cfg.schedule), lr=cfg.lr, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
-    return schedules.with_warmup(at, cfg.schedule.warmup_epochs, steps_per_epoch)
+    return schedules.with_warmup(at, cfg.schedule.get("warmup_epochs", 0), steps_per_epoch)
+
+
+def loss_config(cfg: DictConfig) -> dict:
+    """The run's loss section as plain values; cross-entropy for a config without one."""
+    node = cfg.get("loss")
+    return CROSS_ENTROPY if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def plain_cross_entropy(cfg: DictConfig) -> bool:
+    """Whether the run's loss is torch's cross-entropy with every argument at its default (no
+    label smoothing): what the fused step and the CUDA-graph step compute."""
+    section = loss_config(cfg)
+    arguments = {k: v for k, v in section.items() if k not in NOT_ARGUMENTS and k != "_target_"}
+    return section.get("_target_") in CROSS_ENTROPY_TARGETS and arguments in ({}, {"label_smoothing": 0.0})
+
+
+class Loss:
+    """The run's loss: `per_sample(logits, y)` -> one float32 loss per sample (evaluation and the
+    per-sample histograms), `mean(logits, y)` -> their mean (the training step's)."""
+
+    def __init__(self, per_sample: Callable, mean: Callable | None = None, target: str = ""):
+        self._per_sample, self.target = per_sample, target
+        self.mean = mean or (lambda logits, y: self.per_sample(logits, y).mean())
+
+    def per_sample(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = self._per_sample(logits, y)
+        if losses.shape != y.shape:  # shapes are known on the host: no device sync
+            from sweeper.validate import ConfigError
+
+            raise ConfigError(
+                f"loss._target_={self.target} gave a loss of shape {tuple(losses.shape)} for {len(y)} samples: "
+                "it must give one loss per sample (reduction='none')"
+            )
+        return losses
+
+
+def loss(cfg: DictConfig) -> Loss:
+    """The loss section's target: a class or factory whose result is called as fn(logits, targets);
+    `reduction='none'` is passed when its signature takes it. Cross-entropy's own arguments are
+    computed by F.cross_entropy directly, its mean by the same call's own reduction."""
+    section = loss_config(cfg)
+    arguments = {k: v for k, v in section.items() if k not in NOT_ARGUMENTS}
+    target = arguments["_target_"]
+    if target in CROSS_ENTROPY_TARGETS and set(arguments) <= {"_target_", "label_smoothing"}:
+        smoothing = float(arguments.get("label_smoothing", 0.0))
+        return Loss(
+            functools.partial(F.cross_entropy, reduction="none", label_smoothing=smoothing),
+            functools.partial(F.cross_entropy, label_smoothing=smoothing),
+            target,
+        )
+    fn = instantiate(arguments, **accepted(target, {"reduction": "none"}))
+    if not callable(fn):
+        raise TypeError(
+            f"loss._target_={target} returned a {type(fn).__name__}, not a function of (logits, targets)"
+        )
+    return Loss(fn, target=target)
 
 
 def resolved(node: DictConfig, key: str):

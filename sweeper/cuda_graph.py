@@ -1,8 +1,7 @@
 """The training step captured as a CUDA graph: one launch replays forward, backward and update.
 
 A small convnet's step is a few hundred microseconds of GPU work behind about two milliseconds
-of Python and kernel launches (on an H100: 1.9-2.0 ms eager, 0.32-0.42 ms replayed; see
-docs/benchmarks.md). `Replay` runs the step
+of Python and kernel launches (docs/benchmarks.md has the figures). `Replay` runs the step
 eagerly a few times (cuDNN picks its algorithms, workspaces are allocated), then records it once
 as a CUDA graph and from then on copies each batch into the graph's input buffers and replays it.
 Everything the step reads that changes between steps -- the batch and the learning rate -- lives
@@ -41,8 +40,15 @@ SGD_COMPUTED = {"momentum", "nesterov", "weight_decay"}
 def capturable(cfg: DictConfig) -> str | None:
     """None when the run's step can be captured, else why not (the graph then stays off).
 
-    A whitelist: the optimizer's class by its `_target_` (optim.name is only a label), and each
-    of its arguments by value."""
+    A whitelist: the optimizer's class by its `_target_` (optim.name is only a label), each of
+    its arguments by value, and the loss: torch's cross-entropy (with label smoothing or not).
+    A user's loss runs eagerly: a graph would freeze whatever it reads from the host."""
+    loss = build.loss_config(cfg)
+    if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS:
+        return f"loss._target_={loss.get('_target_')}: only cross-entropy is captured as a CUDA graph"
+    extra = sorted(set(loss) - build.NOT_ARGUMENTS - {"_target_", "label_smoothing"})
+    if extra:
+        return f"loss.{extra[0]}={loss[extra[0]]}: the captured step computes cross-entropy's label_smoothing only"
     target = cfg.optim.get("_target_")
     if target not in SGD_TARGETS:
         return (
@@ -131,13 +137,15 @@ class Replay:
         self.graph = graph  # capture records the step without running it: replay runs this one
 
 
-def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float):
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None):
     """fn(x, y, lr) -> loss: one SGD step of `model`, reading lr (a 0-d tensor) at run time.
 
     The same arithmetic as torch.optim.SGD with dampening 0: g += wd*p; v = mu*v + g;
     g = g + mu*v (nesterov) or v; p -= lr*g. A zero momentum buffer gives torch's first step
     exactly (mu*0 + g = g), so buffers are created up front, in the optimizer's state.
+    `loss_fn`: the run's build.Loss (cross-entropy when None).
     """
+    mean_loss = F.cross_entropy if loss_fn is None else loss_fn.mean
     params = [p for p in model.parameters() if p.requires_grad]
     group = optimizer.param_groups[0]
     decay, momentum, nesterov = (
@@ -156,7 +164,7 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast,
     def step(x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         with autocast():
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = mean_loss(logits.float(), y)
         if l1 > 0:
             loss = loss + l1 * models.weight_l1(model)
         grads = torch.autograd.grad(loss, params)

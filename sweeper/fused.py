@@ -20,10 +20,12 @@ early stopping and divergence threshold (sweeper/stopping.py), at the epoch its 
 
 What fuses is a whitelist of what the fused step computes exactly: torch.optim.SGD, named by its
 `_target_`, with any momentum, nesterov and weight decay and its other arguments at their
-defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; and a
-model of the layer classes stacked.widen stacks -- no batch norm (running statistics cannot be
-stacked simply), no dropout (its masks could not follow the solo runs'). `fusable()` says why a
-job cannot be fused, and such a job runs solo (a config of another Hydra app too).
+defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; plain
+cross-entropy (no label smoothing) and trainer.metrics=[acc], evaluated on train, test and any
+validation split; and a model of the layer classes stacked.widen stacks -- no batch norm (running
+statistics cannot be stacked simply), no dropout (its masks could not follow the solo runs'), no
+class of the user's (its forward may compute anything). `fusable()` says why a job cannot be
+fused, and such a job runs solo (a config of another Hydra app too), the reason logged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, models, stacked, stopping, trained
+from sweeper import build, cuda_graph, metrics, models, stacked, stopping, trained
 from sweeper import data as data_module
 from sweeper.runlog import RunLog
 from sweeper.train import autocast_for, kept_epochs, log, memory_format, pause_epoch, run_device
@@ -106,6 +108,13 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         missing = [k for k in SECTIONS if not isinstance(c, DictConfig) or k not in c]
         if missing:
             return f"not a training config of this project (no {', '.join(missing)})"
+        if not build.plain_cross_entropy(c):
+            loss = build.loss_config(c)
+            arguments = {k: v for k, v in loss.items() if k not in build.NOT_ARGUMENTS}
+            return f"fused trials compute plain cross-entropy only, not loss={arguments}"
+        chosen = c.trainer.get("metrics")
+        if chosen is not None and list(chosen) != ["acc"]:
+            return f"fused trials measure trainer.metrics=[acc] only, not {list(chosen)}"
         reason = cuda_graph.capturable(c)  # the same update is written here, per trial
         if reason:
             return f"fused trials need plain optim=sgd ({reason})"
@@ -122,9 +131,13 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
         )
     try:  # the net's layers, built without memory: can one wide net compute every trial?
         with torch.device("meta"):
-            net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)  # both data sets are CIFAR-shaped
+            # Only the layers' classes matter here, not the data's shape.
+            net = build.model(cfgs[0], 3, data_module.IMAGE_SIZE, 10)
     except Exception as e:  # its solo run reports this as its failure
         return f"its model cannot be built: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    dropout = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if dropout:  # a user's net without a model.dropout key
+        return f"fused trials cannot follow a Dropout layer's masks (p={dropout[0]})"
     try:
         stacked.widen(net, 2)
     except stacked.UnsupportedLayer as e:
@@ -250,7 +263,7 @@ def train_group(
         momentum=[float(cfg.optim.momentum) for cfg in cfgs],
         nesterov=[bool(cfg.optim.nesterov) for cfg in cfgs],
         decay=[float(cfg.optim.weight_decay) for cfg in cfgs],
-        l1=float(cfg0.model.l1),
+        l1=float(cfg0.model.get("l1", 0.0)),
         autocast=autocast,
     )
     if start_epoch and velocity:  # SGD's momentum buffers, by parameter index (SoloStates.state)
@@ -260,21 +273,28 @@ def train_group(
                 if "momentum_buffer" in buf:
                     velocity[names[int(i)]][t].copy_(buf["momentum_buffer"])
     keep = kept_epochs(cfg0)
+    val = train.validation_split(data)
+    splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}
+    splits["test"] = (data.test_x, data.test_y)
+    measured = metrics.columns(metrics.DEFAULT, val is not None)
     info = {
         "n_params": models.n_params(nets[0]),
-        "receptive_field_px": nets[0].receptive_field_px,
+        "receptive_field_px": models.receptive_field_px(nets[0], data.image_size),
         "n_train": n_train,
+        "n_val": 0 if val is None else len(val[1]),
         "n_test": len(data.test_y),
+        "metrics": list(metrics.DEFAULT),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "fused_trials": n_trials,
         **trained.input_facts(data),  # as a solo run records it: the trials share the data
     }
     for record in records:
         record.facts = info
+    field = info["receptive_field_px"]
     log.info(
-        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d trials fused",
-        cfg0.model.name, info["n_params"], info["receptive_field_px"], n_train, info["n_test"], info["device"],
-        n_trials,
+        "%s: %d params, receptive field %s, %d train / %d val / %d test images on %s, %d trials fused",
+        build.model_name(cfg0), info["n_params"], "not computed" if field is None else f"{field} px", n_train,
+        info["n_val"], info["n_test"], info["device"], n_trials,
     )  # fmt: skip
     del nets
 
@@ -303,7 +323,7 @@ def train_group(
         log.info("resuming %d fused trials after epoch %d", n_trials, start_epoch)
     # Each trial's early stopping and divergence threshold, as its solo run decides them: from
     # its metrics lines, the kept ones first (one stopped after its checkpoint ends at once).
-    stops = [stopping.Stopping(cfg.trainer, len(data.classes)) for cfg in cfgs]
+    stops = [stopping.Stopping(cfg.trainer, len(data.classes), measured) for cfg in cfgs]
     verdicts = [
         next(filter(None, map(stop.update, kept)), None) for stop, kept in zip(stops, rows, strict=True)
     ]
@@ -330,10 +350,7 @@ def train_group(
         wide.eval()
         results = {}
         with torch.inference_mode():
-            for split, xs_, ys_ in (
-                ("train", data.train_x, data.train_y),
-                ("test", data.test_x, data.test_y),
-            ):
+            for split, (xs_, ys_) in splits.items():
                 per_sample, correct = [], torch.zeros(n_trials, device=device)
                 for xb, yb in data_module.eval_batches(xs_, ys_, data, cfg0.trainer.eval_batch_size, layout):
                     with autocast():
@@ -350,19 +367,15 @@ def train_group(
         for t, record in enumerate(records):
             if status[t] != "completed":
                 continue  # ended earlier: its record ended there
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "lr": lr_at[t](step - 1),
-                "train_loss": results["train"][1][t],
-                "train_acc": results["train"][2][t],
-                "test_loss": results["test"][1][t],
-                "test_acc": results["test"][2][t],
+            row = {"epoch": epoch, "step": step, "lr": lr_at[t](step - 1)}
+            for split in splits:  # the order of metrics.columns: loss, then acc, per split
+                row |= {f"{split}_loss": results[split][1][t], f"{split}_acc": results[split][2][t]}
+            row |= {
                 "samples": samples,
                 "time_s": round(now - t_start, 4),
                 "epoch_time_s": round(now - t_epoch, 4),
             }
-            ok = finite[t] and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+            ok = finite[t] and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
             verdict = stops[t].update(row) if ok else stopping.non_finite(epoch)
             diverged = verdict is not None and verdict["status"] == "diverged"
             try:
@@ -377,7 +390,7 @@ def train_group(
                 if not diverged and cfgs[t].trainer.checkpoint:
                     record.save_checkpoint(
                         solo_states.state(
-                            t, epoch, step, lr_at[t](step), params, buffers, velocity, generators[t]
+                            t, epoch, step, lr_at[t](step - 1), params, buffers, velocity, generators[t]
                         )
                     )
             except Exception as err:
@@ -387,7 +400,7 @@ def train_group(
                 log.error("trial %s failed at epoch %d: %s: %s", record.dir, epoch, type(err).__name__, err,
                           extra={"trial": record.dir})  # fmt: skip
                 continue
-            log.info("%s: %s", record.dir.name, train.epoch_line(row, epochs), extra={"trial": record.dir})
+            log.info("%s: %s", record.dir.name, metrics.epoch_line(row, epochs), extra={"trial": record.dir})
             if verdict is not None:
                 status[t], verdicts[t] = verdict["status"], verdict
                 log.warning("trial %s: epoch %d: %s (status %s)", record.dir, epoch, verdict["stop_reason"],
@@ -405,10 +418,10 @@ class SoloStates:
     """Each trial's state in exactly the layout train.train() saves, so a solo run can resume it.
 
     The model's comes from a solo net, built at the trial's first save, that the stacked values
-    are copied into at each save. The optimizer's and the scheduler's are written as
-    torch.optim.SGD and LambdaLR write theirs, without building them: the first torch.optim call
-    of a process imports torch._dynamo (1.0-1.2 s on cpu-vm, 6.4 s on the H100 machine), which
-    a fused program otherwise never pays. tests/test_fused.py holds them to the solo run's.
+    are copied into at each save. The optimizer's is written as torch.optim.SGD's state_dict
+    writes it, without building one: the first torch.optim call of a process imports
+    torch._dynamo (seconds), which a fused program otherwise never pays. tests/test_fused.py
+    holds it to the solo run's.
     """
 
     def __init__(self, cfgs: list[DictConfig], base: torch.nn.Module, device: torch.device):
@@ -420,7 +433,8 @@ class SoloStates:
             k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
         }
 
-    def state(self, t, epoch, step, next_lr, params, buffers, velocity, generator) -> dict:
+    def state(self, t, epoch, step, lr, params, buffers, velocity, generator) -> dict:
+        """Trial t's checkpoint after `epoch` (`step` steps), its last step's rate `lr`."""
         cfg = self.cfgs[t]
         if t not in self.nets:
             self.nets[t] = copy.deepcopy(self.base).to_empty(device=self.device)
@@ -431,11 +445,9 @@ class SoloStates:
             for name, b in net.named_buffers():
                 b.copy_(buffers[name][t])
         names = [name for name, _ in net.named_parameters()]
-        # The solo loop's LambdaLR sets lr = base * (lr_at(step) / base), rounding included.
-        base_lr = float(cfg.lr)
-        lr = base_lr * (next_lr / base_lr)
+        # The solo loop sets each step's rate in the group: the last step's is there at its save.
         group = self.sgd_defaults | build.optimizer_arguments(cfg)
-        group |= {"lr": lr, "initial_lr": base_lr, "params": list(range(len(names)))}
+        group |= {"lr": lr, "params": list(range(len(names)))}
         # SGD keeps a momentum buffer per parameter only when it has momentum.
         momentum = bool(velocity) and cfg.optim.momentum > 0
         optimizer = {
@@ -444,19 +456,11 @@ class SoloStates:
             else {},
             "param_groups": [group],
         }
-        scheduler = {  # LambdaLR's after `step` calls of scheduler.step() (its first in __init__)
-            "base_lrs": [base_lr],
-            "last_epoch": step,
-            "_step_count": step + 1,
-            "_get_lr_called_within_step": False,
-            "_last_lr": [lr],
-            "lr_lambdas": [None],  # a plain function is not saved; the run rebuilds it
-        }
         return {
             "epoch": epoch,
             "model": net.state_dict(),
             "optimizer": optimizer,
-            "scheduler": scheduler,
+            "step": step,
             "generator": generator.get_state(),
             "cpu_rng": torch.get_rng_state(),
         }

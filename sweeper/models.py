@@ -92,6 +92,13 @@ def receptive_field(layers: list[tuple[int, int]]) -> int:
     return field
 
 
+def square(image_size, model: str) -> None:
+    """The project's nets work out their geometry for square images (image_size an int)."""
+    if not isinstance(image_size, int):
+        h, w = image_size
+        raise GeometryError(f"model={model} needs square images; these are {h}x{w} (height x width)")
+
+
 def head_values(units: Sequence[int], num_classes: int, dropout: float) -> list[int]:
     """Values per sample of each output of mlp_head's layers after its Flatten."""
     out = []
@@ -137,6 +144,7 @@ class ConvNet(nn.Module):
         batch_norm: bool = False,
     ):
         super().__init__()
+        square(image_size, "convnet")
         widths = conv_widths(channels, growth, conv_layers)
         kernels = per_layer(kernel_size, conv_layers, "model.kernel_size")
         pools = per_layer(pool, conv_layers, "model.pool")
@@ -211,6 +219,7 @@ class ResNet(nn.Module):
         batch_norm: bool = True,
     ):
         super().__init__()
+        square(image_size, "resnet")
         norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
         pad = kernel_size // 2
         layers: list[nn.Module] = [
@@ -251,6 +260,67 @@ def activations(model: nn.Module) -> tuple[int, int]:
     if not tensors:
         return 0, 0
     return sum(tensors[1:]), max(a + b for a, b in zip(tensors, tensors[1:], strict=False))
+
+
+# Layers that act on each pixel alone (or on each channel's values alone): they leave the
+# receptive field as it is.
+POINTWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity,
+)  # fmt: skip
+# Where the spatial part of a chain ends: what follows sees the whole map.
+SPATIAL_END = (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _square(value) -> int | None:
+    """A layer's kernel, stride or dilation as one number; None when it differs per dimension."""
+    values = value if isinstance(value, tuple) else (value,)
+    return values[0] if len(set(values)) == 1 else None
+
+
+def _chain(net: nn.Module) -> list[nn.Module] | None:
+    """The layers an nn.Sequential applies in order, nested Sequentials opened; None for another
+    module, whose forward may apply its children in any order."""
+    if type(net).forward is not nn.Sequential.forward:
+        return None
+    layers = []
+    for child in net:
+        inner = _chain(child)
+        layers += [child] if inner is None else inner
+    return layers
+
+
+def receptive_field_px(net: nn.Module, image_size=None) -> int | None:
+    """The model's receptive field in input pixels: its own `receptive_field_px` attribute (the
+    project's nets compute theirs), else the field of an nn.Sequential chain of convolutions,
+    pooling and pointwise layers up to its first Flatten, Linear or adaptive pooling, from each
+    layer's kernel, stride and dilation; at most the image's size. None where it cannot be told
+    (another module, a layer of another kind, a kernel that differs per dimension)."""
+    own = getattr(net, "receptive_field_px", None)
+    if own is not None:
+        return own if type(own) is int else None
+    layers = _chain(net)
+    if layers is None:
+        return None
+    chain: list[tuple[int, int]] = []
+    for layer in layers:
+        if isinstance(layer, SPATIAL_END):
+            break
+        if isinstance(layer, POINTWISE):
+            continue
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            kernel, stride = _square(layer.kernel_size), _square(layer.stride)
+            dilation = _square(getattr(layer, "dilation", 1))
+            if None in (kernel, stride, dilation):
+                return None
+            chain.append((dilation * (kernel - 1) + 1, stride))
+        else:
+            return None
+    field = receptive_field(chain)
+    if image_size is not None:
+        field = min(field, max(image_size) if isinstance(image_size, tuple | list) else int(image_size))
+    return field
 
 
 def n_params(model: nn.Module) -> int:

@@ -117,11 +117,17 @@ METRIC_TYPES = {
     "samples": (int,),
     "lr": (int, float),
     "train_loss": (int, float, type(None)),
-    "train_acc": (int, float, type(None)),
     "test_loss": (int, float, type(None)),
-    "test_acc": (int, float, type(None)),
     "time_s": (int, float),
 }
+# A split's measured columns (val_loss, train_acc, test_top5, ...): a number, or null.
+SPLITS = ("train_", "val_", "test_")
+MEASURED_TYPES = (int, float, type(None))
+
+
+def measured_columns(row: dict) -> list[str]:
+    """A metrics line's columns measured on a split, in its order."""
+    return [k for k in row if k.startswith(SPLITS)]
 
 
 def metrics_line_damage(row) -> str | None:
@@ -132,6 +138,9 @@ def metrics_line_damage(row) -> str | None:
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch
             return f"{key} is {value!r}" if key in row else f"no {key}"
+    for key in measured_columns(row):
+        if type(row[key]) not in MEASURED_TYPES:
+            return f"{key} is {row[key]!r}"
     return None
 
 
@@ -255,7 +264,7 @@ class RunLog:
         if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or done != len(rows):
             return f"metrics.jsonl holds epochs {[r['epoch'] for r in rows]}, summary.json says {done}"
         last = rows[-1] if rows else {}
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        for key in measured_columns(last) or ("train_loss", "train_acc", "test_loss", "test_acc"):
             if summary.get(f"final_{key}") != finite_or_none(last.get(key)):
                 return f"summary.json final_{key} {summary.get(f'final_{key}')!r} is not metrics.jsonl's"
         if kept is not None:

@@ -2,15 +2,16 @@
 
 Each factory takes the run's values (lr, steps_per_epoch, total_steps) and the schedule's knobs
 from conf/schedule/*.yaml, and returns a plain function of the step (0-based, counted over the
-whole run). `build.py` builds it where the runtime values are known; torch's LambdaLR (or the
-fused trials' table) applies it. Epoch boundaries follow the lecture: "0.1 for 25 epochs, then
+whole run). `build.py` builds it where the runtime values are known; the training loop sets each
+step's rate to its value (the fused trials tabulate an epoch's rates at its start). Epoch boundaries follow the lecture: "0.1 for 25 epochs, then
 lr2" means epochs 1..25 run at 0.1 and epoch 26 onwards at lr2.
 
 Why factories rather than `_partial_: true` functions: the function is called at every step,
-and a Hydra partial re-authorises its target on each call (hydra-core 1.3.8's target policy,
-111 us a call on cpu-vm). A solo run paid that at every step, a third of a replayed 0.32 ms H100
-step; the fused lecture grid, which tabulates its 6 x 25,000 rates, about 17 s of start-up at
-cpu-vm's speed. A factory is checked once, when it is built.
+and a Hydra partial re-authorises its target on each call (hydra-core's target policy), a cost
+of the order of a replayed GPU step. A factory is checked once, when it is built.
+
+A user's schedule is a factory of the same shape in the user's module, named by
+`schedule._target_` (docs/components.md).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ class UnsupportedLayer(TypeError):
 
 
 # Layers that act on each channel (or element) alone: the wide tensor passes through unchanged.
+# (Dropout computes each trial's net in eval mode only; fused.fusable refuses it for training.)
 CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
 # Modules whose forward only chains and adds their children's outputs.
 CONTAINERS = (nn.Sequential, models.ConvNet, models.ResNet, models.BasicBlock)
@@ -63,8 +64,8 @@ class TrialConv2d(nn.Module):
         bias = None if self.bias is None else self.bias.flatten()
         weight = self.weight.flatten(0, 1)
         if x.is_contiguous(memory_format=torch.channels_last):
-            # The stacked weight is NCHW; with NHWC images the CPU's kernels are 2.6x slower on
-            # a mixed pair (cpu-vm, first layer). The copy is a few hundred kB.
+            # The stacked weight is NCHW; with NHWC images the CPU's kernels are several times
+            # slower on a mixed pair than on two NHWC tensors. The copy is a few hundred kB.
             weight = weight.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 

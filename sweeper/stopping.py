@@ -1,8 +1,9 @@
 """When a run ends before trainer.epochs by its own rules: early stopping and divergence.
 
 - `trainer.early_stopping`: the run ends `stopped_early` once its metric (a metrics line's
-  test_loss, test_acc, train_loss or train_acc; a loss is minimised, an accuracy maximised) has
-  not improved on its best by more than `min_delta` for `patience` epochs.
+  measured column: `<split>_loss` or `<split>_<m>` for a split of train, val, test and a name m of
+  trainer.metrics; a loss is minimised, any other metric maximised) has not improved on its best
+  by more than `min_delta` for `patience` epochs.
 - `trainer.diverge_factor` / `trainer.diverge_epochs`: the run ends `diverged` once its train
   loss has been above diverge_factor x ln(number of classes) -- that many times the loss of a
   uniform guess -- for diverge_epochs epochs in a row (a non-finite loss ends it at once, in the
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import math
 
-# The metrics lines' keys early stopping may watch: a loss is minimised, an accuracy maximised.
+# The metrics lines' keys early stopping may watch in a run of the default trainer.metrics
+# without a validation split (metrics.allowed_stopping_metrics gives any run's): a loss is
+# minimised, an accuracy maximised.
 METRICS = ("test_loss", "test_acc", "train_loss", "train_acc")
 
 
@@ -29,10 +32,18 @@ def minimised(metric: str) -> bool:
 class Stopping:
     """Fed a run's metrics lines in order (`update`); says when the run must end, and why."""
 
-    def __init__(self, trainer, n_classes: int):
+    def __init__(self, trainer, n_classes: int, measured=None):
+        """`measured`: the run's metrics-line columns (metrics.columns), which the metric must name."""
         self.epochs = int(trainer.epochs)
         rule = trainer.get("early_stopping") or {}
         self.metric = rule.get("metric")
+        if self.metric is not None and measured is not None and self.metric not in measured:
+            from sweeper.validate import ConfigError
+
+            raise ConfigError(
+                f"trainer.early_stopping.metric={self.metric} is invalid: this run measures "
+                f"{', '.join(measured)} (val_* needs data.val_size, other names trainer.metrics), or null (off)"
+            )
         self.patience = int(rule.get("patience", 5))
         self.min_delta = float(rule.get("min_delta", 0.0))
         self.factor = trainer.get("diverge_factor")

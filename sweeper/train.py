@@ -28,11 +28,13 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import build, cuda_graph, host_memory, models, processes, stopping, trained
 from sweeper import data as data_module
+from sweeper.metrics import check as check_metrics
+from sweeper.metrics import columns, epoch_line, evaluate, summarize
+from sweeper.metrics import names as metric_names
 from sweeper.runlog import RunLog, atomic_write
 from sweeper.validate import ConfigError
 
@@ -106,7 +108,7 @@ def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
     arithmetic."""
     choice = cfg.trainer.channels_last
     if choice == "auto":
-        # Replayed as a CUDA graph, an H100 fp32 step is 0.32 ms NHWC against 0.42 ms NCHW; eager,
+        # Replayed as a CUDA graph, an fp32 step is about a quarter faster NHWC than NCHW; eager,
         # fp32 gains nothing there (docs/benchmarks.md).
         choice = device.type == "cpu" or cfg.trainer.precision == "bf16" or cuda_graph.wanted(cfg, device)
     return torch.channels_last if choice else torch.contiguous_format
@@ -120,18 +122,27 @@ def autocast_for(precision: str, device_type: str):
     return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
-@torch.inference_mode()
-def evaluate(model, x, y, data, batch_size, autocast, layout=torch.contiguous_format):
-    """Per-sample losses (float32, on the device), mean loss and accuracy over a whole split."""
-    model.eval()
-    losses, correct = [], torch.zeros((), device=y.device)
-    for xb, yb in data_module.eval_batches(x, y, data, batch_size, layout):
-        with autocast():
-            logits = model(xb)
-        losses.append(F.cross_entropy(logits.float(), yb, reduction="none"))
-        correct += (logits.argmax(1) == yb).sum()
-    losses = torch.cat(losses)
-    return losses, losses.mean(), correct / len(y)
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Give every parameter group the step's rate (the schedule's value for the step); returns it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def validation_split(data) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The data's validation images and labels (data.val_size), or None when it holds none out."""
+    val_x, val_y = getattr(data, "val_x", None), getattr(data, "val_y", None)
+    return None if val_x is None or val_y is None or len(val_y) == 0 else (val_x, val_y)
+
+
+def recorded_columns(cfg: DictConfig, facts: dict) -> list[str]:
+    """The measured columns of a run's metrics lines: those of its trainer.metrics, with val's
+    when it held a split out (facts: its summary's n_val)."""
+    try:
+        chosen = metric_names(cfg.trainer)
+    except ConfigError:  # refused at the start: the run failed before measuring anything
+        chosen = ["acc"]
+    return columns(chosen, bool(facts.get("n_val")))
 
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
@@ -144,37 +155,43 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         device, memory_format=layout
     )
     optimizer = build.optimizer(cfg, model.parameters())
+    loss_fn = build.loss(cfg)
+    chosen = check_metrics(metric_names(cfg.trainer), len(data.classes))  # top<k>: k <= classes
+    val = validation_split(data)
+    splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}
+    splits["test"] = (data.test_x, data.test_y)
+    measured = columns(chosen, val is not None)
     n_train, batch_size, epochs = len(data.train_y), cfg.trainer.batch_size, cfg.trainer.epochs
     steps_per_epoch = math.ceil(n_train / batch_size)
     lr_at = build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs)
-    # LambdaLR multiplies the optimizer's lr (= cfg.lr) by the factor: lr_at(step) / lr. A plain
-    # float, read once: an OmegaConf lookup costs about 8 us at every step.
-    base_lr = float(cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s) / base_lr)
     # One generator drives batch order and augmentation, so its state is all a resume needs.
     generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
     autocast = autocast_for(cfg.trainer.precision, device.type)
-    l1 = float(cfg.model.l1)
+    l1 = float(cfg.model.get("l1", 0.0))
     log_steps = bool(cfg.trainer.get("log_steps", False))  # steps.jsonl: each step's lr and loss
     keep = kept_epochs(cfg)
     graph = cuda_graph.wanted(cfg, device)
     info = {
         "n_params": models.n_params(model),
-        "receptive_field_px": model.receptive_field_px,
+        "receptive_field_px": models.receptive_field_px(model, data.image_size),
         "n_train": n_train,
+        "n_val": 0 if val is None else len(val[1]),
         "n_test": len(data.test_y),
+        "metrics": chosen,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
         "cuda_graph": graph,
         "threads": threads,
         **trained.input_facts(data),  # what rebuilding and feeding the model needs (load_model)
     }
     record.facts = info  # the same dict: a summary after a failure reports what it says by then
+    field = info["receptive_field_px"]
     log.info(
-        "%s: %d params, receptive field %d px, %d train / %d test images on %s, %d threads",
-        cfg.model.name,
+        "%s: %d params, receptive field %s, %d train / %d val / %d test images on %s, %d threads",
+        build.model_name(cfg),
         info["n_params"],
-        info["receptive_field_px"],
+        "not computed" if field is None else f"{field} px",
         n_train,
+        info["n_val"],
         info["n_test"],
         info["device"],
         threads,
@@ -185,8 +202,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     checkpoint = record.load_checkpoint()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+        # The optimizer's state (momentum, ...). Its rate is set from the schedule at every step,
+        # so a checkpoint of LambdaLR's time (with a "scheduler" entry) resumes the same way.
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["cpu_rng"])
         if device.type == "cuda" and "cuda_rng" in checkpoint:
@@ -201,21 +219,18 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
     # Early stopping and the divergence threshold decide from the metrics lines alone: fed the
     # kept ones, a resumed run decides as the uninterrupted one did (and one stopped after its
     # last checkpoint, before its summary, ends here without training on).
-    stop = stopping.Stopping(cfg.trainer, len(data.classes))
+    stop = stopping.Stopping(cfg.trainer, len(data.classes), measured)
     verdict = next(filter(None, map(stop.update, rows)), None)
 
     # On CUDA the whole step is captured once as a CUDA graph and replayed (sweeper/cuda_graph.py):
     # a small net's step is launch-bound. It needs the optimizer's state, so it is built after resume.
     if graph:
         graph_step = cuda_graph.Replay(
-            cuda_graph.sgd_step(model, optimizer, autocast, l1),
+            cuda_graph.sgd_step(model, optimizer, autocast, l1, loss_fn),
             enabled=device.type == "cuda",
             required=cfg.trainer.cuda_graph is True,
         )
-        lr_now = torch.zeros((), device=device)
-        # The scheduler still sets each step's lr. No parameter has a .grad, so this step updates
-        # nothing; it only tells the scheduler the optimizer is in use (torch warns otherwise).
-        optimizer.step()
+        lr_now = torch.zeros((), device=device)  # the step's rate, read by the graph at replay
     t_start = time.perf_counter()
     progress = Progress(epochs, steps_per_epoch)
     last_epoch = epochs if verdict is None else start_epoch  # a verdict already reached: train no more
@@ -230,19 +245,18 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
         for i, (x, y) in enumerate(
             data_module.train_batches(data, batch_size, generator, cfg.data.augment, layout)
         ):
-            lr = optimizer.param_groups[0]["lr"]
+            lr = set_lr(optimizer, lr_at(step))
             if graph:
                 loss = graph_step(x, y, lr_now.fill_(lr))
             else:
                 with autocast():
                     logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = loss_fn.mean(logits.float(), y)
                 if l1 > 0:
                     loss = loss + l1 * models.weight_l1(model)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            scheduler.step()
             # Accumulate on the device; reading it back every step would stall a GPU.
             loss_sum += loss.detach()
             step, samples = step + 1, samples + len(y)
@@ -253,30 +267,30 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
             progress.update(epoch, i + 1, loss_sum, i + 1)
 
         eval_size = cfg.trainer.eval_batch_size
-        train_losses, train_loss, train_acc = evaluate(
-            model, data.train_x, data.train_y, data, eval_size, autocast, layout
-        )
-        test_losses, test_loss, test_acc = evaluate(
-            model, data.test_x, data.test_y, data, eval_size, autocast, layout
-        )
+        results = {
+            split: evaluate(model, x, y, data, eval_size, autocast, layout, loss_fn, chosen)
+            for split, (x, y) in splits.items()
+        }
         # One read back per epoch; it waits for the queued GPU work, so the epoch's time includes it.
-        metrics = torch.stack([train_loss, train_acc, test_loss, test_acc]).tolist()
+        values = torch.cat(
+            [torch.cat([mean.view(1), scores]) for _, mean, scores in results.values()]
+        ).tolist()
         now = time.perf_counter()
         row = {
             "epoch": epoch,
             "step": step,
             "lr": lr,
-            **dict(zip(("train_loss", "train_acc", "test_loss", "test_acc"), metrics, strict=True)),
+            **dict(zip(measured, values, strict=True)),
             "samples": samples,
             "time_s": round(time_offset + now - t_start, 4),
             "epoch_time_s": round(now - t_epoch, 4),
         }
-        finite = (
-            torch.isfinite(loss_sum) and math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
-        )
+        finite = torch.isfinite(loss_sum) and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
         verdict = stop.update(row) if finite else stopping.non_finite(epoch)
         if epoch in keep or verdict:  # a run's last epoch is always kept
-            record.write_losses(epoch, train_losses, test_losses, cfg.trainer.keep_sample_losses)
+            record.write_losses(
+                epoch, results["train"][0], results["test"][0], cfg.trainer.keep_sample_losses
+            )
         if step_losses:  # before the epoch's metrics line: a resume keeps the steps up to its step
             losses = torch.stack([loss for *_, loss in step_losses]).tolist()
             record.append_steps(
@@ -301,7 +315,7 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
                 "epoch": epoch,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "step": step,
                 "generator": generator.get_state(),
                 "cpu_rng": torch.get_rng_state(),
             }
@@ -344,34 +358,6 @@ class Progress:
         if self.live:
             sys.stderr.write("\r" + " " * 70 + "\r")
         log.info("%s", epoch_line(row, self.epochs))
-
-
-def epoch_line(row: dict, epochs: int) -> str:
-    """An epoch's log line, from its metrics.jsonl row (a solo run's and each fused trial's)."""
-    return (
-        f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} train_loss {row['train_loss']:.4g} "
-        f"train_acc {row['train_acc']:.4f} test_loss {row['test_loss']:.4g} test_acc {row['test_acc']:.4f} "
-        f"({row['epoch_time_s']:.1f}s)"
-    )
-
-
-def summarize(rows: list[dict]) -> dict:
-    """final, best and minimum metrics with their epochs, from the metrics lines."""
-    out = {"epochs_done": len(rows)}
-    last = rows[-1] if rows else {}
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        out[f"final_{key}"] = last.get(key)
-    for key, best, name in (
-        ("test_acc", max, "best_test_acc"),
-        ("test_loss", min, "min_test_loss"),
-        ("train_loss", min, "min_train_loss"),
-    ):
-        valid = [r for r in rows if r.get(key) is not None]
-        top = best(valid, key=lambda r: r[key]) if valid else None
-        out[name] = top[key] if top else None
-        out[f"{name}_epoch"] = top["epoch"] if top else None
-    out["time_s"] = last.get("time_s")
-    return out
 
 
 def versions() -> dict:
@@ -435,6 +421,8 @@ ADDED_KEYS = {
     "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
     "trainer.diverge_factor": 10,
     "trainer.diverge_epochs": 2,
+    "loss": build.CROSS_ENTROPY,
+    "trainer.metrics": ["acc"],
 }
 
 
@@ -718,7 +706,11 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         one_line = isinstance(error, (data_module.DataError, ConfigError))
         log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
     try:
-        reduced = summarize(record.read_metrics())
+        reduced = summarize(
+            record.read_metrics(),
+            recorded_columns(cfg, {**record.facts, **outcome}),
+            bool({**record.facts, **outcome}.get("n_val")),
+        )
     except OSError:  # metrics.jsonl unreadable (what failed the run, maybe): the summary still ends it
         reduced = {}
     summary = {

@@ -134,8 +134,10 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
     # Building initialises weights from the global generator: the caller's random state is kept.
     with torch.random.fork_rng(devices=[]):
         try:
-            # The image size passed as training passes it (the width: data.Data.image_size).
-            model = build.model(cfg, channels, width, len(facts["classes"]))
+            # The image size passed as training passes it (data.Data.image_size): one number for
+            # square images, else (height, width).
+            size = height if height == width else (height, width)
+            model = build.model(cfg, channels, size, len(facts["classes"]))
         except Exception as err:  # the user's model class gone or changed, an old config
             raise NotLoadable(
                 f"{run_dir / 'config.json'}: its model does not build ({data_module._described(err)})"

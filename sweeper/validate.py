@@ -326,14 +326,16 @@ def _check_trainer(cfg, n_train: int) -> None:
 def _check_stopping(cfg) -> None:
     """trainer.early_stopping and the divergence threshold (sweeper/stopping.py); a config
     without them (written before they existed) has them off."""
-    from sweeper.stopping import METRICS
+    from sweeper.metrics import allowed_stopping_metrics
 
+    # The run's measured columns: its trainer.metrics (checked here) on each split it has.
+    allowed = allowed_stopping_metrics(cfg.trainer, _get(cfg, "data.val_size") is not None)
     metric = _get(cfg, "trainer.early_stopping.metric")
     if metric is not None:
-        if metric not in METRICS:
+        if metric not in allowed:
             raise ConfigError(
                 f"trainer.early_stopping.metric={_list_text(metric)} is invalid: allowed values are "
-                f"{', '.join(METRICS)}, or null (off)"
+                f"{', '.join(allowed)}, or null (off)"
             )
         number(cfg, "trainer.early_stopping.patience", low=1, integer=True)
         number(cfg, "trainer.early_stopping.min_delta", low=0)

@@ -2,7 +2,7 @@
 
 On the CPU the capture itself cannot run, but the captured function can: forcing it proves its
 SGD arithmetic and its checkpoints. With a GPU, the tests marked `cuda` also prove that capture
-and replay give the eager step's results (run on the lent H100; see docs/benchmarks.md).
+and replay give the eager step's results (on a CUDA machine; docs/benchmarks.md has the timings).
 """
 
 import json

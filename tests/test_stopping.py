@@ -187,7 +187,7 @@ def test_a_bad_early_stopping_metric_is_refused_in_one_line_naming_the_allowed_v
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("trainer.early_stopping.metric='val_acc' is invalid")
-    assert "test_loss, test_acc, train_loss, train_acc, or null (off)" in message
+    assert "train_loss, train_acc, test_loss, test_acc, or null (off)" in message
     for override, start in (
         ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience=0 is invalid"),
         ("trainer.diverge_factor=-1", "trainer.diverge_factor=-1 is invalid"),
