@@ -15,17 +15,13 @@ import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import user_data
+from sweeper import build, user_data
 
-# What build passes where it builds each section's object: the data's shape, the parameters, the
-# run's step counts. The data section's own keys are read by sweeper.data around the user's loader.
-RUNTIME = {
-    "model": {"in_channels", "image_size", "num_classes"},
-    "optim": {"params", "lr"},
-    "loss": {"reduction"},
-    "schedule": {"lr", "steps_per_epoch", "total_steps"},
-    # the keys sweeper.data reads itself; every other key goes to the user's loader
-    "data": set(user_data.OWN_KEYS),
+# What build passes where it builds each section's object (build.RUNTIME: the data's shape, the
+# parameters, the run's step counts); the data section's own keys, read by sweeper.data around
+# the user's loader (every other key goes to the loader).
+RUNTIME = {section: set(names) for section, names in build.RUNTIME.items()} | {
+    "data": set(user_data.OWN_KEYS)
 }
 
 

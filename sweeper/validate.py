@@ -243,6 +243,14 @@ def _check_model(cfg) -> None:
     name = _own(cfg, "model", MODELS)
     if name is None:
         return
+    # The data's own image shape (a 28x28 MNIST, a 64x48 folder); the CIFAR size where it is
+    # not known before loading (the job checks it again then).
+    extent = data_module.extent(cfg.data)
+    height, width = extent.shape[1:] if extent else (data_module.IMAGE_SIZE,) * 2
+    try:
+        models.square(height if height == width else (height, width), name)
+    except models.GeometryError as e:
+        raise ConfigError(str(e)) from None
     number(cfg, "model.dropout", low=0, high=1, high_open=True)
     boolean(cfg, "model.batch_norm")
     int_list(cfg, "model.units", low=1, allow_scalar=False, allow_empty=True)
@@ -265,7 +273,7 @@ def _check_model(cfg) -> None:
     try:
         models.conv_widths(_get(cfg, "model.channels"), cfg.model.growth, layers)
         models.convnet_geometry(
-            data_module.IMAGE_SIZE,
+            height,
             models.per_layer(kernels, layers, "model.kernel_size"),
             models.per_layer(pools, layers, "model.pool"),
             padding,

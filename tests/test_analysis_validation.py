@@ -148,11 +148,6 @@ def test_runs_without_a_split_in_a_sweep_with_one_are_said_to_be_left_out(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.val_size and the val_* metrics lines come with the data and components branches; once "
-    "merged this passes, and strict=True makes the lead remove this mark",
-)
 def test_a_real_sweep_with_a_validation_split_is_selected_on_it(tmp_path):
     from tests.conftest import TINY, run_cli
 
