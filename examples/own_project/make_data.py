@@ -75,7 +75,9 @@ def write(out: Path, train_per_class: int = 100, test_per_class: int = 20, seed:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("data"), help="the tree's root (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("data"), help="the tree's root (default: %(default)s)"
+    )
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
