@@ -125,9 +125,10 @@ def _readme_commands() -> list[str]:
 
 
 @pytest.mark.slow
-def test_example_readme_commands_run_as_written(project):
+def test_example_readme_commands_run_as_written(project, tmp_path, monkeypatch):
     """The three commands of the example's README, verbatim, from a fresh copy: the data, the
     4-job grid (2 models x 2 learning rates, 8 epochs) and the report."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the data cache (~/.cache/sweeper) stays in tmp_path
     commands = _readme_commands()
     assert [shlex.split(c)[:3] for c in commands] == [
         ["python", "make_data.py"],
