@@ -12,8 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from sweeper import load_model
 from tests.conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "own_project"
@@ -31,7 +34,13 @@ def _make_data_module():
 def project(tmp_path) -> Path:
     """A copy of the example's files (not its data or outputs), as a user's fresh clone has it."""
     dest = tmp_path / "own_project"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("data", "outputs", "__pycache__"))
+
+    def generated(directory, names):  # the example's own data/ and outputs/, not conf/data/
+        return (
+            {"data", "outputs"} & set(names) if Path(directory) == EXAMPLE else {"__pycache__"} & set(names)
+        )
+
+    shutil.copytree(EXAMPLE, dest, ignore=generated)
     return dest
 
 
@@ -68,11 +77,13 @@ def _check_report(sweep: Path, models: set[str]) -> str:
     return report
 
 
-def test_example_grid_trains_own_models_on_its_images_and_reports_on_validation(project):
+def test_example_grid_trains_own_models_on_its_images_and_reports_on_validation(project, monkeypatch):
     """The example's grid, shrunk (tiny data, both models, one lr, 1 epoch): its own models by
     `_target_` from its own --config-dir, the generated images read as 1 channel, 28x28, 5 classes,
-    a validation split logged every epoch, and a report that ranks on it and names the models."""
-    _make_data_module().write(project / "data", train_per_class=12, test_per_class=4)
+    a validation split logged every epoch, a report that ranks on it and names the models, and a
+    trained TinyVGG that sweeper.load_model rebuilds (mynets imported from the project dir) and
+    that classifies the test images into the 5 classes."""
+    _make_data_module().write(project / "data", train_per_class=20, test_per_class=4)
     sweep = project / "outputs" / "shapes"
     ran = run_cli(
         "-m", "--config-dir", "conf", "experiment=shapes_grid", "lr=0.1", "trainer.epochs=1",
@@ -86,26 +97,12 @@ def test_example_grid_trains_own_models_on_its_images_and_reports_on_validation(
     assert report.returncode == 0, report.stderr[-3000:]
     _check_report(sweep, {"tiny_vgg", "mlp"})
 
-
-def test_a_trained_example_model_predicts_its_classes(project, monkeypatch):
-    """sweeper.load_model rebuilds the project's own TinyVGG from a run's record (mynets imported
-    from the project dir) and classifies 1x28x28 uint8 images into the 5 shape classes."""
-    import numpy as np
-    from PIL import Image
-
-    from sweeper import load_model
-
-    _make_data_module().write(project / "data", train_per_class=12, test_per_class=4)
-    run_dir = project / "outputs" / "one"
-    ran = run_cli(
-        "--config-dir", "conf", "model=tiny_vgg", "data=shapes", "trainer.epochs=1",
-        "data.cache_dir=null", f"hydra.run.dir={run_dir}",
-        cwd=project,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stderr[-3000:]
     monkeypatch.syspath_prepend(str(project))
     monkeypatch.delitem(sys.modules, "mynets", raising=False)
-    trained = load_model(run_dir)
+    (run,) = [
+        r for r in _runs(sweep) if json.loads((r / "config.json").read_text())["model"]["name"] == "tiny_vgg"
+    ]
+    trained = load_model(run)
     assert type(trained.model).__name__ == "TinyVGG"
     assert trained.classes == CLASSES
     images = np.stack(
@@ -137,12 +134,9 @@ def test_example_readme_commands_run_as_written(project, tmp_path, monkeypatch):
     ]
     for command in commands:
         args = shlex.split(command)[1:]
-        if args[0] == "-m":
-            ran = run_cli(*args[2:], module=args[1], cwd=project, timeout=900)
-        else:
-            ran = run_cli(
-                *args, module="make_data", cwd=project
-            )  # python make_data.py == python -m make_data here
+        # python -m M ARGS, or python make_data.py ARGS as python -m make_data ARGS (run_cli's form)
+        module, args = (args[1], args[2:]) if args[0] == "-m" else (Path(args[0]).stem, args[1:])
+        ran = run_cli(*args, module=module, cwd=project, timeout=900)
         assert ran.returncode == 0, (command, ran.stderr[-3000:])
     sweep = project / "outputs" / "shapes"
     assert len(_runs(sweep)) == 4
