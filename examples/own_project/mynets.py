@@ -7,6 +7,8 @@ passes what depends on the data where it builds the model -- `in_channels`, `num
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import nn
 
 
@@ -14,13 +16,18 @@ def _height_width(image_size) -> tuple[int, int]:
     return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
 
-class TinyVGG(nn.Module):
+class TinyVGG(nn.Sequential):
     """`depth` VGG blocks (two 3x3 convs and a 2x2 max-pool each, width doubling per block), then
-    a linear classifier. A stack of convs and pools, so the framework can compute its receptive field."""
+    a linear classifier. An nn.Sequential of convs and pools (`features`, then `head`), so the
+    framework computes its receptive field from the layers."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size, width: int = 16, depth: int = 2):
-        super().__init__()
         height, wide = _height_width(image_size)
+        if min(height, wide) >> depth < 1:
+            raise ValueError(
+                f"model.depth={depth} halves a {image_size}px image to nothing; use at most "
+                f"{min(height, wide).bit_length() - 1} blocks"
+            )
         layers, channels = [], in_channels
         for block in range(depth):
             out = width * 2**block
@@ -32,16 +39,12 @@ class TinyVGG(nn.Module):
                 nn.MaxPool2d(2),
             ]
             channels, height, wide = out, height // 2, wide // 2
-        if height < 1 or wide < 1:
-            raise ValueError(
-                f"model.depth={depth} halves a {image_size}px image to nothing; use at most "
-                f"{min(_height_width(image_size)).bit_length() - 1} blocks"
+        super().__init__(
+            OrderedDict(
+                features=nn.Sequential(*layers),
+                head=nn.Sequential(nn.Flatten(), nn.Linear(channels * height * wide, num_classes)),
             )
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * height * wide, num_classes))
-
-    def forward(self, x):
-        return self.head(self.features(x))
+        )
 
 
 class MLP(nn.Module):
