@@ -117,6 +117,28 @@ def test_example_grid_trains_own_models_on_its_images_and_reports_on_validation(
     assert set(labels.tolist()) <= set(range(len(CLASSES)))
 
 
+def test_make_data_writes_the_same_images_for_a_seed_and_never_mixes_two_data_sets(tmp_path):
+    """make_data.py: 1-channel 28x28 PNGs in the 5 class folders of train/ and test/, byte for byte
+    the same for the same arguments (a rerun leaves them); other arguments into that dir are
+    refused, its files untouched."""
+    make_data = _make_data_module()
+    first, second = tmp_path / "a", tmp_path / "b"
+    make_data.write(first, train_per_class=3, test_per_class=2, seed=1)
+    make_data.write(second, train_per_class=3, test_per_class=2, seed=1)
+    files = sorted(p.relative_to(first) for p in first.rglob("*.png"))
+    assert len(files) == 5 * (3 + 2)
+    assert sorted({p.parent.name for p in files}) == CLASSES
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    image = Image.open(first / files[0])
+    assert (image.mode, image.size) == ("L", (28, 28))
+    before = {f: (first / f).read_bytes() for f in files}
+    make_data.write(first, train_per_class=3, test_per_class=2, seed=1)  # the same: nothing to do
+    with pytest.raises(FileExistsError, match="already holds other files"):
+        make_data.write(first, train_per_class=4, test_per_class=2, seed=2)
+    assert {f: (first / f).read_bytes() for f in files} == before
+    assert sorted(p.relative_to(first) for p in first.rglob("*.png")) == files
+
+
 def _readme_commands() -> list[str]:
     """The commands of the example README's first bash block, without comments and the `cd`."""
     readme = (EXAMPLE / "README.md").read_text()
