@@ -281,10 +281,10 @@ RECORD_KEEPING = (
 )
 
 
-# The project's config sections (conf/config.yaml; sweeper.validate.SECTIONS) and its top-level knob.
+# The project's config sections (conf/config.yaml; sweeper.overrides.SECTIONS) and its top-level knob.
 # A key under them is a knob every run has, unless its record predates the knob; any other
 # top-level key is a label given to some runs (`+tag=baseline`).
-CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "trainer")
+CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
 TOP_LEVEL_KNOBS = ("lr",)
 ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
 

@@ -260,13 +260,21 @@ def check_overrides(
         known = _dotted_keys(OmegaConf.to_container(base))
         for key in keys:
             if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
                 raise ConfigError(
                     _missing_key(key, key, known, selections, swept_groups, groups, compose, config_name)
                 )
         for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
+            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+                swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
             split = _split_on(key, selections, swept_groups, compose, config_name)
             if split:
                 raise ConfigError(_sweep_them_separately(arg, key, *split))
+            section = key.split(".")[0]
+            if section in swept_groups and _in_every_option(
+                key, selections, swept_groups, compose, config_name
+            ):
+                continue  # the section is swept (by the config's grid): every option has it
             if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
                 section = key.split(".")[0]
                 current, others = _options_with(key, section, selections, groups, compose, config_name)
@@ -281,6 +289,11 @@ def check_overrides(
                 raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
             if section in SECTIONS:
                 raise ConfigError(_nothing_reads(f"+{key}", section, known))
+            leaves = [k for k in known if "." not in key and k.rpartition(".")[2] == key]
+            if leaves:  # +label_smoothing=0.1: a label, read by nothing, where loss.label_smoothing was meant
+                raise ConfigError(
+                    f"+{key} is invalid: did you mean {' or '.join(leaves)}? (+ adds a new key, which nothing reads)"
+                )
             close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
             if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
                 raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
@@ -295,6 +308,7 @@ def check_overrides(
         try:
             cfg = compose(config_name=config_name, overrides=shared, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as e:
+            swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
             raise ConfigError(_composition_problem(shared, e, swept_groups, compose, config_name)) from None
         except AttributeError as e:  # OmegaConf merging a dict into a None node: basic sweeper's params
             culprit = next((a for a in shared if "hydra.sweeper.params" in a), " ".join(shared))
@@ -379,6 +393,42 @@ def _has_key(key: str, selections: list[str], group: str, option: str, compose, 
     return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
 
 
+def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_name) -> dict[str, list[str]]:
+    """The groups that the config's own grid sweeps (an experiment's hydra.sweeper.params, such
+    as `model: tiny_vgg,mlp`), with their options: swept as those on the command line are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        params = compose(
+            config_name=config_name, overrides=selections, return_hydra_config=True
+        ).hydra.sweeper.get("params")
+    except Exception:  # the config does not compose: the caller says why
+        return {}
+    chosen = {a.partition("=")[0] for a in selections}
+    found = {}
+    for group, value in (params or {}).items():
+        if group in swept_groups or group in chosen or not groups.get(group):
+            continue
+        override = OverridesParser.create().parse_overrides([f"{group}={value}"])[0]
+        if override.is_sweep_override():
+            found[group] = list(override.sweep_string_iterator())
+    return found
+
+
+def _option_keys(section: str, option: str, selections, compose, config_name) -> list[str]:
+    """The config's keys when composed with section=option (and the other selections)."""
+    chosen = [a for a in selections if a.partition("=")[0] != section] + [f"{section}={option}"]
+    try:
+        return _dotted_keys(OmegaConf.to_container(compose(config_name=config_name, overrides=chosen)))
+    except Exception:  # noqa: BLE001 -- an option that does not compose has no key
+        return []
+
+
+def _in_every_option(key: str, selections, swept_groups: dict, compose, config_name) -> bool:
+    section = key.split(".")[0]
+    return all(_has_key(key, selections, section, o, compose, config_name) for o in swept_groups[section])
+
+
 def _split_on(key: str, selections, swept_groups: dict, compose, config_name):
     """(group, options with `key`, options without) for the first swept group whose options
     differ in having it: its jobs could not all set it. None when none differ."""
@@ -422,6 +472,12 @@ def _missing_key(key: str, given: str, known, selections, swept_groups, groups, 
     if split:  # optim=sgd,adam optim.eps=1e-7: whatever the order of the options
         return _sweep_them_separately(given, key, *split)
     section = key.split(".")[0]
+    if section in swept_groups:
+        if _in_every_option(key, selections, swept_groups, compose, config_name):
+            # an experiment's grid sweeps the section: Hydra composes the shared config first,
+            # with the section's default, where the key is missing
+            return f"{given} is invalid in this sweep: every {section} swept has it, but Hydra first composes the shared config without them; write ++{given} to set it in every {section} swept"  # fmt: skip
+        known = sorted({*known, *(k for o in swept_groups[section] for k in _option_keys(section, o, selections, compose, config_name))})  # fmt: skip
     if section in groups:  # schedule.lr2 with schedule=constant
         current, others = _options_with(key, section, selections, groups, compose, config_name)
         if others:

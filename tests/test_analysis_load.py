@@ -492,7 +492,7 @@ def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
 def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
     # Twins: analysis must not import sweeper.validate (it imports torch), so each names them.
     from analysis.load import CONFIG_SECTIONS
-    from sweeper.validate import SECTIONS
+    from sweeper.overrides import SECTIONS
 
     assert CONFIG_SECTIONS == SECTIONS
 

@@ -45,6 +45,12 @@ from tests.conftest import CONF, TINY, run_cli
             ["-m", "lr=range(1,1001)", "trainer.seed=range(0,1000)"],
             "lr=range(1,1001) trainer.seed=range(0,1000) is a grid of 1,000,000 jobs (1000 x 1000): more than",
         ),
+        # a label that nothing reads, where a knob of that name was meant: it changed nothing
+        (
+            ["+label_smoothing=0.1"],
+            "+label_smoothing is invalid: did you mean loss.label_smoothing? (+ adds a new key, which nothing reads)",
+        ),
+        (["+seed=1"], "+seed is invalid: did you mean data.seed or trainer.seed?"),
         # the current directory: the record's files among the user's own
         (["hydra.run.dir="], "hydra.run.dir= is invalid: an empty directory is the current one"),
         (
@@ -65,6 +71,7 @@ def test_bad_command_lines_are_refused_in_one_line(arguments, message):
     [
         ["~experiment"],
         ["hydra.run.dir=."],
+        ["+tag=baseline"],  # a label of its own name: a column in the analysis
         ["-m", "lr=range(0.1,0.3,0.1)"],
         ["-m", "experiment=glob(lecture_lr*)"],
         ["-m", "lr=range(1,101)", "trainer.seed=range(0,1000)"],  # 100,000 jobs: the most a sweep takes

@@ -292,3 +292,32 @@ def test_slurm_jobs_import_the_users_model_and_compose_with_its_config_dir(clust
         assert read_json(sweep_dir / str(n) / "summary.json")["status"] == "completed"
         assert read_json(sweep_dir / str(n) / "config.json")["model"]["_target_"] == "mynets.MLP"
         assert read_json(sweep_dir / str(n) / "config.json")["model"]["hidden"] == hidden
+
+
+@pytest.fixture
+def grid_project(project: Path) -> Path:
+    """The project with a second model that has `hidden` too, and an experiment whose own grid
+    sweeps the two (hydra.sweeper.params), as a user's experiment=... file does."""
+    conf = project / "myconf"
+    (conf / "model" / "mlp2.yaml").write_text("_target_: mynets.MLP\nname: mlp2\nhidden: 8\nl1: 0.0\n")
+    (conf / "experiment").mkdir()
+    (conf / "experiment" / "both.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model: mlp,mlp2\n"
+    )
+    return project
+
+
+def test_a_key_of_every_model_an_experiments_grid_sweeps_is_told_to_take_plus_plus(grid_project: Path):
+    # Hydra composes the sweep's shared config with the default model (convnet), which has no
+    # `hidden`: the line says how to set it in every swept model, not "add model=mlp".
+    source = overrides.ConfigSource(str(CONF), extra_dir=str(grid_project / "myconf"))
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides(["-m", "experiment=both", "model.hidden=4"], source)
+    assert str(err.value) == (
+        "model.hidden is invalid in this sweep: every model swept has it, but Hydra first composes the "
+        "shared config without them; write ++model.hidden to set it in every model swept"
+    )
+    with pytest.raises(validate.ConfigError) as err:  # a typo: the swept models' keys are the nearest
+        overrides.check_overrides(["-m", "experiment=both", "model.hiden=4"], source)
+    assert str(err.value) == "model.hiden is not a config key: did you mean model.hidden?"
+    overrides.check_overrides(["-m", "experiment=both", "++model.hidden=4", *SMALL], source)  # accepted
