@@ -125,7 +125,7 @@ def test_the_numbers_behind_claim_3(complete):
 
 
 def claim_on(root: Path, key: str, noise: float | None = None, conf: dict | None = None):
-    """One claim of conf/reproduction.yaml (or of `conf`) evaluated on the runs under root."""
+    """One claim of analysis/reproduction/claims.yaml (or of `conf`) evaluated on the runs under root."""
     from analysis.reproduction import evaluate, load_experiments, read_conf
     from analysis.reproduction.render import context
 
@@ -149,7 +149,7 @@ def test_a_best_lr2_within_the_seed_noise_is_a_tie_not_a_pick(complete):
 
 
 def test_the_thresholds_and_wording_come_from_the_claims_yaml(complete):
-    """conf/reproduction.yaml's band for claim 1 is what the check quotes and applies."""
+    """analysis/reproduction/claims.yaml's band for claim 1 is what the check quotes and applies."""
     from analysis.reproduction import read_conf
 
     out, _ = complete
@@ -355,7 +355,7 @@ def test_claim_4_names_no_gain_after_the_minimum_when_the_accuracy_peak_is_not_a
 def test_claim_5_figure_shows_the_last_kept_epoch_its_check_compares():
     from analysis.reproduction.claims import distribution_epochs
 
-    wanted = (1, 10, 25, 50)  # conf/reproduction.yaml's quantile_epochs
+    wanted = (1, 10, 25, 50)  # analysis/reproduction/claims.yaml's quantile_epochs
     assert distribution_epochs([1, 5, 10, 20, 30], wanted) == [1, 10, 20, 30]  # 25 -> 20; 30 is "late"
     assert distribution_epochs([1, 10, 25, 50], wanted) == [1, 10, 25, 50]
     assert distribution_epochs([], wanted) == []

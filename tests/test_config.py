@@ -42,7 +42,7 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
     if option == "image_folder":  # the one option with no default place: a tree of its own
         from tests.test_datasets import write_tree
 
-        write_tree(tmp_path, ["a", "b"], (8, 8), "L", per_class=(25, 1))
+        write_tree(tmp_path, ["a", "b"], (32, 32), "L", per_class=(25, 1))
         extra = [f"data.root={tmp_path}"]
     cfg = compose_cfg(f"{group}={option}", "trainer.epochs=50", *extra)
     assert group == "trainer" or cfg[group].name == option

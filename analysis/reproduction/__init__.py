@@ -14,7 +14,7 @@ the rules written next to it:
     partial: N/E epochs   a run the claim needs has not finished (the checks shown are "so far")
     not run           none of the experiments that test the claim is under ROOT
 
-The claims are data: conf/reproduction.yaml holds each one's runs, thresholds and wording;
+The claims are data: analysis/reproduction/claims.yaml holds each one's runs, thresholds and wording;
 claims.py its statistics (a DataFrame) and the predicates of its checks; render.py the one
 renderer. Only the run records are read (docs/run-record.md), through analysis.load.
 """

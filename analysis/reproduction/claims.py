@@ -1,6 +1,6 @@
 """The claims' statistics and predicates: one function per claim turns its runs into a DataFrame
 (one row per run or configuration, scalars and other frames in .attrs), and each check of
-conf/reproduction.yaml is a predicate over a row (per-run claims) or over the claim's facts."""
+analysis/reproduction/claims.yaml is a predicate over a row (per-run claims) or over the claim's facts."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class Check:
 
 @dataclass
 class Claim:
-    conf: dict  # its entry in conf/reproduction.yaml
+    conf: dict  # its entry in analysis/reproduction/claims.yaml
     source: Selection | None = None
     rows: pd.DataFrame | None = None
     facts: dict = field(default_factory=dict)
@@ -431,7 +431,7 @@ def base_fields(ctx: Context) -> dict:
 
 
 def evaluate(conf: dict, ctx: Context) -> Claim:
-    """A claim of conf/reproduction.yaml checked on its runs."""
+    """A claim of analysis/reproduction/claims.yaml checked on its runs."""
     claim = Claim(conf, pick_source(ctx.exps, conf["runs"]))
     sel = claim.source
     if sel is None or sel.runs.empty:

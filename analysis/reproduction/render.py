@@ -115,7 +115,7 @@ def _wall_times(exps: dict[str, Experiment]) -> list[str]:
 
 
 def _tables(claim: Claim) -> list[str]:
-    """The claim's tables of conf/reproduction.yaml; those with a `group` come per run, after the
+    """The claim's tables of analysis/reproduction/claims.yaml; those with a `group` come per run, after the
     others, each run's tables together."""
     facts, out, grouped = claim.facts, [], {}
     for spec in claim.conf.get("tables", []):

@@ -32,8 +32,8 @@ ENDED = (*RESULTS, "diverged")
 
 
 def read_conf() -> dict:
-    """conf/reproduction.yaml. PyYAML, not OmegaConf: the templates' case keys include booleans."""
-    return yaml.safe_load((CONF_DIR / "reproduction.yaml").read_text())
+    """analysis/reproduction/claims.yaml. PyYAML, not OmegaConf: the templates' case keys include booleans."""
+    return yaml.safe_load(Path(__file__).with_name("claims.yaml").read_text())
 
 
 def grid_jobs(name: str) -> int:
