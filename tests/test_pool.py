@@ -24,6 +24,7 @@ def without_times(path):
     return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_jobs_spread_over_device_slots_on_reused_workers(tmp_path):
     # One CPU thread each, stated: CPU kernels reduce in another order on another thread count,
     # so only the same trainer.threads gives the same numbers, whatever the launcher and cores.
@@ -396,6 +397,7 @@ def test_ctrl_c_of_a_sweep_on_hydras_basic_launcher_prints_its_summary_too(tmp_p
     assert out.count(f"sweep {sweep}: 2 jobs") == 1 and "Traceback" not in out
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp_path, start_sweep):
     # What `timeout` or a job manager sends: to the launcher only, not to its workers.
     sweep = tmp_path / "sweep"
@@ -418,6 +420,7 @@ def test_sigterm_to_the_launcher_alone_stops_its_workers_and_a_rerun_resumes(tmp
         assert not (sweep / str(n) / "attempts").exists()
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_rerun_resumes(
     tmp_path, start_sweep
 ):

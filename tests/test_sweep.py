@@ -82,6 +82,7 @@ def test_rerunning_a_sweep_skips_completed_runs_and_refuses_another_grid(tmp_pat
     assert "holds a sweep of another grid" in other.stderr
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_trainer_resume_false_reruns_the_same_grid_and_keeps_the_old_records(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -128,6 +129,7 @@ def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_pat
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_pid_reused_by_another_process_after_a_crash_does_not_block_the_resume(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -146,6 +148,7 @@ def test_a_pid_reused_by_another_process_after_a_crash_does_not_block_the_resume
     assert "2 jobs: 2 completed" in resumed.stdout
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_an_unreadable_or_foreign_job_json_does_not_stop_a_resume(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -157,6 +160,7 @@ def test_an_unreadable_or_foreign_job_json_does_not_stop_a_resume(tmp_path):
     assert "2 jobs: 2 completed" in resumed.stdout
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_damaged_sweep_json_is_refused_in_one_line_and_a_damaged_config_json_set_aside(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -219,6 +223,7 @@ def test_resuming_a_sweep_whose_runs_hold_another_config_is_refused_before_any_j
     assert json.loads((sweep_dir / "sweep.json").read_text())["launcher"] == "basic"
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_custom_subdir_is_where_the_sweep_records_checks_and_counts_its_jobs(tmp_path):
     # Job dirs named by their overrides, not by number: sweep.json, the summary and the checks
     # before a resume must all use those dirs.
@@ -254,6 +259,7 @@ def test_a_custom_subdir_is_where_the_sweep_records_checks_and_counts_its_jobs(t
     assert f"jobs 0 and 1 would both write to {tmp_path / 'same' / 'all'}" in same.stderr
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_the_same_grid_given_in_another_order_resumes_in_its_recorded_run_dirs(tmp_path):
     first, sweep_dir = sweep(tmp_path, "lr=0.1,0.05", *FAST, "trainer.seed=0,1")
     assert first.returncode == 0, first.stdout[-2000:]
@@ -269,6 +275,7 @@ def test_the_same_grid_given_in_another_order_resumes_in_its_recorded_run_dirs(t
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_trainer_resume_false_starts_a_changed_grid_over_and_sets_the_old_sweep_aside(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -320,6 +327,7 @@ def test_the_end_summary_counts_complete_epoch_lines_only(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["[1,2]", "42"], ids=["a-list", "a-number"])
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_config_json_of_another_shape_is_named_and_its_run_restarts_while_the_good_runs_run_on(
     tmp_path, content
 ):

@@ -274,6 +274,7 @@ def single_run(tmp_path, *args):
     return run_cli(*TINY, "trainer.epochs=1", *args, cwd=tmp_path)
 
 
+@pytest.mark.slow  # over 8 s: CI's slow step runs it
 def test_a_refused_single_run_leaves_the_record_and_its_hydra_files_as_they_were(tmp_path):
     # Hydra writes .hydra/ before the task runs: the refusals must come first, and leave no run
     # dir of their own either (cwd is tmp_path, where outputs/runs/<date>/<time>/ would appear).
