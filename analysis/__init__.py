@@ -23,15 +23,9 @@ from analysis.diagnostics import (
     seed_aggregate,
     t_critical,
 )
-from analysis.load import (
-    NoRunsFound,
-    Sweep,
-    flatten_config,
-    format_value,
-    load_sweep,
-    select_rows,
-    varied_keys,
-)
+from analysis.discovery import NoRunsFound
+from analysis.knobs import flatten_config, format_value, varied_keys
+from analysis.load import Sweep, load_sweep, select_rows
 from analysis.status import format_job_table, job_table
 
 _LAZY = {

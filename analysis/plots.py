@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from analysis.diagnostics import SPLIT_NAMES, lower_is_better, seed_aggregate
-from analysis.load import SEED_KEY, format_knob, format_value, is_missing
+from analysis.knobs import format_knob, format_value, is_missing
+from analysis.load import SEED_KEY
 
 LINESTYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {

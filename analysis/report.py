@@ -27,7 +27,9 @@ from analysis.diagnostics import (
     SPLIT_NAMES,
     counterpart,
 )
-from analysis.load import RESULTS, Sweep, counted, format_knob, format_value, is_missing
+from analysis.knobs import counted, format_knob, format_value, is_missing
+from analysis.load import Sweep
+from analysis.status import RESULTS
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
     diagnostics_section,
     diagnostics_table,

@@ -6,7 +6,8 @@ import warnings
 from pathlib import Path
 
 from analysis import plots
-from analysis.load import format_value, load_sweep
+from analysis.knobs import format_value
+from analysis.load import load_sweep
 from analysis.reproduction.claims import Claim, distribution_epochs
 
 
