@@ -31,8 +31,8 @@ from analysis.status import format_job_table, job_table
 _LAZY = {
     "NothingToPlot": "analysis.plots",
     "plot_curves": "analysis.plots",
-    "plot_heatmap": "analysis.plots",
-    "plot_loss_distributions": "analysis.plots",
+    "plot_heatmap": "analysis.heatmap",
+    "plot_loss_distributions": "analysis.distribution_plots",
     "plot_loss_vs_accuracy": "analysis.plots",
     "plot_lr_switch": "analysis.plots",
     "standard_figures": "analysis.report",
