@@ -23,22 +23,16 @@ from analysis.diagnostics import (
     seed_aggregate,
     t_critical,
 )
-from analysis.load import (
-    NoRunsFound,
-    Sweep,
-    flatten_config,
-    format_value,
-    load_sweep,
-    select_rows,
-    varied_keys,
-)
+from analysis.discovery import NoRunsFound
+from analysis.knobs import flatten_config, format_value, varied_keys
+from analysis.load import Sweep, load_sweep, select_rows
 from analysis.status import format_job_table, job_table
 
 _LAZY = {
     "NothingToPlot": "analysis.plots",
     "plot_curves": "analysis.plots",
-    "plot_heatmap": "analysis.plots",
-    "plot_loss_distributions": "analysis.plots",
+    "plot_heatmap": "analysis.heatmap",
+    "plot_loss_distributions": "analysis.distribution_plots",
     "plot_loss_vs_accuracy": "analysis.plots",
     "plot_lr_switch": "analysis.plots",
     "standard_figures": "analysis.report",

@@ -21,7 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.load import NoRunsFound, counted, load_sweep
+from analysis.discovery import NoRunsFound
+from analysis.knobs import counted
+from analysis.load import load_sweep
 from analysis.status import format_job_table, job_table
 
 

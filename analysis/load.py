@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,356 +31,33 @@ import pandas as pd
 
 from analysis import diagnostics
 from analysis.cache import read_cache, write_cache
+from analysis.discovery import (
+    MissingJob,
+    NoRunsFound,
+    RunRef,
+    _child_dirs,
+    _dir_sort_key,
+    discover,
+    is_run_dir,
+)
+from analysis.knobs import (
+    _dumps,
+    fill_older_records,
+    flatten_config,
+    is_missing,
+    merged_key_order,
+    typed_column,
+    varied_keys,
+)
 from analysis.losses import empty_distributions, read_losses
-from analysis.records import RECORD_FILES, RunRecord, damaged, fingerprint, read_json, read_run
-from sweeper import processes
+from analysis.records import RunRecord, damaged, fingerprint, read_run
+from analysis.status import RESULTS, run_status
 
-# Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
-# among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
-HYDRA_SPECIAL_KEYS = frozenset({"_partial_", "_recursive_", "_convert_", "_args_"})
-TARGET_KEY = "_target_"
-SWEEP_RECORDS = ("sweep.json", "multirun.yaml")  # either one makes a dir a sweep dir
-# Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
-SKIP_DIRS = frozenset({"report", "sample_losses"})
 SEED_KEY = "trainer.seed"
 # Columns of `curves` that are not metrics.
 CURVE_ID_COLUMNS = ("run", "epoch")
 # metrics.jsonl names that clash with config knobs get this prefix in `curves`.
 METRIC_PREFIX = "epoch_"
-# A run without summary.json that has written nothing for this long is `stalled`.
-# Runs whose final numbers are results, ranked: trained to trainer.epochs, or ended by their own
-# early stopping (trainer.early_stopping, sweeper/stopping.py: its last epoch is as real an end as
-# trainer.epochs, and best_* say where its metric peaked). A diverged, failed or unfinished run's
-# last epoch is not such an end.
-RESULTS = ("completed", "stopped_early")
-STALE_AFTER_S = 3600.0
-STALE_EPOCHS = 5  # ... or for this many of its slowest epochs, whichever is longer
-
-
-class NoRunsFound(ValueError):
-    """None of the given paths holds a run record."""
-
-
-# --------------------------------------------------------------------------- discovery
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """A run dir found on disk, with what its sweep says about it."""
-
-    run_dir: Path
-    sweep_dir: Path | None
-    job_num: int | None
-    overrides: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class MissingJob:
-    """A job listed in sweep.json whose run dir is absent or holds no record."""
-
-    sweep_dir: Path
-    job_num: int | None
-    run_dir: Path
-    overrides: tuple[str, ...]
-
-
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in RECORD_FILES)
-
-
-def is_sweep_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in SWEEP_RECORDS)
-
-
-def newest_sweep(root: Path) -> Path:
-    """The sweep dir under `root` (outputs/multirun: <date>/<time>/ or a named one like make demo's
-    demo/) whose sweep record was written last. Names do not sort in time order once a sweep dir
-    is named, and a report/ dir sorts after its sweep's runs."""
-    candidates = [*Path(root).glob("*"), *Path(root).glob("*/*")]
-    sweeps = [p for p in candidates if p.is_dir() and is_sweep_dir(p)]
-    if not sweeps:
-        raise NoRunsFound(f"no sweep dir under {root}: set SWEEP_DIR")
-
-    def written(sweep: Path) -> float:
-        return max((sweep / name).stat().st_mtime for name in SWEEP_RECORDS if (sweep / name).is_file())
-
-    return max(sweeps, key=written)
-
-
-def resolve_dir(raw: str | os.PathLike, bases: Iterable[str | os.PathLike | None]) -> Path:
-    """A directory given on a command line or in an environment variable (SWEEP_DIR): an absolute
-    one as is, a relative one from the first of `bases` (where the user launched the program, the
-    project root) under which it exists; else as given, so that the error names it."""
-    path = Path(raw).expanduser()
-    if path.is_absolute():
-        return path
-    for base in bases:
-        if base and (Path(base) / path).is_dir():
-            return Path(base) / path
-    return path
-
-
-def read_sweep_jobs(sweep_dir: Path) -> list[dict]:
-    """The job list of sweep.json ([] when there is none or it is unreadable)."""
-    data, _ = read_json(sweep_dir / "sweep.json")
-    jobs = data.get("jobs") if isinstance(data, dict) else None
-    return [job for job in jobs or [] if isinstance(job, dict)]
-
-
-def _child_dirs(path: Path) -> list[Path]:
-    children = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return sorted((p for p in children if p.name not in SKIP_DIRS), key=_dir_sort_key)
-
-
-def _dir_sort_key(path: Path) -> tuple:
-    # Job dirs are numbers: 2 before 10.
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
-
-
-def _job_num(name: str) -> int | None:
-    return int(name) if name.isdigit() else None
-
-
-def _scan_sweep(sweep_dir: Path) -> tuple[list[RunRef], list[MissingJob]]:
-    listed = {}
-    for job in read_sweep_jobs(sweep_dir):
-        name = str(job.get("dir", job.get("num", "")))
-        listed[name] = job
-    refs, missing = [], []
-    seen = set()
-    for child in _child_dirs(sweep_dir):
-        if not is_run_dir(child):
-            continue
-        job = listed.get(child.name, {})
-        num = job.get("num") if isinstance(job.get("num"), int) else _job_num(child.name)
-        refs.append(RunRef(child, sweep_dir, num, tuple(job.get("overrides") or ())))
-        seen.add(child.name)
-    for name, job in listed.items():
-        if name not in seen:
-            num = job.get("num") if isinstance(job.get("num"), int) else _job_num(name)
-            missing.append(MissingJob(sweep_dir, num, sweep_dir / name, tuple(job.get("overrides") or ())))
-    return refs, missing
-
-
-def _scan(path: Path, depth: int) -> tuple[list[RunRef], list[MissingJob]]:
-    if is_run_dir(path):
-        parent = path.parent
-        if is_sweep_dir(parent):
-            refs, _ = _scan_sweep(parent)
-            return [r for r in refs if r.run_dir == path], []
-        return [RunRef(path, None, None)], []
-    if is_sweep_dir(path):
-        return _scan_sweep(path)
-    refs, missing = [], []
-    if depth > 0:  # e.g. outputs/multirun/ or outputs/multirun/<date>/
-        for child in _child_dirs(path):
-            more_refs, more_missing = _scan(child, depth - 1)
-            refs += more_refs
-            missing += more_missing
-    return refs, missing
-
-
-def discover(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[list[RunRef], list[MissingJob]]:
-    """Find the run dirs under run dirs, sweep dirs or folders of them (up to 3 levels down).
-
-    Raises FileNotFoundError for a path that is not a directory.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    refs, missing = {}, {}
-    for raw in paths:
-        path = Path(raw).expanduser().resolve()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{raw}: no such directory")
-        found_refs, found_missing = _scan(path, depth=3)
-        refs.update((r.run_dir, r) for r in found_refs)
-        missing.update((m.run_dir, m) for m in found_missing)
-    return list(refs.values()), list(missing.values())
-
-
-# --------------------------------------------------------------------------- config flattening
-
-
-def _freeze(value):
-    """Lists become tuples (hashable, comparable, ordered like numbers); dicts in lists JSON."""
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; Hydra's flags
-    (`_partial_`, ...) dropped, `_target_` kept (`optim._target_`)."""
-    flat = {}
-    for key, value in config.items():
-        if key in HYDRA_SPECIAL_KEYS:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = _freeze(value)
-    return flat
-
-
-def merged_key_order(key_lists: Iterable[list[str]]) -> list[str]:
-    """All keys, in config order: a key first seen in a later run goes right after the key that
-    precedes it there (schedule.lr2 next to schedule.name, not after trainer.*)."""
-    order: list[str] = []
-    seen: set[str] = set()
-    for keys in key_lists:
-        if seen.issuperset(keys):  # the common case: nothing new, no list surgery
-            continue
-        at = 0
-        for key in keys:
-            if key in seen:
-                at = order.index(key) + 1
-            else:
-                order.insert(at, key)
-                seen.add(key)
-                at += 1
-    return order
-
-
-def typed_column(values: Sequence) -> pd.Series:
-    """A column with the dtype the JSON values really have; None marks a missing value.
-
-    ints stay int64 (Int64 if some are missing), floats float64, bools bool, strings str,
-    tuples (list-valued knobs) object. Mixed ints and floats are floats (`lr=1` vs `lr=0.5`).
-    """
-    present = [v for v in values if v is not None]
-    kinds = {type(v) for v in present}
-    missing = len(present) < len(values)
-    if not present:
-        return pd.Series(list(values), dtype=object)
-    if kinds == {bool}:
-        return pd.Series(list(values), dtype="boolean" if missing else bool)
-    if kinds == {int}:
-        return pd.Series(list(values), dtype="Int64" if missing else "int64")
-    if kinds <= {int, float}:
-        return pd.Series([np.nan if v is None else float(v) for v in values], dtype="float64")
-    if kinds == {str}:
-        return pd.Series(list(values), dtype="str")
-    return pd.Series(list(values), dtype=object)
-
-
-# Keys that say what a run's record keeps and how it is stored, never what it computes: runs that
-# differ only in them are one configuration (lecture_lr2 keeps raw per-sample losses, lecture_lr not).
-RECORD_KEEPING = (
-    "trainer.keep_sample_losses",
-    "trainer.sample_loss_epochs",
-    "trainer.checkpoint",
-    "trainer.resume",
-    "data.cache_dir",
-    "data.download",
-    "trainer.objective",  # what the run returns to an optimizing sweeper, not what it computes
-    "trainer.until_epoch",  # where hydra/sweeper=halving paused a run last: epochs_done says how far
-)
-
-
-# The project's config sections (conf/config.yaml; sweeper.overrides.SECTIONS) and its top-level knob.
-# A key under them is a knob every run has, unless its record predates the knob; any other
-# top-level key is a label given to some runs (`+tag=baseline`).
-CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
-TOP_LEVEL_KNOBS = ("lr",)
-ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
-
-
-def fill_older_records(key: str, flat: list[dict]) -> list:
-    """The values of `key` in the runs' flattened configs, None where a config lacks it.
-
-    A record written before the project had the knob `key` lacks it. Among the runs that chose
-    the same option of the key's group (`schedule.lr2` is absent by design from runs of another
-    schedule than `step`), when every record that has the key agrees on one value, the older ones
-    ran at that value too (the knob came with its default), so they get it: else runs of one
-    configuration would split on "absent". A label (`+tag=...`), or a knob whose records
-    disagree, stays absent.
-    """
-    values = [row.get(key, ABSENT) for row in flat]
-    section = key.split(".")[0]
-    if section not in CONFIG_SECTIONS and key not in TOP_LEVEL_KNOBS:
-        return [None if v is ABSENT else v for v in values]
-    by_option: dict[str | None, list[int]] = {}
-    for i, row in enumerate(flat):
-        by_option.setdefault(_dumps(row.get(f"{section}.name")), []).append(i)
-    for rows in by_option.values():
-        given = [values[i] for i in rows if values[i] is not ABSENT]
-        fill = given[0] if given and len({_dumps(v) for v in given}) == 1 else None
-        for i in rows:
-            if values[i] is ABSENT:
-                values[i] = fill
-    return values
-
-
-def varied_keys(runs: pd.DataFrame, keys: Iterable[str]) -> list[str]:
-    """The keys whose value is not the same in every row (a key absent in some rows counts),
-    record-keeping keys left out."""
-    return [k for k in keys if k in runs and k not in RECORD_KEEPING and runs[k].nunique(dropna=False) > 1]
-
-
-def is_missing(value) -> bool:
-    """None, NaN and pd.NA: how a config key absent from a run shows in a frame."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def counted(n: int, noun: str) -> str:
-    """ "1 run", "2 runs", "0 runs"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def format_knob(key: str, value) -> str:
-    """How tables and legends show a value of `key`: a `_target_` by its class name (Adam, not
-    torch.optim.Adam), any other as format_value does."""
-    if key.rsplit(".", 1)[-1] == TARGET_KEY and isinstance(value, str):
-        return value.rsplit(".", 1)[-1]
-    return format_value(value)
-
-
-def format_value(value) -> str:
-    """How a config value is written on the command line: [200], 0.1, none."""
-    if isinstance(value, tuple):
-        return "[" + ",".join(format_value(v) for v in value) + "]"
-    if is_missing(value):
-        return "none"
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):g}"
-    return str(value)
-
-
-# --------------------------------------------------------------------------- status
-
-
-def process_gone(job: dict | None) -> bool:
-    """True when job.json names a process on this host that has ended (its pid gone, or reused
-    by another process: told apart by the recorded start time)."""
-    return processes.on_this_host(job) and not processes.alive(job)
-
-
-def run_status(
-    summary: dict | None,
-    job: dict | None,
-    last_write: float,
-    slowest_epoch_s: float,
-    now: float | None = None,
-) -> str:
-    """completed / stopped_early / diverged / failed from summary.json; without it `interrupted` when its process
-    (on this host) is gone -- the word the sweep's end summary uses; a rerun resumes it --,
-    `stalled` when it has written nothing for max(1 h, 5 slowest epochs) (killed on another node,
-    or hung), else `running`."""
-    if summary is not None:
-        return str(summary.get("status") or "unknown")
-    if process_gone(job):
-        return "interrupted"
-    now = time.time() if now is None else now
-    quiet_s = now - last_write
-    limit_s = max(STALE_AFTER_S, STALE_EPOCHS * (slowest_epoch_s if math.isfinite(slowest_epoch_s) else 0))
-    return "stalled" if quiet_s > limit_s else "running"
-
-
-def _dumps(value) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 def _loads(text) -> object | None:

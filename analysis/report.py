@@ -22,12 +22,14 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import lr_range, plots, rungs
+from analysis import distribution_plots, heatmap, lr_range, plots, rungs
 from analysis.diagnostics import (
     SPLIT_NAMES,
     counterpart,
 )
-from analysis.load import RESULTS, Sweep, counted, format_knob, format_value, is_missing
+from analysis.knobs import counted, format_knob, format_value, is_missing
+from analysis.load import Sweep
+from analysis.status import RESULTS
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
     diagnostics_section,
     diagnostics_table,
@@ -380,7 +382,7 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
         yield _draw(
             f"heatmap_{y}_by_{x}",
             f"Mean `{metric}` over `{y}` x `{x}`{_others(where)}.",
-            lambda part=part, x=x, y=y, where=where: plots.plot_heatmap(
+            lambda part=part, x=x, y=y, where=where: heatmap.plot_heatmap(
                 part.runs, x, y, metric, seed_key=sweep.seed_key, title=f"{metric}{_paren(where)}"
             ),
         )
@@ -398,7 +400,7 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
         dists = part.distributions()
     read = tuple(str(w.message) for w in caught)
     kept = sorted(dists["epoch"].unique().tolist())
-    shown = plots.panel_epochs(kept, plots.MAX_DISTRIBUTION_PANELS)
+    shown = distribution_plots.panel_epochs(kept, distribution_plots.MAX_DISTRIBUTION_PANELS)
     epochs = (
         "the kept epochs"
         if not kept
@@ -414,7 +416,7 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
         f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "
         "'0': losses exactly 0 in float32 (below its resolution, about 6e-8); under 1e-6, where a float32 "
         "loss takes few values, each bin shows the mean of those bins.",
-        lambda: plots.plot_loss_distributions(dists, title=where),
+        lambda: distribution_plots.plot_loss_distributions(dists, title=where),
     )
     if drawn.skipped and read:  # nothing to draw because the files are damaged: say which
         return dataclasses.replace(drawn, skipped=f"{drawn.skipped} ({'; '.join(dict.fromkeys(read))})")

@@ -7,13 +7,14 @@ failed, diverged, damaged or missing.
 yet, or lost), `submitted` such a job that the SLURM launcher handed to SLURM (slurm_jobs.json:
 queued, or ended before it started); `interrupted` a run without summary.json whose process has
 ended (a rerun resumes it); `stalled` one that has written nothing for a long time (see
-analysis.load.run_status); `damaged` one whose record files are damaged (named in its row).
+run_status); `damaged` one whose record files are damaged (named in its row).
 Reads only job.json, summary.json, config.json and metrics.jsonl, so it is quick on a sweep in
 progress.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -22,9 +23,46 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import discover, run_status
+from analysis.discovery import discover
 from analysis.records import fingerprint, read_run
-from sweeper import submitted
+from sweeper import processes, submitted
+
+# Runs whose final numbers are results, ranked: trained to trainer.epochs, or ended by their own
+# early stopping (trainer.early_stopping, sweeper/stopping.py: its last epoch is as real an end as
+# trainer.epochs, and best_* say where its metric peaked). A diverged, failed or unfinished run's
+# last epoch is not such an end.
+RESULTS = ("completed", "stopped_early")
+# A run without summary.json that has written nothing for this long is `stalled`.
+STALE_AFTER_S = 3600.0
+STALE_EPOCHS = 5  # ... or for this many of its slowest epochs, whichever is longer
+
+
+def process_gone(job: dict | None) -> bool:
+    """True when job.json names a process on this host that has ended (its pid gone, or reused
+    by another process: told apart by the recorded start time)."""
+    return processes.on_this_host(job) and not processes.alive(job)
+
+
+def run_status(
+    summary: dict | None,
+    job: dict | None,
+    last_write: float,
+    slowest_epoch_s: float,
+    now: float | None = None,
+) -> str:
+    """completed / stopped_early / diverged / failed from summary.json; without it `interrupted` when its process
+    (on this host) is gone -- the word the sweep's end summary uses; a rerun resumes it --,
+    `stalled` when it has written nothing for max(1 h, 5 slowest epochs) (killed on another node,
+    or hung), else `running`."""
+    if summary is not None:
+        return str(summary.get("status") or "unknown")
+    if process_gone(job):
+        return "interrupted"
+    now = time.time() if now is None else now
+    quiet_s = now - last_write
+    limit_s = max(STALE_AFTER_S, STALE_EPOCHS * (slowest_epoch_s if math.isfinite(slowest_epoch_s) else 0))
+    return "stalled" if quiet_s > limit_s else "running"
+
 
 STATUS_ORDER = (
     "damaged",

@@ -22,7 +22,9 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.load import RESULTS, Sweep, counted, format_knob, format_value, is_missing
+from analysis.knobs import counted, format_knob, format_value, is_missing
+from analysis.load import Sweep
+from analysis.status import RESULTS
 
 MAX_TABLE_ROWS = 100
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)

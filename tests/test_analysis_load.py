@@ -15,8 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import analysis.discovery
+import analysis.knobs
 import analysis.load
-from analysis.load import NoRunsFound, flatten_config, load_sweep, newest_sweep, select_rows, typed_column
+from analysis.discovery import NoRunsFound, newest_sweep
+from analysis.knobs import flatten_config, typed_column
+from analysis.load import load_sweep, select_rows
 from sweeper.processes import process_started
 from tests.fake_runs import (
     base_config,
@@ -470,7 +474,7 @@ def test_null_is_a_value_not_an_absent_key(tmp_path):
 
 
 def test_older_records_are_filled_within_the_option_that_has_the_knob():
-    from analysis.load import fill_older_records
+    from analysis.knobs import fill_older_records
 
     rows = [
         {"optim.name": "sgd", "optim.momentum": 0.9},
@@ -491,7 +495,7 @@ def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
 
 def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
     # Twins: analysis must not import sweeper.validate (it imports torch), so each names them.
-    from analysis.load import CONFIG_SECTIONS
+    from analysis.knobs import CONFIG_SECTIONS
     from sweeper.overrides import SECTIONS
 
     assert CONFIG_SECTIONS == SECTIONS
@@ -552,8 +556,8 @@ def test_runs_that_differ_only_in_a_target_are_two_configurations_named_by_class
     assert loaded.varied == ["optim._target_"]
     assert loaded.runs["optim._target_"].tolist() == ["torch.optim.Adam", "torch.optim.NAdam"]
     assert loaded.rank()["n"].tolist() == [1, 1]
-    assert analysis.load.format_knob("optim._target_", "torch.optim.NAdam") == "NAdam"
-    assert analysis.load.format_knob("lr", "torch.optim.NAdam") == "torch.optim.NAdam"
+    assert analysis.knobs.format_knob("optim._target_", "torch.optim.NAdam") == "NAdam"
+    assert analysis.knobs.format_knob("lr", "torch.optim.NAdam") == "torch.optim.NAdam"
     constant = load_sweep(grid_sweep(tmp_path / "c", [{"lr": 0.1}, {"lr": 0.2}]))
     assert "model._target_" in constant.runs and constant.varied == ["lr"]  # a column, never dropped
 
@@ -563,10 +567,12 @@ def test_a_relative_dir_is_resolved_from_the_first_base_that_holds_it(tmp_path):
     (tmp_path / "root" / "outputs" / "s").mkdir(parents=True)
     (tmp_path / "root" / "outputs" / "t").mkdir(parents=True)
     bases = [None, tmp_path / "launched", tmp_path / "root"]
-    assert analysis.load.resolve_dir("outputs/s", bases) == tmp_path / "launched" / "outputs" / "s"
-    assert analysis.load.resolve_dir("outputs/t", bases) == tmp_path / "root" / "outputs" / "t"
-    assert analysis.load.resolve_dir("outputs/u", bases) == Path("outputs/u")  # the error names it as given
-    assert analysis.load.resolve_dir(tmp_path / "x", bases) == tmp_path / "x"
+    assert analysis.discovery.resolve_dir("outputs/s", bases) == tmp_path / "launched" / "outputs" / "s"
+    assert analysis.discovery.resolve_dir("outputs/t", bases) == tmp_path / "root" / "outputs" / "t"
+    assert analysis.discovery.resolve_dir("outputs/u", bases) == Path(
+        "outputs/u"
+    )  # the error names it as given
+    assert analysis.discovery.resolve_dir(tmp_path / "x", bases) == tmp_path / "x"
 
 
 def test_the_parquet_cache_needs_a_pyarrow_past_cve_2023_47248():

@@ -1,4 +1,4 @@
-"""analysis.plots: each figure shows the data it is given (checked on the drawn artists)."""
+"""analysis.plots, .distribution_plots, .heatmap: each figure shows the data it is given (checked on the drawn artists)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from analysis.distribution_plots import plot_loss_distributions, spread_below_resolution
+from analysis.heatmap import plot_heatmap
 from analysis.losses import read_losses
 from analysis.plots import (
     NothingToPlot,
     ordered_values,
     plot_curves,
-    plot_heatmap,
-    plot_loss_distributions,
     plot_loss_vs_accuracy,
     plot_lr_switch,
-    spread_below_resolution,
 )
 from tests.fake_runs import losses_arrays
 

@@ -403,7 +403,7 @@ def test_the_job_count_of_an_experiment_comes_from_its_yaml(tmp_path, monkeypatc
 
 
 def test_a_run_stopped_early_has_ended_like_a_completed_one(tmp_path):
-    """stopped_early is a result (analysis.load.RESULTS): the claim has a verdict, not "partial"."""
+    """stopped_early is a result (analysis.status.RESULTS): the claim has a verdict, not "partial"."""
     root = make_lecture_root(tmp_path / "root", ["lecture_lr"])
     summary_file = root / "lecture_lr" / "2" / "summary.json"  # job 2: lr=0.01, the slow one
     summary = json.loads(summary_file.read_text())

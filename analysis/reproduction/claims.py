@@ -21,7 +21,8 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     rank_configs,
 )
-from analysis.load import format_value, is_missing, select_rows
+from analysis.knobs import format_value, is_missing
+from analysis.load import select_rows
 from analysis.losses import read_sample_losses
 from analysis.reproduction.runs import ENDED, Experiment, Selection, pick_source
 from analysis.reproduction.text import fill, missing

@@ -5,8 +5,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from analysis import plots
-from analysis.load import format_value, load_sweep
+from analysis import distribution_plots, heatmap, plots
+from analysis.knobs import format_value
+from analysis.load import load_sweep
 from analysis.reproduction.claims import Claim, distribution_epochs
 
 
@@ -29,7 +30,9 @@ def _second_rate(claim: Claim, title: str):
 def _loss_distributions(claim: Claim, title: str):
     dists = claim.source.sweep.distributions()
     epochs = distribution_epochs(sorted(dists["epoch"].unique().tolist()), claim.facts["quantile_epochs"])
-    return plots.plot_loss_distributions(dists, epochs=epochs, max_panels=4, ncols=2, title=title)
+    return distribution_plots.plot_loss_distributions(
+        dists, epochs=epochs, max_panels=4, ncols=2, title=title
+    )
 
 
 def _capacity_grid(claim: Claim, title: str):
@@ -43,7 +46,7 @@ def _capacity_grid(claim: Claim, title: str):
     for k in fixed:
         runs = runs[runs[k].map(format_value) == format_value(best[k])]
     title = "final test acc" + "".join(f", {k}={format_value(best[k])} (the best)" for k in fixed)
-    return plots.plot_heatmap(runs, x, y, "final_test_acc", statuses=None, title=title)
+    return heatmap.plot_heatmap(runs, x, y, "final_test_acc", statuses=None, title=title)
 
 
 FIGURES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import RECORD_KEEPING, RESULTS, format_value, is_missing
+from analysis.knobs import RECORD_KEEPING, format_value, is_missing
 from analysis.reproduction.claims import Claim, Context, base_fields, evaluate
 from analysis.reproduction.figures import draw_figure
 from analysis.reproduction.runs import (
@@ -25,6 +25,7 @@ from analysis.reproduction.runs import (
     read_conf,
 )
 from analysis.reproduction.text import fill, frame_table, minutes, table
+from analysis.status import RESULTS
 
 MARKS = {True: "yes", False: "**no**", None: "n/a"}
 # Overrides that change where or how a run is done, not what it computes.

@@ -14,16 +14,10 @@ import pandas as pd
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from analysis.load import (
-    RESULTS,
-    MissingJob,
-    NoRunsFound,
-    Sweep,
-    discover,
-    format_value,
-    is_missing,
-    load_sweep,
-)
+from analysis.discovery import MissingJob, NoRunsFound, discover
+from analysis.knobs import format_value, is_missing
+from analysis.load import Sweep, load_sweep
+from analysis.status import RESULTS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # sweeper.train.ENDED (a rerun would end the same way), without importing torch: a diverged run's

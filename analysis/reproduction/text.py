@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from analysis.load import format_value, is_missing
+from analysis.knobs import format_value, is_missing
 
 
 def missing(value) -> bool:
