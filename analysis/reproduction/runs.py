@@ -26,7 +26,7 @@ from analysis.load import (
 )
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# sweeper.train.ENDED (a rerun would end the same way), without importing torch: a diverged run's
+# sweeper.rundir.ENDED (a rerun would end the same way), without importing torch: a diverged run's
 # curves are its result too.
 ENDED = (*RESULTS, "diverged")
 
