@@ -127,7 +127,7 @@ def _same(a, b) -> bool:
 def summary_disagreement(summary: dict, rows: list[dict], truncated: bool) -> str | None:
     """Where summary.json and metrics.jsonl disagree: "damaged: <file>: <what>", else None.
 
-    The trainer writes summary.json last, from metrics.jsonl's complete lines (sweeper.train:
+    The trainer writes summary.json last, from metrics.jsonl's complete lines (sweeper.rundir:
     epochs_done = their number, final_* = the last one's values), so a difference means one file
     was changed after the run ended: the summary's numbers are then not supported by the curve,
     nor the curve's by the summary."""

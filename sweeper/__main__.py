@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import launcher_options, objective, overrides, train, validate
+from sweeper import launcher_options, objective, overrides, rundir, train, validate
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -37,14 +37,14 @@ def main(cfg: DictConfig) -> str | float:
             validate.check(cfg)
             validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         except validate.ConfigError as e:
-            if multirun and _ended_as(run_dir) in train.ENDED:
+            if multirun and _ended_as(run_dir) in rundir.ENDED:
                 pass  # train.run below skips it, untouched: nothing to refuse
             elif multirun and not (run_dir / "checkpoint.pt").exists():
                 # A sweep's jobs were checked before launch: what fails here fails on this node
                 # (its GPUs). Recorded as a failed run, so that the sweep's summary says why; a run
                 # with epochs to resume is left as it is.
                 print(f"error: {e}", file=sys.stderr)
-                return train.refused(cfg, run_dir, list(hc.overrides.task), hc.job.num, hc.output_subdir, e)
+                return rundir.refused(cfg, run_dir, list(hc.overrides.task), hc.job.num, hc.output_subdir, e)
             raise
         summary = train.run(
             cfg,
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> str | float:
             hydra_files=hc.output_subdir,
         )
     except validate.ConfigError as e:
-        train.drop_pending(run_dir, hc.output_subdir)  # the run dir stays as it was
+        rundir.drop_pending(run_dir, hc.output_subdir)  # the run dir stays as it was
         print(f"error: {e}", file=sys.stderr)
         if multirun:
             return "invalid"
@@ -162,8 +162,8 @@ def check_run(arguments: list[str], source: overrides.ConfigSource | None = None
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     validate.check(task)
     validate.check_device(task)  # a single run trains here
-    train.check_start(task, run_dir)
-    problem = train.unwritable(run_dir)  # before Hydra's own writes there, which fail with a traceback
+    rundir.check_start(task, run_dir)
+    problem = rundir.unwritable(run_dir)  # before Hydra's own writes there, which fail with a traceback
     if problem:
         raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
 
@@ -193,13 +193,17 @@ def _is_override(argument: str) -> bool:
 
 def with_hydra_files(arguments: list[str]) -> list[str]:
     """The arguments plus the override that has Hydra write .hydra/ into a pending dir
-    (train.PENDING_HYDRA_FILES), which the run moves into place once it owns its dir; as they
+    (rundir.PENDING_HYDRA_FILES), which the run moves into place once it owns its dir; as they
     are where the user chose the subdir. It goes right after the last override: Hydra reads its
     overrides as one unbroken run of words, and a flag may follow them (`lr=0.1,0.2 -m`)."""
     if any(a.lstrip("+~").startswith("hydra.output_subdir") for a in arguments):
         return arguments
     at = max((i + 1 for i, a in enumerate(arguments) if _is_override(a)), default=len(arguments))
-    return [*arguments[:at], f"hydra.output_subdir={train.PENDING_HYDRA_FILES}{os.getpid()}", *arguments[at:]]
+    return [
+        *arguments[:at],
+        f"hydra.output_subdir={rundir.PENDING_HYDRA_FILES}{os.getpid()}",
+        *arguments[at:],
+    ]
 
 
 class Terminated(KeyboardInterrupt):

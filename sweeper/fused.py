@@ -46,8 +46,16 @@ from torch.func import functional_call, stack_module_state
 
 from sweeper import build, cuda_graph, metrics, models, stacked, stopping, trained
 from sweeper import data as data_module
+from sweeper.rundir import (
+    close_record,
+    interrupted,
+    kept_epochs,
+    open_record,
+    pause_epoch,
+    stopped_by_cluster,
+)
 from sweeper.runlog import RunLog
-from sweeper.train import autocast_for, kept_epochs, log, memory_format, pause_epoch, run_device
+from sweeper.train import autocast_for, log, memory_format, run_device
 
 # What may differ between the trials of one fused group: their optimisation, their seed, what
 # each one's record keeps (each trial writes its own), and when each one ends (its own Stopping).
@@ -394,7 +402,7 @@ def train_group(
                         )
                     )
             except Exception as err:
-                if train.interrupted(err):
+                if interrupted(err):
                     raise
                 status[t], errors[t] = "failed", err
                 log.error("trial %s failed at epoch %d: %s: %s", record.dir, epoch, type(err).__name__, err,
@@ -472,14 +480,14 @@ def run_group(
     """Like train.run for each trial: skip ended runs, set aside what cannot resume, and train
     the rest fused -- those resuming from one epoch together (an interrupted group resumes as a
     group), any at another epoch in a group of their own.
-    `hydra_files`: where each job's .hydra files were written (see train.open_record)."""
+    `hydra_files`: where each job's .hydra files were written (see rundir.open_record)."""
     from sweeper import train
 
     summaries: list[dict | None] = [None] * len(cfgs)
     by_start: dict[int, list[tuple[int, RunLog, dict | None]]] = {}
     for i, cfg in enumerate(cfgs):
         with owned_by(run_dirs[i]):
-            record, ended = train.open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
+            record, ended = open_record(cfg, run_dirs[i], overrides[i], job_nums[i], hydra_files)
         if ended is not None:
             summaries[i] = ended
             continue
@@ -496,9 +504,9 @@ def run_group(
                 with owned_by(records[0].dir):
                     outcomes = [train.train(group[0], records[0])]
         except Exception as e:  # the whole group failed together: each trial says so
-            if train.interrupted(e):
+            if interrupted(e):
                 raise KeyboardInterrupt from e  # stopped, not failed: reruns resume the trials
-            if train.stopped_by_cluster(e):
+            if stopped_by_cluster(e):
                 raise  # a SLURM time limit: stopped too
             outcomes = [{"error": e} for _ in members]
         # Each trial closed on its own: one whose summary cannot be written (its disk, its dir)
@@ -506,9 +514,9 @@ def run_group(
         for (i, record), outcome in zip(members, outcomes, strict=True):
             error = outcome.pop("error", None)  # its own record failed it (train_group), or the group
             try:
-                summaries[i] = train.close_record(record, cfgs[i], outcome, error)
+                summaries[i] = close_record(record, cfgs[i], outcome, error)
             except Exception as err:
-                if train.interrupted(err):
+                if interrupted(err):
                     raise KeyboardInterrupt from err
                 log.error("%s: its summary could not be written: %s: %s", record.dir, type(err).__name__, err,
                           extra={"trial": record.dir})  # fmt: skip

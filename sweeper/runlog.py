@@ -9,7 +9,7 @@ the run ended. No pickle anywhere.
 Damage from outside (a bit flip, a truncated copy, an edited file) is told apart from what a crash
 leaves (at most a metrics line cut short): each file is checked for its shape, checkpoint.pt by
 the digest it holds and losses.npz by its zip CRCs, and a damaged record is set aside whole
-(train.open_record), never resumed from or skipped as if it had ended.
+(rundir.open_record), never resumed from or skipped as if it had ended.
 """
 
 from __future__ import annotations

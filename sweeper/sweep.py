@@ -24,8 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import objective, processes, submitted
-from sweeper.runlog import atomic_write, complete_lines, to_json
-from sweeper.train import (
+from sweeper.rundir import (
     PENDING_HYDRA_FILES,
     as_written_in_place,
     attempt_dir,
@@ -33,6 +32,7 @@ from sweeper.train import (
     move_into,
     unwritable,
 )
+from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.validate import ConfigError, check, check_device
 
 STATES = (

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sweeper import build, fused, load_model, models, train
+from sweeper import build, fused, load_model, models, rundir, train
 from sweeper import data as data_module
 from sweeper.validate import ConfigError
 from tests.conftest import REPO, compose_cfg
@@ -223,13 +223,14 @@ def test_a_record_without_the_loss_and_metrics_keys_compares_as_plain_cross_entr
     new = json.loads(json.dumps(OmegaConf.to_container(compose_cfg(), resolve=True)))
     old = {k: v for k, v in new.items() if k != "loss"}
     old["trainer"] = {k: v for k, v in new["trainer"].items() if k != "metrics"}
-    assert train.config_difference(old, new) == []
+    assert rundir.config_difference(old, new) == []
     smoothed = json.loads(
         json.dumps(OmegaConf.to_container(compose_cfg("loss.label_smoothing=0.1"), resolve=True))
     )
-    assert train.config_difference(old, smoothed) == ["loss.label_smoothing: 0.0 -> 0.1"]
+    assert rundir.config_difference(old, smoothed) == ["loss.label_smoothing: 0.0 -> 0.1"]
     assert (
-        train.config_difference(old, {**new, "trainer": {**new["trainer"], "metrics": ["acc", "top5"]}}) != []
+        rundir.config_difference(old, {**new, "trainer": {**new["trainer"], "metrics": ["acc", "top5"]}})
+        != []
     )
 
 

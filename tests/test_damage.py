@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis import load_sweep
-from sweeper import train
+from sweeper import rundir, train
 from sweeper.runlog import RunLog
 from tests.conftest import run_cli
 
@@ -99,7 +99,7 @@ def stop_after_epoch_2(run_dir) -> None:
     sweep's .hydra/ and its job.json (whose process has ended)."""
     config = json.loads((run_dir / "config.json").read_text())
     job = (run_dir / "job.json").read_bytes()
-    for name in [*train.RECORD_FILES, "train.log"]:
+    for name in [*rundir.RECORD_FILES, "train.log"]:
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
     real = RunLog.save_checkpoint

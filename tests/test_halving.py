@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hydra_plugins.sweeper_halving.halving import promoted, rung_epochs, value_at
-from sweeper import train
+from sweeper import rundir, train
 from sweeper.runlog import RunLog
 from sweeper.validate import ConfigError, check
 from tests.conftest import REPO, TINY, compose_cfg, run_cli
@@ -33,7 +33,7 @@ def test_a_run_paused_at_until_epoch_and_resumed_equals_one_trained_straight_thr
     paused = tmp_path / "paused"
     first = train.run(compose_cfg(*base, "trainer.until_epoch=1"), paused)
     assert first["status"] == "paused" and first["epochs_done"] == 1 and first["epochs"] == 4
-    assert first["status"] not in train.ENDED  # a rerun with a later until_epoch resumes it
+    assert first["status"] not in rundir.ENDED  # a rerun with a later until_epoch resumes it
     mtime = (paused / "checkpoint.pt").stat().st_mtime_ns
     again = train.run(compose_cfg(*base, "trainer.until_epoch=1"), paused)
     assert again == first and (paused / "checkpoint.pt").stat().st_mtime_ns == mtime  # skipped, not retrained

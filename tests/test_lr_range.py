@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis import load_sweep, lr_range, write_report
-from sweeper import build, fused, train
+from sweeper import build, fused, rundir, train
 from sweeper.runlog import RunLog
 from sweeper.validate import ConfigError, check
 from tests.conftest import compose_cfg, run_cli
@@ -170,7 +170,7 @@ def test_a_damaged_steps_line_is_dropped_and_named_in_the_figures_note(tmp_path)
 
 def test_a_record_written_before_trainer_log_steps_existed_still_resumes():
     # Such a record logged no steps: it compares as log_steps=false, and only as that.
-    assert train.config_difference({"trainer": {}}, {"trainer": {"log_steps": False}}) == []
-    assert train.config_difference({"trainer": {}}, {"trainer": {"log_steps": True}}) == [
+    assert rundir.config_difference({"trainer": {}}, {"trainer": {"log_steps": False}}) == []
+    assert rundir.config_difference({"trainer": {}}, {"trainer": {"log_steps": True}}) == [
         "trainer.log_steps: False -> True"
     ]

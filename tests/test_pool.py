@@ -445,23 +445,23 @@ def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_r
     assert worker in pids and len(pids) == 3  # the sibling trained on; a fresh worker replaced the dead one
 
     done = len(without_times(sweep / "0" / "metrics.jsonl"))
-    from sweeper import train
+    from sweeper import rundir
 
     run = sweep / "0"
     cfg = OmegaConf.create(json.loads((run / "config.json").read_text()))
-    record, ended = train.open_record(cfg, run, job_num=0)
+    record, ended = rundir.open_record(cfg, run, job_num=0)
     assert ended is None and not (run / "attempts").exists()  # resumes: nothing set aside
     assert record.why_not_resumable() is None and done >= 1
 
 
 def test_a_worker_dead_before_its_jobs_first_checkpoint_fails_the_job(tmp_path):
     from hydra_plugins.sweeper_pool.launcher import WorkerDied, _record_failure
-    from sweeper import train
+    from sweeper import rundir
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg()
     run = tmp_path / "run"
-    train.open_record(cfg, run, job_num=0)  # opened by the worker, which died before epoch 1 ended
+    rundir.open_record(cfg, run, job_num=0)  # opened by the worker, which died before epoch 1 ended
     sweep_config = OmegaConf.create(
         {"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "run"}}, **OmegaConf.to_container(cfg)}
     )

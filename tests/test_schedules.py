@@ -101,7 +101,7 @@ def test_the_built_schedule_is_a_plain_function_of_the_step():
 
 def test_a_record_written_with_partial_schedules_still_resumes():
     # Records before schedules were factories carry schedule._partial_; it changes nothing computed.
-    from sweeper.train import config_difference
+    from sweeper.rundir import config_difference
 
     old = {"schedule": {"_target_": "sweeper.schedules.step", "_partial_": True, "lr2": 0.05}}
     assert config_difference(old, {"schedule": {"_target_": "sweeper.schedules.step", "lr2": 0.05}}) == []

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from analysis import load_sweep
 from analysis.status import format_job_table, job_table
-from sweeper import fused, stopping, sweep, train
+from sweeper import fused, rundir, stopping, sweep, train
 from sweeper.runlog import RunLog
 from sweeper.validate import ConfigError, check
 from tests.conftest import compose_cfg
@@ -202,12 +202,14 @@ def test_a_record_from_before_the_stopping_knobs_resumes_under_todays_defaults()
     # divergence threshold, so an old sweep rerun as it was typed resumes instead of being refused.
     old = {"trainer": {"epochs": 3}}
     off = {"epochs": 3, "early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0}}
-    assert train.config_difference(old, {"trainer": {**off, "diverge_factor": 10, "diverge_epochs": 2}}) == []
-    assert train.config_difference(
+    assert (
+        rundir.config_difference(old, {"trainer": {**off, "diverge_factor": 10, "diverge_epochs": 2}}) == []
+    )
+    assert rundir.config_difference(
         old, {"trainer": {**off, "diverge_factor": None, "diverge_epochs": 2}}
     ) == ["trainer.diverge_factor: 10 -> None"]
     on = {**off, "early_stopping": {"metric": "test_loss", "patience": 5, "min_delta": 0.0}}
-    assert train.config_difference(old, {"trainer": {**on, "diverge_factor": 10, "diverge_epochs": 2}}) == [
+    assert rundir.config_difference(old, {"trainer": {**on, "diverge_factor": 10, "diverge_epochs": 2}}) == [
         "trainer.early_stopping.metric: None -> 'test_loss'"
     ]
 

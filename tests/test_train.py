@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from sweeper import train
+from sweeper import rundir, train
 from sweeper.processes import process_started
 from sweeper.runlog import BIN_EDGES, RunLog
 from sweeper.validate import ConfigError
@@ -224,7 +224,7 @@ def test_channels_last_computes_what_the_plain_layout_computes(tmp_path):
 
 
 def test_where_data_is_cached_or_whether_the_step_is_graphed_does_not_block_a_resume():
-    config_difference = train.config_difference
+    config_difference = rundir.config_difference
     assert config_difference({"data": {"cache_dir": "/a"}}, {"data": {"cache_dir": "/b"}}) == []
     # a record made before trainer.cuda_graph existed resumes (the checkpoint format is the same)
     assert config_difference({"trainer": {}}, {"trainer": {"cuda_graph": "auto"}}) == []
@@ -233,8 +233,8 @@ def test_where_data_is_cached_or_whether_the_step_is_graphed_does_not_block_a_re
 
 def test_a_record_made_before_a_key_existed_resumes_where_the_key_keeps_the_old_behaviour():
     # Records without trainer.threads ran on the threads they were given: `auto`.
-    assert train.config_difference({"trainer": {}}, {"trainer": {"threads": "auto"}}) == []
-    assert train.config_difference({"trainer": {}}, {"trainer": {"threads": 1}}) == [
+    assert rundir.config_difference({"trainer": {}}, {"trainer": {"threads": "auto"}}) == []
+    assert rundir.config_difference({"trainer": {}}, {"trainer": {"threads": 1}}) == [
         "trainer.threads: 'auto' -> 1"
     ]
 
@@ -489,7 +489,7 @@ def test_a_set_aside_stopped_midway_is_finished_into_the_same_attempt(tmp_path, 
     run_dir = tmp_path / "run"
     train.run(cfg, run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log"}
-    real_move = train.shutil.move
+    real_move = rundir.shutil.move
     moves = []
 
     def move(src, dst):
@@ -498,18 +498,18 @@ def test_a_set_aside_stopped_midway_is_finished_into_the_same_attempt(tmp_path, 
         moves.append(src)
         return real_move(src, dst)
 
-    monkeypatch.setattr(train.shutil, "move", move)
+    monkeypatch.setattr(rundir.shutil, "move", move)
     with pytest.raises(KeyboardInterrupt):
         train.run(compose_cfg("trainer.epochs=3", "trainer.resume=false"), run_dir)
     monkeypatch.undo()
-    assert (run_dir / "attempts" / "1" / train.UNFINISHED).exists()
+    assert (run_dir / "attempts" / "1" / rundir.UNFINISHED).exists()
 
     assert (
         train.run(compose_cfg("trainer.epochs=3", "trainer.resume=false"), run_dir)["status"] == "completed"
     )
     kept = run_dir / "attempts" / "1"
     assert [p.name for p in (run_dir / "attempts").iterdir()] == ["1"]
-    assert not (kept / train.UNFINISHED).exists()
+    assert not (kept / rundir.UNFINISHED).exists()
     assert {name: (kept / name).read_bytes() for name in before} == before  # the whole earlier attempt
 
 
@@ -517,8 +517,8 @@ def test_moving_into_an_attempt_never_overwrites(tmp_path):
     (tmp_path / "a").write_text("old")
     (tmp_path / "b").write_text("new")
     (tmp_path / "kept").mkdir()
-    train.move_into(tmp_path / "a", tmp_path / "kept" / "train.log")
-    train.move_into(tmp_path / "b", tmp_path / "kept" / "train.log")
+    rundir.move_into(tmp_path / "a", tmp_path / "kept" / "train.log")
+    rundir.move_into(tmp_path / "b", tmp_path / "kept" / "train.log")
     assert (tmp_path / "kept" / "train.log").read_text() == "old"
     assert (tmp_path / "kept" / "train.log.~2").read_text() == "new"
 
@@ -565,16 +565,16 @@ def test_an_ended_run_whose_metrics_do_not_support_its_summary_is_not_skipped(tm
 def test_a_recorded_config_that_is_not_an_object_is_damage_not_a_difference(tmp_path):
     # config_difference raised TypeError ('<' not supported) on [1, 2], and "not iterable" on 42,
     # from sweep.check_jobs: one damaged record blocked every job of the sweep.
-    assert train.config_difference([1, 2], {"lr": 0.1}) == []
-    assert train.config_difference(42, {"lr": 0.1}) == []
-    assert train.config_difference({"lr": 0.2, "model": 5}, {"lr": 0.1, "model": {"a": 1}}) == [
+    assert rundir.config_difference([1, 2], {"lr": 0.1}) == []
+    assert rundir.config_difference(42, {"lr": 0.1}) == []
+    assert rundir.config_difference({"lr": 0.2, "model": 5}, {"lr": 0.1, "model": {"a": 1}}) == [
         "lr: 0.2 -> 0.1",
         "model: 5 -> {'a': 1}",
     ]
     for damage in (b"[1, 2]", b"42", b"\xff"):
         (tmp_path / "config.json").write_bytes(damage)
-        assert train.recorded_config(tmp_path) is None
-        train.check_start(compose_cfg(), tmp_path)  # no refusal, no traceback: the start sets it aside
+        assert rundir.recorded_config(tmp_path) is None
+        rundir.check_start(compose_cfg(), tmp_path)  # no refusal, no traceback: the start sets it aside
 
 
 def test_trainer_threads_is_set_at_the_start_and_recorded(tmp_path, caplog):
@@ -602,8 +602,8 @@ def test_pending_hydra_dirs_of_ended_invocations_are_removed_at_the_next_start(t
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run_dir = tmp_path / "run"
-    stale = run_dir / f"{train.PENDING_HYDRA_FILES}{dead.pid}"
-    alive = run_dir / f"{train.PENDING_HYDRA_FILES}{os.getppid()}"  # a live process's: kept
+    stale = run_dir / f"{rundir.PENDING_HYDRA_FILES}{dead.pid}"
+    alive = run_dir / f"{rundir.PENDING_HYDRA_FILES}{os.getppid()}"  # a live process's: kept
     for d in (stale, alive):
         d.mkdir(parents=True)
         (d / "config.yaml").write_text("lr: 0.1\n")
@@ -624,11 +624,11 @@ def test_a_damaged_job_json_names_no_live_writer(tmp_path, job):
 
 def test_a_run_dir_that_cannot_be_written_is_refused_in_one_line_before_hydra_writes(tmp_path):
     # Hydra's own writes failed first, with a traceback ("Unable to configure handler 'file'").
-    assert "is not writable" in train.unwritable("/sys/sweeper-test/run")
-    assert train.unwritable(tmp_path / "new" / "run") is None
+    assert "is not writable" in rundir.unwritable("/sys/sweeper-test/run")
+    assert rundir.unwritable(tmp_path / "new" / "run") is None
     assert not (tmp_path / "new").exists() and not list(tmp_path.iterdir())  # the probe is gone
     (tmp_path / "file").write_text("")
-    assert "is not a directory" in train.unwritable(tmp_path / "file" / "run")
+    assert "is not a directory" in rundir.unwritable(tmp_path / "file" / "run")
     done = run_cli(*TINY, "hydra.run.dir=/sys/sweeper-test/run", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "cannot hold the run's record: /sys is not writable" in done.stderr

@@ -20,7 +20,7 @@ from analysis.load import Sweep, load_sweep
 from analysis.status import RESULTS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# sweeper.train.ENDED (a rerun would end the same way), without importing torch: a diverged run's
+# sweeper.rundir.ENDED (a rerun would end the same way), without importing torch: a diverged run's
 # curves are its result too.
 ENDED = (*RESULTS, "diverged")
 

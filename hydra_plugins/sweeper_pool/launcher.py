@@ -587,13 +587,13 @@ def _run_dir(sweep_config) -> Path:
 
 def _record_failure(sweep_config, error: Exception, pid: int, started: int | None) -> None:
     """Close the run of a job that ended without an answer as train.run closes a failed run
-    (close_record): summary.json says `failed` with the reason, and a rerun sets the attempt
+    (rundir.close_record): summary.json says `failed` with the reason, and a rerun sets the attempt
     aside and trains it again. A run whose worker died after a checkpoint is left unclosed
     instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it (the sweep's
     summary calls it interrupted; the launcher's log says how the worker died). Only a record
     this worker opened is touched: an earlier attempt's, which it had not yet taken over, is
     left as it was (resumable, or ended)."""
-    from sweeper import train
+    from sweeper import rundir
     from sweeper.runlog import RunLog
 
     run_dir = _run_dir(sweep_config)
@@ -602,7 +602,7 @@ def _record_failure(sweep_config, error: Exception, pid: int, started: int | Non
     task = _task_config(sweep_config)
     if not (run_dir / "config.json").exists():  # it died before the run opened its record
         overrides, num = list(sweep_config.hydra.overrides.task), int(sweep_config.hydra.job.num)
-        record, _ = train.open_record(task, run_dir, overrides, num)
+        record, _ = rundir.open_record(task, run_dir, overrides, num)
         record.write_job({**record.read_json("job.json"), "pid": pid, "pid_started": started})
     else:
         record = RunLog(run_dir)
@@ -612,7 +612,7 @@ def _record_failure(sweep_config, error: Exception, pid: int, started: int | Non
         if isinstance(error, WorkerDied) and record.checkpoint_path.exists():
             log.warning(f"{run_dir}: {error}; a rerun resumes it from its last checkpoint")
             return
-    train.close_record(record, task, {}, error)
+    rundir.close_record(record, task, {}, error)
 
 
 def _stand_in(sweep_config, value: str) -> JobReturn:
@@ -686,7 +686,7 @@ def _run_fused(payload: bytes) -> bytes:
             OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
         # Each trial's <job name>.log, as Hydra's job logging gives a solo run: the group's lines
         # and the trial's own (fused.TrialLog; a set-aside attempt's log is reopened by
-        # train.open_record).
+        # rundir.open_record).
         handler = logging.FileHandler(out / f"{sweep_config.hydra.job.name}.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         handler.addFilter(TrialLog(out))
