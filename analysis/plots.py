@@ -332,11 +332,11 @@ def plot_lr_switch(
 ) -> Figure:
     """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
 
-    x is epochs since the switch (`schedule.epoch` epochs at `lr`, then `schedule.lr2`); colour is
+    x is epochs since the switch (`schedule.switch_epoch` epochs at `lr`, then `schedule.lr2`); colour is
     `hue`, line style the switch epoch when several. Runs with another schedule in `runs` are drawn
     in grey as the no-switch reference, aligned at each switch epoch.
     """
-    name_key, switch_key = "schedule.name", "schedule.epoch"
+    name_key, switch_key = "schedule.name", "schedule.switch_epoch"
     _require(runs, [name_key, switch_key, hue, "run"], "plot_lr_switch")
     is_step = runs[name_key] == "step"
     step_runs = runs[is_step.fillna(False).astype(bool) & runs[switch_key].notna()]

@@ -24,7 +24,7 @@ from analysis.diagnostics import (
 )
 from analysis.knobs import counted, format_knob, format_value, is_missing
 from analysis.load import Sweep
-from analysis.status import RESULTS
+from sweeper.objective import RESULTS
 
 MAX_TABLE_ROWS = 100
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
@@ -62,7 +62,7 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: st
         for row in shown.itertuples(index=False)
     ]
     if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more row{'s' * (len(frame) - max_rows != 1)}{more}_")
+        lines.append(f"\n_{counted(len(frame) - max_rows, 'more row')}{more}_")
     return "\n".join(lines) + "\n"
 
 

@@ -118,7 +118,7 @@ def test_varied_keys_are_the_knobs_that_differ_lists_and_nulls_included(tmp_path
     loaded = load_sweep(sweep)
     # schedule.lr2 is absent from the constant schedule's runs and 0.01 in the step one's: varied
     # (and placed with its group), not filled in as if those records were older.
-    keys = ["lr", "model.units", "schedule.name", "schedule.epoch", "schedule.lr2"]
+    keys = ["lr", "model.units", "schedule.name", "schedule.switch_epoch", "schedule.lr2"]
     assert loaded.varied == [*keys, "trainer.seed"]
     assert loaded.group_keys == keys
     assert loaded.runs["schedule.lr2"].isna().tolist() == [True, True, False]
@@ -276,23 +276,26 @@ def test_a_run_without_summary_is_interrupted_when_its_process_ended_and_stalled
     write_run(
         tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid)
     )
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    alive = write_run(
-        tmp_path / "alive",
-        base_config(),
-        data,
-        None,
-        job_record(**me, pid_started=process_started(os.getpid())),
-    )
-    # the pid now belongs to another process (this one): started at another time than recorded
-    reused = write_run(
-        tmp_path / "reused",
-        base_config(),
-        data,
-        None,
-        job_record(**me, pid_started=process_started(os.getpid()) - 1),
-    )
-    statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+    # A live trainer on this host: another process (the reader's own pid would be its own job,
+    # returned, as sweeper.sweep.job_state reads it).
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    me = {"host": socket.gethostname(), "pid": live.pid}
+    try:
+        alive = write_run(
+            tmp_path / "alive", base_config(), data, None, job_record(**me, pid_started=process_started(live.pid))
+        )
+        # the pid now belongs to another process: started at another time than recorded
+        reused = write_run(
+            tmp_path / "reused",
+            base_config(),
+            data,
+            None,
+            job_record(**me, pid_started=process_started(live.pid) - 1),
+        )
+        statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+    finally:
+        live.kill()
+        live.wait()
     # the sweep's end summary says interrupted too; "old" ran on another host, silent for 2 days
     assert statuses == {"old": "stalled", "dead": "interrupted", "alive": "running", "reused": "interrupted"}
 
@@ -585,3 +588,31 @@ def test_the_parquet_cache_needs_a_pyarrow_past_cve_2023_47248():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     pyarrow = Requirement(re.search(r'"(pyarrow\b[^"]*)"', pyproject).group(1))
     assert not pyarrow.specifier.contains("14.0.0") and pyarrow.specifier.contains("14.0.1")
+
+
+def test_a_record_written_under_former_names_reads_as_one_written_under_todays(tmp_path):
+    """schedule.decay (config.json) and metrics.jsonl's `lr` of an older record show as
+    schedule.gamma and epoch_lr, the columns a record written today has (sweeper.schema)."""
+    old_rows = rows(lr=0.1)  # metric_rows writes the per-epoch rate as `lr`, as older runs did
+    new_rows = [{("epoch_lr" if k == "lr" else k): v for k, v in row.items()} for row in rows(lr=0.2)]
+    old_config = base_config(lr=0.1, **{"schedule.name": "geometric", "schedule.decay": 0.9})
+    new_config = base_config(lr=0.2, **{"schedule.name": "geometric", "schedule.gamma": 0.8})
+    write_run(tmp_path / "old", old_config, old_rows, summary_record(old_rows), job_record())
+    write_run(tmp_path / "new", new_config, new_rows, summary_record(new_rows), job_record())
+    loaded = load_sweep([tmp_path / "old", tmp_path / "new"])
+    assert loaded.runs.set_index("run")["schedule.gamma"].to_dict() == {"old": 0.9, "new": 0.8}
+    assert "schedule.decay" not in loaded.runs and loaded.varied == ["lr", "schedule.gamma"]
+    by_run = loaded.curves.groupby("run")["epoch_lr"].agg(list).to_dict()
+    assert by_run == {"old": [0.1] * 3, "new": [0.2] * 3}
+    knob = loaded.curves.groupby("run")["lr"].agg(list).to_dict()  # the knob, not the per-epoch rate
+    assert knob == {"old": [0.1] * 3, "new": [0.2] * 3}
+
+
+def test_the_lr_range_reads_a_steps_file_written_under_either_name_of_the_step_lr(tmp_path):
+    from analysis.lr_range import read_steps
+
+    for name, column in (("old", "lr"), ("new", "step_lr")):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"step": s, "epoch": 1, column: 0.01 * s, "loss": 1.0}) for s in (1, 2)]
+        (tmp_path / name / "steps.jsonl").write_text("\n".join(lines) + "\n")
+        assert read_steps(tmp_path / name)["step_lr"].tolist() == [0.01, 0.02]
