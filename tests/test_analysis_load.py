@@ -616,3 +616,12 @@ def test_the_lr_range_reads_a_steps_file_written_under_either_name_of_the_step_l
         lines = [json.dumps({"step": s, "epoch": 1, column: 0.01 * s, "loss": 1.0}) for s in (1, 2)]
         (tmp_path / name / "steps.jsonl").write_text("\n".join(lines) + "\n")
         assert read_steps(tmp_path / name)["step_lr"].tolist() == [0.01, 0.02]
+
+
+def test_a_summary_status_outside_the_records_vocabulary_is_damage_named_with_the_allowed_ones(tmp_path):
+    data = rows()
+    write_run(tmp_path / "r", base_config(), data, {**summary_record(data), "status": "done"}, job_record())
+    loaded = load_sweep(tmp_path / "r")
+    assert loaded.runs["status"].tolist() == ["damaged"]
+    (reason,) = [reason for _, reason in loaded.problems]
+    assert reason.startswith('damaged: summary.json: status "done", not one of completed, stopped_early')
