@@ -325,25 +325,20 @@ class Sweep:
         Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
         log-spaced bins, last = >= 1e3), kind (zero/under/hist/over), lo, hi, count, fraction.
         """
-        frames = [self._npz(run)[0] for run in self._run_list(runs)]
-        frames = [f for f in frames if f is not None]
-        if not frames:
-            return empty_distributions()
-        dists = pd.concat(frames, ignore_index=True)
+        dists = self._npz_frames(runs, 0, empty_distributions())
         if epochs is not None:
             dists = dists[dists["epoch"].isin(list(epochs))]
         return dists.reset_index(drop=True)
 
     def loss_quantiles(self, runs: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample loss quantiles and mean: run, epoch, split, mean, q0.01 ... q0.99."""
-        frames = [self._npz(run)[1] for run in self._run_list(runs)]
-        frames = [f for f in frames if f is not None]
-        if not frames:
-            return pd.DataFrame(columns=["run", "epoch", "split", "mean"])
-        return pd.concat(frames, ignore_index=True)
+        return self._npz_frames(runs, 1, pd.DataFrame(columns=["run", "epoch", "split", "mean"]))
 
-    def _run_list(self, runs: Iterable[str] | None) -> list[str]:
-        return list(self.runs["run"]) if runs is None else [str(r) for r in runs]
+    def _npz_frames(self, runs: Iterable[str] | None, which: int, empty: pd.DataFrame) -> pd.DataFrame:
+        """The runs' histograms (which=0) or quantiles (1), concatenated; `empty` when none has any."""
+        names = list(self.runs["run"]) if runs is None else [str(r) for r in runs]
+        frames = [frame for run in names if (frame := self._npz(run)[which]) is not None]
+        return pd.concat(frames, ignore_index=True) if frames else empty
 
     def _npz(self, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
         if run not in self._npz_cache:
@@ -355,7 +350,7 @@ class Sweep:
             if reason:
                 # Read on demand, so named when first read: the run's numbers come from its other
                 # files and stand; only its histograms are lost.
-                warnings.warn(f"run {run}: {reason}", stacklevel=3)
+                warnings.warn(f"run {run}: {reason}", stacklevel=4)
                 if (run_dir.iloc[0], reason) not in self.problems:
                     self.problems.append((run_dir.iloc[0], reason))
             self._npz_cache[run] = (hist, quantiles)

@@ -205,14 +205,19 @@ def _draw_lines(
             marker="o" if shown.sum() == 1 else None,  # a run that ended after one epoch is a point
             markersize=4,
         )
-        if (line[f"{y}_n"] > 1).any():
-            ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
+        _band(ax, line, x, y, color)
         label = ", ".join(
             f"{k}={format_knob(k, by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
         )
         label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
         handles.setdefault(plain(label), handle)
     return handles
+
+
+def _band(ax, stats: pd.DataFrame, x: str, y: str, color) -> None:
+    """The seeds' range of `y` (seed_aggregate's min and max), where a line averages several."""
+    if (stats[f"{y}_n"] > 1).any():
+        ax.fill_between(stats[x], stats[f"{y}_min"], stats[f"{y}_max"], color=color, alpha=0.18, lw=0)
 
 
 def _new_figure(nrows: int, ncols: int, width: float, height: float, **kw) -> tuple[Figure, np.ndarray]:
@@ -403,23 +408,11 @@ def plot_loss_vs_accuracy(
     acc_ax = ax.twinx()
     acc_ax.grid(False)
     lines = []
-    for axis, metric, color in (
-        (ax, "train_loss", "C0"),
-        (ax, loss, "C3"),
-        (acc_ax, acc, "C2"),
-    ):
+    for axis, metric, color in ((ax, "train_loss", "C0"), (ax, loss, "C3"), (acc_ax, acc, "C2")):
         (line,) = axis.plot(
             stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric)
         )
-        if (stats[f"{metric}_n"] > 1).any():
-            axis.fill_between(
-                stats["epoch"],
-                stats[f"{metric}_min"],
-                stats[f"{metric}_max"],
-                color=color,
-                alpha=0.18,
-                lw=0,
-            )
+        _band(axis, stats, "epoch", metric, color)
         lines.append(line)
     _log_axis(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.2

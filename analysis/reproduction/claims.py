@@ -195,9 +195,9 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
     ref_curve = reference.run_curves(ref_run) if ref_run is not None else None
     rows = []
     for run in sel.runs.sort_values("schedule.lr2", ascending=False)["run"]:
-        facts = _run_facts(sel, run, "schedule.lr2", "schedule.epoch", "best_test_acc", "best_test_acc_epoch",
+        facts = _run_facts(sel, run, "schedule.lr2", "schedule.switch_epoch", "best_test_acc", "best_test_acc_epoch",
                            "final_test_acc", "final_test_loss")  # fmt: skip
-        switch, curve = int(facts["schedule.epoch"]), sel.run_curves(run)
+        switch, curve = int(facts["schedule.switch_epoch"]), sel.run_curves(run)
         after = curve[curve["epoch"] > switch]
         best = after.loc[after["train_loss"].idxmin()] if not after.empty else {}
         ref_min = math.nan
