@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from sweeper.overrides import SECTIONS
 from sweeper.rundir import NOT_COMPARED
 
 # Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
@@ -95,10 +96,8 @@ RECORD_KEEPING = frozenset(NOT_COMPARED) | {
 }
 
 
-# The project's config sections (conf/config.yaml; sweeper.overrides.SECTIONS) and its top-level knob.
-# A key under them is a knob every run has, unless its record predates the knob; any other
-# top-level key is a label given to some runs (`+tag=baseline`).
-CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
+# A key under the config sections (sweeper.overrides.SECTIONS) is a knob every run has, unless its
+# record predates the knob; any other top-level key is a label given to some runs (`+tag=baseline`).
 TOP_LEVEL_KNOBS = ("lr",)
 ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
 
@@ -115,7 +114,7 @@ def fill_older_records(key: str, flat: list[dict]) -> list:
     """
     values = [row.get(key, ABSENT) for row in flat]
     section = key.split(".")[0]
-    if section not in CONFIG_SECTIONS and key not in TOP_LEVEL_KNOBS:
+    if section not in SECTIONS and key not in TOP_LEVEL_KNOBS:
         return [None if v is ABSENT else v for v in values]
     by_option: dict[str | None, list[int]] = {}
     for i, row in enumerate(flat):

@@ -52,6 +52,7 @@ from analysis.knobs import (
 from analysis.losses import empty_distributions, read_losses
 from analysis.records import RunRecord, damaged, fingerprint, read_run
 from analysis.status import run_status
+from sweeper.datasets import TORCHVISION
 from sweeper.objective import RESULTS
 from sweeper.schema import renamed
 
@@ -206,20 +207,18 @@ def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
     return runs.loc[runs["device"] == "cpu", "threads"].nunique(dropna=True) > 1
 
 
-CIFAR10_IMAGES = {"train": 50_000, "test": 10_000}  # sweeper.data's, without importing torch
-
-
 def _image_counts(summary: dict, config: dict) -> dict:
     """n_train and n_test: the summary's, or, for a run without one (running, interrupted), what
     its (flattened) config says it trains and evaluates on (an accuracy's noise depends on them)."""
-    full = CIFAR10_IMAGES if config.get("data.name") == "cifar10" else {}
+    release = TORCHVISION.get(config.get("data.name"))  # its official train and test sizes
+    full_train, full_test = release.sizes if release else (None, None)
     n_train = (
         summary.get("n_train")
         or config.get("data.train_size")
         or config.get("data.generated_train")
-        or full.get("train")
+        or full_train
     )
-    n_test = summary.get("n_test") or config.get("data.generated_test") or full.get("test")
+    n_test = summary.get("n_test") or config.get("data.generated_test") or full_test
     counts = {"n_train": n_train, "n_test": n_test}
     if "n_val" in summary:  # the validation split's size (0: none); an accuracy's noise depends on it
         counts["n_val"] = summary["n_val"]

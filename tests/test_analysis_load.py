@@ -282,7 +282,11 @@ def test_a_run_without_summary_is_interrupted_when_its_process_ended_and_stalled
     me = {"host": socket.gethostname(), "pid": live.pid}
     try:
         alive = write_run(
-            tmp_path / "alive", base_config(), data, None, job_record(**me, pid_started=process_started(live.pid))
+            tmp_path / "alive",
+            base_config(),
+            data,
+            None,
+            job_record(**me, pid_started=process_started(live.pid)),
         )
         # the pid now belongs to another process: started at another time than recorded
         reused = write_run(
@@ -292,7 +296,9 @@ def test_a_run_without_summary_is_interrupted_when_its_process_ended_and_stalled
             None,
             job_record(**me, pid_started=process_started(live.pid) - 1),
         )
-        statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+        statuses = (
+            load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+        )
     finally:
         live.kill()
         live.wait()
@@ -496,12 +502,14 @@ def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
     assert sweep.runs["n_test"].tolist() == [config["data"]["n_test"]] * 2
 
 
-def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
-    # Twins: analysis must not import sweeper.validate (it imports torch), so each names them.
-    from analysis.knobs import CONFIG_SECTIONS
-    from sweeper.overrides import SECTIONS
-
-    assert CONFIG_SECTIONS == SECTIONS
+def test_a_running_run_of_a_torchvision_data_set_counts_its_official_release(tmp_path):
+    """Without summary.json (running) and without a subset, MNIST's run counts 60,000 training and
+    10,000 test images, as sweeper.datasets knows the release (not CIFAR-10's counts alone)."""
+    config = base_config()
+    config["data"] = {"name": "mnist", "train_size": None, "seed": 0}
+    write_run(tmp_path / "r", config, rows()[:1], None, job_record())
+    runs = load_sweep(tmp_path / "r").runs
+    assert runs[["n_train", "n_test"]].values.tolist() == [[60_000, 10_000]]
 
 
 # --------------------------------------------------------------------------- thread counts
