@@ -23,22 +23,6 @@ from sweeper.sweep import SUMMARY_STATES
 CACHED_FILES = tuple(name for name in RECORD_FILES if name.endswith(".json") or name == "metrics.jsonl")
 
 
-def read_json(path: Path) -> tuple[object | None, str | None]:
-    """(value, None), or (None, reason) when the file is missing or not valid JSON."""
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"{path.name} missing"
-    except OSError as err:
-        return None, f"{path.name} unreadable: {err.strerror}"
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as err:
-        return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
-    except UnicodeDecodeError:
-        return None, f"{path.name} is not valid JSON (not UTF-8)"
-
-
 def damaged(name: str, what: str) -> str:
     """The one way a damaged record file is named, in problems and in `status`."""
     return f"damaged: {name}: {what}"
@@ -48,11 +32,18 @@ def read_object(path: Path) -> tuple[dict | None, str | None]:
     """A record file that must hold one JSON object: (object, None), (None, None) when absent,
     or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
     file that is cut short, garbage or another shape of JSON was damaged from outside."""
-    value, note = read_json(path)
-    if note is not None:
-        if note.endswith(" missing"):
-            return None, None
-        return None, damaged(path.name, note.removeprefix(f"{path.name} ").removeprefix("is "))
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, damaged(path.name, f"unreadable: {err.strerror}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, damaged(path.name, f"not valid JSON ({err.msg}, line {err.lineno})")
+    except UnicodeDecodeError:
+        return None, damaged(path.name, "not valid JSON (not UTF-8)")
     if not isinstance(value, dict):
         return None, damaged(path.name, "not a JSON object")
     return value, None
