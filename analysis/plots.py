@@ -28,7 +28,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from analysis.diagnostics import SPLIT_NAMES, seed_aggregate
 from analysis.knobs import format_knob, format_value, is_missing
-from analysis.load import SEED_KEY
+from analysis.load import SEED_KEY, select_rows
 
 LINESTYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {
@@ -142,13 +142,7 @@ def _n_runs(frame: pd.DataFrame, by_key: dict, n: pd.Series) -> str:
     `status` column, the runs that did not complete are named: "N=3, 1 failed"."""
     if "run" not in frame:
         return _n_label(n)
-    rows = pd.Series(True, index=frame.index)
-    for key, value in by_key.items():
-        if is_missing(value):
-            rows &= frame[key].map(is_missing)
-        else:
-            rows &= frame[key].map(lambda v, w=value: not is_missing(v) and bool(v == w))
-    runs = frame.loc[rows].drop_duplicates("run")
+    runs = select_rows(frame, by_key).drop_duplicates("run")
     label = f"N={len(runs)}"
     if "status" in runs:
         counts = runs.loc[runs["status"] != "completed", "status"].value_counts()
@@ -289,11 +283,7 @@ def plot_curves(
     mapped = [k for k in (hue, style) if k]
     handles = {}
     for j, col_value in enumerate(col_values):
-        part = (
-            curves
-            if col is None
-            else curves[curves[col].map(lambda v, c=col_value: v == c or (is_missing(v) and c is None))]
-        )
+        part = curves if col is None else select_rows(curves, {col: col_value})
         line_keys = _line_keys(part, mapped, keys, seed_key)
         if keys is None:
             _check_replicates(part, [*line_keys, "epoch"], seed_key, "plot_curves")
