@@ -26,6 +26,7 @@ from analysis.load import select_rows
 from analysis.losses import read_sample_losses
 from analysis.reproduction.runs import ENDED, Experiment, Selection, pick_source
 from analysis.reproduction.text import fill, missing
+from sweeper.schema import renamed
 
 
 @dataclass
@@ -106,7 +107,8 @@ def _value_at(curve: pd.DataFrame, epoch, metric: str) -> float:
 
 
 def _run_facts(sel: Selection, run: str, *keys: str) -> dict:
-    row = sel.row(run)
+    # A knob recorded under its former name (an older run) is read under today's.
+    row = renamed({k: v for k, v in sel.row(run).items() if not is_missing(v)})
     return {"label": sel.label(run), "status": row["status"], "epochs_done": row["epochs_done"],
             "wall_s": sel.wall_time(run), **{k: row.get(k) for k in keys}}  # fmt: skip
 
@@ -195,9 +197,9 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
     ref_curve = reference.run_curves(ref_run) if ref_run is not None else None
     rows = []
     for run in sel.runs.sort_values("schedule.lr2", ascending=False)["run"]:
-        facts = _run_facts(sel, run, "schedule.lr2", "schedule.epoch", "best_test_acc", "best_test_acc_epoch",
+        facts = _run_facts(sel, run, "schedule.lr2", "schedule.switch_epoch", "best_test_acc", "best_test_acc_epoch",
                            "final_test_acc", "final_test_loss")  # fmt: skip
-        switch, curve = int(facts["schedule.epoch"]), sel.run_curves(run)
+        switch, curve = int(facts["schedule.switch_epoch"]), sel.run_curves(run)
         after = curve[curve["epoch"] > switch]
         best = after.loc[after["train_loss"].idxmin()] if not after.empty else {}
         ref_min = math.nan

@@ -25,7 +25,7 @@ from analysis.reproduction.runs import (
     read_conf,
 )
 from analysis.reproduction.text import fill, frame_table, minutes, table
-from analysis.status import RESULTS
+from sweeper.objective import RESULTS
 
 MARKS = {True: "yes", False: "**no**", None: "n/a"}
 # Overrides that change where or how a run is done, not what it computes.

@@ -17,12 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from analysis.discovery import MissingJob, NoRunsFound, discover
 from analysis.knobs import format_value, is_missing
 from analysis.load import Sweep, load_sweep
-from analysis.status import RESULTS
+from sweeper.rundir import ENDED
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# sweeper.rundir.ENDED (a rerun would end the same way), without importing torch: a diverged run's
-# curves are its result too.
-ENDED = (*RESULTS, "diverged")
 
 
 def read_conf() -> dict:
