@@ -120,22 +120,15 @@ class Selection:
 
     @property
     def complete(self) -> bool:
-        runs = self.runs
-        return (
-            not self.missing
-            and self.unlogged.empty
-            and not runs.empty
-            and bool(runs["status"].isin(ENDED).all())
-        )
+        ended = self.runs["status"].isin(ENDED)
+        return not self.missing and self.unlogged.empty and len(ended) > 0 and bool(ended.all())
 
     def row(self, run: str) -> pd.Series:
         return self.runs.loc[self.runs["run"] == run].iloc[0]
 
-    def label(self, run: str) -> str:
-        """A run by its varied keys (lr=0.1), else by its id."""
-        return self._label(self.row(run))
-
-    def _label(self, row) -> str:
+    def label(self, run: str | pd.Series) -> str:
+        """A run (its id or its row) by its varied keys (lr=0.1), else by its id."""
+        row = run if isinstance(run, pd.Series) else self.row(run)
         keys = self.exp.sweep.varied if self.exp.sweep is not None else []
         return ", ".join(f"{k}={format_value(row[k])}" for k in keys if k in row) or f"run {row['run']}"
 
@@ -147,7 +140,7 @@ class Selection:
         pending, least = [], None
         for _, row in self.unlogged.iterrows():  # started (or failed at its start), nothing logged
             least = 0
-            pending.append(f"{self._label(row)}: {row['status']}, 0/{target}")
+            pending.append(f"{self.label(row)}: {row['status']}, 0/{target}")
         for row in self.runs.itertuples():
             if row.status in ENDED:
                 continue
