@@ -1,6 +1,6 @@
-"""The claims' statistics and predicates: one function per claim turns its runs into a DataFrame
-(one row per run or configuration, scalars and other frames in .attrs), and each check of
-analysis/reproduction/claims.yaml is a predicate over a row (per-run claims) or over the claim's facts."""
+"""The claims as specs: one statistics function per claim turns its runs into a DataFrame (one row
+per run or configuration, scalars and other frames in .attrs); each check of claims.yaml is a
+predicate over a row (per-run claims) or over the claim's facts; each claim draws one figure."""
 
 from __future__ import annotations
 
@@ -80,10 +80,6 @@ class Claim:
         if all(known):  # a check these runs cannot decide (a tie within the noise) is not a pass
             return "supported" if len(known) == len(self.checks) else "partly supported"
         return "partly supported" if any(known) else "not supported"
-
-    @property
-    def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if c.passed is False]
 
 
 def _ratio(a, b) -> float:
