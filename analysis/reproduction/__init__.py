@@ -37,22 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         "--note", help="how the runs were made, for the Machine section (load, threads, nice)"
     )
     args = parser.parse_args(argv)
-    experiments = read_conf()["experiments"]
-    if not Path(args.root).is_dir():
-        print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)
-        return 2
-    if not any((Path(args.root) / name).is_dir() for name in experiments):
+    experiments, root, problem = read_conf()["experiments"], Path(args.root), None
+    if not root.is_dir():
+        problem = f"{args.root}: no such directory"
+    elif not any((root / name).is_dir() for name in experiments):
         # A sweep dir given for ROOT, or a typo: a report of seven "not run" claims helps nobody.
-        print(
-            f"analysis.reproduction: error: {args.root}: no lecture sweep under it "
-            f"(expected one of {', '.join(n + '/' for n in experiments)})",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"analysis.reproduction: error: cannot write to {args.out}: {err.strerror}", file=sys.stderr)
+        expected = ", ".join(n + "/" for n in experiments)
+        problem = f"{args.root}: no lecture sweep under it (expected one of {expected})"
+    else:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problem = f"cannot write to {args.out}: {err.strerror}"
+    if problem:
+        print(f"analysis.reproduction: error: {problem}", file=sys.stderr)
         return 2
     import matplotlib
 
