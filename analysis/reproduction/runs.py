@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from analysis.discovery import MissingJob, NoRunsFound, discover
 from analysis.knobs import format_value, is_missing
 from analysis.load import Sweep, load_sweep
+from hydra_plugins.sweeper_grid.grid import expand
 from sweeper.rundir import ENDED
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -28,11 +29,12 @@ def read_conf() -> dict:
 
 
 def grid_jobs(name: str) -> int:
-    """The number of jobs conf/experiment/<name>.yaml sweeps (the product of its sweep params)."""
+    """The number of jobs conf/experiment/<name>.yaml sweeps, as the grid sweeper expands them."""
     conf = yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text()) or {}
     params = ((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+    return len(
+        expand(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": []}}}))
+    )
 
 
 @dataclass
