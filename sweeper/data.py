@@ -183,14 +183,14 @@ def _train_count(d, ConfigError) -> int:
         except DataError as e:
             raise ConfigError(str(e)) from None
     if d.name == "synthetic":
-        for key in ("n_train", "n_test"):
+        for key in ("generated_train", "generated_test"):
             v = d[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"data.{key}={v!r} is invalid: must be an integer >= 1")
         noise = d.label_noise
         if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
             raise ConfigError(f"data.label_noise={noise!r} is invalid: must be a number >= 0 and <= 1")
-        return d.n_train
+        return d.generated_train
     download = d.get("download", False)
     if not isinstance(download, bool):
         raise ConfigError(f"data.download={download!r} is invalid: must be true or false")
@@ -221,7 +221,7 @@ def extent(d) -> Extent | None:
             arrays = datasets.read(d)
             return Extent(len(arrays["train_y"]), len(arrays["test_y"]), tuple(arrays["train_x"].shape[1:]), len(arrays["classes"]))  # fmt: skip
         if d.name == "synthetic":
-            return Extent(int(d.n_train), int(d.n_test), (3, IMAGE_SIZE, IMAGE_SIZE), 10)
+            return Extent(int(d.generated_train), int(d.generated_test), (3, IMAGE_SIZE, IMAGE_SIZE), 10)
         if d.name == "image_folder":
             return datasets.folder_extent(d.root, Extent)
         spec = datasets.TORCHVISION[d.name]

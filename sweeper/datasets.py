@@ -97,7 +97,9 @@ def read(cfg) -> dict:
     if cfg.get("_target_"):
         return user_dataset(cfg)
     if cfg.name == "synthetic":
-        arrays = synthetic_cached(cfg.n_train, cfg.n_test, cfg.seed, cfg.label_noise, cfg.get("cache_dir"))
+        arrays = synthetic_cached(
+            cfg.generated_train, cfg.generated_test, cfg.seed, cfg.label_noise, cfg.get("cache_dir")
+        )
         return {
             **dict(zip(data_cache.ARRAY_KEYS, arrays, strict=True)),
             "classes": [f"class{i}" for i in range(10)],

@@ -1,7 +1,7 @@
 """The memory a run needs, estimated before it starts, against the memory where it will train.
 
 A run whose net or data set cannot fit was accepted and then failed in its job with an
-allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.n_train=200000000`: a
+allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.generated_train=200000000`: a
 614 GB synthetic set). The estimate counts what the training loop certainly holds at once:
 
 - the parameters in float32, their gradients and the optimizer's state (SGD's momentum buffer,
@@ -184,7 +184,11 @@ def _data_bytes(d: DictConfig) -> tuple[int, str, int]:
     elif d.name != "synthetic":
         key = f"data.root={d.root}" if d.name == "image_folder" else f"data={d.name}"
     else:
-        key = f"data.n_train={ext.n_train}" if ext.n_train >= ext.n_test else f"data.n_test={ext.n_test}"
+        key = (
+            f"data.generated_train={ext.n_train}"
+            if ext.n_train >= ext.n_test
+            else f"data.generated_test={ext.n_test}"
+        )
     return data_bytes, key, value_count
 
 
