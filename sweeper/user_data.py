@@ -18,6 +18,13 @@ from sweeper.data_cache import DataError, _described, digest
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+def pixels(image, rgb: bool = False) -> np.ndarray:
+    """A PIL image as (C, H, W) uint8: grey modes as 1 channel (unless `rgb`), any other as RGB."""
+    grey = image.mode in GREY_MODES and not rgb
+    values = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(values[None] if grey else values.transpose(2, 0, 1))
+
+
 OWN_KEYS = ("_target_", "name", "cache_dir", "train_size", "val_size", "seed", "normalize", "augment")
 
 
@@ -65,12 +72,8 @@ def user_dataset(cfg) -> dict:
             )
         classes = getattr(train, "classes", None)
         if classes is None:  # as many as the largest label says
-            n = (
-                int(torch.cat([arrays["train_y"], arrays["test_y"]]).max()) + 1
-                if len(arrays["train_y"])
-                else 0
-            )
-            classes = range(n)
+            labels = torch.cat([arrays["train_y"], arrays["test_y"]])
+            classes = range(int(labels.max()) + 1 if len(labels) else 0)
         classes = [str(c) for c in classes]
         if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
             raise DataError(f"data._target_={target}: train images are {tuple(arrays['train_x'].shape[1:])}, test images {tuple(arrays['test_x'].shape[1:])}")  # fmt: skip
@@ -109,10 +112,8 @@ def _materialised(part, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for i in range(len(part)):
             image, label = part[i]
-            if hasattr(image, "mode"):  # a PIL image: grey modes keep 1 channel
-                grey = image.mode in GREY_MODES
-                pixels = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)  # a writable copy
-                image = torch.from_numpy(pixels[None] if grey else pixels.transpose(2, 0, 1).copy())
+            if hasattr(image, "mode"):  # a PIL image
+                image = torch.from_numpy(pixels(image))
             image = _as_uint8(image, f"{where}, item {i}")
             images.append(image[None] if image.dim() == 2 else image)
             labels.append(int(label))

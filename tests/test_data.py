@@ -513,20 +513,20 @@ def validate_check(*overrides):
 
 
 def test_an_interrupted_cache_write_leaves_no_temp_file_and_stale_ones_are_removed(tmp_path, monkeypatch):
-    stale = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1234"
+    stale = tmp_path / ".cifar10-0123456789abcdef.pt.tmp1234"
     stale.write_bytes(b"left by a killed writer")
     os.utime(stale, (0, 0))
-    fresh = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1235"
+    fresh = tmp_path / ".cifar10-0123456789abcdef.pt.tmp1235"
     fresh.write_bytes(b"another host writing now")
 
-    def interrupted(obj, path):
-        Path(path).write_bytes(b"half a file")
+    def interrupted(*args):  # the temp file written whole, then interrupted before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data_module.synthetic_cached(20, 5, 3, 0.1, str(tmp_path))
-    assert sorted(p.name for p in tmp_path.glob("*.partial-*")) == [fresh.name]
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp*")) == [fresh.name]
+    assert not list(tmp_path.glob("*.pt"))
 
 
 def test_a_data_cache_past_the_file_size_limit_is_skipped_with_a_warning_not_a_failure(tmp_path):
