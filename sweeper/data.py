@@ -1,17 +1,11 @@
 """The data set of a run as uint8 tensors resident on the training device, and the batches drawn
 from them.
 
-`load(cfg.data)` gives a `Data`: the training, validation and test images (uint8 (N, C, H, W))
-and labels (int64), the class names and the normalisation statistics, all inferred from the data.
-The sources (sweeper.datasets) read torchvision's data sets, any ImageFolder tree, a user's data
-set by `_target_`, or generate a synthetic one; decoding happens once, into a cache file
-(sweeper.data_cache) that the jobs of a sweep share.
-
-`data.val_size` holds images out of the training set (by `data.seed`) before any
-`data.train_size` subset; the normalisation statistics come from the training part only.
-
-The hot path (`train_batches`) indexes a device-side permutation and augments whole batches on
-the device: no per-sample Python, no host-device copies per step.
+`load(cfg.data)` reads the source (sweeper.datasets, through the cache the jobs of a sweep share),
+holds `data.val_size` images out of the training set (by `data.seed`) before any
+`data.train_size` subset, and takes the normalisation statistics from the training part only.
+`train_batches` indexes a device-side permutation and augments whole batches on the device: no
+per-sample Python, no host-device copies per step.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ from sweeper.datasets import CIFAR10_CLASSES, cifar10  # noqa: F401 -- for calle
 from sweeper.synthetic import synthetic, synthetic_cached  # noqa: F401 -- for callers
 
 IMAGE_SIZE = 32  # CIFAR's and the synthetic set's; a run's own is Data.image_size
-KINDS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "image_folder", "synthetic")
+KINDS = (*datasets.TORCHVISION, "image_folder", "synthetic")
 REQUIRED_KEYS = ("name", "seed", "normalize", "augment")
 
 

@@ -1,12 +1,8 @@
 """The decoded-data cache: a data set's uint8 tensors in one file, so the jobs of a sweep read it
-instead of decoding 60k images each.
-
-A cache file is keyed by what it was made from (the name, size and modification time of every
-source file, or the arguments of a generator) and by FORMAT_VERSION, which is raised whenever the
-readers change what they make of the same files. One lock per source serialises the download and
-the decoding: the jobs that start together wait for the first one instead of racing it. A cache is
-only ever a shortcut: a damaged file is made again, and a full disk or a read-only directory leaves
-the run with its arrays and a warning, not an error.
+instead of decoding 60k images each. A file is keyed by what it was made from (every source
+file's name, size and modification time, or a generator's arguments) and FORMAT_VERSION. One lock
+per source serialises the download and the decoding. A cache is only a shortcut: a damaged file is
+made again, and a full disk or a read-only directory leaves the run uncached with a warning.
 """
 
 from __future__ import annotations
