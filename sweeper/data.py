@@ -173,14 +173,11 @@ def _train_count(d, ConfigError) -> int:
         if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
             raise ConfigError(f"data.label_noise={noise!r} is invalid: must be a number >= 0 and <= 1")
         return d.generated_train
-    problem = datasets.source_problem(d.name, d.get("root"), d.get("download", False), d.get("cache_dir"))
-    try:
-        if not problem:
-            return datasets.train_count(d.name, d.get("root"))
-    except DataError as e:
-        problem = str(e)
     root = d.get("root")
-    raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {problem}")
+    try:
+        return datasets.train_count(d.name, root, d.get("download", False), d.get("cache_dir"))
+    except DataError as e:
+        raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {e}") from None
 
 
 @dataclass

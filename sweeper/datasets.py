@@ -169,34 +169,27 @@ def _locate(kind: str, root, download: bool) -> tuple[Path, str | None]:
     return src, found
 
 
-def source_problem(kind: str, root, download: bool, cache_dir) -> str | None:
-    """Why data.root cannot give data set `kind`, in one line, or None: the pre-check's look.
+def train_count(kind: str, root, download: bool, cache_dir) -> int:
+    """The pre-check's look at data.root: the training set's image count, or DataError in one line.
 
-    Cheap where it can be: directories are listed, not read. An archive is scanned once per
-    process (member names only, ~1 s for CIFAR-10's), unless a cache decoded from it exists.
+    Cheap where it can be: directories are listed, not read; an archive is scanned once per
+    process (member names only, ~1 s for CIFAR-10's), unless a cache decoded from it exists. For
+    torchvision's sets (cifar10 in any layout) the release's count: the job counts the real images.
     """
-    try:
-        src, found = _locate(kind, root, download)
-        if found == "archive":
-            cache = _cache_path(kind, src, None if cache_dir is None else expand(cache_dir))
-            if cache is None or not cache.is_file():
-                _scan_archive(src)
-        elif found == "folder":
-            _tree_classes(src, kind)
-        elif found == "torchvision":
-            _require_files(kind, src)
-    except DataError as e:
-        return str(e)
-    return None
-
-
-def train_count(kind: str, root) -> int:
-    """The training set's image count as the pre-check knows it: counted in an ImageFolder tree
-    or archive, the release's for torchvision's sets (the job counts the real images again)."""
-    if kind in TORCHVISION:
-        return TORCHVISION[kind].sizes[0]
-    src = expand(root)
-    return _scan_archive(src) if _is_archive_path(src) else len(_listing(kind, src)[1])
+    src, found = _locate(kind, root, download)
+    count = TORCHVISION[kind].sizes[0] if kind in TORCHVISION else 0
+    if found == "archive":
+        cache = _cache_path(kind, src, None if cache_dir is None else expand(cache_dir))
+        if kind not in TORCHVISION or cache is None or not cache.is_file():
+            scanned = _scan_archive(src)
+            count = count or scanned
+    elif found == "folder" and kind in TORCHVISION:
+        _tree_classes(src, kind)  # CIFAR-10's 10 class folders
+    elif found == "folder":
+        count = len(_listing(kind, src)[1])
+    elif found == "torchvision":
+        _require_files(kind, src)
+    return count
 
 
 def _files(kind: str, root, download: bool, cache_dir) -> dict:
