@@ -62,18 +62,18 @@ TORCHVISION = {
         tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR10_FILES),
         (3, 32, 32),
         (50_000, 10_000),
-    ),  # fmt: skip
+    ),
     "cifar100": Torchvision(
         "CIFAR-100",
         "CIFAR100",
         tuple(f"cifar-100-python/{n}" for n in ("train", "test", "meta")),
         (3, 32, 32),
         (50_000, 10_000),
-    ),  # fmt: skip
+    ),
     "mnist": Torchvision("MNIST", "MNIST", _mnist("MNIST"), (1, 28, 28), (60_000, 10_000)),
     "fashion_mnist": Torchvision(
         "Fashion-MNIST", "FashionMNIST", _mnist("FashionMNIST"), (1, 28, 28), (60_000, 10_000)
-    ),  # fmt: skip
+    ),
     "svhn": Torchvision("SVHN", "SVHN", ("train_32x32.mat", "test_32x32.mat"), (3, 32, 32), (73_257, 26_032)),
 }
 FOLDER_KINDS = ("cifar10", "image_folder")  # those that read an ImageFolder tree or an archive
