@@ -50,13 +50,12 @@ class Footprint:
         return self.model + self.data + self.activations
 
     def largest_key(self) -> str:
-        return max(
-            (
-                (self.model, self.model_key),
-                (self.data, self.data_key),
-                (self.activations, self.activations_key),
-            )
-        )[1]
+        parts = (
+            (self.model, self.model_key),
+            (self.data, self.data_key),
+            (self.activations, self.activations_key),
+        )
+        return max(parts)[1]
 
     def parts(self) -> str:
         return (

@@ -41,8 +41,7 @@ _MEMO: dict[str, dict] = {}
 def user_dataset(cfg) -> dict:
     """A user's `_target_` called with its keys, its (train, test) materialised once as uint8
     tensors and cached, keyed by the target, its arguments and its module file."""
-    import importlib
-    import inspect
+    import sys
 
     from hydra.utils import get_object
 
@@ -51,10 +50,9 @@ def user_dataset(cfg) -> dict:
         fn = get_object(target)
     except Exception as e:  # noqa: BLE001 -- an import error of the user's module, in one line
         raise DataError(f"data._target_={target} cannot be imported ({_described(e)})") from None
-    try:
-        module = inspect.getsourcefile(importlib.import_module(fn.__module__))
-    except (TypeError, ImportError, AttributeError):
-        module = None
+    module = getattr(
+        sys.modules.get(getattr(fn, "__module__", None)), "__file__", None
+    )  # imported by get_object
     key = f"{target}|{json.dumps(kwargs, sort_keys=True)}|{data_cache.FORMAT_VERSION}\n"
     key += data_cache.files_key([module] if module else [], Path("/"))
     name = f"user-{digest(target)}-{digest(key)}.pt"
@@ -67,9 +65,8 @@ def user_dataset(cfg) -> dict:
             raise DataError(f"data._target_={target} failed ({_described(e)})") from None
         arrays = {}
         for split, part in (("train", train), ("test", test)):
-            arrays[f"{split}_x"], arrays[f"{split}_y"] = _materialised(
-                part, f"data._target_={target}: its {split} set"
-            )
+            where = f"data._target_={target}: its {split} set"
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = _materialised(part, where)
         classes = getattr(train, "classes", None)
         if classes is None:  # as many as the largest label says
             labels = torch.cat([arrays["train_y"], arrays["test_y"]])
