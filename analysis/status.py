@@ -27,7 +27,6 @@ from analysis.discovery import discover
 from analysis.knobs import counted
 from analysis.records import RunRecord, fingerprint, read_run
 from sweeper import submitted
-from sweeper.objective import RESULTS  # noqa: F401  (analysis.reproduction imports it from here)
 from sweeper.sweep import job_state
 
 # A run without summary.json that has written nothing for this long is `stalled`.
