@@ -48,7 +48,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "NoRunsFound",
-    "NothingToPlot",
     "Sweep",
     "add_gaps",
     "capacity_verdict",
@@ -58,17 +57,11 @@ __all__ = [
     "job_table",
     "load_sweep",
     "loss_acc_decoupling",
-    "plot_curves",
-    "plot_heatmap",
-    "plot_loss_distributions",
-    "plot_loss_vs_accuracy",
-    "plot_lr_switch",
     "rank_configs",
     "reduce_curves",
     "seed_aggregate",
     "select_rows",
-    "standard_figures",
     "t_critical",
     "varied_keys",
-    "write_report",
+    *_LAZY,
 ]

@@ -10,14 +10,15 @@ an unreadable cache is ignored, an unwritable sweep dir simply gets no cache.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from pathlib import Path
 
 import pandas as pd
 
+from sweeper.runlog import atomic_write
+
 CACHE_DIR = ".analysis_cache"
-CACHE_VERSION = 2  # bump when what is cached changes meaning
+CACHE_VERSION = 3  # bump when what is cached changes meaning (3: metrics' lr read as epoch_lr)
 RECORDS_FILE = f"records-v{CACHE_VERSION}.parquet"
 
 
@@ -32,23 +33,14 @@ def read_cache(sweep_dir: Path) -> tuple[dict[str, dict], pd.DataFrame | None]:
     return {row["name"]: row for row in records.to_dict("records")}, curves
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_cache(sweep_dir: Path, records: pd.DataFrame, curves: pd.DataFrame) -> None:
     """Curves first, then the records naming them: the records file is the commit."""
     base = sweep_dir / CACHE_DIR
     curves_file = f"curves-v{CACHE_VERSION}-{uuid.uuid4().hex[:12]}.parquet"
     try:
         base.mkdir(exist_ok=True)
-        _write(curves, base / curves_file)
-        _write(records.assign(curves_file=curves_file), base / RECORDS_FILE)
+        atomic_write(base / curves_file, curves.to_parquet(index=False))
+        atomic_write(base / RECORDS_FILE, records.assign(curves_file=curves_file).to_parquet(index=False))
     except (OSError, ValueError, TypeError):  # read-only dir, or a metric arrow cannot store: no cache
         return
     for old in base.glob("curves-*.parquet"):  # earlier writes; a reader holding one open keeps it

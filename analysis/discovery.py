@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.records import RECORD_FILES, read_json
+from analysis.records import RECORD_FILES, read_object
 
 SWEEP_RECORDS = ("sweep.json", "multirun.yaml")  # either one makes a dir a sweep dir
 # Directories that never hold runs (hidden ones, like .hydra, .submitit and our cache, are skipped too).
@@ -77,9 +77,8 @@ def resolve_dir(raw: str | os.PathLike, bases: Iterable[str | os.PathLike | None
 
 def read_sweep_jobs(sweep_dir: Path) -> list[dict]:
     """The job list of sweep.json ([] when there is none or it is unreadable)."""
-    data, _ = read_json(sweep_dir / "sweep.json")
-    jobs = data.get("jobs") if isinstance(data, dict) else None
-    return [job for job in jobs or [] if isinstance(job, dict)]
+    jobs = (read_object(sweep_dir / "sweep.json")[0] or {}).get("jobs")
+    return [job for job in jobs if isinstance(job, dict)] if isinstance(jobs, list) else []
 
 
 def _child_dirs(path: Path) -> list[Path]:

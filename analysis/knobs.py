@@ -10,6 +10,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from sweeper.overrides import SECTIONS
+from sweeper.rundir import NOT_COMPARED
+
 # Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
 # among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
 HYDRA_SPECIAL_KEYS = frozenset({"_partial_", "_recursive_", "_convert_", "_args_"})
@@ -81,24 +84,20 @@ def typed_column(values: Sequence) -> pd.Series:
     return pd.Series(list(values), dtype=object)
 
 
-# Keys that say what a run's record keeps and how it is stored, never what it computes: runs that
-# differ only in them are one configuration (lecture_lr2 keeps raw per-sample losses, lecture_lr not).
-RECORD_KEEPING = (
+# Keys that say how a run is carried out or what its record keeps, never what it computes: runs
+# that differ only in them are one configuration (lecture_lr2 keeps raw per-sample losses,
+# lecture_lr not). A resume ignores the first (sweeper.rundir.NOT_COMPARED); the others it
+# compares, since a resumed record must keep what it kept.
+RECORD_KEEPING = frozenset(NOT_COMPARED) | {
     "trainer.keep_sample_losses",
     "trainer.sample_loss_epochs",
     "trainer.checkpoint",
-    "trainer.resume",
-    "data.cache_dir",
     "data.download",
-    "trainer.objective",  # what the run returns to an optimizing sweeper, not what it computes
-    "trainer.until_epoch",  # where hydra/sweeper=halving paused a run last: epochs_done says how far
-)
+}
 
 
-# The project's config sections (conf/config.yaml; sweeper.overrides.SECTIONS) and its top-level knob.
-# A key under them is a knob every run has, unless its record predates the knob; any other
-# top-level key is a label given to some runs (`+tag=baseline`).
-CONFIG_SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
+# A key under the config sections (sweeper.overrides.SECTIONS) is a knob every run has, unless its
+# record predates the knob; any other top-level key is a label given to some runs (`+tag=baseline`).
 TOP_LEVEL_KNOBS = ("lr",)
 ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
 
@@ -115,7 +114,7 @@ def fill_older_records(key: str, flat: list[dict]) -> list:
     """
     values = [row.get(key, ABSENT) for row in flat]
     section = key.split(".")[0]
-    if section not in CONFIG_SECTIONS and key not in TOP_LEVEL_KNOBS:
+    if section not in SECTIONS and key not in TOP_LEVEL_KNOBS:
         return [None if v is ABSENT else v for v in values]
     by_option: dict[str | None, list[int]] = {}
     for i, row in enumerate(flat):

@@ -10,13 +10,14 @@
     sweep.distributions()   # per-sample loss histograms, run x epoch x split x bin (lazy)
 
 Only the run-record files are read; `.npz` files are loaded with `allow_pickle=False`.
-Column names are the dotted config names as written on the command line (`lr`, `model.channels`).
-The per-epoch learning rate logged in metrics.jsonl is called `epoch_lr` in `curves`, because
-`lr` is the config knob (the initial rate) and one name must mean one thing everywhere.
+Column names are the dotted config names as written on the command line (`lr`, `model.channels`),
+today's names for records written under a former one (sweeper.schema: `schedule.decay` reads as
+`schedule.gamma`, metrics.jsonl's `lr` as `epoch_lr`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,6 @@ from analysis.discovery import (
     is_run_dir,
 )
 from analysis.knobs import (
-    _dumps,
     fill_older_records,
     flatten_config,
     is_missing,
@@ -51,18 +51,14 @@ from analysis.knobs import (
 )
 from analysis.losses import empty_distributions, read_losses
 from analysis.records import RunRecord, damaged, fingerprint, read_run
-from analysis.status import RESULTS, run_status
+from analysis.status import run_status
+from sweeper.datasets import TORCHVISION
+from sweeper.objective import RESULTS
+from sweeper.schema import renamed
 
 SEED_KEY = "trainer.seed"
 # Columns of `curves` that are not metrics.
 CURVE_ID_COLUMNS = ("run", "epoch")
-# metrics.jsonl names that clash with config knobs get this prefix in `curves`.
-METRIC_PREFIX = "epoch_"
-
-
-def _loads(text) -> object | None:
-    # Parquet gives a missing string back as NaN.
-    return json.loads(text) if isinstance(text, str) else None
 
 
 # --------------------------------------------------------------------------- assembling
@@ -96,33 +92,15 @@ def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[lis
         key, last_write = fingerprint(ref.run_dir)
         hit = cached.get(name)
         if hit is not None and hit["fingerprint"] == key and cached_curves is not None:
-            record = RunRecord(
-                _loads(hit["config"]),
-                _loads(hit["job"]),
-                _loads(hit["summary"]),
-                [],
-                json.loads(hit["notes"]),
-                bool(hit["truncated"]),
-                json.loads(hit["damage"]),
-            )
+            record = RunRecord(**json.loads(hit["record"]), metrics=[])
             hits.append(name)
             cache_rows.append(hit)
         else:
             record = read_run(ref.run_dir)
             fresh_rows += record.metrics
             fresh_ids += [name] * len(record.metrics)
-            cache_rows.append(
-                {
-                    "name": name,
-                    "fingerprint": key,
-                    "config": _dumps(record.config),
-                    "job": _dumps(record.job),
-                    "summary": _dumps(record.summary),
-                    "notes": json.dumps(record.notes),
-                    "truncated": record.truncated,
-                    "damage": json.dumps(record.damage),
-                }
-            )
+            kept = {k: v for k, v in dataclasses.asdict(record).items() if k != "metrics"}
+            cache_rows.append({"name": name, "fingerprint": key, "record": json.dumps(kept)})
         loaded.append(_Loaded(ref, record, last_write))
     # Empty frames would turn int columns into floats in concat: leave them out.
     frames = [_metrics_frame(fresh_rows, "_name", fresh_ids)] if fresh_rows or not hits else []
@@ -154,13 +132,7 @@ def _run_ids(run_dirs: list[Path]) -> list[str]:
     return [str(p.relative_to(root)) for p in run_dirs]
 
 
-def _clean_curves(curves: pd.DataFrame, config_keys: set[str]) -> pd.DataFrame:
-    rename = {
-        c: f"{METRIC_PREFIX}{c}"
-        for c in curves.columns
-        if c == "lr" or (c in config_keys and c not in CURVE_ID_COLUMNS)
-    }
-    curves = curves.rename(columns=rename)
+def _clean_curves(curves: pd.DataFrame) -> pd.DataFrame:
     # A restart from a checkpoint can log an epoch twice: the later line is the one continued.
     curves = curves.drop_duplicates(["run", "epoch"], keep="last")
     numeric = [
@@ -188,12 +160,10 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
         reasons.append(
             "stalled: no summary.json, and nothing written for a long time (killed on another node, or hung)"
         )
-    elif status not in (*RESULTS, "stopped", "paused", "running", "damaged"):  # damaged: named by its notes
-        reasons.append(f"unknown status {status!r} in summary.json")
     return reasons
 
 
-def _meta_row(item: _Loaded, status: str) -> dict:
+def _meta_row(item: _Loaded, status: str, config: dict) -> dict:
     job, summary = item.record.job or {}, item.record.summary or {}
     overrides = job.get("overrides") or list(item.ref.overrides)
     row = {
@@ -202,7 +172,7 @@ def _meta_row(item: _Loaded, status: str) -> dict:
         "overrides": " ".join(overrides),
         "n_params": summary.get("n_params"),
         "receptive_field_px": summary.get("receptive_field_px"),
-        **_image_counts(summary, item.record.config),
+        **_image_counts(summary, config),
         "time_s": summary.get("time_s"),
         "fused_trials": summary.get("fused_trials"),  # time_s is then its group's
         "error": summary.get("error"),
@@ -237,16 +207,18 @@ def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
     return runs.loc[runs["device"] == "cpu", "threads"].nunique(dropna=True) > 1
 
 
-CIFAR10_IMAGES = {"train": 50_000, "test": 10_000}  # sweeper.data's, without importing torch
-
-
-def _image_counts(summary: dict, config: dict | None) -> dict:
+def _image_counts(summary: dict, config: dict) -> dict:
     """n_train and n_test: the summary's, or, for a run without one (running, interrupted), what
-    its config says it trains and evaluates on (an accuracy's noise depends on them)."""
-    data = (config or {}).get("data") or {}
-    full = CIFAR10_IMAGES if data.get("name") == "cifar10" else {}
-    n_train = summary.get("n_train") or data.get("train_size") or data.get("n_train") or full.get("train")
-    n_test = summary.get("n_test") or data.get("n_test") or full.get("test")
+    its (flattened) config says it trains and evaluates on (an accuracy's noise depends on them)."""
+    release = TORCHVISION.get(config.get("data.name"))  # its official train and test sizes
+    full_train, full_test = release.sizes if release else (None, None)
+    n_train = (
+        summary.get("n_train")
+        or config.get("data.train_size")
+        or config.get("data.generated_train")
+        or full_train
+    )
+    n_test = summary.get("n_test") or config.get("data.generated_test") or full_test
     counts = {"n_train": n_train, "n_test": n_test}
     if "n_val" in summary:  # the validation split's size (0: none); an accuracy's noise depends on it
         counts["n_val"] = summary["n_val"]
@@ -352,25 +324,20 @@ class Sweep:
         Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
         log-spaced bins, last = >= 1e3), kind (zero/under/hist/over), lo, hi, count, fraction.
         """
-        frames = [self._npz(run)[0] for run in self._run_list(runs)]
-        frames = [f for f in frames if f is not None]
-        if not frames:
-            return empty_distributions()
-        dists = pd.concat(frames, ignore_index=True)
+        dists = self._npz_frames(runs, 0, empty_distributions())
         if epochs is not None:
             dists = dists[dists["epoch"].isin(list(epochs))]
         return dists.reset_index(drop=True)
 
     def loss_quantiles(self, runs: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample loss quantiles and mean: run, epoch, split, mean, q0.01 ... q0.99."""
-        frames = [self._npz(run)[1] for run in self._run_list(runs)]
-        frames = [f for f in frames if f is not None]
-        if not frames:
-            return pd.DataFrame(columns=["run", "epoch", "split", "mean"])
-        return pd.concat(frames, ignore_index=True)
+        return self._npz_frames(runs, 1, pd.DataFrame(columns=["run", "epoch", "split", "mean"]))
 
-    def _run_list(self, runs: Iterable[str] | None) -> list[str]:
-        return list(self.runs["run"]) if runs is None else [str(r) for r in runs]
+    def _npz_frames(self, runs: Iterable[str] | None, which: int, empty: pd.DataFrame) -> pd.DataFrame:
+        """The runs' histograms (which=0) or quantiles (1), concatenated; `empty` when none has any."""
+        names = list(self.runs["run"]) if runs is None else [str(r) for r in runs]
+        frames = [frame for run in names if (frame := self._npz(run)[which]) is not None]
+        return pd.concat(frames, ignore_index=True) if frames else empty
 
     def _npz(self, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
         if run not in self._npz_cache:
@@ -382,7 +349,7 @@ class Sweep:
             if reason:
                 # Read on demand, so named when first read: the run's numbers come from its other
                 # files and stand; only its histograms are lost.
-                warnings.warn(f"run {run}: {reason}", stacklevel=3)
+                warnings.warn(f"run {run}: {reason}", stacklevel=4)
                 if (run_dir.iloc[0], reason) not in self.problems:
                     self.problems.append((run_dir.iloc[0], reason))
             self._npz_cache[run] = (hist, quantiles)
@@ -467,10 +434,11 @@ def _assemble(
 ) -> Sweep:
     problems = []
     placed = [(it, run) for it, run in zip(loaded, ids, strict=True) if it.record.config is not None]
-    flat = [flatten_config(it.record.config) for it, _ in placed]
+    flat = [renamed(flatten_config(it.record.config)) for it, _ in placed]
     config_keys = merged_key_order(list(row) for row in flat)
+    flat_by_run = {run: row for (_, run), row in zip(placed, flat, strict=True)}
     curves = curves[curves["run"].isin([run for _, run in placed])]
-    curves = _clean_curves(curves, set(config_keys))
+    curves = _clean_curves(curves)
 
     order = {run: i for i, run in enumerate(ids)}
     curves = curves.sort_values(["run", "epoch"], key=lambda s: s.map(order) if s.name == "run" else s)
@@ -483,20 +451,15 @@ def _assemble(
     rows, keep = [], []
     for item, run in zip(loaded, ids, strict=True):
         done = int(reduced.loc[run, "epochs_done"]) if run in reduced.index else 0
-        status = (
-            "damaged"
-            if item.record.damage
-            else run_status(
-                item.record.summary, item.record.job, item.last_write, float(epoch_time.get(run, math.nan))
-            )
-        )
+        slowest_epoch_s = float(epoch_time.get(run, math.nan))
+        status = run_status(item.ref.run_dir, item.record, item.last_write, slowest_epoch_s)
         reasons = _problem_reasons(item, status, done)
         problems += [(str(item.ref.run_dir), reason) for reason in reasons]
         if item.record.config is not None:
             rows.append(
                 {
                     "run": run,
-                    **_meta_row(item, status),
+                    **_meta_row(item, status, flat_by_run[run]),
                     "run_dir": str(item.ref.run_dir),
                     "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None,
                 }

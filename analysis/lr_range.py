@@ -45,27 +45,26 @@ class Suggestion:
 
 def _not_a_step(row: dict) -> str | None:
     good = (
-        all(isinstance(row.get(k), (int, float)) for k in ("step", "lr"))
-        and row["lr"] > 0
+        all(isinstance(row.get(k), (int, float)) for k in ("step", "step_lr"))
+        and row["step_lr"] > 0
         and (row.get("loss") is None or isinstance(row["loss"], (int, float)))
     )
     return None if good else "not a step's record"
 
 
 def read_steps(run_dir: str | Path) -> pd.DataFrame | None:
-    """steps.jsonl as a frame (step, epoch, lr, loss; loss NaN where the run wrote null), or None
-    when the run has none. A line cut short at the end (a crash mid-write) is dropped; a bad line
-    elsewhere is dropped with a warning naming it."""
+    """steps.jsonl as a frame (step, epoch, step_lr, loss; loss NaN where the run wrote null), or
+    None when the run has none. A line cut short at the end (a crash mid-write) is dropped; a bad
+    line elsewhere is dropped with a warning naming it."""
     path = Path(run_dir) / STEPS_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    read = json_lines(path, _not_a_step)
+    if read is None:
         return None
-    lines, bad, _ = json_lines(data, _not_a_step)
+    lines, bad, _ = read
     for n, _why in bad:
         warnings.warn(f"damaged: {path}: line {n} is not a step's record, dropped", stacklevel=2)
-    rows = [{k: row.get(k) for k in ("step", "epoch", "lr", "loss")} for row in lines]
-    frame = pd.DataFrame(rows, columns=["step", "epoch", "lr", "loss"])
+    columns = ["step", "epoch", "step_lr", "loss"]
+    frame = pd.DataFrame([{k: row.get(k) for k in columns} for row in lines], columns=columns)
     frame["loss"] = pd.to_numeric(frame["loss"], errors="coerce")
     return frame.sort_values("step", ignore_index=True)
 
@@ -109,7 +108,7 @@ def suggestions(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame, Suggestion]
     for run, run_dir in zip(runs["run"], runs["run_dir"], strict=True):
         steps = read_steps(run_dir)
         if steps is not None and not steps.empty:
-            found.append((str(run), steps, suggest(steps["lr"], steps["loss"])))
+            found.append((str(run), steps, suggest(steps["step_lr"], steps["loss"])))
     return found
 
 
@@ -131,9 +130,9 @@ def plot_lr_range(found: list[tuple[str, pd.DataFrame, Suggestion]], title: str 
     for k, (run, steps, s) in enumerate(found):
         color = f"C{k % 10}"
         label = run if len(found) > 1 else "loss"
-        ax.plot(steps["lr"], steps["loss"], ".", color=color, alpha=0.3, markersize=3)
+        ax.plot(steps["step_lr"], steps["loss"], ".", color=color, alpha=0.3, markersize=3)
         kept = slice(0, max(s.end, 1))
-        ax.plot(steps["lr"][kept], s.smoothed[kept], "-", color=color, label=f"{label} (smoothed)")
+        ax.plot(steps["step_lr"][kept], s.smoothed[kept], "-", color=color, label=f"{label} (smoothed)")
         if s.lr is not None:
             ax.axvline(s.lr, color=color, linestyle="--", linewidth=1)
             ax.plot([s.lr], [s.smoothed[s.index]], "o", color=color, markersize=8,

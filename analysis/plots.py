@@ -28,7 +28,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from analysis.diagnostics import SPLIT_NAMES, seed_aggregate
 from analysis.knobs import format_knob, format_value, is_missing
-from analysis.load import SEED_KEY
+from analysis.load import SEED_KEY, select_rows
 
 LINESTYLES = ("-", "--", ":", "-.")
 METRIC_LABELS = {
@@ -142,13 +142,7 @@ def _n_runs(frame: pd.DataFrame, by_key: dict, n: pd.Series) -> str:
     `status` column, the runs that did not complete are named: "N=3, 1 failed"."""
     if "run" not in frame:
         return _n_label(n)
-    rows = pd.Series(True, index=frame.index)
-    for key, value in by_key.items():
-        if is_missing(value):
-            rows &= frame[key].map(is_missing)
-        else:
-            rows &= frame[key].map(lambda v, w=value: not is_missing(v) and bool(v == w))
-    runs = frame.loc[rows].drop_duplicates("run")
+    runs = select_rows(frame, by_key).drop_duplicates("run")
     label = f"N={len(runs)}"
     if "status" in runs:
         counts = runs.loc[runs["status"] != "completed", "status"].value_counts()
@@ -205,14 +199,19 @@ def _draw_lines(
             marker="o" if shown.sum() == 1 else None,  # a run that ended after one epoch is a point
             markersize=4,
         )
-        if (line[f"{y}_n"] > 1).any():
-            ax.fill_between(line[x], line[f"{y}_min"], line[f"{y}_max"], color=color, alpha=0.18, lw=0)
+        _band(ax, line, x, y, color)
         label = ", ".join(
             f"{k}={format_knob(k, by_key[k])}" for k in (hue, style) if k and not is_missing(by_key[k])
         )
         label = f"{label} ({_n_runs(frame, by_key, line[f'{y}_n'])})" if label else _n_label(line[f"{y}_n"])
         handles.setdefault(plain(label), handle)
     return handles
+
+
+def _band(ax, stats: pd.DataFrame, x: str, y: str, color) -> None:
+    """The seeds' range of `y` (seed_aggregate's min and max), where a line averages several."""
+    if (stats[f"{y}_n"] > 1).any():
+        ax.fill_between(stats[x], stats[f"{y}_min"], stats[f"{y}_max"], color=color, alpha=0.18, lw=0)
 
 
 def _new_figure(nrows: int, ncols: int, width: float, height: float, **kw) -> tuple[Figure, np.ndarray]:
@@ -284,11 +283,7 @@ def plot_curves(
     mapped = [k for k in (hue, style) if k]
     handles = {}
     for j, col_value in enumerate(col_values):
-        part = (
-            curves
-            if col is None
-            else curves[curves[col].map(lambda v, c=col_value: v == c or (is_missing(v) and c is None))]
-        )
+        part = curves if col is None else select_rows(curves, {col: col_value})
         line_keys = _line_keys(part, mapped, keys, seed_key)
         if keys is None:
             _check_replicates(part, [*line_keys, "epoch"], seed_key, "plot_curves")
@@ -332,11 +327,11 @@ def plot_lr_switch(
 ) -> Figure:
     """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
 
-    x is epochs since the switch (`schedule.epoch` epochs at `lr`, then `schedule.lr2`); colour is
+    x is epochs since the switch (`schedule.switch_epoch` epochs at `lr`, then `schedule.lr2`); colour is
     `hue`, line style the switch epoch when several. Runs with another schedule in `runs` are drawn
     in grey as the no-switch reference, aligned at each switch epoch.
     """
-    name_key, switch_key = "schedule.name", "schedule.epoch"
+    name_key, switch_key = "schedule.name", "schedule.switch_epoch"
     _require(runs, [name_key, switch_key, hue, "run"], "plot_lr_switch")
     is_step = runs[name_key] == "step"
     step_runs = runs[is_step.fillna(False).astype(bool) & runs[switch_key].notna()]
@@ -403,23 +398,11 @@ def plot_loss_vs_accuracy(
     acc_ax = ax.twinx()
     acc_ax.grid(False)
     lines = []
-    for axis, metric, color in (
-        (ax, "train_loss", "C0"),
-        (ax, loss, "C3"),
-        (acc_ax, acc, "C2"),
-    ):
+    for axis, metric, color in ((ax, "train_loss", "C0"), (ax, loss, "C3"), (acc_ax, acc, "C2")):
         (line,) = axis.plot(
             stats["epoch"], stats[f"{metric}_mean"], color=color, lw=1.8, label=metric_label(metric)
         )
-        if (stats[f"{metric}_n"] > 1).any():
-            axis.fill_between(
-                stats["epoch"],
-                stats[f"{metric}_min"],
-                stats[f"{metric}_max"],
-                color=color,
-                alpha=0.18,
-                lw=0,
-            )
+        _band(axis, stats, "epoch", metric, color)
         lines.append(line)
     _log_axis(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no tick at 1.2

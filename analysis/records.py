@@ -14,25 +14,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RECORD_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json", "losses.npz")
-# losses.npz is read lazily (Sweep.distributions), so it is not part of the cache key.
-CACHED_FILES = ("config.json", "job.json", "metrics.jsonl", "summary.json")
+from sweeper.rundir import RECORD_FILES
+from sweeper.schema import RENAMED_COLUMNS
+from sweeper.sweep import SUMMARY_STATES
 
-
-def read_json(path: Path) -> tuple[object | None, str | None]:
-    """(value, None), or (None, reason) when the file is missing or not valid JSON."""
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"{path.name} missing"
-    except OSError as err:
-        return None, f"{path.name} unreadable: {err.strerror}"
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as err:
-        return None, f"{path.name} is not valid JSON ({err.msg}, line {err.lineno})"
-    except UnicodeDecodeError:
-        return None, f"{path.name} is not valid JSON (not UTF-8)"
+# What load_sweep parses up front, the analysis cache's key: the JSON records and the curve.
+# losses.npz is read on demand (Sweep.distributions), steps.jsonl by the LR range test alone.
+CACHED_FILES = tuple(name for name in RECORD_FILES if name.endswith(".json") or name == "metrics.jsonl")
 
 
 def damaged(name: str, what: str) -> str:
@@ -44,11 +32,18 @@ def read_object(path: Path) -> tuple[dict | None, str | None]:
     """A record file that must hold one JSON object: (object, None), (None, None) when absent,
     or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
     file that is cut short, garbage or another shape of JSON was damaged from outside."""
-    value, note = read_json(path)
-    if note is not None:
-        if note.endswith(" missing"):
-            return None, None
-        return None, damaged(path.name, note.removeprefix(f"{path.name} ").removeprefix("is "))
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, damaged(path.name, f"unreadable: {err.strerror}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, damaged(path.name, f"not valid JSON ({err.msg}, line {err.lineno})")
+    except UnicodeDecodeError:
+        return None, damaged(path.name, "not valid JSON (not UTF-8)")
     if not isinstance(value, dict):
         return None, damaged(path.name, "not a JSON object")
     return value, None
@@ -66,13 +61,20 @@ def _bad_value(row: dict) -> str | None:
     return None
 
 
-def json_lines(data: bytes, check) -> tuple[list[dict], list[tuple[int, str]], bool]:
-    """The JSON-object lines of an append-only record file: (rows, bad, truncated).
+def json_lines(path: Path, check) -> tuple[list[dict], list[tuple[int, str]], bool] | None:
+    """The JSON-object lines of an append-only record file: (rows, bad, truncated); None when the
+    file is absent. Columns renamed since (sweeper.schema.RENAMED_COLUMNS) read under today's name.
 
     A crash (or a read racing the writer) can leave a partial last line: it is dropped and
     `truncated` is True. Any other line that is not JSON, not an object, or that `check(row)`
-    faults (it returns why, else None) is in `bad` as (line number, why)."""
-    lines = data.split(b"\n")
+    faults (it returns why, else None) is in `bad` as (line number, why), and the lines after it
+    are read on: the analysis names damage and shows what stands, where a resume
+    (sweeper.runlog.complete_lines) continues from the lines before it."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return None
+    renames = RENAMED_COLUMNS.get(path.name, {})
     rows, bad, truncated = [], [], False
     # Only an unterminated last line can be a write cut short; a complete line is damage.
     last = len(lines) - 1 if lines[-1].strip() else -1
@@ -86,10 +88,11 @@ def json_lines(data: bytes, check) -> tuple[list[dict], list[tuple[int, str]], b
         if i == last and not isinstance(row, dict):
             truncated = True
             continue
-        if row is None:
-            why = "not valid JSON"
-        else:
-            why = "not a JSON object" if not isinstance(row, dict) else check(row)
+        if isinstance(row, dict):
+            row = {renames.get(k, k): v for k, v in row.items()}
+        why = (
+            "not valid JSON" if row is None else check(row) if isinstance(row, dict) else "not a JSON object"
+        )
         if why is None:
             rows.append(row)
         else:
@@ -98,19 +101,14 @@ def json_lines(data: bytes, check) -> tuple[list[dict], list[tuple[int, str]], b
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
-    """Parse metrics.jsonl: (rows, notes, truncated), as json_lines reads it. A bad line -- not
-    JSON, not an object, a value that is not a number -- is damage: dropped, with a
-    "damaged: metrics.jsonl: ..." note.
-    """
+    """metrics.jsonl as json_lines reads it: (rows, notes, truncated). A bad line -- not JSON,
+    not an object, a value that is not a number -- is damage: dropped, with a
+    "damaged: metrics.jsonl: ..." note."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], [], False
+        rows, bad, truncated = json_lines(path, _bad_value) or ([], [], False)
     except OSError as err:
         return [], [f"metrics.jsonl unreadable: {err.strerror}"], False
-    rows, bad, truncated = json_lines(data, _bad_value)
-    notes = [damaged("metrics.jsonl", f"line {n}: {why}, dropped") for n, why in bad]
-    return rows, notes, truncated
+    return rows, [damaged("metrics.jsonl", f"line {n}: {why}, dropped") for n, why in bad], truncated
 
 
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
@@ -202,8 +200,10 @@ def read_run(run_dir: Path) -> RunRecord:
     if note:
         notes.append(note)
     summary, summary_note = read_object(run_dir / "summary.json")
-    if summary is not None and not isinstance(summary.get("status"), str):
-        summary_note, summary = damaged("summary.json", "no status"), None
+    status = (summary or {}).get("status")
+    if summary is not None and status not in SUMMARY_STATES:
+        what = f"status {json.dumps(status)}, not one of {', '.join(SUMMARY_STATES)}"
+        summary_note, summary = damaged("summary.json", "no status" if status is None else what), None
     if summary_note:
         notes.append(summary_note)
         damage.append(summary_note)  # absent means still running; a damaged one ends nothing

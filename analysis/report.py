@@ -11,7 +11,6 @@ are drawn as separate thin lines).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 import warnings
@@ -29,7 +28,6 @@ from analysis.diagnostics import (
 )
 from analysis.knobs import counted, format_knob, format_value, is_missing
 from analysis.load import Sweep
-from analysis.status import RESULTS
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
     diagnostics_section,
     diagnostics_table,
@@ -41,6 +39,7 @@ from analysis.tables import (  # diagnostics_table and markdown_table are the no
     runs_table,
     study_section,
 )
+from sweeper.objective import RESULTS
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3
@@ -257,15 +256,22 @@ def _paren(where: str) -> str:
 # --------------------------------------------------------------------------- the figures
 
 
-def _draw(name: str, caption: str, draw) -> Drawn:
-    """Run one figure function; NothingToPlot becomes a skip, warnings become notes."""
+def _caught(fn) -> tuple[object, tuple[str, ...]]:
+    """fn()'s result, and the warnings it gave (a damaged file read, replicates mixed) as notes."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            figure = draw()
-        except plots.NothingToPlot as err:
-            return Drawn(name, caption, skipped=str(err))
-    return Drawn(name, caption, figure, notes=tuple(dict.fromkeys(str(w.message) for w in caught)))
+        result = fn()
+    return result, tuple(dict.fromkeys(str(w.message) for w in caught))
+
+
+def _draw(name: str, caption: str, draw, read: tuple[str, ...] = ()) -> Drawn:
+    """Run one figure function; NothingToPlot becomes a skip, warnings become notes. `read`: the
+    notes of reading its data, named in the skip when the figure has nothing left to draw."""
+    try:
+        figure, notes = _caught(draw)
+    except plots.NothingToPlot as err:
+        return Drawn(name, caption, skipped=f"{err} ({'; '.join(read)})" if read else str(err))
+    return Drawn(name, caption, figure, notes=tuple(dict.fromkeys(read + notes)))
 
 
 def _heatmap_pairs(sweep: Sweep) -> list[tuple[str, str]]:
@@ -295,20 +301,17 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
     )
     ranking = ranking_for(sweep, metric)
     keys = sweep.group_keys
-    with warnings.catch_warnings(record=True) as caught:  # a damaged steps.jsonl line: a note
-        warnings.simplefilter("always")
-        found = lr_range.suggestions(sweep.runs)
+    found, read = _caught(lambda: lr_range.suggestions(sweep.runs))  # a damaged steps.jsonl line: a note
     if found:  # runs with trainer.log_steps (experiment=lr_range): their range test comes first
-        drawn = _draw(
+        yield _draw(
             "lr_range",
             "LR range test: the training loss of each step against its lr (log); dots: each step, "
             "line: the smoothed loss, up to where it blows up. "
             + "; ".join(lr_range.describe(run, s) for run, _, s in found)
             + f". The rule: {lr_range.RULE}.",
             lambda: lr_range.plot_lr_range(found),
+            read,
         )
-        read = tuple(str(w.message) for w in caught)
-        yield dataclasses.replace(drawn, notes=tuple(dict.fromkeys(read + drawn.notes)))
     halving = rungs.found(sweep.runs)  # hydra/sweeper=halving: its rungs (analysis/rungs.py)
     if halving:
         yield _draw("rungs", rungs.caption(halving), lambda: rungs.plot_rungs(halving, sweep.curves))
@@ -395,10 +398,7 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
 
 
 def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Drawn:
-    with warnings.catch_warnings(record=True) as caught:  # a damaged losses.npz: a note, as in _draw
-        warnings.simplefilter("always")
-        dists = part.distributions()
-    read = tuple(str(w.message) for w in caught)
+    dists, read = _caught(part.distributions)  # a damaged losses.npz: a note
     kept = sorted(dists["epoch"].unique().tolist())
     shown = distribution_plots.panel_epochs(kept, distribution_plots.MAX_DISTRIBUTION_PANELS)
     epochs = (
@@ -411,16 +411,14 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
             else ""
         )
     )
-    drawn = _draw(
+    return _draw(
         name,
         f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "
         "'0': losses exactly 0 in float32 (below its resolution, about 6e-8); under 1e-6, where a float32 "
         "loss takes few values, each bin shows the mean of those bins.",
         lambda: distribution_plots.plot_loss_distributions(dists, title=where),
+        read,
     )
-    if drawn.skipped and read:  # nothing to draw because the files are damaged: say which
-        return dataclasses.replace(drawn, skipped=f"{drawn.skipped} ({'; '.join(dict.fromkeys(read))})")
-    return dataclasses.replace(drawn, notes=tuple(dict.fromkeys(read + drawn.notes)))
 
 
 def _with_status(sweep: Sweep) -> pd.DataFrame:
@@ -430,7 +428,9 @@ def _with_status(sweep: Sweep) -> pd.DataFrame:
 
 
 def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
-    caption = "Step schedule: `lr` for `schedule.epoch` epochs, then `schedule.lr2`, aligned at the switch."
+    caption = (
+        "Step schedule: `lr` for `schedule.switch_epoch` epochs, then `schedule.lr2`, aligned at the switch."
+    )
     runs = sweep.runs
     if "schedule.name" not in runs or not (runs["schedule.name"] == "step").any():
         return Drawn("lr_switch", caption, skipped="no runs with schedule.name=step")
@@ -464,7 +464,7 @@ def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
     counts = runs["status"].value_counts()
     line = f"{counted(len(runs), 'run')}: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
     # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
-    return line + (f"; {n_missing} job{'s' * (n_missing > 1)} not started" if n_missing else "")
+    return line + (f"; {counted(n_missing, 'job')} not started" if n_missing else "")
 
 
 def write_report(

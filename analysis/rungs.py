@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.records import read_json
+from analysis.discovery import read_sweep_jobs
+from analysis.records import read_object
 
 
 @dataclass
@@ -46,13 +47,13 @@ def found(runs: pd.DataFrame) -> Halving | None:
     if len(dirs) != 1:
         return None
     sweep_dir = Path(dirs[0])
-    data, _ = read_json(sweep_dir / "sweep.json")
-    record = data.get("halving") if isinstance(data, dict) else None
+    data = read_object(sweep_dir / "sweep.json")[0] or {}
+    record = data.get("halving")
     if not isinstance(record, dict) or not record.get("rungs") or not isinstance(record.get("metric"), str):
         return None
     by_dir = {Path(d).resolve(): run for d, run in zip(runs["run_dir"], runs["run"], strict=True)}
     jobs = {}
-    for job in data.get("jobs") or []:
+    for job in read_sweep_jobs(sweep_dir):
         run = by_dir.get((sweep_dir / str(job.get("dir"))).resolve())
         if run is not None:
             jobs[job.get("num")] = run

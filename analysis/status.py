@@ -24,44 +24,31 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.discovery import discover
-from analysis.records import fingerprint, read_run
-from sweeper import processes, submitted
+from analysis.knobs import counted
+from analysis.records import RunRecord, fingerprint, read_run
+from sweeper import submitted
+from sweeper.sweep import job_state
 
-# Runs whose final numbers are results, ranked: trained to trainer.epochs, or ended by their own
-# early stopping (trainer.early_stopping, sweeper/stopping.py: its last epoch is as real an end as
-# trainer.epochs, and best_* say where its metric peaked). A diverged, failed or unfinished run's
-# last epoch is not such an end.
-RESULTS = ("completed", "stopped_early")
 # A run without summary.json that has written nothing for this long is `stalled`.
 STALE_AFTER_S = 3600.0
 STALE_EPOCHS = 5  # ... or for this many of its slowest epochs, whichever is longer
 
 
-def process_gone(job: dict | None) -> bool:
-    """True when job.json names a process on this host that has ended (its pid gone, or reused
-    by another process: told apart by the recorded start time)."""
-    return processes.on_this_host(job) and not processes.alive(job)
-
-
 def run_status(
-    summary: dict | None,
-    job: dict | None,
-    last_write: float,
-    slowest_epoch_s: float,
-    now: float | None = None,
+    run_dir: Path, record: RunRecord, last_write: float, slowest_epoch_s: float, now: float | None = None
 ) -> str:
-    """completed / stopped_early / diverged / failed from summary.json; without it `interrupted` when its process
-    (on this host) is gone -- the word the sweep's end summary uses; a rerun resumes it --,
-    `stalled` when it has written nothing for max(1 h, 5 slowest epochs) (killed on another node,
-    or hung), else `running`."""
-    if summary is not None:
-        return str(summary.get("status") or "unknown")
-    if process_gone(job):
-        return "interrupted"
+    """The run's state as sweeper.sweep.job_state reads it from its record (completed, ...,
+    interrupted: its process on this host is gone, a rerun resumes it; running), `damaged` when
+    the analysis finds its files damaged, and `stalled` for a run still `running` that has
+    written nothing for max(1 h, 5 slowest epochs): killed on another node, or hung."""
+    if record.damage:
+        return "damaged"
+    state, _ = job_state(run_dir)
+    if state != "running":
+        return state
     now = time.time() if now is None else now
-    quiet_s = now - last_write
     limit_s = max(STALE_AFTER_S, STALE_EPOCHS * (slowest_epoch_s if math.isfinite(slowest_epoch_s) else 0))
-    return "stalled" if quiet_s > limit_s else "running"
+    return "stalled" if now - last_write > limit_s else "running"
 
 
 STATUS_ORDER = (
@@ -91,12 +78,7 @@ def _job_row(run_dir: Path, sweep_dir: Path | None, job_num: int | None, sweep_o
     job, summary, config, rows = record.job or {}, record.summary, record.config, record.metrics
     epoch_times = [r["epoch_time_s"] for r in rows if isinstance(r.get("epoch_time_s"), (int, float))]
     _, last_write = fingerprint(run_dir)
-    # A damaged record is said so, with its file: a garbage job.json must not pass for a live run.
-    status = (
-        "damaged"
-        if record.damage
-        else run_status(summary, job, last_write, max(epoch_times, default=float("nan")), now)
-    )
+    status = run_status(run_dir, record, last_write, max(epoch_times, default=float("nan")), now)
     done = max((r["epoch"] for r in rows), default=0)
     planned = _planned_epochs(config, summary)
     return {
@@ -139,11 +121,8 @@ def job_table(
             # no record yet, but handed to SLURM: queued (or ended before it started)
             "status": "submitted" if m.job_num in slurm[m.sweep_dir] else "missing",
             "epochs": "",
-            "age_s": None,
             "slurm_id": slurm[m.sweep_dir].get(m.job_num),
-            "host": None,
             "overrides": " ".join(m.overrides),
-            "error": None,
             "run_dir": str(m.run_dir),
         }
         for m in missing
@@ -214,7 +193,7 @@ def format_job_table(
     max_rows = max_rows or max(10, size.lines - 6)
     lines = []
     for sweep, jobs in table.groupby("sweep", sort=False):
-        tail = f": {len(jobs)} job{'s' * (len(jobs) != 1)}: {_counts(jobs)}"
+        tail = f": {counted(len(jobs), 'job')}: {_counts(jobs)}"
         name = sweep or "(single runs)"
         room = max(20, width - len(tail))
         lines.append((name if len(name) <= room else "…" + name[-(room - 1) :]) + tail)  # keep the path's end
@@ -259,5 +238,5 @@ def format_job_table(
             "  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip()
         )
     if hidden:
-        lines.append(f"… {hidden} completed job{'s' * (hidden != 1)} not shown (--all lists every job)")
+        lines.append(f"… {counted(hidden, 'completed job')} not shown (--all lists every job)")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from analysis.diagnostics import (
 )
 from analysis.knobs import counted, format_knob, format_value, is_missing
 from analysis.load import Sweep
-from analysis.status import RESULTS
+from sweeper.objective import RESULTS
 
 MAX_TABLE_ROWS = 100
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
@@ -62,7 +62,7 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: st
         for row in shown.itertuples(index=False)
     ]
     if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more row{'s' * (len(frame) - max_rows != 1)}{more}_")
+        lines.append(f"\n_{counted(len(frame) - max_rows, 'more row')}{more}_")
     return "\n".join(lines) + "\n"
 
 
@@ -163,21 +163,14 @@ def study_section(sweep: Sweep) -> list[str]:
         "",
     ]
     for sweep_dir, results in found:
+        # One objective: its best trial; several: the Pareto front's trials.
         if "best_value" in results:
-            params = ", ".join(
-                f"{k}={format_value(v)}" for k, v in (results.get("best_params") or {}).items()
-            )
-            md.append(
-                f"- `{markdown_text(sweep_dir)}`: best value {results['best_value']:.4g} at {markdown_text(params)}"
-            )
-        else:  # several objectives: the Pareto front
-            for solution in results.get("solutions") or []:
-                params = ", ".join(
-                    f"{k}={format_value(v)}" for k, v in (solution.get("params") or {}).items()
-                )
-                md.append(
-                    f"- `{markdown_text(sweep_dir)}`: values {solution.get('values')} at {markdown_text(params)}"
-                )
+            trials = [(f"best value {results['best_value']:.4g}", results.get("best_params"))]
+        else:
+            trials = [(f"values {t.get('values')}", t.get("params")) for t in results.get("solutions") or []]
+        for what, params in trials:
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in (params or {}).items())
+            md.append(f"- `{markdown_text(sweep_dir)}`: {what} at {markdown_text(shown)}")
     return [*md, ""]
 
 

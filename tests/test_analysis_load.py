@@ -118,7 +118,7 @@ def test_varied_keys_are_the_knobs_that_differ_lists_and_nulls_included(tmp_path
     loaded = load_sweep(sweep)
     # schedule.lr2 is absent from the constant schedule's runs and 0.01 in the step one's: varied
     # (and placed with its group), not filled in as if those records were older.
-    keys = ["lr", "model.units", "schedule.name", "schedule.epoch", "schedule.lr2"]
+    keys = ["lr", "model.units", "schedule.name", "schedule.switch_epoch", "schedule.lr2"]
     assert loaded.varied == [*keys, "trainer.seed"]
     assert loaded.group_keys == keys
     assert loaded.runs["schedule.lr2"].isna().tolist() == [True, True, False]
@@ -276,23 +276,32 @@ def test_a_run_without_summary_is_interrupted_when_its_process_ended_and_stalled
     write_run(
         tmp_path / "dead", base_config(), data, None, job_record(host=socket.gethostname(), pid=dead.pid)
     )
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    alive = write_run(
-        tmp_path / "alive",
-        base_config(),
-        data,
-        None,
-        job_record(**me, pid_started=process_started(os.getpid())),
-    )
-    # the pid now belongs to another process (this one): started at another time than recorded
-    reused = write_run(
-        tmp_path / "reused",
-        base_config(),
-        data,
-        None,
-        job_record(**me, pid_started=process_started(os.getpid()) - 1),
-    )
-    statuses = load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+    # A live trainer on this host: another process (the reader's own pid would be its own job,
+    # returned, as sweeper.sweep.job_state reads it).
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    me = {"host": socket.gethostname(), "pid": live.pid}
+    try:
+        alive = write_run(
+            tmp_path / "alive",
+            base_config(),
+            data,
+            None,
+            job_record(**me, pid_started=process_started(live.pid)),
+        )
+        # the pid now belongs to another process: started at another time than recorded
+        reused = write_run(
+            tmp_path / "reused",
+            base_config(),
+            data,
+            None,
+            job_record(**me, pid_started=process_started(live.pid) - 1),
+        )
+        statuses = (
+            load_sweep([old, tmp_path / "dead", alive, reused]).runs.set_index("run")["status"].to_dict()
+        )
+    finally:
+        live.kill()
+        live.wait()
     # the sweep's end summary says interrupted too; "old" ran on another host, silent for 2 days
     assert statuses == {"old": "stalled", "dead": "interrupted", "alive": "running", "reused": "interrupted"}
 
@@ -493,12 +502,14 @@ def test_a_run_without_a_summary_counts_its_images_from_its_config(tmp_path):
     assert sweep.runs["n_test"].tolist() == [config["data"]["n_test"]] * 2
 
 
-def test_the_config_sections_analysis_knows_are_the_ones_validate_checks():
-    # Twins: analysis must not import sweeper.validate (it imports torch), so each names them.
-    from analysis.knobs import CONFIG_SECTIONS
-    from sweeper.overrides import SECTIONS
-
-    assert CONFIG_SECTIONS == SECTIONS
+def test_a_running_run_of_a_torchvision_data_set_counts_its_official_release(tmp_path):
+    """Without summary.json (running) and without a subset, MNIST's run counts 60,000 training and
+    10,000 test images, as sweeper.datasets knows the release (not CIFAR-10's counts alone)."""
+    config = base_config()
+    config["data"] = {"name": "mnist", "train_size": None, "seed": 0}
+    write_run(tmp_path / "r", config, rows()[:1], None, job_record())
+    runs = load_sweep(tmp_path / "r").runs
+    assert runs[["n_train", "n_test"]].values.tolist() == [[60_000, 10_000]]
 
 
 # --------------------------------------------------------------------------- thread counts
@@ -585,3 +596,40 @@ def test_the_parquet_cache_needs_a_pyarrow_past_cve_2023_47248():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     pyarrow = Requirement(re.search(r'"(pyarrow\b[^"]*)"', pyproject).group(1))
     assert not pyarrow.specifier.contains("14.0.0") and pyarrow.specifier.contains("14.0.1")
+
+
+def test_a_record_written_under_former_names_reads_as_one_written_under_todays(tmp_path):
+    """schedule.decay (config.json) and metrics.jsonl's `lr` of an older record show as
+    schedule.gamma and epoch_lr, the columns a record written today has (sweeper.schema)."""
+    old_rows = rows(lr=0.1)  # metric_rows writes the per-epoch rate as `lr`, as older runs did
+    new_rows = [{("epoch_lr" if k == "lr" else k): v for k, v in row.items()} for row in rows(lr=0.2)]
+    old_config = base_config(lr=0.1, **{"schedule.name": "geometric", "schedule.decay": 0.9})
+    new_config = base_config(lr=0.2, **{"schedule.name": "geometric", "schedule.gamma": 0.8})
+    write_run(tmp_path / "old", old_config, old_rows, summary_record(old_rows), job_record())
+    write_run(tmp_path / "new", new_config, new_rows, summary_record(new_rows), job_record())
+    loaded = load_sweep([tmp_path / "old", tmp_path / "new"])
+    assert loaded.runs.set_index("run")["schedule.gamma"].to_dict() == {"old": 0.9, "new": 0.8}
+    assert "schedule.decay" not in loaded.runs and loaded.varied == ["lr", "schedule.gamma"]
+    by_run = loaded.curves.groupby("run")["epoch_lr"].agg(list).to_dict()
+    assert by_run == {"old": [0.1] * 3, "new": [0.2] * 3}
+    knob = loaded.curves.groupby("run")["lr"].agg(list).to_dict()  # the knob, not the per-epoch rate
+    assert knob == {"old": [0.1] * 3, "new": [0.2] * 3}
+
+
+def test_the_lr_range_reads_a_steps_file_written_under_either_name_of_the_step_lr(tmp_path):
+    from analysis.lr_range import read_steps
+
+    for name, column in (("old", "lr"), ("new", "step_lr")):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"step": s, "epoch": 1, column: 0.01 * s, "loss": 1.0}) for s in (1, 2)]
+        (tmp_path / name / "steps.jsonl").write_text("\n".join(lines) + "\n")
+        assert read_steps(tmp_path / name)["step_lr"].tolist() == [0.01, 0.02]
+
+
+def test_a_summary_status_outside_the_records_vocabulary_is_damage_named_with_the_allowed_ones(tmp_path):
+    data = rows()
+    write_run(tmp_path / "r", base_config(), data, {**summary_record(data), "status": "done"}, job_record())
+    loaded = load_sweep(tmp_path / "r")
+    assert loaded.runs["status"].tolist() == ["damaged"]
+    (reason,) = [reason for _, reason in loaded.problems]
+    assert reason.startswith('damaged: summary.json: status "done", not one of completed, stopped_early')

@@ -114,7 +114,7 @@ def switch_data():
             {
                 "run": f"r{i}",
                 "schedule.name": name,
-                "schedule.epoch": 2 if lr2 else None,
+                "schedule.switch_epoch": 2 if lr2 else None,
                 "schedule.lr2": lr2,
                 "lr": 0.1,
             }
