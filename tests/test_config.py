@@ -57,7 +57,7 @@ def test_every_experiment_composes_and_validates(name):
 
 def test_experiments_hold_the_lecture_protocols():
     lr2 = compose_cfg("experiment=lecture_lr2", tiny=False)
-    assert (lr2.schedule.name, lr2.lr, lr2.schedule.epoch, lr2.trainer.epochs) == ("step", 0.1, 25, 50)
+    assert (lr2.schedule.name, lr2.lr, lr2.schedule.switch_epoch, lr2.trainer.epochs) == ("step", 0.1, 25, 50)
     text = (CONF / "experiment" / "lecture_lr2.yaml").read_text()
     assert "schedule.lr2: 0.07,0.05,0.02" in text
     assert "lr: 0.2,0.1,0.01" in (CONF / "experiment" / "lecture_lr.yaml").read_text()
@@ -70,13 +70,13 @@ def test_experiments_hold_the_lecture_protocols():
         (["lr=-0.1"], "lr=-0.1 is invalid: must be a number > 0"),
         (["lr=abc"], "lr='abc' is invalid: must be a number > 0"),
         (
-            ["schedule=step", "schedule.epoch=2"],
-            "schedule.epoch=2 is invalid: the switch to schedule.lr2 must come before the end",
+            ["schedule=step", "schedule.switch_epoch=2"],
+            "schedule.switch_epoch=2 is invalid: the switch to schedule.lr2 must come before the end",
         ),
         (["schedule=multistep", "schedule.milestones=[3,1]"], "schedule.milestones=[3, 1] is invalid"),
         (
-            ["schedule=geometric", "schedule.decay=1.5"],
-            "schedule.decay=1.5 is invalid: must be a number > 0 and <= 1",
+            ["schedule=geometric", "schedule.gamma=1.5"],
+            "schedule.gamma=1.5 is invalid: must be a number > 0 and <= 1",
         ),
         (["model.kernel_size=40"], "model.kernel_size=40 at conv layer 1 is larger than its 32x32 input"),
         (  # padding=same keeps the map; past 2*size - 1 the kernel's outer weights meet no pixel
@@ -523,13 +523,13 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             "optim.eps is invalid in this sweep: optim=sgd has no eps (only optim=adam has); sweep them separately",
         ),
         (
-            ["-m", "experiment=lecture_lr,lecture_lr2", "schedule.epoch=1"],
-            "schedule.epoch is invalid in this sweep: experiment=lecture_lr has no schedule.epoch "
+            ["-m", "experiment=lecture_lr,lecture_lr2", "schedule.switch_epoch=1"],
+            "schedule.switch_epoch is invalid in this sweep: experiment=lecture_lr has no schedule.switch_epoch "
             "(only experiment=lecture_lr2 has); sweep them separately",
         ),
         (  # the lecture's lr2 protocol without its schedule: was "did you mean schedule.warmup_epochs?"
-            ["-m", "schedule.epoch=25", "schedule.lr2=0.07,0.05"],
-            "schedule.epoch is invalid: schedule=constant has no epoch; the schedule options with it are step "
+            ["-m", "schedule.switch_epoch=25", "schedule.lr2=0.07,0.05"],
+            "schedule.switch_epoch is invalid: schedule=constant has no switch_epoch; the schedule options with it are step "
             "(add schedule=step)",
         ),
         (["schedule.lrr2=0.1"], "schedule.lrr2 is not a config key: the keys of schedule are schedule.name,"),

@@ -8,6 +8,8 @@ import sys
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
+import sweeper.schema  # noqa: F401 -- registers the trainer's schema with Hydra, which scans plugins before composing
+
 
 class CommandLineConfigDir(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
