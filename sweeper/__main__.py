@@ -81,13 +81,30 @@ def main(cfg: DictConfig) -> str | float:
 NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
 
 
+def hydra_flags():
+    """Hydra's command-line flags (hydra.cc/docs/advanced/hydra-command-line-flags), read as
+    Hydra's argparse reads them: the same names, so that an abbreviation means what it means to
+    Hydra (-c is --cfg, not -cp). Only the config's source is read from them here."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags, kw in [
+        (("--config-path", "-cp"), {}), (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}),
+        (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}), (("--package", "-p"), {}),
+        (("--info", "-i"), {"nargs": "?", "const": "all"}), (("--experimental-rerun",), {}),
+        *[((f,), {"action": "store_true"}) for f in ("--help", "--hydra-help", "--version", "--resolve")],
+        (("-h",), {"action": "store_true"}), (("--run", "-r"), {"action": "store_true"}),
+        (("--multirun", "-m"), {"action": "store_true"}), (("--shell-completion", "-sc"), {"action": "store_true"}),
+    ]:  # fmt: skip
+        parser.add_argument(*flags, **kw)
+    return parser
+
+
 def config_source(arguments: list[str]) -> overrides.ConfigSource | None:
     """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
     relative -cp from this file's dir; pkg:// as it is); None where the pre-checks stand aside
     and Hydra speaks: shell completion, or flags Hydra refuses."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
+    parser = hydra_flags()
 
     def refuse(message: str):
         raise ValueError(message)

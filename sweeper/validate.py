@@ -13,6 +13,7 @@ are the functions below. A user's option is bound to its target's signature (swe
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from difflib import get_close_matches
 
@@ -50,7 +51,7 @@ def _fields(kind, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any]]:
     for f in dataclasses.fields(kind):
         tp = hints[f.name]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = args[0] if typing.get_origin(tp) is typing.Union else tp
+        tp = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
         if dataclasses.is_dataclass(tp):
             yield from _fields(tp, f"{prefix}{f.name}.")
         else:
@@ -132,7 +133,7 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
                 f"{full}={_shown(given)} is invalid: {allowed(full, tp, rule, cfg, measured)}{hint}"
             )
         if rule and not _unmeasured(rule, measured):
-            _apply(cfg, full, value, tp, rule, measured)
+            _apply(cfg, full, given, tp, rule, measured)  # as given: -1, not OmegaConf's -1.0
 
 
 def _unmeasured(rule: schema.Rule, measured: dict) -> bool:
@@ -215,36 +216,32 @@ def in_one_line(
     """Any OmegaConf error as one line: the key it names (its full_key under `prefix`, else
     `where`), the value as written, and what the schema allows there (else OmegaConf's reason)."""
     key = prefix + (getattr(e, "full_key", None) or "") or where
-    if key and "[" in key:  # an entry of a list: the list
+    value = getattr(e, "value", None)
+    if key and "[" in key:  # an entry of a list: the list, as given where it is known
         key = key.split("[")[0]
+        value = value if cfg is None else _get(cfg, key)
     if isinstance(e, ConfigKeyError) and prefix:  # a key the section's schema does not have
         section, name = key.rsplit(".", 1)
-        known = [k for k in _schema_keys(section, option) if not k.startswith("_")]
+        known = [k for k in _schema_of(key, option) if not k.startswith("_")]
         close = get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {section}.{close[0]}?" if close else f"its keys are {', '.join(known)}"
         return ConfigError(f"{key} is not a key of {section}={option}: {hint}")
-    tp = _type_of(key, option) if key else None
+    tp = _schema_of(key, option).get(key.partition(".")[2] or key) if key else None
     if isinstance(e, ValidationError) and tp is not None:  # a value not of its type
-        return ConfigError(
-            f"{key}={_shown(getattr(e, 'value', None))} is invalid: {allowed(key, tp, schema.rule(key, option))}"
-        )
+        return ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, schema.rule(key, option))}")
     return ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}")
 
 
-def _schema_keys(section: str, option: str | None) -> list[str]:
-    kinds = {"trainer": schema.Trainer} | {o[0]: o[1] for own in schema.OWN.values() for o in own.values()}
-    kind = kinds.get(option) or kinds.get(section)
-    return [k for k, _ in _fields(kind)] if kind else []
+# Each schema dataclass by the name of what it types: the trainer, or an option (sgd, step, ...).
+KINDS = {"trainer": schema.Trainer} | {n: k for own in schema.OWN.values() for n, k in own.values()}
 
 
-def _type_of(key: str, option: str | None):
-    """`key`'s type in the schema: the trainer's, lr's, or the given option's."""
+def _schema_of(key: str, option: str | None) -> dict:
+    """{key under its section: type} of the schema that types `key`: lr's, the trainer's, or
+    the option's; empty where none does (a user's option)."""
     section, _, rest = key.partition(".")
-    kinds = {"trainer": schema.Trainer} | {o[0]: o[1] for own in schema.OWN.values() for o in own.values()}
-    kind = kinds.get(option) or kinds.get(section)
-    if not rest:
-        kind, rest = schema.Root, key
-    return dict(_fields(kind)).get(rest) if kind else None
+    kind = (KINDS.get(option) or KINDS.get(section)) if rest else schema.Root
+    return dict(_fields(kind)) if kind else {}
 
 
 def _reason(e: Exception) -> str:

@@ -314,8 +314,8 @@ def test_a_key_of_every_model_an_experiments_grid_sweeps_is_told_to_take_plus_pl
     with pytest.raises(validate.ConfigError) as err:
         overrides.check_overrides(["-m", "experiment=both", "model.hidden=4"], source)
     assert str(err.value) == (
-        "model.hidden is invalid in this sweep: every model swept has it, but Hydra first composes the "
-        "shared config without them; write ++model.hidden to set it in every model swept"
+        "model.hidden is invalid in this sweep: Hydra first composes the shared config with model=convnet, "
+        "which has no hidden; write ++model.hidden to set it in every model swept"
     )
     with pytest.raises(validate.ConfigError) as err:  # a typo: the swept models' keys are the nearest
         overrides.check_overrides(["-m", "experiment=both", "model.hiden=4"], source)
