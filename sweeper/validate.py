@@ -435,7 +435,7 @@ def _check_trainer(cfg) -> None:
     metric = cfg.trainer.early_stopping.metric
     if metric is not None and metric not in stopping:
         raise ConfigError(
-            f"trainer.early_stopping.metric={metric} is invalid: allowed values are "
+            f"trainer.early_stopping.metric={_shown(metric)} is invalid: allowed values are "
             f"{', '.join(stopping)}, or null (off)"
         )
     from sweeper import objective

@@ -692,7 +692,8 @@ def test_a_single_run_deleting_a_key_it_needs_is_refused_before_its_dir_is_made(
     result = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'r'}", "~trainer.keep_sample_losses", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: trainer.keep_sample_losses=None is invalid: must be true or false"
+        "error: ~trainer.keep_sample_losses is invalid: trainer.keep_sample_losses is a key of the schema, "
+        "which a run reads; set it instead"
     )
     assert not (tmp_path / "r").exists()
 
@@ -702,3 +703,75 @@ def test_an_experiment_whose_grid_has_one_value_runs_alone(tmp_path: Path):
 
     # lecture_baseline's params hold lr: 0.1, the default: a single run drops nothing
     check_run(["experiment=lecture_baseline", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("schedule.epoch=3", "schedule.epoch was renamed schedule.switch_epoch"),
+        ("schedule.decay=0.5", "schedule.decay was renamed schedule.gamma"),
+        ("+schedule.epoch=3", "schedule.epoch was renamed schedule.switch_epoch"),
+        ("++schedule.decay=0.5", "schedule.decay was renamed schedule.gamma"),
+    ],
+)
+def test_a_knobs_former_name_is_refused_naming_the_new_one(argument, message):
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides(["schedule=step", argument], str(CONF))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "overrides_, message",
+    [
+        (["++model.dropot=0.1"], "model.dropot is not a key of model=convnet: did you mean model.dropout?"),
+        (
+            ["model.batch_norm=2"],
+            "model.batch_norm=2 is invalid: must be true or false",
+        ),  # OmegaConf reads 2 as true
+        (["optim.nesterov=yes"], "optim.nesterov='yes' is invalid: must be true or false"),
+        (
+            ["schedule=multistep", "schedule.milestones=[1,x]"],
+            "schedule.milestones=[1,'x'] is invalid: must be a list of integers, not empty (e.g. [25])",
+        ),
+    ],
+)
+def test_the_schema_refuses_a_key_or_a_type_an_own_option_does_not_have(overrides_, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides_))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("trainer.epochs=abc", "trainer.epochs='abc' is invalid: must be an integer >= 1"),
+        (
+            "trainer.keep_sample_losses=maybe",
+            "trainer.keep_sample_losses='maybe' is invalid: must be true or false",
+        ),
+        (
+            "trainer.early_stopping.patience=1.5",
+            "trainer.early_stopping.patience=1.5 is invalid: must be an integer >= 1",
+        ),
+    ],
+)
+def test_hydra_composes_the_trainer_through_its_schema_and_its_type_errors_take_one_line(argument, message):
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides([argument], str(CONF))
+    assert str(err.value) == message
+
+
+def test_the_submitit_counts_are_read_from_its_queue_dataclass():
+    counts = launcher_options.submitit_counts()
+    assert {"timeout_min", "cpus_per_task", "gpus_per_node", "array_parallelism", "signal_delay_s"} <= set(
+        counts
+    )
+    assert "partition" not in counts and "stderr_to_stdout" not in counts  # a string, a bool
+
+
+@pytest.mark.parametrize("flags", [["-c", "job"], ["--cfg", "hydra", "-p", "hydra.launcher"], ["-cd", "."]])
+def test_the_config_source_is_read_with_hydras_own_flags(flags):
+    from sweeper.__main__ import config_source
+
+    source = config_source([*flags, "lr=0.1"])  # -c is --cfg, as Hydra reads it: not an ambiguous -cp/-cn
+    assert source is not None and source.name == "config"
