@@ -109,9 +109,8 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
     """Check one section against its dataclass (types, known keys), then its keys' rules."""
     node = cfg if section is None else cfg[section]
     keys = [k for k, _ in _fields(kind)]
-    plain = OmegaConf.to_container(node, resolve=True)
-    if section is None:
-        plain = {k: plain.get(k) for k in keys}
+    # The root's own keys only: hydra's, in a config check_overrides composed, resolve only in a job.
+    plain = {k: _get(cfg, k) for k in keys} if section is None else OmegaConf.to_container(node, resolve=True)
     prefix = f"{section}." if section else ""
     try:
         typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(kind), plain))
