@@ -77,44 +77,12 @@ def main(cfg: DictConfig) -> str | float:
     return objective.returned(cfg, summary)  # the status, or trainer.objective's value for Optuna
 
 
-# Hydra's flags with which nothing launches: the launcher's values do not matter then.
-NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
-
-
-def hydra_flags():
-    """Hydra's command-line flags (hydra.cc/docs/advanced/hydra-command-line-flags), read as
-    Hydra's argparse reads them: the same names, so that an abbreviation means what it means to
-    Hydra (-c is --cfg, not -cp). Only the config's source is read from them here."""
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    for flags, kw in [
-        (("--config-path", "-cp"), {}), (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}),
-        (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}), (("--package", "-p"), {}),
-        (("--info", "-i"), {"nargs": "?", "const": "all"}), (("--experimental-rerun",), {}),
-        *[((f,), {"action": "store_true"}) for f in ("--help", "--hydra-help", "--version", "--resolve")],
-        (("-h",), {"action": "store_true"}), (("--run", "-r"), {"action": "store_true"}),
-        (("--multirun", "-m"), {"action": "store_true"}), (("--shell-completion", "-sc"), {"action": "store_true"}),
-    ]:  # fmt: skip
-        parser.add_argument(*flags, **kw)
-    return parser
-
-
 def config_source(arguments: list[str]) -> overrides.ConfigSource | None:
     """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
     relative -cp from this file's dir; pkg:// as it is); None where the pre-checks stand aside
     and Hydra speaks: shell completion, or flags Hydra refuses."""
-    parser = hydra_flags()
-
-    def refuse(message: str):
-        raise ValueError(message)
-
-    parser.error = refuse  # argparse would print its usage and exit; Hydra will do that itself
-    try:
-        args, _ = parser.parse_known_args(arguments)
-    except ValueError:
-        return None
-    if args.shell_completion:
+    args = overrides.hydra_flags(arguments)
+    if args is None or args.shell_completion:
         return None
     name = (args.config_name or "config").removesuffix(".yaml")
     extra = None
@@ -243,8 +211,9 @@ if __name__ == "__main__":
         # The checks compose the config Hydra will compose (-cp, -cn); where they cannot tell
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
         # only to a sweep that will launch.
-        modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
-                 if overrides.flagged(arguments, *m.split("/"))]  # fmt: skip
+        flags = overrides.hydra_flags(arguments)
+        modes = [m for m, on in [("-m/--multirun", flags and flags.multirun), ("-c/--cfg", flags and flags.cfg),
+                 ("-i/--info", flags and flags.info), ("-sc/--shell-completion", flags and flags.shell_completion)] if on]  # fmt: skip
         if len(modes) > 1:  # Hydra's ValueError, with a traceback
             hint = (
                 " (drop -m to print a sweep's config)" if modes[:2] == ["-m/--multirun", "-c/--cfg"] else ""
@@ -256,12 +225,12 @@ if __name__ == "__main__":
         source = config_source(arguments)
         if source:
             composed = overrides.check_overrides(arguments, source)
-            if not overrides.flagged(arguments, *NO_LAUNCH):
+            if overrides.launches(flags):
                 if overrides.sweeping(arguments):
                     launcher_options.check_launcher(arguments, source)  # check_jobs does the rest, per job
                 else:
                     check_run(arguments, source, cfg=composed)
-        if not overrides.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
+        if overrides.launches(flags) and not flags.shell_completion:
             sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -118,19 +118,43 @@ def _overrides(arguments: list[str]):
             ) from None
 
 
-def flagged(arguments: list[str], *flags: str) -> bool:
-    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
-    for a in arguments:
-        name = a.split("=", 1)[0]
-        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
-            return True
-    return False
+def hydra_flags(arguments: list[str]):
+    """Hydra's command-line flags in `arguments` (hydra.cc/docs/advanced/hydra-command-line-flags),
+    read as Hydra's argparse reads them: the same names, so that an abbreviation means what it
+    means to Hydra (--multi is --multirun; -c is --cfg, not -cp). None where argparse cannot read
+    them: Hydra will say why, in its own words."""
+    import argparse
+
+    def refuse(message: str):
+        raise ValueError(message)
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.error = refuse  # argparse would print its usage and exit
+    info = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+    for flags, kw in [
+        (("--config-path", "-cp"), {}), (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}),
+        (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}), (("--package", "-p"), {}),
+        (("--info", "-i"), {"nargs": "?", "const": "all", "choices": info}), (("--experimental-rerun",), {}),
+        *[(f, {"action": "store_true"}) for f in [("--help", "-h"), ("--hydra-help",), ("--version",),
+          ("--resolve",), ("--run", "-r"), ("--multirun", "-m"), ("--shell-completion", "-sc")]],
+    ]:  # fmt: skip
+        parser.add_argument(*flags, **kw)
+    try:
+        return parser.parse_known_args(arguments)[0]
+    except ValueError:
+        return None
+
+
+def launches(flags) -> bool:
+    """Whether Hydra launches anything with these flags: not when it prints (--cfg, --info, --help)."""
+    return bool(flags) and not (flags.cfg or flags.info or flags.help or flags.hydra_help)
 
 
 def sweeping(arguments: list[str]) -> bool:
     """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
     modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
-    return flagged(arguments, "-m", "--multirun") or any(
+    flags = hydra_flags(arguments)
+    return bool(flags and flags.multirun) or any(
         a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
     )
 
