@@ -8,7 +8,8 @@ from difflib import get_close_matches
 
 from omegaconf import ListConfig, OmegaConf
 
-from sweeper.overrides import _MISSING, ConfigSource, GroupOptions, _overrides, _source
+from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of
+from sweeper.overrides import _MISSING
 from sweeper.validate import ConfigError, _get, number
 
 # hydra-submitit-launcher's counts (its queue's integer keys) take at least 1, but these, which
@@ -69,12 +70,12 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
 
     from sweeper import build
 
-    source = _source(conf_dir, config_name)
+    source = source_of(conf_dir, config_name)
     config_name = source.name
     group, prefix = "hydra/launcher", "hydra.launcher."
     # As Hydra composes the launcher's config: every override but the sweeps (they vary per job).
     selections, changes = [], []  # those overrides; (override, argument) of the launcher's keys
-    for arg, override in _overrides(arguments):
+    for arg, override in parsed_overrides(arguments):
         key = override.key_or_group
         if key.startswith(prefix):
             if override.is_sweep_override():

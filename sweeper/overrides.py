@@ -1,163 +1,21 @@
-"""The command line's checks: Hydra's overrides, read and composed as Hydra will compose them, so
-that a typo, an unknown group option or key, a sweep without -m or a bad launcher value is
-refused in one line before Hydra starts (where Hydra says it over several lines, or only once a
-job fails).
-
-Group options come from Hydra's own config repository, so that an option found through
---config-dir, hydra.searchpath or -cp is as valid as one of the package's conf/.
+"""The command line's checks: Hydra's overrides, composed as Hydra will compose them, so that a
+typo, an unknown group option or key, a sweep without -m or a bad launcher value is refused in
+one line before Hydra starts (where Hydra says it over several lines, or only once a job fails).
+How the command is read (its flags, config source, group options) is sweeper.command_line's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from difflib import get_close_matches
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
 from sweeper import data as data_module
+from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
 from sweeper.schema import RENAMED_KEYS
 from sweeper.validate import ConfigError, in_one_line
-
-# --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
-EXTRA_CONFIG_DIRS: list[str] = []
-
-
-@dataclass(frozen=True)
-class ConfigSource:
-    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
-    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
-    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
-    composition reads it from the command line's overrides and the primary config."""
-
-    primary: str
-    name: str = "config"
-    extra_dir: str | None = None
-
-    @contextmanager
-    def hydra(self) -> Iterator:
-        """Hydra initialised as the command will initialise it; yields its config loader."""
-        from hydra import initialize_config_dir, initialize_config_module
-        from hydra.core.global_hydra import GlobalHydra
-
-        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
-        EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
-        try:
-            if self.primary.startswith("pkg://"):
-                module = self.primary.removeprefix("pkg://").strip("/").replace("/", ".")
-                init = initialize_config_module(config_module=module, version_base=None)
-            else:
-                init = initialize_config_dir(config_dir=str(Path(self.primary).resolve()), version_base=None)
-        finally:
-            EXTRA_CONFIG_DIRS.clear()
-        with init:
-            loader = GlobalHydra.instance().config_loader()
-            yield loader
-
-
-def _source(conf: ConfigSource | str, config_name: str) -> ConfigSource:
-    return conf if isinstance(conf, ConfigSource) else ConfigSource(str(conf), config_name)
-
-
-class GroupOptions:
-    """A config group's options as Hydra's config repository lists them: the package's conf/,
-    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
-    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
-
-    def __init__(self, loader, config_name: str, search: list[str]):
-        self.loader, self.config_name, self.search = loader, config_name, search
-        self.known: dict[str, list[str]] = {}
-
-    def get(self, group: str, default=None) -> list[str] | None:
-        if "." in group or not group:
-            return default
-        if group not in self.known:
-            self.known[group] = sorted(
-                self.loader.get_group_options(group, config_name=self.config_name, overrides=self.search)
-            )
-        return self.known[group] or default
-
-    def __contains__(self, group: str) -> bool:
-        return bool(self.get(group))
-
-    def __getitem__(self, group: str) -> list[str]:
-        return self.get(group) or []
-
-
-def _overrides(arguments: list[str]):
-    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
-    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    for arg in arguments:
-        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
-            continue
-        try:
-            yield arg, parser.parse_overrides([arg])[0]
-        except OverrideParseException as e:
-            lines = [
-                line
-                for line in str(e).splitlines()
-                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
-            ]
-            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
-            why = (
-                (lines[0] if lines else "")
-                .split(" expecting ")[0]
-                .removeprefix("ValueError while evaluating ")
-            )
-            raise ConfigError(
-                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
-                "https://hydra.cc/docs/advanced/override_grammar/basic"
-            ) from None
-
-
-def hydra_flags(arguments: list[str]):
-    """Hydra's command-line flags in `arguments` (hydra.cc/docs/advanced/hydra-command-line-flags),
-    read as Hydra's argparse reads them: the same names, so that an abbreviation means what it
-    means to Hydra (--multi is --multirun; -c is --cfg, not -cp). None where argparse cannot read
-    them: Hydra will say why, in its own words."""
-    import argparse
-
-    def refuse(message: str):
-        raise ValueError(message)
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.error = refuse  # argparse would print its usage and exit
-    info = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
-    for flags, kw in [
-        (("--config-path", "-cp"), {}), (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}),
-        (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}), (("--package", "-p"), {}),
-        (("--info", "-i"), {"nargs": "?", "const": "all", "choices": info}), (("--experimental-rerun",), {}),
-        *[(f, {"action": "store_true"}) for f in [("--help", "-h"), ("--hydra-help",), ("--version",),
-          ("--resolve",), ("--run", "-r"), ("--multirun", "-m"), ("--shell-completion", "-sc")]],
-    ]:  # fmt: skip
-        parser.add_argument(*flags, **kw)
-    try:
-        return parser.parse_known_args(arguments)[0]
-    except ValueError:
-        return None
-
-
-def launches(flags) -> bool:
-    """Whether Hydra launches anything with these flags: not when it prints (--cfg, --info, --help)."""
-    return bool(flags) and not (flags.cfg or flags.info or flags.help or flags.hydra_help)
-
-
-def sweeping(arguments: list[str]) -> bool:
-    """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
-    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
-    flags = hydra_flags(arguments)
-    return bool(flags and flags.multirun) or any(
-        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
-    )
-
 
 # The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
 # or breaks the builder that takes the section's keys as arguments.
@@ -182,11 +40,11 @@ def check_overrides(
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
     from hydra.errors import HydraException
 
-    source = _source(conf_dir, config_name)
+    source = source_of(conf_dir, config_name)
     config_name = source.name
     multirun = sweeping(arguments)
     _COMPOSED.clear()
-    parsed = list(_overrides(arguments))
+    parsed = list(parsed_overrides(arguments))
     if not parsed:
         return None
     # The search path's own overrides go into every composition below, as Hydra applies them first.
@@ -253,10 +111,8 @@ def check_overrides(
                     values = override.value().filter(groups[key])
                     if not values:
                         raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
-                elif override.is_sweep_override():
-                    values = list(override.sweep_string_iterator())
                 else:
-                    values = [override.get_value_element_as_str()]
+                    values = _values(override)
                 for v in values:
                     if v not in allowed:
                         raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
@@ -276,24 +132,21 @@ def check_overrides(
         for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
             key = override.key_or_group
             options = groups.get(key, [])
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-                override.get_value_element_as_str()
-            ]  # fmt: skip
-            for v in values:
+            for v in _values(override):
                 if options and v not in options and v != "null":
                     raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
         base = compose(config_name=config_name, overrides=selections)
         known = _dotted_keys(base)
         for key in keys:
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _lacks(base, key):
                 swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
                 raise ConfigError(
                     _missing_key(key, key, known, selections, swept_groups, groups, compose, config_name)
                 )
         for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
-            if _renamed(key) and OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _renamed(key) and _lacks(base, key):
                 raise ConfigError(_renamed(key))
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _lacks(base, key):
                 swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
             in_sweep = _in_this_sweep(arg, key, selections, swept_groups, compose, config_name)
             if in_sweep:
@@ -303,7 +156,7 @@ def check_overrides(
                 _has_key(key, selections, section, o, compose, config_name) for o in swept_groups[section]
             ):
                 continue  # the section is swept (by the config's grid): every option has it
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _lacks(base, key):
                 current, others = _options_with(key, section, selections, groups, compose, config_name)
                 raise ConfigError(
                     _another_option(arg, key, section, current, others)
@@ -429,7 +282,16 @@ _COMPOSED: dict = {}  # _with_option's, for one command's checks (cleared by che
 
 def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:
     cfg = _with_option(selections, group, option, compose, config_name)
-    return cfg is not None and OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+    return cfg is not None and not _lacks(cfg, key)
+
+
+def _lacks(cfg, key: str) -> bool:
+    return OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
+
+
+def _values(override) -> list[str]:
+    """The values an override gives, a sweep's each: a,b  choice(a,b)  range(1,3)."""
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]  # fmt: skip
 
 
 def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_name) -> dict[str, list[str]]:

@@ -771,7 +771,7 @@ def test_the_submitit_counts_are_read_from_its_queue_dataclass():
 
 @pytest.mark.parametrize("flags", [["-c", "job"], ["--cfg", "hydra", "-p", "hydra.launcher"], ["-cd", "."]])
 def test_the_config_source_is_read_with_hydras_own_flags(flags):
-    from sweeper.__main__ import config_source
+    from sweeper.command_line import config_source
 
     source = config_source([*flags, "lr=0.1"])  # -c is --cfg, as Hydra reads it: not an ambiguous -cp/-cn
     assert source is not None and source.name == "config"
