@@ -1,7 +1,7 @@
 """The config's schema: what each of the project's own knobs is, in one place.
 
 The dataclasses give each option's keys and their types. Hydra composes the trainer through its
-schema (conf/trainer/default.yaml lists `/schema/trainer` first), so a mistyped trainer value or
+schema (conf/trainer/default.yaml lists `/trainer_schema` first), so a mistyped trainer value or
 an unknown trainer key is refused as the config is composed; every section of the project's own
 options is checked against its dataclass again by sweeper.validate, whatever composed it.
 Beside them, RULES holds what a type cannot say (ranges, allowed values); the few rules that
@@ -184,7 +184,7 @@ OWN = {
     "model": {"sweeper.models.ConvNet": ("convnet", ConvNet), "sweeper.models.ResNet": ("resnet", ResNet)},
 }
 
-ConfigStore.instance().store(group="schema", name="trainer", node=Trainer)
+ConfigStore.instance().store(name="trainer_schema", node=Trainer)  # no group: not an option to pick
 
 
 # ----------------------------------------------------------------------------- the rules

@@ -195,13 +195,13 @@ def _apply(cfg, key: str, value, tp, rule: schema.Rule, measured: dict) -> None:
             raise ConfigError(f"{key}={shown} is invalid: {text}")
 
 
-def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, integer=False):
-    """`key`'s value, refused in one line unless it is a number (an integer) within the bounds:
-    for a value that has no schema of its own (a launcher's counts)."""
+def number(cfg, key, *, integer=False, rule: schema.Rule | None = None, **bounds):
+    """`key`'s value, refused in one line unless it is a number (an integer) within the rule's
+    bounds: for a value no schema types (a launcher's counts, a key a user's option shares)."""
     value, tp = _get(cfg, key), int if integer else float
-    rule = schema.Rule(low=low, high=high, low_open=low_open, high_open=high_open)
+    rule = rule or schema.Rule(**bounds)
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-        raise ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, rule)}")
+        raise ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, rule, cfg)}")
     _apply(cfg, key, value, tp, rule, {})
     return value
 
@@ -297,10 +297,10 @@ def _check(cfg: DictConfig) -> None:
         if own:
             _walk(cfg, section, own[1], own[0], measured)
             CROSS.get(own[0], lambda cfg: None)(cfg)
-        elif section == "schedule" and _get(cfg, "schedule.warmup_epochs") is not None:  # a user's
-            _apply(cfg, "schedule.warmup_epochs", cfg.schedule.warmup_epochs, float, schema.RULES["schedule.warmup_epochs"], measured)  # fmt: skip
-        elif section == "model" and _get(cfg, "model.l1") is not None:  # read by the loop, for any model
-            _apply(cfg, "model.l1", cfg.model.l1, float, schema.RULES["model.l1"], measured)
+        else:  # a user's option: the keys the training loop reads from any option, where it has them
+            for key in {"schedule": ["schedule.warmup_epochs"], "model": ["model.l1"]}.get(section, []):
+                if _get(cfg, key) is not None:
+                    number(cfg, key, rule=schema.RULES[key])
     measured["n_train"] = data_module.check(cfg)
     _check_geometry(cfg)
     _check_sizable(cfg)
