@@ -224,7 +224,7 @@ def in_one_line(
         known = [k for k in _schema_of(key, option) if not k.startswith("_")]
         close = get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {section}.{close[0]}?" if close else f"its keys are {', '.join(known)}"
-        return ConfigError(f"{key} is not a key of {section}={option}: {hint}")
+        return ConfigError(f"{key} is not a key of {section}{'=' + option if option else ''}: {hint}")
     tp = _schema_of(key, option).get(key.partition(".")[2] or key) if key else None
     if isinstance(e, ValidationError) and tp is not None:  # a value not of its type
         return ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, schema.rule(key, option))}")
