@@ -775,3 +775,22 @@ def test_the_config_source_is_read_with_hydras_own_flags(flags):
 
     source = config_source([*flags, "lr=0.1"])  # -c is --cfg, as Hydra reads it: not an ambiguous -cp/-cn
     assert source is not None and source.name == "config"
+
+
+def a_users_schedule(*, lr, steps_per_epoch, total_steps):
+    return lambda step: lr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("abc", "schedule.warmup_epochs='abc' is invalid: must be a number >= 0 and < 2"),
+        ("5", "schedule.warmup_epochs=5 is invalid: must be a number >= 0 and < 2"),
+    ],
+)
+def test_a_users_schedule_has_the_keys_the_loop_reads_checked_too(value, message):
+    # No schema types a user's option: the training loop's own keys in it (warmup_epochs) still get their rule.
+    cfg = compose_cfg(f"schedule._target_={__name__}.a_users_schedule", f"schedule.warmup_epochs={value}")
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(cfg)
+    assert str(err.value) == message
