@@ -69,8 +69,8 @@ def main() -> None:
     common = [
         "experiment=lecture_capacity",
         "data=synthetic",
-        f"data.n_train={a.n_train}",
-        f"data.n_test={a.n_test}",
+        f"data.generated_train={a.n_train}",
+        f"data.generated_test={a.n_test}",
         "data.cache_dir=null",
         f"trainer.epochs={a.epochs}",
     ]

@@ -26,7 +26,7 @@ python3 -c "from sweeper import data; data.synthetic_cached($N_TRAIN, $N_TEST, 0
 t0=$(date +%s.%N)
 # shellcheck disable=SC2086  # ARGS holds several overrides
 python3 -m cProfile -o "$OUT/grid.prof" -m sweeper -m experiment=lecture_lr,lecture_lr2 hydra/launcher=pool \
-  hydra.launcher.fuse=true data=synthetic data.n_train="$N_TRAIN" data.n_test="$N_TEST" data.cache_dir="$CACHE" \
+  hydra.launcher.fuse=true data=synthetic data.generated_train="$N_TRAIN" data.generated_test="$N_TEST" data.cache_dir="$CACHE" \
   trainer.keep_sample_losses=false ${ARGS:-} hydra.sweep.dir="$SWEEP" > "$OUT/sweep.log" 2>&1
 t1=$(date +%s.%N)
 python3 - "$SWEEP" "$OUT/grid.prof" "$t0" "$t1" <<'PY' 2>&1 | tee -a "$OUT/profile.txt"

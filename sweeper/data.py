@@ -1,17 +1,11 @@
 """The data set of a run as uint8 tensors resident on the training device, and the batches drawn
 from them.
 
-`load(cfg.data)` gives a `Data`: the training, validation and test images (uint8 (N, C, H, W))
-and labels (int64), the class names and the normalisation statistics, all inferred from the data.
-The sources (sweeper.datasets) read torchvision's data sets, any ImageFolder tree, a user's data
-set by `_target_`, or generate a synthetic one; decoding happens once, into a cache file
-(sweeper.data_cache) that the jobs of a sweep share.
-
-`data.val_size` holds images out of the training set (by `data.seed`) before any
-`data.train_size` subset; the normalisation statistics come from the training part only.
-
-The hot path (`train_batches`) indexes a device-side permutation and augments whole batches on
-the device: no per-sample Python, no host-device copies per step.
+`load(cfg.data)` reads the source (sweeper.datasets, through the cache the jobs of a sweep share),
+holds `data.val_size` images out of the training set (by `data.seed`) before any
+`data.train_size` subset, and takes the normalisation statistics from the training part only.
+`train_batches` indexes a device-side permutation and augments whole batches on the device: no
+per-sample Python, no host-device copies per step.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ from sweeper.datasets import CIFAR10_CLASSES, cifar10  # noqa: F401 -- for calle
 from sweeper.synthetic import synthetic, synthetic_cached  # noqa: F401 -- for callers
 
 IMAGE_SIZE = 32  # CIFAR's and the synthetic set's; a run's own is Data.image_size
-KINDS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn", "image_folder", "synthetic")
+KINDS = (*datasets.TORCHVISION, "image_folder", "synthetic")
 REQUIRED_KEYS = ("name", "seed", "normalize", "augment")
 
 
@@ -80,31 +74,28 @@ def load(cfg) -> Data:
 def _load(cfg) -> Data:
     arrays = datasets.read(cfg)
     train_x, train_y = arrays["train_x"], arrays["train_y"]
-    where = f"the training set at data.root={cfg.get('root')}" if cfg.get("root") else "the training set"
+    where = f"the training set at data.root={cfg.root}" if cfg.get("root") else "the training set"
     n_val, problem = val_count(cfg.get("val_size"), len(train_y), where)
     if problem:  # the pre-check knows the release's size only: a smaller copy shows up here
         raise DataError(problem)
+    train_size = cfg.get("train_size")
+    if train_size is not None and train_size > len(train_y) - n_val:
+        raise DataError(f"data.train_size={train_size} is invalid: {where} has only {len(train_y) - n_val} images" + (f" after data.val_size={cfg.val_size}" if n_val else ""))  # fmt: skip
+    # Seeded random picks, sorted back into the set's order: data sets are often sorted by class.
     val_x, val_y = train_x[:0], train_y[:0]
     if n_val:
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(int(cfg.seed)))
         held, rest = order[:n_val].sort().values, order[n_val:].sort().values
         val_x, val_y, train_x, train_y = train_x[held], train_y[held], train_x[rest], train_y[rest]
-    train_size = cfg.get("train_size")
-    if train_size is not None and train_size > len(train_y):
-        raise DataError(f"data.train_size={train_size} is invalid: {where} has only {len(train_y)} images" + (f" after data.val_size={cfg.val_size}" if n_val else ""))  # fmt: skip
     if train_size is not None and train_size < len(train_y):
-        # A seeded random subset: data sets are often sorted by class.
         g = torch.Generator().manual_seed(int(cfg.seed))
         keep = torch.randperm(len(train_y), generator=g)[: int(train_size)].sort().values
         train_x, train_y = train_x[keep], train_y[keep]
-    channels = train_x.shape[1]
     if cfg.normalize:  # the training part's statistics only: the held-out images stay unseen
         pixels = train_x.float()
-        mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
-        std = pixels.std(dim=(0, 2, 3), keepdim=True)
+        mean, std = pixels.mean(dim=(0, 2, 3), keepdim=True), pixels.std(dim=(0, 2, 3), keepdim=True)
     else:  # scale to [0, 1] only
-        mean = torch.zeros(1, channels, 1, 1)
-        std = torch.full((1, channels, 1, 1), 255.0)
+        mean, std = torch.zeros(1, train_x.shape[1], 1, 1), torch.full((1, train_x.shape[1], 1, 1), 255.0)
     test_x, test_y = arrays["test_x"], arrays["test_y"]
     return Data(train_x, train_y, val_x, val_y, test_x, test_y, list(arrays["classes"]), mean, std)
 
@@ -116,19 +107,13 @@ def val_count(val_size, n: int, where: str = "the training set") -> tuple[int, s
         return 0, None
     if isinstance(val_size, bool) or not isinstance(val_size, int | float) or not math.isfinite(val_size):
         return 0, f"data.val_size={val_size!r} is invalid: {allowed}"
-    if isinstance(val_size, float):
-        if not 0 < val_size < 1:
-            return 0, f"data.val_size={val_size} is invalid: {allowed} (a count is an integer)"
-        count = round(val_size * n)
-        if count == 0:
-            return (
-                0,
-                f"data.val_size={val_size} is invalid: it holds out no image of the {n} images of {where}",
-            )
-    else:
-        if val_size < 1:
-            return 0, f"data.val_size={val_size} is invalid: {allowed}"
-        count = val_size
+    if isinstance(val_size, float) and not 0 < val_size < 1:
+        return 0, f"data.val_size={val_size} is invalid: {allowed} (a count is an integer)"
+    if isinstance(val_size, int) and val_size < 1:
+        return 0, f"data.val_size={val_size} is invalid: {allowed}"
+    count = round(val_size * n) if isinstance(val_size, float) else val_size
+    if count == 0:
+        return 0, f"data.val_size={val_size} is invalid: it holds out no image of the {n} images of {where}"
     if count >= n:
         return 0, f"data.val_size={val_size} is invalid: it holds out {count} of the {n} images of {where} and leaves none to train on"  # fmt: skip
     return count, None
@@ -146,17 +131,15 @@ def check(cfg) -> int:
     missing = [k for k in REQUIRED_KEYS if k not in d]
     if missing:
         raise ConfigError(f"data.{missing[0]} is missing: a data option sets {', '.join(REQUIRED_KEYS)}")
-    target, name = d.get("_target_"), d.name
-    if not target and name not in KINDS:
-        raise ConfigError(f"data.name={name!r} is invalid: allowed values are {', '.join(KINDS)} (or a data._target_ of your own)")  # fmt: skip
-    for key in ("normalize", "augment"):
+    if not d.get("_target_") and d.name not in KINDS:
+        raise ConfigError(f"data.name={d.name!r} is invalid: allowed values are {', '.join(KINDS)} (or a data._target_ of your own)")  # fmt: skip
+    for key in ("normalize", "augment", *(("download",) if "download" in d else ())):
         if not isinstance(d[key], bool):
             raise ConfigError(f"data.{key}={d[key]!r} is invalid: must be true or false")
-    seed = d.seed
     if (
-        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**64 - 1
-    ):  # manual_seed's range
-        raise ConfigError(f"data.seed={seed!r} is invalid: must be an integer >= 0 and <= {2**64 - 1}")
+        isinstance(d.seed, bool) or not isinstance(d.seed, int) or not 0 <= d.seed <= 2**64 - 1
+    ):  # manual_seed's
+        raise ConfigError(f"data.seed={d.seed!r} is invalid: must be an integer >= 0 and <= {2**64 - 1}")
     cache_dir = d.get("cache_dir")
     if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()):
         raise ConfigError(
@@ -183,25 +166,18 @@ def _train_count(d, ConfigError) -> int:
         except DataError as e:
             raise ConfigError(str(e)) from None
     if d.name == "synthetic":
-        for key in ("n_train", "n_test"):
-            v = d[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"data.{key}={v!r} is invalid: must be an integer >= 1")
+        for key in ("generated_train", "generated_test"):
+            if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
+                raise ConfigError(f"data.{key}={d[key]!r} is invalid: must be an integer >= 1")
         noise = d.label_noise
         if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise <= 1:
             raise ConfigError(f"data.label_noise={noise!r} is invalid: must be a number >= 0 and <= 1")
-        return d.n_train
-    download = d.get("download", False)
-    if not isinstance(download, bool):
-        raise ConfigError(f"data.download={download!r} is invalid: must be true or false")
+        return d.generated_train
     root = d.get("root")
     try:
-        problem = datasets.source_problem(d.name, root, download, d.get("cache_dir"))
-        if not problem:
-            return datasets.train_count(d.name, root)
+        return datasets.train_count(d.name, root, d.get("download", False), d.get("cache_dir"))
     except DataError as e:
-        problem = str(e)
-    raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {problem}")
+        raise ConfigError(f"data.root={root if root else repr(root)} is invalid: {e}") from None
 
 
 @dataclass
@@ -221,7 +197,7 @@ def extent(d) -> Extent | None:
             arrays = datasets.read(d)
             return Extent(len(arrays["train_y"]), len(arrays["test_y"]), tuple(arrays["train_x"].shape[1:]), len(arrays["classes"]))  # fmt: skip
         if d.name == "synthetic":
-            return Extent(int(d.n_train), int(d.n_test), (3, IMAGE_SIZE, IMAGE_SIZE), 10)
+            return Extent(int(d.generated_train), int(d.generated_test), (3, IMAGE_SIZE, IMAGE_SIZE), 10)
         if d.name == "image_folder":
             return datasets.folder_extent(d.root, Extent)
         spec = datasets.TORCHVISION[d.name]
@@ -282,19 +258,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, fill=0.0)
     return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
 
 
-def black(data: Data, dtype=torch.float32) -> torch.Tensor:
-    """A black pixel (0 in every channel) as training sees it: (1, C, 1, 1), normalised like x."""
-    zero = torch.zeros((1, data.in_channels, 1, 1), dtype=torch.uint8, device=data.mean.device)
-    return prepare(zero, data, dtype)
-
-
 def train_batches(
     data: Data, batch_size: int, generator, do_augment: bool, memory_format=torch.contiguous_format
 ):
     """One epoch of (x, y) training batches in a fresh random order; the last batch may be short."""
     n = len(data.train_y)
     order = torch.randperm(n, device=data.train_y.device, generator=generator)
-    fill = black(data) if do_augment else None
+    # Black as training sees it: 0 in every channel, normalised like x.
+    zero = torch.zeros((1, data.in_channels, 1, 1), dtype=torch.uint8, device=data.mean.device)
+    fill = prepare(zero, data) if do_augment else None
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         x = prepare(data.train_x[idx], data)

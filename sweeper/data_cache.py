@@ -1,12 +1,8 @@
 """The decoded-data cache: a data set's uint8 tensors in one file, so the jobs of a sweep read it
-instead of decoding 60k images each.
-
-A cache file is keyed by what it was made from (the name, size and modification time of every
-source file, or the arguments of a generator) and by FORMAT_VERSION, which is raised whenever the
-readers change what they make of the same files. One lock per source serialises the download and
-the decoding: the jobs that start together wait for the first one instead of racing it. A cache is
-only ever a shortcut: a damaged file is made again, and a full disk or a read-only directory leaves
-the run with its arrays and a warning, not an error.
+instead of decoding 60k images each. A file is keyed by what it was made from (every source
+file's name, size and modification time, or a generator's arguments) and FORMAT_VERSION. One lock
+per source serialises the download and the decoding. A cache is only a shortcut: a damaged file is
+made again, and a full disk or a read-only directory leaves the run uncached with a warning.
 """
 
 from __future__ import annotations
@@ -14,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import logging
 import os
-import socket
 import time
 import zlib
 from pathlib import Path
 
 import torch
+
+from sweeper.runlog import atomic_write
 
 log = logging.getLogger("sweeper")
 
@@ -57,17 +55,14 @@ def expand(path) -> Path:
 
 def files_key(paths, base: Path) -> str:
     """The name (relative to `base`), size and modification time of each file: an edited, added
-    or removed file gives another key."""
-    parts = []
-    for path in paths:
-        name = str(path)[len(str(base)) :]
-        try:
-            stat = os.stat(path)
-        except OSError:  # missing: the reader says so, by name
-            parts.append(f"{name}|missing")
-            continue
-        parts.append(f"{name}|{stat.st_size}|{stat.st_mtime_ns}")
-    return "\n".join(parts)
+    or removed file gives another key (a missing one: the reader says so, by name)."""
+
+    def stamp(path):
+        with contextlib.suppress(OSError):
+            return f"{os.stat(path).st_size}|{os.stat(path).st_mtime_ns}"
+        return "missing"
+
+    return "\n".join(f"{str(path)[len(str(base)) :]}|{stamp(path)}" for path in paths)
 
 
 _WARNED: set[str] = set()
@@ -83,11 +78,7 @@ def directory(cache_dir) -> Path | None:
     except OSError as e:  # /dev/null, a file, a read-only parent: the run goes on, uncached
         if str(path) not in _WARNED:
             _WARNED.add(str(path))
-            log.warning(
-                "data.cache_dir=%s is not a usable directory (%s); every process decodes the data itself",
-                cache_dir,
-                type(e).__name__,
-            )
+            log.warning("data.cache_dir=%s is not a usable directory (%s); every process decodes the data itself", cache_dir, type(e).__name__)  # fmt: skip
         return None
     return path
 
@@ -103,18 +94,12 @@ def locked(path: Path | None):
     """An exclusive flock on `path` for the block; none where it cannot be made (no cache dir, a
     read-only one: nothing gets written there then, so there is nothing to serialise)."""
     handle = None
-    if path is not None:
-        try:
-            handle = open(path, "a")  # noqa: SIM115 - held for the block
-        except OSError:
-            handle = None
-    try:
+    with contextlib.suppress(OSError, TypeError):  # TypeError: no path
+        handle = open(path, "a")  # noqa: SIM115 - held for the block
+    with handle or contextlib.nullcontext():
         if handle is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-    finally:
-        if handle is not None:
-            handle.close()
 
 
 def cached(cache_path, make, lock: Path | None) -> dict:
@@ -146,21 +131,21 @@ def _checksums(arrays: dict) -> dict[str, int]:
 def store(cache: Path | None, arrays: dict) -> None:
     if cache is None:
         return
-    _remove_stale_temps(cache.parent)
-    tmp = cache.with_name(f"{cache.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    for tmp in cache.parent.glob(".*.pt.tmp*"):  # of writers that died mid-save
+        with contextlib.suppress(OSError):  # removed by another writer meanwhile, or not ours
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
     try:
-        torch.save({**arrays, "version": FORMAT_VERSION, "crc32": _checksums(arrays)}, tmp)
-        os.replace(tmp, cache)
+        buffer = io.BytesIO()
+        torch.save({**arrays, "version": FORMAT_VERSION, "crc32": _checksums(arrays)}, buffer)
+        atomic_write(cache, buffer.getbuffer())
         for old in _superseded(cache):  # a reader that has one open keeps reading it
             with contextlib.suppress(OSError):
                 old.unlink()
-    except BaseException as e:  # an interrupt too: never leave a 185 MB temp file behind
-        tmp.unlink(missing_ok=True)
+    except Exception as e:
         # A full disk or a file size limit comes as OSError from the file system, or as torch's
         # zip writer's RuntimeError ("enforce fail at inline_container.cc"). A cache is only a
-        # shortcut: the run goes on without it. Only an interrupt is raised.
-        if not isinstance(e, Exception):
-            raise
+        # shortcut: the run goes on without it.
         log.warning("could not write the data cache %s (%s); going on without it", cache, first_line(e))
 
 
@@ -171,29 +156,6 @@ def _superseded(cache: Path) -> list[Path]:
     if len(name) != 3:
         return []
     return [p for p in cache.parent.glob(f"{name[0]}-{name[1]}-*.pt") if p.name != cache.name]
-
-
-def _remove_stale_temps(where: Path) -> None:
-    """Temp files of writers that died: this host's with no live process, anyone's after a day."""
-    host = socket.gethostname()
-    for tmp in where.glob("*.pt.partial-*"):
-        writer, _, pid = tmp.name.partition(".partial-")[2].rpartition("-")
-        try:
-            dead = writer == host and pid.isdigit() and not _alive(int(pid))
-            if dead or time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
-                tmp.unlink()
-        except OSError:  # removed by another writer meanwhile, or not ours to remove
-            continue
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def read(cache: Path | None, warn: bool = True) -> dict | None:
@@ -213,31 +175,33 @@ def read(cache: Path | None, warn: bool = True) -> dict | None:
 
 def cache_problem(arrays) -> str | None:
     """What is wrong with a loaded cache file, or None: layout, dtypes, label range, checksums."""
-    if not isinstance(arrays, dict) or arrays.get("version") != FORMAT_VERSION:
+    if not (isinstance(arrays, dict) and arrays.get("version") == FORMAT_VERSION and all(k in arrays for k in (*ARRAY_KEYS, "classes", "crc32"))):  # fmt: skip
         return "not a data cache of this version"
-    if not all(k in arrays for k in (*ARRAY_KEYS, "classes", "crc32")):
-        return "not a data cache of this version"
-    classes = arrays["classes"]
     shape = tuple(arrays["train_x"].shape[1:])
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != shape:
             return f"{split}_x is {x.dtype} {tuple(x.shape)}, not uint8 (N, {', '.join(map(str, shape))})"
-        if y.dtype != torch.int64 or y.shape != (len(x),):
-            return f"{split}_y is {y.dtype} {tuple(y.shape)}, not int64 ({len(x)},)"
+        if y.dtype != torch.int64:
+            return f"{split}_y is {y.dtype}, not int64"
+    return _labels_problem(arrays, arrays["classes"]) or (
+        "checksum mismatch" if _checksums(arrays) != arrays["crc32"] else None
+    )
+
+
+def _labels_problem(arrays: dict, classes: list[str]) -> str | None:
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if y.shape != (len(x),):
+            return f"{split} has {len(x)} images but {len(y)} labels"
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
-            return f"{split}_y has labels outside 0..{len(classes) - 1}"
-    if _checksums(arrays) != arrays["crc32"]:
-        return "checksum mismatch"
+            return f"{split} labels outside 0..{len(classes) - 1} ({len(classes)} classes)"
     return None
 
 
 def labelled(arrays: dict, classes: list[str], where: str) -> dict:
     """Labels in range, one label per image: a file of another data set is refused, not trained on."""
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if y.shape != (len(x),):
-            raise DataError(f"{where}: {split} has {len(x)} images but {len(y)} labels")
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
-            raise DataError(f"{where}: {split} labels outside 0..{len(classes) - 1} ({len(classes)} classes)")
+    problem = _labels_problem(arrays, classes)
+    if problem:
+        raise DataError(f"{where}: {problem}")
     return {**arrays, "classes": classes}

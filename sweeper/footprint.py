@@ -1,7 +1,7 @@
 """The memory a run needs, estimated before it starts, against the memory where it will train.
 
 A run whose net or data set cannot fit was accepted and then failed in its job with an
-allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.n_train=200000000`: a
+allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.generated_train=200000000`: a
 614 GB synthetic set). The estimate counts what the training loop certainly holds at once:
 
 - the parameters in float32, their gradients and the optimizer's state (SGD's momentum buffer,
@@ -50,13 +50,12 @@ class Footprint:
         return self.model + self.data + self.activations
 
     def largest_key(self) -> str:
-        return max(
-            (
-                (self.model, self.model_key),
-                (self.data, self.data_key),
-                (self.activations, self.activations_key),
-            )
-        )[1]
+        parts = (
+            (self.model, self.model_key),
+            (self.data, self.data_key),
+            (self.activations, self.activations_key),
+        )
+        return max(parts)[1]
 
     def parts(self) -> str:
         return (
@@ -102,27 +101,20 @@ def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     return f"model.channels={_shown(channels)}"
 
 
-def _input(cfg: DictConfig) -> tuple[int, int | tuple[int, int], int]:
-    """(in_channels, image_size, num_classes) as training will pass them, from the data's extent
-    (CIFAR's where it is unknown before loading)."""
-    ext = data_module.extent(cfg.data)
-    if ext is None:
-        return 3, data_module.IMAGE_SIZE, 10
-    c, h, w = ext.shape
-    return c, h if h == w else (h, w), ext.classes
-
-
-def meta_net(cfg: DictConfig) -> torch.nn.Module | None:
+def meta_net(cfg: DictConfig, ext: data_module.Extent | None = None) -> torch.nn.Module | None:
     """The run's net built on torch's meta device: shapes, no memory. None where it cannot be
     built so (a `_target_` of the user's own, say: the run then speaks for itself); Unsizable for
-    a net whose size overflows torch's counts."""
+    a net whose size overflows torch's counts. `ext`: the data's extent, where already known."""
     from sweeper import build
 
     layers = cfg.model.get("conv_layers") or 2 * 3 * (cfg.model.get("blocks") or 0)
     if isinstance(layers, int) and layers > MAX_LAYERS:
         return None  # building it, even on the meta device, would take minutes (about 0.5 ms a layer)
     try:
-        channels, image_size, classes = _input(cfg)
+        ext = ext or data_module.extent(cfg.data)
+        # The input as training will pass it (CIFAR's where it is unknown before loading).
+        c, h, w, classes = (*ext.shape, ext.classes) if ext else (3, data_module.IMAGE_SIZE, data_module.IMAGE_SIZE, 10)  # fmt: skip
+        channels, image_size = c, h if h == w else (h, w)
         with torch.device("meta"):
             return build.model(cfg, channels, image_size, classes).eval()
     except Exception as e:  # noqa: BLE001 -- an estimate must never refuse a run it cannot read
@@ -137,7 +129,8 @@ def estimate(cfg: DictConfig) -> Footprint:
     device (see meta_net) its parts count as 0: the data set is still held to the limit."""
     from sweeper import models
 
-    net = meta_net(cfg)
+    ext = data_module.extent(cfg.data)
+    net = meta_net(cfg, ext)
     params = features = per_sample_outputs = widest = states = 0
     if net is not None:
         per_sample_outputs, widest = models.activations(net)
@@ -149,7 +142,7 @@ def estimate(cfg: DictConfig) -> Footprint:
     # a net not built here is not sized, and may have no widths to name
     model_key = _model_key(cfg, features < params - features) if net is not None else "the model"
 
-    data_bytes, data_key, value_count = _data_bytes(cfg.data)
+    data_bytes, data_key, value_count = _data_bytes(cfg.data, ext)
     batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     value = 2 if cfg.trainer.get("precision") == "bf16" else VALUE  # autocast's activations are bf16
     train = (value_count + per_sample_outputs) * batch * value
@@ -168,11 +161,10 @@ def estimate(cfg: DictConfig) -> Footprint:
     )
 
 
-def _data_bytes(d: DictConfig) -> tuple[int, str, int]:
+def _data_bytes(d: DictConfig, ext: data_module.Extent | None) -> tuple[int, str, int]:
     """(bytes, the knob that sizes them, values per image) of the data set on the device: the
     set as loaded (uint8, before the split and any subset) and the staged float32 copy of what
     the run keeps (training part, validation split and test set). 0 where its extent is unknown."""
-    ext = data_module.extent(d)
     if ext is None:
         return 0, f"data={d.get('name')}", 3 * data_module.IMAGE_SIZE**2
     value_count = math.prod(ext.shape)
@@ -184,7 +176,11 @@ def _data_bytes(d: DictConfig) -> tuple[int, str, int]:
     elif d.name != "synthetic":
         key = f"data.root={d.root}" if d.name == "image_folder" else f"data={d.name}"
     else:
-        key = f"data.n_train={ext.n_train}" if ext.n_train >= ext.n_test else f"data.n_test={ext.n_test}"
+        key = (
+            f"data.generated_train={ext.n_train}"
+            if ext.n_train >= ext.n_test
+            else f"data.generated_test={ext.n_test}"
+        )
     return data_bytes, key, value_count
 
 

@@ -148,31 +148,28 @@ class ConvNet(nn.Module):
         widths = conv_widths(channels, growth, conv_layers)
         kernels = per_layer(kernel_size, conv_layers, "model.kernel_size")
         pools = per_layer(pool, conv_layers, "model.pool")
-        sizes = convnet_geometry(image_size, kernels, pools, padding)
+        sizes = convnet_geometry(image_size, kernels, pools, padding)  # each stage's output
         layers: list[nn.Module] = []
         c_in, size = in_channels, image_size
         tensors = [in_channels * image_size**2]  # values per sample of each layer's output, in order
-        for width, k, p in zip(widths, kernels, pools, strict=True):
+        for width, k, p, pooled in zip(widths, kernels, pools, sizes, strict=True):
             # Batch norm makes the conv bias redundant.
             layers.append(nn.Conv2d(c_in, width, k, padding=padding, bias=not batch_norm))
-            size = size - k + 1 if padding == "valid" else size
-            tensors += [width * size**2] * (2 if batch_norm else 1)
+            tensors += [width * (size - k + 1 if padding == "valid" else size) ** 2] * (
+                2 if batch_norm else 1
+            )
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
             if p > 1:
                 layers.append(nn.MaxPool2d(p))
-                size //= p
-                tensors.append(width * size**2)
+                tensors.append(width * pooled**2)
             layers.append(nn.ReLU())  # the lecture's order: conv, pool, relu
-            tensors.append(width * size**2)
-            c_in = width
+            tensors.append(width * pooled**2)
+            c_in, size = width, pooled
         self.features = nn.Sequential(*layers)
-        self.head = mlp_head(c_in * sizes[-1] ** 2, units, num_classes, dropout)
+        self.head = mlp_head(c_in * size**2, units, num_classes, dropout)
         self.activation_values = tensors + head_values(units, num_classes, dropout)
-        rf_layers: list[tuple[int, int]] = []
-        for k, p in zip(kernels, pools, strict=True):
-            rf_layers += [(k, 1), (p, p)]
-        self.receptive_field_px = min(receptive_field(rf_layers), image_size)
+        self.receptive_field_px = receptive_field_px(self.features, image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -18,6 +18,13 @@ from sweeper.data_cache import DataError, _described, digest
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
+def pixels(image, rgb: bool = False) -> np.ndarray:
+    """A PIL image as (C, H, W) uint8: grey modes as 1 channel (unless `rgb`), any other as RGB."""
+    grey = image.mode in GREY_MODES and not rgb
+    values = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(values[None] if grey else values.transpose(2, 0, 1))
+
+
 OWN_KEYS = ("_target_", "name", "cache_dir", "train_size", "val_size", "seed", "normalize", "augment")
 
 
@@ -34,8 +41,7 @@ _MEMO: dict[str, dict] = {}
 def user_dataset(cfg) -> dict:
     """A user's `_target_` called with its keys, its (train, test) materialised once as uint8
     tensors and cached, keyed by the target, its arguments and its module file."""
-    import importlib
-    import inspect
+    import sys
 
     from hydra.utils import get_object
 
@@ -44,10 +50,9 @@ def user_dataset(cfg) -> dict:
         fn = get_object(target)
     except Exception as e:  # noqa: BLE001 -- an import error of the user's module, in one line
         raise DataError(f"data._target_={target} cannot be imported ({_described(e)})") from None
-    try:
-        module = inspect.getsourcefile(importlib.import_module(fn.__module__))
-    except (TypeError, ImportError, AttributeError):
-        module = None
+    module = getattr(
+        sys.modules.get(getattr(fn, "__module__", None)), "__file__", None
+    )  # imported by get_object
     key = f"{target}|{json.dumps(kwargs, sort_keys=True)}|{data_cache.FORMAT_VERSION}\n"
     key += data_cache.files_key([module] if module else [], Path("/"))
     name = f"user-{digest(target)}-{digest(key)}.pt"
@@ -60,17 +65,12 @@ def user_dataset(cfg) -> dict:
             raise DataError(f"data._target_={target} failed ({_described(e)})") from None
         arrays = {}
         for split, part in (("train", train), ("test", test)):
-            arrays[f"{split}_x"], arrays[f"{split}_y"] = _materialised(
-                part, f"data._target_={target}: its {split} set"
-            )
+            where = f"data._target_={target}: its {split} set"
+            arrays[f"{split}_x"], arrays[f"{split}_y"] = _materialised(part, where)
         classes = getattr(train, "classes", None)
         if classes is None:  # as many as the largest label says
-            n = (
-                int(torch.cat([arrays["train_y"], arrays["test_y"]]).max()) + 1
-                if len(arrays["train_y"])
-                else 0
-            )
-            classes = range(n)
+            labels = torch.cat([arrays["train_y"], arrays["test_y"]])
+            classes = range(int(labels.max()) + 1 if len(labels) else 0)
         classes = [str(c) for c in classes]
         if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
             raise DataError(f"data._target_={target}: train images are {tuple(arrays['train_x'].shape[1:])}, test images {tuple(arrays['test_x'].shape[1:])}")  # fmt: skip
@@ -109,10 +109,8 @@ def _materialised(part, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         for i in range(len(part)):
             image, label = part[i]
-            if hasattr(image, "mode"):  # a PIL image: grey modes keep 1 channel
-                grey = image.mode in GREY_MODES
-                pixels = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)  # a writable copy
-                image = torch.from_numpy(pixels[None] if grey else pixels.transpose(2, 0, 1).copy())
+            if hasattr(image, "mode"):  # a PIL image
+                image = torch.from_numpy(pixels(image))
             image = _as_uint8(image, f"{where}, item {i}")
             images.append(image[None] if image.dim() == 2 else image)
             labels.append(int(label))

@@ -17,8 +17,8 @@ CONF = REPO / "conf"
 # Small enough for a 2-core CPU, big enough that the convnet learns something in 2 epochs.
 TINY = [
     "data=synthetic",
-    "data.n_train=300",
-    "data.n_test=100",
+    "data.generated_train=300",
+    "data.generated_test=100",
     "data.cache_dir=null",  # generated in-process: nothing written outside tmp_path
     "trainer.epochs=2",
     "trainer.batch_size=50",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -424,3 +425,44 @@ def test_a_diverged_rate_reads_diverged_and_a_run_without_losses_npz_is_undecide
     five = claim_on(root, "5")
     assert [(c.observed, c.passed) for c in five.checks] == [("no losses.npz yet", None)] * 2
     assert five.verdict == "undecided (nothing could be checked)"
+
+
+GOLDEN = Path(__file__).with_name("reproduction_golden")
+
+
+def as_golden(md: str, root: Path, out: Path) -> str:
+    """The report with what changes from one run to the next (the date, the tmp dirs) replaced."""
+    md = re.sub(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", "on DATE", md)
+    return md.replace(str(root), "ROOT").replace(str(out), "OUT")
+
+
+def test_the_whole_report_is_unchanged_on_the_complete_records(complete):
+    """Every verdict, number and sentence of the report on the known curves, word for word: a
+    refactoring that changes any of them fails here (an intended change rewrites the golden file)."""
+    out, md = complete
+    assert as_golden(md, out.parent / "root", out) == (GOLDEN / "complete.md").read_text()
+
+
+def test_the_whole_report_is_unchanged_on_the_partial_records(partial):
+    """The same for runs in progress, a contradicting baseline and experiments not run."""
+    root, out, md = partial
+    assert as_golden(md, root, out) == (GOLDEN / "partial.md").read_text()
+
+
+def test_claim_3_reads_the_switch_epoch_under_its_former_name_and_its_new_one(tmp_path):
+    """schedule.epoch was renamed schedule.switch_epoch: records written under either name give
+    claim 3 the same checks (sweeper.schema.RENAMED_KEYS)."""
+    root = make_lecture_root(tmp_path / "root", ["lecture_lr", "lecture_lr2"])
+    results = {}
+    for name in ("epoch", "switch_epoch"):
+        for config_file in root.glob("lecture_lr2/*/config.json"):
+            config = json.loads(config_file.read_text())
+            schedule = config["schedule"]
+            schedule[name] = schedule.pop("epoch", None) or schedule.pop("switch_epoch")
+            config_file.write_text(json.dumps(config))
+        shutil.rmtree(root / "lecture_lr2" / ".analysis_cache", ignore_errors=True)  # parsed records
+        claim = claim_on(root, "3")
+        results[name] = [(c.rule, c.observed, c.passed) for c in claim.checks]
+    assert results["epoch"] == results["switch_epoch"]
+    assert results["epoch"][0][0].startswith("after the switch (epoch 25)")
+    assert results["epoch"][0][2] is True

@@ -162,7 +162,7 @@ def test_replay_captures_after_warmup_and_runs_other_shapes_eagerly():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_on_cuda_the_replayed_graph_matches_the_eager_step(tmp_path, precision):
     # 320 images in batches of 50: a short last batch of 20 after the capture, run eagerly
-    over = ["data.n_train=320", "data.augment=true", "optim.momentum=0.9", f"trainer.precision={precision}"]
+    over = ["data.generated_train=320", "data.augment=true", "optim.momentum=0.9", f"trainer.precision={precision}"]
     eager = train.run(compose_cfg(*over, "trainer.cuda_graph=false"), tmp_path / "eager")
     graph = train.run(compose_cfg(*over, "trainer.cuda_graph=true"), tmp_path / "graph")
     assert eager["cuda_graph"] is False and graph["cuda_graph"] is True
@@ -174,7 +174,7 @@ def test_on_cuda_the_replayed_graph_matches_the_eager_step(tmp_path, precision):
 def test_on_cuda_fused_trials_replayed_match_them_eager(tmp_path, precision):
     # The fused step captured (with bf16's autocast inside) trains as the same step run eagerly.
     trials = [["lr=0.1"], ["lr=0.05", "optim.momentum=0.9"]]
-    over = ["data.n_train=320", "data.augment=true", f"trainer.precision={precision}"]
+    over = ["data.generated_train=320", "data.augment=true", f"trainer.precision={precision}"]
     for graph in ("false", "true"):
         cfgs = [compose_cfg(*over, f"trainer.cuda_graph={graph}", *t) for t in trials]
         summaries = fused.run_group(cfgs, [tmp_path / graph / str(i) for i in range(2)], [[]] * 2, [0, 1])

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 SIZES = [
     "data=synthetic",
-    "data.n_train=100",
-    "data.n_test=50",
+    "data.generated_train=100",
+    "data.generated_test=50",
     "data.cache_dir=null",
     "trainer.epochs=3",
     "trainer.batch_size=50",

@@ -141,7 +141,7 @@ def test_synthetic_is_deterministic_cifar_shaped_and_balanced():
 
 
 def test_synthetic_sets_of_other_sizes_share_their_images_and_the_test_set():
-    # Sweeping data.n_train must not change the test set the runs are judged on (it did: the test
+    # Sweeping data.generated_train must not change the test set the runs are judged on (it did: the test
     # images came from the same stream, after the training images), and a smaller training set
     # is the start of a larger one, labels and their noise included.
     small = data_module.synthetic(1200, 300, seed=4, label_noise=0.3)
@@ -188,7 +188,7 @@ def test_a_broken_or_unwritable_cache_never_fails_the_run(tmp_path, monkeypatch,
 def test_train_size_takes_a_seeded_subset_and_normalises_on_it():
     cfg = compose_cfg("data.train_size=100")
     d = data_module.load(cfg.data)
-    assert len(d.train_y) == 100 and len(d.test_y) == cfg.data.n_test
+    assert len(d.train_y) == 100 and len(d.test_y) == cfg.data.generated_test
     assert torch.equal(d.train_x, data_module.load(cfg.data).train_x)
     x = data_module.prepare(d.train_x, d)
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
@@ -513,20 +513,20 @@ def validate_check(*overrides):
 
 
 def test_an_interrupted_cache_write_leaves_no_temp_file_and_stale_ones_are_removed(tmp_path, monkeypatch):
-    stale = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1234"
+    stale = tmp_path / ".cifar10-0123456789abcdef.pt.tmp1234"
     stale.write_bytes(b"left by a killed writer")
     os.utime(stale, (0, 0))
-    fresh = tmp_path / "cifar10-0123456789abcdef.pt.partial-otherhost-1235"
+    fresh = tmp_path / ".cifar10-0123456789abcdef.pt.tmp1235"
     fresh.write_bytes(b"another host writing now")
 
-    def interrupted(obj, path):
-        Path(path).write_bytes(b"half a file")
+    def interrupted(*args):  # the temp file written whole, then interrupted before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data_module.synthetic_cached(20, 5, 3, 0.1, str(tmp_path))
-    assert sorted(p.name for p in tmp_path.glob("*.partial-*")) == [fresh.name]
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp*")) == [fresh.name]
+    assert not list(tmp_path.glob("*.pt"))
 
 
 def test_a_data_cache_past_the_file_size_limit_is_skipped_with_a_warning_not_a_failure(tmp_path):

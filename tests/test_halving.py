@@ -316,7 +316,7 @@ def test_on_slurm_each_rung_is_one_job_array_and_a_sweep_killed_mid_rung_resumes
         if os.environ.get("SWEEPER_REQUIRE_SLURM") == "1":
             pytest.fail(f"SWEEPER_REQUIRE_SLURM=1 but no test cluster: {reason}")
         pytest.skip(reason)
-    slower = "data.n_train=1500"  # epochs long enough to be caught mid-rung at squeue's pace
+    slower = "data.generated_train=1500"  # epochs long enough to be caught mid-rung at squeue's pace
     reference, local = halving_sweep(tmp_path, "local", slower)  # the same machine: the same values
     assert local.returncode == 0, local.stderr[-3000:]
     sweep_dir, log = tmp_path / "slurm", tmp_path / "sweep.log"

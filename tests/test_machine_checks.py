@@ -35,7 +35,7 @@ def test_bf16_on_a_cpu_is_refused_with_the_reason(device, no_cuda):
             "model.channels=200000",
             "weights, gradients and optimizer state 14.6 TiB",
         ),
-        (["data.n_train=200000000"], "data.n_train=200000000", "data 2.8 TiB"),
+        (["data.generated_train=200000000"], "data.generated_train=200000000", "data 2.8 TiB"),
         (["model.units=[100000,100000,100000]"], "model.units=[100000,100000,100000]", "weights"),
         (
             ["trainer.eval_batch_size=1000000", "model.channels=64"],
@@ -80,8 +80,8 @@ def test_a_gpu_run_is_held_to_the_cards_memory_and_its_loading_to_the_hosts(monk
     validate.check_device(compose_cfg())
     # The card could hold it, the host that loads the data set first could not.
     monkeypatch.setattr(footprint, "host_available", lambda: 1 << 30)
-    with pytest.raises(validate.ConfigError, match=r"^data.n_train=1000000 is too large .* of host memory"):
-        validate.check_device(compose_cfg("data.n_train=1000000"))
+    with pytest.raises(validate.ConfigError, match=r"^data.generated_train=1000000 is too large .* of host memory"):
+        validate.check_device(compose_cfg("data.generated_train=1000000"))
 
 
 def test_the_estimate_counts_the_parameters_the_built_net_has():

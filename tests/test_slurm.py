@@ -631,8 +631,8 @@ def test_a_requeued_or_preempted_job_resumes_without_losing_or_repeating_an_epoc
     # 40 epochs of about 0.5 s leave it far from done when the test interrupts it after 2.
     epochs = 40
     with background_sweep(
-        cluster, tmp_path, "hydra/launcher=slurm_gpu", *SMALL_TASKS, "data=synthetic", f"data.cache_dir={tmp_path}/cache", "data.n_train=2000",
-        "data.n_test=200", f"trainer.epochs={epochs}", "model.channels=16", "model.units=[16]", "lr=0.1,0.05",
+        cluster, tmp_path, "hydra/launcher=slurm_gpu", *SMALL_TASKS, "data=synthetic", f"data.cache_dir={tmp_path}/cache", "data.generated_train=2000",
+        "data.generated_test=200", f"trainer.epochs={epochs}", "model.channels=16", "model.units=[16]", "lr=0.1,0.05",
         f"hydra.sweep.dir={sweep_dir}", log=log,
     ) as proc:  # fmt: skip
         interrupted = {}
@@ -661,7 +661,7 @@ def test_packed_jobs_share_one_array_task_and_resume_together_after_preemption(c
     epochs = 12
     with background_sweep(
         cluster, tmp_path, "hydra/launcher=slurm_gpu_packed", "hydra.launcher.jobs_per_task=2", *SMALL_TASKS,
-        "data=synthetic", f"data.cache_dir={tmp_path}/cache", "data.n_train=2000", "data.n_test=200", f"trainer.epochs={epochs}", "model.channels=16",
+        "data=synthetic", f"data.cache_dir={tmp_path}/cache", "data.generated_train=2000", "data.generated_test=200", f"trainer.epochs={epochs}", "model.channels=16",
         "model.units=[16]", "lr=0.1,0.05,0.02", f"hydra.sweep.dir={sweep_dir}", log=log,
     ) as proc:  # fmt: skip
         # preempt the task of jobs 0 and 1: submitit's hook on the pack requeues it

@@ -13,7 +13,7 @@ from tests.conftest import CONF, TINY, run_cli
 from tests.test_data import write_image_folder
 
 FAST = [o for o in TINY if o.startswith("data")] + [
-    "data.n_train=200",
+    "data.generated_train=200",
     "trainer.epochs=1",
     "model.units=[16]",
 ]
@@ -188,8 +188,8 @@ def test_every_experiment_runs_shrunk(tmp_path, name):
     shrink = [
         "data=synthetic",
         "data.cache_dir=null",
-        "data.n_train=100",
-        "data.n_test=50",
+        "data.generated_train=100",
+        "data.generated_test=50",
         "trainer.epochs=2",
         "trainer.batch_size=50",
     ]

@@ -169,8 +169,8 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     args = [
         "data=synthetic",
         "data.cache_dir=null",
-        "data.n_train=1000",
-        "data.n_test=200",
+        "data.generated_train=1000",
+        "data.generated_test=200",
         "trainer.epochs=5",
         "model.channels=8",
         "data.augment=true",

@@ -2,21 +2,12 @@
 
     python -m analysis.reproduction ROOT [--out docs]
 
-ROOT holds sweep dirs named after the experiments of conf/experiment/lecture_*.yaml
-(`ROOT/lecture_lr`, `ROOT/lecture_lr2`, ...); any subset may be there. Writes OUT/reproduction.md
-and one small PNG per claim in OUT/figures/. Each claim gets the command that produces its runs,
-its figure, the numbers read from the run records, and a verdict computed from those numbers by
-the rules written next to it:
-
-    supported         every check passes
-    partly supported  some checks pass (the failing ones are named)
-    not supported     no check passes
-    partial: N/E epochs   a run the claim needs has not finished (the checks shown are "so far")
-    not run           none of the experiments that test the claim is under ROOT
-
-The claims are data: analysis/reproduction/claims.yaml holds each one's runs, thresholds and wording;
-claims.py its statistics (a DataFrame) and the predicates of its checks; render.py the one
-renderer. Only the run records are read (docs/run-record.md), through analysis.load.
+ROOT holds sweep dirs named after conf/experiment/lecture_*.yaml (`ROOT/lecture_lr`, ...; any
+subset). Writes OUT/reproduction.md and OUT/figures/claim*.png. Verdicts: supported (every check
+passes), partly supported, not supported, "partial: N/E epochs" (a run the claim needs has not
+ended) or not run. The claims are data: claims.yaml holds each one's runs, thresholds and wording;
+claims.py its statistics, check predicates and figure; render.py the one renderer. Only the run
+records are read (docs/run-record.md), through analysis.load.
 """
 
 from __future__ import annotations
@@ -46,22 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         "--note", help="how the runs were made, for the Machine section (load, threads, nice)"
     )
     args = parser.parse_args(argv)
-    experiments = read_conf()["experiments"]
-    if not Path(args.root).is_dir():
-        print(f"analysis.reproduction: error: {args.root}: no such directory", file=sys.stderr)
-        return 2
-    if not any((Path(args.root) / name).is_dir() for name in experiments):
+    experiments, root, problem = read_conf()["experiments"], Path(args.root), None
+    if not root.is_dir():
+        problem = f"{args.root}: no such directory"
+    elif not any((root / name).is_dir() for name in experiments):
         # A sweep dir given for ROOT, or a typo: a report of seven "not run" claims helps nobody.
-        print(
-            f"analysis.reproduction: error: {args.root}: no lecture sweep under it "
-            f"(expected one of {', '.join(n + '/' for n in experiments)})",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"analysis.reproduction: error: cannot write to {args.out}: {err.strerror}", file=sys.stderr)
+        expected = ", ".join(n + "/" for n in experiments)
+        problem = f"{args.root}: no lecture sweep under it (expected one of {expected})"
+    else:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problem = f"cannot write to {args.out}: {err.strerror}"
+    if problem:
+        print(f"analysis.reproduction: error: {problem}", file=sys.stderr)
         return 2
     import matplotlib
 

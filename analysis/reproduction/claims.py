@@ -1,6 +1,6 @@
-"""The claims' statistics and predicates: one function per claim turns its runs into a DataFrame
-(one row per run or configuration, scalars and other frames in .attrs), and each check of
-analysis/reproduction/claims.yaml is a predicate over a row (per-run claims) or over the claim's facts."""
+"""The claims as specs: one statistics function per claim turns its runs into a DataFrame (one row
+per run or configuration, scalars and other frames in .attrs); each check of claims.yaml is a
+predicate over a row (per-run claims) or over the claim's facts; each claim draws one figure."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import distribution_plots, heatmap, plots
 from analysis.diagnostics import (
     OVERFIT_GAP,
     UNDERFIT_TRAIN_ACC,
@@ -22,10 +23,11 @@ from analysis.diagnostics import (
     rank_configs,
 )
 from analysis.knobs import format_value, is_missing
-from analysis.load import select_rows
+from analysis.load import load_sweep, select_rows
 from analysis.losses import read_sample_losses
 from analysis.reproduction.runs import ENDED, Experiment, Selection, pick_source
 from analysis.reproduction.text import fill, missing
+from sweeper.schema import renamed
 
 
 @dataclass
@@ -79,10 +81,6 @@ class Claim:
             return "supported" if len(known) == len(self.checks) else "partly supported"
         return "partly supported" if any(known) else "not supported"
 
-    @property
-    def failed_checks(self) -> list[Check]:
-        return [c for c in self.checks if c.passed is False]
-
 
 def _ratio(a, b) -> float:
     a, b = float(a), float(b)
@@ -106,7 +104,8 @@ def _value_at(curve: pd.DataFrame, epoch, metric: str) -> float:
 
 
 def _run_facts(sel: Selection, run: str, *keys: str) -> dict:
-    row = sel.row(run)
+    # A knob recorded under its former name (an older run) is read under today's.
+    row = renamed({k: v for k, v in sel.row(run).items() if not is_missing(v)})
     return {"label": sel.label(run), "status": row["status"], "epochs_done": row["epochs_done"],
             "wall_s": sel.wall_time(run), **{k: row.get(k) for k in keys}}  # fmt: skip
 
@@ -195,9 +194,9 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
     ref_curve = reference.run_curves(ref_run) if ref_run is not None else None
     rows = []
     for run in sel.runs.sort_values("schedule.lr2", ascending=False)["run"]:
-        facts = _run_facts(sel, run, "schedule.lr2", "schedule.epoch", "best_test_acc", "best_test_acc_epoch",
+        facts = _run_facts(sel, run, "schedule.lr2", "schedule.switch_epoch", "best_test_acc", "best_test_acc_epoch",
                            "final_test_acc", "final_test_loss")  # fmt: skip
-        switch, curve = int(facts["schedule.epoch"]), sel.run_curves(run)
+        switch, curve = int(facts["schedule.switch_epoch"]), sel.run_curves(run)
         after = curve[curve["epoch"] > switch]
         best = after.loc[after["train_loss"].idxmin()] if not after.empty else {}
         ref_min = math.nan
@@ -372,12 +371,55 @@ def capacity_grid(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     return frame
 
 
+# ----- the figures: one small PNG per claim, drawn by analysis.plots from the claim's runs
+
+
+def _lecture_protocol(claim: Claim, title: str):
+    fig = plots.plot_curves(claim.source.curves, title=title)
+    lo, hi = claim.facts["acc_band"]
+    fig.axes[1].axhspan(lo, hi, color="C2", alpha=0.12, lw=0)
+    return fig
+
+
+def _second_rate(claim: Claim, title: str):
+    paths = [
+        claim.source.exp.path,
+        *(Path(s.runs["run_dir"].iloc[0]) for s in claim.extra_sources if not s.runs.empty),
+    ]
+    both = load_sweep(paths)
+    return plots.plot_lr_switch(both.curves, both.runs, keys=both.group_keys, title=title)
+
+
+def _loss_distributions(claim: Claim, title: str):
+    dists = claim.source.sweep.distributions()
+    epochs = distribution_epochs(sorted(dists["epoch"].unique().tolist()), claim.facts["quantile_epochs"])
+    return distribution_plots.plot_loss_distributions(
+        dists, epochs=epochs, max_panels=4, ncols=2, title=title
+    )
+
+
+def _capacity_grid(claim: Claim, title: str):
+    runs, keys = claim.source.runs, claim.facts["knobs_varied"]
+    if len(keys) < 2:
+        raise plots.NothingToPlot(f"the capacity runs vary {len(keys)} knob(s); the heatmap needs two")
+    # the two knobs with the most values on the axes; any other at the best run's value
+    x, y = sorted(keys, key=lambda k: -runs[k].map(format_value).nunique())[:2]
+    best = runs.loc[runs["final_test_acc"].idxmax()]
+    fixed = [k for k in keys if k not in (x, y)]
+    for k in fixed:
+        runs = runs[runs[k].map(format_value) == format_value(best[k])]
+    title = "final test acc" + "".join(f", {k}={format_value(best[k])} (the best)" for k in fixed)
+    return heatmap.plot_heatmap(runs, x, y, "final_test_acc", statuses=None, title=title)
+
+
 @dataclass(frozen=True)
 class Spec:
-    """A claim's statistics and the predicates of its checks (by the check's name in the YAML)."""
+    """A claim's statistics, the predicates of its checks (by the check's name in the YAML), its
+    facts beyond the statistics' and its figure."""
 
     stats: Callable[[Selection, Context, dict], pd.DataFrame | None]
     checks: dict[str, Callable[[dict], bool | None]]
+    figure: Callable[[Claim, str | None], object]
     facts: Callable[[pd.DataFrame, Context, dict], dict] | None = None
 
 
@@ -393,35 +435,37 @@ SPECS = {
         "band": lambda f: f["acc_band"][0] <= f["final_acc"] <= f["acc_band"][1],
         "decades": lambda f: f["decades"] >= f["min_decades"],
         "stall": lambda f: None if missing(f["change"]) else abs(f["change"]) < f["stall_points"],
-    }),
+    }, _lecture_protocol),
     "2": Spec(learning_rates, {
         "bounce": lambda f: None if missing(f["bounce_ratio"]) else f["bounce_ratio"] >= f["bounce_min_ratio"],
         "slow": lambda f: None if missing(f["slow_ratio"]) else f["slow_ratio"] >= f["slow_min_ratio"],
         "separate": lambda f: math.isclose(f["lowest"], f["middle"]) if f["finals_known"] else None,
-    }, learning_rate_facts),
+    }, lambda claim, title: plots.plot_curves(claim.source.curves, hue="lr", title=title), learning_rate_facts),
     "3": Spec(second_rate, {
         "drop": lambda f: _all(f["drops"]),
         "below_reference": lambda f: _all(f["below_reference"]) if f["has_reference"] else None,
         "best": lambda f: math.isclose(float(f["best"]), f["lecture_lr2"]) if f["best_case"] == "pick" else None,
-    }, second_rate_facts),
+    }, _second_rate, second_rate_facts),
     "4": Spec(test_loss_rise, {
         "decoupled": lambda f: f["decoupled"],
         "hold": lambda f: f["loss_rise_seen"] >= f["loss_rise"] and f["acc_drop"] <= f["acc_hold"],
         "tail": lambda f: None if missing(f["tail"]) else f["tail"] >= f["tail_rise"],
-    }),
+    }, lambda claim, title: plots.plot_loss_vs_accuracy(claim.source.curves, title=title)),
     "5": Spec(loss_distributions, {
         "collapse": lambda f: _apart(f, "collapse_seen", "collapse"),
         "tail": lambda f: _apart(f, "tail", "tail_rise"),
-    }),
+    }, _loss_distributions),
     "6a": Spec(overfit_subset, {
         "fit_acc": lambda f: f["best_train_acc"] >= f["fit_acc"],
         "fit_loss": lambda f: f["fits"],
-    }, lambda rows, ctx, p: rows.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict()),
+    }, lambda claim, title: plots.plot_curves(
+        claim.source.curves, metrics=("train_loss", "train_acc"), hue="model.channels", title=title
+    ), lambda rows, ctx, p: rows.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict()),
     "6b": Spec(capacity_grid, {
         "underfits": lambda f: f["n_underfit"] > 0,
         "overfits": lambda f: f["n_overfit"] > 0,
         "best_neither": lambda f: None if f["best_state"] is None else f["best_state"] == "neither",
-    }),
+    }, _capacity_grid),
 }  # fmt: skip
 
 
@@ -474,3 +518,22 @@ def _per_run(results: list[tuple[str, str, bool | None]]) -> tuple[str, bool | N
     observed = "; ".join(f"{label}: {obs}" for label, obs, _ in results)
     n_pass = sum(p is True for _, _, p in results)
     return f"{n_pass}/{len(results)} runs — {observed}", _all([p for _, _, p in results])
+
+
+def draw_figure(claim: Claim, figures_dir: Path, dpi: int) -> None:
+    """Draw the claim's figure into figures_dir; a figure that cannot be drawn leaves a note."""
+    sel = claim.source
+    if sel is None or sel.sweep is None or sel.curves.empty:
+        return
+    spec = claim.conf["figure"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig = SPECS[claim.key].figure(claim, spec.get("title"))
+    except plots.NothingToPlot as err:
+        claim.figure_note = f"figure skipped: {err}"
+        return
+    fig.set_size_inches(*spec["size"])
+    name = f"claim{claim.key}.png"
+    fig.savefig(figures_dir / name, dpi=dpi)
+    claim.figure = name

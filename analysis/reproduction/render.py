@@ -1,5 +1,5 @@
 """The report: every claim by one generic section renderer, plus the machine, the experiments, the
-wall times, the differences from the lecture and how to rerun."""
+wall times, the differences from the lecture and how to rerun (wording: claims.yaml's `report`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import math
 import os
 import shlex
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.knobs import RECORD_KEEPING, format_value, is_missing
-from analysis.reproduction.claims import Claim, Context, base_fields, evaluate
-from analysis.reproduction.figures import draw_figure
+from analysis.reproduction.claims import Claim, Context, base_fields, draw_figure, evaluate
 from analysis.reproduction.runs import (
     Experiment,
     Selection,
@@ -25,7 +23,7 @@ from analysis.reproduction.runs import (
     read_conf,
 )
 from analysis.reproduction.text import fill, frame_table, minutes, table
-from analysis.status import RESULTS
+from sweeper.objective import RESULTS
 
 MARKS = {True: "yes", False: "**no**", None: "n/a"}
 # Overrides that change where or how a run is done, not what it computes.
@@ -50,9 +48,8 @@ def _state(exp: Experiment) -> str:
     if not exp.present:
         return "not run"
     counts = exp.sweep.runs["status"].value_counts() if exp.sweep is not None else pd.Series(dtype=int)
-    return ", ".join(
-        [f"{n} {s}" for s, n in counts.items()] + ([f"{len(exp.missing)} not started"] if exp.missing else [])
-    )
+    not_started = [f"{len(exp.missing)} not started"] if exp.missing else []
+    return ", ".join([f"{n} {s}" for s, n in counts.items()] + not_started)
 
 
 def _machine(exps: dict[str, Experiment], note: str | None) -> list[str]:
@@ -61,11 +58,10 @@ def _machine(exps: dict[str, Experiment], note: str | None) -> list[str]:
         return ["_no runs_", ""]
     runs = pd.concat(frames, ignore_index=True)
 
-    def values(column: str) -> str:
-        return ", ".join(sorted({str(v) for v in runs[column].dropna()})) if column in runs else ""
+    def values(column: str) -> list[str]:
+        return sorted({str(v) for v in runs[column].dropna()}) if column in runs else []
 
-    hosts = sorted({str(h) for h in runs["host"].dropna()}) if "host" in runs else []
-    here = socket.gethostname()
+    hosts, here = values("host"), socket.gethostname()
     recorded = runs.dropna(subset=["cpu_count"]) if "cpu_count" in runs else runs.iloc[:0]
     if not recorded.empty:
         cpus = ", ".join(
@@ -79,23 +75,21 @@ def _machine(exps: dict[str, Experiment], note: str | None) -> list[str]:
     else:
         cpus = "not recorded in the run record"
     name, root = data_root(exps)
+    torch, python = (", ".join(values(f"versions.{k}")) or "not recorded" for k in ("torch", "python"))
     return [
         f"- host: {', '.join(f'`{h}`' for h in hosts) or 'not recorded'}",
         f"- CPU cores: {cpus}",
-        f"- device: {values('device') or 'not recorded (no run has finished)'}",
-        f"- torch {values('versions.torch') or 'not recorded'}; python {values('versions.python') or 'not recorded'} "
-        "(summary.json `versions`)",
+        f"- device: {', '.join(values('device')) or 'not recorded (no run has finished)'}",
+        f"- torch {torch}; python {python} (summary.json `versions`)",
         f"- data: `{name}` from `{root}`" if root is not None else f"- data: `{name}` (generated, no files)",
         *([f"- conditions: {note}"] if note else []),
         "",
-    ]
+    ]  # fmt: skip
 
 
-def _wall_times(exps: dict[str, Experiment]) -> list[str]:
+def _wall_times(exps: dict[str, Experiment], words: dict) -> list[str]:
     rows = []
-    for exp in exps.values():
-        if exp.sweep is None:
-            continue
+    for exp in (e for e in exps.values() if e.sweep is not None):
         sel, target = Selection(exp, {}, exp.sweep, []), exp.epochs_target()
         for row in exp.sweep.runs.itertuples():
             seconds, done = sel.wall_time(row.run), int(row.epochs_done)
@@ -107,17 +101,12 @@ def _wall_times(exps: dict[str, Experiment]) -> list[str]:
             ])  # fmt: skip
     if not rows:
         return ["_no runs_", ""]
-    return [
-        "Wall seconds of training and evaluation (set-up excluded): summary.json `time_s`, or the last "
-        "metrics line's `time_s` for a run in progress.",
-        "",
-        table(["experiment", "run", "status", "epochs", "time_s", "wall time", "s / epoch", "from"], rows),
-    ]
+    header = ["experiment", "run", "status", "epochs", "time_s", "wall time", "s / epoch", "from"]
+    return [words["wall_times"], "", table(header, rows)]
 
 
 def _tables(claim: Claim) -> list[str]:
-    """The claim's tables of analysis/reproduction/claims.yaml; those with a `group` come per run, after the
-    others, each run's tables together."""
+    """The claim's tables; those with a `group` come per run, after the others, each run's together."""
     facts, out, grouped = claim.facts, [], {}
     for spec in claim.conf.get("tables", []):
         rows = facts.get(spec.get("of", "rows"))
@@ -147,7 +136,7 @@ def not_run_note(claim: Claim, ctx: Context) -> str:
     return " ".join(s for s in sentences if s is not None)
 
 
-def _claim_section(claim: Claim, ctx: Context, data: str) -> list[str]:
+def _claim_section(claim: Claim, ctx: Context, data: str, words: dict) -> list[str]:
     md = [f"## Claim {claim.key}: {claim.title}", "", f"> {claim.statement}", ""]
     sel, exps = claim.source, ctx.exps
     if sel is None:
@@ -161,44 +150,35 @@ def _claim_section(claim: Claim, ctx: Context, data: str) -> list[str]:
         "", "```bash", command(sel.exp, data), "```", "",
     ]  # fmt: skip
     # The recorded sweep dir is a path of the machine that ran it: the command above gives it.
-    typed = [a for a in sel.exp.argv if not a.startswith("hydra.sweep.dir=")]
-    if typed:
+    if typed := [a for a in sel.exp.argv if not a.startswith("hydra.sweep.dir=")]:
         md += [f"As recorded in sweep.json: `python -m sweeper {' '.join(typed)}`", ""]
     others = [n for n in claim.experiments if n != sel.exp.name and not exps[n].present]
     if others and claim.experiments.index(sel.exp.name) > 0:
+        dedicated = command(exps[others[0]], data)
+        md += [f"The dedicated experiment `{others[0]}` was not run; `{dedicated}` runs it.", ""]
+    if claim.figure or claim.figure_note:
         md += [
-            f"The dedicated experiment `{others[0]}` was not run; `{command(exps[others[0]], data)}` runs it.",
+            f"![claim {claim.key}](figures/{claim.figure})" if claim.figure else f"_{claim.figure_note}_",
             "",
         ]
-    if claim.figure:
-        md += [f"![claim {claim.key}](figures/{claim.figure})", ""]
-    elif claim.figure_note:
-        md += [f"_{claim.figure_note}_", ""]
     for text in _tables(claim):
         md += [text, ""]
     verdict = claim.verdict
     if claim.checks:
         so_far = " so far" if verdict.startswith("partial") else ""
-        md += [
-            "Rules (the verdict is *supported* when every check passes, *partly supported* when some do "
-            "and others fail or cannot be decided (n/a), *not supported* when none does):",
-            "",
-            table(["check", f"observed{so_far}", f"passes{so_far}"], [[c.rule, c.observed, MARKS[c.passed]] for c in claim.checks]),
-            "",
-        ]  # fmt: skip
+        checks = [[c.rule, c.observed, MARKS[c.passed]] for c in claim.checks]
+        md += [words["rules"], "", table(["check", f"observed{so_far}", f"passes{so_far}"], checks), ""]
     for note in _notes(claim):
         md += [note, ""]
-    failing = "; ".join(c.rule for c in claim.failed_checks)
-    undecided = "; ".join(c.rule for c in claim.checks if c.passed is None)
     tail = ""
     if verdict == "partly supported":
-        tail = (f" — fails: {failing}" if failing else "") + (
-            f" — undecided: {undecided}" if undecided else ""
-        )
+        for label, passed in (("fails", False), ("undecided", None)):
+            if rules := "; ".join(c.rule for c in claim.checks if c.passed is passed):
+                tail += f" — {label}: {rules}"
     return md + [f"**Verdict: {verdict}**{tail}", ""]
 
 
-def _user_overrides(argv: Sequence[str]) -> list[str]:
+def _user_overrides(argv: list[str]) -> list[str]:
     """The overrides typed after `experiment=...` that change the protocol (not hydra.*, not paths)."""
     out = []
     for item in argv:
@@ -214,36 +194,23 @@ def _user_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _differences(claims: list[Claim], ctx: Context) -> list[str]:
+def _differences(claims: list[Claim], ctx: Context, words: dict) -> list[str]:
     exps, items = ctx.exps, []
     name, root = data_root(exps)
     if name is not None and name != "cifar10":
-        items.append(f"The data is `{name}`, not CIFAR-10: these numbers say nothing about the lecture's.")
+        items.append(fill(words["not_cifar"], {"name": name}))
     elif root is not None and "jpeg" in str(root).lower():
-        items.append(
-            f"The data (`{root}`) is a JPEG copy of CIFAR-10 (quality 75, 4:2:0 chroma; about 30 dB PSNR "
-            "against the originals, labels exact): ordinary training curves match the original closely, "
-            "results that hinge on fine pixel detail may differ."
-        )
+        items.append(fill(words["jpeg"], {"root": root}))
     seeded = {n: e.sweep.runs["trainer.seed"].nunique() for n, e in exps.items()
               if e.sweep is not None and "trainer.seed" in e.sweep.runs}  # fmt: skip
-    single = [n for n, count in seeded.items() if count == 1]
-    if single:
+    if single := [n for n, count in seeded.items() if count == 1]:
         several = [n for n, count in seeded.items() if count > 1]
-        measured = (
-            f" (the seeds of `{several[0]}` differ by {100 * ctx.noise:.1f} points of final test accuracy, one std)"
-            if several and ctx.noise is not None
-            else ""
-        )
-        items.append(
-            f"{', '.join(f'`{n}`' for n in single)} ran one seed per configuration: differences of about "
-            f"a point of test accuracy between runs are within seed-to-seed noise{measured}."
-        )
+        measured = {"several": several[0], "noise": ctx.noise} if several and ctx.noise is not None else None
+        single = ", ".join(f"`{n}`" for n in single)
+        items.append(fill(words["one_seed"], {"single": single, "measured": fill(words["measured"], measured) if measured else ""}))  # fmt: skip
     for exp_name, exp in exps.items():
         if exp.present and (extra := _user_overrides(exp.argv)):
-            items.append(
-                f"`{exp_name}` ran with these command-line overrides of its experiment file: `{' '.join(extra)}`."
-            )
+            items.append(fill(words["overrides"], {"name": exp_name, "extra": " ".join(extra)}))
     for claim in claims:
         verdict = claim.verdict
         if verdict in ("not supported", "partly supported"):
@@ -264,29 +231,6 @@ def _differences(claims: list[Claim], ctx: Context) -> list[str]:
     return ["## Differences from the lecture", "", *([f"- {item}" for item in items] or ["- none found"]), ""]
 
 
-def _rerun(exps: dict[str, Experiment], shown_root: str, out: str, data: str) -> list[str]:
-    ran = [n for n, e in exps.items() if e.present] or ["lecture_lr", "lecture_lr2", "lecture_overfit_subset"]
-    return [
-        "## How to rerun",
-        "",
-        "`make reproduce` runs the experiments into `outputs/reproduction/<experiment>` and then writes this "
-        "report into `docs/`. By hand:",
-        "",
-        "```bash",
-        f"export SWEEPER_DATA={shlex.quote(data)}   # CIFAR-10: python batches, ImageFolder tree or .tar.gz",
-        f"for e in {' '.join(ran)}; do python -m sweeper -m experiment=$e "
-        f"hydra.sweep.dir={shlex.quote(shown_root.rstrip('/'))}/$e; done",
-        f"python -m analysis.reproduction {shlex.quote(shown_root)} --out {shlex.quote(out)}",
-        "```",
-        "",
-        "Running a sweep again into the same dir skips its completed runs and resumes interrupted ones. Any "
-        "other `lecture_*` experiment ("
-        + ", ".join(f"`{n}`" for n, e in exps.items() if not e.present)
-        + ") is picked up by this report once its dir is under the root.",
-        "",
-    ]
-
-
 def context(exps: dict[str, Experiment], conf: dict) -> Context:
     """The seed-to-seed noise, the lecture run's pace and the experiments' job counts."""
     sweep, noise = exps[conf["noise_from"]].sweep, None
@@ -294,11 +238,8 @@ def context(exps: dict[str, Experiment], conf: dict) -> Context:
         done = sweep.runs.loc[sweep.runs["status"].isin(RESULTS), "final_test_acc"].dropna()
         noise = float(done.std()) if len(done) >= 2 else None
     baseline = pick_source(exps, conf["lecture_run"])
-    baseline_s = (
-        baseline.wall_time(baseline.runs["run"].iloc[0])
-        if baseline is not None and baseline.complete
-        else None
-    )
+    complete = baseline is not None and baseline.complete
+    baseline_s = baseline.wall_time(baseline.runs["run"].iloc[0]) if complete else None
     return Context(exps, noise, baseline_s, {name: grid_jobs(name) for name in conf["experiments"]})
 
 
@@ -310,7 +251,7 @@ def _anchor(title: str) -> str:
 def write_reproduction(root, out="docs", shown_root: str | None = None, note: str | None = None) -> Path:
     """Write OUT/reproduction.md and OUT/figures/claim*.png for the experiments under ROOT."""
     conf, root, out = read_conf(), Path(root), Path(out)
-    shown_root = shown_root or str(root)
+    words, shown_root = conf["report"], shown_root or str(root)
     exps = load_experiments(root, shown_root, conf)
     ctx = context(exps, conf)
     figures_dir = out / "figures"
@@ -320,13 +261,12 @@ def write_reproduction(root, out="docs", shown_root: str | None = None, note: st
         (figures_dir / f"claim{claim.key}.png").unlink(missing_ok=True)  # no figure outlives its runs
         draw_figure(claim, figures_dir, conf["figure_dpi"])
     data = data_root(exps)[1] or conf["data_placeholder"]
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = fill(words["header"], {"shown_root": shown_root, "out": out, "date": date})
     md = [
         "# Reproducing the lecture on CIFAR-10",
         "",
-        f"Generated by `python -m analysis.reproduction {shown_root} --out {out}` on "
-        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from the run records under "
-        f"`{shown_root}` (the sweep dirs below are named relative to it). Every number below is read from "
-        "those records; every verdict follows from the numbers by the rules stated with it.",
+        header,
         "",
         "| claim | verdict | runs |",
         "|---|---|---|",
@@ -335,17 +275,19 @@ def write_reproduction(root, out="docs", shown_root: str | None = None, note: st
         source = (
             f"`{claim.source.exp.name}`" if claim.source is not None else f"`{claim.experiments[0]}` not run"
         )
-        md.append(
-            f"| [{claim.key}](#claim-{claim.key}-{_anchor(claim.title)}) {claim.title} | {claim.verdict} | {source} |"
-        )
+        link = f"[{claim.key}](#claim-{claim.key}-{_anchor(claim.title)})"
+        md.append(f"| {link} {claim.title} | {claim.verdict} | {source} |")
     md += ["", "## Machine", "", *_machine(exps, note), "## Experiments", ""]
     described = {n: fill(text, base_fields(ctx)) for n, text in conf["experiments"].items()}
     rows = [[f"`{n}`", described[n], _state(e), f"`{n}`" if e.present else "–"] for n, e in exps.items()]
     md += [table(["experiment", "tests", "state", "sweep dir"], rows), ""]
     for claim in claims:
-        md += _claim_section(claim, ctx, data)
-    md += ["## Wall time per run", "", *_wall_times(exps), *_differences(claims, ctx)]
-    md += _rerun(exps, shown_root, str(out), data)
+        md += _claim_section(claim, ctx, data, words)
+    md += ["## Wall time per run", "", *_wall_times(exps, words), *_differences(claims, ctx, words)]
+    ran = [n for n, e in exps.items() if e.present] or words["rerun_default"]
+    absent = ", ".join(f"`{n}`" for n, e in exps.items() if not e.present)
+    quoted = {k: shlex.quote(v) for k, v in (("data", data), ("root", shown_root.rstrip("/")), ("shown_root", shown_root), ("out", str(out)))}  # fmt: skip
+    md += [fill(words["rerun"], {**quoted, "ran": " ".join(ran), "absent": absent}), ""]
     path = out / "reproduction.md"
     path.write_text("\n".join(md))
     return path

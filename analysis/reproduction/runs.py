@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from analysis.discovery import MissingJob, NoRunsFound, discover
 from analysis.knobs import format_value, is_missing
 from analysis.load import Sweep, load_sweep
-from analysis.status import RESULTS
+from hydra_plugins.sweeper_grid.grid import expand
+from sweeper.rundir import ENDED
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# sweeper.rundir.ENDED (a rerun would end the same way), without importing torch: a diverged run's
-# curves are its result too.
-ENDED = (*RESULTS, "diverged")
 
 
 def read_conf() -> dict:
@@ -31,11 +29,12 @@ def read_conf() -> dict:
 
 
 def grid_jobs(name: str) -> int:
-    """The number of jobs conf/experiment/<name>.yaml sweeps (the product of its sweep params)."""
+    """The number of jobs conf/experiment/<name>.yaml sweeps, as the grid sweeper expands them."""
     conf = yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text()) or {}
     params = ((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
-    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+    return len(
+        expand(OmegaConf.create({"hydra": {"sweeper": {"params": params}, "overrides": {"task": []}}}))
+    )
 
 
 @dataclass
@@ -123,22 +122,15 @@ class Selection:
 
     @property
     def complete(self) -> bool:
-        runs = self.runs
-        return (
-            not self.missing
-            and self.unlogged.empty
-            and not runs.empty
-            and bool(runs["status"].isin(ENDED).all())
-        )
+        ended = self.runs["status"].isin(ENDED)
+        return not self.missing and self.unlogged.empty and len(ended) > 0 and bool(ended.all())
 
     def row(self, run: str) -> pd.Series:
         return self.runs.loc[self.runs["run"] == run].iloc[0]
 
-    def label(self, run: str) -> str:
-        """A run by its varied keys (lr=0.1), else by its id."""
-        return self._label(self.row(run))
-
-    def _label(self, row) -> str:
+    def label(self, run: str | pd.Series) -> str:
+        """A run (its id or its row) by its varied keys (lr=0.1), else by its id."""
+        row = run if isinstance(run, pd.Series) else self.row(run)
         keys = self.exp.sweep.varied if self.exp.sweep is not None else []
         return ", ".join(f"{k}={format_value(row[k])}" for k in keys if k in row) or f"run {row['run']}"
 
@@ -150,7 +142,7 @@ class Selection:
         pending, least = [], None
         for _, row in self.unlogged.iterrows():  # started (or failed at its start), nothing logged
             least = 0
-            pending.append(f"{self._label(row)}: {row['status']}, 0/{target}")
+            pending.append(f"{self.label(row)}: {row['status']}, 0/{target}")
         for row in self.runs.itertuples():
             if row.status in ENDED:
                 continue
