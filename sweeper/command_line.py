@@ -153,7 +153,7 @@ def sweeping(arguments: list[str]) -> bool:
 
 def config_source(arguments: list[str]) -> ConfigSource | None:
     """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
-    relative -cp from this file's dir; pkg:// as it is); None where the pre-checks stand aside
+    relative -cp from sweeper/, where the app's main is; pkg:// as it is); None where the checks stand aside
     and Hydra speaks: shell completion, or flags Hydra refuses."""
     args = hydra_flags(arguments)
     if args is None or args.shell_completion:
