@@ -128,7 +128,7 @@ def run_framework(
         cmds.append([sys.executable, "-m", "sweeper", "-m", *common, "lr=" + ",".join(map(str, plain)),
                      f"hydra.sweep.dir={out}/plain"])  # fmt: skip
     if stepped:
-        cmds.append([sys.executable, "-m", "sweeper", "-m", *common, "schedule=step", f"schedule.epoch={max(1, epochs // 2)}",
+        cmds.append([sys.executable, "-m", "sweeper", "-m", *common, "schedule=step", f"schedule.switch_epoch={max(1, epochs // 2)}",
                      "lr=0.1", "schedule.lr2=" + ",".join(map(str, stepped)), f"hydra.sweep.dir={out}/stepped"])  # fmt: skip
     t0 = time.perf_counter()
     if at_once:

@@ -22,9 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import launcher_options, objective, overrides, rundir, train, validate
-
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+from sweeper import command_line, launcher_options, objective, overrides, rundir, train, validate
+from sweeper.command_line import CONF, config_source
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base=None)
@@ -77,57 +76,7 @@ def main(cfg: DictConfig) -> str | float:
     return objective.returned(cfg, summary)  # the status, or trainer.objective's value for Optuna
 
 
-# Hydra's flags with which nothing launches: the launcher's values do not matter then.
-NO_LAUNCH = ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help")
-
-
-def config_source(arguments: list[str]) -> overrides.ConfigSource | None:
-    """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
-    relative -cp from this file's dir; pkg:// as it is); None where the pre-checks stand aside
-    and Hydra speaks: shell completion, or flags Hydra refuses."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-
-    def refuse(message: str):
-        raise ValueError(message)
-
-    parser.error = refuse  # argparse would print its usage and exit; Hydra will do that itself
-    try:
-        args, _ = parser.parse_known_args(arguments)
-    except ValueError:
-        return None
-    if args.shell_completion:
-        return None
-    name = (args.config_name or "config").removesuffix(".yaml")
-    extra = None
-    if args.config_dir:
-        extra = Path(args.config_dir).resolve()
-        if not extra.is_dir():  # Hydra: a SearchPathException, in a line of its own words
-            raise validate.ConfigError(
-                f"--config-dir {args.config_dir} is invalid: {extra} is not a directory"
-            )
-    if (args.config_path or "").startswith("pkg://"):
-        return overrides.ConfigSource(args.config_path, name, extra and str(extra))
-    conf_dir = (
-        (Path(__file__).resolve().parent / args.config_path).resolve() if args.config_path else Path(CONF)
-    )
-    if not conf_dir.is_dir():  # Hydra says so over four lines
-        raise validate.ConfigError(
-            f"--config-path {args.config_path} is invalid: {conf_dir} is not a directory"
-        )
-    holding = [d for d in (conf_dir, extra) if d]
-    if not any((d / f"{name}.yaml").is_file() for d in holding):
-        names = ", ".join(sorted({f.stem for d in holding for f in d.glob("*.yaml")})) or "none"
-        said = (
-            f"--config-name {args.config_name} is invalid" if args.config_name else "--config-name is needed"
-        )
-        where = " or ".join(str(d) for d in holding)
-        raise validate.ConfigError(f"{said}: {where} has no {name}.yaml (its configs: {names})")
-    return overrides.ConfigSource(str(conf_dir), name, extra and str(extra))
-
-
-def check_run(arguments: list[str], source: overrides.ConfigSource | None = None, cfg=None) -> None:
+def check_run(arguments: list[str], source: command_line.ConfigSource | None = None, cfg=None) -> None:
     """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
     a bad value, a run dir that a live process still trains, or one holding another config.
     `source`: where the config comes from (config_source; the package's conf/ by default).
@@ -135,7 +84,7 @@ def check_run(arguments: list[str], source: overrides.ConfigSource | None = None
     from hydra import compose
     from omegaconf import OmegaConf
 
-    source = source or overrides.ConfigSource(CONF)
+    source = source or command_line.ConfigSource(CONF)
     given_overrides = [a for a in arguments if _is_override(a)]
     try:
         if cfg is None:
@@ -226,8 +175,9 @@ if __name__ == "__main__":
         # The checks compose the config Hydra will compose (-cp, -cn); where they cannot tell
         # which, Hydra (and validate.check, per job) speaks instead. The launcher's values matter
         # only to a sweep that will launch.
-        modes = [m for m in ("-m/--multirun", "-c/--cfg", "-i/--info", "-sc/--shell-completion")
-                 if overrides.flagged(arguments, *m.split("/"))]  # fmt: skip
+        flags = command_line.hydra_flags(arguments)
+        modes = [m for m, on in [("-m/--multirun", flags and flags.multirun), ("-c/--cfg", flags and flags.cfg),
+                 ("-i/--info", flags and flags.info), ("-sc/--shell-completion", flags and flags.shell_completion)] if on]  # fmt: skip
         if len(modes) > 1:  # Hydra's ValueError, with a traceback
             hint = (
                 " (drop -m to print a sweep's config)" if modes[:2] == ["-m/--multirun", "-c/--cfg"] else ""
@@ -239,12 +189,12 @@ if __name__ == "__main__":
         source = config_source(arguments)
         if source:
             composed = overrides.check_overrides(arguments, source)
-            if not overrides.flagged(arguments, *NO_LAUNCH):
-                if overrides.sweeping(arguments):
+            if command_line.launches(flags):
+                if command_line.sweeping(arguments):
                     launcher_options.check_launcher(arguments, source)  # check_jobs does the rest, per job
                 else:
                     check_run(arguments, source, cfg=composed)
-        if not overrides.flagged(arguments, *NO_LAUNCH, "-sc", "--shell-completion"):
+        if command_line.launches(flags) and not flags.shell_completion:
             sys.argv[1:] = with_hydra_files(arguments)
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,24 +8,29 @@ from difflib import get_close_matches
 
 from omegaconf import ListConfig, OmegaConf
 
-from sweeper.overrides import _MISSING, ConfigSource, GroupOptions, _overrides, _source
+from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of
+from sweeper.overrides import _MISSING
 from sweeper.validate import ConfigError, _get, number
 
-# hydra-submitit-launcher's counts (those of every SLURM and local preset), and the least each
-# takes; null, where a key allows it, leaves the choice to the cluster.
-SUBMITIT_COUNTS = {
-    "timeout_min": 0,  # sbatch --time=0: no limit
-    "nodes": 1,
-    "tasks_per_node": 1,
-    "cpus_per_task": 1,
-    "gpus_per_node": 0,
-    "mem_gb": 0,  # sbatch --mem=0: all of a node's memory
-    "cpus_per_gpu": 1,
-    "gpus_per_task": 0,
-    "array_parallelism": 1,
-    "signal_delay_s": 0,
-    "max_num_timeout": 0,
-}
+# hydra-submitit-launcher's counts (its queue's integer keys) take at least 1, but these, which
+# sbatch reads as none: no time limit, all of a node's memory, no GPU, no signal delay, no requeue.
+MAY_BE_ZERO = {"timeout_min", "mem_gb", "gpus_per_node", "gpus_per_task", "signal_delay_s", "max_num_timeout"}
+
+
+def submitit_counts() -> list[str]:
+    """hydra-submitit-launcher's integer keys, read from its SLURM queue's dataclass (its local
+    queue's are a subset); null, where a key allows it, leaves the choice to the cluster."""
+    import dataclasses
+    import typing
+
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    hints = typing.get_type_hints(SlurmQueueConf)
+    return [
+        f.name
+        for f in dataclasses.fields(SlurmQueueConf)
+        if int in (hints[f.name], *typing.get_args(hints[f.name]))
+    ]
 
 
 def _check_launcher_type(arg: str, current, given) -> None:
@@ -65,12 +70,12 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
 
     from sweeper import build
 
-    source = _source(conf_dir, config_name)
+    source = source_of(conf_dir, config_name)
     config_name = source.name
     group, prefix = "hydra/launcher", "hydra.launcher."
     # As Hydra composes the launcher's config: every override but the sweeps (they vary per job).
     selections, changes = [], []  # those overrides; (override, argument) of the launcher's keys
-    for arg, override in _overrides(arguments):
+    for arg, override in parsed_overrides(arguments):
         key = override.key_or_group
         if key.startswith(prefix):
             if override.is_sweep_override():
@@ -158,9 +163,9 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
                 build.resolved(cfg.hydra.launcher, name)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
-    for key, least in SUBMITIT_COUNTS.items():  # sbatch would refuse these only at submission
+    for key in submitit_counts():  # sbatch would refuse these only at submission
         if _get(cfg.hydra.launcher, key) is not None:
-            number(cfg, prefix + key, low=least, integer=True)
+            number(cfg, prefix + key, low=0 if key in MAY_BE_ZERO else 1, integer=True)
     timeout_min, delay_s = _get(cfg.hydra.launcher, "timeout_min"), _get(cfg.hydra.launcher, "signal_delay_s")
     if timeout_min and delay_s is not None and timeout_min * 60 <= delay_s:
         # SLURM signals the job signal_delay_s before its limit: submitit would take it as timed

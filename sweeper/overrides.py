@@ -1,138 +1,21 @@
-"""The command line's checks: Hydra's overrides, read and composed as Hydra will compose them, so
-that a typo, an unknown group option or key, a sweep without -m or a bad launcher value is
-refused in one line before Hydra starts (where Hydra says it over several lines, or only once a
-job fails).
-
-Group options come from Hydra's own config repository, so that an option found through
---config-dir, hydra.searchpath or -cp is as valid as one of the package's conf/.
+"""The command line's checks: Hydra's overrides, composed as Hydra will compose them, so that a
+typo, an unknown group option or key, a sweep without -m or a bad launcher value is refused in
+one line before Hydra starts (where Hydra says it over several lines, or only once a job fails).
+How the command is read (its flags, config source, group options) is sweeper.command_line's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from difflib import get_close_matches
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
 from sweeper import data as data_module
+from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
+from sweeper.schema import RENAMED_KEYS
 from sweeper.validate import ConfigError, in_one_line
-
-# --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
-EXTRA_CONFIG_DIRS: list[str] = []
-
-
-@dataclass(frozen=True)
-class ConfigSource:
-    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
-    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
-    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
-    composition reads it from the command line's overrides and the primary config."""
-
-    primary: str
-    name: str = "config"
-    extra_dir: str | None = None
-
-    @contextmanager
-    def hydra(self) -> Iterator:
-        """Hydra initialised as the command will initialise it; yields its config loader."""
-        from hydra import initialize_config_dir, initialize_config_module
-        from hydra.core.global_hydra import GlobalHydra
-
-        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
-        EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
-        try:
-            if self.primary.startswith("pkg://"):
-                module = self.primary.removeprefix("pkg://").strip("/").replace("/", ".")
-                init = initialize_config_module(config_module=module, version_base=None)
-            else:
-                init = initialize_config_dir(config_dir=str(Path(self.primary).resolve()), version_base=None)
-        finally:
-            EXTRA_CONFIG_DIRS.clear()
-        with init:
-            loader = GlobalHydra.instance().config_loader()
-            yield loader
-
-
-def _source(conf: ConfigSource | str, config_name: str) -> ConfigSource:
-    return conf if isinstance(conf, ConfigSource) else ConfigSource(str(conf), config_name)
-
-
-class GroupOptions:
-    """A config group's options as Hydra's config repository lists them: the package's conf/,
-    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
-    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
-
-    def __init__(self, loader, config_name: str, search: list[str]):
-        self.loader, self.config_name, self.search = loader, config_name, search
-        self.known: dict[str, list[str]] = {}
-
-    def get(self, group: str, default=None) -> list[str] | None:
-        if "." in group or not group:
-            return default
-        if group not in self.known:
-            self.known[group] = sorted(
-                self.loader.get_group_options(group, config_name=self.config_name, overrides=self.search)
-            )
-        return self.known[group] or default
-
-    def __contains__(self, group: str) -> bool:
-        return bool(self.get(group))
-
-    def __getitem__(self, group: str) -> list[str]:
-        return self.get(group) or []
-
-
-def _overrides(arguments: list[str]):
-    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
-    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    for arg in arguments:
-        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
-            continue
-        try:
-            yield arg, parser.parse_overrides([arg])[0]
-        except OverrideParseException as e:
-            lines = [
-                line
-                for line in str(e).splitlines()
-                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
-            ]
-            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
-            why = (
-                (lines[0] if lines else "")
-                .split(" expecting ")[0]
-                .removeprefix("ValueError while evaluating ")
-            )
-            raise ConfigError(
-                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
-                "https://hydra.cc/docs/advanced/override_grammar/basic"
-            ) from None
-
-
-def flagged(arguments: list[str], *flags: str) -> bool:
-    """Whether a flag is given, as argparse reads it: `--flag`, `--flag=x`, or a prefix (`--multi`)."""
-    for a in arguments:
-        name = a.split("=", 1)[0]
-        if any(name == f or (name.startswith("--") and len(name) > 2 and f.startswith(name)) for f in flags):
-            return True
-    return False
-
-
-def sweeping(arguments: list[str]) -> bool:
-    """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
-    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
-    return flagged(arguments, "-m", "--multirun") or any(
-        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
-    )
-
 
 # The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
 # or breaks the builder that takes the section's keys as arguments.
@@ -157,10 +40,11 @@ def check_overrides(
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
     from hydra.errors import HydraException
 
-    source = _source(conf_dir, config_name)
+    source = source_of(conf_dir, config_name)
     config_name = source.name
     multirun = sweeping(arguments)
-    parsed = list(_overrides(arguments))
+    _COMPOSED.clear()
+    parsed = list(parsed_overrides(arguments))
     if not parsed:
         return None
     # The search path's own overrides go into every composition below, as Hydra applies them first.
@@ -227,10 +111,8 @@ def check_overrides(
                     values = override.value().filter(groups[key])
                     if not values:
                         raise ConfigError(f"{arg} is invalid: it matches none of {', '.join(allowed)}")
-                elif override.is_sweep_override():
-                    values = list(override.sweep_string_iterator())
                 else:
-                    values = [override.get_value_element_as_str()]
+                    values = _values(override)
                 for v in values:
                     if v not in allowed:
                         raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(allowed)}")
@@ -250,33 +132,31 @@ def check_overrides(
         for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
             key = override.key_or_group
             options = groups.get(key, [])
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-                override.get_value_element_as_str()
-            ]  # fmt: skip
-            for v in values:
+            for v in _values(override):
                 if options and v not in options and v != "null":
                     raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
         base = compose(config_name=config_name, overrides=selections)
-        known = _dotted_keys(OmegaConf.to_container(base))
+        known = _dotted_keys(base)
         for key in keys:
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _lacks(base, key):
                 swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
                 raise ConfigError(
                     _missing_key(key, key, known, selections, swept_groups, groups, compose, config_name)
                 )
         for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            if _renamed(key) and _lacks(base, key):
+                raise ConfigError(_renamed(key))
+            if _lacks(base, key):
                 swept_groups |= _config_grid_groups(selections, swept_groups, groups, compose, config_name)
-            split = _split_on(key, selections, swept_groups, compose, config_name)
-            if split:
-                raise ConfigError(_sweep_them_separately(arg, key, *split))
+            in_sweep = _in_this_sweep(arg, key, selections, swept_groups, compose, config_name)
+            if in_sweep:
+                raise ConfigError(in_sweep)
             section = key.split(".")[0]
-            if section in swept_groups and _in_every_option(
-                key, selections, swept_groups, compose, config_name
+            if section in swept_groups and all(
+                _has_key(key, selections, section, o, compose, config_name) for o in swept_groups[section]
             ):
                 continue  # the section is swept (by the config's grid): every option has it
-            if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
-                section = key.split(".")[0]
+            if _lacks(base, key):
                 current, others = _options_with(key, section, selections, groups, compose, config_name)
                 raise ConfigError(
                     _another_option(arg, key, section, current, others)
@@ -285,6 +165,8 @@ def check_overrides(
                 )
         for key in appended:
             section = key.split(".")[0]
+            if _renamed(key) and key not in known:
+                raise ConfigError(_renamed(key))
             if key in known:
                 raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
             if section in SECTIONS:
@@ -383,14 +265,33 @@ def _check_output_dir(cfg: DictConfig, key: str) -> None:
         )
 
 
+def _with_option(selections: list[str], group: str, option: str, compose, config_name) -> DictConfig | None:
+    """The config composed with group=option (and the other selections); None where it does not
+    compose. Composed once per option: each refusal below asks several questions of the same ones."""
+    chosen = (*[a for a in selections if a.partition("=")[0] != group], f"{group}={option}")
+    if (config_name, chosen) not in _COMPOSED:
+        try:
+            _COMPOSED[config_name, chosen] = compose(config_name=config_name, overrides=list(chosen))
+        except Exception:  # noqa: BLE001 -- an option that does not compose has no key
+            _COMPOSED[config_name, chosen] = None
+    return _COMPOSED[config_name, chosen]
+
+
+_COMPOSED: dict = {}  # _with_option's, for one command's checks (cleared by check_overrides)
+
+
 def _has_key(key: str, selections: list[str], group: str, option: str, compose, config_name) -> bool:
-    """Whether `key` is in the config composed with group=option (and the other selections)."""
-    chosen = [a for a in selections if a.partition("=")[0] != group] + [f"{group}={option}"]
-    try:
-        cfg = compose(config_name=config_name, overrides=chosen)
-    except Exception:  # noqa: BLE001 -- an option that does not compose has no key
-        return False
-    return OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING
+    cfg = _with_option(selections, group, option, compose, config_name)
+    return cfg is not None and not _lacks(cfg, key)
+
+
+def _lacks(cfg, key: str) -> bool:
+    return OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
+
+
+def _values(override) -> list[str]:
+    """The values an override gives, a sweep's each: a,b  choice(a,b)  range(1,3)."""
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]  # fmt: skip
 
 
 def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_name) -> dict[str, list[str]]:
@@ -415,69 +316,59 @@ def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_
     return found
 
 
-def _option_keys(section: str, option: str, selections, compose, config_name) -> list[str]:
-    """The config's keys when composed with section=option (and the other selections)."""
-    chosen = [a for a in selections if a.partition("=")[0] != section] + [f"{section}={option}"]
-    try:
-        return _dotted_keys(OmegaConf.to_container(compose(config_name=config_name, overrides=chosen)))
-    except Exception:  # noqa: BLE001 -- an option that does not compose has no key
-        return []
-
-
-def _in_every_option(key: str, selections, swept_groups: dict, compose, config_name) -> bool:
-    section = key.split(".")[0]
-    return all(_has_key(key, selections, section, o, compose, config_name) for o in swept_groups[section])
-
-
-def _split_on(key: str, selections, swept_groups: dict, compose, config_name):
-    """(group, options with `key`, options without) for the first swept group whose options
-    differ in having it: its jobs could not all set it. None when none differ."""
+def _in_this_sweep(given: str, key: str, selections, swept_groups: dict, compose, config_name) -> str | None:
+    """Why `given` cannot set `key` in every job of the sweep; None where it can. Some swept
+    options lack the key (sweep them separately, whatever their order), or all have it but the
+    default option lacks it: Hydra composes the sweep's shared config first, with the default."""
     for group, options in swept_groups.items():
         have = [o for o in options if _has_key(key, selections, group, o, compose, config_name)]
+        name = key.removeprefix(f"{group}.")  # optim=sgd has no eps; experiment=x has no schedule.lr2
         if have and len(have) < len(options):
-            return group, have, [o for o in options if o not in have]
+            return (
+                f"{given} is invalid in this sweep: {group}={','.join(o for o in options if o not in have)} "
+                f"has no {name} (only {group}={','.join(have)} has); sweep them separately"
+            )
+        if have and group == key.split(".")[0] and not given.startswith("++"):
+            shared = [a for a in selections if a.partition("=")[0] != group]
+            default = _choice(shared, group, compose, config_name)
+            if not _has_key(key, shared, group, default, compose, config_name):
+                value = f"={given.partition('=')[2]}" if "=" in given else ""
+                return (
+                    f"{given} is invalid in this sweep: Hydra first composes the shared config with "
+                    f"{group}={default}, which has no {name}; write ++{key}{value} to set it in every {group} swept"
+                )
     return None
-
-
-def _sweep_them_separately(given: str, key: str, group: str, have: list[str], lacking: list[str]) -> str:
-    name = key.removeprefix(f"{group}.")  # optim=sgd has no eps; experiment=x has no schedule.epoch
-    return (
-        f"{given} is invalid in this sweep: {group}={','.join(lacking)} has no {name} "
-        f"(only {group}={','.join(have)} has); sweep them separately"
-    )
 
 
 def _options_with(key: str, section: str, selections, groups: dict, compose, config_name):
     """(the section's chosen option, its other options that have `key`)."""
     chosen = [a.partition("=")[2] for a in selections if a.partition("=")[0] == section]
-    current = (
-        chosen[-1]
-        if chosen
-        else compose(
-            config_name=config_name, overrides=selections, return_hydra_config=True
-        ).hydra.runtime.choices.get(section)
-    )
-    others = [
-        o
-        for o in groups.get(section, [])
-        if o != current and _has_key(key, selections, section, o, compose, config_name)
-    ]
+    current = chosen[-1] if chosen else _choice(selections, section, compose, config_name)
+    others = [o for o in groups.get(section, []) if o != current and _has_key(key, selections, section, o, compose, config_name)]  # fmt: skip
     return current, others
 
 
+def _choice(selections, group: str, compose, config_name) -> str:
+    """The option of `group` that the config composed with `selections` takes (its default)."""
+    return compose(config_name, selections, return_hydra_config=True).hydra.runtime.choices.get(group)
+
+
+def _renamed(key: str) -> str | None:
+    """The line that refuses a knob's former name, naming the new one (schema.RENAMED_KEYS)."""
+    return f"{key} was renamed {RENAMED_KEYS[key]}" if key in RENAMED_KEYS else None
+
+
 def _missing_key(key: str, given: str, known, selections, swept_groups, groups, compose, config_name) -> str:
-    """One line for a key the composed config lacks: the swept options that have it, the
-    section's options that have it, or the nearest key."""
-    split = _split_on(key, selections, swept_groups, compose, config_name)
-    if split:  # optim=sgd,adam optim.eps=1e-7: whatever the order of the options
-        return _sweep_them_separately(given, key, *split)
+    """One line for a key the composed config lacks: its new name, the swept options that have
+    it, the section's options that have it, or the nearest key."""
+    if _renamed(key):
+        return _renamed(key)
+    in_sweep = _in_this_sweep(given, key, selections, swept_groups, compose, config_name)
+    if in_sweep:
+        return in_sweep
     section = key.split(".")[0]
     if section in swept_groups:
-        if _in_every_option(key, selections, swept_groups, compose, config_name):
-            # an experiment's grid sweeps the section: Hydra composes the shared config first,
-            # with the section's default, where the key is missing
-            return f"{given} is invalid in this sweep: every {section} swept has it, but Hydra first composes the shared config without them; write ++{given} to set it in every {section} swept"  # fmt: skip
-        known = sorted({*known, *(k for o in swept_groups[section] for k in _option_keys(section, o, selections, compose, config_name))})  # fmt: skip
+        known = sorted({*known, *(k for o in swept_groups[section] for k in _dotted_keys(_with_option(selections, section, o, compose, config_name) or {}))})  # fmt: skip
     if section in groups:  # schedule.lr2 with schedule=constant
         current, others = _options_with(key, section, selections, groups, compose, config_name)
         if others:
@@ -547,6 +438,7 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
     one with which the composition fails; never by the wording of Hydra's message."""
     cause = error.__cause__
     failed = getattr(cause, "full_key", None) if isinstance(cause, OmegaConfBaseException) else None
+    failed = failed and failed.split("[")[0]  # an entry of a list (milestones[1]): the list's key
     culprit = key = None
     for a in shared if failed else ():
         # the override of that key, of a dict holding it (model={a:1}) or of a key under it (hydra.sweeep.dir)
@@ -554,31 +446,14 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
         if k == failed or failed.startswith(k + ".") or k.startswith(failed + "."):
             culprit, key = a, k
             break
+    if key and isinstance(cause, ValidationError):  # a value not of its type: the schema says what is
+        return str(in_one_line(None, cause))
+    if key and isinstance(cause, ConfigTypeError) and culprit.startswith("~"):
+        return f"{culprit} is invalid: {key} is a key of the schema, which a run reads; set it instead"
     if key and not culprit.startswith(("+", "~")):
-        section = key.split(".")[0]
-        if section in swept_groups:
-            # Hydra composes a sweep's shared config with the group's default option: a key that
-            # every swept option has but the default lacks cannot be set there.
-            have = [
-                o for o in swept_groups[section]
-                if OmegaConf.select(compose(config_name, [f"{section}={o}"]), key, default=_MISSING) is not _MISSING
-            ]  # fmt: skip
-            name = key.split(".", 1)[1]
-            if len(have) == len(swept_groups[section]):
-                value = (culprit or "").partition("=")[2]
-                default = compose(config_name, [], return_hydra_config=True).hydra.runtime.choices.get(
-                    section
-                )
-                return (
-                    f"{culprit} is invalid in this sweep: Hydra first composes the shared config with "
-                    f"{section}={default}, which has no {name}; write ++{key}={value} to set it in every "
-                    f"{section} swept"
-                )
-            lacking = [o for o in swept_groups[section] if o not in have]
-            return (
-                f"{culprit} is invalid in this sweep: {section}={','.join(lacking)} has no {name} "
-                f"(only {section}={','.join(have) or 'none'} has); sweep them separately"
-            )
+        in_sweep = _in_this_sweep(culprit, key, [], swept_groups, compose, config_name)
+        if in_sweep:
+            return in_sweep
         parent, _, name = key.rpartition(".")
         try:
             tree = compose(config_name, [a for a in shared if a != culprit], return_hydra_config=True)
@@ -607,7 +482,8 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
     return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
 
 
-def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+def _dotted_keys(tree, prefix: str = "") -> list[str]:
+    tree = OmegaConf.to_container(tree) if OmegaConf.is_config(tree) else tree
     out = []
     for k, v in tree.items():
         out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]

@@ -53,9 +53,9 @@ def constant(*, lr: float, steps_per_epoch: int, total_steps: int) -> Schedule:
     return at
 
 
-def step(*, lr: float, steps_per_epoch: int, total_steps: int, lr2: float, epoch: int) -> Schedule:
-    """The lecture's protocol: `lr` for the first `epoch` epochs, then `lr2`."""
-    switch = epoch * steps_per_epoch
+def step(*, lr: float, steps_per_epoch: int, total_steps: int, lr2: float, switch_epoch: int) -> Schedule:
+    """The lecture's protocol: `lr` for the first `switch_epoch` epochs, then `lr2`."""
+    switch = switch_epoch * steps_per_epoch
 
     def at(s: int) -> float:
         return lr if s < switch else lr2
@@ -75,11 +75,11 @@ def multistep(
     return at
 
 
-def geometric(*, lr: float, steps_per_epoch: int, total_steps: int, decay: float) -> Schedule:
-    """Geometric decay: lr * decay**e during epoch e+1, constant within an epoch."""
+def geometric(*, lr: float, steps_per_epoch: int, total_steps: int, gamma: float) -> Schedule:
+    """Geometric decay: lr * gamma**e during epoch e+1, constant within an epoch (torch's ExponentialLR)."""
 
     def at(s: int) -> float:
-        return lr * decay ** (s // steps_per_epoch)
+        return lr * gamma ** (s // steps_per_epoch)
 
     return at
 

@@ -3,31 +3,28 @@
 `check(cfg)` raises ConfigError naming the key, the value and what is allowed. It is called for
 a single run before training, and by the sweep callback for every job of a `-m` grid before the
 first job is launched, so a bad value never reaches a queue.
+
+The project's own options are checked against their schema (sweeper/schema.py): OmegaConf says
+whether each value has its type and each key is known, schema.RULES what else it must be. The
+rules that relate several keys, and those that need the data or a net (its geometry, its size),
+are the functions below. A user's option is bound to its target's signature (sweeper.signatures).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import dataclasses
+import types
+import typing
+from difflib import get_close_matches
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sweeper import data as data_module
-from sweeper import models, schedules, signatures  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
+from sweeper import models, schedules, schema, signatures  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
-# The project's own components, by the `_target_` their options name: their values get the range
-# checks below. Any other `_target_` (a user's option, found on Hydra's search path) gets its
-# keys bound to its signature instead (sweeper/signatures.py); its `name` is only a label.
-SCHEDULES = {
-    f"sweeper.schedules.{n}": n for n in ("constant", "step", "multistep", "geometric", "cosine", "lr_range")
-}
-OPTIMIZERS = {"torch.optim.SGD": "sgd", "torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw"}
-MODELS = {"sweeper.models.ConvNet": "convnet", "sweeper.models.ResNet": "resnet"}
 # The sections whose `_target_` a user may name.
 BUILT = ("model", "optim", "loss", "schedule", "data")
-DATASETS = ("cifar10", "synthetic")
-PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -38,31 +35,131 @@ def _get(cfg, key):
     return OmegaConf.select(cfg, key, throw_on_missing=False)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+def _shown(value) -> str:
+    """A value as the command line writes it: true, not True; [16,32]; a string quoted."""
+    if isinstance(value, ListConfig | list):
+        return "[" + ",".join(_shown(x) for x in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+# ----------------------------------------------------------------------------- the schema's walker
 
 
-def number(cfg, key, *, low=None, high=None, low_open=False, high_open=False, integer=False):
-    v = _get(cfg, key)
-    kind = "an integer" if integer else "a number"
-    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-    allowed = " and ".join(s for s in (lo, hi) if s)
-    wanted = f"{kind}{' ' + allowed if allowed else ''}"
-    if not (_is_int(v) if integer else _is_number(v)):
-        hint = ""
-        if isinstance(v, str) and _parses_as_number(v):  # ${oc.env:X,0.05} gives the string '0.05'
-            hint = " (a string: ${oc.env:...} gives strings, ${oc.decode:${oc.env:...}} numbers)"
-        raise ConfigError(f"{key}={v!r} is invalid: must be {wanted}{hint}")
-    if low is not None and (v <= low if low_open else v < low):
-        raise ConfigError(f"{key}={v} is invalid: must be {wanted}")
-    if high is not None and (v >= high if high_open else v > high):
-        raise ConfigError(f"{key}={v} is invalid: must be {wanted}")
-    return v
+def _fields(kind, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any]]:
+    """(dotted key, type) for each leaf of a schema dataclass; Optional[X] as X."""
+    hints = typing.get_type_hints(kind)
+    for f in dataclasses.fields(kind):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+        if dataclasses.is_dataclass(tp):
+            yield from _fields(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp
+
+
+def _kind(tp) -> str:
+    """What a value of schema type `tp` is, in words."""
+    if typing.get_origin(tp) is list:
+        return f"a list of {_kind(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "a value")
+
+
+def _bound(cfg, bound, measured: dict):
+    """A rule's bound: a number, another key's value, or a measured one (None until measured)."""
+    if not isinstance(bound, str):
+        return bound
+    return measured[bound] if bound in measured else _get(cfg, bound) if cfg is not None else None
+
+
+def _bounds(rule: schema.Rule, cfg=None, measured: dict | None = None) -> list[str]:
+    """A rule's bounds in words: ['> 0', '<= 1']; a key's as its value where cfg is given."""
+    said = []
+    for bound, sign, opened in ((rule.low, ">", rule.low_open), (rule.high, "<", rule.high_open)):
+        value = _bound(cfg, bound, measured or {}) if cfg is not None else bound
+        if value is not None:  # a measured bound not measured yet: none
+            said.append(f"{sign}{'' if opened else '='} {value}")
+    return said
+
+
+def allowed(key: str, tp, rule: schema.Rule | None, cfg=None, measured: dict | None = None) -> str:
+    """What `key` may be: its type in words, and its rule's bounds or values."""
+    rule = rule or schema.Rule()
+    if rule.choices:
+        return "allowed values are " + ", ".join(
+            str(c).lower() if isinstance(c, bool) else c for c in rule.choices
+        )
+    if tp is typing.Any:  # an integer, or one per layer
+        form = f"an integer or a list of integers{', not empty' if rule.nonempty else ''}"
+        return f"must be {form} (e.g. {rule.example})" if rule.example else f"must be {form}"
+    if typing.get_origin(tp) is list and rule.nonempty:
+        return f"must be {_kind(tp)}, not empty (e.g. {rule.example})"
+    return "must be " + " and ".join([_kind(tp), *_bounds(rule, cfg, measured)]).replace(" and ", " ", 1)
+
+
+def _converted(given, typed) -> bool:
+    """Whether OmegaConf converted a value to its type (the string '0.05' to 0.05, 1 to true):
+    the run reads the value as given, so the given one must already be of its type."""
+    if isinstance(given, list):
+        return len(given) != len(typed) or any(_converted(g, t) for g, t in zip(given, typed, strict=False))
+    return type(given) is not type(typed) and not (type(given) is int and type(typed) is float)
+
+
+def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) -> None:
+    """Check one section against its dataclass (types, known keys), then its keys' rules."""
+    node = cfg if section is None else cfg[section]
+    keys = [k for k, _ in _fields(kind)]
+    # The root's own keys only: hydra's, in a config check_overrides composed, resolve only in a job.
+    plain = {k: _get(cfg, k) for k in keys} if section is None else OmegaConf.to_container(node, resolve=True)
+    prefix = f"{section}." if section else ""
+    try:
+        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(kind), plain))
+    except OmegaConfBaseException as e:
+        raise in_one_line(cfg, e, prefix=prefix, option=option) from None
+    for key, tp in _fields(kind):
+        given, value = _at(plain, key), _at(typed, key)
+        full = prefix + key
+        rule = schema.rule(full, option)
+        if value == "???" or (value is None and full not in OPTIONAL):
+            raise ConfigError(f"{full}=None is invalid: {allowed(full, tp, rule, cfg, measured)}")
+        if value is None or (rule and rule.when and _get(cfg, rule.when) is None):
+            continue
+        if _converted(given, value) or (tp is typing.Any and rule and not rule.choices and not _ints(value)):
+            hint = ""
+            if isinstance(given, str) and _parses_as_number(given):  # ${oc.env:X,0.05} gives a string
+                hint = " (a string: ${oc.env:...} gives strings, ${oc.decode:${oc.env:...}} numbers)"
+            raise ConfigError(
+                f"{full}={_shown(given)} is invalid: {allowed(full, tp, rule, cfg, measured)}{hint}"
+            )
+        if rule and not _unmeasured(rule, measured):
+            _apply(cfg, full, given, tp, rule, measured)  # as given: -1, not OmegaConf's -1.0
+
+
+def _unmeasured(rule: schema.Rule, measured: dict) -> bool:
+    """Whether a bound of the rule is a measured value not measured yet (n_train: the data's)."""
+    return any(isinstance(b, str) and "." not in b and b not in measured for b in (rule.low, rule.high))
+
+
+# Keys that may be null (Optional in the schema): read from the types, once.
+OPTIONAL = {
+    prefix + f.name
+    for prefix, kind in [("trainer.", schema.Trainer), ("trainer.early_stopping.", schema.EarlyStopping)]
+    for f in dataclasses.fields(kind)
+    if type(None) in typing.get_args(typing.get_type_hints(kind)[f.name])
+}
+
+
+def _at(tree, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _ints(value) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values) and isinstance(
+        value, list | int
+    )
 
 
 def _parses_as_number(text: str) -> bool:
@@ -73,60 +170,77 @@ def _parses_as_number(text: str) -> bool:
     return True
 
 
-def _shown(value) -> str:
-    """A value as the command line writes it: true, not True."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _apply(cfg, key: str, value, tp, rule: schema.Rule, measured: dict) -> None:
+    """Refuse `value` where it breaks `rule`: a value not among its choices, one out of bounds."""
+    if rule.choices:
+        # Equal and of the same type: `in` alone takes 0 and 1 for False and True.
+        if not any(value == c and type(value) is type(c) for c in rule.choices):
+            raise ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, rule)}")
+        return
+    values = value if isinstance(value, list) else [value]
+    if rule.nonempty and not values:
+        raise ConfigError(f"{key}=[] is invalid: {allowed(key, tp, rule, cfg, measured)}")
+    low, high = _bound(cfg, rule.low, measured), _bound(cfg, rule.high, measured)
+    for v in values:
+        if (low is not None and (v <= low if rule.low_open else v < low)) or (
+            high is not None and (v >= high if rule.high_open else v > high)
+        ):
+            if isinstance(value, list):
+                text = "every entry must be " + " and ".join(_bounds(rule, cfg, measured))
+            elif tp is typing.Any:
+                text = "must be " + " and ".join(_bounds(rule, cfg, measured))
+            else:
+                text = allowed(key, tp, rule, cfg, measured)
+            shown = _shown(value) if isinstance(value, list | str) else str(value)
+            raise ConfigError(f"{key}={shown} is invalid: {text}")
 
 
-def choice(cfg, key, allowed: Sequence):
-    v = _get(cfg, key)
-    # Equal and of the same type: `in` alone takes 0 and 1 for False and True.
-    if not any(v == a and type(v) is type(a) for a in allowed):
-        raise ConfigError(f"{key}={v!r} is invalid: allowed values are {', '.join(map(_shown, allowed))}")
-    return v
+def number(cfg, key, *, integer=False, rule: schema.Rule | None = None, **bounds):
+    """`key`'s value, refused in one line unless it is a number (an integer) within the rule's
+    bounds: for a value no schema types (a launcher's counts, a key a user's option shares)."""
+    value, tp = _get(cfg, key), int if integer else float
+    rule = rule or schema.Rule(**bounds)
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, rule, cfg)}")
+    _apply(cfg, key, value, tp, rule, {})
+    return value
 
 
-def boolean(cfg, key):
-    v = _get(cfg, key)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}={v!r} is invalid: must be true or false")
-    return v
+# ----------------------------------------------------------------------------- one line per error
 
 
-def int_list(cfg, key, *, low=1, allow_scalar=True, allow_empty=False, example="[32,64]"):
-    v = _get(cfg, key)
-    if allow_scalar and _is_int(v):
-        values = [v]
-    elif isinstance(v, ListConfig | list) and all(_is_int(x) for x in v) and (allow_empty or len(v) > 0):
-        values = list(v)
-    else:
-        form = "an integer or a list of integers" if allow_scalar else "a list of integers"
-        empty = "" if allow_empty else ", not empty"
-        raise ConfigError(f"{key}={_list_text(v)} is invalid: must be {form}{empty} (e.g. {example})")
-    if any(x < low for x in values):
-        entries = "every entry " if isinstance(v, ListConfig | list) else ""
-        raise ConfigError(f"{key}={_list_text(v)} is invalid: {entries}must be >= {low}")
-    return v
+def in_one_line(
+    cfg, e: OmegaConfBaseException, where: str | None = None, *, prefix: str = "", option=None
+) -> ConfigError:
+    """Any OmegaConf error as one line: the key it names (its full_key under `prefix`, else
+    `where`), the value as written, and what the schema allows there (else OmegaConf's reason)."""
+    key = prefix + (getattr(e, "full_key", None) or "") or where
+    value = getattr(e, "value", None)
+    if key and "[" in key:  # an entry of a list: the list, as given where it is known
+        key = key.split("[")[0]
+        value = value if cfg is None else _get(cfg, key)
+    if isinstance(e, ConfigKeyError) and prefix:  # a key the section's schema does not have
+        section, name = key.rsplit(".", 1)
+        known = [k for k in _schema_of(key, option) if not k.startswith("_")]
+        close = get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {section}.{close[0]}?" if close else f"its keys are {', '.join(known)}"
+        return ConfigError(f"{key} is not a key of {section}{'=' + option if option else ''}: {hint}")
+    tp = _schema_of(key, option).get(key.partition(".")[2] or key) if key else None
+    if isinstance(e, ValidationError) and tp is not None:  # a value not of its type
+        return ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, schema.rule(key, option))}")
+    return ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}")
 
 
-def _list_text(v) -> str:
-    """[16,32] or 16, as typed on the command line."""
-    if isinstance(v, ListConfig | list):
-        return "[" + ",".join(_shown(x) for x in v) + "]"
-    return repr(v) if isinstance(v, str) else _shown(v)
+# Each schema dataclass by the name of what it types: the trainer, or an option (sgd, step, ...).
+KINDS = {"trainer": schema.Trainer} | {n: k for own in schema.OWN.values() for n, k in own.values()}
 
 
-def check(cfg: DictConfig) -> None:
-    try:
-        _check(cfg)
-    except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
-        raise in_one_line(cfg, e) from None
-
-
-def in_one_line(cfg, e: OmegaConfBaseException, where: str | None = None) -> ConfigError:
-    """OmegaConf's error in `cfg` as one line: the key it names (its full_key, else `where`), its
-    value as written, and OmegaConf's reason."""
-    return ConfigError(f"{_as_written(cfg, getattr(e, 'full_key', None) or where)} is invalid: {_reason(e)}")
+def _schema_of(key: str, option: str | None) -> dict:
+    """{key under its section: type} of the schema that types `key`: lr's, the trainer's, or
+    the option's; empty where none does (a user's option)."""
+    section, _, rest = key.partition(".")
+    kind = (KINDS.get(option) or KINDS.get(section)) if rest else schema.Root
+    return dict(_fields(kind)) if kind else {}
 
 
 def _reason(e: Exception) -> str:
@@ -147,137 +261,136 @@ def _as_written(cfg, key: str | None) -> str:
         return key
 
 
+# ----------------------------------------------------------------------------- the checks
+
+
+def check(cfg: DictConfig) -> None:
+    try:
+        _check(cfg)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${nope.key}
+        raise in_one_line(cfg, e) from None
+
+
+def _own(cfg, section: str) -> tuple[str, type] | None:
+    """The project's option `section` is (its name and schema, by its `_target_`), or None for a user's."""
+    known = schema.OWN[section]
+    target = _get(cfg, f"{section}._target_")
+    if target is None:  # a section without a _target_: named by `name`
+        by_name = {name: (name, kind) for name, kind in known.values()}
+        name = _get(cfg, f"{section}.name")
+        if name not in by_name:
+            raise ConfigError(f"{section}.name={name!r} is invalid: allowed values are {', '.join(by_name)}")
+        return by_name[name]
+    return known.get(str(target))
+
+
 def _check(cfg: DictConfig) -> None:
-    epochs = number(cfg, "trainer.epochs", low=1, integer=True)
-    number(cfg, "lr", low=0, low_open=True)
     for section in BUILT:
         problem = signatures.problem(cfg, section) if section in cfg else None
         if problem:
             raise ConfigError(problem)
-    _check_optim(cfg)
-    _check_schedule(cfg, epochs)
-    n_train = _check_data(cfg)
-    _check_model(cfg)
+    measured = {}  # what the checks measure, for the rules bounded by it: the data's n_train
+    _walk(cfg, "trainer", schema.Trainer, None, measured)
+    _walk(cfg, None, schema.Root, None, measured)
+    for section in ("optim", "schedule", "model"):
+        own = _own(cfg, section)
+        if own:
+            _walk(cfg, section, own[1], own[0], measured)
+            CROSS.get(own[0], lambda cfg: None)(cfg)
+        else:  # a user's option: the keys the training loop reads from any option, where it has them
+            for key in {"schedule": ["schedule.warmup_epochs"], "model": ["model.l1"]}.get(section, []):
+                if _get(cfg, key) is not None:
+                    number(cfg, key, rule=schema.RULES[key])
+    measured["n_train"] = data_module.check(cfg)
+    _check_geometry(cfg)
     _check_sizable(cfg)
-    _check_trainer(cfg, n_train)
+    _apply(
+        cfg, "trainer.batch_size", cfg.trainer.batch_size, int, schema.RULES["trainer.batch_size"], measured
+    )
+    _check_trainer(cfg)
 
 
-def _own(cfg, section: str, known: dict[str, str]) -> str | None:
-    """The project's option `section` is (its name, by its `_target_`), or None for a user's."""
-    target = _get(cfg, f"{section}._target_")
-    if target is None:  # a section without a _target_: named by `name`
-        return choice(cfg, f"{section}.name", tuple(known.values()))
-    return known.get(str(target))
-
-
-def _check_optim(cfg) -> None:
-    name = _own(cfg, "optim", OPTIMIZERS)
-    if name is None:
-        return
-    number(cfg, "optim.weight_decay", low=0)
-    if name == "sgd":
-        momentum = number(cfg, "optim.momentum", low=0, high=1, high_open=True)
-        if boolean(cfg, "optim.nesterov") and momentum == 0:
-            raise ConfigError(
-                "optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0"
-            )
-    else:
-        betas = _get(cfg, "optim.betas")
-        if not (
-            isinstance(betas, ListConfig)
-            and len(betas) == 2
-            and all(_is_number(b) and 0 <= b < 1 for b in betas)
-        ):
-            raise ConfigError(
-                f"optim.betas={betas!r} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]"
-            )
-        number(cfg, "optim.eps", low=0, low_open=True)
-
-
-def _check_schedule(cfg, epochs: int) -> None:
-    if _get(cfg, "schedule.warmup_epochs") is not None:  # a user's schedule may leave it out
-        number(cfg, "schedule.warmup_epochs", low=0, high=epochs, high_open=True)
-    name = _own(cfg, "schedule", SCHEDULES)
-    if name == "step":
-        number(cfg, "schedule.lr2", low=0, low_open=True)
-        e = number(cfg, "schedule.epoch", low=1, integer=True)
-        if e >= epochs:
-            written = _as_written(cfg, "schedule.epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
-            given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
-            raise ConfigError(
-                f"schedule.epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
-                f"1 <= schedule.epoch < trainer.epochs={epochs}"
-            )
-    elif name == "multistep":
-        milestones = int_list(
-            cfg, "schedule.milestones", allow_scalar=False, example=f"[{max(1, epochs // 2)}]"
+def _step(cfg) -> None:
+    e, epochs = cfg.schedule.switch_epoch, cfg.trainer.epochs
+    if e >= epochs:
+        written = _as_written(cfg, "schedule.switch_epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
+        given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
+        raise ConfigError(
+            f"schedule.switch_epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
+            f"1 <= schedule.switch_epoch < trainer.epochs={epochs}"
         )
-        if list(milestones) != sorted(set(milestones)) or milestones[-1] >= epochs:
-            raise ConfigError(
-                f"schedule.milestones={list(milestones)} is invalid: must be increasing epochs "
-                f"between 1 and trainer.epochs-1={epochs - 1}"
-            )
-        number(cfg, "schedule.gamma", low=0, high=1, low_open=True)
-    elif name == "geometric":
-        number(cfg, "schedule.decay", low=0, high=1, low_open=True)
-    elif name == "cosine":
-        lr_min = number(cfg, "schedule.lr_min", low=0)
-        if lr_min > cfg.lr:
-            raise ConfigError(f"schedule.lr_min={lr_min} is invalid: must be <= lr={cfg.lr}")
-    elif name == "lr_range":
-        lr_min = number(cfg, "schedule.lr_min", low=0, low_open=True)
-        lr_max = number(cfg, "schedule.lr_max", low=0, low_open=True)
-        if lr_max <= lr_min:
-            raise ConfigError(
-                f"schedule.lr_max={lr_max} is invalid: the range must grow, schedule.lr_max > schedule.lr_min={lr_min}"
-            )
 
 
-def _check_data(cfg) -> int:
-    return data_module.check(cfg)
+def _multistep(cfg) -> None:
+    milestones, epochs = list(cfg.schedule.milestones), cfg.trainer.epochs
+    if milestones != sorted(set(milestones)) or milestones[-1] >= epochs:
+        raise ConfigError(
+            f"schedule.milestones={milestones} is invalid: must be increasing epochs "
+            f"between 1 and trainer.epochs-1={epochs - 1}"
+        )
 
 
-def _check_model(cfg) -> None:
-    if _get(cfg, "model.l1") is not None:  # read by the training loop, for any model
-        number(cfg, "model.l1", low=0)
-    name = _own(cfg, "model", MODELS)
-    if name is None:
+def _cosine(cfg) -> None:
+    if cfg.schedule.lr_min > cfg.lr:
+        raise ConfigError(f"schedule.lr_min={cfg.schedule.lr_min} is invalid: must be <= lr={cfg.lr}")
+
+
+def _lr_range(cfg) -> None:
+    lr_min, lr_max = cfg.schedule.lr_min, cfg.schedule.lr_max
+    if lr_max <= lr_min:
+        raise ConfigError(
+            f"schedule.lr_max={lr_max} is invalid: the range must grow, schedule.lr_max > schedule.lr_min={lr_min}"
+        )
+
+
+def _sgd(cfg) -> None:
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0")
+
+
+def _adam(cfg) -> None:
+    betas = list(cfg.optim.betas)
+    if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise ConfigError(
+            f"optim.betas={_shown(betas)} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]"
+        )
+
+
+def _resnet(cfg) -> None:
+    k = cfg.model.kernel_size
+    if k % 2 == 0:  # padding k//2 keeps a map's size only for odd k: the residual sum needs it
+        raise ConfigError(
+            f"model.kernel_size={k} is invalid for model=resnet: must be odd (1, 3, 5, ...), "
+            "so that each block keeps its input's size for the residual sum"
+        )
+
+
+# The rules that relate several keys of an option, by the option's name.
+CROSS = {
+    "step": _step, "multistep": _multistep, "cosine": _cosine, "lr_range": _lr_range,
+    "sgd": _sgd, "adam": _adam, "adamw": _adam, "resnet": _resnet,
+}  # fmt: skip
+
+
+def _check_geometry(cfg) -> None:
+    """The net fits the data's images: the data's own image shape (a 28x28 MNIST, a 64x48
+    folder); the CIFAR size where it is not known before loading (the job checks it again then)."""
+    own = _own(cfg, "model")
+    if own is None:
         return
-    # The data's own image shape (a 28x28 MNIST, a 64x48 folder); the CIFAR size where it is
-    # not known before loading (the job checks it again then).
     extent = data_module.extent(cfg.data)
     height, width = extent.shape[1:] if extent else (data_module.IMAGE_SIZE,) * 2
+    m = cfg.model
     try:
-        models.square(height if height == width else (height, width), name)
-    except models.GeometryError as e:
-        raise ConfigError(str(e)) from None
-    number(cfg, "model.dropout", low=0, high=1, high_open=True)
-    boolean(cfg, "model.batch_norm")
-    int_list(cfg, "model.units", low=1, allow_scalar=False, allow_empty=True)
-    if name == "resnet":
-        number(cfg, "model.channels", low=1, integer=True)
-        number(cfg, "model.blocks", low=1, integer=True)
-        k = number(cfg, "model.kernel_size", low=1, integer=True)
-        if k % 2 == 0:  # padding k//2 keeps a map's size only for odd k: the residual sum needs it
-            raise ConfigError(
-                f"model.kernel_size={k} is invalid for model=resnet: must be odd (1, 3, 5, ...), "
-                "so that each block keeps its input's size for the residual sum"
+        models.square(height if height == width else (height, width), own[0])
+        if own[0] == "convnet":
+            models.conv_widths(m.channels, m.growth, m.conv_layers)
+            models.convnet_geometry(
+                height,
+                models.per_layer(m.kernel_size, m.conv_layers, "model.kernel_size"),
+                models.per_layer(m.pool, m.conv_layers, "model.pool"),
+                m.padding,
             )
-        return
-    layers = number(cfg, "model.conv_layers", low=1, integer=True)
-    int_list(cfg, "model.channels")
-    number(cfg, "model.growth", low=0, low_open=True)
-    kernels = int_list(cfg, "model.kernel_size")
-    pools = int_list(cfg, "model.pool")
-    padding = choice(cfg, "model.padding", ("valid", "same"))
-    try:
-        models.conv_widths(_get(cfg, "model.channels"), cfg.model.growth, layers)
-        models.convnet_geometry(
-            height,
-            models.per_layer(kernels, layers, "model.kernel_size"),
-            models.per_layer(pools, layers, "model.pool"),
-            padding,
-        )
     except models.GeometryError as e:
         raise ConfigError(str(e)) from None
 
@@ -293,26 +406,20 @@ def _check_sizable(cfg) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _check_trainer(cfg, n_train: int) -> None:
-    number(cfg, "trainer.batch_size", low=1, high=n_train, integer=True)
-    number(cfg, "trainer.eval_batch_size", low=1, integer=True)
-    number(cfg, "trainer.seed", low=0, high=2**64 - 1, integer=True)  # torch.manual_seed's range
-    device = _get(cfg, "trainer.device")
+def _check_trainer(cfg) -> None:
+    device = cfg.trainer.device
     if not (
-        device in ("auto", "cpu", "cuda", "mps")
-        or (isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit())
+        device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise ConfigError(
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
         )
-    choice(cfg, "trainer.precision", PRECISIONS)
-    threads = _get(cfg, "trainer.threads")
-    if threads != "auto" and not (_is_int(threads) and threads >= 1):
-        raise ConfigError(
-            f"trainer.threads={_list_text(threads)} is invalid: must be auto or an integer >= 1"
-        )
-    choice(cfg, "trainer.channels_last", ("auto", True, False))
-    if choice(cfg, "trainer.cuda_graph", ("auto", True, False)) is True:
+    threads = cfg.trainer.threads
+    if threads != "auto" and not (
+        isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1
+    ):
+        raise ConfigError(f"trainer.threads={_shown(threads)} is invalid: must be auto or an integer >= 1")
+    if cfg.trainer.cuda_graph is True:
         from sweeper.cuda_graph import capturable
 
         reason = capturable(cfg)
@@ -320,36 +427,19 @@ def _check_trainer(cfg, n_train: int) -> None:
             raise ConfigError(
                 f"trainer.cuda_graph=true cannot capture this run's step: {reason}; use auto or false"
             )
-    int_list(cfg, "trainer.sample_loss_epochs", low=1, allow_scalar=False, allow_empty=True)
-    for key in ("keep_sample_losses", "checkpoint", "resume", "log_steps"):
-        boolean(cfg, f"trainer.{key}")
-    if _get(cfg, "trainer.until_epoch") is not None:  # null: trainer.epochs
-        number(cfg, "trainer.until_epoch", low=1, high=_get(cfg, "trainer.epochs"), integer=True)
-    _check_stopping(cfg)
-    from sweeper import objective
-
-    objective.check(cfg)  # trainer.objective (hydra/sweeper=optuna)
-
-
-def _check_stopping(cfg) -> None:
-    """trainer.early_stopping and the divergence threshold (sweeper/stopping.py); a config
-    without them (written before they existed) has them off."""
     from sweeper.metrics import allowed_stopping_metrics
 
     # The run's measured columns: its trainer.metrics (checked here) on each split it has.
-    allowed = allowed_stopping_metrics(cfg.trainer, _get(cfg, "data.val_size") is not None)
-    metric = _get(cfg, "trainer.early_stopping.metric")
-    if metric is not None:
-        if metric not in allowed:
-            raise ConfigError(
-                f"trainer.early_stopping.metric={_list_text(metric)} is invalid: allowed values are "
-                f"{', '.join(allowed)}, or null (off)"
-            )
-        number(cfg, "trainer.early_stopping.patience", low=1, integer=True)
-        number(cfg, "trainer.early_stopping.min_delta", low=0)
-    if _get(cfg, "trainer.diverge_factor") is not None:
-        number(cfg, "trainer.diverge_factor", low=0, low_open=True)
-        number(cfg, "trainer.diverge_epochs", low=1, integer=True)
+    stopping = allowed_stopping_metrics(cfg.trainer, _get(cfg, "data.val_size") is not None)
+    metric = cfg.trainer.early_stopping.metric
+    if metric is not None and metric not in stopping:
+        raise ConfigError(
+            f"trainer.early_stopping.metric={_shown(metric)} is invalid: allowed values are "
+            f"{', '.join(stopping)}, or null (off)"
+        )
+    from sweeper import objective
+
+    objective.check(cfg)  # trainer.objective (hydra/sweeper=optuna)
 
 
 def check_device(cfg) -> None:
@@ -380,21 +470,18 @@ def check_device(cfg) -> None:
             "trainer.device=mps is invalid here: this machine has no MPS device; use auto or cpu"
         )
     if trains_on.startswith("cuda"):
-        _check_cuda_index(trains_on, torch)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(trains_on[5:]) if trains_on.startswith("cuda:") else 0
+        if count == 0:
+            raise ConfigError(
+                f"trainer.device={trains_on} is invalid here: this machine has no CUDA GPU "
+                "(torch.cuda.is_available() is false); use auto or cpu"
+            )
+        if index >= count:
+            raise ConfigError(
+                f"trainer.device={trains_on} is invalid here: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     problem = footprint.problem(cfg, trains_on)
     if problem:
         raise ConfigError(problem)
-
-
-def _check_cuda_index(device: str, torch) -> None:
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device[5:]) if device.startswith("cuda:") else 0
-    if count == 0:
-        raise ConfigError(
-            f"trainer.device={device} is invalid here: this machine has no CUDA GPU (torch.cuda.is_available() "
-            "is false); use auto or cpu"
-        )
-    if index >= count:
-        raise ConfigError(
-            f"trainer.device={device} is invalid here: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
-        )

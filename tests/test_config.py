@@ -57,7 +57,7 @@ def test_every_experiment_composes_and_validates(name):
 
 def test_experiments_hold_the_lecture_protocols():
     lr2 = compose_cfg("experiment=lecture_lr2", tiny=False)
-    assert (lr2.schedule.name, lr2.lr, lr2.schedule.epoch, lr2.trainer.epochs) == ("step", 0.1, 25, 50)
+    assert (lr2.schedule.name, lr2.lr, lr2.schedule.switch_epoch, lr2.trainer.epochs) == ("step", 0.1, 25, 50)
     text = (CONF / "experiment" / "lecture_lr2.yaml").read_text()
     assert "schedule.lr2: 0.07,0.05,0.02" in text
     assert "lr: 0.2,0.1,0.01" in (CONF / "experiment" / "lecture_lr.yaml").read_text()
@@ -70,13 +70,13 @@ def test_experiments_hold_the_lecture_protocols():
         (["lr=-0.1"], "lr=-0.1 is invalid: must be a number > 0"),
         (["lr=abc"], "lr='abc' is invalid: must be a number > 0"),
         (
-            ["schedule=step", "schedule.epoch=2"],
-            "schedule.epoch=2 is invalid: the switch to schedule.lr2 must come before the end",
+            ["schedule=step", "schedule.switch_epoch=2"],
+            "schedule.switch_epoch=2 is invalid: the switch to schedule.lr2 must come before the end",
         ),
         (["schedule=multistep", "schedule.milestones=[3,1]"], "schedule.milestones=[3, 1] is invalid"),
         (
-            ["schedule=geometric", "schedule.decay=1.5"],
-            "schedule.decay=1.5 is invalid: must be a number > 0 and <= 1",
+            ["schedule=geometric", "schedule.gamma=1.5"],
+            "schedule.gamma=1.5 is invalid: must be a number > 0 and <= 1",
         ),
         (["model.kernel_size=40"], "model.kernel_size=40 at conv layer 1 is larger than its 32x32 input"),
         (  # padding=same keeps the map; past 2*size - 1 the kernel's outer weights meet no pixel
@@ -523,13 +523,13 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             "optim.eps is invalid in this sweep: optim=sgd has no eps (only optim=adam has); sweep them separately",
         ),
         (
-            ["-m", "experiment=lecture_lr,lecture_lr2", "schedule.epoch=1"],
-            "schedule.epoch is invalid in this sweep: experiment=lecture_lr has no schedule.epoch "
+            ["-m", "experiment=lecture_lr,lecture_lr2", "schedule.switch_epoch=1"],
+            "schedule.switch_epoch is invalid in this sweep: experiment=lecture_lr has no schedule.switch_epoch "
             "(only experiment=lecture_lr2 has); sweep them separately",
         ),
         (  # the lecture's lr2 protocol without its schedule: was "did you mean schedule.warmup_epochs?"
-            ["-m", "schedule.epoch=25", "schedule.lr2=0.07,0.05"],
-            "schedule.epoch is invalid: schedule=constant has no epoch; the schedule options with it are step "
+            ["-m", "schedule.switch_epoch=25", "schedule.lr2=0.07,0.05"],
+            "schedule.switch_epoch is invalid: schedule=constant has no switch_epoch; the schedule options with it are step "
             "(add schedule=step)",
         ),
         (["schedule.lrr2=0.1"], "schedule.lrr2 is not a config key: the keys of schedule are schedule.name,"),
@@ -692,7 +692,8 @@ def test_a_single_run_deleting_a_key_it_needs_is_refused_before_its_dir_is_made(
     result = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'r'}", "~trainer.keep_sample_losses", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: trainer.keep_sample_losses=None is invalid: must be true or false"
+        "error: ~trainer.keep_sample_losses is invalid: trainer.keep_sample_losses is a key of the schema, "
+        "which a run reads; set it instead"
     )
     assert not (tmp_path / "r").exists()
 
@@ -702,3 +703,94 @@ def test_an_experiment_whose_grid_has_one_value_runs_alone(tmp_path: Path):
 
     # lecture_baseline's params hold lr: 0.1, the default: a single run drops nothing
     check_run(["experiment=lecture_baseline", *TINY, f"hydra.run.dir={tmp_path / 'r'}"])
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("schedule.epoch=3", "schedule.epoch was renamed schedule.switch_epoch"),
+        ("schedule.decay=0.5", "schedule.decay was renamed schedule.gamma"),
+        ("+schedule.epoch=3", "schedule.epoch was renamed schedule.switch_epoch"),
+        ("++schedule.decay=0.5", "schedule.decay was renamed schedule.gamma"),
+    ],
+)
+def test_a_knobs_former_name_is_refused_naming_the_new_one(argument, message):
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides(["schedule=step", argument], str(CONF))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "overrides_, message",
+    [
+        (["++model.dropot=0.1"], "model.dropot is not a key of model=convnet: did you mean model.dropout?"),
+        (
+            ["model.batch_norm=2"],
+            "model.batch_norm=2 is invalid: must be true or false",
+        ),  # OmegaConf reads 2 as true
+        (["optim.nesterov=yes"], "optim.nesterov='yes' is invalid: must be true or false"),
+        (
+            ["schedule=multistep", "schedule.milestones=[1,x]"],
+            "schedule.milestones=[1,'x'] is invalid: must be a list of integers, not empty (e.g. [25])",
+        ),
+    ],
+)
+def test_the_schema_refuses_a_key_or_a_type_an_own_option_does_not_have(overrides_, message):
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(compose_cfg(*overrides_))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("trainer.epochs=abc", "trainer.epochs='abc' is invalid: must be an integer >= 1"),
+        (
+            "trainer.keep_sample_losses=maybe",
+            "trainer.keep_sample_losses='maybe' is invalid: must be true or false",
+        ),
+        (
+            "trainer.early_stopping.patience=1.5",
+            "trainer.early_stopping.patience=1.5 is invalid: must be an integer >= 1",
+        ),
+    ],
+)
+def test_hydra_composes_the_trainer_through_its_schema_and_its_type_errors_take_one_line(argument, message):
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides([argument], str(CONF))
+    assert str(err.value) == message
+
+
+def test_the_submitit_counts_are_read_from_its_queue_dataclass():
+    counts = launcher_options.submitit_counts()
+    assert {"timeout_min", "cpus_per_task", "gpus_per_node", "array_parallelism", "signal_delay_s"} <= set(
+        counts
+    )
+    assert "partition" not in counts and "stderr_to_stdout" not in counts  # a string, a bool
+
+
+@pytest.mark.parametrize("flags", [["-c", "job"], ["--cfg", "hydra", "-p", "hydra.launcher"], ["-cd", "."]])
+def test_the_config_source_is_read_with_hydras_own_flags(flags):
+    from sweeper.command_line import config_source
+
+    source = config_source([*flags, "lr=0.1"])  # -c is --cfg, as Hydra reads it: not an ambiguous -cp/-cn
+    assert source is not None and source.name == "config"
+
+
+def a_users_schedule(*, lr, steps_per_epoch, total_steps):
+    return lambda step: lr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("abc", "schedule.warmup_epochs='abc' is invalid: must be a number >= 0 and < 2"),
+        ("5", "schedule.warmup_epochs=5 is invalid: must be a number >= 0 and < 2"),
+    ],
+)
+def test_a_users_schedule_has_the_keys_the_loop_reads_checked_too(value, message):
+    # No schema types a user's option: the training loop's own keys in it (warmup_epochs) still get their rule.
+    cfg = compose_cfg(f"schedule._target_={__name__}.a_users_schedule", f"schedule.warmup_epochs={value}")
+    with pytest.raises(validate.ConfigError) as err:
+        validate.check(cfg)
+    assert str(err.value) == message

@@ -18,7 +18,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 OPTIMISERS = [
     [],  # the lecture's plain SGD
     ["optim.momentum=0.9", "optim.weight_decay=5e-4"],
-    ["optim.momentum=0.9", "optim.nesterov=true", "model.l1=1e-4", "schedule=step", "schedule.epoch=1"],
+    ["optim.momentum=0.9", "optim.nesterov=true", "model.l1=1e-4", "schedule=step", "schedule.switch_epoch=1"],
 ]
 
 

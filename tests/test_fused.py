@@ -14,7 +14,7 @@ from tests.conftest import REPO, compose_cfg
 TRIALS = [
     ["lr=0.1"],
     ["lr=0.05", "optim.momentum=0.9"],
-    ["lr=0.1", "trainer.seed=1", "schedule=step", "schedule.epoch=1", "schedule.lr2=0.02"],
+    ["lr=0.1", "trainer.seed=1", "schedule=step", "schedule.switch_epoch=1", "schedule.lr2=0.02"],
 ]
 COMMON = ["trainer.epochs=2", "data.augment=true", "trainer.channels_last=false"]
 

@@ -18,7 +18,7 @@ def test_constant_is_lr_everywhere():
 
 def test_step_switches_after_epoch_k():
     # "0.1 for 25 epochs, then lr2": the last step of epoch 25 still runs at 0.1.
-    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, lr2=0.05, epoch=25)
+    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, lr2=0.05, switch_epoch=25)
     assert schedules.step(**kw)(25 * SPE - 1) == 0.1
     assert schedules.step(**kw)(25 * SPE) == 0.05
     assert schedules.step(**kw)(0) == 0.1
@@ -34,7 +34,7 @@ def test_multistep_multiplies_by_gamma_at_each_milestone():
 
 
 def test_geometric_decays_once_per_epoch():
-    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, decay=0.5)
+    kw = dict(lr=0.1, steps_per_epoch=SPE, total_steps=500, gamma=0.5)
     assert schedules.geometric(**kw)(SPE - 1) == 0.1
     assert schedules.geometric(**kw)(SPE) == pytest.approx(0.05)
     assert schedules.geometric(**kw)(3 * SPE + 5) == pytest.approx(0.1 * 0.5**3)
@@ -60,11 +60,11 @@ def test_warmup_ramps_linearly_then_hands_over():
     "overrides, expected",
     [
         (
-            ["schedule=step", "trainer.epochs=4", "schedule.epoch=2", "schedule.lr2=0.02"],
+            ["schedule=step", "trainer.epochs=4", "schedule.switch_epoch=2", "schedule.lr2=0.02"],
             [0.1] * 20 + [0.02] * 20,
         ),
         (
-            ["schedule=geometric", "trainer.epochs=3", "schedule.decay=0.5"],
+            ["schedule=geometric", "trainer.epochs=3", "schedule.gamma=0.5"],
             [0.1] * 10 + [0.05] * 10 + [0.025] * 10,
         ),
         (
@@ -113,24 +113,24 @@ def test_a_record_written_with_partial_schedules_still_resumes():
 )
 def test_fraction_of_epochs_is_that_epoch_of_the_run_rounded_down(fraction, epochs, expected):
     cfg = compose_cfg(
-        "schedule=step", f"trainer.epochs={epochs}", f"schedule.epoch=${{fraction_of_epochs:{fraction}}}"
+        "schedule=step", f"trainer.epochs={epochs}", f"schedule.switch_epoch=${{fraction_of_epochs:{fraction}}}"
     )
-    assert cfg.schedule.epoch == expected
+    assert cfg.schedule.switch_epoch == expected
 
 
 def test_the_lecture_switches_at_epoch_25_of_50_and_halfway_through_a_shortened_run():
     # "0.1 for 25 epochs, then lr2": what the record keeps is the epoch, as before.
-    assert compose_cfg("experiment=lecture_lr2", tiny=False).schedule.epoch == 25
+    assert compose_cfg("experiment=lecture_lr2", tiny=False).schedule.switch_epoch == 25
     short = compose_cfg("experiment=lecture_lr2", "trainer.epochs=4", tiny=False)
-    assert short.schedule.epoch == 2
+    assert short.schedule.switch_epoch == 2
     lr_at = build.schedule(short, steps_per_epoch=SPE, total_steps=4 * SPE)
     assert [lr_at(e * SPE) for e in range(4)] == [0.1, 0.1, 0.05, 0.05]
 
 
 def test_the_lecture_grid_can_be_shortened_for_a_quick_look():
     # Both experiments' jobs pass the checks at trainer.epochs=4: before, lecture_lr2's switch at
-    # epoch 25 was refused (it must come before the end), and schedule.epoch=2 could not be set
-    # for the pair (lecture_lr has no schedule.epoch).
+    # epoch 25 was refused (it must come before the end), and schedule.switch_epoch=2 could not be set
+    # for the pair (lecture_lr has no schedule.switch_epoch).
     from sweeper import overrides, validate
 
     arguments = ["-m", "experiment=lecture_lr,lecture_lr2", "trainer.epochs=4", "data=synthetic"]
@@ -146,12 +146,12 @@ def test_the_lecture_grid_can_be_shortened_for_a_quick_look():
     [
         (
             ["schedule=step", "trainer.epochs=1"],
-            "schedule.epoch=${fraction_of_epochs:0.5} (epoch 1 here) is invalid: the switch to schedule.lr2 "
-            "must come before the end, 1 <= schedule.epoch < trainer.epochs=1",
+            "schedule.switch_epoch=${fraction_of_epochs:0.5} (epoch 1 here) is invalid: the switch to schedule.lr2 "
+            "must come before the end, 1 <= schedule.switch_epoch < trainer.epochs=1",
         ),
         (
-            ["schedule=step", "schedule.epoch=${fraction_of_epochs:1.5}"],
-            "schedule.epoch=${fraction_of_epochs:1.5} is invalid: fraction_of_epochs takes a number "
+            ["schedule=step", "schedule.switch_epoch=${fraction_of_epochs:1.5}"],
+            "schedule.switch_epoch=${fraction_of_epochs:1.5} is invalid: fraction_of_epochs takes a number "
             "between 0 and 1 (0.5: halfway), not 1.5",
         ),
         (["schedule=step", "trainer.epochs=abc"], "trainer.epochs='abc' is invalid: must be an integer >= 1"),
@@ -159,7 +159,9 @@ def test_the_lecture_grid_can_be_shortened_for_a_quick_look():
 )
 def test_a_switch_stated_as_a_fraction_is_refused_in_one_line_where_it_cannot_work(overrides, message):
     from sweeper import validate
+    from sweeper.overrides import check_overrides
 
     with pytest.raises(validate.ConfigError) as err:
+        check_overrides(overrides, str(CONF))  # the trainer's types: refused as Hydra composes them
         validate.check(compose_cfg(*overrides))
     assert str(err.value) == message

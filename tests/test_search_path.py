@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from sweeper import overrides, validate
-from sweeper.__main__ import config_source
+from sweeper import command_line, overrides, validate
+from sweeper.command_line import config_source
 from tests import test_slurm
 from tests.conftest import CONF, TINY, compose_cfg, run_cli
 from tests.slurm_helpers import read_json, sweep_cmd
@@ -97,8 +97,8 @@ def test_a_typo_in_a_user_option_is_refused_naming_every_option(project: Path):
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_group_lists_the_options_on_the_search_path(project: Path, group: str):
     for source in (
-        overrides.ConfigSource(str(CONF), extra_dir=str(project / "myconf")),
-        overrides.ConfigSource(str(CONF)),
+        command_line.ConfigSource(str(CONF), extra_dir=str(project / "myconf")),
+        command_line.ConfigSource(str(CONF)),
     ):
         search = [] if source.extra_dir else [f"hydra.searchpath=[file://{project / 'myconf'}]"]
         with pytest.raises(validate.ConfigError) as err:
@@ -137,7 +137,7 @@ def test_a_pkg_search_path_and_a_config_dir_given_by_cp_and_cn(project: Path):
         """)
     )
     source = config_source(["-cp", str(project / "exp"), "-cn", "exp", "model.hidden=8"])
-    assert source == overrides.ConfigSource(str(project / "exp"), "exp")
+    assert source == command_line.ConfigSource(str(project / "exp"), "exp")
     cfg = overrides.check_overrides(["model.hidden=8", *SMALL], source)
     assert cfg.model.hidden == 8 and cfg.model._target_ == "mynets.MLP"
     with pytest.raises(
@@ -145,7 +145,7 @@ def test_a_pkg_search_path_and_a_config_dir_given_by_cp_and_cn(project: Path):
     ):
         overrides.check_overrides(["model=mlpp"], source)
     pkg = config_source(["-cp", "pkg://userpkg.conf", "-cn", "exp", "-cd", "myconf"])
-    assert pkg == overrides.ConfigSource("pkg://userpkg.conf", "exp", str(project / "myconf"))
+    assert pkg == command_line.ConfigSource("pkg://userpkg.conf", "exp", str(project / "myconf"))
     (package / "conf" / "exp.yaml").write_text((project / "exp" / "exp.yaml").read_text())
     with pytest.raises(
         validate.ConfigError, match=r"^model=mlpp is invalid: allowed values are convnet, mlp"
@@ -310,12 +310,12 @@ def grid_project(project: Path) -> Path:
 def test_a_key_of_every_model_an_experiments_grid_sweeps_is_told_to_take_plus_plus(grid_project: Path):
     # Hydra composes the sweep's shared config with the default model (convnet), which has no
     # `hidden`: the line says how to set it in every swept model, not "add model=mlp".
-    source = overrides.ConfigSource(str(CONF), extra_dir=str(grid_project / "myconf"))
+    source = command_line.ConfigSource(str(CONF), extra_dir=str(grid_project / "myconf"))
     with pytest.raises(validate.ConfigError) as err:
         overrides.check_overrides(["-m", "experiment=both", "model.hidden=4"], source)
     assert str(err.value) == (
-        "model.hidden is invalid in this sweep: every model swept has it, but Hydra first composes the "
-        "shared config without them; write ++model.hidden to set it in every model swept"
+        "model.hidden is invalid in this sweep: Hydra first composes the shared config with model=convnet, "
+        "which has no hidden; write ++model.hidden to set it in every model swept"
     )
     with pytest.raises(validate.ConfigError) as err:  # a typo: the swept models' keys are the nearest
         overrides.check_overrides(["-m", "experiment=both", "model.hiden=4"], source)

@@ -190,7 +190,7 @@ def test_a_bad_early_stopping_metric_is_refused_in_one_line_naming_the_allowed_v
     assert "train_loss, train_acc, test_loss, test_acc, or null (off)" in message
     for override, start in (
         ("trainer.early_stopping.patience=0", "trainer.early_stopping.patience=0 is invalid"),
-        ("trainer.diverge_factor=-1", "trainer.diverge_factor=-1 is invalid"),
+        ("trainer.diverge_factor=-1", "trainer.diverge_factor=-1.0 is invalid"),  # a float in the schema
         ("trainer.diverge_epochs=0", "trainer.diverge_epochs=0 is invalid"),
     ):
         with pytest.raises(ConfigError, match=f"^{start.replace('.', '[.]')}"):

@@ -194,7 +194,7 @@ def test_every_experiment_runs_shrunk(tmp_path, name):
         "trainer.batch_size=50",
     ]
     if name == "lecture_lr2":
-        shrink.append("schedule.epoch=1")
+        shrink.append("schedule.switch_epoch=1")
     if name == "lecture_overfit_subset":
         shrink.append("data.train_size=60")
     result, sweep_dir = sweep(tmp_path, f"experiment={name}", *shrink)

@@ -1,5 +1,5 @@
 """The --config-dir of a command, on the search path of the Hydra that the project's checks
-initialise before launch (sweeper.overrides.ConfigSource), where Hydra's main puts it for the run
+initialise before launch (sweeper.command_line.ConfigSource), where Hydra's main puts it for the run
 itself: after the primary config dir. Hydra's compose API takes one config dir; a search path
 plugin is Hydra's way to add more."""
 
@@ -8,12 +8,14 @@ import sys
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
+import sweeper.schema  # noqa: F401 -- registers the trainer's schema with Hydra, which scans plugins before composing
+
 
 class CommandLineConfigDir(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        # Read from sweeper.overrides, which sets them only while it initialises Hydra (the run
+        # Read from sweeper.command_line, which sets them only while it initialises Hydra (the run
         # itself adds its own): Hydra's plugin scan runs this module apart from sys.modules, so
         # a list kept here would not be the one the checks set. Nothing in another Hydra app.
-        checks = sys.modules.get("sweeper.overrides")
+        checks = sys.modules.get("sweeper.command_line")
         for path in getattr(checks, "EXTRA_CONFIG_DIRS", ()):
             search_path.append(provider="command-line", path=f"file://{path}")

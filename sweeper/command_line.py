@@ -1,0 +1,182 @@
+"""The command as Hydra reads it, before Hydra runs: its flags, where its config comes from
+(-cp, -cn, --config-dir), its overrides, and the options of each config group, so that the
+checks compose the config that Hydra will compose.
+
+Group options come from Hydra's own config repository, so that an option found through
+--config-dir, hydra.searchpath or -cp is as valid as one of the package's conf/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeper.validate import ConfigError
+
+# The package's own config: the primary config dir unless -cp names another.
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+# --config-dir, while ConfigSource initialises Hydra: hydra_plugins/sweeper_search_path reads it.
+EXTRA_CONFIG_DIRS: list[str] = []
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
+    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
+    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
+    composition reads it from the command line's overrides and the primary config."""
+
+    primary: str
+    name: str = "config"
+    extra_dir: str | None = None
+
+    @contextmanager
+    def hydra(self) -> Iterator:
+        """Hydra initialised as the command will initialise it; yields its config loader."""
+        from hydra import initialize_config_dir, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
+        EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
+        try:
+            if self.primary.startswith("pkg://"):
+                module = self.primary.removeprefix("pkg://").strip("/").replace("/", ".")
+                init = initialize_config_module(config_module=module, version_base=None)
+            else:
+                init = initialize_config_dir(config_dir=str(Path(self.primary).resolve()), version_base=None)
+        finally:
+            EXTRA_CONFIG_DIRS.clear()
+        with init:
+            loader = GlobalHydra.instance().config_loader()
+            yield loader
+
+
+def source_of(conf: ConfigSource | str, config_name: str) -> ConfigSource:
+    return conf if isinstance(conf, ConfigSource) else ConfigSource(str(conf), config_name)
+
+
+class GroupOptions(dict):
+    """A config group's options as Hydra's config repository lists them: the package's conf/,
+    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
+    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
+
+    def __init__(self, loader, config_name: str, search: list[str]):
+        super().__init__()
+        self.read = lambda group: sorted(
+            loader.get_group_options(group, config_name=config_name, overrides=search)
+        )
+
+    def __missing__(self, group: str) -> list[str]:
+        self[group] = self.read(group) if group and "." not in group else []
+        return self[group]
+
+    def get(self, group: str, default=None) -> list[str] | None:
+        return self[group] or default
+
+    def __contains__(self, group: str) -> bool:
+        return bool(self[group])
+
+
+def parsed_overrides(arguments: list[str]):
+    """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
+    An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in arguments:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
+            continue
+        try:
+            yield arg, parser.parse_overrides([arg])[0]
+        except OverrideParseException as e:
+            lines = [
+                line
+                for line in str(e).splitlines()
+                if line.strip() and not line.startswith(("Error parsing override", "See https://"))
+            ]
+            # "mismatched input '<EOF>' expecting {':', BRACKET_OPEN, ...}": the grammar's tokens say little
+            why = (
+                (lines[0] if lines else "")
+                .split(" expecting ")[0]
+                .removeprefix("ValueError while evaluating ")
+            )
+            raise ConfigError(
+                f"{arg} is invalid: Hydra's override grammar cannot read it ({why}); see "
+                "https://hydra.cc/docs/advanced/override_grammar/basic"
+            ) from None
+
+
+def hydra_flags(arguments: list[str]):
+    """Hydra's command-line flags in `arguments` (hydra.cc/docs/advanced/hydra-command-line-flags),
+    read as Hydra's argparse reads them: the same names, so that an abbreviation means what it
+    means to Hydra (--multi is --multirun; -c is --cfg, not -cp). None where argparse cannot read
+    them: Hydra will say why, in its own words."""
+    import argparse
+
+    def refuse(message: str):
+        raise ValueError(message)
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.error = refuse  # argparse would print its usage and exit
+    info = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+    for flags, kw in [
+        (("--config-path", "-cp"), {}), (("--config-name", "-cn"), {}), (("--config-dir", "-cd"), {}),
+        (("--cfg", "-c"), {"choices": ["job", "hydra", "all"]}), (("--package", "-p"), {}),
+        (("--info", "-i"), {"nargs": "?", "const": "all", "choices": info}), (("--experimental-rerun",), {}),
+        *[(f, {"action": "store_true"}) for f in [("--help", "-h"), ("--hydra-help",), ("--version",),
+          ("--resolve",), ("--run", "-r"), ("--multirun", "-m"), ("--shell-completion", "-sc")]],
+    ]:  # fmt: skip
+        parser.add_argument(*flags, **kw)
+    try:
+        return parser.parse_known_args(arguments)[0]
+    except ValueError:
+        return None
+
+
+def launches(flags) -> bool:
+    """Whether Hydra launches anything with these flags: not when it prints (--cfg, --info, --help)."""
+    return bool(flags) and not (flags.cfg or flags.info or flags.help or flags.hydra_help)
+
+
+def sweeping(arguments: list[str]) -> bool:
+    """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
+    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
+    flags = hydra_flags(arguments)
+    return bool(flags and flags.multirun) or any(
+        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
+    )
+
+
+def config_source(arguments: list[str]) -> ConfigSource | None:
+    """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
+    relative -cp from sweeper/, where the app's main is; pkg:// as it is); None where the checks stand aside
+    and Hydra speaks: shell completion, or flags Hydra refuses."""
+    args = hydra_flags(arguments)
+    if args is None or args.shell_completion:
+        return None
+    name = (args.config_name or "config").removesuffix(".yaml")
+    extra = None
+    if args.config_dir:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():  # Hydra: a SearchPathException, in a line of its own words
+            raise ConfigError(f"--config-dir {args.config_dir} is invalid: {extra} is not a directory")
+    if (args.config_path or "").startswith("pkg://"):
+        return ConfigSource(args.config_path, name, extra and str(extra))
+    conf_dir = (
+        (Path(__file__).resolve().parent / args.config_path).resolve() if args.config_path else Path(CONF)
+    )
+    if not conf_dir.is_dir():  # Hydra says so over four lines
+        raise ConfigError(f"--config-path {args.config_path} is invalid: {conf_dir} is not a directory")
+    holding = [d for d in (conf_dir, extra) if d]
+    if not any((d / f"{name}.yaml").is_file() for d in holding):
+        names = ", ".join(sorted({f.stem for d in holding for f in d.glob("*.yaml")})) or "none"
+        said = (
+            f"--config-name {args.config_name} is invalid" if args.config_name else "--config-name is needed"
+        )
+        where = " or ".join(str(d) for d in holding)
+        raise ConfigError(f"{said}: {where} has no {name}.yaml (its configs: {names})")
+    return ConfigSource(str(conf_dir), name, extra and str(extra))
