@@ -30,7 +30,7 @@ def assert_same_curves(a_dir, b_dir, rel):
     a, b = rows(a_dir), rows(b_dir)
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
-        for key in ("lr", "step", "samples"):
+        for key in ("epoch_lr", "step", "samples"):
             assert ra[key] == rb[key], key
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert rb[key] == pytest.approx(ra[key], rel=rel, abs=rel), key

@@ -35,7 +35,7 @@ def test_fused_trials_match_the_same_trials_run_alone(tmp_path):
         solo, together = rows(tmp_path / "solo" / str(i)), rows(fused_dirs[i])
         assert [r["epoch"] for r in together] == [1, 2]
         for a, b in zip(solo, together, strict=True):
-            for key in ("lr", "step", "samples"):
+            for key in ("epoch_lr", "step", "samples"):
                 assert a[key] == b[key]
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
@@ -83,7 +83,7 @@ def test_trials_of_one_seed_draw_one_batch_for_all_and_still_match_their_solo_ru
     for i, cfg in enumerate(cfgs):
         train.run(cfg, tmp_path / "solo" / str(i))
         for a, b in zip(rows(tmp_path / "solo" / str(i)), rows(dirs[i]), strict=True):
-            assert (a["lr"], a["step"]) == (b["lr"], b["step"])
+            assert (a["epoch_lr"], a["step"]) == (b["epoch_lr"], b["step"])
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
 

@@ -443,7 +443,7 @@ def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monke
     cfg = compose_cfg("trainer.epochs=3", "lr=0.2", f"trainer.resume={resume}")
     assert train.run(cfg, run_dir)["status"] == "completed"
     assert (run_dir / "attempts" / "1" / "checkpoint.pt").exists()
-    assert [r["lr"] for r in metrics(run_dir)] == [0.2, 0.2, 0.2]
+    assert [r["epoch_lr"] for r in metrics(run_dir)] == [0.2, 0.2, 0.2]
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
 
 
