@@ -275,11 +275,8 @@ class Fused:
         group = self.sgd_defaults | build.optimizer_arguments(cfg)
         group |= {"lr": self.last_rates[t], "params": list(range(len(names)))}
         momentum = bool(self.velocity) and cfg.optim.momentum > 0  # a buffer per parameter only then
-        buffers = {i: {"momentum_buffer": self.velocity[n][t].clone()} for i, n in enumerate(names)}
-        return {
-            "model": net.state_dict(),
-            "optimizer": {"state": buffers if momentum else {}, "param_groups": [group]},
-        }
+        state = {i: {"momentum_buffer": self.velocity[n][t].clone()} for i, n in enumerate(names) if momentum}
+        return {"model": net.state_dict(), "optimizer": {"state": state, "param_groups": [group]}}
 
     def graph_enabled(self) -> bool:
         return self.step_fn.enabled  # false after a failed capture
