@@ -1,31 +1,24 @@
 """Several trials of one architecture trained as one program, a kernel per layer for all of them.
 
-A small convnet cannot fill a GPU, and its step is bound by kernel launches, not arithmetic.
-Trials that share the architecture, the data and the trainer -- and differ only in optimisation
-hyper-parameters (lr, schedule, momentum, weight decay), seed and what their records keep -- are
-stacked along a leading trial dimension and run through one wide copy of the net
-(sweeper/stacked.py: grouped convolutions, batched matmuls), so one launch does the work of all
-of them. Each trial keeps its own initialisation, batch order and augmentation (its own seed),
-its own learning-rate schedule, and writes its own complete run record, in the same format and
-with the same checkpoints as a solo run (an interrupted group resumes as a group, and any of its
-trials can resume alone). Its curves
-are those of the same trial run alone, computed by other kernels: each step differs from the solo
-step by float32 rounding (bf16's, with trainer.precision=bf16). Training amplifies such
-differences where it is unstable: at lr=0.01 a fused trial matched its solo run to 1e-7, at
-lr=0.2 its train loss was 1% off by epoch 2 -- as two solo runs on different hardware would be.
-Trials that share a seed share their batches: one is drawn for all. Each trial ends by its own
-early stopping and divergence threshold (sweeper/stopping.py), at the epoch its solo run would.
+A small convnet cannot fill a GPU: its step is bound by kernel launches, not arithmetic. Trials
+that share the architecture, the data and the trainer, and differ only in optimisation (lr,
+schedule, momentum, weight decay), seed and what their records keep, are stacked along a leading
+trial dimension and run through one wide copy of the net (sweeper/stacked.py), so one launch does
+the work of all of them. The loop is train.train_trials, the solo run's; `Fused` is its engine
+here. Each trial keeps its own initialisation, batch order and augmentation (its seed; trials of
+one seed draw one batch for all), its own schedule, early stopping and divergence threshold, and
+writes its own complete record with solo-format checkpoints (an interrupted group resumes as a
+group; any trial can resume alone). Its curves are its solo run's computed by other kernels:
+each step differs by float32 rounding (bf16's with trainer.precision=bf16), which training
+amplifies where it is unstable, as two solo runs on different hardware would differ.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-What fuses is a whitelist of what the fused step computes exactly: torch.optim.SGD, named by its
-`_target_`, with any momentum, nesterov and weight decay and its other arguments at their
-defaults; any schedule (each trial's rates are the function its solo run uses); model.l1; plain
-cross-entropy (no label smoothing) and trainer.metrics=[acc], evaluated on train, test and any
-validation split; and a model of the layer classes stacked.widen stacks -- no batch norm (running
-statistics cannot be stacked simply), no dropout (its masks could not follow the solo runs'), no
-class of the user's (its forward may compute anything). `fusable()` says why a job cannot be
-fused, and such a job runs solo (a config of another Hydra app too), the reason logged.
+What fuses is a whitelist of what the fused step computes exactly (`fusable()` says why a job
+cannot; it then runs solo): torch.optim.SGD by its `_target_` with any momentum, nesterov and
+weight decay, its other arguments at their defaults; any schedule; model.l1; plain cross-entropy
+and trainer.metrics=[acc]; a model of the layers stacked.widen stacks: no batch norm (running
+statistics), no dropout (its masks could not follow the solo runs'), no class of the user's.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""One training run: a flat epoch loop that writes the run record as it goes.
+"""Training: one epoch loop that writes the run record as it goes.
 
     python -m sweeper                         # the lecture's protocol, one run
     python -m sweeper data=synthetic trainer.epochs=5
 
-Read `train()` top to bottom: set up, (resume), then per epoch: train on shuffled batches,
-evaluate the full train and test sets, keep per-sample loss histograms, append one metrics line,
-checkpoint. `run()` wraps it so that whatever happens -- completion, divergence, an exception --
-the run dir ends with a summary.json that says so, and the sweep goes on. What happens to the run
-dir itself (open, skip, resume, set aside, close) is sweeper/rundir.py's.
+`run()` -> `train()` -> `train_trials()`: read the last top to bottom: set up, (resume), then per
+epoch: train on shuffled batches (`Solo.step`, whose SGD update is cuda_graph.sgd_update),
+evaluate every split, keep per-sample loss histograms, append one metrics line, decide early
+stopping, checkpoint. Fused trials (sweeper/fused.py) run the same loop with their wide net as
+the engine. `run()` makes sure that whatever happens -- completion, divergence, an exception --
+the run dir ends with a summary.json that says so, and the sweep goes on. What happens to the
+run dir itself (open, skip, resume, set aside, close) is sweeper/rundir.py's.
 """
 
 from __future__ import annotations
