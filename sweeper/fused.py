@@ -160,13 +160,14 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
     autocast = autocast or contextlib.nullcontext
     n_trials, like = len(momentum), next(iter(params.values()))
     velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
-    # Terms no trial has (weight decay, momentum: the lecture's plain SGD) are left out, not
-    # multiplied by zero: each is a kernel per parameter in every step.
+    # A value every trial shares is passed as a number: a term no trial has (weight decay,
+    # momentum: the lecture's plain SGD) is left out, not multiplied by zero, and the update
+    # computes it as the solo step does.
     hyper = {
-        "weight_decay": _per_trial(decay, like).flatten() if any(decay) else 0.0,
-        "momentum": _per_trial(momentum, like).flatten(),
-        "nesterov": _per_trial(nesterov, like).flatten().bool(),
+        name: values[0] if len(set(values)) == 1 else _per_trial(values, like).flatten()
+        for name, values in (("weight_decay", decay), ("momentum", momentum), ("nesterov", nesterov))
     }
+    hyper["nesterov"] = hyper["nesterov"].bool() if torch.is_tensor(hyper["nesterov"]) else hyper["nesterov"]
 
     def forward(x):
         return functional_call(wide, (params, buffers), (x,))
