@@ -77,25 +77,28 @@ def wanted(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def _shaped(value, like: torch.Tensor):
-    """A number as it is; a per-trial vector [T] viewed to broadcast against a stacked [T, ...]
-    parameter; a 0-d tensor as it is."""
+    """A per-trial vector [T] viewed to broadcast against a stacked [T, ...] parameter; a number
+    or a 0-d tensor as it is."""
     if isinstance(value, torch.Tensor) and value.dim() == 1:
         return value.view(-1, *([1] * (like.dim() - 1)))
     return value
 
 
-def _plus(a: torch.Tensor, x: torch.Tensor, s, sign: float = 1.0, inplace: bool = False) -> torch.Tensor:
-    """a + sign*s*x. A number s goes in add's alpha, as torch.optim.SGD passes it (one fused
-    multiply-add: bit for bit its result); a tensor s is read at run time (addcmul)."""
+def _plus(a: list, x: list, s, sign: float = 1.0, inplace: bool = False) -> list:
+    """a + sign*s*x for lists of tensors. A number s goes in add's alpha, as torch.optim.SGD
+    passes it (one fused multiply-add: bit for bit its result); a tensor s is read at run time."""
     if isinstance(s, torch.Tensor):
-        return a.addcmul_(x, s, value=sign) if inplace else a.addcmul(x, s, value=sign)
-    return a.add_(x, alpha=sign * s) if inplace else a.add(x, alpha=sign * s)
+        shaped = [_shaped(s, t) for t in x]
+        add = torch._foreach_addcmul_ if inplace else torch._foreach_addcmul
+        return add(a, x, shaped, value=sign)
+    return (torch._foreach_add_ if inplace else torch._foreach_add)(a, x, alpha=sign * s)
 
 
 @torch.no_grad()
 def sgd_update(params, grads, velocity: list, lr, weight_decay=0.0, momentum=0.0, nesterov=False):
     """torch.optim.SGD's update with dampening 0, in place: g += wd*p; v = mu*v + g (v = g at the
-    first step); g = g + mu*v (nesterov) or v; p -= lr*g.
+    first step); g = g + mu*v (nesterov) or v; p -= lr*g. One kernel per term for all
+    parameters on CUDA (torch's _foreach ops), one per parameter on the CPU, as torch.optim's.
 
     lr, weight_decay, momentum: numbers, or tensors read at run time: a 0-d rate (a captured
     step's), or a [T] vector of per-trial values against stacked [T, ...] parameters (fused
@@ -103,22 +106,31 @@ def sgd_update(params, grads, velocity: list, lr, weight_decay=0.0, momentum=0.0
     buffer (None: started at this step, and set in the list), or [] without momentum. A
     parameter without a gradient (unused by the loss) is left alone, as torch.optim leaves it.
     """
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        if g is None:
-            continue
-        if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-            g = _plus(g, p, _shaped(weight_decay, p))
-        if velocity:
-            mu = _shaped(momentum, p)
-            if velocity[i] is None:
-                velocity[i] = v = g.detach().clone()
-            else:
-                v = velocity[i].mul_(mu).add_(g)
-            if isinstance(nesterov, torch.Tensor):
-                g = torch.where(_shaped(nesterov, p), _plus(g, v, mu), v)
-            else:
-                g = _plus(g, v, mu) if nesterov else v
-        _plus(p, g, _shaped(lr, p), sign=-1.0, inplace=True)
+    used = [i for i, g in enumerate(grads) if g is not None]
+    params, grads = [params[i] for i in used], [grads[i] for i in used]
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        grads = _plus(grads, params, weight_decay)
+    if velocity:
+        bufs = [velocity[i] for i in used]
+        if any(v is None for v in bufs):  # the first step: torch.optim starts each buffer so
+            bufs = [
+                g.detach().clone() if v is None else v.mul_(_shaped(momentum, v)).add_(g)
+                for v, g in zip(bufs, grads, strict=True)
+            ]
+            for i, v in zip(used, bufs, strict=True):
+                velocity[i] = v
+        elif isinstance(momentum, torch.Tensor):
+            torch._foreach_mul_(bufs, [_shaped(momentum, v) for v in bufs])
+            torch._foreach_add_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+        if isinstance(nesterov, torch.Tensor):
+            ahead = _plus(grads, bufs, momentum)
+            grads = [torch.where(_shaped(nesterov, v), a, v) for a, v in zip(ahead, bufs, strict=True)]
+        else:
+            grads = _plus(grads, bufs, momentum) if nesterov else bufs
+    _plus(params, grads, lr, sign=-1.0, inplace=True)
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None):

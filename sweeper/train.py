@@ -124,7 +124,7 @@ class Solo:
 
     def __init__(self, cfgs, data, device, layout, autocast, checkpoints):
         (cfg,) = cfgs
-        self.autocast, self.layout, self.data = autocast, layout, data
+        self.autocast, self.layout, self.data, self.device = autocast, layout, data, device
         self.model = build.model(cfg, data.in_channels, data.image_size, len(data.classes))
         self.model = self.model.to(device, memory_format=layout)
         self.optimizer = build.optimizer(cfg, self.model.parameters())
@@ -162,7 +162,10 @@ class Solo:
         return losses[None], mean.view(1), scores[None]
 
     def state(self, t: int) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.device.type == "cuda":  # dropout's masks on the device
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def graph_enabled(self) -> bool:
         """false after a failed capture, and on the CPU"""
@@ -324,9 +327,7 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
                 record.append_metrics(row)
                 # A diverged run keeps no checkpoint: its weights are not a result to go on from.
                 if cfgs[t].trainer.checkpoint and not (verdict and verdict["status"] == "diverged"):
-                    record.save_checkpoint(
-                        checkpoint_state(trials.state(t), epoch, step, generators[t], device)
-                    )
+                    record.save_checkpoint(checkpoint_state(trials.state(t), epoch, step, generators[t]))
             except Exception as err:
                 if n == 1 or interrupted(err):
                     raise  # a run's own failure: run() records it
@@ -349,19 +350,16 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
     ]
 
 
-def checkpoint_state(state: dict, epoch: int, step: int, generator, device) -> dict:
-    """A trial's checkpoint: its model's and optimizer's state (`state`), the step count, its
-    batch generator and the process's random state (dropout's)."""
-    state = {
+def checkpoint_state(state: dict, epoch: int, step: int, generator) -> dict:
+    """A trial's checkpoint: its engine's `state` (model, optimizer), the step count, its batch
+    generator and the process's random state (dropout's)."""
+    return {
         "epoch": epoch,
         **state,
         "step": step,
         "generator": generator.get_state(),
         "cpu_rng": torch.get_rng_state(),
     }
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 class Progress:
