@@ -262,9 +262,9 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
     # trainer.until_epoch pauses the run there (hydra/sweeper=halving's rungs); the schedule stays
     # defined over trainer.epochs, so a paused run resumed goes on exactly as if never paused.
     for epoch in range(start_epoch + 1, pause_epoch(cfg) + 1):
-        active = torch.tensor([s == "completed" for s in status], device=device)
-        if not active.any():
+        if "completed" not in status:
             break  # every trial has ended (an ended fused trial's weights train on, unrecorded)
+        active = torch.tensor([s == "completed" for s in status], device=device)
         t_epoch = time.perf_counter()
         # The epoch's rates, asked of the schedule as it starts (not the run's: epochs=1e9).
         rates = [[at(s) for at in lr_at] for s in range(step, step + steps_per_epoch)]
