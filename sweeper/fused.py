@@ -196,9 +196,8 @@ class Fused:
     def __init__(self, cfgs, data, device, layout, autocast, checkpoints):
         self.cfgs, self.data, self.layout, self.autocast = cfgs, data, layout, autocast
         self.nets = []  # each trial's solo net: initialised as its solo run's, its checkpoints' carrier
-        for t, cfg in enumerate(cfgs):
-            if t:
-                torch.manual_seed(cfg.trainer.seed)
+        for cfg in cfgs:
+            torch.manual_seed(cfg.trainer.seed)
             net = build.model(cfg, data.in_channels, data.image_size, len(data.classes))
             self.nets.append(net.to(device, memory_format=layout))
         if checkpoints[0] is not None:
@@ -304,6 +303,7 @@ def run_group(
             continue
         checkpoint = record.load_checkpoint()  # open_record leaves one only where the run resumes from it
         by_start.setdefault(int(checkpoint["epoch"]) if checkpoint else 0, []).append((i, record, checkpoint))
+    given = torch.get_num_threads()
     for start in sorted(by_start):
         members = [(i, record) for i, record, _ in by_start[start]]
         group = [cfgs[i] for i, _ in members]
@@ -320,6 +320,8 @@ def run_group(
             if stopped_by_cluster(e):
                 raise  # a SLURM time limit: stopped too
             outcomes = [{"error": e} for _ in members]
+        finally:
+            torch.set_num_threads(given)  # as train.run: a stated count is not the next run's `auto`
         # Each trial closed on its own: one whose summary cannot be written (its disk, its dir)
         # must not turn the others' finished runs into failures, nor leave them unclosed.
         for (i, record), outcome in zip(members, outcomes, strict=True):

@@ -195,10 +195,6 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
     layout = memory_format(cfg, device)
     autocast = autocast_for(cfg.trainer.precision, device.type)
     data = data_module.stage(data_module.load(cfg.data).to(device), layout)
-    if n > 1:
-        torch.manual_seed(
-            cfg.trainer.seed
-        )  # each trial initialised as its solo run (the engine seeds the others)
     trials = engine(cfgs, data, device, layout, autocast, checkpoints)
     val = validation_split(data)
     splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}

@@ -336,3 +336,13 @@ def test_a_fused_group_computes_each_epochs_rates_as_it_starts_not_the_whole_run
         fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
     assert ended.value.args == (1,)
     assert max(asked) < 12 and set(range(6)) <= set(asked)
+
+
+def test_a_fused_group_gives_the_process_its_thread_count_back(tmp_path):
+    """A group trains with trainer.threads as a solo run does, and, as train.run, leaves the
+    process its own count for the next run's `auto`."""
+    given = torch.get_num_threads()
+    cfgs = [compose_cfg("trainer.epochs=1", "++trainer.threads=1", f"lr={lr}") for lr in (0.1, 0.05)]
+    summaries = fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
+    assert [(s["status"], s["threads"]) for s in summaries] == [("completed", 1)] * 2
+    assert torch.get_num_threads() == given
