@@ -205,10 +205,9 @@ class Fused:
                 net.load_state_dict(checkpoint["model"])
         self.model, self.metrics = self.nets[0], list(metrics.DEFAULT)
         self.params, self.buffers = stack_module_state(self.nets)
-        wide = stacked.widen(copy.deepcopy(self.nets[0]).to("meta"), len(cfgs))  # one kernel per layer
-        self.wide = wide
+        self.wide = stacked.widen(copy.deepcopy(self.nets[0]).to("meta"), len(cfgs))  # one kernel per layer
         self.forward, step_fn, self.velocity = trial_sgd(
-            wide, self.params, self.buffers,
+            self.wide, self.params, self.buffers,
             momentum=[float(c.optim.momentum) for c in cfgs], nesterov=[bool(c.optim.nesterov) for c in cfgs],
             decay=[float(c.optim.weight_decay) for c in cfgs], l1=float(cfgs[0].model.get("l1", 0.0)),
             autocast=autocast,

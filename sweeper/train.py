@@ -167,8 +167,7 @@ class Solo:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def graph_enabled(self) -> bool:
-        """false after a failed capture, and on the CPU"""
+    def graph_enabled(self) -> bool:  # false after a failed capture, and on the CPU
         return self.facts["cuda_graph"] and self.step_fn.enabled
 
 
