@@ -1,16 +1,16 @@
-"""The training step captured as a CUDA graph: one launch replays forward, backward and update.
+"""The training step: forward, loss, gradients and one SGD update, and its capture as a CUDA graph.
+
+`sgd_update` is the one SGD update: a solo run's step (eager or captured) and the fused trials'
+step (sweeper/fused.py) all call it. It is torch.optim.SGD's arithmetic, written so that it can
+also read its rate (and a fused group's per-trial values) from tensors at run time: the stock
+optimizer reads a tensor rate back to the host, a sync that capture forbids.
 
 A small convnet's step is a few hundred microseconds of GPU work behind about two milliseconds
-of Python and kernel launches (docs/benchmarks.md has the figures). `Replay` runs the step
-eagerly a few times (cuDNN picks its algorithms, workspaces are allocated), then records it once
-as a CUDA graph and from then on copies each batch into the graph's input buffers and replays it.
-Everything the step reads that changes between steps -- the batch and the learning rate -- lives
-in tensors the graph reads at replay time; anything else would be frozen at capture.
-
-`sgd_step` is torch.optim.SGD's update written with tensor ops only, so it can be captured: the
-stock optimizer reads a tensor learning rate back to the host (a sync, which capture forbids).
-It keeps its momentum buffers in the optimizer's own state, so checkpoints keep torch.optim's
-format and a graph run resumes without one and vice versa.
+of Python and kernel launches (docs/benchmarks.md). `Replay` runs the step eagerly a few times
+(cuDNN picks its algorithms, workspaces are allocated), then records it once as a CUDA graph and
+from then on copies each batch into the graph's input buffers and replays it. Everything the
+step reads that changes between steps -- the batch and the rate -- lives in tensors the graph
+reads at replay time; anything else would be frozen at capture.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from sweeper import build, models
@@ -29,26 +28,15 @@ log = logging.getLogger("sweeper")
 
 WARMUP_CALLS = 3  # eager steps before capture: cuDNN benchmarking, lazy handles, workspaces
 
-
-# The optimizer whose update sgd_step (and the fused trials' step, sweeper/fused.py) writes out,
-# and the arguments of it they compute at any value. Every other argument of torch.optim.SGD is
-# computed at its default only: the step then does what torch.optim.SGD would.
+# The optimizer sgd_update computes, and the arguments of it computed at any value. Every other
+# argument of torch.optim.SGD is computed at its default only.
 SGD_TARGETS = {"torch.optim.SGD", "torch.optim.sgd.SGD"}
 SGD_COMPUTED = {"momentum", "nesterov", "weight_decay"}
 
 
-def capturable(cfg: DictConfig) -> str | None:
-    """None when the run's step can be captured, else why not (the graph then stays off).
-
-    A whitelist: the optimizer's class by its `_target_` (optim.name is only a label), each of
-    its arguments by value, and the loss: torch's cross-entropy (with label smoothing or not).
-    A user's loss runs eagerly: a graph would freeze whatever it reads from the host."""
-    loss = build.loss_config(cfg)
-    if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS:
-        return f"loss._target_={loss.get('_target_')}: only cross-entropy is captured as a CUDA graph"
-    extra = sorted(set(loss) - build.NOT_ARGUMENTS - {"_target_", "label_smoothing"})
-    if extra:
-        return f"loss.{extra[0]}={loss[extra[0]]}: the captured step computes cross-entropy's label_smoothing only"
+def plain_sgd(cfg: DictConfig) -> str | None:
+    """None when the run's optimizer is what sgd_update computes, else why not. A whitelist: the
+    optimizer's class by its `_target_` (optim.name is only a label), each argument by value."""
     target = cfg.optim.get("_target_")
     if target not in SGD_TARGETS:
         return (
@@ -70,9 +58,137 @@ def capturable(cfg: DictConfig) -> str | None:
     return None
 
 
+def capturable(cfg: DictConfig) -> str | None:
+    """None when the run's step can be captured, else why not (the graph then stays off): sgd's
+    update and torch's cross-entropy (with label smoothing or not). A user's loss runs eagerly:
+    a graph would freeze whatever it reads from the host."""
+    loss = build.loss_config(cfg)
+    if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS:
+        return f"loss._target_={loss.get('_target_')}: only cross-entropy is captured as a CUDA graph"
+    extra = sorted(set(loss) - build.NOT_ARGUMENTS - {"_target_", "label_smoothing"})
+    if extra:
+        return f"loss.{extra[0]}={loss[extra[0]]}: the captured step computes cross-entropy's label_smoothing only"
+    return plain_sgd(cfg)
+
+
 def wanted(cfg: DictConfig, device: torch.device) -> bool:
     """trainer.cuda_graph: auto = on CUDA when capturable; true = on CUDA (validated capturable)."""
     return device.type == "cuda" and cfg.trainer.cuda_graph in ("auto", True) and capturable(cfg) is None
+
+
+def _shaped(value, like: torch.Tensor):
+    """A per-trial vector [T] viewed to broadcast against a stacked [T, ...] parameter; a number
+    or a 0-d tensor as it is."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value.view(-1, *([1] * (like.dim() - 1)))
+    return value
+
+
+def _plus(a: list, x: list, s, sign: float = 1.0, inplace: bool = False) -> list:
+    """a + sign*s*x for lists of tensors. A number s goes in add's alpha, as torch.optim.SGD
+    passes it (one fused multiply-add: bit for bit its result); a tensor s is read at run time."""
+    if isinstance(s, torch.Tensor):
+        shaped = [_shaped(s, t) for t in x]
+        add = torch._foreach_addcmul_ if inplace else torch._foreach_addcmul
+        return add(a, x, shaped, value=sign)
+    return (torch._foreach_add_ if inplace else torch._foreach_add)(a, x, alpha=sign * s)
+
+
+@torch.no_grad()
+def sgd_update(params, grads, velocity: list, lr, weight_decay=0.0, momentum=0.0, nesterov=False):
+    """torch.optim.SGD's update with dampening 0, in place: g += wd*p; v = mu*v + g (v = g at the
+    first step); g = g + mu*v (nesterov) or v; p -= lr*g. One kernel per term for all
+    parameters on CUDA (torch's _foreach ops), one per parameter on the CPU, as torch.optim's.
+
+    lr, weight_decay, momentum: numbers, or tensors read at run time: a 0-d rate (a captured
+    step's), or a [T] vector of per-trial values against stacked [T, ...] parameters (fused
+    trials). nesterov: a bool, or a [T] bool vector. `velocity`: each parameter's momentum
+    buffer (None: started at this step, and set in the list), or [] without momentum. A
+    parameter without a gradient (unused by the loss) is left alone, as torch.optim leaves it.
+    """
+    used = [i for i, g in enumerate(grads) if g is not None]
+    params, grads = [params[i] for i in used], [grads[i] for i in used]
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        grads = _plus(grads, params, weight_decay)
+    if velocity:
+        bufs = [velocity[i] for i in used]
+        if any(v is None for v in bufs):  # the first step: torch.optim starts each buffer so
+            bufs = [
+                g.detach().clone() if v is None else v.mul_(_shaped(momentum, v)).add_(g)
+                for v, g in zip(bufs, grads, strict=True)
+            ]
+            for i, v in zip(used, bufs, strict=True):
+                velocity[i] = v
+        elif isinstance(momentum, torch.Tensor):
+            torch._foreach_mul_(bufs, [_shaped(momentum, v) for v in bufs])
+            torch._foreach_add_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+        if isinstance(nesterov, torch.Tensor):
+            ahead = _plus(grads, bufs, momentum)
+            grads = [torch.where(_shaped(nesterov, v), a, v) for a, v in zip(ahead, bufs, strict=True)]
+        else:
+            grads = _plus(grads, bufs, momentum) if nesterov else bufs
+    _plus(params, grads, lr, sign=-1.0, inplace=True)
+
+
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None):
+    """fn(x, y, lr) -> loss: one step of `model` with sgd_update, lr a number or a 0-d tensor.
+
+    The optimizer (a torch.optim.SGD of plain_sgd's arguments) holds the hyper-parameters and
+    the momentum buffers, in its own state: checkpoints keep torch.optim's format. `loss_fn`: the
+    run's build.Loss (cross-entropy when None)."""
+    loss_of = forward_loss(model, autocast, l1, loss_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
+    group = optimizer.param_groups[0]
+    decay, momentum, nesterov = (
+        float(group["weight_decay"]),
+        float(group["momentum"]),
+        bool(group["nesterov"]),
+    )
+
+    def step(x: torch.Tensor, y: torch.Tensor, lr) -> torch.Tensor:
+        loss = loss_of(x, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        velocity = [optimizer.state[p].get("momentum_buffer") for p in params] if momentum else []
+        sgd_update(params, grads, velocity, lr, decay, momentum, nesterov)
+        for p, v in zip(params, velocity, strict=False):
+            if v is not None:
+                optimizer.state[p]["momentum_buffer"] = v
+        return loss.detach()
+
+    return step
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None
+):
+    """fn(x, y, lr) -> loss: one step of any other optimizer, torch.optim's own (its rate set in
+    its groups by the caller)."""
+    loss_of = forward_loss(model, autocast, l1, loss_fn)
+
+    def step(x: torch.Tensor, y: torch.Tensor, lr) -> torch.Tensor:
+        loss = loss_of(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def forward_loss(model: torch.nn.Module, autocast, l1: float, loss_fn=None):
+    """fn(x, y) -> the step's loss: the forward in the run's precision, the loss in float32."""
+    mean_loss = torch.nn.functional.cross_entropy if loss_fn is None else loss_fn.mean
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            logits = model(x)
+        loss = mean_loss(logits.float(), y)
+        return loss + l1 * models.weight_l1(model) if l1 > 0 else loss
+
+    return loss_of
 
 
 class Replay:
@@ -135,47 +251,3 @@ class Replay:
         with torch.cuda.graph(graph):
             self.static_out = self.fn(*self.static_in)
         self.graph = graph  # capture records the step without running it: replay runs this one
-
-
-def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None):
-    """fn(x, y, lr) -> loss: one SGD step of `model`, reading lr (a 0-d tensor) at run time.
-
-    The same arithmetic as torch.optim.SGD with dampening 0: g += wd*p; v = mu*v + g;
-    g = g + mu*v (nesterov) or v; p -= lr*g. A zero momentum buffer gives torch's first step
-    exactly (mu*0 + g = g), so buffers are created up front, in the optimizer's state.
-    `loss_fn`: the run's build.Loss (cross-entropy when None).
-    """
-    mean_loss = F.cross_entropy if loss_fn is None else loss_fn.mean
-    params = [p for p in model.parameters() if p.requires_grad]
-    group = optimizer.param_groups[0]
-    decay, momentum, nesterov = (
-        float(group["weight_decay"]),
-        float(group["momentum"]),
-        bool(group["nesterov"]),
-    )
-    velocity = []
-    if momentum:
-        for p in params:
-            state = optimizer.state[p]
-            if state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            velocity.append(state["momentum_buffer"])
-
-    def step(x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            logits = model(x)
-        loss = mean_loss(logits.float(), y)
-        if l1 > 0:
-            loss = loss + l1 * models.weight_l1(model)
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            if decay:
-                grads = torch._foreach_add(grads, params, alpha=decay)
-            if momentum:
-                torch._foreach_mul_(velocity, momentum)
-                torch._foreach_add_(velocity, grads)
-                grads = torch._foreach_add(grads, velocity, alpha=momentum) if nesterov else velocity
-            torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
-        return loss.detach()
-
-    return step

@@ -2,11 +2,10 @@
 
 glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh
 mmap and gives it back to the kernel when freed. A convnet step allocates and frees the same
-large activation and gradient buffers at every step, so each of them is page-faulted in again:
-1.0-1.3 million page faults per epoch of the lecture's grid on cpu-vm, 17% of a solo CPU epoch
-and 40% of a fused one (docs/benchmarks.md). Raising the mmap and trim thresholds keeps those
-buffers in the heap, where the next step reuses them. It changes where memory comes from, not
-what is computed; the price is that the process keeps its peak memory until it exits.
+large buffers at every step, so each is page-faulted in again (a sixth of a solo CPU epoch,
+docs/benchmarks.md). Raising the mmap and trim thresholds keeps them in the heap for the next
+step. It changes where memory comes from, not what is computed; the price is that the process
+keeps its peak memory until it exits.
 """
 
 from __future__ import annotations

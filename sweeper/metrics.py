@@ -119,4 +119,4 @@ def epoch_line(row: dict, epochs: int) -> str:
         for k, v in row.items()
         if k.startswith(("train_", "val_", "test_")) and v is not None
     )
-    return f"epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} {measured} ({row['epoch_time_s']:.1f}s)"
+    return f"epoch {row['epoch']}/{epochs} lr {row['epoch_lr']:.4g} {measured} ({row['epoch_time_s']:.1f}s)"

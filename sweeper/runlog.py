@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sweeper.schema import RENAMED_COLUMNS
+
 # Per-sample loss histograms: 10 log bins per decade over 1e-8..1e3; zeros, underflow and
 # overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
 BIN_EDGES = np.logspace(-8, 3, 111)
@@ -115,7 +117,7 @@ METRIC_TYPES = {
     "epoch": (int,),
     "step": (int,),
     "samples": (int,),
-    "lr": (int, float),
+    "epoch_lr": (int, float),
     "train_loss": (int, float, type(None)),
     "test_loss": (int, float, type(None)),
     "time_s": (int, float),
@@ -134,6 +136,8 @@ def metrics_line_damage(row) -> str | None:
     """What is wrong with one parsed metrics line's shape, or None."""
     if not isinstance(row, dict):
         return f"not a JSON object ({type(row).__name__})"
+    # A line written before the rate's column was renamed (schema.RENAMED_COLUMNS) is whole too.
+    row = {RENAMED_COLUMNS["metrics.jsonl"].get(k, k): v for k, v in row.items()}
     for key, types in METRIC_TYPES.items():
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch

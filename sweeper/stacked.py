@@ -2,14 +2,10 @@
 
 Fused trials (sweeper/fused.py) stack each parameter of T copies of a net along a new leading
 dimension (`torch.func.stack_module_state`). `widen(net, T)` rewrites a copy of the net so that
-one forward pass over those stacked parameters computes all T copies: the trials' channels sit
-side by side in one tensor, each convolution becomes one grouped convolution (groups = T), each
-fully connected layer one batched matmul, and every channel-wise layer (ReLU, pooling, dropout)
-runs unchanged on the wide tensor. One launch does the work of T, which is what a launch-bound
-small net needs. torch.vmap over the same parameters computes the same numbers, but its batching
-rules cost 2.4x the time of the T solo steps on the CPU (docs/benchmarks.md); these layers cost
-what the solo steps cost, and when the trials share their batches (one seed) the first
-convolution reads one batch for all of them.
+one forward pass over those stacked parameters computes all T copies: each convolution becomes
+one grouped convolution (groups = T), each fully connected layer one batched matmul, and every
+channel-wise layer runs unchanged on the wide tensor. torch.vmap computes the same, at several
+times the cost on the CPU (docs/benchmarks.md).
 
 Shapes:
     images        [B, C, H, W], shared by every trial, or [T, B, C, H, W], a batch per trial

@@ -1,13 +1,15 @@
-"""One training run: a flat epoch loop that writes the run record as it goes.
+"""Training: one epoch loop that writes the run record as it goes.
 
     python -m sweeper                         # the lecture's protocol, one run
     python -m sweeper data=synthetic trainer.epochs=5
 
-Read `train()` top to bottom: set up, (resume), then per epoch: train on shuffled batches,
-evaluate the full train and test sets, keep per-sample loss histograms, append one metrics line,
-checkpoint. `run()` wraps it so that whatever happens -- completion, divergence, an exception --
-the run dir ends with a summary.json that says so, and the sweep goes on. What happens to the run
-dir itself (open, skip, resume, set aside, close) is sweeper/rundir.py's.
+`run()` -> `train()` -> `train_trials()`: read the last top to bottom: set up, (resume), then per
+epoch: train on shuffled batches (`Solo.step`, whose SGD update is cuda_graph.sgd_update),
+evaluate every split, keep per-sample loss histograms, append one metrics line, decide early
+stopping, checkpoint. Fused trials (sweeper/fused.py) run the same loop with their wide net as
+the engine. `run()` makes sure that whatever happens -- completion, divergence, an exception --
+the run dir ends with a summary.json that says so, and the sweep goes on. What happens to the
+run dir itself (open, skip, resume, set aside, close) is sweeper/rundir.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import math
 import sys
 import time
+from operator import itemgetter
 from pathlib import Path
 
 import torch
@@ -115,213 +118,266 @@ def validation_split(data) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None if val_x is None or val_y is None or len(val_y) == 0 else (val_x, val_y)
 
 
+class Solo:
+    """One run's model and optimizer, in the interface train_trials drives (fused.Fused is the
+    other): step a batch, evaluate a split, load and give its checkpoint state."""
+
+    def __init__(self, cfgs, data, device, layout, autocast, checkpoints):
+        (cfg,) = cfgs
+        self.autocast, self.layout, self.data, self.device = autocast, layout, data, device
+        self.model = build.model(cfg, data.in_channels, data.image_size, len(data.classes))
+        self.model = self.model.to(device, memory_format=layout)
+        self.optimizer = build.optimizer(cfg, self.model.parameters())
+        self.loss_fn = build.loss(cfg)
+        if checkpoints[0] is not None:
+            self.model.load_state_dict(checkpoints[0]["model"])
+            # The optimizer's state (momentum, ...); its rate is set from the schedule at every step.
+            self.optimizer.load_state_dict(checkpoints[0]["optimizer"])
+        self.metrics = check_metrics(metric_names(cfg.trainer), len(data.classes))  # top<k>: k <= classes
+        # SGD's update is sweeper.cuda_graph.sgd_update, eager or captured as a CUDA graph (on CUDA
+        # the whole step is replayed: a small net's step is launch-bound); other optimizers are torch's.
+        graph = cuda_graph.wanted(cfg, device)
+        make = (
+            cuda_graph.sgd_step if graph or cuda_graph.plain_sgd(cfg) is None else cuda_graph.optimizer_step
+        )
+        fn = make(self.model, self.optimizer, autocast, float(cfg.model.get("l1", 0.0)), self.loss_fn)
+        self.step_fn = cuda_graph.Replay(
+            fn, enabled=graph and device.type == "cuda", required=cfg.trainer.cuda_graph is True
+        )
+        self.lr_now = torch.zeros((), device=device) if graph else None  # the rate a graph reads at replay
+        self.facts = {"cuda_graph": graph}
+
+    def start_epoch(self, rates: list[list[float]]):
+        self.model.train()
+        self.rates = rates
+
+    def step(self, x, y, i: int) -> torch.Tensor:
+        lr = set_lr(self.optimizer, self.rates[i][0])
+        return self.step_fn(x, y, lr if self.lr_now is None else self.lr_now.fill_(lr)).view(1)
+
+    def evaluate(self, x, y, eval_size: int):
+        losses, mean, scores = evaluate(
+            self.model, x, y, self.data, eval_size, self.autocast, self.layout, self.loss_fn, self.metrics
+        )
+        return losses[None], mean.view(1), scores[None]
+
+    def state(self, t: int) -> dict:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.device.type == "cuda":  # dropout's masks on the device
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def graph_enabled(self) -> bool:  # false after a failed capture, and on the CPU
+        return self.facts["cuda_graph"] and self.step_fn.enabled
+
+
 def train(cfg: DictConfig, record: RunLog) -> dict:
+    """One run: the one-trial case of train_trials."""
+    return train_trials([cfg], [record])[0]
+
+
+def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> list[dict]:
+    """Train one run, or fused trials (engine=fused.Fused); returns each one's outcome.
+
+    They start from scratch, or all resume from checkpoints of one epoch (`checkpoints`, the
+    records' as loaded, or None to load them). A fused trial whose own record cannot be written
+    fails alone (its outcome holds the exception under "error") and the others go on."""
+    checkpoints = checkpoints or [record.load_checkpoint() for record in records]
+    start = {int(c["epoch"]) if c is not None else 0 for c in checkpoints}
+    if len(start) != 1:
+        raise ValueError(f"fused trials must start from one epoch, not {sorted(start)}")
+    (start_epoch,) = start
+    cfg, n = cfgs[0], len(cfgs)  # what fused trials share (fused.fusable): cfg's
     threads = use_threads(cfg)
     device = run_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
+    autocast = autocast_for(cfg.trainer.precision, device.type)
     data = data_module.stage(data_module.load(cfg.data).to(device), layout)
-    model = build.model(cfg, data.in_channels, data.image_size, len(data.classes)).to(
-        device, memory_format=layout
-    )
-    optimizer = build.optimizer(cfg, model.parameters())
-    loss_fn = build.loss(cfg)
-    chosen = check_metrics(metric_names(cfg.trainer), len(data.classes))  # top<k>: k <= classes
+    trials = engine(cfgs, data, device, layout, autocast, checkpoints)
     val = validation_split(data)
     splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}
     splits["test"] = (data.test_x, data.test_y)
-    measured = columns(chosen, val is not None)
+    measured = columns(trials.metrics, val is not None)
     n_train, batch_size, epochs = len(data.train_y), cfg.trainer.batch_size, cfg.trainer.epochs
     steps_per_epoch = math.ceil(n_train / batch_size)
-    lr_at = build.schedule(cfg, steps_per_epoch, steps_per_epoch * epochs)
-    # One generator drives batch order and augmentation, so its state is all a resume needs.
-    generator = torch.Generator(device=device).manual_seed(cfg.trainer.seed)
-    autocast = autocast_for(cfg.trainer.precision, device.type)
-    l1 = float(cfg.model.get("l1", 0.0))
-    log_steps = bool(cfg.trainer.get("log_steps", False))  # steps.jsonl: each step's lr and loss
+    lr_at = [build.schedule(c, steps_per_epoch, steps_per_epoch * epochs) for c in cfgs]
+    # One generator per trial drives batch order and augmentation, so its state is all a resume
+    # needs. Trials of one seed draw the same batches in their solo runs: drawn once for all.
+    generators = [torch.Generator(device=device).manual_seed(c.trainer.seed) for c in cfgs]
+    if start_epoch:
+        for generator, checkpoint in zip(generators, checkpoints, strict=True):
+            generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoints[0]["cpu_rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoints[0]:
+            torch.cuda.set_rng_state(checkpoints[0]["cuda_rng"], device)
+    shared = all(torch.equal(g.get_state(), generators[0].get_state()) for g in generators)
+    generators = generators[:1] * n if shared else generators
+    log_steps = bool(cfg.trainer.get("log_steps", False))  # steps.jsonl: each step's rate and loss
     keep = kept_epochs(cfg)
-    graph = cuda_graph.wanted(cfg, device)
     info = {
-        "n_params": models.n_params(model),
-        "receptive_field_px": models.receptive_field_px(model, data.image_size),
+        "n_params": models.n_params(trials.model),
+        "receptive_field_px": models.receptive_field_px(trials.model, data.image_size),
         "n_train": n_train,
         "n_val": 0 if val is None else len(val[1]),
         "n_test": len(data.test_y),
-        "metrics": chosen,
+        "metrics": trials.metrics,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "cuda_graph": graph,
+        **trials.facts,
         "threads": threads,
         **trained.input_facts(data),  # what rebuilding and feeding the model needs (load_model)
     }
-    record.facts = info  # the same dict: a summary after a failure reports what it says by then
+    for record in records:
+        record.facts = info  # the same dict: a summary after a failure reports what it says by then
     field = info["receptive_field_px"]
     log.info(
-        "%s: %d params, receptive field %s, %d train / %d val / %d test images on %s, %d threads",
-        build.model_name(cfg),
-        info["n_params"],
-        "not computed" if field is None else f"{field} px",
-        n_train,
-        info["n_val"],
-        info["n_test"],
-        info["device"],
-        threads,
+        "%s: %d params, receptive field %s, %d train / %d val / %d test images on %s, %d threads%s",
+        build.model_name(cfg), info["n_params"], "not computed" if field is None else f"{field} px", n_train,
+        info["n_val"], info["n_test"], info["device"], threads, f", {n} trials fused" if n > 1 else "",
+    )  # fmt: skip
+
+    # Each record as its checkpoint left it (a line written after it is dropped). Early stopping
+    # and the divergence threshold decide from the metrics lines alone: fed the kept ones, a
+    # resumed run decides as the uninterrupted one did (and one stopped after its last
+    # checkpoint, before its summary, ends here without training on).
+    rows = [record.keep_epochs_up_to(start_epoch) for record in records]
+    step, samples, time_offset = (
+        (0, 0, 0.0) if not rows[0] else itemgetter("step", "samples", "time_s")(rows[0][-1])
     )
-
-    # Resume from the last finished epoch, dropping any record written after that checkpoint.
-    start_epoch, step, samples, time_offset, rows = 0, 0, 0, 0.0, []
-    checkpoint = record.load_checkpoint()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        # The optimizer's state (momentum, ...). Its rate is set from the schedule at every step,
-        # so a checkpoint of LambdaLR's time (with a "scheduler" entry) resumes the same way.
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        generator.set_state(checkpoint["generator"])
-        torch.set_rng_state(checkpoint["cpu_rng"])
-        if device.type == "cuda" and "cuda_rng" in checkpoint:
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
-        start_epoch = int(checkpoint["epoch"])
-        rows = record.keep_epochs_up_to(start_epoch)
-        if rows:
-            step, samples, time_offset = rows[-1]["step"], rows[-1]["samples"], rows[-1]["time_s"]
-        log.info("resuming after epoch %d from %s", start_epoch, record.checkpoint_path)
-    else:
-        record.keep_epochs_up_to(0)
-    # Early stopping and the divergence threshold decide from the metrics lines alone: fed the
-    # kept ones, a resumed run decides as the uninterrupted one did (and one stopped after its
-    # last checkpoint, before its summary, ends here without training on).
-    stop = stopping.Stopping(cfg.trainer, len(data.classes), measured)
-    verdict = next(filter(None, map(stop.update, rows)), None)
-
-    # On CUDA the whole step is captured once as a CUDA graph and replayed (sweeper/cuda_graph.py):
-    # a small net's step is launch-bound. It needs the optimizer's state, so it is built after resume.
-    if graph:
-        graph_step = cuda_graph.Replay(
-            cuda_graph.sgd_step(model, optimizer, autocast, l1, loss_fn),
-            enabled=device.type == "cuda",
-            required=cfg.trainer.cuda_graph is True,
-        )
-        lr_now = torch.zeros((), device=device)  # the step's rate, read by the graph at replay
+    if start_epoch:
+        log.info("resuming after epoch %d from %s", start_epoch, records[0].checkpoint_path)
+    stops = [stopping.Stopping(c.trainer, len(data.classes), measured) for c in cfgs]
+    verdicts = [
+        next(filter(None, map(stop.update, kept)), None) for stop, kept in zip(stops, rows, strict=True)
+    ]
+    status = [v["status"] if v else "completed" for v in verdicts]
+    errors: dict[int, Exception] = {}
     t_start = time.perf_counter()
     progress = Progress(epochs, steps_per_epoch)
-    last_epoch = epochs if verdict is None else start_epoch  # a verdict already reached: train no more
     # trainer.until_epoch pauses the run there (hydra/sweeper=halving's rungs); the schedule stays
     # defined over trainer.epochs, so a paused run resumed goes on exactly as if never paused.
-    last_epoch = min(last_epoch, pause_epoch(cfg))
-    for epoch in range(start_epoch + 1, last_epoch + 1):
+    for epoch in range(start_epoch + 1, pause_epoch(cfg) + 1):
+        if "completed" not in status:
+            break  # every trial has ended (an ended fused trial's weights train on, unrecorded)
+        active = torch.tensor([s == "completed" for s in status], device=device)
         t_epoch = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        step_losses = []  # trainer.log_steps: (step, lr, loss on the device), read back once per epoch
-        for i, (x, y) in enumerate(
-            data_module.train_batches(data, batch_size, generator, cfg.data.augment, layout)
-        ):
-            lr = set_lr(optimizer, lr_at(step))
-            if graph:
-                loss = graph_step(x, y, lr_now.fill_(lr))
-            else:
-                with autocast():
-                    logits = model(x)
-                loss = loss_fn.mean(logits.float(), y)
-                if l1 > 0:
-                    loss = loss + l1 * models.weight_l1(model)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            # Accumulate on the device; reading it back every step would stall a GPU.
-            loss_sum += loss.detach()
-            step, samples = step + 1, samples + len(y)
-            if log_steps:  # a copy: the CUDA graph's loss is one buffer, overwritten at each replay
-                step_losses.append((step, lr, loss.detach().clone()))
-            if i % 50 == 49 and not torch.isfinite(loss_sum):
+        # The epoch's rates, asked of the schedule as it starts (not the run's: epochs=1e9).
+        rates = [[at(s) for at in lr_at] for s in range(step, step + steps_per_epoch)]
+        trials.start_epoch(rates)
+        loss_sum = torch.zeros(n, device=device)
+        step_losses = []  # trainer.log_steps: (step, rates, losses on the device), read back once per epoch
+        batches = [
+            data_module.train_batches(data, batch_size, g, cfg.data.augment, layout)
+            for g in generators[: 1 if shared else n]
+        ]
+        for i, drawn in enumerate(zip(*batches, strict=True)):
+            xs, ys = zip(*drawn, strict=True)
+            x, y = (xs[0], ys[0]) if shared else (torch.stack(xs), torch.stack(ys))
+            loss = trials.step(x, y, i)
+            # Accumulated on the device; reading it back every step would stall a GPU.
+            loss_sum += loss
+            step, samples = step + 1, samples + len(ys[0])
+            if log_steps:  # a copy: a CUDA graph's loss is one buffer, overwritten at each replay
+                step_losses.append((step, rates[i], loss.clone()))
+            if i % 50 == 49 and not torch.isfinite(loss_sum[active]).any():
                 break  # diverged: no point finishing the epoch
-            progress.update(epoch, i + 1, loss_sum, i + 1)
+            progress.update(epoch, i + 1, loss_sum[0])
 
-        eval_size = cfg.trainer.eval_batch_size
-        results = {
-            split: evaluate(model, x, y, data, eval_size, autocast, layout, loss_fn, chosen)
-            for split, (x, y) in splits.items()
-        }
+        results = {s: trials.evaluate(x, y, cfg.trainer.eval_batch_size) for s, (x, y) in splits.items()}
         # One read back per epoch; it waits for the queued GPU work, so the epoch's time includes it.
-        values = torch.cat(
-            [torch.cat([mean.view(1), scores]) for _, mean, scores in results.values()]
-        ).tolist()
+        values = torch.cat([torch.cat([mean[:, None], scores], 1) for _, mean, scores in results.values()], 1)
+        values, finite = values.tolist(), torch.isfinite(loss_sum).tolist()
+        step_values = torch.stack([loss for *_, loss in step_losses]).tolist() if step_losses else []
         now = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "lr": lr,
-            **dict(zip(measured, values, strict=True)),
-            "samples": samples,
-            "time_s": round(time_offset + now - t_start, 4),
-            "epoch_time_s": round(now - t_epoch, 4),
-        }
-        finite = torch.isfinite(loss_sum) and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
-        verdict = stop.update(row) if finite else stopping.non_finite(epoch)
-        if epoch in keep or verdict:  # a run's last epoch is always kept
-            record.write_losses(
-                epoch, results["train"][0], results["test"][0], cfg.trainer.keep_sample_losses
-            )
-        if step_losses:  # before the epoch's metrics line: a resume keeps the steps up to its step
-            losses = torch.stack([loss for *_, loss in step_losses]).tolist()
-            record.append_steps(
-                [
-                    {"step": s, "epoch": epoch, "lr": r, "loss": v}
-                    for (s, r, _), v in zip(step_losses, losses, strict=True)
-                ]
-            )
-        record.append_metrics(row)
-        progress.epoch_done(row)
-        if verdict is not None:
-            log.warning(
-                "epoch %d: %s, stopping this run (status %s)",
-                epoch,
-                verdict["stop_reason"],
-                verdict["status"],
-            )
-        if verdict is not None and verdict["status"] == "diverged":
-            break  # no checkpoint: its weights are not a result to go on from
-        if cfg.trainer.checkpoint:
-            state = {
+        progress.clear()
+        for t, record in enumerate(records):
+            if status[t] != "completed":
+                continue  # ended earlier: its record ended there
+            row = {
                 "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
                 "step": step,
-                "generator": generator.get_state(),
-                "cpu_rng": torch.get_rng_state(),
+                "epoch_lr": rates[i][t],  # the epoch's last step's
+                **dict(zip(measured, values[t], strict=True)),
+                "samples": samples,
+                "time_s": round(time_offset + now - t_start, 4),
+                "epoch_time_s": round(now - t_epoch, 4),
             }
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            record.save_checkpoint(state)
-        if verdict is not None:
-            break  # stopped early, its checkpoint saved: the weights it ends with
-    if graph:
-        info["cuda_graph"] = graph_step.enabled  # false after a failed capture, and on the CPU
-    status = "paused" if verdict is None and last_epoch < epochs else "completed"
-    return {"status": status, **(verdict or {}), **info}
+            ok = finite[t] and all(math.isfinite(row[f"{s}_loss"]) for s in splits)
+            verdict = stops[t].update(row) if ok else stopping.non_finite(epoch)
+            try:
+                if epoch in keep or verdict:  # a run's last epoch is always kept
+                    record.write_losses(
+                        epoch,
+                        results["train"][0][t],
+                        results["test"][0][t],
+                        cfgs[t].trainer.keep_sample_losses,
+                    )
+                if step_values:  # before the epoch's metrics line: a resume keeps the steps up to its step
+                    record.append_steps(
+                        [
+                            {"step": s, "epoch": epoch, "step_lr": r[t], "loss": v[t]}
+                            for (s, r, _), v in zip(step_losses, step_values, strict=True)
+                        ]
+                    )
+                record.append_metrics(row)
+                # A diverged run keeps no checkpoint: its weights are not a result to go on from.
+                if cfgs[t].trainer.checkpoint and not (verdict and verdict["status"] == "diverged"):
+                    record.save_checkpoint(checkpoint_state(trials.state(t), epoch, step, generators[t]))
+            except Exception as err:
+                if n == 1 or interrupted(err):
+                    raise  # a run's own failure: run() records it
+                status[t], errors[t] = "failed", err
+                log.error("trial %s failed at epoch %d: %s: %s", record.dir, epoch, type(err).__name__, err,
+                          extra={"trial": record.dir})  # fmt: skip
+                continue
+            prefix = f"{record.dir.name}: " if n > 1 else ""
+            log.info("%s%s", prefix, epoch_line(row, epochs), extra={"trial": record.dir})
+            if verdict is not None:
+                status[t], verdicts[t] = verdict["status"], verdict
+                log.warning("%sepoch %d: %s, stopping this run (status %s)", prefix, epoch, verdict["stop_reason"],
+                            verdict["status"], extra={"trial": record.dir})  # fmt: skip
+    info["cuda_graph"] = trials.graph_enabled()
+    if pause_epoch(cfg) < epochs:
+        status = ["paused" if s == "completed" else s for s in status]
+    return [
+        {"status": s, **(verdicts[t] or {}), **info, **({"error": errors[t]} if t in errors else {})}
+        for t, s in enumerate(status)
+    ]
+
+
+def checkpoint_state(state: dict, epoch: int, step: int, generator) -> dict:
+    """A trial's checkpoint: its engine's `state` (model, optimizer), the step count, its batch
+    generator and the process's random state (dropout's)."""
+    return {
+        "epoch": epoch,
+        **state,
+        "step": step,
+        "generator": generator.get_state(),
+        "cpu_rng": torch.get_rng_state(),
+    }
 
 
 class Progress:
-    """A live in-epoch line on a terminal; one log line per epoch everywhere (SLURM, CI, files)."""
+    """A live in-epoch line on a terminal (one log line per epoch everywhere: the loop's)."""
 
     def __init__(self, epochs: int, steps_per_epoch: int):
         self.epochs, self.steps = epochs, steps_per_epoch
         self.live = sys.stderr.isatty()
         self.last = 0.0
 
-    def update(self, epoch, step, loss_sum, n):
+    def update(self, epoch, step, loss_sum):
         if not self.live or time.perf_counter() - self.last < 0.25:
             return
         self.last = time.perf_counter()
         bar = "#" * (20 * step // self.steps)
         sys.stderr.write(
-            f"\repoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} loss {loss_sum.item() / n:.4f}"
+            f"\repoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} loss {loss_sum.item() / step:.4f}"
         )
         sys.stderr.flush()
 
-    def epoch_done(self, row):
+    def clear(self):
         if self.live:
             sys.stderr.write("\r" + " " * 70 + "\r")
-        log.info("%s", epoch_line(row, self.epochs))
 
 
 def run(

@@ -30,7 +30,7 @@ def assert_same_curves(a_dir, b_dir, rel):
     a, b = rows(a_dir), rows(b_dir)
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2]
     for ra, rb in zip(a, b, strict=True):
-        for key in ("lr", "step", "samples"):
+        for key in ("epoch_lr", "step", "samples"):
             assert ra[key] == rb[key], key
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert rb[key] == pytest.approx(ra[key], rel=rel, abs=rel), key
@@ -183,3 +183,44 @@ def test_on_cuda_fused_trials_replayed_match_them_eager(tmp_path, precision):
         assert_same_curves(
             tmp_path / "false" / str(i), tmp_path / "true" / str(i), rel=1e-3 if precision == "fp32" else 2e-2
         )
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [{}, {"momentum": 0.9, "weight_decay": 5e-4}, {"momentum": 0.5, "nesterov": True, "weight_decay": 1e-3}],
+    ids=["sgd", "momentum-decay", "nesterov"],
+)
+def test_sgd_update_is_torch_optim_sgd_bit_for_bit(hyper):
+    """The one SGD update (solo, captured, fused) computes torch.optim.SGD's numbers exactly
+    with a number as its rate, and reads a tensor rate (a graph's, per trial) at run time."""
+    torch.manual_seed(0)
+    ours = [torch.randn(5, 3), torch.randn(7)]
+    theirs = [p.clone().requires_grad_() for p in ours]
+    optimizer = torch.optim.SGD(theirs, lr=0.1, **hyper)
+    velocity = [None, None] if hyper.get("momentum") else []
+    for lr in (0.1, 0.05, 0.02):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, g in zip(theirs, grads, strict=True):
+            p.grad = g.clone()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        cuda_graph.sgd_update(ours, grads, velocity, lr, **hyper)
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b.detach())
+    stacked = torch.stack([ours[0], ours[0]])  # two trials, one rate each: trial 1 at rate 0 stays
+    before = stacked.clone()
+    cuda_graph.sgd_update([stacked], [torch.ones_like(stacked)], [], torch.tensor([0.5, 0.0]))
+    assert torch.equal(stacked[0], before[0] - 0.5) and torch.equal(stacked[1], before[1])
+
+
+def test_solo_and_fused_steps_update_through_the_one_sgd_update(tmp_path, monkeypatch):
+    calls, real = [], cuda_graph.sgd_update
+    monkeypatch.setattr(cuda_graph, "sgd_update", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train.run(compose_cfg("trainer.epochs=1", "optim.momentum=0.9"), tmp_path / "solo")
+    assert len(calls) == 6  # one epoch of 6 batches, eager on the CPU
+    cfgs = [compose_cfg("trainer.epochs=1", f"lr={lr}") for lr in (0.1, 0.05)]
+    fused.run_group(cfgs, [tmp_path / "a", tmp_path / "b"], [[], []], [0, 1])
+    assert len(calls) == 12
+    train.run(compose_cfg("trainer.epochs=1", "optim=adam"), tmp_path / "adam")
+    assert len(calls) == 12  # another optimizer steps with torch.optim's own update

@@ -35,7 +35,7 @@ def test_fused_trials_match_the_same_trials_run_alone(tmp_path):
         solo, together = rows(tmp_path / "solo" / str(i)), rows(fused_dirs[i])
         assert [r["epoch"] for r in together] == [1, 2]
         for a, b in zip(solo, together, strict=True):
-            for key in ("lr", "step", "samples"):
+            for key in ("epoch_lr", "step", "samples"):
                 assert a[key] == b[key]
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
@@ -83,7 +83,7 @@ def test_trials_of_one_seed_draw_one_batch_for_all_and_still_match_their_solo_ru
     for i, cfg in enumerate(cfgs):
         train.run(cfg, tmp_path / "solo" / str(i))
         for a, b in zip(rows(tmp_path / "solo" / str(i)), rows(dirs[i]), strict=True):
-            assert (a["lr"], a["step"]) == (b["lr"], b["step"])
+            assert (a["epoch_lr"], a["step"]) == (b["epoch_lr"], b["step"])
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert b[key] == pytest.approx(a[key], rel=2e-3, abs=2e-3), (i, key)
 
@@ -336,3 +336,13 @@ def test_a_fused_group_computes_each_epochs_rates_as_it_starts_not_the_whole_run
         fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
     assert ended.value.args == (1,)
     assert max(asked) < 12 and set(range(6)) <= set(asked)
+
+
+def test_a_fused_group_gives_the_process_its_thread_count_back(tmp_path):
+    """A group trains with trainer.threads as a solo run does, and, as train.run, leaves the
+    process its own count for the next run's `auto`."""
+    given = torch.get_num_threads()
+    cfgs = [compose_cfg("trainer.epochs=1", "++trainer.threads=1", f"lr={lr}") for lr in (0.1, 0.05)]
+    summaries = fused.run_group(cfgs, [tmp_path / "0", tmp_path / "1"], [[], []], [0, 1])
+    assert [(s["status"], s["threads"]) for s in summaries] == [("completed", 1)] * 2
+    assert torch.get_num_threads() == given

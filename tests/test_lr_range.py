@@ -59,7 +59,7 @@ def test_a_run_with_log_steps_writes_one_line_per_step_with_the_growing_lr(tmp_p
     rows = steps(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert [r["epoch"] for r in rows] == [1] * 6 + [2] * 6
-    lrs = [r["lr"] for r in rows]
+    lrs = [r["step_lr"] for r in rows]
     assert lrs[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     if summary["status"] == "completed":  # lr 10 may blow the loss up (null), which ends it diverged
         assert lrs[-1] == pytest.approx(10)

@@ -13,11 +13,13 @@ import pytest
 from sweeper import rundir, train
 from sweeper.processes import process_started
 from sweeper.runlog import BIN_EDGES, RunLog
+from sweeper.schema import RENAMED_COLUMNS
 from sweeper.validate import ConfigError
 from tests import fake_runs
 from tests.conftest import REPO, TINY, compose_cfg, run_cli
 
-METRIC_KEYS = set(fake_runs.METRIC_KEYS)  # the analysis tests' fake records must be what runs write
+# The analysis tests' fake records must be what runs write (a former column name read as today's).
+METRIC_KEYS = {RENAMED_COLUMNS["metrics.jsonl"].get(k, k) for k in fake_runs.METRIC_KEYS}
 
 
 def metrics(run_dir):
@@ -443,7 +445,7 @@ def test_a_checkpoint_without_a_readable_config_is_never_resumed(tmp_path, monke
     cfg = compose_cfg("trainer.epochs=3", "lr=0.2", f"trainer.resume={resume}")
     assert train.run(cfg, run_dir)["status"] == "completed"
     assert (run_dir / "attempts" / "1" / "checkpoint.pt").exists()
-    assert [r["lr"] for r in metrics(run_dir)] == [0.2, 0.2, 0.2]
+    assert [r["epoch_lr"] for r in metrics(run_dir)] == [0.2, 0.2, 0.2]
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
 
 
