@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, processes
+from sweeper import build, metrics, processes
 from sweeper import data as data_module
-from sweeper.metrics import columns, summarize
-from sweeper.metrics import names as metric_names
 from sweeper.runlog import RunLog, atomic_write
+from sweeper.schema import RENAMED_KEYS
 from sweeper.validate import ConfigError
 
 log = logging.getLogger("sweeper")
@@ -50,11 +49,15 @@ RECORD_FILES = (
     "summary.json",
     "sample_losses",
 )
+# What summary.json's status can be.
+STATUSES = ("completed", "stopped_early", "stopped", "diverged", "failed", "paused")
 # A rerun of the same config would end the same way: skipped. stopped_early: sweeper/stopping.py.
 ENDED = ("completed", "diverged", "stopped_early")
 # Ended at trainer.until_epoch (paused), or there for good by hydra/sweeper=halving (stopped): a
 # rerun that trains no further skips it, one with a later until_epoch resumes it from its checkpoint.
 PAUSED = ("paused", "stopped")
+# Ended as the sweep asks: trained to trainer.epochs, or stopped by early stopping or by halving.
+SUCCEEDED = ("completed", "stopped_early", "stopped")
 
 
 # kept_epochs and pause_epoch live here, not in the loop that also reads them: whether a record
@@ -75,10 +78,10 @@ def recorded_columns(cfg: DictConfig, facts: dict) -> list[str]:
     """The measured columns of a run's metrics lines: those of its trainer.metrics, with val's
     when it held a split out (facts: its summary's n_val)."""
     try:
-        chosen = metric_names(cfg.trainer)
+        chosen = metrics.names(cfg.trainer)
     except ConfigError:  # refused at the start: the run failed before measuring anything
         chosen = ["acc"]
-    return columns(chosen, bool(facts.get("n_val")))
+    return metrics.columns(chosen, bool(facts.get("n_val")))
 
 
 def versions() -> dict:
@@ -147,12 +150,44 @@ ADDED_KEYS = {
 }
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested config."""
+    flat = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def under_todays_names(recorded: dict, current: dict) -> dict:
+    """A recorded config with its renamed keys (schema.RENAMED_KEYS) under today's names, where
+    the config it is compared with no longer has the former name: an older run's
+    schedule.decay is compared as schedule.gamma, and resumes or is skipped as it was."""
+    flat = _flat(recorded)
+    former = {k for k in flat if k in RENAMED_KEYS} - set(_flat(current))
+    if not former:
+        return recorded
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, last = (RENAMED_KEYS[key] if key in former else key).split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return nested
+
+
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The keys (dotted) whose values differ, as "key: old -> new" lines. A recorded config that
+    """The keys (dotted) whose values differ, as "key: old -> new" lines; the recorded config's
+    renamed keys are compared under today's names (under_todays_names). A recorded config that
     is not a JSON object is damage, not a difference: [] (the start sets such a record aside,
     naming the file; refusing here would block every job of a sweep for one damaged file)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return []
+    if not prefix:
+        old = under_todays_names(old, new)
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
@@ -427,7 +462,7 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         one_line = isinstance(error, (data_module.DataError, ConfigError))
         log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
     try:
-        reduced = summarize(
+        reduced = metrics.summarize(
             record.read_metrics(),
             recorded_columns(cfg, {**record.facts, **outcome}),
             bool({**record.facts, **outcome}.get("n_val")),

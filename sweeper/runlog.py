@@ -20,9 +20,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from sweeper.schema import RENAMED_COLUMNS
+
+if TYPE_CHECKING:
+    import torch
 
 # Per-sample loss histograms: 10 log bins per decade over 1e-8..1e3; zeros, underflow and
 # overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
@@ -61,6 +66,8 @@ def to_json(obj) -> bytes:
 
 def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     """Histogram, quantiles and mean of one split's per-sample losses (computed on their device)."""
+    import torch
+
     losses = losses.float()
     finite = torch.isfinite(losses)
     zero = (losses == 0).sum()
@@ -90,10 +97,19 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
+def renamed_columns(name: str, row: dict) -> dict:
+    """A parsed line of the record file `name` with its former column names replaced by today's
+    (schema.RENAMED_COLUMNS: an older run's `lr` is its epoch_lr or step_lr)."""
+    names = RENAMED_COLUMNS.get(name)
+    if not names or not any(k in row for k in names):
+        return row
+    return {names.get(k, k): v for k, v in row.items()}
+
+
 def complete_lines(path: Path) -> list[dict]:
-    """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
-    last one short) or its first line that is not a JSON object (damage); [] when the file is
-    absent."""
+    """A JSON-lines file's objects (columns renamed: renamed_columns) up to its first incomplete
+    line (a crash mid-write cuts the last one short) or its first line that is not a JSON object
+    (damage); [] when the file is absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -106,7 +122,7 @@ def complete_lines(path: Path) -> list[dict]:
             break
         if not isinstance(row, dict):
             break
-        rows.append(row)
+        rows.append(renamed_columns(path.name, row))
     return rows
 
 
@@ -115,7 +131,7 @@ METRIC_TYPES = {
     "epoch": (int,),
     "step": (int,),
     "samples": (int,),
-    "lr": (int, float),
+    "epoch_lr": (int, float),
     "train_loss": (int, float, type(None)),
     "test_loss": (int, float, type(None)),
     "time_s": (int, float),
@@ -134,6 +150,7 @@ def metrics_line_damage(row) -> str | None:
     """What is wrong with one parsed metrics line's shape, or None."""
     if not isinstance(row, dict):
         return f"not a JSON object ({type(row).__name__})"
+    row = renamed_columns("metrics.jsonl", row)
     for key, types in METRIC_TYPES.items():
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch
@@ -148,6 +165,8 @@ def state_digest(state) -> str:
     """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every key, number
     and string, in order. Computed over the state as saved and again as loaded: a flipped bit in
     a weight, a key or a number changes it."""
+    import torch
+
     h = hashlib.sha256()
 
     def feed(obj) -> None:
@@ -292,7 +311,7 @@ class RunLog:
             what = metrics_line_damage(row)
             if what is not None:
                 return rows, f"metrics.jsonl line {i + 1} is damaged: {what}"
-            rows.append(row)
+            rows.append(renamed_columns("metrics.jsonl", row))
         return rows, None
 
     def _losses_damage(self, kept: set[int] | None, upto: int | None = None) -> str | None:
@@ -358,7 +377,7 @@ class RunLog:
             os.fsync(f.fileno())
 
     def append_steps(self, rows: list[dict]) -> None:
-        """One line per step ({"step", "epoch", "lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
+        """One line per step ({"step", "epoch", "step_lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
         lines = "".join(json.dumps({k: finite_or_none(v) for k, v in r.items()}) + "\n" for r in rows)
         with open(self.steps_path, "a") as f:
             f.write(lines)
@@ -402,6 +421,8 @@ class RunLog:
 
     def save_checkpoint(self, state: dict) -> None:
         """The state, with its digest (state_digest) under "sha256": load_checkpoint checks it."""
+        import torch
+
         buf = io.BytesIO()
         torch.save({**state, DIGEST_KEY: state_digest(state)}, buf)
         atomic_write(self.checkpoint_path, buf.getvalue())
@@ -414,6 +435,8 @@ class RunLog:
             data = self.checkpoint_path.read_bytes()  # an error reading it is the file system's: raised
         except FileNotFoundError:
             return None
+        import torch
+
         try:
             # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

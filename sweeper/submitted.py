@@ -9,8 +9,9 @@ Torch-free on purpose: the analysis side imports it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from sweeper.runlog import atomic_write
 
 FILE = "slurm_jobs.json"  # {"jobs": {"<job num>": "<ARRAY_TASK or job id>", ...}}
 
@@ -27,7 +28,5 @@ def slurm_ids(sweep_dir: Path) -> dict[int, str]:
 def record(sweep_dir: Path, ids: dict[int, str]) -> None:
     """Add (or replace, for a rerun) these jobs' ids, atomically."""
     jobs = {**slurm_ids(sweep_dir), **ids}
-    path = Path(sweep_dir) / FILE
-    tmp = path.with_name(f".{FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"jobs": {str(k): v for k, v in sorted(jobs.items())}}) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps({"jobs": {str(k): v for k, v in sorted(jobs.items())}}) + "\n"
+    atomic_write(Path(sweep_dir) / FILE, text.encode())

@@ -26,6 +26,8 @@ from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, e
 from sweeper import objective, processes, submitted
 from sweeper.rundir import (
     PENDING_HYDRA_FILES,
+    STATUSES,
+    SUCCEEDED,
     as_written_in_place,
     attempt_dir,
     config_difference,
@@ -35,16 +37,8 @@ from sweeper.rundir import (
 from sweeper.runlog import atomic_write, complete_lines, to_json
 from sweeper.validate import ConfigError, check, check_device
 
-STATES = (
-    "completed", "stopped_early", "stopped", "diverged", "failed", "paused", "interrupted", "running",
-    "damaged", "missing",
-)  # fmt: skip
-# What a run's summary.json can say. paused: at trainer.until_epoch; stopped: a configuration
-# that hydra/sweeper=halving did not promote past a rung (its summary says which, `rung`).
-SUMMARY_STATES = ("completed", "stopped_early", "stopped", "diverged", "failed", "paused")
-# Runs that ended as their sweep asks: trained to trainer.epochs, stopped by their early stopping,
-# or by successive halving.
-SUCCEEDED = ("completed", "stopped_early", "stopped")
+# A job's state (job_state): its summary's status, or what its record without one says.
+STATES = (*STATUSES, "interrupted", "running", "damaged", "missing")
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -351,7 +345,7 @@ class SweepCallback(Callback):
         if pending.startswith(PENDING_HYDRA_FILES):
             as_written_in_place(sweep_dir / "multirun.yaml", pending)
         objective.end_study(sweep_dir)  # an Optuna study's trials listed in sweep.json
-        if not summarize(sweep_dir, ended=True):
+        if not report_end(sweep_dir, ended=True):
             raise SystemExit(1)
 
 
@@ -386,15 +380,15 @@ def refusals_in_one_line():
 # an interrupted sweep on Hydra's basic launcher never reaches on_multirun_end, and __main__
 # prints it then (on Ctrl-C, or SIGTERM); the pool launcher prints its own on an interrupt.
 STARTED: list[Path] = []
-SUMMARIZED: set[Path] = set()
+REPORTED: set[Path] = set()
 
 
-def summarize(sweep_dir: Path, ended: bool = False) -> bool:
+def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     """Print the one-screen end summary of a sweep, from its records; whether every job succeeded
     (SUCCEEDED: completed, or stopped by its early stopping).
     `ended`: the launcher has returned every job's result, so none is still running, wherever it ran.
     Never raises for what the records hold: a damaged file is named in its job's line."""
-    if sweep_dir in SUMMARIZED:
+    if sweep_dir in REPORTED:
         return True
     try:
         known = _read_sweep(sweep_dir)
@@ -403,7 +397,7 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
         return False
     if known is None:
         return True
-    SUMMARIZED.add(sweep_dir)
+    REPORTED.add(sweep_dir)
     counts = dict.fromkeys(STATES, 0)
     lines = []
     slurm = submitted.slurm_ids(sweep_dir)
@@ -502,10 +496,10 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         return "damaged", f"summary.json {damage}"
     if summary is not None:
         state = summary.get("status")
-        if state not in SUMMARY_STATES:
+        if state not in STATUSES:
             return (
                 "damaged",
-                f"summary.json has status {_short(state)}, not one of {', '.join(SUMMARY_STATES)}",
+                f"summary.json has status {_short(state)}, not one of {', '.join(STATUSES)}",
             )
         if state == "completed":
             return state, f"test_acc {summary.get('final_test_acc')}"

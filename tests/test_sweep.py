@@ -529,18 +529,18 @@ def test_a_damaged_summary_or_job_json_is_named_not_a_traceback_or_running(tmp_p
     (tmp_path / "s" / "sweep.json").write_text(
         json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
     )
-    assert sweep_module.summarize(tmp_path / "s") is False  # printed, no exception
+    assert sweep_module.report_end(tmp_path / "s") is False  # printed, no exception
 
 
 def test_the_end_summary_says_1_job_and_1_epoch(tmp_path, capsys):
-    from sweeper.sweep import summarize
+    from sweeper.sweep import report_end
 
     write_run(tmp_path / "s" / "0")
     (tmp_path / "s" / "0" / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     (tmp_path / "s" / "sweep.json").write_text(
         json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
     )
-    assert summarize(tmp_path / "s", ended=True) is False
+    assert report_end(tmp_path / "s", ended=True) is False
     out = capsys.readouterr().out
     assert f"sweep {tmp_path / 's'}: 1 job: 0 completed, 1 interrupted" in out  # "1 jobs", before
     assert "stopped after 1 epoch; a rerun" in out
