@@ -83,19 +83,3 @@ def read_job(run_dir: Path) -> dict | None:
     """The run's job.json; None when it is absent or damaged: then no process can be told to be
     writing the run."""
     return read_object(Path(run_dir) / "job.json")
-
-
-def live_writer(run_dir: Path) -> int | None:
-    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
-
-    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
-    over would move the record out from under the first. Only this host's processes can be seen;
-    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
-    by another process after a crash or reboot is told apart by its start time.
-    """
-    if (run_dir / "summary.json").exists():
-        return None
-    job = read_job(run_dir)
-    if not on_this_host(job) or job["pid"] == os.getpid() or not alive(job):
-        return None
-    return job["pid"]

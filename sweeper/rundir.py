@@ -242,11 +242,27 @@ def unwritable(path: Path) -> str | None:
     return None
 
 
+def live_writer(run_dir: Path) -> int | None:
+    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
+
+    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
+    over would move the record out from under the first. Only this host's processes can be seen;
+    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
+    by another process after a crash or reboot is told apart by its start time.
+    """
+    if (Path(run_dir) / "summary.json").exists():
+        return None
+    job = processes.read_job(run_dir)
+    if not processes.on_this_host(job) or job["pid"] == os.getpid() or not processes.alive(job):
+        return None
+    return job["pid"]
+
+
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
     nothing: `python -m sweeper` calls it before Hydra writes anything, open_record again."""
-    writer = processes.live_writer(run_dir)
+    writer = live_writer(run_dir)
     if writer is not None:
         raise ConfigError(
             f"{run_dir} is being trained by process {writer} on this host; "
@@ -497,6 +513,39 @@ def refused(cfg: DictConfig, run_dir: Path, overrides, job_num, hydra_files, err
     if ended is not None:
         return ended["status"]
     return close_record(record, cfg, {}, error)["status"]
+
+
+def record_lost(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides,
+    job_num: int,
+    error: Exception,
+    pid: int,
+    started,
+    resumable: bool,
+) -> None:
+    """Close the run of a job whose process (`pid`, started at `started`) ended without closing
+    it, as a failed run is closed: a rerun sets the attempt aside and trains it again. With
+    `resumable` (the process died, rather than raised) a run that has a checkpoint is left
+    unclosed instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it. Only a
+    record that process opened is touched: an earlier attempt's, which it had not yet taken over,
+    is left as it was (resumable, or ended)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():  # the run had ended (or was skipped) before
+        return
+    if not (run_dir / "config.json").exists():  # it died before the run opened its record
+        record, _ = open_record(cfg, run_dir, overrides, job_num)
+        record.write_job({**record.read_json("job.json"), "pid": pid, "pid_started": started})
+    else:
+        record = RunLog(run_dir)
+        job = record.read_json("job.json")
+        if not isinstance(job, dict) or job.get("pid") != pid or job.get("host") != socket.gethostname():
+            return
+        if resumable and record.checkpoint_path.exists():
+            log.warning("%s: %s; a rerun resumes it from its last checkpoint", run_dir, error)
+            return
+    close_record(record, cfg, {}, error)
 
 
 def interrupted(error: BaseException) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import InterpolationToMissingValueError
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import objective, processes, submitted
@@ -31,6 +32,7 @@ from sweeper.rundir import (
     as_written_in_place,
     attempt_dir,
     config_difference,
+    live_writer,
     move_into,
     unwritable,
 )
@@ -52,9 +54,6 @@ def _effective(job: list[str]) -> frozenset:
     return frozenset(settings.items())
 
 
-# Stand-ins for the job number and id while a job's hydra.sweep.subdir is resolved before launch:
-# the launcher sets both only then, and the number depends on the job's place in the grid.
-NUM_MARK, ID_MARK = "987654321", "987654322"
 # Launchers whose hydra.job.id is the job number; submitit's is the SLURM job id, known only later.
 ID_IS_NUM = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -62,30 +61,28 @@ ID_IS_NUM = (
 )
 
 
-def _subdir(config: DictConfig, composed: DictConfig) -> str:
-    """The job's run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
-    as Hydra's run_job resolves it), with NUM_MARK where the job number goes."""
+def _subdir(config: DictConfig, composed: DictConfig, num: int) -> str:
+    """Job `num`'s run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
+    resolved as Hydra's run_job does once the launcher has set hydra.job.num and id)."""
     job = composed.hydra.job
     with read_write(job), open_dict(job):
         # Set for the resolution and put back: the launcher sets both itself, as it launches.
         saved = {k: MISSING if OmegaConf.is_missing(job, k) else job[k] for k in ("num", "id")}
-        job.num, job.id = int(NUM_MARK), ID_MARK
+        job.num = num
+        job.id = num if config.hydra.launcher.get("_target_") in ID_IS_NUM else MISSING
         try:
-            subdir = os.path.normpath(str(composed.hydra.sweep.subdir))
+            return os.path.normpath(str(composed.hydra.sweep.subdir))
+        except InterpolationToMissingValueError:  # hydra.job.id, under a launcher that sets it later
+            raise SweepRefused(
+                "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
+                "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
+            ) from None
         except Exception as e:  # an interpolation that does not resolve
             raise SweepRefused(
                 f"hydra.sweep.subdir={_raw_subdir(composed)} is invalid: {str(e).splitlines()[0]}"
             ) from None
         finally:
             job.num, job.id = saved["num"], saved["id"]
-    if ID_MARK in subdir:
-        if config.hydra.launcher.get("_target_") not in ID_IS_NUM:
-            raise SweepRefused(
-                "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
-                "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
-            )
-        subdir = subdir.replace(ID_MARK, NUM_MARK)
-    return subdir
 
 
 def check_jobs(
@@ -108,7 +105,7 @@ def check_jobs(
     # A SLURM launcher's jobs train on its nodes, whose GPUs this (login) machine may not have.
     remote = str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
     final: list[list[str]] = []
-    subdirs: list[str] = []  # each job's run dir under the sweep dir, NUM_MARK for its number
+    composeds: list[DictConfig] = []
     resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
     starts_over: list[bool] = []  # trainer.resume=false
     old_records = sweep_dir.exists()
@@ -124,7 +121,7 @@ def check_jobs(
         resume = bool(job_cfg.trainer.resume)
         resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
         starts_over.append(not resume)
-        subdirs.append(_subdir(config, composed))
+        composeds.append(composed)
         raw_subdir = raw_subdir or _raw_subdir(composed)
         final.append(job)
     known = _read_sweep(sweep_dir)
@@ -142,10 +139,10 @@ def check_jobs(
                 f"{sweep_dir} holds this grid with its jobs in another order, which hydra/sweeper=basic "
                 "launches as given; give the sweep's overrides in their first order, or use hydra/sweeper=grid"
             )
-    final, resolved, starts_over, subdirs = (
-        [xs[i] for i in order] for xs in (final, resolved, starts_over, subdirs)
+    final, resolved, starts_over, composeds = (
+        [xs[i] for i in order] for xs in (final, resolved, starts_over, composeds)
     )
-    dirs = [d.replace(NUM_MARK, str(num)) for num, d in enumerate(subdirs)]
+    dirs = [_subdir(config, composed, num) for num, composed in enumerate(composeds)]
     seen: dict[str, int] = {}
     for num, d in enumerate(dirs):
         if os.path.isabs(d) or d.split(os.sep)[0] in (os.curdir, os.pardir):
@@ -186,7 +183,7 @@ def check_jobs(
                 f"{label(num, overrides)}: {run_dir} is not writable: its run writes its record there; "
                 "make it writable, or choose another hydra.sweep.dir"
             )
-        writer = processes.live_writer(run_dir)
+        writer = live_writer(run_dir)
         if writer is not None:
             raise SweepRefused(
                 f"{label(num, overrides)}: {run_dir} is being trained by process {writer} "
@@ -285,7 +282,7 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
         if not Path(j["dir"]).is_absolute() and ".." not in Path(j["dir"]).parts
     ]
     for d in inside:
-        writer = processes.live_writer(sweep_dir / d)
+        writer = live_writer(sweep_dir / d)
         if writer is not None:
             raise SweepRefused(
                 f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
@@ -517,7 +514,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         return "missing", "no record"
     # Another process on this host still trains it: another sweep into this dir, started
     # together with this one, whose job this sweep's job was refused.
-    writer = processes.live_writer(run_dir)
+    writer = live_writer(run_dir)
     if writer is not None:
         return "running", f"being trained by process {writer} on this host, in another sweep or run"
     try:

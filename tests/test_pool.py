@@ -455,19 +455,16 @@ def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_r
 
 
 def test_a_worker_dead_before_its_jobs_first_checkpoint_fails_the_job(tmp_path):
-    from hydra_plugins.sweeper_pool.launcher import WorkerDied, _record_failure
+    from hydra_plugins.sweeper_pool.launcher import WorkerDied
     from sweeper import rundir
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg()
     run = tmp_path / "run"
     rundir.open_record(cfg, run, job_num=0)  # opened by the worker, which died before epoch 1 ended
-    sweep_config = OmegaConf.create(
-        {"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "run"}}, **OmegaConf.to_container(cfg)}
-    )
     job = json.loads((run / "job.json").read_text())
-    _record_failure(sweep_config, WorkerDied("worker process 1 died (signal 9, SIGKILL: out of memory?)"),
-                    job["pid"], job["pid_started"])  # fmt: skip
+    died = WorkerDied("worker process 1 died (signal 9, SIGKILL: out of memory?)")
+    rundir.record_lost(cfg, run, [], 0, died, job["pid"], job["pid_started"], resumable=True)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["error"] == "WorkerDied: worker process 1 died (signal 9, SIGKILL: out of memory?)"

@@ -30,7 +30,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -216,9 +215,13 @@ class PoolLauncher(Launcher):
                 tasks.append((_run_fused, cloudpickle.dumps(([configs[i] for i in group], state))))
 
         def failed(task: int, error: Exception, worker: "_Worker") -> None:
+            from sweeper import rundir  # torch: not in every process that scans Hydra's plugins
+
             for i in groups[task]:
-                try:
-                    _record_failure(configs[i], error, worker.pid, worker.started)
+                c = configs[i]
+                try:  # a worker that died after a checkpoint leaves its run to resume, as Ctrl-C does
+                    rundir.record_lost(_task_config(c), _run_dir(c), list(c.hydra.overrides.task), int(c.hydra.job.num),
+                                       error, worker.pid, worker.started, resumable=isinstance(error, WorkerDied))  # fmt: skip
                 except Exception:  # the sweep goes on; its summary shows the record as it is
                     log.exception(f"job #{configs[i].hydra.job.num}: could not record its failure")
 
@@ -583,36 +586,6 @@ def _die_with(launcher: int) -> None:
 
 def _run_dir(sweep_config) -> Path:
     return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-
-
-def _record_failure(sweep_config, error: Exception, pid: int, started: int | None) -> None:
-    """Close the run of a job that ended without an answer as train.run closes a failed run
-    (rundir.close_record): summary.json says `failed` with the reason, and a rerun sets the attempt
-    aside and trains it again. A run whose worker died after a checkpoint is left unclosed
-    instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it (the sweep's
-    summary calls it interrupted; the launcher's log says how the worker died). Only a record
-    this worker opened is touched: an earlier attempt's, which it had not yet taken over, is
-    left as it was (resumable, or ended)."""
-    from sweeper import rundir
-    from sweeper.runlog import RunLog
-
-    run_dir = _run_dir(sweep_config)
-    if (run_dir / "summary.json").exists():  # the run had ended (or was skipped) before the worker died
-        return
-    task = _task_config(sweep_config)
-    if not (run_dir / "config.json").exists():  # it died before the run opened its record
-        overrides, num = list(sweep_config.hydra.overrides.task), int(sweep_config.hydra.job.num)
-        record, _ = rundir.open_record(task, run_dir, overrides, num)
-        record.write_job({**record.read_json("job.json"), "pid": pid, "pid_started": started})
-    else:
-        record = RunLog(run_dir)
-        job = record.read_json("job.json")
-        if not isinstance(job, dict) or job.get("pid") != pid or job.get("host") != socket.gethostname():
-            return
-        if isinstance(error, WorkerDied) and record.checkpoint_path.exists():
-            log.warning(f"{run_dir}: {error}; a rerun resumes it from its last checkpoint")
-            return
-    rundir.close_record(record, task, {}, error)
 
 
 def _stand_in(sweep_config, value: str) -> JobReturn:
