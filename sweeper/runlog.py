@@ -106,24 +106,32 @@ def renamed_columns(name: str, row: dict) -> dict:
     return {names.get(k, k): v for k, v in row.items()}
 
 
-def complete_lines(path: Path) -> list[dict]:
-    """A JSON-lines file's objects (columns renamed: renamed_columns) up to its first incomplete
-    line (a crash mid-write cuts the last one short) or its first line that is not a JSON object
-    (damage); [] when the file is absent."""
+def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
+    """A JSON-lines file's objects (columns renamed: renamed_columns) up to its first line that is
+    not one; what is wrong with that line (None: none is); and whether it is the last line, cut
+    short (no newline after it: a crash mid-write). ([], None, False) when the file is absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return []
+        return [], None, False
+    lines = data.splitlines()
     rows = []
-    for line in data.splitlines():
+    for i, line in enumerate(lines):
         try:
             row = json.loads(line)
-        except ValueError:  # cut short, or bytes that are not UTF-8 (damage)
-            break
+        except ValueError:  # cut short, or bytes that are not UTF-8
+            cut = i == len(lines) - 1 and not data.endswith(b"\n")
+            return rows, f"line {i + 1} is damaged", cut
         if not isinstance(row, dict):
-            break
+            return rows, f"line {i + 1} is damaged: not a JSON object ({type(row).__name__})", False
         rows.append(renamed_columns(path.name, row))
-    return rows
+    return rows, None, False
+
+
+def complete_lines(path: Path) -> list[dict]:
+    """The one reader of a .jsonl record: its objects up to its first incomplete or damaged line,
+    columns renamed (parsed_lines); [] when the file is absent."""
+    return parsed_lines(path)[0]
 
 
 # What every metrics.jsonl line holds, and of which JSON type (null: a diverged value).
@@ -146,11 +154,8 @@ def measured_columns(row: dict) -> list[str]:
     return [k for k in row if k.startswith(SPLITS)]
 
 
-def metrics_line_damage(row) -> str | None:
-    """What is wrong with one parsed metrics line's shape, or None."""
-    if not isinstance(row, dict):
-        return f"not a JSON object ({type(row).__name__})"
-    row = renamed_columns("metrics.jsonl", row)
+def metrics_line_damage(row: dict) -> str | None:
+    """What is wrong with one metrics line's shape (its columns renamed), or None."""
     for key, types in METRIC_TYPES.items():
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch
@@ -294,24 +299,14 @@ class RunLog:
 
     def _checked_metrics(self, ended: bool) -> tuple[list[dict], str | None]:
         """metrics.jsonl's rows, and what is damaged in it (None: nothing). Only an unfinished
-        run may end in a line cut short (no newline after it): a crash mid-write."""
-        try:
-            data = self.metrics_path.read_bytes()
-        except FileNotFoundError:
-            return [], None
-        lines = data.splitlines()
-        rows = []
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except ValueError:  # not JSON, or not UTF-8
-                if i == len(lines) - 1 and not data.endswith(b"\n") and not ended:
-                    break  # cut short by a crash
-                return rows, f"metrics.jsonl line {i + 1} is damaged"
+        run may end in a line cut short: a crash mid-write."""
+        rows, bad, cut = parsed_lines(self.metrics_path)
+        for i, row in enumerate(rows):
             what = metrics_line_damage(row)
             if what is not None:
-                return rows, f"metrics.jsonl line {i + 1} is damaged: {what}"
-            rows.append(renamed_columns("metrics.jsonl", row))
+                return rows[:i], f"metrics.jsonl line {i + 1} is damaged: {what}"
+        if bad is not None and not (cut and not ended):
+            return rows, f"metrics.jsonl {bad}"
         return rows, None
 
     def _losses_damage(self, kept: set[int] | None, upto: int | None = None) -> str | None:

@@ -6,13 +6,11 @@
 
 A small convnet leaves a big GPU mostly idle and is launch-bound, so several trainings sharing
 a GPU as separate processes finish far sooner than one after the other. Each worker is pinned to
-one device (CUDA_VISIBLE_DEVICES) and stays up for the whole sweep, running job after job, so
-process start, imports, the CUDA context and the decoded data set (memoised in sweeper.data) are
-paid once per worker, not once per job. Every job still writes its own complete run record.
-`devices: [cpu]` (the default where there is no GPU) runs `slots_per_device` workers on the CPU.
-A single worker on the CPU or on GPU 0 is the launching process itself.
-With `fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed are trained
-as one program in one worker, one wide net for all of them (sweeper/fused.py); each still writes its own record.
+one device and runs job after job, so process start, imports, the CUDA context and the decoded
+data set are paid once per worker, not once per job. A single worker on the CPU or on GPU 0 is
+the launching process itself. With `fuse=true`, jobs that differ only in lr, schedule, optimizer
+settings and seed train as one program, one wide net for all (sweeper/fused.py). Every job still
+writes its own complete run record.
 
 Ctrl-C (SIGINT) or SIGTERM stops the sweep: no further job starts, the running ones are stopped
 (their records keep their last checkpoint, so a rerun resumes them), every worker is reaped, the
@@ -77,12 +75,9 @@ def resolve_devices(devices: Sequence) -> list[str]:
 
 
 def threads_per_worker(n_workers: int) -> int:
-    """CPU threads for each of `n_workers` workers: this process's CPUs shared out. Each would
-    otherwise start one per core, and N workers on C cores oversubscribe them N times: on a 2-core
-    machine 2 CPU slots ran 3-4x slower than one process (their threads preempting each other).
-    An OMP_NUM_THREADS the user set (its first level) is theirs to keep; one that is not a
-    positive count is ignored. A job that states `trainer.threads` runs on that many instead
-    (_job_threads): this share is for `auto`."""
+    """CPU threads for each of `n_workers` workers: this process's CPUs shared out (each would
+    otherwise start one per core, oversubscribing them N times), unless the user set a positive
+    OMP_NUM_THREADS. A job's own `trainer.threads` count wins over it (_job_threads)."""
     given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2": per level
     if given.isdigit() and int(given) > 0:
         return int(given)
@@ -91,12 +86,9 @@ def threads_per_worker(n_workers: int) -> int:
 
 
 def _pin_worker(device: str, visible: str | None, threads: int) -> None:
-    """Runs once in each new worker: pin it to its device slot and its share of the CPUs for its life.
-
-    A device index counts the GPUs the launching process sees, as torch's cuda:N does: under
-    CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 0 is physical GPU 2."""
-    # Before torch initialises CUDA (and its thread pools) in this process. A CPU slot sees no
-    # GPU, so that its jobs' trainer.device=auto means the CPU there.
+    """Pin a new worker to its device slot and its share of the CPUs, before torch starts CUDA.
+    A device index counts the GPUs the launching process sees, as torch's cuda:N does (under
+    CUDA_VISIBLE_DEVICES=2,3 device 0 is GPU 2); a CPU slot sees none, so device=auto is the CPU."""
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -109,9 +101,8 @@ def _pin_worker(device: str, visible: str | None, threads: int) -> None:
 
 @contextlib.contextmanager
 def _job_threads(sweep_config):
-    """Around a job: the CPU threads its `trainer.threads` states, where it states a count (the
-    worker's share, or this process's threads, are for `auto` only), and the worker's own again
-    after it, for the next job. A config without the key (any other Hydra app) keeps them."""
+    """Around a job: the CPU threads its `trainer.threads` states, if a count (else the worker's
+    share), and the worker's own again after it. A config without the key keeps them."""
     wanted = OmegaConf.select(
         sweep_config, "trainer.threads", default="auto", throw_on_resolution_failure=False
     )
@@ -242,7 +233,7 @@ class PoolLauncher(Launcher):
                     results[i] = ret
             else:  # no return from the worker: the job's record says what happened
                 for i in group:
-                    results[i] = _stand_in(configs[i], kind)
+                    results[i] = _returned(configs[i], kind)
         return results
 
     def _stopped(self, signum: int, runner, groups, configs) -> None:
@@ -588,9 +579,10 @@ def _run_dir(sweep_config) -> Path:
     return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
 
 
-def _stand_in(sweep_config, value: str) -> JobReturn:
-    """The return of a job that gave none. Marked completed so that Hydra's sweeper does not
-    abort the sweep on it: the run records, read by the sweep's summary, say how each job ended."""
+def _returned(sweep_config, value: str) -> JobReturn:
+    """A job's return where Hydra's run_job gave none (a fused job, a job without an answer).
+    Marked completed so that Hydra's sweeper does not abort the sweep on it: the run records, read
+    by the sweep's summary, say how each job ended."""
     return JobReturn(
         overrides=list(sweep_config.hydra.overrides.task),
         cfg=_task_config(sweep_config),
@@ -679,16 +671,4 @@ def _run_fused(payload: bytes) -> bytes:
             root.removeHandler(handler)
             handler.close()
         _reset_logging(sweep_configs[0])
-    returns = [
-        JobReturn(
-            overrides=o,
-            cfg=t,
-            hydra_cfg=sc,
-            working_dir=str(d),
-            task_name=str(sc.hydra.job.name),
-            status=JobStatus.COMPLETED,
-            _return_value=summary["status"],
-        )  # fmt: skip
-        for o, t, sc, d, summary in zip(overrides, tasks, sweep_configs, dirs, summaries, strict=True)
-    ]
-    return cloudpickle.dumps(returns)
+    return cloudpickle.dumps([_returned(c, s["status"]) for c, s in zip(sweep_configs, summaries, strict=True)])
