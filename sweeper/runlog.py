@@ -202,6 +202,13 @@ class DamagedCheckpoint(ValueError):
     """checkpoint.pt loads, but its content is not what was saved (or it holds no digest)."""
 
 
+def _keep_lines(path: Path, n: int) -> None:
+    """Truncate a .jsonl record to its first `n` lines, kept as they were written (an older run's
+    columns under their former names: readers rename them)."""
+    lines = path.read_bytes().splitlines()[:n] if n else []  # n=0: a fresh start, maybe no file yet
+    atomic_write(path, b"".join(line + b"\n" for line in lines))
+
+
 class RunLog:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
@@ -341,11 +348,11 @@ class RunLog:
     def keep_epochs_up_to(self, epoch: int) -> list[dict]:
         """Truncate the record to epochs <= `epoch` (resume from a checkpoint of that epoch)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
-        atomic_write(self.metrics_path, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+        _keep_lines(self.metrics_path, len(rows))
         if self.steps_path.exists():  # the steps the resumed run redoes are written again
             last_step = rows[-1]["step"] if rows else 0
             steps = [r for r in complete_lines(self.steps_path) if r.get("step", math.inf) <= last_step]
-            atomic_write(self.steps_path, b"".join(json.dumps(r).encode() + b"\n" for r in steps))
+            _keep_lines(self.steps_path, len(steps))
         if self.losses_path.exists():
             with np.load(self.losses_path, allow_pickle=False) as z:
                 for i, e in enumerate(z["epochs"]):
