@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hydra_plugins.sweeper_pool.launcher import resolve_devices, threads_per_worker
+from hydra_plugins.sweeper_pool._workers import threads_per_worker
+from hydra_plugins.sweeper_pool.launcher import resolve_devices
 from tests.conftest import REPO, TINY, run_cli
 
 RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
@@ -236,7 +237,7 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
     # Under CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 1 is physical GPU 3.
     import os
 
-    from hydra_plugins.sweeper_pool.launcher import _pin_worker
+    from hydra_plugins.sweeper_pool._workers import _pin_worker
 
     for visible, device, pinned in (
         ("2,3", "1", "3"),
@@ -455,7 +456,7 @@ def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_r
 
 
 def test_a_worker_dead_before_its_jobs_first_checkpoint_fails_the_job(tmp_path):
-    from hydra_plugins.sweeper_pool.launcher import WorkerDied
+    from hydra_plugins.sweeper_pool._workers import WorkerDied
     from sweeper import rundir
     from tests.conftest import compose_cfg
 
