@@ -171,6 +171,9 @@ def test_a_job_raising_outside_its_run_in_this_process_fails_and_the_sweep_goes_
     def broken(payload):
         raise RuntimeError("outside the run")
 
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan executes launcher.py again: scanned first, then patched
     monkeypatch.setattr(launcher, "_run_fused" if fuse == "true" else "_run_one", broken)
     argv = ["sweeper", "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", f"hydra.launcher.fuse={fuse}",
             *TINY, "trainer.epochs=1", "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
