@@ -1,16 +1,17 @@
 """A run directory's lifecycle: everything a run does to its dir besides training in it.
 
 - open (`open_record`): refuse a start that would mix results (`check_start`: another config, a
-  live writer), skip a run that already ended, resume an unfinished one from its checkpoint, or
+  `live_writer`), skip a run that already ended, resume an unfinished one from its checkpoint, or
   set an earlier attempt aside and start over; write config.json and job.json.
-- resume: decided here from the record (`config_difference` against its config.json, what
-  RunLog says is resumable); the training loop (sweeper/train.py) only loads the checkpoint.
+- resume: decided here from the record (`config_difference` against its config.json, read under
+  today's key names; what RunLog says is resumable); the training loop only loads the checkpoint.
 - set aside (`_set_aside`): an earlier attempt's files move into attempts/N/ (`attempt_dir`,
   `move_into`), never deleted; this process's log files are reopened in the run dir.
 - Hydra's .hydra/ files: written by `python -m sweeper` into a pending dir, moved into place once
   the run owns its dir, dropped when it is refused or skipped.
-- close (`close_record`, `refused`): summary.json, last; or none for a run that was stopped
-  (`interrupted`, `stopped_by_cluster`), so that a rerun resumes it.
+- close (`close_record`, `refused`, `record_lost` for a job whose process died): summary.json,
+  last; or none for a run that was stopped (`interrupted`, `stopped_by_cluster`), so that a rerun
+  resumes it.
 """
 
 from __future__ import annotations
