@@ -28,15 +28,15 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, metrics, processes
-from sweeper import data as data_module
+from sweeper import processes
 from sweeper.runlog import RunLog, atomic_write
 from sweeper.schema import RENAMED_KEYS
-from sweeper.validate import ConfigError
 
+# torch, and the modules that import it (build, data, metrics, validate), are imported where a
+# run is opened or closed, not here: the analysis reads the statuses and record lists below (and
+# sweeper.sweep's job_state) without paying for torch.
 log = logging.getLogger("sweeper")
 
 # What a run writes into its dir: a set-aside moves these (and the dir's *.log) into attempts/N/.
@@ -78,6 +78,9 @@ def pause_epoch(cfg: DictConfig) -> int:
 def recorded_columns(cfg: DictConfig, facts: dict) -> list[str]:
     """The measured columns of a run's metrics lines: those of its trainer.metrics, with val's
     when it held a split out (facts: its summary's n_val)."""
+    from sweeper import metrics
+    from sweeper.validate import ConfigError
+
     try:
         chosen = metrics.names(cfg.trainer)
     except ConfigError:  # refused at the start: the run failed before measuring anything
@@ -89,6 +92,7 @@ def versions() -> dict:
     import hydra
     import numpy
     import omegaconf
+    import torch
 
     from sweeper import __version__
 
@@ -146,7 +150,8 @@ ADDED_KEYS = {
     "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
     "trainer.diverge_factor": 10,
     "trainer.diverge_epochs": 2,
-    "loss": build.CROSS_ENTROPY,
+    # what runs before the key trained with, written out: it stays so whatever today's default
+    "loss": {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0},
     "trainer.metrics": ["acc"],
 }
 
@@ -263,6 +268,8 @@ def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
     nothing: `python -m sweeper` calls it before Hydra writes anything, open_record again."""
+    from sweeper.validate import ConfigError
+
     writer = live_writer(run_dir)
     if writer is not None:
         raise ConfigError(
@@ -391,6 +398,8 @@ def open_record(
     becomes .hydra/ when an attempt starts (the earlier attempt's .hydra/ set aside with its
     record) and is dropped when the run is refused, skipped or resumed (.hydra/ is its start's).
     """
+    from sweeper.validate import ConfigError
+
     run_dir = Path(run_dir)
     try:
         check_start(cfg, run_dir)
@@ -469,6 +478,12 @@ def open_record(
 
 def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exception | None = None) -> dict:
     """Write summary.json, last: the outcome, the metrics' reductions, versions and any error."""
+    import torch
+
+    from sweeper import data as data_module
+    from sweeper import metrics
+    from sweeper.validate import ConfigError
+
     trace = None
     if error is not None:
         outcome = {**record.facts, **outcome, "status": "failed"}

@@ -37,7 +37,6 @@ from sweeper.rundir import (
     unwritable,
 )
 from sweeper.runlog import atomic_write, complete_lines, to_json
-from sweeper.validate import ConfigError, check, check_device
 
 # A job's state (job_state): its summary's status, or what its record without one says.
 STATES = (*STATUSES, "interrupted", "running", "damaged", "missing")
@@ -101,15 +100,15 @@ def check_jobs(
     `reorder` (the grid sweeper launches them in the order returned); Hydra's basic sweeper, which
     launches in its own order, is refused where that differs.
     """
+    from sweeper.validate import ConfigError, check, check_device  # torch: not for job_state's readers
+
     sweep_dir = Path(config.hydra.sweep.dir)
     # A SLURM launcher's jobs train on its nodes, whose GPUs this (login) machine may not have.
     remote = str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
-    final: list[list[str]] = []
-    composeds: list[DictConfig] = []
+    final, composeds = [job for job, _ in jobs], [composed for _, composed in jobs]
     resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
     starts_over: list[bool] = []  # trainer.resume=false
     old_records = sweep_dir.exists()
-    raw_subdir = None
     for num, (job, composed) in enumerate(jobs):
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         try:
@@ -121,9 +120,6 @@ def check_jobs(
         resume = bool(job_cfg.trainer.resume)
         resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
         starts_over.append(not resume)
-        composeds.append(composed)
-        raw_subdir = raw_subdir or _raw_subdir(composed)
-        final.append(job)
     known = _read_sweep(sweep_dir)
     order = list(range(len(final)))
     if known is not None:
@@ -148,7 +144,7 @@ def check_jobs(
         if os.path.isabs(d) or d.split(os.sep)[0] in (os.curdir, os.pardir):
             # Its record would be where neither the analysis nor a resume of this sweep looks.
             raise SweepRefused(
-                f"hydra.sweep.subdir={raw_subdir} is invalid: job {num}'s run dir "
+                f"hydra.sweep.subdir={_raw_subdir(composeds[num])} is invalid: job {num}'s run dir "
                 f"{os.path.normpath(sweep_dir / d)} must be below the sweep dir {sweep_dir}, where the "
                 "analysis and a resume look for it; use a relative path, e.g. ${hydra.job.num}"
             )

@@ -65,3 +65,15 @@ def test_a_record_written_under_former_names_resumes_and_an_ended_one_is_skipped
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
     assert train.run(compose_cfg(*args), tmp_path / "run")["status"] == "completed"
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before  # skipped
+
+
+def test_the_record_modules_the_analysis_reads_import_without_torch():
+    # the analysis reads statuses, record lists and job states from them: torch's import is seconds
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys, sweeper.sweep, sweeper.rundir, sweeper.runlog, sweeper.submitted; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
