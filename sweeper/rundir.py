@@ -129,8 +129,7 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 
 
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
-# Keys whose change does not change what a resumed run computes. schedule._partial_: records
-# written before schedules were built as factories carry it.
+# schedule._partial_: older records carry it.
 NOT_COMPARED = {
     "trainer.resume",
     "data.cache_dir",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf.errors import InterpolationToMissingValueError
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import objective, processes, submitted
+from sweeper.processes import Damaged, json_object, short
 from sweeper.rundir import (
     PENDING_HYDRA_FILES,
     STATUSES,
@@ -189,7 +189,7 @@ def check_jobs(
             continue
         # Resuming into a run dir of another config would mix results: refuse before any job.
         try:
-            previous = _json_object(run_dir / "config.json")
+            previous = json_object(run_dir / "config.json")
         except Damaged as damage:  # the job's start sets such a record aside; the other jobs run on
             print(f"sweep: {label(num, overrides)}: {run_dir / 'config.json'} {damage}; its job sets the "
                   "record aside and starts the run over", file=sys.stderr)  # fmt: skip
@@ -417,31 +417,6 @@ def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     return sum(counts[s] for s in SUCCEEDED) == total
 
 
-class Damaged(Exception):
-    """A record file that is there but cannot be what it should be; its text says what is wrong."""
-
-
-def _json_object(path: Path) -> dict | None:
-    """The JSON object in `path`, None when there is no such file; Damaged when it cannot be read,
-    is not JSON (or not UTF-8), or holds another JSON value than an object."""
-    try:
-        value = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})") from None
-    except ValueError:
-        raise Damaged("is not JSON") from None
-    if not isinstance(value, dict):
-        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {_short(value)})")
-    return value
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _read_sweep(sweep_dir: Path) -> dict | None:
     """The sweep's sweep.json, None when there is none; a damaged one is refused in one line (the
     grid it lists decides which run dir is whose: guessing could resume a job into another's)."""
@@ -451,7 +426,7 @@ def _read_sweep(sweep_dir: Path) -> dict | None:
         "or choose another hydra.sweep.dir"
     )
     try:
-        known = _json_object(path)
+        known = json_object(path)
     except Damaged as damage:
         raise SweepRefused(f"{path} is damaged: it {damage}; {advice}") from None
     if known is None:
@@ -469,14 +444,14 @@ def _read_sweep(sweep_dir: Path) -> dict | None:
 def _bad_listed_job(job, i: int) -> str | None:
     """What is wrong with entry `i` of sweep.json's job list, None if nothing."""
     if not isinstance(job, dict):
-        return f"is {_short(job)}, not an object with num, dir and overrides"
+        return f"is {short(job)}, not an object with num, dir and overrides"
     if job.get("num") != i or type(job.get("num")) is not int:
-        return f"has num {_short(job.get('num'))}, not {i}"
+        return f"has num {short(job.get('num'))}, not {i}"
     if not isinstance(job.get("dir"), str) or not job["dir"]:
-        return f"has dir {_short(job.get('dir'))}, not a path"
+        return f"has dir {short(job.get('dir'))}, not a path"
     overrides = job.get("overrides")
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        return f"has overrides {_short(overrides)}, not a list of strings"
+        return f"has overrides {short(overrides)}, not a list of strings"
     return None
 
 
@@ -484,7 +459,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     """(state, one-line detail) of a run dir from its record alone; `ended`: its job has returned
     (a SLURM job killed on another node leaves a record that only says it has not finished)."""
     try:
-        summary = _json_object(run_dir / "summary.json")
+        summary = json_object(run_dir / "summary.json")
     except Damaged as damage:
         return "damaged", f"summary.json {damage}"
     if summary is not None:
@@ -492,7 +467,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         if state not in STATUSES:
             return (
                 "damaged",
-                f"summary.json has status {_short(state)}, not one of {', '.join(STATUSES)}",
+                f"summary.json has status {short(state)}, not one of {', '.join(STATUSES)}",
             )
         if state == "completed":
             return state, f"test_acc {summary.get('final_test_acc')}"
@@ -514,7 +489,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     if writer is not None:
         return "running", f"being trained by process {writer} on this host, in another sweep or run"
     try:
-        job = _json_object(run_dir / "job.json")
+        job = json_object(run_dir / "job.json")
     except Damaged as damage:
         job, damaged = None, f"job.json {damage}"
     else:
@@ -557,7 +532,7 @@ def write_halving(sweep_dir: Path, halving: dict) -> None:
 def mark_stopped(run_dir: Path, rung: int) -> None:
     """A configuration not promoted past rung `rung`: its summary (a pause's) says `stopped` and
     the rung, rewritten atomically; its metrics lines and checkpoint stay, so it can go on later."""
-    summary = _json_object(run_dir / "summary.json")
+    summary = json_object(run_dir / "summary.json")
     if summary is None or (summary.get("status"), summary.get("rung")) == ("stopped", rung):
         return  # marked already (a rerun reads the rung back): untouched
     if summary.get("status") in ("paused", "stopped"):
