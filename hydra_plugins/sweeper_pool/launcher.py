@@ -184,7 +184,7 @@ class PoolLauncher(Launcher):
                     log.exception(f"job #{configs[i].hydra.job.num}: could not record its failure")
 
         # A single worker on the CPU or on GPU 0 is this process: that saves a spawn and a second
-        # import of torch (about 1 s on cpu-vm, 4 s on the H100 machine).
+        # import of torch.
         runner = _Here(failed) if runs_here(devices, n_workers) else _Pool(devices, n_workers, failed)
         try:
             with _Signals() as signals:
