@@ -213,6 +213,6 @@ if __name__ == "__main__":
         signum = getattr(stop, "signum", signal.SIGINT)
         signal.signal(signum, signal.SIG_DFL)  # a second one while the summary prints: stop now
         if sweep.STARTED:  # Hydra's basic launcher stops without its end callback
-            sweep.summarize(sweep.STARTED[-1])
+            sweep.report_end(sweep.STARTED[-1])
         sys.stdout.flush()  # dying by the signal flushes nothing
         os.kill(os.getpid(), signum)

@@ -1,6 +1,9 @@
 """Is the process a run's job.json names still the one that wrote it? Pids are reused, so a pid
 is checked together with its start time (job.json `pid_started`).
 
+Also the reader of a record's JSON objects (job.json, summary.json, sweep.json): json_object says
+what is damaged, read_object takes damage as absence.
+
 Torch-free on purpose: the analysis side (status tables) imports it as well as the sweep.
 """
 
@@ -69,33 +72,40 @@ def alive(job: dict) -> bool:
     return started is None or process_started(pid) == started  # else the pid was reused
 
 
-def read_object(path: Path) -> dict | None:
-    """The JSON object a record file holds; None when it is absent or damaged (unreadable, not
-    JSON, not UTF-8, not an object)."""
+class Damaged(Exception):
+    """A record file that is there but cannot be what it should be; its text says what is wrong."""
+
+
+def json_object(path: Path) -> dict | None:
+    """The JSON object in `path`, None when there is no such file; Damaged when it cannot be read,
+    is not JSON (or not UTF-8), or holds another JSON value than an object."""
     try:
-        value = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
-    return value if isinstance(value, dict) else None
+    except OSError as e:
+        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})") from None
+    except ValueError:
+        raise Damaged("is not JSON") from None
+    if not isinstance(value, dict):
+        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {short(value)})")
+    return value
+
+
+def short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_object(path: Path) -> dict | None:
+    """The JSON object a record file holds; None when it is absent or damaged (json_object)."""
+    try:
+        return json_object(Path(path))
+    except Damaged:
+        return None
 
 
 def read_job(run_dir: Path) -> dict | None:
     """The run's job.json; None when it is absent or damaged: then no process can be told to be
     writing the run."""
     return read_object(Path(run_dir) / "job.json")
-
-
-def live_writer(run_dir: Path) -> int | None:
-    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
-
-    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
-    over would move the record out from under the first. Only this host's processes can be seen;
-    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
-    by another process after a crash or reboot is told apart by its start time.
-    """
-    if (run_dir / "summary.json").exists():
-        return None
-    job = read_job(run_dir)
-    if not on_this_host(job) or job["pid"] == os.getpid() or not alive(job):
-        return None
-    return job["pid"]

@@ -1,16 +1,17 @@
 """A run directory's lifecycle: everything a run does to its dir besides training in it.
 
 - open (`open_record`): refuse a start that would mix results (`check_start`: another config, a
-  live writer), skip a run that already ended, resume an unfinished one from its checkpoint, or
+  `live_writer`), skip a run that already ended, resume an unfinished one from its checkpoint, or
   set an earlier attempt aside and start over; write config.json and job.json.
-- resume: decided here from the record (`config_difference` against its config.json, what
-  RunLog says is resumable); the training loop (sweeper/train.py) only loads the checkpoint.
+- resume: decided here from the record (`config_difference` against its config.json, read under
+  today's key names; what RunLog says is resumable); the training loop only loads the checkpoint.
 - set aside (`_set_aside`): an earlier attempt's files move into attempts/N/ (`attempt_dir`,
   `move_into`), never deleted; this process's log files are reopened in the run dir.
 - Hydra's .hydra/ files: written by `python -m sweeper` into a pending dir, moved into place once
   the run owns its dir, dropped when it is refused or skipped.
-- close (`close_record`, `refused`): summary.json, last; or none for a run that was stopped
-  (`interrupted`, `stopped_by_cluster`), so that a rerun resumes it.
+- close (`close_record`, `refused`, `record_lost` for a job whose process died): summary.json,
+  last; or none for a run that was stopped (`interrupted`, `stopped_by_cluster`), so that a rerun
+  resumes it.
 """
 
 from __future__ import annotations
@@ -27,16 +28,15 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import build, processes
-from sweeper import data as data_module
-from sweeper.metrics import columns, summarize
-from sweeper.metrics import names as metric_names
+from sweeper import processes
 from sweeper.runlog import RunLog, atomic_write
-from sweeper.validate import ConfigError
+from sweeper.schema import RENAMED_KEYS
 
+# torch, and the modules that import it (build, data, metrics, validate), are imported where a
+# run is opened or closed, not here: the analysis reads the statuses and record lists below (and
+# sweeper.sweep's job_state) without paying for torch.
 log = logging.getLogger("sweeper")
 
 # What a run writes into its dir: a set-aside moves these (and the dir's *.log) into attempts/N/.
@@ -50,11 +50,15 @@ RECORD_FILES = (
     "summary.json",
     "sample_losses",
 )
+# What summary.json's status can be.
+STATUSES = ("completed", "stopped_early", "stopped", "diverged", "failed", "paused")
 # A rerun of the same config would end the same way: skipped. stopped_early: sweeper/stopping.py.
 ENDED = ("completed", "diverged", "stopped_early")
 # Ended at trainer.until_epoch (paused), or there for good by hydra/sweeper=halving (stopped): a
 # rerun that trains no further skips it, one with a later until_epoch resumes it from its checkpoint.
 PAUSED = ("paused", "stopped")
+# Ended as the sweep asks: trained to trainer.epochs, or stopped by early stopping or by halving.
+SUCCEEDED = ("completed", "stopped_early", "stopped")
 
 
 # kept_epochs and pause_epoch live here, not in the loop that also reads them: whether a record
@@ -74,17 +78,21 @@ def pause_epoch(cfg: DictConfig) -> int:
 def recorded_columns(cfg: DictConfig, facts: dict) -> list[str]:
     """The measured columns of a run's metrics lines: those of its trainer.metrics, with val's
     when it held a split out (facts: its summary's n_val)."""
+    from sweeper import metrics
+    from sweeper.validate import ConfigError
+
     try:
-        chosen = metric_names(cfg.trainer)
+        chosen = metrics.names(cfg.trainer)
     except ConfigError:  # refused at the start: the run failed before measuring anything
         chosen = ["acc"]
-    return columns(chosen, bool(facts.get("n_val")))
+    return metrics.columns(chosen, bool(facts.get("n_val")))
 
 
 def versions() -> dict:
     import hydra
     import numpy
     import omegaconf
+    import torch
 
     from sweeper import __version__
 
@@ -121,8 +129,7 @@ def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
 
 
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
-# Keys whose change does not change what a resumed run computes. schedule._partial_: records
-# written before schedules were built as factories carry it.
+# schedule._partial_: older records carry it.
 NOT_COMPARED = {
     "trainer.resume",
     "data.cache_dir",
@@ -142,17 +149,50 @@ ADDED_KEYS = {
     "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
     "trainer.diverge_factor": 10,
     "trainer.diverge_epochs": 2,
-    "loss": build.CROSS_ENTROPY,
+    # what runs before the key trained with, written out: it stays so whatever today's default
+    "loss": {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0},
     "trainer.metrics": ["acc"],
 }
 
 
+def _flat(config: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested config."""
+    flat = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def under_todays_names(recorded: dict, current: dict) -> dict:
+    """A recorded config with its renamed keys (schema.RENAMED_KEYS) under today's names, where
+    the config it is compared with no longer has the former name: an older run's
+    schedule.decay is compared as schedule.gamma, and resumes or is skipped as it was."""
+    flat = _flat(recorded)
+    former = {k for k in flat if k in RENAMED_KEYS} - set(_flat(current))
+    if not former:
+        return recorded
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, last = (RENAMED_KEYS[key] if key in former else key).split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return nested
+
+
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The keys (dotted) whose values differ, as "key: old -> new" lines. A recorded config that
+    """The keys (dotted) whose values differ, as "key: old -> new" lines; the recorded config's
+    renamed keys are compared under today's names (under_todays_names). A recorded config that
     is not a JSON object is damage, not a difference: [] (the start sets such a record aside,
     naming the file; refusing here would block every job of a sweep for one damaged file)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return []
+    if not prefix:
+        old = under_todays_names(old, new)
     keys = sorted(set(old) | set(new))
     diffs = []
     for k in keys:
@@ -207,11 +247,29 @@ def unwritable(path: Path) -> str | None:
     return None
 
 
+def live_writer(run_dir: Path) -> int | None:
+    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
+
+    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
+    over would move the record out from under the first. Only this host's processes can be seen;
+    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
+    by another process after a crash or reboot is told apart by its start time.
+    """
+    if (Path(run_dir) / "summary.json").exists():
+        return None
+    job = processes.read_job(run_dir)
+    if not processes.on_this_host(job) or job["pid"] == os.getpid() or not processes.alive(job):
+        return None
+    return job["pid"]
+
+
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
     trains the run there, or (resuming) it holds a run of another config. Reads only, creates
     nothing: `python -m sweeper` calls it before Hydra writes anything, open_record again."""
-    writer = processes.live_writer(run_dir)
+    from sweeper.validate import ConfigError
+
+    writer = live_writer(run_dir)
     if writer is not None:
         raise ConfigError(
             f"{run_dir} is being trained by process {writer} on this host; "
@@ -339,6 +397,8 @@ def open_record(
     becomes .hydra/ when an attempt starts (the earlier attempt's .hydra/ set aside with its
     record) and is dropped when the run is refused, skipped or resumed (.hydra/ is its start's).
     """
+    from sweeper.validate import ConfigError
+
     run_dir = Path(run_dir)
     try:
         check_start(cfg, run_dir)
@@ -417,6 +477,12 @@ def open_record(
 
 def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exception | None = None) -> dict:
     """Write summary.json, last: the outcome, the metrics' reductions, versions and any error."""
+    import torch
+
+    from sweeper import data as data_module
+    from sweeper import metrics
+    from sweeper.validate import ConfigError
+
     trace = None
     if error is not None:
         outcome = {**record.facts, **outcome, "status": "failed"}
@@ -427,7 +493,7 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
         one_line = isinstance(error, (data_module.DataError, ConfigError))
         log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
     try:
-        reduced = summarize(
+        reduced = metrics.summarize(
             record.read_metrics(),
             recorded_columns(cfg, {**record.facts, **outcome}),
             bool({**record.facts, **outcome}.get("n_val")),
@@ -462,6 +528,39 @@ def refused(cfg: DictConfig, run_dir: Path, overrides, job_num, hydra_files, err
     if ended is not None:
         return ended["status"]
     return close_record(record, cfg, {}, error)["status"]
+
+
+def record_lost(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides,
+    job_num: int,
+    error: Exception,
+    pid: int,
+    started,
+    resumable: bool,
+) -> None:
+    """Close the run of a job whose process (`pid`, started at `started`) ended without closing
+    it, as a failed run is closed: a rerun sets the attempt aside and trains it again. With
+    `resumable` (the process died, rather than raised) a run that has a checkpoint is left
+    unclosed instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it. Only a
+    record that process opened is touched: an earlier attempt's, which it had not yet taken over,
+    is left as it was (resumable, or ended)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():  # the run had ended (or was skipped) before
+        return
+    if not (run_dir / "config.json").exists():  # it died before the run opened its record
+        record, _ = open_record(cfg, run_dir, overrides, job_num)
+        record.write_job({**record.read_json("job.json"), "pid": pid, "pid_started": started})
+    else:
+        record = RunLog(run_dir)
+        job = record.read_json("job.json")
+        if not isinstance(job, dict) or job.get("pid") != pid or job.get("host") != socket.gethostname():
+            return
+        if resumable and record.checkpoint_path.exists():
+            log.warning("%s: %s; a rerun resumes it from its last checkpoint", run_dir, error)
+            return
+    close_record(record, cfg, {}, error)
 
 
 def interrupted(error: BaseException) -> bool:

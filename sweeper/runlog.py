@@ -20,11 +20,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sweeper.schema import RENAMED_COLUMNS
+
+if TYPE_CHECKING:
+    import torch
 
 # Per-sample loss histograms: 10 log bins per decade over 1e-8..1e3; zeros, underflow and
 # overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
@@ -63,6 +66,8 @@ def to_json(obj) -> bytes:
 
 def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     """Histogram, quantiles and mean of one split's per-sample losses (computed on their device)."""
+    import torch
+
     losses = losses.float()
     finite = torch.isfinite(losses)
     zero = (losses == 0).sum()
@@ -92,24 +97,41 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def complete_lines(path: Path) -> list[dict]:
-    """A JSON-lines file's objects up to its first incomplete line (a crash mid-write cuts the
-    last one short) or its first line that is not a JSON object (damage); [] when the file is
-    absent."""
+def renamed_columns(name: str, row: dict) -> dict:
+    """A parsed line of the record file `name` with its former column names replaced by today's
+    (schema.RENAMED_COLUMNS: an older run's `lr` is its epoch_lr or step_lr)."""
+    names = RENAMED_COLUMNS.get(name)
+    if not names or not any(k in row for k in names):
+        return row
+    return {names.get(k, k): v for k, v in row.items()}
+
+
+def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
+    """A JSON-lines file's objects (columns renamed: renamed_columns) up to its first line that is
+    not one; what is wrong with that line (None: none is); and whether it is the last line, cut
+    short (no newline after it: a crash mid-write). ([], None, False) when the file is absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return []
+        return [], None, False
+    lines = data.splitlines()
     rows = []
-    for line in data.splitlines():
+    for i, line in enumerate(lines):
         try:
             row = json.loads(line)
-        except ValueError:  # cut short, or bytes that are not UTF-8 (damage)
-            break
+        except ValueError:  # cut short, or bytes that are not UTF-8
+            cut = i == len(lines) - 1 and not data.endswith(b"\n")
+            return rows, f"line {i + 1} is damaged", cut
         if not isinstance(row, dict):
-            break
-        rows.append(row)
-    return rows
+            return rows, f"line {i + 1} is damaged: not a JSON object ({type(row).__name__})", False
+        rows.append(renamed_columns(path.name, row))
+    return rows, None, False
+
+
+def complete_lines(path: Path) -> list[dict]:
+    """The one reader of a .jsonl record: its objects up to its first incomplete or damaged line,
+    columns renamed (parsed_lines); [] when the file is absent."""
+    return parsed_lines(path)[0]
 
 
 # What every metrics.jsonl line holds, and of which JSON type (null: a diverged value).
@@ -132,12 +154,8 @@ def measured_columns(row: dict) -> list[str]:
     return [k for k in row if k.startswith(SPLITS)]
 
 
-def metrics_line_damage(row) -> str | None:
-    """What is wrong with one parsed metrics line's shape, or None."""
-    if not isinstance(row, dict):
-        return f"not a JSON object ({type(row).__name__})"
-    # A line written before the rate's column was renamed (schema.RENAMED_COLUMNS) is whole too.
-    row = {RENAMED_COLUMNS["metrics.jsonl"].get(k, k): v for k, v in row.items()}
+def metrics_line_damage(row: dict) -> str | None:
+    """What is wrong with one metrics line's shape (its columns renamed), or None."""
     for key, types in METRIC_TYPES.items():
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch
@@ -152,6 +170,8 @@ def state_digest(state) -> str:
     """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every key, number
     and string, in order. Computed over the state as saved and again as loaded: a flipped bit in
     a weight, a key or a number changes it."""
+    import torch
+
     h = hashlib.sha256()
 
     def feed(obj) -> None:
@@ -180,6 +200,13 @@ DIGEST_KEY = "sha256"
 
 class DamagedCheckpoint(ValueError):
     """checkpoint.pt loads, but its content is not what was saved (or it holds no digest)."""
+
+
+def _keep_lines(path: Path, n: int) -> None:
+    """Truncate a .jsonl record to its first `n` lines, kept as they were written (an older run's
+    columns under their former names: readers rename them)."""
+    lines = path.read_bytes().splitlines()[:n] if n else []  # n=0: a fresh start, maybe no file yet
+    atomic_write(path, b"".join(line + b"\n" for line in lines))
 
 
 class RunLog:
@@ -279,24 +306,14 @@ class RunLog:
 
     def _checked_metrics(self, ended: bool) -> tuple[list[dict], str | None]:
         """metrics.jsonl's rows, and what is damaged in it (None: nothing). Only an unfinished
-        run may end in a line cut short (no newline after it): a crash mid-write."""
-        try:
-            data = self.metrics_path.read_bytes()
-        except FileNotFoundError:
-            return [], None
-        lines = data.splitlines()
-        rows = []
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except ValueError:  # not JSON, or not UTF-8
-                if i == len(lines) - 1 and not data.endswith(b"\n") and not ended:
-                    break  # cut short by a crash
-                return rows, f"metrics.jsonl line {i + 1} is damaged"
+        run may end in a line cut short: a crash mid-write."""
+        rows, bad, cut = parsed_lines(self.metrics_path)
+        for i, row in enumerate(rows):
             what = metrics_line_damage(row)
             if what is not None:
-                return rows, f"metrics.jsonl line {i + 1} is damaged: {what}"
-            rows.append(row)
+                return rows[:i], f"metrics.jsonl line {i + 1} is damaged: {what}"
+        if bad is not None and not (cut and not ended):
+            return rows, f"metrics.jsonl {bad}"
         return rows, None
 
     def _losses_damage(self, kept: set[int] | None, upto: int | None = None) -> str | None:
@@ -331,11 +348,11 @@ class RunLog:
     def keep_epochs_up_to(self, epoch: int) -> list[dict]:
         """Truncate the record to epochs <= `epoch` (resume from a checkpoint of that epoch)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= epoch]
-        atomic_write(self.metrics_path, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+        _keep_lines(self.metrics_path, len(rows))
         if self.steps_path.exists():  # the steps the resumed run redoes are written again
             last_step = rows[-1]["step"] if rows else 0
             steps = [r for r in complete_lines(self.steps_path) if r.get("step", math.inf) <= last_step]
-            atomic_write(self.steps_path, b"".join(json.dumps(r).encode() + b"\n" for r in steps))
+            _keep_lines(self.steps_path, len(steps))
         if self.losses_path.exists():
             with np.load(self.losses_path, allow_pickle=False) as z:
                 for i, e in enumerate(z["epochs"]):
@@ -362,7 +379,7 @@ class RunLog:
             os.fsync(f.fileno())
 
     def append_steps(self, rows: list[dict]) -> None:
-        """One line per step ({"step", "epoch", "lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
+        """One line per step ({"step", "epoch", "step_lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
         lines = "".join(json.dumps({k: finite_or_none(v) for k, v in r.items()}) + "\n" for r in rows)
         with open(self.steps_path, "a") as f:
             f.write(lines)
@@ -406,6 +423,8 @@ class RunLog:
 
     def save_checkpoint(self, state: dict) -> None:
         """The state, with its digest (state_digest) under "sha256": load_checkpoint checks it."""
+        import torch
+
         buf = io.BytesIO()
         torch.save({**state, DIGEST_KEY: state_digest(state)}, buf)
         atomic_write(self.checkpoint_path, buf.getvalue())
@@ -418,6 +437,8 @@ class RunLog:
             data = self.checkpoint_path.read_bytes()  # an error reading it is the file system's: raised
         except FileNotFoundError:
             return None
+        import torch
+
         try:
             # weights_only: tensors, numbers, strings and containers only -- never arbitrary objects.
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -8,9 +8,14 @@ Torch-free on purpose: the analysis side imports it.
 
 from __future__ import annotations
 
+import getpass
 import json
-import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from sweeper.runlog import atomic_write
 
 FILE = "slurm_jobs.json"  # {"jobs": {"<job num>": "<ARRAY_TASK or job id>", ...}}
 
@@ -27,7 +32,35 @@ def slurm_ids(sweep_dir: Path) -> dict[int, str]:
 def record(sweep_dir: Path, ids: dict[int, str]) -> None:
     """Add (or replace, for a rerun) these jobs' ids, atomically."""
     jobs = {**slurm_ids(sweep_dir), **ids}
-    path = Path(sweep_dir) / FILE
-    tmp = path.with_name(f".{FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"jobs": {str(k): v for k, v in sorted(jobs.items())}}) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps({"jobs": {str(k): v for k, v in sorted(jobs.items())}}) + "\n"
+    atomic_write(Path(sweep_dir) / FILE, text.encode())
+
+
+def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
+    """A rerun while the earlier submission of the same jobs is still queued or running would put
+    a second array on the queue for the same run dirs. Refused in one line; without squeue (not
+    a SLURM login node), or when it fails, the check stands aside."""
+    known = slurm_ids(sweep_dir)
+    earlier = {known[n] for n in job_nums if n in known}
+    if not earlier:
+        return
+    try:  # -r: one line per array task (27_0, 27_1), pending ones included
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return
+    listed = earlier & set(out.split())
+    # submitit has the job's answer once its result file is written, while squeue still lists the
+    # job until its process has exited (the rerun right after a sweep ended must not be refused)
+    queued = sorted(j for j in listed if not any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl")))
+    if queued:
+        arrays = sorted({job_id.split("_")[0] for job_id in queued})
+        print(
+            f"error: {len(queued)} job(s) of this sweep are still in SLURM's queue from an earlier submission "
+            f"({', '.join(queued[:6])}{', ...' if len(queued) > 6 else ''}): wait until they end, or "
+            f"scancel {' '.join(arrays)}, then rerun",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,30 +20,26 @@ from pathlib import Path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import InterpolationToMissingValueError
 
 from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused, expand, label, own_grid
 from sweeper import objective, processes, submitted
+from sweeper.processes import Damaged, json_object, short
 from sweeper.rundir import (
     PENDING_HYDRA_FILES,
+    STATUSES,
+    SUCCEEDED,
     as_written_in_place,
     attempt_dir,
     config_difference,
+    live_writer,
     move_into,
     unwritable,
 )
 from sweeper.runlog import atomic_write, complete_lines, to_json
-from sweeper.validate import ConfigError, check, check_device
 
-STATES = (
-    "completed", "stopped_early", "stopped", "diverged", "failed", "paused", "interrupted", "running",
-    "damaged", "missing",
-)  # fmt: skip
-# What a run's summary.json can say. paused: at trainer.until_epoch; stopped: a configuration
-# that hydra/sweeper=halving did not promote past a rung (its summary says which, `rung`).
-SUMMARY_STATES = ("completed", "stopped_early", "stopped", "diverged", "failed", "paused")
-# Runs that ended as their sweep asks: trained to trainer.epochs, stopped by their early stopping,
-# or by successive halving.
-SUCCEEDED = ("completed", "stopped_early", "stopped")
+# A job's state (job_state): its summary's status, or what its record without one says.
+STATES = (*STATUSES, "interrupted", "running", "damaged", "missing")
 
 
 def _effective(job: list[str]) -> frozenset:
@@ -58,9 +53,6 @@ def _effective(job: list[str]) -> frozenset:
     return frozenset(settings.items())
 
 
-# Stand-ins for the job number and id while a job's hydra.sweep.subdir is resolved before launch:
-# the launcher sets both only then, and the number depends on the job's place in the grid.
-NUM_MARK, ID_MARK = "987654321", "987654322"
 # Launchers whose hydra.job.id is the job number; submitit's is the SLURM job id, known only later.
 ID_IS_NUM = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
@@ -68,30 +60,28 @@ ID_IS_NUM = (
 )
 
 
-def _subdir(config: DictConfig, composed: DictConfig) -> str:
-    """The job's run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
-    as Hydra's run_job resolves it), with NUM_MARK where the job number goes."""
+def _subdir(config: DictConfig, composed: DictConfig, num: int) -> str:
+    """Job `num`'s run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
+    resolved as Hydra's run_job does once the launcher has set hydra.job.num and id)."""
     job = composed.hydra.job
     with read_write(job), open_dict(job):
         # Set for the resolution and put back: the launcher sets both itself, as it launches.
         saved = {k: MISSING if OmegaConf.is_missing(job, k) else job[k] for k in ("num", "id")}
-        job.num, job.id = int(NUM_MARK), ID_MARK
+        job.num = num
+        job.id = num if config.hydra.launcher.get("_target_") in ID_IS_NUM else MISSING
         try:
-            subdir = os.path.normpath(str(composed.hydra.sweep.subdir))
+            return os.path.normpath(str(composed.hydra.sweep.subdir))
+        except InterpolationToMissingValueError:  # hydra.job.id, under a launcher that sets it later
+            raise SweepRefused(
+                "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
+                "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
+            ) from None
         except Exception as e:  # an interpolation that does not resolve
             raise SweepRefused(
                 f"hydra.sweep.subdir={_raw_subdir(composed)} is invalid: {str(e).splitlines()[0]}"
             ) from None
         finally:
             job.num, job.id = saved["num"], saved["id"]
-    if ID_MARK in subdir:
-        if config.hydra.launcher.get("_target_") not in ID_IS_NUM:
-            raise SweepRefused(
-                "hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is "
-                "known only once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
-            )
-        subdir = subdir.replace(ID_MARK, NUM_MARK)
-    return subdir
 
 
 def check_jobs(
@@ -110,15 +100,15 @@ def check_jobs(
     `reorder` (the grid sweeper launches them in the order returned); Hydra's basic sweeper, which
     launches in its own order, is refused where that differs.
     """
+    from sweeper.validate import ConfigError, check, check_device  # torch: not for job_state's readers
+
     sweep_dir = Path(config.hydra.sweep.dir)
     # A SLURM launcher's jobs train on its nodes, whose GPUs this (login) machine may not have.
     remote = str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
-    final: list[list[str]] = []
-    subdirs: list[str] = []  # each job's run dir under the sweep dir, NUM_MARK for its number
+    final, composeds = [job for job, _ in jobs], [composed for _, composed in jobs]
     resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
     starts_over: list[bool] = []  # trainer.resume=false
     old_records = sweep_dir.exists()
-    raw_subdir = None
     for num, (job, composed) in enumerate(jobs):
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         try:
@@ -130,9 +120,6 @@ def check_jobs(
         resume = bool(job_cfg.trainer.resume)
         resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
         starts_over.append(not resume)
-        subdirs.append(_subdir(config, composed))
-        raw_subdir = raw_subdir or _raw_subdir(composed)
-        final.append(job)
     known = _read_sweep(sweep_dir)
     order = list(range(len(final)))
     if known is not None:
@@ -148,16 +135,16 @@ def check_jobs(
                 f"{sweep_dir} holds this grid with its jobs in another order, which hydra/sweeper=basic "
                 "launches as given; give the sweep's overrides in their first order, or use hydra/sweeper=grid"
             )
-    final, resolved, starts_over, subdirs = (
-        [xs[i] for i in order] for xs in (final, resolved, starts_over, subdirs)
+    final, resolved, starts_over, composeds = (
+        [xs[i] for i in order] for xs in (final, resolved, starts_over, composeds)
     )
-    dirs = [d.replace(NUM_MARK, str(num)) for num, d in enumerate(subdirs)]
+    dirs = [_subdir(config, composed, num) for num, composed in enumerate(composeds)]
     seen: dict[str, int] = {}
     for num, d in enumerate(dirs):
         if os.path.isabs(d) or d.split(os.sep)[0] in (os.curdir, os.pardir):
             # Its record would be where neither the analysis nor a resume of this sweep looks.
             raise SweepRefused(
-                f"hydra.sweep.subdir={raw_subdir} is invalid: job {num}'s run dir "
+                f"hydra.sweep.subdir={_raw_subdir(composeds[num])} is invalid: job {num}'s run dir "
                 f"{os.path.normpath(sweep_dir / d)} must be below the sweep dir {sweep_dir}, where the "
                 "analysis and a resume look for it; use a relative path, e.g. ${hydra.job.num}"
             )
@@ -192,7 +179,7 @@ def check_jobs(
                 f"{label(num, overrides)}: {run_dir} is not writable: its run writes its record there; "
                 "make it writable, or choose another hydra.sweep.dir"
             )
-        writer = processes.live_writer(run_dir)
+        writer = live_writer(run_dir)
         if writer is not None:
             raise SweepRefused(
                 f"{label(num, overrides)}: {run_dir} is being trained by process {writer} "
@@ -202,7 +189,7 @@ def check_jobs(
             continue
         # Resuming into a run dir of another config would mix results: refuse before any job.
         try:
-            previous = _json_object(run_dir / "config.json")
+            previous = json_object(run_dir / "config.json")
         except Damaged as damage:  # the job's start sets such a record aside; the other jobs run on
             print(f"sweep: {label(num, overrides)}: {run_dir / 'config.json'} {damage}; its job sets the "
                   "record aside and starts the run over", file=sys.stderr)  # fmt: skip
@@ -291,7 +278,7 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
         if not Path(j["dir"]).is_absolute() and ".." not in Path(j["dir"]).parts
     ]
     for d in inside:
-        writer = processes.live_writer(sweep_dir / d)
+        writer = live_writer(sweep_dir / d)
         if writer is not None:
             raise SweepRefused(
                 f"{sweep_dir / d} is being trained by process {writer} on this host; wait for it to end "
@@ -351,7 +338,7 @@ class SweepCallback(Callback):
         if pending.startswith(PENDING_HYDRA_FILES):
             as_written_in_place(sweep_dir / "multirun.yaml", pending)
         objective.end_study(sweep_dir)  # an Optuna study's trials listed in sweep.json
-        if not summarize(sweep_dir, ended=True):
+        if not report_end(sweep_dir, ended=True):
             raise SystemExit(1)
 
 
@@ -386,15 +373,15 @@ def refusals_in_one_line():
 # an interrupted sweep on Hydra's basic launcher never reaches on_multirun_end, and __main__
 # prints it then (on Ctrl-C, or SIGTERM); the pool launcher prints its own on an interrupt.
 STARTED: list[Path] = []
-SUMMARIZED: set[Path] = set()
+REPORTED: set[Path] = set()
 
 
-def summarize(sweep_dir: Path, ended: bool = False) -> bool:
+def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     """Print the one-screen end summary of a sweep, from its records; whether every job succeeded
     (SUCCEEDED: completed, or stopped by its early stopping).
     `ended`: the launcher has returned every job's result, so none is still running, wherever it ran.
     Never raises for what the records hold: a damaged file is named in its job's line."""
-    if sweep_dir in SUMMARIZED:
+    if sweep_dir in REPORTED:
         return True
     try:
         known = _read_sweep(sweep_dir)
@@ -403,7 +390,7 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
         return False
     if known is None:
         return True
-    SUMMARIZED.add(sweep_dir)
+    REPORTED.add(sweep_dir)
     counts = dict.fromkeys(STATES, 0)
     lines = []
     slurm = submitted.slurm_ids(sweep_dir)
@@ -430,31 +417,6 @@ def summarize(sweep_dir: Path, ended: bool = False) -> bool:
     return sum(counts[s] for s in SUCCEEDED) == total
 
 
-class Damaged(Exception):
-    """A record file that is there but cannot be what it should be; its text says what is wrong."""
-
-
-def _json_object(path: Path) -> dict | None:
-    """The JSON object in `path`, None when there is no such file; Damaged when it cannot be read,
-    is not JSON (or not UTF-8), or holds another JSON value than an object."""
-    try:
-        value = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})") from None
-    except ValueError:
-        raise Damaged("is not JSON") from None
-    if not isinstance(value, dict):
-        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {_short(value)})")
-    return value
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _read_sweep(sweep_dir: Path) -> dict | None:
     """The sweep's sweep.json, None when there is none; a damaged one is refused in one line (the
     grid it lists decides which run dir is whose: guessing could resume a job into another's)."""
@@ -464,7 +426,7 @@ def _read_sweep(sweep_dir: Path) -> dict | None:
         "or choose another hydra.sweep.dir"
     )
     try:
-        known = _json_object(path)
+        known = json_object(path)
     except Damaged as damage:
         raise SweepRefused(f"{path} is damaged: it {damage}; {advice}") from None
     if known is None:
@@ -482,14 +444,14 @@ def _read_sweep(sweep_dir: Path) -> dict | None:
 def _bad_listed_job(job, i: int) -> str | None:
     """What is wrong with entry `i` of sweep.json's job list, None if nothing."""
     if not isinstance(job, dict):
-        return f"is {_short(job)}, not an object with num, dir and overrides"
+        return f"is {short(job)}, not an object with num, dir and overrides"
     if job.get("num") != i or type(job.get("num")) is not int:
-        return f"has num {_short(job.get('num'))}, not {i}"
+        return f"has num {short(job.get('num'))}, not {i}"
     if not isinstance(job.get("dir"), str) or not job["dir"]:
-        return f"has dir {_short(job.get('dir'))}, not a path"
+        return f"has dir {short(job.get('dir'))}, not a path"
     overrides = job.get("overrides")
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        return f"has overrides {_short(overrides)}, not a list of strings"
+        return f"has overrides {short(overrides)}, not a list of strings"
     return None
 
 
@@ -497,15 +459,15 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     """(state, one-line detail) of a run dir from its record alone; `ended`: its job has returned
     (a SLURM job killed on another node leaves a record that only says it has not finished)."""
     try:
-        summary = _json_object(run_dir / "summary.json")
+        summary = json_object(run_dir / "summary.json")
     except Damaged as damage:
         return "damaged", f"summary.json {damage}"
     if summary is not None:
         state = summary.get("status")
-        if state not in SUMMARY_STATES:
+        if state not in STATUSES:
             return (
                 "damaged",
-                f"summary.json has status {_short(state)}, not one of {', '.join(SUMMARY_STATES)}",
+                f"summary.json has status {short(state)}, not one of {', '.join(STATUSES)}",
             )
         if state == "completed":
             return state, f"test_acc {summary.get('final_test_acc')}"
@@ -523,11 +485,11 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
         return "missing", "no record"
     # Another process on this host still trains it: another sweep into this dir, started
     # together with this one, whose job this sweep's job was refused.
-    writer = processes.live_writer(run_dir)
+    writer = live_writer(run_dir)
     if writer is not None:
         return "running", f"being trained by process {writer} on this host, in another sweep or run"
     try:
-        job = _json_object(run_dir / "job.json")
+        job = json_object(run_dir / "job.json")
     except Damaged as damage:
         job, damaged = None, f"job.json {damage}"
     else:
@@ -570,7 +532,7 @@ def write_halving(sweep_dir: Path, halving: dict) -> None:
 def mark_stopped(run_dir: Path, rung: int) -> None:
     """A configuration not promoted past rung `rung`: its summary (a pause's) says `stopped` and
     the rung, rewritten atomically; its metrics lines and checkpoint stay, so it can go on later."""
-    summary = _json_object(run_dir / "summary.json")
+    summary = json_object(run_dir / "summary.json")
     if summary is None or (summary.get("status"), summary.get("rung")) == ("stopped", rung):
         return  # marked already (a rerun reads the rung back): untouched
     if summary.get("status") in ("paused", "stopped"):

@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hydra_plugins.sweeper_pool.launcher import resolve_devices, threads_per_worker
+from hydra_plugins.sweeper_pool._workers import threads_per_worker
+from hydra_plugins.sweeper_pool.launcher import resolve_devices
 from tests.conftest import REPO, TINY, run_cli
 
 RECORD = {"config.json", "job.json", "metrics.jsonl", "losses.npz", "summary.json", "checkpoint.pt"}
@@ -170,6 +171,9 @@ def test_a_job_raising_outside_its_run_in_this_process_fails_and_the_sweep_goes_
     def broken(payload):
         raise RuntimeError("outside the run")
 
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's plugin scan executes launcher.py again: scanned first, then patched
     monkeypatch.setattr(launcher, "_run_fused" if fuse == "true" else "_run_one", broken)
     argv = ["sweeper", "-m", "hydra/launcher=pool", "hydra.launcher.devices=[cpu]", f"hydra.launcher.fuse={fuse}",
             *TINY, "trainer.epochs=1", "lr=0.1,0.05", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
@@ -236,7 +240,7 @@ def test_a_workers_gpu_index_counts_the_gpus_the_launcher_sees(monkeypatch):
     # Under CUDA_VISIBLE_DEVICES=2,3 (a SLURM allocation, say), device 1 is physical GPU 3.
     import os
 
-    from hydra_plugins.sweeper_pool.launcher import _pin_worker
+    from hydra_plugins.sweeper_pool._workers import _pin_worker
 
     for visible, device, pinned in (
         ("2,3", "1", "3"),
@@ -455,19 +459,16 @@ def test_a_dead_worker_stops_its_job_alone_a_fresh_worker_takes_its_slot_and_a_r
 
 
 def test_a_worker_dead_before_its_jobs_first_checkpoint_fails_the_job(tmp_path):
-    from hydra_plugins.sweeper_pool.launcher import WorkerDied, _record_failure
+    from hydra_plugins.sweeper_pool._workers import WorkerDied
     from sweeper import rundir
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg()
     run = tmp_path / "run"
     rundir.open_record(cfg, run, job_num=0)  # opened by the worker, which died before epoch 1 ended
-    sweep_config = OmegaConf.create(
-        {"hydra": {"sweep": {"dir": str(tmp_path), "subdir": "run"}}, **OmegaConf.to_container(cfg)}
-    )
     job = json.loads((run / "job.json").read_text())
-    _record_failure(sweep_config, WorkerDied("worker process 1 died (signal 9, SIGKILL: out of memory?)"),
-                    job["pid"], job["pid_started"])  # fmt: skip
+    died = WorkerDied("worker process 1 died (signal 9, SIGKILL: out of memory?)")
+    rundir.record_lost(cfg, run, [], 0, died, job["pid"], job["pid_started"], resumable=True)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["error"] == "WorkerDied: worker process 1 died (signal 9, SIGKILL: out of memory?)"

@@ -698,8 +698,8 @@ def test_packed_jobs_share_one_array_task_and_resume_together_after_preemption(c
 
 def test_a_rerun_while_the_earlier_array_is_still_queued_is_refused(tmp_path, monkeypatch, capsys):
     # It put a second array on the queue for the same run dirs. squeue is faked on PATH.
-    from hydra_plugins.sweeper_launcher.launcher import refuse_if_still_queued
     from sweeper import submitted
+    from sweeper.submitted import refuse_if_still_queued
 
     submitted.record(tmp_path, {0: "27_0", 1: "27_1", 2: "27_2"})
     bin_dir = tmp_path / "bin"

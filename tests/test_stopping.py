@@ -261,7 +261,7 @@ def test_a_sweep_of_completed_and_stopped_early_runs_succeeds(tmp_path, capsys):
         write_run(root / str(i), base_config(), rows, summary_record(rows, status, epochs=4))
         jobs.append({"num": i, "dir": str(i), "overrides": [f"lr={i}"]})
     (root / "sweep.json").write_text(json.dumps({"jobs": jobs}))
-    assert sweep.summarize(root, ended=True)
+    assert sweep.report_end(root, ended=True)
     assert "2 jobs: 1 completed, 1 stopped_early" in capsys.readouterr().out
 
 

@@ -529,18 +529,18 @@ def test_a_damaged_summary_or_job_json_is_named_not_a_traceback_or_running(tmp_p
     (tmp_path / "s" / "sweep.json").write_text(
         json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
     )
-    assert sweep_module.summarize(tmp_path / "s") is False  # printed, no exception
+    assert sweep_module.report_end(tmp_path / "s") is False  # printed, no exception
 
 
 def test_the_end_summary_says_1_job_and_1_epoch(tmp_path, capsys):
-    from sweeper.sweep import summarize
+    from sweeper.sweep import report_end
 
     write_run(tmp_path / "s" / "0")
     (tmp_path / "s" / "0" / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     (tmp_path / "s" / "sweep.json").write_text(
         json.dumps({"jobs": [{"num": 0, "dir": "0", "overrides": ["lr=1"]}]})
     )
-    assert summarize(tmp_path / "s", ended=True) is False
+    assert report_end(tmp_path / "s", ended=True) is False
     out = capsys.readouterr().out
     assert f"sweep {tmp_path / 's'}: 1 job: 0 completed, 1 interrupted" in out  # "1 jobs", before
     assert "stopped after 1 epoch; a rerun" in out
@@ -555,3 +555,17 @@ def test_a_job_that_does_not_compose_is_refused_in_one_line_on_the_command_line(
     assert line.startswith("error: job 1 (")
     assert line.endswith(" model=resnet model.growth=2.0): Could not override 'model.growth'.")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_subdir_naming_the_job_id_is_refused_where_the_id_is_known_only_after_submission(tmp_path):
+    refused, sweep_dir = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.sweep.subdir=${hydra.job.id}",
+                               *FAST, "lr=0.1,0.2")  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: hydra.sweep.subdir is invalid with this launcher: it uses ${hydra.job.id}, which is known only "
+        "once the job is submitted; use ${hydra.job.num} or ${hydra.job.override_dirname}"
+    ]
+    # where the launcher's id is the job number, it names each job's dir by it
+    ran, sweep_dir = sweep(tmp_path, "hydra.sweep.subdir=job${hydra.job.id}", *FAST, "lr=0.1,0.2", name="ok")
+    assert ran.returncode == 0, ran.stderr
+    assert [j["dir"] for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]] == ["job0", "job1"]

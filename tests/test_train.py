@@ -620,7 +620,7 @@ def test_a_damaged_job_json_names_no_live_writer(tmp_path, job):
     # Garbage, or a pid that is no int or past any pid, read as some process's: a dead run shown
     # as being trained, a rerun refused; or an OverflowError from os.kill.
     (tmp_path / "job.json").write_bytes(job)
-    assert processes.live_writer(tmp_path) is None
+    assert rundir.live_writer(tmp_path) is None
     assert (processes.read_job(tmp_path) is None) == (not job.startswith(b'{"'))
 
 

@@ -6,10 +6,8 @@ has the app check the whole grid before the first job starts.
     python my_app.py -m hydra/sweeper=grid db=mysql,postgresql       # any Hydra app
 
 Hydra's basic sweeper composes a job's config to check that it can, and its launcher composes it
-again to run it; checking an app's values needed a third. A compose of this project's config
-takes about 84 ms on cpu-vm, so a grid paid a quarter of a second per job before training
-anything. Here each job is composed once, and the launcher takes that config instead of
-composing it again.
+again to run it; checking an app's values would need a third. Here each job is composed once, and
+the launcher takes that config instead of composing it again.
 
 The app's checks: each of the app's callbacks (`hydra.callbacks`) that has a
 `check_grid(config, jobs)` method is given the jobs as (overrides, composed config) pairs, in

@@ -64,14 +64,6 @@ def settings(eta, min_epochs, mode) -> tuple[int, int, str | None]:
     return eta, min_epochs, mode
 
 
-def metric_names(job: DictConfig) -> list[str]:
-    """The metrics-line columns a job writes that can rank it: loss and each trainer.metrics
-    (acc by default) of its train split, its validation split (data.val_size) if any, its test split."""
-    names = ["loss", *(job.trainer.get("metrics") or ["acc"])]
-    splits = ["train", *(["val"] if job.data.get("val_size") else []), "test"]
-    return [f"{split}_{name}" for split in splits for name in names]
-
-
 def rung_epochs(min_epochs: int, eta: int, epochs: int) -> list[int]:
     """min_epochs x eta^i, below trainer.epochs, then trainer.epochs."""
     rungs = []
@@ -150,6 +142,8 @@ class HalvingSweeper(GridSweeper):
     def _check_configs(self, config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> list[list[str]]:
         """Refuse what halving cannot rank or rung: configurations of several trainer.epochs, a
         min_epochs past them, trainer.until_epoch set by hand, a metric the jobs do not write."""
+        from sweeper import metrics  # torch: not in every process that scans Hydra's plugins
+
         epochs = {int(composed.trainer.epochs) for _, composed in jobs}
         if len(epochs) != 1:
             raise SweepRefused(
@@ -167,7 +161,10 @@ class HalvingSweeper(GridSweeper):
                     f"job {num} ({' '.join(job)}): trainer.until_epoch={composed.trainer.until_epoch} is set by "
                     "hydra/sweeper=halving at each rung; leave it null"
                 )
-            allowed = metric_names(composed)
+            # the metrics-line columns it writes (unchecked names: the app's checks name a bad one)
+            allowed = metrics.columns(
+                composed.trainer.get("metrics") or ["acc"], bool(composed.data.get("val_size"))
+            )
             if self.metric is None:
                 self.metric = "val_acc" if "val_acc" in allowed else "test_acc"
             if self.metric not in allowed:

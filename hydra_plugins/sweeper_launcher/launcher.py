@@ -119,8 +119,10 @@ class _Launcher(BaseSubmititLauncher):
 
         from submitit.core.utils import FailedJobError, UncompletedJobError  # executor() imported submitit
 
+        from sweeper import submitted  # numpy: not in every process that scans Hydra's plugins
+
         if self._EXECUTOR == "slurm":
-            refuse_if_still_queued(sweep_dir, [call[2] for call in calls])
+            submitted.refuse_if_still_queued(sweep_dir, [call[2] for call in calls])
         k = self.jobs_per_task
         groups = [calls[i : i + k] for i in range(0, len(calls), k)]
         try:
@@ -141,8 +143,6 @@ class _Launcher(BaseSubmititLauncher):
         if k > 1:
             log.info(f"{len(calls)} jobs, {k} per array task: {len(groups)} tasks")
         if self._EXECUTOR == "slurm":  # each job's SLURM id, before any has a record of its own
-            from sweeper import submitted
-
             ids = {
                 call[2]: str(job.job_id) for job, group in zip(jobs, groups, strict=True) for call in group
             }
@@ -269,41 +269,6 @@ def _run_one(launcher: bytes, call: bytes, send) -> None:
         answer = cloudpickle.dumps(_failed(call[0], RuntimeError(f"unpicklable job return: {e!r}")))
     send.send_bytes(answer)
     send.close()
-
-
-def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
-    """A rerun while the earlier submission of the same jobs is still queued or running would put
-    a second array on the queue for the same run dirs. Refused in one line; without squeue (not
-    a SLURM login node), or when it fails, the check stands aside."""
-    import getpass
-    import subprocess
-
-    from sweeper.submitted import slurm_ids
-
-    known = slurm_ids(sweep_dir)
-    earlier = {known[n] for n in job_nums if n in known}
-    if not earlier:
-        return
-    try:  # -r: one line per array task (27_0, 27_1), pending ones included
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return
-    listed = earlier & set(out.split())
-    # submitit has the job's answer once its result file is written, while squeue still lists the
-    # job until its process has exited (the rerun right after a sweep ended must not be refused)
-    queued = sorted(j for j in listed if not any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl")))
-    if queued:
-        arrays = sorted({job_id.split("_")[0] for job_id in queued})
-        print(
-            f"error: {len(queued)} job(s) of this sweep are still in SLURM's queue from an earlier submission "
-            f"({', '.join(queued[:6])}{', ...' if len(queued) > 6 else ''}): wait until they end, or "
-            f"scancel {' '.join(arrays)}, then rerun",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
 
 
 def _nums(calls: Sequence[Call]) -> str:
