@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sweeper.overrides import SECTIONS
 from sweeper.rundir import NOT_COMPARED
+from sweeper.schema import SECTIONS
 
 # Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
 # among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
@@ -96,7 +96,7 @@ RECORD_KEEPING = frozenset(NOT_COMPARED) | {
 }
 
 
-# A key under the config sections (sweeper.overrides.SECTIONS) is a knob every run has, unless its
+# A key under the config sections (sweeper.schema.SECTIONS) is a knob every run has, unless its
 # record predates the knob; any other top-level key is a label given to some runs (`+tag=baseline`).
 TOP_LEVEL_KNOBS = ("lr",)
 ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)

@@ -52,7 +52,6 @@ from analysis.knobs import (
 from analysis.losses import empty_distributions, read_losses
 from analysis.records import RunRecord, damaged, fingerprint, read_run
 from analysis.status import run_status
-from sweeper.datasets import TORCHVISION
 from sweeper.objective import RESULTS
 from sweeper.schema import renamed
 
@@ -210,8 +209,12 @@ def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
 def _image_counts(summary: dict, config: dict) -> dict:
     """n_train and n_test: the summary's, or, for a run without one (running, interrupted), what
     its (flattened) config says it trains and evaluates on (an accuracy's noise depends on them)."""
-    release = TORCHVISION.get(config.get("data.name"))  # its official train and test sizes
-    full_train, full_test = release.sizes if release else (None, None)
+    full_train = full_test = None
+    if not (summary.get("n_train") and summary.get("n_test")):  # a run without a summary yet
+        from sweeper.datasets import TORCHVISION  # imports torch: only for such a run
+
+        release = TORCHVISION.get(config.get("data.name"))  # its official train and test sizes
+        full_train, full_test = release.sizes if release else (None, None)
     n_train = (
         summary.get("n_train")
         or config.get("data.train_size")

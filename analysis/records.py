@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeper.rundir import RECORD_FILES
+from sweeper.rundir import STATUSES as SUMMARY_STATES
 from sweeper.schema import RENAMED_COLUMNS
-from sweeper.sweep import SUMMARY_STATES
 
 # What load_sweep parses up front, the analysis cache's key: the JSON records and the curve.
 # losses.npz is read on demand (Sweep.distributions), steps.jsonl by the LR range test alone.

@@ -14,12 +14,8 @@ from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, Validation
 
 from sweeper import data as data_module
 from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
-from sweeper.schema import RENAMED_KEYS
+from sweeper.schema import RENAMED_KEYS, SECTIONS
 from sweeper.validate import ConfigError, in_one_line
-
-# The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
-# or breaks the builder that takes the section's keys as arguments.
-SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
 
 
 def check_overrides(

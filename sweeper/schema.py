@@ -21,8 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# The config's own sections: a key appended under one of them (+model.foo=1) is read by nothing,
+# or breaks the builder that takes the section's keys as arguments.
+SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
 
 RENAMED_KEYS = {
     "schedule.decay": "schedule.gamma",  # geometric: the factor per epoch, torch's ExponentialLR gamma
@@ -184,7 +187,13 @@ OWN = {
     "model": {"sweeper.models.ConvNet": ("convnet", ConvNet), "sweeper.models.ResNet": ("resnet", ResNet)},
 }
 
-ConfigStore.instance().store(name="trainer_schema", node=Trainer)  # no group: not an option to pick
+
+def register() -> None:
+    """Give Hydra the trainer's schema (the search-path plugin calls it, so every Hydra start has
+    it); a function, so that the record readers that import this module never import Hydra."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="trainer_schema", node=Trainer)  # no group: not an option to pick
 
 
 # ----------------------------------------------------------------------------- the rules

@@ -8,7 +8,9 @@ import sys
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-import sweeper.schema  # noqa: F401 -- registers the trainer's schema with Hydra, which scans plugins before composing
+import sweeper.schema
+
+sweeper.schema.register()  # the trainer's schema, before Hydra composes (it scans plugins first)
 
 
 class CommandLineConfigDir(SearchPathPlugin):
