@@ -147,8 +147,8 @@ def test_the_documented_user_schedule_trains_at_the_rates_it_gives(tmp_path, mon
     summary = train.run(cfg, tmp_path / "run")
     assert summary["status"] == "completed"
     at = module.warmup_cosine(lr=0.1, steps_per_epoch=6, total_steps=18, warmup_steps=4)
-    # each metrics line's lr: its epoch's last step's rate
-    assert [r["lr"] for r in rows(tmp_path / "run")] == pytest.approx([at(5), at(11), at(17)])
+    # each metrics line's epoch_lr: its epoch's last step's rate
+    assert [r["epoch_lr"] for r in rows(tmp_path / "run")] == pytest.approx([at(5), at(11), at(17)])
     assert at(0) == pytest.approx(0.025) and at(17) == pytest.approx(0.0)
 
 
@@ -197,7 +197,7 @@ def test_a_per_sample_loss_by_target_trains_and_one_that_reduces_fails_in_one_li
 def test_each_metric_is_a_column_of_every_split_in_order_and_in_the_summary(tmp_path):
     summary = train.run(compose_cfg("trainer.metrics=[acc,top3]"), tmp_path)
     line = rows(tmp_path)[-1]
-    assert list(line) == ["epoch", "step", "lr", "train_loss", "train_acc", "train_top3", "test_loss",
+    assert list(line) == ["epoch", "step", "epoch_lr", "train_loss", "train_acc", "train_top3", "test_loss",
                           "test_acc", "test_top3", "samples", "time_s", "epoch_time_s"]  # fmt: skip
     assert line["train_acc"] <= line["train_top3"] <= 1
     assert summary["metrics"] == ["acc", "top3"] and summary["final_test_top3"] == line["test_top3"]
@@ -395,7 +395,7 @@ def test_each_step_runs_at_the_schedules_own_rate_not_a_rescaled_one(tmp_path):
     train.run(cfg, tmp_path)
     steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     rates = [build.schedule(cfg, 6, 12)(s) for s in range(12)]
-    assert [s["lr"] for s in steps] == rates
+    assert [s["step_lr"] for s in steps] == rates
     assert any(0.1 * (r / 0.1) != r for r in rates)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 12
 
