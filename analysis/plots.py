@@ -366,7 +366,6 @@ def plot_loss_vs_accuracy(
     improves. Dotted lines mark the epoch of minimum loss and of best accuracy.
     """
     loss, acc = f"{split}_loss", f"{split}_acc"
-    short = {"val": "val", "test": "test", "train": "train"}.get(split, split)
     _require(curves, ["epoch", "train_loss", loss, acc], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
     stats = seed_aggregate(curves, ["train_loss", loss, acc], ["epoch"]).sort_values("epoch")
@@ -390,16 +389,12 @@ def plot_loss_vs_accuracy(
     if not finite.empty:
         loss_epoch = finite.loc[finite[f"{loss}_mean"].idxmin(), "epoch"]
         acc_epoch = finite.loc[finite[f"{acc}_mean"].idxmax(), "epoch"]
-        # One epoch for both: the dashes alternate red and green, so neither line hides the other.
-        dash = (0, (2, 2)) if loss_epoch == acc_epoch else ":"
-        lines.append(
-            ax.axvline(loss_epoch, color="C3", ls=dash, lw=1.2, label=f"min {short} loss: epoch {loss_epoch}")
-        )
-        dash = (2, (2, 2)) if loss_epoch == acc_epoch else ":"
-        lines.append(
-            ax.axvline(acc_epoch, color="C2", ls=dash, lw=1.2, label=f"best {short} acc: epoch {acc_epoch}")
-        )
+        marks = ((loss_epoch, "C3", 0, f"min {split} loss"), (acc_epoch, "C2", 2, f"best {split} acc"))
+        for epoch, color, offset, what in marks:
+            # One epoch for both: the dashes alternate red and green, so neither line hides the other.
+            dash = (offset, (2, 2)) if loss_epoch == acc_epoch else ":"
+            lines.append(ax.axvline(epoch, color=color, ls=dash, lw=1.2, label=f"{what}: epoch {epoch}"))
     _legend(fig, {line.get_label(): line for line in lines})  # below: clear of the title and the curves
     n = _n_label(stats[f"{acc}_n"])
-    _suptitle(fig, f"{title} ({n})" if title else f"{short} loss vs {short} accuracy ({n})")
+    _suptitle(fig, f"{title} ({n})" if title else f"{split} loss vs {split} accuracy ({n})")
     return fig

@@ -30,8 +30,7 @@ def damaged(name: str, what: str) -> str:
 
 def read_object(path: Path) -> tuple[dict | None, str | None]:
     """A record file that must hold one JSON object: (object, None), (None, None) when absent,
-    or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
-    file that is cut short, garbage or another shape of JSON was damaged from outside."""
+    or (None, "damaged: <file>: <what>")."""
     try:
         text = path.read_bytes()
     except FileNotFoundError:
