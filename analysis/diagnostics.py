@@ -217,14 +217,9 @@ def loss_acc_decoupling(
     out["epochs_apart"] = out[f"best_{acc}_epoch"] - out[f"min_{loss}_epoch"]
     out["acc_gain_after_min_loss"] = out[f"best_{acc}"] - out[f"{acc}_at_min_loss"]
     out["loss_rise_at_best_acc"] = out[f"{loss}_at_best_acc"] / out[f"min_{loss}"] - 1
+    decoupled = (out["epochs_apart"] > 0) & (out["acc_gain_after_min_loss"] >= min_acc_gain)
     out["decoupled"] = (
-        (
-            (out["epochs_apart"] > 0)
-            & (out["acc_gain_after_min_loss"] >= min_acc_gain)
-            & (out["loss_rise_at_best_acc"] >= min_loss_rise)
-        )
-        .fillna(False)
-        .astype(bool)
+        (decoupled & (out["loss_rise_at_best_acc"] >= min_loss_rise)).fillna(False).astype(bool)
     )
     return out
 
@@ -241,13 +236,8 @@ def capacity_verdict(
     if max_train_loss is not None:
         fit &= curves["train_loss"] <= max_train_loss
     by_run = curves.groupby("run", sort=False)
-    out = pd.DataFrame(
-        {
-            "min_train_loss": by_run["train_loss"].min(),
-            "best_train_acc": by_run["train_acc"].max(),
-            "epochs_done": by_run["epoch"].max(),
-        }
-    )
+    out = by_run.agg(min_train_loss=("train_loss", "min"), best_train_acc=("train_acc", "max"))
+    out["epochs_done"] = by_run["epoch"].max()
     first_fit = curves[fit.fillna(False).astype(bool)].groupby("run", sort=False)["epoch"].min()
     out["fit_epoch"] = first_fit.reindex(out.index).astype("Int64")
     out["fits"] = out["fit_epoch"].notna().astype(bool)

@@ -91,28 +91,24 @@ def _dir_sort_key(path: Path) -> tuple:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
-def _job_num(name: str) -> int | None:
-    return int(name) if name.isdigit() else None
+def _job_num(job: dict, name: str) -> int | None:
+    """sweep.json's number of the job, else its dir's name where that is a number."""
+    return job["num"] if isinstance(job.get("num"), int) else int(name) if name.isdigit() else None
 
 
 def _scan_sweep(sweep_dir: Path) -> tuple[list[RunRef], list[MissingJob]]:
-    listed = {}
-    for job in read_sweep_jobs(sweep_dir):
-        name = str(job.get("dir", job.get("num", "")))
-        listed[name] = job
-    refs, missing = [], []
-    seen = set()
+    listed = {str(job.get("dir", job.get("num", ""))): job for job in read_sweep_jobs(sweep_dir)}
+    refs, missing, seen = [], [], set()
     for child in _child_dirs(sweep_dir):
         if not is_run_dir(child):
             continue
         job = listed.get(child.name, {})
-        num = job.get("num") if isinstance(job.get("num"), int) else _job_num(child.name)
-        refs.append(RunRef(child, sweep_dir, num, tuple(job.get("overrides") or ())))
+        refs.append(RunRef(child, sweep_dir, _job_num(job, child.name), tuple(job.get("overrides") or ())))
         seen.add(child.name)
     for name, job in listed.items():
         if name not in seen:
-            num = job.get("num") if isinstance(job.get("num"), int) else _job_num(name)
-            missing.append(MissingJob(sweep_dir, num, sweep_dir / name, tuple(job.get("overrides") or ())))
+            overrides = tuple(job.get("overrides") or ())
+            missing.append(MissingJob(sweep_dir, _job_num(job, name), sweep_dir / name, overrides))
     return refs, missing
 
 

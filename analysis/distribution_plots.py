@@ -101,9 +101,7 @@ def plot_loss_distributions(
         if dists.empty:
             raise NothingToPlot("plot_loss_distributions: none of those epochs was kept")
     n_runs = dists["run"].nunique()
-    mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False, sort=True)[
-        "fraction"
-    ].mean()
+    mean = dists.groupby(["epoch", "split", "bin", "kind", "lo", "hi"], as_index=False)["fraction"].mean()
     mean = spread_below_resolution(mean)
     shown = panel_epochs(sorted(mean["epoch"].unique().tolist()), max_panels)
     positions, ticks, x_lo, x_hi = _bin_positions(mean[mean["epoch"].isin(shown)])
@@ -119,10 +117,8 @@ def plot_loss_distributions(
         for split, color in colors.items():
             part = mean[(mean["epoch"] == epoch) & (mean["split"] == split)].set_index("bin")
             hist = part[(part["kind"] == "hist") & part.index.isin(list(positions))]
-            edges = (
-                [positions[b][0] for b in hist.index] + [positions[hist.index[-1]][1]] if len(hist) else []
-            )
             if len(hist):
+                edges = [positions[b][0] for b in hist.index] + [positions[hist.index[-1]][1]]
                 ax.stairs(hist["fraction"].to_numpy(), edges, fill=True, alpha=0.35, color=color)
                 ax.stairs(hist["fraction"].to_numpy(), edges, color=color, lw=1, label=split)
             offset = 0.0 if split == "train" else 0.5  # special slots: train left half, test right half
@@ -131,14 +127,12 @@ def plot_loss_distributions(
                     continue
                 left, right = positions[b]
                 width = (right - left) / 2
-                value = part.loc[b, "fraction"]
-                ax.bar(
-                    left + offset * (right - left), value, width=width, align="edge", color=color, alpha=0.7
-                )
+                value, x = part.loc[b, "fraction"], left + offset * (right - left)
+                ax.bar(x, value, width=width, align="edge", color=color, alpha=0.7)
                 if part.loc[b, "kind"] == "zero" and value > 0:
                     ax.annotate(  # both above the taller bar, test's above train's: the halves are narrow
                         f"{value:.0%}" if value >= 0.005 else "<1%",
-                        (left + offset * (right - left) + width / 2, zero_top[epoch]),
+                        (x + width / 2, zero_top[epoch]),
                         xytext=(0, 1 if split == "train" else 8),
                         textcoords="offset points",
                         ha="center",
@@ -148,7 +142,7 @@ def plot_loss_distributions(
                     )
         ax.axvline(
             positions[zero_bin][1] + 0.3, color="0.6", lw=0.8, ls=(0, (2, 2))
-        )  # zero is not on the log axis
+        )  # zero: off the log axis
         ax.set_title(f"epoch {epoch}", fontsize="medium")
     for ax in axes.flat[len(shown) :]:
         ax.set_visible(False)

@@ -187,6 +187,8 @@ def _meta_row(item: _Loaded, status: str, config: dict) -> dict:
         "threads": _int_or_none(summary.get("threads", summary.get("torch_threads"))),
         "cpu_count": summary.get("cpu_count"),
         "torch_threads": summary.get("torch_threads"),
+        "run_dir": str(item.ref.run_dir),
+        "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None,
     }
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version
@@ -305,9 +307,7 @@ class Sweep:
         """The runs whose config matches `where`, e.g. {"model.channels": 32, "lr": 0.1}."""
         runs = select_rows(self.runs, where)
         curves = self.curves[self.curves["run"].isin(runs["run"])]
-        return Sweep(
-            runs, curves, self.varied, self.config_keys, self.problems, self.seed_key, self._npz_cache
-        )
+        return dataclasses.replace(self, runs=runs, curves=curves)
 
     def rank(self, metric: str | None = None, statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
         """Configurations ranked by `metric` (default: selection_metric, the validation split's
@@ -364,10 +364,8 @@ class Sweep:
         lacks: the file was deleted or replaced after the run (a resume would have rewritten it whole)."""
         row = self.runs.loc[self.runs["run"] == run].iloc[0]
         wanted, epochs = row.get("trainer.sample_loss_epochs"), row.get("trainer.epochs")
-        if (
-            row["status"] not in RESULTS
-            or not isinstance(wanted, tuple)
-            or not isinstance(epochs, (int, np.integer))
+        if row["status"] not in RESULTS or not (
+            isinstance(wanted, tuple) and isinstance(epochs, (int, np.integer))
         ):
             return None
         done = int(row["epochs_done"])
@@ -459,14 +457,7 @@ def _assemble(
         reasons = _problem_reasons(item, status, done)
         problems += [(str(item.ref.run_dir), reason) for reason in reasons]
         if item.record.config is not None:
-            rows.append(
-                {
-                    "run": run,
-                    **_meta_row(item, status, flat_by_run[run]),
-                    "run_dir": str(item.ref.run_dir),
-                    "sweep_dir": str(item.ref.sweep_dir) if item.ref.sweep_dir else None,
-                }
-            )
+            rows.append({"run": run, **_meta_row(item, status, flat_by_run[run])})
             keep.append(run)
     for job in missing:
         shown = " ".join(job.overrides)

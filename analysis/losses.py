@@ -9,21 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# A truncated or bit-flipped zip (BadZipFile: a bad CRC, no central directory; zlib.error), a
+# pickled object, a missing array, arrays of the wrong shape or kind (IndexError, TypeError).
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, zipfile.BadZipFile, zlib.error)
+DISTRIBUTION_DTYPES = {"run": "str", "epoch": "int64", "split": "str", "bin": "int64", "kind": "str"}
+DISTRIBUTION_DTYPES |= {"lo": "float64", "hi": "float64", "count": "int64", "fraction": "float64"}
+
 
 def empty_distributions() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "run": pd.Series([], dtype="str"),
-            "epoch": pd.Series([], dtype="int64"),
-            "split": pd.Series([], dtype="str"),
-            "bin": pd.Series([], dtype="int64"),
-            "kind": pd.Series([], dtype="str"),
-            "lo": pd.Series([], dtype="float64"),
-            "hi": pd.Series([], dtype="float64"),
-            "count": pd.Series([], dtype="int64"),
-            "fraction": pd.Series([], dtype="float64"),
-        }
-    )
+    return pd.DataFrame({c: pd.Series([], dtype=t) for c, t in DISTRIBUTION_DTYPES.items()})
 
 
 def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str | None]:
@@ -37,18 +31,7 @@ def read_losses(path: Path, run: str) -> tuple[pd.DataFrame | None, pd.DataFrame
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return _hist_frame(arrays, run), _quantile_frame(arrays, run), None
-    # A truncated or bit-flipped zip (BadZipFile: a bad CRC, no central directory; zlib.error),
-    # a pickled object, a missing array, arrays of the wrong shape or kind (IndexError, TypeError).
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-        KeyError,
-        IndexError,
-        TypeError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as err:
+    except UNREADABLE as err:
         return None, None, f"damaged: losses.npz: does not load ({type(err).__name__}: {err})"
 
 
@@ -60,7 +43,7 @@ def read_sample_losses(run_dir: Path, epoch: int) -> dict[str, np.ndarray] | Non
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {split: npz[split] for split in ("train", "test")}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+    except UNREADABLE:
         return None
 
 

@@ -102,10 +102,6 @@ def metric_label(metric: str) -> str:
     return metric
 
 
-def _log_scale(metric: str) -> bool:
-    return "loss" in metric and "gap" not in metric
-
-
 class _PlainLogFormatter(LogFormatter):
     """Log-axis labels as plain numbers (2.2, 0.01), not matplotlib's 2.2×10⁰; which ticks get a
     label is LogFormatter's choice."""
@@ -114,7 +110,10 @@ class _PlainLogFormatter(LogFormatter):
         return f"{x:.4g}"
 
 
-def _log_axis(ax) -> None:
+def _log_axis(ax, metric: str = "loss") -> None:
+    """A loss (not a gap, which can be negative) on a log axis."""
+    if "loss" not in metric or "gap" in metric:
+        return
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_PlainLogFormatter())
     ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
@@ -163,16 +162,7 @@ def _line_keys(
 
 
 def _draw_lines(
-    ax,
-    frame: pd.DataFrame,
-    y: str,
-    x: str,
-    line_keys: list[str],
-    hue: str | None,
-    style: str | None,
-    colors: dict,
-    styles: dict,
-    default_color=None,
+    ax, frame, y: str, x: str, line_keys: list[str], hue, style, colors, styles, default_color=None
 ) -> dict:
     """Mean line and seed-range band per group of `line_keys`; returns {legend label: handle}."""
     stats = seed_aggregate(frame, y, [*line_keys, x])
@@ -290,21 +280,9 @@ def plot_curves(
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
             handles.update(
-                _draw_lines(
-                    ax,
-                    part,
-                    metric,
-                    "epoch",
-                    line_keys,
-                    hue,
-                    style,
-                    colors,
-                    styles,
-                    default_color="C0",
-                )
+                _draw_lines(ax, part, metric, "epoch", line_keys, hue, style, colors, styles, "C0")
             )
-            if _log_scale(metric):
-                _log_axis(ax)
+            _log_axis(ax, metric)
             ax.set_ylabel(metric_label(metric) if j == 0 else "")
             ax.set_xlabel("epoch" if i == len(metrics) - 1 else "")
             if col and i == 0:
@@ -370,8 +348,7 @@ def plot_lr_switch(
             _draw_lines(ax, step, metric, "epochs_since_switch", line_keys, hue, style, colors, styles)
         )
         ax.axvline(0, color="0.2", lw=0.8, ls=":")
-        if _log_scale(metric):
-            _log_axis(ax)
+        _log_axis(ax, metric)
         ax.set_ylabel(metric_label(metric))
         ax.set_xlabel("epochs since the switch to lr2")
     _legend(fig, handles)
@@ -389,7 +366,6 @@ def plot_loss_vs_accuracy(
     improves. Dotted lines mark the epoch of minimum loss and of best accuracy.
     """
     loss, acc = f"{split}_loss", f"{split}_acc"
-    short = {"val": "val", "test": "test", "train": "train"}.get(split, split)
     _require(curves, ["epoch", "train_loss", loss, acc], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")
     stats = seed_aggregate(curves, ["train_loss", loss, acc], ["epoch"]).sort_values("epoch")
@@ -413,16 +389,12 @@ def plot_loss_vs_accuracy(
     if not finite.empty:
         loss_epoch = finite.loc[finite[f"{loss}_mean"].idxmin(), "epoch"]
         acc_epoch = finite.loc[finite[f"{acc}_mean"].idxmax(), "epoch"]
-        # One epoch for both: the dashes alternate red and green, so neither line hides the other.
-        dash = (0, (2, 2)) if loss_epoch == acc_epoch else ":"
-        lines.append(
-            ax.axvline(loss_epoch, color="C3", ls=dash, lw=1.2, label=f"min {short} loss: epoch {loss_epoch}")
-        )
-        dash = (2, (2, 2)) if loss_epoch == acc_epoch else ":"
-        lines.append(
-            ax.axvline(acc_epoch, color="C2", ls=dash, lw=1.2, label=f"best {short} acc: epoch {acc_epoch}")
-        )
+        marks = ((loss_epoch, "C3", 0, f"min {split} loss"), (acc_epoch, "C2", 2, f"best {split} acc"))
+        for epoch, color, offset, what in marks:
+            # One epoch for both: the dashes alternate red and green, so neither line hides the other.
+            dash = (offset, (2, 2)) if loss_epoch == acc_epoch else ":"
+            lines.append(ax.axvline(epoch, color=color, ls=dash, lw=1.2, label=f"{what}: epoch {epoch}"))
     _legend(fig, {line.get_label(): line for line in lines})  # below: clear of the title and the curves
     n = _n_label(stats[f"{acc}_n"])
-    _suptitle(fig, f"{title} ({n})" if title else f"{short} loss vs {short} accuracy ({n})")
+    _suptitle(fig, f"{title} ({n})" if title else f"{split} loss vs {split} accuracy ({n})")
     return fig

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sweeper.rundir import RECORD_FILES
 from sweeper.rundir import STATUSES as SUMMARY_STATES
-from sweeper.schema import RENAMED_COLUMNS
+from sweeper.runlog import NOT_JSON, parsed_line
 
 # What load_sweep parses up front, the analysis cache's key: the JSON records and the curve.
 # losses.npz is read on demand (Sweep.distributions), steps.jsonl by the LR range test alone.
@@ -30,8 +30,7 @@ def damaged(name: str, what: str) -> str:
 
 def read_object(path: Path) -> tuple[dict | None, str | None]:
     """A record file that must hold one JSON object: (object, None), (None, None) when absent,
-    or (None, "damaged: <file>: <what>") -- every record file is written whole (atomically), so a
-    file that is cut short, garbage or another shape of JSON was damaged from outside."""
+    or (None, "damaged: <file>: <what>")."""
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -62,37 +61,26 @@ def _bad_value(row: dict) -> str | None:
 
 
 def json_lines(path: Path, check) -> tuple[list[dict], list[tuple[int, str]], bool] | None:
-    """The JSON-object lines of an append-only record file: (rows, bad, truncated); None when the
-    file is absent. Columns renamed since (sweeper.schema.RENAMED_COLUMNS) read under today's name.
-
-    A crash (or a read racing the writer) can leave a partial last line: it is dropped and
-    `truncated` is True. Any other line that is not JSON, not an object, or that `check(row)`
-    faults (it returns why, else None) is in `bad` as (line number, why), and the lines after it
-    are read on: the analysis names damage and shows what stands, where a resume
-    (sweeper.runlog.complete_lines) continues from the lines before it."""
+    """The lines of an append-only record file as sweeper.runlog.parsed_line reads them: (rows,
+    bad, truncated); None when the file is absent. An unterminated last line that is not JSON is a
+    write cut short (a crash, or a read racing the writer): dropped, `truncated` True. Any other
+    bad line, or one that `check(row)` faults (it returns why, else None), is in `bad` as (line
+    number, why) and the lines after it are read on: the analysis names damage and shows what
+    stands, where a resume (runlog.parsed_lines) stops at it."""
     try:
-        lines = path.read_bytes().split(b"\n")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
-    renames = RENAMED_COLUMNS.get(path.name, {})
+    lines = data.split(b"\n")
     rows, bad, truncated = [], [], False
-    # Only an unterminated last line can be a write cut short; a complete line is damage.
-    last = len(lines) - 1 if lines[-1].strip() else -1
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            row = None
-        if i == last and not isinstance(row, dict):
+        row, why = parsed_line(path.name, line)
+        if why == NOT_JSON and i == len(lines) - 1:
             truncated = True
             continue
-        if isinstance(row, dict):
-            row = {renames.get(k, k): v for k, v in row.items()}
-        why = (
-            "not valid JSON" if row is None else check(row) if isinstance(row, dict) else "not a JSON object"
-        )
+        why = why or check(row)
         if why is None:
             rows.append(row)
         else:

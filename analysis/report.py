@@ -22,10 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import distribution_plots, heatmap, lr_range, plots, rungs
-from analysis.diagnostics import (
-    SPLIT_NAMES,
-    counterpart,
-)
+from analysis.diagnostics import SPLIT_NAMES, counterpart
 from analysis.knobs import counted, format_knob, format_value, is_missing
 from analysis.load import Sweep
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
@@ -115,19 +112,22 @@ def ranking_for(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
 
 def _ranked_runs(sweep: Sweep, ranking: pd.DataFrame, metric: str) -> list[str]:
     """The runs a ranking counted: those of its statuses with a value of `metric`."""
-    statuses = (
-        RESULTS if "runs" not in ranking else [s for s in sweep.runs["status"].unique() if s != "damaged"]
-    )
+    statuses = RESULTS if "runs" not in ranking else _undamaged(sweep)
     runs = sweep.runs[sweep.runs["status"].isin(list(statuses)) & sweep.runs[metric].notna()]
     return list(runs["run"])
+
+
+def _undamaged(sweep: Sweep) -> list[str]:
+    """Every status but `damaged`: a damaged run's numbers are not supported by its files, never
+    ranked, even at its last epoch."""
+    return [s for s in sweep.runs["status"].unique() if s != "damaged"]
 
 
 def _ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
     ranking = sweep.rank(metric)
     if not ranking.empty:
         return _with_seed_count(sweep, ranking, RESULTS)
-    # A damaged run's numbers are not supported by its files: never ranked, even at its last epoch.
-    statuses = [s for s in sweep.runs["status"].unique() if s != "damaged"]
+    statuses = _undamaged(sweep)
     ranking = sweep.rank(metric, statuses=None)
     if ranking.empty:
         return ranking
@@ -159,15 +159,20 @@ def _with_seed_count(sweep: Sweep, ranking: pd.DataFrame, statuses) -> pd.DataFr
 
 def best_config(sweep: Sweep, ranking: pd.DataFrame, require: Sequence[str] = ()) -> dict:
     """Group-key values of the best configuration that sets every key in `require`."""
-    rows = ranking
-    for key in require:
-        rows = rows[rows[key].notna()] if key in rows else rows.iloc[:0]
+    rows = _setting(ranking, require)
     if rows.empty:
         rows = ranking if not ranking.empty else sweep.runs
     if rows.empty:
         return {}
     first = rows.iloc[0]
     return {k: first[k] for k in sweep.group_keys if k in first}
+
+
+def _setting(ranking: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The ranking's configurations that set every key of `keys`."""
+    for key in keys:
+        ranking = ranking[ranking[key].notna()] if key in ranking else ranking.iloc[:0]
+    return ranking
 
 
 def slice_at(sweep: Sweep, best: dict, free: Sequence[str]) -> Sweep:
@@ -227,10 +232,7 @@ def best_slice(
     """The best-ranked configuration at which every `varying` key still takes two or more values
     once the keys not `free` are held at its values (a sweep that is no full grid may need a
     lower-ranked one); the best configuration when there is none."""
-    rows = ranking
-    for key in varying:
-        rows = rows[rows[key].notna()] if key in rows else rows.iloc[:0]
-    for row in rows.to_dict("records"):
+    for row in _setting(ranking, varying).to_dict("records"):
         config = {k: row[k] for k in sweep.group_keys if k in row}
         part = slice_at(sweep, config, free)
         if all(part.runs[k].nunique() >= 2 for k in varying):
@@ -401,16 +403,10 @@ def _distributions_figure(name: str, part: Sweep, what: str, where: str) -> Draw
     dists, read = _caught(part.distributions)  # a damaged losses.npz: a note
     kept = sorted(dists["epoch"].unique().tolist())
     shown = distribution_plots.panel_epochs(kept, distribution_plots.MAX_DISTRIBUTION_PANELS)
-    epochs = (
-        "the kept epochs"
-        if not kept
-        else f"epochs {', '.join(map(str, shown))}"
-        + (
-            f" ({len(shown)} of the {len(kept)} kept: {', '.join(str(e) for e in kept if e not in shown)} left out)"
-            if len(shown) < len(kept)
-            else ""
-        )
-    )
+    left_out = [e for e in kept if e not in shown]
+    epochs = f"epochs {', '.join(map(str, shown))}" if kept else "the kept epochs"
+    if left_out:
+        epochs += f" ({len(shown)} of the {len(kept)} kept: {', '.join(map(str, left_out))} left out)"
     return _draw(
         name,
         f"Per-sample loss distributions, train vs test, at {epochs}, of {what} ({where}); "

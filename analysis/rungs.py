@@ -69,28 +69,16 @@ def ranking(halving: Halving, runs: pd.DataFrame | None = None, keys: list[str] 
         for num, value in zip(rung["jobs"], rung.get("values") or [None] * len(rung["jobs"]), strict=True):
             reached[num] = (i, rung["epoch"], value)
     sign = -1 if halving.record.get("mode") == "max" else 1
-    rows = []
+    rows, rungs = [], halving.record["rungs"]
     for num, (rung, epoch, value) in reached.items():
-        outcome = (
-            "picked"
-            if num == halving.picked
-            else "out of the race"
-            if value is None
-            else f"stopped at rung {rung}"
-        )
-        if rung < len(halving.record["rungs"]) - 1 and num in halving.record["rungs"][rung].get(
-            "promoted", []
-        ):
+        outcome = "out of the race" if value is None else f"stopped at rung {rung}"
+        outcome = "picked" if num == halving.picked else outcome
+        if rung < len(rungs) - 1 and num in rungs[rung].get("promoted", []):
             outcome = "promoted, not finished"  # an interrupted sweep: the next rung has no values yet
         rows.append({"job": num, "run": halving.runs.get(num), "rung": rung, "epoch": epoch,
                      halving.metric: value, "outcome": outcome})  # fmt: skip
-    rows.sort(
-        key=lambda r: (
-            -r["rung"],
-            math.inf if r[halving.metric] is None else sign * r[halving.metric],
-            r["job"],
-        )
-    )
+    metric = halving.metric
+    rows.sort(key=lambda r: (-r["rung"], math.inf if r[metric] is None else sign * r[metric], r["job"]))
     table = pd.DataFrame(rows, columns=["job", "run", "rung", "epoch", halving.metric, "outcome"])
     table.insert(0, "rank", range(1, len(table) + 1))
     if runs is not None and keys:  # each configuration's varied knobs, from Sweep.runs
@@ -101,11 +89,8 @@ def ranking(halving: Halving, runs: pd.DataFrame | None = None, keys: list[str] 
 def caption(halving: Halving) -> str:
     record = halving.record
     sizes = ", ".join(f"{len(r['jobs'])} to epoch {r['epoch']}" for r in record["rungs"])
-    picked = (
-        f"; picked: job {halving.picked} (run {halving.runs.get(halving.picked)})"
-        if halving.picked is not None
-        else ""
-    )
+    picked = f"; picked: job {halving.picked} (run {halving.runs.get(halving.picked)})"
+    picked = picked if halving.picked is not None else ""
     return (
         f"Successive halving (eta={record.get('eta')}): {record['metric']} against epochs for every "
         f"configuration; dashed lines: the rungs ({sizes}), at each of which the best 1/eta went on. "
@@ -160,13 +145,8 @@ def section(halving: Halving | None, runs: pd.DataFrame | None = None, keys: lis
     lines = ["## Successive halving", ""]
     for i, rung in enumerate(halving.record["rungs"]):
         kept = rung.get("promoted")
-        went = (
-            "picked " + str(rung.get("picked"))
-            if "picked" in rung
-            else f"promoted {kept}"
-            if kept is not None
-            else "not finished"
-        )
+        went = f"promoted {kept}" if kept is not None else "not finished"
+        went = f"picked {rung.get('picked')}" if "picked" in rung else went
         lines.append(f"- rung {i}: {len(rung['jobs'])} configurations to epoch {rung['epoch']}; {went}")
     lines += ["", "Ranked by the rung reached, then by the metric at its epoch:", ""]
     lines += [markdown_table(ranking(halving, runs, keys)), ""]

@@ -51,18 +51,10 @@ def run_status(
     return "stalled" if now - last_write > limit_s else "running"
 
 
-STATUS_ORDER = (
-    "damaged",
-    "failed",
-    "diverged",
-    "interrupted",
-    "stalled",
-    "running",
-    "submitted",
-    "missing",
-    "stopped_early",  # ended by its trainer.early_stopping: a result, as a completed run is
-    "completed",
-)
+# The table's order: what needs a look first; stopped_early (ended by its trainer.early_stopping)
+# is a result, as a completed run is.
+STATUS_ORDER = ("damaged", "failed", "diverged", "interrupted", "stalled", "running", "submitted", "missing")
+STATUS_ORDER += ("stopped_early", "completed")
 
 
 def _planned_epochs(config: object, summary: dict | None) -> int | None:
@@ -127,18 +119,8 @@ def job_table(
         }
         for m in missing
     ]
-    columns = [
-        "sweep",
-        "job",
-        "status",
-        "epochs",
-        "age_s",
-        "slurm_id",
-        "host",
-        "overrides",
-        "error",
-        "run_dir",
-    ]
+    columns = ["sweep", "job", "status", "epochs", "age_s", "slurm_id", "host", "overrides", "error"]
+    columns.append("run_dir")
     table = pd.DataFrame(rows, columns=columns)
     table["job"] = table["job"].astype("Int64")
     table["age_s"] = table["age_s"].astype("float64")

@@ -204,31 +204,16 @@ def ranking_text(ranking: pd.DataFrame) -> str:
 
 
 def runs_table(sweep: Sweep) -> pd.DataFrame:
-    held = ["final_val_acc", "best_val_acc", "final_val_loss", "min_val_loss", "min_val_loss_epoch"]
+    val = ["final_val_acc", "best_val_acc", "final_val_loss", "min_val_loss", "min_val_loss_epoch"]
+    test = [c.replace("_val_", "_test_") for c in val]
     # Every other metric of trainer.metrics (top5, ...) at the last epoch, on the held-out splits.
     extra = [
         c
         for c in sweep.runs.columns
-        if c.startswith(("final_val_", "final_test_"))
-        and c not in held
-        and c.rsplit("_", 1)[-1] not in ("acc", "loss")
+        if c.startswith(("final_val_", "final_test_")) and c.rsplit("_", 1)[-1] not in ("acc", "loss")
     ]
-    columns = [
-        "run",
-        "status",
-        *sweep.varied,
-        "epochs_done",
-        *(held if sweep.split == "val" else []),
-        "final_test_acc",
-        "best_test_acc",
-        "final_test_loss",
-        "min_test_loss",
-        "min_test_loss_epoch",
-        *extra,
-        "final_gen_gap_acc",
-        "slurm_job_id",
-        "error",
-    ]
+    columns = ["run", "status", *sweep.varied, "epochs_done", *(val if sweep.split == "val" else []), *test]
+    columns += [*extra, "final_gen_gap_acc", "slurm_job_id", "error"]
     table = sweep.runs[[c for c in columns if c in sweep.runs]]
     return table.dropna(axis=1, how="all")
 
@@ -249,14 +234,8 @@ def diagnostics_section(sweep: Sweep, diag: pd.DataFrame, keys: list[str]) -> li
         f"(gain >= 0.5 points after it, {held} loss >= 2% above its minimum at the accuracy peak).",
         "",
     ]
-    columns = [
-        "run",
-        *keys,
-        f"min_{split}_loss_epoch",
-        f"best_{split}_acc_epoch",
-        "acc_gain_after_min_loss",
-        "loss_rise_at_best_acc",
-    ]
+    columns = ["run", *keys, f"min_{split}_loss_epoch", f"best_{split}_acc_epoch"]
+    columns += ["acc_gain_after_min_loss", "loss_rise_at_best_acc"]
     md += [markdown_table(flagged[columns], max_rows=30, more=" in diagnostics.csv")]
     md += [
         "### Capacity: does the model fit its training set?",

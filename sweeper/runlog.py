@@ -97,19 +97,28 @@ def loss_histogram(losses: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def renamed_columns(name: str, row: dict) -> dict:
-    """A parsed line of the record file `name` with its former column names replaced by today's
-    (schema.RENAMED_COLUMNS: an older run's `lr` is its epoch_lr or step_lr)."""
-    names = RENAMED_COLUMNS.get(name)
-    if not names or not any(k in row for k in names):
-        return row
-    return {names.get(k, k): v for k, v in row.items()}
+NOT_JSON = "not valid JSON"
+
+
+def parsed_line(name: str, line: bytes) -> tuple[dict | None, str | None]:
+    """One line of the record file `name`: (its object, None), its former column names replaced
+    by today's (schema.RENAMED_COLUMNS: an older run's `lr` is its epoch_lr or step_lr); or
+    (None, what is wrong with it). The one parser of a .jsonl line: the resume stops at a bad
+    line, the analysis drops it and reads on."""
+    try:
+        row = json.loads(line)
+    except ValueError:  # cut short, or bytes that are not UTF-8
+        return None, NOT_JSON
+    if not isinstance(row, dict):
+        return None, f"not a JSON object ({type(row).__name__})"
+    names = RENAMED_COLUMNS.get(name, {})
+    return {names.get(k, k): v for k, v in row.items()}, None
 
 
 def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
-    """A JSON-lines file's objects (columns renamed: renamed_columns) up to its first line that is
-    not one; what is wrong with that line (None: none is); and whether it is the last line, cut
-    short (no newline after it: a crash mid-write). ([], None, False) when the file is absent."""
+    """A JSON-lines file's objects (parsed_line) up to its first line that is not one; what is
+    wrong with that line (None: none is); and whether it is the last line, cut short (no newline
+    after it: a crash mid-write). ([], None, False) when the file is absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -117,14 +126,11 @@ def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
     lines = data.splitlines()
     rows = []
     for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:  # cut short, or bytes that are not UTF-8
-            cut = i == len(lines) - 1 and not data.endswith(b"\n")
-            return rows, f"line {i + 1} is damaged", cut
-        if not isinstance(row, dict):
-            return rows, f"line {i + 1} is damaged: not a JSON object ({type(row).__name__})", False
-        rows.append(renamed_columns(path.name, row))
+        row, why = parsed_line(path.name, line)
+        if why is not None:
+            cut = why == NOT_JSON and i == len(lines) - 1 and not data.endswith(b"\n")
+            return rows, f"line {i + 1} is damaged: {why}", cut
+        rows.append(row)
     return rows, None, False
 
 

@@ -187,3 +187,28 @@ def test_a_bit_flipped_losses_file_of_the_best_run_is_named_and_its_panel_skippe
     md = (sweep / "report" / "report.md").read_text()
     assert "damaged: losses.npz: does not load (BadZipFile" in md
     assert "1 problem" in capsys.readouterr().out
+
+
+def test_one_line_parser_two_policies_the_resume_stops_the_analysis_drops_and_reads_on(tmp_path):
+    """sweeper.runlog.parsed_line decodes every .jsonl line (former `lr` read as epoch_lr): a
+    resume stops at a damaged middle line, the analysis drops it, names it and reads the lines
+    after it; an unterminated last line that is not JSON is a write cut short for both."""
+    from analysis.records import read_metrics
+    from sweeper.runlog import parsed_lines
+
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0}
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps(row), "[1, 2]", json.dumps({**row, "epoch": 3}), '{"epoch": 4, "tr']
+    path.write_text("\n".join(lines))
+    rows, why, cut = parsed_lines(path)
+    assert (rows, why, cut) == (
+        [{"epoch": 1, "epoch_lr": 0.1, "train_loss": 1.0}],
+        "line 2 is damaged: not a JSON object (list)",
+        False,
+    )
+    rows, notes, truncated = read_metrics(path)
+    assert [r["epoch"] for r in rows] == [1, 3] and all("epoch_lr" in r and "lr" not in r for r in rows)
+    assert notes == ["damaged: metrics.jsonl: line 2: not a JSON object (list), dropped"]
+    assert truncated
+    path.write_text("\n".join([lines[0], lines[3]]))
+    assert parsed_lines(path)[1:] == ("line 2 is damaged: not valid JSON", True)
