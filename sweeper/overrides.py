@@ -7,7 +7,6 @@ How the command is read (its flags, config source, group options) is sweeper.com
 from __future__ import annotations
 
 import math
-from difflib import get_close_matches
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
@@ -15,7 +14,7 @@ from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, Validation
 from sweeper import data as data_module
 from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
 from sweeper.schema import RENAMED_KEYS, SECTIONS
-from sweeper.validate import ConfigError, in_one_line
+from sweeper.validate import ConfigError, did_you_mean, in_one_line, unknown_key
 
 
 def check_overrides(
@@ -172,9 +171,9 @@ def check_overrides(
                 raise ConfigError(
                     f"+{key} is invalid: did you mean {' or '.join(leaves)}? (+ adds a new key, which nothing reads)"
                 )
-            close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
-            if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
-                raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
+            hint = did_you_mean(key, [k for k in known if "." not in k])
+            if hint:  # +lrr=1: a typo that + would otherwise let through, read by nothing
+                raise ConfigError(f"+{key} is invalid: {hint} (+ adds a new key)")
         # As Hydra composes it: every override, less a sweep's values (they vary per job).
         shared = [
             arg
@@ -369,7 +368,7 @@ def _missing_key(key: str, given: str, known, selections, swept_groups, groups, 
         current, others = _options_with(key, section, selections, groups, compose, config_name)
         if others:
             return _another_option(given, key, section, current, others)
-    return f"{key} is not a config key: {_nearest(key, known)}"
+    return str(_nearest(key, known))
 
 
 def _another_option(given: str, key: str, section: str, current: str, others: list[str]) -> str:
@@ -387,26 +386,21 @@ def _nothing_reads(given: str, section: str, known: list[str]) -> str:
     )
 
 
-def _nearest(key: str, known: list[str]) -> str:
-    known = [k for k in known if not k.rpartition(".")[2].startswith("_")]  # _target_: not a knob
-    group, _, leaf = key.rpartition(".")
+def _nearest(key: str, known: list[str]) -> ConfigError:
+    """A key the config lacks, with the nearest one: its section's (by its last part: the
+    section's name, common to all, would make schedule.lrr2 look like schedule.name), or the
+    same key under the nearest section (modle.channels)."""
     tops = sorted({k.split(".")[0] for k in known})
     head, _, rest = key.partition(".")
     if rest and head not in tops:  # modle.channels: the section is the typo
-        near = get_close_matches(head, tops, n=1, cutoff=0.6)
-        if near and f"{near[0]}.{rest}" in known:
-            return f"did you mean {near[0]}.{rest}?"
-    siblings = [k for k in known if k.startswith(group + ".")] if group else []
-    # A key under a section is matched by its last part among its siblings': the section's name,
-    # common to all, would make schedule.lrr2 look like schedule.name.
-    leaves = {k.rpartition(".")[2]: k for k in siblings if k.count(".") == key.count(".")}
-    close = [leaves[c] for c in get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)] if group else []
-    close = close or get_close_matches(key, known if not group else [], n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]}?"
-    if siblings:
-        return f"the keys of {group} are {', '.join(siblings)}"
-    return f"top-level keys are {', '.join(tops)}"
+        hint = did_you_mean(head, [t for t in tops if f"{t}.{rest}" in known], suffix=f".{rest}")
+        if hint:
+            return unknown_key(key, [], "the config", hint)
+    group = key.rpartition(".")[0]
+    children = (
+        {k[len(group) + 1 :].split(".")[0] for k in known if k.startswith(group + ".")} if group else tops
+    )
+    return unknown_key(key, sorted(children))
 
 
 def _missing_part(tree, key: str) -> str | None:
@@ -419,12 +413,8 @@ def _missing_part(tree, key: str) -> str | None:
             continue
         at = ".".join(parts[:i]) or "the config"
         names = [str(k) for k in node]
-        close = get_close_matches(parts[i], names, n=1, cutoff=0.6)
-        if close:
-            return (
-                f"{at} has no {parts[i]}; did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?"
-            )
-        return f"{at} has no {parts[i]}; its keys are {', '.join(names)}"
+        hint = did_you_mean(parts[i], names, ".".join([*parts[:i], ""]), ".".join(["", *parts[i + 1 :]]))
+        return f"{at} has no {parts[i]}; {hint or 'its keys are ' + ', '.join(names)}"
     return None
 
 
@@ -462,11 +452,7 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             siblings = []
         if name in siblings:  # the key is there; the dict given for it brings keys it lacks
             return f"{culprit} is invalid: it adds keys to {key}, which takes Hydra's +: +{culprit}"
-        close = get_close_matches(name, siblings, n=1, cutoff=0.6)
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
-            f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"
-        )  # fmt: skip
-        return f"{key} is not a key of {parent or 'the config'}: {hint}"
+        return str(unknown_key(key, siblings, hint=None if siblings else "a new key takes Hydra's +"))
     if culprit is None:
         for i in range(len(shared)):
             try:
