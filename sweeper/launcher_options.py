@@ -54,13 +54,9 @@ def _check_launcher_type(arg: str, current, given) -> None:
 
 
 def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config") -> None:
-    """Refuse a bad launcher option, key or value in one line, before Hydra starts.
-
-    Hydra reports these over several lines, and a launcher's own checks (pool's devices and
-    slots_per_device, jobs_per_task) come wrapped in its instantiation error. The launcher is
-    built here as Hydra will build it, so those checks speak first, in their own words. Does
-    nothing (and costs nothing) when no argument concerns the launcher.
-    """
+    """Refuse a bad launcher option, key or value in one line, before Hydra starts: the launcher
+    is built here as Hydra will build it, so its own checks speak in their own words. Costs
+    nothing when no argument concerns the launcher."""
     from hydra import compose
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException

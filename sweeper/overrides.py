@@ -20,17 +20,9 @@ from sweeper.validate import ConfigError, did_you_mean, in_one_line, unknown_key
 def check_overrides(
     arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config"
 ) -> DictConfig | None:
-    """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
-
-    Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
-    sweep without -m, interval() in a grid, a key appended under a section of the config, and
-    whatever else Hydra's own composition refuses (the config is composed as Hydra will compose
-    it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
-    of these too, over several lines or a traceback.
-
-    Returns that composed config, Hydra's keys included (a single run's, whole), or None when the
-    command has no override to compose.
-    """
+    """Refuse in one line a command line that Hydra would refuse (over several lines), or that
+    would fail in every job. Returns the config composed as Hydra will compose it (a sweep's
+    values left out), Hydra's keys included; None when the command has no override."""
     from hydra import compose
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
     from hydra.errors import HydraException

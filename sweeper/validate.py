@@ -120,7 +120,7 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
         given, value = _at(plain, key), _at(typed, key)
         full = prefix + key
         rule = schema.rule(full, option)
-        if value == "???" or (value is None and full not in OPTIONAL):
+        if value == "???":  # a key the option lacks (a null where none is allowed: the merge refused it)
             raise ConfigError(f"{full}=None is invalid: {allowed(full, tp, rule, cfg, measured)}")
         if value is None or (rule and rule.when and _get(cfg, rule.when) is None):
             continue
@@ -138,15 +138,6 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
 def _unmeasured(rule: schema.Rule, measured: dict) -> bool:
     """Whether a bound of the rule is a measured value not measured yet (n_train: the data's)."""
     return any(isinstance(b, str) and "." not in b and b not in measured for b in (rule.low, rule.high))
-
-
-# Keys that may be null (Optional in the schema): read from the types, once.
-OPTIONAL = {
-    prefix + f.name
-    for prefix, kind in [("trainer.", schema.Trainer), ("trainer.early_stopping.", schema.EarlyStopping)]
-    for f in dataclasses.fields(kind)
-    if type(None) in typing.get_args(typing.get_type_hints(kind)[f.name])
-}
 
 
 def _at(tree, key: str):
