@@ -99,7 +99,7 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     grid = {
         k: v
         for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
-        if k.lstrip("+~") not in given and _several(k, v)
+        if k.lstrip("+~") not in given and len(command_line.sweep_values(k, v)) > 1  # one value drops nothing
     }
     if grid:
         chosen = [a for a in given_overrides if a.startswith("experiment=")]
@@ -115,17 +115,6 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     problem = rundir.unwritable(run_dir)  # before Hydra's own writes there, which fail with a traceback
     if problem:
         raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
-
-
-def _several(key: str, value) -> bool:
-    """Whether a grid param holds several values (lr: 0.2,0.1): one value drops nothing."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-    except Exception:  # noqa: BLE001 -- Hydra will say what is wrong with it
-        return False
-    return override.is_sweep_override() and len(list(override.sweep_string_iterator())) > 1
 
 
 def _is_override(argument: str) -> bool:

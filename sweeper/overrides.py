@@ -11,6 +11,7 @@ import math
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
+from sweeper import command_line
 from sweeper import data as data_module
 from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
 from sweeper.schema import RENAMED_KEYS, SECTIONS
@@ -38,7 +39,7 @@ def check_overrides(
     search = [arg for arg, o in parsed if o.key_or_group == "hydra.searchpath"]
     with source.hydra() as loader:
         groups = GroupOptions(loader, config_name, search)
-        selections, keys, appended, hydra_groups, forced, hydra_added = [*search], [], [], [], [], []
+        selections, keys, appended, forced, hydra_added = [*search], [], [], [], []
         intervals = []  # interval(): a range for an optimizing sweeper, checked once the sweeper is known
         grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
         swept_groups: dict[str, list[str]] = {}
@@ -65,8 +66,11 @@ def check_overrides(
                 size = _sweep_size(override.value())
                 if size:
                     grid.append((arg, size))
-            if key.startswith("hydra/"):
-                hydra_groups.append((arg, override))
+            if key.startswith("hydra/"):  # hydra/sweeper=basicc
+                options = groups.get(key, [])
+                for v in _values(override):
+                    if options and v not in options and v != "null":
+                        raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
                 continue
             if (
                 key.startswith("hydra.")
@@ -116,12 +120,6 @@ def check_overrides(
                 + f": more than the {MAX_JOBS:,} one sweep takes; "
                 "sweep fewer values, or split the grid over several sweeps"
             )
-        for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
-            key = override.key_or_group
-            options = groups.get(key, [])
-            for v in _values(override):
-                if options and v not in options and v != "null":
-                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
         base = compose(config_name=config_name, overrides=selections)
         known = _dotted_keys(base)
         for key in keys:
@@ -284,8 +282,6 @@ def _values(override) -> list[str]:
 def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_name) -> dict[str, list[str]]:
     """The groups that the config's own grid sweeps (an experiment's hydra.sweeper.params, such
     as `model: tiny_vgg,mlp`), with their options: swept as those on the command line are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         params = compose(
             config_name=config_name, overrides=selections, return_hydra_config=True
@@ -293,14 +289,10 @@ def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_
     except Exception:  # the config does not compose: the caller says why
         return {}
     chosen = {a.partition("=")[0] for a in selections}
-    found = {}
-    for group, value in (params or {}).items():
-        if group in swept_groups or group in chosen or not groups.get(group):
-            continue
-        override = OverridesParser.create().parse_overrides([f"{group}={value}"])[0]
-        if override.is_sweep_override():
-            found[group] = list(override.sweep_string_iterator())
-    return found
+    found = {g: command_line.sweep_values(g, v) for g, v in (params or {}).items()}
+    return {
+        g: v for g, v in found.items() if v and g not in swept_groups and g not in chosen and groups.get(g)
+    }
 
 
 def _in_this_sweep(given: str, key: str, selections, swept_groups: dict, compose, config_name) -> str | None:
