@@ -174,5 +174,4 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     except (ImportError, AttributeError) as e:  # another _target_, which does not import
-        target = cfg.hydra.launcher._target_
-        raise ConfigError(f"{prefix}_target_={target} is invalid: {str(e).strip().splitlines()[0]}") from None
+        raise in_one_line(None, e, written=f"{prefix}_target_={cfg.hydra.launcher._target_}") from None

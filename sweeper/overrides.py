@@ -444,8 +444,9 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             except Exception:  # noqa: BLE001 -- whatever it is, it is this argument's
                 culprit = shared[i]
                 break
-    first = (str(cause or error).strip() or type(cause or error).__name__).splitlines()[0]
-    return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
+    return (
+        str(in_one_line(None, error, written=culprit)) if culprit else data_module.first_line(cause or error)
+    )
 
 
 def _dotted_keys(tree, prefix: str = "") -> list[str]:
