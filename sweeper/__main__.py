@@ -11,7 +11,6 @@ sweep; docs/run-record.md describes the files.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from omegaconf import DictConfig
 
 from sweeper import command_line, launcher_options, objective, overrides, rundir, train, validate
 from sweeper.command_line import CONF, config_source
+from sweeper.sweep import job_state
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base=None)
@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> str | float:
             validate.check(cfg)
             validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         except validate.ConfigError as e:
-            if multirun and _ended_as(run_dir) in rundir.ENDED:
+            if multirun and job_state(run_dir)[0] in rundir.ENDED:
                 pass  # train.run below skips it, untouched: nothing to refuse
             elif multirun and not (run_dir / "checkpoint.pt").exists():
                 # A sweep's jobs were checked before launch: what fails here fails on this node
@@ -99,7 +99,7 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     grid = {
         k: v
         for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
-        if k.lstrip("+~") not in given and _several(k, v)
+        if k.lstrip("+~") not in given and len(command_line.sweep_values(k, v)) > 1  # one value drops nothing
     }
     if grid:
         chosen = [a for a in given_overrides if a.startswith("experiment=")]
@@ -115,24 +115,6 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     problem = rundir.unwritable(run_dir)  # before Hydra's own writes there, which fail with a traceback
     if problem:
         raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
-
-
-def _ended_as(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _several(key: str, value) -> bool:
-    """Whether a grid param holds several values (lr: 0.2,0.1): one value drops nothing."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-    except Exception:  # noqa: BLE001 -- Hydra will say what is wrong with it
-        return False
-    return override.is_sweep_override() and len(list(override.sweep_string_iterator())) > 1
 
 
 def _is_override(argument: str) -> bool:

@@ -110,6 +110,18 @@ def parsed_overrides(arguments: list[str]):
             ) from None
 
 
+def sweep_values(key: str, value) -> list[str]:
+    """The values a grid param of the config sweeps (lr: 0.2,0.1); none where it is one value, or
+    one Hydra cannot read (it says why when it sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
+        return list(override.sweep_string_iterator()) if override.is_sweep_override() else []
+    except Exception:  # noqa: BLE001 -- Hydra's grammar or a sweep's expansion
+        return []
+
+
 def hydra_flags(arguments: list[str]):
     """Hydra's command-line flags in `arguments` (hydra.cc/docs/advanced/hydra-command-line-flags),
     read as Hydra's argparse reads them: the same names, so that an abbreviation means what it

@@ -4,13 +4,11 @@ own checks (the pool's devices, jobs_per_task) come wrapped in its instantiation
 
 from __future__ import annotations
 
-from difflib import get_close_matches
-
 from omegaconf import ListConfig, OmegaConf
 
 from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of
 from sweeper.overrides import _MISSING
-from sweeper.validate import ConfigError, _get, number
+from sweeper.validate import ConfigError, _get, in_one_line, number, unknown_key
 
 # hydra-submitit-launcher's counts (its queue's integer keys) take at least 1, but these, which
 # sbatch reads as none: no time limit, all of a node's memory, no GPU, no signal delay, no requeue.
@@ -56,13 +54,9 @@ def _check_launcher_type(arg: str, current, given) -> None:
 
 
 def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config") -> None:
-    """Refuse a bad launcher option, key or value in one line, before Hydra starts.
-
-    Hydra reports these over several lines, and a launcher's own checks (pool's devices and
-    slots_per_device, jobs_per_task) come wrapped in its instantiation error. The launcher is
-    built here as Hydra will build it, so those checks speak first, in their own words. Does
-    nothing (and costs nothing) when no argument concerns the launcher.
-    """
+    """Refuse a bad launcher option, key or value in one line, before Hydra starts: the launcher
+    is built here as Hydra will build it, so its own checks speak in their own words. Costs
+    nothing when no argument concerns the launcher."""
     from hydra import compose
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
@@ -96,12 +90,6 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
     def compose_with(extra: list[str]):
         return compose(config_name, [*selections, *extra], return_hydra_config=True)
 
-    def reason(e: Exception) -> str:  # the cause's first line, without Hydra's lines of context
-        text = str(e.__cause__ or e).strip().splitlines()[0]
-        if "is not Optional" in text:
-            return "this key must be set: null is not allowed"
-        return text + ("; a new key takes Hydra's +" if "not in struct" in text else "")
-
     with source.hydra() as loader:
         search = [a for a in selections if a.partition("=")[0].lstrip("+") == "hydra.searchpath"]
         options = GroupOptions(loader, config_name, search)[group]
@@ -131,17 +119,8 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
                     for o in options
                     if name in compose(config_name, [f"{group}={o}"], return_hydra_config=True).hydra.launcher
                 ]
-                close = get_close_matches(name, known, n=1, cutoff=0.6)
-                hint = (
-                    f"the launchers with it are {', '.join(others)}"
-                    if others
-                    else f"did you mean {prefix}{close[0]}?"
-                    if close
-                    else f"its keys are {', '.join(known)}"
-                    if known
-                    else "it has none"
-                )
-                raise ConfigError(f"{key} is not a key of {group}={chosen}: {hint}")
+                hint = f"the launchers with it are {', '.join(others)}" if others else None
+                raise unknown_key(prefix + name, known, f"{group}={chosen}", hint)
             current = OmegaConf.select(base, key, default=_MISSING)
             if current is _MISSING:  # a new sbatch option, say
                 raise ConfigError(f"{key} is not a key of {group}={chosen}: append it with +{arg}")
@@ -153,16 +132,16 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
                 try:
                     compose_with([arg])
                 except (HydraException, OmegaConfBaseException) as e:
-                    raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
+                    raise in_one_line(None, e, written=arg) from None
             arguments_ = " ".join(a for _, a in changes)
-            raise ConfigError(f"{arguments_} is invalid: {reason(together)}") from None
+            raise in_one_line(None, together, written=arguments_) from None
     for override, arg in changes:  # the user's interpolations (${oc.env:...}) must resolve
         name = override.key_or_group.removeprefix(prefix).split(".")[0]
         try:
             if name in cfg.hydra.launcher:
                 build.resolved(cfg.hydra.launcher, name)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{arg} is invalid: {reason(e)}") from None
+            raise in_one_line(None, e, written=arg) from None
     for key in submitit_counts():  # sbatch would refuse these only at submission
         if _get(cfg.hydra.launcher, key) is not None:
             number(cfg, prefix + key, low=0 if key in MAY_BE_ZERO else 1, integer=True)
@@ -195,5 +174,4 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     except (ImportError, AttributeError) as e:  # another _target_, which does not import
-        target = cfg.hydra.launcher._target_
-        raise ConfigError(f"{prefix}_target_={target} is invalid: {str(e).strip().splitlines()[0]}") from None
+        raise in_one_line(None, e, written=f"{prefix}_target_={cfg.hydra.launcher._target_}") from None

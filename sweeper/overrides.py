@@ -7,31 +7,23 @@ How the command is read (its flags, config source, group options) is sweeper.com
 from __future__ import annotations
 
 import math
-from difflib import get_close_matches
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
+from sweeper import command_line
 from sweeper import data as data_module
 from sweeper.command_line import ConfigSource, GroupOptions, parsed_overrides, source_of, sweeping
 from sweeper.schema import RENAMED_KEYS, SECTIONS
-from sweeper.validate import ConfigError, in_one_line
+from sweeper.validate import ConfigError, did_you_mean, in_one_line, unknown_key
 
 
 def check_overrides(
     arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config"
 ) -> DictConfig | None:
-    """Refuse a command line that Hydra would refuse, or that would fail in every job, in one line.
-
-    Unknown group options and misspelt keys (naming the allowed values or the nearest key), a
-    sweep without -m, interval() in a grid, a key appended under a section of the config, and
-    whatever else Hydra's own composition refuses (the config is composed as Hydra will compose
-    it: a sweep's values left out), and interpolations that do not resolve. Hydra would say most
-    of these too, over several lines or a traceback.
-
-    Returns that composed config, Hydra's keys included (a single run's, whole), or None when the
-    command has no override to compose.
-    """
+    """Refuse in one line a command line that Hydra would refuse (over several lines), or that
+    would fail in every job. Returns the config composed as Hydra will compose it (a sweep's
+    values left out), Hydra's keys included; None when the command has no override."""
     from hydra import compose
     from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType
     from hydra.errors import HydraException
@@ -47,7 +39,7 @@ def check_overrides(
     search = [arg for arg, o in parsed if o.key_or_group == "hydra.searchpath"]
     with source.hydra() as loader:
         groups = GroupOptions(loader, config_name, search)
-        selections, keys, appended, hydra_groups, forced, hydra_added = [*search], [], [], [], [], []
+        selections, keys, appended, forced, hydra_added = [*search], [], [], [], []
         intervals = []  # interval(): a range for an optimizing sweeper, checked once the sweeper is known
         grid: list[tuple[str, int]] = []  # (argument, its number of values) for each sweep
         swept_groups: dict[str, list[str]] = {}
@@ -74,8 +66,11 @@ def check_overrides(
                 size = _sweep_size(override.value())
                 if size:
                     grid.append((arg, size))
-            if key.startswith("hydra/"):
-                hydra_groups.append((arg, override))
+            if key.startswith("hydra/"):  # hydra/sweeper=basicc
+                options = groups.get(key, [])
+                for v in _values(override):
+                    if options and v not in options and v != "null":
+                        raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
                 continue
             if (
                 key.startswith("hydra.")
@@ -125,12 +120,6 @@ def check_overrides(
                 + f": more than the {MAX_JOBS:,} one sweep takes; "
                 "sweep fewer values, or split the grid over several sweeps"
             )
-        for _arg, override in hydra_groups:  # hydra/sweeper=basicc; hydra/launcher has its own check
-            key = override.key_or_group
-            options = groups.get(key, [])
-            for v in _values(override):
-                if options and v not in options and v != "null":
-                    raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
         base = compose(config_name=config_name, overrides=selections)
         known = _dotted_keys(base)
         for key in keys:
@@ -172,9 +161,9 @@ def check_overrides(
                 raise ConfigError(
                     f"+{key} is invalid: did you mean {' or '.join(leaves)}? (+ adds a new key, which nothing reads)"
                 )
-            close = get_close_matches(key, [k for k in known if "." not in k], n=1, cutoff=0.6)
-            if close:  # +lrr=1: a typo that + would otherwise let through, read by nothing
-                raise ConfigError(f"+{key} is invalid: did you mean {close[0]}? (+ adds a new key)")
+            hint = did_you_mean(key, [k for k in known if "." not in k])
+            if hint:  # +lrr=1: a typo that + would otherwise let through, read by nothing
+                raise ConfigError(f"+{key} is invalid: {hint} (+ adds a new key)")
         # As Hydra composes it: every override, less a sweep's values (they vary per job).
         shared = [
             arg
@@ -293,8 +282,6 @@ def _values(override) -> list[str]:
 def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_name) -> dict[str, list[str]]:
     """The groups that the config's own grid sweeps (an experiment's hydra.sweeper.params, such
     as `model: tiny_vgg,mlp`), with their options: swept as those on the command line are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         params = compose(
             config_name=config_name, overrides=selections, return_hydra_config=True
@@ -302,14 +289,10 @@ def _config_grid_groups(selections, swept_groups: dict, groups, compose, config_
     except Exception:  # the config does not compose: the caller says why
         return {}
     chosen = {a.partition("=")[0] for a in selections}
-    found = {}
-    for group, value in (params or {}).items():
-        if group in swept_groups or group in chosen or not groups.get(group):
-            continue
-        override = OverridesParser.create().parse_overrides([f"{group}={value}"])[0]
-        if override.is_sweep_override():
-            found[group] = list(override.sweep_string_iterator())
-    return found
+    found = {g: command_line.sweep_values(g, v) for g, v in (params or {}).items()}
+    return {
+        g: v for g, v in found.items() if v and g not in swept_groups and g not in chosen and groups.get(g)
+    }
 
 
 def _in_this_sweep(given: str, key: str, selections, swept_groups: dict, compose, config_name) -> str | None:
@@ -369,7 +352,7 @@ def _missing_key(key: str, given: str, known, selections, swept_groups, groups, 
         current, others = _options_with(key, section, selections, groups, compose, config_name)
         if others:
             return _another_option(given, key, section, current, others)
-    return f"{key} is not a config key: {_nearest(key, known)}"
+    return str(_nearest(key, known))
 
 
 def _another_option(given: str, key: str, section: str, current: str, others: list[str]) -> str:
@@ -387,26 +370,21 @@ def _nothing_reads(given: str, section: str, known: list[str]) -> str:
     )
 
 
-def _nearest(key: str, known: list[str]) -> str:
-    known = [k for k in known if not k.rpartition(".")[2].startswith("_")]  # _target_: not a knob
-    group, _, leaf = key.rpartition(".")
+def _nearest(key: str, known: list[str]) -> ConfigError:
+    """A key the config lacks, with the nearest one: its section's (by its last part: the
+    section's name, common to all, would make schedule.lrr2 look like schedule.name), or the
+    same key under the nearest section (modle.channels)."""
     tops = sorted({k.split(".")[0] for k in known})
     head, _, rest = key.partition(".")
     if rest and head not in tops:  # modle.channels: the section is the typo
-        near = get_close_matches(head, tops, n=1, cutoff=0.6)
-        if near and f"{near[0]}.{rest}" in known:
-            return f"did you mean {near[0]}.{rest}?"
-    siblings = [k for k in known if k.startswith(group + ".")] if group else []
-    # A key under a section is matched by its last part among its siblings': the section's name,
-    # common to all, would make schedule.lrr2 look like schedule.name.
-    leaves = {k.rpartition(".")[2]: k for k in siblings if k.count(".") == key.count(".")}
-    close = [leaves[c] for c in get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)] if group else []
-    close = close or get_close_matches(key, known if not group else [], n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]}?"
-    if siblings:
-        return f"the keys of {group} are {', '.join(siblings)}"
-    return f"top-level keys are {', '.join(tops)}"
+        hint = did_you_mean(head, [t for t in tops if f"{t}.{rest}" in known], suffix=f".{rest}")
+        if hint:
+            return unknown_key(key, [], "the config", hint)
+    group = key.rpartition(".")[0]
+    children = (
+        {k[len(group) + 1 :].split(".")[0] for k in known if k.startswith(group + ".")} if group else tops
+    )
+    return unknown_key(key, sorted(children))
 
 
 def _missing_part(tree, key: str) -> str | None:
@@ -419,12 +397,8 @@ def _missing_part(tree, key: str) -> str | None:
             continue
         at = ".".join(parts[:i]) or "the config"
         names = [str(k) for k in node]
-        close = get_close_matches(parts[i], names, n=1, cutoff=0.6)
-        if close:
-            return (
-                f"{at} has no {parts[i]}; did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?"
-            )
-        return f"{at} has no {parts[i]}; its keys are {', '.join(names)}"
+        hint = did_you_mean(parts[i], names, ".".join([*parts[:i], ""]), ".".join(["", *parts[i + 1 :]]))
+        return f"{at} has no {parts[i]}; {hint or 'its keys are ' + ', '.join(names)}"
     return None
 
 
@@ -462,11 +436,7 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             siblings = []
         if name in siblings:  # the key is there; the dict given for it brings keys it lacks
             return f"{culprit} is invalid: it adds keys to {key}, which takes Hydra's +: +{culprit}"
-        close = get_close_matches(name, siblings, n=1, cutoff=0.6)
-        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else (
-            f"the keys of {parent} are {', '.join(siblings)}" if siblings else "a new key takes Hydra's +"
-        )  # fmt: skip
-        return f"{key} is not a key of {parent or 'the config'}: {hint}"
+        return str(unknown_key(key, siblings, hint=None if siblings else "a new key takes Hydra's +"))
     if culprit is None:
         for i in range(len(shared)):
             try:
@@ -474,8 +444,9 @@ def _composition_problem(shared: list[str], error: Exception, swept_groups, comp
             except Exception:  # noqa: BLE001 -- whatever it is, it is this argument's
                 culprit = shared[i]
                 break
-    first = (str(cause or error).strip() or type(cause or error).__name__).splitlines()[0]
-    return f"{culprit + ' is invalid: ' if culprit else ''}{first}"
+    return (
+        str(in_one_line(None, error, written=culprit)) if culprit else data_module.first_line(cause or error)
+    )
 
 
 def _dotted_keys(tree, prefix: str = "") -> list[str]:

@@ -120,7 +120,7 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
         given, value = _at(plain, key), _at(typed, key)
         full = prefix + key
         rule = schema.rule(full, option)
-        if value == "???" or (value is None and full not in OPTIONAL):
+        if value == "???":  # a key the option lacks (a null where none is allowed: the merge refused it)
             raise ConfigError(f"{full}=None is invalid: {allowed(full, tp, rule, cfg, measured)}")
         if value is None or (rule and rule.when and _get(cfg, rule.when) is None):
             continue
@@ -138,15 +138,6 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
 def _unmeasured(rule: schema.Rule, measured: dict) -> bool:
     """Whether a bound of the rule is a measured value not measured yet (n_train: the data's)."""
     return any(isinstance(b, str) and "." not in b and b not in measured for b in (rule.low, rule.high))
-
-
-# Keys that may be null (Optional in the schema): read from the types, once.
-OPTIONAL = {
-    prefix + f.name
-    for prefix, kind in [("trainer.", schema.Trainer), ("trainer.early_stopping.", schema.EarlyStopping)]
-    for f in dataclasses.fields(kind)
-    if type(None) in typing.get_args(typing.get_type_hints(kind)[f.name])
-}
 
 
 def _at(tree, key: str):
@@ -210,25 +201,44 @@ def number(cfg, key, *, integer=False, rule: schema.Rule | None = None, **bounds
 
 
 def in_one_line(
-    cfg, e: OmegaConfBaseException, where: str | None = None, *, prefix: str = "", option=None
+    cfg, e: Exception, where: str | None = None, *, prefix: str = "", option=None, written: str | None = None
 ) -> ConfigError:
-    """Any OmegaConf error as one line: the key it names (its full_key under `prefix`, else
-    `where`), the value as written, and what the schema allows there (else OmegaConf's reason)."""
+    """The one line for any OmegaConf error, or Hydra's wrapping one: `written` (the argument as
+    given) and why; else the key it names (its full_key under `prefix`, else `where`), the value as
+    written, and what the schema allows there, with the nearest key for an unknown one."""
+    if not isinstance(e, OmegaConfBaseException) and e.__cause__ is not None:
+        e = e.__cause__  # Hydra's composition error: what it wraps is the reason
+    if written:
+        return ConfigError(f"{written} is invalid: {_reason(e)}")
     key = prefix + (getattr(e, "full_key", None) or "") or where
     value = getattr(e, "value", None)
     if key and "[" in key:  # an entry of a list: the list, as given where it is known
         key = key.split("[")[0]
         value = value if cfg is None else _get(cfg, key)
     if isinstance(e, ConfigKeyError) and prefix:  # a key the section's schema does not have
-        section, name = key.rsplit(".", 1)
-        known = [k for k in _schema_of(key, option) if not k.startswith("_")]
-        close = get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {section}.{close[0]}?" if close else f"its keys are {', '.join(known)}"
-        return ConfigError(f"{key} is not a key of {section}{'=' + option if option else ''}: {hint}")
+        section = key.rpartition(".")[0]
+        return unknown_key(key, _schema_of(key, option), f"{section}={option}" if option else section)
     tp = _schema_of(key, option).get(key.partition(".")[2] or key) if key else None
     if isinstance(e, ValidationError) and tp is not None:  # a value not of its type
         return ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, schema.rule(key, option))}")
     return ConfigError(f"{_as_written(cfg, key)} is invalid: {_reason(e)}")
+
+
+def unknown_key(key: str, known, of: str | None = None, hint: str | None = None) -> ConfigError:
+    """The one line for a key that `of` (its parent by default: a section, an option, a
+    launcher) does not have: the known key nearest it, else the known keys (`_target_` is none)."""
+    parent, _, name = key.rpartition(".")
+    known = [str(k) for k in known if not str(k).startswith("_")]
+    hint = hint or did_you_mean(name, known, f"{parent}." if parent else "")
+    hint = hint or (f"its keys are {', '.join(known)}" if known else "it has none")
+    return ConfigError(f"{key} is not a key of {of or parent or 'the config'}: {hint}")
+
+
+def did_you_mean(name: str, known, prefix: str = "", suffix: str = "") -> str | None:
+    """The hint for a misspelt key, option or section, wherever it is found: "did you mean"
+    the known name nearest `name` (between prefix and suffix)?; None where none is near."""
+    close = get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f"did you mean {prefix}{close[0]}{suffix}?" if close else None
 
 
 # Each schema dataclass by the name of what it types: the trainer, or an option (sgd, step, ...).
@@ -244,9 +254,13 @@ def _schema_of(key: str, option: str | None) -> dict:
 
 
 def _reason(e: Exception) -> str:
-    """OmegaConf's first line, without its prefix for what a resolver raised (the resolver's own
+    """OmegaConf's first line, told by the error's type: a null where none is allowed, a new key
+    (which Hydra adds with +); without the prefix for what a resolver raised (the resolver's own
     words say it: `${fraction_of_epochs:1.5}` is not a fraction)."""
-    return data_module.first_line(e).removeprefix("ValueError raised while resolving interpolation: ")
+    if isinstance(e, ValidationError) and getattr(e, "value", 0) is None:
+        return "this key must be set: null is not allowed"
+    text = data_module.first_line(e).removeprefix("ValueError raised while resolving interpolation: ")
+    return text + ("; a new key takes Hydra's +" if isinstance(e, ConfigKeyError) else "")
 
 
 def _as_written(cfg, key: str | None) -> str:

@@ -129,8 +129,8 @@ def test_invalid_values_are_refused_naming_key_and_allowed_values(overrides, mes
             "schedule=foo",
             "schedule=foo is invalid: allowed values are constant, cosine, geometric, lr_range, multistep, step",
         ),
-        ("trainer.epoch=3", "trainer.epoch is not a config key: did you mean trainer.epochs?"),
-        ("modle.channels=8", "modle.channels is not a config key: did you mean model.channels?"),
+        ("trainer.epoch=3", "trainer.epoch is not a key of trainer: did you mean trainer.epochs?"),
+        ("modle.channels=8", "modle.channels is not a key of the config: did you mean model.channels?"),
     ],
 )
 def test_unknown_options_and_keys_are_refused_in_one_line(argument, message):
@@ -532,8 +532,8 @@ def test_a_config_named_with_cp_and_cn_is_checked_before_anything_is_written(tmp
             "schedule.switch_epoch is invalid: schedule=constant has no switch_epoch; the schedule options with it are step "
             "(add schedule=step)",
         ),
-        (["schedule.lrr2=0.1"], "schedule.lrr2 is not a config key: the keys of schedule are schedule.name,"),
-        (["modle.channels=3"], "modle.channels is not a config key: did you mean model.channels?"),
+        (["schedule.lrr2=0.1"], "schedule.lrr2 is not a key of schedule: its keys are name,"),
+        (["modle.channels=3"], "modle.channels is not a key of the config: did you mean model.channels?"),
         (  # ++ sets or adds; under a section nothing reads a new key, or a job's builder fails on it
             ["++trainer.foo=1"],
             "++trainer.foo=1 is invalid: nothing reads a new key under trainer, whose keys are epochs,",

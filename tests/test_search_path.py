@@ -319,5 +319,5 @@ def test_a_key_of_every_model_an_experiments_grid_sweeps_is_told_to_take_plus_pl
     )
     with pytest.raises(validate.ConfigError) as err:  # a typo: the swept models' keys are the nearest
         overrides.check_overrides(["-m", "experiment=both", "model.hiden=4"], source)
-    assert str(err.value) == "model.hiden is not a config key: did you mean model.hidden?"
+    assert str(err.value) == "model.hiden is not a key of model: did you mean model.hidden?"
     overrides.check_overrides(["-m", "experiment=both", "++model.hidden=4", *SMALL], source)  # accepted
