@@ -19,7 +19,7 @@ QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 METRIC_KEYS = (
     "epoch",
     "step",
-    "lr",
+    "epoch_lr",
     "train_loss",
     "train_acc",
     "test_loss",
@@ -125,7 +125,7 @@ def metric_rows(
         {
             "epoch": e + 1,
             "step": (e + 1) * steps_per_epoch,
-            "lr": lrs[e],
+            "epoch_lr": lrs[e],
             "train_loss": train_loss[e],
             "train_acc": train_acc[e],
             "test_loss": test_loss[e],
@@ -300,7 +300,7 @@ def split_rows(
         {
             "epoch": e + 1,
             "step": (e + 1) * steps_per_epoch,
-            "lr": lr,
+            "epoch_lr": lr,
             **{c: float(columns[c][e]) for c in ordered},
             "samples": (e + 1) * steps_per_epoch * 100,
             "time_s": (e + 1) * epoch_time_s,
