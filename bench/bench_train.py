@@ -74,7 +74,12 @@ def load_arrays(size: str, n_train: int, n_test: int, cache: Path):
         ty,
         vx,
         vy,
-        ["data=synthetic", f"data.generated_train={n_train}", f"data.generated_test={n_test}", f"data.cache_dir={cache}"],
+        [
+            "data=synthetic",
+            f"data.generated_train={n_train}",
+            f"data.generated_test={n_test}",
+            f"data.cache_dir={cache}",
+        ],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.fake_runs import make_sweep
@@ -51,6 +52,7 @@ def test_the_notebook_is_committed_without_outputs():
     assert [i for i, cell in enumerate(nb.cells) if cell.get("outputs")] == [], "clear the outputs first"
 
 
+@pytest.mark.slow  # about 5 s: the whole notebook
 def test_the_notebook_runs_on_a_sweep_with_no_epoch_logged_yet(tmp_path, monkeypatch):
     sweep = make_sweep(tmp_path / "sweep", {"lr": [0.2, 0.05]}, seeds=(0,), epochs=4, running=[0, 1])
     for metrics in sweep.glob("*/metrics.jsonl"):  # the jobs have started: config.json, nothing logged

@@ -396,6 +396,7 @@ def test_cli_refuses_a_bad_launcher_value_in_one_line_before_any_job(tmp_path: P
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 def test_every_way_of_asking_for_a_sweep_gets_the_launcher_check(tmp_path: Path):
     # argparse takes --multi for --multirun; hydra.mode=MULTIRUN may come with + or ++
     for how in (["--multi"], ["++hydra.mode=MULTIRUN"]):
@@ -642,6 +643,7 @@ def test_a_cuda_index_must_be_a_number():
         validate.check(compose_cfg("trainer.device=cuda:abc"))
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_local_sweep_or_run_on_a_gpu_this_machine_lacks_is_refused_before_it_starts(tmp_path: Path):
     sweep = run_cli(
@@ -675,6 +677,7 @@ def test_a_cuda_graph_asked_for_where_no_cuda_trains_is_refused(device, monkeypa
     validate.check_device(compose_cfg(f"trainer.device={device}", "trainer.cuda_graph=auto"))
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 def test_a_flag_after_the_overrides_still_runs_the_sweep(tmp_path: Path):
     # Hydra reads overrides as one run of words; the pending .hydra override must join that run.
     result = run_cli(*TINY, "lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 's'}", "-m", cwd=tmp_path)

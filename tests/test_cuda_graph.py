@@ -18,7 +18,13 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 OPTIMISERS = [
     [],  # the lecture's plain SGD
     ["optim.momentum=0.9", "optim.weight_decay=5e-4"],
-    ["optim.momentum=0.9", "optim.nesterov=true", "model.l1=1e-4", "schedule=step", "schedule.switch_epoch=1"],
+    [
+        "optim.momentum=0.9",
+        "optim.nesterov=true",
+        "model.l1=1e-4",
+        "schedule=step",
+        "schedule.switch_epoch=1",
+    ],
 ]
 
 
@@ -162,7 +168,12 @@ def test_replay_captures_after_warmup_and_runs_other_shapes_eagerly():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_on_cuda_the_replayed_graph_matches_the_eager_step(tmp_path, precision):
     # 320 images in batches of 50: a short last batch of 20 after the capture, run eagerly
-    over = ["data.generated_train=320", "data.augment=true", "optim.momentum=0.9", f"trainer.precision={precision}"]
+    over = [
+        "data.generated_train=320",
+        "data.augment=true",
+        "optim.momentum=0.9",
+        f"trainer.precision={precision}",
+    ]
     eager = train.run(compose_cfg(*over, "trainer.cuda_graph=false"), tmp_path / "eager")
     graph = train.run(compose_cfg(*over, "trainer.cuda_graph=true"), tmp_path / "graph")
     assert eager["cuda_graph"] is False and graph["cuda_graph"] is True

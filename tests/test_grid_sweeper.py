@@ -90,6 +90,7 @@ def test_a_sweep_composes_each_job_once_and_runs_the_grid_hydra_would(tmp_path, 
     assert composed == {"lr=0.2": 1, "lr=0.1": 1, "lr=0.01": 1}
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 def test_a_grid_given_as_hydra_sweeper_params_on_the_command_line_runs(tmp_path):
     # The basic sweeper's params default to None, into which OmegaConf cannot merge a dict: it
     # raised an AttributeError. The grid sweeper's are an empty dict.
@@ -218,6 +219,7 @@ def test_a_grid_key_added_with_a_plus_is_the_key_the_job_sets():
     assert own_grid(config, ["experiment=x", "lr=0.1"]) == {"+trainer.foo": "1,2"}
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 def test_hydras_basic_sweeper_composes_its_check_with_the_command_lines_hydra_overrides(tmp_path):
     # The grid removed on the command line is not refused as one the basic sweeper would drop.
     done = run_cli("-m", "hydra/sweeper=basic", "experiment=lecture_lr", "~hydra.sweeper.params.lr", *TINY,

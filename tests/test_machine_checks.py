@@ -80,7 +80,9 @@ def test_a_gpu_run_is_held_to_the_cards_memory_and_its_loading_to_the_hosts(monk
     validate.check_device(compose_cfg())
     # The card could hold it, the host that loads the data set first could not.
     monkeypatch.setattr(footprint, "host_available", lambda: 1 << 30)
-    with pytest.raises(validate.ConfigError, match=r"^data.generated_train=1000000 is too large .* of host memory"):
+    with pytest.raises(
+        validate.ConfigError, match=r"^data.generated_train=1000000 is too large .* of host memory"
+    ):
         validate.check_device(compose_cfg("data.generated_train=1000000"))
 
 

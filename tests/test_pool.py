@@ -388,6 +388,7 @@ def test_ctrl_c_stops_a_pool_sweep_its_running_jobs_and_its_queue(tmp_path, star
     assert "Traceback" not in out  # the records and the summary say it all
 
 
+@pytest.mark.slow  # about 5 s: a whole sweep
 def test_ctrl_c_of_a_sweep_on_hydras_basic_launcher_prints_its_summary_too(tmp_path, start_sweep):
     sweep = tmp_path / "sweep"
     launcher = start_sweep("-m", *TINY, "trainer.epochs=100", "lr=0.1,0.05", f"hydra.sweep.dir={sweep}")

@@ -113,7 +113,9 @@ def test_a_record_written_with_partial_schedules_still_resumes():
 )
 def test_fraction_of_epochs_is_that_epoch_of_the_run_rounded_down(fraction, epochs, expected):
     cfg = compose_cfg(
-        "schedule=step", f"trainer.epochs={epochs}", f"schedule.switch_epoch=${{fraction_of_epochs:{fraction}}}"
+        "schedule=step",
+        f"trainer.epochs={epochs}",
+        f"schedule.switch_epoch=${{fraction_of_epochs:{fraction}}}",
     )
     assert cfg.schedule.switch_epoch == expected
 
