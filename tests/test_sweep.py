@@ -69,6 +69,7 @@ def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
     assert "2 jobs: 1 completed, 1 diverged" in result.stdout
 
 
+@pytest.mark.slow  # several sweeps in turn
 def test_rerunning_a_sweep_skips_completed_runs_and_refuses_another_grid(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -104,6 +105,7 @@ def test_trainer_resume_false_reruns_the_same_grid_and_keeps_the_old_records(tmp
         )
 
 
+@pytest.mark.slow  # several sweeps in turn
 def test_resuming_a_sweep_while_a_job_of_it_still_trains_here_is_refused(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -206,6 +208,7 @@ def test_every_experiment_runs_shrunk(tmp_path, name):
     )
 
 
+@pytest.mark.slow  # several sweeps in turn
 def test_resuming_a_sweep_whose_runs_hold_another_config_is_refused_before_any_job(tmp_path):
     first, sweep_dir = sweep(tmp_path, *FAST, "lr=0.1,0.05")
     assert first.returncode == 0
@@ -441,6 +444,7 @@ def test_a_sweep_dir_on_a_full_disk_is_named_in_one_line_before_launch(tmp_path)
 NOBODY = 65534
 
 
+@pytest.mark.slow  # several sweeps in turn
 def test_a_run_dir_that_cannot_be_written_is_named_in_one_line_before_launch():
     # Hydra opens a job's log file in its run dir before the job runs: a traceback, and the later
     # jobs never ran. Root writes anywhere, so the rerun runs as another user, for whom run dir 1
@@ -557,6 +561,7 @@ def test_a_job_that_does_not_compose_is_refused_in_one_line_on_the_command_line(
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # several sweeps in turn
 def test_a_subdir_naming_the_job_id_is_refused_where_the_id_is_known_only_after_submission(tmp_path):
     refused, sweep_dir = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.sweep.subdir=${hydra.job.id}",
                                *FAST, "lr=0.1,0.2")  # fmt: skip
