@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sweeper.rundir import NOT_COMPARED
-from sweeper.schema import SECTIONS
+from sweeper.schema import SECTIONS, flatten
 
 # Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
 # among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
@@ -28,19 +28,14 @@ def _freeze(value):
     return value
 
 
-def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; Hydra's flags
-    (`_partial_`, ...) dropped, `_target_` kept (`optim._target_`)."""
-    flat = {}
-    for key, value in config.items():
-        if key in HYDRA_SPECIAL_KEYS:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = _freeze(value)
-    return flat
+def flatten_config(config: dict) -> dict[str, object]:
+    """A config's knobs (schema.flatten) as table values: lists -> tuples; Hydra's flags
+    (`_partial_`, ...) and empty sections dropped, `_target_` kept (`optim._target_`)."""
+    return {
+        key: _freeze(value)
+        for key, value in flatten(config).items()
+        if value != {} and HYDRA_SPECIAL_KEYS.isdisjoint(key.split("."))
+    }
 
 
 def merged_key_order(key_lists: Iterable[list[str]]) -> list[str]:

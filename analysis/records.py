@@ -1,10 +1,6 @@
-"""One run dir's record files (docs/run-record.md), read and checked.
-
-Every record file is written whole (atomically) or, for metrics.jsonl, one line at a time, so a
-reader sees a complete file or none, and at most a last line cut short by a crash. Anything else --
-a file cut short, garbage, another shape of JSON, a value of the wrong type, a summary.json that
-disagrees with metrics.jsonl -- is damage from outside, named "damaged: <file>: <what>".
-"""
+"""One run dir's record files (docs/run-record.md), read and checked: anything a crash cannot
+leave (a file cut short, garbage, another shape of JSON, a value of the wrong type, a summary.json
+that disagrees with metrics.jsonl) is damage, named "damaged: <file>: <what>"."""
 
 from __future__ import annotations
 
@@ -14,12 +10,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeper.processes import Damaged, json_object
 from sweeper.rundir import RECORD_FILES
 from sweeper.rundir import STATUSES as SUMMARY_STATES
 from sweeper.runlog import NOT_JSON, parsed_line
 
-# What load_sweep parses up front, the analysis cache's key: the JSON records and the curve.
-# losses.npz is read on demand (Sweep.distributions), steps.jsonl by the LR range test alone.
+# What load_sweep parses up front, the analysis cache's key (losses.npz is read on demand,
+# steps.jsonl by the LR range test alone).
 CACHED_FILES = tuple(name for name in RECORD_FILES if name.endswith(".json") or name == "metrics.jsonl")
 
 
@@ -29,23 +26,19 @@ def damaged(name: str, what: str) -> str:
 
 
 def read_object(path: Path) -> tuple[dict | None, str | None]:
-    """A record file that must hold one JSON object: (object, None), (None, None) when absent,
-    or (None, "damaged: <file>: <what>")."""
+    """A record file that must hold one JSON object (processes.json_object): (object, None), (None,
+    None) when absent, or (None, "damaged: <file>: <what>")."""
     try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as err:
-        return None, damaged(path.name, f"unreadable: {err.strerror}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        return None, damaged(path.name, f"not valid JSON ({err.msg}, line {err.lineno})")
-    except UnicodeDecodeError:
-        return None, damaged(path.name, "not valid JSON (not UTF-8)")
-    if not isinstance(value, dict):
-        return None, damaged(path.name, "not a JSON object")
-    return value, None
+        return json_object(path), None
+    except Damaged as err:
+        cause = err.cause
+        if isinstance(cause, OSError):
+            what = f"unreadable: {cause.strerror}"
+        elif isinstance(cause, json.JSONDecodeError):
+            what = f"not valid JSON ({cause.msg}, line {cause.lineno})"
+        else:
+            what = "not valid JSON (not UTF-8)" if isinstance(cause, ValueError) else "not a JSON object"
+        return None, damaged(path.name, what)
 
 
 def _bad_value(row: dict) -> str | None:
