@@ -103,12 +103,12 @@ def fill_older_records(key: str, flat: list[dict]) -> list:
     section = key.split(".")[0]
     if section not in SECTIONS and key not in TOP_LEVEL_KNOBS:
         return [None if v is ABSENT else v for v in values]
-    by_option: dict[str | None, list[int]] = {}
+    by_option: dict[str, list[int]] = {}
     for i, row in enumerate(flat):
-        by_option.setdefault(_dumps(row.get(f"{section}.name")), []).append(i)
+        by_option.setdefault(json.dumps(row.get(f"{section}.name")), []).append(i)
     for rows in by_option.values():
         given = [values[i] for i in rows if values[i] is not ABSENT]
-        fill = given[0] if given and len({_dumps(v) for v in given}) == 1 else None
+        fill = given[0] if given and len({json.dumps(v) for v in given}) == 1 else None
         for i in rows:
             if values[i] is ABSENT:
                 values[i] = fill
@@ -148,7 +148,3 @@ def format_value(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
     return str(value)
-
-
-def _dumps(value) -> str | None:
-    return None if value is None else json.dumps(value)
