@@ -92,7 +92,7 @@ NOT_COMPARED = {
     "trainer.resume",
     "data.cache_dir",
     "trainer.cuda_graph",
-    "schedule._partial_",
+    "schedule._partial_",  # older records carry it
     "trainer.until_epoch",
     "trainer.objective",
 }
@@ -105,6 +105,7 @@ ADDED_KEYS = {
     "trainer.early_stopping": {"metric": None, "patience": 5, "min_delta": 0.0},
     "trainer.diverge_factor": 10,
     "trainer.diverge_epochs": 2,
+    # what runs before the key trained with, written out: it stays so whatever today's default
     "loss": {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0},
     "trainer.metrics": ["acc"],
 }
