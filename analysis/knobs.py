@@ -11,16 +11,15 @@ import numpy as np
 import pandas as pd
 
 from sweeper.rundir import NOT_COMPARED
-from sweeper.schema import SECTIONS
+from sweeper.schema import SECTIONS, flatten
 
-# Hydra's instantiate flags: how a component is built, never what it computes. `_target_` is not
-# among them: it names the class (optim._target_=torch.optim.NAdam), a knob like any other.
+# Hydra's instantiate flags: how a component is built, never what it computes (`_target_`, the
+# class, is a knob like any other).
 HYDRA_SPECIAL_KEYS = frozenset({"_partial_", "_recursive_", "_convert_", "_args_"})
-TARGET_KEY = "_target_"
 
 
 def _freeze(value):
-    """Lists become tuples (hashable, comparable, ordered like numbers); dicts in lists JSON."""
+    """Lists become tuples (hashable, comparable, ordered like numbers); dicts JSON."""
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
@@ -28,19 +27,14 @@ def _freeze(value):
     return value
 
 
-def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"channels": 32}} -> {"model.channels": 32}; lists -> tuples; Hydra's flags
-    (`_partial_`, ...) dropped, `_target_` kept (`optim._target_`)."""
-    flat = {}
-    for key, value in config.items():
-        if key in HYDRA_SPECIAL_KEYS:
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = _freeze(value)
-    return flat
+def flatten_config(config: dict) -> dict[str, object]:
+    """A config's knobs (schema.flatten) as table values: lists -> tuples; Hydra's flags
+    (`_partial_`, ...) and empty sections dropped, `_target_` kept (`optim._target_`)."""
+    return {
+        key: _freeze(value)
+        for key, value in flatten(config).items()
+        if value != {} and HYDRA_SPECIAL_KEYS.isdisjoint(key.split("."))
+    }
 
 
 def merged_key_order(key_lists: Iterable[list[str]]) -> list[str]:
@@ -63,11 +57,8 @@ def merged_key_order(key_lists: Iterable[list[str]]) -> list[str]:
 
 
 def typed_column(values: Sequence) -> pd.Series:
-    """A column with the dtype the JSON values really have; None marks a missing value.
-
-    ints stay int64 (Int64 if some are missing), floats float64, bools bool, strings str,
-    tuples (list-valued knobs) object. Mixed ints and floats are floats (`lr=1` vs `lr=0.5`).
-    """
+    """A column with the dtype the JSON values really have (None: missing): int64 (Int64 with some
+    missing), float64 (mixed ints and floats too: `lr=1` vs `lr=0.5`), bool, str, or object."""
     present = [v for v in values if v is not None]
     kinds = {type(v) for v in present}
     missing = len(present) < len(values)
@@ -85,9 +76,8 @@ def typed_column(values: Sequence) -> pd.Series:
 
 
 # Keys that say how a run is carried out or what its record keeps, never what it computes: runs
-# that differ only in them are one configuration (lecture_lr2 keeps raw per-sample losses,
-# lecture_lr not). A resume ignores the first (sweeper.rundir.NOT_COMPARED); the others it
-# compares, since a resumed record must keep what it kept.
+# differing only in them are one configuration. A resume compares those beyond NOT_COMPARED, since
+# a resumed record must keep what it kept.
 RECORD_KEEPING = frozenset(NOT_COMPARED) | {
     "trainer.keep_sample_losses",
     "trainer.sample_loss_epochs",
@@ -96,8 +86,8 @@ RECORD_KEEPING = frozenset(NOT_COMPARED) | {
 }
 
 
-# A key under the config sections (sweeper.schema.SECTIONS) is a knob every run has, unless its
-# record predates the knob; any other top-level key is a label given to some runs (`+tag=baseline`).
+# A key under the config sections (schema.SECTIONS) is a knob every run has, unless its record
+# predates it; any other top-level key is a label given to some runs (`+tag=baseline`).
 TOP_LEVEL_KNOBS = ("lr",)
 ABSENT = object()  # a key a run's config.json does not have (null is a value: data.train_size=null)
 
@@ -105,23 +95,20 @@ ABSENT = object()  # a key a run's config.json does not have (null is a value: d
 def fill_older_records(key: str, flat: list[dict]) -> list:
     """The values of `key` in the runs' flattened configs, None where a config lacks it.
 
-    A record written before the project had the knob `key` lacks it. Among the runs that chose
-    the same option of the key's group (`schedule.lr2` is absent by design from runs of another
-    schedule than `step`), when every record that has the key agrees on one value, the older ones
-    ran at that value too (the knob came with its default), so they get it: else runs of one
-    configuration would split on "absent". A label (`+tag=...`), or a knob whose records
-    disagree, stays absent.
-    """
+    A record written before the knob existed lacks it: among the runs of one option of the key's
+    section (`schedule.lr2` is absent by design from other schedules than `step`), when every
+    record that has it agrees on one value, the older ones ran at it too (the knob came with its
+    default). A label (`+tag=...`), or a knob whose records disagree, stays absent."""
     values = [row.get(key, ABSENT) for row in flat]
     section = key.split(".")[0]
     if section not in SECTIONS and key not in TOP_LEVEL_KNOBS:
         return [None if v is ABSENT else v for v in values]
-    by_option: dict[str | None, list[int]] = {}
+    by_option: dict[str, list[int]] = {}
     for i, row in enumerate(flat):
-        by_option.setdefault(_dumps(row.get(f"{section}.name")), []).append(i)
+        by_option.setdefault(json.dumps(row.get(f"{section}.name")), []).append(i)
     for rows in by_option.values():
         given = [values[i] for i in rows if values[i] is not ABSENT]
-        fill = given[0] if given and len({_dumps(v) for v in given}) == 1 else None
+        fill = given[0] if given and len({json.dumps(v) for v in given}) == 1 else None
         for i in rows:
             if values[i] is ABSENT:
                 values[i] = fill
@@ -147,7 +134,7 @@ def counted(n: int, noun: str) -> str:
 def format_knob(key: str, value) -> str:
     """How tables and legends show a value of `key`: a `_target_` by its class name (Adam, not
     torch.optim.Adam), any other as format_value does."""
-    if key.rsplit(".", 1)[-1] == TARGET_KEY and isinstance(value, str):
+    if key.rsplit(".", 1)[-1] == "_target_" and isinstance(value, str):
         return value.rsplit(".", 1)[-1]
     return format_value(value)
 
@@ -161,7 +148,3 @@ def format_value(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):g}"
     return str(value)
-
-
-def _dumps(value) -> str | None:
-    return None if value is None else json.dumps(value)

@@ -1,10 +1,6 @@
-"""One run dir's record files (docs/run-record.md), read and checked.
-
-Every record file is written whole (atomically) or, for metrics.jsonl, one line at a time, so a
-reader sees a complete file or none, and at most a last line cut short by a crash. Anything else --
-a file cut short, garbage, another shape of JSON, a value of the wrong type, a summary.json that
-disagrees with metrics.jsonl -- is damage from outside, named "damaged: <file>: <what>".
-"""
+"""One run dir's record files (docs/run-record.md), read and checked: anything a crash cannot
+leave (a file cut short, garbage, another shape of JSON, a value of the wrong type, a summary.json
+that disagrees with metrics.jsonl) is damage, named "damaged: <file>: <what>"."""
 
 from __future__ import annotations
 
@@ -14,12 +10,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeper.processes import Damaged, json_object
 from sweeper.rundir import RECORD_FILES
 from sweeper.rundir import STATUSES as SUMMARY_STATES
 from sweeper.runlog import NOT_JSON, parsed_line
 
-# What load_sweep parses up front, the analysis cache's key: the JSON records and the curve.
-# losses.npz is read on demand (Sweep.distributions), steps.jsonl by the LR range test alone.
+# What load_sweep parses up front, the analysis cache's key (losses.npz is read on demand,
+# steps.jsonl by the LR range test alone).
 CACHED_FILES = tuple(name for name in RECORD_FILES if name.endswith(".json") or name == "metrics.jsonl")
 
 
@@ -29,28 +26,23 @@ def damaged(name: str, what: str) -> str:
 
 
 def read_object(path: Path) -> tuple[dict | None, str | None]:
-    """A record file that must hold one JSON object: (object, None), (None, None) when absent,
-    or (None, "damaged: <file>: <what>")."""
+    """A record file that must hold one JSON object (processes.json_object): (object, None), (None,
+    None) when absent, or (None, "damaged: <file>: <what>")."""
     try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as err:
-        return None, damaged(path.name, f"unreadable: {err.strerror}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        return None, damaged(path.name, f"not valid JSON ({err.msg}, line {err.lineno})")
-    except UnicodeDecodeError:
-        return None, damaged(path.name, "not valid JSON (not UTF-8)")
-    if not isinstance(value, dict):
-        return None, damaged(path.name, "not a JSON object")
-    return value, None
+        return json_object(path), None
+    except Damaged as err:
+        cause = err.cause
+        if isinstance(cause, OSError):
+            what = f"unreadable: {cause.strerror}"
+        elif isinstance(cause, json.JSONDecodeError):
+            what = f"not valid JSON ({cause.msg}, line {cause.lineno})"
+        else:
+            what = "not valid JSON (not UTF-8)" if isinstance(cause, ValueError) else "not a JSON object"
+        return None, damaged(path.name, what)
 
 
 def _bad_value(row: dict) -> str | None:
-    """Why a metrics line's values are not what the trainer writes: an int epoch, and numbers or
-    null (a non-finite value) for the rest."""
+    """Why a metrics line is not what the trainer writes: an int epoch, numbers or null for the rest."""
     epoch = row.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
         return f"epoch is {json.dumps(epoch)}, not an epoch number"
@@ -61,12 +53,10 @@ def _bad_value(row: dict) -> str | None:
 
 
 def json_lines(path: Path, check) -> tuple[list[dict], list[tuple[int, str]], bool] | None:
-    """The lines of an append-only record file as sweeper.runlog.parsed_line reads them: (rows,
-    bad, truncated); None when the file is absent. An unterminated last line that is not JSON is a
-    write cut short (a crash, or a read racing the writer): dropped, `truncated` True. Any other
-    bad line, or one that `check(row)` faults (it returns why, else None), is in `bad` as (line
-    number, why) and the lines after it are read on: the analysis names damage and shows what
-    stands, where a resume (runlog.parsed_lines) stops at it."""
+    """A .jsonl record's lines as runlog.parsed_line reads them: (rows, bad, truncated); None when
+    the file is absent. An unterminated last line that is not JSON is a write cut short (a crash,
+    or a read racing the writer): dropped, `truncated` True. Any other bad line, or one `check(row)`
+    faults (it returns why), is in `bad` as (line number, why), and the lines after it are read on."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -89,9 +79,7 @@ def json_lines(path: Path, check) -> tuple[list[dict], list[tuple[int, str]], bo
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[str], bool]:
-    """metrics.jsonl as json_lines reads it: (rows, notes, truncated). A bad line -- not JSON,
-    not an object, a value that is not a number -- is damage: dropped, with a
-    "damaged: metrics.jsonl: ..." note."""
+    """metrics.jsonl as json_lines reads it: (rows, notes, truncated), a bad line dropped with a note."""
     try:
         rows, bad, truncated = json_lines(path, _bad_value) or ([], [], False)
     except OSError as err:
@@ -111,12 +99,9 @@ def _same(a, b) -> bool:
 
 
 def summary_disagreement(summary: dict, rows: list[dict], truncated: bool) -> str | None:
-    """Where summary.json and metrics.jsonl disagree: "damaged: <file>: <what>", else None.
-
-    The trainer writes summary.json last, from metrics.jsonl's complete lines (sweeper.rundir:
-    epochs_done = their number, final_* = the last one's values), so a difference means one file
-    was changed after the run ended: the summary's numbers are then not supported by the curve,
-    nor the curve's by the summary."""
+    """Where summary.json and metrics.jsonl disagree: "damaged: <file>: <what>", else None. The
+    trainer writes the summary last from metrics.jsonl's complete lines (epochs_done, final_*), so a
+    difference means one file was changed after the run ended."""
     done = summary.get("epochs_done")
     if isinstance(done, int) and not isinstance(done, bool) and done != len(rows):
         where = "metrics.jsonl" if truncated or done > len(rows) else "summary.json"
@@ -138,9 +123,7 @@ def summary_disagreement(summary: dict, rows: list[dict], truncated: bool) -> st
 
 @dataclass
 class RunRecord:
-    """The parsed files of one run dir (metrics kept as rows until the curves are built).
-
-    `notes` are problems to list; `damage` the "damaged: <file>: <what>" ones among them that
+    """The parsed files of one run dir. `notes` are problems to list; `damage` those among them that
     leave the run's numbers unsupported (its status is then `damaged`)."""
 
     config: dict | None
@@ -153,11 +136,9 @@ class RunRecord:
 
 
 def option_names(config: dict, run_dir: Path) -> dict:
-    """`config` with a `name` for each component (a section with a `_target_`: model, optim, loss,
-    data, ...) that has none: the config-group option Hydra composed it from, as .hydra/hydra.yaml's
-    runtime choices say (a user's conf/model/mlp.yaml without `name:` is `mlp`). Tables and legends
-    then name a user component by its option, as they name the project's own; a component set by
-    `_target_` alone keeps no name and is shown by its class name."""
+    """`config` with a `name` for each component (a section with a `_target_`) that has none: the
+    option Hydra composed it from (.hydra/hydra.yaml's runtime choices: a user's conf/model/mlp.yaml
+    is `mlp`). One set by `_target_` alone keeps none, and is shown by its class name."""
     unnamed = [k for k, v in config.items() if isinstance(v, dict) and "_target_" in v and "name" not in v]
     if not unnamed:
         return config
@@ -202,16 +183,16 @@ def read_run(run_dir: Path) -> RunRecord:
         notes.append(damaged("job.json", "missing"))
     rows, metric_notes, truncated = read_metrics(run_dir / "metrics.jsonl")
     damage += [n for n in metric_notes if n.startswith("damaged:")]
+    unsupported = None
     if summary is not None and (run_dir / "metrics.jsonl").exists():
-        disagreement = summary_disagreement(summary, rows, truncated)
-        if disagreement:
-            metric_notes.append(disagreement)
-            damage.append(disagreement)
-    elif summary is not None and summary.get("epochs_done"):
-        # The curve its numbers come from is gone: they can no longer be checked.
-        lost = damaged("metrics.jsonl", f"missing (summary.json counts {summary['epochs_done']} epochs)")
-        metric_notes.append(lost)
-        damage.append(lost)
+        unsupported = summary_disagreement(summary, rows, truncated)
+    elif summary is not None and summary.get("epochs_done"):  # the curve its numbers come from is gone
+        unsupported = damaged(
+            "metrics.jsonl", f"missing (summary.json counts {summary['epochs_done']} epochs)"
+        )
+    if unsupported:
+        metric_notes.append(unsupported)
+        damage.append(unsupported)
     return RunRecord(config, job, summary, rows, notes + metric_notes, truncated, damage)
 
 

@@ -1,10 +1,6 @@
 """Is the process a run's job.json names still the one that wrote it? Pids are reused, so a pid
-is checked together with its start time (job.json `pid_started`).
-
-Also the reader of a record's JSON objects (job.json, summary.json, sweep.json): json_object says
-what is damaged, read_object takes damage as absence.
-
-Torch-free on purpose: the analysis side (status tables) imports it as well as the sweep.
+is checked together with its start time (job.json `pid_started`). Also the one reader of a
+record's JSON objects (json_object). Torch-free: the analysis imports it too.
 """
 
 from __future__ import annotations
@@ -27,16 +23,9 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def process_started(pid: int) -> int | None:
     """When the process started (clock ticks since boot, /proc/<pid>/stat field 22); None where
-    unknown (not Linux, or no such process). With the pid it names one process: pids are reused."""
+    unknown. With the pid it names one process: pids are reused."""
     fields = _stat_fields(pid)
     return None if fields is None else int(fields[19])
-
-
-def _zombie(pid: int) -> bool:
-    # A process that has exited but is not reaped yet (state Z) writes nothing any more: the
-    # workers of a SIGKILLed pool launcher stay so until init reaps them.
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] in ("Z", "X")
 
 
 def on_this_host(job: dict | None) -> bool:
@@ -50,45 +39,47 @@ def on_this_host(job: dict | None) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """A process of that pid runs on this host (not a zombie); it may be another than the one
-    that once had the pid."""
+    """A process of that pid runs on this host; it may be another than the one that once had it."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # none, or no such pid can exist
         return False
     except PermissionError:  # alive, another user's
         pass
-    except (OverflowError, ValueError):  # no such pid can exist
-        return False
-    return not _zombie(pid)
+    # An exited process not reaped yet (state Z) writes nothing any more: the workers of a
+    # SIGKILLed pool launcher stay so until init reaps them.
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] not in ("Z", "X")
 
 
 def alive(job: dict) -> bool:
     """The process job.json names (on this host) still runs, and is the same process."""
-    pid = job["pid"]
-    if not pid_alive(pid):
-        return False
     started = job.get("pid_started")
-    return started is None or process_started(pid) == started  # else the pid was reused
+    return pid_alive(job["pid"]) and (started is None or process_started(job["pid"]) == started)
 
 
 class Damaged(Exception):
-    """A record file that is there but cannot be what it should be; its text says what is wrong."""
+    """A record file that is there but holds no JSON object. Its text says what is wrong; `cause`
+    is the error reading or parsing it (OSError, ValueError), or the value it holds instead."""
+
+    def __init__(self, what: str, cause):
+        super().__init__(what)
+        self.cause = cause
 
 
 def json_object(path: Path) -> dict | None:
     """The JSON object in `path`, None when there is no such file; Damaged when it cannot be read,
     is not JSON (or not UTF-8), or holds another JSON value than an object."""
     try:
-        value = json.loads(path.read_bytes())
+        value = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})") from None
-    except ValueError:
-        raise Damaged("is not JSON") from None
+        raise Damaged(f"cannot be read ({e.strerror or type(e).__name__})", e) from None
+    except ValueError as e:
+        raise Damaged("is not JSON", e) from None
     if not isinstance(value, dict):
-        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {short(value)})")
+        raise Damaged(f"is not a JSON object (it holds {type(value).__name__} {short(value)})", value)
     return value
 
 
@@ -100,7 +91,7 @@ def short(value) -> str:
 def read_object(path: Path) -> dict | None:
     """The JSON object a record file holds; None when it is absent or damaged (json_object)."""
     try:
-        return json_object(Path(path))
+        return json_object(path)
     except Damaged:
         return None
 

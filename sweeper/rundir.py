@@ -1,17 +1,9 @@
 """A run directory's lifecycle: everything a run does to its dir besides training in it.
 
-- open (`open_record`): refuse a start that would mix results (`check_start`: another config, a
-  `live_writer`), skip a run that already ended, resume an unfinished one from its checkpoint, or
-  set an earlier attempt aside and start over; write config.json and job.json.
-- resume: decided here from the record (`config_difference` against its config.json, read under
-  today's key names; what RunLog says is resumable); the training loop only loads the checkpoint.
-- set aside (`_set_aside`): an earlier attempt's files move into attempts/N/ (`attempt_dir`,
-  `move_into`), never deleted; this process's log files are reopened in the run dir.
-- Hydra's .hydra/ files: written by `python -m sweeper` into a pending dir, moved into place once
-  the run owns its dir, dropped when it is refused or skipped.
-- close (`close_record`, `refused`, `record_lost` for a job whose process died): summary.json,
-  last; or none for a run that was stopped (`interrupted`, `stopped_by_cluster`), so that a rerun
-  resumes it.
+Open (`open_record`): refuse a start that would mix results (`check_start`), skip a run that
+already ended, resume an unfinished one from its checkpoint, or set an earlier attempt aside into
+attempts/N/ and start over. Close (`close_record`, `refused`, `record_lost`): summary.json, last;
+or none for a run that was stopped (`interrupted`, `stopped_by_cluster`), so that a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -32,14 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import processes
 from sweeper.runlog import RunLog, atomic_write
-from sweeper.schema import RENAMED_KEYS
+from sweeper.schema import flatten, renamed
 
 # torch, and the modules that import it (build, data, metrics, validate), are imported where a
-# run is opened or closed, not here: the analysis reads the statuses and record lists below (and
-# sweeper.sweep's job_state) without paying for torch.
+# run is opened or closed: the analysis imports this module for the lists below.
 log = logging.getLogger("sweeper")
 
-# What a run writes into its dir: a set-aside moves these (and the dir's *.log) into attempts/N/.
+# What a run writes into its dir: a set-aside moves these (and its *.log) into attempts/N/.
 RECORD_FILES = (
     "config.json",
     "job.json",
@@ -61,8 +52,6 @@ PAUSED = ("paused", "stopped")
 SUCCEEDED = ("completed", "stopped_early", "stopped")
 
 
-# kept_epochs and pause_epoch live here, not in the loop that also reads them: whether a record
-# ended (is skipped) or must train on is decided from them when the run dir is opened.
 def kept_epochs(cfg: DictConfig) -> set[int]:
     """Epochs whose per-sample losses are kept: the configured ones that occur, and the last."""
     epochs = cfg.trainer.epochs
@@ -73,19 +62,6 @@ def pause_epoch(cfg: DictConfig) -> int:
     """The epoch the run trains to this time: trainer.until_epoch, or null for trainer.epochs."""
     until = cfg.trainer.get("until_epoch")
     return cfg.trainer.epochs if until is None else int(until)
-
-
-def recorded_columns(cfg: DictConfig, facts: dict) -> list[str]:
-    """The measured columns of a run's metrics lines: those of its trainer.metrics, with val's
-    when it held a split out (facts: its summary's n_val)."""
-    from sweeper import metrics
-    from sweeper.validate import ConfigError
-
-    try:
-        chosen = metrics.names(cfg.trainer)
-    except ConfigError:  # refused at the start: the run failed before measuring anything
-        chosen = ["acc"]
-    return metrics.columns(chosen, bool(facts.get("n_val")))
 
 
 def versions() -> dict:
@@ -111,38 +87,18 @@ def versions() -> dict:
     }
 
 
-def job_info(overrides: list[str], job_num: int | None, restarts: int) -> dict:
-    env = os.environ
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "pid_started": processes.process_started(os.getpid()),
-        "slurm_job_id": env.get("SLURM_JOB_ID"),
-        "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
-        "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
-        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        "overrides": list(overrides),
-        "job_num": job_num,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "restarts": restarts,
-    }
-
-
 # Keys that say how a run is carried out, not what it computes: a resume may change them.
-# schedule._partial_: older records carry it.
 NOT_COMPARED = {
     "trainer.resume",
     "data.cache_dir",
     "trainer.cuda_graph",
-    "schedule._partial_",
+    "schedule._partial_",  # older records carry it
     "trainer.until_epoch",
     "trainer.objective",
 }
 # Keys added after records were written, with the value that does what a record without the key
-# did: a resume of such a record compares them as that value, not as a different config.
-# trainer.diverge_factor is compared as its default (10), not as "none" as before it existed: an
-# old sweep rerun with today's defaults resumes (or skips its ended runs) instead of being refused
-# as another config; the threshold can only end a run whose train loss is 10x chance's or worse.
+# did: a resume compares them as that value, not as a different config. (diverge_factor 10 can
+# only end a run whose train loss is 10x chance's or worse: an old record resumes under it.)
 ADDED_KEYS = {
     "trainer.threads": "auto",
     "trainer.log_steps": False,
@@ -155,28 +111,16 @@ ADDED_KEYS = {
 }
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    """{dotted key: value} of a nested config."""
-    flat = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            flat.update(_flat(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def under_todays_names(recorded: dict, current: dict) -> dict:
-    """A recorded config with its renamed keys (schema.RENAMED_KEYS) under today's names, where
-    the config it is compared with no longer has the former name: an older run's
-    schedule.decay is compared as schedule.gamma, and resumes or is skipped as it was."""
-    flat = _flat(recorded)
-    former = {k for k in flat if k in RENAMED_KEYS} - set(_flat(current))
-    if not former:
+    """A recorded config with its renamed keys under today's names (schema.renamed): an older
+    run's schedule.decay is compared as schedule.gamma, and resumes or is skipped as it was."""
+    flat = flatten(recorded)
+    today = renamed(flat, current=flatten(current))
+    if list(today) == list(flat):
         return recorded
     nested: dict = {}
-    for key, value in flat.items():
-        *parents, last = (RENAMED_KEYS[key] if key in former else key).split(".")
+    for key, value in today.items():
+        *parents, last = key.split(".")
         node = nested
         for p in parents:
             node = node.setdefault(p, {})
@@ -185,10 +129,9 @@ def under_todays_names(recorded: dict, current: dict) -> dict:
 
 
 def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The keys (dotted) whose values differ, as "key: old -> new" lines; the recorded config's
-    renamed keys are compared under today's names (under_todays_names). A recorded config that
-    is not a JSON object is damage, not a difference: [] (the start sets such a record aside,
-    naming the file; refusing here would block every job of a sweep for one damaged file)."""
+    """The keys (dotted) whose values differ, as "key: old -> new" lines, the recorded config's
+    under today's names. A recorded config that is not a JSON object is damage, not a difference:
+    [] (the start sets such a record aside; refusing would block every job of a sweep for it)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return []
     if not prefix:
@@ -207,23 +150,20 @@ def config_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 # Where Hydra writes its copy of a run's config (config.yaml, hydra.yaml, overrides.yaml).
 HYDRA_FILES = ".hydra"
-# What `python -m sweeper` makes Hydra write instead (hydra.output_subdir): Hydra writes before
-# the task runs, so a run that is then refused or skipped would overwrite the record's .hydra/.
-# open_record moves it to .hydra/ once the run owns its dir, and drops it otherwise.
+# Where `python -m sweeper` has Hydra write it instead (hydra.output_subdir), since Hydra writes
+# before the task runs: a run then refused or skipped would overwrite the record's .hydra/.
 PENDING_HYDRA_FILES = ".hydra.pending-"
 
 
 def recorded_config(run_dir: Path) -> dict | None:
-    """The config.json of the record in `run_dir`; None when there is none, or it is damaged
-    (not JSON, not UTF-8, not a JSON object, unreadable): a start sets such a record aside."""
+    """The config.json of the record in `run_dir`; None when there is none, or it is damaged."""
     return processes.read_object(Path(run_dir) / "config.json")
 
 
 def unwritable(path: Path) -> str | None:
-    """Why a run (or a sweep) cannot write under `path`, in one line naming the path: the path
-    itself, or its nearest existing parent (where its dirs would be made), is not a directory,
-    is read-only or not ours, or its disk is full. None when it can. It writes (and removes) one
-    small probe file: permissions alone do not show a read-only mount to root, nor a full disk."""
+    """Why a run (or a sweep) cannot write under `path` (or its nearest existing parent), in one
+    line naming it; None when it can. It writes and removes a probe file: permissions alone do not
+    show a read-only mount to root, nor a full disk."""
     path = Path(path).absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -248,13 +188,9 @@ def unwritable(path: Path) -> str | None:
 
 
 def live_writer(run_dir: Path) -> int | None:
-    """The pid of another process on this host still writing the unfinished run in `run_dir`, else None.
-
-    Two processes appending to one metrics.jsonl would corrupt the run, and a second one starting
-    over would move the record out from under the first. Only this host's processes can be seen;
-    on a cluster, wait until the earlier array has left the queue (docs/slurm.md). A pid reused
-    by another process after a crash or reboot is told apart by its start time.
-    """
+    """The pid of another process on this host still writing the unfinished run in `run_dir`, else
+    None: two would corrupt its metrics.jsonl, or move the record out from under the other. Only
+    this host's processes can be seen (docs/slurm.md)."""
     if (Path(run_dir) / "summary.json").exists():
         return None
     job = processes.read_job(run_dir)
@@ -265,8 +201,8 @@ def live_writer(run_dir: Path) -> int | None:
 
 def check_start(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse (ConfigError, one line) to start or resume `cfg` in `run_dir`: a live process still
-    trains the run there, or (resuming) it holds a run of another config. Reads only, creates
-    nothing: `python -m sweeper` calls it before Hydra writes anything, open_record again."""
+    trains the run there, or (resuming) it holds a run of another config. Reads only: `python -m
+    sweeper` calls it before Hydra writes anything, open_record again."""
     from sweeper.validate import ConfigError
 
     writer = live_writer(run_dir)
@@ -295,7 +231,7 @@ UNFINISHED = ".unfinished"
 @contextlib.contextmanager
 def attempt_dir(parent: Path):
     """parent/attempts/N/ to move an earlier attempt into: an unfinished one's, or a new one, N one
-    past the highest there. Marked unfinished until the block ends."""
+    past the highest there."""
     attempts = parent / "attempts"
     unfinished = sorted(p for p in attempts.glob(f"*/{UNFINISHED}") if p.parent.name.isdigit())
     if unfinished:
@@ -311,7 +247,7 @@ def attempt_dir(parent: Path):
 
 def move_into(source: Path, target: Path) -> None:
     """Move `source` to `target`, or beside it (name.~2, name.~3, ...) if something of that name
-    is there already: finishing an interrupted set-aside may meet one. Never overwrites."""
+    is there already (finishing an interrupted set-aside may meet one): never overwrites."""
     free, k = target, 1
     while free.exists() or free.is_symlink():
         k += 1
@@ -320,11 +256,9 @@ def move_into(source: Path, target: Path) -> None:
 
 
 def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
-    """Move an earlier attempt's record into attempts/N/: nothing a run produced is deleted.
-
-    Its Hydra log (train.log) goes too, and its .hydra/ unless `hydra_files` is False (Hydra has
-    already written this attempt's own there). The log is reopened here, so this attempt's lines
-    start a new train.log instead of following the old file into attempts/N/."""
+    """Move an earlier attempt's record into attempts/N/, with its logs (reopened: this attempt's
+    lines start a new train.log) and its .hydra/ unless `hydra_files` is False (Hydra has written
+    this attempt's own there)."""
     names = [*RECORD_FILES, *(p.name for p in record.dir.glob("*.log") if p.is_file())]
     names += [HYDRA_FILES] if hydra_files else []
     moved = set()
@@ -333,12 +267,6 @@ def _set_aside(record: RunLog, hydra_files: bool = True) -> Path:
             if (record.dir / name).exists():
                 move_into(record.dir / name, target / name)
                 moved.add((record.dir / name).resolve())
-    _reopen_logs(moved)
-    return target
-
-
-def _reopen_logs(moved: set[Path]) -> None:
-    """Point this process's log files that were just moved away at a new file of the same name."""
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
@@ -347,12 +275,12 @@ def _reopen_logs(moved: set[Path]) -> None:
             old = handler.setStream(handler._open())
             if old is not None:
                 old.close()
+    return target
 
 
 def as_written_in_place(path: Path, pending: str) -> None:
     """Hydra's record of a run (hydra.yaml, multirun.yaml) as if it had written .hydra/ in place:
-    the pending dir's name is an implementation detail, and replaying the record's overrides
-    would otherwise write into a stale .hydra.pending-<pid>/."""
+    replaying its overrides would otherwise write into a stale .hydra.pending-<pid>/."""
     try:
         text = path.read_text()
     except OSError:
@@ -370,8 +298,8 @@ def drop_pending(run_dir: Path, hydra_files: str | None) -> None:
 
 
 def drop_stale_pending(run_dir: Path) -> None:
-    """Remove the pending .hydra files of invocations whose process has ended (a kill before
-    their run started or was refused): Hydra's copies of a config, never a run's record."""
+    """Remove the pending .hydra files of invocations whose process has ended (killed before their
+    run started): Hydra's copies of a config, never a run's record."""
     for pending in Path(run_dir).glob(f"{PENDING_HYDRA_FILES}*"):
         pid = pending.name.removeprefix(PENDING_HYDRA_FILES)
         if pid.isdigit() and int(pid) != os.getpid() and not processes.pid_alive(int(pid)):
@@ -387,15 +315,13 @@ def open_record(
 ) -> tuple[RunLog, dict | None]:
     """Prepare `run_dir` for a (re)start; returns the record, and the summary if the run already ended.
 
-    A run dir that already holds a record of the same config: one that ended (ENDED) is skipped,
-    an unfinished one resumes from its checkpoint, a `failed` one is set aside and rerun.
-    `trainer.resume=false` sets any earlier record aside and starts over. A different config, or
-    a run a live process still trains, is refused (ConfigError) so that results never mix.
+    A record of the same config that ended (ENDED) is skipped, an unfinished one resumes from its
+    checkpoint, any other (a `failed` one, a damaged one, or any with `trainer.resume=false`) is
+    set aside and the run starts over. check_start's refusals raise ConfigError.
 
-    `hydra_files` is where Hydra wrote this invocation's .hydra files (hydra.output_subdir):
-    ".hydra" (written in place: nothing to settle), None (none written), or a pending dir, which
-    becomes .hydra/ when an attempt starts (the earlier attempt's .hydra/ set aside with its
-    record) and is dropped when the run is refused, skipped or resumed (.hydra/ is its start's).
+    `hydra_files` is where Hydra wrote this invocation's .hydra files: ".hydra" (in place), None
+    (none), or a pending dir, which becomes .hydra/ when an attempt starts and is dropped when the
+    run is refused, skipped or resumed (.hydra/ stays its start's).
     """
     from sweeper.validate import ConfigError
 
@@ -449,11 +375,9 @@ def open_record(
     elif (
         previous is not None
         or any((run_dir / name).exists() for name in RECORD_FILES)
-        or (moves_hydra and (run_dir / HYDRA_FILES).exists())
+        or (moves_hydra and (run_dir / HYDRA_FILES).exists())  # an invocation that never started one
     ):
-        # Without a readable config.json a record cannot be checked against this config, so its
-        # checkpoint is never resumed. (A .hydra/ without a record: an invocation that never
-        # started one; kept all the same.)
+        # Without a readable config.json a record cannot be checked against this config: never resumed.
         if previous is not None:
             why = "trainer.resume=false"
         elif "config.json" in record.damaged:
@@ -471,7 +395,22 @@ def open_record(
     record.write_config(config)
     restarts = old_job.get("restarts")
     restarts = restarts + 1 if type(restarts) is int and restarts >= 0 else 0
-    record.write_job(job_info(overrides, job_num, restarts=restarts))
+    env = os.environ
+    record.write_job(
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_started": processes.process_started(os.getpid()),
+            "slurm_job_id": env.get("SLURM_JOB_ID"),
+            "slurm_array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+            "slurm_array_task_id": env.get("SLURM_ARRAY_TASK_ID"),
+            "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+            "overrides": list(overrides),
+            "job_num": job_num,
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "restarts": restarts,
+        }
+    )
     return record, None
 
 
@@ -487,17 +426,17 @@ def close_record(record: RunLog, cfg: DictConfig, outcome: dict, error: Exceptio
     if error is not None:
         outcome = {**record.facts, **outcome, "status": "failed"}
         trace = "".join(traceback.format_exception(error))
-        # A missing data set or a refused value is the user's to fix: one line. Anything else:
-        # the whole traceback.
+        # A missing data set or a refused value is the user's to fix: one line, not a traceback.
         shown = f"{type(error).__name__}: {error}"
         one_line = isinstance(error, (data_module.DataError, ConfigError))
         log.error("run failed: %s", shown if one_line else f"{shown}\n{trace}")
+    held_out = bool({**record.facts, **outcome}.get("n_val"))
     try:
-        reduced = metrics.summarize(
-            record.read_metrics(),
-            recorded_columns(cfg, {**record.facts, **outcome}),
-            bool({**record.facts, **outcome}.get("n_val")),
-        )
+        chosen = metrics.names(cfg.trainer)
+    except ConfigError:  # refused at the start: the run failed before measuring anything
+        chosen = ["acc"]
+    try:
+        reduced = metrics.summarize(record.read_metrics(), metrics.columns(chosen, held_out), held_out)
     except OSError:  # metrics.jsonl unreadable (what failed the run, maybe): the summary still ends it
         reduced = {}
     summary = {
@@ -541,11 +480,9 @@ def record_lost(
     resumable: bool,
 ) -> None:
     """Close the run of a job whose process (`pid`, started at `started`) ended without closing
-    it, as a failed run is closed: a rerun sets the attempt aside and trains it again. With
-    `resumable` (the process died, rather than raised) a run that has a checkpoint is left
-    unclosed instead, as a Ctrl-C leaves it: its epochs are sound, and a rerun resumes it. Only a
-    record that process opened is touched: an earlier attempt's, which it had not yet taken over,
-    is left as it was (resumable, or ended)."""
+    it, as a failed run. With `resumable` (the process died, rather than raised) a run that has a
+    checkpoint is left unclosed, as a Ctrl-C leaves it: a rerun resumes it. Only a record that
+    process opened is touched, not an earlier attempt's it had not yet taken over."""
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").exists():  # the run had ended (or was skipped) before
         return
@@ -564,16 +501,14 @@ def record_lost(
 
 
 def interrupted(error: BaseException) -> bool:
-    """An error raised while an interrupt (Ctrl-C, a pool worker's SIGTERM) was being handled:
-    one that lands inside library code can come out as that code's cleanup error (np.savez's
-    zipfile: "Can't close the ZIP file while there is an open writing handle"), not as itself."""
+    """An error raised while an interrupt (Ctrl-C, a pool worker's SIGTERM) was being handled: one
+    that lands inside library code can come out as that code's cleanup error (np.savez's zipfile)."""
     return any(isinstance(e, KeyboardInterrupt) for e in _chain(error))
 
 
 def stopped_by_cluster(error: BaseException) -> bool:
-    """submitit's "Job not requeued": a SLURM time limit (or preemption) reached with no requeue
-    left, or under a preset that does not requeue. submitit raises it from its signal handler,
-    wherever the run is; the run stopped at its last checkpoint, it did not fail."""
+    """submitit's "Job not requeued" (a SLURM time limit or preemption with no requeue left),
+    raised from its signal handler wherever the run is: it stopped at its last checkpoint."""
     return any(
         type(e).__name__ == "UncompletedJobError" and type(e).__module__.startswith("submitit")
         for e in _chain(error)

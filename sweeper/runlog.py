@@ -1,15 +1,9 @@
 """The run record: what every run leaves in its output dir (docs/run-record.md is the format).
 
-config.json once; job.json at each (re)start; metrics.jsonl one line per epoch, flushed at once;
-steps.jsonl (trainer.log_steps) one line per step, appended with its epoch's metrics line;
-losses.npz rewritten atomically at each kept epoch; summary.json written atomically, last. A
-reader never sees a half-written JSON object or archive, and the presence of summary.json means
-the run ended. No pickle anywhere.
-
-Damage from outside (a bit flip, a truncated copy, an edited file) is told apart from what a crash
-leaves (at most a metrics line cut short): each file is checked for its shape, checkpoint.pt by
-the digest it holds and losses.npz by its zip CRCs, and a damaged record is set aside whole
-(rundir.open_record), never resumed from or skipped as if it had ended.
+Every file is written whole and atomically, but for the .jsonl files, appended one line at a time:
+a crash leaves at most a last line cut short. Anything else is damage from outside, checked for
+here (a file's shape, checkpoint.pt's digest, losses.npz's zip CRCs); a damaged record is set
+aside whole (rundir.open_record), never resumed from or skipped as if it had ended.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sweeper.processes import Damaged, json_object
 from sweeper.schema import RENAMED_COLUMNS
 
 if TYPE_CHECKING:
@@ -33,10 +28,9 @@ if TYPE_CHECKING:
 # overflow counted apart (float32 cross-entropy reaches exactly 0.0 on confident samples).
 BIN_EDGES = np.logspace(-8, 3, 111)
 QUANTILE_LEVELS = np.array([0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+STATS = ("hist", "quantiles", "zero", "under", "over", "mean")  # each split's, in losses.npz
 LOSSES_KEYS = {"epochs", "bin_edges", "quantile_levels"} | {
-    f"{split}_{key}"
-    for split in ("train", "test")
-    for key in ("hist", "zero", "under", "over", "quantiles", "mean")
+    f"{s}_{k}" for s in ("train", "test") for k in STATS
 }
 
 
@@ -101,10 +95,8 @@ NOT_JSON = "not valid JSON"
 
 
 def parsed_line(name: str, line: bytes) -> tuple[dict | None, str | None]:
-    """One line of the record file `name`: (its object, None), its former column names replaced
-    by today's (schema.RENAMED_COLUMNS: an older run's `lr` is its epoch_lr or step_lr); or
-    (None, what is wrong with it). The one parser of a .jsonl line: the resume stops at a bad
-    line, the analysis drops it and reads on."""
+    """One line of the .jsonl record file `name`: (its object, None), its former column names
+    replaced by today's (schema.RENAMED_COLUMNS); or (None, what is wrong with it)."""
     try:
         row = json.loads(line)
     except ValueError:  # cut short, or bytes that are not UTF-8
@@ -116,9 +108,9 @@ def parsed_line(name: str, line: bytes) -> tuple[dict | None, str | None]:
 
 
 def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
-    """A JSON-lines file's objects (parsed_line) up to its first line that is not one; what is
-    wrong with that line (None: none is); and whether it is the last line, cut short (no newline
-    after it: a crash mid-write). ([], None, False) when the file is absent."""
+    """A .jsonl file's objects up to its first line that is not one; what is wrong with that line
+    (None: none is); and whether it is the last, cut short (no newline after it: a crash
+    mid-write). ([], None, False) when the file is absent."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -136,28 +128,24 @@ def parsed_lines(path: Path) -> tuple[list[dict], str | None, bool]:
 
 def complete_lines(path: Path) -> list[dict]:
     """The one reader of a .jsonl record: its objects up to its first incomplete or damaged line,
-    columns renamed (parsed_lines); [] when the file is absent."""
+    columns renamed; [] when the file is absent. (The resume stops at a bad line; the analysis,
+    analysis.records.json_lines, drops it and reads on.)"""
     return parsed_lines(path)[0]
 
 
-# What every metrics.jsonl line holds, and of which JSON type (null: a diverged value).
+NUMBER_OR_NULL = (int, float, type(None))  # null: a diverged value
+# What every metrics.jsonl line holds, of which JSON type; a split's measured columns (val_loss,
+# train_acc, test_top5, ...) are numbers or null.
 METRIC_TYPES = {
     "epoch": (int,),
     "step": (int,),
     "samples": (int,),
     "epoch_lr": (int, float),
-    "train_loss": (int, float, type(None)),
-    "test_loss": (int, float, type(None)),
+    "train_loss": NUMBER_OR_NULL,
+    "test_loss": NUMBER_OR_NULL,
     "time_s": (int, float),
 }
-# A split's measured columns (val_loss, train_acc, test_top5, ...): a number, or null.
 SPLITS = ("train_", "val_", "test_")
-MEASURED_TYPES = (int, float, type(None))
-
-
-def measured_columns(row: dict) -> list[str]:
-    """A metrics line's columns measured on a split, in its order."""
-    return [k for k in row if k.startswith(SPLITS)]
 
 
 def metrics_line_damage(row: dict) -> str | None:
@@ -166,16 +154,15 @@ def metrics_line_damage(row: dict) -> str | None:
         value = row.get(key)
         if type(value) not in types:  # type(): a bool is not an epoch
             return f"{key} is {value!r}" if key in row else f"no {key}"
-    for key in measured_columns(row):
-        if type(row[key]) not in MEASURED_TYPES:
-            return f"{key} is {row[key]!r}"
+    for key, value in row.items():
+        if key.startswith(SPLITS) and type(value) not in NUMBER_OR_NULL:
+            return f"{key} is {value!r}"
     return None
 
 
 def state_digest(state) -> str:
     """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every key, number
-    and string, in order. Computed over the state as saved and again as loaded: a flipped bit in
-    a weight, a key or a number changes it."""
+    and string, in order: a flipped bit in a weight, a key or a number changes it."""
     import torch
 
     h = hashlib.sha256()
@@ -209,10 +196,17 @@ class DamagedCheckpoint(ValueError):
 
 
 def _keep_lines(path: Path, n: int) -> None:
-    """Truncate a .jsonl record to its first `n` lines, kept as they were written (an older run's
-    columns under their former names: readers rename them)."""
+    """Truncate a .jsonl record to its first `n` lines, kept as they were written."""
     lines = path.read_bytes().splitlines()[:n] if n else []  # n=0: a fresh start, maybe no file yet
     atomic_write(path, b"".join(line + b"\n" for line in lines))
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    lines = "".join(json.dumps({k: finite_or_none(v) for k, v in r.items()}) + "\n" for r in rows)
+    with open(path, "a") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class RunLog:
@@ -225,8 +219,7 @@ class RunLog:
         self.summary_path = self.dir / "summary.json"
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self._losses: dict[int, dict] = {}
-        # name -> what is wrong with it, for each JSON file read_json found damaged.
-        self.damaged: dict[str, str] = {}
+        self.damaged: dict[str, str] = {}  # read_json's: file name -> what is wrong with it
         # What the trainer knows of the run so far (model size, device): a summary written after
         # a failure keeps it too.
         self.facts: dict = {}
@@ -239,21 +232,18 @@ class RunLog:
         atomic_write(self.dir / "job.json", to_json(job))
 
     def read_json(self, name: str) -> dict | None:
-        """The JSON object in `name`; None when the file is absent, or damaged: not JSON (cut
-        short, bytes that are not UTF-8) or not a JSON object. Damage is noted in `damaged[name]`,
-        for the caller to name; it is never raised."""
+        """The JSON object in `name`; None when the file is absent, or damaged: then noted in
+        `damaged[name]` for the caller to name, never raised. An error reading it is the file
+        system's, not the file's: raised."""
         self.damaged.pop(name, None)
         try:
-            value = json.loads((self.dir / name).read_bytes())
-        except FileNotFoundError:
+            return json_object(self.dir / name)
+        except Damaged as err:
+            if isinstance(err.cause, OSError):
+                raise err.cause from None
+            kind = "not JSON" if isinstance(err.cause, ValueError) else "not a JSON object"
+            self.damaged[name] = f"{kind} ({type(err.cause).__name__})"
             return None
-        except ValueError as err:  # cut short, or not UTF-8
-            self.damaged[name] = f"not JSON ({type(err).__name__})"
-            return None
-        if not isinstance(value, dict):
-            self.damaged[name] = f"not a JSON object ({type(value).__name__})"
-            return None
-        return value
 
     # -- per epoch
     def read_metrics(self) -> list[dict]:
@@ -261,14 +251,9 @@ class RunLog:
         return complete_lines(self.metrics_path)
 
     def why_not_resumable(self, kept: set[int] | None = None) -> str | None:
-        """Why the record cannot be resumed from its checkpoint, or None when it can.
-
-        A crash leaves at most a truncated last line in metrics.jsonl (read_metrics drops it).
-        Anything else -- a checkpoint that does not load or whose digest does not match, a
-        metrics line that is damaged or not of its shape, epochs missing before the checkpoint's,
-        a losses.npz that does not load or lacks a kept epoch (`kept`, the run's kept epochs) --
-        is damage from outside: resuming would rewrite the record from what survives, so the
-        attempt is set aside whole instead."""
+        """Why the record cannot be resumed from its checkpoint, or None when it can: the
+        checkpoint loads and matches its digest, metrics.jsonl holds its epochs whole (a last line
+        cut short by a crash apart), losses.npz loads and holds the kept ones (`kept`)."""
         try:
             checkpoint = self.load_checkpoint()
         except DamagedCheckpoint as err:
@@ -283,8 +268,7 @@ class RunLog:
         rows, why = self._checked_metrics(ended=False)
         if why is not None:
             return why
-        epochs = [r["epoch"] for r in rows]
-        if epochs[:done] != list(range(1, done + 1)):
+        if [r["epoch"] for r in rows][:done] != list(range(1, done + 1)):
             return f"metrics.jsonl does not hold epochs 1..{done}, the checkpoint's"
         # Epochs after the checkpoint's were written before a crash and are dropped by the resume.
         return self._losses_damage(None if kept is None else {e for e in kept if e <= done}, upto=done)
@@ -301,7 +285,8 @@ class RunLog:
         if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)) or done != len(rows):
             return f"metrics.jsonl holds epochs {[r['epoch'] for r in rows]}, summary.json says {done}"
         last = rows[-1] if rows else {}
-        for key in measured_columns(last) or ("train_loss", "train_acc", "test_loss", "test_acc"):
+        measured = [k for k in last if k.startswith(SPLITS)]
+        for key in measured or ("train_loss", "train_acc", "test_loss", "test_acc"):
             if summary.get(f"final_{key}") != finite_or_none(last.get(key)):
                 return f"summary.json final_{key} {summary.get(f'final_{key}')!r} is not metrics.jsonl's"
         if kept is not None:
@@ -312,7 +297,7 @@ class RunLog:
 
     def _checked_metrics(self, ended: bool) -> tuple[list[dict], str | None]:
         """metrics.jsonl's rows, and what is damaged in it (None: nothing). Only an unfinished
-        run may end in a line cut short: a crash mid-write."""
+        run may end in a line cut short."""
         rows, bad, cut = parsed_lines(self.metrics_path)
         for i, row in enumerate(rows):
             what = metrics_line_damage(row)
@@ -324,8 +309,7 @@ class RunLog:
 
     def _losses_damage(self, kept: set[int] | None, upto: int | None = None) -> str | None:
         """What is wrong with losses.npz: it does not load (every array is read, so that its zip
-        CRCs are checked), or its epochs (up to `upto`, if given) are not `kept` (None: not
-        checked)."""
+        CRCs are checked), or its epochs (up to `upto`) are not `kept` (None: not checked)."""
         try:
             data = self.losses_path.read_bytes()  # an error reading it is the file system's: raised
         except FileNotFoundError:
@@ -341,9 +325,8 @@ class RunLog:
         if missing:
             return f"losses.npz is damaged: no {', '.join(missing)}"
         epochs = arrays["epochs"]
-        n = len(epochs)
         if epochs.ndim != 1 or any(
-            len(arrays[k]) != n for k in LOSSES_KEYS if k.startswith(("train", "test"))
+            len(arrays[k]) != len(epochs) for k in LOSSES_KEYS if k.startswith(("train", "test"))
         ):
             return "losses.npz is damaged: its arrays disagree in length"
         held = {e for e in epochs.tolist() if upto is None or e <= upto}
@@ -364,33 +347,17 @@ class RunLog:
                 for i, e in enumerate(z["epochs"]):
                     if e <= epoch:
                         self._losses[int(e)] = {
-                            split: {
-                                "hist": z[f"{split}_hist"][i],
-                                "zero": int(z[f"{split}_zero"][i]),
-                                "under": int(z[f"{split}_under"][i]),
-                                "over": int(z[f"{split}_over"][i]),
-                                "quantiles": z[f"{split}_quantiles"][i],
-                                "mean": float(z[f"{split}_mean"][i]),
-                            }
-                            for split in ("train", "test")
+                            s: {k: z[f"{s}_{k}"][i] for k in STATS} for s in ("train", "test")
                         }
             self._write_losses()
         return rows
 
     def append_metrics(self, row: dict) -> None:
-        line = json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n"
-        with open(self.metrics_path, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _append(self.metrics_path, [row])
 
     def append_steps(self, rows: list[dict]) -> None:
-        """One line per step ({"step", "epoch", "step_lr", "loss"}), an epoch's at once, as metrics.jsonl's."""
-        lines = "".join(json.dumps({k: finite_or_none(v) for k, v in r.items()}) + "\n" for r in rows)
-        with open(self.steps_path, "a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        """One line per step ({"step", "epoch", "step_lr", "loss"}), an epoch's at once."""
+        _append(self.steps_path, rows)
 
     def write_losses(self, epoch: int, train: torch.Tensor, test: torch.Tensor, keep_raw: bool) -> None:
         self._losses[epoch] = {"train": loss_histogram(train), "test": loss_histogram(test)}
@@ -413,12 +380,11 @@ class RunLog:
             "quantile_levels": QUANTILE_LEVELS,
         }
         for split in ("train", "test"):
-            stats = [self._losses[e][split] for e in epochs]
-            arrays[f"{split}_hist"] = np.stack([s["hist"] for s in stats]).astype(np.int64)
-            arrays[f"{split}_quantiles"] = np.stack([s["quantiles"] for s in stats]).astype(np.float64)
-            for key in ("zero", "under", "over"):
-                arrays[f"{split}_{key}"] = np.array([s[key] for s in stats], dtype=np.int64)
-            arrays[f"{split}_mean"] = np.array([s["mean"] for s in stats], dtype=np.float64)
+            for key in STATS:
+                dtype = np.float64 if key in ("quantiles", "mean") else np.int64
+                arrays[f"{split}_{key}"] = np.array(
+                    [self._losses[e][split][key] for e in epochs], dtype=dtype
+                )
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write(self.losses_path, buf.getvalue())

@@ -1,23 +1,16 @@
 """The config's schema: what each of the project's own knobs is, in one place.
 
-The dataclasses give each option's keys and their types. Hydra composes the trainer through its
-schema (conf/trainer/default.yaml lists `/trainer_schema` first), so a mistyped trainer value or
-an unknown trainer key is refused as the config is composed; every section of the project's own
-options is checked against its dataclass again by sweeper.validate, whatever composed it.
-Beside them, RULES holds what a type cannot say (ranges, allowed values); the few rules that
-relate several keys are functions in sweeper.validate.
-
-A user's own option (its `_target_` names a class or function of the user's) has no dataclass
-here: its keys are bound to its target's signature instead (sweeper.signatures).
-
-RENAMED_KEYS maps a knob's former dotted name to its name now. A command line that still writes
-the former name is refused in one line naming the new one; a record written under the former name
-(config.json of an older run) is read as if written under the new one, so a resume compares like
-with like and the analysis shows one column per knob.
+The dataclasses give each option's keys and their types; Hydra composes the trainer through its
+schema (conf/trainer/default.yaml lists `/trainer_schema` first), and sweeper.validate checks every
+section of the project's own options against its dataclass. RULES holds what a type cannot say
+(ranges, allowed values); rules that relate several keys are functions in sweeper.validate. A
+user's own option (its `_target_` a class or function of the user's) has no dataclass here: its
+keys are bound to its target's signature (sweeper.signatures).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +20,9 @@ from omegaconf import MISSING
 # or breaks the builder that takes the section's keys as arguments.
 SECTIONS = ("model", "optim", "schedule", "data", "loss", "trainer")
 
+# A knob's former dotted name -> its name now. The command line refuses the former name in one
+# line; a record written under it is read under the new one (renamed), so that a resume compares
+# like with like and the analysis shows one column per knob.
 RENAMED_KEYS = {
     "schedule.decay": "schedule.gamma",  # geometric: the factor per epoch, torch's ExponentialLR gamma
     "schedule.epoch": "schedule.switch_epoch",  # step: the epoch after which lr2 takes over
@@ -39,9 +35,30 @@ RENAMED_KEYS = {
 RENAMED_COLUMNS = {"metrics.jsonl": {"lr": "epoch_lr"}, "steps.jsonl": {"lr": "step_lr"}}
 
 
-def renamed(flat: dict) -> dict:
-    """A flat {dotted key: value} record with its former names replaced by today's."""
-    return {RENAMED_KEYS.get(k, k): v for k, v in flat.items()}
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"channels": 32}} -> {"model.channels": 32}; an empty dict is a value."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def renamed(flat: dict, current: Collection[str] = ()) -> dict:
+    """A record's flattened config with its knobs' former names (RENAMED_KEYS) under today's. A
+    former name that can be a key of its own stays: where the record holds today's name too, where
+    its section is a user's option (a `_target_` not among OWN's: a user's schedule may well have
+    an `epoch`), or where `current` (the keys of the config a resume compares it with) has it."""
+
+    def stays(key: str) -> bool:
+        section = key.split(".")[0]
+        target = flat.get(f"{section}._target_")
+        users = target is not None and target not in tuple(OWN.get(section, ()))
+        return RENAMED_KEYS[key] in flat or users or key in current
+
+    return {RENAMED_KEYS[k] if k in RENAMED_KEYS and not stays(k) else k: v for k, v in flat.items()}
 
 
 # ----------------------------------------------------------------------------- the types

@@ -616,6 +616,18 @@ def test_a_record_written_under_former_names_reads_as_one_written_under_todays(t
     assert knob == {"old": [0.1] * 3, "new": [0.2] * 3}
 
 
+def test_a_users_own_schedule_keeps_its_keys_named_like_a_former_knob(tmp_path):
+    """Only the project's own options had the renamed knobs: a user's schedule with its own
+    `epoch` and `decay` shows them under their names, not as schedule.switch_epoch and gamma."""
+    schedule = {"schedule._target_": "mysched.Warm", "schedule.name": "warm"}
+    config = base_config(**schedule, **{"schedule.epoch": 3, "schedule.decay": 0.5})
+    data = rows()
+    write_run(tmp_path / "r", config, data, summary_record(data), job_record())
+    runs = load_sweep(tmp_path / "r").runs
+    assert runs[["schedule.epoch", "schedule.decay"]].values.tolist() == [[3, 0.5]]
+    assert "schedule.switch_epoch" not in runs and "schedule.gamma" not in runs
+
+
 def test_the_lr_range_reads_a_steps_file_written_under_either_name_of_the_step_lr(tmp_path):
     from analysis.lr_range import read_steps
 

@@ -4,7 +4,7 @@ import json
 
 from sweeper import rundir, train
 from sweeper.runlog import RunLog, complete_lines
-from sweeper.schema import RENAMED_COLUMNS, RENAMED_KEYS
+from sweeper.schema import RENAMED_COLUMNS, RENAMED_KEYS, renamed
 from tests.conftest import compose_cfg
 
 
@@ -18,6 +18,21 @@ def test_a_recorded_configs_former_key_names_are_compared_under_todays_names():
     # a value that differs still does, under today's name
     new["schedule"]["gamma"] = 0.8
     assert rundir.config_difference(old, new) == ["schedule.gamma: 0.9 -> 0.8"]
+
+
+def test_a_users_own_schedule_key_named_like_a_former_knob_is_not_taken_for_todays_knob():
+    """A user's schedule's own `epoch` is not the step schedule's switch_epoch: a resume under a
+    schedule that names it switch_epoch is another config; a record holding both names keeps both."""
+    mine = {"schedule": {"_target_": "mysched.Warm", "epoch": 3}}
+    theirs = {"schedule": {"_target_": "mysched.Warm", "switch_epoch": 3}}
+    assert rundir.config_difference(mine, theirs) == [
+        "schedule.epoch: 3 -> None",
+        "schedule.switch_epoch: None -> 3",
+    ]
+    assert rundir.config_difference(mine, mine) == []
+    both = {"data.n_train": 1, "data.generated_train": 2}
+    assert renamed(both) == both
+    assert renamed({"data.n_train": 1}) == {"data.generated_train": 1}
 
 
 def test_a_metrics_or_steps_line_written_with_lr_is_read_with_todays_column(tmp_path):
