@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from sweeper import data as data_module
 
@@ -64,18 +64,14 @@ def size(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-def _shown(value) -> str:
-    return (
-        "[" + ",".join(map(str, value)) + "]" if isinstance(value, ListConfig | list | tuple) else str(value)
-    )
-
-
 class Unsizable(ValueError):
     """A net so large that torch cannot even compute the size of its weights."""
 
 
 def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     """The knob that sizes the net: its widths, or its hidden fc widths where those weigh more."""
+    from sweeper.validate import _shown  # validate imports this module
+
     if head_heavier and "units" in cfg.model:
         return f"model.units={_shown(cfg.model.units)}"
     if "channels" not in cfg.model:  # a user's model: named by its class
