@@ -1,10 +1,8 @@
 """Builds the run's objects from the config: the only module that calls Hydra's instantiate.
 
-Static knobs come from conf/<group>/*.yaml (`_target_` names the class or function, the project's
-or the user's); runtime values (the data's shape, the model's parameters, steps per epoch) are
-passed here, where the objects are built, and only to a target whose signature takes them. Keys
-that are not constructor arguments (NOT_ARGUMENTS) are read by the training loop and dropped
-before instantiation. docs/components.md states what each kind of target must be.
+A section's `_target_` (the project's or the user's) is called with its YAML keys, less those the
+training loop reads (NOT_ARGUMENTS), and with the runtime values (the data's shape, the model's
+parameters, steps per epoch) its signature takes. docs/components.md says what each target must be.
 """
 
 from __future__ import annotations
@@ -24,19 +22,16 @@ from torch import nn
 from sweeper import schedules
 
 # Keys of a model, optim, loss or schedule section that are read by the loop, not passed to the
-# target. _partial_: configs from before schedules were factories (an old run's config).
+# target. _partial_: an old run's config, whose schedules were partials.
 NOT_ARGUMENTS = {"name", "l1", "warmup_epochs", "_partial_"}
-# What a model's target is given when its signature takes it; never written in its YAML.
-MODEL_RUNTIME = ("in_channels", "image_size", "num_classes")
-# Per section, the arguments the run passes its target itself (a key of these in the YAML would
-# be overridden): what a check of the YAML's keys against the target's signature leaves out.
+# Per section, the arguments the run passes its target itself: not the YAML's to give.
 RUNTIME = {
-    "model": MODEL_RUNTIME,
+    "model": ("in_channels", "image_size", "num_classes"),
     "optim": ("params", "lr"),
     "schedule": ("lr", "steps_per_epoch", "total_steps"),
     "loss": ("reduction",),
 }
-# The loss a config without a `loss` section (a record from before it existed) trained with.
+# The loss of a config without a `loss` section (an old run's).
 CROSS_ENTROPY = {"_target_": "torch.nn.CrossEntropyLoss", "name": "cross_entropy", "label_smoothing": 0.0}
 CROSS_ENTROPY_TARGETS = {"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"}
 
@@ -59,9 +54,8 @@ def accepted(target: str | Callable, values: dict) -> dict:
 
 
 def model(cfg: DictConfig, in_channels: int, image_size, num_classes: int) -> nn.Module:
-    """The model section's target called with its YAML keys and those of the runtime values
-    (in_channels, image_size: an int for square images, else (height, width); num_classes) that
-    its signature takes."""
+    """The model section's target, given the runtime values its signature takes (image_size: an
+    int for square images, else (height, width))."""
     arguments = _arguments(cfg.model)
     runtime = dict(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
     net = instantiate(arguments, **accepted(arguments["_target_"], runtime))
@@ -129,9 +123,8 @@ class Loss:
 
 
 def loss(cfg: DictConfig) -> Loss:
-    """The loss section's target: a class or factory whose result is called as fn(logits, targets);
-    `reduction='none'` is passed when its signature takes it. Cross-entropy's own arguments are
-    computed by F.cross_entropy directly, its mean by the same call's own reduction."""
+    """The loss section's target: a class or factory whose result is called as fn(logits, targets),
+    given `reduction='none'` where its signature takes it; torch's cross-entropy as F.cross_entropy."""
     section = loss_config(cfg)
     arguments = {k: v for k, v in section.items() if k not in NOT_ARGUMENTS}
     target = arguments["_target_"]
@@ -157,9 +150,8 @@ def resolved(node: DictConfig, key: str):
 
 
 def launcher(node: DictConfig):
-    """The sweep's launcher built from hydra.launcher as Hydra builds it, without its set-up: its
-    constructor's checks of its values. A value naming the run's own directory (such as
-    ${hydra.sweep.dir}, which exists only once Hydra runs) stays as written."""
+    """The sweep's launcher built from hydra.launcher as Hydra builds it, for its constructor's
+    checks; a value that resolves only once Hydra runs (${hydra.sweep.dir}) stays as written."""
     arguments = {}
     for key in node:
         try:

@@ -1,14 +1,11 @@
-"""The memory a run needs, estimated before it starts, against the memory where it will train.
+"""The memory a run needs, estimated from its config, against the memory where it will train.
 
-A run whose net or data set cannot fit was accepted and then failed in its job with an
-allocator's traceback (`model.channels=200000`: an 8 TB conv layer; `data.generated_train=200000000`: a
-614 GB synthetic set). The estimate counts what the training loop certainly holds at once:
+The estimate counts what the training loop holds at once:
 
 - the parameters in float32, their gradients and the optimizer's state (SGD's momentum buffer,
   Adam's two moments); the net is built on the host first, so its weights pass through there too;
-- the data set (any source: its extent is read from its config and a look at its files): its
-  uint8 copy and the float32 copy that `data.stage` normalises once (5 bytes a value), on the
-  training device, and on the host while it is loaded;
+- the data set: its uint8 copy and the float32 copy that `data.stage` normalises once (5 bytes a
+  value), on the training device, and on the host while it is loaded;
 - one batch's activations: every layer's output for a training batch (kept for the backward),
   or the widest layer's input and output for an evaluation batch, whichever is larger.
 
@@ -23,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from sweeper import data as data_module
 
@@ -49,33 +46,22 @@ class Footprint:
     def total(self) -> int:
         return self.model + self.data + self.activations
 
-    def largest_key(self) -> str:
-        parts = (
-            (self.model, self.model_key),
-            (self.data, self.data_key),
-            (self.activations, self.activations_key),
-        )
-        return max(parts)[1]
-
-    def parts(self) -> str:
+    def too_large(self, limit: str) -> str:
+        """The line that refuses the run, naming the knob of its largest part and `limit`."""
+        key = max((self.model, self.model_key), (self.data, self.data_key), (self.activations, self.activations_key))[1]  # fmt: skip
         return (
-            f"weights, gradients and optimizer state {size(self.model)}, "
-            f"data {size(self.data)}, activations {size(self.activations)}"
+            f"{key} is too large for this machine: the run needs at least {size(self.total)} (weights, "
+            f"gradients and optimizer state {size(self.model)}, data {size(self.data)}, activations "
+            f"{size(self.activations)}), and {limit}"
         )
 
 
 def size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _shown(value) -> str:
-    if isinstance(value, ListConfig | list | tuple):
-        return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value)
+    return f"{n:.1f} PiB"
 
 
 class Unsizable(ValueError):
@@ -84,6 +70,8 @@ class Unsizable(ValueError):
 
 def _model_key(cfg: DictConfig, head_heavier: bool = False) -> str:
     """The knob that sizes the net: its widths, or its hidden fc widths where those weigh more."""
+    from sweeper.validate import _shown  # validate imports this module
+
     if head_heavier and "units" in cfg.model:
         return f"model.units={_shown(cfg.model.units)}"
     if "channels" not in cfg.model:  # a user's model: named by its class
@@ -186,7 +174,7 @@ def _data_bytes(d: DictConfig, ext: data_module.Extent | None) -> tuple[int, str
 
 def host_available() -> int | None:
     """Bytes this process can still take from the host: the kernel's MemAvailable, or less where
-    a cgroup (a container, a SLURM job's --mem) caps the process. None where neither is known."""
+    a cgroup v2 (a container, a SLURM job's --mem) caps the process. None where neither is known."""
     limits = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -194,23 +182,14 @@ def host_available() -> int | None:
                 limits.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    limits += [x for x in [_cgroup_room()] if x is not None]
-    return min(limits) if limits else None
-
-
-def _cgroup_room() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), None where it has no cap."""
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                group = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/")
-                cap = (group / "memory.max").read_text().strip()
-                if cap == "max":
-                    return None
-                return int(cap) - int((group / "memory.current").read_text().strip())
+            group = Path("/sys/fs/cgroup") / line[3:].strip().lstrip("/")
+            if line.startswith("0::") and (cap := (group / "memory.max").read_text().strip()) != "max":
+                limits.append(int(cap) - int((group / "memory.current").read_text().strip()))
     except (OSError, ValueError):
         pass
-    return None
+    return min(limits) if limits else None
 
 
 def problem(cfg: DictConfig, trains_on: str) -> str | None:
@@ -228,19 +207,12 @@ def problem(cfg: DictConfig, trains_on: str) -> str | None:
         except (RuntimeError, AssertionError):  # a driver torch cannot talk to: the job will say
             return None
         if need.total > total:
-            return _too_large(need.largest_key(), need, need.total, f"cuda:{index} has {size(total)} in all")
-        on_host, parts = (
-            need.weights + need.data,
-            f"the net's weights {size(need.weights)}, data {size(need.data)}",
-        )
+            return need.too_large(f"cuda:{index} has {size(total)} in all")
+        on_host = need.weights + need.data  # the net is built, and the data loaded, on the host first
         if host is not None and on_host > host:
             key = need.model_key if need.weights >= need.data else need.data_key
-            return f"{key} is too large for this machine: loading the run needs at least {size(on_host)} of host memory ({parts}), and {size(host)} is available"  # fmt: skip
+            return f"{key} is too large for this machine: loading the run needs at least {size(on_host)} of host memory (the net's weights {size(need.weights)}, data {size(need.data)}), and {size(host)} is available"  # fmt: skip
         return None
     if device.type == "cpu" and host is not None and need.total > host:
-        return _too_large(need.largest_key(), need, need.total, f"this machine has {size(host)} available")
+        return need.too_large(f"this machine has {size(host)} available")
     return None
-
-
-def _too_large(key: str, need: Footprint, total: int, limit: str) -> str:
-    return f"{key} is too large for this machine: the run needs at least {size(total)} ({need.parts()}), and {limit}"

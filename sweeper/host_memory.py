@@ -1,11 +1,10 @@
-"""How a CPU run gets its memory from the C library: large freed buffers are kept for reuse.
+"""A CPU run keeps its large freed buffers for reuse, instead of page-faulting them in again.
 
-glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh
-mmap and gives it back to the kernel when freed. A convnet step allocates and frees the same
-large buffers at every step, so each is page-faulted in again (a sixth of a solo CPU epoch,
-docs/benchmarks.md). Raising the mmap and trim thresholds keeps them in the heap for the next
-step. It changes where memory comes from, not what is computed; the price is that the process
-keeps its peak memory until it exits.
+glibc's malloc serves every block above a threshold (at most 32 MiB by default) with a fresh mmap
+and gives it back to the kernel when freed; a convnet step allocates and frees the same large
+buffers at every step (docs/benchmarks.md measures the cost). Raising the mmap and trim thresholds
+keeps them in the heap. It changes where memory comes from, not what is computed; the price is
+that the process keeps its peak memory until it exits.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The sweep's launcher, checked before Hydra starts: its option (hydra/launcher=...), its keys
-and their values, in one line each, where Hydra says them over several lines and a launcher's
-own checks (the pool's devices, jobs_per_task) come wrapped in its instantiation error."""
+"""The sweep's launcher checked before Hydra starts: its option (hydra/launcher=...), its keys and
+their values, each refused in one line (Hydra says them over several lines, and wraps a launcher's
+own checks, such as the pool's devices, in its instantiation error)."""
 
 from __future__ import annotations
 
@@ -18,23 +18,17 @@ MAY_BE_ZERO = {"timeout_min", "mem_gb", "gpus_per_node", "gpus_per_task", "signa
 def submitit_counts() -> list[str]:
     """hydra-submitit-launcher's integer keys, read from its SLURM queue's dataclass (its local
     queue's are a subset); null, where a key allows it, leaves the choice to the cluster."""
-    import dataclasses
     import typing
 
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
     hints = typing.get_type_hints(SlurmQueueConf)
-    return [
-        f.name
-        for f in dataclasses.fields(SlurmQueueConf)
-        if int in (hints[f.name], *typing.get_args(hints[f.name]))
-    ]
+    return [name for name, tp in hints.items() if int in (tp, *typing.get_args(tp))]
 
 
 def _check_launcher_type(arg: str, current, given) -> None:
-    """A launcher's true/false or integer key takes a value of its kind. OmegaConf would take
-    fuse=2 or fuse=yes as true, and say of slots_per_device=1.5 only that it "could not be
-    converted to Integer"."""
+    """A launcher's true/false or integer key takes a value of its kind: OmegaConf would take
+    fuse=2 or fuse=yes as true, and say of slots_per_device=1.5 "could not be converted"."""
     if given is None or (isinstance(given, str) and given.startswith("${")):
         return  # null (the schema says where it is allowed), an interpolation: checked once composed
     if isinstance(current, ListConfig) and isinstance(given, dict):
@@ -45,18 +39,14 @@ def _check_launcher_type(arg: str, current, given) -> None:
         given = int(given)  # quoted ("2")
     if isinstance(current, bool) and not isinstance(given, bool):
         raise ConfigError(f"{arg} is invalid: allowed values are true and false")
-    if (
-        isinstance(current, int)
-        and not isinstance(current, bool)
-        and (isinstance(given, bool) or not isinstance(given, int))
-    ):
+    if type(current) is int and type(given) is not int:
         raise ConfigError(f"{arg} is invalid: must be a whole number (an integer such as {current})")
 
 
 def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_name: str = "config") -> None:
     """Refuse a bad launcher option, key or value in one line, before Hydra starts: the launcher
-    is built here as Hydra will build it, so its own checks speak in their own words. Costs
-    nothing when no argument concerns the launcher."""
+    is built here as Hydra will build it, so that its own checks speak. Nothing to do where no
+    argument concerns the launcher."""
     from hydra import compose
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
@@ -135,17 +125,18 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
                     raise in_one_line(None, e, written=arg) from None
             arguments_ = " ".join(a for _, a in changes)
             raise in_one_line(None, together, written=arguments_) from None
+    launcher = cfg.hydra.launcher
     for override, arg in changes:  # the user's interpolations (${oc.env:...}) must resolve
         name = override.key_or_group.removeprefix(prefix).split(".")[0]
         try:
-            if name in cfg.hydra.launcher:
-                build.resolved(cfg.hydra.launcher, name)
+            if name in launcher:
+                build.resolved(launcher, name)
         except OmegaConfBaseException as e:
             raise in_one_line(None, e, written=arg) from None
     for key in submitit_counts():  # sbatch would refuse these only at submission
-        if _get(cfg.hydra.launcher, key) is not None:
+        if _get(launcher, key) is not None:
             number(cfg, prefix + key, low=0 if key in MAY_BE_ZERO else 1, integer=True)
-    timeout_min, delay_s = _get(cfg.hydra.launcher, "timeout_min"), _get(cfg.hydra.launcher, "signal_delay_s")
+    timeout_min, delay_s = _get(launcher, "timeout_min"), _get(launcher, "signal_delay_s")
     if timeout_min and delay_s is not None and timeout_min * 60 <= delay_s:
         # SLURM signals the job signal_delay_s before its limit: submitit would take it as timed
         # out right at the start, and stop or requeue it before it has trained.
@@ -154,7 +145,6 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
             f"time-limit signal would come at the start; give more than {delay_s / 60:g} min, or a "
             "smaller signal_delay_s"
         )
-    launcher = cfg.hydra.launcher
     device = str(_get(cfg, "trainer.device") or "")
     extra = launcher.get("additional_parameters") or {}  # any sbatch option: gpus, gres, gpus-per-node ...
     asks_gpus = any(_get(launcher, k) for k in ("gpus_per_node", "gpus_per_task", "gres")) or any(
@@ -170,8 +160,8 @@ def check_launcher(arguments: list[str], conf_dir: ConfigSource | str, config_na
             f"{prefix}gpus_per_node=1"
         )
     try:
-        build.launcher(cfg.hydra.launcher)
+        build.launcher(launcher)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     except (ImportError, AttributeError) as e:  # another _target_, which does not import
-        raise in_one_line(None, e, written=f"{prefix}_target_={cfg.hydra.launcher._target_}") from None
+        raise in_one_line(None, e, written=f"{prefix}_target_={launcher._target_}") from None

@@ -1,11 +1,10 @@
 """A config section's keys bound to the signature of the object its `_target_` names.
 
-Any section that builds an object (model, optim, loss, schedule, data) may name a user's class or
-function by `_target_`. Its YAML keys are then that callable's arguments: a key it does not take,
-or an argument without a default that no key gives, is refused before launch in one line naming
-the accepted arguments, where instantiating it in the job raised a TypeError. The keys the
-training loop reads (build.NOT_ARGUMENTS) and the values build passes at run time are not the
-YAML's to give.
+A section that builds an object (model, optim, loss, schedule, data) may name a user's class or
+function. Its YAML keys are that callable's arguments: a key it does not take, or an argument
+without a default that no key gives, is refused before launch in one line naming the accepted
+arguments. The keys the loop reads (build.NOT_ARGUMENTS) and the values build passes at run time
+are not the YAML's to give.
 """
 
 from __future__ import annotations
@@ -17,30 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import build, user_data
 
-# What build passes where it builds each section's object (build.RUNTIME: the data's shape, the
-# parameters, the run's step counts); the data section's own keys, read by sweeper.data around
-# the user's loader (every other key goes to the loader).
+# What build passes each section's target at run time; the data section's own keys, which
+# sweeper.data reads around the user's loader (every other key goes to the loader).
 RUNTIME = {section: set(names) for section, names in build.RUNTIME.items()} | {
     "data": set(user_data.OWN_KEYS)
 }
-
-
 OWN = "sweeper."  # the project's own classes and functions
-
-
-def target_of(cfg: DictConfig, section: str):
-    """The callable `section._target_` names, or None where the section has no `_target_`;
-    raises ValueError, in one line, where it cannot be imported."""
-    path = OmegaConf.select(cfg, f"{section}._target_", throw_on_missing=False)
-    if path is None:
-        return None
-    try:
-        return _locate(str(path))
-    except Exception as e:  # noqa: BLE001 -- a user's module may raise anything while it imports
-        why = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(
-            f"{section}._target_={path} is invalid: it cannot be imported ({type(e).__name__}: {why})"
-        ) from None
 
 
 def _locate(path: str):
@@ -65,15 +46,16 @@ def _locate(path: str):
 def problem(cfg: DictConfig, section: str) -> str | None:
     """Why `section`'s keys do not fit its `_target_`'s signature, in one line; None where they
     do, or where the signature cannot say (a builtin, or **kwargs, which takes any key)."""
-    from sweeper.build import NOT_ARGUMENTS
-
+    path = OmegaConf.select(cfg, f"{section}._target_", throw_on_missing=False)
+    if path is None:
+        return None
     try:
-        target = target_of(cfg, section)
-    except ValueError as e:  # sweeper.models.ConvNett too
-        return str(e)
-    if target is None or str(cfg[section]["_target_"]).startswith(OWN):
-        return None  # the project's own: checked by their ranges (sweeper.validate)
-    path = cfg[section]["_target_"]
+        target = _locate(str(path))
+    except Exception as e:  # noqa: BLE001 -- a user's module may raise anything while it imports
+        why = (str(e).strip().splitlines() or [""])[0]
+        return f"{section}._target_={path} is invalid: it cannot be imported ({type(e).__name__}: {why})"
+    if str(path).startswith(OWN):
+        return None  # the project's own: checked by their schema (sweeper.validate)
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: the job's call says
@@ -82,7 +64,7 @@ def problem(cfg: DictConfig, section: str) -> str | None:
     named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     accepted = [p.name for p in named if p.name not in runtime]
     takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-    given = [str(k) for k in cfg[section] if not str(k).startswith("_") and k not in NOT_ARGUMENTS]
+    given = [str(k) for k in cfg[section] if not str(k).startswith("_") and k not in build.NOT_ARGUMENTS]
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):
         for key in given:
             if key not in accepted:

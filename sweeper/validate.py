@@ -1,13 +1,10 @@
 """Every user mistake becomes one clear line, before any training starts.
 
-`check(cfg)` raises ConfigError naming the key, the value and what is allowed. It is called for
-a single run before training, and by the sweep callback for every job of a `-m` grid before the
-first job is launched, so a bad value never reaches a queue.
-
-The project's own options are checked against their schema (sweeper/schema.py): OmegaConf says
-whether each value has its type and each key is known, schema.RULES what else it must be. The
-rules that relate several keys, and those that need the data or a net (its geometry, its size),
-are the functions below. A user's option is bound to its target's signature (sweeper.signatures).
+`check(cfg)` raises ConfigError naming the key, the value and what is allowed: for a single run
+before it trains, and for every job of a `-m` grid before the first is launched. The project's own
+options are walked against their schema (sweeper/schema.py: dataclasses for types and known keys,
+RULES for the rest); CROSS relates several keys of one option. A user's option is bound to its
+target's signature (sweeper.signatures). `check_device` checks the machine that trains.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sweeper import data as data_module
-from sweeper import models, schedules, schema, signatures  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
+from sweeper import footprint, metrics, models, objective, schedules, schema, signatures  # noqa: F401 -- schedules registers ${fraction_of_epochs:...}, which configs use
 
 # The sections whose `_target_` a user may name.
 BUILT = ("model", "optim", "loss", "schedule", "data")
@@ -40,9 +37,6 @@ def _shown(value) -> str:
     if isinstance(value, ListConfig | list):
         return "[" + ",".join(_shown(x) for x in value) + "]"
     return str(value).lower() if isinstance(value, bool) else repr(value)
-
-
-# ----------------------------------------------------------------------------- the schema's walker
 
 
 def _fields(kind, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any]]:
@@ -107,10 +101,11 @@ def _converted(given, typed) -> bool:
 
 def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) -> None:
     """Check one section against its dataclass (types, known keys), then its keys' rules."""
-    node = cfg if section is None else cfg[section]
-    keys = [k for k, _ in _fields(kind)]
     # The root's own keys only: hydra's, in a config check_overrides composed, resolve only in a job.
-    plain = {k: _get(cfg, k) for k in keys} if section is None else OmegaConf.to_container(node, resolve=True)
+    if section is None:
+        plain = {k: _get(cfg, k) for k, _ in _fields(kind)}
+    else:
+        plain = OmegaConf.to_container(cfg[section], resolve=True)
     prefix = f"{section}." if section else ""
     try:
         typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(kind), plain))
@@ -131,13 +126,11 @@ def _walk(cfg, section: str | None, kind, option: str | None, measured: dict) ->
             raise ConfigError(
                 f"{full}={_shown(given)} is invalid: {allowed(full, tp, rule, cfg, measured)}{hint}"
             )
-        if rule and not _unmeasured(rule, measured):
-            _apply(cfg, full, given, tp, rule, measured)  # as given: -1, not OmegaConf's -1.0
-
-
-def _unmeasured(rule: schema.Rule, measured: dict) -> bool:
-    """Whether a bound of the rule is a measured value not measured yet (n_train: the data's)."""
-    return any(isinstance(b, str) and "." not in b and b not in measured for b in (rule.low, rule.high))
+        # As given: -1, not OmegaConf's -1.0; a rule with a bound not measured yet (n_train) later.
+        if rule and not any(
+            isinstance(b, str) and "." not in b and b not in measured for b in (rule.low, rule.high)
+        ):
+            _apply(cfg, full, given, tp, rule, measured)
 
 
 def _at(tree, key: str):
@@ -147,9 +140,8 @@ def _at(tree, key: str):
 
 
 def _ints(value) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values) and isinstance(
-        value, list | int
+    return isinstance(value, list | int) and all(
+        type(v) is int for v in (value if isinstance(value, list) else [value])
     )
 
 
@@ -187,17 +179,14 @@ def _apply(cfg, key: str, value, tp, rule: schema.Rule, measured: dict) -> None:
 
 
 def number(cfg, key, *, integer=False, rule: schema.Rule | None = None, **bounds):
-    """`key`'s value, refused in one line unless it is a number (an integer) within the rule's
-    bounds: for a value no schema types (a launcher's counts, a key a user's option shares)."""
+    """`key`'s value, refused unless a number (an integer) within the rule's bounds: for a value
+    of no schema dataclass (a launcher's counts, a loop's key in a user's option)."""
     value, tp = _get(cfg, key), int if integer else float
     rule = rule or schema.Rule(**bounds)
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         raise ConfigError(f"{key}={_shown(value)} is invalid: {allowed(key, tp, rule, cfg)}")
     _apply(cfg, key, value, tp, rule, {})
     return value
-
-
-# ----------------------------------------------------------------------------- one line per error
 
 
 def in_one_line(
@@ -275,9 +264,6 @@ def _as_written(cfg, key: str | None) -> str:
         return key
 
 
-# ----------------------------------------------------------------------------- the checks
-
-
 def check(cfg: DictConfig) -> None:
     try:
         _check(cfg)
@@ -310,80 +296,84 @@ def _check(cfg: DictConfig) -> None:
         own = _own(cfg, section)
         if own:
             _walk(cfg, section, own[1], own[0], measured)
-            CROSS.get(own[0], lambda cfg: None)(cfg)
+            problem = CROSS.get(own[0], lambda cfg: None)(cfg)
+            if problem:
+                raise ConfigError(problem)
         else:  # a user's option: the keys the training loop reads from any option, where it has them
             for key in {"schedule": ["schedule.warmup_epochs"], "model": ["model.l1"]}.get(section, []):
                 if _get(cfg, key) is not None:
                     number(cfg, key, rule=schema.RULES[key])
     measured["n_train"] = data_module.check(cfg)
     _check_geometry(cfg)
-    _check_sizable(cfg)
+    # A net too large for any machine is refused on any, a SLURM login node too; what fits where is
+    # check_device's, on the machine that trains.
+    try:
+        footprint.meta_net(cfg)
+    except footprint.Unsizable as e:
+        raise ConfigError(str(e)) from None
     _apply(
         cfg, "trainer.batch_size", cfg.trainer.batch_size, int, schema.RULES["trainer.batch_size"], measured
     )
     _check_trainer(cfg)
 
 
-def _step(cfg) -> None:
+def _step(cfg) -> str | None:
     e, epochs = cfg.schedule.switch_epoch, cfg.trainer.epochs
-    if e >= epochs:
-        written = _as_written(cfg, "schedule.switch_epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
-        given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
-        raise ConfigError(
-            f"schedule.switch_epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
-            f"1 <= schedule.switch_epoch < trainer.epochs={epochs}"
-        )
+    if e < epochs:
+        return None
+    written = _as_written(cfg, "schedule.switch_epoch").partition("=")[2]  # ${fraction_of_epochs:0.5}
+    given = str(e) if written == str(e) else f"{written} (epoch {e} here)"
+    return (
+        f"schedule.switch_epoch={given} is invalid: the switch to schedule.lr2 must come before the end, "
+        f"1 <= schedule.switch_epoch < trainer.epochs={epochs}"
+    )
 
 
-def _multistep(cfg) -> None:
+def _multistep(cfg) -> str | None:
     milestones, epochs = list(cfg.schedule.milestones), cfg.trainer.epochs
-    if milestones != sorted(set(milestones)) or milestones[-1] >= epochs:
-        raise ConfigError(
-            f"schedule.milestones={milestones} is invalid: must be increasing epochs "
-            f"between 1 and trainer.epochs-1={epochs - 1}"
-        )
+    if milestones == sorted(set(milestones)) and milestones[-1] < epochs:
+        return None
+    return (
+        f"schedule.milestones={milestones} is invalid: must be increasing epochs "
+        f"between 1 and trainer.epochs-1={epochs - 1}"
+    )
 
 
-def _cosine(cfg) -> None:
-    if cfg.schedule.lr_min > cfg.lr:
-        raise ConfigError(f"schedule.lr_min={cfg.schedule.lr_min} is invalid: must be <= lr={cfg.lr}")
-
-
-def _lr_range(cfg) -> None:
-    lr_min, lr_max = cfg.schedule.lr_min, cfg.schedule.lr_max
-    if lr_max <= lr_min:
-        raise ConfigError(
-            f"schedule.lr_max={lr_max} is invalid: the range must grow, schedule.lr_max > schedule.lr_min={lr_min}"
-        )
-
-
-def _sgd(cfg) -> None:
-    if cfg.optim.nesterov and cfg.optim.momentum == 0:
-        raise ConfigError("optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0")
-
-
-def _adam(cfg) -> None:
+def _adam(cfg) -> str | None:
     betas = list(cfg.optim.betas)
-    if not (len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        raise ConfigError(
-            f"optim.betas={_shown(betas)} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]"
-        )
+    if len(betas) == 2 and all(0 <= b < 1 for b in betas):
+        return None
+    return f"optim.betas={_shown(betas)} is invalid: must be two numbers in [0, 1), e.g. [0.9,0.999]"
 
 
-def _resnet(cfg) -> None:
-    k = cfg.model.kernel_size
-    if k % 2 == 0:  # padding k//2 keeps a map's size only for odd k: the residual sum needs it
-        raise ConfigError(
-            f"model.kernel_size={k} is invalid for model=resnet: must be odd (1, 3, 5, ...), "
-            "so that each block keeps its input's size for the residual sum"
-        )
-
-
-# The rules that relate several keys of an option, by the option's name.
+# The rules that relate several keys of an option, by the option's name: each gives the line that
+# refuses the option's values, or None.
 CROSS = {
-    "step": _step, "multistep": _multistep, "cosine": _cosine, "lr_range": _lr_range,
-    "sgd": _sgd, "adam": _adam, "adamw": _adam, "resnet": _resnet,
-}  # fmt: skip
+    "step": _step,
+    "multistep": _multistep,
+    "cosine": lambda cfg: (
+        cfg.schedule.lr_min > cfg.lr
+        and f"schedule.lr_min={cfg.schedule.lr_min} is invalid: must be <= lr={cfg.lr}"
+    ),
+    "lr_range": lambda cfg: (
+        cfg.schedule.lr_max <= cfg.schedule.lr_min
+        and f"schedule.lr_max={cfg.schedule.lr_max} is invalid: the range must grow, "
+        f"schedule.lr_max > schedule.lr_min={cfg.schedule.lr_min}"
+    ),
+    "sgd": lambda cfg: (
+        cfg.optim.nesterov
+        and cfg.optim.momentum == 0
+        and "optim.nesterov=true is invalid with optim.momentum=0: nesterov needs momentum > 0"
+    ),
+    "adam": _adam,
+    "adamw": _adam,
+    # padding k//2 keeps a map's size only for odd k: the residual sum needs it
+    "resnet": lambda cfg: (
+        cfg.model.kernel_size % 2 == 0
+        and f"model.kernel_size={cfg.model.kernel_size} is invalid for model=resnet: must be odd (1, 3, 5, ...), "
+        "so that each block keeps its input's size for the residual sum"
+    ),
+}
 
 
 def _check_geometry(cfg) -> None:
@@ -409,29 +399,15 @@ def _check_geometry(cfg) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _check_sizable(cfg) -> None:
-    """A net too large for any machine (torch cannot size its weights) is refused on any machine,
-    a SLURM login node included; what fits where is check_device's, on the machine that trains."""
-    from sweeper import footprint
-
-    try:
-        footprint.meta_net(cfg)
-    except footprint.Unsizable as e:
-        raise ConfigError(str(e)) from None
-
-
 def _check_trainer(cfg) -> None:
-    device = cfg.trainer.device
-    if not (
-        device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())
+    device, threads = cfg.trainer.device, cfg.trainer.threads
+    if device not in ("auto", "cpu", "cuda", "mps") and not (
+        device.startswith("cuda:") and device[5:].isdigit()
     ):
         raise ConfigError(
             f"trainer.device={device!r} is invalid: allowed values are auto, cpu, cuda, cuda:N, mps"
         )
-    threads = cfg.trainer.threads
-    if threads != "auto" and not (
-        isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1
-    ):
+    if threads != "auto" and not (type(threads) is int and threads >= 1):
         raise ConfigError(f"trainer.threads={_shown(threads)} is invalid: must be auto or an integer >= 1")
     if cfg.trainer.cuda_graph is True:
         from sweeper.cuda_graph import capturable
@@ -441,33 +417,26 @@ def _check_trainer(cfg) -> None:
             raise ConfigError(
                 f"trainer.cuda_graph=true cannot capture this run's step: {reason}; use auto or false"
             )
-    from sweeper.metrics import allowed_stopping_metrics
-
     # The run's measured columns: its trainer.metrics (checked here) on each split it has.
-    stopping = allowed_stopping_metrics(cfg.trainer, _get(cfg, "data.val_size") is not None)
+    stopping = metrics.allowed_stopping_metrics(cfg.trainer, _get(cfg, "data.val_size") is not None)
     metric = cfg.trainer.early_stopping.metric
     if metric is not None and metric not in stopping:
         raise ConfigError(
             f"trainer.early_stopping.metric={_shown(metric)} is invalid: allowed values are "
             f"{', '.join(stopping)}, or null (off)"
         )
-    from sweeper import objective
-
     objective.check(cfg)  # trainer.objective (hydra/sweeper=optuna)
 
 
 def check_device(cfg) -> None:
-    """trainer.device exists on this machine, and the run fits in its memory: the machine that
-    trains (a job, or a local sweep before it launches), not a login node that submits to GPU nodes."""
+    """trainer.device exists on this machine, and the run fits in its memory: on the machine that
+    trains (a job, a local sweep before launch), not a login node that submits to GPU nodes."""
     import torch
-
-    from sweeper import footprint
 
     device = _get(cfg, "trainer.device")
     # The device the run will train on, as train.pick_device picks it (auto: cuda, else cpu).
     trains_on = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else str(device)
     if _get(cfg, "trainer.cuda_graph") is True and not trains_on.startswith("cuda"):
-        # true asks for a graph (auto takes one where it can): without CUDA none is captured
         raise ConfigError(
             f"trainer.cuda_graph=true is invalid here: this run trains on {trains_on}, "
             "and a CUDA graph needs a CUDA device; use auto (a graph where there is CUDA) or false"
@@ -485,17 +454,10 @@ def check_device(cfg) -> None:
         )
     if trains_on.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(trains_on[5:]) if trains_on.startswith("cuda:") else 0
-        if count == 0:
-            raise ConfigError(
-                f"trainer.device={trains_on} is invalid here: this machine has no CUDA GPU "
-                "(torch.cuda.is_available() is false); use auto or cpu"
-            )
-        if index >= count:
-            raise ConfigError(
-                f"trainer.device={trains_on} is invalid here: this machine has {count} CUDA GPU(s), "
-                f"cuda:0 to cuda:{count - 1}"
-            )
+        if (int(trains_on[5:]) if trains_on.startswith("cuda:") else 0) >= count:
+            has = f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else "no CUDA GPU"
+            fix = "" if count else " (torch.cuda.is_available() is false); use auto or cpu"
+            raise ConfigError(f"trainer.device={trains_on} is invalid here: this machine has {has}{fix}")
     problem = footprint.problem(cfg, trains_on)
     if problem:
         raise ConfigError(problem)

@@ -321,3 +321,33 @@ def test_a_key_of_every_model_an_experiments_grid_sweeps_is_told_to_take_plus_pl
         overrides.check_overrides(["-m", "experiment=both", "model.hiden=4"], source)
     assert str(err.value) == "model.hiden is not a key of model: did you mean model.hidden?"
     overrides.check_overrides(["-m", "experiment=both", "++model.hidden=4", *SMALL], source)  # accepted
+
+
+ANOTHER_APP = """
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+
+@hydra.main(config_path=".", config_name="config", version_base=None)
+def main(cfg):
+    providers = sorted({s.provider for s in GlobalHydra.instance().config_loader().get_sources()})
+    print(OmegaConf.to_container(cfg), providers, "trainer_schema.yaml" in ConfigStore.instance().repo)
+
+
+main()
+"""
+
+
+def test_another_hydra_app_gets_the_trainer_schema_registered_but_composes_only_its_own_config(tmp_path):
+    """The search-path plugin runs in any Hydra app of this environment: it registers the trainer's
+    schema there too, which nothing composes unless a defaults list names it, and adds no config dir."""
+    (tmp_path / "config.yaml").write_text("foo: 1\n")
+    (tmp_path / "another_app.py").write_text(ANOTHER_APP)
+    quiet = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    result = run_cli(f"hydra.run.dir={tmp_path / 'out'}", *quiet, cwd=tmp_path, module="another_app")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "{'foo': 1} ['hydra', 'main', 'schema'] True"

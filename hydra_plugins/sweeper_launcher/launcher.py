@@ -1,19 +1,16 @@
 """hydra-submitit-launcher's launchers with two additions, behind the project's SLURM presets.
 
-    python -m sweeper -m hydra/launcher=slurm_gpu experiment=lecture_lr2
     python -m sweeper -m hydra/launcher=slurm_gpu_packed model.channels=8,16,32,64 lr=0.1,0.05
 
-* Packing: `hydra.launcher.jobs_per_task=K` puts K grid jobs into each array task. They run at
-  once, each in its own process, and share the task's GPU(s) and CPUs: a small convnet leaves an
-  H100 mostly idle, so K jobs in one task take about the time of one.
+* Packing: `hydra.launcher.jobs_per_task=K` puts K grid jobs into each array task, run at once in
+  one process each, sharing the task's GPU(s) and CPUs (a small convnet leaves an H100 mostly idle).
 * A job that ends without a result (cancelled, killed for memory, out of requeues) is logged with
   the path of its SLURM log instead of aborting the sweep: the sweep callback still prints its
-  summary from the run records, which say what happened, and exits 1. A job that failed (its
-  task raised) comes back failed with its exception, as from Hydra's own launchers.
+  summary from the run records, which say what happened. A job whose task raised comes back
+  failed with its exception, as from Hydra's own launchers.
 
-Everything else is upstream's: the parameters (the same keys as `submitit_slurm`), one SLURM array
-per grid, and submitit's checkpoint hook, which requeues a preempted or timed-out task; the rerun
-resumes every run of the task from its checkpoint.pt (sweeper.train.run).
+The rest is upstream's: its parameters, one SLURM array per grid, and submitit's checkpoint hook,
+which requeues a preempted or timed-out task (each run resumes from its checkpoint.pt).
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -54,12 +51,8 @@ class SweeperLocalConf(LocalQueueConf):
     jobs_per_task: int = 1
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher", name="sweeper_slurm", node=SweeperSlurmConf(), provider="sweeper"
-)
-ConfigStore.instance().store(
-    group="hydra/launcher", name="sweeper_local", node=SweeperLocalConf(), provider="sweeper"
-)
+for name, node in (("sweeper_slurm", SweeperSlurmConf()), ("sweeper_local", SweeperLocalConf())):
+    ConfigStore.instance().store(group="hydra/launcher", name=name, node=node, provider="sweeper")
 
 # A call of the launcher for one grid job: (overrides, job_dir_key, job_num, job_id, singletons).
 Call = tuple[list[str], str, int, str, dict]
@@ -67,7 +60,7 @@ Call = tuple[list[str], str, int, str, dict]
 
 class _Launcher(BaseSubmititLauncher):
     def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
-        if isinstance(jobs_per_task, bool) or not isinstance(jobs_per_task, int) or jobs_per_task < 1:
+        if type(jobs_per_task) is not int or jobs_per_task < 1:
             raise ValueError(
                 f"hydra.launcher.jobs_per_task={jobs_per_task!r} is invalid: must be an integer >= 1"
             )
@@ -83,28 +76,28 @@ class _Launcher(BaseSubmititLauncher):
             sys.path.insert(0, self.launch_dir)
         return super().__call__(*call)
 
-    def executor(self):
-        """The submitit executor, given the parameters exactly as hydra-submitit-launcher gives them."""
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         import submitit
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        init_keys = {"submitit_folder", "max_num_timeout"}
-        init = {"folder": self.params["submitit_folder"]}
-        init.update({f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k == "max_num_timeout"})
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        from sweeper import submitted  # numpy: not in every process that scans Hydra's plugins
+
+        assert self.config is not None and len(job_overrides) > 0
+        self.launch_dir = os.getcwd()
+        # The executor as upstream's launch builds it (which builds, submits and waits in one).
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k == "max_num_timeout"},
+        )
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
             **{
                 k if k in shared else f"{self._EXECUTOR}_{k}": v
                 for k, v in self.params.items()
-                if k not in init_keys
+                if k not in ("submitit_folder", "max_num_timeout")
             }
         )
-        return executor
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-        assert self.config is not None and len(job_overrides) > 0
-        self.launch_dir = os.getcwd()
-        executor = self.executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -116,11 +109,6 @@ class _Launcher(BaseSubmititLauncher):
             calls.append(
                 (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
             )
-
-        from submitit.core.utils import FailedJobError, UncompletedJobError  # executor() imported submitit
-
-        from sweeper import submitted  # numpy: not in every process that scans Hydra's plugins
-
         if self._EXECUTOR == "slurm":
             submitted.refuse_if_still_queued(sweep_dir, [call[2] for call in calls])
         k = self.jobs_per_task
@@ -134,9 +122,10 @@ class _Launcher(BaseSubmititLauncher):
                     jobs = executor.map_array(Pack(self), groups)
         except FailedJobError as e:  # a partition, a GPU count, a memory size the cluster refuses
             said = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            first, last = calls[0][2], calls[-1][2]
+            nums = f"job {first}" if first == last else f"jobs {first}-{last}"
             print(
-                f"error: sbatch refused the job array of {_nums(calls)}, which was not submitted: "
-                f"{said or 'no reason given'}",
+                f"error: sbatch refused the job array of {nums}, which was not submitted: {said or 'no reason given'}",
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
@@ -167,16 +156,12 @@ class _Launcher(BaseSubmititLauncher):
         return results
 
     def _settle(self, ret: JobReturn, call: Call, job) -> JobReturn:
-        """The job's return, as Hydra's launchers give it: a job that failed comes back FAILED
-        with its exception, which the sweeper raises. Only a job really lost (cancelled, its
-        node or process gone, out of requeues) comes back as a stand-in that lets the sweep go
-        on to its summary: its run record, not this value, says what happened to it."""
-        if ret.status == JobStatus.COMPLETED:
+        """The job's return as Hydra's launchers give it (a failed job FAILED with its exception,
+        which the sweeper raises), but a lost one as a stand-in that lets the sweep go on to its
+        summary: its run record, not this value, says what happened to it."""
+        if ret.status == JobStatus.COMPLETED or not isinstance(ret._return_value, Lost):
             return ret
-        error = ret._return_value
-        if not isinstance(error, Lost):
-            return ret
-        lines = str(error).strip().splitlines()
+        lines = str(ret._return_value).strip().splitlines()
         log.error(
             f"job #{call[2]} ({' '.join(filter_overrides(call[0]))}) ended without a result: "
             f"{lines[0] if lines else 'lost'}  (log: {job.paths.stderr})"
@@ -193,12 +178,9 @@ class SweeperLocalLauncher(_Launcher):
 
 
 class Pack:
-    """One array task's share of the grid: its jobs run at once, one process each.
-
-    The processes inherit the task's environment, so they see the same GPU(s)
-    (CUDA_VISIBLE_DEVICES) and split its CPUs (OMP_NUM_THREADS). A requeued task reruns the whole
-    pack; each run then skips, resumes or reruns itself from its record (sweeper.train.run).
-    """
+    """One array task's share of the grid: its jobs run at once, one process each, on the task's
+    GPU(s) (CUDA_VISIBLE_DEVICES) with a share of its CPUs (OMP_NUM_THREADS). A requeued task
+    reruns the whole pack; each run then skips, resumes or reruns itself from its record."""
 
     def __init__(self, launcher: _Launcher) -> None:
         import cloudpickle  # submitit's own pickler: the task function may live in __main__
@@ -212,7 +194,11 @@ class Pack:
         import cloudpickle
 
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or threads
-        threads = max(1, _task_cpus() // len(calls))
+        try:
+            cpus = int(os.environ["SLURM_CPUS_PER_TASK"])
+        except (KeyError, ValueError):
+            cpus = len(os.sched_getaffinity(0))
+        threads = max(1, cpus // len(calls))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         print(
             f"sweeper: jobs {', '.join(str(c[2]) for c in calls)} packed in this task, one process each, "
@@ -271,21 +257,9 @@ def _run_one(launcher: bytes, call: bytes, send) -> None:
     send.close()
 
 
-def _nums(calls: Sequence[Call]) -> str:
-    first, last = calls[0][2], calls[-1][2]
-    return f"job {first}" if first == last else f"jobs {first}-{last}"
-
-
 class Lost(RuntimeError):
     """Why a job came back without any result of its own: cancelled, killed, its node gone."""
 
 
 def _failed(overrides: Sequence[str], error: BaseException) -> JobReturn:
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
-
-
-def _task_cpus() -> int:
-    try:
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    except (KeyError, ValueError):
-        return len(os.sched_getaffinity(0))
