@@ -163,7 +163,7 @@ def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
     assert (again[1] == 7).all()  # read from the file, not generated again
     data_module.synthetic_cached(200, 50, 4, 0.1, str(tmp_path))  # another seed: another file
     assert len(list(tmp_path.glob("synthetic-*.pt"))) == 2
-    assert data_cache.cache_file(None, "synthetic-x.pt") is None  # cache_dir null: no file at all
+    assert data_cache.cache_file(None, "synthetic", "x", "y") is None  # cache_dir null: no file at all
     assert len(data_module.synthetic_cached(20, 5, 3, 0.1, None)[1]) == 20
 
 
