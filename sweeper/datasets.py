@@ -340,31 +340,30 @@ def _tree_classes(src: Path, kind: str) -> list[str]:
     return found["train"]
 
 
-_LISTED: dict[tuple, tuple] = {}
-
-
 def _listing(kind: str, src: Path) -> tuple[list[str], list, list]:
     """(classes, train samples, test samples) by torchvision's make_dataset, with the train split's
     class indices; listed once per process while no folder of it changes (the pre-check of every
     job, each load's cache key)."""
-    from torchvision.datasets.folder import make_dataset
-
     classes = _tree_classes(src, kind)
     folders = [src / split / c for split in ("train", "test") for c in classes]
-    key = (kind, str(src.resolve()), *(f.stat().st_mtime_ns if f.is_dir() else None for f in folders))
-    if key not in _LISTED:
-        samples = []
-        for split_dir in (src / "train", src / "test"):
-            try:
-                listed = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=_is_image, allow_empty=True)  # fmt: skip
-            except OSError as e:
-                raise DataError(f"cannot list {split_dir} ({_described(e)})") from None
-            if not listed:
-                raise DataError(f"{split_dir} holds no images")
-            samples.append(listed)
-        _LISTED.clear()  # the last tree only
-        _LISTED[key] = (classes, *samples)
-    return _LISTED[key]
+    mtimes = tuple(f.stat().st_mtime_ns if f.is_dir() else None for f in folders)
+    return _listed(src, str(src.resolve()), tuple(classes), mtimes)
+
+
+@functools.lru_cache(maxsize=1)  # the last tree only; keyed by its folders' mtimes too
+def _listed(src: Path, resolved: str, classes: tuple[str, ...], mtimes: tuple) -> tuple:
+    from torchvision.datasets.folder import make_dataset
+
+    samples = []
+    for split_dir in (src / "train", src / "test"):
+        try:
+            listed = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=_is_image, allow_empty=True)  # fmt: skip
+        except OSError as e:
+            raise DataError(f"cannot list {split_dir} ({_described(e)})") from None
+        if not listed:
+            raise DataError(f"{split_dir} holds no images")
+        samples.append(listed)
+    return (list(classes), *samples)
 
 
 def _tree(src: Path, kind: str) -> dict:
@@ -412,29 +411,27 @@ def folder_extent(root, extent):
 # ----------------------------------------------------------------------------- archives
 
 
-_SCANNED: dict[tuple, tuple[str | None, int]] = {}
-
-
 def _scan_archive(src: Path) -> int:
     """The pre-check's look into an archive (member names only), once per process and version:
     its training images' count (0 for CIFAR-10's batches), or DataError."""
     stat = src.stat()
-    key = (str(src.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SCANNED:
-        try:
-            with tarfile.open(src) as tar:
-                names = [m.name.split("/") for m in tar if m.isfile()]
-            batches = any(n[-2:] == ["cifar-10-batches-py", "data_batch_1"] for n in names)
-            splits = {n[-3] for n in names if len(n) >= 3}
-            train = sum(1 for n in names if len(n) >= 3 and n[-3] == "train" and _is_image(n[-1]))
-            layout = batches or {"train", "test"} <= splits
-            _SCANNED[key] = (None if layout else f"{src} {NEITHER_LAYOUT}", train)
-        except UNREADABLE_ARCHIVE as e:
-            _SCANNED[key] = (f"{src} is truncated or damaged ({_described(e)}); copy or download it again", 0)
-    problem, train = _SCANNED[key]
+    problem, train = _scanned(src, str(src.resolve()), stat.st_size, stat.st_mtime_ns)
     if problem:
         raise DataError(problem)
     return train
+
+
+@functools.lru_cache
+def _scanned(src: Path, resolved: str, size: int, mtime_ns: int) -> tuple[str | None, int]:
+    try:
+        with tarfile.open(src) as tar:
+            names = [m.name.split("/") for m in tar if m.isfile()]
+    except UNREADABLE_ARCHIVE as e:
+        return f"{src} is truncated or damaged ({_described(e)}); copy or download it again", 0
+    batches = any(n[-2:] == ["cifar-10-batches-py", "data_batch_1"] for n in names)
+    splits = {n[-3] for n in names if len(n) >= 3}
+    train = sum(1 for n in names if len(n) >= 3 and n[-3] == "train" and _is_image(n[-1]))
+    return None if batches or {"train", "test"} <= splits else f"{src} {NEITHER_LAYOUT}", train
 
 
 def _archive(kind: str, src: Path, where: Path | None) -> dict:
