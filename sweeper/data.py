@@ -1,11 +1,7 @@
 """The data set of a run as uint8 tensors resident on the training device, and the batches drawn
-from them.
-
-`load(cfg.data)` reads the source (sweeper.datasets, through the cache the jobs of a sweep share),
-holds `data.val_size` images out of the training set (by `data.seed`) before any
-`data.train_size` subset, and takes the normalisation statistics from the training part only.
-`train_batches` indexes a device-side permutation and augments whole batches on the device: no
-per-sample Python, no host-device copies per step.
+from them: a device-side permutation indexed per batch, whole batches augmented on the device (no
+per-sample Python, no host-device copy per step). `load` holds `data.val_size` images out (by
+`data.seed`) before any `data.train_size` subset; the statistics are the training part's only.
 """
 
 from __future__ import annotations
@@ -58,12 +54,8 @@ _MEMO: dict[str, Data] = {}
 
 
 def load(cfg) -> Data:
-    """The data set named by the `data` config section, on the CPU, split, subset and statistics
-    applied.
-
-    Memoised per process (the last data config only): the jobs of a sweep that run in one
-    process -- the basic launcher, or a pool worker -- decode or generate it once.
-    """
+    """The `data` section's data set on the CPU, split, subset and statistics applied. Memoised
+    (the last config only): the jobs of a sweep run in one process decode or generate it once."""
     key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
     if key not in _MEMO:
         _MEMO.clear()
@@ -136,9 +128,7 @@ def check(cfg) -> int:
     for key in ("normalize", "augment", *(("download",) if "download" in d else ())):
         if not isinstance(d[key], bool):
             raise ConfigError(f"data.{key}={d[key]!r} is invalid: must be true or false")
-    if (
-        isinstance(d.seed, bool) or not isinstance(d.seed, int) or not 0 <= d.seed <= 2**64 - 1
-    ):  # manual_seed's
+    if isinstance(d.seed, bool) or not isinstance(d.seed, int) or not 0 <= d.seed <= 2**64 - 1:
         raise ConfigError(f"data.seed={d.seed!r} is invalid: must be an integer >= 0 and <= {2**64 - 1}")
     cache_dir = d.get("cache_dir")
     if cache_dir is not None and not (isinstance(cache_dir, str) and cache_dir.strip()):
@@ -181,9 +171,7 @@ def _train_count(d, ConfigError) -> int:
 
 
 @dataclass
-class Extent:
-    """What a data set takes before it is loaded: image counts, image shape and class count."""
-
+class Extent:  # what a data set takes, known before it is loaded
     n_train: int  # before the split
     n_test: int
     shape: tuple[int, int, int]  # (C, H, W)
@@ -201,7 +189,7 @@ def extent(d) -> Extent | None:
         if d.name == "image_folder":
             return datasets.folder_extent(d.root, Extent)
         spec = datasets.TORCHVISION[d.name]
-        return Extent(*spec.sizes, spec.shape, 100 if d.name == "cifar100" else 10)
+        return Extent(*spec.sizes, spec.shape, spec.classes)
     except (DataError, KeyError, OSError):
         return None
 
@@ -216,17 +204,12 @@ def prepare(x_uint8: torch.Tensor, data: Data, dtype=torch.float32) -> torch.Ten
 
 
 def stage(data: Data, memory_format=torch.contiguous_format) -> Data:
-    """The data set normalised to float32 once, in the training layout, on its device.
-
-    A batch is then a single index op instead of index, convert, subtract, divide and re-layout:
-    on a launch-bound GPU those are kernels per step, on the CPU about 5% of a step. The values
-    are bitwise those `prepare` gives per batch (the same elementwise ops, done earlier). Costs
-    4x the uint8 memory (CIFAR-10: 0.74 GB), for the run only; the uint8 copy stays the cache.
-    """
+    """The data set normalised to float32 once, in the training layout, on its device: a batch is
+    then one index op instead of five kernels per step, bitwise what `prepare` gives per batch (the
+    same elementwise ops, done earlier), for 4x the uint8 memory; the uint8 copy stays the cache."""
 
     def normalised(x):
-        # Layout first (on uint8, cheap), then one float copy normalised in place: the same
-        # elementwise ops as `prepare`, with half its peak memory.
+        # Layout first (on uint8, cheap), then one float copy normalised in place: half the peak memory.
         out = x.contiguous(memory_format=memory_format).to(torch.float32)
         return out.sub_(data.mean.to(torch.float32)).div_(data.std.to(torch.float32))
 
@@ -237,11 +220,8 @@ def stage(data: Data, memory_format=torch.contiguous_format) -> Data:
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, fill=0.0) -> torch.Tensor:
     """Random crop (padding of `pad` px filled with `fill`) and horizontal flip, for a whole batch.
-
-    `fill` is black in x's units, per channel ((1, C, 1, 1)) once x is normalised: padding with a
-    plain 0 after normalising would pad with the mean colour, not black as torchvision's
-    RandomCrop(padding=4) does on the raw pixels.
-    """
+    `fill` is black in x's units ((1, C, 1, 1)): a plain 0 after normalising would pad with the
+    mean colour, not black as torchvision's RandomCrop(padding=4) does on the raw pixels."""
     n, c, h, w = x.shape
     padded = (
         torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand(n, c, h + 2 * pad, w + 2 * pad).clone()

@@ -54,12 +54,13 @@ def expand(path) -> Path:
 
 
 def files_key(paths, base: Path) -> str:
-    """The name (relative to `base`), size and modification time of each file: an edited, added
-    or removed file gives another key (a missing one: the reader says so, by name)."""
+    """Each file's name (relative to `base`), size and modification time: an edited, added or
+    removed file gives another key (a missing one: the reader says so, by name)."""
 
     def stamp(path):
         with contextlib.suppress(OSError):
-            return f"{os.stat(path).st_size}|{os.stat(path).st_mtime_ns}"
+            stat = os.stat(path)
+            return f"{stat.st_size}|{stat.st_mtime_ns}"
         return "missing"
 
     return "\n".join(f"{str(path)[len(str(base)) :]}|{stamp(path)}" for path in paths)
@@ -83,10 +84,20 @@ def directory(cache_dir) -> Path | None:
     return path
 
 
-def cache_file(cache_dir, name: str) -> Path | None:
-    """cache_dir/name, or None when there is no cache dir. A read-only dir still serves reads."""
+def cache_file(cache_dir, kind: str, source: str, key: str) -> Path | None:
+    """<kind>-<source>-<key>.pt (digests; the key with FORMAT_VERSION) in the cache dir, or None
+    without one; a read-only dir still serves reads. The source's digest first: a file of the same
+    source under another key is superseded."""
     where = directory(cache_dir)
-    return None if where is None else where / name
+    return (
+        None if where is None else where / f"{kind}-{digest(source)}-{digest(f'{key}|{FORMAT_VERSION}')}.pt"
+    )
+
+
+def lock_file(cache_dir, kind: str, source: str) -> Path | None:
+    """The source's lock: one job at a time downloads it or decodes it."""
+    where = directory(cache_dir)
+    return None if where is None else where / f"{kind}-{digest(source)}.lock"
 
 
 @contextlib.contextmanager
@@ -102,18 +113,18 @@ def locked(path: Path | None):
         yield
 
 
-def cached(cache_path, make, lock: Path | None) -> dict:
-    """The arrays in the cache file, or make() them once and store them there (atomically).
+def cached(cache_dir, kind: str, source: str, key, make) -> dict:
+    """The arrays in the source's cache file, or make() them once and store them there.
 
-    `cache_path` is called again under the lock: a download that finished meanwhile changes the
-    key. One job makes the arrays while the others of a sweep (pool workers, array tasks) wait.
+    `key()` is asked again under the source's lock: a download that finished meanwhile changes
+    it. One job makes the arrays while the others of a sweep (pool workers, array tasks) wait.
     """
-    first = cache_path()
+    first = cache_file(cache_dir, kind, source, key())
     arrays = read(first)
     if arrays is not None:
         return arrays
-    with locked(lock):
-        cache = cache_path()
+    with locked(lock_file(cache_dir, kind, source)):
+        cache = cache_file(cache_dir, kind, source, key())
         arrays = read(cache, warn=cache != first)  # one warning for one damaged file
         if arrays is None:
             arrays = make()
@@ -123,8 +134,7 @@ def cached(cache_path, make, lock: Path | None) -> dict:
 
 
 def _checksums(arrays: dict) -> dict[str, int]:
-    # crc32 of the bytes: ~45 ms for CIFAR-10's 185 MB on a 2-core VM, half a warm torch.load;
-    # it catches flipped bits that the shape and range checks cannot see.
+    # It catches flipped bits that the shape and range checks cannot see, for half a warm torch.load.
     return {k: zlib.crc32(arrays[k].contiguous().numpy()) for k in ARRAY_KEYS}
 
 
@@ -151,7 +161,7 @@ def store(cache: Path | None, arrays: dict) -> None:
 
 def _superseded(cache: Path) -> list[Path]:
     """Caches of the same source as `cache` (<kind>-<source>-<key>.pt) under another key: made
-    from files since edited, or by an older reader, never to be read again (185 MB for CIFAR-10)."""
+    from files since edited, or by an older reader, never to be read again."""
     name = cache.name.removesuffix(".pt").split("-")
     if len(name) != 3:
         return []
@@ -177,6 +187,12 @@ def cache_problem(arrays) -> str | None:
     """What is wrong with a loaded cache file, or None: layout, dtypes, label range, checksums."""
     if not (isinstance(arrays, dict) and arrays.get("version") == FORMAT_VERSION and all(k in arrays for k in (*ARRAY_KEYS, "classes", "crc32"))):  # fmt: skip
         return "not a data cache of this version"
+    return _problem(arrays, arrays["classes"]) or (
+        "checksum mismatch" if _checksums(arrays) != arrays["crc32"] else None
+    )
+
+
+def _problem(arrays: dict, classes: list[str]) -> str | None:
     shape = tuple(arrays["train_x"].shape[1:])
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -184,14 +200,6 @@ def cache_problem(arrays) -> str | None:
             return f"{split}_x is {x.dtype} {tuple(x.shape)}, not uint8 (N, {', '.join(map(str, shape))})"
         if y.dtype != torch.int64:
             return f"{split}_y is {y.dtype}, not int64"
-    return _labels_problem(arrays, arrays["classes"]) or (
-        "checksum mismatch" if _checksums(arrays) != arrays["crc32"] else None
-    )
-
-
-def _labels_problem(arrays: dict, classes: list[str]) -> str | None:
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if y.shape != (len(x),):
             return f"{split} has {len(x)} images but {len(y)} labels"
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
@@ -201,7 +209,7 @@ def _labels_problem(arrays: dict, classes: list[str]) -> str | None:
 
 def labelled(arrays: dict, classes: list[str], where: str) -> dict:
     """Labels in range, one label per image: a file of another data set is refused, not trained on."""
-    problem = _labels_problem(arrays, classes)
+    problem = _problem(arrays, classes)
     if problem:
         raise DataError(f"{where}: {problem}")
     return {**arrays, "classes": classes}

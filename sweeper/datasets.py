@@ -1,13 +1,8 @@
 """The data sources, each read into uint8 images (N, C, H, W), int64 labels and class names,
-decoded once and then read from the cache (sweeper.data_cache).
-
-- torchvision's data sets (cifar10, cifar100, mnist, fashion_mnist, svhn): read by
-  torchvision.datasets from its own layout under data.root, and downloaded by it with
-  data.download=true. data=cifar10 also reads an ImageFolder tree of CIFAR-10's 10 classes.
-- image_folder: any ImageFolder tree (train/<class>/<image>, test/<class>/<image>): any class
-  count, one image size, grey (1 channel) or colour (3).
-- either kind of tree, or the python batches, in a .tar.gz/.tgz/.tar archive.
-- a user's data set by `_target_` (sweeper.user_data), and the synthetic set (sweeper.synthetic).
+decoded once and then read from the cache (sweeper.data_cache): torchvision's data sets, which
+torchvision.datasets reads from its own layout under data.root and downloads; ImageFolder trees
+(data=image_folder; data=cifar10 with CIFAR-10's 10 classes); either in a .tar.gz/.tgz/.tar; a
+user's data set by `_target_` (sweeper.user_data); the synthetic set (sweeper.synthetic).
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import numpy as np
 import torch
 
 from sweeper import data_cache
-from sweeper.data_cache import DataError, _described, digest, expand
+from sweeper.data_cache import DataError, _described, expand
 from sweeper.synthetic import synthetic_arrays
 from sweeper.user_data import GREY_MODES, pixels, user_dataset
 
@@ -37,6 +32,7 @@ log = logging.getLogger("sweeper")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 NEITHER_LAYOUT = "holds neither cifar-10-batches-py/ (data_batch_1..5, test_batch) nor train/<class>/<image> and test/<class>/<image> files"  # fmt: skip
+UNREADABLE_ARCHIVE = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -46,33 +42,22 @@ class Torchvision:
     files: tuple[str, ...]  # what reading needs under data.root
     shape: tuple[int, int, int]  # (C, H, W)
     sizes: tuple[int, int]  # (train, test) of the official release
+    classes: int = 10
 
 
-def _mnist(folder: str) -> tuple[str, ...]:
-    return tuple(
-        f"{folder}/raw/{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
-    )
+def _in(folder: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"{folder}/{name}" for name in names)
 
 
-_CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+_IDX = tuple(f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1"))
+_CIFAR10 = _in("cifar-10-batches-py", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+_CIFAR100 = _in("cifar-100-python", "train", "test", "meta")
 TORCHVISION = {
-    "cifar10": Torchvision(
-        "CIFAR-10",
-        "CIFAR10",
-        tuple(f"cifar-10-batches-py/{n}" for n in _CIFAR10_FILES),
-        (3, 32, 32),
-        (50_000, 10_000),
-    ),
-    "cifar100": Torchvision(
-        "CIFAR-100",
-        "CIFAR100",
-        tuple(f"cifar-100-python/{n}" for n in ("train", "test", "meta")),
-        (3, 32, 32),
-        (50_000, 10_000),
-    ),
-    "mnist": Torchvision("MNIST", "MNIST", _mnist("MNIST"), (1, 28, 28), (60_000, 10_000)),
+    "cifar10": Torchvision("CIFAR-10", "CIFAR10", _CIFAR10, (3, 32, 32), (50_000, 10_000)),
+    "cifar100": Torchvision("CIFAR-100", "CIFAR100", _CIFAR100, (3, 32, 32), (50_000, 10_000), classes=100),
+    "mnist": Torchvision("MNIST", "MNIST", _in("MNIST/raw", *_IDX), (1, 28, 28), (60_000, 10_000)),
     "fashion_mnist": Torchvision(
-        "Fashion-MNIST", "FashionMNIST", _mnist("FashionMNIST"), (1, 28, 28), (60_000, 10_000)
+        "Fashion-MNIST", "FashionMNIST", _in("FashionMNIST/raw", *_IDX), (1, 28, 28), (60_000, 10_000)
     ),
     "svhn": Torchvision("SVHN", "SVHN", ("train_32x32.mat", "test_32x32.mat"), (3, 32, 32), (73_257, 26_032)),
 }
@@ -95,9 +80,8 @@ def cifar10(root, download: bool, cache_dir):
     """CIFAR-10 from data.root as (train_x, train_y, test_x, test_y)."""
     from omegaconf import OmegaConf
 
-    arrays = read(
-        OmegaConf.create({"name": "cifar10", "root": root, "download": download, "cache_dir": cache_dir})
-    )
+    cfg = OmegaConf.create({"name": "cifar10", "root": root, "download": download, "cache_dir": cache_dir})
+    arrays = read(cfg)
     return tuple(arrays[k] for k in data_cache.ARRAY_KEYS)
 
 
@@ -172,14 +156,14 @@ def _locate(kind: str, root, download: bool) -> tuple[Path, str | None]:
 def train_count(kind: str, root, download: bool, cache_dir) -> int:
     """The pre-check's look at data.root: the training set's image count, or DataError in one line.
 
-    Cheap where it can be: directories are listed, not read; an archive is scanned once per
-    process (member names only, ~1 s for CIFAR-10's), unless a cache decoded from it exists. For
-    torchvision's sets (cifar10 in any layout) the release's count: the job counts the real images.
+    Directories are listed, not read; an archive is scanned once per process (member names only,
+    ~1 s for CIFAR-10's), unless a cache decoded from it exists. For torchvision's sets (cifar10
+    in any layout) the release's count: the job counts the real images.
     """
     src, found = _locate(kind, root, download)
     count = TORCHVISION[kind].sizes[0] if kind in TORCHVISION else 0
     if found == "archive":
-        cache = _cache_path(kind, src, None if cache_dir is None else expand(cache_dir))
+        cache = data_cache.cache_file(cache_dir, kind, str(src.resolve()), _files_key(kind, src))
         if kind not in TORCHVISION or cache is None or not cache.is_file():
             scanned = _scan_archive(src)
             count = count or scanned
@@ -196,14 +180,15 @@ def _files(kind: str, root, download: bool, cache_dir) -> dict:
     """A data set read from files, decoded once and cached. One lock per source (in the cache
     dir) covers the download, the extraction of gzipped files and the decoding."""
     src, found = _locate(kind, root, download)
-    where = data_cache.directory(cache_dir)
-    lock = None if where is None else where / f"{kind}-{digest(str(src.resolve()))}.lock"
+    source, where = str(src.resolve()), data_cache.directory(cache_dir)
     if found in (None, "torchvision") and any(not (src / f).is_file() for f in TORCHVISION[kind].files):
-        with data_cache.locked(lock):  # not downloaded meanwhile by a job that held the lock
-            if _find_format(kind, src) is None:
+        with data_cache.locked(data_cache.lock_file(cache_dir, kind, source)):
+            if _find_format(kind, src) is None:  # not downloaded meanwhile by a job that held the lock
                 _download(kind, src)
             _extract_gzipped(kind, src)
-    return data_cache.cached(lambda: _cache_path(kind, src, where), lambda: _decode(kind, src, where), lock)
+    return data_cache.cached(
+        cache_dir, kind, source, lambda: _files_key(kind, src), lambda: _decode(kind, src, where)
+    )
 
 
 def _extract_gzipped(kind: str, src: Path) -> None:
@@ -220,10 +205,8 @@ def _extract_gzipped(kind: str, src: Path) -> None:
                 raise DataError(f"{path}.gz cannot be extracted ({_described(e)}); copy it again") from None
 
 
-def _cache_path(kind: str, src: Path, where: Path | None) -> Path | None:
-    """The cache file for `src`: keyed by the format version and every file decoding reads."""
-    if where is None:
-        return None
+def _files_key(kind: str, src: Path) -> str:
+    """The cache key of `src`: every file decoding reads."""
     if _is_archive_path(src):
         files = [str(src)]
     elif _find_format(kind, src) == "folder":
@@ -231,16 +214,16 @@ def _cache_path(kind: str, src: Path, where: Path | None) -> Path | None:
         files = [p for p, _ in train + test]
     else:
         files = [str(src / f) for f in TORCHVISION[kind].files]
-    source = str(src.resolve())
-    key = f"{source}|{kind}|{data_cache.FORMAT_VERSION}\n" + data_cache.files_key(files, src)
-    # The source's digest first: a cache of the same source under an older key is superseded.
-    return where / f"{kind}-{digest(source)}-{digest(key)}.pt"
+    return data_cache.files_key(files, src)
 
 
 def _decode(kind: str, src: Path, where: Path | None) -> dict:
     if _is_archive_path(src):
         return _archive(kind, src, where)
     return _tree(src, kind) if _find_format(kind, src) == "folder" else _torchvision(kind, src)
+
+
+# ----------------------------------------------------------------------------- torchvision's data sets
 
 
 def _without_checksums(cls):
@@ -332,22 +315,21 @@ def _is_image(path: str) -> bool:
 
 
 def _tree_classes(src: Path, kind: str) -> list[str]:
-    """The class names (torchvision's find_classes: the sorted folder names of train/). The test
-    split's folders must be among them, as labels come from names; data=cifar10 wants its own 10."""
+    """The class names: torchvision's find_classes of train/. The test split's must be among them,
+    as labels come from names; data=cifar10 wants its own 10."""
     from torchvision.datasets.folder import find_classes
 
-    expected = CIFAR10_CLASSES if kind == "cifar10" else None
     found = {}
     for split in ("train", "test"):
         try:
             found[split] = find_classes(str(src / split))[0]
         except OSError as e:
             raise DataError(f"{src / split}: {data_cache.first_line(e)}") from None
-        if expected is not None and set(found[split]) != set(expected):
-            missing = [c for c in expected if c not in found[split]]
-            extra = sorted(set(found[split]) - set(expected))
+        if kind == "cifar10" and set(found[split]) != set(CIFAR10_CLASSES):
+            missing = [c for c in CIFAR10_CLASSES if c not in found[split]]
+            extra = sorted(set(found[split]) - set(CIFAR10_CLASSES))
             raise DataError(
-                f"{src / split} must hold exactly the class folders {', '.join(expected)}"
+                f"{src / split} must hold exactly the class folders {', '.join(CIFAR10_CLASSES)}"
                 + (f"; missing: {', '.join(missing)}" if missing else "")
                 + (f"; not CIFAR-10 classes: {', '.join(extra)}" if extra else "")
                 + " (data=image_folder reads other trees)"
@@ -358,45 +340,35 @@ def _tree_classes(src: Path, kind: str) -> list[str]:
     return found["train"]
 
 
-_LISTED: dict[tuple, tuple] = {}
-
-
 def _listing(kind: str, src: Path) -> tuple[list[str], list, list]:
-    """(classes, train samples, test samples) of a tree in ImageFolder's order, by torchvision's
-    own walk; listed once per process while no folder of it changes (the pre-check of every
+    """(classes, train samples, test samples) by torchvision's make_dataset, with the train split's
+    class indices; listed once per process while no folder of it changes (the pre-check of every
     job, each load's cache key)."""
-    from torchvision.datasets.folder import make_dataset
-
     classes = _tree_classes(src, kind)
     folders = [src / split / c for split in ("train", "test") for c in classes]
-    key = (kind, str(src.resolve()), *(f.stat().st_mtime_ns if f.is_dir() else None for f in folders))
-    if key not in _LISTED:
-        samples = []
-        for split_dir in (src / "train", src / "test"):
-            try:
-                listed = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=_is_image, allow_empty=True)  # fmt: skip
-            except OSError as e:
-                raise DataError(f"cannot list {split_dir} ({_described(e)})") from None
-            if not listed:
-                raise DataError(f"{split_dir} holds no images")
-            samples.append(listed)
-        _LISTED.clear()  # the last tree only
-        _LISTED[key] = (classes, *samples)
-    return _LISTED[key]
+    mtimes = tuple(f.stat().st_mtime_ns if f.is_dir() else None for f in folders)
+    return _listed(src, str(src.resolve()), tuple(classes), mtimes)
 
 
-def _image(path: str, rgb: bool) -> np.ndarray:
-    from PIL import Image
+@functools.lru_cache(maxsize=1)  # the last tree only; keyed by its folders' mtimes too
+def _listed(src: Path, resolved: str, classes: tuple[str, ...], mtimes: tuple) -> tuple:
+    from torchvision.datasets.folder import make_dataset
 
-    try:
-        with Image.open(path) as im:
-            return pixels(im, rgb)
-    except Exception as e:  # Pillow: UnidentifiedImageError, truncated file, bad header ...
-        raise DataError(f"{path} is not a readable image ({_described(e)})") from None
+    samples = []
+    for split_dir in (src / "train", src / "test"):
+        try:
+            listed = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=_is_image, allow_empty=True)  # fmt: skip
+        except OSError as e:
+            raise DataError(f"cannot list {split_dir} ({_described(e)})") from None
+        if not listed:
+            raise DataError(f"{split_dir} holds no images")
+        samples.append(listed)
+    return (list(classes), *samples)
 
 
 def _tree(src: Path, kind: str) -> dict:
     """An ImageFolder tree: every image of one size and all grey or all colour (stacked as they are)."""
+    from PIL import Image
 
     def described(x):
         return f"{'grey' if x.shape[0] == 1 else 'colour'} {x.shape[2]}x{x.shape[1]} px"
@@ -406,7 +378,11 @@ def _tree(src: Path, kind: str) -> dict:
     for split, samples in zip(("train", "test"), listed, strict=True):
         images = []
         for path, _ in samples:
-            x = _image(path, rgb=kind == "cifar10")
+            try:
+                with Image.open(path) as im:
+                    x = pixels(im, rgb=kind == "cifar10")
+            except Exception as e:  # Pillow: UnidentifiedImageError, truncated file, bad header ...
+                raise DataError(f"{path} is not a readable image ({_described(e)})") from None
             if first is None:
                 first = (path, x)
                 if kind == "cifar10" and x.shape != (3, 32, 32):
@@ -414,7 +390,7 @@ def _tree(src: Path, kind: str) -> dict:
             elif x.shape != first[1].shape:
                 raise DataError(f"{path} is {described(x)} but {first[0]} is {described(first[1])}: all images must have one size and all be grey or all colour")  # fmt: skip
             images.append(x)
-        out[f"{split}_x"] = torch.from_numpy(np.stack(images))
+        out[f"{split}_x"] = torch.stack(images)
         out[f"{split}_y"] = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return out
 
@@ -428,41 +404,34 @@ def folder_extent(root, extent):
         return None
     classes, train, test = _listing("image_folder", expand(root))
     with Image.open(train[0][0]) as im:
-        width, height = im.size
         channels = 1 if im.mode in GREY_MODES else 3
-    return extent(len(train), len(test), (channels, height, width), len(classes))
+        return extent(len(train), len(test), (channels, im.size[1], im.size[0]), len(classes))
 
 
 # ----------------------------------------------------------------------------- archives
-
-
-_SCANNED: dict[tuple, tuple[str | None, int]] = {}
 
 
 def _scan_archive(src: Path) -> int:
     """The pre-check's look into an archive (member names only), once per process and version:
     its training images' count (0 for CIFAR-10's batches), or DataError."""
     stat = src.stat()
-    key = (str(src.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SCANNED:
-        try:
-            with tarfile.open(src) as tar:
-                names = [m.name for m in tar if m.isfile()]
-            split_dirs = {n.split("/")[-3] for n in names if n.count("/") >= 2}
-            batches = any(n.endswith("cifar-10-batches-py/data_batch_1") for n in names)
-            train = sum(
-                1 for n in names if n.count("/") >= 2 and n.split("/")[-3] == "train" and _is_image(n)
-            )
-            _SCANNED[key] = (
-                None if batches or {"train", "test"} <= split_dirs else f"{src} {NEITHER_LAYOUT}",
-                train,
-            )
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            _SCANNED[key] = (f"{src} is truncated or damaged ({_described(e)}); copy or download it again", 0)
-    problem, train = _SCANNED[key]
+    problem, train = _scanned(src, str(src.resolve()), stat.st_size, stat.st_mtime_ns)
     if problem:
         raise DataError(problem)
     return train
+
+
+@functools.lru_cache
+def _scanned(src: Path, resolved: str, size: int, mtime_ns: int) -> tuple[str | None, int]:
+    try:
+        with tarfile.open(src) as tar:
+            names = [m.name.split("/") for m in tar if m.isfile()]
+    except UNREADABLE_ARCHIVE as e:
+        return f"{src} is truncated or damaged ({_described(e)}); copy or download it again", 0
+    batches = any(n[-2:] == ["cifar-10-batches-py", "data_batch_1"] for n in names)
+    splits = {n[-3] for n in names if len(n) >= 3}
+    train = sum(1 for n in names if len(n) >= 3 and n[-3] == "train" and _is_image(n[-1]))
+    return None if batches or {"train", "test"} <= splits else f"{src} {NEITHER_LAYOUT}", train
 
 
 def _archive(kind: str, src: Path, where: Path | None) -> dict:
@@ -473,16 +442,12 @@ def _archive(kind: str, src: Path, where: Path | None) -> dict:
         try:
             with tarfile.open(src) as tar:
                 tar.extractall(scratch, filter="data")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(
-                f"{src} is truncated or damaged ({_described(e)}); copy or download it again"
-            ) from None
+        except UNREADABLE_ARCHIVE as e:
+            raise DataError(f"{src} is truncated or damaged ({_described(e)}); copy or download it again") from None  # fmt: skip
         for top in [scratch, *sorted(p for p in scratch.iterdir() if p.is_dir())]:
-            found = _find_format(kind, top) or ("folder" if (top / "train").is_dir() and (top / "test").is_dir() else None)  # fmt: skip
-            if found == "torchvision":
-                return _torchvision(kind, top)
-            if found == "folder":
-                return _tree(top, kind)
+            found = _find_format(kind, top)
+            if found:
+                return _tree(top, kind) if found == "folder" else _torchvision(kind, top)
         raise DataError(f"{src} {NEITHER_LAYOUT}")
     except DataError as e:
         raise DataError(str(e).replace(f"{scratch}/", f"{src}: ").replace(str(scratch), str(src))) from None

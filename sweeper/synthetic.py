@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from sweeper import data_cache
-from sweeper.data_cache import digest
 
 
 def _smooth_field(g: torch.Generator, n: int, channels: int, low: int, size: int) -> torch.Tensor:
-    """Random low-resolution noise upsampled bilinearly: blobs of colour at scale size/low."""
+    """Blobs of colour at scale size/low: random low-resolution noise upsampled bilinearly."""
     field = torch.randn(n, channels, low, low, generator=g)
     return F.interpolate(field, size=(size, size), mode="bilinear", align_corners=False)
 
@@ -25,7 +24,6 @@ SYNTHETIC_VERSION = 1
 
 
 def _stream(seed: int, *names) -> torch.Generator:
-    """A random stream of its own for each (seed, names...)."""
     h = hashlib.sha256("|".join(map(str, (seed, *names))).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little"))
 
@@ -37,8 +35,6 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
     class prototype, randomly shifted and scaled, blended with a random other class's prototype,
     plus smooth and pixel noise. A `label_noise` fraction of the training labels is replaced by
     random classes: a net that fits those has memorised, which is what makes test loss rise.
-    The training set of n_train=2000 is the first 2000 of n_train=5000's, with the same labels,
-    and the test set is the same for any n_train: runs of another size are judged on the same images.
     """
     g = _stream(seed, "prototypes")
     k = 10
@@ -62,7 +58,7 @@ def synthetic(n_train: int, n_test: int, seed: int, label_noise: float, size: in
         scale = 0.35 + 0.5 * torch.rand(n, 1, 1, 1, generator=g)
         x = scale * protos[y] + blend * protos[other]
         shifts = torch.randint(-4, 5, (n, 2), generator=g)
-        # Roll each image by its own shift: one gather over precomputed index grids.
+        # Roll each image by its own shift: one gather.
         rows = (torch.arange(size)[None, :] - shifts[:, :1]) % size
         cols = (torch.arange(size)[None, :] - shifts[:, 1:]) % size
         x = x[
@@ -92,17 +88,16 @@ CLASSES = [f"class{i}" for i in range(10)]
 
 
 def synthetic_arrays(n_train: int, n_test: int, seed: int, label_noise: float, cache_dir) -> dict:
-    """synthetic() as the data sources' arrays, generated once per machine and then read from
-    cache_dir (60k images: ~8 s -> ~0.2 s). Keyed by the arguments, SYNTHETIC_VERSION and torch's
-    version (its random streams and interpolation define the images)."""
-    key = f"{SYNTHETIC_VERSION}|{data_cache.FORMAT_VERSION}|{torch.__version__}|{n_train}|{n_test}|{seed}|{float(label_noise)!r}"
+    """synthetic() as the data sources' arrays, generated once per machine, then read from
+    cache_dir. Keyed by the arguments, SYNTHETIC_VERSION and torch's version (its random streams
+    and interpolation define the images)."""
+    key = f"{SYNTHETIC_VERSION}|{torch.__version__}|{n_train}|{n_test}|{seed}|{float(label_noise)!r}"
 
     def make():
         arrays = synthetic(n_train, n_test, seed, label_noise)
         return {**dict(zip(data_cache.ARRAY_KEYS, arrays, strict=True)), "classes": CLASSES}
 
-    cache = data_cache.cache_file(cache_dir, f"synthetic-{digest(key)}.pt")
-    return data_cache.cached(lambda: cache, make, None if cache is None else cache.with_suffix(".lock"))
+    return data_cache.cached(cache_dir, "synthetic", key, lambda: key, make)
 
 
 def synthetic_cached(n_train: int, n_test: int, seed: int, label_noise: float, cache_dir):

@@ -6,33 +6,29 @@ pair of tensors (images uint8 (N, C, H, W) or float in [0, 1], labels) or a torc
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from sweeper import data_cache
-from sweeper.data_cache import DataError, _described, digest
+from sweeper.data_cache import DataError, _described
 
 # PIL modes kept as one grey channel; every other mode (RGB, RGBA, P, CMYK, ...) becomes RGB.
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-def pixels(image, rgb: bool = False) -> np.ndarray:
+def pixels(image, rgb: bool = False) -> torch.Tensor:
     """A PIL image as (C, H, W) uint8: grey modes as 1 channel (unless `rgb`), any other as RGB."""
-    grey = image.mode in GREY_MODES and not rgb
-    values = np.array(image.convert("L" if grey else "RGB"), dtype=np.uint8)
-    return np.ascontiguousarray(values[None] if grey else values.transpose(2, 0, 1))
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(image.convert("L" if image.mode in GREY_MODES and not rgb else "RGB"))
 
 
+# The data section's keys the loader reads; the others go to a user's `_target_`.
 OWN_KEYS = ("_target_", "name", "cache_dir", "train_size", "val_size", "seed", "normalize", "augment")
-
-
-def target_arguments(cfg) -> dict:
-    """The data section's keys that go to a user's `_target_`: all but those the loader reads."""
-    from omegaconf import OmegaConf
-
-    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OWN_KEYS}
 
 
 _MEMO: dict[str, dict] = {}
@@ -41,22 +37,18 @@ _MEMO: dict[str, dict] = {}
 def user_dataset(cfg) -> dict:
     """A user's `_target_` called with its keys, its (train, test) materialised once as uint8
     tensors and cached, keyed by the target, its arguments and its module file."""
-    import sys
-
     from hydra.utils import get_object
 
-    target, kwargs = cfg["_target_"], target_arguments(cfg)
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OWN_KEYS}
+    target = cfg["_target_"]
     try:
         fn = get_object(target)
     except Exception as e:  # noqa: BLE001 -- an import error of the user's module, in one line
         raise DataError(f"data._target_={target} cannot be imported ({_described(e)})") from None
-    module = getattr(
-        sys.modules.get(getattr(fn, "__module__", None)), "__file__", None
-    )  # imported by get_object
-    key = f"{target}|{json.dumps(kwargs, sort_keys=True)}|{data_cache.FORMAT_VERSION}\n"
+    # The user's module file (imported by get_object): an edit of it makes the data set again.
+    module = getattr(sys.modules.get(getattr(fn, "__module__", None)), "__file__", None)
+    key = f"{target}|{json.dumps(kwargs, sort_keys=True)}\n"
     key += data_cache.files_key([module] if module else [], Path("/"))
-    name = f"user-{digest(target)}-{digest(key)}.pt"
-    cache = data_cache.cache_file(cfg.get("cache_dir"), name)
 
     def make():
         try:
@@ -76,10 +68,9 @@ def user_dataset(cfg) -> dict:
             raise DataError(f"data._target_={target}: train images are {tuple(arrays['train_x'].shape[1:])}, test images {tuple(arrays['test_x'].shape[1:])}")  # fmt: skip
         return data_cache.labelled(arrays, classes, f"data._target_={target}")
 
-    lock = None if cache is None else cache.with_suffix(".lock")
     if key not in _MEMO:  # the pre-check asks for it per job, the load once more
         _MEMO.clear()  # the last data set only
-        _MEMO[key] = data_cache.cached(lambda: cache, make, lock)
+        _MEMO[key] = data_cache.cached(cfg.get("cache_dir"), "user", target, lambda: key, make)
     return _MEMO[key]
 
 
@@ -110,7 +101,7 @@ def _materialised(part, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         for i in range(len(part)):
             image, label = part[i]
             if hasattr(image, "mode"):  # a PIL image
-                image = torch.from_numpy(pixels(image))
+                image = pixels(image)
             image = _as_uint8(image, f"{where}, item {i}")
             images.append(image[None] if image.dim() == 2 else image)
             labels.append(int(label))

@@ -163,8 +163,21 @@ def test_synthetic_data_is_generated_once_then_read_from_the_cache(tmp_path):
     assert (again[1] == 7).all()  # read from the file, not generated again
     data_module.synthetic_cached(200, 50, 4, 0.1, str(tmp_path))  # another seed: another file
     assert len(list(tmp_path.glob("synthetic-*.pt"))) == 2
-    assert data_cache.cache_file(None, "synthetic-x.pt") is None  # cache_dir null: no file at all
+    assert data_cache.cache_file(None, "synthetic", "x", "y") is None  # cache_dir null: no file at all
     assert len(data_module.synthetic_cached(20, 5, 3, 0.1, None)[1]) == 20
+
+
+def test_a_format_version_bump_gives_a_synthetic_cache_another_name_and_removes_the_old(
+    tmp_path, monkeypatch
+):
+    """Every source's cache name holds data_cache.FORMAT_VERSION: a reader of another version
+    never reads the file, and the superseded file of the same arguments is removed."""
+    data_module.synthetic_cached(20, 5, 3, 0.1, str(tmp_path))
+    (old,) = tmp_path.glob("synthetic-*.pt")
+    monkeypatch.setattr(data_cache, "FORMAT_VERSION", data_cache.FORMAT_VERSION + 1)
+    data_module.synthetic_cached(20, 5, 3, 0.1, str(tmp_path))
+    (new,) = tmp_path.glob("synthetic-*.pt")
+    assert new.name != old.name and torch.load(new, weights_only=True)["version"] == data_cache.FORMAT_VERSION
 
 
 def test_a_broken_or_unwritable_cache_never_fails_the_run(tmp_path, monkeypatch, caplog):
