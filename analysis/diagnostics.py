@@ -15,19 +15,10 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 # The splits a metrics line logs, in its order (docs/run-record.md): `<split>_<m>` for the loss and
 # each name m in trainer.metrics (acc, top5, ...); val_* only in runs with a validation split.
-SPLITS = ("train", "val", "test")
-SPLIT_METRIC = re.compile(r"^(train|val|test)_(?!gen_gap)[a-z0-9_]+$")
-# The split a sweep selects on when its runs hold one out: ranking, the best configuration and the
-# over/underfitting diagnostics read it; test is then shown alongside, never selected on.
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
-
-
-def metric_columns(columns) -> list[str]:
-    """The `<split>_<m>` columns of a metrics line (train_loss, val_acc, test_top5, ...), in order."""
-    return [str(c) for c in columns if SPLIT_METRIC.match(str(c))]
+SPLIT_METRIC = re.compile(r"^(train|val|test)_(?!gen_gap)[a-z0-9_]+$")
 
 
 def held_out_split(frame: pd.DataFrame) -> str:
@@ -49,9 +40,6 @@ def counterpart(metric: str, split: str) -> str | None:
     return f"{match.group(1) or ''}{split}_{match.group(3)}"
 
 
-# --------------------------------------------------------------------------- metric direction
-
-
 def lower_is_better(metric: str) -> bool:
     """Losses, gaps and times go down, accuracies go up; anything else must be said explicitly."""
     name = metric.lower()
@@ -64,19 +52,8 @@ def lower_is_better(metric: str) -> bool:
     raise ValueError(f"cannot tell whether {metric!r} should be high or low: pass higher_is_better")
 
 
-def best_name(metric: str) -> str:
-    """`min_test_loss` for a loss, `best_test_acc` for an accuracy (summary.json's names)."""
-    return f"min_{metric}" if lower_is_better(metric) else f"best_{metric}"
-
-
-# --------------------------------------------------------------------------- confidence intervals
-
-
 def _t_coverage(t: float, dof: int) -> float:
-    """P(|T| < t) for Student's t with an integer number of degrees of freedom.
-
-    Exact finite series of Abramowitz & Stegun 26.7.3 (odd dof) and 26.7.4 (even dof).
-    """
+    """P(|T| < t) for Student's t with integer dof: Abramowitz & Stegun 26.7.3 (odd), 26.7.4 (even)."""
     theta = math.atan(t / math.sqrt(dof))
     cos2, sin = math.cos(theta) ** 2, math.sin(theta)
     if dof % 2 == 0:
@@ -142,9 +119,6 @@ def seed_aggregate(
     return out
 
 
-# --------------------------------------------------------------------------- per-run reducers
-
-
 def add_gaps(curves: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
     """Generalisation gaps per epoch: gen_gap_loss = held-out - train loss, gen_gap_acc = train -
     held-out acc, the held-out split being `split` (default: val where the runs hold one out, else
@@ -165,7 +139,8 @@ def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] | None = None) ->
 
     `final_*` is the last logged epoch, even if it is NaN (a diverged run's last line).
     """
-    metrics = metric_columns(curves.columns) if metrics is None else metrics
+    if metrics is None:
+        metrics = [str(c) for c in curves.columns if SPLIT_METRIC.match(str(c))]
     by_run = curves.groupby("run", sort=False)
     out = pd.DataFrame({"epochs_done": by_run["epoch"].max()})
     last = curves.loc[by_run["epoch"].idxmax().to_numpy()].set_index("run") if len(curves) else curves
@@ -176,7 +151,7 @@ def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] | None = None) ->
         # idxmin/idxmax return the first occurrence: the earliest epoch reaching the best value.
         at = group.idxmin() if lower_is_better(metric) else group.idxmax()
         best = finite.loc[at.to_numpy()].set_index("run")
-        name = best_name(metric)
+        name = f"min_{metric}" if lower_is_better(metric) else f"best_{metric}"  # summary.json's names
         out[name] = best[metric].astype("float64")
         out[f"{name}_epoch"] = best["epoch"].astype("Int64")
     held = held_out_split(curves)  # as add_gaps chooses
@@ -269,14 +244,11 @@ def fit_state(train_acc: float, test_acc: float) -> str:
     return "overfits" if train_acc - test_acc > OVERFIT_GAP else "neither"
 
 
-# --------------------------------------------------------------------------- ranking
-
-
 def _sampling_error(runs: pd.DataFrame, metric: str, accuracy: pd.Series) -> pd.Series:
     """The binomial standard error of an accuracy `metric` measured on the images of its split
     (the runs' median `n_test` or `n_train`); NaN for other metrics or an unknown count."""
     name = metric.lower()
-    split = next((s for s in SPLITS if f"{s}_acc" in name or re.search(rf"{s}_top\d+", name)), None)
+    split = next((s for s in SPLIT_NAMES if f"{s}_acc" in name or re.search(rf"{s}_top\d+", name)), None)
     if split is None or "gap" in name or f"n_{split}" not in runs or runs[f"n_{split}"].isna().all():
         return pd.Series(np.nan, index=accuracy.index)
     images = float(runs[f"n_{split}"].median())

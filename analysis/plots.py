@@ -1,17 +1,12 @@
-"""The lecture's curve figures (plot_curves, plot_lr_switch, plot_loss_vs_accuracy), drawn from the
-tidy tables of analysis.load, and the helpers every figure shares (labels, palettes, lines with
-seed bands, legend, title, NothingToPlot). The per-sample loss distributions are drawn by
-analysis.distribution_plots, the heatmap by analysis.heatmap.
+"""The curve figures (plot_curves, plot_lr_switch, plot_loss_vs_accuracy) and the helpers every
+figure shares (labels, palettes, lines with seed bands, legend, title, NothingToPlot).
 
-Every function takes DataFrames and returns a matplotlib Figure; none writes a file. Figures
-are built with `matplotlib.figure.Figure`, not pyplot, so they work under any backend (Agg in
-scripts, inline in notebooks) and are freed as soon as they are dropped.
-
-Seeds are replicates: lines are the mean over the runs sharing the mapped keys, with the seeds'
-range (min to max) as a band and N in the legend. The band is the runs' own values, so it stays
-on a log axis and inside [0, 1] for accuracies; a t-interval of 2 or 3 seeds is 4 to 13 standard
-errors wide and would cover the figure (the ranking tables give the t-intervals). Slice the sweep to one value of the other knobs first
-(`sweep.subset({...})`), or name them in `keys=` to draw one thin line per configuration.
+Figures are `matplotlib.figure.Figure`s, not pyplot's, so they work under any backend and are freed
+once dropped. Seeds are replicates: a line is the mean over the runs sharing the mapped keys, with
+the seeds' range (min to max) as a band, not a t-interval: that of 2 or 3 seeds is 4 to 13 standard
+errors wide and would cover the figure, while the range stays on a log axis and inside [0, 1].
+Slice the sweep first (`sweep.subset({...})`), or name the other knobs in `keys=` to draw one thin
+line per configuration.
 """
 
 from __future__ import annotations
@@ -43,9 +38,6 @@ METRIC_LABELS = {
 
 class NothingToPlot(ValueError):
     """The data cannot make this figure (a key that does not vary, no such runs, ...)."""
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _rank(value) -> tuple:
@@ -237,9 +229,6 @@ def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> N
     missing = [c for c in columns if c is not None and c not in frame]
     if missing:
         raise NothingToPlot(f"{what}: no column {', '.join(missing)} (not a varied key of this sweep?)")
-
-
-# --------------------------------------------------------------------------- curves
 
 
 def plot_curves(
