@@ -91,13 +91,9 @@ def t_critical(level: float, dof: int) -> float:
 def seed_aggregate(
     frame: pd.DataFrame, values: str | Sequence[str], by: Sequence[str], level: float = 0.95
 ) -> pd.DataFrame:
-    """Mean, std, N and a `level` t-interval of `values` over the rows sharing `by`.
-
-    Pass the varied keys minus the seed as `by` (plus "epoch" for curves): each group is then
-    one configuration and its rows are its seeds. Columns: by..., then for each value
-    `<value>_mean`, `<value>_std`, `<value>_n`, `<value>_ci_lo`, `<value>_ci_hi`, and the seeds'
-    range `<value>_min`, `<value>_max`. The interval is NaN for N = 1 (no spread to measure).
-    """
+    """Per group of `by` (the varied keys but the seed, plus "epoch" for curves: a configuration's
+    seeds): `<value>_mean`, `_std`, `_n`, a `level` t-interval `_ci_lo`, `_ci_hi` (NaN for N = 1:
+    no spread to measure) and the seeds' range `_min`, `_max`, for each of `values`."""
     values = [values] if isinstance(values, str) else list(values)
     by = list(by)
     keys = by if by else np.zeros(len(frame), dtype=int)
@@ -112,10 +108,8 @@ def seed_aggregate(
         half = t * std / np.sqrt(np.maximum(n, 1))
         out[f"{value}_mean"], out[f"{value}_std"], out[f"{value}_n"] = mean, std, n
         out[f"{value}_ci_lo"], out[f"{value}_ci_hi"] = mean - half, mean + half
-        out[f"{value}_min"], out[f"{value}_max"] = (
-            stats[(value, "min")].to_numpy(),
-            stats[(value, "max")].to_numpy(),
-        )
+        for bound in ("min", "max"):  # the seeds' range
+            out[f"{value}_{bound}"] = stats[(value, bound)].to_numpy()
     return out
 
 
@@ -263,16 +257,13 @@ def rank_configs(
     higher_is_better: bool | None = None,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Configurations (rows sharing `by`, i.e. the seeds of one config) ranked by mean `metric`.
+    """Configurations (rows sharing `by`: the seeds of one config) ranked by mean `metric`, over
+    the runs whose status is in `statuses` (a diverged seed has no final accuracy).
 
-    Two configurations whose means differ by less than the larger of their noise (`noise`) are a
-    tie: a difference smaller than the noise is not evidence. The noise is the seed-to-seed std;
-    a configuration of one seed has none to measure, so for an accuracy it is the binomial
-    standard error of that accuracy over the images it was measured on (`n_test`/`n_train`
-    columns: ±0.47 points at 68% on 10,000 test images), and 0 otherwise. Ties are grouped
-    around the better configuration of the group and share its rank (1, 1, 3, ...); `tied`
-    marks them. Only runs whose status is in `statuses` count (a diverged seed has no final
-    accuracy).
+    Means that differ by less than the larger `noise` are a tie: not evidence. The noise is the
+    seed-to-seed std; a configuration of one seed has none, so for an accuracy it is the binomial
+    standard error over the images it was measured on (`n_test`/`n_train`: ±0.47 points at 68% on
+    10,000 test images), else 0. Ties share the rank of the better configuration (1, 1, 3, ...).
     """
     pool = runs if statuses is None else runs[runs["status"].isin(list(statuses))]
     pool = pool[pool[metric].notna()]

@@ -1,5 +1,5 @@
 """The per-sample loss distribution figure: train vs test histograms of losses.npz, one panel per
-kept epoch (Sweep.distributions). Drawn with the figure helpers of analysis.plots."""
+kept epoch (Sweep.distributions)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,8 @@ def panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
 
 
 def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], float, float]:
-    """x extents in log10(loss) for each bin on display, with extra slots left for exact zeros.
-
-    Returns {bin: (left, right)}, ticks, and the x-range. Histogram bins sit at their log10
-    edges; (0, 1e-8) gets one decade left of 1e-8; exact zeros get a separate slot with a gap.
-    """
+    """{bin: (left, right)} in log10(loss), ticks and the x-range: histogram bins at their log10
+    edges, (0, 1e-8) one decade left of 1e-8, exact zeros a separate slot after a gap."""
     hist = mean[(mean["kind"] == "hist") & (mean["fraction"] > 0)]
     lo = math.floor(np.log10(hist["lo"].min())) if not hist.empty else -1
     hi = math.ceil(np.log10(hist["hi"].max())) if not hist.empty else 1

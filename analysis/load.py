@@ -289,10 +289,8 @@ class Sweep:
         return dataclasses.replace(self, runs=runs, curves=curves)
 
     def rank(self, metric: str | None = None, statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
-        """Configurations ranked by `metric` (default: selection_metric, the validation split's
-        accuracy where there is one) over seeds; see diagnostics.rank_configs. By default the
-        RESULTS (completed and stopped_early runs); a damaged run is never ranked (statuses=None:
-        every other status)."""
+        """diagnostics.rank_configs by `metric` (default: selection_metric) over the runs of
+        `statuses` (None: every status); a damaged run is never ranked."""
         runs = self.runs[self.runs["status"] != "damaged"]
         return diagnostics.rank_configs(
             runs, metric or self.selection_metric, self.group_keys, statuses=statuses
@@ -301,11 +299,8 @@ class Sweep:
     def distributions(
         self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None
     ) -> pd.DataFrame:
-        """Per-sample loss histograms (run x epoch x split x bin) from losses.npz, read on demand.
-
-        Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
-        log-spaced bins, last = >= 1e3), kind (zero/under/hist/over), lo, hi, count, fraction.
-        """
+        """Per-sample loss histograms from losses.npz, read on demand: losses.DISTRIBUTION_DTYPES's
+        columns; bin 0 = exact zeros, 1 = (0, 1e-8), then the log-spaced bins, last = >= 1e3."""
         dists = self._npz_frames(runs, 0, empty_distributions())
         if epochs is not None:
             dists = dists[dists["epoch"].isin(list(epochs))]
@@ -375,13 +370,10 @@ def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
 
 
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
-    """Load one or several run dirs / sweep dirs into a Sweep.
-
-    Damaged, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`
-    (a damaged losses.npz once `distributions` reads it); runs
-    without a readable config.json cannot be placed in the sweep and are left out of `runs`.
-    Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
-    """
+    """Load run dirs, sweep dirs or folders of them into a Sweep. Damaged, failed, diverged,
+    interrupted, stalled and missing runs are listed in `Sweep.problems`; a run without a readable
+    config.json cannot be placed in the sweep and is left out of `runs`. Raises FileNotFoundError
+    for a path that is not a directory, NoRunsFound if none holds a run."""
     refs, missing = discover(paths)
     if not refs:
         shown = paths if isinstance(paths, (str, os.PathLike)) else ", ".join(map(str, paths))

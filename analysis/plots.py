@@ -26,14 +26,7 @@ from analysis.knobs import format_knob, format_value, is_missing
 from analysis.load import SEED_KEY, select_rows
 
 LINESTYLES = ("-", "--", ":", "-.")
-METRIC_LABELS = {
-    "train_loss": "train loss",
-    "test_loss": "test loss",
-    "train_acc": "train accuracy",
-    "test_acc": "test accuracy",
-    "gen_gap_loss": "test - train loss",
-    "gen_gap_acc": "train - test accuracy",
-}
+METRIC_LABELS = {"gen_gap_loss": "test - train loss", "gen_gap_acc": "train - test accuracy"}
 
 
 class NothingToPlot(ValueError):
@@ -241,11 +234,8 @@ def plot_curves(
     seed_key: str = SEED_KEY,
     title: str | None = None,
 ) -> Figure:
-    """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`.
-
-    With metrics=("train_loss", "test_acc") and hue="lr" this is the lecture's learning-rate
-    figure: losses are on a log scale. Bands are the seeds' range.
-    """
+    """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`;
+    with hue="lr" the lecture's learning-rate figure."""
     _require(curves, ["epoch", *metrics, hue, col, style], "curves")
     col_values = ordered_values(curves[col]) if col else [None]
     colors = _palette(ordered_values(curves[hue])) if hue else {}
@@ -292,12 +282,9 @@ def plot_lr_switch(
     seed_key: str = SEED_KEY,
     title: str | None = None,
 ) -> Figure:
-    """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
-
-    x is epochs since the switch (`schedule.switch_epoch` epochs at `lr`, then `schedule.lr2`); colour is
-    `hue`, line style the switch epoch when several. Runs with another schedule in `runs` are drawn
-    in grey as the no-switch reference, aligned at each switch epoch.
-    """
+    """The "lr, then lr2" comparison: step-schedule runs aligned at `schedule.switch_epoch`, coloured
+    by `hue`, styled by switch epoch when several; runs of another schedule in `runs` are drawn in
+    grey as the no-switch reference, aligned at each switch epoch."""
     name_key, switch_key = "schedule.name", "schedule.switch_epoch"
     _require(runs, [name_key, switch_key, hue, "run"], "plot_lr_switch")
     is_step = runs[name_key] == "step"
@@ -348,12 +335,8 @@ def plot_lr_switch(
 def plot_loss_vs_accuracy(
     curves: pd.DataFrame, seed_key: str = SEED_KEY, title: str | None = None, split: str = "test"
 ) -> Figure:
-    """Train loss, held-out loss and held-out accuracy of one configuration on one figure; the
-    held-out split is `split` (test, or val where the runs hold one out).
-
-    The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
-    improves. Dotted lines mark the epoch of minimum loss and of best accuracy.
-    """
+    """Train loss, `split` loss and `split` accuracy of one configuration: the lecture's slide, where
+    the test loss bottoms out and climbs while the test accuracy still improves (dotted lines)."""
     loss, acc = f"{split}_loss", f"{split}_acc"
     _require(curves, ["epoch", "train_loss", loss, acc], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")

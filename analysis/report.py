@@ -253,7 +253,7 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
     metric = metric or sweep.selection_metric
     split = sweep.split
     metrics = VAL_CURVE_METRICS if split == "val" else CURVE_METRICS
-    held = "validation" if split == "val" else "test"
+    held = SPLIT_NAMES[split]
     curve_text = (
         "Train loss, validation loss (both log), validation and test accuracy"
         if split == "val"

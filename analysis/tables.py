@@ -1,8 +1,5 @@
-"""The report's tables (runs, ranking, diagnostics, an Optuna study's answer) and their markdown.
-
-Cells are text from the records, escaped (markdown_text) so that a config value never becomes
-markup; a `_target_` is named by its class (load.format_knob). On the validation split where the
-runs hold one out (Sweep.split), with test alongside.
+"""The report's tables (runs, ranking, diagnostics, an Optuna study's answer) and their markdown;
+on the validation split where the runs hold one out (Sweep.split), with test alongside.
 """
 
 from __future__ import annotations
@@ -47,7 +44,7 @@ def _cell(value, column: str = "") -> str:
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
     """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown. Cells are
-    text (escaped), a `_target_` named by its class."""
+    text, escaped so that a config value never becomes markup; a `_target_` named by its class."""
     if frame.empty:
         return "_none_\n"
     shown = frame.head(max_rows)
