@@ -1,17 +1,6 @@
-"""Analyse sweeps from the command line.
-
-    python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--metric final_val_acc]
-        figures (PNG), report.md and the tidy tables (CSV + parquet); --out defaults to
-        SWEEP_DIR/report/ and is required for several SWEEP_DIRs (a combined report must not
-        replace one sweep's own). A single run dir is a valid SWEEP_DIR. --metric defaults to
-        the validation split's final accuracy where the runs hold one out, else the test split's.
-
-    python -m analysis status SWEEP_DIR [SWEEP_DIR ...] [--all]
-        a one-screen table of the jobs: completed, stopped_early, running, submitted, interrupted,
-        stalled, failed, diverged, damaged, missing.
-
-Bad input (no such dir, no runs, unknown metric, unwritable --out) prints one line on stderr
-and exits with 2.
+"""`python -m analysis SWEEP_DIR... [--out DIR] [--metric M]`: report.md, figures and tables;
+`python -m analysis status SWEEP_DIR... [--all]`: the job table. Bad input (no such dir, no runs,
+unknown metric, unwritable --out) prints one line on stderr and exits with 2.
 """
 
 from __future__ import annotations
@@ -24,11 +13,11 @@ from pathlib import Path
 from analysis.discovery import NoRunsFound
 from analysis.knobs import counted
 from analysis.load import load_sweep
-from analysis.status import format_job_table, job_table
+from analysis.status import format_job_table, job_table, status_counts
 
 
 class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit code 2."""
+    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +25,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def _report_parser() -> argparse.ArgumentParser:
+def _arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if missing := [p for p in args.sweep_dirs if not Path(p).is_dir()]:
+        raise UsageError(f"{missing[0]}: no such directory")
+    return args
+
+
+def run_status(argv: list[str]) -> int:
+    parser = _Parser(prog="python -m analysis status", description="Status of a sweep's jobs.")
+    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    parser.add_argument(
+        "--all", action="store_true", help="list every job even if it does not fit the screen"
+    )
+    args = _arguments(parser, argv)
+    table = job_table(args.sweep_dirs)
+    if table.empty:
+        raise UsageError(f"no runs or sweep jobs under {', '.join(args.sweep_dirs)}")
+    print(format_job_table(table, show_all=args.all))
+    return 0
+
+
+def run_report(argv: list[str]) -> int:
     parser = _Parser(
         prog="python -m analysis",
         description="Figures, tables and report.md for sweeps. "
@@ -51,37 +61,7 @@ def _report_parser() -> argparse.ArgumentParser:
         help="run column to rank by (default: final_val_acc where the runs hold a validation split "
         "out, else final_test_acc)",
     )
-    return parser
-
-
-def _status_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m analysis status", description="Status of a sweep's jobs.")
-    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-    parser.add_argument(
-        "--all", action="store_true", help="list every job even if it does not fit the screen"
-    )
-    return parser
-
-
-def _check_dirs(paths: list[str]) -> None:
-    for path in paths:
-        if not Path(path).is_dir():
-            raise UsageError(f"{path}: no such directory")
-
-
-def run_status(argv: list[str]) -> int:
-    args = _status_parser().parse_args(argv)
-    _check_dirs(args.sweep_dirs)
-    table = job_table(args.sweep_dirs)
-    if table.empty:
-        raise UsageError(f"no runs or sweep jobs under {', '.join(args.sweep_dirs)}")
-    print(format_job_table(table, show_all=args.all))
-    return 0
-
-
-def run_report(argv: list[str]) -> int:
-    args = _report_parser().parse_args(argv)
-    _check_dirs(args.sweep_dirs)
+    args = _arguments(parser, argv)
     if len(args.sweep_dirs) > 1 and args.out is None:
         raise UsageError(
             f"{len(args.sweep_dirs)} sweep dirs: name the combined report's dir with --out "
@@ -114,9 +94,8 @@ def run_report(argv: list[str]) -> int:
     from analysis.report import split_note, write_report
 
     path = write_report(sweep, out, metric, sources=args.sweep_dirs)
-    counts = sweep.runs["status"].value_counts()
     print(
-        f"{counted(len(sweep.runs), 'run')} ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+        f"{counted(len(sweep.runs), 'run')} ({status_counts(sweep.runs['status'])}), "
         f"{counted(len(sweep.problems), 'problem')}"
     )
     note = split_note(sweep, metric)

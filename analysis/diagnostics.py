@@ -15,19 +15,10 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 # The splits a metrics line logs, in its order (docs/run-record.md): `<split>_<m>` for the loss and
 # each name m in trainer.metrics (acc, top5, ...); val_* only in runs with a validation split.
-SPLITS = ("train", "val", "test")
-SPLIT_METRIC = re.compile(r"^(train|val|test)_(?!gen_gap)[a-z0-9_]+$")
-# The split a sweep selects on when its runs hold one out: ranking, the best configuration and the
-# over/underfitting diagnostics read it; test is then shown alongside, never selected on.
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
-
-
-def metric_columns(columns) -> list[str]:
-    """The `<split>_<m>` columns of a metrics line (train_loss, val_acc, test_top5, ...), in order."""
-    return [str(c) for c in columns if SPLIT_METRIC.match(str(c))]
+SPLIT_METRIC = re.compile(r"^(train|val|test)_(?!gen_gap)[a-z0-9_]+$")
 
 
 def held_out_split(frame: pd.DataFrame) -> str:
@@ -49,9 +40,6 @@ def counterpart(metric: str, split: str) -> str | None:
     return f"{match.group(1) or ''}{split}_{match.group(3)}"
 
 
-# --------------------------------------------------------------------------- metric direction
-
-
 def lower_is_better(metric: str) -> bool:
     """Losses, gaps and times go down, accuracies go up; anything else must be said explicitly."""
     name = metric.lower()
@@ -64,19 +52,8 @@ def lower_is_better(metric: str) -> bool:
     raise ValueError(f"cannot tell whether {metric!r} should be high or low: pass higher_is_better")
 
 
-def best_name(metric: str) -> str:
-    """`min_test_loss` for a loss, `best_test_acc` for an accuracy (summary.json's names)."""
-    return f"min_{metric}" if lower_is_better(metric) else f"best_{metric}"
-
-
-# --------------------------------------------------------------------------- confidence intervals
-
-
 def _t_coverage(t: float, dof: int) -> float:
-    """P(|T| < t) for Student's t with an integer number of degrees of freedom.
-
-    Exact finite series of Abramowitz & Stegun 26.7.3 (odd dof) and 26.7.4 (even dof).
-    """
+    """P(|T| < t) for Student's t with integer dof: Abramowitz & Stegun 26.7.3 (odd), 26.7.4 (even)."""
     theta = math.atan(t / math.sqrt(dof))
     cos2, sin = math.cos(theta) ** 2, math.sin(theta)
     if dof % 2 == 0:
@@ -114,13 +91,9 @@ def t_critical(level: float, dof: int) -> float:
 def seed_aggregate(
     frame: pd.DataFrame, values: str | Sequence[str], by: Sequence[str], level: float = 0.95
 ) -> pd.DataFrame:
-    """Mean, std, N and a `level` t-interval of `values` over the rows sharing `by`.
-
-    Pass the varied keys minus the seed as `by` (plus "epoch" for curves): each group is then
-    one configuration and its rows are its seeds. Columns: by..., then for each value
-    `<value>_mean`, `<value>_std`, `<value>_n`, `<value>_ci_lo`, `<value>_ci_hi`, and the seeds'
-    range `<value>_min`, `<value>_max`. The interval is NaN for N = 1 (no spread to measure).
-    """
+    """Per group of `by` (the varied keys but the seed, plus "epoch" for curves: a configuration's
+    seeds): `<value>_mean`, `_std`, `_n`, a `level` t-interval `_ci_lo`, `_ci_hi` (NaN for N = 1:
+    no spread to measure) and the seeds' range `_min`, `_max`, for each of `values`."""
     values = [values] if isinstance(values, str) else list(values)
     by = list(by)
     keys = by if by else np.zeros(len(frame), dtype=int)
@@ -135,14 +108,9 @@ def seed_aggregate(
         half = t * std / np.sqrt(np.maximum(n, 1))
         out[f"{value}_mean"], out[f"{value}_std"], out[f"{value}_n"] = mean, std, n
         out[f"{value}_ci_lo"], out[f"{value}_ci_hi"] = mean - half, mean + half
-        out[f"{value}_min"], out[f"{value}_max"] = (
-            stats[(value, "min")].to_numpy(),
-            stats[(value, "max")].to_numpy(),
-        )
+        for bound in ("min", "max"):  # the seeds' range
+            out[f"{value}_{bound}"] = stats[(value, bound)].to_numpy()
     return out
-
-
-# --------------------------------------------------------------------------- per-run reducers
 
 
 def add_gaps(curves: pd.DataFrame, split: str | None = None) -> pd.DataFrame:
@@ -165,7 +133,8 @@ def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] | None = None) ->
 
     `final_*` is the last logged epoch, even if it is NaN (a diverged run's last line).
     """
-    metrics = metric_columns(curves.columns) if metrics is None else metrics
+    if metrics is None:
+        metrics = [str(c) for c in curves.columns if SPLIT_METRIC.match(str(c))]
     by_run = curves.groupby("run", sort=False)
     out = pd.DataFrame({"epochs_done": by_run["epoch"].max()})
     last = curves.loc[by_run["epoch"].idxmax().to_numpy()].set_index("run") if len(curves) else curves
@@ -176,7 +145,7 @@ def reduce_curves(curves: pd.DataFrame, metrics: Sequence[str] | None = None) ->
         # idxmin/idxmax return the first occurrence: the earliest epoch reaching the best value.
         at = group.idxmin() if lower_is_better(metric) else group.idxmax()
         best = finite.loc[at.to_numpy()].set_index("run")
-        name = best_name(metric)
+        name = f"min_{metric}" if lower_is_better(metric) else f"best_{metric}"  # summary.json's names
         out[name] = best[metric].astype("float64")
         out[f"{name}_epoch"] = best["epoch"].astype("Int64")
     held = held_out_split(curves)  # as add_gaps chooses
@@ -269,14 +238,11 @@ def fit_state(train_acc: float, test_acc: float) -> str:
     return "overfits" if train_acc - test_acc > OVERFIT_GAP else "neither"
 
 
-# --------------------------------------------------------------------------- ranking
-
-
 def _sampling_error(runs: pd.DataFrame, metric: str, accuracy: pd.Series) -> pd.Series:
     """The binomial standard error of an accuracy `metric` measured on the images of its split
     (the runs' median `n_test` or `n_train`); NaN for other metrics or an unknown count."""
     name = metric.lower()
-    split = next((s for s in SPLITS if f"{s}_acc" in name or re.search(rf"{s}_top\d+", name)), None)
+    split = next((s for s in SPLIT_NAMES if f"{s}_acc" in name or re.search(rf"{s}_top\d+", name)), None)
     if split is None or "gap" in name or f"n_{split}" not in runs or runs[f"n_{split}"].isna().all():
         return pd.Series(np.nan, index=accuracy.index)
     images = float(runs[f"n_{split}"].median())
@@ -291,16 +257,13 @@ def rank_configs(
     higher_is_better: bool | None = None,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Configurations (rows sharing `by`, i.e. the seeds of one config) ranked by mean `metric`.
+    """Configurations (rows sharing `by`: the seeds of one config) ranked by mean `metric`, over
+    the runs whose status is in `statuses` (a diverged seed has no final accuracy).
 
-    Two configurations whose means differ by less than the larger of their noise (`noise`) are a
-    tie: a difference smaller than the noise is not evidence. The noise is the seed-to-seed std;
-    a configuration of one seed has none to measure, so for an accuracy it is the binomial
-    standard error of that accuracy over the images it was measured on (`n_test`/`n_train`
-    columns: ±0.47 points at 68% on 10,000 test images), and 0 otherwise. Ties are grouped
-    around the better configuration of the group and share its rank (1, 1, 3, ...); `tied`
-    marks them. Only runs whose status is in `statuses` count (a diverged seed has no final
-    accuracy).
+    Means that differ by less than the larger `noise` are a tie: not evidence. The noise is the
+    seed-to-seed std; a configuration of one seed has none, so for an accuracy it is the binomial
+    standard error over the images it was measured on (`n_test`/`n_train`: ±0.47 points at 68% on
+    10,000 test images), else 0. Ties share the rank of the better configuration (1, 1, 3, ...).
     """
     pool = runs if statuses is None else runs[runs["status"].isin(list(statuses))]
     pool = pool[pool[metric].notna()]

@@ -1,5 +1,5 @@
 """The per-sample loss distribution figure: train vs test histograms of losses.npz, one panel per
-kept epoch (Sweep.distributions). Drawn with the figure helpers of analysis.plots."""
+kept epoch (Sweep.distributions)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,8 @@ def panel_epochs(epochs: list[int], max_panels: int) -> list[int]:
 
 
 def _bin_positions(mean: pd.DataFrame) -> tuple[dict, list[tuple[float, str]], float, float]:
-    """x extents in log10(loss) for each bin on display, with extra slots left for exact zeros.
-
-    Returns {bin: (left, right)}, ticks, and the x-range. Histogram bins sit at their log10
-    edges; (0, 1e-8) gets one decade left of 1e-8; exact zeros get a separate slot with a gap.
-    """
+    """{bin: (left, right)} in log10(loss), ticks and the x-range: histogram bins at their log10
+    edges, (0, 1e-8) one decade left of 1e-8, exact zeros a separate slot after a gap."""
     hist = mean[(mean["kind"] == "hist") & (mean["fraction"] > 0)]
     lo = math.floor(np.log10(hist["lo"].min())) if not hist.empty else -1
     hi = math.ceil(np.log10(hist["hi"].max())) if not hist.empty else 1
@@ -84,13 +81,10 @@ def plot_loss_distributions(
 ) -> Figure:
     """Per-sample loss histograms, train against test, through the kept epochs (small multiples).
 
-    x is log10(loss) on the 10-per-decade bins of losses.npz; losses that are exactly 0 in float32
-    (below its resolution: the loss of a memorised sample, -log p with p rounding to 1) get their
-    own slot at the left, labelled "0", with their share written above it. y is the fraction of
-    that split's samples, averaged over the runs in `dists`. Panels are laid out `ncols` to a row.
-
-    Below FLOAT32_LOSS_RESOLUTION a float32 loss takes only multiples of 2**-23, so most of those
-    bins hold none and a few hold many: their fractions are spread evenly over them (the same
+    x is log10(loss) on the bins of losses.npz; losses exactly 0 in float32 (a memorised sample:
+    -log p with p rounding to 1) get their own slot at the left, labelled "0". y is the fraction of
+    that split's samples, averaged over the runs in `dists`. Below FLOAT32_LOSS_RESOLUTION a float32
+    loss takes only multiples of 2**-23: those bins' fractions are spread evenly over them (the same
     total) instead of drawing that comb as spikes.
     """
     _require(
@@ -144,11 +138,10 @@ def plot_loss_distributions(
             positions[zero_bin][1] + 0.3, color="0.6", lw=0.8, ls=(0, (2, 2))
         )  # zero: off the log axis
         ax.set_title(f"epoch {epoch}", fontsize="medium")
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    for ax in axes.flat[: len(shown)]:
         ax.set_xlim(x_lo, x_hi)
         ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize="x-small")
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("fraction of samples")
     for ax in axes[-1, :]:

@@ -1,5 +1,4 @@
-"""The heatmap figure: a final metric over two knobs, averaged over seeds (one cell per pair).
-Drawn with the figure helpers of analysis.plots."""
+"""The heatmap figure: a final metric over two knobs, averaged over seeds (one cell per pair)."""
 
 from __future__ import annotations
 
@@ -33,11 +32,8 @@ def plot_heatmap(
     statuses: Sequence[str] | None = ("completed",),
     title: str | None = None,
 ) -> Figure:
-    """A final metric over two varied keys (e.g. x="lr", y="model.channels"), mean over seeds.
-
-    Cells show the mean and, with several seeds, the seed std; N is in the title (or in the cell
-    when it differs). Runs whose status is not in `statuses` are left out.
-    """
+    """Mean `value` over seeds on two varied keys (x="lr", y="model.channels"), over the runs of
+    `statuses`; cells show the mean and the seeds' std, N is in the title (in the cell when it varies)."""
     _require(runs, [x, y, value, "status"], "plot_heatmap")
     if x == y:
         raise NothingToPlot("plot_heatmap: x and y are the same key")

@@ -1,18 +1,10 @@
-"""Read run records (docs/run-record.md) into tidy pandas DataFrames.
+"""Read run records (docs/run-record.md) into tidy pandas DataFrames: `load_sweep(dir).runs` (one
+row per run), `.curves` (one row per run x epoch), `.varied` (config keys that differ between runs,
+and `threads` when CPU runs ran on different thread counts: their numbers differ too), `.problems`
+([(run_dir, reason)]) and `.distributions()` (losses.npz, read on demand, `allow_pickle=False`).
 
-    from analysis import load_sweep
-    sweep = load_sweep("outputs/multirun/2026-11-26/23-59-00")
-    sweep.runs       # one row per run: dotted config keys, status, summary metrics, run_dir
-    sweep.curves     # one row per run x epoch: the varied keys and every logged metric
-    sweep.varied     # dotted config keys that differ between runs (and `threads`, when CPU
-                     # runs ran on different thread counts: their numbers differ too)
-    sweep.problems   # [(run_dir, reason)] for runs that are missing, broken, failed, ...
-    sweep.distributions()   # per-sample loss histograms, run x epoch x split x bin (lazy)
-
-Only the run-record files are read; `.npz` files are loaded with `allow_pickle=False`.
-Column names are the dotted config names as written on the command line (`lr`, `model.channels`),
-today's names for records written under a former one (sweeper.schema: `schedule.decay` reads as
-`schedule.gamma`, metrics.jsonl's `lr` as `epoch_lr`).
+Columns are the dotted config names as written on the command line (`lr`, `model.channels`),
+today's names for records written under a former one (sweeper.schema.renamed).
 """
 
 from __future__ import annotations
@@ -56,11 +48,6 @@ from sweeper.objective import RESULTS
 from sweeper.schema import renamed
 
 SEED_KEY = "trainer.seed"
-# Columns of `curves` that are not metrics.
-CURVE_ID_COLUMNS = ("run", "epoch")
-
-
-# --------------------------------------------------------------------------- assembling
 
 
 @dataclass
@@ -80,10 +67,8 @@ def _metrics_frame(rows: list[dict], key: str, ids: list[str]) -> pd.DataFrame:
 
 
 def _load_sweep_records(sweep_dir: Path | None, refs: list[RunRef]) -> tuple[list[_Loaded], pd.DataFrame]:
-    """Read the runs of one sweep, reusing the cache for runs whose files did not change.
-
-    Returns the records and their curves, keyed by run dir name in column `_name`.
-    """
+    """The runs of one sweep and their curves (keyed by run dir name in `_name`), from the cache
+    for runs whose files did not change."""
     cached, cached_curves = read_cache(sweep_dir) if sweep_dir else ({}, None)
     loaded, cache_rows, fresh_rows, fresh_ids, hits = [], [], [], [], []
     for ref in refs:
@@ -135,7 +120,7 @@ def _clean_curves(curves: pd.DataFrame) -> pd.DataFrame:
     # A restart from a checkpoint can log an epoch twice: the later line is the one continued.
     curves = curves.drop_duplicates(["run", "epoch"], keep="last")
     numeric = [
-        c for c in curves.columns if c not in CURVE_ID_COLUMNS and pd.api.types.is_float_dtype(curves[c])
+        c for c in curves.columns if c not in ("run", "epoch") and pd.api.types.is_float_dtype(curves[c])
     ]
     # The spec writes non-finite values as null; treat a stray inf the same way.
     curves[numeric] = curves[numeric].where(np.isfinite(curves[numeric]))
@@ -165,6 +150,8 @@ def _problem_reasons(item: _Loaded, status: str, epochs_done: int) -> list[str]:
 def _meta_row(item: _Loaded, status: str, config: dict) -> dict:
     job, summary = item.record.job or {}, item.record.summary or {}
     overrides = job.get("overrides") or list(item.ref.overrides)
+    # The resolved trainer.threads; older records have only torch_threads, read at the run's end.
+    threads = summary.get("threads", summary.get("torch_threads"))
     row = {
         "status": status,
         "job_num": job.get("job_num") if isinstance(job.get("job_num"), int) else item.ref.job_num,
@@ -183,8 +170,7 @@ def _meta_row(item: _Loaded, status: str, config: dict) -> dict:
         "started_at": job.get("started_at"),
         "finished_at": summary.get("finished_at"),
         "device": summary.get("device"),
-        # The resolved trainer.threads; older records have only torch_threads, read at the run's end.
-        "threads": _int_or_none(summary.get("threads", summary.get("torch_threads"))),
+        "threads": threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
         "cpu_count": summary.get("cpu_count"),
         "torch_threads": summary.get("torch_threads"),
         "run_dir": str(item.ref.run_dir),
@@ -193,10 +179,6 @@ def _meta_row(item: _Loaded, status: str, config: dict) -> dict:
     for name, version in (summary.get("versions") or {}).items():
         row[f"versions.{name}"] = version
     return row
-
-
-def _int_or_none(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def threads_vary_on_cpu(runs: pd.DataFrame) -> bool:
@@ -272,9 +254,6 @@ def _order_columns(runs: pd.DataFrame, varied: list[str], config_keys: list[str]
     return runs[first + metrics + middle + rest_config + last]
 
 
-# --------------------------------------------------------------------------- the Sweep
-
-
 @dataclass(eq=False)  # frames do not compare with ==
 class Sweep:
     """What load_sweep returns. `runs` and `curves` are plain DataFrames: filter them freely."""
@@ -310,10 +289,8 @@ class Sweep:
         return dataclasses.replace(self, runs=runs, curves=curves)
 
     def rank(self, metric: str | None = None, statuses: Sequence[str] = RESULTS) -> pd.DataFrame:
-        """Configurations ranked by `metric` (default: selection_metric, the validation split's
-        accuracy where there is one) over seeds; see diagnostics.rank_configs. By default the
-        RESULTS (completed and stopped_early runs); a damaged run is never ranked (statuses=None:
-        every other status)."""
+        """diagnostics.rank_configs by `metric` (default: selection_metric) over the runs of
+        `statuses` (None: every status); a damaged run is never ranked."""
         runs = self.runs[self.runs["status"] != "damaged"]
         return diagnostics.rank_configs(
             runs, metric or self.selection_metric, self.group_keys, statuses=statuses
@@ -322,11 +299,8 @@ class Sweep:
     def distributions(
         self, runs: Iterable[str] | None = None, epochs: Iterable[int] | None = None
     ) -> pd.DataFrame:
-        """Per-sample loss histograms (run x epoch x split x bin) from losses.npz, read on demand.
-
-        Columns: run, epoch, split (train/test), bin (0 = exact zeros, 1 = (0, 1e-8), then the
-        log-spaced bins, last = >= 1e3), kind (zero/under/hist/over), lo, hi, count, fraction.
-        """
+        """Per-sample loss histograms from losses.npz, read on demand: losses.DISTRIBUTION_DTYPES's
+        columns; bin 0 = exact zeros, 1 = (0, 1e-8), then the log-spaced bins, last = >= 1e3."""
         dists = self._npz_frames(runs, 0, empty_distributions())
         if epochs is not None:
             dists = dists[dists["epoch"].isin(list(epochs))]
@@ -395,17 +369,11 @@ def select_rows(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
     return frame[mask]
 
 
-# --------------------------------------------------------------------------- load_sweep
-
-
 def load_sweep(paths: str | os.PathLike | Iterable[str | os.PathLike], seed_key: str = SEED_KEY) -> Sweep:
-    """Load one or several run dirs / sweep dirs into a Sweep.
-
-    Damaged, failed, diverged, interrupted, stalled and missing runs are listed in `Sweep.problems`
-    (a damaged losses.npz once `distributions` reads it); runs
-    without a readable config.json cannot be placed in the sweep and are left out of `runs`.
-    Raises FileNotFoundError for a path that is not a directory, NoRunsFound if none holds a run.
-    """
+    """Load run dirs, sweep dirs or folders of them into a Sweep. Damaged, failed, diverged,
+    interrupted, stalled and missing runs are listed in `Sweep.problems`; a run without a readable
+    config.json cannot be placed in the sweep and is left out of `runs`. Raises FileNotFoundError
+    for a path that is not a directory, NoRunsFound if none holds a run."""
     refs, missing = discover(paths)
     if not refs:
         shown = paths if isinstance(paths, (str, os.PathLike)) else ", ".join(map(str, paths))

@@ -1,13 +1,7 @@
-"""The LR range test's reading: loss against lr from steps.jsonl, the suggested lr and its figure.
-
-    python -m sweeper experiment=lr_range      # one run, lr from 1e-5 to 10 geometrically per step
-    python -m analysis <its run dir>           # report.md: the figure, with the suggested lr
-
-The rule is fastai's lr_find and Lightning's LR finder's: the training loss is smoothed by an
-exponential moving average (beta 0.98, debiased); the curve is cut where the smoothed loss first
-exceeds 4x its minimum so far (the loss has blown up); the suggestion is the lr of the steepest
-descent of the smoothed loss against log(lr) on what is left, skipping the first 10 steps (the
-average's start) and the last one (Lightning's skip_begin and skip_end).
+"""The LR range test's reading (`python -m sweeper experiment=lr_range`, then `python -m analysis`
+on its run dir): loss against lr from steps.jsonl, the suggested lr and its figure. The rule (RULE)
+is fastai's lr_find and Lightning's LR finder's; SKIP_BEGIN and SKIP_END are Lightning's
+skip_begin and skip_end (the average's start, and the last step).
 """
 
 from __future__ import annotations

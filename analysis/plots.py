@@ -1,17 +1,12 @@
-"""The lecture's curve figures (plot_curves, plot_lr_switch, plot_loss_vs_accuracy), drawn from the
-tidy tables of analysis.load, and the helpers every figure shares (labels, palettes, lines with
-seed bands, legend, title, NothingToPlot). The per-sample loss distributions are drawn by
-analysis.distribution_plots, the heatmap by analysis.heatmap.
+"""The curve figures (plot_curves, plot_lr_switch, plot_loss_vs_accuracy) and the helpers every
+figure shares (labels, palettes, lines with seed bands, legend, title, NothingToPlot).
 
-Every function takes DataFrames and returns a matplotlib Figure; none writes a file. Figures
-are built with `matplotlib.figure.Figure`, not pyplot, so they work under any backend (Agg in
-scripts, inline in notebooks) and are freed as soon as they are dropped.
-
-Seeds are replicates: lines are the mean over the runs sharing the mapped keys, with the seeds'
-range (min to max) as a band and N in the legend. The band is the runs' own values, so it stays
-on a log axis and inside [0, 1] for accuracies; a t-interval of 2 or 3 seeds is 4 to 13 standard
-errors wide and would cover the figure (the ranking tables give the t-intervals). Slice the sweep to one value of the other knobs first
-(`sweep.subset({...})`), or name them in `keys=` to draw one thin line per configuration.
+Figures are `matplotlib.figure.Figure`s, not pyplot's, so they work under any backend and are freed
+once dropped. Seeds are replicates: a line is the mean over the runs sharing the mapped keys, with
+the seeds' range (min to max) as a band, not a t-interval: that of 2 or 3 seeds is 4 to 13 standard
+errors wide and would cover the figure, while the range stays on a log axis and inside [0, 1].
+Slice the sweep first (`sweep.subset({...})`), or name the other knobs in `keys=` to draw one thin
+line per configuration.
 """
 
 from __future__ import annotations
@@ -31,21 +26,11 @@ from analysis.knobs import format_knob, format_value, is_missing
 from analysis.load import SEED_KEY, select_rows
 
 LINESTYLES = ("-", "--", ":", "-.")
-METRIC_LABELS = {
-    "train_loss": "train loss",
-    "test_loss": "test loss",
-    "train_acc": "train accuracy",
-    "test_acc": "test accuracy",
-    "gen_gap_loss": "test - train loss",
-    "gen_gap_acc": "train - test accuracy",
-}
+METRIC_LABELS = {"gen_gap_loss": "test - train loss", "gen_gap_acc": "train - test accuracy"}
 
 
 class NothingToPlot(ValueError):
     """The data cannot make this figure (a key that does not vary, no such runs, ...)."""
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _rank(value) -> tuple:
@@ -239,9 +224,6 @@ def _require(frame: pd.DataFrame, columns: Sequence[str | None], what: str) -> N
         raise NothingToPlot(f"{what}: no column {', '.join(missing)} (not a varied key of this sweep?)")
 
 
-# --------------------------------------------------------------------------- curves
-
-
 def plot_curves(
     curves: pd.DataFrame,
     metrics: Sequence[str] = ("train_loss", "test_acc"),
@@ -252,11 +234,8 @@ def plot_curves(
     seed_key: str = SEED_KEY,
     title: str | None = None,
 ) -> Figure:
-    """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`.
-
-    With metrics=("train_loss", "test_acc") and hue="lr" this is the lecture's learning-rate
-    figure: losses are on a log scale. Bands are the seeds' range.
-    """
+    """Metrics against epochs, one row of panels per metric, coloured by `hue`, faceted by `col`;
+    with hue="lr" the lecture's learning-rate figure."""
     _require(curves, ["epoch", *metrics, hue, col, style], "curves")
     col_values = ordered_values(curves[col]) if col else [None]
     colors = _palette(ordered_values(curves[hue])) if hue else {}
@@ -303,12 +282,9 @@ def plot_lr_switch(
     seed_key: str = SEED_KEY,
     title: str | None = None,
 ) -> Figure:
-    """The "lr, then lr2" comparison: step-schedule runs aligned at the epoch of the switch.
-
-    x is epochs since the switch (`schedule.switch_epoch` epochs at `lr`, then `schedule.lr2`); colour is
-    `hue`, line style the switch epoch when several. Runs with another schedule in `runs` are drawn
-    in grey as the no-switch reference, aligned at each switch epoch.
-    """
+    """The "lr, then lr2" comparison: step-schedule runs aligned at `schedule.switch_epoch`, coloured
+    by `hue`, styled by switch epoch when several; runs of another schedule in `runs` are drawn in
+    grey as the no-switch reference, aligned at each switch epoch."""
     name_key, switch_key = "schedule.name", "schedule.switch_epoch"
     _require(runs, [name_key, switch_key, hue, "run"], "plot_lr_switch")
     is_step = runs[name_key] == "step"
@@ -359,12 +335,8 @@ def plot_lr_switch(
 def plot_loss_vs_accuracy(
     curves: pd.DataFrame, seed_key: str = SEED_KEY, title: str | None = None, split: str = "test"
 ) -> Figure:
-    """Train loss, held-out loss and held-out accuracy of one configuration on one figure; the
-    held-out split is `split` (test, or val where the runs hold one out).
-
-    The lecture's slide: the test loss bottoms out and climbs while the test accuracy still
-    improves. Dotted lines mark the epoch of minimum loss and of best accuracy.
-    """
+    """Train loss, `split` loss and `split` accuracy of one configuration: the lecture's slide, where
+    the test loss bottoms out and climbs while the test accuracy still improves (dotted lines)."""
     loss, acc = f"{split}_loss", f"{split}_acc"
     _require(curves, ["epoch", "train_loss", loss, acc], "plot_loss_vs_accuracy")
     _check_replicates(curves, ["epoch"], seed_key, "plot_loss_vs_accuracy")

@@ -1,7 +1,4 @@
-"""The standard figures of a sweep, and a report directory with them, the tables and report.md.
-
-    from analysis import load_sweep, write_report
-    write_report(load_sweep("outputs/multirun/2026-11-26/23-59-00"), "report/")
+"""The standard figures of a sweep, and write_report: a directory with them, the tables and report.md.
 
 The figures that need a knob to vary are drawn "at the best configuration": every other varied
 key is held at the value of the best-ranked configuration that sets the drawn key (a key that
@@ -25,6 +22,7 @@ from analysis import distribution_plots, heatmap, lr_range, plots, rungs
 from analysis.diagnostics import SPLIT_NAMES, counterpart
 from analysis.knobs import counted, format_knob, format_value, is_missing
 from analysis.load import Sweep
+from analysis.status import status_counts
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
     diagnostics_section,
     diagnostics_table,
@@ -63,14 +61,6 @@ class Drawn:
     notes: tuple[str, ...] = ()
 
 
-# --------------------------------------------------------------------------- choosing slices
-
-
-def curve_metrics(sweep: Sweep) -> tuple[str, ...]:
-    """The per-knob figures' metrics: on the validation split where the runs hold one out."""
-    return VAL_CURVE_METRICS if sweep.split == "val" else CURVE_METRICS
-
-
 def split_note(sweep: Sweep, metric: str) -> str:
     """How report.md and the CLI say what a ranking selects on: "the validation split; test
     alongside" (or the test split, where the runs hold nothing out)."""
@@ -96,65 +86,35 @@ def ranking_for(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     `runs` column saying how each configuration's runs ended (`interrupted at epoch 20`): a run
     interrupted or diverged midway is not ranked as if it had finished. Ranked on a validation
     metric, each configuration's mean of the test counterpart is a column alongside
-    (`final_test_acc`), never ranked on."""
+    (`final_test_acc`), never ranked on. A `seeds` column (distinct seeds among a configuration's
+    n runs) when some configuration repeats a seed: two sweeps combined that both ran seed 0 give
+    n=2 for one sample."""
     metric = metric or sweep.selection_metric
-    ranking = _ranking_for(sweep, metric)
-    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
-    if ranking.empty or test is None or test not in sweep.runs:
-        return ranking
-    ranked = sweep.runs[sweep.runs["run"].isin(_ranked_runs(sweep, ranking, metric))]
-    keys = sweep.group_keys
-    if not keys:
-        return ranking.assign(**{test: ranked[test].mean()})
-    means = ranked.groupby(keys, dropna=False, sort=False)[test].mean().rename(test).reset_index()
-    return ranking.merge(means, on=keys, how="left")
-
-
-def _ranked_runs(sweep: Sweep, ranking: pd.DataFrame, metric: str) -> list[str]:
-    """The runs a ranking counted: those of its statuses with a value of `metric`."""
-    statuses = RESULTS if "runs" not in ranking else _undamaged(sweep)
-    runs = sweep.runs[sweep.runs["status"].isin(list(statuses)) & sweep.runs[metric].notna()]
-    return list(runs["run"])
-
-
-def _undamaged(sweep: Sweep) -> list[str]:
-    """Every status but `damaged`: a damaged run's numbers are not supported by its files, never
-    ranked, even at its last epoch."""
-    return [s for s in sweep.runs["status"].unique() if s != "damaged"]
-
-
-def _ranking_for(sweep: Sweep, metric: str) -> pd.DataFrame:
-    ranking = sweep.rank(metric)
-    if not ranking.empty:
-        return _with_seed_count(sweep, ranking, RESULTS)
-    statuses = _undamaged(sweep)
-    ranking = sweep.rank(metric, statuses=None)
+    keys, runs = sweep.group_keys, sweep.runs
+    ranking, statuses, at_last_epoch = sweep.rank(metric), list(RESULTS), False
+    if ranking.empty:  # a damaged run's numbers are not supported by its files: never ranked
+        statuses = [s for s in runs["status"].unique() if s != "damaged"]
+        ranking, at_last_epoch = sweep.rank(metric, statuses=None), True
     if ranking.empty:
         return ranking
-    ranking = _with_seed_count(sweep, ranking, statuses)
-    ranked = sweep.runs[sweep.runs["status"].isin(statuses)]
-    ended = ranked.assign(
-        ended=[f"{s} at epoch {e}" for s, e in zip(ranked["status"], ranked["epochs_done"], strict=True)]
-    )
-    keys = sweep.group_keys
-    if keys:
-        how = ended.groupby(keys, dropna=False, sort=False)["ended"].agg(
-            lambda e: "; ".join(dict.fromkeys(e))
-        )
-        return ranking.merge(how.rename("runs").reset_index(), on=keys, how="left")
-    return ranking.assign(runs="; ".join(dict.fromkeys(ended["ended"])))
+    pool = runs[runs["status"].isin(statuses)]
 
+    def per_config(frame: pd.DataFrame, column: str, how, name: str | None = None) -> pd.DataFrame:
+        if not keys:
+            return ranking.assign(**{name or column: how(frame[column])})
+        values = frame.groupby(keys, dropna=False, sort=False)[column].agg(how).rename(name or column)
+        return ranking.merge(values.reset_index(), on=keys, how="left")
 
-def _with_seed_count(sweep: Sweep, ranking: pd.DataFrame, statuses) -> pd.DataFrame:
-    """A `seeds` column (distinct seeds among each configuration's n runs) when some configuration
-    repeats a seed: two sweeps combined that both ran seed 0 give n=2 for one sample."""
-    keys, seed = sweep.group_keys, sweep.seed_key
-    if seed not in sweep.runs or not keys:
-        return ranking
-    pool = sweep.runs if statuses is None else sweep.runs[sweep.runs["status"].isin(list(statuses))]
-    seeds = pool.groupby(keys, dropna=False, sort=False)[seed].nunique(dropna=False).rename("seeds")
-    counted = ranking.merge(seeds.reset_index(), on=keys, how="left")
-    return counted if (counted["seeds"] < counted["n"]).any() else ranking
+    if keys and sweep.seed_key in runs:
+        seeded = per_config(pool, sweep.seed_key, lambda s: s.nunique(dropna=False), "seeds")
+        ranking = seeded if (seeded["seeds"] < seeded["n"]).any() else ranking
+    if at_last_epoch:
+        ended = [f"{s} at epoch {e}" for s, e in zip(pool["status"], pool["epochs_done"], strict=True)]
+        ranking = per_config(pool.assign(runs=ended), "runs", lambda e: "; ".join(dict.fromkeys(e)))
+    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
+    if test is not None and test in runs:
+        ranking = per_config(pool[pool[metric].notna()], test, lambda v: v.mean())
+    return ranking
 
 
 def best_config(sweep: Sweep, ranking: pd.DataFrame, require: Sequence[str] = ()) -> dict:
@@ -255,9 +215,6 @@ def _paren(where: str) -> str:
     return f" ({where})" if where else ""
 
 
-# --------------------------------------------------------------------------- the figures
-
-
 def _caught(fn) -> tuple[object, tuple[str, ...]]:
     """fn()'s result, and the warnings it gave (a damaged file read, replicates mixed) as notes."""
     with warnings.catch_warnings(record=True) as caught:
@@ -294,8 +251,9 @@ def standard_figures(sweep: Sweep, metric: str | None = None) -> Iterator[Drawn]
     """The lecture's figures for this sweep, one at a time (so a caller can save and drop each).
     `metric` (default: Sweep.selection_metric) picks the best configuration they are drawn at."""
     metric = metric or sweep.selection_metric
-    split, metrics = sweep.split, curve_metrics(sweep)
-    held = "validation" if split == "val" else "test"
+    split = sweep.split
+    metrics = VAL_CURVE_METRICS if split == "val" else CURVE_METRICS
+    held = SPLIT_NAMES[split]
     curve_text = (
         "Train loss, validation loss (both log), validation and test accuracy"
         if split == "val"
@@ -453,16 +411,6 @@ def _lr_switch_figure(sweep: Sweep, ranking: pd.DataFrame) -> Drawn:
     )
 
 
-# --------------------------------------------------------------------------- report.md
-
-
-def _status_line(runs: pd.DataFrame, n_missing: int) -> str:
-    counts = runs["status"].value_counts()
-    line = f"{counted(len(runs), 'run')}: " + ", ".join(f"{counts[s]} {s}" for s in counts.index)
-    # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
-    return line + (f"; {counted(n_missing, 'job')} not started" if n_missing else "")
-
-
 def write_report(
     sweep: Sweep, out_dir: str | Path, metric: str | None = None, sources: Sequence[str | Path] = ()
 ) -> Path:
@@ -493,12 +441,14 @@ def write_report(
         frame.to_csv(out / f"{name}.csv", index=False)
         frame.to_parquet(out / f"{name}.parquet", index=False)
 
+    # A job listed in sweep.json with no run dir is not a run: said apart, not counted among them.
     n_missing = sum(reason.startswith("missing:") for _, reason in sweep.problems)
+    missing = f"; {counted(n_missing, 'job')} not started" if n_missing else ""
     md = ["# Sweep report", ""]
     md += [
         f"- sources: {', '.join(f'`{s}`' for s in sources) or '(API)'}",
         f"- written: {dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- {_status_line(sweep.runs, n_missing)}",
+        f"- {counted(len(sweep.runs), 'run')}: {status_counts(sweep.runs['status'])}{missing}",
         f"- varied keys: {', '.join(f'`{k}`' for k in sweep.varied) or 'none'}; "
         f"{counted(len(ranking), 'configuration')} ranked by `{metric}`"
         + (f" ({split_note(sweep, metric)})" if split_note(sweep, metric) else ""),
@@ -511,7 +461,7 @@ def write_report(
         "",
         ranking_text(ranking),
         "",
-        markdown_table(ranking_table(ranking, keys, metric), more=" in ranking.csv"),
+        markdown_table(ranking_table(ranking, keys), more=" in ranking.csv"),
     ]
     md += rungs.section(rungs.found(sweep.runs), sweep.runs, keys)  # how far each configuration ran
     md += diagnostics_section(sweep, diag, keys)

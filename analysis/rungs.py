@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis.discovery import read_sweep_jobs
 from analysis.records import read_object
+from analysis.tables import markdown_table
 
 
 @dataclass
@@ -106,8 +107,8 @@ def plot_rungs(halving: Halving, curves: pd.DataFrame) -> Figure:
     if metric not in curves:
         raise plots.NothingToPlot(f"the runs' metrics lines have no {metric}")
     rungs = halving.record["rungs"]
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
+    fig, axes = plots._new_figure(1, 1, 7.0, 4.5)
+    ax = axes[0, 0]
     for rung in rungs:
         ax.axvline(rung["epoch"], color="0.6", linestyle="--", linewidth=0.8, zorder=0)
     reached = {num: i for i, rung in enumerate(rungs) for num in rung["jobs"]}
@@ -140,8 +141,6 @@ def section(halving: Halving | None, runs: pd.DataFrame | None = None, keys: lis
     """The report's markdown for the rungs: what each rung kept, and the ranking by rung reached."""
     if halving is None:
         return []
-    from analysis.report import markdown_table
-
     lines = ["## Successive halving", ""]
     for i, rung in enumerate(halving.record["rungs"]):
         kept = rung.get("promoted")

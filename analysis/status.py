@@ -1,15 +1,8 @@
-"""Where a sweep's jobs stand: completed, stopped_early, running, submitted, interrupted, stalled,
-failed, diverged, damaged or missing.
-
-    python -m analysis status outputs/multirun/2026-11-26/23-59-00
-
-`missing` is a job listed in sweep.json whose run dir is absent or holds no record (not started
-yet, or lost), `submitted` such a job that the SLURM launcher handed to SLURM (slurm_jobs.json:
-queued, or ended before it started); `interrupted` a run without summary.json whose process has
-ended (a rerun resumes it); `stalled` one that has written nothing for a long time (see
-run_status); `damaged` one whose record files are damaged (named in its row).
-Reads only job.json, summary.json, config.json and metrics.jsonl, so it is quick on a sweep in
-progress.
+"""Where a sweep's jobs stand (`python -m analysis status SWEEP_DIR`): sweeper.sweep.job_state's
+statuses, plus `damaged` (record files damaged, named in its row), `stalled` (see run_status),
+`missing` (listed in sweep.json, no record: not started yet, or lost) and `submitted` (such a job
+handed to SLURM: queued, or ended before it started). Reads only job.json, summary.json,
+config.json and metrics.jsonl, so it is quick on a sweep in progress.
 """
 
 from __future__ import annotations
@@ -152,18 +145,17 @@ def _common_overrides(overrides: pd.Series) -> list[str]:
     return [t for t in overrides[overrides != ""].iloc[0].split() if t in common]
 
 
-def _without(overrides: str, common: list[str]) -> str:
-    return " ".join(t for t in overrides.split() if t not in common)
-
-
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _counts(table: pd.DataFrame) -> str:
-    counts = table["status"].value_counts()
-    order = [s for s in STATUS_ORDER if s in counts] + [s for s in counts.index if s not in STATUS_ORDER]
-    return ", ".join(f"{counts[s]} {s}" for s in order)
+def status_counts(statuses: pd.Series, ordered: bool = False) -> str:
+    """ "13 completed, 1 diverged": most common first, or (ordered) in STATUS_ORDER."""
+    counts = statuses.value_counts()
+    if ordered:
+        rank = {s: i for i, s in enumerate(STATUS_ORDER)}
+        counts = counts.loc[sorted(counts.index, key=lambda s: rank.get(s, len(rank)))]
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
 def format_job_table(
@@ -175,7 +167,7 @@ def format_job_table(
     max_rows = max_rows or max(10, size.lines - 6)
     lines = []
     for sweep, jobs in table.groupby("sweep", sort=False):
-        tail = f": {counted(len(jobs), 'job')}: {_counts(jobs)}"
+        tail = f": {counted(len(jobs), 'job')}: {status_counts(jobs['status'], ordered=True)}"
         name = sweep or "(single runs)"
         room = max(20, width - len(tail))
         lines.append((name if len(name) <= room else "…" + name[-(room - 1) :]) + tail)  # keep the path's end
@@ -188,8 +180,8 @@ def format_job_table(
         shown = shown.head(max_rows)
         hidden = len(table) - len(shown)
     # Overrides every job shares (data=..., trainer.epochs=...) are said once, above the table.
-    common = _common_overrides(table["overrides"])
-    if common and len(table) > 1:
+    common = _common_overrides(table["overrides"]) if len(table) > 1 else []
+    if common:
         lines.append(_fit(f"common overrides: {' '.join(common)}", width))
     multi = table["sweep"].nunique() > 1
     cells = pd.DataFrame(
@@ -203,7 +195,7 @@ def format_job_table(
             "last write": [_age(a) for a in shown["age_s"]],
             "slurm": ["" if pd.isna(v) else str(v) for v in shown["slurm_id"]],
             "overrides": [
-                _without(o, common if len(table) > 1 else []) + ("" if pd.isna(e) else f"  [{e}]")
+                " ".join(t for t in o.split() if t not in common) + ("" if pd.isna(e) else f"  [{e}]")
                 for o, e in zip(shown["overrides"], shown["error"], strict=True)
             ],
         }
@@ -213,12 +205,9 @@ def format_job_table(
     widths = {c: max(len(c), *(len(v) for v in cells[c])) if len(cells) else len(c) for c in cells.columns}
     fixed = sum(widths[c] + 2 for c in cells.columns if c != "overrides")
     widths["overrides"] = max(20, width - fixed)
-    lines.append("  ".join(c.ljust(widths[c]) for c in cells.columns).rstrip())
-    for row in cells.itertuples(index=False):
-        values = [_fit(v, widths[c]) for c, v in zip(cells.columns, row, strict=True)]
-        lines.append(
-            "  ".join(v.ljust(widths[c]) for c, v in zip(cells.columns, values, strict=True)).rstrip()
-        )
+    for row in [cells.columns, *cells.itertuples(index=False)]:  # the header, then the jobs
+        values = [_fit(v, widths[c]).ljust(widths[c]) for c, v in zip(cells.columns, row, strict=True)]
+        lines.append("  ".join(values).rstrip())
     if hidden:
         lines.append(f"… {counted(hidden, 'completed job')} not shown (--all lists every job)")
     return "\n".join(lines)

@@ -1,8 +1,5 @@
-"""The report's tables (runs, ranking, diagnostics, an Optuna study's answer) and their markdown.
-
-Cells are text from the records, escaped (markdown_text) so that a config value never becomes
-markup; a `_target_` is named by its class (load.format_knob). On the validation split where the
-runs hold one out (Sweep.split), with test alongside.
+"""The report's tables (runs, ranking, diagnostics, an Optuna study's answer) and their markdown;
+on the validation split where the runs hold one out (Sweep.split), with test alongside.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from analysis.diagnostics import (
     SPLIT_NAMES,
     UNDERFIT_TRAIN_ACC,
     capacity_verdict,
-    counterpart,
     fit_state,
     loss_acc_decoupling,
     seed_aggregate,
@@ -28,9 +24,6 @@ from sweeper.objective import RESULTS
 
 MAX_TABLE_ROWS = 100
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
-
-
-# --------------------------------------------------------------------------- tables
 
 
 def markdown_text(text: str) -> str:
@@ -51,7 +44,7 @@ def _cell(value, column: str = "") -> str:
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, more: str = "") -> str:
     """A GitHub-flavoured markdown table; rows past `max_rows` are counted, not shown. Cells are
-    text (escaped), a `_target_` named by its class."""
+    text, escaped so that a config value never becomes markup; a `_target_` named by its class."""
     if frame.empty:
         return "_none_\n"
     shown = frame.head(max_rows)
@@ -95,11 +88,11 @@ def diagnostics_table(sweep: Sweep) -> pd.DataFrame:
     return table.reset_index()
 
 
-def ranking_table(ranking: pd.DataFrame, keys: list[str], metric: str = "") -> pd.DataFrame:
-    ended = ["runs"] if "runs" in ranking else []  # no run completed: how they ended (ranking_for)
-    seeds = ["seeds"] if "seeds" in ranking else []  # some configuration repeats a seed
-    test = counterpart(metric, "test") if "_val_" in f"_{metric}" else None
-    beside = [test] if test in ranking else []  # the test split's mean, alongside (ranking_for)
+def ranking_table(ranking: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    # The columns ranking_for adds where they apply: repeated seeds, the test split's mean
+    # alongside a validation ranking, how the runs ended when none completed.
+    seeds, ended = [c for c in ["seeds"] if c in ranking], [c for c in ["runs"] if c in ranking]
+    beside = [c for c in ranking.columns if c.startswith(("final_", "best_", "min_"))]
     columns = ["rank", *keys, "n", *seeds, "mean", "std", "noise", "ci_lo", "ci_hi", *beside, *ended]
     table = ranking[columns].copy()
     table["rank"] = [f"{r}=" if t else str(r) for r, t in zip(ranking["rank"], ranking["tied"], strict=True)]
@@ -126,13 +119,12 @@ def _capacity_by_config(diag: pd.DataFrame, keys: list[str], split: str = "test"
     return table.drop(columns="runs").reset_index() if keys else table.drop(columns="runs")
 
 
-# --------------------------------------------------------------------------- report.md sections
-
 OPTUNA_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's answer, in the sweep dir
 
 
-def study_results(sweep: Sweep) -> list[tuple[str, dict]]:
-    """(sweep dir, its optimization_results.yaml) for each sweep that is an Optuna study."""
+def study_section(sweep: Sweep) -> list[str]:
+    """An Optuna study's own answer (hydra/sweeper=optuna), beside the ranking above: Optuna's best
+    trial is on trainer.objective, one trial each, where the ranking groups trials by config."""
     import yaml
 
     found = []
@@ -143,13 +135,6 @@ def study_results(sweep: Sweep) -> list[tuple[str, dict]]:
             continue
         if isinstance(results, dict):
             found.append((str(sweep_dir), results))
-    return found
-
-
-def study_section(sweep: Sweep) -> list[str]:
-    """An Optuna study's own answer (hydra/sweeper=optuna), beside the ranking above: Optuna's best
-    trial is on trainer.objective, one trial each, where the ranking groups trials by config."""
-    found = study_results(sweep)
     if not found:
         return []
     objectives = (
