@@ -1,5 +1,5 @@
-"""The claims as specs: one statistics function per claim turns its runs into a DataFrame (one row
-per run or configuration, scalars and other frames in .attrs); each check of claims.yaml is a
+"""The claims as specs: a statistics function per claim turns its runs into a DataFrame (one row
+per run or configuration; scalars and other frames in .attrs); each check of claims.yaml is a
 predicate over a row (per-run claims) or over the claim's facts; each claim draws one figure."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from analysis.knobs import format_value, is_missing
 from analysis.load import load_sweep, select_rows
 from analysis.losses import read_sample_losses
 from analysis.reproduction.runs import ENDED, Experiment, Selection, pick_source
-from analysis.reproduction.text import fill, missing
+from analysis.reproduction.text import fill
 from sweeper.schema import renamed
 
 
@@ -45,10 +45,6 @@ class Check:
     rule: str
     observed: str
     passed: bool | None  # None: cannot be evaluated on these runs
-
-    def __post_init__(self):
-        if self.passed is not None:
-            self.passed = bool(self.passed)  # numpy booleans are not `is False`
 
 
 @dataclass
@@ -161,10 +157,12 @@ def learning_rates(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
             "bounce": math.inf if diverged else _upward_decades(curve),
             "rises": int((np.diff(curve["train_loss"].to_numpy(dtype=float)) > 0).sum()),
         })  # fmt: skip
-    return _frame(rows, target=sel.exp.epochs_target())
+    frame = _frame(rows, target=sel.exp.epochs_target())
+    frame.attrs.update(_by_rate(frame, p))
+    return frame
 
 
-def learning_rate_facts(rows: pd.DataFrame, ctx: Context, p: dict) -> dict:
+def _by_rate(rows: pd.DataFrame, p: dict) -> dict:
     by_rate = rows.drop_duplicates("lr", keep="last").sort_values("lr").reset_index(drop=True)
     lrs = by_rate["lr"].tolist()
     if len(lrs) < p["min_rates"]:
@@ -215,11 +213,13 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
         for name, metric in (("ranking", "final_test_acc"), ("by_train", "final_train_loss"))
     }  # fmt: skip
     shown = f"{reference.exp.name} {reference.label(ref_run)}" if ref_run is not None else None
-    return _frame(rows, target=sel.exp.epochs_target(), reference=shown, reference_sel=reference, **ranked)
+    frame = _frame(rows, target=sel.exp.epochs_target(), reference=shown, reference_sel=reference, **ranked)
+    frame.attrs.update(_best_lr2(frame, sel.complete, ctx.noise))
+    return frame
 
 
-def second_rate_facts(rows: pd.DataFrame, ctx: Context, p: dict) -> dict:
-    ranking, sel_complete, noise = rows.attrs["ranking"], rows.attrs["complete"], ctx.noise
+def _best_lr2(rows: pd.DataFrame, sel_complete: bool, noise: float | None) -> dict:
+    ranking = rows.attrs["ranking"]
     best = ranking["lr2"].iloc[0] if not ranking.empty else None
     gap = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[1]) if len(ranking) >= 2 else math.nan
     # A lead smaller than the seed-to-seed spread does not pick a best lr2: another seed could
@@ -344,12 +344,15 @@ def overfit_subset(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     largest = sel.runs.sort_values(size_key)["run"].iloc[-1]
     curve, n = sel.run_curves(largest), p["last_epochs"]
     before, last = (curve.iloc[-n - 1], curve.iloc[-1]) if len(curve) > n else ({}, {})
-    return _frame(
+    frame = _frame(
         rows, target=sel.exp.epochs_target(), largest=sel.label(largest),
         loss_before=before.get("train_loss"), epoch_before=before.get("epoch"),
         loss_last=last.get("train_loss"), epoch_last=last.get("epoch"),
         fall=_ratio(before["train_loss"], last["train_loss"]) if len(curve) > n else None,
     )  # fmt: skip
+    # The checks read the largest net: the last row.
+    frame.attrs.update(frame.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict())
+    return frame
 
 
 def capacity_grid(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
@@ -414,59 +417,41 @@ def _capacity_grid(claim: Claim, title: str):
 
 @dataclass(frozen=True)
 class Spec:
-    """A claim's statistics, the predicates of its checks (by the check's name in the YAML), its
-    facts beyond the statistics' and its figure."""
+    """A claim's statistics (its checks are claims.yaml's `passes` and `undecided` expressions
+    over them) and its figure."""
 
     stats: Callable[[Selection, Context, dict], pd.DataFrame | None]
-    checks: dict[str, Callable[[dict], bool | None]]
     figure: Callable[[Claim, str | None], object]
-    facts: Callable[[pd.DataFrame, Context, dict], dict] | None = None
-
-
-def _apart(f: dict, seen: str, threshold: str) -> bool | None:
-    """Claim 5: undecided without losses.npz; fails when the early and the late epoch coincide."""
-    if f["case"] != "apart":
-        return None if f["case"] == "no_losses" else False
-    return None if missing(f[seen]) else f[seen] >= f[threshold]
 
 
 SPECS = {
-    "1": Spec(lecture_protocol, {
-        "band": lambda f: f["acc_band"][0] <= f["final_acc"] <= f["acc_band"][1],
-        "decades": lambda f: f["decades"] >= f["min_decades"],
-        "stall": lambda f: None if missing(f["change"]) else abs(f["change"]) < f["stall_points"],
-    }, _lecture_protocol),
-    "2": Spec(learning_rates, {
-        "bounce": lambda f: None if missing(f["bounce_ratio"]) else f["bounce_ratio"] >= f["bounce_min_ratio"],
-        "slow": lambda f: None if missing(f["slow_ratio"]) else f["slow_ratio"] >= f["slow_min_ratio"],
-        "separate": lambda f: math.isclose(f["lowest"], f["middle"]) if f["finals_known"] else None,
-    }, lambda claim, title: plots.plot_curves(claim.source.curves, hue="lr", title=title), learning_rate_facts),
-    "3": Spec(second_rate, {
-        "drop": lambda f: _all(f["drops"]),
-        "below_reference": lambda f: _all(f["below_reference"]) if f["has_reference"] else None,
-        "best": lambda f: math.isclose(float(f["best"]), f["lecture_lr2"]) if f["best_case"] == "pick" else None,
-    }, _second_rate, second_rate_facts),
-    "4": Spec(test_loss_rise, {
-        "decoupled": lambda f: f["decoupled"],
-        "hold": lambda f: f["loss_rise_seen"] >= f["loss_rise"] and f["acc_drop"] <= f["acc_hold"],
-        "tail": lambda f: None if missing(f["tail"]) else f["tail"] >= f["tail_rise"],
-    }, lambda claim, title: plots.plot_loss_vs_accuracy(claim.source.curves, title=title)),
-    "5": Spec(loss_distributions, {
-        "collapse": lambda f: _apart(f, "collapse_seen", "collapse"),
-        "tail": lambda f: _apart(f, "tail", "tail_rise"),
-    }, _loss_distributions),
-    "6a": Spec(overfit_subset, {
-        "fit_acc": lambda f: f["best_train_acc"] >= f["fit_acc"],
-        "fit_loss": lambda f: f["fits"],
-    }, lambda claim, title: plots.plot_curves(
+    "1": Spec(lecture_protocol, _lecture_protocol),
+    "2": Spec(learning_rates, lambda claim, title: plots.plot_curves(claim.source.curves, hue="lr", title=title)),
+    "3": Spec(second_rate, _second_rate),
+    "4": Spec(test_loss_rise, lambda claim, title: plots.plot_loss_vs_accuracy(claim.source.curves, title=title)),
+    "5": Spec(loss_distributions, _loss_distributions),
+    "6a": Spec(overfit_subset, lambda claim, title: plots.plot_curves(
         claim.source.curves, metrics=("train_loss", "train_acc"), hue="model.channels", title=title
-    ), lambda rows, ctx, p: rows.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict()),
-    "6b": Spec(capacity_grid, {
-        "underfits": lambda f: f["n_underfit"] > 0,
-        "overfits": lambda f: f["n_overfit"] > 0,
-        "best_neither": lambda f: None if f["best_state"] is None else f["best_state"] == "neither",
-    }, _capacity_grid),
+    )),
+    "6b": Spec(capacity_grid, _capacity_grid),
 }  # fmt: skip
+# What a check's `passes` and `undecided` expressions may call besides the claim's facts.
+CHECK_FUNCTIONS = {
+    "abs": abs,
+    "float": float,
+    "isclose": math.isclose,
+    "missing": is_missing,
+    "all_known": _all,
+}
+
+
+def _passes(check: dict, case: dict) -> bool | None:
+    """A check's result on one run (or on the claim's facts): None when it cannot be decided."""
+    names = {**case, **CHECK_FUNCTIONS}
+    if "undecided" in check and eval(check["undecided"], {"__builtins__": {}}, names):
+        return None
+    passed = eval(check["passes"], {"__builtins__": {}}, names)
+    return None if passed is None else bool(passed)  # numpy booleans are not `is False`
 
 
 def base_fields(ctx: Context) -> dict:
@@ -485,39 +470,26 @@ def evaluate(conf: dict, ctx: Context) -> Claim:
     rows = spec.stats(sel, ctx, params)
     if rows is None:
         return claim
-    rows.attrs["complete"] = sel.complete
     claim.rows, facts = rows, {**base_fields(ctx), **params, **rows.attrs, "rows": rows}
     if reference := facts.pop("reference_sel", None):
         claim.extra_sources = [reference]
-    if spec.facts is not None:
-        facts.update(spec.facts(rows, ctx, params))
     for name, template in conf.get("fields", {}).items():
         facts[name] = fill(template, facts, facts)
     claim.facts = facts
     if "too_few" in conf and "n_rates" in facts:
         claim.checks = [Check(conf["too_few"]["rule"], fill(conf["too_few"]["observed"], facts), None)]
         return claim
-    for name, check in conf["checks"].items():
-        rule, predicate = fill(check["rule"], facts), spec.checks[name]
-        if not conf.get("per_run"):
-            claim.checks.append(Check(rule, fill(check["observed"], facts, facts), predicate(facts)))
-            continue
-        results = []
-        for row in rows.to_dict("records"):
-            passed = predicate({**facts, **row})
-            results.append((row["label"], fill(check["observed"], {**facts, **row}, facts), passed))
-        claim.checks.append(Check(rule, *_per_run(results)))
+    # A per-run check passes when it passes in every run.
+    cases = [{**facts, **row} for row in rows.to_dict("records")] if conf.get("per_run") else [facts]
+    for check in conf["checks"].values():
+        passed = [_passes(check, case) for case in cases]
+        observed = [fill(check["observed"], case, facts) for case in cases]
+        if len(cases) > 1:
+            each = "; ".join(f"{case['label']}: {obs}" for case, obs in zip(cases, observed, strict=True))
+            observed = [f"{passed.count(True)}/{len(cases)} runs — {each}"]
+            passed = [_all(passed)]
+        claim.checks.append(Check(fill(check["rule"], facts), observed[0], passed[0]))
     return claim
-
-
-def _per_run(results: list[tuple[str, str, bool | None]]) -> tuple[str, bool | None]:
-    """A check over every run of a selection: passes when it passes in all of them."""
-    results = [(label, obs, None if passed is None else bool(passed)) for label, obs, passed in results]
-    if len(results) == 1:
-        return results[0][1], results[0][2]
-    observed = "; ".join(f"{label}: {obs}" for label, obs, _ in results)
-    n_pass = sum(p is True for _, _, p in results)
-    return f"{n_pass}/{len(results)} runs — {observed}", _all([p for _, _, p in results])
 
 
 def draw_figure(claim: Claim, figures_dir: Path, dpi: int) -> None:
