@@ -92,11 +92,12 @@ def _all(values: Sequence[bool | None]) -> bool | None:
     return all(known) if known and len(known) == len(values) else None
 
 
-def _value_at(curve: pd.DataFrame, epoch, metric: str) -> float:
-    if is_missing(epoch):
+def _at(frame: pd.DataFrame, epoch, column: str, split: str | None = None) -> float:
+    """`column` at `epoch` (of `split`, in a frame of both splits); NaN where there is none."""
+    if frame.empty or is_missing(epoch):
         return math.nan
-    row = curve.loc[curve["epoch"] == int(epoch), metric]
-    return float(row.iloc[0]) if len(row) and not is_missing(row.iloc[0]) else math.nan
+    values = select_rows(frame, {"epoch": epoch, **({"split": split} if split else {})})[column]
+    return float(values.iloc[0]) if len(values) and not is_missing(values.iloc[0]) else math.nan
 
 
 def _run_facts(sel: Selection, run: str, *keys: str) -> dict:
@@ -128,7 +129,7 @@ def lecture_protocol(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
         rows.append({
             **facts, "first": first["train_loss"], "last": last["train_loss"], "final_acc": last["test_acc"],
             "decades": math.log10(_ratio(first["train_loss"], last["train_loss"])),
-            "change": last["test_acc"] - _value_at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan,
+            "change": last["test_acc"] - _at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan,
             "chance": chance, "chance_decades": math.log10(_ratio(chance, last["train_loss"])),
             "min_decades_below": math.log10(_ratio(first["train_loss"], facts["min_train_loss"])),
         })  # fmt: skip
@@ -151,8 +152,8 @@ def learning_rates(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
                                                        "best_test_acc", "best_test_acc_epoch", "final_test_acc")  # fmt: skip
         diverged = facts["status"] == "diverged"  # it did not end low, however low its last loss
         rows.append({
-            **facts, "first": _value_at(curve, 1, "train_loss"),
-            "at_slow": _value_at(curve, p["slow_epoch"], "train_loss"),
+            **facts, "first": _at(curve, 1, "train_loss"),
+            "at_slow": _at(curve, p["slow_epoch"], "train_loss"),
             "final": math.inf if diverged else curve["train_loss"].iloc[-1] if len(curve) else math.nan,
             "bounce": math.inf if diverged else _upward_decades(curve),
             "rises": int((np.diff(curve["train_loss"].to_numpy(dtype=float)) > 0).sum()),
@@ -204,7 +205,7 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
             ref_min = float(ref_after["train_loss"].min()) if not ref_after.empty else math.nan
         rows.append({
             **facts, "lr2": facts["schedule.lr2"], "switch": switch,
-            "at_switch": _value_at(curve, switch, "train_loss"),
+            "at_switch": _at(curve, switch, "train_loss"),
             "min_after": float(best.get("train_loss", math.nan)), "min_after_epoch": best.get("epoch"),
             "ref_min": ref_min, "final_train_loss": curve["train_loss"].iloc[-1] if len(curve) else math.nan,
         })  # fmt: skip
@@ -245,13 +246,6 @@ def _quantiles(sel: Selection, run: str) -> pd.DataFrame:
         return sel.sweep.loss_quantiles([run]) if sel.sweep is not None else pd.DataFrame()
 
 
-def _q(quantiles: pd.DataFrame, epoch, split: str, column: str) -> float:
-    if epoch is None or quantiles.empty:
-        return math.nan
-    row = quantiles[(quantiles["epoch"] == epoch) & (quantiles["split"] == split)]
-    return float(row[column].iloc[0]) if len(row) else math.nan
-
-
 def nearest_kept(kept: Sequence[int], epoch) -> int | None:
     if not len(kept) or is_missing(epoch):
         return None
@@ -277,7 +271,7 @@ def test_loss_rise(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
         quantiles = _quantiles(sel, run)
         kept = sorted(quantiles["epoch"].unique().tolist()) if not quantiles.empty else []
         near_min, late = nearest_kept(kept, d["min_test_loss_epoch"]), (kept[-1] if kept else None)
-        q_early, q_late = _q(quantiles, near_min, "test", "q0.9"), _q(quantiles, late, "test", "q0.9")
+        q_early, q_late = _at(quantiles, near_min, "q0.9", "test"), _at(quantiles, late, "q0.9", "test")
         rows.append({
             **_run_facts(sel, run), **d.to_dict(), "peak_after_min": bool(d["epochs_apart"] > 0),
             "last_test_loss": last["test_loss"], "last_test_acc": last["test_acc"],
@@ -302,15 +296,15 @@ def loss_distributions(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
         early, late = (int(test_mean.idxmin()) if test_mean.notna().any() else kept[0]), kept[-1]
         base = {**_run_facts(sel, run), "run": run, "early": early, "late": late}
         for epoch in sorted({*distribution_epochs(kept, p["quantile_epochs"]), early}):
-            train, test = _q(quantiles, epoch, "train", "q0.5"), _q(quantiles, epoch, "test", "q0.5")
+            train, test = _at(quantiles, epoch, "q0.5", "train"), _at(quantiles, epoch, "q0.5", "test")
             mark = "early" if epoch == early else "late" if epoch == late else None
             quantile_rows.append({**base, "epoch": epoch, "mark": mark, "train_median": train, "test_median": test,
-                                  "train_q90": _q(quantiles, epoch, "train", "q0.9"), "test_q90": _q(quantiles, epoch, "test", "q0.9"),
+                                  "train_q90": _at(quantiles, epoch, "q0.9", "train"), "test_q90": _at(quantiles, epoch, "q0.9", "test"),
                                   "median_ratio": _ratio(test, train)})  # fmt: skip
         tracked += _tracked(Path(sel.row(run)["run_dir"]), early, late, base)
         rows.append({**base, "case": "same" if early == late else "apart",
-                     "collapse_seen": _ratio(_q(quantiles, early, "train", "q0.5"), _q(quantiles, late, "train", "q0.5")),
-                     "tail": _ratio(_q(quantiles, late, "test", "q0.9"), _q(quantiles, early, "test", "q0.9"))})  # fmt: skip
+                     "collapse_seen": _ratio(_at(quantiles, early, "q0.5", "train"), _at(quantiles, late, "q0.5", "train")),
+                     "tail": _ratio(_at(quantiles, late, "q0.9", "test"), _at(quantiles, early, "q0.9", "test"))})  # fmt: skip
     return _frame(rows, quantiles=pd.DataFrame(quantile_rows), tracked=pd.DataFrame(tracked))
 
 
