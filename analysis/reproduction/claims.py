@@ -49,9 +49,8 @@ class Check:
 
 @dataclass
 class Claim:
-    conf: dict  # its entry in analysis/reproduction/claims.yaml
+    conf: dict  # its entry in claims.yaml
     source: Selection | None = None
-    rows: pd.DataFrame | None = None
     facts: dict = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     extra_sources: list[Selection] = field(default_factory=list)
@@ -240,10 +239,12 @@ def _best_lr2(rows: pd.DataFrame, sel_complete: bool, noise: float | None) -> di
 # ----- claims 4 and 5: test loss and per-sample losses
 
 
-def _quantiles(sel: Selection, run: str) -> pd.DataFrame:
+def _quantiles(sel: Selection, run: str) -> tuple[pd.DataFrame, list[int]]:
+    """The run's per-sample loss quantiles (losses.npz) and the epochs that file kept."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sel.sweep.loss_quantiles([run]) if sel.sweep is not None else pd.DataFrame()
+        warnings.simplefilter("ignore")  # a damaged losses.npz has no quantiles: its checks are n/a
+        quantiles = sel.sweep.loss_quantiles([run])
+    return quantiles, sorted(quantiles["epoch"].unique().tolist())
 
 
 def nearest_kept(kept: Sequence[int], epoch) -> int | None:
@@ -268,8 +269,7 @@ def test_loss_rise(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     rows = []
     for run in sel.runs["run"]:
         d, last = decoupling.loc[run], sel.run_curves(run).iloc[-1]
-        quantiles = _quantiles(sel, run)
-        kept = sorted(quantiles["epoch"].unique().tolist()) if not quantiles.empty else []
+        quantiles, kept = _quantiles(sel, run)
         near_min, late = nearest_kept(kept, d["min_test_loss_epoch"]), (kept[-1] if kept else None)
         q_early, q_late = _at(quantiles, near_min, "q0.9", "test"), _at(quantiles, late, "q0.9", "test")
         rows.append({
@@ -287,11 +287,10 @@ def test_loss_rise(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
 def loss_distributions(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     rows, quantile_rows, tracked = [], [], []
     for run in sel.runs["run"]:
-        quantiles = _quantiles(sel, run)
+        quantiles, kept = _quantiles(sel, run)
         if quantiles.empty:
             rows.append({**_run_facts(sel, run), "case": "no_losses"})
             continue
-        kept = sorted(quantiles["epoch"].unique().tolist())
         test_mean = quantiles[quantiles["split"] == "test"].set_index("epoch")["mean"]
         early, late = (int(test_mean.idxmin()) if test_mean.notna().any() else kept[0]), kept[-1]
         base = {**_run_facts(sel, run), "run": run, "early": early, "late": late}
@@ -455,7 +454,7 @@ def base_fields(ctx: Context) -> dict:
 
 
 def evaluate(conf: dict, ctx: Context) -> Claim:
-    """A claim of analysis/reproduction/claims.yaml checked on its runs."""
+    """A claim of claims.yaml checked on its runs."""
     claim = Claim(conf, pick_source(ctx.exps, conf["runs"]))
     sel = claim.source
     if sel is None or sel.runs.empty:
@@ -464,7 +463,7 @@ def evaluate(conf: dict, ctx: Context) -> Claim:
     rows = spec.stats(sel, ctx, params)
     if rows is None:
         return claim
-    claim.rows, facts = rows, {**base_fields(ctx), **params, **rows.attrs, "rows": rows}
+    facts = {**base_fields(ctx), **params, **rows.attrs, "rows": rows}
     if reference := facts.pop("reference_sel", None):
         claim.extra_sources = [reference]
     for name, template in conf.get("fields", {}).items():

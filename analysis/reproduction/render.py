@@ -125,7 +125,7 @@ def _tables(claim: Claim) -> list[str]:
 
 def _notes(claim: Claim) -> list[str]:
     """The claim's notes; one whose numbers are missing is left out."""
-    facts, rows = claim.facts, claim.rows
+    facts, rows = claim.facts, claim.facts.get("rows")
     each = [{**facts, **row} for row in rows.to_dict("records")] if rows is not None else []
     notes = [fill(t, f, facts, skip_missing=True) for t in claim.conf.get("notes_each", []) for f in each]
     notes += [fill(t, facts, facts, skip_missing=True) for t in claim.conf.get("notes", []) if facts]

@@ -1,4 +1,4 @@
-"""The report's wording: analysis/reproduction/claims.yaml's templates filled with a claim's numbers."""
+"""The report's wording: claims.yaml's templates filled with a claim's numbers."""
 
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def frame_table(spec: Mapping, rows: pd.DataFrame, fields: Mapping, frames: Mapping) -> str:
-    """A table of analysis/reproduction/claims.yaml (`columns`: header template -> cell template; `knobs`: the
-    varied knobs first, by value) over the rows of a frame."""
+    """A table of claims.yaml (`columns`: header template -> cell template; `knobs`: the varied
+    knobs first, by value) over the rows of a frame."""
     records = rows.to_dict("records")
     first = {**fields, **(records[0] if records else {})}
     knobs = list(fields["knobs_varied"]) if spec.get("knobs") else []
