@@ -189,7 +189,7 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
         return None
     reference = pick_source(ctx.exps, p["reference_runs"])
     ref_run = reference.runs["run"].iloc[0] if reference is not None and not reference.runs.empty else None
-    ref_curve = reference.run_curves(ref_run) if ref_run is not None else None
+    ref_curve = reference.run_curves(ref_run) if ref_run is not None else sel.curves.iloc[:0]
     rows = []
     for run in sel.runs.sort_values("schedule.lr2", ascending=False)["run"]:
         facts = _run_facts(sel, run, "schedule.lr2", "schedule.switch_epoch", "best_test_acc", "best_test_acc_epoch",
@@ -197,16 +197,13 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
         switch, curve = int(facts["schedule.switch_epoch"]), sel.run_curves(run)
         after = curve[curve["epoch"] > switch]
         best = after.loc[after["train_loss"].idxmin()] if not after.empty else {}
-        ref_min = math.nan
-        if ref_curve is not None and not after.empty:
-            epochs = ref_curve["epoch"]
-            ref_after = ref_curve[(epochs > switch) & (epochs <= int(after["epoch"].max()))]
-            ref_min = float(ref_after["train_loss"].min()) if not ref_after.empty else math.nan
+        # The reference's lowest train loss over the same epochs after the switch (NaN: none).
+        ref_after = ref_curve[(ref_curve["epoch"] > switch) & (ref_curve["epoch"] <= after["epoch"].max())]
         rows.append({
             **facts, "lr2": facts["schedule.lr2"], "switch": switch,
             "at_switch": _at(curve, switch, "train_loss"),
             "min_after": float(best.get("train_loss", math.nan)), "min_after_epoch": best.get("epoch"),
-            "ref_min": ref_min, "final_train_loss": curve["train_loss"].iloc[-1] if len(curve) else math.nan,
+            "ref_min": float(ref_after["train_loss"].min()), "final_train_loss": curve["train_loss"].iloc[-1] if len(curve) else math.nan,
         })  # fmt: skip
     ranked = {
         name: rank_configs(sel.runs, metric, ["schedule.lr2"], statuses=ENDED).rename(columns={"schedule.lr2": "lr2"})
