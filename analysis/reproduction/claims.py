@@ -425,7 +425,8 @@ SPECS = {
     )),
     "6b": Spec(capacity_grid, _capacity_grid),
 }  # fmt: skip
-# What a check's `passes` and `undecided` expressions may call besides the claim's facts.
+# What a check's `passes` and `undecided` expressions may call besides the claim's facts: they are
+# evaluated without builtins, and only from claims.yaml, this package's own file.
 CHECK_FUNCTIONS = {
     "abs": abs,
     "float": float,
