@@ -166,6 +166,20 @@ def test_the_thresholds_and_wording_come_from_the_claims_yaml(complete):
     )
 
 
+def test_a_check_passes_and_is_undecided_by_its_claims_yaml_expressions(complete):
+    """A check's `passes` and `undecided` expressions in claims.yaml decide it, over the claim's facts."""
+    from analysis.reproduction import read_conf
+
+    out, _ = complete
+    conf = read_conf()
+    band = next(c for c in conf["claims"] if c["key"] == "1")["checks"]["band"]
+    band["passes"] = "final_acc >= 0.7"  # the run's final test acc is 0.690
+    assert claim_on(out.parent / "root", "1", conf=conf).checks[0].passed is False
+    band["undecided"] = "isclose(final_acc, 0.69)"
+    claim = claim_on(out.parent / "root", "1", conf=conf)
+    assert claim.checks[0].passed is None and claim.verdict == "partly supported"
+
+
 def test_the_numbers_behind_claims_4_and_5(complete):
     _, md = complete
     four = section(md, "4")

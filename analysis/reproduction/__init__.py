@@ -5,9 +5,9 @@
 ROOT holds sweep dirs named after conf/experiment/lecture_*.yaml (`ROOT/lecture_lr`, ...; any
 subset). Writes OUT/reproduction.md and OUT/figures/claim*.png. Verdicts: supported (every check
 passes), partly supported, not supported, "partial: N/E epochs" (a run the claim needs has not
-ended) or not run. The claims are data: claims.yaml holds each one's runs, thresholds and wording;
-claims.py its statistics, check predicates and figure; render.py the one renderer. Only the run
-records are read (docs/run-record.md), through analysis.load.
+ended) or not run. The claims are data: claims.yaml holds each one's runs, thresholds, checks and
+wording; claims.py its statistics and figure; render.py the one renderer. Only the run records are
+read (docs/run-record.md), through analysis.load.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The claims as specs: one statistics function per claim turns its runs into a DataFrame (one row
-per run or configuration, scalars and other frames in .attrs); each check of claims.yaml is a
+"""The claims as specs: a statistics function per claim turns its runs into a DataFrame (one row
+per run or configuration; scalars and other frames in .attrs); each check of claims.yaml is a
 predicate over a row (per-run claims) or over the claim's facts; each claim draws one figure."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from analysis.knobs import format_value, is_missing
 from analysis.load import load_sweep, select_rows
 from analysis.losses import read_sample_losses
 from analysis.reproduction.runs import ENDED, Experiment, Selection, pick_source
-from analysis.reproduction.text import fill, missing
+from analysis.reproduction.text import fill
 from sweeper.schema import renamed
 
 
@@ -46,16 +46,11 @@ class Check:
     observed: str
     passed: bool | None  # None: cannot be evaluated on these runs
 
-    def __post_init__(self):
-        if self.passed is not None:
-            self.passed = bool(self.passed)  # numpy booleans are not `is False`
-
 
 @dataclass
 class Claim:
-    conf: dict  # its entry in analysis/reproduction/claims.yaml
+    conf: dict  # its entry in claims.yaml
     source: Selection | None = None
-    rows: pd.DataFrame | None = None
     facts: dict = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     extra_sources: list[Selection] = field(default_factory=list)
@@ -96,11 +91,12 @@ def _all(values: Sequence[bool | None]) -> bool | None:
     return all(known) if known and len(known) == len(values) else None
 
 
-def _value_at(curve: pd.DataFrame, epoch, metric: str) -> float:
-    if is_missing(epoch):
+def _at(frame: pd.DataFrame, epoch, column: str, split: str | None = None) -> float:
+    """`column` at `epoch` (of `split`, in a frame of both splits); NaN where there is none."""
+    if frame.empty or is_missing(epoch):
         return math.nan
-    row = curve.loc[curve["epoch"] == int(epoch), metric]
-    return float(row.iloc[0]) if len(row) and not is_missing(row.iloc[0]) else math.nan
+    values = select_rows(frame, {"epoch": epoch, **({"split": split} if split else {})})[column]
+    return float(values.iloc[0]) if len(values) and not is_missing(values.iloc[0]) else math.nan
 
 
 def _run_facts(sel: Selection, run: str, *keys: str) -> dict:
@@ -132,7 +128,7 @@ def lecture_protocol(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
         rows.append({
             **facts, "first": first["train_loss"], "last": last["train_loss"], "final_acc": last["test_acc"],
             "decades": math.log10(_ratio(first["train_loss"], last["train_loss"])),
-            "change": last["test_acc"] - _value_at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan,
+            "change": last["test_acc"] - _at(curve, mid, "test_acc") if int(last["epoch"]) > mid else math.nan,
             "chance": chance, "chance_decades": math.log10(_ratio(chance, last["train_loss"])),
             "min_decades_below": math.log10(_ratio(first["train_loss"], facts["min_train_loss"])),
         })  # fmt: skip
@@ -155,16 +151,18 @@ def learning_rates(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
                                                        "best_test_acc", "best_test_acc_epoch", "final_test_acc")  # fmt: skip
         diverged = facts["status"] == "diverged"  # it did not end low, however low its last loss
         rows.append({
-            **facts, "first": _value_at(curve, 1, "train_loss"),
-            "at_slow": _value_at(curve, p["slow_epoch"], "train_loss"),
+            **facts, "first": _at(curve, 1, "train_loss"),
+            "at_slow": _at(curve, p["slow_epoch"], "train_loss"),
             "final": math.inf if diverged else curve["train_loss"].iloc[-1] if len(curve) else math.nan,
             "bounce": math.inf if diverged else _upward_decades(curve),
             "rises": int((np.diff(curve["train_loss"].to_numpy(dtype=float)) > 0).sum()),
         })  # fmt: skip
-    return _frame(rows, target=sel.exp.epochs_target())
+    frame = _frame(rows, target=sel.exp.epochs_target())
+    frame.attrs.update(_by_rate(frame, p))
+    return frame
 
 
-def learning_rate_facts(rows: pd.DataFrame, ctx: Context, p: dict) -> dict:
+def _by_rate(rows: pd.DataFrame, p: dict) -> dict:
     by_rate = rows.drop_duplicates("lr", keep="last").sort_values("lr").reset_index(drop=True)
     lrs = by_rate["lr"].tolist()
     if len(lrs) < p["min_rates"]:
@@ -191,7 +189,7 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
         return None
     reference = pick_source(ctx.exps, p["reference_runs"])
     ref_run = reference.runs["run"].iloc[0] if reference is not None and not reference.runs.empty else None
-    ref_curve = reference.run_curves(ref_run) if ref_run is not None else None
+    ref_curve = reference.run_curves(ref_run) if ref_run is not None else sel.curves.iloc[:0]
     rows = []
     for run in sel.runs.sort_values("schedule.lr2", ascending=False)["run"]:
         facts = _run_facts(sel, run, "schedule.lr2", "schedule.switch_epoch", "best_test_acc", "best_test_acc_epoch",
@@ -199,27 +197,26 @@ def second_rate(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame | None:
         switch, curve = int(facts["schedule.switch_epoch"]), sel.run_curves(run)
         after = curve[curve["epoch"] > switch]
         best = after.loc[after["train_loss"].idxmin()] if not after.empty else {}
-        ref_min = math.nan
-        if ref_curve is not None and not after.empty:
-            epochs = ref_curve["epoch"]
-            ref_after = ref_curve[(epochs > switch) & (epochs <= int(after["epoch"].max()))]
-            ref_min = float(ref_after["train_loss"].min()) if not ref_after.empty else math.nan
+        # The reference's lowest train loss over the same epochs after the switch (NaN: none).
+        ref_after = ref_curve[(ref_curve["epoch"] > switch) & (ref_curve["epoch"] <= after["epoch"].max())]
         rows.append({
             **facts, "lr2": facts["schedule.lr2"], "switch": switch,
-            "at_switch": _value_at(curve, switch, "train_loss"),
+            "at_switch": _at(curve, switch, "train_loss"),
             "min_after": float(best.get("train_loss", math.nan)), "min_after_epoch": best.get("epoch"),
-            "ref_min": ref_min, "final_train_loss": curve["train_loss"].iloc[-1] if len(curve) else math.nan,
+            "ref_min": float(ref_after["train_loss"].min()), "final_train_loss": curve["train_loss"].iloc[-1] if len(curve) else math.nan,
         })  # fmt: skip
     ranked = {
         name: rank_configs(sel.runs, metric, ["schedule.lr2"], statuses=ENDED).rename(columns={"schedule.lr2": "lr2"})
         for name, metric in (("ranking", "final_test_acc"), ("by_train", "final_train_loss"))
     }  # fmt: skip
     shown = f"{reference.exp.name} {reference.label(ref_run)}" if ref_run is not None else None
-    return _frame(rows, target=sel.exp.epochs_target(), reference=shown, reference_sel=reference, **ranked)
+    frame = _frame(rows, target=sel.exp.epochs_target(), reference=shown, reference_sel=reference, **ranked)
+    frame.attrs.update(_best_lr2(frame, sel.complete, ctx.noise))
+    return frame
 
 
-def second_rate_facts(rows: pd.DataFrame, ctx: Context, p: dict) -> dict:
-    ranking, sel_complete, noise = rows.attrs["ranking"], rows.attrs["complete"], ctx.noise
+def _best_lr2(rows: pd.DataFrame, sel_complete: bool, noise: float | None) -> dict:
+    ranking = rows.attrs["ranking"]
     best = ranking["lr2"].iloc[0] if not ranking.empty else None
     gap = float(ranking["mean"].iloc[0] - ranking["mean"].iloc[1]) if len(ranking) >= 2 else math.nan
     # A lead smaller than the seed-to-seed spread does not pick a best lr2: another seed could
@@ -239,17 +236,12 @@ def second_rate_facts(rows: pd.DataFrame, ctx: Context, p: dict) -> dict:
 # ----- claims 4 and 5: test loss and per-sample losses
 
 
-def _quantiles(sel: Selection, run: str) -> pd.DataFrame:
+def _quantiles(sel: Selection, run: str) -> tuple[pd.DataFrame, list[int]]:
+    """The run's per-sample loss quantiles (losses.npz) and the epochs that file kept."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return sel.sweep.loss_quantiles([run]) if sel.sweep is not None else pd.DataFrame()
-
-
-def _q(quantiles: pd.DataFrame, epoch, split: str, column: str) -> float:
-    if epoch is None or quantiles.empty:
-        return math.nan
-    row = quantiles[(quantiles["epoch"] == epoch) & (quantiles["split"] == split)]
-    return float(row[column].iloc[0]) if len(row) else math.nan
+        warnings.simplefilter("ignore")  # a damaged losses.npz has no quantiles: its checks are n/a
+        quantiles = sel.sweep.loss_quantiles([run])
+    return quantiles, sorted(quantiles["epoch"].unique().tolist())
 
 
 def nearest_kept(kept: Sequence[int], epoch) -> int | None:
@@ -274,10 +266,9 @@ def test_loss_rise(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     rows = []
     for run in sel.runs["run"]:
         d, last = decoupling.loc[run], sel.run_curves(run).iloc[-1]
-        quantiles = _quantiles(sel, run)
-        kept = sorted(quantiles["epoch"].unique().tolist()) if not quantiles.empty else []
+        quantiles, kept = _quantiles(sel, run)
         near_min, late = nearest_kept(kept, d["min_test_loss_epoch"]), (kept[-1] if kept else None)
-        q_early, q_late = _q(quantiles, near_min, "test", "q0.9"), _q(quantiles, late, "test", "q0.9")
+        q_early, q_late = _at(quantiles, near_min, "q0.9", "test"), _at(quantiles, late, "q0.9", "test")
         rows.append({
             **_run_facts(sel, run), **d.to_dict(), "peak_after_min": bool(d["epochs_apart"] > 0),
             "last_test_loss": last["test_loss"], "last_test_acc": last["test_acc"],
@@ -293,24 +284,23 @@ def test_loss_rise(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
 def loss_distributions(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     rows, quantile_rows, tracked = [], [], []
     for run in sel.runs["run"]:
-        quantiles = _quantiles(sel, run)
+        quantiles, kept = _quantiles(sel, run)
         if quantiles.empty:
             rows.append({**_run_facts(sel, run), "case": "no_losses"})
             continue
-        kept = sorted(quantiles["epoch"].unique().tolist())
         test_mean = quantiles[quantiles["split"] == "test"].set_index("epoch")["mean"]
         early, late = (int(test_mean.idxmin()) if test_mean.notna().any() else kept[0]), kept[-1]
         base = {**_run_facts(sel, run), "run": run, "early": early, "late": late}
         for epoch in sorted({*distribution_epochs(kept, p["quantile_epochs"]), early}):
-            train, test = _q(quantiles, epoch, "train", "q0.5"), _q(quantiles, epoch, "test", "q0.5")
+            train, test = _at(quantiles, epoch, "q0.5", "train"), _at(quantiles, epoch, "q0.5", "test")
             mark = "early" if epoch == early else "late" if epoch == late else None
             quantile_rows.append({**base, "epoch": epoch, "mark": mark, "train_median": train, "test_median": test,
-                                  "train_q90": _q(quantiles, epoch, "train", "q0.9"), "test_q90": _q(quantiles, epoch, "test", "q0.9"),
+                                  "train_q90": _at(quantiles, epoch, "q0.9", "train"), "test_q90": _at(quantiles, epoch, "q0.9", "test"),
                                   "median_ratio": _ratio(test, train)})  # fmt: skip
         tracked += _tracked(Path(sel.row(run)["run_dir"]), early, late, base)
         rows.append({**base, "case": "same" if early == late else "apart",
-                     "collapse_seen": _ratio(_q(quantiles, early, "train", "q0.5"), _q(quantiles, late, "train", "q0.5")),
-                     "tail": _ratio(_q(quantiles, late, "test", "q0.9"), _q(quantiles, early, "test", "q0.9"))})  # fmt: skip
+                     "collapse_seen": _ratio(_at(quantiles, early, "q0.5", "train"), _at(quantiles, late, "q0.5", "train")),
+                     "tail": _ratio(_at(quantiles, late, "q0.9", "test"), _at(quantiles, early, "q0.9", "test"))})  # fmt: skip
     return _frame(rows, quantiles=pd.DataFrame(quantile_rows), tracked=pd.DataFrame(tracked))
 
 
@@ -344,12 +334,15 @@ def overfit_subset(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
     largest = sel.runs.sort_values(size_key)["run"].iloc[-1]
     curve, n = sel.run_curves(largest), p["last_epochs"]
     before, last = (curve.iloc[-n - 1], curve.iloc[-1]) if len(curve) > n else ({}, {})
-    return _frame(
+    frame = _frame(
         rows, target=sel.exp.epochs_target(), largest=sel.label(largest),
         loss_before=before.get("train_loss"), epoch_before=before.get("epoch"),
         loss_last=last.get("train_loss"), epoch_last=last.get("epoch"),
         fall=_ratio(before["train_loss"], last["train_loss"]) if len(curve) > n else None,
     )  # fmt: skip
+    # The checks read the largest net: the last row.
+    frame.attrs.update(frame.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict())
+    return frame
 
 
 def capacity_grid(sel: Selection, ctx: Context, p: dict) -> pd.DataFrame:
@@ -414,59 +407,42 @@ def _capacity_grid(claim: Claim, title: str):
 
 @dataclass(frozen=True)
 class Spec:
-    """A claim's statistics, the predicates of its checks (by the check's name in the YAML), its
-    facts beyond the statistics' and its figure."""
+    """A claim's statistics (its checks are claims.yaml's `passes` and `undecided` expressions
+    over them) and its figure."""
 
     stats: Callable[[Selection, Context, dict], pd.DataFrame | None]
-    checks: dict[str, Callable[[dict], bool | None]]
     figure: Callable[[Claim, str | None], object]
-    facts: Callable[[pd.DataFrame, Context, dict], dict] | None = None
-
-
-def _apart(f: dict, seen: str, threshold: str) -> bool | None:
-    """Claim 5: undecided without losses.npz; fails when the early and the late epoch coincide."""
-    if f["case"] != "apart":
-        return None if f["case"] == "no_losses" else False
-    return None if missing(f[seen]) else f[seen] >= f[threshold]
 
 
 SPECS = {
-    "1": Spec(lecture_protocol, {
-        "band": lambda f: f["acc_band"][0] <= f["final_acc"] <= f["acc_band"][1],
-        "decades": lambda f: f["decades"] >= f["min_decades"],
-        "stall": lambda f: None if missing(f["change"]) else abs(f["change"]) < f["stall_points"],
-    }, _lecture_protocol),
-    "2": Spec(learning_rates, {
-        "bounce": lambda f: None if missing(f["bounce_ratio"]) else f["bounce_ratio"] >= f["bounce_min_ratio"],
-        "slow": lambda f: None if missing(f["slow_ratio"]) else f["slow_ratio"] >= f["slow_min_ratio"],
-        "separate": lambda f: math.isclose(f["lowest"], f["middle"]) if f["finals_known"] else None,
-    }, lambda claim, title: plots.plot_curves(claim.source.curves, hue="lr", title=title), learning_rate_facts),
-    "3": Spec(second_rate, {
-        "drop": lambda f: _all(f["drops"]),
-        "below_reference": lambda f: _all(f["below_reference"]) if f["has_reference"] else None,
-        "best": lambda f: math.isclose(float(f["best"]), f["lecture_lr2"]) if f["best_case"] == "pick" else None,
-    }, _second_rate, second_rate_facts),
-    "4": Spec(test_loss_rise, {
-        "decoupled": lambda f: f["decoupled"],
-        "hold": lambda f: f["loss_rise_seen"] >= f["loss_rise"] and f["acc_drop"] <= f["acc_hold"],
-        "tail": lambda f: None if missing(f["tail"]) else f["tail"] >= f["tail_rise"],
-    }, lambda claim, title: plots.plot_loss_vs_accuracy(claim.source.curves, title=title)),
-    "5": Spec(loss_distributions, {
-        "collapse": lambda f: _apart(f, "collapse_seen", "collapse"),
-        "tail": lambda f: _apart(f, "tail", "tail_rise"),
-    }, _loss_distributions),
-    "6a": Spec(overfit_subset, {
-        "fit_acc": lambda f: f["best_train_acc"] >= f["fit_acc"],
-        "fit_loss": lambda f: f["fits"],
-    }, lambda claim, title: plots.plot_curves(
+    "1": Spec(lecture_protocol, _lecture_protocol),
+    "2": Spec(learning_rates, lambda claim, title: plots.plot_curves(claim.source.curves, hue="lr", title=title)),
+    "3": Spec(second_rate, _second_rate),
+    "4": Spec(test_loss_rise, lambda claim, title: plots.plot_loss_vs_accuracy(claim.source.curves, title=title)),
+    "5": Spec(loss_distributions, _loss_distributions),
+    "6a": Spec(overfit_subset, lambda claim, title: plots.plot_curves(
         claim.source.curves, metrics=("train_loss", "train_acc"), hue="model.channels", title=title
-    ), lambda rows, ctx, p: rows.iloc[-1][["best_train_acc", "min_train_loss", "fits"]].to_dict()),
-    "6b": Spec(capacity_grid, {
-        "underfits": lambda f: f["n_underfit"] > 0,
-        "overfits": lambda f: f["n_overfit"] > 0,
-        "best_neither": lambda f: None if f["best_state"] is None else f["best_state"] == "neither",
-    }, _capacity_grid),
+    )),
+    "6b": Spec(capacity_grid, _capacity_grid),
 }  # fmt: skip
+# What a check's `passes` and `undecided` expressions may call besides the claim's facts: they are
+# evaluated without builtins, and only from claims.yaml, this package's own file.
+CHECK_FUNCTIONS = {
+    "abs": abs,
+    "float": float,
+    "isclose": math.isclose,
+    "missing": is_missing,
+    "all_known": _all,
+}
+
+
+def _passes(check: dict, case: dict) -> bool | None:
+    """A check's result on one run (or on the claim's facts): None when it cannot be decided."""
+    names = {**case, **CHECK_FUNCTIONS}
+    if "undecided" in check and eval(check["undecided"], {"__builtins__": {}}, names):
+        return None
+    passed = eval(check["passes"], {"__builtins__": {}}, names)
+    return None if passed is None else bool(passed)  # numpy booleans are not `is False`
 
 
 def base_fields(ctx: Context) -> dict:
@@ -476,7 +452,7 @@ def base_fields(ctx: Context) -> dict:
 
 
 def evaluate(conf: dict, ctx: Context) -> Claim:
-    """A claim of analysis/reproduction/claims.yaml checked on its runs."""
+    """A claim of claims.yaml checked on its runs."""
     claim = Claim(conf, pick_source(ctx.exps, conf["runs"]))
     sel = claim.source
     if sel is None or sel.runs.empty:
@@ -485,39 +461,26 @@ def evaluate(conf: dict, ctx: Context) -> Claim:
     rows = spec.stats(sel, ctx, params)
     if rows is None:
         return claim
-    rows.attrs["complete"] = sel.complete
-    claim.rows, facts = rows, {**base_fields(ctx), **params, **rows.attrs, "rows": rows}
+    facts = {**base_fields(ctx), **params, **rows.attrs, "rows": rows}
     if reference := facts.pop("reference_sel", None):
         claim.extra_sources = [reference]
-    if spec.facts is not None:
-        facts.update(spec.facts(rows, ctx, params))
     for name, template in conf.get("fields", {}).items():
         facts[name] = fill(template, facts, facts)
     claim.facts = facts
     if "too_few" in conf and "n_rates" in facts:
         claim.checks = [Check(conf["too_few"]["rule"], fill(conf["too_few"]["observed"], facts), None)]
         return claim
-    for name, check in conf["checks"].items():
-        rule, predicate = fill(check["rule"], facts), spec.checks[name]
-        if not conf.get("per_run"):
-            claim.checks.append(Check(rule, fill(check["observed"], facts, facts), predicate(facts)))
-            continue
-        results = []
-        for row in rows.to_dict("records"):
-            passed = predicate({**facts, **row})
-            results.append((row["label"], fill(check["observed"], {**facts, **row}, facts), passed))
-        claim.checks.append(Check(rule, *_per_run(results)))
+    # A per-run check passes when it passes in every run.
+    cases = [{**facts, **row} for row in rows.to_dict("records")] if conf.get("per_run") else [facts]
+    for check in conf["checks"].values():
+        passed = [_passes(check, case) for case in cases]
+        observed = [fill(check["observed"], case, facts) for case in cases]
+        if len(cases) > 1:
+            each = "; ".join(f"{case['label']}: {obs}" for case, obs in zip(cases, observed, strict=True))
+            observed = [f"{passed.count(True)}/{len(cases)} runs — {each}"]
+            passed = [_all(passed)]
+        claim.checks.append(Check(fill(check["rule"], facts), observed[0], passed[0]))
     return claim
-
-
-def _per_run(results: list[tuple[str, str, bool | None]]) -> tuple[str, bool | None]:
-    """A check over every run of a selection: passes when it passes in all of them."""
-    results = [(label, obs, None if passed is None else bool(passed)) for label, obs, passed in results]
-    if len(results) == 1:
-        return results[0][1], results[0][2]
-    observed = "; ".join(f"{label}: {obs}" for label, obs, _ in results)
-    n_pass = sum(p is True for _, _, p in results)
-    return f"{n_pass}/{len(results)} runs — {observed}", _all([p for _, _, p in results])
 
 
 def draw_figure(claim: Claim, figures_dir: Path, dpi: int) -> None:

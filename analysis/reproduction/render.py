@@ -47,9 +47,10 @@ def command(exp: Experiment, data: str) -> str:
 def _state(exp: Experiment) -> str:
     if not exp.present:
         return "not run"
-    counts = exp.sweep.runs["status"].value_counts() if exp.sweep is not None else pd.Series(dtype=int)
-    not_started = [f"{len(exp.missing)} not started"] if exp.missing else []
-    return ", ".join([f"{n} {s}" for s, n in counts.items()] + not_started)
+    counts = exp.sweep.runs["status"].value_counts().items() if exp.sweep is not None else []
+    return ", ".join(
+        [f"{n} {s}" for s, n in counts] + ([f"{len(exp.missing)} not started"] if exp.missing else [])
+    )
 
 
 def _machine(exps: dict[str, Experiment], note: str | None) -> list[str]:
@@ -64,12 +65,10 @@ def _machine(exps: dict[str, Experiment], note: str | None) -> list[str]:
     hosts, here = values("host"), socket.gethostname()
     recorded = runs.dropna(subset=["cpu_count"]) if "cpu_count" in runs else runs.iloc[:0]
     if not recorded.empty:
-        cpus = ", ".join(
-            sorted(
-                {f"{int(r.cpu_count)} ({int(r.torch_threads)} torch threads)" for r in recorded.itertuples()}
-            )
-        )
-        cpus += " (summary.json)"
+        threads = {
+            f"{int(r.cpu_count)} ({int(r.torch_threads)} torch threads)" for r in recorded.itertuples()
+        }
+        cpus = ", ".join(sorted(threads)) + " (summary.json)"
     elif hosts == [here]:
         cpus = f"{os.cpu_count()} (os.cpu_count() on `{here}`, where this report was written; the run record does not hold it)"
     else:
@@ -112,19 +111,21 @@ def _tables(claim: Claim) -> list[str]:
         rows = facts.get(spec.get("of", "rows"))
         if "text" in spec:
             out.append(fill(spec["text"], facts, facts))
-        elif rows is not None and not rows.empty and "group" not in spec:
+        elif rows is None or rows.empty:
+            continue
+        elif "group" not in spec:
             out.append(frame_table(spec, rows, facts, facts))
-        elif rows is not None and not rows.empty:
+        else:
             for key, part in rows.groupby(spec["group"], sort=False):
                 fields = {**facts, **part.iloc[0].to_dict()}
-                caption = fill(spec["caption"], fields)
-                grouped.setdefault(key, []).append(f"{caption}\n\n" + frame_table(spec, part, fields, facts))
+                table_md = frame_table(spec, part, fields, facts)
+                grouped.setdefault(key, []).append(f"{fill(spec['caption'], fields)}\n\n{table_md}")
     return out + [text for tables in grouped.values() for text in tables]
 
 
 def _notes(claim: Claim) -> list[str]:
     """The claim's notes; one whose numbers are missing is left out."""
-    facts, rows = claim.facts, claim.rows
+    facts, rows = claim.facts, claim.facts.get("rows")
     each = [{**facts, **row} for row in rows.to_dict("records")] if rows is not None else []
     notes = [fill(t, f, facts, skip_missing=True) for t in claim.conf.get("notes_each", []) for f in each]
     notes += [fill(t, facts, facts, skip_missing=True) for t in claim.conf.get("notes", []) if facts]
@@ -134,6 +135,10 @@ def _notes(claim: Claim) -> list[str]:
 def not_run_note(claim: Claim, ctx: Context) -> str:
     sentences = (fill(t, base_fields(ctx), skip_missing=True) for t in claim.conf.get("not_run", []))
     return " ".join(s for s in sentences if s is not None)
+
+
+def _not_passed(claim: Claim, passed: bool | None) -> str:
+    return "; ".join(c.rule for c in claim.checks if c.passed is passed)
 
 
 def _claim_section(claim: Claim, ctx: Context, data: str, words: dict) -> list[str]:
@@ -161,37 +166,29 @@ def _claim_section(claim: Claim, ctx: Context, data: str, words: dict) -> list[s
             f"![claim {claim.key}](figures/{claim.figure})" if claim.figure else f"_{claim.figure_note}_",
             "",
         ]
-    for text in _tables(claim):
-        md += [text, ""]
-    verdict = claim.verdict
+    md += [line for text in _tables(claim) for line in (text, "")]
+    verdict, tail = claim.verdict, ""
     if claim.checks:
         so_far = " so far" if verdict.startswith("partial") else ""
         checks = [[c.rule, c.observed, MARKS[c.passed]] for c in claim.checks]
         md += [words["rules"], "", table(["check", f"observed{so_far}", f"passes{so_far}"], checks), ""]
-    for note in _notes(claim):
-        md += [note, ""]
-    tail = ""
+    md += [line for note in _notes(claim) for line in (note, "")]
     if verdict == "partly supported":
-        for label, passed in (("fails", False), ("undecided", None)):
-            if rules := "; ".join(c.rule for c in claim.checks if c.passed is passed):
-                tail += f" — {label}: {rules}"
+        tail = "".join(f" — {label}: {rules}" for label, passed in (("fails", False), ("undecided", None))
+                       if (rules := _not_passed(claim, passed)))  # fmt: skip
     return md + [f"**Verdict: {verdict}**{tail}", ""]
 
 
 def _user_overrides(argv: list[str]) -> list[str]:
     """The overrides typed after `experiment=...` that change the protocol (not hydra.*, not paths)."""
-    out = []
-    for item in argv:
-        key, sep, _ = item.partition("=")
-        key = key.lstrip("+~")
-        if (
-            sep
-            and not item.startswith("-")
-            and key not in NOT_PROTOCOL
-            and not key.startswith(("hydra.", "hydra/"))
-        ):
-            out.append(item)
-    return out
+    keys = [
+        (item, item.partition("=")[0].lstrip("+~"))
+        for item in argv
+        if "=" in item and not item.startswith("-")
+    ]
+    return [
+        item for item, key in keys if key not in NOT_PROTOCOL and not key.startswith(("hydra.", "hydra/"))
+    ]
 
 
 def _differences(claims: list[Claim], ctx: Context, words: dict) -> list[str]:
@@ -205,12 +202,12 @@ def _differences(claims: list[Claim], ctx: Context, words: dict) -> list[str]:
               if e.sweep is not None and "trainer.seed" in e.sweep.runs}  # fmt: skip
     if single := [n for n, count in seeded.items() if count == 1]:
         several = [n for n, count in seeded.items() if count > 1]
-        measured = {"several": several[0], "noise": ctx.noise} if several and ctx.noise is not None else None
-        single = ", ".join(f"`{n}`" for n in single)
-        items.append(fill(words["one_seed"], {"single": single, "measured": fill(words["measured"], measured) if measured else ""}))  # fmt: skip
-    for exp_name, exp in exps.items():
-        if exp.present and (extra := _user_overrides(exp.argv)):
-            items.append(fill(words["overrides"], {"name": exp_name, "extra": " ".join(extra)}))
+        measured = fill(words["measured"], {"several": several[0], "noise": ctx.noise}) if several and ctx.noise is not None else ""  # fmt: skip
+        items.append(
+            fill(words["one_seed"], {"single": ", ".join(f"`{n}`" for n in single), "measured": measured})
+        )
+    items += [fill(words["overrides"], {"name": n, "extra": " ".join(extra)})
+              for n, e in exps.items() if e.present and (extra := _user_overrides(e.argv))]  # fmt: skip
     for claim in claims:
         verdict = claim.verdict
         if verdict in ("not supported", "partly supported"):
@@ -263,24 +260,24 @@ def write_reproduction(root, out="docs", shown_root: str | None = None, note: st
     data = data_root(exps)[1] or conf["data_placeholder"]
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = fill(words["header"], {"shown_root": shown_root, "out": out, "date": date})
+    summary = [
+        [f"[{c.key}](#claim-{c.key}-{_anchor(c.title)}) {c.title}", c.verdict,
+         f"`{c.source.exp.name}`" if c.source is not None else f"`{c.experiments[0]}` not run"]
+        for c in claims
+    ]  # fmt: skip
+    described = {n: fill(text, base_fields(ctx)) for n, text in conf["experiments"].items()}
+    experiments = [
+        [f"`{n}`", described[n], _state(e), f"`{n}`" if e.present else "–"] for n, e in exps.items()
+    ]
     md = [
         "# Reproducing the lecture on CIFAR-10",
         "",
         header,
         "",
-        "| claim | verdict | runs |",
-        "|---|---|---|",
+        table(["claim", "verdict", "runs"], summary),
     ]
-    for claim in claims:
-        source = (
-            f"`{claim.source.exp.name}`" if claim.source is not None else f"`{claim.experiments[0]}` not run"
-        )
-        link = f"[{claim.key}](#claim-{claim.key}-{_anchor(claim.title)})"
-        md.append(f"| {link} {claim.title} | {claim.verdict} | {source} |")
-    md += ["", "## Machine", "", *_machine(exps, note), "## Experiments", ""]
-    described = {n: fill(text, base_fields(ctx)) for n, text in conf["experiments"].items()}
-    rows = [[f"`{n}`", described[n], _state(e), f"`{n}`" if e.present else "–"] for n, e in exps.items()]
-    md += [table(["experiment", "tests", "state", "sweep dir"], rows), ""]
+    md += ["## Machine", "", *_machine(exps, note), "## Experiments", ""]
+    md += [table(["experiment", "tests", "state", "sweep dir"], experiments), ""]
     for claim in claims:
         md += _claim_section(claim, ctx, data, words)
     md += ["## Wall time per run", "", *_wall_times(exps, words), *_differences(claims, ctx, words)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,10 +22,11 @@ from hydra_plugins.sweeper_grid.grid import expand
 from sweeper.rundir import ENDED
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+NO_RUNS = pd.DataFrame(columns=["run", "status", "epoch"])
 
 
 def read_conf() -> dict:
-    """analysis/reproduction/claims.yaml. PyYAML, not OmegaConf: the templates' case keys include booleans."""
+    """claims.yaml. PyYAML, not OmegaConf: the templates' case keys include booleans."""
     return yaml.safe_load(Path(__file__).with_name("claims.yaml").read_text())
 
 
@@ -54,11 +56,8 @@ class Experiment:
         return self.sweep is not None or bool(self.missing)
 
     def epochs_target(self) -> int:
-        if self.sweep is not None and "trainer.epochs" in self.sweep.runs:
-            values = self.sweep.runs["trainer.epochs"].dropna()
-            if len(values):
-                return int(values.max())
-        return self.default_epochs
+        epochs = self.sweep.runs.get("trainer.epochs") if self.sweep is not None else None
+        return int(epochs.max()) if epochs is not None and epochs.notna().any() else self.default_epochs
 
 
 def load_experiments(root: Path, shown_root: str, conf: dict | None = None) -> dict[str, Experiment]:
@@ -67,28 +66,17 @@ def load_experiments(root: Path, shown_root: str, conf: dict | None = None) -> d
     out = {}
     for name in conf["experiments"]:
         path = Path(root) / name
-        exp = Experiment(name, path, f"{shown_root.rstrip('/')}/{name}", conf["default_epochs"])
-        if path.is_dir():
-            refs, exp.missing = discover(path)
-            if refs:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    try:
-                        exp.sweep = load_sweep(path)
-                    except NoRunsFound:
-                        exp.sweep = None
-            try:
-                argv = [str(a) for a in json.loads((path / "sweep.json").read_text()).get("argv", [])]
-                exp.argv = argv[1:] if argv and argv[0].endswith(".py") else argv  # sys.argv[0]: the script
-            except (OSError, ValueError, AttributeError):
-                exp.argv = []
-        out[name] = exp
+        exp = out[name] = Experiment(name, path, f"{shown_root.rstrip('/')}/{name}", conf["default_epochs"])
+        if not path.is_dir():
+            continue
+        _, exp.missing = discover(path)
+        with warnings.catch_warnings(), contextlib.suppress(NoRunsFound):
+            warnings.simplefilter("ignore")
+            exp.sweep = load_sweep(path)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            argv = [str(a) for a in json.loads((path / "sweep.json").read_text()).get("argv", [])]
+            exp.argv = argv[1:] if argv and argv[0].endswith(".py") else argv  # sys.argv[0]: the script
     return out
-
-
-def _override_dict(overrides: Sequence[str]) -> dict[str, str]:
-    pairs = (item.partition("=") for item in overrides)
-    return {key.lstrip("+~"): value for key, sep, value in pairs if sep}
 
 
 def _same_value(written: str, value) -> bool:
@@ -96,6 +84,12 @@ def _same_value(written: str, value) -> bool:
         return float(written) == float(value)
     except (TypeError, ValueError):
         return written == format_value(value)
+
+
+def _matches(overrides: Sequence[str], where: dict) -> bool:
+    """Whether a job not started yet, by the overrides it was listed with, belongs to `where`."""
+    typed = {key.lstrip("+~"): value for key, sep, value in (o.partition("=") for o in overrides) if sep}
+    return all(key not in typed or _same_value(typed[key], value) for key, value in where.items())
 
 
 @dataclass
@@ -106,15 +100,10 @@ class Selection:
     where: dict
     sweep: Sweep | None  # the runs with at least one epoch logged: the claims read their curves
     missing: list[MissingJob]
-    unlogged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run", "status"]))
+    unlogged: pd.DataFrame = field(default_factory=lambda: NO_RUNS)
 
-    @property
-    def runs(self) -> pd.DataFrame:
-        return self.sweep.runs if self.sweep is not None else pd.DataFrame(columns=["run", "status"])
-
-    @property
-    def curves(self) -> pd.DataFrame:
-        return self.sweep.curves if self.sweep is not None else pd.DataFrame(columns=["run", "epoch"])
+    runs = property(lambda self: self.sweep.runs if self.sweep is not None else NO_RUNS)
+    curves = property(lambda self: self.sweep.curves if self.sweep is not None else NO_RUNS)
 
     @property
     def empty(self) -> bool:
@@ -139,21 +128,17 @@ class Selection:
         if self.complete:
             return None
         target = self.exp.epochs_target()
-        pending, least = [], None
-        for _, row in self.unlogged.iterrows():  # started (or failed at its start), nothing logged
-            least = 0
-            pending.append(f"{self.label(row)}: {row['status']}, 0/{target}")
-        for row in self.runs.itertuples():
-            if row.status in ENDED:
-                continue
-            done = int(row.epochs_done)
-            least = done if least is None else min(least, done)
-            pending.append(f"{self.label(row.run)}: {row.status}, {done}/{target}")
+        # A run with nothing logged (started, or failed at its start) is at epoch 0.
+        waiting = [(row, 0) for _, row in self.unlogged.iterrows()]
+        waiting += [
+            (row, int(row["epochs_done"])) for _, row in self.runs.iterrows() if row["status"] not in ENDED
+        ]
+        pending = [f"{self.label(row)}: {row['status']}, {done}/{target}" for row, done in waiting]
         for job in self.missing:
-            least = 0
             typed = " ".join(o for o in job.overrides if not o.startswith("experiment="))
             pending.append(f"{typed or f'job {job.job_num}'}: not started")
-        return f"partial: {least or 0}/{target} epochs ({'; '.join(pending)})"
+        least = min([done for _, done in waiting] + [0] * len(self.missing), default=0)
+        return f"partial: {least}/{target} epochs ({'; '.join(pending)})"
 
     def run_curves(self, run: str) -> pd.DataFrame:
         return self.curves[self.curves["run"] == run].sort_values("epoch")
@@ -168,29 +153,20 @@ class Selection:
 
 
 def select(exp: Experiment, where: dict) -> Selection:
-    unlogged = pd.DataFrame(columns=["run", "status"])
-    sweep = exp.sweep
+    sweep, unlogged = exp.sweep, NO_RUNS
     if sweep is not None:
-        usable = {k: v for k, v in where.items() if k in sweep.runs}
-        sweep = sweep.subset(usable) if usable else sweep
+        sweep = sweep.subset({k: v for k, v in where.items() if k in sweep.runs})
         # A run with no epoch logged yet (just started, killed or failed at its start) has no
         # curve to test a claim on: it counts as pending, like a job not started.
         logged = sweep.runs["epochs_done"] > 0
-        if not logged.all():
-            unlogged = sweep.runs.loc[~logged]
-            kept = sweep.runs.loc[logged, "run"]
-            sweep = dataclasses.replace(
-                sweep, runs=sweep.runs[logged], curves=sweep.curves[sweep.curves["run"].isin(kept)]
-            )
-            sweep = None if sweep.runs.empty else sweep
-    missing = [
-        job
-        for job in exp.missing
-        if all(
-            k not in (o := _override_dict(job.overrides)) or _same_value(o[k], v) for k, v in where.items()
+        unlogged, kept = sweep.runs.loc[~logged], sweep.runs.loc[logged, "run"]
+        sweep = dataclasses.replace(
+            sweep, runs=sweep.runs[logged], curves=sweep.curves[sweep.curves["run"].isin(kept)]
         )
-    ]
-    return Selection(exp, where, sweep, missing, unlogged)
+        sweep = None if sweep.runs.empty else sweep
+    return Selection(
+        exp, where, sweep, [job for job in exp.missing if _matches(job.overrides, where)], unlogged
+    )
 
 
 def pick_source(exps: dict[str, Experiment], candidates: Sequence[Sequence]) -> Selection | None:

@@ -1,4 +1,4 @@
-"""The report's wording: analysis/reproduction/claims.yaml's templates filled with a claim's numbers."""
+"""The report's wording: claims.yaml's templates filled with a claim's numbers."""
 
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ import pandas as pd
 from analysis.knobs import format_value, is_missing
 
 
-def missing(value) -> bool:
-    return not isinstance(value, (list, tuple, dict, pd.DataFrame)) and is_missing(value)
-
-
 def _num(value, digits: str = "3") -> str:
     """Significant digits; '–' for a missing value."""
-    if missing(value):
+    if is_missing(value):
         return "–"
     value = float(value)
     if math.isinf(value):
@@ -26,13 +22,13 @@ def _num(value, digits: str = "3") -> str:
 
 
 def minutes(seconds) -> str:
-    if missing(seconds) or math.isnan(seconds):
+    if is_missing(seconds) or math.isnan(seconds):
         return "–"
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"  # not "0.0 min" for 3 s
 
 
 def _dash(fn):
-    return lambda v, arg: "–" if missing(v) else fn(v, arg)
+    return lambda v, arg: "–" if is_missing(v) else fn(v, arg)
 
 
 FORMATS = {
@@ -44,7 +40,7 @@ FORMATS = {
     "hours": lambda v, arg: format(float(v) / 3600, arg),
     "value": lambda v, arg: format_value(v),
     "pts": _dash(lambda v, arg: format(100 * float(v), arg)),
-    "opt": lambda v, arg: "" if missing(v) else f" ({v})",
+    "opt": lambda v, arg: "" if is_missing(v) else f" ({v})",
 }
 
 
@@ -64,11 +60,11 @@ class _Formatter(string.Formatter):
     def format_field(self, value, spec: str) -> str:
         while spec.startswith(("nan=", "inf=")):
             head, _, spec = spec.partition("|")
-            if head.startswith("nan=") and missing(value):
+            if head.startswith("nan=") and is_missing(value):
                 raise Whole(head[4:])
-            if head.startswith("inf=") and not missing(value) and math.isinf(float(value)):
+            if head.startswith("inf=") and not is_missing(value) and math.isinf(float(value)):
                 raise Whole(head[4:])
-        if self.skip_missing and missing(value):
+        if self.skip_missing and is_missing(value):
             raise Skip
         name, _, arg = spec.partition(":")
         return FORMATS[name](value, arg) if name in FORMATS else format(value, spec)
@@ -101,8 +97,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def frame_table(spec: Mapping, rows: pd.DataFrame, fields: Mapping, frames: Mapping) -> str:
-    """A table of analysis/reproduction/claims.yaml (`columns`: header template -> cell template; `knobs`: the
-    varied knobs first, by value) over the rows of a frame."""
+    """A table of claims.yaml (`columns`: header template -> cell template; `knobs`: the varied
+    knobs first, by value) over the rows of a frame."""
     records = rows.to_dict("records")
     first = {**fields, **(records[0] if records else {})}
     knobs = list(fields["knobs_varied"]) if spec.get("knobs") else []
