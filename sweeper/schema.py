@@ -3,7 +3,7 @@
 The dataclasses give each option's keys and their types; Hydra composes the trainer through its
 schema (conf/trainer/default.yaml lists `/trainer_schema` first), and sweeper.validate checks every
 section of the project's own options against its dataclass. RULES holds what a type cannot say
-(ranges, allowed values); rules that relate several keys are functions in sweeper.validate. A
+(ranges, allowed values); rules that relate several keys are sweeper.validate.CROSS. A
 user's own option (its `_target_` a class or function of the user's) has no dataclass here: its
 keys are bound to its target's signature (sweeper.signatures).
 """
