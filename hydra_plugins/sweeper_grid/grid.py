@@ -43,6 +43,9 @@ class GridSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sweeper")
 
 
+KEEP = 64  # composed configs held for the launcher, at most
+
+
 class ComposedOnce:
     """The config loader, except that a job composed by the sweeper's check is handed to the
     launcher once, instead of being composed again."""
@@ -52,8 +55,10 @@ class ComposedOnce:
         self.composed: dict = {}  # job overrides -> its config, until the launcher takes it
 
     def compose(self, master_config, overrides: Sequence[str]):
+        """The job's config, held for the launcher while fewer than KEEP are (about 240 kB each)."""
         config = self.loader.load_sweep_config(master_config=master_config, sweep_overrides=list(overrides))
-        self.composed[tuple(overrides)] = config
+        if len(self.composed) < KEEP:
+            self.composed[tuple(overrides)] = config
         return config
 
     def load_sweep_config(self, master_config, sweep_overrides: list[str]):
@@ -128,9 +133,6 @@ def composed_or_refused(compose: Callable[[list[str]], DictConfig], num: int, jo
         ) from e
 
 
-KEEP = 64  # composed configs held for the launcher, at most
-
-
 class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function, config) -> None:
         self.loader = ComposedOnce(hydra_context.config_loader)
@@ -144,20 +146,12 @@ class GridSweeper(BasicSweeper):
 
     def check_jobs(self) -> None:
         """Compose and check every job (self.jobs: those to launch, in order) before Hydra's sweep
-        writes anything, so that a bad job in a later batch is refused too. Only the first KEEP
-        configs (about 240 kB each) are held for the launcher: later ones are composed again."""
-        held = self.loader.composed
-
-        def compose(job: list[str]) -> DictConfig:
-            if len(held) < KEEP:
-                return self.loader.compose(self.config, job)
-            return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
-
+        writes anything, so that a bad job in a later batch is refused too."""
         jobs: list[tuple[list[str], DictConfig]] = []
         parser = OverridesParser.create(config_loader=self.loader.loader)
 
         def visit(job: list[str]) -> None:
-            composed = composed_or_refused(compose, len(jobs), job)
+            composed = composed_or_refused(lambda j: self.loader.compose(self.config, j), len(jobs), job)
             extra = own_grid(composed, job)
             if not extra:
                 jobs.append((job, composed))
@@ -179,8 +173,8 @@ class GridSweeper(BasicSweeper):
             by_overrides = {tuple(job): composed for job, composed in jobs}
             jobs = [(job, by_overrides[tuple(job)]) for job in self.jobs]
         launched = {tuple(job) for job in self.jobs}
-        for job in [job for job in held if job not in launched]:  # a job that became its grid
-            del held[job]
+        for job in [job for job in self.loader.composed if job not in launched]:  # became its grid
+            del self.loader.composed[job]
 
     def _app_checks(self) -> list[Callable]:
         callbacks = getattr(self.hydra_context.callbacks, "callbacks", None) or []
