@@ -1,8 +1,7 @@
 """trainer.objective: the number a run returns to an optimizing sweeper (hydra/sweeper=optuna).
 
-Hydra's Optuna sweeper reads each job's return value as the trial's value and needs a float.
-`trainer.objective` names the summary.json key the task returns (null, the default: it returns its
-status string, as a grid needs nothing). The names are summary.json's own (docs/run-record.md):
+`trainer.objective` names the summary.json key whose value the task returns as the trial's value
+(null, the default: it returns its status string). The names are summary.json's own:
 
     final_<split>_<m>   the last epoch's value: split train, val (with data.val_size) or test;
                         m = loss or a name in trainer.metrics (acc, top5, ...)
@@ -11,11 +10,9 @@ status string, as a grid needs nothing). The names are summary.json's own (docs/
 
 Set the sweeper's direction to match: maximize an accuracy, minimize a loss.
 
-A run with no result -- failed, diverged, refused on its node -- returns its status string, which
-the Optuna sweeper cannot turn into a float: it records the trial as FAIL (the samplers leave such
-trials out) and the study goes on, whatever hydra.sweeper.max_failure_rate says, because the job
-itself did not raise. A NaN would instead be told as a COMPLETE trial, whose value then poisons the
-study's best trial.
+A run with no result (failed, diverged) returns its status string, which the Optuna sweeper
+records as a FAIL trial, and the study goes on; a NaN would be a COMPLETE trial that poisons the
+study's best.
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ BEST = ("best_val_acc", "min_val_loss", "best_test_acc", "min_test_loss", "min_t
 
 
 def has_split(cfg) -> bool:
-    """Whether the run holds a validation split out of its training set (data.val_size)."""
     size = OmegaConf.select(cfg, "data.val_size", default=None)
     return size is not None and size is not False and size != 0
 
@@ -61,7 +57,7 @@ def check(cfg) -> None:
 
 def returned(cfg, summary: dict) -> str | float:
     """What the task returns: its status, or, with trainer.objective set and a result to give, the
-    objective's value as a float (hydra-optuna-sweeper's trial value)."""
+    objective's value as a float."""
     objective = OmegaConf.select(cfg, "trainer.objective", default=None)
     status = summary.get("status")
     if objective is None or status not in RESULTS:
@@ -72,9 +68,7 @@ def returned(cfg, summary: dict) -> str | float:
     return float(value)
 
 
-# --------------------------------------------------------------------------- an Optuna study's sweep record
-
-# The sweepers that draw each job's values themselves, trial by trial (hydra/sweeper=optuna).
+# The sweepers that draw each job's values themselves, trial by trial.
 OPTIMIZING = ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",)
 
 
@@ -86,16 +80,13 @@ def optimizing(config) -> bool:
 def checked_values(config, loader) -> list[tuple[str, list[str]]]:
     """The jobs the pre-checks compose for a study: every override at its first value, then each
     value of each swept key in turn (a choice's values, an interval's two ends), the others at
-    their first. Optuna draws inside these; a value the checks refuse at an end is refused before
-    any trial starts."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    their first, so that a value the checks refuse is refused before any trial starts."""
     from hydra.core.override_parser.types import IntervalSweep
 
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    arguments = [f"{k}={v}" for k, v in params.items()]
-    arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
+    from hydra_plugins.sweeper_grid.grid import parsed
+
     options = []  # per override: the strings key=value it can take
-    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
+    for override in parsed(config, loader):
         key = override.get_key_element()
         if not override.is_sweep_override():
             options.append([override.input_line])
@@ -113,10 +104,10 @@ def checked_values(config, loader) -> list[tuple[str, list[str]]]:
 
 
 def start_study(config, loader) -> None:
-    """SweepCallback's start of an optimizing sweep: the checks at the values a study can draw
-    (checked_values), trainer.objective set, a sweep dir without earlier trials (a study's trial
-    numbers start at 0 again, so its trials would land in the run dirs of the earlier one), and
-    sweep.json with an empty job list, filled by end_study. A refusal is one line, exit 2."""
+    """SweepCallback's start of an optimizing sweep: the checks at the values a study can draw,
+    trainer.objective set, a sweep dir without earlier trials (a new study numbers its trials
+    from 0 again), and sweep.json with an empty job list (end_study fills it). A refusal is one
+    line, exit 2."""
     import datetime as dt
     import sys
     from pathlib import Path
@@ -175,28 +166,21 @@ def start_study(config, loader) -> None:
 
 
 def end_study(sweep_dir) -> None:
-    """List an optimizing sweep's trials in its sweep.json, from their run records (job.json: the
-    trial's number and overrides), so that the end summary, `status` and the analysis see every
-    trial; print the study's best trial from Hydra's optimization_results.yaml."""
-    import json
+    """List an optimizing sweep's trials in its sweep.json, from their job.json, so that the end
+    summary, `status` and the analysis see every trial; print the study's best trial."""
     from pathlib import Path
 
+    from sweeper.processes import read_job, read_object
     from sweeper.runlog import atomic_write, to_json
 
     sweep_dir = Path(sweep_dir)
-    try:
-        known = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, ValueError):
-        return  # the summary names what is wrong with it
-    if not isinstance(known, dict) or known.get("sweeper") != "optuna":
+    known = read_object(sweep_dir / "sweep.json")  # a damaged one: the summary names it
+    if known is None or known.get("sweeper") != "optuna":
         return
     trials = []
-    for run_dir in (d for d in sweep_dir.iterdir() if d.is_dir() and (d / "job.json").is_file()):
-        try:
-            job = json.loads((run_dir / "job.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(job, dict) and isinstance(job.get("job_num"), int):
+    for run_dir in (d for d in sweep_dir.iterdir() if d.is_dir()):
+        job = read_job(run_dir) or {}
+        if isinstance(job.get("job_num"), int):
             trials.append((job["job_num"], run_dir.name, [str(o) for o in job.get("overrides") or []]))
     trials.sort()
     known["jobs"] = [{"num": i, "dir": d, "overrides": o} for i, (_, d, o) in enumerate(trials)]

@@ -5,35 +5,22 @@
   trainer.metrics; a loss is minimised, any other metric maximised) has not improved on its best
   by more than `min_delta` for `patience` epochs.
 - `trainer.diverge_factor` / `trainer.diverge_epochs`: the run ends `diverged` once its train
-  loss has been above diverge_factor x ln(number of classes) -- that many times the loss of a
-  uniform guess -- for diverge_epochs epochs in a row (a non-finite loss ends it at once, in the
-  loop).
+  loss has been above diverge_factor x ln(number of classes), the loss of a uniform guess, for
+  diverge_epochs epochs in a row (a non-finite loss ends it at once).
 
-Both are decided from the metrics lines alone, one line at a time. A resumed run is fed the lines
-its record kept before it trains on, so it decides exactly as the uninterrupted run did: nothing
-about them is stored anywhere else. The solo loop (sweeper/train.py) and each fused trial
-(sweeper/fused.py) use the same Stopping.
+Both are decided from the metrics lines alone: a resumed run is fed the lines its record kept,
+so it decides exactly as the uninterrupted run did.
 """
 
 from __future__ import annotations
 
 import math
 
-# The metrics lines' keys early stopping may watch in a run of the default trainer.metrics
-# without a validation split (metrics.allowed_stopping_metrics gives any run's): a loss is
-# minimised, an accuracy maximised.
-METRICS = ("test_loss", "test_acc", "train_loss", "train_acc")
-
-
-def minimised(metric: str) -> bool:
-    return metric.endswith("_loss")
-
 
 class Stopping:
     """Fed a run's metrics lines in order (`update`); says when the run must end, and why."""
 
-    def __init__(self, trainer, n_classes: int, measured=None):
-        """`measured`: the run's metrics-line columns (metrics.columns), which the metric must name."""
+    def __init__(self, trainer, n_classes: int, measured=None):  # measured: metrics.columns
         self.epochs = int(trainer.epochs)
         rule = trainer.get("early_stopping") or {}
         self.metric = rule.get("metric")
@@ -99,7 +86,7 @@ class Stopping:
         return self.verdict
 
     def _improves(self, value: float) -> bool:
-        if minimised(self.metric):
+        if self.metric.endswith("_loss"):  # a loss is minimised, any other metric maximised
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 

@@ -1,9 +1,7 @@
-"""The SLURM id each job of a sweep was submitted as: slurm_jobs.json in the sweep dir.
-
-The SLURM launcher writes it once sbatch has taken an array (hydra_plugins/sweeper_launcher); a
-job's own record (job.json) holds its ids only once it starts. So `python -m analysis status`
-can name a queued job's id, and a rerun can see that the earlier submission is still queued.
-Torch-free on purpose: the analysis side imports it.
+"""The SLURM id each job of a sweep was submitted as (slurm_jobs.json in the sweep dir), written
+once sbatch has taken an array, before a job's own job.json exists: so `python -m analysis status`
+can name a queued job, and a rerun can see that the earlier submission is still queued.
+Torch-free: the analysis imports it.
 """
 
 from __future__ import annotations
@@ -37,9 +35,8 @@ def record(sweep_dir: Path, ids: dict[int, str]) -> None:
 
 
 def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
-    """A rerun while the earlier submission of the same jobs is still queued or running would put
-    a second array on the queue for the same run dirs. Refused in one line; without squeue (not
-    a SLURM login node), or when it fails, the check stands aside."""
+    """Refuse, in one line, a rerun while the earlier submission of the same jobs is still queued or
+    running (two arrays for the same run dirs). Without squeue, or when it fails, it stands aside."""
     known = slurm_ids(sweep_dir)
     earlier = {known[n] for n in job_nums if n in known}
     if not earlier:
@@ -52,8 +49,7 @@ def refuse_if_still_queued(sweep_dir: Path, job_nums: Sequence[int]) -> None:
     except (OSError, subprocess.SubprocessError):
         return
     listed = earlier & set(out.split())
-    # submitit has the job's answer once its result file is written, while squeue still lists the
-    # job until its process has exited (the rerun right after a sweep ended must not be refused)
+    # squeue lists a job until its process exits, after submitit has its result: not refused
     queued = sorted(j for j in listed if not any((Path(sweep_dir) / ".submitit" / j).glob("*_result.pkl")))
     if queued:
         arrays = sorted({job_id.split("_")[0] for job_id in queued})

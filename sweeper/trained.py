@@ -1,14 +1,12 @@
-"""A finished run's model, for use outside the sweep: what the record keeps to rebuild it, and
-`load_model` to rebuild it.
+"""A finished run's model, for use outside the sweep.
 
     from sweeper import load_model
     trained = load_model("outputs/multirun/2026-01-02/10-00-00/3")
     labels = trained.predict(images_uint8)            # (N, C, H, W) uint8 -> (N,) class indices
     names = [trained.classes[i] for i in labels]
 
-The model is built from config.json by the project's own builder (sweeper.build.model), its
-weights are checkpoint.pt's (the last finished epoch), and its input is described by summary.json
-(`input_shape`, `classes`, `normalize_mean`, `normalize_std`; docs/run-record.md).
+The model is built from config.json (sweeper.build.model) with checkpoint.pt's weights, and its
+input is described by summary.json's INPUT_FIELDS (docs/run-record.md).
 """
 
 from __future__ import annotations
@@ -28,14 +26,13 @@ INPUT_FIELDS = ("input_shape", "classes", "normalize_mean", "normalize_std")
 
 
 class NotLoadable(RuntimeError):
-    """The run's model cannot be rebuilt; the message names the file (or field) at fault."""
+    """The run's model cannot be rebuilt; the message names the file at fault."""
 
 
 def input_facts(data: data_module.Data) -> dict:
-    """What summary.json keeps of the data so that the model can be rebuilt and fed without it:
-    the image shape, the class names (their count is the model's output width) and the
-    normalisation the loader applied, per channel in pixel units (0-255): x = (pixels - mean) / std.
-    With data.normalize=false that is mean 0, std 255 (pixels scaled to [0, 1])."""
+    """What summary.json keeps of the data to rebuild and feed the model without it: the image
+    shape, the class names and the normalisation per channel in pixel units: x = (pixels - mean) / std
+    (data.normalize=false: mean 0, std 255)."""
     return {
         "input_shape": list(data.train_x.shape[1:]),
         "classes": list(data.classes),
@@ -69,8 +66,7 @@ class TrainedModel:
                 f"images must be uint8 pixels (0-255) of shape (N, {c}, {h}, {w}); "
                 f"got {str(x.dtype).removeprefix('torch.')} of shape {tuple(x.shape)}"
             )
-        # data.prepare is the training's own normalisation (it reads .mean and .std): the same
-        # float32 ops, so the model sees bitwise what it saw in evaluation.
+        # The training's own normalisation (it reads .mean and .std): bitwise what evaluation saw.
         return data_module.prepare(x.to(self.device), self)
 
     @torch.inference_mode()
@@ -99,12 +95,8 @@ class TrainedModel:
 
 
 def load_model(run_dir, device="cpu") -> TrainedModel:
-    """The trained model of the run in `run_dir`, in eval mode on `device`, with its input's
-    description (`classes`, `input_shape`) and `preprocess` / `predict` for uint8 images.
-
-    Raises NotLoadable, in one line naming the file at fault, for a run without weights
-    (trainer.checkpoint=false, or no epoch finished), one that has not ended, or a damaged record.
-    """
+    """The trained model of the run in `run_dir`, in eval mode on `device`. NotLoadable, in one
+    line naming the file at fault, for a run without weights, one not ended, or a damaged record."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NotLoadable(f"{run_dir}: no such run dir")
@@ -134,8 +126,6 @@ def load_model(run_dir, device="cpu") -> TrainedModel:
     # Building initialises weights from the global generator: the caller's random state is kept.
     with torch.random.fork_rng(devices=[]):
         try:
-            # The image size passed as training passes it (data.Data.image_size): one number for
-            # square images, else (height, width).
             size = height if height == width else (height, width)
             model = build.model(cfg, channels, size, len(facts["classes"]))
         except Exception as err:  # the user's model class gone or changed, an old config
@@ -174,8 +164,8 @@ def _json_object(record: RunLog, name: str, why: str) -> dict:
 
 
 def _input(summary: dict, cfg: DictConfig, path: Path) -> dict:
-    """summary.json's input fields, checked; for a record from before they were kept, re-derived
-    where that is exact (synthetic data: generated from its config)."""
+    """summary.json's input fields, checked; for a record without them, re-derived where that is
+    exact (synthetic data: generated from its config)."""
     present = [k for k in INPUT_FIELDS if k in summary]
     if not present:
         if OmegaConf.select(cfg, "data.name") != "synthetic":

@@ -1,27 +1,19 @@
-"""A general Hydra sweeper, the project's default: Hydra's basic sweeper -- the same grid syntax,
-jobs, numbering, batches and `hydra.sweeper.params` -- that composes each job's config once, and
-has the app check the whole grid before the first job starts.
+"""The project's default sweeper: Hydra's basic sweeper (same grid syntax, jobs, numbering,
+batches and `hydra.sweeper.params`) that composes each job's config once, for the app's checks
+and its launcher both, and has the app check the whole grid before the first job starts.
 
     python -m sweeper -m model.channels=16,32,64 lr=0.2,0.1,0.01     # hydra/sweeper=grid is the default
     python my_app.py -m hydra/sweeper=grid db=mysql,postgresql       # any Hydra app
 
-Hydra's basic sweeper composes a job's config to check that it can, and its launcher composes it
-again to run it; checking an app's values would need a third. Here each job is composed once, and
-the launcher takes that config instead of composing it again.
+The app's checks: each callback in `hydra.callbacks` with a `check_grid(config, jobs)` method is
+given the jobs as (overrides, composed config) pairs, in Hydra's order, before anything is
+written; it returns the overrides to launch, in order, or raises SweepRefused. A job whose config
+does not compose refuses the sweep too.
 
-The app's checks: each of the app's callbacks (`hydra.callbacks`) that has a
-`check_grid(config, jobs)` method is given the jobs as (overrides, composed config) pairs, in
-Hydra's order, before anything is written; it returns the overrides to launch, in the order to
-launch them, or raises SweepRefused to refuse the sweep. This project's is
-sweeper.sweep.SweepCallback (values, resume conflicts, a live writer). A job whose config does not
-compose refuses the sweep too (SweepRefused, naming the job), before any job starts.
-
-One difference: a job whose config brings a grid of its own runs that grid. Sweeping a config
-group whose options set `hydra.sweeper.params` runs each option's grid:
+One difference: a job whose config brings a grid of its own (`hydra.sweeper.params`) runs that
+grid, where Hydra's basic sweeper would run one job at its default values:
 
     python -m sweeper -m experiment=lecture_lr,lecture_lr2     # the lecture's 6 protocols, one sweep
-
-where Hydra's basic sweeper would run one job per experiment, at its default values.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -43,26 +35,30 @@ from hydra_plugins.sweeper_grid._refusal import SweepRefused
 class GridSweeperConf:
     _target_: str = "hydra_plugins.sweeper_grid.grid.GridSweeper"
     max_batch_size: int | None = None  # as the basic sweeper's: launch the grid in batches of this many jobs
-    # As the basic sweeper's: sweep overrides kept in the config. Empty, not None, so that the
-    # command line can set it too (hydra.sweeper.params={lr:"0.1,0.2"}): OmegaConf cannot merge a
-    # dict into a None typed as a dict, and raised an AttributeError.
+    # As the basic sweeper's; empty, not None, so that the command line can merge into it
+    # (hydra.sweeper.params={lr:"0.1,0.2"}).
     params: dict = field(default_factory=dict)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="sweeper")
 
 
+KEEP = 64  # composed configs held for the launcher, at most
+
+
 class ComposedOnce:
     """The config loader, except that a job composed by the sweeper's check is handed to the
-    launcher as it is, once, instead of being composed again. Everything else goes to the loader."""
+    launcher once, instead of being composed again."""
 
     def __init__(self, loader: Any):
         self.loader = loader
         self.composed: dict = {}  # job overrides -> its config, until the launcher takes it
 
     def compose(self, master_config, overrides: Sequence[str]):
+        """The job's config, held for the launcher while fewer than KEEP are (about 240 kB each)."""
         config = self.loader.load_sweep_config(master_config=master_config, sweep_overrides=list(overrides))
-        self.composed[tuple(overrides)] = config
+        if len(self.composed) < KEEP:
+            self.composed[tuple(overrides)] = config
         return config
 
     def load_sweep_config(self, master_config, sweep_overrides: list[str]):
@@ -84,10 +80,9 @@ class ComposedOnce:
 
 
 def _with_project_launcher(launcher: Any, context: HydraContext, task_function, config) -> Any:
-    """hydra/launcher=submitit_slurm (or submitit_local) run by the project's launcher class, with
-    the same parameters: upstream's stops the sweep, with a traceback and no summary, at the first
-    job that ends without a result (cancelled, a time limit), and says an option sbatch refuses
-    over 40 lines. (hydra_plugins/sweeper_launcher.)"""
+    """hydra/launcher=submitit_slurm (or submitit_local) run by the project's subclass with the
+    same parameters (hydra_plugins/sweeper_launcher): upstream's stops the sweep at the first job
+    that ends without a result, and says an option sbatch refuses over 40 lines."""
     if type(launcher).__module__ != "hydra_plugins.hydra_submitit_launcher.submitit_launcher":
         return launcher
     from hydra_plugins.sweeper_launcher import launcher as ours
@@ -103,18 +98,21 @@ def _with_project_launcher(launcher: Any, context: HydraContext, task_function, 
 def expand(config: DictConfig, config_loader=None) -> list[list[str]]:
     """The jobs of the sweep, in the order (and so with the numbers) Hydra's basic sweeper gives
     them. With Hydra's config loader, `glob()` sweeps over a config group's options expand too."""
-    params = config.hydra.sweeper.get("params") or {}
+    batches = BasicSweeper.split_arguments(parsed(config, config_loader), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def parsed(config: DictConfig, config_loader=None) -> list:
+    """The sweep's overrides, parsed: `hydra.sweeper.params`, then the command line's."""
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [f"{k}={v}" for k, v in params.items()]
     arguments += list(OmegaConf.to_container(config.hydra.overrides.task))
-    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
-    batches = BasicSweeper.split_arguments(overrides, None)
-    return [list(job) for batch in batches for job in batch]
+    return OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
 
 
 def own_grid(job_config: DictConfig, job: list[str]) -> dict:
     """The sweep params a job's own config brings that the job does not set: those of a config
-    group chosen by the sweep itself, as `-m experiment=lecture_lr,lecture_lr2` chooses each
-    experiment, whose `hydra.sweeper.params` were not in the grid Hydra expanded."""
+    group chosen by the sweep itself (`-m experiment=lecture_lr,lecture_lr2`)."""
     params = job_config.hydra.sweeper.get("params") or {}
     keys = {o.split("=", 1)[0].lstrip("+~") for o in job}
     return {k: str(v) for k, v in params.items() if k.lstrip("+~") not in keys}
@@ -135,9 +133,6 @@ def composed_or_refused(compose: Callable[[list[str]], DictConfig], num: int, jo
         ) from e
 
 
-KEEP = 64  # composed configs held for the launcher, at most
-
-
 class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function, config) -> None:
         self.loader = ComposedOnce(hydra_context.config_loader)
@@ -150,26 +145,13 @@ class GridSweeper(BasicSweeper):
         return super().sweep(arguments)
 
     def check_jobs(self) -> None:
-        """Compose and check every job (self.jobs: those to launch, in order), writing nothing
-        but what the app's checks write (this project's: sweep.json)."""
-        # The whole grid is composed and checked before Hydra's sweep writes anything (the sweep
-        # dir, its multirun.yaml) or launches a job, so a bad job in a later batch
-        # (hydra.sweeper.max_batch_size) is refused too. Only the first KEEP jobs' configs are
-        # kept for the launchers of their batches (about 240 kB each): a huge grid's later jobs
-        # are composed again at launch, and a launcher that composes in the job (submitit)
-        # leaves at most KEEP here.
-        held = self.loader.composed
-
-        def compose(job: list[str]) -> DictConfig:
-            if len(held) < KEEP:
-                return self.loader.compose(self.config, job)
-            return self.loader.loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
-
+        """Compose and check every job (self.jobs: those to launch, in order) before Hydra's sweep
+        writes anything, so that a bad job in a later batch is refused too."""
         jobs: list[tuple[list[str], DictConfig]] = []
         parser = OverridesParser.create(config_loader=self.loader.loader)
 
         def visit(job: list[str]) -> None:
-            composed = composed_or_refused(compose, len(jobs), job)
+            composed = composed_or_refused(lambda j: self.loader.compose(self.config, j), len(jobs), job)
             extra = own_grid(composed, job)
             if not extra:
                 jobs.append((job, composed))
@@ -183,8 +165,6 @@ class GridSweeper(BasicSweeper):
                     )
                 visit(list(inner))
 
-        # The jobs Hydra's basic sweeper would launch, in its order, except that a job whose
-        # config brings a grid of its own (`-m experiment=lecture_lr,lecture_lr2`) becomes that grid.
         for job in expand(self.config, self.loader.loader):
             visit(job)
         self.jobs = [job for job, _ in jobs]
@@ -193,11 +173,10 @@ class GridSweeper(BasicSweeper):
             by_overrides = {tuple(job): composed for job, composed in jobs}
             jobs = [(job, by_overrides[tuple(job)]) for job in self.jobs]
         launched = {tuple(job) for job in self.jobs}
-        for job in [job for job in held if job not in launched]:  # a job that became its grid
-            del held[job]
+        for job in [job for job in self.loader.composed if job not in launched]:  # became its grid
+            del self.loader.composed[job]
 
     def _app_checks(self) -> list[Callable]:
-        """The app's grid checks: its callbacks' check_grid methods (see the module's docstring)."""
         callbacks = getattr(self.hydra_context.callbacks, "callbacks", None) or []
         return [c.check_grid for c in callbacks if callable(getattr(c, "check_grid", None))]
 

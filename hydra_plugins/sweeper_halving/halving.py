@@ -3,19 +3,14 @@
     python -m sweeper -m hydra/sweeper=halving model.channels=8,16,32 lr=0.3,0.1,0.03 trainer.epochs=9
     python -m sweeper -m hydra/sweeper=halving experiment=lecture_capacity hydra.sweeper.eta=2
 
-The grid sweeper's syntax, jobs and checks (hydra_plugins/sweeper_grid), then rungs instead of one
-launch: every configuration trains to rung 0's epoch (`min_epochs`), the best 1/eta of them (by
-`metric` at that epoch) go on to rung 1's (min_epochs x eta), and so on, the last rung to
-trainer.epochs. Each rung is one launch through the configured launcher (one job array on SLURM,
-packed or fused in the pool) of its configurations with `trainer.until_epoch` set to the rung's
-epoch: a run pauses there with its checkpoint, and a promoted one resumes from it in its own run
-dir, exactly as if never paused, its schedule being defined over trainer.epochs. A configuration
-not promoted is left `stopped` (its summary names the rung). sweep.json records each rung: its
-epoch, the jobs launched, their metric values and those promoted; a rerun of the command reads the
-finished rungs back from it and relaunches the rung it stopped in, where the runs already at
-that rung's epoch are skipped.
-
-Hyperband's outer loop (several brackets of min_epochs) is not offered: one bracket is run.
+The grid sweeper's syntax, jobs and checks, then rungs instead of one launch: every configuration
+trains to `min_epochs`, the best 1/eta of them (by `metric` at that epoch) go on to min_epochs x
+eta, and so on, the last rung to trainer.epochs. Each rung is one launch of its configurations
+with `trainer.until_epoch` set to the rung's epoch: a run pauses there with its checkpoint, and a
+promoted one resumes from it in its own run dir, exactly as if never paused. One not promoted is
+left `stopped`. sweep.json records each rung (epoch, jobs, metric values, promoted); a rerun reads
+the finished rungs back and relaunches the rung it stopped in. One bracket is run (no Hyperband
+outer loop).
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -31,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sweeper_grid._refusal import SweepRefused
-from hydra_plugins.sweeper_grid.grid import GridSweeper
+from hydra_plugins.sweeper_grid.grid import GridSweeper, label
 
 
 @dataclass
@@ -40,9 +35,7 @@ class HalvingSweeperConf:
     params: dict = field(default_factory=dict)  # as the grid's: the sweep's overrides, kept in the config
     eta: Any = 3  # a rung keeps the best ceil(n / eta) of its n configurations; an int >= 2
     min_epochs: Any = 1  # rung i trains to min_epochs x eta^i epochs, the last one to trainer.epochs
-    # what ranks them, at the rung's epoch (a metrics line's column): null = val_acc where the
-    # jobs hold out a validation split (data.val_size), else test_acc
-    metric: Any = None
+    metric: Any = None  # a metrics line's column; null = val_acc with data.val_size, else test_acc
     mode: Any = None  # max or min; null = min for a *_loss metric, else max
 
 
@@ -52,7 +45,6 @@ ConfigStore.instance().store(
 
 
 def settings(eta, min_epochs, mode) -> tuple[int, int, str | None]:
-    """The sweeper's own values, checked; SweepRefused in one line naming the key otherwise."""
     if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
         raise SweepRefused(f"hydra.sweeper.eta={eta} is invalid: must be an integer >= 2")
     if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 1:
@@ -78,9 +70,8 @@ def quoted(value: str) -> str:
 
 
 def value_at(run_dir: Path, epoch: int, metric: str) -> float | None:
-    """The run's `metric` at `epoch`, if it reached that epoch and is still in the race: paused
-    there (or completed, at the last rung). None for a failed or diverged run, one that stopped
-    early before it, or one without that line (interrupted)."""
+    """The run's `metric` at `epoch`, if it reached that epoch and is still in the race; else None
+    (failed, diverged, stopped early, interrupted)."""
     from sweeper.processes import read_object
     from sweeper.runlog import complete_lines
 
@@ -102,10 +93,9 @@ def promoted(jobs: list[int], values: list[float | None], keep: int, mode: str) 
 
 
 class AsConfiguration:
-    """The app's task, told its configuration's number as its job number (hydra.job.num): a
-    rung's launch numbers its jobs from initial_job_idx on, in launch order, whereas a
-    configuration keeps its number (and its run dir, its record's `job_num`) across rungs.
-    Picklable, for the launchers that run the task in another process."""
+    """The app's task, told its configuration's number as hydra.job.num: a rung's launch numbers
+    its jobs in launch order, whereas a configuration keeps its number (and run dir) across rungs.
+    Picklable, for launchers that run the task in another process."""
 
     def __init__(self, task: Callable) -> None:
         self.task = task
@@ -124,7 +114,7 @@ class AsConfiguration:
 
 
 class HalvingSweeper(GridSweeper):
-    def __init__(self, eta=3, min_epochs=1, metric=None, mode=None, params=None, max_batch_size=None) -> None:
+    def __init__(self, eta=3, min_epochs=1, metric=None, mode=None, params=None) -> None:
         super().__init__(max_batch_size=None, params=params)
         # Checked in sweep(): Hydra would wrap a refusal raised here in its instantiation error.
         self.eta, self.min_epochs, self.mode, self.metric = eta, min_epochs, mode, metric
@@ -140,8 +130,7 @@ class HalvingSweeper(GridSweeper):
         return [self._check_configs, *super()._app_checks()]
 
     def _check_configs(self, config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> list[list[str]]:
-        """Refuse what halving cannot rank or rung: configurations of several trainer.epochs, a
-        min_epochs past them, trainer.until_epoch set by hand, a metric the jobs do not write."""
+        """Refuse what halving cannot rank or rung."""
         from sweeper import metrics  # torch: not in every process that scans Hydra's plugins
 
         epochs = {int(composed.trainer.epochs) for _, composed in jobs}
@@ -158,10 +147,9 @@ class HalvingSweeper(GridSweeper):
         for num, (job, composed) in enumerate(jobs):
             if composed.trainer.get("until_epoch") is not None:
                 raise SweepRefused(
-                    f"job {num} ({' '.join(job)}): trainer.until_epoch={composed.trainer.until_epoch} is set by "
+                    f"{label(num, job)}: trainer.until_epoch={composed.trainer.until_epoch} is set by "
                     "hydra/sweeper=halving at each rung; leave it null"
                 )
-            # the metrics-line columns it writes (unchecked names: the app's checks name a bad one)
             allowed = metrics.columns(
                 composed.trainer.get("metrics") or ["acc"], bool(composed.data.get("val_size"))
             )
@@ -187,8 +175,7 @@ class HalvingSweeper(GridSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's sweep does
         listed = _read_sweep(sweep_dir)
-        # The run dirs check_jobs resolved (hydra.sweep.subdir) and recorded: each rung's job is
-        # launched into its configuration's, whatever its place in the rung's launch.
+        # Each rung's job goes into its configuration's run dir, as check_jobs recorded it.
         dirs = [job["dir"] for job in listed["jobs"]] if listed else []
         if len(dirs) != len(self.jobs):  # no app check wrote sweep.json: another app
             raise SweepRefused(
@@ -237,8 +224,7 @@ class HalvingSweeper(GridSweeper):
                 if last:
                     entry["picked"] = (promoted(survivors, values, 1, self.mode) or [None])[0]
             record["rungs"].append(entry)
-            # Recorded before the others are marked: a kill in between leaves a rung read back
-            # as done, whose marks the rerun makes again.
+            # Recorded before the others are marked: a rerun after a kill in between marks them again.
             write_halving(sweep_dir, record)
             for num, value in zip(survivors, entry["values"], strict=True):
                 if value is not None and num not in entry["promoted"] and not last:
@@ -251,13 +237,12 @@ class HalvingSweeper(GridSweeper):
         return returns
 
     def _report(self, record: dict, dirs: list[str]) -> None:
-        """One line on what halving picked and what it spent."""
         rungs = record["rungs"]
         picked = rungs[-1].get("picked") if rungs else None
-        spent, before = 0, 0
-        for rung in rungs:  # each launched configuration trains from the last rung's epoch on
-            spent += len(rung["jobs"]) * (rung["epoch"] - before)
-            before = rung["epoch"]
+        # each launched configuration trains from the last rung's epoch on
+        spent = sum(
+            len(r["jobs"]) * (r["epoch"] - (rungs[i - 1]["epoch"] if i else 0)) for i, r in enumerate(rungs)
+        )
         grid = len(self.jobs) * self.epochs
         if picked is None:
             print(f"halving: no configuration reached epoch {self.epochs}", file=sys.stderr)

@@ -1,7 +1,5 @@
-"""The pool launcher's worker processes: each pinned to one device slot, running job after job,
-and the stop signals (Ctrl-C, SIGTERM) that end them. hydra_plugins/sweeper_pool/launcher.py hands
-them its jobs. (A leading underscore: Hydra's plugin scan skips the module, so its classes are
-defined once.)"""
+"""The pool launcher's workers, each pinned to one device slot, and the stop signals that end
+them. (A leading underscore: Hydra's plugin scan skips the module, so its classes are defined once.)"""
 
 import contextlib
 import logging
@@ -25,8 +23,7 @@ log = logging.getLogger("hydra_plugins.sweeper_pool.launcher")
 
 def threads_per_worker(n_workers: int) -> int:
     """CPU threads for each of `n_workers` workers: this process's CPUs shared out (each would
-    otherwise start one per core, oversubscribing them N times), unless the user set a positive
-    OMP_NUM_THREADS. A job's own `trainer.threads` count wins over it (_job_threads)."""
+    otherwise start one per core), unless the user set a positive OMP_NUM_THREADS."""
     given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP allows "4,2": per level
     if given.isdigit() and int(given) > 0:
         return int(given)
@@ -35,9 +32,9 @@ def threads_per_worker(n_workers: int) -> int:
 
 
 def _pin_worker(device: str, visible: str | None, threads: int) -> None:
-    """Pin a new worker to its device slot and its share of the CPUs, before torch starts CUDA.
-    A device index counts the GPUs the launching process sees, as torch's cuda:N does (under
-    CUDA_VISIBLE_DEVICES=2,3 device 0 is GPU 2); a CPU slot sees none, so device=auto is the CPU."""
+    """Pin a new worker to its device and its share of the CPUs, before torch starts CUDA. A device
+    index counts the GPUs the launcher sees, as torch's cuda:N does (under CUDA_VISIBLE_DEVICES=2,3
+    device 0 is GPU 2)."""
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -53,8 +50,8 @@ GRACE_S = 10.0  # how long stopped workers get to unwind their jobs before they 
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM while a sweep launches. A KeyboardInterrupt, so that a job running in
-    this process unwinds as from Ctrl-C: not recorded as failed, its checkpoint kept."""
+    """SIGINT or SIGTERM while a sweep launches: a KeyboardInterrupt, so that a job running in this
+    process unwinds as from Ctrl-C, its checkpoint kept."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -62,10 +59,9 @@ class Stopped(KeyboardInterrupt):
 
 
 class _Signals:
-    """While the jobs run, SIGINT and SIGTERM raise Stopped in this process (SIGTERM would
-    otherwise kill it on the spot and orphan the workers); `urgent`, when set, is called instead
-    (a second signal while the workers are being stopped: kill them now). A signal ignored on
-    entry (SIGINT in a shell's background job) stays ignored. Only the main thread can do this."""
+    """While the jobs run, SIGINT and SIGTERM raise Stopped here (SIGTERM would otherwise kill this
+    process and orphan the workers); `urgent`, when set, is called instead (a second signal while
+    the workers stop: kill them). A signal ignored on entry (a shell's background job) stays so."""
 
     def __init__(self) -> None:
         self.previous: dict = {}
@@ -90,72 +86,69 @@ class _Signals:
 
 
 class PoolError(RuntimeError):
-    """A job that ended without an answer from its worker: the worker died, or the job raised
-    outside its run. Recorded in the run's summary.json as the failure's reason."""
+    """A job that ended without an answer: its worker died, or it raised outside its run."""
 
 
 class WorkerDied(PoolError):
     """The worker died (killed, out of memory) or exited while it ran the job."""
 
 
-class _Here:
-    """The one worker is this process: each job runs here, one after the other. A stop signal
-    raises inside the running job (Stopped), which train.run leaves unrecorded, as Ctrl-C. A job
-    that raises outside its run is failed as in a spawned worker (_Pool._answered), and the
-    sweep goes on."""
-
-    def __init__(self, failed: Callable[[int, Exception, "_Worker"], None]) -> None:
-        self.running: dict[int, int] = {}  # slot -> task, as _Pool's
-        self.pending: deque[int] = deque()
-        self.signals: _Signals | None = None
-        self.failed = failed
-
-    def run(self, tasks: list) -> list:
-        self.pending = deque(range(len(tasks)))
-        answers = []
-        here = _Worker(None, None, os.getpid(), process_started(os.getpid()))
-        while self.pending:
-            task = self.running[0] = self.pending.popleft()
-            fn, payload = tasks[task]
-            try:
-                answers.append(("ok", fn(payload)))
-            except Exception as err:
-                why = f"the job raised outside its run, in process {here.pid}: {type(err).__name__}: {err}"
-                log.error(f"{why}\n{traceback.format_exc()}")
-                answers.append(("failed", why))
-                self.failed(task, PoolError(why), here)
-            del self.running[0]
-        return answers
-
-
 @dataclass
 class _Worker:
-    process: Any  # multiprocessing's SpawnProcess
+    process: Any  # multiprocessing's SpawnProcess; None: this process
     conn: Any  # this end of its pipe: jobs go out, answers come back
     pid: int
     started: int | None  # sweeper.processes.process_started: with the pid, names the process
 
 
-class _Pool:
-    """Spawned workers (_serve), one per device slot, each pinned to its slot's device and running
-    job after job. A worker that dies is replaced by a fresh one on its slot when the next job
-    needs it; the job it was running is reported to `failed` (unless a SIGTERM stopped it, which
-    leaves the run to resume), and the other workers go on."""
-
-    def __init__(self, devices: list[str], n_workers: int, failed: Callable[[int, Exception, _Worker], None]):
-        self.context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
-        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
-        self.threads = threads_per_worker(n_workers)
-        self.slots = [devices[i % len(devices)] for i in range(n_workers)]
-        self.workers: list[_Worker | None] = [None] * n_workers
+class _Runner:
+    def __init__(self, failed: Callable[[int, Exception, _Worker], None]) -> None:
         self.failed = failed
         self.running: dict[int, int] = {}  # slot -> the task its worker runs
         self.pending: deque[int] = deque()
         self.signals: _Signals | None = None
 
+    def _answered(self, task: int, answer: tuple, worker: _Worker, answers: list) -> None:
+        if answer[0] == "ok":
+            answers[task] = answer
+            return
+        where = "process" if worker.process is None else "worker process"
+        why = f"the job raised outside its run, in {where} {worker.pid}: {answer[1].strip().splitlines()[-1]}"
+        log.error(f"{why}\n{answer[1]}")
+        answers[task] = ("failed", why)
+        self.failed(task, PoolError(why), worker)
+
+
+class _Here(_Runner):
+    """The one worker is this process: each job runs here in turn; a stop signal raises inside the
+    running job (Stopped)."""
+
     def run(self, tasks: list) -> list:
-        """The answers, in task order: ("ok", the job's pickled return), ("failed", why) or
-        ("stopped", why). On any exception (a stop signal) every worker is stopped and reaped first."""
+        answers: list = [None] * len(tasks)
+        self.pending = deque(range(len(tasks)))
+        here = _Worker(None, None, os.getpid(), process_started(os.getpid()))
+        while self.pending:
+            task = self.running[0] = self.pending.popleft()
+            self._answered(task, _answer(*tasks[task]), here, answers)
+            del self.running[0]
+        return answers
+
+
+class _Pool(_Runner):
+    """Spawned workers (_serve), one per device slot. A worker that dies is replaced when the next
+    job needs its slot; its job goes to `failed` (unless a SIGTERM stopped it: the run resumes)."""
+
+    def __init__(self, devices: list[str], n_workers: int, failed: Callable[[int, Exception, _Worker], None]):
+        super().__init__(failed)
+        self.context = multiprocessing.get_context("spawn")  # fork would copy a live CUDA context
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # PoolLauncher has checked the indices
+        self.threads = threads_per_worker(n_workers)
+        self.slots = [devices[i % len(devices)] for i in range(n_workers)]
+        self.workers: list[_Worker | None] = [None] * n_workers
+
+    def run(self, tasks: list) -> list:
+        """The answers in task order: ("ok", the pickled return), ("failed", why) or ("stopped", why).
+        On any exception (a stop signal) every worker is stopped and reaped first."""
         answers: list = [None] * len(tasks)
         self.pending = deque(range(len(tasks)))
         try:
@@ -170,8 +163,7 @@ class _Pool:
 
     def _dispatch(self, tasks: list) -> None:
         idle = [slot for slot in range(len(self.slots)) if slot not in self.running][: len(self.pending)]
-        # Every worker needed is started before any job is sent: a send waits until its worker,
-        # still starting (seconds), takes the job, and the others should start meanwhile.
+        # Every worker needed starts before any job is sent: a send waits for its worker to start.
         for slot in idle:
             worker = self.workers[slot]
             if worker is not None and not worker.process.is_alive():  # died idle: no job lost
@@ -180,8 +172,8 @@ class _Pool:
                 self._start(slot)
         for slot in idle:
             task = self.running[slot] = self.pending.popleft()
-            # A worker that died meanwhile (even while starting) fails the job, found by _collect:
-            # handing the job to the next worker instead could respawn a failing worker forever.
+            # A worker that died meanwhile fails the job (_collect): handing it to the next worker
+            # could respawn a failing worker forever.
             with contextlib.suppress(OSError):
                 self.workers[slot].conn.send(tasks[task])
 
@@ -191,8 +183,7 @@ class _Pool:
             target=_serve,
             args=(theirs, self.slots[slot], self.visible, self.threads, os.getpid()),
             name=f"pool-worker-{slot}",
-            # Should this process end by a way _close does not see, multiprocessing's exit
-            # handler then terminates (SIGTERM: stops) its daemonic children before it waits for them.
+            # should this process end past _close, multiprocessing's exit handler SIGTERMs them
             daemon=True,
         )
         with _starting():
@@ -218,16 +209,6 @@ class _Pool:
                     self._answered(self.running.pop(slot), answer, worker, answers)
             if worker.process.sentinel in ready or slot in self.running:
                 self._reap(slot, answers)
-
-    def _answered(self, task: int, answer: tuple, worker: _Worker, answers: list) -> None:
-        if answer[0] == "ok":
-            answers[task] = answer
-            return
-        # It raised outside its run (train.run records the failures inside): as failed as a death.
-        why = f"the job raised outside its run, in worker process {worker.pid}: {answer[1].strip().splitlines()[-1]}"
-        log.error(f"{why}\n{answer[1]}")
-        answers[task] = ("failed", why)
-        self.failed(task, PoolError(why), worker)
 
     def _reap(self, slot: int, answers: list | None) -> None:
         worker, self.workers[slot] = self.workers[slot], None
@@ -256,8 +237,8 @@ class _Pool:
         self.failed(task, WorkerDied(why), worker)
 
     def _close(self, stop: bool) -> None:
-        """Reap every worker. Idle ones leave when their pipe closes; `stop` also sends SIGTERM, which
-        stops a running job as an interrupt (_serve). A second stop signal meanwhile kills them at once."""
+        """Reap every worker: idle ones leave when their pipe closes; `stop` also SIGTERMs them
+        (_serve). A second stop signal meanwhile kills them."""
         live = [w for w in self.workers if w is not None]
         if self.signals is not None:
             self.signals.urgent = lambda: [w.process.kill() for w in live if w.process.exitcode is None]
@@ -282,11 +263,9 @@ class _Pool:
 
 @contextlib.contextmanager
 def _starting():
-    """Around a worker's start: it inherits SIGINT ignored (Ctrl-C at a terminal reaches the
-    whole process group, but the launcher decides what it means: _serve), and SIGINT/SIGTERM
-    here wait, blocked, until the worker is on the books, so that none is started unknown. (The
-    worker may inherit the mask too, as spawn starts it from a multi-threaded process: _serve
-    lifts it.)"""
+    """Around a worker's start: it inherits SIGINT ignored (Ctrl-C reaches the whole process group,
+    but the launcher decides what it means), and SIGINT/SIGTERM wait, blocked, until the worker is
+    on the books, so that none is started unknown (_serve lifts the mask, should it inherit it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -300,19 +279,13 @@ def _starting():
 
 
 def _serve(conn, device: str, visible: str | None, threads: int, launcher: int) -> None:
-    """A worker's life: pin to `device`, then run the jobs the launcher sends until it closes the pipe.
-
-    SIGINT is ignored: the launcher decides what Ctrl-C means, and tells the workers with SIGTERM.
-    SIGTERM, the launcher's or anyone's, raises KeyboardInterrupt in the running job, which
-    unwinds as from Ctrl-C: train.run writes no summary, so the run keeps its last checkpoint and
-    a rerun resumes it. The worker then exits with status STOPPED."""
+    """A worker's life: pin to `device`, then run the jobs the launcher sends until it closes the
+    pipe. SIGINT is ignored (the launcher tells the workers with SIGTERM). SIGTERM, even while the
+    worker starts, unwinds the running job as Ctrl-C does (its checkpoint kept for a rerun), and
+    the worker exits with status STOPPED."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_once)
-    # From here on a SIGTERM is an interrupt, even one that comes while the worker still starts
-    # (importing torch takes seconds): it exits quietly, as a worker stopped in a job does.
     try:
-        # The launcher's mask while it started this worker (_starting) may have come along: a
-        # SIGTERM sent meanwhile is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         _die_with(launcher)
         _pin_worker(device, visible, threads)
@@ -321,13 +294,16 @@ def _serve(conn, device: str, visible: str | None, threads: int, launcher: int) 
                 fn, payload = conn.recv()
             except EOFError:  # the launcher closed the pipe: no more jobs
                 return
-            try:
-                answer = ("ok", fn(payload))
-            except Exception:  # outside the run (train.run records its own failures)
-                answer = ("raised", traceback.format_exc())
-            conn.send(answer)
+            conn.send(_answer(fn, payload))
     except KeyboardInterrupt:
         sys.exit(STOPPED)  # without a traceback: the launcher says which jobs were stopped
+
+
+def _answer(fn: Callable[[bytes], bytes], payload: bytes) -> tuple:
+    try:
+        return ("ok", fn(payload))
+    except Exception:  # outside the run (train.run records its own failures)
+        return ("raised", traceback.format_exc())
 
 
 def _interrupt_once(signum: int, frame) -> None:
@@ -336,9 +312,8 @@ def _interrupt_once(signum: int, frame) -> None:
 
 
 def _die_with(launcher: int) -> None:
-    """Have the kernel SIGTERM this worker when the launcher dies, even by SIGKILL, rather than
-    leave it training as an orphan (Linux's PR_SET_PDEATHSIG; elsewhere an idle worker still
-    leaves when the launcher's end of its pipe closes)."""
+    """Have the kernel SIGTERM this worker when the launcher dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG; elsewhere an idle worker leaves when its pipe closes)."""
     try:
         import ctypes
 

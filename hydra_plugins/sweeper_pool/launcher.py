@@ -4,19 +4,16 @@
     python -m sweeper -m hydra/launcher=pool hydra.launcher.devices=[0,1] hydra.launcher.slots_per_device=4 ...
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
-A small convnet leaves a big GPU mostly idle and is launch-bound, so several trainings sharing
-a GPU as separate processes finish far sooner than one after the other. Each worker is pinned to
-one device and runs job after job, so process start, imports, the CUDA context and the decoded
-data set are paid once per worker, not once per job. A single worker on the CPU or on GPU 0 is
-the launching process itself. With `fuse=true`, jobs that differ only in lr, schedule, optimizer
-settings and seed train as one program, one wide net for all (sweeper/fused.py). Every job still
-writes its own complete run record.
+A small convnet leaves a GPU mostly idle, so several trainings share it. Each worker is pinned to
+one device and runs job after job, paying process start, imports, the CUDA context and the
+decoded data once. A single worker on the CPU or on GPU 0 is the launching process itself. With
+`fuse=true`, jobs that differ only in lr, schedule, optimizer settings and seed train as one
+program (sweeper/fused.py). Every job writes its own complete run record.
 
-Ctrl-C (SIGINT) or SIGTERM stops the sweep: no further job starts, the running ones are stopped
-(their records keep their last checkpoint, so a rerun resumes them), every worker is reaped, the
-sweep's summary is printed, and the exit status is 130 or 143. A worker that dies (the OOM
-killer's SIGKILL, a crash) fails its job alone: the job's record is closed as failed with the
-reason, a fresh worker takes the slot, and the sweep goes on.
+SIGINT or SIGTERM stops the sweep: no further job starts, the running ones keep their last
+checkpoint for a rerun to resume, every worker is reaped, the summary is printed, and the exit
+status is 130 or 143. A worker that dies fails its job alone (its record says why), a fresh
+worker takes the slot, and the sweep goes on.
 """
 
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is
@@ -38,7 +35,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict, read_write
 
-from hydra_plugins.sweeper_pool._workers import WorkerDied, _Here, _Pool, _Signals, _Worker
+from hydra_plugins.sweeper_pool._workers import WorkerDied, _Here, _Pool, _Signals
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +46,7 @@ class PoolLauncherConf:
     # GPU indices to spread workers over; "auto" = every visible GPU, or the CPU when there is none
     devices: Any = field(default_factory=lambda: ["auto"])
     slots_per_device: int = 1  # concurrent trainings per device
-    # train jobs that differ only in lr/schedule/optim/seed as one program (sweeper/fused.py)
-    fuse: bool = False
+    fuse: bool = False  # train jobs that differ only in lr/schedule/optim/seed as one program
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="pool", node=PoolLauncherConf, provider="sweeper")
@@ -69,7 +65,7 @@ def resolve_devices(devices: Sequence) -> list[str]:
 @contextlib.contextmanager
 def _job_threads(sweep_config):
     """Around a job: the CPU threads its `trainer.threads` states, if a count (else the worker's
-    share), and the worker's own again after it. A config without the key keeps them."""
+    share), and the worker's own again after it."""
     wanted = OmegaConf.select(
         sweep_config, "trainer.threads", default="auto", throw_on_resolution_failure=False
     )
@@ -86,12 +82,6 @@ def _job_threads(sweep_config):
         torch.set_num_threads(given)
 
 
-def _reset_logging(sweep_config) -> None:
-    """After a job, as Hydra's basic launcher does: the launcher's logging again, without the
-    job's log file, which would otherwise get the next jobs' lines and the launcher's."""
-    configure_log(sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose)
-
-
 def _run_one(payload: bytes) -> bytes:
     hydra_context, task_function, sweep_config, singleton_state = cloudpickle.loads(payload)
     Singleton.set_state(singleton_state)
@@ -106,7 +96,8 @@ def _run_one(payload: bytes) -> bytes:
                 job_subdir_key="hydra.sweep.subdir",
             )
     finally:
-        _reset_logging(sweep_config)
+        # As Hydra's basic launcher does: the job's log file would get the next jobs' lines.
+        configure_log(sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose)
     return cloudpickle.dumps(ret)
 
 
@@ -152,39 +143,32 @@ class PoolLauncher(Launcher):
         )
         state = Singleton.get_state()
         configs = []
-        for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
+        for num, overrides in enumerate(job_overrides, initial_job_idx):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
-                sweep_config.hydra.job.id = num
-                sweep_config.hydra.job.num = num
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = num
             configs.append(sweep_config)
         groups = fused_groups(configs) if self.fuse else [[i] for i in range(len(configs))]
         tasks = []
         for group in groups:
             if len(group) == 1:
-                payload = cloudpickle.dumps(
-                    (self.hydra_context, self.task_function, configs[group[0]], state)
-                )
-                tasks.append((_run_one, payload))
+                payload = (self.hydra_context, self.task_function, configs[group[0]], state)
+                tasks.append((_run_one, cloudpickle.dumps(payload)))
             else:
                 log.info(f"fusing jobs {group} into one program")
                 tasks.append((_run_fused, cloudpickle.dumps(([configs[i] for i in group], state))))
 
-        def failed(task: int, error: Exception, worker: "_Worker") -> None:
+        def failed(task: int, error: Exception, worker) -> None:
             from sweeper import rundir  # torch: not in every process that scans Hydra's plugins
 
-            for i in groups[task]:
-                c = configs[i]
+            for c in (configs[i] for i in groups[task]):
                 try:  # a worker that died after a checkpoint leaves its run to resume, as Ctrl-C does
                     rundir.record_lost(_task_config(c), _run_dir(c), list(c.hydra.overrides.task), int(c.hydra.job.num),
                                        error, worker.pid, worker.started, resumable=isinstance(error, WorkerDied))  # fmt: skip
                 except Exception:  # the sweep goes on; its summary shows the record as it is
-                    log.exception(f"job #{configs[i].hydra.job.num}: could not record its failure")
+                    log.exception(f"job #{c.hydra.job.num}: could not record its failure")
 
-        # A single worker on the CPU or on GPU 0 is this process: that saves a spawn and a second
-        # import of torch.
         runner = _Here(failed) if runs_here(devices, n_workers) else _Pool(devices, n_workers, failed)
         try:
             with _Signals() as signals:
@@ -204,17 +188,15 @@ class PoolLauncher(Launcher):
         return results
 
     def _stopped(self, signum: int, runner, groups, configs) -> None:
-        """After a stop signal: say which jobs it stopped, print the sweep's summary as at any
-        end (sweeper.sweep.SweepCallback, from the run records), and exit as the signal asks."""
+        """Say which jobs the stop signal stopped, print the sweep's summary, exit as the signal asks."""
 
         def jobs(tasks) -> str:
             nums = [str(configs[i].hydra.job.num) for t in sorted(tasks) for i in groups[t]]
             return f"job{'s' if len(nums) > 1 else ''} {', '.join(nums)}" if nums else "none"
 
-        name = signal.Signals(signum).name
         log.warning(
-            f"{name}: sweep stopped. Interrupted: {jobs(runner.running.values())} (a rerun into "
-            f"{self.config.hydra.sweep.dir} resumes them from their last checkpoint, if any); "
+            f"{signal.Signals(signum).name}: sweep stopped. Interrupted: {jobs(runner.running.values())} "
+            f"(a rerun into {self.config.hydra.sweep.dir} resumes them from their last checkpoint, if any); "
             f"not started: {jobs(runner.pending)}"
         )
         with contextlib.suppress(SystemExit):  # the summary's own exit 1: the signal's status wins
@@ -223,15 +205,13 @@ class PoolLauncher(Launcher):
             )
         if signum == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM) from None
-        # Python exits on an uncaught KeyboardInterrupt by SIGINT (status 130 in a shell), which
-        # tells a calling shell script to stop too.
+        # An uncaught KeyboardInterrupt exits by SIGINT (130), which stops a calling shell script too.
         raise KeyboardInterrupt from None
 
 
 def runs_here(devices: list[str], n_workers: int) -> bool:
-    """Whether the one worker can be the launching process: on GPU 0, which is what this
-    process's cuda and cuda:0 already mean, or on the CPU where this process sees no GPU (another
-    GPU, or the CPU beside one, needs a pinned process)."""
+    """Whether the one worker can be this process: on GPU 0 (what its cuda already means), or on
+    the CPU where it sees no GPU. That saves a spawn and a second import of torch."""
     if n_workers != 1:
         return False
     if devices[0] == "cpu":
@@ -246,9 +226,8 @@ def _run_dir(sweep_config) -> Path:
 
 
 def _returned(sweep_config, value: str) -> JobReturn:
-    """A job's return where Hydra's run_job gave none (a fused job, a job without an answer).
-    Marked completed so that Hydra's sweeper does not abort the sweep on it: the run records, read
-    by the sweep's summary, say how each job ended."""
+    """A job's return where Hydra's run_job gave none, marked completed so that Hydra's sweeper
+    does not abort the sweep: the run records say how each job ended."""
     return JobReturn(
         overrides=list(sweep_config.hydra.overrides.task),
         cfg=_task_config(sweep_config),
@@ -261,7 +240,7 @@ def _returned(sweep_config, value: str) -> JobReturn:
 
 
 def _task_config(sweep_config):
-    """The job's config without its hydra node, as Hydra's run_job makes it (a struct copy)."""
+    """The job's config without its hydra node, as Hydra's run_job makes it."""
     task = copy.deepcopy(sweep_config)
     with read_write(task), open_dict(task):
         del task["hydra"]
@@ -269,25 +248,25 @@ def _task_config(sweep_config):
 
 
 def fused_groups(configs) -> list[list[int]]:
-    """Indices of jobs that can train as one program (sweeper.fused.fusable); others alone, each
-    with the reason logged (`fuse=true` is a request: a job that cannot fuse still runs)."""
+    """Indices of jobs that can train as one program (sweeper.fused.fusable); the others alone,
+    each with the reason logged (`fuse=true` is a request: a job that cannot fuse still runs)."""
     from sweeper import fused
 
-    by_key: dict[str, list[int]] = {}
+    by_key: dict[str | int, list[int]] = {}
     for i, sweep_config in enumerate(configs):
         task = _task_config(sweep_config)
         why = fused.fusable([task])
         if why is not None:
             log.info(f"job #{sweep_config.hydra.job.num} runs alone: {why}")
-        key = json.dumps(fused._shared(task), sort_keys=True) if why is None else f"solo-{i}"
-        by_key.setdefault(key, []).append(i)
-    groups = list(by_key.values())
-    for group in groups:
-        if len(group) == 1 and f"solo-{group[0]}" not in by_key:
+        by_key.setdefault(
+            i if why is not None else json.dumps(fused._shared(task), sort_keys=True), []
+        ).append(i)
+    for key, group in by_key.items():
+        if len(group) == 1 and isinstance(key, str):
             log.info(
                 f"job #{configs[group[0]].hydra.job.num} runs alone: no other job shares its model, data and trainer"
             )
-    return groups
+    return list(by_key.values())
 
 
 def _run_fused(payload: bytes) -> bytes:
@@ -295,31 +274,29 @@ def _run_fused(payload: bytes) -> bytes:
     sweep_configs, singleton_state = cloudpickle.loads(payload)
     Singleton.set_state(singleton_state)
     setup_globals()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    line = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    logging.basicConfig(level=logging.INFO, format=line)
     from sweeper.fused import TrialLog, run_group
 
     tasks = [_task_config(c) for c in sweep_configs]
     dirs = [_run_dir(c) for c in sweep_configs]
-    # Where Hydra's run_job would write them: a pending dir (sweeper/__main__), which the run
-    # moves to .hydra/ only when it starts an attempt, so a resumed or refused job keeps its own.
-    # hydra.output_subdir=null: no Hydra files at all, as Hydra's run_job would write none.
+    # Hydra's files go where run_job would write them: a pending dir (sweeper/__main__) that the
+    # run moves to .hydra/ when it starts an attempt; hydra.output_subdir=null writes none.
     subdir = sweep_configs[0].hydra.output_subdir
     hydra_files = None if subdir is None else str(subdir)
     logs = []
     for sweep_config, task, out in zip(sweep_configs, tasks, dirs, strict=True):
         out.mkdir(parents=True, exist_ok=True)
-        with read_write(sweep_config.hydra.runtime):  # as Hydra's run_job sets it for a solo job
+        with read_write(sweep_config.hydra.runtime):
             sweep_config.hydra.runtime.output_dir = str(out.absolute())
         if hydra_files is not None:
             (out / hydra_files).mkdir(parents=True, exist_ok=True)
             OmegaConf.save(task, out / hydra_files / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), out / hydra_files / "hydra.yaml")
             OmegaConf.save(sweep_config.hydra.overrides.task, out / hydra_files / "overrides.yaml")
-        # Each trial's <job name>.log, as Hydra's job logging gives a solo run: the group's lines
-        # and the trial's own (fused.TrialLog; a set-aside attempt's log is reopened by
-        # rundir.open_record).
+        # Each trial's <job name>.log, as a solo run has: the group's lines and its own (TrialLog).
         handler = logging.FileHandler(out / f"{sweep_config.hydra.job.name}.log")
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        handler.setFormatter(logging.Formatter(line))
         handler.addFilter(TrialLog(out))
         logs.append(handler)
     overrides = [list(c.hydra.overrides.task) for c in sweep_configs]
@@ -334,7 +311,7 @@ def _run_fused(payload: bytes) -> bytes:
         for handler in logs:
             root.removeHandler(handler)
             handler.close()
-        _reset_logging(sweep_configs[0])
+        configure_log(sweep_configs[0].hydra.hydra_logging, sweep_configs[0].hydra.verbose)
     return cloudpickle.dumps(
         [_returned(c, s["status"]) for c, s in zip(sweep_configs, summaries, strict=True)]
     )
