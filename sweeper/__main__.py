@@ -85,7 +85,7 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     from omegaconf import OmegaConf
 
     source = source or command_line.ConfigSource(CONF)
-    given_overrides = [a for a in arguments if _is_override(a)]
+    given_overrides = [a for a in arguments if command_line.is_override(a)]
     try:
         if cfg is None:
             with source.hydra():
@@ -96,17 +96,13 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     # A config that brings a grid (experiment=lecture_lr) would run one job at its defaults,
     # silently: its grid runs with -m, or one of its values is picked on the command line.
     given = {a.lstrip("+~").partition("=")[0] for a in given_overrides}
-    grid = {
-        k: v
-        for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
-        if k.lstrip("+~") not in given and len(command_line.sweep_values(k, v)) > 1  # one value drops nothing
-    }
+    grid = [k for k, v in command_line.config_grid(cfg).items() if k.lstrip("+~") not in given and len(v) > 1]
     if grid:
         chosen = [a for a in given_overrides if a.startswith("experiment=")]
-        what = chosen[-1] if chosen else "this config"
-        swept = " ".join(f"{k}={v}" for k, v in grid.items())
+        swept = " ".join(f"{k}={cfg.hydra.sweeper.params[k]}" for k in grid)
         raise validate.ConfigError(
-            f"{what} is a grid ({swept}): add -m to run its jobs, or set {', '.join(grid)} for one run"
+            f"{chosen[-1] if chosen else 'this config'} is a grid ({swept}): add -m to run its jobs, "
+            f"or set {', '.join(grid)} for one run"
         )
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     validate.check(task)
@@ -117,11 +113,6 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
         raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
 
 
-def _is_override(argument: str) -> bool:
-    """key=value, +key=value, ~key: Hydra's overrides, as opposed to flags and their values."""
-    return not argument.startswith("-") and ("=" in argument or argument.startswith("~"))
-
-
 def with_hydra_files(arguments: list[str]) -> list[str]:
     """The arguments plus the override that has Hydra write .hydra/ into a pending dir
     (rundir.PENDING_HYDRA_FILES), which the run moves into place once it owns its dir; as they
@@ -129,7 +120,7 @@ def with_hydra_files(arguments: list[str]) -> list[str]:
     overrides as one unbroken run of words, and a flag may follow them (`lr=0.1,0.2 -m`)."""
     if any(a.lstrip("+~").startswith("hydra.output_subdir") for a in arguments):
         return arguments
-    at = max((i + 1 for i, a in enumerate(arguments) if _is_override(a)), default=len(arguments))
+    at = max((i + 1 for i, a in enumerate(arguments) if command_line.is_override(a)), default=len(arguments))
     return [
         *arguments[:at],
         f"hydra.output_subdir={rundir.PENDING_HYDRA_FILES}{os.getpid()}",

@@ -80,6 +80,11 @@ class GroupOptions(dict):
         return bool(self[group])
 
 
+def is_override(argument: str) -> bool:
+    """key=value, +key=value, ~key: Hydra's overrides, as opposed to flags and their values."""
+    return not argument.startswith("-") and ("=" in argument or argument.startswith("~"))
+
+
 def parsed_overrides(arguments: list[str]):
     """(argument, Hydra's reading of it) for each command-line override; flags are left to Hydra.
     An override Hydra's grammar cannot read is refused in one line (Hydra says it over four)."""
@@ -87,9 +92,7 @@ def parsed_overrides(arguments: list[str]):
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    for arg in arguments:
-        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
-            continue
+    for arg in filter(is_override, arguments):
         try:
             yield arg, parser.parse_overrides([arg])[0]
         except OverrideParseException as e:
@@ -110,16 +113,27 @@ def parsed_overrides(arguments: list[str]):
             ) from None
 
 
-def sweep_values(key: str, value) -> list[str]:
-    """The values a grid param of the config sweeps (lr: 0.2,0.1); none where it is one value, or
-    one Hydra cannot read (it says why when it sweeps)."""
+def values(override) -> list[str]:
+    """The values a parsed override gives, a sweep's each: a,b  choice(a,b)  range(1,3)."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def config_grid(cfg) -> dict[str, list[str]]:
+    """The config's own grid (hydra.sweeper.params, such as an experiment's `lr: 0.2,0.1`): each
+    swept key's values. A param Hydra cannot read is left out: Hydra says why when it sweeps."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-        return list(override.sweep_string_iterator()) if override.is_sweep_override() else []
-    except Exception:  # noqa: BLE001 -- Hydra's grammar or a sweep's expansion
-        return []
+    parser, grid = OverridesParser.create(), {}
+    for key, value in (cfg.hydra.sweeper.get("params") or {}).items():
+        try:
+            override = parser.parse_overrides([f"{key}={value}"])[0]
+            if override.is_sweep_override():
+                grid[key] = values(override)
+        except Exception:  # noqa: BLE001 -- Hydra's grammar or a sweep's expansion
+            pass
+    return grid
 
 
 def hydra_flags(arguments: list[str]):
