@@ -64,9 +64,6 @@ class GroupOptions(dict):
         self[group] = self.read(group) if group and "." not in group else []
         return self[group]
 
-    def get(self, group: str, default=None) -> list[str] | None:
-        return self[group] or default
-
     def __contains__(self, group: str) -> bool:
         return bool(self[group])
 

@@ -71,7 +71,7 @@ def check_overrides(
                 if size := _sweep_size(value):
                     grid.append((arg, size))
             if key.startswith("hydra/"):  # hydra/sweeper=basicc
-                options = groups.get(key, [])
+                options = groups[key]
                 for v in values(override):
                     if options and v not in options and v != "null":
                         raise ConfigError(f"{key}={v} is invalid: allowed values are {', '.join(options)}")
@@ -195,7 +195,18 @@ def check_overrides(
                 typo = _missing_part(plain, arg.partition("=")[0].lstrip("+"))
                 if typo and "did you mean" in typo:
                     raise ConfigError(f"{arg} is invalid: {typo} (+ adds a key, which nothing would read)")
-    _check_output_dir(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    # An empty hydra.run.dir or hydra.sweep.dir is the current directory: the record's files
+    # (config.json, checkpoint.pt, multirun.yaml ...) would land among the user's own, unasked.
+    key, what = ("hydra.sweep.dir", "sweep") if multirun else ("hydra.run.dir", "run")
+    try:
+        folder = OmegaConf.select(cfg, key)
+    except OmegaConfBaseException:
+        folder = "?"  # an interpolation only Hydra can resolve: it says so if it cannot
+    if folder is None or not str(folder).strip():
+        raise ConfigError(
+            f"{key}={folder or ''} is invalid: an empty directory is the current one, where the {what}'s "
+            f"files would land among others; name a directory ({key}=. if that is what you mean)"
+        )
     for section in [k for k in cfg if k != "hydra"]:  # ${nope.key}, ${oc.env:UNSET}
         try:
             value = cfg[section]  # a scalar's interpolation resolves here
@@ -227,21 +238,6 @@ def _sweep_size(value) -> int | None:
     if isinstance(value, ChoiceSweep):
         return len(value.list)
     return None
-
-
-def _check_output_dir(cfg: DictConfig, key: str) -> None:
-    """An empty hydra.run.dir or hydra.sweep.dir is the current directory: the record's files
-    (config.json, checkpoint.pt, multirun.yaml ...) would land among the user's own, unasked."""
-    try:
-        folder = OmegaConf.select(cfg, key)
-    except OmegaConfBaseException:
-        return  # an interpolation only Hydra can resolve: it says so if it cannot
-    if folder is None or not str(folder).strip():
-        raise ConfigError(
-            f"{key}={'' if folder is None else folder} is invalid: an empty directory is the current one, where "
-            f"the {'sweep' if 'sweep' in key else 'run'}'s files would land among others; name a directory "
-            f"({key}=. if that is what you mean)"
-        )
 
 
 class _Configs:
@@ -289,7 +285,7 @@ class _Configs:
         self.swept |= {
             g: v
             for g, v in config_grid(cfg).items()
-            if v and g not in self.swept and g not in chosen and self.groups.get(g)
+            if v and g not in self.swept and g not in chosen and self.groups[g]
         }
 
     def in_this_sweep(self, given: str, key: str, selections=None) -> str | None:
@@ -320,7 +316,7 @@ class _Configs:
         """(the section's chosen option, its other options that have `key`)."""
         chosen = [a.partition("=")[2] for a in self.selections if a.partition("=")[0] == section]
         current = chosen[-1] if chosen else self.choice(section)
-        others = [o for o in self.groups.get(section, []) if o != current and self.has_key(key, section, o)]
+        others = [o for o in self.groups[section] if o != current and self.has_key(key, section, o)]
         return current, others
 
     def missing_key(self, key: str, known: list[str]) -> str:
