@@ -21,9 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeper import command_line, launcher_options, objective, overrides, rundir, train, validate
+from sweeper import command_line, launcher_options, objective, overrides, rundir, sweep, train, validate
 from sweeper.command_line import CONF, config_source
-from sweeper.sweep import job_state
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base=None)
@@ -36,7 +35,7 @@ def main(cfg: DictConfig) -> str | float:
             validate.check(cfg)
             validate.check_device(cfg)  # the machine that trains: a SLURM job checks its node's GPUs
         except validate.ConfigError as e:
-            if multirun and job_state(run_dir)[0] in rundir.ENDED:
+            if multirun and sweep.job_state(run_dir)[0] in rundir.ENDED:
                 pass  # train.run below skips it, untouched: nothing to refuse
             elif multirun and not (run_dir / "checkpoint.pt").exists():
                 # A sweep's jobs were checked before launch: what fails here fails on this node
@@ -45,12 +44,10 @@ def main(cfg: DictConfig) -> str | float:
                 print(f"error: {e}", file=sys.stderr)
                 return rundir.refused(cfg, run_dir, list(hc.overrides.task), hc.job.num, hc.output_subdir, e)
             raise
+        overrides_given = list(hc.overrides.task)
+        job_num = hc.job.num if multirun else None
         summary = train.run(
-            cfg,
-            run_dir,
-            overrides=list(hc.overrides.task),
-            job_num=hc.job.num if multirun else None,
-            hydra_files=hc.output_subdir,
+            cfg, run_dir, overrides=overrides_given, job_num=job_num, hydra_files=hc.output_subdir
         )
     except validate.ConfigError as e:
         rundir.drop_pending(run_dir, hc.output_subdir)  # the run dir stays as it was
@@ -79,13 +76,12 @@ def main(cfg: DictConfig) -> str | float:
 def check_run(arguments: list[str], source: command_line.ConfigSource | None = None, cfg=None) -> None:
     """Refuse a single run in one line before Hydra creates its run dir or writes .hydra/ there:
     a bad value, a run dir that a live process still trains, or one holding another config.
-    `source`: where the config comes from (config_source; the package's conf/ by default).
     `cfg`: the run's config as check_overrides composed it, if it did (a compose is 80 ms)."""
     from hydra import compose
     from omegaconf import OmegaConf
 
     source = source or command_line.ConfigSource(CONF)
-    given_overrides = [a for a in arguments if _is_override(a)]
+    given_overrides = [a for a in arguments if command_line.is_override(a)]
     try:
         if cfg is None:
             with source.hydra():
@@ -96,17 +92,13 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
     # A config that brings a grid (experiment=lecture_lr) would run one job at its defaults,
     # silently: its grid runs with -m, or one of its values is picked on the command line.
     given = {a.lstrip("+~").partition("=")[0] for a in given_overrides}
-    grid = {
-        k: v
-        for k, v in (cfg.hydra.sweeper.get("params") or {}).items()
-        if k.lstrip("+~") not in given and len(command_line.sweep_values(k, v)) > 1  # one value drops nothing
-    }
+    grid = [k for k, v in command_line.config_grid(cfg).items() if k.lstrip("+~") not in given and len(v) > 1]
     if grid:
         chosen = [a for a in given_overrides if a.startswith("experiment=")]
-        what = chosen[-1] if chosen else "this config"
-        swept = " ".join(f"{k}={v}" for k, v in grid.items())
+        swept = " ".join(f"{k}={cfg.hydra.sweeper.params[k]}" for k in grid)
         raise validate.ConfigError(
-            f"{what} is a grid ({swept}): add -m to run its jobs, or set {', '.join(grid)} for one run"
+            f"{chosen[-1] if chosen else 'this config'} is a grid ({swept}): add -m to run its jobs, "
+            f"or set {', '.join(grid)} for one run"
         )
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     validate.check(task)
@@ -117,19 +109,13 @@ def check_run(arguments: list[str], source: command_line.ConfigSource | None = N
         raise validate.ConfigError(f"hydra.run.dir={run_dir} cannot hold the run's record: {problem}")
 
 
-def _is_override(argument: str) -> bool:
-    """key=value, +key=value, ~key: Hydra's overrides, as opposed to flags and their values."""
-    return not argument.startswith("-") and ("=" in argument or argument.startswith("~"))
-
-
 def with_hydra_files(arguments: list[str]) -> list[str]:
-    """The arguments plus the override that has Hydra write .hydra/ into a pending dir
-    (rundir.PENDING_HYDRA_FILES), which the run moves into place once it owns its dir; as they
-    are where the user chose the subdir. It goes right after the last override: Hydra reads its
-    overrides as one unbroken run of words, and a flag may follow them (`lr=0.1,0.2 -m`)."""
+    """The arguments plus the override that has Hydra write .hydra/ into a pending dir, which the
+    run moves into place once it owns its dir (unless the user chose the subdir). It goes right
+    after the last override: Hydra reads its overrides as one unbroken run of words."""
     if any(a.lstrip("+~").startswith("hydra.output_subdir") for a in arguments):
         return arguments
-    at = max((i + 1 for i, a in enumerate(arguments) if _is_override(a)), default=len(arguments))
+    at = max((i + 1 for i, a in enumerate(arguments) if command_line.is_override(a)), default=len(arguments))
     return [
         *arguments[:at],
         f"hydra.output_subdir={rundir.PENDING_HYDRA_FILES}{os.getpid()}",
@@ -138,9 +124,8 @@ def with_hydra_files(arguments: list[str]) -> list[str]:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a `kill`, a system shutting down), raised where the process is, as Ctrl-C raises
-    KeyboardInterrupt: a run stops as it does on Ctrl-C (no summary; a rerun resumes it) and a
-    sweep prints its summary, instead of the process vanishing mid-sentence."""
+    """SIGTERM, raised where the process is, as Ctrl-C raises KeyboardInterrupt: a run stops as it
+    does on Ctrl-C (a rerun resumes it) and a sweep prints its summary."""
 
     signum = signal.SIGTERM
 
@@ -181,17 +166,13 @@ if __name__ == "__main__":
     except validate.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    from sweeper.sweep import refusals_in_one_line
-
     try:
-        with refusals_in_one_line():  # a sweep refused before launch: one line, exit 2
+        with sweep.refusals_in_one_line():  # a sweep refused before launch: one line, exit 2
             main()
     except KeyboardInterrupt as stop:
         # Ctrl-C or SIGTERM: the records say where each run stopped (a rerun resumes it) and a
         # sweep prints its summary; a traceback would add nothing. Die by the signal, as an
         # interrupted program does, so that a calling shell sees 130 (143) and stops its script too.
-        from sweeper import sweep
-
         signum = getattr(stop, "signum", signal.SIGINT)
         signal.signal(signum, signal.SIG_DFL)  # a second one while the summary prints: stop now
         if sweep.STARTED:  # Hydra's basic launcher stops without its end callback

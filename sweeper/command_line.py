@@ -1,10 +1,6 @@
 """The command as Hydra reads it, before Hydra runs: its flags, where its config comes from
-(-cp, -cn, --config-dir), its overrides, and the options of each config group, so that the
-checks compose the config that Hydra will compose.
-
-Group options come from Hydra's own config repository, so that an option found through
---config-dir, hydra.searchpath or -cp is as valid as one of the package's conf/.
-"""
+(-cp, -cn, --config-dir), its overrides, and the options of each config group (from Hydra's own
+config repository), so that the checks compose the config that Hydra will compose."""
 
 from __future__ import annotations
 
@@ -24,10 +20,8 @@ EXTRA_CONFIG_DIRS: list[str] = []
 
 @dataclass(frozen=True)
 class ConfigSource:
-    """Where the command's config comes from, as Hydra reads its flags: the primary config dir
-    (-cp: an absolute path, or pkg://package.module), the primary config's name (-cn), and the
-    dir that --config-dir adds to the search path. hydra.searchpath is an override: Hydra's
-    composition reads it from the command line's overrides and the primary config."""
+    """Where the command's config comes from: the primary config dir (-cp: an absolute path, or
+    pkg://package.module), the primary config's name (-cn), and the dir --config-dir adds."""
 
     primary: str
     name: str = "config"
@@ -39,7 +33,6 @@ class ConfigSource:
         from hydra import initialize_config_dir, initialize_config_module
         from hydra.core.global_hydra import GlobalHydra
 
-        # hydra_plugins/sweeper_search_path adds these while Hydra initialises
         EXTRA_CONFIG_DIRS[:] = [str(Path(self.extra_dir).resolve())] if self.extra_dir else []
         try:
             if self.primary.startswith("pkg://"):
@@ -50,8 +43,7 @@ class ConfigSource:
         finally:
             EXTRA_CONFIG_DIRS.clear()
         with init:
-            loader = GlobalHydra.instance().config_loader()
-            yield loader
+            yield GlobalHydra.instance().config_loader()
 
 
 def source_of(conf: ConfigSource | str, config_name: str) -> ConfigSource:
@@ -59,9 +51,8 @@ def source_of(conf: ConfigSource | str, config_name: str) -> ConfigSource:
 
 
 class GroupOptions(dict):
-    """A config group's options as Hydra's config repository lists them: the package's conf/,
-    --config-dir, hydra.searchpath (file:// and pkg://) and -cp alike. A key that is not a group
-    has none. Read while Hydra is initialised (ConfigSource.hydra)."""
+    """A config group's options as Hydra's config repository lists them (conf/, --config-dir,
+    hydra.searchpath and -cp alike), read while Hydra is initialised; a key that is not a group has none."""
 
     def __init__(self, loader, config_name: str, search: list[str]):
         super().__init__()
@@ -73,11 +64,13 @@ class GroupOptions(dict):
         self[group] = self.read(group) if group and "." not in group else []
         return self[group]
 
-    def get(self, group: str, default=None) -> list[str] | None:
-        return self[group] or default
-
     def __contains__(self, group: str) -> bool:
         return bool(self[group])
+
+
+def is_override(argument: str) -> bool:
+    """key=value, +key=value, ~key: Hydra's overrides, as opposed to flags and their values."""
+    return not argument.startswith("-") and ("=" in argument or argument.startswith("~"))
 
 
 def parsed_overrides(arguments: list[str]):
@@ -87,9 +80,7 @@ def parsed_overrides(arguments: list[str]):
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
-    for arg in arguments:
-        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # ~key deletes
-            continue
+    for arg in filter(is_override, arguments):
         try:
             yield arg, parser.parse_overrides([arg])[0]
         except OverrideParseException as e:
@@ -110,23 +101,33 @@ def parsed_overrides(arguments: list[str]):
             ) from None
 
 
-def sweep_values(key: str, value) -> list[str]:
-    """The values a grid param of the config sweeps (lr: 0.2,0.1); none where it is one value, or
-    one Hydra cannot read (it says why when it sweeps)."""
+def values(override) -> list[str]:
+    """The values a parsed override gives, a sweep's each: a,b  choice(a,b)  range(1,3)."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
+def config_grid(cfg) -> dict[str, list[str]]:
+    """The config's own grid (hydra.sweeper.params, such as an experiment's `lr: 0.2,0.1`): each
+    swept key's values. A param Hydra cannot read is left out: Hydra says why when it sweeps."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        override = OverridesParser.create().parse_overrides([f"{key}={value}"])[0]
-        return list(override.sweep_string_iterator()) if override.is_sweep_override() else []
-    except Exception:  # noqa: BLE001 -- Hydra's grammar or a sweep's expansion
-        return []
+    parser, grid = OverridesParser.create(), {}
+    for key, value in (cfg.hydra.sweeper.get("params") or {}).items():
+        try:
+            override = parser.parse_overrides([f"{key}={value}"])[0]
+            if override.is_sweep_override():
+                grid[key] = values(override)
+        except Exception:  # noqa: BLE001 -- Hydra's grammar or a sweep's expansion
+            pass
+    return grid
 
 
 def hydra_flags(arguments: list[str]):
-    """Hydra's command-line flags in `arguments` (hydra.cc/docs/advanced/hydra-command-line-flags),
-    read as Hydra's argparse reads them: the same names, so that an abbreviation means what it
-    means to Hydra (--multi is --multirun; -c is --cfg, not -cp). None where argparse cannot read
-    them: Hydra will say why, in its own words."""
+    """Hydra's command-line flags in `arguments`, read as Hydra's argparse reads them, so that an
+    abbreviation means what it means to Hydra (--multi is --multirun; -c is --cfg, not -cp). None
+    where argparse cannot read them: Hydra will say why."""
     import argparse
 
     def refuse(message: str):
@@ -156,17 +157,17 @@ def launches(flags) -> bool:
 
 def sweeping(arguments: list[str]) -> bool:
     """Whether the command is a sweep (-m, --multirun, or hydra.mode=MULTIRUN)."""
-    modes = {"MULTIRUN", "RunMode.MULTIRUN", "2"}
     flags = hydra_flags(arguments)
+    modes = {("hydra.mode", m) for m in ("MULTIRUN", "RunMode.MULTIRUN", "2")}
     return bool(flags and flags.multirun) or any(
-        a.lstrip("+").partition("=")[::2] in {("hydra.mode", m) for m in modes} for a in arguments
+        a.lstrip("+").partition("=")[::2] in modes for a in arguments
     )
 
 
 def config_source(arguments: list[str]) -> ConfigSource | None:
-    """Where the command's config comes from, read as Hydra reads -cp, -cn and --config-dir (a
-    relative -cp from sweeper/, where the app's main is; pkg:// as it is); None where the checks stand aside
-    and Hydra speaks: shell completion, or flags Hydra refuses."""
+    """Where the command's config comes from, read as Hydra reads -cp (relative to sweeper/, where
+    the app's main is), -cn and --config-dir; None where the checks stand aside and Hydra speaks:
+    shell completion, or flags Hydra refuses."""
     args = hydra_flags(arguments)
     if args is None or args.shell_completion:
         return None

@@ -1,16 +1,14 @@
 """What a `-m` sweep does around its jobs: validate them all first, summarise them all last.
 
-Both run on the submitting machine, whatever the launcher (basic, pool, submitit_local,
-submitit_slurm), and both belong to this app (conf/config.yaml names SweepCallback in
-hydra.callbacks), not to a sweeper: the grid sweeper (hydra_plugins/sweeper_grid, the default)
-hands SweepCallback.check_grid each job's composed config before it launches anything -- its
-on_multirun_start checks the grid for Hydra's basic sweeper -- so a bad value never reaches a
-queue, and SweepCallback's count at the end reads the run records, which are the truth wherever
-the jobs ran.
+Both run on the submitting machine, whatever the launcher, and belong to this app (conf/config.yaml
+names SweepCallback in hydra.callbacks), not to a sweeper: the grid sweeper hands check_grid each
+job's composed config before it launches anything, so a bad value never reaches a queue; the
+summary reads the run records, which are the truth wherever the jobs ran.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import os
@@ -43,14 +41,10 @@ STATES = (*STATUSES, "interrupted", "running", "damaged", "missing")
 
 
 def _effective(job: list[str]) -> frozenset:
-    """What a job runs, whatever the order of its overrides: key -> value, the last one winning,
-    without `trainer.resume` (it says how to treat old records, not which run the job is)."""
-    settings = {}
-    for override in job:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") != "trainer.resume":
-            settings[key] = value
-    return frozenset(settings.items())
+    """What a job runs, whatever the order of its overrides (the last one winning), without
+    `trainer.resume`: it says how to treat old records, not which run the job is."""
+    settings = dict(o.partition("=")[::2] for o in job)
+    return frozenset((k, v) for k, v in settings.items() if k.lstrip("+~") != "trainer.resume")
 
 
 # Launchers whose hydra.job.id is the job number; submitit's is the SLURM job id, known only later.
@@ -62,10 +56,10 @@ ID_IS_NUM = (
 
 def _subdir(config: DictConfig, composed: DictConfig, num: int) -> str:
     """Job `num`'s run dir under the sweep dir as its launcher will name it (hydra.sweep.subdir,
-    resolved as Hydra's run_job does once the launcher has set hydra.job.num and id)."""
+    resolved as Hydra's run_job does once the launcher has set hydra.job.num and id, which are
+    put back after: the launcher sets them itself)."""
     job = composed.hydra.job
     with read_write(job), open_dict(job):
-        # Set for the resolution and put back: the launcher sets both itself, as it launches.
         saved = {k: MISSING if OmegaConf.is_missing(job, k) else job[k] for k in ("num", "id")}
         job.num = num
         job.id = num if config.hydra.launcher.get("_target_") in ID_IS_NUM else MISSING
@@ -88,17 +82,10 @@ def check_jobs(
     config: DictConfig, jobs: list[tuple[list[str], DictConfig]], reorder: bool = True
 ) -> list[list[str]]:
     """Refuse a bad sweep (SweepRefused, one line) before its first job starts, else record it in
-    sweep.json; returns the jobs to launch, in order.
-
-    `jobs`: each job's overrides and composed config, in Hydra's order (the grid sweeper composes
-    each job once and hands the same config to the launcher). Refused: a bad value in any job, two
-    jobs with one run dir, a run dir outside the sweep dir, a sweep dir that cannot be written, one
-    whose sweep.json is damaged, one that holds another grid (unless every job has
-    trainer.resume=false: the old sweep is then set aside in attempts/N/), a run dir still being
-    written by a live process, and a resume into a run dir of another config. A rerun of the same
-    grid, its overrides in any order, resumes it: its jobs keep their numbers and run dirs when
-    `reorder` (the grid sweeper launches them in the order returned); Hydra's basic sweeper, which
-    launches in its own order, is refused where that differs.
+    sweep.json; returns the jobs to launch, in order. `jobs`: each job's overrides and composed
+    config, in Hydra's order. A rerun of the same grid, its overrides in any order, resumes it: its
+    jobs keep their numbers and run dirs when `reorder` (the grid sweeper launches them in the order
+    returned); Hydra's basic sweeper, which launches in its own order, is refused where that differs.
     """
     from sweeper.validate import ConfigError, check, check_device  # torch: not for job_state's readers
 
@@ -107,13 +94,13 @@ def check_jobs(
     remote = str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher")
     final, composeds = [job for job, _ in jobs], [composed for _, composed in jobs]
     resolved: list[dict | None] = []  # a resuming job's config, to compare with an old record
-    starts_over: list[bool] = []  # trainer.resume=false
+    starts_over: list[bool] = []
     old_records = sweep_dir.exists()
     for num, (job, composed) in enumerate(jobs):
         job_cfg = OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])
         try:
             check(job_cfg)
-            if not remote:  # jobs that will train on this machine: its devices
+            if not remote:
                 check_device(job_cfg)
         except ConfigError as e:
             raise SweepRefused(f"{label(num, job)}: {e}") from None
@@ -160,7 +147,7 @@ def check_jobs(
     ] == [(_effective(j["overrides"]), j["dir"]) for j in listing]
     if known is not None and not same and not all(starts_over):
         raise SweepRefused(
-            f"{sweep_dir} holds a sweep of another grid ({_count(len(known['jobs']), 'job')}); resume it with "
+            f"{sweep_dir} holds a sweep of another grid ({counted(len(known['jobs']), 'job')}); resume it with "
             "the same overrides, start over with trainer.resume=false (the old sweep is set aside in "
             "attempts/N/), or choose another hydra.sweep.dir"
         )
@@ -171,9 +158,8 @@ def check_jobs(
         known = None
     for num, (overrides, job_config, d) in enumerate(zip(final, resolved, dirs, strict=True)):
         run_dir = sweep_dir / d
-        # Hydra opens the job's log file there before the job runs: a traceback, and the later
-        # jobs never ran. Asked, not tried, per run dir: a probe each would cost a big grid's
-        # rerun a write and fsync per job (the sweep dir itself is tried above).
+        # Hydra opens the job's log file there before the job runs (a traceback). Asked, not
+        # tried: a probe per run dir would cost a big grid's rerun a write and fsync per job.
         if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
             raise SweepRefused(
                 f"{label(num, overrides)}: {run_dir} is not writable: its run writes its record there; "
@@ -202,7 +188,6 @@ def check_jobs(
                 f"{label(num, overrides)}: {run_dir} holds a run of another config "
                 f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
             )
-    launcher = config.hydra.runtime.choices.get("hydra/launcher", "basic")
     if known is None:
         atomic_write(
             sweep_dir / "sweep.json",
@@ -211,13 +196,13 @@ def check_jobs(
                     # as the user typed it: without the override __main__ adds (hydra_files)
                     "argv": [a for a in sys.argv if not a.startswith(PENDING_OVERRIDE)],
                     "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "launcher": launcher,
+                    "launcher": config.hydra.runtime.choices.get("hydra/launcher", "basic"),
                     "jobs": listing,
                 }
             ),
         )
     print(
-        f"sweep: {_count(len(final), 'job')} validated, launching into {sweep_dir}",
+        f"sweep: {counted(len(final), 'job')} validated, launching into {sweep_dir}",
         file=sys.stderr,
         flush=True,
     )
@@ -225,9 +210,17 @@ def check_jobs(
     return final
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
     """'1 job', '2 jobs'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def tally(states: list[str], order=STATES, always=()) -> str:
+    """'16 jobs: 1 diverged, 14 completed': the jobs in each state, in `order` (others after),
+    with the states of `always` said when none is in them."""
+    counts = collections.Counter(states)
+    said = [s for s in order if counts[s] or s in always] + [s for s in counts if s not in order]
+    return f"{counted(len(states), 'job')}: " + ", ".join(f"{counts[s]} {s}" for s in said)
 
 
 def _raw_subdir(composed: DictConfig) -> str:
@@ -239,6 +232,7 @@ def _check_writable(sweep_dir: Path) -> None:
     """Refuse, naming the path, a sweep dir this process cannot write: Hydra writes multirun.yaml
     there before the first job, with a traceback when it cannot. Tried, not asked (os.access):
     root passes every permission check, and not a read-only file system nor a full disk."""
+    advice = "the sweep writes its records there; make it writable, or choose another hydra.sweep.dir"
     why = unwritable(sweep_dir)
     if why is None:
         try:
@@ -246,23 +240,15 @@ def _check_writable(sweep_dir: Path) -> None:
         except OSError as e:
             why = f"{sweep_dir} cannot be made ({e.strerror})"
     if why is not None:
-        raise SweepRefused(
-            f"{why}: the sweep writes its records there; make it writable, or choose another hydra.sweep.dir"
-        )
-    for name in ("multirun.yaml", "sweep.json"):  # rewritten by a rerun
+        raise SweepRefused(f"{why}: {advice}")
+    for path in (sweep_dir / "multirun.yaml", sweep_dir / "sweep.json"):  # rewritten by a rerun
         try:
-            if (sweep_dir / name).exists():
-                with (sweep_dir / name).open("ab"):
-                    pass
+            if path.exists():
+                path.open("ab").close()
         except OSError as e:
-            _not_writable(sweep_dir / name, e)
-
-
-def _not_writable(path: Path, error: OSError) -> None:
-    raise SweepRefused(
-        f"{path} is not writable ({error.strerror or type(error).__name__}): the sweep writes its "
-        "records there; make it writable, or choose another hydra.sweep.dir"
-    ) from None
+            raise SweepRefused(
+                f"{path} is not writable ({e.strerror or type(e).__name__}): {advice}"
+            ) from None
 
 
 PENDING_OVERRIDE = f"hydra.output_subdir={PENDING_HYDRA_FILES}"
@@ -270,8 +256,7 @@ PENDING_OVERRIDE = f"hydra.output_subdir={PENDING_HYDRA_FILES}"
 
 def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
     """Move an earlier sweep (sweep.json, multirun.yaml and its jobs' run dirs) into
-    <sweep>/attempts/N/, for a new grid to start over there: nothing a run produced is deleted.
-    Refused while a live process still trains one of its runs."""
+    <sweep>/attempts/N/, for a new grid to start over there; refused while a live process trains one."""
     inside = [
         j["dir"]
         for j in known["jobs"]
@@ -292,19 +277,19 @@ def _set_aside_sweep(sweep_dir: Path, known: dict) -> Path:
     return target
 
 
-GRID_SWEEPER = "hydra_plugins.sweeper_grid.grid.GridSweeper"
 # Sweepers that hand their composed jobs to check_grid themselves: the grid and its halving.
-CHECKING_SWEEPERS = (GRID_SWEEPER, "hydra_plugins.sweeper_halving.halving.HalvingSweeper")
+CHECKING_SWEEPERS = (
+    "hydra_plugins.sweeper_grid.grid.GridSweeper",
+    "hydra_plugins.sweeper_halving.halving.HalvingSweeper",
+)
 
 
 class SweepCallback(Callback):
-    """The project app's sweep checks and summary: checks every grid before its first job
-    (check_grid, which the grid sweeper calls; on_multirun_start for another sweeper, such as
-    `hydra/sweeper=basic`), and prints every sweep's summary, read from the run records once every
-    job has ended."""
+    """Checks every grid before its first job (check_grid, which the grid sweeper calls;
+    on_multirun_start for another sweeper, such as `hydra/sweeper=basic`), and prints every
+    sweep's summary once every job has ended."""
 
     def check_grid(self, config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> list[list[str]]:
-        """The grid sweeper's hook (hydra_plugins/sweeper_grid): the jobs to launch, in order."""
         return check_jobs(config, jobs)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -327,10 +312,8 @@ class SweepCallback(Callback):
                     )  # fmt: skip
                 jobs.append((job, composed))
             check_jobs(config, jobs, reorder=False)
-        except SweepRefused as e:
-            # Hydra turns a callback's exception into a warning, and would launch all the same.
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except SweepRefused as e:  # Hydra turns a callback's exception into a warning, and launches
+            _refuse(e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -345,28 +328,28 @@ class SweepCallback(Callback):
 @contextlib.contextmanager
 def refusals_in_one_line():
     """While it lasts, a sweep refused before launch (SweepRefused) prints `error: <why>` and exits
-    2, as the command line's other refusals do. Hydra's own report of the exception (its text, a
-    hint about HYDRA_FULL_ERROR, exit 1) is for apps without such a convention; Hydra offers no
-    hook for it, so its reporting function is wrapped here, for this block only."""
+    2, as the command line's other refusals do, where Hydra would print a hint about
+    HYDRA_FULL_ERROR and exit 1. Hydra offers no hook for it: its reporting function is wrapped."""
     from hydra._internal import utils
 
     report = utils.run_and_report
 
-    def reporting(func):
-        def refusing():
-            try:
-                return func()
-            except SweepRefused as e:
-                print(f"error: {e}", file=sys.stderr)
-                raise SystemExit(2) from None
+    def refusing(func):
+        try:
+            return func()
+        except SweepRefused as e:
+            _refuse(e)
 
-        return report(refusing)
-
-    utils.run_and_report = reporting
+    utils.run_and_report = lambda func: report(lambda: refusing(func))
     try:
         yield
     finally:
         utils.run_and_report = report
+
+
+def _refuse(refusal: SweepRefused):
+    print(f"error: {refusal}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 # The sweeps this process has launched (check_jobs), and those it has printed the end summary of:
@@ -391,8 +374,7 @@ def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     if known is None:
         return True
     REPORTED.add(sweep_dir)
-    counts = dict.fromkeys(STATES, 0)
-    lines = []
+    states, lines = [], []
     slurm = submitted.slurm_ids(sweep_dir)
     for job in known["jobs"]:
         state, detail = job_state(sweep_dir / job["dir"], ended)
@@ -401,20 +383,16 @@ def report_end(sweep_dir: Path, ended: bool = False) -> bool:
             detail = f"no record; SLURM job {job_id}" + (
                 f" ended before it started (log: .submitit/{job_id}/)" if ended else " not started yet"
             )
-        counts[state] += 1
+        states.append(state)
         if state not in ("completed", "stopped"):  # stopped: successive halving's, as it asked
             lines.append(f"  {job['num']:>4}  {state:<11} {' '.join(job['overrides'])}  {detail}")
-    total = len(known["jobs"])
-    print(
-        f"\nsweep {sweep_dir}: {_count(total, 'job')}: "
-        + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s == "completed")
-    )
+    print(f"\nsweep {sweep_dir}: {tally(states, always=('completed',))}")
     for line in lines[:20]:
         print(line)
     if len(lines) > 20:
         print(f"  ... and {len(lines) - 20} more (python -m analysis status {sweep_dir})")
     print(f"report: python -m analysis {sweep_dir}")
-    return sum(counts[s] for s in SUCCEEDED) == total
+    return all(s in SUCCEEDED for s in states)
 
 
 def _read_sweep(sweep_dir: Path) -> dict | None:
@@ -465,13 +443,10 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     if summary is not None:
         state = summary.get("status")
         if state not in STATUSES:
-            return (
-                "damaged",
-                f"summary.json has status {short(state)}, not one of {', '.join(STATUSES)}",
-            )
+            return "damaged", f"summary.json has status {short(state)}, not one of {', '.join(STATUSES)}"
         if state == "completed":
             return state, f"test_acc {summary.get('final_test_acc')}"
-        after = f"after {_count(summary.get('epochs_done'), 'epoch')}"
+        after = f"after {counted(summary.get('epochs_done'), 'epoch')}"
         if state == "stopped_early":  # sweeper/stopping.py says why
             return state, f"{after}, test_acc {summary.get('final_test_acc')}: {summary.get('stop_reason')}"
         if state == "stopped":
@@ -489,11 +464,9 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
     if writer is not None:
         return "running", f"being trained by process {writer} on this host, in another sweep or run"
     try:
-        job = json_object(run_dir / "job.json")
+        job, damaged = json_object(run_dir / "job.json"), None
     except Damaged as damage:
         job, damaged = None, f"job.json {damage}"
-    else:
-        damaged = None
     # Its process on this host has ended (or is this one, whose job returned) without a
     # summary: stopped (Ctrl-C, SIGTERM, a killed worker), and a rerun resumes it.
     if ended or (processes.on_this_host(job) and (job["pid"] == os.getpid() or not processes.alive(job))):
@@ -503,7 +476,7 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
             epochs = 0
         return (
             "interrupted",
-            f"stopped after {_count(epochs, 'epoch')}; a rerun into this sweep dir resumes it",
+            f"stopped after {counted(epochs, 'epoch')}; a rerun into this sweep dir resumes it",
         )
     if damaged:  # nothing tells which process writes it, or whether one still does
         return "damaged", damaged

@@ -550,6 +550,15 @@ def test_the_end_summary_says_1_job_and_1_epoch(tmp_path, capsys):
     assert "stopped after 1 epoch; a rerun" in out
 
 
+def test_tally_counts_states_in_the_given_order_with_unlisted_states_after():
+    from sweeper.sweep import tally
+
+    states = ["failed", "completed", "stalled", "completed"]
+    assert tally(states) == "4 jobs: 2 completed, 1 failed, 1 stalled"  # stalled: not one of STATES
+    assert tally(states, order=("failed", "completed")) == "4 jobs: 1 failed, 2 completed, 1 stalled"
+    assert tally(["failed"], always=("completed",)) == "1 job: 0 completed, 1 failed"
+
+
 def test_a_job_that_does_not_compose_is_refused_in_one_line_on_the_command_line(tmp_path):
     # The grid sweeper raises a Hydra exception (for any app); the project's command line says it
     # in one line and exits 2, as it refuses everything else, not Hydra's hint and exit 1.
