@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from analysis.discovery import NoRunsFound
-from analysis.knobs import counted
 from analysis.load import load_sweep
 from analysis.status import format_job_table, job_table, status_counts
+from sweeper.sweep import counted
 
 
 class UsageError(Exception):

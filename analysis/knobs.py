@@ -126,11 +126,6 @@ def is_missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def counted(n: int, noun: str) -> str:
-    """ "1 run", "2 runs", "0 runs"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def format_knob(key: str, value) -> str:
     """How tables and legends show a value of `key`: a `_target_` by its class name (Adam, not
     torch.optim.Adam), any other as format_value does."""

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from analysis import distribution_plots, heatmap, lr_range, plots, rungs
 from analysis.diagnostics import SPLIT_NAMES, counterpart
-from analysis.knobs import counted, format_knob, format_value, is_missing
+from analysis.knobs import format_knob, format_value, is_missing
 from analysis.load import Sweep
 from analysis.status import status_counts
 from analysis.tables import (  # diagnostics_table and markdown_table are the notebook's API here too
@@ -35,6 +35,7 @@ from analysis.tables import (  # diagnostics_table and markdown_table are the no
     study_section,
 )
 from sweeper.objective import RESULTS
+from sweeper.sweep import counted
 
 MAX_HUE_FIGURES = 6
 MAX_HEATMAPS = 3

@@ -17,10 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.discovery import discover
-from analysis.knobs import counted
 from analysis.records import RunRecord, fingerprint, read_run
 from sweeper import submitted
-from sweeper.sweep import job_state
+from sweeper.sweep import counted, job_state
 
 # A run without summary.json that has written nothing for this long is `stalled`.
 STALE_AFTER_S = 3600.0

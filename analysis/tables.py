@@ -18,9 +18,10 @@ from analysis.diagnostics import (
     loss_acc_decoupling,
     seed_aggregate,
 )
-from analysis.knobs import counted, format_knob, format_value, is_missing
+from analysis.knobs import format_knob, format_value, is_missing
 from analysis.load import Sweep
 from sweeper.objective import RESULTS
+from sweeper.sweep import counted
 
 MAX_TABLE_ROWS = 100
 CAPACITY_CONTEXT = ("data.train_size",)  # the subset a capacity check is run on (null = all)
