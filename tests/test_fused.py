@@ -160,7 +160,6 @@ def test_unfusable_groups_say_why():
     # precision is the group's, not a trial's: bf16 and fp32 jobs cannot share the step
     assert "share model" in fused.fusable([compose_cfg("trainer.precision=bf16"), compose_cfg()])
     assert fused.fusable([compose_cfg("trainer.precision=bf16")] * 2) is None
-    assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
 
 
 def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
