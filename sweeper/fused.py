@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, metrics, stacked
+from sweeper import build, cuda_graph, metrics, stacked, train
 from sweeper import data as data_module
 from sweeper.rundir import close_record, interrupted, open_record, stopped_by_cluster
 from sweeper.runlog import RunLog
@@ -262,8 +262,6 @@ def train_group(
     cfgs: list[DictConfig], records: list[RunLog], checkpoints: list[dict | None] | None = None
 ) -> list[dict]:
     """Train the trials together (train.train_trials with the wide net); each trial's outcome."""
-    from sweeper import train
-
     return train.train_trials(cfgs, records, checkpoints, engine=Fused)
 
 
@@ -273,8 +271,6 @@ def run_group(
     """Like train.run for each trial: skip ended runs, set aside what cannot resume, and train
     the rest fused -- those resuming from one epoch together, any at another epoch in a group of
     their own. `hydra_files`: where each job's .hydra files were written (rundir.open_record)."""
-    from sweeper import train
-
     summaries: list[dict | None] = [None] * len(cfgs)
     by_start: dict[int, list[tuple[int, RunLog, dict | None]]] = {}
     for i, cfg in enumerate(cfgs):
