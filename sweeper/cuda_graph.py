@@ -30,6 +30,10 @@ WARMUP_CALLS = 3  # eager steps before capture: cuDNN benchmarking, lazy handles
 # their defaults only).
 SGD_TARGETS = {"torch.optim.SGD", "torch.optim.sgd.SGD"}
 SGD_COMPUTED = {"momentum", "nesterov", "weight_decay"}
+# torch.optim.SGD's arguments with their defaults (maximize, foreach, ... as the installed torch has them).
+SGD_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
+}
 
 
 def plain_sgd(cfg: DictConfig) -> str | None:
@@ -41,18 +45,13 @@ def plain_sgd(cfg: DictConfig) -> str | None:
             f"optim={cfg.optim.get('name')} (optim._target_={target}): only sgd's update "
             "(torch.optim.SGD) is written capture-safe"
         )
-    defaults = {
-        k: p.default
-        for k, p in inspect.signature(torch.optim.SGD).parameters.items()
-        if k not in ("params", "lr") and p.default is not inspect.Parameter.empty
-    }
     for key, value in build.optimizer_arguments(cfg).items():
         if key in SGD_COMPUTED:
             continue
-        if key not in defaults:
+        if key == "lr" or key not in SGD_DEFAULTS:  # the rate is the schedule's
             return f"optim.{key}={value}: not an argument the sgd step computes"
-        if value != defaults[key]:
-            return f"optim.{key}={value}: the sgd step computes only its default ({defaults[key]})"
+        if value != SGD_DEFAULTS[key]:
+            return f"optim.{key}={value}: the sgd step computes only its default ({SGD_DEFAULTS[key]})"
     return None
 
 

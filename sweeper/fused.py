@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import inspect
 import logging
 from pathlib import Path
 
@@ -209,11 +208,6 @@ class Fused:
         self.step_fn = cuda_graph.Replay(step_fn, graph, required=cfgs[0].trainer.cuda_graph is True)
         self.lr_now = torch.zeros(len(cfgs), device=device)
         self.facts = {"fused_trials": len(cfgs)}
-        # SGD's param group holds each constructor argument (maximize, foreach, ... as the
-        # installed torch has them), with the defaults of those the config leaves out.
-        self.sgd_defaults = {
-            k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
-        }
 
     def start_epoch(self, rates: list[list[float]]):
         # On the device: a step reads its row there (a CUDA graph cannot replay a host copy).
@@ -250,8 +244,8 @@ class Fused:
             for name, b in net.named_buffers():
                 b.copy_(self.buffers[name][t])
         names = [name for name, _ in net.named_parameters()]
-        # The solo loop sets each step's rate in the group: the last step's is there at its save.
-        group = self.sgd_defaults | build.optimizer_arguments(cfg)
+        # SGD's param group holds every argument; the solo loop sets each step's rate in it.
+        group = cuda_graph.SGD_DEFAULTS | build.optimizer_arguments(cfg)
         group |= {"lr": self.last_rates[t], "params": list(range(len(names)))}
         momentum = bool(self.velocity) and cfg.optim.momentum > 0  # a buffer per parameter only then
         state = {i: {"momentum_buffer": self.velocity[n][t].clone()} for i, n in enumerate(names) if momentum}

@@ -111,7 +111,9 @@ class Solo:
         graph = cuda_graph.wanted(cfg, device)
         make = cuda_graph.sgd_step if cuda_graph.plain_sgd(cfg) is None else cuda_graph.optimizer_step
         fn = make(self.model, self.optimizer, autocast, float(cfg.model.get("l1", 0.0)), self.loss_fn)
-        self.step_fn = cuda_graph.Replay(fn, enabled=graph, required=cfg.trainer.cuda_graph is True)
+        self.step_fn = cuda_graph.Replay(
+            fn, enabled=graph and device.type == "cuda", required=cfg.trainer.cuda_graph is True
+        )
         self.lr_now = torch.zeros((), device=device) if graph else None  # the rate a graph reads at replay
         self.facts = {"cuda_graph": graph}
 
