@@ -5,12 +5,10 @@ step (sweeper/fused.py) all call it. It is torch.optim.SGD's arithmetic, written
 also read its rate (and a fused group's per-trial values) from tensors at run time: the stock
 optimizer reads a tensor rate back to the host, a sync that capture forbids.
 
-A small convnet's step is a few hundred microseconds of GPU work behind about two milliseconds
-of Python and kernel launches (docs/benchmarks.md). `Replay` runs the step eagerly a few times
-(cuDNN picks its algorithms, workspaces are allocated), then records it once as a CUDA graph and
-from then on copies each batch into the graph's input buffers and replays it. Everything the
-step reads that changes between steps -- the batch and the rate -- lives in tensors the graph
-reads at replay time; anything else would be frozen at capture.
+A small convnet's step is launch-bound on a GPU. `Replay` runs the step eagerly a few times, then
+records it once as a CUDA graph and from then on copies each batch into the graph's input
+buffers and replays it. Everything the step reads that changes between steps -- the batch and
+the rate -- lives in tensors the graph reads at replay time; anything else is frozen at capture.
 """
 
 from __future__ import annotations
@@ -28,40 +26,38 @@ log = logging.getLogger("sweeper")
 
 WARMUP_CALLS = 3  # eager steps before capture: cuDNN benchmarking, lazy handles, workspaces
 
-# The optimizer sgd_update computes, and the arguments of it computed at any value. Every other
-# argument of torch.optim.SGD is computed at its default only.
+# The optimizer sgd_update computes, and its arguments computed at any value (the others at
+# their defaults only).
 SGD_TARGETS = {"torch.optim.SGD", "torch.optim.sgd.SGD"}
 SGD_COMPUTED = {"momentum", "nesterov", "weight_decay"}
+# torch.optim.SGD's arguments with their defaults (maximize, foreach, ... as the installed torch has them).
+SGD_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
+}
 
 
 def plain_sgd(cfg: DictConfig) -> str | None:
-    """None when the run's optimizer is what sgd_update computes, else why not. A whitelist: the
-    optimizer's class by its `_target_` (optim.name is only a label), each argument by value."""
+    """None when the run's optimizer is what sgd_update computes, else why not: the class by its
+    `_target_` (optim.name is only a label), each argument by value."""
     target = cfg.optim.get("_target_")
     if target not in SGD_TARGETS:
         return (
             f"optim={cfg.optim.get('name')} (optim._target_={target}): only sgd's update "
             "(torch.optim.SGD) is written capture-safe"
         )
-    defaults = {
-        k: p.default
-        for k, p in inspect.signature(torch.optim.SGD).parameters.items()
-        if k not in ("params", "lr") and p.default is not inspect.Parameter.empty
-    }
     for key, value in build.optimizer_arguments(cfg).items():
         if key in SGD_COMPUTED:
             continue
-        if key not in defaults:
+        if key == "lr" or key not in SGD_DEFAULTS:  # the rate is the schedule's
             return f"optim.{key}={value}: not an argument the sgd step computes"
-        if value != defaults[key]:
-            return f"optim.{key}={value}: the sgd step computes only its default ({defaults[key]})"
+        if value != SGD_DEFAULTS[key]:
+            return f"optim.{key}={value}: the sgd step computes only its default ({SGD_DEFAULTS[key]})"
     return None
 
 
 def capturable(cfg: DictConfig) -> str | None:
-    """None when the run's step can be captured, else why not (the graph then stays off): sgd's
-    update and torch's cross-entropy (with label smoothing or not). A user's loss runs eagerly:
-    a graph would freeze whatever it reads from the host."""
+    """None when the run's step can be captured, else why not: sgd's update and torch's
+    cross-entropy. A user's loss runs eagerly: a graph would freeze whatever it reads from the host."""
     loss = build.loss_config(cfg)
     if loss.get("_target_") not in build.CROSS_ENTROPY_TARGETS:
         return f"loss._target_={loss.get('_target_')}: only cross-entropy is captured as a CUDA graph"
@@ -77,8 +73,7 @@ def wanted(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def _shaped(value, like: torch.Tensor):
-    """A per-trial vector [T] viewed to broadcast against a stacked [T, ...] parameter; a number
-    or a 0-d tensor as it is."""
+    """A per-trial vector [T] viewed to broadcast against a stacked [T, ...] parameter."""
     if isinstance(value, torch.Tensor) and value.dim() == 1:
         return value.view(-1, *([1] * (like.dim() - 1)))
     return value
@@ -97,8 +92,7 @@ def _plus(a: list, x: list, s, sign: float = 1.0, inplace: bool = False) -> list
 @torch.no_grad()
 def sgd_update(params, grads, velocity: list, lr, weight_decay=0.0, momentum=0.0, nesterov=False):
     """torch.optim.SGD's update with dampening 0, in place: g += wd*p; v = mu*v + g (v = g at the
-    first step); g = g + mu*v (nesterov) or v; p -= lr*g. One kernel per term for all
-    parameters on CUDA (torch's _foreach ops), one per parameter on the CPU, as torch.optim's.
+    first step); g = g + mu*v (nesterov) or v; p -= lr*g, in torch's _foreach ops as torch.optim's.
 
     lr, weight_decay, momentum: numbers, or tensors read at run time: a 0-d rate (a captured
     step's), or a [T] vector of per-trial values against stacked [T, ...] parameters (fused
@@ -137,8 +131,8 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast,
     """fn(x, y, lr) -> loss: one step of `model` with sgd_update, lr a number or a 0-d tensor.
 
     The optimizer (a torch.optim.SGD of plain_sgd's arguments) holds the hyper-parameters and
-    the momentum buffers, in its own state: checkpoints keep torch.optim's format. `loss_fn`: the
-    run's build.Loss (cross-entropy when None)."""
+    the momentum buffers in its own state, so checkpoints keep torch.optim's format. `loss_fn`:
+    the run's build.Loss (cross-entropy when None)."""
     loss_of = forward_loss(model, autocast, l1, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     group = optimizer.param_groups[0]
@@ -164,8 +158,7 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast,
 def optimizer_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, autocast, l1: float, loss_fn=None
 ):
-    """fn(x, y, lr) -> loss: one step of any other optimizer, torch.optim's own (its rate set in
-    its groups by the caller)."""
+    """fn(x, y, lr) -> loss: one step of any other optimizer (the caller sets its rate)."""
     loss_of = forward_loss(model, autocast, l1, loss_fn)
 
     def step(x: torch.Tensor, y: torch.Tensor, lr) -> torch.Tensor:
@@ -195,10 +188,9 @@ class Replay:
     """Calls `fn(*inputs)`; on CUDA, after WARMUP_CALLS eager calls, captures it and replays it.
 
     Inputs of another shape than the captured ones (the short last batch of an epoch) run
-    eagerly. The returned tensor is the graph's output buffer: the next call overwrites it, so
-    use it (or enqueue work on it) before calling again. If the capture fails and it was not
-    `required` (trainer.cuda_graph=auto), the step goes on eagerly: capture runs no kernels, so
-    nothing was changed by the failed attempt.
+    eagerly. The returned tensor is the graph's output buffer: the next call overwrites it. If
+    the capture fails and was not `required` (trainer.cuda_graph=auto), the step goes on
+    eagerly: capture runs no kernels, so the failed attempt changed nothing.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], enabled: bool, required: bool = False):

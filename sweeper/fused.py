@@ -4,13 +4,11 @@ A small convnet cannot fill a GPU: its step is bound by kernel launches, not ari
 that share the architecture, the data and the trainer, and differ only in optimisation (lr,
 schedule, momentum, weight decay), seed and what their records keep, are stacked along a leading
 trial dimension and run through one wide copy of the net (sweeper/stacked.py), so one launch does
-the work of all of them. The loop is train.train_trials, the solo run's; `Fused` is its engine
-here. Each trial keeps its own initialisation, batch order and augmentation (its seed; trials of
-one seed draw one batch for all), its own schedule, early stopping and divergence threshold, and
-writes its own complete record with solo-format checkpoints (an interrupted group resumes as a
+the work of all of them. The loop is train.train_trials, the solo run's; `Fused` is its engine.
+Each trial keeps its own initialisation, batch order and augmentation (its seed), schedule,
+early stopping, and record with solo-format checkpoints (an interrupted group resumes as a
 group; any trial can resume alone). Its curves are its solo run's computed by other kernels:
-each step differs by float32 rounding (bf16's with trainer.precision=bf16), which training
-amplifies where it is unstable, as two solo runs on different hardware would differ.
+each step differs by float rounding, which training amplifies where it is unstable.
 
     python -m sweeper -m hydra/launcher=pool hydra.launcher.fuse=true lr=0.2,0.1,0.01 trainer.seed=0,1,2
 
@@ -26,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import inspect
 import logging
 from pathlib import Path
 
@@ -35,14 +32,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 
-from sweeper import build, cuda_graph, metrics, stacked
+from sweeper import build, cuda_graph, metrics, stacked, train
 from sweeper import data as data_module
-from sweeper.rundir import (
-    close_record,
-    interrupted,
-    open_record,
-    stopped_by_cluster,
-)
+from sweeper.rundir import close_record, interrupted, open_record, stopped_by_cluster
 from sweeper.runlog import RunLog
 from sweeper.train import log
 
@@ -83,6 +75,7 @@ def owned_by(run_dir: Path):
 
 
 def _shared(cfg: DictConfig) -> dict:
+    """What the trials of one group must share (the pool groups jobs by it)."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree = {k: v for k, v in tree.items() if k not in PER_TRIAL}
     tree["trainer"] = {k: v for k, v in tree["trainer"].items() if k not in PER_TRIAL_TRAINER}
@@ -95,12 +88,8 @@ SECTIONS = ("lr", "model", "optim", "schedule", "data", "trainer")
 
 
 def fusable(cfgs: list[DictConfig]) -> str | None:
-    """None when the configs can train as one program, else the reason they cannot.
-
-    What fuses is a whitelist of what train_group computes exactly as the solo run does:
-    torch.optim.SGD's update with the arguments cuda_graph.capturable admits (the same update,
-    written per trial); any schedule (the very function build.schedule gives the solo run);
-    model.l1; and a model every layer of which stacked.widen stacks. Anything else runs alone."""
+    """None when the configs can train as one program, else the reason they cannot (the
+    whitelist in this module's docstring)."""
     for c in cfgs:
         missing = [k for k in SECTIONS if not isinstance(c, DictConfig) or k not in c]
         if missing:
@@ -142,11 +131,6 @@ def fusable(cfgs: list[DictConfig]) -> str | None:
     return None
 
 
-def _per_trial(values, like: torch.Tensor) -> torch.Tensor:
-    """A (T,) vector of per-trial scalars, shaped to broadcast against a stacked (T, ...) tensor."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
-
-
 def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: float, autocast=None):
     """The trials' forward and training step over their stacked parameters (updated in place).
 
@@ -154,20 +138,22 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
     [T, B, C, H, W]; step(x, y, lr) -> per-trial losses [T], with lr a [T] device tensor, does
     cuda_graph.sgd_update for each trial with its own momentum, nesterov and weight decay.
     Returns (forward, step, velocity): the momentum buffers, by parameter name, for checkpoints.
-    `autocast` (train.autocast_for's) wraps the step's forward, as the solo step's; the loss is
-    taken in float32, as there.
+    As in the solo step, `autocast` wraps the forward and the loss is taken in float32.
     """
     autocast = autocast or contextlib.nullcontext
     n_trials, like = len(momentum), next(iter(params.values()))
     velocity = {k: torch.zeros_like(p) for k, p in params.items()} if any(momentum) else {}
-    # A value every trial shares is passed as a number: a term no trial has (weight decay,
-    # momentum: the lecture's plain SGD) is left out, not multiplied by zero, and the update
-    # computes it as the solo step does.
+
+    def per_trial(values, dtype):
+        # A value every trial shares is passed as a number: a term no trial has (weight decay,
+        # momentum: the lecture's plain SGD) is left out, not multiplied by zero, as in the solo step.
+        return values[0] if len(set(values)) == 1 else torch.tensor(values, dtype=dtype, device=like.device)
+
     hyper = {
-        name: values[0] if len(set(values)) == 1 else _per_trial(values, like).flatten()
-        for name, values in (("weight_decay", decay), ("momentum", momentum), ("nesterov", nesterov))
+        "weight_decay": per_trial(decay, like.dtype),
+        "momentum": per_trial(momentum, like.dtype),
+        "nesterov": per_trial(nesterov, torch.bool),
     }
-    hyper["nesterov"] = hyper["nesterov"].bool() if torch.is_tensor(hyper["nesterov"]) else hyper["nesterov"]
 
     def forward(x):
         return functional_call(wide, (params, buffers), (x,))
@@ -190,22 +176,23 @@ def trial_sgd(wide, params: dict, buffers: dict, momentum, nesterov, decay, l1: 
 
 
 class Fused:
-    """The trials as one wide net over their stacked parameters, in the interface
-    train.train_trials drives (train.Solo is the other)."""
+    """The trials as one wide net over their stacked parameters, as train.train_trials drives
+    them (train.Solo is the other engine)."""
 
     def __init__(self, cfgs, data, device, layout, autocast, checkpoints):
         self.cfgs, self.data, self.layout, self.autocast = cfgs, data, layout, autocast
-        self.nets = []  # each trial's solo net: initialised as its solo run's, its checkpoints' carrier
-        for cfg in cfgs:
+        nets = []  # each trial's solo net, initialised as its solo run's
+        for cfg, checkpoint in zip(cfgs, checkpoints, strict=True):
             torch.manual_seed(cfg.trainer.seed)
             net = build.model(cfg, data.in_channels, data.image_size, len(data.classes))
-            self.nets.append(net.to(device, memory_format=layout))
-        if checkpoints[0] is not None:
-            for net, checkpoint in zip(self.nets, checkpoints, strict=True):
+            nets.append(net.to(device, memory_format=layout))
+            if checkpoint is not None:
                 net.load_state_dict(checkpoint["model"])
-        self.model, self.metrics = self.nets[0], list(metrics.DEFAULT)
-        self.params, self.buffers = stack_module_state(self.nets)
-        self.wide = stacked.widen(copy.deepcopy(self.nets[0]).to("meta"), len(cfgs))  # one kernel per layer
+        self.params, self.buffers = stack_module_state(nets)
+        # The trials train in the stacked tensors; one solo net is kept to carry each trial's
+        # weights into a checkpoint in the solo format (state), the others are freed.
+        self.model, self.metrics = nets[0], list(metrics.DEFAULT)
+        self.wide = stacked.widen(copy.deepcopy(self.model).to("meta"), len(cfgs))  # one kernel per layer
         self.forward, step_fn, self.velocity = trial_sgd(
             self.wide, self.params, self.buffers,
             momentum=[float(c.optim.momentum) for c in cfgs], nesterov=[bool(c.optim.nesterov) for c in cfgs],
@@ -221,15 +208,9 @@ class Fused:
         self.step_fn = cuda_graph.Replay(step_fn, graph, required=cfgs[0].trainer.cuda_graph is True)
         self.lr_now = torch.zeros(len(cfgs), device=device)
         self.facts = {"fused_trials": len(cfgs)}
-        # SGD's param group holds each constructor argument (maximize, foreach, ... as the
-        # installed torch has them), with the defaults of those the config leaves out.
-        self.sgd_defaults = {
-            k: p.default for k, p in inspect.signature(torch.optim.SGD).parameters.items() if k != "params"
-        }
 
     def start_epoch(self, rates: list[list[float]]):
-        # Kept on the device: a step reads its row there instead of copying host values (which a
-        # CUDA graph could not replay).
+        # On the device: a step reads its row there (a CUDA graph cannot replay a host copy).
         self.wide.train()
         self.rates = torch.tensor(rates, dtype=torch.float32, device=self.lr_now.device)
         self.last_rates = rates[-1]
@@ -254,32 +235,27 @@ class Fused:
         """Trial t's model and optimizer state in exactly the layout a solo run saves, so that
         a solo run can resume it. The optimizer's is torch.optim.SGD's state_dict, written
         without building one: the first torch.optim call of a process imports torch._dynamo
-        (seconds), which a fused program otherwise never pays (tests/test_fused.py holds it to
-        the solo run's)."""
-        cfg, net = self.cfgs[t], self.nets[t]
+        (seconds), which a fused program otherwise never pays. The carrier net's state_dict is
+        trial t's until the next call: the caller saves it at once."""
+        cfg, net = self.cfgs[t], self.model
         with torch.no_grad():
             for name, p in net.named_parameters():
                 p.copy_(self.params[name][t])
             for name, b in net.named_buffers():
                 b.copy_(self.buffers[name][t])
         names = [name for name, _ in net.named_parameters()]
-        # The solo loop sets each step's rate in the group: the last step's is there at its save.
-        group = self.sgd_defaults | build.optimizer_arguments(cfg)
+        # SGD's param group holds every argument; the solo loop sets each step's rate in it.
+        group = cuda_graph.SGD_DEFAULTS | build.optimizer_arguments(cfg)
         group |= {"lr": self.last_rates[t], "params": list(range(len(names)))}
         momentum = bool(self.velocity) and cfg.optim.momentum > 0  # a buffer per parameter only then
         state = {i: {"momentum_buffer": self.velocity[n][t].clone()} for i, n in enumerate(names) if momentum}
         return {"model": net.state_dict(), "optimizer": {"state": state, "param_groups": [group]}}
-
-    def graph_enabled(self) -> bool:
-        return self.step_fn.enabled  # false after a failed capture
 
 
 def train_group(
     cfgs: list[DictConfig], records: list[RunLog], checkpoints: list[dict | None] | None = None
 ) -> list[dict]:
     """Train the trials together (train.train_trials with the wide net); each trial's outcome."""
-    from sweeper import train
-
     return train.train_trials(cfgs, records, checkpoints, engine=Fused)
 
 
@@ -287,11 +263,8 @@ def run_group(
     cfgs: list[DictConfig], run_dirs, overrides, job_nums, hydra_files: str | None = ".hydra"
 ) -> list[dict]:
     """Like train.run for each trial: skip ended runs, set aside what cannot resume, and train
-    the rest fused -- those resuming from one epoch together (an interrupted group resumes as a
-    group), any at another epoch in a group of their own.
-    `hydra_files`: where each job's .hydra files were written (see rundir.open_record)."""
-    from sweeper import train
-
+    the rest fused -- those resuming from one epoch together, any at another epoch in a group of
+    their own. `hydra_files`: where each job's .hydra files were written (rundir.open_record)."""
     summaries: list[dict | None] = [None] * len(cfgs)
     by_start: dict[int, list[tuple[int, RunLog, dict | None]]] = {}
     for i, cfg in enumerate(cfgs):

@@ -1,9 +1,8 @@
 """What each epoch measures, and what summary.json keeps of it.
 
-After every epoch the model is evaluated on each split -- train, val (when data.val_size holds
-one out) and test -- for the run's loss (build.loss) and each name in `trainer.metrics`: `acc`
-(top-1 accuracy) and `top<k>` (the true class among the k highest logits, k >= 2). A metrics line
-holds `<split>_loss` and `<split>_<name>` for each, in the order of `columns()`.
+After every epoch the model is evaluated on each split (train, val when data.val_size holds one
+out, test) for the run's loss and each name in `trainer.metrics`: `acc` (top-1 accuracy) and
+`top<k>` (the true class among the k highest logits, k >= 2), in the order of `columns()`.
 """
 
 from __future__ import annotations
@@ -49,13 +48,10 @@ def check(given, num_classes: int | None = None) -> list[str]:
     return [str(n) for n in listed]
 
 
-def splits(has_val: bool) -> tuple[str, ...]:
-    return ("train", "val", "test") if has_val else ("train", "test")
-
-
 def columns(metric_names, has_val: bool) -> list[str]:
     """The metrics line's measured columns, in order: train_loss, train_<m>..., [val_...,] test_..."""
-    return [f"{split}_{c}" for split in splits(has_val) for c in ("loss", *metric_names)]
+    splits = ("train", "val", "test") if has_val else ("train", "test")
+    return [f"{split}_{c}" for split in splits for c in ("loss", *metric_names)]
 
 
 def allowed_stopping_metrics(trainer, has_val: bool) -> list[str]:

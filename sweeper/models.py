@@ -1,10 +1,8 @@
-"""The networks, built as a feature extractor followed by a classifier head.
+"""The networks: a feature extractor (`model.features`) followed by a classifier head (`model.head`).
 
-The lecture splits a net into feature extraction (convolutions) and inference (fully connected
-layers) and modulates the capacity of each part. Both models here expose that split as
-`model.features` and `model.head`, and every capacity knob is a constructor argument so a Hydra
-config group can set it. Geometry (feature-map sizes, receptive field) is computed by pure
-functions so that `validate.py` can refuse a bad combination before anything is built.
+Every capacity knob is a constructor argument, so a Hydra config group can set it. Geometry
+(feature-map sizes, receptive field) is computed by pure functions so that validate.py can
+refuse a bad combination before anything is built.
 """
 
 from __future__ import annotations
@@ -81,10 +79,7 @@ def convnet_geometry(image_size: int, kernel_sizes: list[int], pools: list[int],
 
 
 def receptive_field(layers: list[tuple[int, int]]) -> int:
-    """Receptive field in input pixels of a chain of (kernel, stride) layers.
-
-    Each layer widens the field by (kernel - 1) times the product of the strides before it.
-    """
+    """Receptive field in input pixels of a chain of (kernel, stride) layers."""
     field, jump = 1, 1
     for kernel, stride in layers:
         field += (kernel - 1) * jump
@@ -121,9 +116,7 @@ def mlp_head(in_features: int, units: Sequence[int], num_classes: int, dropout: 
 
 
 class ConvNet(nn.Module):
-    """The lecture's small convnet, generalised.
-
-    Defaults (conf/model/convnet.yaml) give exactly the lecture's net:
+    """The lecture's small convnet, generalised; its defaults are the lecture's net:
     conv 3→32 k5, maxpool 3, relu; conv 32→64 k5, maxpool 2, relu; fc 256→200, relu; fc 200→10.
     """
 
@@ -196,10 +189,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The well-known net that works: He et al.'s CIFAR ResNet (depth 6*blocks+2; blocks=3 is ResNet-20).
-
-    Three stages of `blocks` residual blocks with widths channels, 2*channels, 4*channels, the last
-    two downsampling by 2, then global average pooling and the classifier head.
+    """He et al.'s CIFAR ResNet (depth 6*blocks+2; blocks=3 is ResNet-20): three stages of
+    `blocks` residual blocks of widths channels, 2*channels, 4*channels, the last two
+    downsampling by 2, then global average pooling and the classifier head.
     """
 
     def __init__(
@@ -289,11 +281,11 @@ def _chain(net: nn.Module) -> list[nn.Module] | None:
 
 
 def receptive_field_px(net: nn.Module, image_size=None) -> int | None:
-    """The model's receptive field in input pixels: its own `receptive_field_px` attribute (the
-    project's nets compute theirs), else the field of an nn.Sequential chain of convolutions,
-    pooling and pointwise layers up to its first Flatten, Linear or adaptive pooling, from each
-    layer's kernel, stride and dilation; at most the image's size. None where it cannot be told
-    (another module, a layer of another kind, a kernel that differs per dimension)."""
+    """The model's receptive field in input pixels, at most the image's size: its own
+    `receptive_field_px` attribute (the project's nets compute theirs), else the field of an
+    nn.Sequential chain of convolutions, pooling and pointwise layers up to its first Flatten,
+    Linear or adaptive pooling. None where it cannot be told (another module, a layer of
+    another kind, a kernel that differs per dimension)."""
     own = getattr(net, "receptive_field_px", None)
     if own is not None:
         return own if type(own) is int else None

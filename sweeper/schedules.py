@@ -1,17 +1,11 @@
-"""Learning-rate schedules: each is built once per run and then maps the optimizer step to its rate.
+"""Learning-rate schedules: each factory is built once per run and returns the rate of a step.
 
-Each factory takes the run's values (lr, steps_per_epoch, total_steps) and the schedule's knobs
-from conf/schedule/*.yaml, and returns a plain function of the step (0-based, counted over the
-whole run). `build.py` builds it where the runtime values are known; the training loop sets each
-step's rate to its value (the fused trials tabulate an epoch's rates at its start). Epoch boundaries follow the lecture: "0.1 for 25 epochs, then
-lr2" means epochs 1..25 run at 0.1 and epoch 26 onwards at lr2.
-
-Why factories rather than `_partial_: true` functions: the function is called at every step,
-and a Hydra partial re-authorises its target on each call (hydra-core's target policy), a cost
-of the order of a replayed GPU step. A factory is checked once, when it is built.
-
-A user's schedule is a factory of the same shape in the user's module, named by
-`schedule._target_` (docs/components.md).
+A factory takes the run's values (lr, steps_per_epoch, total_steps) and the schedule's knobs
+from conf/schedule/*.yaml, and returns a plain function of the step (0-based, over the whole
+run). Epoch boundaries follow the lecture: "0.1 for 25 epochs, then lr2" means epochs 1..25 run
+at 0.1 and epoch 26 onwards at lr2. Factories rather than `_partial_: true` functions, because a
+Hydra partial re-checks its target on every call, and the rate is asked at every step. A user's
+schedule is a factory of the same shape, named by `schedule._target_` (docs/components.md).
 """
 
 from __future__ import annotations
@@ -26,12 +20,8 @@ Schedule = Callable[[int], float]
 
 def fraction_of_epochs(fraction, *, _root_) -> int | None:
     """`${fraction_of_epochs:0.5}`: that fraction of the run's trainer.epochs, as an epoch number
-    (rounded down, at least 1): 25 of 50 epochs, 2 of 4. The step schedule's switch is stated this
-    way, so that a grid shortened with trainer.epochs=4 for a quick look keeps its shape instead of
-    being refused; the run's record holds the epoch it resolved to.
-
-    None while trainer.epochs is not a whole number >= 1: the check of trainer.epochs names it.
-    """
+    (rounded down, at least 1), so that a grid shortened with trainer.epochs=4 keeps its shape.
+    None while trainer.epochs is not a whole number >= 1: the check of trainer.epochs names it."""
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise ValueError(
             f"fraction_of_epochs takes a number between 0 and 1 (0.5: halfway), not {fraction!r}"
@@ -95,9 +85,8 @@ def cosine(*, lr: float, steps_per_epoch: int, total_steps: int, lr_min: float) 
 
 
 def lr_range(*, lr: float, steps_per_epoch: int, total_steps: int, lr_min: float, lr_max: float) -> Schedule:
-    """The LR range test's sweep (fastai's lr_find, Lightning's LR finder): the rate grows
-    geometrically at every step, from lr_min at the first step to lr_max at the last. `lr` plays
-    no part: the bounds are the rates themselves."""
+    """The LR range test's sweep (fastai's lr_find): the rate grows geometrically at every step,
+    from lr_min at the first step to lr_max at the last; `lr` plays no part."""
     last = max(1, total_steps - 1)
     ratio = lr_max / lr_min
 

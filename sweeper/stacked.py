@@ -3,9 +3,8 @@
 Fused trials (sweeper/fused.py) stack each parameter of T copies of a net along a new leading
 dimension (`torch.func.stack_module_state`). `widen(net, T)` rewrites a copy of the net so that
 one forward pass over those stacked parameters computes all T copies: each convolution becomes
-one grouped convolution (groups = T), each fully connected layer one batched matmul, and every
-channel-wise layer runs unchanged on the wide tensor. torch.vmap computes the same, at several
-times the cost on the CPU (docs/benchmarks.md).
+one grouped convolution, each fully connected layer one batched matmul, and every channel-wise
+layer runs unchanged on the wide tensor (torch.vmap is several times slower on the CPU).
 
 Shapes:
     images        [B, C, H, W], shared by every trial, or [T, B, C, H, W], a batch per trial
@@ -34,8 +33,7 @@ CONTAINERS = (nn.Sequential, models.ConvNet, models.ResNet, models.BasicBlock)
 
 
 def _stacked(p: torch.Tensor | None, n_trials: int) -> nn.Parameter | None:
-    # Placeholders of the stacked shape (on the meta device): the values come from the stacked
-    # parameters passed to functional_call.
+    # A placeholder of the stacked shape: the values are the ones functional_call is given.
     return None if p is None else nn.Parameter(p.new_empty(n_trials, *p.shape))
 
 
@@ -95,9 +93,8 @@ def widen(net: nn.Module, n_trials: int) -> nn.Module:
     """Rewrite `net` in place (a copy on the meta device, say) to compute n_trials copies of it.
 
     Its parameters keep their names, each with a leading trial dimension, so the dict that
-    stack_module_state builds from the T solo nets is what functional_call feeds it.
-    Raises UnsupportedLayer naming a layer it cannot stack (batch norm, say: its running
-    statistics are per trial but its training statistics would be read across the batch).
+    stack_module_state builds from the T solo nets is what functional_call feeds it. Raises
+    UnsupportedLayer naming a layer it cannot stack (batch norm: its statistics are per trial).
     """
     # Exact classes, not subclasses: a subclass may compute something else in its forward.
     if type(net) not in CONTAINERS:

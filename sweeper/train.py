@@ -1,15 +1,10 @@
 """Training: one epoch loop that writes the run record as it goes.
 
-    python -m sweeper                         # the lecture's protocol, one run
-    python -m sweeper data=synthetic trainer.epochs=5
-
-`run()` -> `train()` -> `train_trials()`: read the last top to bottom: set up, (resume), then per
-epoch: train on shuffled batches (`Solo.step`, whose SGD update is cuda_graph.sgd_update),
-evaluate every split, keep per-sample loss histograms, append one metrics line, decide early
-stopping, checkpoint. Fused trials (sweeper/fused.py) run the same loop with their wide net as
-the engine. `run()` makes sure that whatever happens -- completion, divergence, an exception --
-the run dir ends with a summary.json that says so, and the sweep goes on. What happens to the
-run dir itself (open, skip, resume, set aside, close) is sweeper/rundir.py's.
+`run()` -> `train()` -> `train_trials()`: set up, (resume), then per epoch: train on shuffled
+batches (`Solo.step`, whose SGD update is cuda_graph.sgd_update), evaluate every split, write
+the record, decide early stopping, checkpoint. Fused trials (sweeper/fused.py) run the same loop
+with their wide net as the engine. `run()` leaves a summary.json whatever happens, so that the
+sweep goes on; the run dir's lifecycle (open, skip, resume, set aside, close) is sweeper/rundir.py's.
 """
 
 from __future__ import annotations
@@ -59,23 +54,10 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def run_device(name: str) -> torch.device:
-    """pick_device, and what a training process on that device wants set once: cuDNN times its
-    kernels for each new shape on CUDA; large freed buffers are kept for reuse on the CPU."""
-    device = pick_device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    elif device.type == "cpu":
-        host_memory.keep_freed_buffers()  # not page-faulted in again at every step
-    return device
-
-
 def use_threads(cfg: DictConfig) -> int:
-    """Set and return the run's CPU thread count: trainer.threads, an int >= 1, or `auto` for the
-    threads the process was given (every core alone, a pool worker's share, SLURM's
-    cpus-per-task). CPU kernels reduce in an order that depends on it, so the same config gives
-    bit-identical numbers only with the same count: it is recorded. run() gives the process its
-    own count back after the run, so that a stated count never becomes the next run's `auto`."""
+    """Set and return the run's CPU thread count: trainer.threads, or `auto` for the threads the
+    process was given (a pool worker's share, SLURM's cpus-per-task). CPU kernels reduce in an
+    order that depends on it, so bit-identical numbers need the same count: it is recorded."""
     threads = cfg.trainer.get("threads", "auto")
     if threads == "auto" or threads is None:
         threads = torch.get_num_threads()
@@ -86,19 +68,16 @@ def use_threads(cfg: DictConfig) -> int:
 
 
 def memory_format(cfg: DictConfig, device: torch.device) -> torch.memory_format:
-    """channels_last (NHWC) where it pays: on CPU it halves a convnet step (docs/benchmarks.md);
-    on CUDA it pays with bf16 tensor cores and in a CUDA graph. It changes the layout, not the
-    arithmetic."""
+    """channels_last (NHWC) where it pays (docs/benchmarks.md): on the CPU, with bf16, and in a
+    CUDA graph; eager fp32 CUDA gains nothing. It changes the layout, not the arithmetic."""
     choice = cfg.trainer.channels_last
     if choice == "auto":
-        # Replayed as a CUDA graph, an fp32 step is about a quarter faster NHWC than NCHW; eager,
-        # fp32 gains nothing there (docs/benchmarks.md).
         choice = device.type == "cpu" or cfg.trainer.precision == "bf16" or cuda_graph.wanted(cfg, device)
     return torch.channels_last if choice else torch.contiguous_format
 
 
 def autocast_for(precision: str, device_type: str):
-    """`with autocast():` for the run's precision: bf16 autocast, or nothing for fp32."""
+    """`with autocast():` for the run's precision."""
     if precision != "bf16":
         return contextlib.nullcontext
     # No weight-cast cache: a CUDA graph must not capture a cache that outlives it.
@@ -106,21 +85,15 @@ def autocast_for(precision: str, device_type: str):
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
-    """Give every parameter group the step's rate (the schedule's value for the step); returns it."""
+    """Give every parameter group the step's rate; returns it."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
 
 
-def validation_split(data) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The data's validation images and labels (data.val_size), or None when it holds none out."""
-    val_x, val_y = getattr(data, "val_x", None), getattr(data, "val_y", None)
-    return None if val_x is None or val_y is None or len(val_y) == 0 else (val_x, val_y)
-
-
 class Solo:
-    """One run's model and optimizer, in the interface train_trials drives (fused.Fused is the
-    other): step a batch, evaluate a split, load and give its checkpoint state."""
+    """One run's model and optimizer, as train_trials drives them (fused.Fused is the other
+    engine): step a batch, evaluate a split, give its checkpoint state."""
 
     def __init__(self, cfgs, data, device, layout, autocast, checkpoints):
         (cfg,) = cfgs
@@ -131,15 +104,12 @@ class Solo:
         self.loss_fn = build.loss(cfg)
         if checkpoints[0] is not None:
             self.model.load_state_dict(checkpoints[0]["model"])
-            # The optimizer's state (momentum, ...); its rate is set from the schedule at every step.
-            self.optimizer.load_state_dict(checkpoints[0]["optimizer"])
+            self.optimizer.load_state_dict(checkpoints[0]["optimizer"])  # momentum; the rate is set per step
         self.metrics = check_metrics(metric_names(cfg.trainer), len(data.classes))  # top<k>: k <= classes
-        # SGD's update is sweeper.cuda_graph.sgd_update, eager or captured as a CUDA graph (on CUDA
-        # the whole step is replayed: a small net's step is launch-bound); other optimizers are torch's.
+        # SGD's update is cuda_graph.sgd_update, eager or captured as a CUDA graph (a small net's
+        # step is launch-bound); other optimizers are torch's. `wanted` implies plain SGD.
         graph = cuda_graph.wanted(cfg, device)
-        make = (
-            cuda_graph.sgd_step if graph or cuda_graph.plain_sgd(cfg) is None else cuda_graph.optimizer_step
-        )
+        make = cuda_graph.sgd_step if cuda_graph.plain_sgd(cfg) is None else cuda_graph.optimizer_step
         fn = make(self.model, self.optimizer, autocast, float(cfg.model.get("l1", 0.0)), self.loss_fn)
         self.step_fn = cuda_graph.Replay(
             fn, enabled=graph and device.type == "cuda", required=cfg.trainer.cuda_graph is True
@@ -167,9 +137,6 @@ class Solo:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def graph_enabled(self) -> bool:  # false after a failed capture, and on the CPU
-        return self.facts["cuda_graph"] and self.step_fn.enabled
-
 
 def train(cfg: DictConfig, record: RunLog) -> dict:
     """One run: the one-trial case of train_trials."""
@@ -179,9 +146,9 @@ def train(cfg: DictConfig, record: RunLog) -> dict:
 def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> list[dict]:
     """Train one run, or fused trials (engine=fused.Fused); returns each one's outcome.
 
-    They start from scratch, or all resume from checkpoints of one epoch (`checkpoints`, the
-    records' as loaded, or None to load them). A fused trial whose own record cannot be written
-    fails alone (its outcome holds the exception under "error") and the others go on."""
+    All start from scratch or resume from checkpoints of one epoch (`checkpoints`, or None to
+    load the records'). A fused trial whose record cannot be written fails alone (its outcome
+    holds the exception under "error") and the others go on."""
     checkpoints = checkpoints or [record.load_checkpoint() for record in records]
     start = {int(c["epoch"]) if c is not None else 0 for c in checkpoints}
     if len(start) != 1:
@@ -189,13 +156,18 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
     (start_epoch,) = start
     cfg, n = cfgs[0], len(cfgs)  # what fused trials share (fused.fusable): cfg's
     threads = use_threads(cfg)
-    device = run_device(cfg.trainer.device)
+    device = pick_device(cfg.trainer.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # cuDNN times its kernels for each new shape
+    elif device.type == "cpu":
+        host_memory.keep_freed_buffers()  # large buffers are not page-faulted in again at every step
     torch.manual_seed(cfg.trainer.seed)
     layout = memory_format(cfg, device)
     autocast = autocast_for(cfg.trainer.precision, device.type)
     data = data_module.stage(data_module.load(cfg.data).to(device), layout)
     trials = engine(cfgs, data, device, layout, autocast, checkpoints)
-    val = validation_split(data)
+    val_y = getattr(data, "val_y", None)  # data.val_size's held-out split, if any
+    val = (data.val_x, val_y) if val_y is not None and len(val_y) else None
     splits = {"train": (data.train_x, data.train_y), **({"val": val} if val else {})}
     splits["test"] = (data.test_x, data.test_y)
     measured = columns(trials.metrics, val is not None)
@@ -322,7 +294,10 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
                 record.append_metrics(row)
                 # A diverged run keeps no checkpoint: its weights are not a result to go on from.
                 if cfgs[t].trainer.checkpoint and not (verdict and verdict["status"] == "diverged"):
-                    record.save_checkpoint(checkpoint_state(trials.state(t), epoch, step, generators[t]))
+                    # The batch generator and the process's random state (dropout's) resume the run.
+                    state = {"epoch": epoch, **trials.state(t), "step": step}
+                    state |= {"generator": generators[t].get_state(), "cpu_rng": torch.get_rng_state()}
+                    record.save_checkpoint(state)
             except Exception as err:
                 if n == 1 or interrupted(err):
                     raise  # a run's own failure: run() records it
@@ -336,25 +311,13 @@ def train_trials(cfgs, records: list[RunLog], checkpoints=None, engine=Solo) -> 
                 status[t], verdicts[t] = verdict["status"], verdict
                 log.warning("%sepoch %d: %s, stopping this run (status %s)", prefix, epoch, verdict["stop_reason"],
                             verdict["status"], extra={"trial": record.dir})  # fmt: skip
-    info["cuda_graph"] = trials.graph_enabled()
+    info["cuda_graph"] = trials.step_fn.enabled  # false after a failed capture
     if pause_epoch(cfg) < epochs:
         status = ["paused" if s == "completed" else s for s in status]
     return [
         {"status": s, **(verdicts[t] or {}), **info, **({"error": errors[t]} if t in errors else {})}
         for t, s in enumerate(status)
     ]
-
-
-def checkpoint_state(state: dict, epoch: int, step: int, generator) -> dict:
-    """A trial's checkpoint: its engine's `state` (model, optimizer), the step count, its batch
-    generator and the process's random state (dropout's)."""
-    return {
-        "epoch": epoch,
-        **state,
-        "step": step,
-        "generator": generator.get_state(),
-        "cpu_rng": torch.get_rng_state(),
-    }
 
 
 class Progress:

@@ -1,9 +1,12 @@
 """Fused trials (one wide net over stacked models) compute what solo runs compute, each with its own record."""
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -160,7 +163,6 @@ def test_unfusable_groups_say_why():
     # precision is the group's, not a trial's: bf16 and fp32 jobs cannot share the step
     assert "share model" in fused.fusable([compose_cfg("trainer.precision=bf16"), compose_cfg()])
     assert fused.fusable([compose_cfg("trainer.precision=bf16")] * 2) is None
-    assert fused._per_trial([1.0, 2.0], torch.zeros(2, 3)).shape == (2, 1)
 
 
 def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
@@ -193,6 +195,27 @@ def test_a_fused_trials_checkpoint_is_the_one_its_solo_run_writes(tmp_path):
         assert together["model"].keys() == solo["model"].keys()
         for k, v in solo["model"].items():
             torch.testing.assert_close(together["model"][k], v, rtol=1e-3, atol=1e-4)
+
+
+def test_a_fused_group_keeps_one_solo_net_not_one_per_trial(monkeypatch):
+    """The trials train in their stacked parameters: of the solo nets that initialise them only
+    one stays (the carrier of each trial's checkpoint), so a group does not hold its weights twice."""
+    built, real = [], build.model
+    monkeypatch.setattr(
+        build, "model", lambda *a, **k: built.append(weakref.ref(net := real(*a, **k))) or net
+    )
+    cfgs = [compose_cfg(*COMMON, *t) for t in TRIALS]
+    engine = fused.Fused(
+        cfgs,
+        data.load(cfgs[0].data),
+        torch.device("cpu"),
+        torch.contiguous_format,
+        contextlib.nullcontext,
+        [None] * 3,
+    )
+    gc.collect()
+    assert len(built) == 3 and [r() is not None for r in built] == [True, False, False]
+    assert engine.model is built[0]()
 
 
 def test_fused_checkpoints_build_no_torch_optim_object(tmp_path):
