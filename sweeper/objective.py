@@ -108,13 +108,11 @@ def start_study(config, loader) -> None:
     trainer.objective set, a sweep dir without earlier trials (a new study numbers its trials
     from 0 again), and sweep.json with an empty job list (end_study fills it). A refusal is one
     line, exit 2."""
-    import datetime as dt
     import sys
     from pathlib import Path
 
     from hydra_plugins.sweeper_grid.grid import SweepRefused, composed_or_refused
     from sweeper import sweep
-    from sweeper.runlog import atomic_write, to_json
     from sweeper.validate import ConfigError, check_device
     from sweeper.validate import check as check_config
 
@@ -145,19 +143,8 @@ def start_study(config, loader) -> None:
                     "trainer.objective=null is invalid for hydra/sweeper=optuna, which needs a number from each "
                     f"run: allowed values are {', '.join(names(task))}"
                 )
-        sweep._check_writable(sweep_dir)  # the grid's own check: made, and writable
-        atomic_write(
-            sweep_dir / "sweep.json",
-            to_json(
-                {
-                    "argv": [a for a in sys.argv if not a.startswith(sweep.PENDING_OVERRIDE)],
-                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "launcher": config.hydra.runtime.choices.get("hydra/launcher", "basic"),
-                    "sweeper": "optuna",
-                    "jobs": [],  # the trials, once they have run (end_study)
-                }
-            ),
-        )
+        sweep.check_writable(sweep_dir)  # the grid's own check: made, and writable
+        sweep.write_sweep(sweep_dir, config, [], sweeper="optuna")  # the trials are listed by end_study
     except SweepRefused as e:
         # Hydra turns a callback's exception into a warning, and would launch all the same.
         print(f"error: {e}", file=sys.stderr)

@@ -107,7 +107,7 @@ def check_jobs(
         resume = bool(job_cfg.trainer.resume)
         resolved.append(OmegaConf.to_container(job_cfg, resolve=True) if resume and old_records else None)
         starts_over.append(not resume)
-    known = _read_sweep(sweep_dir)
+    known = read_sweep(sweep_dir)
     order = list(range(len(final)))
     if known is not None:
         # The recorded grid in its recorded order: each job keeps its number, and so its run dir.
@@ -151,7 +151,7 @@ def check_jobs(
             "the same overrides, start over with trainer.resume=false (the old sweep is set aside in "
             "attempts/N/), or choose another hydra.sweep.dir"
         )
-    _check_writable(sweep_dir)
+    check_writable(sweep_dir)
     if known is not None and not same:
         aside = _set_aside_sweep(sweep_dir, known)
         print(f"sweep: the earlier sweep of {sweep_dir} is set aside in {aside}", file=sys.stderr)
@@ -189,18 +189,7 @@ def check_jobs(
                 f"({'; '.join(diff[:3])}); use another hydra.sweep.dir, or trainer.resume=false to set it aside"
             )
     if known is None:
-        atomic_write(
-            sweep_dir / "sweep.json",
-            to_json(
-                {
-                    # as the user typed it: without the override __main__ adds (hydra_files)
-                    "argv": [a for a in sys.argv if not a.startswith(PENDING_OVERRIDE)],
-                    "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "launcher": config.hydra.runtime.choices.get("hydra/launcher", "basic"),
-                    "jobs": listing,
-                }
-            ),
-        )
+        write_sweep(sweep_dir, config, listing)
     print(
         f"sweep: {counted(len(final), 'job')} validated, launching into {sweep_dir}",
         file=sys.stderr,
@@ -223,12 +212,23 @@ def tally(states: list[str], order=STATES, always=()) -> str:
     return f"{counted(len(states), 'job')}: " + ", ".join(f"{counts[s]} {s}" for s in said)
 
 
+def write_sweep(sweep_dir: Path, config: DictConfig, jobs: list, **more) -> None:
+    """sweep.json, once, as a sweep starts: its command line, start time, launcher and jobs."""
+    sweep = {
+        # as the user typed it: without the override __main__ adds (hydra_files)
+        "argv": [a for a in sys.argv if not a.startswith(PENDING_OVERRIDE)],
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "launcher": config.hydra.runtime.choices.get("hydra/launcher", "basic"),
+    }
+    atomic_write(sweep_dir / "sweep.json", to_json(sweep | more | {"jobs": jobs}))
+
+
 def _raw_subdir(composed: DictConfig) -> str:
     """hydra.sweep.subdir as the user gave it, interpolations unresolved."""
     return OmegaConf.to_container(composed.hydra.sweep, resolve=False)["subdir"]
 
 
-def _check_writable(sweep_dir: Path) -> None:
+def check_writable(sweep_dir: Path) -> None:
     """Refuse, naming the path, a sweep dir this process cannot write: Hydra writes multirun.yaml
     there before the first job, with a traceback when it cannot. Tried, not asked (os.access):
     root passes every permission check, and not a read-only file system nor a full disk."""
@@ -367,7 +367,7 @@ def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     if sweep_dir in REPORTED:
         return True
     try:
-        known = _read_sweep(sweep_dir)
+        known = read_sweep(sweep_dir)
     except SweepRefused as e:  # damaged since the sweep began
         print(f"\nsweep {sweep_dir}: no summary: {e}")
         return False
@@ -395,7 +395,7 @@ def report_end(sweep_dir: Path, ended: bool = False) -> bool:
     return all(s in SUCCEEDED for s in states)
 
 
-def _read_sweep(sweep_dir: Path) -> dict | None:
+def read_sweep(sweep_dir: Path) -> dict | None:
     """The sweep's sweep.json, None when there is none; a damaged one is refused in one line (the
     grid it lists decides which run dir is whose: guessing could resume a job into another's)."""
     path = sweep_dir / "sweep.json"
@@ -489,14 +489,14 @@ def job_state(run_dir: Path, ended: bool = False) -> tuple[str, str]:
 def read_halving(sweep_dir: Path) -> dict | None:
     """sweep.json's `halving` record: the settings and each rung's epoch, jobs launched, their
     metric values and the jobs promoted; None when the sweep has none yet."""
-    known = _read_sweep(sweep_dir)
+    known = read_sweep(sweep_dir)
     record = None if known is None else known.get("halving")
     return record if isinstance(record, dict) else None
 
 
 def write_halving(sweep_dir: Path, halving: dict) -> None:
     """Replace sweep.json's `halving` record, atomically (its job list stays as check_jobs wrote it)."""
-    known = _read_sweep(sweep_dir)
+    known = read_sweep(sweep_dir)
     if known is None:  # check_jobs writes it before any launch
         raise SweepRefused(f"{sweep_dir / 'sweep.json'} is missing: the halving record needs the job list")
     atomic_write(sweep_dir / "sweep.json", to_json({**known, "halving": halving}))

@@ -166,7 +166,7 @@ class HalvingSweeper(GridSweeper):
         return [job for job, _ in jobs]
 
     def sweep(self, arguments: list[str]) -> Any:
-        from sweeper.sweep import _read_sweep, mark_stopped, read_halving, write_halving
+        from sweeper.sweep import mark_stopped, read_halving, read_sweep, write_halving
 
         self.eta, self.min_epochs, self.mode = settings(self.eta, self.min_epochs, self.mode)
         self.check_jobs()
@@ -174,7 +174,7 @@ class HalvingSweeper(GridSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's sweep does
-        listed = _read_sweep(sweep_dir)
+        listed = read_sweep(sweep_dir)
         # Each rung's job goes into its configuration's run dir, as check_jobs recorded it.
         dirs = [job["dir"] for job in listed["jobs"]] if listed else []
         if len(dirs) != len(self.jobs):  # no app check wrote sweep.json: another app
