@@ -84,11 +84,11 @@ def directory(cache_dir) -> Path | None:
     return path
 
 
-def cache_file(cache_dir, kind: str, source: str, key: str) -> Path | None:
+def cache_file(cache_dir, kind: str, source: str, key: str, make: bool = True) -> Path | None:
     """<kind>-<source>-<key>.pt (digests; the key with FORMAT_VERSION) in the cache dir, or None
     without one; a read-only dir still serves reads. The source's digest first: a file of the same
-    source under another key is superseded."""
-    where = directory(cache_dir)
+    source under another key is superseded. make=False: only look (the pre-check makes no dir)."""
+    where = directory(cache_dir) if make else None if cache_dir is None else expand(cache_dir)
     return (
         None if where is None else where / f"{kind}-{digest(source)}-{digest(f'{key}|{FORMAT_VERSION}')}.pt"
     )

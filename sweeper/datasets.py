@@ -163,7 +163,7 @@ def train_count(kind: str, root, download: bool, cache_dir) -> int:
     src, found = _locate(kind, root, download)
     count = TORCHVISION[kind].sizes[0] if kind in TORCHVISION else 0
     if found == "archive":
-        cache = data_cache.cache_file(cache_dir, kind, str(src.resolve()), _files_key(kind, src))
+        cache = data_cache.cache_file(cache_dir, kind, str(src.resolve()), _files_key(kind, src), make=False)
         if kind not in TORCHVISION or cache is None or not cache.is_file():
             scanned = _scan_archive(src)
             count = count or scanned

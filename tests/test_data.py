@@ -411,12 +411,13 @@ def check_data(*overrides):
     validate.check(compose_cfg("data=cifar10", *overrides))
 
 
-def test_the_official_torchvision_tarball_is_read_and_passes_the_pre_check(tmp_path):
+def test_the_official_torchvision_tarball_is_read_and_passes_the_pre_check_which_makes_no_cache_dir(tmp_path):
     (x, y), (tx, ty) = write_python_batches(tmp_path / "tv")
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "tv/cifar-10-batches-py", arcname="cifar-10-batches-py")
     check_data(f"data.root={archive}", "data.download=false", f"data.cache_dir={tmp_path / 'cache'}")
+    assert not (tmp_path / "cache").exists()  # the pre-check (on a login node, say) only looks for a cache
     train_x, train_y, test_x, test_y = load_cifar(archive, tmp_path / "cache")
     assert torch.equal(train_x, torch.from_numpy(x)) and torch.equal(train_y, torch.from_numpy(y))
     assert torch.equal(test_x, torch.from_numpy(tx)) and torch.equal(test_y, torch.from_numpy(ty))
