@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigTypeError, OmegaConfBaseException, ValidationError
 
 from sweeper import data as data_module
+from sweeper import signatures
 from sweeper.command_line import (
     ConfigSource,
     GroupOptions,
@@ -187,6 +188,10 @@ def check_overrides(
                 f"{intervals[0]} is invalid: interval() is a range for an optimizing sweeper; a grid takes "
                 "values (a,b,c), range(start,stop,step) or choice(a,b)"
             )
+        # +hydra.sweeper.x=1: a key the sweeper's class does not take (Hydra: a TypeError, over lines).
+        problem = signatures.problem(cfg, "hydra.sweeper") if multirun else None
+        if problem:
+            raise ConfigError(problem)
         if hydra_added:  # a typo in the path: a new key there is read by nothing
             plain = compose(
                 source.name, [a for a in shared if a not in hydra_added], return_hydra_config=True

@@ -1,4 +1,4 @@
-"""A config section's keys bound to the signature of the object its `_target_` names.
+"""A config section's keys (and the sweeper's, hydra.sweeper) bound to the signature of the object its `_target_` names.
 
 A section that builds an object (model, optim, loss, schedule, data) may name a user's class or
 function. Its YAML keys are that callable's arguments: a key it does not take, or an argument
@@ -64,7 +64,11 @@ def problem(cfg: DictConfig, section: str) -> str | None:
     named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     accepted = [p.name for p in named if p.name not in runtime]
     takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-    given = [str(k) for k in cfg[section] if not str(k).startswith("_") and k not in build.NOT_ARGUMENTS]
+    given = [
+        str(k)
+        for k in OmegaConf.select(cfg, section)
+        if not str(k).startswith("_") and k not in build.NOT_ARGUMENTS
+    ]
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):
         for key in given:
             if key not in accepted:

@@ -164,6 +164,16 @@ def test_hydras_sweep_syntax_over_a_group_is_checked_value_by_value(argument, me
     assert str(err.value) == message
 
 
+def test_a_key_added_to_the_grid_sweeper_that_its_class_does_not_take_is_refused_in_one_line():
+    # Hydra instantiates the sweeper with it and fails in a TypeError over several lines.
+    with pytest.raises(validate.ConfigError) as err:
+        overrides.check_overrides(["-m", "+hydra.sweeper.batch=2", "lr=0.1,0.2"], str(CONF))
+    assert str(err.value) == (
+        "hydra.sweeper.batch is not an argument of hydra_plugins.sweeper_grid.grid.GridSweeper: "
+        "it takes max_batch_size, params"
+    )
+
+
 def test_cli_refuses_a_bad_value_with_one_line_and_no_run(tmp_path: Path):
     result = run_cli(*TINY, "lr=-1", cwd=tmp_path)
     assert result.returncode == 2

@@ -278,6 +278,11 @@ def test_a_sweep_killed_mid_rung_resumes_at_that_rung_with_the_same_pick(tmp_pat
             "hydra.sweeper.metric=val_acc is invalid: allowed values are train_loss, train_acc, test_loss, test_acc",
         ),
         ("trainer.until_epoch=2", "trainer.until_epoch=2 is set by hydra/sweeper=halving at each rung"),
+        (  # an added key the sweeper's class does not take: Hydra would say it in a TypeError over lines
+            "+hydra.sweeper.max_batch_size=2",
+            "hydra.sweeper.max_batch_size is not an argument of hydra_plugins.sweeper_halving.halving."
+            "HalvingSweeper: it takes eta, min_epochs, metric, mode, params",
+        ),
     ],
 )
 def test_a_bad_halving_setting_is_refused_in_one_line_before_anything_is_written(tmp_path, override, said):
