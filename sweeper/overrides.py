@@ -22,7 +22,7 @@ from sweeper.command_line import (
     sweeping,
     values,
 )
-from sweeper.schema import RENAMED_KEYS, SECTIONS
+from sweeper.schema import OWN, RENAMED_KEYS, SECTIONS
 from sweeper.validate import ConfigError, did_you_mean, in_one_line, unknown_key
 
 
@@ -128,7 +128,25 @@ def check_overrides(
             if _lacks(base, key):
                 configs.add_config_grid()
                 raise ConfigError(configs.missing_key(key, known))
+
+        def users_target(section: str) -> bool:
+            """The section builds a callable of the user's (its `_target_` set by the option or on
+            this command line): its signature, not the option's keys, says which keys it takes."""
+            given = [
+                o.value()
+                for _, o in parsed
+                if o.key_or_group == f"{section}._target_" and not o.is_sweep_override()
+            ]
+            target = given[-1] if given else OmegaConf.select(base, f"{section}._target_", default=None)
+            return (
+                target is not None
+                and not str(target).startswith(signatures.OWN)
+                and str(target) not in OWN.get(section, {})
+            )
+
         for arg, key in forced:  # ++section.key: every job's section must have the key, or nothing reads it
+            if users_target(key.split(".")[0]):
+                continue  # signatures.problem binds it to the target's signature
             if _lacks(base, key):
                 if _renamed(key):
                     raise ConfigError(_renamed(key))
@@ -154,7 +172,7 @@ def check_overrides(
                 raise ConfigError(_renamed(key))
             if key in known:
                 raise ConfigError(f"+{key} is invalid: {key} is a key already; set it without +")
-            if section in SECTIONS:
+            if section in SECTIONS and not users_target(section):
                 raise ConfigError(_nothing_reads(f"+{key}", section, known))
             leaves = [k for k in known if "." not in key and k.rpartition(".")[2] == key]
             if leaves:  # +label_smoothing=0.1: a label, read by nothing, where loss.label_smoothing was meant

@@ -21,6 +21,7 @@ from sweeper import build, user_data
 RUNTIME = {section: set(names) for section, names in build.RUNTIME.items()} | {
     "data": set(user_data.OWN_KEYS)
 }
+READ_AROUND = {"data": set(user_data.OWN_KEYS)}  # a section's keys that the YAML gives, but not to its target
 OWN = "sweeper."  # the project's own classes and functions
 
 
@@ -64,10 +65,12 @@ def problem(cfg: DictConfig, section: str) -> str | None:
     named = [p for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     accepted = [p.name for p in named if p.name not in runtime]
     takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-    given = [
+    given = [  # the data section's own keys (seed, val_size, ...) are read around the loader, not given to it
         str(k)
         for k in OmegaConf.select(cfg, section)
-        if not str(k).startswith("_") and k not in build.NOT_ARGUMENTS
+        if not str(k).startswith("_")
+        and k not in build.NOT_ARGUMENTS
+        and k not in READ_AROUND.get(section, ())
     ]
     if not any(p.kind is p.VAR_KEYWORD for p in parameters):
         for key in given:

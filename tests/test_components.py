@@ -152,6 +152,44 @@ def test_the_documented_user_schedule_trains_at_the_rates_it_gives(tmp_path, mon
     assert at(0) == pytest.approx(0.025) and at(17) == pytest.approx(0.0)
 
 
+def test_the_documented_schedule_command_passes_the_pre_check_and_a_misspelt_key_is_refused(
+    tmp_path, monkeypatch
+):
+    # +schedule.warmup_steps: the option's keys do not have it, the user's target (set on the same
+    # command line) takes it; a key it does not take is refused naming what it takes.
+    from sweeper import overrides, validate
+
+    documented_schedule(tmp_path, monkeypatch)
+    target = "schedule._target_=myschedules.warmup_cosine"
+    cfg = overrides.check_overrides([target, "+schedule.warmup_steps=50"], str(REPO / "conf"))
+    validate.check(cfg)
+    cfg = overrides.check_overrides([target, "+schedule.warmup_stepz=50"], str(REPO / "conf"))
+    with pytest.raises(ConfigError) as err:
+        validate.check(cfg)
+    assert str(err.value) == (
+        "schedule.warmup_stepz is not an argument of myschedules.warmup_cosine: it takes warmup_steps, lr_min"
+    )
+
+
+def four_images(n_train, n_test=4):
+    """A user's data function without **kwargs: the data section's own keys are not its arguments."""
+    x = torch.zeros(n_train + n_test, 3, 8, 8, dtype=torch.uint8)
+    y = torch.arange(n_train + n_test) % 2
+    return {"train": (x[:n_train], y[:n_train]), "test": (x[n_train:], y[n_train:])}
+
+
+def test_a_users_data_function_takes_its_own_keys_and_not_the_sections_own():
+    from sweeper import signatures
+
+    own = {"name": "mine", "seed": 0, "val_size": 0.25, "train_size": None, "cache_dir": None}
+    data = {"_target_": f"{__name__}.four_images", **own, "normalize": True, "augment": False, "n_train": 8}
+    assert signatures.problem(OmegaConf.create({"data": data}), "data") is None
+    typo = OmegaConf.create({"data": {**data, "n_tests": 2}})
+    assert signatures.problem(typo, "data") == (
+        f"data.n_tests is not an argument of {__name__}.four_images: it takes n_train, n_test"
+    )
+
+
 # -- loss
 
 
