@@ -73,6 +73,8 @@ def ranking(halving: Halving, runs: pd.DataFrame | None = None, keys: list[str] 
     rows, rungs = [], halving.record["rungs"]
     for num, (rung, epoch, value) in reached.items():
         outcome = "out of the race" if value is None else f"stopped at rung {rung}"
+        if value is not None and rung == len(rungs) - 1:
+            outcome = "finished, not picked"  # the last rung trains to the end: nothing stopped it
         outcome = "picked" if num == halving.picked else outcome
         if rung < len(rungs) - 1 and num in rungs[rung].get("promoted", []):
             outcome = "promoted, not finished"  # an interrupted sweep: the next rung has no values yet

@@ -353,3 +353,18 @@ def test_on_slurm_each_rung_is_one_job_array_and_a_sweep_killed_mid_rung_resumes
     assert len({ids[str(n)].split("_")[0] for n in range(9)}) == 1
     assert len({ids[str(n)].split("_")[0] for n in range(9, 12)}) == 1
     assert len({ids[str(n)].split("_")[0] for n in (0, 9, 12)}) == 3
+
+
+def test_a_configuration_of_the_last_rung_that_is_not_picked_finished_and_was_not_stopped(tmp_path):
+    from analysis import rungs
+
+    record = {"metric": "test_acc", "mode": "max", "rungs": [
+        {"epoch": 1, "jobs": [0, 1, 2], "values": [0.1, 0.3, 0.2], "promoted": [1, 2]},
+        {"epoch": 4, "jobs": [1, 2], "values": [0.5, 0.4], "picked": 1},
+    ]}  # fmt: skip
+    table = rungs.ranking(rungs.Halving(tmp_path, record, {0: "a", 1: "b", 2: "c"}))
+    assert list(zip(table["job"], table["outcome"], strict=True)) == [
+        (1, "picked"),
+        (2, "finished, not picked"),
+        (0, "stopped at rung 0"),
+    ]
